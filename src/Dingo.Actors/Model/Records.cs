@@ -1,0 +1,155 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Dingo.Model;
+
+/// <summary>What the broker was asked for: one service instance, as stored in etcd.</summary>
+public sealed record InstanceRecord
+{
+    public required string Id { get; init; }
+    public required string ServiceId { get; init; }
+    public required string PlanId { get; init; }
+    public required string OrganizationGuid { get; init; }
+    public required string SpaceGuid { get; init; }
+    /// <summary>Provision/update parameters exactly as sent (compared byte-for-byte as canonical JSON).</summary>
+    public string ParametersJson { get; init; } = "{}";
+    public string ContextJson { get; init; } = "{}";
+    public required int Port { get; init; }
+    public required int NodeCount { get; init; }
+    public string Database { get; init; } = "dingo";
+    public required Credentials Superuser { get; init; }
+    /// <summary>present: keep it running; absent: tear it down.</summary>
+    public string Desired { get; init; } = DesiredState.Present;
+    public DateTimeOffset CreatedAt { get; init; }
+}
+
+public static class DesiredState
+{
+    public const string Present = "present";
+    public const string Absent = "absent";
+}
+
+public sealed record Credentials(string Username, string Password)
+{
+    // Never print a password, even by accident through a record's generated ToString.
+    public override string ToString() => $"{Username}:***";
+}
+
+/// <summary>The last asynchronous operation on an instance, as OSB's last_operation reports it.</summary>
+public sealed record OperationRecord
+{
+    public required string Id { get; init; }
+    public required string Kind { get; init; } // provision | update | deprovision
+    public required string State { get; init; } // in progress | succeeded | failed
+    public required string Description { get; init; }
+    public DateTimeOffset StartedAt { get; init; }
+    public DateTimeOffset UpdatedAt { get; init; }
+
+    [JsonIgnore] public bool InProgress => State == OperationState.InProgress;
+}
+
+public static class OperationState
+{
+    public const string InProgress = "in progress";
+    public const string Succeeded = "succeeded";
+    public const string Failed = "failed";
+}
+
+public static class OperationKind
+{
+    public const string Provision = "provision";
+    public const string Update = "update";
+    public const string Deprovision = "deprovision";
+}
+
+/// <summary>A binding: one dedicated login role in the instance's database.</summary>
+public sealed record BindingRecord
+{
+    public required string Id { get; init; }
+    public required string InstanceId { get; init; }
+    public required string ServiceId { get; init; }
+    public required string PlanId { get; init; }
+    public string? AppGuid { get; init; }
+    public string BindResourceJson { get; init; } = "{}";
+    public string ParametersJson { get; init; } = "{}";
+    public required Credentials Role { get; init; }
+    /// <summary>creating: the role may not exist yet; ready: credentials were handed out.</summary>
+    public string State { get; init; } = "creating";
+    public DateTimeOffset CreatedAt { get; init; }
+}
+
+/// <summary>One PostgreSQL node the platform wants: written by the instance actor, read by its cell.</summary>
+public sealed record NodeSpec
+{
+    public required string NodeId { get; init; }
+    public required string InstanceId { get; init; }
+    public required string CellId { get; init; }
+    /// <summary>The port PostgreSQL listens on, on the cell's address.</summary>
+    public required int Port { get; init; }
+    public DateTimeOffset CreatedAt { get; init; }
+}
+
+/// <summary>What a cell observed about one of its nodes, on its last reconcile pass.</summary>
+public sealed record NodeStatus
+{
+    public required string NodeId { get; init; }
+    public required string InstanceId { get; init; }
+    public required string CellId { get; init; }
+    public required string State { get; init; } // see NodeState
+    public required string Detail { get; init; }
+    public required string Host { get; init; }
+    public required int Port { get; init; }
+    public string Role { get; init; } = "unknown"; // primary | replica | unknown
+    public int Restarts { get; init; }
+    public DateTimeOffset UpdatedAt { get; init; }
+}
+
+public static class NodeState
+{
+    public const string Initialising = "initialising";
+    public const string Starting = "starting";
+    public const string Running = "running";
+    public const string Failed = "failed";
+    public const string Stopping = "stopping";
+}
+
+/// <summary>A cell's registration, kept alive under the cell's lease.</summary>
+public sealed record CellInfo
+{
+    public required string Id { get; init; }
+    public required string Zone { get; init; }
+    public required int Capacity { get; init; }
+    /// <summary>Address its nodes listen on and routers forward to.</summary>
+    public required string Address { get; init; }
+    public required string Runtime { get; init; }
+    public DateTimeOffset StartedAt { get; init; }
+}
+
+/// <summary>Who is primary for an instance; held under the holder's lease.</summary>
+public sealed record LeaderRecord
+{
+    public required string NodeId { get; init; }
+    public required string Host { get; init; }
+    public required int Port { get; init; }
+    public DateTimeOffset Since { get; init; }
+}
+
+/// <summary>A public port owned by an instance for life; a retired port is never handed out again.</summary>
+public sealed record PortRecord
+{
+    public required string InstanceId { get; init; }
+    public required string State { get; init; } // active | retired
+}
+
+public static class Json
+{
+    public static readonly JsonSerializerOptions Options = new(JsonSerializerDefaults.Web)
+    {
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+    };
+
+    public static string Serialize<T>(T value) => JsonSerializer.Serialize(value, Options);
+
+    public static T Deserialize<T>(string json) =>
+        JsonSerializer.Deserialize<T>(json, Options) ?? throw new JsonException($"empty JSON for {typeof(T).Name}");
+}

@@ -1,0 +1,1 @@
+namespace Dingo.Cell; public static class Program { public static int Main() => 0; }
