@@ -1,1 +1,36 @@
-namespace Dingo.Broker; public static class Program { public static int Main() => 0; }
+using Dingo.Config;
+
+namespace Dingo.Broker;
+
+public static class Program
+{
+    /// <summary>dingo-broker [--config FILE]...: HOCON files in order, later ones win; environment variables win over all.</summary>
+    public static async Task<int> Main(string[] args)
+    {
+        var files = new List<string>();
+        for (var i = 0; i < args.Length; i++)
+        {
+            if (args[i] == "--config" && i + 1 < args.Length) files.Add(args[++i]);
+            else
+            {
+                Console.Error.WriteLine($"dingo-broker: unknown argument '{args[i]}'. Usage: dingo-broker [--config FILE]...");
+                return 2;
+            }
+        }
+        DingoSettings settings;
+        try { settings = DingoSettings.Load(files); }
+        catch (Exception ex) when (ex is ArgumentException or FileNotFoundException or Akka.Configuration.ConfigurationException)
+        {
+            Console.Error.WriteLine($"dingo-broker: configuration error: {ex.Message}");
+            return 2;
+        }
+        if (string.IsNullOrEmpty(settings.Broker.Password))
+        {
+            Console.Error.WriteLine("dingo-broker: no broker password: set DINGO_BROKER_PASSWORD or dingo.broker.password");
+            return 2;
+        }
+        var app = BrokerApp.Build(settings);
+        await app.RunAsync();
+        return 0;
+    }
+}

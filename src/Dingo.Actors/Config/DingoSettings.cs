@@ -1,0 +1,133 @@
+using Akka.Configuration;
+
+namespace Dingo.Config;
+
+/// <summary>Settings from hocon/dingo.conf, later HOCON files, and environment variables (in that order).</summary>
+public sealed record DingoSettings
+{
+    public required string DataDir { get; init; }
+    public required IReadOnlyList<string> EtcdEndpoints { get; init; }
+    public required string EtcdPrefix { get; init; }
+    public required BrokerSettings Broker { get; init; }
+    public required RouterSettings Router { get; init; }
+    public required CellSettings Cell { get; init; }
+    public required int NodePortFirst { get; init; }
+    public required int NodePortLast { get; init; }
+
+    /// <summary>Loads the layered configuration. Throws with the file and key named when a value is wrong.</summary>
+    public static DingoSettings Load(IEnumerable<string> files, IReadOnlyDictionary<string, string?>? environment = null, string? overrides = null)
+    {
+        Akka.Configuration.Config config = ConfigurationFactory.Empty;
+        if (!string.IsNullOrWhiteSpace(overrides)) config = ConfigurationFactory.ParseString(overrides);
+        foreach (var file in files.Reverse())
+        {
+            if (!File.Exists(file)) throw new FileNotFoundException($"configuration file {file} does not exist", file);
+            config = config.WithFallback(ConfigurationFactory.ParseString(File.ReadAllText(file)));
+        }
+        return FromConfig(config, environment ?? EnvironmentVariables());
+    }
+
+    public static IReadOnlyDictionary<string, string?> EnvironmentVariables() =>
+        System.Environment.GetEnvironmentVariables().Cast<System.Collections.DictionaryEntry>()
+            .ToDictionary(e => (string)e.Key, e => (string?)e.Value);
+
+    public static DingoSettings FromConfig(Akka.Configuration.Config config, IReadOnlyDictionary<string, string?> env)
+    {
+        var d = config.GetConfig("dingo") ?? throw new ArgumentException("configuration has no `dingo` section");
+        string? Env(string name) => env.TryGetValue(name, out var v) && !string.IsNullOrWhiteSpace(v) ? v : null;
+
+        var endpoints = Env("DINGO_ETCD_ENDPOINTS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                        ?? d.GetStringList("etcd.endpoints").ToArray();
+        var settings = new DingoSettings
+        {
+            DataDir = Env("DINGO_DATA_DIR") ?? d.GetString("data-dir", ".dingo"),
+            EtcdEndpoints = endpoints,
+            EtcdPrefix = d.GetString("etcd.prefix", "/dingo"),
+            Broker = new BrokerSettings
+            {
+                Url = Env("DINGO_BROKER_URL") ?? d.GetString("broker.url", "http://127.0.0.1:8080"),
+                Username = Env("DINGO_BROKER_USERNAME") ?? d.GetString("broker.username", "dingo"),
+                Password = Env("DINGO_BROKER_PASSWORD") ?? d.GetString("broker.password", ""),
+                InstanceQuota = d.GetInt("broker.instance-quota", 10),
+                BindingHost = Env("DINGO_BINDING_HOST") ?? d.GetString("broker.binding-host", "127.0.0.1"),
+                DeletedOperationRetention = d.GetTimeSpan("broker.deleted-operation-retention", TimeSpan.FromHours(1)),
+                ProvisionTimeout = d.GetTimeSpan("broker.provision-timeout", TimeSpan.FromMinutes(5)),
+                AkkaPort = d.GetInt("broker.akka-port", 4053),
+            },
+            Router = new RouterSettings
+            {
+                PortFirst = d.GetInt("router.port-range-first", 30000),
+                PortLast = d.GetInt("router.port-range-last", 39999),
+                BindAddress = d.GetString("router.bind-address", "127.0.0.1"),
+                LeaderWait = d.GetTimeSpan("router.leader-wait", TimeSpan.FromSeconds(5)),
+            },
+            Cell = new CellSettings
+            {
+                Id = Env("DINGO_CELL_ID") ?? d.GetString("cell.id", "cell-1"),
+                Zone = Env("DINGO_CELL_ZONE") ?? d.GetString("cell.zone", "z1"),
+                Capacity = d.GetInt("cell.capacity", 50),
+                Address = Env("DINGO_CELL_ADDRESS") ?? d.GetString("cell.address", "127.0.0.1"),
+                Runtime = d.GetString("cell.runtime", "process"),
+                ReconcileInterval = d.GetTimeSpan("cell.reconcile-interval", TimeSpan.FromSeconds(1)),
+                LeaseTtl = d.GetTimeSpan("cell.lease-ttl", TimeSpan.FromSeconds(10)),
+                PostgresBin = d.GetString("cell.postgres-bin", "/usr/lib/postgresql/15/bin"),
+                RunAsUser = d.GetString("cell.run-as-user", "postgres"),
+                AkkaPort = d.GetInt("cell.akka-port", 0),
+            },
+            NodePortFirst = d.GetInt("node-port-range-first", 40000),
+            NodePortLast = d.GetInt("node-port-range-last", 49999),
+        };
+        settings.Validate();
+        return settings;
+    }
+
+    private void Validate()
+    {
+        if (EtcdEndpoints.Count == 0) throw new ArgumentException("dingo.etcd.endpoints: at least one etcd endpoint is required");
+        if (!EtcdPrefix.StartsWith('/')) throw new ArgumentException($"dingo.etcd.prefix must start with '/': got '{EtcdPrefix}'");
+        if (Router.PortFirst < 1024 || Router.PortLast > 65535 || Router.PortFirst > Router.PortLast)
+            throw new ArgumentException($"dingo.router.port-range: {Router.PortFirst}-{Router.PortLast} is not a valid range within 1024-65535");
+        if (NodePortFirst < 1024 || NodePortLast > 65535 || NodePortFirst > NodePortLast)
+            throw new ArgumentException($"dingo.node-port-range: {NodePortFirst}-{NodePortLast} is not a valid range within 1024-65535");
+        if (Router.PortFirst <= NodePortLast && NodePortFirst <= Router.PortLast)
+            throw new ArgumentException("dingo.router.port-range and dingo.node-port-range overlap: instance and node ports would collide");
+        if (Broker.InstanceQuota < 0) throw new ArgumentException("dingo.broker.instance-quota must be 0 (no limit) or more");
+        if (!Uri.TryCreate(Broker.Url, UriKind.Absolute, out _)) throw new ArgumentException($"dingo.broker.url '{Broker.Url}' is not an absolute URL");
+    }
+}
+
+public sealed record BrokerSettings
+{
+    public required string Url { get; init; }
+    public required string Username { get; init; }
+    public required string Password { get; init; }
+    public required int InstanceQuota { get; init; }
+    public required string BindingHost { get; init; }
+    public required TimeSpan DeletedOperationRetention { get; init; }
+    public required TimeSpan ProvisionTimeout { get; init; }
+    public required int AkkaPort { get; init; }
+
+    public override string ToString() => $"BrokerSettings {{ Url = {Url}, Username = {Username}, Password = *** }}";
+}
+
+public sealed record RouterSettings
+{
+    public required int PortFirst { get; init; }
+    public required int PortLast { get; init; }
+    public required string BindAddress { get; init; }
+    public required TimeSpan LeaderWait { get; init; }
+}
+
+public sealed record CellSettings
+{
+    public required string Id { get; init; }
+    public required string Zone { get; init; }
+    public required int Capacity { get; init; }
+    public required string Address { get; init; }
+    public required string Runtime { get; init; }
+    public required TimeSpan ReconcileInterval { get; init; }
+    public required TimeSpan LeaseTtl { get; init; }
+    public required string PostgresBin { get; init; }
+    public required string RunAsUser { get; init; }
+    public required int AkkaPort { get; init; }
+}

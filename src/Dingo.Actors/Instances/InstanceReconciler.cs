@@ -1,0 +1,131 @@
+using Dingo.Config;
+using Dingo.Model;
+using Dingo.Store;
+using Microsoft.Extensions.Logging;
+
+namespace Dingo.Instances;
+
+/// <summary>One reconcile pass of one instance: read etcd, decide, act once, record progress.</summary>
+public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, ILogger logger)
+{
+    private readonly PortAllocator _ports = new(store);
+
+    /// <summary>Returns the decision taken, or null when the instance no longer exists.</summary>
+    public async Task<InstanceDecision?> RunPassAsync(string instanceId, CancellationToken ct)
+    {
+        var keys = store.Keys;
+        var instance = await store.GetAsync<InstanceRecord>(keys.Instance(instanceId), ct).ConfigureAwait(false);
+        if (instance is null) return null;
+        var snapshot = await ReadSnapshotAsync(instance.Value, ct).ConfigureAwait(false);
+        var decision = Provisioning.Decide(snapshot, settings.Broker.ProvisionTimeout);
+
+        switch (decision)
+        {
+            case InstanceDecision.PlaceNode place:
+                await PlaceNodeAsync(instance.Value, instance.ModRevision, place.Cell, ct).ConfigureAwait(false);
+                break;
+            case InstanceDecision.RemoveNodes remove:
+                var txn = new Txn();
+                foreach (var node in remove.Nodes)
+                {
+                    txn.Delete(keys.Node(node.InstanceId, node.NodeId)).Delete(keys.Assignment(node.CellId, node.NodeId));
+                }
+                await store.TransactAsync(txn, ct).ConfigureAwait(false);
+                break;
+            case InstanceDecision.FinishDeletion:
+                await FinishDeletionAsync(instance.Value, snapshot.Operation, decision.Description, ct).ConfigureAwait(false);
+                logger.LogInformation("instance {Instance}: {Decision}", instanceId, decision.Description);
+                return decision;
+        }
+
+        await RecordProgressAsync(instanceId, snapshot.Operation, decision, ct).ConfigureAwait(false);
+        return decision;
+    }
+
+    private async Task<InstanceSnapshot> ReadSnapshotAsync(InstanceRecord instance, CancellationToken ct)
+    {
+        var keys = store.Keys;
+        var operation = await store.GetAsync<OperationRecord>(keys.Operation(instance.Id), ct).ConfigureAwait(false);
+        var nodes = await store.ListAsync<NodeSpec>(keys.Nodes(instance.Id), ct).ConfigureAwait(false);
+        var statuses = await store.ListAsync<NodeStatus>(keys.AllStatus, ct).ConfigureAwait(false);
+        var cells = await store.ListAsync<CellInfo>(keys.Cells, ct).ConfigureAwait(false);
+        var allNodes = await store.ListAsync<NodeSpec>(keys.AllNodes, ct).ConfigureAwait(false);
+        var leader = await store.GetAsync<LeaderRecord>(keys.Leader(instance.Id), ct).ConfigureAwait(false);
+        var load = allNodes.GroupBy(n => n.Value.CellId).ToDictionary(g => g.Key, g => g.Count());
+        return new InstanceSnapshot(
+            instance,
+            operation?.Value,
+            nodes.Select(n => n.Value).ToList(),
+            statuses.Select(x => x.Value).Where(x => x.InstanceId == instance.Id).ToList(),
+            cells.Select(c => c.Value).ToList(),
+            load,
+            leader?.Value,
+            DateTimeOffset.UtcNow);
+    }
+
+    private async Task PlaceNodeAsync(InstanceRecord instance, long instanceRevision, CellInfo cell, CancellationToken ct)
+    {
+        var keys = store.Keys;
+        var nodeId = NewNodeId();
+        var port = await _ports.PickNodePortAsync(settings.NodePortFirst, settings.NodePortLast, ct).ConfigureAwait(false);
+        var spec = new NodeSpec { NodeId = nodeId, InstanceId = instance.Id, CellId = cell.Id, Port = port, CreatedAt = DateTimeOffset.UtcNow };
+        // Both keys or neither, and only while the instance is still wanted.
+        var placed = await store.TransactAsync(new Txn()
+            .Absent(keys.Node(instance.Id, nodeId))
+            .Absent(keys.NodePort(port))
+            .At(keys.Instance(instance.Id), instanceRevision)
+            .Put(keys.NodePort(port), nodeId)
+            .Put(keys.Node(instance.Id, nodeId), spec)
+            .Put(keys.Assignment(cell.Id, nodeId), spec), ct).ConfigureAwait(false);
+        if (placed) logger.LogInformation("instance {Instance}: placed node {Node} on {Cell} port {Port}", instance.Id, nodeId, cell.Id, port);
+    }
+
+    private async Task FinishDeletionAsync(InstanceRecord instance, OperationRecord? operation, string description, CancellationToken ct)
+    {
+        var keys = store.Keys;
+        // Keep the finished delete visible to last_operation for a while, then let etcd forget it.
+        var lease = await store.GrantLeaseAsync(settings.Broker.DeletedOperationRetention, ct).ConfigureAwait(false);
+        var now = DateTimeOffset.UtcNow;
+        var done = new OperationRecord
+        {
+            Id = operation?.Id ?? "deprovision",
+            Kind = OperationKind.Deprovision,
+            State = OperationState.Succeeded,
+            Description = description,
+            StartedAt = operation?.StartedAt ?? now,
+            UpdatedAt = now,
+        };
+        // Free node ports no node holds any more; a node still stopping keeps its status and so its port.
+        var liveNodes = (await store.ListAsync<NodeSpec>(keys.AllNodes, ct).ConfigureAwait(false)).Select(n => n.Value.NodeId)
+            .Concat((await store.ListAsync<NodeStatus>(keys.AllStatus, ct).ConfigureAwait(false)).Select(x => x.Value.NodeId))
+            .ToHashSet();
+        var freed = (await store.ListAsync<string>(keys.NodePorts, ct).ConfigureAwait(false)).Where(p => !liveNodes.Contains(p.Value)).ToList();
+        var txn = new Txn()
+            .Delete(keys.Instance(instance.Id))
+            .DeletePrefix(keys.Bindings(instance.Id))
+            .DeletePrefix(keys.Nodes(instance.Id))
+            .Delete(keys.Leader(instance.Id))
+            .Put(keys.Port(instance.Port), new PortRecord { InstanceId = instance.Id, State = "retired" })
+            .Put(keys.Operation(instance.Id), done, lease);
+        foreach (var port in freed) txn.Delete(port.Key);
+        await store.TransactAsync(txn, ct).ConfigureAwait(false);
+    }
+
+    private async Task RecordProgressAsync(string instanceId, OperationRecord? operation, InstanceDecision decision, CancellationToken ct)
+    {
+        if (operation is null || !operation.InProgress) return;
+        var state = decision switch
+        {
+            InstanceDecision.Succeed => OperationState.Succeeded,
+            InstanceDecision.Fail => OperationState.Failed,
+            _ => OperationState.InProgress,
+        };
+        if (state == operation.State && decision.Description == operation.Description) return;
+        var updated = operation with { State = state, Description = decision.Description, UpdatedAt = DateTimeOffset.UtcNow };
+        await store.PutAsync(store.Keys.Operation(instanceId), updated, ct).ConfigureAwait(false);
+        if (state != OperationState.InProgress) logger.LogInformation("instance {Instance}: {Kind} {State}: {Description}", instanceId, operation.Kind, state, decision.Description);
+        else logger.LogInformation("instance {Instance}: {Description}", instanceId, decision.Description);
+    }
+
+    public static string NewNodeId() => "n-" + Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(4)).ToLowerInvariant();
+}

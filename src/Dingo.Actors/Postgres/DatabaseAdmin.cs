@@ -1,0 +1,97 @@
+using Dingo.Model;
+using Npgsql;
+
+namespace Dingo.Postgres;
+
+/// <summary>
+/// The SQL Dingo runs as an instance's superuser: preparing the application database and managing each
+/// binding's login role. Objects a binding creates belong to the shared owner role, so dropping one binding
+/// never takes another's tables with it.
+/// </summary>
+public static class DatabaseAdmin
+{
+    public const string OwnerRole = "dingo_owner";
+    public const string SuperuserName = "dingo_admin";
+
+    public static NpgsqlConnectionStringBuilder ConnectionString(string host, int port, Credentials superuser, string database) => new()
+    {
+        Host = host,
+        Port = port,
+        Username = superuser.Username,
+        Password = superuser.Password,
+        Database = database,
+        Timeout = 5,
+        CommandTimeout = 15,
+        Pooling = false,
+        ApplicationName = "dingo",
+    };
+
+    /// <summary>Creates the owner role and the application database when missing. Safe to run again.</summary>
+    public static async Task PrepareAsync(string host, int port, Credentials superuser, string database, CancellationToken ct)
+    {
+        await using (var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, "postgres").ConnectionString))
+        {
+            await conn.OpenAsync(ct).ConfigureAwait(false);
+            if (!await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", OwnerRole, ct).ConfigureAwait(false))
+                await ExecAsync(conn, $"CREATE ROLE {OwnerRole} NOLOGIN", ct).ConfigureAwait(false);
+            if (!await ExistsAsync(conn, "SELECT 1 FROM pg_database WHERE datname = $1", database, ct).ConfigureAwait(false))
+                await ExecAsync(conn, $"CREATE DATABASE \"{database}\" OWNER {OwnerRole}", ct).ConfigureAwait(false);
+            await ExecAsync(conn, $"REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC", ct).ConfigureAwait(false);
+            await ExecAsync(conn, $"GRANT CONNECT, TEMPORARY ON DATABASE \"{database}\" TO {OwnerRole}", ct).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Creates (or re-passwords) a binding's login role with full rights on the database and nothing else.</summary>
+    public static async Task CreateBindingRoleAsync(string host, int port, Credentials superuser, string database, Credentials role, CancellationToken ct)
+    {
+        CheckSafe(role.Username);
+        CheckSafe(role.Password);
+        await using var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, database).ConnectionString);
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        var attributes = $"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{role.Password}'";
+        if (await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", role.Username, ct).ConfigureAwait(false))
+            await ExecAsync(conn, $"ALTER ROLE {role.Username} {attributes}", ct).ConfigureAwait(false);
+        else
+            await ExecAsync(conn, $"CREATE ROLE {role.Username} {attributes} IN ROLE {OwnerRole}", ct).ConfigureAwait(false);
+        // Sessions act as the owner role, so every table a binding creates is shared with later bindings.
+        await ExecAsync(conn, $"ALTER ROLE {role.Username} SET role = '{OwnerRole}'", ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Locks the role out, ends its sessions, hands its objects to the owner and drops it. Safe to run again.</summary>
+    public static async Task DropBindingRoleAsync(string host, int port, Credentials superuser, string database, string roleName, CancellationToken ct)
+    {
+        CheckSafe(roleName);
+        await using var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, database).ConnectionString);
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        if (!await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", roleName, ct).ConfigureAwait(false)) return;
+        // NOLOGIN first, so no new session slips in between terminating the old ones and the drop.
+        await ExecAsync(conn, $"ALTER ROLE {roleName} NOLOGIN", ct).ConfigureAwait(false);
+        await using (var cmd = new NpgsqlCommand("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1", conn))
+        {
+            cmd.Parameters.AddWithValue(roleName);
+            await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false);
+        }
+        await ExecAsync(conn, $"REASSIGN OWNED BY {roleName} TO {OwnerRole}", ct).ConfigureAwait(false);
+        await ExecAsync(conn, $"DROP OWNED BY {roleName}", ct).ConfigureAwait(false);
+        await ExecAsync(conn, $"DROP ROLE IF EXISTS {roleName}", ct).ConfigureAwait(false);
+    }
+
+    private static void CheckSafe(string value)
+    {
+        if (value.Length == 0 || !value.All(c => char.IsAsciiLetterOrDigit(c) || c == '_'))
+            throw new ArgumentException("role names and passwords must be ASCII letters, digits or '_'");
+    }
+
+    private static async Task<bool> ExistsAsync(NpgsqlConnection conn, string sql, string arg, CancellationToken ct)
+    {
+        await using var cmd = new NpgsqlCommand(sql, conn);
+        cmd.Parameters.AddWithValue(arg);
+        return await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false) is not null;
+    }
+
+    private static async Task ExecAsync(NpgsqlConnection conn, string sql, CancellationToken ct)
+    {
+        await using var cmd = new NpgsqlCommand(sql, conn);
+        await cmd.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
+    }
+}

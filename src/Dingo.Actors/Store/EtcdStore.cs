@@ -1,0 +1,323 @@
+using System.Text;
+using Dingo.Model;
+using dotnet_etcd;
+using Etcdserverpb;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Dingo.Store;
+
+/// <summary>A value read from etcd with the revision it was last modified at (for compare-and-swap).</summary>
+public sealed record Versioned<T>(string Key, T Value, long ModRevision);
+
+/// <summary>
+/// Dingo's only door to etcd: typed JSON values, create-if-absent and compare-and-swap transactions,
+/// leases and prefix watches, all through dotnet-etcd's clients over one gRPC channel.
+/// </summary>
+public sealed class EtcdStore : IAsyncDisposable
+{
+    private readonly GrpcChannel[] _channels;
+    private int _current;
+    private readonly ILogger _logger;
+
+    public EtcdStore(IReadOnlyList<string> endpoints, string root, ILogger? logger = null)
+    {
+        if (endpoints.Count == 0) throw new ArgumentException("at least one etcd endpoint is required", nameof(endpoints));
+        _channels = endpoints.Select(e => GrpcChannel.ForAddress(NormaliseEndpoint(e), new GrpcChannelOptions
+        {
+            HttpHandler = new SocketsHttpHandler
+            {
+                EnableMultipleHttp2Connections = true,
+                KeepAlivePingDelay = TimeSpan.FromSeconds(5),
+                KeepAlivePingTimeout = TimeSpan.FromSeconds(5),
+                ConnectTimeout = TimeSpan.FromSeconds(3),
+            },
+        })).ToArray();
+        Endpoints = endpoints;
+        Keys = new Keys(root);
+        _logger = logger ?? NullLogger.Instance;
+    }
+
+    public IReadOnlyList<string> Endpoints { get; }
+    public Keys Keys { get; }
+
+    private static string NormaliseEndpoint(string endpoint) =>
+        endpoint.Contains("://", StringComparison.Ordinal) ? endpoint : "http://" + endpoint;
+
+    private CallInvoker Invoker => _channels[Volatile.Read(ref _current) % _channels.Length].CreateCallInvoker();
+
+    private EtcdClient Client => new(Invoker);
+
+    /// <summary>Runs a call, moving to the next endpoint when the current one is unavailable.</summary>
+    private async Task<TResult> CallAsync<TResult>(Func<EtcdClient, Task<TResult>> call, CancellationToken ct)
+    {
+        for (var attempt = 0; ; attempt++)
+        {
+            try
+            {
+                return await call(Client).ConfigureAwait(false);
+            }
+            catch (RpcException ex) when (ex.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded
+                                          && attempt < _channels.Length * 2 && !ct.IsCancellationRequested)
+            {
+                Interlocked.Increment(ref _current);
+                await Task.Delay(100, ct).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private static DateTime Deadline(TimeSpan? timeout = null) => DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(5));
+
+    public static string RangeEnd(string prefix)
+    {
+        var bytes = Encoding.UTF8.GetBytes(prefix);
+        for (var i = bytes.Length - 1; i >= 0; i--)
+        {
+            if (bytes[i] < 0xff)
+            {
+                bytes[i]++;
+                return Encoding.UTF8.GetString(bytes, 0, i + 1);
+            }
+        }
+        return "\0";
+    }
+
+    public async Task<Versioned<T>?> GetAsync<T>(string key, CancellationToken ct)
+    {
+        var response = await CallAsync(c => c.GetAsync(new RangeRequest { Key = ByteString.CopyFromUtf8(key) },
+            deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        if (response.Kvs.Count == 0) return null;
+        var kv = response.Kvs[0];
+        return new Versioned<T>(key, Json.Deserialize<T>(kv.Value.ToStringUtf8()), kv.ModRevision);
+    }
+
+    public async Task<string?> GetStringAsync(string key, CancellationToken ct)
+    {
+        var response = await CallAsync(c => c.GetAsync(new RangeRequest { Key = ByteString.CopyFromUtf8(key) },
+            deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        return response.Kvs.Count == 0 ? null : response.Kvs[0].Value.ToStringUtf8();
+    }
+
+    public async Task<IReadOnlyList<Versioned<T>>> ListAsync<T>(string prefix, CancellationToken ct)
+    {
+        var response = await CallAsync(c => c.GetAsync(new RangeRequest
+        {
+            Key = ByteString.CopyFromUtf8(prefix),
+            RangeEnd = ByteString.CopyFromUtf8(RangeEnd(prefix)),
+        }, deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        var list = new List<Versioned<T>>(response.Kvs.Count);
+        foreach (var kv in response.Kvs)
+        {
+            list.Add(new Versioned<T>(kv.Key.ToStringUtf8(), Json.Deserialize<T>(kv.Value.ToStringUtf8()), kv.ModRevision));
+        }
+        return list;
+    }
+
+    public async Task<long> CountAsync(string prefix, CancellationToken ct)
+    {
+        var response = await CallAsync(c => c.GetAsync(new RangeRequest
+        {
+            Key = ByteString.CopyFromUtf8(prefix),
+            RangeEnd = ByteString.CopyFromUtf8(RangeEnd(prefix)),
+            CountOnly = true,
+        }, deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        return response.Count;
+    }
+
+    public Task PutAsync<T>(string key, T value, CancellationToken ct, long lease = 0) =>
+        PutStringAsync(key, Json.Serialize(value), ct, lease);
+
+    public async Task PutStringAsync(string key, string value, CancellationToken ct, long lease = 0)
+    {
+        await CallAsync(c => c.PutAsync(new PutRequest
+        {
+            Key = ByteString.CopyFromUtf8(key),
+            Value = ByteString.CopyFromUtf8(value),
+            Lease = lease,
+        }, deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+    }
+
+    public async Task<bool> DeleteAsync(string key, CancellationToken ct)
+    {
+        var r = await CallAsync(c => c.DeleteAsync(new DeleteRangeRequest { Key = ByteString.CopyFromUtf8(key) },
+            deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        return r.Deleted > 0;
+    }
+
+    public async Task<long> DeletePrefixAsync(string prefix, CancellationToken ct)
+    {
+        var r = await CallAsync(c => c.DeleteAsync(new DeleteRangeRequest
+        {
+            Key = ByteString.CopyFromUtf8(prefix),
+            RangeEnd = ByteString.CopyFromUtf8(RangeEnd(prefix)),
+        }, deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        return r.Deleted;
+    }
+
+    /// <summary>Puts the value only if the key does not exist; true when this call created it.</summary>
+    public Task<bool> CreateIfAbsentAsync<T>(string key, T value, CancellationToken ct, long lease = 0) =>
+        TransactAsync(new Txn().Absent(key).Put(key, value, lease), ct);
+
+    /// <summary>Puts the value only if the key is still at the revision read; true on success.</summary>
+    public Task<bool> CompareAndPutAsync<T>(string key, T value, long expectedModRevision, CancellationToken ct, long lease = 0) =>
+        TransactAsync(new Txn().At(key, expectedModRevision).Put(key, value, lease), ct);
+
+    public async Task<bool> TransactAsync(Txn txn, CancellationToken ct)
+    {
+        var r = await CallAsync(c => c.TransactionAsync(txn.Build(), deadline: Deadline(), cancellationToken: ct), ct)
+            .ConfigureAwait(false);
+        return r.Succeeded;
+    }
+
+    public async Task<long> GrantLeaseAsync(TimeSpan ttl, CancellationToken ct)
+    {
+        var r = await CallAsync(c => c.LeaseGrantAsync(new LeaseGrantRequest { TTL = (long)Math.Ceiling(ttl.TotalSeconds) },
+            deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        return r.ID;
+    }
+
+    public async Task RevokeLeaseAsync(long lease, CancellationToken ct)
+    {
+        try
+        {
+            await CallAsync(c => c.LeaseRevokeAsync(new LeaseRevokeRequest { ID = lease }, deadline: Deadline(), cancellationToken: ct), ct)
+                .ConfigureAwait(false);
+        }
+        catch (RpcException ex) when (ex.StatusCode == StatusCode.NotFound)
+        {
+            // already expired: nothing to revoke
+        }
+    }
+
+    /// <summary>Refreshes a lease once; false when etcd no longer knows it (expired).</summary>
+    public async Task<bool> KeepAliveOnceAsync(long lease, CancellationToken ct)
+    {
+        var client = new Lease.LeaseClient(Invoker);
+        using var call = client.LeaseKeepAlive(deadline: Deadline(), cancellationToken: ct);
+        await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = lease }, ct).ConfigureAwait(false);
+        await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+        if (!await call.ResponseStream.MoveNext(ct).ConfigureAwait(false)) return false;
+        return call.ResponseStream.Current.TTL > 0;
+    }
+
+    /// <summary>
+    /// Calls onChange after every batch of changes under the prefix, until cancelled. Reconnects after
+    /// errors; callers must also re-read on a timer, since a change during a reconnect is only seen then.
+    /// </summary>
+    public async Task WatchPrefixAsync(string prefix, Func<IReadOnlyList<WatchedChange>, Task> onChange, CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                var client = new Watch.WatchClient(Invoker);
+                using var call = client.Watch(cancellationToken: ct);
+                await call.RequestStream.WriteAsync(new WatchRequest
+                {
+                    CreateRequest = new WatchCreateRequest
+                    {
+                        Key = ByteString.CopyFromUtf8(prefix),
+                        RangeEnd = ByteString.CopyFromUtf8(RangeEnd(prefix)),
+                    },
+                }, ct).ConfigureAwait(false);
+                while (await call.ResponseStream.MoveNext(ct).ConfigureAwait(false))
+                {
+                    var response = call.ResponseStream.Current;
+                    if (response.Events.Count == 0) continue;
+                    var changes = response.Events.Select(e => new WatchedChange(
+                        e.Kv.Key.ToStringUtf8(),
+                        e.Type == Mvccpb.Event.Types.EventType.Delete ? null : e.Kv.Value.ToStringUtf8())).ToList();
+                    await onChange(changes).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (RpcException ex) when (ex.StatusCode == StatusCode.Cancelled && ct.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception ex)
+            {
+                _logger.LogDebug(ex, "watch on {Prefix} broke; reconnecting", prefix);
+                Interlocked.Increment(ref _current);
+            }
+            try { await Task.Delay(500, ct).ConfigureAwait(false); }
+            catch (OperationCanceledException) { return; }
+        }
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        foreach (var channel in _channels) channel.Dispose();
+        return ValueTask.CompletedTask;
+    }
+}
+
+public sealed record WatchedChange(string Key, string? Value);
+
+/// <summary>A small builder for etcd transactions: all compares must hold for the puts and deletes to apply.</summary>
+public sealed class Txn
+{
+    private readonly TxnRequest _request = new();
+
+    public Txn Absent(string key)
+    {
+        _request.Compare.Add(new Compare
+        {
+            Key = ByteString.CopyFromUtf8(key),
+            Target = Compare.Types.CompareTarget.Create,
+            Result = Compare.Types.CompareResult.Equal,
+            CreateRevision = 0,
+        });
+        return this;
+    }
+
+    public Txn At(string key, long modRevision)
+    {
+        _request.Compare.Add(new Compare
+        {
+            Key = ByteString.CopyFromUtf8(key),
+            Target = Compare.Types.CompareTarget.Mod,
+            Result = Compare.Types.CompareResult.Equal,
+            ModRevision = modRevision,
+        });
+        return this;
+    }
+
+    public Txn Put<T>(string key, T value, long lease = 0) => PutString(key, Json.Serialize(value), lease);
+
+    public Txn PutString(string key, string value, long lease = 0)
+    {
+        _request.Success.Add(new RequestOp
+        {
+            RequestPut = new PutRequest { Key = ByteString.CopyFromUtf8(key), Value = ByteString.CopyFromUtf8(value), Lease = lease },
+        });
+        return this;
+    }
+
+    public Txn Delete(string key)
+    {
+        _request.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = ByteString.CopyFromUtf8(key) } });
+        return this;
+    }
+
+    public Txn DeletePrefix(string prefix)
+    {
+        _request.Success.Add(new RequestOp
+        {
+            RequestDeleteRange = new DeleteRangeRequest
+            {
+                Key = ByteString.CopyFromUtf8(prefix),
+                RangeEnd = ByteString.CopyFromUtf8(EtcdStore.RangeEnd(prefix)),
+            },
+        });
+        return this;
+    }
+
+    internal TxnRequest Build() => _request;
+}

@@ -1,0 +1,140 @@
+using System.Text.Json.Nodes;
+using Dingo.Broker.Osb;
+using Dingo.Config;
+using Dingo.Model;
+using Dingo.Postgres;
+using Dingo.Store;
+
+namespace Dingo.Broker;
+
+/// <summary>
+/// Bindings: each one is its own PostgreSQL login role (never the superuser, never the replication user),
+/// made synchronously on the instance's primary.
+/// </summary>
+public sealed class BindingService(EtcdStore store, DingoSettings settings, ILogger<BindingService> logger)
+{
+    private Keys Keys => store.Keys;
+
+    public async Task<OsbResult> BindAsync(string instanceId, string bindingId, HttpRequest request, CancellationToken ct)
+    {
+        var (body, error) = await RequestBody.ReadAsync(request, ct);
+        if (body is null) return error!;
+        var serviceId = body.String("service_id", out var e1);
+        var planId = body.String("plan_id", out var e2);
+        var appGuid = body.String("app_guid", out var e3);
+        var bindResource = body.Object("bind_resource", out var e4);
+        var parameters = body.Object("parameters", out var e5);
+        if ((e1 ?? e2 ?? e3 ?? e4 ?? e5) is { } invalid) return invalid;
+        if (serviceId is null || planId is null) return OsbResult.BadRequest("service_id and plan_id are required");
+        if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}'");
+        if (Catalog.FindPlan(planId) is null) return OsbResult.BadRequest($"unknown plan_id '{planId}'");
+        if (parameters != "{}") return OsbResult.BadRequest("bindings take no parameters");
+
+        var instance = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
+        if (instance is null || instance.Value.Desired != DesiredState.Present) return OsbResult.NotFound($"service instance {instanceId} does not exist");
+        var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
+        if (op?.Value is { Kind: OperationKind.Provision } provision && provision.State != OperationState.Succeeded)
+            return OsbResult.Concurrency($"service instance {instanceId} is not ready: provision {provision.State} ({provision.Description})");
+
+        var existing = await store.GetAsync<BindingRecord>(Keys.Binding(instanceId, bindingId), ct);
+        BindingRecord binding;
+        if (existing is not null)
+        {
+            var b = existing.Value;
+            var same = b.ServiceId == serviceId && b.PlanId == planId && b.AppGuid == appGuid && b.BindResourceJson == bindResource && b.ParametersJson == parameters;
+            if (!same) return OsbResult.Conflict($"binding {bindingId} already exists with other attributes");
+            if (b.State == "ready") return OsbResult.Ok(CredentialsJson(instance.Value, b));
+            binding = b; // a previous attempt stopped half-way: finish it
+        }
+        else
+        {
+            binding = new BindingRecord
+            {
+                Id = bindingId,
+                InstanceId = instanceId,
+                ServiceId = serviceId,
+                PlanId = planId,
+                AppGuid = appGuid,
+                BindResourceJson = bindResource,
+                ParametersJson = parameters,
+                Role = new Credentials(Secrets.RoleName("b_"), Secrets.Password()),
+                CreatedAt = DateTimeOffset.UtcNow,
+            };
+            if (!await store.CreateIfAbsentAsync(Keys.Binding(instanceId, bindingId), binding, ct))
+                return OsbResult.Concurrency($"binding {bindingId} is being created by another request");
+        }
+
+        var leader = await store.GetAsync<LeaderRecord>(Keys.Leader(instanceId), ct);
+        if (leader is null) return OsbResult.Error(503, "Unavailable", $"service instance {instanceId} has no primary right now; try again shortly");
+        try
+        {
+            await DatabaseAdmin.CreateBindingRoleAsync(leader.Value.Host, leader.Value.Port, instance.Value.Superuser, instance.Value.Database, binding.Role, ct);
+        }
+        catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException)
+        {
+            logger.LogWarning("binding {Binding} on {Instance}: creating the role failed: {Error}", bindingId, instanceId, ex.Message);
+            return OsbResult.Error(503, "Unavailable", $"could not create the binding's role on the primary: {ex.Message}");
+        }
+        var ready = binding with { State = "ready" };
+        await store.PutAsync(Keys.Binding(instanceId, bindingId), ready, ct);
+        logger.LogInformation("binding {Binding} on {Instance}: role {Role} created", bindingId, instanceId, binding.Role.Username);
+        return OsbResult.Created(CredentialsJson(instance.Value, ready));
+    }
+
+    public async Task<OsbResult> UnbindAsync(string instanceId, string bindingId, string? serviceId, string? planId, CancellationToken ct)
+    {
+        if (string.IsNullOrEmpty(serviceId) || string.IsNullOrEmpty(planId))
+            return OsbResult.BadRequest("service_id and plan_id query parameters are required");
+        var existing = await store.GetAsync<BindingRecord>(Keys.Binding(instanceId, bindingId), ct);
+        if (existing is null) return OsbResult.Gone($"binding {bindingId} does not exist");
+        var instance = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
+        var leader = await store.GetAsync<LeaderRecord>(Keys.Leader(instanceId), ct);
+        if (instance is not null)
+        {
+            if (leader is null) return OsbResult.Error(503, "Unavailable", $"service instance {instanceId} has no primary right now; the binding is kept, try again shortly");
+            try
+            {
+                await DatabaseAdmin.DropBindingRoleAsync(leader.Value.Host, leader.Value.Port, instance.Value.Superuser, instance.Value.Database, existing.Value.Role.Username, ct);
+            }
+            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException)
+            {
+                return OsbResult.Error(503, "Unavailable", $"could not drop the binding's role on the primary: {ex.Message}");
+            }
+        }
+        await store.DeleteAsync(Keys.Binding(instanceId, bindingId), ct);
+        logger.LogInformation("binding {Binding} on {Instance}: role {Role} dropped", bindingId, instanceId, existing.Value.Role.Username);
+        return OsbResult.Empty();
+    }
+
+    public async Task<OsbResult> FetchAsync(string instanceId, string bindingId, CancellationToken ct)
+    {
+        var instance = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
+        var binding = await store.GetAsync<BindingRecord>(Keys.Binding(instanceId, bindingId), ct);
+        if (instance is null || binding is null || binding.Value.State != "ready") return OsbResult.NotFound($"binding {bindingId} does not exist");
+        var body = CredentialsJson(instance.Value, binding.Value);
+        body["parameters"] = CanonicalJson.ParseOrEmpty(binding.Value.ParametersJson);
+        return OsbResult.Ok(body);
+    }
+
+    private JsonObject CredentialsJson(InstanceRecord instance, BindingRecord binding)
+    {
+        var host = settings.Broker.BindingHost;
+        var port = instance.Port;
+        var user = binding.Role.Username;
+        var password = binding.Role.Password;
+        var db = instance.Database;
+        return new JsonObject
+        {
+            ["credentials"] = new JsonObject
+            {
+                ["uri"] = $"postgres://{user}:{password}@{host}:{port}/{db}",
+                ["jdbcUrl"] = $"jdbc:postgresql://{host}:{port}/{db}?user={user}&password={password}",
+                ["host"] = host,
+                ["port"] = port,
+                ["username"] = user,
+                ["password"] = password,
+                ["database"] = db,
+            },
+        };
+    }
+}

@@ -1,0 +1,58 @@
+using Akka.Cluster.Hosting;
+using Akka.Hosting;
+using Akka.Remote.Hosting;
+using Dingo.Broker.Osb;
+using Dingo.Config;
+using Dingo.Instances;
+using Dingo.Store;
+
+namespace Dingo.Broker;
+
+/// <summary>Composes the broker process: Kestrel + OSB API, the Akka.NET `broker` role with sharded instance actors.</summary>
+public static class BrokerApp
+{
+    /// <param name="akkaPort">remoting port; 0 picks a free one (tests)</param>
+    public static WebApplication Build(DingoSettings settings, int? akkaPort = null, Action<ILoggingBuilder>? logging = null)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.WebHost.UseUrls(settings.Broker.Url);
+        builder.Logging.ClearProviders();
+        if (logging is not null) logging(builder.Logging);
+        else builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
+        builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
+
+        builder.Services.AddSingleton(settings);
+        builder.Services.AddSingleton(settings.Broker);
+        builder.Services.AddSingleton(sp => new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix, sp.GetRequiredService<ILogger<EtcdStore>>()));
+        builder.Services.AddSingleton<InstanceService>();
+        builder.Services.AddSingleton<BindingService>();
+        builder.Services.AddHostedService<OperationSweeper>();
+
+        var port = akkaPort ?? settings.Broker.AkkaPort;
+        builder.Services.AddAkka("dingo", (akka, sp) =>
+        {
+            var store = sp.GetRequiredService<EtcdStore>();
+            var loggers = sp.GetRequiredService<ILoggerFactory>();
+            akka.AddHocon("akka.loglevel = WARNING\nakka.cluster.log-info = off", HoconAddMode.Prepend)
+                .WithRemoting("127.0.0.1", port)
+                .WithClustering(new ClusterOptions { Roles = ["broker"] })
+                .WithShardRegion<ServiceInstanceRegion>(
+                    "service-instance",
+                    id => ServiceInstanceActor.Props(id, store, settings, loggers),
+                    new ServiceInstanceExtractor(),
+                    new ShardOptions { Role = "broker", StateStoreMode = Akka.Cluster.Sharding.StateStoreMode.DData, RememberEntities = false })
+                .AddStartup((system, _) =>
+                {
+                    // The broker seeds its own cluster; cells join it.
+                    var cluster = Akka.Cluster.Cluster.Get(system);
+                    cluster.Join(cluster.SelfAddress);
+                });
+        });
+
+        var app = builder.Build();
+        app.UseMiddleware<OsbMiddleware>();
+        app.MapGet("/healthz", () => Results.Text("ok"));
+        OsbEndpoints.Map(app);
+        return app;
+    }
+}

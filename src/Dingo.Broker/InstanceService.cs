@@ -1,0 +1,227 @@
+using System.Text.Json.Nodes;
+using Akka.Actor;
+using Akka.Hosting;
+using Dingo.Broker.Osb;
+using Dingo.Config;
+using Dingo.Instances;
+using Dingo.Model;
+using Dingo.Postgres;
+using Dingo.Store;
+
+namespace Dingo.Broker;
+
+/// <summary>
+/// The broker's answers for service instances. Requests only validate and record what is wanted in etcd;
+/// the instance's actor does the work and writes progress that last_operation reads back.
+/// </summary>
+public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRequiredActor<ServiceInstanceRegion> region, ILogger<InstanceService> logger)
+{
+    // One provision at a time, so two concurrent requests cannot both slip under the quota.
+    private readonly SemaphoreSlim _provisionGate = new(1, 1);
+    private Keys Keys => store.Keys;
+
+    public async Task<OsbResult> ProvisionAsync(string instanceId, bool acceptsIncomplete, HttpRequest request, CancellationToken ct)
+    {
+        if (!acceptsIncomplete) return OsbResult.AsyncRequired();
+        var (body, error) = await RequestBody.ReadAsync(request, ct);
+        if (body is null) return error!;
+        var serviceId = body.String("service_id", out var e1);
+        var planId = body.String("plan_id", out var e2);
+        var org = body.String("organization_guid", out var e3);
+        var space = body.String("space_guid", out var e4);
+        var parameters = body.Object("parameters", out var e5);
+        var context = body.Object("context", out var e6);
+        if ((e1 ?? e2 ?? e3 ?? e4 ?? e5 ?? e6) is { } invalid) return invalid;
+        var missing = new[] { ("service_id", serviceId), ("plan_id", planId), ("organization_guid", org), ("space_guid", space) }
+            .Where(f => f.Item2 is null).Select(f => f.Item1).ToList();
+        if (missing.Count > 0) return OsbResult.BadRequest($"missing required field(s): {string.Join(", ", missing)}");
+        if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}': this broker offers {Catalog.ServiceId} ({Catalog.ServiceName})");
+        var plan = Catalog.FindPlan(planId);
+        if (plan is null) return OsbResult.BadRequest($"unknown plan_id '{planId}' for service {Catalog.ServiceName}");
+        if (ValidateParameters(parameters) is { } badParameters) return badParameters;
+
+        await _provisionGate.WaitAsync(ct);
+        try
+        {
+            var existing = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
+            if (existing is not null)
+            {
+                var r = existing.Value;
+                var same = r.ServiceId == serviceId && r.PlanId == planId && r.OrganizationGuid == org && r.SpaceGuid == space && r.ParametersJson == parameters;
+                if (!same || r.Desired != DesiredState.Present) return OsbResult.Conflict($"service instance {instanceId} already exists with other attributes");
+                var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
+                if (op?.Value is { Kind: OperationKind.Provision, InProgress: true } running) return OsbResult.Accepted(running.Id);
+                return OsbResult.Ok(new JsonObject());
+            }
+            if (settings.Broker.InstanceQuota > 0)
+            {
+                var count = await store.CountAsync(Keys.Instances, ct);
+                if (count >= settings.Broker.InstanceQuota)
+                    return OsbResult.Error(422, "QuotaExceeded",
+                        $"the instance quota of {settings.Broker.InstanceQuota} is reached ({count} instances exist): delete an instance or ask the operator to raise dingo.broker.instance-quota");
+            }
+
+            var port = await new PortAllocator(store).AllocatePublicPortAsync(instanceId, settings.Router.PortFirst, settings.Router.PortLast, ct);
+            var now = DateTimeOffset.UtcNow;
+            var record = new InstanceRecord
+            {
+                Id = instanceId,
+                ServiceId = serviceId!,
+                PlanId = planId!,
+                OrganizationGuid = org!,
+                SpaceGuid = space!,
+                ParametersJson = parameters,
+                ContextJson = context,
+                Port = port,
+                NodeCount = plan.NodeCount,
+                Superuser = new Credentials(DatabaseAdmin.SuperuserName, Secrets.Password()),
+                CreatedAt = now,
+            };
+            var operation = new OperationRecord
+            {
+                Id = $"provision-{now.ToUnixTimeMilliseconds()}",
+                Kind = OperationKind.Provision,
+                State = OperationState.InProgress,
+                Description = "accepted: choosing a cell",
+                StartedAt = now,
+                UpdatedAt = now,
+            };
+            var created = await store.TransactAsync(new Txn()
+                .Absent(Keys.Instance(instanceId))
+                .Put(Keys.Instance(instanceId), record)
+                .Put(Keys.Operation(instanceId), operation), ct);
+            if (!created)
+            {
+                // Another broker won the race; the port stays recorded (never reused) but unused.
+                return OsbResult.Conflict($"service instance {instanceId} was created concurrently");
+            }
+            logger.LogInformation("instance {Instance}: provision accepted, plan {Plan}, port {Port}", instanceId, plan.Name, port);
+            Poke(instanceId);
+            return OsbResult.Accepted(operation.Id);
+        }
+        finally
+        {
+            _provisionGate.Release();
+        }
+    }
+
+    public async Task<OsbResult> UpdateAsync(string instanceId, bool acceptsIncomplete, HttpRequest request, CancellationToken ct)
+    {
+        if (!acceptsIncomplete) return OsbResult.AsyncRequired();
+        var (body, error) = await RequestBody.ReadAsync(request, ct);
+        if (body is null) return error!;
+        var serviceId = body.String("service_id", out var e1);
+        var planId = body.String("plan_id", out var e2);
+        var parameters = body.Object("parameters", out var e3);
+        if ((e1 ?? e2 ?? e3) is { } invalid) return invalid;
+        if (serviceId is null) return OsbResult.BadRequest("missing required field: service_id");
+        if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}'");
+        if (planId is not null && Catalog.FindPlan(planId) is null) return OsbResult.BadRequest($"unknown plan_id '{planId}'");
+        if (ValidateParameters(parameters) is { } badParameters) return badParameters;
+
+        var existing = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
+        if (existing is null || existing.Value.Desired != DesiredState.Present) return OsbResult.NotFound($"service instance {instanceId} does not exist");
+        var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
+        if (op?.Value.InProgress == true) return OsbResult.Concurrency($"service instance {instanceId} is busy: {op.Value.Kind} in progress");
+        if (planId is not null && planId != existing.Value.PlanId)
+            return OsbResult.Error(422, "PlanChangeNotSupported", "plan changes are not supported yet: this broker offers only the solo plan");
+
+        var now = DateTimeOffset.UtcNow;
+        // Parameters given replace the stored ones key by key; keys not sent keep their value.
+        var merged = CanonicalJson.ParseOrEmpty(existing.Value.ParametersJson).AsObject();
+        foreach (var (key, value) in CanonicalJson.ParseOrEmpty(parameters).AsObject().ToList()) merged[key] = value?.DeepClone();
+        var operation = new OperationRecord
+        {
+            Id = $"update-{now.ToUnixTimeMilliseconds()}",
+            Kind = OperationKind.Update,
+            State = OperationState.InProgress,
+            Description = "accepted: applying parameters",
+            StartedAt = now,
+            UpdatedAt = now,
+        };
+        var updated = existing.Value with { ParametersJson = CanonicalJson.Of(merged) };
+        var ok = await store.TransactAsync(new Txn()
+            .At(Keys.Instance(instanceId), existing.ModRevision)
+            .Put(Keys.Instance(instanceId), updated)
+            .Put(Keys.Operation(instanceId), operation), ct);
+        if (!ok) return OsbResult.Concurrency($"service instance {instanceId} changed while updating; try again");
+        Poke(instanceId);
+        return OsbResult.Accepted(operation.Id);
+    }
+
+    public async Task<OsbResult> DeprovisionAsync(string instanceId, bool acceptsIncomplete, string? serviceId, string? planId, CancellationToken ct)
+    {
+        if (string.IsNullOrEmpty(serviceId) || string.IsNullOrEmpty(planId))
+            return OsbResult.BadRequest("service_id and plan_id query parameters are required");
+        if (!acceptsIncomplete) return OsbResult.AsyncRequired();
+        var existing = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
+        if (existing is null) return OsbResult.Gone($"service instance {instanceId} does not exist");
+        var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
+        if (existing.Value.Desired == DesiredState.Absent && op?.Value is { Kind: OperationKind.Deprovision } deleting)
+            return OsbResult.Accepted(deleting.Id);
+
+        var now = DateTimeOffset.UtcNow;
+        var operation = new OperationRecord
+        {
+            Id = $"deprovision-{now.ToUnixTimeMilliseconds()}",
+            Kind = OperationKind.Deprovision,
+            State = OperationState.InProgress,
+            Description = op?.Value is { InProgress: true } running
+                ? $"accepted: stopping the {running.Kind} in progress and removing nodes"
+                : "accepted: removing nodes",
+            StartedAt = now,
+            UpdatedAt = now,
+        };
+        // Flipping desired state is what stops a provision in flight: the next pass tears down instead.
+        var ok = await store.TransactAsync(new Txn()
+            .At(Keys.Instance(instanceId), existing.ModRevision)
+            .Put(Keys.Instance(instanceId), existing.Value with { Desired = DesiredState.Absent })
+            .Put(Keys.Operation(instanceId), operation), ct);
+        if (!ok) return OsbResult.Concurrency($"service instance {instanceId} changed while deleting; try again");
+        logger.LogInformation("instance {Instance}: deprovision accepted", instanceId);
+        Poke(instanceId);
+        return OsbResult.Accepted(operation.Id);
+    }
+
+    public async Task<OsbResult> LastOperationAsync(string instanceId, CancellationToken ct)
+    {
+        var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
+        if (op is null)
+        {
+            return await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct) is null
+                ? OsbResult.NotFound($"service instance {instanceId} does not exist")
+                : OsbResult.Ok(new JsonObject { ["state"] = OperationState.Succeeded, ["description"] = "no operation recorded" });
+        }
+        if (op.Value.InProgress) Poke(instanceId); // a broker restart must not leave work waiting for the sweep
+        return OsbResult.Ok(new JsonObject { ["state"] = op.Value.State, ["description"] = op.Value.Description });
+    }
+
+    public async Task<OsbResult> FetchAsync(string instanceId, CancellationToken ct)
+    {
+        var existing = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
+        if (existing is null || existing.Value.Desired != DesiredState.Present) return OsbResult.NotFound($"service instance {instanceId} does not exist");
+        var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
+        if (op?.Value is { Kind: OperationKind.Provision, InProgress: true }) return OsbResult.NotFound($"service instance {instanceId} is still being provisioned");
+        if (op?.Value is { Kind: OperationKind.Update, InProgress: true }) return OsbResult.Concurrency($"service instance {instanceId} is being updated");
+        var r = existing.Value;
+        return OsbResult.Ok(new JsonObject
+        {
+            ["service_id"] = r.ServiceId,
+            ["plan_id"] = r.PlanId,
+            ["parameters"] = CanonicalJson.ParseOrEmpty(r.ParametersJson),
+        });
+    }
+
+    public void Poke(string instanceId) => region.ActorRef.Tell(new ServiceInstanceMessages.Reconcile(instanceId));
+
+    private static OsbResult? ValidateParameters(string parametersJson)
+    {
+        var p = CanonicalJson.ParseOrEmpty(parametersJson).AsObject();
+        var known = new HashSet<string> { "cells" };
+        var unknown = p.Select(kv => kv.Key).Where(k => !known.Contains(k)).ToList();
+        if (unknown.Count > 0) return OsbResult.BadRequest($"unknown parameter(s): {string.Join(", ", unknown)}; this plan accepts: cells");
+        if (p.TryGetPropertyValue("cells", out var cells) && (cells is not JsonArray arr || arr.Any(c => c is not JsonValue v || !v.TryGetValue<string>(out _))))
+            return OsbResult.BadRequest("parameter `cells` must be an array of cell ids, e.g. [\"cell-1\", \"cell-2\"]");
+        return null;
+    }
+}
