@@ -1,1 +1,57 @@
-namespace Dingo.Cli; public static class Program { public static int Main() => 0; }
+using Dingo.Config;
+
+namespace Dingo.Cli;
+
+public static class Program
+{
+    private const string Usage = """
+        usage: dingo <command> [--config FILE]...
+          up        start etcd, the broker and three cells on this machine (Ctrl-C stops them)
+          status    every instance with its port, plan, operation, nodes, roles, states and cells
+          help      this text
+        """;
+
+    public static async Task<int> Main(string[] args)
+    {
+        if (args.Length == 0 || args[0] is "help" or "--help" or "-h")
+        {
+            Console.WriteLine(Usage);
+            return args.Length == 0 ? 2 : 0;
+        }
+        var home = Environment.GetEnvironmentVariable("DINGO_HOME") ?? Directory.GetCurrentDirectory();
+        var files = new List<string> { Path.Combine(home, "hocon", "dingo.conf") };
+        for (var i = 1; i < args.Length; i++)
+        {
+            if (args[i] == "--config" && i + 1 < args.Length) files.Add(Path.GetFullPath(args[++i]));
+            else
+            {
+                Console.Error.WriteLine($"dingo: unknown argument '{args[i]}'\n{Usage}");
+                return 2;
+            }
+        }
+        DingoSettings settings;
+        try
+        {
+            settings = DingoSettings.Load(files);
+            if (!Path.IsPathRooted(settings.DataDir)) settings = settings with { DataDir = Path.Combine(home, settings.DataDir) };
+        }
+        catch (Exception ex) when (ex is ArgumentException or FileNotFoundException or Akka.Configuration.ConfigurationException)
+        {
+            Console.Error.WriteLine($"dingo: configuration error: {ex.Message}");
+            return 2;
+        }
+        using var cts = new CancellationTokenSource();
+        return args[0] switch
+        {
+            "up" => await Platform.UpAsync(home, files, settings),
+            "status" => await StatusCommand.RunAsync(settings, Console.Out, cts.Token),
+            _ => Unknown(args[0]),
+        };
+    }
+
+    private static int Unknown(string command)
+    {
+        Console.Error.WriteLine($"dingo: unknown command '{command}'\n{Usage}");
+        return 2;
+    }
+}

@@ -1,0 +1,101 @@
+using System.Net;
+using Akka.Actor;
+using Akka.Cluster.Hosting;
+using Akka.Hosting;
+using Akka.Remote.Hosting;
+using Dingo.Cells;
+using Dingo.Config;
+using Dingo.Routing;
+using Dingo.Store;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Dingo.Cell;
+
+/// <summary>Composes a cell process: the Akka.NET `cell` role, its reconcile and router actors, and the etcd watches that wake them.</summary>
+public static class CellApp
+{
+    /// <param name="seedNodes">Akka addresses of the broker(s) to join, e.g. akka.tcp://dingo@127.0.0.1:4053</param>
+    public static IHost Build(DingoSettings settings, IReadOnlyList<string> seedNodes, Action<ILoggingBuilder>? logging = null)
+    {
+        var builder = Host.CreateApplicationBuilder();
+        builder.Logging.ClearProviders();
+        if (logging is not null) logging(builder.Logging);
+        else builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
+
+        builder.Services.AddSingleton(settings);
+        builder.Services.AddSingleton(sp => new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix, sp.GetRequiredService<ILogger<EtcdStore>>()));
+        builder.Services.AddSingleton<IContainerRuntime>(sp => settings.Cell.Runtime switch
+        {
+            "process" => new LocalProcessRuntime(
+                new LocalProcessRuntimeOptions(
+                    DataRoot: Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "nodes"),
+                    PostgresBin: settings.Cell.PostgresBin,
+                    RunAsUser: settings.Cell.RunAsUser),
+                sp.GetRequiredService<ILogger<LocalProcessRuntime>>()),
+            var other => throw new ArgumentException($"dingo.cell.runtime '{other}' is not known: use \"process\""),
+        });
+        builder.Services.AddSingleton(sp => new CellLease(sp.GetRequiredService<EtcdStore>(), settings.Cell.LeaseTtl, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Lease")));
+        builder.Services.AddSingleton(sp => new CellReconciler(
+            sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<IContainerRuntime>(), sp.GetRequiredService<CellLease>(),
+            settings, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell")));
+        builder.Services.AddSingleton(sp => new TcpRouter(IPAddress.Parse(settings.Router.BindAddress),
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Router"), settings.Router.LeaderWait));
+
+        builder.Services.AddAkka("dingo", (akka, sp) =>
+        {
+            akka.AddHocon("akka.loglevel = WARNING\nakka.cluster.log-info = off", HoconAddMode.Prepend)
+                .WithRemoting("127.0.0.1", settings.Cell.AkkaPort)
+                .WithClustering(new ClusterOptions { Roles = ["cell"], SeedNodes = seedNodes.ToArray() })
+                .WithActors((system, registry) =>
+                {
+                    var cell = system.ActorOf(CellActor.Props(sp.GetRequiredService<CellReconciler>(), settings.Cell.ReconcileInterval), "cell");
+                    var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<TcpRouter>()), "router");
+                    registry.Register<CellActor>(cell);
+                    registry.Register<RouterActor>(router);
+                });
+        });
+        builder.Services.AddHostedService<CellWatches>();
+        return builder.Build();
+    }
+}
+
+/// <summary>
+/// Wakes the actors when etcd changes, and on stop winds the cell down in order: actors first, then
+/// PostgreSQL nodes (data kept), then the lease, then the router's listeners.
+/// </summary>
+internal sealed class CellWatches(
+    EtcdStore store, DingoSettings settings, CellReconciler reconciler, TcpRouter router,
+    IRequiredActor<CellActor> cell, IRequiredActor<RouterActor> routerActor, ILogger<CellWatches> logger) : BackgroundService
+{
+    protected override Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var keys = store.Keys;
+        logger.LogInformation("cell {Cell} ({Zone}) watching etcd at {Endpoints}", settings.Cell.Id, settings.Cell.Zone, string.Join(",", store.Endpoints));
+        return Task.WhenAll(
+            store.WatchPrefixAsync(keys.Assignments(settings.Cell.Id), _ => { cell.ActorRef.Tell(new CellMessages.Reconcile()); return Task.CompletedTask; }, stoppingToken),
+            store.WatchPrefixAsync(keys.Clusters, _ => { routerActor.ActorRef.Tell(new RouterMessages.Refresh()); return Task.CompletedTask; }, stoppingToken),
+            store.WatchPrefixAsync(keys.Ports, _ => { routerActor.ActorRef.Tell(new RouterMessages.Refresh()); return Task.CompletedTask; }, stoppingToken));
+    }
+
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await base.StopAsync(cancellationToken);
+        try
+        {
+            await cell.ActorRef.GracefulStop(TimeSpan.FromSeconds(30));
+            await routerActor.ActorRef.GracefulStop(TimeSpan.FromSeconds(5));
+        }
+        catch (Exception ex) when (ex is TaskCanceledException or AskTimeoutException)
+        {
+            logger.LogWarning("actors did not stop in time: {Error}", ex.Message);
+        }
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        cts.CancelAfter(TimeSpan.FromSeconds(45));
+        await reconciler.ShutdownAsync(cts.Token);
+        await router.DisposeAsync();
+        logger.LogInformation("cell {Cell} stopped", settings.Cell.Id);
+    }
+}

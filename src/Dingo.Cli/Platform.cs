@@ -1,0 +1,293 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Dingo.Config;
+using Dingo.Postgres;
+using Dingo.Store;
+
+namespace Dingo.Cli;
+
+/// <summary>
+/// `dingo up`: the whole platform on loopback as separate processes — etcd, the broker, three cells in
+/// three zones — supervised until Ctrl-C, then stopped in order: cells (their PostgreSQL nodes stop with
+/// data kept), broker, etcd. A second `dingo up` finds every instance again in etcd and on disk.
+/// </summary>
+public static class Platform
+{
+    private static readonly (string Id, string Zone)[] Cells = [("cell-1", "z1"), ("cell-2", "z2"), ("cell-3", "z3")];
+
+    public static async Task<int> UpAsync(string home, IReadOnlyList<string> configFiles, DingoSettings settings)
+    {
+        var data = settings.DataDir;
+        Directory.CreateDirectory(Path.Combine(data, "logs"));
+        Directory.CreateDirectory(Path.Combine(data, "run"));
+        var (username, password) = BrokerCredentials(settings, data);
+
+        using var stop = new CancellationTokenSource();
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
+
+        var children = new List<Child>();
+        try
+        {
+            var etcdEndpoint = new Uri(settings.EtcdEndpoints[0]);
+            KillLeftovers(data);
+            if (!PortFree(etcdEndpoint.Host, etcdEndpoint.Port))
+            {
+                Console.Error.WriteLine($"dingo: port {etcdEndpoint.Port} on {etcdEndpoint.Host} is in use by another program: stop it, or point dingo.etcd.endpoints elsewhere");
+                return 1;
+            }
+            var brokerUri = new Uri(settings.Broker.Url);
+            if (!PortFree(brokerUri.Host, brokerUri.Port))
+            {
+                Console.Error.WriteLine($"dingo: port {brokerUri.Port} on {brokerUri.Host} is in use: stop that program or set DINGO_BROKER_URL");
+                return 1;
+            }
+
+            var etcd = Child.Start("etcd", "/usr/bin/etcd",
+            [
+                "--name", "dingo", "--data-dir", Path.Combine(data, "etcd"),
+                "--listen-client-urls", $"http://{etcdEndpoint.Host}:{etcdEndpoint.Port}",
+                "--advertise-client-urls", $"http://{etcdEndpoint.Host}:{etcdEndpoint.Port}",
+                "--listen-peer-urls", $"http://{etcdEndpoint.Host}:{etcdEndpoint.Port + 1}",
+                "--initial-advertise-peer-urls", $"http://{etcdEndpoint.Host}:{etcdEndpoint.Port + 1}",
+                "--initial-cluster", $"dingo=http://{etcdEndpoint.Host}:{etcdEndpoint.Port + 1}",
+                "--log-level", "warn",
+            ], new Dictionary<string, string>(), data, echo: false);
+            children.Add(etcd);
+            await WaitForEtcdAsync(settings, stop.Token);
+
+            var env = new Dictionary<string, string>
+            {
+                ["DINGO_BROKER_USERNAME"] = username,
+                ["DINGO_BROKER_PASSWORD"] = password,
+                ["DINGO_DATA_DIR"] = data,
+            };
+            var configArgs = configFiles.SelectMany(f => new[] { "--config", f }).ToArray();
+            var broker = Child.Start("broker", "dotnet", [Dll(home, "Dingo.Broker"), .. configArgs], env, data, echo: true);
+            children.Add(broker);
+            foreach (var (id, zone) in Cells)
+            {
+                var cellEnv = new Dictionary<string, string>(env) { ["DINGO_CELL_ID"] = id, ["DINGO_CELL_ZONE"] = zone };
+                children.Add(Child.Start(id, "dotnet", [Dll(home, "Dingo.Cell"), .. configArgs, "--seed", $"akka.tcp://dingo@127.0.0.1:{settings.Broker.AkkaPort}"], cellEnv, data, echo: true));
+            }
+            await WaitForBrokerAsync(settings.Broker.Url, stop.Token);
+
+            Console.WriteLine();
+            Console.WriteLine("Dingo PostgreSQL is up.");
+            Console.WriteLine($"  broker URL:      {settings.Broker.Url}");
+            Console.WriteLine($"  broker username: {username}");
+            Console.WriteLine($"  broker password: {password}");
+            Console.WriteLine($"  etcd:            {string.Join(",", settings.EtcdEndpoints)}   cells: {string.Join(", ", Cells.Select(c => $"{c.Id} ({c.Zone})"))}");
+            Console.WriteLine($"  data and logs:   {data}");
+            Console.WriteLine("  register it:     cf create-service-broker dingo-postgresql " + $"{username} <password> {settings.Broker.Url}");
+            Console.WriteLine("Ctrl-C stops everything (instances keep their data for the next `./dingo up`).");
+            Console.WriteLine();
+
+            // Supervise: a process that dies while we are up is started again.
+            while (!stop.IsCancellationRequested)
+            {
+                try { await Task.Delay(1000, stop.Token); }
+                catch (OperationCanceledException) { break; }
+                foreach (var child in children.Where(c => c.HasExited).ToList())
+                {
+                    Console.Error.WriteLine($"dingo: {child.Name} exited with code {child.ExitCode}; starting it again (log: {child.LogPath})");
+                    children[children.IndexOf(child)] = child.Restart();
+                }
+            }
+            Console.WriteLine("\nstopping: cells first (PostgreSQL nodes stop, data kept), then the broker, then etcd");
+            return 0;
+        }
+        catch (OperationCanceledException)
+        {
+            return 130;
+        }
+        catch (Exception ex) when (ex is TimeoutException or InvalidOperationException or System.ComponentModel.Win32Exception)
+        {
+            Console.Error.WriteLine($"dingo: {ex.Message}");
+            return 1;
+        }
+        finally
+        {
+            // Reverse order of start: cells, broker, etcd.
+            for (var i = children.Count - 1; i >= 0; i--) await children[i].StopAsync(TimeSpan.FromSeconds(i == 0 ? 10 : 60));
+        }
+    }
+
+    private static string Dll(string home, string project)
+    {
+        foreach (var config in new[] { "Release", "Debug" })
+        {
+            var path = Path.Combine(home, "src", project, "bin", config, "net10.0", project + ".dll");
+            if (File.Exists(path)) return path;
+        }
+        throw new InvalidOperationException($"{project} is not built: run ./dingo up (it builds first) or dotnet build -c Release");
+    }
+
+    /// <summary>Environment first; else the configured password; else one generated once and kept (mode 600).</summary>
+    private static (string Username, string Password) BrokerCredentials(DingoSettings settings, string data)
+    {
+        var username = settings.Broker.Username;
+        if (!string.IsNullOrEmpty(settings.Broker.Password)) return (username, settings.Broker.Password);
+        var file = Path.Combine(data, "broker-credentials");
+        if (File.Exists(file))
+        {
+            var saved = File.ReadAllText(file).Trim();
+            if (saved.Length > 0) return (username, saved);
+        }
+        var password = Secrets.Password(32);
+        File.WriteAllText(file, password);
+        File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        return (username, password);
+    }
+
+    private static bool PortFree(string host, int port)
+    {
+        try
+        {
+            using var probe = new TcpClient();
+            probe.Connect(host, port);
+            return false;
+        }
+        catch (SocketException)
+        {
+            return true;
+        }
+    }
+
+    /// <summary>Processes a crashed earlier `dingo up` left behind (by their recorded PIDs).</summary>
+    private static void KillLeftovers(string data)
+    {
+        foreach (var pidFile in Directory.GetFiles(Path.Combine(data, "run"), "*.pid"))
+        {
+            if (int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid))
+            {
+                try
+                {
+                    var p = Process.GetProcessById(pid);
+                    var cmd = File.Exists($"/proc/{pid}/cmdline") ? File.ReadAllText($"/proc/{pid}/cmdline") : "";
+                    if (cmd.Contains("etcd", StringComparison.Ordinal) || cmd.Contains("Dingo.", StringComparison.Ordinal))
+                    {
+                        Console.Error.WriteLine($"dingo: stopping {Path.GetFileNameWithoutExtension(pidFile)} (pid {pid}) left by an earlier run");
+                        p.Kill(entireProcessTree: true);
+                        p.WaitForExit(10_000);
+                    }
+                }
+                catch (ArgumentException) { /* not running */ }
+            }
+            File.Delete(pidFile);
+        }
+    }
+
+    private static async Task WaitForEtcdAsync(DingoSettings settings, CancellationToken ct)
+    {
+        await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (true)
+        {
+            try
+            {
+                await store.GetStringAsync(store.Keys.PortCounter, ct);
+                return;
+            }
+            catch (Grpc.Core.RpcException) when (DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(200, ct);
+            }
+            catch (Grpc.Core.RpcException ex)
+            {
+                throw new TimeoutException($"etcd did not answer within 30 s: {ex.Status.Detail}; see .dingo/logs/etcd.log");
+            }
+        }
+    }
+
+    private static async Task WaitForBrokerAsync(string url, CancellationToken ct)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (DateTime.UtcNow < deadline)
+        {
+            try
+            {
+                if ((await http.GetAsync(new Uri(new Uri(url), "/healthz"), ct)).IsSuccessStatusCode) return;
+            }
+            catch (HttpRequestException) { }
+            catch (TaskCanceledException) when (!ct.IsCancellationRequested) { }
+            await Task.Delay(300, ct);
+        }
+        throw new TimeoutException($"the broker did not answer on {url} within 60 s; see .dingo/logs/broker.log");
+    }
+}
+
+/// <summary>A supervised child process in its own session (so Ctrl-C reaches only us, and we stop children in order).</summary>
+internal sealed class Child
+{
+    private readonly string _file;
+    private readonly string[] _args;
+    private readonly IReadOnlyDictionary<string, string> _env;
+    private readonly string _data;
+    private readonly bool _echo;
+    private readonly Process _process;
+    private readonly StreamWriter _log;
+
+    private Child(string name, string file, string[] args, IReadOnlyDictionary<string, string> env, string data, bool echo)
+    {
+        Name = name;
+        _file = file;
+        _args = args;
+        _env = env;
+        _data = data;
+        _echo = echo;
+        LogPath = Path.Combine(data, "logs", name + ".log");
+        _log = new StreamWriter(LogPath, append: true) { AutoFlush = true };
+        var psi = new ProcessStartInfo("setsid") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(file);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in env) psi.Environment[k] = v;
+        _process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {name}");
+        _process.OutputDataReceived += (_, e) => Line(e.Data);
+        _process.ErrorDataReceived += (_, e) => Line(e.Data);
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+        File.WriteAllText(Path.Combine(data, "run", name + ".pid"), _process.Id.ToString());
+    }
+
+    public string Name { get; }
+    public string LogPath { get; }
+    public bool HasExited => _process.HasExited;
+    public int ExitCode => _process.ExitCode;
+
+    public static Child Start(string name, string file, string[] args, IReadOnlyDictionary<string, string> env, string data, bool echo) =>
+        new(name, file, args, env, data, echo);
+
+    public Child Restart() => new(Name, _file, _args, _env, _data, _echo);
+
+    private void Line(string? line)
+    {
+        if (line is null) return;
+        lock (_log) _log.WriteLine(line);
+        if (_echo) Console.WriteLine($"[{Name}] {line}");
+    }
+
+    public async Task StopAsync(TimeSpan grace)
+    {
+        if (!_process.HasExited)
+        {
+            // SIGTERM: the process shuts down cleanly (cells stop their nodes first).
+            _ = kill(_process.Id, 15);
+            using var cts = new CancellationTokenSource(grace);
+            try { await _process.WaitForExitAsync(cts.Token); }
+            catch (OperationCanceledException)
+            {
+                Console.Error.WriteLine($"dingo: {Name} did not stop within {grace.TotalSeconds:0}s; killing it");
+                _process.Kill(entireProcessTree: true);
+                await _process.WaitForExitAsync();
+            }
+        }
+        File.Delete(Path.Combine(_data, "run", Name + ".pid"));
+        lock (_log) _log.Dispose();
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int sig);
+}
