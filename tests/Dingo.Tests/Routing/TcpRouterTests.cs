@@ -1,0 +1,481 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Dingo.Routing;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Dingo.Tests.Routing;
+
+public sealed class TcpRouterTests
+{
+    private static readonly IPAddress Loopback = IPAddress.Loopback;
+    private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(4);
+
+    [Fact]
+    public async Task Bytes_round_trip_through_the_router_to_the_target()
+    {
+        await using var backend = Backend.Echo();
+        await using var router = new TcpRouter(Loopback, NullLogger.Instance);
+        var port = FreePort();
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint)], Timeout());
+
+        var payload = new byte[1024 * 1024];
+        new Random(42).NextBytes(payload);
+        using var client = await ConnectAsync(port);
+
+        var send = client.SendAsync(payload, SocketFlags.None, Timeout()).AsTask();
+        var echoed = await ReadExactlyAsync(client, payload.Length);
+        await send;
+
+        Assert.Equal(payload, echoed);
+        // Counters are bumped just after each send completes, so they may trail the client by a moment.
+        await WaitUntilAsync(() => router.Stats.BytesClientToServer == payload.Length && router.Stats.BytesServerToClient == payload.Length);
+        var stats = router.Stats;
+        Assert.Equal(1, stats.AcceptedConnections);
+        Assert.Equal(1, stats.OpenConnections);
+        Assert.Equal(1, router.OpenConnectionsByPort[port]);
+    }
+
+    [Fact]
+    public async Task Two_routers_share_a_port_with_reuseport_and_either_can_serve_alone()
+    {
+        await using var backend = Backend.Echo();
+        var port = FreePort();
+        var first = new TcpRouter(Loopback, NullLogger.Instance);
+        await using var second = new TcpRouter(Loopback, NullLogger.Instance);
+        try
+        {
+            var routes = new[] { new Route(port, "i1", backend.EndPoint) };
+            await first.ApplyAsync(routes, Timeout());
+            await second.ApplyAsync(routes, Timeout());
+            Assert.Equal(1, first.Stats.ListeningPorts);
+            Assert.Equal(1, second.Stats.ListeningPorts);
+
+            // The kernel hashes each connection to one listener; 30 connections all landing on one is ~2^-29.
+            for (var i = 0; i < 30; i++)
+                await AssertEchoesAsync(port, $"shared {i}");
+            Assert.True(first.Stats.AcceptedConnections > 0, "first router accepted nothing");
+            Assert.True(second.Stats.AcceptedConnections > 0, "second router accepted nothing");
+
+            await first.DisposeAsync();
+            var before = second.Stats.AcceptedConnections;
+            for (var i = 0; i < 10; i++)
+                await AssertEchoesAsync(port, $"alone {i}");
+            Assert.Equal(before + 10, second.Stats.AcceptedConnections);
+        }
+        finally
+        {
+            await first.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Changing_the_target_sends_new_connections_to_it_and_closes_old_ones_within_a_second()
+    {
+        await using var a = Backend.Tagged((byte)'A');
+        await using var b = Backend.Tagged((byte)'B');
+        await using var router = new TcpRouter(Loopback, NullLogger.Instance);
+        var port = FreePort();
+        await router.ApplyAsync([new Route(port, "i1", a.EndPoint)], Timeout());
+
+        using var old = await ConnectAsync(port);
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(old, 1))[0]);
+        var changesBefore = router.Stats.RouteChanges;
+
+        await router.ApplyAsync([new Route(port, "i1", b.EndPoint)], Timeout());
+
+        var watch = Stopwatch.StartNew();
+        Assert.True(await EndsWithinAsync(old, TimeSpan.FromSeconds(1)), "connection to the old target stayed open");
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(1));
+        Assert.True(await a.AllClosedWithinAsync(TimeSpan.FromSeconds(1)), "backend side of the old link stayed open");
+
+        using var fresh = await ConnectAsync(port);
+        Assert.Equal((byte)'B', (await ReadExactlyAsync(fresh, 1))[0]);
+        Assert.Equal(changesBefore + 1, router.Stats.RouteChanges);
+
+        // Applying the same set again changes nothing and keeps the new link.
+        await router.ApplyAsync([new Route(port, "i1", b.EndPoint)], Timeout());
+        Assert.Equal(changesBefore + 1, router.Stats.RouteChanges);
+        await SendAsync(fresh, "still here");
+        Assert.Equal("still here", Encoding.UTF8.GetString(await ReadExactlyAsync(fresh, 10)));
+    }
+
+    [Fact]
+    public async Task Removing_a_route_closes_its_connections_and_the_port_refuses_connections()
+    {
+        await using var backend = Backend.Echo();
+        await using var router = new TcpRouter(Loopback, NullLogger.Instance);
+        var port = FreePort();
+        var kept = FreePort();
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint), new Route(kept, "i2", backend.EndPoint)], Timeout());
+        await AssertEchoesAsync(port, "before");
+
+        using var open = await ConnectAsync(port);
+        await SendAsync(open, "x");
+        await ReadExactlyAsync(open, 1);
+
+        await router.ApplyAsync([new Route(kept, "i2", backend.EndPoint)], Timeout());
+
+        Assert.True(await EndsWithinAsync(open, TimeSpan.FromSeconds(1)), "connection through the removed port stayed open");
+        var refused = await Assert.ThrowsAsync<SocketException>(() => ConnectAsync(port));
+        Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
+        Assert.False(router.OpenConnectionsByPort.ContainsKey(port));
+        await AssertEchoesAsync(kept, "other route unaffected");
+    }
+
+    [Fact]
+    public async Task Half_close_from_the_client_still_delivers_the_full_reply()
+    {
+        var request = new byte[200_000];
+        new Random(1).NextBytes(request);
+        var reply = new byte[300_000];
+        new Random(2).NextBytes(reply);
+        var backendSawBytes = -1;
+
+        await using var backend = new Backend(async (socket, ct) =>
+        {
+            // Reads to EOF first: only possible if the router forwarded the client's FIN.
+            backendSawBytes = (await ReadToEndAsync(socket, ct)).Length;
+            await socket.SendAsync(reply, SocketFlags.None, ct);
+            socket.Shutdown(SocketShutdown.Send);
+        });
+        await using var router = new TcpRouter(Loopback, NullLogger.Instance);
+        var port = FreePort();
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint)], Timeout());
+
+        using var client = await ConnectAsync(port);
+        await client.SendAsync(request, SocketFlags.None, Timeout());
+        client.Shutdown(SocketShutdown.Send);
+        var received = await ReadToEndAsync(client, Timeout());
+
+        Assert.Equal(request.Length, backendSawBytes);
+        Assert.Equal(reply, received);
+    }
+
+    [Fact]
+    public async Task Backend_reset_ends_the_client_connection()
+    {
+        await using var backend = new Backend(async (socket, ct) =>
+        {
+            await ReadExactlyAsync(socket, 1, ct);
+            socket.LingerState = new LingerOption(true, 0);
+            socket.Close();
+        });
+        await using var router = new TcpRouter(Loopback, NullLogger.Instance);
+        var port = FreePort();
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint)], Timeout());
+
+        using var client = await ConnectAsync(port);
+        await SendAsync(client, "x");
+
+        Assert.True(await EndsWithinAsync(client, TimeSpan.FromSeconds(2)), "client stayed connected after the backend reset");
+        await WaitUntilAsync(() => router.Stats.OpenConnections == 0);
+    }
+
+    [Fact]
+    public async Task Null_target_waits_for_a_target_that_appears_within_the_leader_wait()
+    {
+        await using var backend = Backend.Echo();
+        await using var router = new TcpRouter(Loopback, NullLogger.Instance, TimeSpan.FromSeconds(3));
+        var port = FreePort();
+        await router.ApplyAsync([new Route(port, "i1", null)], Timeout());
+
+        using var client = await ConnectAsync(port);
+        await SendAsync(client, "early bytes");
+        await Task.Delay(200);
+        Assert.Equal(1, router.Stats.OpenConnections);
+
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint)], Timeout());
+
+        // Bytes sent before the primary was known are buffered by the kernel and arrive once linked.
+        Assert.Equal("early bytes", Encoding.UTF8.GetString(await ReadExactlyAsync(client, 11)));
+        Assert.Equal(0, router.Stats.NoTargetClosures);
+    }
+
+    [Fact]
+    public async Task Null_target_that_stays_null_closes_the_client_after_the_leader_wait()
+    {
+        var wait = TimeSpan.FromMilliseconds(300);
+        await using var router = new TcpRouter(Loopback, NullLogger.Instance, wait);
+        var port = FreePort();
+        await router.ApplyAsync([new Route(port, "i1", null)], Timeout());
+
+        var watch = Stopwatch.StartNew();
+        using var client = await ConnectAsync(port);
+        Assert.True(await EndsWithinAsync(client, TimeSpan.FromSeconds(3)), "client not closed without a target");
+
+        Assert.True(watch.Elapsed >= wait - TimeSpan.FromMilliseconds(50), $"closed too early: {watch.Elapsed}");
+        await WaitUntilAsync(() => router.Stats.NoTargetClosures == 1 && router.Stats.OpenConnections == 0);
+    }
+
+    [Fact]
+    public async Task Two_hundred_concurrent_connections_all_echo()
+    {
+        await using var backend = Backend.Echo();
+        await using var router = new TcpRouter(Loopback, NullLogger.Instance);
+        var port = FreePort();
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint)], Timeout());
+
+        var clients = new List<Socket>();
+        try
+        {
+            var connects = Enumerable.Range(0, 200).Select(_ => ConnectAsync(port)).ToList();
+            foreach (var c in connects)
+                clients.Add(await c);
+            await WaitUntilAsync(() => router.Stats.OpenConnections == 200);
+            Assert.Equal(200, router.OpenConnectionsByPort[port]);
+
+            await Task.WhenAll(clients.Select(async (socket, i) =>
+            {
+                var message = $"message {i:D4} " + new string((char)('a' + i % 26), 1000);
+                await SendAsync(socket, message);
+                Assert.Equal(message, Encoding.UTF8.GetString(await ReadExactlyAsync(socket, Encoding.UTF8.GetByteCount(message))));
+            }));
+            Assert.Equal(200, router.Stats.AcceptedConnections);
+        }
+        finally
+        {
+            foreach (var c in clients)
+                c.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task A_port_that_cannot_be_bound_is_logged_and_retried_while_other_routes_work()
+    {
+        await using var backend = Backend.Echo();
+        var logger = new ListLogger();
+        await using var router = new TcpRouter(Loopback, logger);
+        var blockedPort = FreePort();
+        var goodPort = FreePort();
+        var routes = new[] { new Route(blockedPort, "blocked-instance", backend.EndPoint), new Route(goodPort, "good", backend.EndPoint) };
+
+        // A listener without SO_REUSEPORT holds the port exclusively.
+        using (var blocker = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        {
+            blocker.Bind(new IPEndPoint(Loopback, blockedPort));
+            blocker.Listen();
+            await router.ApplyAsync(routes, Timeout());
+
+            var error = Assert.Single(logger.Entries, e => e.Level == LogLevel.Error);
+            Assert.Contains(blockedPort.ToString(), error.Message);
+            Assert.Contains("blocked-instance", error.Message);
+            Assert.Equal(1, router.Stats.ListeningPorts);
+            await AssertEchoesAsync(goodPort, "unaffected");
+        }
+
+        await router.ApplyAsync(routes, Timeout());
+        Assert.Equal(2, router.Stats.ListeningPorts);
+        await AssertEchoesAsync(blockedPort, "bound on retry");
+    }
+
+    // ---- helpers ----
+
+    private static CancellationToken Timeout() => new CancellationTokenSource(StepTimeout).Token;
+
+    /// <summary>A port free right now: bound to 0 and released.</summary>
+    private static int FreePort()
+    {
+        using var probe = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        probe.Bind(new IPEndPoint(Loopback, 0));
+        return ((IPEndPoint)probe.LocalEndPoint!).Port;
+    }
+
+    private static async Task<Socket> ConnectAsync(int port)
+    {
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            await socket.ConnectAsync(new IPEndPoint(Loopback, port), Timeout());
+            return socket;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    private static async Task AssertEchoesAsync(int port, string message)
+    {
+        using var socket = await ConnectAsync(port);
+        await SendAsync(socket, message);
+        Assert.Equal(message, Encoding.UTF8.GetString(await ReadExactlyAsync(socket, Encoding.UTF8.GetByteCount(message))));
+    }
+
+    private static async Task SendAsync(Socket socket, string text) =>
+        await socket.SendAsync(Encoding.UTF8.GetBytes(text), SocketFlags.None, Timeout());
+
+    private static Task<byte[]> ReadExactlyAsync(Socket socket, int count) => ReadExactlyAsync(socket, count, Timeout());
+
+    private static async Task<byte[]> ReadExactlyAsync(Socket socket, int count, CancellationToken ct)
+    {
+        var buffer = new byte[count];
+        var read = 0;
+        while (read < count)
+        {
+            var n = await socket.ReceiveAsync(buffer.AsMemory(read), SocketFlags.None, ct);
+            if (n == 0)
+                throw new EndOfStreamException($"connection ended after {read} of {count} bytes");
+            read += n;
+        }
+        return buffer;
+    }
+
+    private static async Task<byte[]> ReadToEndAsync(Socket socket, CancellationToken ct)
+    {
+        using var all = new MemoryStream();
+        var buffer = new byte[16 * 1024];
+        int n;
+        while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, ct)) > 0)
+            all.Write(buffer, 0, n);
+        return all.ToArray();
+    }
+
+    /// <summary>True if the peer ends the connection (EOF or reset) within the time; data still arriving is skipped.</summary>
+    private static async Task<bool> EndsWithinAsync(Socket socket, TimeSpan within)
+    {
+        using var cts = new CancellationTokenSource(within);
+        var buffer = new byte[4096];
+        try
+        {
+            while (await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token) > 0)
+            {
+            }
+            return true;
+        }
+        catch (SocketException)
+        {
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        var watch = Stopwatch.StartNew();
+        while (!condition())
+        {
+            Assert.True(watch.Elapsed < StepTimeout, "condition not reached in time");
+            await Task.Delay(20);
+        }
+    }
+
+    /// <summary>A backend on 127.0.0.1:0 running <c>serve</c> for each connection; tracks its open sockets.</summary>
+    private sealed class Backend : IAsyncDisposable
+    {
+        private readonly TcpListener _listener = new(Loopback, 0);
+        private readonly CancellationTokenSource _stop = new();
+        private readonly ConcurrentDictionary<Socket, byte> _open = new();
+        private readonly ConcurrentBag<Task> _serving = [];
+        private readonly Func<Socket, CancellationToken, Task> _serve;
+        private readonly Task _acceptLoop;
+
+        public Backend(Func<Socket, CancellationToken, Task> serve)
+        {
+            _serve = serve;
+            _listener.Start();
+            EndPoint = (IPEndPoint)_listener.LocalEndpoint;
+            _acceptLoop = AcceptAsync();
+        }
+
+        public IPEndPoint EndPoint { get; }
+
+        public static Backend Echo() => new(async (socket, ct) =>
+        {
+            var buffer = new byte[64 * 1024];
+            int n;
+            while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, ct)) > 0)
+                await socket.SendAsync(buffer.AsMemory(0, n), SocketFlags.None, ct);
+            socket.Shutdown(SocketShutdown.Send);
+        });
+
+        /// <summary>Sends its tag on connect, then echoes.</summary>
+        public static Backend Tagged(byte tag) => new(async (socket, ct) =>
+        {
+            await socket.SendAsync(new[] { tag }, SocketFlags.None, ct);
+            var buffer = new byte[4096];
+            int n;
+            while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, ct)) > 0)
+                await socket.SendAsync(buffer.AsMemory(0, n), SocketFlags.None, ct);
+        });
+
+        public async Task<bool> AllClosedWithinAsync(TimeSpan within)
+        {
+            var watch = Stopwatch.StartNew();
+            while (!_open.IsEmpty)
+            {
+                if (watch.Elapsed > within)
+                    return false;
+                await Task.Delay(20);
+            }
+            return true;
+        }
+
+        private async Task AcceptAsync()
+        {
+            while (true)
+            {
+                Socket socket;
+                try
+                {
+                    socket = await _listener.AcceptSocketAsync(_stop.Token);
+                }
+                catch (Exception) when (_stop.IsCancellationRequested)
+                {
+                    return;
+                }
+                // Registered before serving starts, so a fast finish cannot remove it before it is added.
+                _open[socket] = 0;
+                _serving.Add(ServeAsync(socket));
+            }
+        }
+
+        private async Task ServeAsync(Socket socket)
+        {
+            await Task.Yield(); // keep the accept loop free
+            try
+            {
+                await _serve(socket, _stop.Token);
+            }
+            catch (Exception ex) when (ex is SocketException or OperationCanceledException or ObjectDisposedException or EndOfStreamException)
+            {
+                // The router or the test closed the link; that is what several tests provoke.
+            }
+            finally
+            {
+                socket.Dispose();
+                _open.TryRemove(socket, out _);
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            _stop.Cancel();
+            _listener.Stop();
+            await _acceptLoop;
+            foreach (var socket in _open.Keys)
+                socket.Dispose();
+            await Task.WhenAll(_serving);
+            _stop.Dispose();
+        }
+    }
+
+    private sealed class ListLogger : ILogger
+    {
+        public ConcurrentQueue<(LogLevel Level, string Message)> Entries { get; } = new();
+
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => true;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            Entries.Enqueue((logLevel, formatter(state, exception)));
+    }
+}
