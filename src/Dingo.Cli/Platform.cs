@@ -137,7 +137,7 @@ public static class Platform
         }
         var password = Secrets.Password(32);
         File.WriteAllText(file, password);
-        File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
         return (username, password);
     }
 

@@ -56,8 +56,8 @@ public sealed record DingoSettings
             },
             Router = new RouterSettings
             {
-                PortFirst = d.GetInt("router.port-range-first", 30000),
-                PortLast = d.GetInt("router.port-range-last", 39999),
+                PortFirst = d.GetInt("router.port-range-first", 20000),
+                PortLast = d.GetInt("router.port-range-last", 29999),
                 BindAddress = d.GetString("router.bind-address", "127.0.0.1"),
                 LeaderWait = d.GetTimeSpan("router.leader-wait", TimeSpan.FromSeconds(5)),
             },
@@ -74,8 +74,8 @@ public sealed record DingoSettings
                 RunAsUser = d.GetString("cell.run-as-user", "postgres"),
                 AkkaPort = d.GetInt("cell.akka-port", 0),
             },
-            NodePortFirst = d.GetInt("node-port-range-first", 40000),
-            NodePortLast = d.GetInt("node-port-range-last", 49999),
+            NodePortFirst = d.GetInt("node-port-range-first", 10000),
+            NodePortLast = d.GetInt("node-port-range-last", 19999),
         };
         settings.Validate();
         return settings;
