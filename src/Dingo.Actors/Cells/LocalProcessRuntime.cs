@@ -1,0 +1,672 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text;
+using Microsoft.Extensions.Logging;
+
+namespace Dingo.Cells;
+
+/// <param name="DataRoot">This cell's node folder; every sub-folder is one node.</param>
+/// <param name="PostgresBin">Folder holding initdb, pg_ctl and postgres.</param>
+/// <param name="RunAsUser">OS user PostgreSQL runs as when this process is root (PostgreSQL refuses root).</param>
+internal sealed record LocalProcessRuntimeOptions(
+    string DataRoot,
+    string PostgresBin = "/usr/lib/postgresql/15/bin",
+    string? RunAsUser = "postgres")
+{
+    /// <summary>How long a fast shutdown may take before the postmaster is signalled directly.</summary>
+    public TimeSpan StopTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Upper bound for any single tool run (initdb, pg_ctl) so a hung tool cannot block reconcile forever.</summary>
+    public TimeSpan ToolTimeout { get; init; } = TimeSpan.FromMinutes(5);
+
+    public string SharedBuffers { get; init; } = "32MB";
+
+    public int MaxConnections { get; init; } = 100;
+}
+
+/// <summary>
+/// Runs each PostgreSQL node as local OS processes under DataRoot/&lt;nodeId&gt;. The postmaster is launched through
+/// pg_ctl, which detaches it, so nodes outlive this process and a new instance adopts them from postmaster.pid.
+/// </summary>
+internal sealed class LocalProcessRuntime : IContainerRuntime
+{
+    private const string MarkerFileName = "initialised";
+    private const string SettingsFileName = "dingo.conf";
+    private const string IncludeLine = "include_if_exists = '" + SettingsFileName + "'";
+    private const int SigTerm = 15;
+    private const int SigKill = 9;
+    private static readonly TimeSpan PostmasterLaunchTimeout = TimeSpan.FromSeconds(15);
+
+    private readonly LocalProcessRuntimeOptions _options;
+    private readonly ILogger<LocalProcessRuntime> _logger;
+    private readonly string _dataRoot;
+    private readonly ConcurrentDictionary<string, SemaphoreSlim> _nodeLocks = new(StringComparer.Ordinal);
+    private readonly SemaphoreSlim _identityLock = new(1, 1);
+    private RunIdentity? _identity;
+
+    public LocalProcessRuntime(LocalProcessRuntimeOptions options, ILogger<LocalProcessRuntime> logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentException.ThrowIfNullOrWhiteSpace(options.DataRoot);
+        ArgumentException.ThrowIfNullOrWhiteSpace(options.PostgresBin);
+        if (!OperatingSystem.IsLinux())
+            throw NotLinux();
+        _options = options;
+        _logger = logger;
+        _dataRoot = Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.DataRoot));
+    }
+
+    public string Kind => "process";
+
+    public Task<IReadOnlyList<RuntimeNode>> ListAsync(CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        if (!Directory.Exists(_dataRoot))
+            return Task.FromResult<IReadOnlyList<RuntimeNode>>([]);
+
+        var nodes = new List<RuntimeNode>();
+        foreach (var dir in Directory.EnumerateDirectories(_dataRoot).Order(StringComparer.Ordinal))
+        {
+            var nodeId = Path.GetFileName(dir);
+            if (!IsValidNodeId(nodeId))
+                continue;
+            var paths = new NodePaths(dir);
+            var initialised = File.Exists(paths.Marker);
+            var pid = FindRunningPostmaster(paths);
+            var detail = pid is { } p ? $"running as pid {p}"
+                : initialised ? "stopped"
+                : "data not initialised";
+            nodes.Add(new RuntimeNode(nodeId, initialised, pid is not null, pid, detail));
+        }
+        return Task.FromResult<IReadOnlyList<RuntimeNode>>(nodes);
+    }
+
+    public async Task CreateAsync(NodeLaunchSpec spec, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        var paths = PathsFor(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+
+        if (File.Exists(paths.Marker))
+            return;
+
+        var identity = await GetIdentityAsync(cancellationToken);
+        EnsureDataRoot(identity);
+        EnsureOwnedDirectory(paths.NodeDir, identity);
+        EnsureOwnedDirectory(paths.RunDir, identity);
+
+        // A half-made node must not be running off half-written data before it is wiped.
+        if (FindRunningPostmaster(paths) is { } strayPid)
+            await KillPostmasterAsync(spec.NodeId, strayPid, cancellationToken);
+        await KillLeftoversAsync(paths, cancellationToken);
+        if (Directory.Exists(paths.PgData))
+        {
+            _logger.LogInformation("Node {NodeId}: removing half-made data directory", spec.NodeId);
+            Directory.Delete(paths.PgData, recursive: true);
+        }
+
+        var result = await RunInitDbAsync(spec, paths, identity, "C.UTF-8", cancellationToken);
+        if (result.ExitCode != 0 && result.StdErr.Contains("locale", StringComparison.OrdinalIgnoreCase))
+        {
+            _logger.LogWarning("Node {NodeId}: locale C.UTF-8 unavailable, falling back to C", spec.NodeId);
+            if (Directory.Exists(paths.PgData))
+                Directory.Delete(paths.PgData, recursive: true);
+            result = await RunInitDbAsync(spec, paths, identity, "C", cancellationToken);
+        }
+        if (result.ExitCode != 0)
+            throw ToolFailure(spec.NodeId, "initdb", result);
+
+        // initdb's pg_hba.conf only covers loopback; replicas and clients reach the node from other hosts.
+        await File.AppendAllTextAsync(
+            Path.Combine(paths.PgData, "pg_hba.conf"),
+            "\n# Added by Dingo: password access from any IPv4 address.\n" +
+            "host all all 0.0.0.0/0 scram-sha-256\n" +
+            "host replication all 0.0.0.0/0 scram-sha-256\n",
+            cancellationToken);
+        await EnsureIncludeLineAsync(paths, cancellationToken);
+
+        // Written last: its presence is the only proof initdb and the follow-up edits completed.
+        await File.WriteAllTextAsync(paths.Marker, DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture) + "\n", cancellationToken);
+        ChownIfNeeded(paths.Marker, identity);
+        _logger.LogInformation("Node {NodeId}: data directory initialised", spec.NodeId);
+    }
+
+    public async Task StartAsync(NodeLaunchSpec spec, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        var paths = PathsFor(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+
+        if (FindRunningPostmaster(paths) is not null)
+            return;
+        if (!File.Exists(paths.Marker))
+            throw new InvalidOperationException($"Node {spec.NodeId} cannot start: its data directory is not initialised.");
+
+        var identity = await GetIdentityAsync(cancellationToken);
+        EnsureDataRoot(identity);
+        EnsureOwnedDirectory(paths.NodeDir, identity);
+        EnsureOwnedDirectory(paths.RunDir, identity);
+
+        // A killed postmaster leaves children for a moment, plus postmaster.pid and socket lock files naming its PID.
+        // PostgreSQL treats that PID as alive if it was reused or lingers as an unreaped zombie (kill(pid, 0)
+        // succeeds on zombies), and refuses to start. Clear them once no PostgreSQL process works in this folder.
+        await KillLeftoversAsync(paths, cancellationToken);
+        if (File.Exists(paths.PidFile))
+        {
+            _logger.LogInformation("Node {NodeId}: removing stale postmaster.pid", spec.NodeId);
+            File.Delete(paths.PidFile);
+        }
+        foreach (var stale in Directory.EnumerateFiles(paths.RunDir, ".s.PGSQL.*"))
+            File.Delete(stale);
+
+        await WriteSettingsAsync(spec, paths, identity, cancellationToken);
+        await EnsureIncludeLineAsync(paths, cancellationToken);
+
+        // -W: return once launched; the caller probes readiness itself. Settings come from dingo.conf rather than
+        // pg_ctl -o because pg_ctl passes -o through a shell.
+        var result = await RunToolAsync(identity, "pg_ctl", paths.NodeDir, cancellationToken,
+            "-D", paths.PgData, "-l", paths.LogFile, "-W", "start");
+        if (result.ExitCode != 0)
+            throw ToolFailure(spec.NodeId, "pg_ctl start", result);
+
+        // pg_ctl -W returns before the postmaster has written postmaster.pid. Until it has, ListAsync would call the
+        // node stopped and a second StartAsync would take the new postmaster for a leftover, so wait that long.
+        var launched = Stopwatch.StartNew();
+        while (FindRunningPostmaster(paths) is null)
+        {
+            if (launched.Elapsed > PostmasterLaunchTimeout)
+                throw new InvalidOperationException(
+                    $"Node {spec.NodeId}: postmaster did not start: {LastLines(ReadLogTail(paths.LogFile))}");
+            await Task.Delay(20, cancellationToken);
+        }
+        _logger.LogInformation("Node {NodeId}: postmaster launched on {Address}:{Port}", spec.NodeId, spec.ListenAddress, spec.Port);
+    }
+
+    private static string ReadLogTail(string logFile)
+    {
+        try
+        {
+            using var stream = new FileStream(logFile, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            stream.Seek(Math.Max(0, stream.Length - 4096), SeekOrigin.Begin);
+            using var reader = new StreamReader(stream);
+            return reader.ReadToEnd();
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or IOException or UnauthorizedAccessException)
+        {
+            return "";
+        }
+    }
+
+    public async Task StopAsync(string nodeId, CancellationToken cancellationToken)
+    {
+        var paths = PathsFor(nodeId);
+        using var _ = await LockNodeAsync(nodeId, cancellationToken);
+        await StopCoreAsync(nodeId, paths, "fast", cancellationToken);
+    }
+
+    public async Task RemoveAsync(string nodeId, CancellationToken cancellationToken)
+    {
+        var paths = PathsFor(nodeId);
+        using var _ = await LockNodeAsync(nodeId, cancellationToken);
+        if (!Directory.Exists(paths.NodeDir))
+            return;
+
+        await StopCoreAsync(nodeId, paths, "immediate", cancellationToken);
+        await KillLeftoversAsync(paths, cancellationToken);
+        Directory.Delete(paths.NodeDir, recursive: true);
+        _logger.LogInformation("Node {NodeId}: removed", nodeId);
+    }
+
+    private async Task StopCoreAsync(string nodeId, NodePaths paths, string mode, CancellationToken cancellationToken)
+    {
+        if (FindRunningPostmaster(paths) is not { } pid)
+            return;
+
+        var identity = await GetIdentityAsync(cancellationToken);
+        var timeoutSeconds = Math.Max(1, (int)_options.StopTimeout.TotalSeconds);
+        var result = await RunToolAsync(identity, "pg_ctl", paths.NodeDir, cancellationToken,
+            "-D", paths.PgData, "-m", mode, "-w", "-t", timeoutSeconds.ToString(CultureInfo.InvariantCulture), "stop");
+        if (result.ExitCode == 0 && FindRunningPostmaster(paths) is null)
+        {
+            _logger.LogInformation("Node {NodeId}: stopped ({Mode})", nodeId, mode);
+            return;
+        }
+
+        _logger.LogWarning("Node {NodeId}: pg_ctl stop failed ({Error}); signalling pid {Pid}", nodeId, LastLines(result.StdErr), pid);
+        await KillPostmasterAsync(nodeId, pid, cancellationToken);
+    }
+
+    /// <summary>SIGTERM, a grace period, then SIGKILL; returns once the postmaster is gone or a zombie.</summary>
+    private async Task KillPostmasterAsync(string nodeId, int pid, CancellationToken cancellationToken)
+    {
+        _ = Native.kill(pid, SigTerm);
+        if (await WaitForExitAsync(pid, TimeSpan.FromSeconds(10), cancellationToken))
+            return;
+        _logger.LogWarning("Node {NodeId}: pid {Pid} ignored SIGTERM; sending SIGKILL", nodeId, pid);
+        _ = Native.kill(pid, SigKill);
+        if (!await WaitForExitAsync(pid, TimeSpan.FromSeconds(10), cancellationToken))
+            throw new InvalidOperationException($"Node {nodeId}: postmaster pid {pid} survived SIGKILL.");
+    }
+
+    private static async Task<bool> WaitForExitAsync(int pid, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var deadline = Stopwatch.StartNew();
+        while (IsAlive(pid))
+        {
+            if (deadline.Elapsed > timeout)
+                return false;
+            await Task.Delay(50, cancellationToken);
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// Children of a killed postmaster keep the data directory busy until they notice; give them a moment, then
+    /// kill them. They are recognised by their working directory, which every PostgreSQL process sets to PGDATA.
+    /// </summary>
+    private async Task KillLeftoversAsync(NodePaths paths, CancellationToken cancellationToken)
+    {
+        var deadline = Stopwatch.StartNew();
+        while (true)
+        {
+            var leftovers = FindProcessesInDataDir(paths.PgData);
+            if (leftovers.Count == 0)
+                return;
+            if (deadline.Elapsed > TimeSpan.FromSeconds(5))
+            {
+                _logger.LogWarning("Killing {Count} leftover PostgreSQL processes in {Dir}", leftovers.Count, paths.NodeDir);
+                foreach (var pid in leftovers)
+                    _ = Native.kill(pid, SigKill);
+                if (deadline.Elapsed > TimeSpan.FromSeconds(15))
+                    throw new InvalidOperationException($"PostgreSQL processes in {paths.NodeDir} do not exit.");
+            }
+            await Task.Delay(50, cancellationToken);
+        }
+    }
+
+    /// <summary>The postmaster PID from postmaster.pid if that process is alive, not a zombie, and really our postmaster.</summary>
+    private static int? FindRunningPostmaster(NodePaths paths)
+    {
+        string? firstLine;
+        try
+        {
+            using var reader = new StreamReader(paths.PidFile);
+            firstLine = reader.ReadLine();
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or IOException)
+        {
+            return null;
+        }
+        if (!int.TryParse(firstLine?.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid) || pid <= 0)
+            return null;
+        if (!IsAlive(pid))
+            return null;
+        return IsPostmasterFor(pid, paths.PgData) ? pid : null;
+    }
+
+    /// <summary>Alive and not a zombie: an unreaped dead postmaster still holds its PID.</summary>
+    private static bool IsAlive(int pid)
+    {
+        string stat;
+        try
+        {
+            stat = File.ReadAllText($"/proc/{pid}/stat");
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or IOException)
+        {
+            return false;
+        }
+        // The command name in parentheses may itself contain ") ", so the state follows the last ')'.
+        var close = stat.LastIndexOf(')');
+        if (close < 0 || close + 2 >= stat.Length)
+            return false;
+        var state = stat[close + 2];
+        return state is not ('Z' or 'X' or 'x');
+    }
+
+    /// <summary>PIDs get reused, so check the process is postgres and works on this data directory.</summary>
+    private static bool IsPostmasterFor(int pid, string pgData)
+    {
+        string[] args;
+        try
+        {
+            args = File.ReadAllText($"/proc/{pid}/cmdline").Split('\0', StringSplitOptions.RemoveEmptyEntries);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+        if (args.Length == 0)
+            return false;
+        var exe = Path.GetFileName(args[0]);
+        if (exe is not ("postgres" or "postmaster"))
+            return false;
+        if (args.Contains(pgData, StringComparer.Ordinal))
+            return true;
+        // Started with a relative -D or PGDATA from the environment: the postmaster's cwd is the data directory.
+        return SameDirectory(ReadCwd(pid), pgData);
+    }
+
+    private static List<int> FindProcessesInDataDir(string pgData)
+    {
+        var found = new List<int>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out var pid))
+                continue;
+            if (!SameDirectory(ReadCwd(pid), pgData) || !IsAlive(pid))
+                continue;
+            string comm;
+            try
+            {
+                comm = File.ReadAllText($"/proc/{pid}/comm").Trim();
+            }
+            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or IOException)
+            {
+                continue;
+            }
+            // Only PostgreSQL processes: never a shell or tool that happens to sit in that folder.
+            if (comm.StartsWith("postgres", StringComparison.Ordinal) || comm == "postmaster")
+                found.Add(pid);
+        }
+        return found;
+    }
+
+    private static string? ReadCwd(int pid)
+    {
+        try
+        {
+            return new DirectoryInfo($"/proc/{pid}/cwd").LinkTarget;
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    private static bool SameDirectory(string? a, string b) =>
+        a is not null && string.Equals(Path.TrimEndingDirectorySeparator(a), Path.TrimEndingDirectorySeparator(b), StringComparison.Ordinal);
+
+    private async Task<ToolResult> RunInitDbAsync(NodeLaunchSpec spec, NodePaths paths, RunIdentity identity, string locale, CancellationToken cancellationToken)
+    {
+        // The password reaches initdb only through a file that only the run user can read and that lives only as long as initdb.
+        if (!OperatingSystem.IsLinux())
+            throw NotLinux();
+        var pwFile = Path.Combine(paths.NodeDir, ".pwfile");
+        try
+        {
+            if (File.Exists(pwFile))
+                File.Delete(pwFile);
+            var fileOptions = new FileStreamOptions
+            {
+                Mode = FileMode.CreateNew,
+                Access = FileAccess.Write,
+                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+            };
+            await using (var stream = new FileStream(pwFile, fileOptions))
+            await using (var writer = new StreamWriter(stream, new UTF8Encoding(false)))
+                await writer.WriteAsync(spec.Superuser.Password.AsMemory(), cancellationToken);
+            ChownIfNeeded(pwFile, identity);
+
+            return await RunToolAsync(identity, "initdb", paths.NodeDir, cancellationToken,
+                "-D", paths.PgData,
+                "-U", spec.Superuser.Username,
+                "--pwfile=" + pwFile,
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+                "--data-checksums",
+                "-E", "UTF8",
+                "--locale=" + locale);
+        }
+        finally
+        {
+            File.Delete(pwFile);
+        }
+    }
+
+    private async Task WriteSettingsAsync(NodeLaunchSpec spec, NodePaths paths, RunIdentity identity, CancellationToken cancellationToken)
+    {
+        var conf = new StringBuilder()
+            .AppendLine("# Written by Dingo on every start; edits are overwritten.")
+            .AppendLine(CultureInfo.InvariantCulture, $"port = {spec.Port}")
+            .AppendLine(CultureInfo.InvariantCulture, $"listen_addresses = {Quote(spec.ListenAddress)}")
+            .AppendLine(CultureInfo.InvariantCulture, $"unix_socket_directories = {Quote(paths.RunDir)}")
+            .AppendLine(CultureInfo.InvariantCulture, $"shared_buffers = {Quote(_options.SharedBuffers)}")
+            .AppendLine(CultureInfo.InvariantCulture, $"max_connections = {_options.MaxConnections}")
+            .AppendLine("wal_level = replica")
+            .AppendLine("max_wal_senders = 10")
+            .AppendLine("max_replication_slots = 10")
+            .AppendLine("hot_standby = on")
+            .AppendLine("wal_log_hints = on")
+            .ToString();
+
+        // Write-then-rename so a crash never leaves the postmaster a truncated file.
+        var target = Path.Combine(paths.PgData, SettingsFileName);
+        var temp = target + ".tmp";
+        await File.WriteAllTextAsync(temp, conf, cancellationToken);
+        ChownIfNeeded(temp, identity);
+        File.Move(temp, target, overwrite: true);
+    }
+
+    private static async Task EnsureIncludeLineAsync(NodePaths paths, CancellationToken cancellationToken)
+    {
+        var conf = Path.Combine(paths.PgData, "postgresql.conf");
+        var text = await File.ReadAllTextAsync(conf, cancellationToken);
+        if (text.Contains(IncludeLine, StringComparison.Ordinal))
+            return;
+        await File.AppendAllTextAsync(conf, $"\n# Dingo's per-node settings (port, addresses, sizing).\n{IncludeLine}\n", cancellationToken);
+    }
+
+    private static string Quote(string value) => "'" + value.Replace("'", "''", StringComparison.Ordinal) + "'";
+
+    private async Task<ToolResult> RunToolAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, params string[] args)
+    {
+        var binary = Path.Combine(_options.PostgresBin, tool);
+        var psi = new ProcessStartInfo
+        {
+            UseShellExecute = false,
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            // The run user must be able to stat its cwd; the caller's cwd may be private to root.
+            WorkingDirectory = workingDirectory,
+        };
+        if (identity.SwitchUser)
+        {
+            // setpriv execs the tool directly: no shell to interpret arguments.
+            psi.FileName = "setpriv";
+            psi.ArgumentList.Add($"--reuid={identity.Uid}");
+            psi.ArgumentList.Add($"--regid={identity.Gid}");
+            psi.ArgumentList.Add("--init-groups");
+            psi.ArgumentList.Add(binary);
+            psi.Environment["HOME"] = identity.Home;
+            psi.Environment["USER"] = identity.UserName;
+            psi.Environment["LOGNAME"] = identity.UserName;
+        }
+        else
+        {
+            psi.FileName = binary;
+        }
+        foreach (var arg in args)
+            psi.ArgumentList.Add(arg);
+        // Stray libpq/server variables from the caller's environment must not redirect the tools.
+        foreach (var name in new[] { "PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGPASSWORD", "PGOPTIONS" })
+            psi.Environment.Remove(name);
+
+        _logger.LogDebug("Running {Tool} {Args}", tool, string.Join(' ', args));
+        using var process = new Process { StartInfo = psi };
+        if (!process.Start())
+            throw new InvalidOperationException($"Could not start {tool}.");
+        process.StandardInput.Close();
+
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(_options.ToolTimeout);
+        var stdout = process.StandardOutput.ReadToEndAsync(timeout.Token);
+        var stderr = process.StandardError.ReadToEndAsync(timeout.Token);
+        try
+        {
+            await process.WaitForExitAsync(timeout.Token);
+            return new ToolResult(process.ExitCode, await stdout, await stderr);
+        }
+        catch (OperationCanceledException)
+        {
+            try
+            {
+                process.Kill(entireProcessTree: true);
+            }
+            catch (InvalidOperationException)
+            {
+                // Already exited.
+            }
+            cancellationToken.ThrowIfCancellationRequested();
+            throw new TimeoutException($"{tool} did not finish within {_options.ToolTimeout}.");
+        }
+    }
+
+    private static Exception ToolFailure(string nodeId, string tool, ToolResult result) =>
+        new InvalidOperationException($"Node {nodeId}: {tool} failed with exit code {result.ExitCode}: {LastLines(result.StdErr)}");
+
+    private static string LastLines(string text, int count = 5)
+    {
+        var lines = text.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        return lines.Length == 0 ? "(no error output)" : string.Join(" | ", lines.TakeLast(count));
+    }
+
+    private NodePaths PathsFor(string nodeId)
+    {
+        if (!IsValidNodeId(nodeId))
+            throw new ArgumentException($"Invalid node id '{nodeId}'.", nameof(nodeId));
+        return new NodePaths(Path.Combine(_dataRoot, nodeId));
+    }
+
+    // Node ids become folder names and config values: keep them to a safe alphabet.
+    private static bool IsValidNodeId(string? nodeId) =>
+        !string.IsNullOrEmpty(nodeId) && nodeId.Length <= 128 && nodeId is not ("." or "..")
+        && nodeId.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.');
+
+    private async Task<IDisposable> LockNodeAsync(string nodeId, CancellationToken cancellationToken)
+    {
+        var gate = _nodeLocks.GetOrAdd(nodeId, _ => new SemaphoreSlim(1, 1));
+        await gate.WaitAsync(cancellationToken);
+        return new Releaser(gate);
+    }
+
+    private sealed class Releaser(SemaphoreSlim gate) : IDisposable
+    {
+        private int _released;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _released, 1) == 0)
+                gate.Release();
+        }
+    }
+
+    private async Task<RunIdentity> GetIdentityAsync(CancellationToken cancellationToken)
+    {
+        if (_identity is { } known)
+            return known;
+        await _identityLock.WaitAsync(cancellationToken);
+        try
+        {
+            _identity ??= await ResolveIdentityAsync(cancellationToken);
+            return _identity;
+        }
+        finally
+        {
+            _identityLock.Release();
+        }
+    }
+
+    private async Task<RunIdentity> ResolveIdentityAsync(CancellationToken cancellationToken)
+    {
+        if (Native.geteuid() != 0)
+            return new RunIdentity(false, 0, 0, "", "");
+        if (string.IsNullOrWhiteSpace(_options.RunAsUser))
+            throw new InvalidOperationException("Running as root needs RunAsUser: PostgreSQL refuses to run as root.");
+
+        var psi = new ProcessStartInfo("getent") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add("passwd");
+        psi.ArgumentList.Add(_options.RunAsUser);
+        using var process = Process.Start(psi) ?? throw new InvalidOperationException("Could not start getent.");
+        var output = await process.StandardOutput.ReadToEndAsync(cancellationToken);
+        await process.StandardError.ReadToEndAsync(cancellationToken);
+        await process.WaitForExitAsync(cancellationToken);
+        // name:password:uid:gid:gecos:home:shell
+        var fields = output.Trim().Split(':');
+        if (process.ExitCode != 0 || fields.Length < 6
+            || !uint.TryParse(fields[2], NumberStyles.None, CultureInfo.InvariantCulture, out var uid)
+            || !uint.TryParse(fields[3], NumberStyles.None, CultureInfo.InvariantCulture, out var gid))
+            throw new InvalidOperationException($"User '{_options.RunAsUser}' not found: cannot run PostgreSQL as root.");
+        if (uid == 0)
+            throw new InvalidOperationException($"RunAsUser '{_options.RunAsUser}' is root: PostgreSQL refuses to run as root.");
+        return new RunIdentity(true, uid, gid, fields[0], fields[5]);
+    }
+
+    private void EnsureDataRoot(RunIdentity identity)
+    {
+        if (!OperatingSystem.IsLinux())
+            throw NotLinux();
+        Directory.CreateDirectory(_dataRoot);
+        if (!identity.SwitchUser)
+            return;
+        // The run user only needs to pass through DataRoot and its ancestors to reach its own node folders.
+        for (var dir = new DirectoryInfo(_dataRoot); dir is not null && dir.Parent is not null; dir = dir.Parent)
+        {
+            var mode = File.GetUnixFileMode(dir.FullName);
+            if ((mode & UnixFileMode.OtherExecute) != 0)
+                continue;
+            File.SetUnixFileMode(dir.FullName, mode | UnixFileMode.OtherExecute);
+            _logger.LogInformation("Added o+x to {Dir} so {User} can reach the node folders", dir.FullName, identity.UserName);
+        }
+    }
+
+    private static void EnsureOwnedDirectory(string path, RunIdentity identity)
+    {
+        if (!OperatingSystem.IsLinux())
+            throw NotLinux();
+        Directory.CreateDirectory(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute
+            | UnixFileMode.GroupRead | UnixFileMode.GroupExecute);
+        ChownIfNeeded(path, identity);
+    }
+
+    private static void ChownIfNeeded(string path, RunIdentity identity)
+    {
+        if (!identity.SwitchUser)
+            return;
+        if (Native.chown(path, identity.Uid, identity.Gid) != 0)
+            throw new IOException($"chown {path} failed: errno {Marshal.GetLastPInvokeError()}");
+    }
+
+    // Checked inline where Unix-only file-mode APIs are used: the platform analyzer only trusts guards in the same method.
+    private static PlatformNotSupportedException NotLinux() =>
+        new("LocalProcessRuntime needs Linux (/proc, setpriv, PostgreSQL binaries).");
+
+    private sealed record RunIdentity(bool SwitchUser, uint Uid, uint Gid, string UserName, string Home);
+
+    private sealed record ToolResult(int ExitCode, string StdOut, string StdErr);
+
+    private sealed class NodePaths(string nodeDir)
+    {
+        public string NodeDir { get; } = nodeDir;
+        public string PgData { get; } = Path.Combine(nodeDir, "pgdata");
+        public string LogFile { get; } = Path.Combine(nodeDir, "postgres.log");
+        public string RunDir { get; } = Path.Combine(nodeDir, "run");
+        public string Marker { get; } = Path.Combine(nodeDir, MarkerFileName);
+        public string PidFile { get; } = Path.Combine(nodeDir, "pgdata", "postmaster.pid");
+    }
+
+    private static class Native
+    {
+        [DllImport("libc", SetLastError = true)]
+        public static extern int kill(int pid, int sig);
+
+        [DllImport("libc")]
+        public static extern uint geteuid();
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int chown([MarshalAs(UnmanagedType.LPUTF8Str)] string path, uint owner, uint group);
+    }
+}
