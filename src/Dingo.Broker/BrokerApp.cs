@@ -50,6 +50,20 @@ public static class BrokerApp
         });
 
         var app = builder.Build();
+        // An unexpected failure still answers in OSB's error shape, with what went wrong (never a secret).
+        app.Use(async (context, next) =>
+        {
+            try
+            {
+                await next(context);
+            }
+            catch (Exception ex) when (!context.Response.HasStarted && ex is not OperationCanceledException)
+            {
+                app.Logger.LogError(ex, "{Method} {Path} failed", context.Request.Method, context.Request.Path);
+                var detail = ex is Grpc.Core.RpcException rpc ? $"etcd is unavailable ({rpc.StatusCode})" : ex.Message;
+                await OsbResult.Error(500, "InternalError", $"the broker could not complete the request: {detail}").ToResult().ExecuteAsync(context);
+            }
+        });
         app.UseMiddleware<OsbMiddleware>();
         app.MapGet("/healthz", () => Results.Text("ok"));
         OsbEndpoints.Map(app);

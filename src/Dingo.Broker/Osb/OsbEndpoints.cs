@@ -1,3 +1,4 @@
+using Microsoft.AspNetCore.Mvc;
 using System.Text.Json.Nodes;
 using Dingo.Model;
 
@@ -10,22 +11,22 @@ public static class OsbEndpoints
     {
         app.MapGet("/v2/catalog", () => OsbResult.Ok(CatalogJson()).ToResult());
 
-        app.MapPut("/v2/service_instances/{id}", async (string id, HttpRequest req, InstanceService svc, CancellationToken ct) =>
+        app.MapPut("/v2/service_instances/{id}", async (string id, HttpRequest req, [FromServices] InstanceService svc, CancellationToken ct) =>
             (await svc.ProvisionAsync(id, AcceptsIncomplete(req), req, ct)).ToResult());
-        app.MapPatch("/v2/service_instances/{id}", async (string id, HttpRequest req, InstanceService svc, CancellationToken ct) =>
+        app.MapPatch("/v2/service_instances/{id}", async (string id, HttpRequest req, [FromServices] InstanceService svc, CancellationToken ct) =>
             (await svc.UpdateAsync(id, AcceptsIncomplete(req), req, ct)).ToResult());
-        app.MapDelete("/v2/service_instances/{id}", async (string id, HttpRequest req, InstanceService svc, CancellationToken ct) =>
+        app.MapDelete("/v2/service_instances/{id}", async (string id, HttpRequest req, [FromServices] InstanceService svc, CancellationToken ct) =>
             (await svc.DeprovisionAsync(id, AcceptsIncomplete(req), Query(req, "service_id"), Query(req, "plan_id"), ct)).ToResult());
-        app.MapGet("/v2/service_instances/{id}", async (string id, InstanceService svc, CancellationToken ct) =>
+        app.MapGet("/v2/service_instances/{id}", async (string id, [FromServices] InstanceService svc, CancellationToken ct) =>
             (await svc.FetchAsync(id, ct)).ToResult());
-        app.MapGet("/v2/service_instances/{id}/last_operation", async (string id, InstanceService svc, CancellationToken ct) =>
+        app.MapGet("/v2/service_instances/{id}/last_operation", async (string id, [FromServices] InstanceService svc, CancellationToken ct) =>
             (await svc.LastOperationAsync(id, ct)).ToResult());
 
-        app.MapPut("/v2/service_instances/{id}/service_bindings/{bid}", async (string id, string bid, HttpRequest req, BindingService svc, CancellationToken ct) =>
+        app.MapPut("/v2/service_instances/{id}/service_bindings/{bid}", async (string id, string bid, HttpRequest req, [FromServices] BindingService svc, CancellationToken ct) =>
             (await svc.BindAsync(id, bid, req, ct)).ToResult());
-        app.MapDelete("/v2/service_instances/{id}/service_bindings/{bid}", async (string id, string bid, HttpRequest req, BindingService svc, CancellationToken ct) =>
+        app.MapDelete("/v2/service_instances/{id}/service_bindings/{bid}", async (string id, string bid, HttpRequest req, [FromServices] BindingService svc, CancellationToken ct) =>
             (await svc.UnbindAsync(id, bid, Query(req, "service_id"), Query(req, "plan_id"), ct)).ToResult());
-        app.MapGet("/v2/service_instances/{id}/service_bindings/{bid}", async (string id, string bid, BindingService svc, CancellationToken ct) =>
+        app.MapGet("/v2/service_instances/{id}/service_bindings/{bid}", async (string id, string bid, [FromServices] BindingService svc, CancellationToken ct) =>
             (await svc.FetchAsync(id, bid, ct)).ToResult());
         app.MapGet("/v2/service_instances/{id}/service_bindings/{bid}/last_operation", () =>
             OsbResult.BadRequest("bindings are synchronous: there is no binding operation to poll").ToResult());

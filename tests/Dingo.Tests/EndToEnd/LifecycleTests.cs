@@ -1,0 +1,127 @@
+using System.Net.Sockets;
+using Dingo.Tests.Support;
+using Npgsql;
+using Xunit.Abstractions;
+
+namespace Dingo.Tests.EndToEnd;
+
+/// <summary>The whole OSB path on real etcd, real cells and real PostgreSQL, through the router.</summary>
+public sealed class LifecycleTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task Provision_bind_use_unbind_deprovision_through_the_router()
+    {
+        await using var platform = await TestPlatform.StartAsync(cells: 2);
+        var id = "e2e-" + Guid.NewGuid().ToString("N")[..8];
+        var started = DateTime.UtcNow;
+        await platform.ProvisionReadyAsync(id);
+        output.WriteLine($"provision → succeeded in {(DateTime.UtcNow - started).TotalSeconds:0.0}s");
+
+        var creds = await platform.BindAsync(id, "bind-1");
+        var uri = (string)creds["uri"]!;
+        Assert.Equal(platform.Settings.Broker.BindingHost, (string)creds["host"]!);
+        Assert.Equal("dingo", (string)creds["database"]!);
+        Assert.True(((string)creds["password"]!).Length >= 32);
+        Assert.StartsWith("jdbc:postgresql://", (string)creds["jdbcUrl"]!);
+        var port = (int)creds["port"]!;
+        Assert.InRange(port, platform.Settings.Router.PortFirst, platform.Settings.Router.PortLast);
+
+        // Through the router: create, insert, read. The role is neither superuser nor replication.
+        await using (var conn = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri)))
+        {
+            await conn.OpenAsync();
+            await using var cmd = conn.CreateCommand();
+            cmd.CommandText = "CREATE TABLE notes(id int primary key, body text); INSERT INTO notes VALUES (1, 'hello dingo');";
+            await cmd.ExecuteNonQueryAsync();
+            cmd.CommandText = "SELECT body FROM notes WHERE id = 1";
+            Assert.Equal("hello dingo", await cmd.ExecuteScalarAsync());
+            cmd.CommandText = "SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = session_user";
+            Assert.Equal(false, await cmd.ExecuteScalarAsync());
+        }
+
+        // Identical re-bind: 200 with the same credentials; a different one: 409.
+        var bindBody = new System.Text.Json.Nodes.JsonObject { ["service_id"] = Model.Catalog.ServiceId, ["plan_id"] = Model.Catalog.SoloPlanId, ["app_guid"] = "app-1" }.ToJsonString();
+        var (again, againBody) = await platform.SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}/service_bindings/bind-1", bindBody);
+        Assert.Equal(200, again);
+        Assert.Equal(uri, (string)againBody["credentials"]!["uri"]!);
+        var (conflict, _) = await platform.SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}/service_bindings/bind-1",
+            bindBody.Replace("app-1", "app-2"));
+        Assert.Equal(409, conflict);
+        var (fetched, fetchedBody) = await platform.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/service_bindings/bind-1");
+        Assert.Equal(200, fetched);
+        Assert.Equal(uri, (string)fetchedBody["credentials"]!["uri"]!);
+
+        // A second binding sees the first one's table (shared owner), with its own role.
+        var creds2 = await platform.BindAsync(id, "bind-2");
+        Assert.NotEqual((string)creds["username"]!, (string)creds2["username"]!);
+
+        // Keep a session open, unbind: the session is ended and the old password no longer connects.
+        var open = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri));
+        await open.OpenAsync();
+        var q = $"service_id={Model.Catalog.ServiceId}&plan_id={Model.Catalog.SoloPlanId}";
+        var (unbound, _) = await platform.SendAsync(HttpMethod.Delete, $"/v2/service_instances/{id}/service_bindings/bind-1?{q}");
+        Assert.Equal(200, unbound);
+        await Assert.ThrowsAnyAsync<Exception>(async () =>
+        {
+            await using var cmd = open.CreateCommand();
+            cmd.CommandText = "SELECT 1";
+            await cmd.ExecuteScalarAsync();
+        });
+        await open.DisposeAsync();
+        var refused = await Assert.ThrowsAsync<PostgresException>(async () =>
+        {
+            await using var conn = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri));
+            await conn.OpenAsync();
+        });
+        Assert.Equal("28P01", refused.SqlState); // invalid password: the role is gone
+        var (unboundAgain, _) = await platform.SendAsync(HttpMethod.Delete, $"/v2/service_instances/{id}/service_bindings/bind-1?{q}");
+        Assert.Equal(410, unboundAgain);
+
+        // The data survived the unbind: the second binding reads it.
+        await using (var conn = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri((string)creds2["uri"]!)))
+        {
+            await conn.OpenAsync();
+            await using var cmd = conn.CreateCommand();
+            cmd.CommandText = "SELECT body FROM notes WHERE id = 1";
+            Assert.Equal("hello dingo", await cmd.ExecuteScalarAsync());
+        }
+
+        // Deprovision: async, then the port refuses connections and the node's data is gone.
+        var nodes = await platform.Store.ListAsync<Model.NodeSpec>(platform.Store.Keys.Nodes(id), CancellationToken.None);
+        var node = Assert.Single(nodes).Value;
+        var nodeDir = Path.Combine(Path.GetFullPath(platform.Settings.DataDir), "cells", node.CellId, "nodes", node.NodeId);
+        Assert.True(Directory.Exists(nodeDir), $"node data expected at {nodeDir}");
+        var (deleting, deletingBody) = await platform.SendAsync(HttpMethod.Delete, $"/v2/service_instances/{id}?accepts_incomplete=true&{q}");
+        Assert.Equal(202, deleting);
+        Assert.NotNull(deletingBody["operation"]);
+        var final = await platform.WaitForOperationAsync(id, TimeSpan.FromSeconds(60));
+        Assert.Equal("succeeded", (string?)final["state"]);
+        // A finished delete still answers 200 succeeded for a while.
+        var (after, afterBody) = await platform.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation");
+        Assert.Equal(200, after);
+        Assert.Equal("succeeded", (string?)afterBody["state"]);
+        Assert.False(Directory.Exists(nodeDir), "node data should be deleted");
+        await AssertRefusedAsync(port, TimeSpan.FromSeconds(10));
+        var (gone, _) = await platform.SendAsync(HttpMethod.Delete, $"/v2/service_instances/{id}?accepts_incomplete=true&{q}");
+        Assert.Equal(410, gone);
+    }
+
+    internal static async Task AssertRefusedAsync(int port, TimeSpan within)
+    {
+        var deadline = DateTime.UtcNow + within;
+        while (true)
+        {
+            try
+            {
+                using var client = new TcpClient();
+                await client.ConnectAsync("127.0.0.1", port);
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode == SocketError.ConnectionRefused)
+            {
+                return;
+            }
+            if (DateTime.UtcNow > deadline) throw new Xunit.Sdk.XunitException($"port {port} still accepts connections after {within}");
+            await Task.Delay(200);
+        }
+    }
+}
