@@ -20,6 +20,7 @@ public static class BrokerApp
         if (logging is not null) logging(builder.Logging);
         else builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
         builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
+        builder.Logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
 
         builder.Services.AddSingleton(settings);
         builder.Services.AddSingleton(settings.Broker);
@@ -33,7 +34,7 @@ public static class BrokerApp
         {
             var store = sp.GetRequiredService<EtcdStore>();
             var loggers = sp.GetRequiredService<ILoggerFactory>();
-            akka.AddHocon("akka.loglevel = WARNING\nakka.cluster.log-info = off", HoconAddMode.Prepend)
+            akka.AddHocon(AkkaDefaults.Hocon, HoconAddMode.Prepend)
                 .WithRemoting("127.0.0.1", port)
                 .WithClustering(new ClusterOptions { Roles = ["broker"] })
                 .WithShardRegion<ServiceInstanceRegion>(

@@ -23,6 +23,7 @@ public static class CellApp
         builder.Logging.ClearProviders();
         if (logging is not null) logging(builder.Logging);
         else builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
+        builder.Logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
 
         builder.Services.AddSingleton(settings);
@@ -46,7 +47,7 @@ public static class CellApp
 
         builder.Services.AddAkka("dingo", (akka, sp) =>
         {
-            akka.AddHocon("akka.loglevel = WARNING\nakka.cluster.log-info = off", HoconAddMode.Prepend)
+            akka.AddHocon(AkkaDefaults.Hocon, HoconAddMode.Prepend)
                 .WithRemoting("127.0.0.1", settings.Cell.AkkaPort)
                 .WithClustering(new ClusterOptions { Roles = ["cell"], SeedNodes = seedNodes.ToArray() })
                 .WithActors((system, registry) =>

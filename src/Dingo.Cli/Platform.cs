@@ -109,8 +109,10 @@ public static class Platform
         }
         finally
         {
-            // Reverse order of start: cells, broker, etcd.
-            for (var i = children.Count - 1; i >= 0; i--) await children[i].StopAsync(TimeSpan.FromSeconds(i == 0 ? 10 : 60));
+            // Cells together first (each stops its PostgreSQL nodes), then the broker, then etcd last.
+            var cellsFirst = children.Where(c => c.Name.StartsWith("cell-", StringComparison.Ordinal)).ToList();
+            await Task.WhenAll(cellsFirst.Select(c => c.StopAsync(TimeSpan.FromSeconds(60))));
+            foreach (var c in children.Where(c => !cellsFirst.Contains(c)).Reverse()) await c.StopAsync(TimeSpan.FromSeconds(30));
         }
     }
 
