@@ -1,0 +1,108 @@
+using Dingo.Cells;
+using Dingo.Model;
+using Dingo.Postgres;
+using Dingo.Store;
+using Dingo.Tests.Support;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Dingo.Tests.Cells;
+
+/// <summary>
+/// The cell's reconcile passes against real etcd and the real local-process runtime. The runtime is built
+/// by <see cref="NewRuntime"/>: the Docker runtime will run these same tests.
+/// </summary>
+public sealed class CellReconcilerTests : IAsyncLifetime
+{
+    private readonly Dingo.Config.DingoSettings _settings = TestPlatform.NewSettings();
+    private EtcdStore _store = null!;
+    private IContainerRuntime _runtime = null!;
+    private CellReconciler _cell = null!;
+    private static readonly CancellationToken None = CancellationToken.None;
+    private Keys K => _store.Keys;
+
+    private IContainerRuntime NewRuntime() => new LocalProcessRuntime(
+        new LocalProcessRuntimeOptions(Path.Combine(_settings.DataDir, "cells", "cell-1", "nodes"), _settings.Cell.PostgresBin, _settings.Cell.RunAsUser),
+        NullLogger<LocalProcessRuntime>.Instance);
+
+    public Task InitializeAsync()
+    {
+        _store = new EtcdStore(_settings.EtcdEndpoints, _settings.EtcdPrefix);
+        _runtime = NewRuntime();
+        _cell = new CellReconciler(_store, _runtime, new CellLease(_store, TimeSpan.FromSeconds(5), NullLogger.Instance), _settings, NullLogger.Instance);
+        return Task.CompletedTask;
+    }
+
+    public async Task DisposeAsync()
+    {
+        foreach (var n in await _runtime.ListAsync(None)) await _runtime.RemoveAsync(n.NodeId, None);
+        await TestPlatform.DestroyDataAsync(_settings);
+        await _store.DisposeAsync();
+    }
+
+    private async Task<NodeSpec> AssignAsync()
+    {
+        var id = "i-" + Guid.NewGuid().ToString("N")[..8];
+        await _store.PutAsync(K.Instance(id), new InstanceRecord
+        {
+            Id = id, ServiceId = Catalog.ServiceId, PlanId = Catalog.SoloPlanId, OrganizationGuid = "o", SpaceGuid = "s",
+            Port = _settings.Router.PortFirst, NodeCount = 1, Superuser = new Credentials(DatabaseAdmin.SuperuserName, Secrets.Password()),
+        }, None);
+        var spec = new NodeSpec { NodeId = "n-" + Guid.NewGuid().ToString("N")[..6], InstanceId = id, CellId = "cell-1", Port = _settings.NodePortFirst, CreatedAt = DateTimeOffset.UtcNow };
+        await _store.PutAsync(K.Assignment("cell-1", spec.NodeId), spec, None);
+        return spec;
+    }
+
+    private async Task<NodeStatus?> PassUntilAsync(NodeSpec spec, Func<NodeStatus?, bool> done, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            await _cell.RunPassAsync(None);
+            var status = (await _store.GetAsync<NodeStatus>(K.Status(spec.NodeId), None))?.Value;
+            if (done(status)) return status;
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"node {spec.NodeId} did not get there: {status}");
+            await Task.Delay(200);
+        }
+    }
+
+    [Fact]
+    public async Task An_assigned_node_is_created_started_registered_and_leads()
+    {
+        var spec = await AssignAsync();
+        var status = await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        Assert.Equal("primary", status!.Role);
+        Assert.NotNull(await _store.GetAsync<CellInfo>(K.Cell("cell-1"), None));
+        var leader = (await _store.GetAsync<LeaderRecord>(K.Leader(spec.InstanceId), None))!.Value;
+        Assert.Equal((spec.NodeId, spec.Port), (leader.NodeId, leader.Port));
+
+        // A second pass with nothing changed does nothing.
+        Assert.StartsWith("no action", await _cell.RunPassAsync(None));
+    }
+
+    [Fact]
+    public async Task A_node_no_longer_assigned_is_stopped_and_its_data_deleted()
+    {
+        var spec = await AssignAsync();
+        await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        await _store.DeleteAsync(K.Assignment("cell-1", spec.NodeId), None);
+        var summary = await _cell.RunPassAsync(None);
+        Assert.Contains($"removed {spec.NodeId}", summary);
+        Assert.Empty(await _runtime.ListAsync(None));
+        Assert.Null(await _store.GetAsync<NodeStatus>(K.Status(spec.NodeId), None));
+    }
+
+    [Fact]
+    public async Task A_restarted_cell_adopts_its_running_node_instead_of_recreating_it()
+    {
+        var spec = await AssignAsync();
+        var before = await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        // A new reconciler and runtime over the same data: as after the cell process restarts.
+        var runtime = NewRuntime();
+        var reborn = new CellReconciler(_store, runtime, new CellLease(_store, TimeSpan.FromSeconds(5), NullLogger.Instance), _settings, NullLogger.Instance);
+        await reborn.RunPassAsync(None);
+        await reborn.RunPassAsync(None);
+        var after = (await _store.GetAsync<NodeStatus>(K.Status(spec.NodeId), None))!.Value;
+        Assert.Equal(NodeState.Running, after.State);
+        Assert.Equal(before!.Detail, after.Detail); // same pid: adopted, not restarted
+    }
+}

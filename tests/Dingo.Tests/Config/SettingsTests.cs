@@ -1,0 +1,52 @@
+using Dingo.Config;
+using Dingo.Tests.Support;
+
+namespace Dingo.Tests.Config;
+
+public sealed class SettingsTests
+{
+    private static readonly string DefaultFile = Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf");
+
+    [Fact]
+    public void The_shipped_defaults_load()
+    {
+        var s = DingoSettings.Load([DefaultFile], new Dictionary<string, string?>());
+        Assert.Equal("http://127.0.0.1:8080", s.Broker.Url);
+        Assert.Equal(10, s.Broker.InstanceQuota);
+        Assert.Equal(["http://127.0.0.1:2379"], s.EtcdEndpoints);
+        Assert.Equal("/dingo", s.EtcdPrefix);
+    }
+
+    [Fact]
+    public void Environment_variables_override_the_files()
+    {
+        var env = new Dictionary<string, string?>
+        {
+            ["DINGO_BROKER_USERNAME"] = "alice", ["DINGO_BROKER_PASSWORD"] = "secret", ["DINGO_BROKER_URL"] = "http://127.0.0.1:9090",
+            ["DINGO_ETCD_ENDPOINTS"] = "http://127.0.0.1:1,http://127.0.0.1:2",
+        };
+        var s = DingoSettings.Load([DefaultFile], env);
+        Assert.Equal(("alice", "secret", "http://127.0.0.1:9090"), (s.Broker.Username, s.Broker.Password, s.Broker.Url));
+        Assert.Equal(2, s.EtcdEndpoints.Count);
+        Assert.DoesNotContain("secret", s.Broker.ToString());
+    }
+
+    [Theory]
+    [InlineData("dingo.router { port-range-first = 30000, port-range-last = 20000 }", "dingo.router.port-range")]
+    [InlineData("dingo { node-port-range-first = 20500, node-port-range-last = 20600 }", "overlap")]
+    [InlineData("dingo.etcd.prefix = \"dingo\"", "must start with '/'")]
+    [InlineData("dingo.broker.instance-quota = -1", "instance-quota")]
+    [InlineData("dingo.broker.url = \"not a url\"", "not an absolute URL")]
+    public void Bad_settings_are_refused_with_the_key_named(string hocon, string expected)
+    {
+        var ex = Assert.Throws<ArgumentException>(() => DingoSettings.Load([DefaultFile], new Dictionary<string, string?>(), hocon));
+        Assert.Contains(expected, ex.Message);
+    }
+
+    [Fact]
+    public void A_missing_file_is_named()
+    {
+        var ex = Assert.Throws<FileNotFoundException>(() => DingoSettings.Load(["/nonexistent/dingo.conf"], new Dictionary<string, string?>()));
+        Assert.Contains("/nonexistent/dingo.conf", ex.Message);
+    }
+}

@@ -1,0 +1,117 @@
+using Dingo.Instances;
+using Dingo.Model;
+
+namespace Dingo.Tests.Instances;
+
+/// <summary>The instance decision as a table of situations, each with the sentence last_operation shows.</summary>
+public sealed class ProvisioningTests
+{
+    private static readonly DateTimeOffset T0 = new(2026, 11, 25, 12, 0, 0, TimeSpan.Zero);
+    private static readonly CellInfo Cell1 = new() { Id = "cell-1", Zone = "z1", Capacity = 10, Address = "127.0.0.1", Runtime = "process" };
+    private static readonly NodeSpec Node1 = new() { NodeId = "n-1", InstanceId = "i-1", CellId = "cell-1", Port = 15001 };
+
+    private static InstanceSnapshot Snapshot(
+        string desired = DesiredState.Present, string opState = OperationState.InProgress, string opKind = OperationKind.Provision,
+        NodeSpec[]? nodes = null, NodeStatus[]? statuses = null, CellInfo[]? cells = null, LeaderRecord? leader = null, TimeSpan? age = null)
+    {
+        var instance = new InstanceRecord
+        {
+            Id = "i-1", ServiceId = Catalog.ServiceId, PlanId = Catalog.SoloPlanId, OrganizationGuid = "o", SpaceGuid = "s",
+            Port = 20001, NodeCount = 1, Superuser = new Credentials("dingo_admin", "pw"), Desired = desired,
+        };
+        var op = new OperationRecord { Id = "op", Kind = opKind, State = opState, Description = "accepted", StartedAt = T0, UpdatedAt = T0 };
+        return new InstanceSnapshot(instance, op, nodes ?? [], statuses ?? [], cells ?? [Cell1],
+            new Dictionary<string, int>(), leader, T0 + (age ?? TimeSpan.FromSeconds(1)));
+    }
+
+    private static NodeStatus Status(string state, string detail = "d") =>
+        new() { NodeId = "n-1", InstanceId = "i-1", CellId = "cell-1", State = state, Detail = detail, Host = "127.0.0.1", Port = 15001 };
+
+    private static readonly TimeSpan Timeout = TimeSpan.FromMinutes(5);
+
+    [Fact]
+    public void A_new_instance_gets_a_node_placed_on_a_cell()
+    {
+        var d = Assert.IsType<InstanceDecision.PlaceNode>(Provisioning.Decide(Snapshot(), Timeout));
+        Assert.Equal("cell-1", d.Cell.Id);
+        Assert.Equal("placing node on cell-1 (z1)", d.Description);
+    }
+
+    [Fact]
+    public void With_no_cell_it_waits_and_says_why()
+    {
+        var d = Assert.IsType<InstanceDecision.Wait>(Provisioning.Decide(Snapshot(cells: []), Timeout));
+        Assert.Equal("waiting for a cell: no cell is registered", d.Description);
+    }
+
+    [Theory]
+    [InlineData(NodeState.Initialising, "initialising database on cell-1")]
+    [InlineData(NodeState.Starting, "starting PostgreSQL on cell-1")]
+    public void Progress_of_the_node_is_reported(string state, string expected)
+    {
+        var d = Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [Status(state)]), Timeout);
+        Assert.IsType<InstanceDecision.Wait>(d);
+        Assert.Equal(expected, d.Description);
+    }
+
+    [Fact]
+    public void A_running_node_without_the_leader_key_is_not_yet_ready()
+    {
+        var d = Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [Status(NodeState.Running)]), Timeout);
+        Assert.Equal("waiting for a primary to take the leader key", Assert.IsType<InstanceDecision.Wait>(d).Description);
+    }
+
+    [Fact]
+    public void A_running_leader_succeeds_the_provision()
+    {
+        var leader = new LeaderRecord { NodeId = "n-1", Host = "127.0.0.1", Port = 15001 };
+        var d = Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [Status(NodeState.Running)], leader: leader), Timeout);
+        Assert.Equal("ready: primary n-1, reachable on port 20001", Assert.IsType<InstanceDecision.Succeed>(d).Description);
+    }
+
+    [Fact]
+    public void A_failed_node_fails_the_provision_with_its_reason()
+    {
+        var d = Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [Status(NodeState.Failed, "initdb: disk full")]), Timeout);
+        Assert.Equal("node n-1 on cell-1 failed: initdb: disk full", Assert.IsType<InstanceDecision.Fail>(d).Description);
+    }
+
+    [Fact]
+    public void A_provision_past_its_timeout_fails_naming_the_last_step()
+    {
+        var d = Provisioning.Decide(Snapshot(cells: [], age: TimeSpan.FromMinutes(6)), Timeout);
+        Assert.StartsWith("provision did not finish within 300s; last step: accepted", Assert.IsType<InstanceDecision.Fail>(d).Description);
+    }
+
+    [Fact]
+    public void A_node_on_a_vanished_cell_is_waited_for_not_replaced()
+    {
+        var d = Provisioning.Decide(Snapshot(nodes: [Node1], cells: []), Timeout);
+        Assert.Contains("not registered", Assert.IsType<InstanceDecision.Wait>(d).Description);
+    }
+
+    [Fact]
+    public void Deletion_removes_nodes_then_waits_for_the_cell_then_finishes()
+    {
+        var remove = Provisioning.Decide(Snapshot(desired: DesiredState.Absent, opKind: OperationKind.Deprovision, nodes: [Node1]), Timeout);
+        Assert.Equal("removing 1 node(s) from cell-1", Assert.IsType<InstanceDecision.RemoveNodes>(remove).Description);
+        var wait = Provisioning.Decide(Snapshot(desired: DesiredState.Absent, opKind: OperationKind.Deprovision, statuses: [Status(NodeState.Running)]), Timeout);
+        Assert.Contains("to stop PostgreSQL and delete the data", Assert.IsType<InstanceDecision.Wait>(wait).Description);
+        var done = Provisioning.Decide(Snapshot(desired: DesiredState.Absent, opKind: OperationKind.Deprovision), Timeout);
+        Assert.IsType<InstanceDecision.FinishDeletion>(done);
+    }
+
+    [Fact]
+    public void A_finished_instance_is_left_alone()
+    {
+        Assert.IsType<InstanceDecision.Idle>(Provisioning.Decide(Snapshot(opState: OperationState.Succeeded, nodes: [Node1]), Timeout));
+    }
+
+    [Fact]
+    public void The_cells_parameter_restricts_placement()
+    {
+        var s = Snapshot(cells: [Cell1, Cell1 with { Id = "cell-2", Zone = "z2" }]);
+        s = s with { Instance = s.Instance with { ParametersJson = "{\"cells\":[\"cell-2\"]}" } };
+        Assert.Equal("cell-2", Assert.IsType<InstanceDecision.PlaceNode>(Provisioning.Decide(s, Timeout)).Cell.Id);
+    }
+}
