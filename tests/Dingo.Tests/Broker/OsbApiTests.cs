@@ -50,6 +50,18 @@ public sealed class OsbApiTests(BrokerOnlyPlatform fixture) : IClassFixture<Brok
         return response.StatusCode;
     }
 
+    /// <summary>Waits until the instance actor has written its "no cell" sentence and rests.</summary>
+    private async Task SettledAsync(string id)
+    {
+        for (var i = 0; i < 50; i++)
+        {
+            var (_, last) = await P.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation");
+            if (((string?)last["description"] ?? "").Contains("waiting for a cell")) return;
+            await Task.Delay(100);
+        }
+        throw new TimeoutException($"instance {id} did not settle");
+    }
+
     [Fact]
     public async Task Catalog_lists_the_solo_plan_with_retrievable_instances_and_bindings()
     {
@@ -156,16 +168,22 @@ public sealed class OsbApiTests(BrokerOnlyPlatform fixture) : IClassFixture<Brok
         Assert.Equal(202, again);
         Assert.Equal(operation, (string?)againBody["operation"]);
 
+        // With no cell registered, last_operation says why it waits; fetch says it is not there yet.
+        // (Waiting for that sentence also lets the actor settle before the checks that nothing changes.)
+        JsonObject last = new();
+        for (var i = 0; i < 50 && !((string?)last["description"] ?? "").Contains("waiting for a cell"); i++)
+        {
+            (var lastStatus, last) = await P.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation?operation={operation}");
+            Assert.Equal(200, lastStatus);
+            Assert.Equal("in progress", (string?)last["state"]);
+            await Task.Delay(100);
+        }
+        Assert.Contains("waiting for a cell: no cell is registered", (string?)last["description"]);
         var other = JsonNode.Parse(TestPlatform.ProvisionBody())!.AsObject();
         other["space_guid"] = "another-space";
         var (conflict, _) = await RejectedAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", other.ToJsonString());
         Assert.Equal(409, conflict);
 
-        // With no cell registered, last_operation says why it waits; fetch says it is not there yet.
-        var (lastStatus, last) = await P.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation?operation={operation}");
-        Assert.Equal(200, lastStatus);
-        Assert.Equal("in progress", (string?)last["state"]);
-        Assert.Contains("waiting for a cell", (string?)last["description"]);
         var (fetch, _) = await P.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}");
         Assert.Equal(404, fetch);
 
@@ -214,6 +232,7 @@ public sealed class OsbApiTests(BrokerOnlyPlatform fixture) : IClassFixture<Brok
         Assert.Equal(400, missing);
         var (created, _) = await P.SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", TestPlatform.ProvisionBody());
         Assert.Equal(202, created);
+        await SettledAsync(id);
         var (sync, syncBody) = await RejectedAsync(HttpMethod.Delete, $"/v2/service_instances/{id}?{Q}");
         Assert.Equal(422, sync);
         Assert.Equal("AsyncRequired", (string?)syncBody["error"]);
