@@ -51,6 +51,17 @@ public sealed class LifecycleTests(ITestOutputHelper output)
         Assert.Equal(200, fetched);
         Assert.Equal(uri, (string)fetchedBody["credentials"]!["uri"]!);
 
+        // Update parameters: asynchronous, then fetch shows them; the instance keeps serving.
+        var patch = new System.Text.Json.Nodes.JsonObject { ["service_id"] = Model.Catalog.ServiceId, ["parameters"] = new System.Text.Json.Nodes.JsonObject { ["cells"] = new System.Text.Json.Nodes.JsonArray("cell-1", "cell-2") } }.ToJsonString();
+        var (updating, updatingBody) = await platform.SendAsync(HttpMethod.Patch, $"/v2/service_instances/{id}?accepts_incomplete=true", patch);
+        Assert.Equal(202, updating);
+        Assert.StartsWith("update-", (string?)updatingBody["operation"]);
+        Assert.Equal("succeeded", (string?)(await platform.WaitForOperationAsync(id, TimeSpan.FromSeconds(30)))["state"]);
+        var (instanceStatus, instanceBody) = await platform.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}");
+        Assert.Equal(200, instanceStatus);
+        Assert.Equal(Model.Catalog.SoloPlanId, (string?)instanceBody["plan_id"]);
+        Assert.Equal(2, instanceBody["parameters"]!["cells"]!.AsArray().Count);
+
         // A second binding sees the first one's table (shared owner), with its own role.
         var creds2 = await platform.BindAsync(id, "bind-2");
         Assert.NotEqual((string)creds["username"]!, (string)creds2["username"]!);
