@@ -1,6 +1,6 @@
+using Akka.Event;
 using Akka.Actor;
 using Akka.Cluster.Sharding;
-using Akka.Event;
 using Dingo.Config;
 using Dingo.Store;
 using Microsoft.Extensions.Logging;
@@ -12,10 +12,6 @@ public static class ServiceInstanceMessages
 {
     /// <summary>Look at the instance now (a request changed it, or a sweep found work in progress).</summary>
     public sealed record Reconcile(string InstanceId);
-
-    internal sealed record PassDone(InstanceDecision? Decision);
-    internal sealed record PassFailed(Exception Error);
-    internal sealed record Tick;
 }
 
 /// <summary>Marker type for the shard region in Akka.Hosting's registry.</summary>
@@ -25,69 +21,41 @@ public sealed class ServiceInstanceRegion;
 /// One per service instance, sharded over the broker role. It holds no state of its own: every pass reads etcd,
 /// decides (<see cref="Provisioning"/>), acts once, and looks again soon while an operation runs.
 /// </summary>
-public sealed class ServiceInstanceActor : ReceiveActor, IWithTimers
+public sealed class ServiceInstanceActor : PassActor<InstanceDecision?>
 {
     private static readonly TimeSpan ActiveInterval = TimeSpan.FromMilliseconds(300);
     private readonly string _instanceId;
     private readonly InstanceReconciler _reconciler;
-    private readonly ILoggingAdapter _log = Context.GetLogger();
-    private readonly CancellationTokenSource _stopping = new();
-    private bool _running;
-    private bool _again;
-
-    public ITimerScheduler Timers { get; set; } = null!;
 
     public ServiceInstanceActor(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers)
     {
         _instanceId = instanceId;
         _reconciler = new InstanceReconciler(store, settings, loggers.CreateLogger("Dingo.Instance"));
-        Receive<ServiceInstanceMessages.Reconcile>(_ => StartPass());
-        Receive<ServiceInstanceMessages.Tick>(_ => StartPass());
-        Receive<ServiceInstanceMessages.PassDone>(done =>
-        {
-            _running = false;
-            switch (done.Decision)
-            {
-                case null or InstanceDecision.FinishDeletion or InstanceDecision.Idle:
-                    // Nothing left to watch: rest until a request or the sweep wakes us.
-                    if (_again) StartPass();
-                    else Context.Parent.Tell(new Passivate(PoisonPill.Instance));
-                    break;
-                case InstanceDecision.Succeed or InstanceDecision.Fail:
-                    if (_again) StartPass();
-                    break;
-                default:
-                    if (_again) StartPass();
-                    else Timers.StartSingleTimer("tick", new ServiceInstanceMessages.Tick(), ActiveInterval);
-                    break;
-            }
-        });
-        Receive<ServiceInstanceMessages.PassFailed>(failed =>
-        {
-            _running = false;
-            _log.Warning("instance {0}: reconcile pass failed, retrying: {1}", _instanceId, failed.Error.Message);
-            Timers.StartSingleTimer("tick", new ServiceInstanceMessages.Tick(), TimeSpan.FromSeconds(1));
-        });
+        Receive<ServiceInstanceMessages.Reconcile>(_ => RequestPass());
     }
 
-    private void StartPass()
+    protected override Task<InstanceDecision?> RunPassAsync(CancellationToken cancellationToken) =>
+        _reconciler.RunPassAsync(_instanceId, cancellationToken);
+
+    protected override TimeSpan? AfterPass(InstanceDecision? decision)
     {
-        if (_running)
+        switch (decision)
         {
-            _again = true; // a change arrived mid-pass: look once more when it ends
-            return;
+            case null or InstanceDecision.FinishDeletion or InstanceDecision.Idle:
+                // Nothing left to watch: rest until a request or the sweep wakes us.
+                if (!RequestedMeanwhile) Context.Parent.Tell(new Passivate(PoisonPill.Instance));
+                return null;
+            case InstanceDecision.Succeed or InstanceDecision.Fail:
+                return null;
+            default:
+                return ActiveInterval;
         }
-        _running = true;
-        _again = false;
-        _reconciler.RunPassAsync(_instanceId, _stopping.Token).PipeTo(Self,
-            success: d => new ServiceInstanceMessages.PassDone(d),
-            failure: e => new ServiceInstanceMessages.PassFailed(e));
     }
 
-    protected override void PostStop()
+    protected override TimeSpan? AfterFailure(Exception error)
     {
-        _stopping.Cancel();
-        _stopping.Dispose();
+        Log.Warning("instance {0}: reconcile pass failed, retrying: {1}", _instanceId, error.Message);
+        return TimeSpan.FromSeconds(1);
     }
 
     public static Props Props(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers) =>

@@ -1,5 +1,5 @@
-using Akka.Actor;
 using Akka.Event;
+using Akka.Actor;
 using Dingo.Model;
 using Dingo.Store;
 
@@ -9,68 +9,42 @@ public static class RouterMessages
 {
     /// <summary>Re-read ports and leaders from etcd and apply them (a watch saw a change, or the timer fired).</summary>
     public sealed record Refresh;
-    internal sealed record Applied(int Routes, int WithTarget);
-    internal sealed record Failed(Exception Error);
 }
 
 /// <summary>
 /// Keeps this cell's router in step with etcd: every active instance port listens, and forwards to the
 /// instance's current leader. Thin: the table is <see cref="RouteTable"/>, the data path <see cref="TcpRouter"/>.
 /// </summary>
-public sealed class RouterActor : ReceiveActor, IWithTimers
+public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
 {
     private static readonly TimeSpan ResyncInterval = TimeSpan.FromSeconds(2);
     private readonly EtcdStore _store;
     private readonly TcpRouter _router;
-    private readonly ILoggingAdapter _log = Context.GetLogger();
-    private readonly CancellationTokenSource _stopping = new();
-    private bool _running;
-    private bool _again;
     private (int, int) _last = (-1, -1);
-
-    public ITimerScheduler Timers { get; set; } = null!;
 
     public RouterActor(EtcdStore store, TcpRouter router)
     {
         _store = store;
         _router = router;
-        Receive<RouterMessages.Refresh>(_ => Start());
-        Receive<RouterMessages.Applied>(a =>
-        {
-            _running = false;
-            if ((a.Routes, a.WithTarget) != _last) _log.Info("router: {0} instance port(s), {1} with a primary", a.Routes, a.WithTarget);
-            _last = (a.Routes, a.WithTarget);
-            Next();
-        });
-        Receive<RouterMessages.Failed>(f =>
-        {
-            _running = false;
-            _log.Warning("router refresh failed: {0}", f.Error.Message);
-            Next();
-        });
+        Receive<RouterMessages.Refresh>(_ => RequestPass());
     }
 
-    protected override void PreStart() => Self.Tell(new RouterMessages.Refresh());
+    protected override void PreStart() => RequestPass();
 
-    private void Next()
+    protected override TimeSpan? AfterPass((int Routes, int WithTarget) applied)
     {
-        if (_again) Start();
-        else Timers.StartSingleTimer("resync", new RouterMessages.Refresh(), ResyncInterval);
+        if (applied != _last) Log.Info("router: {0} instance port(s), {1} with a primary", applied.Routes, applied.WithTarget);
+        _last = applied;
+        return ResyncInterval;
     }
 
-    private void Start()
+    protected override TimeSpan? AfterFailure(Exception error)
     {
-        if (_running)
-        {
-            _again = true;
-            return;
-        }
-        _running = true;
-        _again = false;
-        RefreshAsync(_stopping.Token).PipeTo(Self, success: r => r, failure: e => new RouterMessages.Failed(e));
+        Log.Warning("router refresh failed: {0}", error.Message);
+        return ResyncInterval;
     }
 
-    private async Task<RouterMessages.Applied> RefreshAsync(CancellationToken ct)
+    protected override async Task<(int Routes, int WithTarget)> RunPassAsync(CancellationToken ct)
     {
         var keys = _store.Keys;
         var ports = await _store.ListAsync<PortRecord>(keys.Ports, ct).ConfigureAwait(false);
@@ -82,13 +56,7 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
             ports.Select(p => (int.Parse(p.Key[keys.Ports.Length..], System.Globalization.CultureInfo.InvariantCulture), p.Value)),
             byInstance);
         await _router.ApplyAsync(routes, ct).ConfigureAwait(false);
-        return new RouterMessages.Applied(routes.Count, routes.Count(r => r.Target is not null));
-    }
-
-    protected override void PostStop()
-    {
-        _stopping.Cancel();
-        _stopping.Dispose();
+        return (routes.Count, routes.Count(r => r.Target is not null));
     }
 
     public static Props Props(EtcdStore store, TcpRouter router) => Akka.Actor.Props.Create(() => new RouterActor(store, router));

@@ -1,0 +1,73 @@
+using Akka.Actor;
+using Akka.Event;
+
+namespace Dingo;
+
+/// <summary>
+/// An actor that runs one asynchronous reconcile pass at a time. A request that arrives during a pass
+/// schedules exactly one more pass after it; otherwise the subclass says when to look again.
+/// </summary>
+public abstract class PassActor<TResult> : ReceiveActor, IWithTimers
+{
+    private sealed record Run;
+    private sealed record Done(TResult Result);
+    private sealed record Failed(Exception Error);
+
+    private readonly CancellationTokenSource _stopping = new();
+    private bool _running;
+    private bool _again;
+
+    protected ILoggingAdapter Log { get; } = Context.GetLogger();
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    /// <summary>True when a request arrived while the pass that just ended was running.</summary>
+    protected bool RequestedMeanwhile => _again;
+
+    protected PassActor()
+    {
+        Receive<Run>(_ => RequestPass());
+        Receive<Done>(done =>
+        {
+            _running = false;
+            Schedule(AfterPass(done.Result));
+        });
+        Receive<Failed>(failed =>
+        {
+            _running = false;
+            Schedule(AfterFailure(failed.Error));
+        });
+    }
+
+    /// <summary>The work of one pass: read, decide, act once.</summary>
+    protected abstract Task<TResult> RunPassAsync(CancellationToken cancellationToken);
+
+    /// <summary>When to run the next pass after this result; null waits for a request.</summary>
+    protected abstract TimeSpan? AfterPass(TResult result);
+
+    /// <summary>When to retry after a failed pass; null waits for a request.</summary>
+    protected abstract TimeSpan? AfterFailure(Exception error);
+
+    protected void RequestPass()
+    {
+        if (_running)
+        {
+            _again = true;
+            return;
+        }
+        _running = true;
+        _again = false;
+        RunPassAsync(_stopping.Token).PipeTo(Self, success: r => new Done(r), failure: e => new Failed(e));
+    }
+
+    private void Schedule(TimeSpan? delay)
+    {
+        if (_again) RequestPass();
+        else if (delay is { } d) Timers.StartSingleTimer("pass", new Run(), d);
+    }
+
+    protected override void PostStop()
+    {
+        _stopping.Cancel();
+        _stopping.Dispose();
+    }
+}
