@@ -1,0 +1,481 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using Dingo.Ha;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Dingo.Tests.Ha;
+
+public sealed class NodeHealthServerTests
+{
+    private static readonly IPAddress Loopback = IPAddress.Loopback;
+    private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(5);
+    // Connection: close on every answer, so nothing is pooled between tests.
+    private static readonly HttpClient Http = new() { Timeout = StepTimeout };
+
+    private static readonly NodeHealth Primary = new(
+        "n1", "i1", "running", "primary", IsLeader: true, LagBytes: 0, Streaming: false, IsSyncStandby: false,
+        WalLsn: 50_000_000, Timeline: 3, LeaderNodeId: "n1", Decision: "no action: I am the leader");
+
+    private static readonly NodeHealth Replica = new(
+        "n2", "i1", "running", "replica", IsLeader: false, LagBytes: 1000, Streaming: true, IsSyncStandby: false,
+        WalLsn: 49_999_000, Timeline: 3, LeaderNodeId: "n1", Decision: "following n1");
+
+    private static readonly Dictionary<string, NodeHealth> Snapshots = new()
+    {
+        ["primary"] = Primary,
+        // Lost the leader key (etcd unreachable, demoting): no longer the writable primary.
+        ["primary-no-key"] = Primary with { IsLeader = false, LeaderNodeId = null },
+        ["primary-stopped"] = Primary with { State = "stopped" },
+        // Won the key, PostgreSQL not promoted yet.
+        ["leader-replica"] = Replica with { IsLeader = true, LeaderNodeId = "n2" },
+        ["replica"] = Replica,
+        ["replica-sync"] = Replica with { LagBytes = 0, IsSyncStandby = true },
+        ["replica-lag-unknown"] = Replica with { LagBytes = null },
+        ["replica-big-lag"] = Replica with { LagBytes = 200L * 1024 * 1024 },
+        ["replica-not-streaming"] = Replica with { LagBytes = 0, Streaming = false },
+        ["replica-starting"] = Replica with { State = "starting", Streaming = false, LagBytes = null },
+        ["unknown"] = new("n3", "i1", "stopped", "unknown", false, null, false, false, null, null, null, null),
+    };
+
+    [Theory]
+    // Writable primary: running, primary and holding the leader key.
+    [InlineData("/", "primary", 200)]
+    [InlineData("/", "primary-no-key", 503)]
+    [InlineData("/", "replica", 503)]
+    [InlineData("/primary", "primary", 200)]
+    [InlineData("/master", "primary", 200)]
+    [InlineData("/read-write", "primary", 200)]
+    [InlineData("/primary", "primary-no-key", 503)]
+    [InlineData("/primary", "primary-stopped", 503)]
+    [InlineData("/primary", "leader-replica", 503)]
+    [InlineData("/primary", "replica", 503)]
+    [InlineData("/primary", "unknown", 503)]
+    [InlineData("/primary?lag=1", "primary", 200)]
+    // Replica: running, replica, streaming; lag only when asked for.
+    [InlineData("/replica", "replica", 200)]
+    [InlineData("/replica/", "replica", 200)]
+    [InlineData("/replica", "replica-sync", 200)]
+    [InlineData("/replica", "replica-lag-unknown", 200)]
+    [InlineData("/replica", "replica-big-lag", 200)]
+    [InlineData("/replica", "replica-not-streaming", 503)]
+    [InlineData("/replica", "replica-starting", 503)]
+    [InlineData("/replica", "leader-replica", 200)]
+    [InlineData("/replica", "primary", 503)]
+    [InlineData("/replica", "unknown", 503)]
+    [InlineData("/replica?lag=1000", "replica", 200)]
+    [InlineData("/replica?lag=999", "replica", 503)]
+    [InlineData("/replica?lag=1kB", "replica", 200)]
+    [InlineData("/replica?lag=16kB", "replica-lag-unknown", 503)]
+    [InlineData("/replica?lag=100MB", "replica-big-lag", 503)]
+    [InlineData("/replica?lag=200MB", "replica-big-lag", 200)]
+    [InlineData("/replica?lag=1GB", "replica-big-lag", 200)]
+    [InlineData("/replica?lag=209715199", "replica-big-lag", 503)]
+    [InlineData("/replica?lag=0.5GB", "replica-big-lag", 200)]
+    [InlineData("/replica?lag=1MB", "replica-not-streaming", 503)]
+    [InlineData("/replica?replication_state=streaming", "replica", 200)]
+    [InlineData("/replica?replication_state=in%20archive%20recovery", "replica", 503)]
+    [InlineData("/replica?tag_nofailover=true", "replica", 503)]
+    // Read-only: the primary or a replica within the lag.
+    [InlineData("/read-only", "primary", 200)]
+    [InlineData("/read-only", "replica", 200)]
+    [InlineData("/read-only?lag=16kB", "primary", 200)]
+    [InlineData("/read-only?lag=16kB", "replica", 200)]
+    [InlineData("/read-only?lag=16kB", "replica-big-lag", 503)]
+    [InlineData("/read-only?lag=16kB", "replica-lag-unknown", 503)]
+    [InlineData("/read-only", "replica-not-streaming", 503)]
+    [InlineData("/read-only", "primary-no-key", 503)]
+    [InlineData("/read-only", "primary-stopped", 503)]
+    [InlineData("/read-only", "unknown", 503)]
+    [InlineData("/read-only-sync", "primary", 200)]
+    [InlineData("/read-only-sync", "replica-sync", 200)]
+    [InlineData("/read-only-sync", "replica", 503)]
+    // Health: PostgreSQL running, any role.
+    [InlineData("/health", "primary", 200)]
+    [InlineData("/health", "primary-no-key", 200)]
+    [InlineData("/health", "replica-not-streaming", 200)]
+    [InlineData("/health", "replica-starting", 503)]
+    [InlineData("/health", "primary-stopped", 503)]
+    [InlineData("/health", "unknown", 503)]
+    // Leader: holds the key, whatever PostgreSQL is doing.
+    [InlineData("/leader", "primary", 200)]
+    [InlineData("/leader", "leader-replica", 200)]
+    [InlineData("/leader", "primary-stopped", 200)]
+    [InlineData("/leader", "primary-no-key", 503)]
+    [InlineData("/leader", "replica", 503)]
+    // Synchronous and asynchronous replicas.
+    [InlineData("/sync", "replica-sync", 200)]
+    [InlineData("/synchronous", "replica-sync", 200)]
+    [InlineData("/sync", "replica", 503)]
+    [InlineData("/sync", "primary", 503)]
+    [InlineData("/sync", "replica-not-streaming", 503)]
+    [InlineData("/async", "replica", 200)]
+    [InlineData("/asynchronous", "replica", 200)]
+    [InlineData("/async", "replica-sync", 503)]
+    [InlineData("/async", "primary", 503)]
+    [InlineData("/async?lag=1MB", "replica-big-lag", 503)]
+    [InlineData("/async?lag=1GB", "replica-big-lag", 200)]
+    // Status documents: always 200.
+    [InlineData("/patroni", "unknown", 200)]
+    [InlineData("/patroni", "replica", 200)]
+    [InlineData("/status", "primary-stopped", 200)]
+    // Refused.
+    [InlineData("/nope", "primary", 404)]
+    [InlineData("/PRIMARY", "primary", 404)]
+    [InlineData("/replica?lag=lots", "replica", 400)]
+    [InlineData("/replica?lag=-1", "replica", 400)]
+    [InlineData("/replica?lag=10XB", "replica", 400)]
+    public async Task Endpoint_answers_with_patronis_status_code(string path, string snapshot, int expected)
+    {
+        var health = Snapshots[snapshot];
+        await using var server = await StartAsync(() => health);
+
+        using var response = await Http.GetAsync(Url(server, path));
+
+        Assert.Equal(expected, (int)response.StatusCode);
+        Assert.Equal("application/json", response.Content.Headers.ContentType?.MediaType);
+        Assert.True(response.Headers.ConnectionClose);
+        using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        if (expected is 200 or 503)
+            Assert.Equal(health.NodeId, json.RootElement.GetProperty("node").GetString());
+        else
+            Assert.True(json.RootElement.TryGetProperty("error", out _));
+    }
+
+    [Fact]
+    public async Task Status_document_uses_patronis_field_names()
+    {
+        var health = Primary with { Role = "master" };
+        await using var server = await StartAsync(() => health);
+
+        using (var doc = JsonDocument.Parse(await Http.GetStringAsync(Url(server, "/patroni"))))
+        {
+            var root = doc.RootElement;
+            Assert.Equal("running", root.GetProperty("state").GetString());
+            Assert.Equal("primary", root.GetProperty("role").GetString());
+            Assert.Equal(3, root.GetProperty("timeline").GetInt32());
+            Assert.Equal(50_000_000, root.GetProperty("xlog").GetProperty("location").GetInt64());
+            Assert.True(root.GetProperty("is_leader").GetBoolean());
+            Assert.Equal(0, root.GetProperty("lag").GetInt64());
+            Assert.Equal("n1", root.GetProperty("node").GetString());
+            Assert.Equal("i1", root.GetProperty("instance").GetString());
+            Assert.Equal("n1", root.GetProperty("patroni").GetProperty("name").GetString());
+            Assert.Equal("i1", root.GetProperty("patroni").GetProperty("scope").GetString());
+            Assert.Equal("no action: I am the leader", root.GetProperty("dingo").GetProperty("decision").GetString());
+            Assert.False(root.TryGetProperty("replication_state", out _));
+        }
+
+        health = Replica with { LagBytes = null, Timeline = null, LeaderNodeId = null, IsSyncStandby = true };
+        using (var doc = JsonDocument.Parse(await Http.GetStringAsync(Url(server, "/status"))))
+        {
+            var root = doc.RootElement;
+            Assert.Equal("replica", root.GetProperty("role").GetString());
+            Assert.Equal(49_999_000, root.GetProperty("xlog").GetProperty("received_location").GetInt64());
+            Assert.Equal("streaming", root.GetProperty("replication_state").GetString());
+            Assert.True(root.GetProperty("sync_standby").GetBoolean());
+            Assert.Equal(JsonValueKind.Null, root.GetProperty("lag").ValueKind);
+            Assert.Equal(JsonValueKind.Null, root.GetProperty("timeline").ValueKind);
+            Assert.True(root.GetProperty("cluster_unlocked").GetBoolean());
+        }
+    }
+
+    [Theory]
+    [InlineData("HEAD", "/primary", "primary", 200)]
+    [InlineData("HEAD", "/primary", "replica", 503)]
+    [InlineData("HEAD", "/replica?lag=1MB", "replica", 200)]
+    [InlineData("HEAD", "/nope", "replica", 404)]
+    // HAProxy's "option httpchk OPTIONS /primary": the path decides, exactly as for GET.
+    [InlineData("OPTIONS", "/primary", "primary", 200)]
+    [InlineData("OPTIONS", "/primary", "replica", 503)]
+    [InlineData("OPTIONS", "/", "replica", 503)]
+    [InlineData("OPTIONS", "/replica", "replica", 200)]
+    [InlineData("OPTIONS", "*", "replica", 200)]
+    public async Task Head_and_options_answer_the_status_without_a_body(string method, string path, string snapshot, int expected)
+    {
+        var health = Snapshots[snapshot];
+        await using var server = await StartAsync(() => health);
+
+        // HTTP/1.0 without Host: what HAProxy sends by default.
+        var (status, headers, body) = await RawAsync(server, $"{method} {path} HTTP/1.0\r\n\r\n");
+
+        Assert.Equal(expected, status);
+        Assert.Empty(body);
+        Assert.Contains("Connection: close", headers);
+        Assert.Contains("Content-Type: application/json", headers);
+    }
+
+    [Fact]
+    public async Task Head_announces_the_length_get_would_send()
+    {
+        await using var server = await StartAsync(() => Primary);
+
+        var (_, headers, _) = await RawAsync(server, "HEAD /primary HTTP/1.1\r\nHost: x\r\n\r\n");
+        var (_, _, body) = await RawAsync(server, "GET /primary HTTP/1.1\r\nHost: x\r\n\r\n");
+
+        Assert.Contains($"Content-Length: {body.Length}\r\n", headers);
+    }
+
+    [Theory]
+    [InlineData("garbage\r\n\r\n", 400)]
+    [InlineData("GET /primary\r\n\r\n", 400)]
+    [InlineData("GET primary HTTP/1.1\r\n\r\n", 400)]
+    [InlineData("GET  /primary HTTP/1.1\r\n\r\n", 400)]
+    [InlineData("GET /primary HTTP/1.1\r\nno colon here\r\n\r\n", 400)]
+    [InlineData("GET /primary HTTP/1.1\r\nBad Name: x\r\n\r\n", 400)]
+    [InlineData("GET /primary HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400)]
+    [InlineData("GET /pri\rmary HTTP/1.1\r\n\r\n", 400)]
+    [InlineData("GET /replica?lag=%ZZ HTTP/1.1\r\n\r\n", 400)]
+    [InlineData("GET /primary HTTP/2.0\r\n\r\n", 505)]
+    [InlineData("GET /primary HTTP/1.1\r\nHost: x\r\n", 400)] // client half-closes mid-head
+    [InlineData("POST /primary HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 405)]
+    [InlineData("DELETE /leader HTTP/1.1\r\n\r\n", 405)]
+    // Accepted: bare LF line ends, absolute-form target.
+    [InlineData("GET /primary HTTP/1.1\nHost: x\n\n", 200)]
+    [InlineData("GET http://node:8008/primary?lag=1 HTTP/1.1\r\nHost: node\r\n\r\n", 200)]
+    public async Task Raw_requests_get_the_right_status(string request, int expected)
+    {
+        await using var server = await StartAsync(() => Primary);
+
+        var (status, headers, _) = await RawAsync(server, request, halfClose: !request.EndsWith("\n\n", StringComparison.Ordinal));
+
+        Assert.Equal(expected, status);
+        if (expected == 405)
+            Assert.Contains("Allow: GET, HEAD, OPTIONS", headers);
+    }
+
+    [Fact]
+    public async Task Methods_other_than_get_head_options_are_refused_with_405()
+    {
+        await using var server = await StartAsync(() => Primary);
+
+        using var post = await Http.PostAsync(Url(server, "/primary"), new StringContent("{}"));
+        using var put = await Http.PutAsync(Url(server, "/patroni"), new StringContent("{}"));
+
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, post.StatusCode);
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, put.StatusCode);
+    }
+
+    [Fact]
+    public async Task A_head_over_8_KiB_is_refused_with_431()
+    {
+        await using var server = await StartAsync(() => Primary);
+
+        var request = "GET /primary HTTP/1.1\r\nX-Padding: " + new string('a', 9000) + "\r\n\r\n";
+        var (status, _, _) = await RawAsync(server, request);
+
+        Assert.Equal(431, status);
+        using var ok = await Http.GetAsync(Url(server, "/primary"));
+        Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
+    }
+
+    [Fact]
+    public async Task A_throwing_snapshot_gives_503_with_an_error_and_the_server_keeps_serving()
+    {
+        var failing = true;
+        await using var server = await StartAsync(() => failing ? throw new InvalidOperationException("etcd gone") : Primary);
+
+        foreach (var path in new[] { "/primary", "/health", "/patroni" })
+        {
+            using var response = await Http.GetAsync(Url(server, path));
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+            using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+            Assert.False(string.IsNullOrEmpty(json.RootElement.GetProperty("error").GetString()));
+        }
+        var (headStatus, _, headBody) = await RawAsync(server, "HEAD /primary HTTP/1.0\r\n\r\n");
+        Assert.Equal(503, headStatus);
+        Assert.Empty(headBody);
+
+        failing = false;
+        using var recovered = await Http.GetAsync(Url(server, "/primary"));
+        Assert.Equal(HttpStatusCode.OK, recovered.StatusCode);
+    }
+
+    [Fact]
+    public async Task A_silent_client_is_cut_after_the_read_timeout_without_blocking_other_requests()
+    {
+        var timeout = TimeSpan.FromMilliseconds(1500);
+        await using var server = await StartAsync(() => Primary, timeout);
+        using var silent = await ConnectAsync(server);
+        var connected = Stopwatch.StartNew();
+
+        using (var response = await Http.GetAsync(Url(server, "/primary")))
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.True(connected.Elapsed < timeout, $"a normal request waited {connected.Elapsed} behind the silent client");
+        Assert.False(silent.Poll(0, SelectMode.SelectRead), "the silent client was closed before its timeout");
+
+        // Nothing sent, so nothing is answered: the server just closes.
+        var read = await silent.ReceiveAsync(new byte[64], SocketFlags.None, Timeout());
+        Assert.Equal(0, read);
+        Assert.True(connected.Elapsed >= timeout - TimeSpan.FromMilliseconds(100), $"closed after only {connected.Elapsed}");
+    }
+
+    [Fact]
+    public async Task A_trickling_client_is_cut_at_the_deadline_with_408()
+    {
+        var timeout = TimeSpan.FromMilliseconds(600);
+        await using var server = await StartAsync(() => Primary, timeout);
+        using var slow = await ConnectAsync(server);
+        var started = Stopwatch.StartNew();
+
+        // One byte every 50 ms would keep a per-read timeout alive forever.
+        var request = Encoding.ASCII.GetBytes("GET /primary HTTP/1.1\r\nX-Slow: " + new string('a', 200));
+        var response = new MemoryStream();
+        var buffer = new byte[1024];
+        var i = 0;
+        while (started.Elapsed < TimeSpan.FromSeconds(4))
+        {
+            if (slow.Poll(0, SelectMode.SelectRead))
+            {
+                var n = slow.Receive(buffer);
+                if (n == 0)
+                    break;
+                response.Write(buffer, 0, n);
+                continue;
+            }
+            if (i < request.Length)
+            {
+                try
+                {
+                    slow.Send(request, i++, 1, SocketFlags.None);
+                }
+                catch (SocketException)
+                {
+                    break;
+                }
+            }
+            await Task.Delay(50);
+        }
+
+        Assert.StartsWith("HTTP/1.1 408 ", Encoding.ASCII.GetString(response.ToArray()));
+        Assert.True(started.Elapsed < TimeSpan.FromSeconds(3), $"the trickling client was held for {started.Elapsed}");
+    }
+
+    [Fact]
+    public async Task When_every_slot_is_taken_new_clients_wait_for_one_instead_of_failing()
+    {
+        var timeout = TimeSpan.FromMilliseconds(500);
+        await using var server = await StartAsync(() => Primary, timeout, maxConnections: 2);
+        using var a = await ConnectAsync(server);
+        using var b = await ConnectAsync(server);
+        await Task.Delay(100); // let both be accepted and take the two slots
+
+        var started = Stopwatch.StartNew();
+        using var response = await Http.GetAsync(Url(server, "/primary"));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        // Served once the silent clients timed out and gave their slots back.
+        Assert.True(started.Elapsed >= TimeSpan.FromMilliseconds(300), $"served after {started.Elapsed}: the cap did not hold");
+    }
+
+    [Fact]
+    public async Task Fifty_concurrent_requests_are_all_answered()
+    {
+        await using var server = await StartAsync(() => Replica);
+
+        var paths = new[] { "/replica", "/primary", "/health", "/read-only?lag=16kB", "/patroni" };
+        var tasks = Enumerable.Range(0, 50).Select(async i =>
+        {
+            using var response = await Http.GetAsync(Url(server, paths[i % paths.Length]));
+            return (int)response.StatusCode;
+        });
+        var statuses = await Task.WhenAll(tasks);
+
+        for (var i = 0; i < statuses.Length; i++)
+            Assert.Equal(paths[i % paths.Length] == "/primary" ? 503 : 200, statuses[i]);
+    }
+
+    [Fact]
+    public async Task Binding_a_taken_port_throws_naming_the_port()
+    {
+        await using var first = await StartAsync(() => Primary);
+        await using var second = new NodeHealthServer(Loopback, first.Port, () => Primary, NullLogger.Instance);
+
+        var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => second.StartAsync(Timeout()));
+
+        Assert.Contains(first.Port.ToString(), ex.Message);
+    }
+
+    [Fact]
+    public async Task Dispose_closes_open_connections_and_frees_the_port()
+    {
+        var server = await StartAsync(() => Primary);
+        var port = server.Port;
+        using var silent = await ConnectAsync(server);
+        await Task.Delay(50);
+
+        var started = Stopwatch.StartNew();
+        await server.DisposeAsync();
+
+        Assert.True(started.Elapsed < TimeSpan.FromSeconds(2), $"dispose took {started.Elapsed}");
+        Assert.Equal(0, await silent.ReceiveAsync(new byte[16], SocketFlags.None, Timeout()));
+        await using var again = new NodeHealthServer(Loopback, port, () => Primary, NullLogger.Instance);
+        await again.StartAsync(Timeout());
+    }
+
+    [Theory]
+    [InlineData("0", 0L)]
+    [InlineData("1048576", 1048576L)]
+    [InlineData("1024kB", 1048576L)]
+    [InlineData("16kB", 16384L)]
+    [InlineData("10MB", 10485760L)]
+    [InlineData("1GB", 1073741824L)]
+    [InlineData("1TB", 1099511627776L)]
+    [InlineData("512B", 512L)]
+    [InlineData("1mb", 1048576L)]
+    [InlineData(" 2 MB ", 2097152L)]
+    [InlineData("1.5kB", 1536L)]
+    [InlineData("", null)]
+    [InlineData("MB", null)]
+    [InlineData("-1", null)]
+    [InlineData("1XB", null)]
+    [InlineData(".5MB", null)]
+    [InlineData("1.2.3", null)]
+    [InlineData("99999999999TB", null)]
+    public void Lag_sizes_parse_with_postgres_units(string text, long? expected)
+    {
+        Assert.Equal(expected, HealthQuery.ParseByteSize(text));
+    }
+
+    private static async Task<NodeHealthServer> StartAsync(Func<NodeHealth> snapshot, TimeSpan? readTimeout = null, int maxConnections = 64)
+    {
+        var server = new NodeHealthServer(Loopback, 0, snapshot, NullLogger.Instance,
+            readTimeout ?? TimeSpan.FromSeconds(5), maxConnections);
+        await server.StartAsync(Timeout());
+        return server;
+    }
+
+    private static Uri Url(NodeHealthServer server, string path) => new($"http://127.0.0.1:{server.Port}{path}");
+
+    private static async Task<Socket> ConnectAsync(NodeHealthServer server)
+    {
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await socket.ConnectAsync(new IPEndPoint(Loopback, server.Port), Timeout());
+        return socket;
+    }
+
+    /// <summary>Sends <paramref name="request"/> as is and reads the answer until the server closes.</summary>
+    private static async Task<(int Status, string Headers, byte[] Body)> RawAsync(NodeHealthServer server, string request, bool halfClose = false)
+    {
+        using var socket = await ConnectAsync(server);
+        var ct = Timeout();
+        await socket.SendAsync(Encoding.Latin1.GetBytes(request), SocketFlags.None, ct);
+        if (halfClose)
+            socket.Shutdown(SocketShutdown.Send);
+
+        var response = new MemoryStream();
+        var buffer = new byte[4096];
+        int read;
+        while ((read = await socket.ReceiveAsync(buffer, SocketFlags.None, ct)) > 0)
+            response.Write(buffer, 0, read);
+
+        var bytes = response.ToArray();
+        var text = Encoding.Latin1.GetString(bytes);
+        var end = text.IndexOf("\r\n\r\n", StringComparison.Ordinal);
+        Assert.True(end > 0, $"no complete response head in: {text}");
+        return (int.Parse(text.AsSpan(9, 3)), text[..(end + 2)], bytes[(end + 4)..]);
+    }
+
+    private static CancellationToken Timeout() => new CancellationTokenSource(StepTimeout).Token;
+}
