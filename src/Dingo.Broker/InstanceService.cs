@@ -38,7 +38,8 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}': this broker offers {Catalog.ServiceId} ({Catalog.ServiceName})");
         var plan = Catalog.FindPlan(planId);
         if (plan is null) return OsbResult.BadRequest($"unknown plan_id '{planId}' for service {Catalog.ServiceName}");
-        if (ValidateParameters(parameters) is { } badParameters) return badParameters;
+        if (ValidateParameters(parameters, plan) is { } badParameters) return badParameters;
+        var nodeCount = NodeCountParameter(parameters) ?? plan.NodeCount;
 
         await _provisionGate.WaitAsync(ct);
         try
@@ -73,8 +74,9 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                 ParametersJson = parameters,
                 ContextJson = context,
                 Port = port,
-                NodeCount = plan.NodeCount,
+                NodeCount = nodeCount,
                 Superuser = new Credentials(DatabaseAdmin.SuperuserName, Secrets.Password()),
+                Replication = new Credentials(DatabaseAdmin.ReplicationUserName, Secrets.Password()),
                 CreatedAt = now,
             };
             var operation = new OperationRecord
@@ -117,14 +119,18 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         if (serviceId is null) return OsbResult.BadRequest("missing required field: service_id");
         if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}'");
         if (planId is not null && Catalog.FindPlan(planId) is null) return OsbResult.BadRequest($"unknown plan_id '{planId}'");
-        if (ValidateParameters(parameters) is { } badParameters) return badParameters;
 
         var existing = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
         if (existing is null || existing.Value.Desired != DesiredState.Present) return OsbResult.NotFound($"service instance {instanceId} does not exist");
         var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
         if (op?.Value.InProgress == true) return OsbResult.Concurrency($"service instance {instanceId} is busy: {op.Value.Kind} in progress");
-        if (planId is not null && planId != existing.Value.PlanId)
-            return OsbResult.Error(422, "PlanChangeNotSupported", "plan changes are not supported yet: this broker offers only the solo plan");
+        var newPlan = Catalog.FindPlan(planId ?? existing.Value.PlanId)!;
+        if (ValidateParameters(parameters, newPlan) is { } badParameters) return badParameters;
+        // node-count given: that many; a plan change without it: the new plan's size; neither: as it is.
+        var planChanged = planId is not null && planId != existing.Value.PlanId;
+        var nodeCount = NodeCountParameter(parameters) ?? (planChanged ? newPlan.NodeCount : existing.Value.NodeCount);
+        if (nodeCount < newPlan.MinNodes)
+            return OsbResult.Error(422, "InvalidNodeCount", $"plan {newPlan.Name} needs at least {newPlan.MinNodes} node(s); this instance would have {nodeCount}: pass node-count");
 
         var now = DateTimeOffset.UtcNow;
         // Parameters given replace the stored ones key by key; keys not sent keep their value.
@@ -135,11 +141,19 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             Id = $"update-{now.ToUnixTimeMilliseconds()}",
             Kind = OperationKind.Update,
             State = OperationState.InProgress,
-            Description = "accepted: applying parameters",
+            Description = nodeCount != existing.Value.NodeCount
+                ? $"accepted: resizing from {existing.Value.NodeCount} to {nodeCount} node(s)"
+                : planChanged ? $"accepted: changing plan to {newPlan.Name}" : "accepted: applying parameters",
             StartedAt = now,
             UpdatedAt = now,
         };
-        var updated = existing.Value with { ParametersJson = CanonicalJson.Of(merged) };
+        var updated = existing.Value with
+        {
+            ParametersJson = CanonicalJson.Of(merged),
+            PlanId = newPlan.Id,
+            NodeCount = nodeCount,
+            Replication = existing.Value.Replication ?? new Credentials(DatabaseAdmin.ReplicationUserName, Secrets.Password()),
+        };
         var ok = await store.TransactAsync(new Txn()
             .At(Keys.Instance(instanceId), existing.ModRevision)
             .Put(Keys.Instance(instanceId), updated)
@@ -214,14 +228,25 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
 
     public void Poke(string instanceId) => region.ActorRef.Tell(new ServiceInstanceMessages.Reconcile(instanceId));
 
-    private static OsbResult? ValidateParameters(string parametersJson)
+    private static OsbResult? ValidateParameters(string parametersJson, Plan plan)
     {
         var p = CanonicalJson.ParseOrEmpty(parametersJson).AsObject();
-        var known = new HashSet<string> { "cells" };
+        var known = new HashSet<string> { "cells", "node-count" };
         var unknown = p.Select(kv => kv.Key).Where(k => !known.Contains(k)).ToList();
-        if (unknown.Count > 0) return OsbResult.BadRequest($"unknown parameter(s): {string.Join(", ", unknown)}; this plan accepts: cells");
+        if (unknown.Count > 0) return OsbResult.BadRequest($"unknown parameter(s): {string.Join(", ", unknown)}; this service accepts: cells, node-count");
         if (p.TryGetPropertyValue("cells", out var cells) && (cells is not JsonArray arr || arr.Any(c => c is not JsonValue v || !v.TryGetValue<string>(out _))))
             return OsbResult.BadRequest("parameter `cells` must be an array of cell ids, e.g. [\"cell-1\", \"cell-2\"]");
+        if (p.TryGetPropertyValue("node-count", out var countNode))
+        {
+            if (countNode is not JsonValue cv || !cv.TryGetValue<int>(out var count))
+                return OsbResult.BadRequest("parameter `node-count` must be a whole number");
+            if (count < plan.MinNodes || count > Catalog.MaxNodes)
+                return OsbResult.BadRequest($"parameter `node-count` must be between {plan.MinNodes} and {Catalog.MaxNodes} for plan {plan.Name}: got {count}");
+        }
         return null;
     }
+
+    private static int? NodeCountParameter(string parametersJson) =>
+        CanonicalJson.ParseOrEmpty(parametersJson).AsObject().TryGetPropertyValue("node-count", out var n) && n is JsonValue v && v.TryGetValue<int>(out var count)
+            ? count : null;
 }

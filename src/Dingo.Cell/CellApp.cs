@@ -14,6 +14,7 @@ using Microsoft.Extensions.Logging;
 namespace Dingo.Cell;
 
 /// <summary>Composes a cell process: the Akka.NET `cell` role, its reconcile and router actors, and the etcd watches that wake them.</summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public static class CellApp
 {
     /// <param name="seedNodes">Akka addresses of the broker(s) to join, e.g. akka.tcp://dingo@127.0.0.1:4053</param>
@@ -52,7 +53,12 @@ public static class CellApp
                 .WithClustering(new ClusterOptions { Roles = ["cell"], SeedNodes = seedNodes.ToArray() })
                 .WithActors((system, registry) =>
                 {
-                    var cell = system.ActorOf(CellActor.Props(sp.GetRequiredService<CellReconciler>(), settings.Cell.ReconcileInterval), "cell");
+                    var store = sp.GetRequiredService<EtcdStore>();
+                    var runtime = sp.GetRequiredService<IContainerRuntime>();
+                    var lease = sp.GetRequiredService<CellLease>();
+                    var haLogger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Ha");
+                    Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger);
+                    var cell = system.ActorOf(CellActor.Props(sp.GetRequiredService<CellReconciler>(), agents, settings.Cell.ReconcileInterval, settings.Ha.LoopWait), "cell");
                     var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<TcpRouter>()), "router");
                     registry.Register<CellActor>(cell);
                     registry.Register<RouterActor>(router);
@@ -67,6 +73,7 @@ public static class CellApp
 /// Wakes the actors when etcd changes, and on stop winds the cell down in order: actors first, then
 /// PostgreSQL nodes (data kept), then the lease, then the router's listeners.
 /// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 internal sealed class CellWatches(
     EtcdStore store, DingoSettings settings, CellReconciler reconciler, TcpRouter router,
     IRequiredActor<CellActor> cell, IRequiredActor<RouterActor> routerActor, ILogger<CellWatches> logger) : BackgroundService
@@ -77,13 +84,32 @@ internal sealed class CellWatches(
         logger.LogInformation("cell {Cell} ({Zone}) watching etcd at {Endpoints}", settings.Cell.Id, settings.Cell.Zone, string.Join(",", store.Endpoints));
         return Task.WhenAll(
             store.WatchPrefixAsync(keys.Assignments(settings.Cell.Id), _ => { cell.ActorRef.Tell(new CellMessages.Reconcile()); return Task.CompletedTask; }, stoppingToken),
-            store.WatchPrefixAsync(keys.Clusters, _ => { routerActor.ActorRef.Tell(new RouterMessages.Refresh()); return Task.CompletedTask; }, stoppingToken),
+            store.WatchPrefixAsync(keys.Clusters, changes =>
+            {
+                // Only leadership matters here (the optime key changes with every write and wakes nobody).
+                var relevant = changes.Where(c => c.Key.EndsWith("/leader", StringComparison.Ordinal) || c.Key.EndsWith("/switchover", StringComparison.Ordinal)).ToList();
+                if (relevant.Count == 0) return Task.CompletedTask;
+                routerActor.ActorRef.Tell(new RouterMessages.Refresh());
+                // A leader key that changed or vanished wakes that cluster's nodes at once, not at their next loop.
+                foreach (var instance in relevant.Select(c => c.Key[keys.Clusters.Length..]).Select(k => k[..Math.Max(0, k.IndexOf('/'))]).Distinct())
+                    if (instance.Length > 0) cell.ActorRef.Tell(new CellMessages.WakeInstance(instance));
+                return Task.CompletedTask;
+            }, stoppingToken),
             store.WatchPrefixAsync(keys.Ports, _ => { routerActor.ActorRef.Tell(new RouterMessages.Refresh()); return Task.CompletedTask; }, stoppingToken));
     }
 
     public override async Task StopAsync(CancellationToken cancellationToken)
     {
         await base.StopAsync(cancellationToken);
+        try
+        {
+            // Leaders hand over at once instead of making their replicas wait for the lease to expire.
+            await cell.ActorRef.Ask<NodeActor.Done>(new CellMessages.ReleaseAll(), TimeSpan.FromSeconds(8));
+        }
+        catch (Exception ex) when (ex is TaskCanceledException or AskTimeoutException)
+        {
+            logger.LogWarning("nodes did not release leadership in time: {Error}", ex.Message);
+        }
         try
         {
             await cell.ActorRef.GracefulStop(TimeSpan.FromSeconds(30));

@@ -30,9 +30,7 @@ public static class StatusCommand
         var operations = (await store.ListAsync<OperationRecord>(keys.Operations, ct)).ToDictionary(o => o.Key[keys.Operations.Length..], o => o.Value);
         var nodes = (await store.ListAsync<NodeSpec>(keys.AllNodes, ct)).Select(n => n.Value).ToLookup(n => n.InstanceId);
         var statuses = (await store.ListAsync<NodeStatus>(keys.AllStatus, ct)).Select(s => s.Value).ToDictionary(s => s.NodeId);
-        var leaders = (await store.ListAsync<LeaderRecord>(keys.Clusters, ct))
-            .Where(l => l.Key.EndsWith("/leader", StringComparison.Ordinal))
-            .ToDictionary(l => l.Key[keys.Clusters.Length..^"/leader".Length], l => l.Value);
+        var leaders = await store.LeadersAsync(ct);
 
         output.WriteLine("CELLS");
         var cellRows = new List<string[]> { new[] { "CELL", "ZONE", "ADDRESS", "RUNTIME", "NODES" } };

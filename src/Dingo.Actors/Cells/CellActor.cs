@@ -1,5 +1,7 @@
-using Akka.Event;
 using Akka.Actor;
+using Akka.Event;
+using Dingo.Ha;
+using Dingo.Model;
 
 namespace Dingo.Cells;
 
@@ -8,33 +10,71 @@ public static class CellMessages
 {
     /// <summary>Reconcile now (a watch saw a change, or the timer fired).</summary>
     public sealed record Reconcile;
+    /// <summary>Wake the node actors of one instance (etcd changed under its cluster keys).</summary>
+    public sealed record WakeInstance(string InstanceId);
+    /// <summary>Clean stop: every node gives up leadership; replies when done.</summary>
+    public sealed record ReleaseAll;
 }
 
 /// <summary>
-/// Runs the cell's reconcile passes one at a time: on a timer, and at once when etcd changes under the
-/// cell's assignments. Thin: the work is in <see cref="CellReconciler"/>.
+/// Runs the cell's passes one at a time (on a timer, and at once when its assignments change) and keeps one
+/// <see cref="NodeActor"/> child per node assigned to it. Thin: the work is in <see cref="CellReconciler"/>.
 /// </summary>
-public sealed class CellActor : PassActor<string>
+public sealed class CellActor : PassActor<CellPass>
 {
     private readonly CellReconciler _reconciler;
+    private readonly Func<NodeSpec, NodeAgent> _agents;
     private readonly TimeSpan _interval;
+    private readonly TimeSpan _loopWait;
+    private readonly Dictionary<string, (IActorRef Actor, NodeSpec Spec)> _nodes = new();
     private string _lastSummary = "";
 
-    public CellActor(CellReconciler reconciler, TimeSpan interval)
+    public CellActor(CellReconciler reconciler, Func<NodeSpec, NodeAgent> agents, TimeSpan interval, TimeSpan loopWait)
     {
         _reconciler = reconciler;
+        _agents = agents;
         _interval = interval;
+        _loopWait = loopWait;
         Receive<CellMessages.Reconcile>(_ => RequestPass());
+        Receive<CellMessages.WakeInstance>(w =>
+        {
+            foreach (var (actor, spec) in _nodes.Values) if (spec.InstanceId == w.InstanceId) actor.Tell(new NodeMessages.Wake());
+        });
+        ReceiveAsync<CellMessages.ReleaseAll>(async _ =>
+        {
+            var waits = _nodes.Values.Select(n => n.Actor.Ask<NodeActor.Done>(new NodeMessages.Release(), TimeSpan.FromSeconds(6)));
+            try { await Task.WhenAll(waits); }
+            catch (Exception ex) when (ex is AskTimeoutException or TaskCanceledException) { Log.Warning("some nodes did not release leadership in time"); }
+            Sender.Tell(NodeActor.Done.Instance);
+        });
+        Receive<Terminated>(t =>
+        {
+            var gone = _nodes.FirstOrDefault(n => n.Value.Actor.Equals(t.ActorRef));
+            if (gone.Key is not null) _nodes.Remove(gone.Key);
+        });
     }
 
     protected override void PreStart() => RequestPass();
 
-    protected override Task<string> RunPassAsync(CancellationToken cancellationToken) => _reconciler.RunPassAsync(cancellationToken);
+    protected override Task<CellPass> RunPassAsync(CancellationToken cancellationToken) =>
+        _reconciler.RunPassAsync(_nodes.Keys.ToHashSet(), cancellationToken);
 
-    protected override TimeSpan? AfterPass(string summary)
+    protected override TimeSpan? AfterPass(CellPass pass)
     {
-        if (summary != _lastSummary && !summary.StartsWith("no action", StringComparison.Ordinal)) Log.Info("cell pass: {0}", summary);
-        _lastSummary = summary;
+        var wanted = pass.Desired.ToDictionary(n => n.NodeId);
+        foreach (var (id, (actor, _)) in _nodes.Where(n => !wanted.ContainsKey(n.Key)).ToList())
+        {
+            Log.Info("node {0}: no longer assigned; stopping its HA loop", id);
+            Context.Stop(actor); // removed from _nodes when Terminated arrives; then the data goes
+        }
+        foreach (var spec in pass.Desired.Where(s => !_nodes.ContainsKey(s.NodeId)))
+        {
+            var actor = Context.ActorOf(NodeActor.Props(_agents(spec), _loopWait), spec.NodeId);
+            Context.Watch(actor);
+            _nodes[spec.NodeId] = (actor, spec);
+        }
+        if (pass.Summary != _lastSummary && !pass.Summary.StartsWith("no action", StringComparison.Ordinal)) Log.Info("cell pass: {0}", pass.Summary);
+        _lastSummary = pass.Summary;
         return _interval;
     }
 
@@ -44,6 +84,6 @@ public sealed class CellActor : PassActor<string>
         return _interval;
     }
 
-    public static Props Props(CellReconciler reconciler, TimeSpan interval) =>
-        Akka.Actor.Props.Create(() => new CellActor(reconciler, interval));
+    public static Props Props(CellReconciler reconciler, Func<NodeSpec, NodeAgent> agents, TimeSpan interval, TimeSpan loopWait) =>
+        Akka.Actor.Props.Create(() => new CellActor(reconciler, agents, interval, loopWait));
 }

@@ -18,8 +18,21 @@ public interface IContainerRuntime
     /// <summary>Initialises the node's data (initdb with the superuser and its password); resumes a half-made node.</summary>
     Task CreateAsync(NodeLaunchSpec spec, CancellationToken cancellationToken);
 
-    /// <summary>Starts PostgreSQL on spec.ListenAddress:spec.Port; returns once the process is launched (not necessarily accepting).</summary>
-    Task StartAsync(NodeLaunchSpec spec, CancellationToken cancellationToken);
+    /// <summary>
+    /// Starts PostgreSQL on spec.ListenAddress:spec.Port; returns once the process is launched (not necessarily
+    /// accepting). With a standby configuration it starts read-only (standby.signal) and streams from its
+    /// primary, if one is named; without one it starts as a primary.
+    /// </summary>
+    Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken cancellationToken);
+
+    /// <summary>Points a running standby at another primary (or none); the caller reloads PostgreSQL's configuration.</summary>
+    Task ConfigureStandbyAsync(NodeLaunchSpec spec, StandbyConfig standby, CancellationToken cancellationToken);
+
+    /// <summary>Replaces the node's data with a base backup of the source (pg_basebackup); the node must be stopped.</summary>
+    Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken);
+
+    /// <summary>Stops the node and rewinds its data to the source's timeline (pg_rewind). Throws when it cannot.</summary>
+    Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken);
 
     /// <summary>Stops PostgreSQL (fast shutdown), keeping the data.</summary>
     Task StopAsync(string nodeId, CancellationToken cancellationToken);
@@ -33,3 +46,10 @@ public interface IContainerRuntime
 public sealed record RuntimeNode(string NodeId, bool Initialised, bool Running, int? Pid, string Detail);
 
 public sealed record NodeLaunchSpec(string NodeId, string InstanceId, string ListenAddress, int Port, Credentials Superuser);
+
+/// <summary>Where a node streams or copies WAL from, and as whom.</summary>
+public sealed record ReplicationSource(string Host, int Port, Credentials Credentials);
+
+/// <param name="Primary">the leader to stream from; null: read-only, waiting for a leader</param>
+/// <param name="SlotName">replication slot on the primary (the primary creates it)</param>
+public sealed record StandbyConfig(ReplicationSource? Primary, string SlotName, string ApplicationName);

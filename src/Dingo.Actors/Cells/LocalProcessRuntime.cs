@@ -30,6 +30,7 @@ internal sealed record LocalProcessRuntimeOptions(
 /// Runs each PostgreSQL node as local OS processes under DataRoot/&lt;nodeId&gt;. The postmaster is launched through
 /// pg_ctl, which detaches it, so nodes outlive this process and a new instance adopts them from postmaster.pid.
 /// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 internal sealed class LocalProcessRuntime : IContainerRuntime
 {
     private const string MarkerFileName = "initialised";
@@ -133,7 +134,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         _logger.LogInformation("Node {NodeId}: data directory initialised", spec.NodeId);
     }
 
-    public async Task StartAsync(NodeLaunchSpec spec, CancellationToken cancellationToken)
+    public async Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(spec);
         var paths = PathsFor(spec.NodeId);
@@ -161,8 +162,19 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         foreach (var stale in Directory.EnumerateFiles(paths.RunDir, ".s.PGSQL.*"))
             File.Delete(stale);
 
-        await WriteSettingsAsync(spec, paths, identity, cancellationToken);
+        await WriteSettingsAsync(spec, standby, paths, identity, cancellationToken);
         await EnsureIncludeLineAsync(paths, cancellationToken);
+        // standby.signal decides whether PostgreSQL comes up read-only; a node never starts writable by accident.
+        var signal = Path.Combine(paths.PgData, "standby.signal");
+        if (standby is not null)
+        {
+            await File.WriteAllTextAsync(signal, "", cancellationToken);
+            ChownIfNeeded(signal, identity);
+        }
+        else if (File.Exists(signal))
+        {
+            File.Delete(signal);
+        }
 
         // -W: return once launched; the caller probes readiness itself. Settings come from dingo.conf rather than
         // pg_ctl -o because pg_ctl passes -o through a shell.
@@ -426,7 +438,82 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         }
     }
 
-    private async Task WriteSettingsAsync(NodeLaunchSpec spec, NodePaths paths, RunIdentity identity, CancellationToken cancellationToken)
+    public async Task ConfigureStandbyAsync(NodeLaunchSpec spec, StandbyConfig standby, CancellationToken cancellationToken)
+    {
+        var paths = PathsFor(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        var identity = await GetIdentityAsync(cancellationToken);
+        await WriteSettingsAsync(spec, standby, paths, identity, cancellationToken);
+    }
+
+    public async Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
+    {
+        var paths = PathsFor(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        var identity = await GetIdentityAsync(cancellationToken);
+        EnsureDataRoot(identity);
+        EnsureOwnedDirectory(paths.NodeDir, identity);
+        EnsureOwnedDirectory(paths.RunDir, identity);
+        if (FindRunningPostmaster(paths) is { } pid) await KillPostmasterAsync(spec.NodeId, pid, cancellationToken);
+        await KillLeftoversAsync(paths, cancellationToken);
+        // The marker goes first: a clone cut short must never pass for a complete data directory.
+        if (File.Exists(paths.Marker)) File.Delete(paths.Marker);
+        if (Directory.Exists(paths.PgData)) Directory.Delete(paths.PgData, recursive: true);
+        var passfile = await WritePassfileAsync(paths, source, identity, cancellationToken);
+        try
+        {
+            var result = await RunToolWithEnvAsync(identity, "pg_basebackup", paths.NodeDir, cancellationToken, new Dictionary<string, string> { ["PGPASSFILE"] = passfile },
+                "-h", source.Host, "-p", source.Port.ToString(CultureInfo.InvariantCulture), "-U", source.Credentials.Username,
+                "-D", paths.PgData, "-X", "stream", "-c", "fast", "-w", "--no-sync");
+            if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_basebackup", result);
+        }
+        finally
+        {
+            File.Delete(passfile);
+        }
+        await EnsureIncludeLineAsync(paths, cancellationToken);
+        await File.WriteAllTextAsync(paths.Marker, DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture) + "\n", cancellationToken);
+        ChownIfNeeded(paths.Marker, identity);
+        _logger.LogInformation("Node {NodeId}: cloned from {Host}:{Port}", spec.NodeId, source.Host, source.Port);
+    }
+
+    public async Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
+    {
+        var paths = PathsFor(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        var identity = await GetIdentityAsync(cancellationToken);
+        if (!File.Exists(paths.Marker)) throw new InvalidOperationException($"Node {spec.NodeId} cannot be rewound: its data directory is not initialised.");
+        await StopCoreAsync(spec.NodeId, paths, "fast", cancellationToken);
+        await KillLeftoversAsync(paths, cancellationToken);
+        var passfile = await WritePassfileAsync(paths, source, identity, cancellationToken);
+        try
+        {
+            var conninfo = $"host={source.Host} port={source.Port} user={source.Credentials.Username} dbname=postgres passfile={passfile}";
+            // pg_rewind finishes crash recovery itself when the node was not shut down cleanly (PostgreSQL 13+).
+            var result = await RunToolWithEnvAsync(identity, "pg_rewind", paths.NodeDir, cancellationToken, null,
+                "-D", paths.PgData, "--source-server", conninfo);
+            if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_rewind", result);
+        }
+        finally
+        {
+            File.Delete(passfile);
+        }
+        // pg_rewind copied the source's settings; ours are rewritten at the next start.
+        await EnsureIncludeLineAsync(paths, cancellationToken);
+        _logger.LogInformation("Node {NodeId}: rewound to the timeline of {Host}:{Port}", spec.NodeId, source.Host, source.Port);
+    }
+
+    /// <summary>A libpq passfile readable only by the run user: passwords never go on a command line.</summary>
+    private static async Task<string> WritePassfileAsync(NodePaths paths, ReplicationSource source, RunIdentity identity, CancellationToken ct)
+    {
+        var file = Path.Combine(paths.NodeDir, $".pgpass-{Guid.NewGuid():N}");
+        await File.WriteAllTextAsync(file, $"*:*:*:{source.Credentials.Username}:{source.Credentials.Password}\n", ct);
+        File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        ChownIfNeeded(file, identity);
+        return file;
+    }
+
+    private async Task WriteSettingsAsync(NodeLaunchSpec spec, StandbyConfig? standby, NodePaths paths, RunIdentity identity, CancellationToken cancellationToken)
     {
         var conf = new StringBuilder()
             .AppendLine("# Written by Dingo on every start; edits are overwritten.")
@@ -440,14 +527,49 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             .AppendLine("max_replication_slots = 10")
             .AppendLine("hot_standby = on")
             .AppendLine("wal_log_hints = on")
-            .ToString();
+            .AppendLine("wal_keep_size = '128MB'")
+            .AppendLine("hot_standby_feedback = on")
+            .AppendLine("wal_receiver_status_interval = 1s")
+            .AppendLine("wal_retrieve_retry_interval = 1s")
+            .AppendLine("recovery_target_timeline = 'latest'")
+            .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {Quote(spec.NodeId)}");
+        if (standby?.Primary is { } primary)
+        {
+            // The password lives in a passfile of the run user, not in the settings file.
+            var passfile = Path.Combine(paths.NodeDir, "replication.pgpass");
+            await File.WriteAllTextAsync(passfile, $"*:*:*:{primary.Credentials.Username}:{primary.Credentials.Password}\n", cancellationToken);
+            File.SetUnixFileMode(passfile, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            ChownIfNeeded(passfile, identity);
+            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={passfile} application_name={standby.ApplicationName} connect_timeout=3";
+            conf.AppendLine(CultureInfo.InvariantCulture, $"primary_conninfo = {Quote(conninfo)}")
+                .AppendLine(CultureInfo.InvariantCulture, $"primary_slot_name = {Quote(standby.SlotName)}");
+        }
+        else
+        {
+            conf.AppendLine("primary_conninfo = ''").AppendLine("primary_slot_name = ''");
+        }
+        await StripAutoConfAsync(paths, cancellationToken);
 
         // Write-then-rename so a crash never leaves the postmaster a truncated file.
         var target = Path.Combine(paths.PgData, SettingsFileName);
         var temp = target + ".tmp";
-        await File.WriteAllTextAsync(temp, conf, cancellationToken);
+        await File.WriteAllTextAsync(temp, conf.ToString(), cancellationToken);
         ChownIfNeeded(temp, identity);
         File.Move(temp, target, overwrite: true);
+    }
+
+    /// <summary>
+    /// postgresql.auto.conf is read after our settings file and would override it: replication settings there
+    /// (copied from another node by pg_basebackup or pg_rewind) must go.
+    /// </summary>
+    private static async Task StripAutoConfAsync(NodePaths paths, CancellationToken cancellationToken)
+    {
+        var auto = Path.Combine(paths.PgData, "postgresql.auto.conf");
+        if (!File.Exists(auto)) return;
+        var lines = await File.ReadAllLinesAsync(auto, cancellationToken);
+        var kept = lines.Where(l => !l.TrimStart().StartsWith("primary_conninfo", StringComparison.Ordinal)
+                                    && !l.TrimStart().StartsWith("primary_slot_name", StringComparison.Ordinal)).ToArray();
+        if (kept.Length != lines.Length) await File.WriteAllLinesAsync(auto, kept, cancellationToken);
     }
 
     private static async Task EnsureIncludeLineAsync(NodePaths paths, CancellationToken cancellationToken)
@@ -461,7 +583,10 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
 
     private static string Quote(string value) => "'" + value.Replace("'", "''", StringComparison.Ordinal) + "'";
 
-    private async Task<ToolResult> RunToolAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, params string[] args)
+    private Task<ToolResult> RunToolAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, params string[] args) =>
+        RunToolWithEnvAsync(identity, tool, workingDirectory, cancellationToken, null, args);
+
+    private async Task<ToolResult> RunToolWithEnvAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, IReadOnlyDictionary<string, string>? env, params string[] args)
     {
         var binary = Path.Combine(_options.PostgresBin, tool);
         var psi = new ProcessStartInfo
@@ -492,8 +617,10 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         foreach (var arg in args)
             psi.ArgumentList.Add(arg);
         // Stray libpq/server variables from the caller's environment must not redirect the tools.
-        foreach (var name in new[] { "PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGPASSWORD", "PGOPTIONS" })
+        foreach (var name in new[] { "PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGPASSWORD", "PGOPTIONS", "PGPASSFILE" })
             psi.Environment.Remove(name);
+        if (env is not null)
+            foreach (var (name, value) in env) psi.Environment[name] = value;
 
         _logger.LogDebug("Running {Tool} {Args}", tool, string.Join(' ', args));
         using var process = new Process { StartInfo = psi };

@@ -13,6 +13,7 @@ public sealed record DingoSettings
     public required CellSettings Cell { get; init; }
     public required int NodePortFirst { get; init; }
     public required int NodePortLast { get; init; }
+    public required HaSettings Ha { get; init; }
 
     /// <summary>Loads the layered configuration. Throws with the file and key named when a value is wrong.</summary>
     public static DingoSettings Load(IEnumerable<string> files, IReadOnlyDictionary<string, string?>? environment = null, string? overrides = null)
@@ -76,6 +77,14 @@ public sealed record DingoSettings
             },
             NodePortFirst = d.GetInt("node-port-range-first", 10000),
             NodePortLast = d.GetInt("node-port-range-last", 19999),
+            Ha = new HaSettings
+            {
+                Ttl = d.GetTimeSpan("ha.ttl", TimeSpan.FromSeconds(4)),
+                LoopWait = d.GetTimeSpan("ha.loop-wait", TimeSpan.FromMilliseconds(500)),
+                MaximumLagOnFailover = d.GetByteSize("ha.maximum-lag-on-failover") ?? 1024 * 1024,
+                RewindAfter = d.GetTimeSpan("ha.rewind-after", TimeSpan.FromSeconds(8)),
+                LostCellGrace = d.GetTimeSpan("ha.lost-cell-grace", TimeSpan.FromSeconds(60)),
+            },
         };
         settings.Validate();
         return settings;
@@ -92,6 +101,9 @@ public sealed record DingoSettings
         if (Router.PortFirst <= NodePortLast && NodePortFirst <= Router.PortLast)
             throw new ArgumentException("dingo.router.port-range and dingo.node-port-range overlap: instance and node ports would collide");
         if (Broker.InstanceQuota < 0) throw new ArgumentException("dingo.broker.instance-quota must be 0 (no limit) or more");
+        if (Ha.Ttl < TimeSpan.FromSeconds(2)) throw new ArgumentException($"dingo.ha.ttl must be at least 2s: got {Ha.Ttl.TotalSeconds}s");
+        if (Ha.LoopWait <= TimeSpan.Zero || Ha.LoopWait * 3 > Ha.Ttl)
+            throw new ArgumentException($"dingo.ha.loop-wait ({Ha.LoopWait.TotalMilliseconds}ms) must be positive and at most a third of dingo.ha.ttl ({Ha.Ttl.TotalSeconds}s), so a leader renews in time");
         if (!Uri.TryCreate(Broker.Url, UriKind.Absolute, out _)) throw new ArgumentException($"dingo.broker.url '{Broker.Url}' is not an absolute URL");
     }
 }
@@ -130,4 +142,13 @@ public sealed record CellSettings
     public required string PostgresBin { get; init; }
     public required string RunAsUser { get; init; }
     public required int AkkaPort { get; init; }
+}
+
+public sealed record HaSettings
+{
+    public required TimeSpan Ttl { get; init; }
+    public required TimeSpan LoopWait { get; init; }
+    public required long MaximumLagOnFailover { get; init; }
+    public required TimeSpan RewindAfter { get; init; }
+    public required TimeSpan LostCellGrace { get; init; }
 }

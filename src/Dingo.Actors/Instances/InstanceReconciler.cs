@@ -25,12 +25,12 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
                 await PlaceNodeAsync(instance.Value, instance.ModRevision, place.Cell, ct).ConfigureAwait(false);
                 break;
             case InstanceDecision.RemoveNodes remove:
-                var txn = new Txn();
-                foreach (var node in remove.Nodes)
-                {
-                    txn.Delete(keys.Node(node.InstanceId, node.NodeId)).Delete(keys.Assignment(node.CellId, node.NodeId));
-                }
-                await store.TransactAsync(txn, ct).ConfigureAwait(false);
+                await RemoveNodesAsync(remove.Nodes, ct).ConfigureAwait(false);
+                break;
+            case InstanceDecision.ReplaceLost replace:
+                // Replacements are placed by the next passes (the cluster is below its size).
+                await RemoveNodesAsync(replace.Lost, ct).ConfigureAwait(false);
+                logger.LogWarning("instance {Instance}: {Decision}", instanceId, replace.Description);
                 break;
             case InstanceDecision.FinishDeletion:
                 await FinishDeletionAsync(instance.Value, snapshot.Operation, decision.Description, ct).ConfigureAwait(false);
@@ -42,12 +42,25 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         return decision;
     }
 
+    private async Task RemoveNodesAsync(IReadOnlyList<NodeSpec> nodes, CancellationToken ct)
+    {
+        var keys = store.Keys;
+        var txn = new Txn();
+        foreach (var node in nodes)
+        {
+            txn.Delete(keys.Node(node.InstanceId, node.NodeId)).Delete(keys.Assignment(node.CellId, node.NodeId));
+        }
+        await store.TransactAsync(txn, ct).ConfigureAwait(false);
+    }
+
     private async Task<InstanceSnapshot> ReadSnapshotAsync(InstanceRecord instance, CancellationToken ct)
     {
         var keys = store.Keys;
         var operation = await store.GetAsync<OperationRecord>(keys.Operation(instance.Id), ct).ConfigureAwait(false);
         var nodes = await store.ListAsync<NodeSpec>(keys.Nodes(instance.Id), ct).ConfigureAwait(false);
-        var statuses = await store.ListAsync<NodeStatus>(keys.AllStatus, ct).ConfigureAwait(false);
+        var statuses = await store.ListAsync<NodeStatus>(keys.Statuses(instance.Id), ct).ConfigureAwait(false);
+        var lost = (await store.ListAsync<string>(keys.LostCells, ct).ConfigureAwait(false)).Select(l => l.Key[keys.LostCells.Length..]).ToHashSet();
+        var drained = (await store.ListAsync<string>(keys.DrainedCells, ct).ConfigureAwait(false)).Select(l => l.Key[keys.DrainedCells.Length..]).ToHashSet();
         var cells = await store.ListAsync<CellInfo>(keys.Cells, ct).ConfigureAwait(false);
         var allNodes = await store.ListAsync<NodeSpec>(keys.AllNodes, ct).ConfigureAwait(false);
         var leader = await store.GetAsync<LeaderRecord>(keys.Leader(instance.Id), ct).ConfigureAwait(false);
@@ -56,11 +69,11 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
             instance,
             operation?.Value,
             nodes.Select(n => n.Value).ToList(),
-            statuses.Select(x => x.Value).Where(x => x.InstanceId == instance.Id).ToList(),
+            statuses.Select(x => x.Value).ToList(),
             cells.Select(c => c.Value).ToList(),
             load,
             leader?.Value,
-            DateTimeOffset.UtcNow);
+            DateTimeOffset.UtcNow) { LostCells = lost, DrainedCells = drained };
     }
 
     private async Task PlaceNodeAsync(InstanceRecord instance, long instanceRevision, CellInfo cell, CancellationToken ct)
@@ -68,13 +81,18 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         var keys = store.Keys;
         var nodeId = NewNodeId();
         var port = await _ports.PickNodePortAsync(settings.NodePortFirst, settings.NodePortLast, ct).ConfigureAwait(false);
-        var spec = new NodeSpec { NodeId = nodeId, InstanceId = instance.Id, CellId = cell.Id, Port = port, CreatedAt = DateTimeOffset.UtcNow };
+        int apiPort;
+        do apiPort = await _ports.PickNodePortAsync(settings.NodePortFirst, settings.NodePortLast, ct).ConfigureAwait(false);
+        while (apiPort == port);
+        var spec = new NodeSpec { NodeId = nodeId, InstanceId = instance.Id, CellId = cell.Id, Port = port, ApiPort = apiPort, CreatedAt = DateTimeOffset.UtcNow };
         // Both keys or neither, and only while the instance is still wanted.
         var placed = await store.TransactAsync(new Txn()
             .Absent(keys.Node(instance.Id, nodeId))
             .Absent(keys.NodePort(port))
+            .Absent(keys.NodePort(apiPort))
             .At(keys.Instance(instance.Id), instanceRevision)
             .Put(keys.NodePort(port), nodeId)
+            .Put(keys.NodePort(apiPort), nodeId)
             .Put(keys.Node(instance.Id, nodeId), spec)
             .Put(keys.Assignment(cell.Id, nodeId), spec), ct).ConfigureAwait(false);
         if (placed) logger.LogInformation("instance {Instance}: placed node {Node} on {Cell} port {Port}", instance.Id, nodeId, cell.Id, port);
@@ -104,7 +122,7 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
             .Delete(keys.Instance(instance.Id))
             .DeletePrefix(keys.Bindings(instance.Id))
             .DeletePrefix(keys.Nodes(instance.Id))
-            .Delete(keys.Leader(instance.Id))
+            .DeletePrefix(keys.Cluster(instance.Id))
             .Put(keys.Port(instance.Port), new PortRecord { InstanceId = instance.Id, State = "retired" })
             .Put(keys.Operation(instance.Id), done, lease);
         foreach (var port in freed) txn.Delete(port.Key);

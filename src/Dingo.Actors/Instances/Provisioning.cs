@@ -11,13 +11,21 @@ public sealed record InstanceSnapshot(
     IReadOnlyList<CellInfo> Cells,
     IReadOnlyDictionary<string, int> CellLoad,
     LeaderRecord? Leader,
-    DateTimeOffset Now);
+    DateTimeOffset Now)
+{
+    /// <summary>Cells declared lost (gone past the grace period): their nodes get replaced.</summary>
+    public IReadOnlySet<string> LostCells { get; init; } = new HashSet<string>();
+    /// <summary>Cells being drained by an operator: no new nodes go there.</summary>
+    public IReadOnlySet<string> DrainedCells { get; init; } = new HashSet<string>();
+}
 
 public abstract record InstanceDecision(string Description)
 {
     /// <summary>Nothing to do now; look again soon.</summary>
     public sealed record Wait(string Description) : InstanceDecision(Description);
     public sealed record PlaceNode(CellInfo Cell, string Description) : InstanceDecision(Description);
+    /// <summary>Self-healing: drop nodes on lost cells and place replacements (no operation involved).</summary>
+    public sealed record ReplaceLost(IReadOnlyList<NodeSpec> Lost, string Description) : InstanceDecision(Description);
     public sealed record RemoveNodes(IReadOnlyList<NodeSpec> Nodes, string Description) : InstanceDecision(Description);
     public sealed record Succeed(string Description) : InstanceDecision(Description);
     public sealed record Fail(string Description) : InstanceDecision(Description);
@@ -36,26 +44,40 @@ public static class Provisioning
     {
         var op = s.Operation;
         if (s.Instance.Desired == DesiredState.Absent) return DecideDeletion(s);
-        if (op is null || !op.InProgress) return new InstanceDecision.Idle($"no action: {op?.Kind ?? "instance"} {op?.State ?? "idle"}");
+        var inProgress = op is { InProgress: true };
 
-        var elapsed = s.Now - op.StartedAt;
+        // Self-healing runs whether or not an operation is in progress: a node on a lost cell is replaced, as
+        // long as another node keeps the data (a lone node's data would be lost with a fresh replacement).
+        var lost = s.Nodes.Where(n => s.LostCells.Contains(n.CellId)).ToList();
+        if (lost.Count > 0 && lost.Count < s.Nodes.Count)
+            return new InstanceDecision.ReplaceLost(lost, $"replacing {string.Join(", ", lost.Select(n => $"{n.NodeId} (on lost {n.CellId})"))}");
+
+        if (!inProgress)
+        {
+            // A cluster below its planned size (after a replacement) grows back without an operation.
+            if (s.Nodes.Count < s.Instance.NodeCount && s.Nodes.Count > 0 && s.Leader is not null)
+            {
+                var grow = Place(s);
+                if (grow is InstanceDecision.PlaceNode) return grow;
+            }
+            return new InstanceDecision.Idle($"no action: {op?.Kind ?? "instance"} {op?.State ?? "idle"}");
+        }
+
+        var elapsed = s.Now - op!.StartedAt;
         if (elapsed > provisionTimeout)
             return new InstanceDecision.Fail($"{op.Kind} did not finish within {provisionTimeout.TotalSeconds:0}s; last step: {op.Description}");
 
-        var alive = s.Cells.ToDictionary(c => c.Id);
-        if (s.Nodes.Count < s.Instance.NodeCount)
+        if (s.Nodes.Count < s.Instance.NodeCount) return Place(s);
+        if (s.Nodes.Count > s.Instance.NodeCount)
         {
-            var allowed = RequestedCells(s.Instance);
-            var placement = Placement.Choose(s.Cells, s.CellLoad, s.Nodes.Select(n => n.CellId).ToHashSet(), allowed);
-            if (placement.Cell is null)
-            {
-                // No cell yet is often a platform still starting: wait, and fail only at the timeout.
-                return new InstanceDecision.Wait($"waiting for a cell: {placement.Reason}");
-            }
-            return new InstanceDecision.PlaceNode(placement.Cell, $"placing node on {placement.Cell.Id} ({placement.Cell.Zone})");
+            // Shrink: newest replicas go first; the leader never.
+            var extra = s.Nodes.Where(n => n.NodeId != s.Leader?.NodeId).OrderByDescending(n => n.CreatedAt)
+                .Take(s.Nodes.Count - s.Instance.NodeCount).ToList();
+            if (extra.Count > 0) return new InstanceDecision.RemoveNodes(extra, $"removing {string.Join(", ", extra.Select(n => n.NodeId))} to shrink to {s.Instance.NodeCount} node(s)");
         }
 
-        foreach (var node in s.Nodes.OrderBy(n => n.NodeId, StringComparer.Ordinal))
+        var alive = s.Cells.ToDictionary(c => c.Id);
+        foreach (var node in s.Nodes.OrderBy(n => n.CreatedAt).ThenBy(n => n.NodeId, StringComparer.Ordinal))
         {
             var status = s.Statuses.FirstOrDefault(x => x.NodeId == node.NodeId);
             if (!alive.ContainsKey(node.CellId)) return new InstanceDecision.Wait($"waiting for {node.CellId}: the cell holding node {node.NodeId} is not registered");
@@ -63,9 +85,15 @@ public static class Provisioning
             switch (status.State)
             {
                 case NodeState.Failed:
-                    return new InstanceDecision.Fail($"node {node.NodeId} on {node.CellId} failed: {status.Detail}");
+                    // Provisioning fails on a node's failure; later operations report it and keep trying.
+                    if (op.Kind == OperationKind.Provision) return new InstanceDecision.Fail($"node {node.NodeId} on {node.CellId} failed: {status.Detail}");
+                    return new InstanceDecision.Wait($"node {node.NodeId} on {node.CellId}: {status.Detail}");
                 case NodeState.Initialising:
-                    return new InstanceDecision.Wait($"initialising database on {node.CellId}");
+                    return new InstanceDecision.Wait(status.Detail.StartsWith("cloning", StringComparison.Ordinal)
+                        ? $"building replica {node.NodeId} on {node.CellId} (pg_basebackup)"
+                        : status.Detail.StartsWith("bootstrapping", StringComparison.Ordinal) || s.Nodes.Count == 1
+                            ? $"initialising database on {node.CellId}"
+                            : $"node {node.NodeId} on {node.CellId}: {status.Detail}");
                 case NodeState.Starting:
                     return new InstanceDecision.Wait($"starting PostgreSQL on {node.CellId}");
                 case NodeState.Running:
@@ -75,7 +103,27 @@ public static class Provisioning
             }
         }
         if (s.Leader is null) return new InstanceDecision.Wait("waiting for a primary to take the leader key");
-        return new InstanceDecision.Succeed($"ready: primary {s.Leader.NodeId}, reachable on port {s.Instance.Port}");
+        var replicas = s.Statuses.Where(x => x.NodeId != s.Leader.NodeId && s.Nodes.Any(n => n.NodeId == x.NodeId)).ToList();
+        var notStreaming = replicas.Where(r => r.Role != "replica" || !r.Streaming).ToList();
+        if (notStreaming.Count > 0)
+            return new InstanceDecision.Wait($"waiting for {string.Join(", ", notStreaming.Select(r => r.NodeId))} to stream from the primary {s.Leader.NodeId}");
+        var leaderCell = s.Nodes.FirstOrDefault(n => n.NodeId == s.Leader.NodeId)?.CellId ?? "?";
+        return new InstanceDecision.Succeed(replicas.Count == 0
+            ? $"ready: primary {s.Leader.NodeId} on {leaderCell}, reachable on port {s.Instance.Port}"
+            : $"ready: primary {s.Leader.NodeId} on {leaderCell}, {replicas.Count} replica(s) streaming, reachable on port {s.Instance.Port}");
+    }
+
+    private static InstanceDecision Place(InstanceSnapshot s)
+    {
+        var allowed = RequestedCells(s.Instance);
+        var cells = s.Cells.Where(c => !s.DrainedCells.Contains(c.Id) && !s.LostCells.Contains(c.Id)).ToList();
+        var placement = Placement.Choose(cells, s.CellLoad, s.Nodes.Select(n => n.CellId).ToHashSet(), allowed);
+        if (placement.Cell is null)
+        {
+            // No cell yet is often a platform still starting: wait, and fail only at the timeout.
+            return new InstanceDecision.Wait($"waiting for a cell: {placement.Reason}");
+        }
+        return new InstanceDecision.PlaceNode(placement.Cell, $"placing node {s.Nodes.Count + 1} of {s.Instance.NodeCount} on {placement.Cell.Id} ({placement.Cell.Zone})");
     }
 
     private static InstanceDecision DecideDeletion(InstanceSnapshot s)

@@ -7,15 +7,21 @@ public static class Catalog
     public const string ServiceId = "beb5973c-e1b2-11e5-a736-c7c0b526363d";
     public const string ServiceName = "dingo-postgresql";
 
-    // The original's `solo` plan id; the HA plans join with their own fixed ids when HA lands.
+    // The original's `solo` and `cluster` plan ids, kept; `cluster-ha` is new.
     public const string SoloPlanId = "b96d0936-e423-11e5-accb-93d374e93368";
+    public const string ClusterPlanId = "1545e30e-6dc3-11e5-826a-6c4008a663f0";
+    public const string ClusterHaPlanId = "6e0b4f8a-3c1d-4b7e-9a52-d1f0c2e8b7a4";
 
     public static readonly IReadOnlyList<Plan> Plans =
     [
-        new Plan(SoloPlanId, "solo", "A single PostgreSQL 15 node: no replica, continuously reachable at one address.", NodeCount: 1),
+        new Plan(SoloPlanId, "solo", "A single PostgreSQL 15 node: no replica, continuously reachable at one address.", NodeCount: 1, Synchronous: false, MinNodes: 1),
+        new Plan(ClusterPlanId, "cluster", "Two PostgreSQL 15 nodes in different zones with asynchronous streaming replication and failover in seconds.", NodeCount: 2, Synchronous: false, MinNodes: 2),
+        new Plan(ClusterHaPlanId, "cluster-ha", "Three PostgreSQL 15 nodes in different zones with synchronous replication: an acknowledged commit survives any single failure.", NodeCount: 3, Synchronous: true, MinNodes: 3),
     ];
+
+    public const int MaxNodes = 7;
 
     public static Plan? FindPlan(string? planId) => Plans.FirstOrDefault(p => p.Id == planId);
 }
 
-public sealed record Plan(string Id, string Name, string Description, int NodeCount);
+public sealed record Plan(string Id, string Name, string Description, int NodeCount, bool Synchronous, int MinNodes);

@@ -18,6 +18,8 @@ public sealed record InstanceRecord
     public required int NodeCount { get; init; }
     public string Database { get; init; } = "dingo";
     public required Credentials Superuser { get; init; }
+    /// <summary>The replication role replicas stream with: never handed to a binding.</summary>
+    public Credentials? Replication { get; init; }
     /// <summary>present: keep it running; absent: tear it down.</summary>
     public string Desired { get; init; } = DesiredState.Present;
     public DateTimeOffset CreatedAt { get; init; }
@@ -86,6 +88,8 @@ public sealed record NodeSpec
     public required string CellId { get; init; }
     /// <summary>The port PostgreSQL listens on, on the cell's address.</summary>
     public required int Port { get; init; }
+    /// <summary>The node's Patroni-compatible health API port (0: none).</summary>
+    public int ApiPort { get; init; }
     public DateTimeOffset CreatedAt { get; init; }
 }
 
@@ -101,6 +105,13 @@ public sealed record NodeStatus
     public required int Port { get; init; }
     public string Role { get; init; } = "unknown"; // primary | replica | unknown
     public int Restarts { get; init; }
+    /// <summary>Primary: current WAL position; replica: last WAL position received (bytes).</summary>
+    public long Lsn { get; init; }
+    public int Timeline { get; init; }
+    /// <summary>Replica: its WAL receiver streams from the leader.</summary>
+    public bool Streaming { get; init; }
+    /// <summary>The last sentence of the node's HA loop.</summary>
+    public string Decision { get; init; } = "";
     public DateTimeOffset UpdatedAt { get; init; }
 }
 
@@ -153,3 +164,9 @@ public static class Json
     public static T Deserialize<T>(string json) =>
         JsonSerializer.Deserialize<T>(json, Options) ?? throw new JsonException($"empty JSON for {typeof(T).Name}");
 }
+
+/// <summary>Synchronous plans: the standbys named in synchronous_standby_names (a superset is always in etcd).</summary>
+public sealed record SyncState(IReadOnlyList<string> Standbys, string Leader);
+
+/// <summary>A planned switchover: the leader hands over to Candidate (null: the best replica).</summary>
+public sealed record SwitchoverRequest(string From, string? Candidate, DateTimeOffset RequestedAt);

@@ -12,6 +12,7 @@ public static class DatabaseAdmin
 {
     public const string OwnerRole = "dingo_owner";
     public const string SuperuserName = "dingo_admin";
+    public const string ReplicationUserName = "dingo_replicator";
 
     public static NpgsqlConnectionStringBuilder ConnectionString(string host, int port, Credentials superuser, string database) => new()
     {
@@ -26,8 +27,8 @@ public static class DatabaseAdmin
         ApplicationName = "dingo",
     };
 
-    /// <summary>Creates the owner role and the application database when missing. Safe to run again.</summary>
-    public static async Task PrepareAsync(string host, int port, Credentials superuser, string database, CancellationToken ct)
+    /// <summary>Creates the owner role, the replication role and the application database when missing. Safe to run again.</summary>
+    public static async Task PrepareAsync(string host, int port, Credentials superuser, string database, CancellationToken ct, Credentials? replication = null)
     {
         await using (var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, "postgres").ConnectionString))
         {
@@ -38,6 +39,16 @@ public static class DatabaseAdmin
                 await ExecAsync(conn, $"CREATE DATABASE \"{database}\" OWNER {OwnerRole}", ct).ConfigureAwait(false);
             await ExecAsync(conn, $"REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC", ct).ConfigureAwait(false);
             await ExecAsync(conn, $"GRANT CONNECT, TEMPORARY ON DATABASE \"{database}\" TO {OwnerRole}", ct).ConfigureAwait(false);
+            if (replication is not null)
+            {
+                CheckSafe(replication.Username);
+                CheckSafe(replication.Password);
+                var attributes = $"LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{replication.Password}'";
+                if (await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", replication.Username, ct).ConfigureAwait(false))
+                    await ExecAsync(conn, $"ALTER ROLE {replication.Username} {attributes}", ct).ConfigureAwait(false);
+                else
+                    await ExecAsync(conn, $"CREATE ROLE {replication.Username} {attributes}", ct).ConfigureAwait(false);
+            }
         }
     }
 

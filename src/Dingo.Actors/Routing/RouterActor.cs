@@ -48,10 +48,7 @@ public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
     {
         var keys = _store.Keys;
         var ports = await _store.ListAsync<PortRecord>(keys.Ports, ct).ConfigureAwait(false);
-        var leaders = await _store.ListAsync<LeaderRecord>(keys.Clusters, ct).ConfigureAwait(false);
-        var byInstance = leaders
-            .Where(l => l.Key.EndsWith("/leader", StringComparison.Ordinal))
-            .ToDictionary(l => l.Key[keys.Clusters.Length..^"/leader".Length], l => l.Value);
+        var byInstance = await _store.LeadersAsync(ct).ConfigureAwait(false);
         var routes = RouteTable.Compute(
             ports.Select(p => (int.Parse(p.Key[keys.Ports.Length..], System.Globalization.CultureInfo.InvariantCulture), p.Value)),
             byInstance);

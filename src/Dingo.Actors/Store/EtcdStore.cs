@@ -1,4 +1,5 @@
 using System.Text;
+using System.Text.Json;
 using Dingo.Model;
 using dotnet_etcd;
 using Etcdserverpb;
@@ -114,6 +115,14 @@ public sealed class EtcdStore : IAsyncDisposable
             list.Add(new Versioned<T>(kv.Key.ToStringUtf8(), Json.Deserialize<T>(kv.Value.ToStringUtf8()), kv.ModRevision));
         }
         return list;
+    }
+
+    /// <summary>Every leader key (the `.../leader` keys under /clusters/), by instance id.</summary>
+    public async Task<IReadOnlyDictionary<string, LeaderRecord>> LeadersAsync(CancellationToken ct)
+    {
+        var raw = await ListAsync<System.Text.Json.JsonElement>(Keys.Clusters, ct).ConfigureAwait(false);
+        return raw.Where(kv => kv.Key.EndsWith("/leader", StringComparison.Ordinal))
+            .ToDictionary(kv => kv.Key[Keys.Clusters.Length..^"/leader".Length], kv => kv.Value.Deserialize<LeaderRecord>(Json.Options)!);
     }
 
     public async Task<long> CountAsync(string prefix, CancellationToken ct)

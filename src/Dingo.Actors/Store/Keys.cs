@@ -24,13 +24,30 @@ public sealed class Keys(string root)
     public string Assignment(string cellId, string nodeId) => $"{Assignments(cellId)}{nodeId}";
 
     public string AllStatus => $"{Root}/status/";
-    public string Status(string nodeId) => $"{AllStatus}{nodeId}";
+    public string Statuses(string instanceId) => $"{AllStatus}{instanceId}/";
+    public string Status(string instanceId, string nodeId) => $"{Statuses(instanceId)}{nodeId}";
 
     public string Cells => $"{Root}/cells/";
     public string Cell(string cellId) => $"{Cells}{cellId}";
 
     public string Clusters => $"{Root}/clusters/";
     public string Leader(string instanceId) => $"{Clusters}{instanceId}/leader";
+    /// <summary>The leader's last WAL position, so candidates can judge their lag after it is gone.</summary>
+    public string Optime(string instanceId) => $"{Clusters}{instanceId}/optime";
+    /// <summary>Synchronous plans: the standbys that may hold acknowledged commits (only they may take over).</summary>
+    public string Sync(string instanceId) => $"{Clusters}{instanceId}/sync";
+    /// <summary>Who initialised the cluster's data (created once, so two nodes never initdb one cluster).</summary>
+    public string Initialize(string instanceId) => $"{Clusters}{instanceId}/initialize";
+    /// <summary>A planned switchover the leader carries out.</summary>
+    public string Switchover(string instanceId) => $"{Clusters}{instanceId}/switchover";
+    public string Cluster(string instanceId) => $"{Clusters}{instanceId}/";
+
+    /// <summary>Cells gone for longer than the grace period: their nodes get replaced.</summary>
+    public string LostCells => $"{Root}/lost-cells/";
+    public string LostCell(string cellId) => $"{LostCells}{cellId}";
+    /// <summary>Cells an operator drains: no new nodes, and their nodes move away.</summary>
+    public string DrainedCells => $"{Root}/drained-cells/";
+    public string DrainedCell(string cellId) => $"{DrainedCells}{cellId}";
 
     public string Ports => $"{Root}/ports/";
     public string Port(int port) => $"{Ports}{port:D5}";

@@ -51,7 +51,7 @@ public static class OsbEndpoints
             ["instances_retrievable"] = true,
             ["bindings_retrievable"] = true,
             ["allow_context_updates"] = false,
-            ["plan_updateable"] = false,
+            ["plan_updateable"] = true,
             ["tags"] = new JsonArray("postgresql", "postgresql15", "relational"),
             ["metadata"] = new JsonObject
             {
@@ -66,11 +66,13 @@ public static class OsbEndpoints
                 ["description"] = p.Description,
                 ["free"] = true,
                 ["bindable"] = true,
-                ["plan_updateable"] = false,
+                ["plan_updateable"] = true,
                 ["metadata"] = new JsonObject
                 {
                     ["displayName"] = p.Name,
-                    ["bullets"] = new JsonArray("PostgreSQL 15", $"{p.NodeCount} node(s)", "Dedicated login role per binding"),
+                    ["bullets"] = new JsonArray("PostgreSQL 15", $"{p.NodeCount} node(s)" + (p.NodeCount > 1 ? " in different zones" : ""),
+                        p.Synchronous ? "Synchronous replication: no acknowledged commit lost" : p.NodeCount > 1 ? "Asynchronous replication, failover in seconds" : "Restarted in place when it fails",
+                        "Dedicated login role per binding"),
                 },
             }).ToArray()),
         }),

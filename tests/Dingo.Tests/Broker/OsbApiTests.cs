@@ -63,7 +63,7 @@ public sealed class OsbApiTests(BrokerOnlyPlatform fixture) : IClassFixture<Brok
     }
 
     [Fact]
-    public async Task Catalog_lists_the_solo_plan_with_retrievable_instances_and_bindings()
+    public async Task Catalog_lists_the_three_plans_with_retrievable_instances_and_bindings()
     {
         var (status, body) = await P.SendAsync(HttpMethod.Get, "/v2/catalog");
         Assert.Equal(200, status);
@@ -73,9 +73,9 @@ public sealed class OsbApiTests(BrokerOnlyPlatform fixture) : IClassFixture<Brok
         Assert.True((bool)service["instances_retrievable"]!);
         Assert.True((bool)service["bindings_retrievable"]!);
         Assert.True((bool)service["bindable"]!);
-        var plan = Assert.Single(service["plans"]!.AsArray());
-        Assert.Equal(Catalog.SoloPlanId, (string?)plan!["id"]);
-        Assert.Equal("solo", (string?)plan["name"]);
+        var plans = service["plans"]!.AsArray().Select(p => ((string?)p!["id"], (string?)p["name"])).ToList();
+        Assert.Equal([(Catalog.SoloPlanId, "solo"), (Catalog.ClusterPlanId, "cluster"), (Catalog.ClusterHaPlanId, "cluster-ha")], plans);
+        Assert.True((bool)service["plan_updateable"]!);
     }
 
     [Theory]

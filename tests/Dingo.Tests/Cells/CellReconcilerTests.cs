@@ -1,4 +1,5 @@
 using Dingo.Cells;
+using Dingo.Ha;
 using Dingo.Model;
 using Dingo.Postgres;
 using Dingo.Store;
@@ -8,8 +9,8 @@ using Microsoft.Extensions.Logging.Abstractions;
 namespace Dingo.Tests.Cells;
 
 /// <summary>
-/// The cell's reconcile passes against real etcd and the real local-process runtime. The runtime is built
-/// by <see cref="NewRuntime"/>: the Docker runtime will run these same tests.
+/// The cell's reconcile passes and a node's HA loop against real etcd and the real local-process runtime. The
+/// runtime is built by <see cref="NewRuntime"/>: the Docker runtime will run these same tests.
 /// </summary>
 public sealed class CellReconcilerTests : IAsyncLifetime
 {
@@ -17,6 +18,7 @@ public sealed class CellReconcilerTests : IAsyncLifetime
     private EtcdStore _store = null!;
     private IContainerRuntime _runtime = null!;
     private CellReconciler _cell = null!;
+    private CellLease _lease = null!;
     private static readonly CancellationToken None = CancellationToken.None;
     private Keys K => _store.Keys;
 
@@ -28,7 +30,8 @@ public sealed class CellReconcilerTests : IAsyncLifetime
     {
         _store = new EtcdStore(_settings.EtcdEndpoints, _settings.EtcdPrefix);
         _runtime = NewRuntime();
-        _cell = new CellReconciler(_store, _runtime, new CellLease(_store, TimeSpan.FromSeconds(5), NullLogger.Instance), _settings, NullLogger.Instance);
+        _lease = new CellLease(_store, TimeSpan.FromSeconds(5), NullLogger.Instance);
+        _cell = new CellReconciler(_store, _runtime, _lease, _settings, NullLogger.Instance);
         return Task.CompletedTask;
     }
 
@@ -46,19 +49,26 @@ public sealed class CellReconcilerTests : IAsyncLifetime
         {
             Id = id, ServiceId = Catalog.ServiceId, PlanId = Catalog.SoloPlanId, OrganizationGuid = "o", SpaceGuid = "s",
             Port = _settings.Router.PortFirst, NodeCount = 1, Superuser = new Credentials(DatabaseAdmin.SuperuserName, Secrets.Password()),
+            Replication = new Credentials(DatabaseAdmin.ReplicationUserName, Secrets.Password()),
         }, None);
         var spec = new NodeSpec { NodeId = "n-" + Guid.NewGuid().ToString("N")[..6], InstanceId = id, CellId = "cell-1", Port = _settings.NodePortFirst, CreatedAt = DateTimeOffset.UtcNow };
         await _store.PutAsync(K.Assignment("cell-1", spec.NodeId), spec, None);
+        await _store.PutAsync(K.Node(id, spec.NodeId), spec, None);
         return spec;
     }
 
-    private async Task<NodeStatus?> PassUntilAsync(NodeSpec spec, Func<NodeStatus?, bool> done, TimeSpan timeout)
+    private NodeAgent Agent(NodeSpec spec, IContainerRuntime? runtime = null) =>
+        new(spec, _store, runtime ?? _runtime, _lease, _settings, NullLogger.Instance);
+
+    private async Task<NodeStatus?> PassUntilAsync(NodeSpec spec, Func<NodeStatus?, bool> done, TimeSpan timeout, NodeAgent? agent = null)
     {
+        agent ??= Agent(spec);
         var deadline = DateTime.UtcNow + timeout;
         while (true)
         {
-            await _cell.RunPassAsync(None);
-            var status = (await _store.GetAsync<NodeStatus>(K.Status(spec.NodeId), None))?.Value;
+            await _cell.RunPassAsync(new HashSet<string> { spec.NodeId }, None);
+            await agent.RunPassAsync(None);
+            var status = (await _store.GetAsync<NodeStatus>(K.Status(spec.InstanceId, spec.NodeId), None))?.Value;
             if (done(status)) return status;
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"node {spec.NodeId} did not get there: {status}");
             await Task.Delay(200);
@@ -66,17 +76,20 @@ public sealed class CellReconcilerTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task An_assigned_node_is_created_started_registered_and_leads()
+    public async Task An_assigned_node_is_bootstrapped_started_registered_and_leads()
     {
         var spec = await AssignAsync();
-        var status = await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        var agent = Agent(spec);
+        var status = await PassUntilAsync(spec, s => s?.State == NodeState.Running && s.Role == "primary", TimeSpan.FromSeconds(60), agent);
         Assert.Equal("primary", status!.Role);
         Assert.NotNull(await _store.GetAsync<CellInfo>(K.Cell("cell-1"), None));
         var leader = (await _store.GetAsync<LeaderRecord>(K.Leader(spec.InstanceId), None))!.Value;
         Assert.Equal((spec.NodeId, spec.Port), (leader.NodeId, leader.Port));
+        Assert.Equal(spec.NodeId, (await _store.GetAsync<string>(K.Initialize(spec.InstanceId), None))!.Value);
 
-        // A second pass with nothing changed does nothing.
-        Assert.StartsWith("no action", await _cell.RunPassAsync(None));
+        // Further passes with nothing changed do nothing.
+        Assert.Equal("no action: I hold the leader key", await agent.RunPassAsync(None));
+        Assert.StartsWith("no action", (await _cell.RunPassAsync(new HashSet<string> { spec.NodeId }, None)).Summary);
     }
 
     [Fact]
@@ -85,24 +98,26 @@ public sealed class CellReconcilerTests : IAsyncLifetime
         var spec = await AssignAsync();
         await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
         await _store.DeleteAsync(K.Assignment("cell-1", spec.NodeId), None);
-        var summary = await _cell.RunPassAsync(None);
+        // While its agent still runs, the node is left alone; once the agent is gone, it is removed.
+        Assert.DoesNotContain("removed", (await _cell.RunPassAsync(new HashSet<string> { spec.NodeId }, None)).Summary);
+        var summary = (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary;
         Assert.Contains($"removed {spec.NodeId}", summary);
         Assert.Empty(await _runtime.ListAsync(None));
-        Assert.Null(await _store.GetAsync<NodeStatus>(K.Status(spec.NodeId), None));
+        Assert.Null(await _store.GetAsync<NodeStatus>(K.Status(spec.InstanceId, spec.NodeId), None));
     }
 
     [Fact]
     public async Task A_restarted_cell_adopts_its_running_node_instead_of_recreating_it()
     {
         var spec = await AssignAsync();
-        var before = await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
-        // A new reconciler and runtime over the same data: as after the cell process restarts.
+        await PassUntilAsync(spec, s => s?.State == NodeState.Running && s.Role == "primary", TimeSpan.FromSeconds(60));
+        var pidBefore = (await _runtime.ListAsync(None)).Single().Pid;
+        // A new runtime and agent over the same data, as after the cell process restarts: the old leader key
+        // (held under the dead process's lease) is released, and the same PostgreSQL takes it again.
         var runtime = NewRuntime();
-        var reborn = new CellReconciler(_store, runtime, new CellLease(_store, TimeSpan.FromSeconds(5), NullLogger.Instance), _settings, NullLogger.Instance);
-        await reborn.RunPassAsync(None);
-        await reborn.RunPassAsync(None);
-        var after = (await _store.GetAsync<NodeStatus>(K.Status(spec.NodeId), None))!.Value;
-        Assert.Equal(NodeState.Running, after.State);
-        Assert.Equal(before!.Detail, after.Detail); // same pid: adopted, not restarted
+        var reborn = Agent(spec, runtime);
+        var status = await PassUntilAsync(spec, s => s?.Role == "primary" && s.Decision == "no action: I hold the leader key", TimeSpan.FromSeconds(30), reborn);
+        Assert.Equal(NodeState.Running, status!.State);
+        Assert.Equal(pidBefore, (await runtime.ListAsync(None)).Single().Pid); // same pid: adopted, not restarted
     }
 }

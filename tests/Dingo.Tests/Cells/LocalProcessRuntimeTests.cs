@@ -62,7 +62,7 @@ public sealed class LocalProcessRuntimeTests : IAsyncLifetime
     {
         var spec = NewSpec("node-a");
         await _runtime.CreateAsync(spec, Ct());
-        await _runtime.StartAsync(spec, Ct());
+        await _runtime.StartAsync(spec, null, Ct());
         await WaitUntilServingAsync(spec);
 
         await using (var conn = await OpenAsync(spec))
@@ -85,7 +85,7 @@ public sealed class LocalProcessRuntimeTests : IAsyncLifetime
     {
         var spec = NewSpec("node-b");
         await _runtime.CreateAsync(spec, Ct());
-        await _runtime.StartAsync(spec, Ct());
+        await _runtime.StartAsync(spec, null, Ct());
         await WaitUntilServingAsync(spec);
         await ExecAsync(spec, "CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')");
 
@@ -96,7 +96,7 @@ public sealed class LocalProcessRuntimeTests : IAsyncLifetime
         Assert.Equal("stopped", stopped.Detail);
         await _runtime.StopAsync(spec.NodeId, Ct()); // idempotent
 
-        await _runtime.StartAsync(spec, Ct());
+        await _runtime.StartAsync(spec, null, Ct());
         await WaitUntilServingAsync(spec);
         Assert.Equal("kept", await ScalarAsync(spec, "SELECT v FROM t"));
     }
@@ -106,7 +106,7 @@ public sealed class LocalProcessRuntimeTests : IAsyncLifetime
     {
         var spec = NewSpec("node-c");
         await _runtime.CreateAsync(spec, Ct());
-        await _runtime.StartAsync(spec, Ct());
+        await _runtime.StartAsync(spec, null, Ct());
         await WaitUntilServingAsync(spec);
         var before = Assert.Single(await _runtime.ListAsync(Ct()));
 
@@ -117,7 +117,7 @@ public sealed class LocalProcessRuntimeTests : IAsyncLifetime
         Assert.NotNull(adopted.Pid);
         Assert.Equal(before.Pid, adopted.Pid);
 
-        await fresh.StartAsync(spec, Ct()); // already running: no second postmaster
+        await fresh.StartAsync(spec, null, Ct()); // already running: no second postmaster
         Assert.Equal(before.Pid, Assert.Single(await fresh.ListAsync(Ct())).Pid);
     }
 
@@ -126,7 +126,7 @@ public sealed class LocalProcessRuntimeTests : IAsyncLifetime
     {
         var spec = NewSpec("node-d");
         await _runtime.CreateAsync(spec, Ct());
-        await _runtime.StartAsync(spec, Ct());
+        await _runtime.StartAsync(spec, null, Ct());
         await WaitUntilServingAsync(spec);
         await ExecAsync(spec, "CREATE TABLE t (v int); INSERT INTO t VALUES (42)");
         var pid = Assert.Single(await _runtime.ListAsync(Ct())).Pid!.Value;
@@ -145,7 +145,7 @@ public sealed class LocalProcessRuntimeTests : IAsyncLifetime
         Assert.True(node.Initialised);
 
         var restart = Stopwatch.StartNew();
-        await _runtime.StartAsync(spec, Ct());
+        await _runtime.StartAsync(spec, null, Ct());
         await WaitUntilServingAsync(spec);
         restart.Stop();
         _output.WriteLine($"serving again {restart.ElapsedMilliseconds} ms after StartAsync (kill -9 recovery)");
@@ -159,7 +159,7 @@ public sealed class LocalProcessRuntimeTests : IAsyncLifetime
     {
         var spec = NewSpec("node-e");
         await _runtime.CreateAsync(spec, Ct());
-        await _runtime.StartAsync(spec, Ct());
+        await _runtime.StartAsync(spec, null, Ct());
         await WaitUntilServingAsync(spec);
 
         await _runtime.RemoveAsync(spec.NodeId, Ct());
@@ -197,7 +197,7 @@ public sealed class LocalProcessRuntimeTests : IAsyncLifetime
         Assert.True(File.Exists(Path.Combine(halfData, "PG_VERSION")));
         Assert.True(Assert.Single(await _runtime.ListAsync(Ct()), n => n.NodeId == half.NodeId).Initialised);
 
-        await _runtime.StartAsync(half, Ct());
+        await _runtime.StartAsync(half, null, Ct());
         await WaitUntilServingAsync(half);
         Assert.Equal(1, await ScalarAsync(half, "SELECT 1"));
     }

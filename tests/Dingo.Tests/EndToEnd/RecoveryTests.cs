@@ -60,7 +60,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         Assert.Equal(42, value);
         var newPid = int.Parse(File.ReadLines(pidFile).First());
         Assert.NotEqual(pid, newPid);
-        var status = await platform.Store.GetAsync<NodeStatus>(platform.Store.Keys.Status(node.NodeId), CancellationToken.None);
+        var status = await platform.Store.GetAsync<NodeStatus>(platform.Store.Keys.Status(id, node.NodeId), CancellationToken.None);
         Assert.NotNull(status);
         Assert.True(status.Value.Restarts >= 1, $"the cell should count the restart: {status.Value}");
     }

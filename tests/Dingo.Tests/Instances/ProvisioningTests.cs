@@ -34,7 +34,7 @@ public sealed class ProvisioningTests
     {
         var d = Assert.IsType<InstanceDecision.PlaceNode>(Provisioning.Decide(Snapshot(), Timeout));
         Assert.Equal("cell-1", d.Cell.Id);
-        Assert.Equal("placing node on cell-1 (z1)", d.Description);
+        Assert.Equal("placing node 1 of 1 on cell-1 (z1)", d.Description);
     }
 
     [Fact]
@@ -66,7 +66,7 @@ public sealed class ProvisioningTests
     {
         var leader = new LeaderRecord { NodeId = "n-1", Host = "127.0.0.1", Port = 15001 };
         var d = Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [Status(NodeState.Running)], leader: leader), Timeout);
-        Assert.Equal("ready: primary n-1, reachable on port 20001", Assert.IsType<InstanceDecision.Succeed>(d).Description);
+        Assert.Equal("ready: primary n-1 on cell-1, reachable on port 20001", Assert.IsType<InstanceDecision.Succeed>(d).Description);
     }
 
     [Fact]

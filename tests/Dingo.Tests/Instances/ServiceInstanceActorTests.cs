@@ -76,9 +76,9 @@ public sealed class ServiceInstanceActorTests : TestKit, IAsyncLifetime
         await AwaitAssertAsync(async () => Assert.Equal("waiting for cell-7 to take node " + node.NodeId, (await OperationAsync(id)).Description), TimeSpan.FromSeconds(5));
 
         // The cell reports progress, then the node takes the leader key: the provision succeeds.
-        await _store.PutAsync(K.Status(node.NodeId), new NodeStatus { NodeId = node.NodeId, InstanceId = id, CellId = "cell-7", State = NodeState.Initialising, Detail = "initdb", Host = "127.0.0.1", Port = node.Port }, None);
+        await _store.PutAsync(K.Status(id, node.NodeId), new NodeStatus { NodeId = node.NodeId, InstanceId = id, CellId = "cell-7", State = NodeState.Initialising, Detail = "initdb", Host = "127.0.0.1", Port = node.Port }, None);
         await AwaitAssertAsync(async () => Assert.Equal("initialising database on cell-7", (await OperationAsync(id)).Description), TimeSpan.FromSeconds(5));
-        await _store.PutAsync(K.Status(node.NodeId), new NodeStatus { NodeId = node.NodeId, InstanceId = id, CellId = "cell-7", State = NodeState.Running, Detail = "running", Host = "127.0.0.1", Port = node.Port }, None);
+        await _store.PutAsync(K.Status(id, node.NodeId), new NodeStatus { NodeId = node.NodeId, InstanceId = id, CellId = "cell-7", State = NodeState.Running, Detail = "running", Host = "127.0.0.1", Port = node.Port }, None);
         await _store.PutAsync(K.Leader(id), new LeaderRecord { NodeId = node.NodeId, Host = "127.0.0.1", Port = node.Port }, None);
         await AwaitAssertAsync(async () =>
         {

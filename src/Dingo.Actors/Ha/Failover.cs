@@ -1,0 +1,172 @@
+using Dingo.Config;
+using Dingo.Model;
+
+namespace Dingo.Ha;
+
+/// <summary>What a node sees of its own PostgreSQL on this pass.</summary>
+public sealed record LocalState(
+    bool DataInitialised,
+    bool Running,
+    bool Answering,
+    bool InRecovery,
+    long Lsn,
+    int Timeline,
+    bool Streaming,
+    /// <summary>The leader node this standby was last configured to follow (null: none or unknown).</summary>
+    string? FollowingNodeId,
+    /// <summary>How long this standby has not been streaming from its leader (zero while streaming).</summary>
+    TimeSpan NotStreamingFor,
+    bool RewindFailed);
+
+/// <summary>Everything one pass of a node's HA loop decides from. Built by the executor; decided by <see cref="Failover"/>.</summary>
+public sealed record HaInput(
+    string NodeId,
+    bool Synchronous,
+    LocalState Local,
+    bool EtcdReachable,
+    LeaderRecord? Leader,
+    /// <summary>This process holds the lease behind the leader key (it acquired it and has not lost it).</summary>
+    bool HoldsLease,
+    /// <summary>Time since this node last renewed its leader lease (only meaningful while it leads).</summary>
+    TimeSpan SinceRenewal,
+    long? LeaderOptime,
+    SyncState? Sync,
+    /// <summary>The other members' statuses, as last reported.</summary>
+    IReadOnlyList<NodeStatus> Members,
+    SwitchoverRequest? Switchover,
+    bool ClusterInitialised,
+    bool BootstrapCandidate,
+    DateTimeOffset Now);
+
+/// <summary>One pass's decision and the sentence that explains it (logged, reported, shown by `dingo status`).</summary>
+public abstract record HaAction(string Sentence)
+{
+    public sealed record Bootstrap(string Sentence) : HaAction(Sentence);
+    public sealed record CloneFromLeader(LeaderRecord From, string Sentence) : HaAction(Sentence);
+    public sealed record Start(LeaderRecord? Leader, string Sentence) : HaAction(Sentence);
+    public sealed record ReleaseStaleKey(string Sentence) : HaAction(Sentence);
+    public sealed record TakeLeadership(string Sentence) : HaAction(Sentence);
+    public sealed record Promote(string Sentence) : HaAction(Sentence);
+    public sealed record Lead(string Sentence) : HaAction(Sentence);
+    public sealed record Demote(LeaderRecord? Leader, string Sentence) : HaAction(Sentence);
+    public sealed record FollowLeader(LeaderRecord Leader, string Sentence) : HaAction(Sentence);
+    public sealed record Rewind(LeaderRecord Leader, string Sentence) : HaAction(Sentence);
+    public sealed record Reclone(LeaderRecord Leader, string Sentence) : HaAction(Sentence);
+    public sealed record HandOver(string Candidate, string Sentence) : HaAction(Sentence);
+    public sealed record Wait(string Sentence) : HaAction(Sentence);
+}
+
+/// <summary>
+/// The HA rules (docs/ha.md), as one pure function: a leader holds the key and renews it; one that cannot renew for
+/// half the TTL fences itself; a free key goes to the most advanced eligible replica; everyone else follows.
+/// </summary>
+public static class Failover
+{
+    public static HaAction Decide(HaInput i, HaSettings s)
+    {
+        var me = i.NodeId;
+        var local = i.Local;
+        var leaderIsMe = i.Leader?.NodeId == me;
+        var otherLeader = i.Leader is not null && !leaderIsMe ? i.Leader : null;
+
+        if (!local.DataInitialised)
+        {
+            if (otherLeader is not null) return new HaAction.CloneFromLeader(otherLeader, $"cloning from the leader {otherLeader.NodeId} (pg_basebackup)");
+            if (leaderIsMe) return new HaAction.ReleaseStaleKey("releasing a leader key I hold without data");
+            if (!i.ClusterInitialised && i.BootstrapCandidate) return new HaAction.Bootstrap("bootstrapping the cluster (initdb)");
+            return new HaAction.Wait("waiting for a leader to clone from");
+        }
+
+        if (!local.Running)
+        {
+            // A node is always started read-only; it becomes writable only by promotion while holding the key.
+            if (leaderIsMe && !i.HoldsLease) return new HaAction.ReleaseStaleKey("releasing the leader key left from before PostgreSQL stopped");
+            if (leaderIsMe) return new HaAction.ReleaseStaleKey("PostgreSQL is not running: giving up the leader key at once");
+            return otherLeader is not null
+                ? new HaAction.Start(otherLeader, $"starting PostgreSQL as a replica of {otherLeader.NodeId}")
+                : new HaAction.Start(null, "starting PostgreSQL read-only: no leader yet");
+        }
+        if (!local.Answering) return new HaAction.Wait("waiting for PostgreSQL to accept connections");
+
+        if (!i.EtcdReachable)
+        {
+            if (local.InRecovery) return new HaAction.Wait("no action: etcd unreachable, staying a replica");
+            if (i.SinceRenewal >= s.Ttl / 2)
+                return new HaAction.Demote(null, $"demoting: cannot reach etcd to renew the leader key for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)");
+            return new HaAction.Wait($"no action: etcd unreachable for {i.SinceRenewal.TotalSeconds:0.0}s, leader lease still valid");
+        }
+
+        if (leaderIsMe)
+        {
+            if (!i.HoldsLease) return new HaAction.ReleaseStaleKey("releasing a leader key whose lease this process does not hold");
+            if (i.SinceRenewal >= s.Ttl / 2 && !local.InRecovery)
+                return new HaAction.Demote(null, $"demoting: the leader key was not renewed for {i.SinceRenewal.TotalSeconds:0.0}s (fencing)");
+            if (local.InRecovery) return new HaAction.Promote("promoting: I hold the leader key");
+            if (i.Switchover is { } sw && sw.From == me)
+            {
+                var candidate = BestReplica(i, s, sw.Candidate);
+                if (candidate is not null) return new HaAction.HandOver(candidate, $"switching over to {candidate}: stopping cleanly, then releasing the leader key");
+                return new HaAction.Lead($"no action: I hold the leader key; switchover waits for a healthy {(sw.Candidate is null ? "replica" : sw.Candidate)}");
+            }
+            return new HaAction.Lead("no action: I hold the leader key");
+        }
+
+        if (otherLeader is not null)
+        {
+            if (!local.InRecovery) return new HaAction.Demote(otherLeader, $"demoting: {otherLeader.NodeId} holds the leader key");
+            if (local.FollowingNodeId != otherLeader.NodeId) return new HaAction.FollowLeader(otherLeader, $"following the leader {otherLeader.NodeId}");
+            if (!local.Streaming && local.NotStreamingFor >= s.RewindAfter)
+            {
+                return local.RewindFailed
+                    ? new HaAction.Reclone(otherLeader, $"re-cloning from {otherLeader.NodeId}: not streaming for {local.NotStreamingFor.TotalSeconds:0}s and pg_rewind failed")
+                    : new HaAction.Rewind(otherLeader, $"rewinding to {otherLeader.NodeId}'s timeline: not streaming for {local.NotStreamingFor.TotalSeconds:0}s");
+            }
+            var lag = i.LeaderOptime is { } opt ? Math.Max(0, opt - local.Lsn) : 0;
+            return new HaAction.Wait(local.Streaming
+                ? $"no action: streaming from {otherLeader.NodeId}, lag {lag} B"
+                : $"no action: waiting to stream from {otherLeader.NodeId}");
+        }
+
+        // The leader key is free.
+        if (i.Switchover is { Candidate: { } chosen } && chosen != me && IsFresh(i, i.Members.FirstOrDefault(m => m.NodeId == chosen), s))
+            return new HaAction.Wait($"no action: leader key free, switchover hands it to {chosen}");
+        var refusal = Ineligibility(i, s, me, local.InRecovery, local.Lsn);
+        if (refusal is not null) return new HaAction.Wait($"no action: leader key free, but {refusal}");
+        var better = i.Members
+            .Where(m => IsFresh(i, m, s) && m.State == NodeState.Running)
+            .Where(m => Ineligibility(i, s, m.NodeId, m.Role != "primary", m.Lsn) is null)
+            .FirstOrDefault(m => m.Lsn > local.Lsn || (m.Lsn == local.Lsn && string.CompareOrdinal(m.NodeId, me) < 0));
+        if (better is not null) return new HaAction.Wait($"no action: leader key free, {better.NodeId} is more advanced ({better.Lsn} ≥ {local.Lsn})");
+        var myLag = i.LeaderOptime is { } last ? Math.Max(0, last - local.Lsn) : 0;
+        return new HaAction.TakeLeadership($"taking the leader key: it is free and I am the most advanced eligible node (lag {myLag} B)");
+    }
+
+    /// <summary>Why a node may not take the free key, or null when it may.</summary>
+    private static string? Ineligibility(HaInput i, HaSettings s, string nodeId, bool inRecovery, long lsn)
+    {
+        if (i.Synchronous)
+        {
+            // Only a node that may hold every acknowledged commit: the former leader, or a listed synchronous standby.
+            if (i.Sync is null) return inRecovery ? $"{nodeId} is not a synchronous standby (none recorded)" : null;
+            if (i.Sync.Leader == nodeId) return null;
+            return i.Sync.Standbys.Contains(nodeId) ? null : $"{nodeId} is not a synchronous standby";
+        }
+        if (inRecovery && i.LeaderOptime is { } optime && optime - lsn > s.MaximumLagOnFailover)
+            return $"{nodeId} lags {optime - lsn} B behind the last leader position (limit {s.MaximumLagOnFailover} B)";
+        return null;
+    }
+
+    /// <summary>Reports older than a few loops come from a node that is gone or cut off: they do not count.</summary>
+    public static bool IsFresh(HaInput i, NodeStatus? m, HaSettings s) =>
+        m is not null && i.Now - m.UpdatedAt <= s.LoopWait * 3 + TimeSpan.FromSeconds(1);
+
+    /// <summary>The replica a switchover hands over to: the named one if healthy and streaming, else the most advanced.</summary>
+    private static string? BestReplica(HaInput i, HaSettings s, string? named)
+    {
+        var healthy = i.Members.Where(m => IsFresh(i, m, s) && m.State == NodeState.Running && m.Role == "replica" && m.Streaming)
+            .Where(m => !i.Synchronous || i.Sync?.Standbys.Contains(m.NodeId) == true)
+            .ToList();
+        if (named is not null) return healthy.Any(m => m.NodeId == named) ? named : null;
+        return healthy.OrderByDescending(m => m.Lsn).ThenBy(m => m.NodeId, StringComparer.Ordinal).FirstOrDefault()?.NodeId;
+    }
+}

@@ -1,0 +1,378 @@
+using System.Text.Json;
+using Dingo.Cells;
+using Dingo.Config;
+using Dingo.Model;
+using Dingo.Postgres;
+using Dingo.Store;
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+
+namespace Dingo.Ha;
+
+/// <summary>
+/// One PostgreSQL node's HA loop on its cell: observe PostgreSQL and etcd, let <see cref="Failover.Decide"/>
+/// choose one action, carry it out, report. It remembers only what it can lose safely (its leader lease id,
+/// timers); everything else is read again each pass.
+/// </summary>
+public sealed class NodeAgent
+{
+    private readonly EtcdStore _store;
+    private readonly IContainerRuntime _runtime;
+    private readonly CellLease _cellLease;
+    private readonly DingoSettings _settings;
+    private readonly ILogger _logger;
+    private readonly NodeSpec _spec;
+
+    private long _leaderLease;
+    private DateTime _lastRenewal = DateTime.MinValue;
+    private string? _following;
+    private DateTime? _notStreamingSince;
+    private bool _rewindFailed;
+    private bool _prepared;
+    private bool _seenRunning;
+    private int _restarts;
+    private string _lastSentence = "";
+    private HaInput? _lastInput;
+
+    public NodeAgent(NodeSpec spec, EtcdStore store, IContainerRuntime runtime, CellLease cellLease, DingoSettings settings, ILogger logger)
+    {
+        _spec = spec;
+        _store = store;
+        _runtime = runtime;
+        _cellLease = cellLease;
+        _settings = settings;
+        _logger = logger;
+    }
+
+    public NodeSpec Spec => _spec;
+    public string LastSentence => _lastSentence;
+    /// <summary>The last observation, for the node's health API.</summary>
+    public HaInput? LastInput => _lastInput;
+
+    private Keys K => _store.Keys;
+    private string Address => _settings.Cell.Address;
+
+    public async Task<string> RunPassAsync(CancellationToken ct)
+    {
+        var instance = await _store.GetAsync<InstanceRecord>(K.Instance(_spec.InstanceId), ct).ConfigureAwait(false);
+        if (instance is null) return "no action: the instance is being deleted";
+        var record = instance.Value;
+        var launch = new NodeLaunchSpec(_spec.NodeId, _spec.InstanceId, Address, _spec.Port, record.Superuser);
+        var probe = new PostgresProbe(Address, _spec.Port, record.Superuser);
+
+        var input = await ObserveAsync(record, probe, ct).ConfigureAwait(false);
+        _lastInput = input;
+        var action = Failover.Decide(input, _settings.Ha);
+        string? failure = null;
+        try
+        {
+            await ExecuteAsync(action, input, record, launch, probe, ct).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            failure = ex.Message;
+            _logger.LogWarning("node {Node}: {Action} failed: {Error}", _spec.NodeId, action.Sentence, ex.Message);
+        }
+        if (action.Sentence != _lastSentence || failure is not null)
+        {
+            if (failure is null) _logger.LogInformation("node {Node} ({Instance}): {Decision}", _spec.NodeId, _spec.InstanceId, action.Sentence);
+            _lastSentence = action.Sentence;
+        }
+        if (input.EtcdReachable) await ReportAsync(input, action, failure, ct).ConfigureAwait(false);
+        return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
+    }
+
+    private async Task<HaInput> ObserveAsync(InstanceRecord record, PostgresProbe probe, CancellationToken ct)
+    {
+        var now = DateTimeOffset.UtcNow;
+        var nodes = await _runtime.ListAsync(ct).ConfigureAwait(false);
+        var mine = nodes.FirstOrDefault(n => n.NodeId == _spec.NodeId);
+        PostgresProbe.Observation? pg = null;
+        if (mine is { Running: true })
+        {
+            try { pg = await probe.ObserveAsync(ct).ConfigureAwait(false); }
+            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException) { }
+        }
+        if (mine is { Running: false } && _seenRunning)
+        {
+            _restarts++;
+            _seenRunning = false;
+            _prepared = false;
+            _logger.LogWarning("node {Node}: PostgreSQL is not running ({Detail}) (restart #{Count})", _spec.NodeId, mine.Detail, _restarts);
+        }
+        if (pg is not null) _seenRunning = true;
+
+        var streaming = pg is { InRecovery: true, Streaming: true };
+        if (pg is { InRecovery: true } && !streaming) _notStreamingSince ??= DateTime.UtcNow;
+        else _notStreamingSince = null;
+
+        bool reachable = true;
+        LeaderRecord? leader = null;
+        long? optime = null;
+        SyncState? sync = null;
+        SwitchoverRequest? switchover = null;
+        var members = new List<NodeStatus>();
+        bool initialised = false, candidate = false;
+        try
+        {
+            if (_leaderLease != 0)
+            {
+                if (await _store.KeepAliveOnceAsync(_leaderLease, ct).ConfigureAwait(false)) _lastRenewal = DateTime.UtcNow;
+                else
+                {
+                    _logger.LogWarning("node {Node}: my leader lease expired", _spec.NodeId);
+                    _leaderLease = 0;
+                }
+            }
+            var cluster = await _store.ListAsync<System.Text.Json.JsonElement>(K.Cluster(_spec.InstanceId), ct).ConfigureAwait(false);
+            foreach (var kv in cluster)
+            {
+                var name = kv.Key[K.Cluster(_spec.InstanceId).Length..];
+                switch (name)
+                {
+                    case "leader": leader = kv.Value.Deserialize<LeaderRecord>(Json.Options); break;
+                    case "optime": optime = kv.Value.GetInt64(); break;
+                    case "sync": sync = kv.Value.Deserialize<SyncState>(Json.Options); break;
+                    case "switchover": switchover = kv.Value.Deserialize<SwitchoverRequest>(Json.Options); break;
+                    case "initialize": initialised = true; break;
+                }
+            }
+            members = (await _store.ListAsync<NodeStatus>(K.Statuses(_spec.InstanceId), ct).ConfigureAwait(false))
+                .Select(m => m.Value).Where(m => m.NodeId != _spec.NodeId).ToList();
+            var specs = (await _store.ListAsync<NodeSpec>(K.Nodes(_spec.InstanceId), ct).ConfigureAwait(false)).Select(n => n.Value)
+                .OrderBy(n => n.CreatedAt).ThenBy(n => n.NodeId, StringComparer.Ordinal).ToList();
+            candidate = specs.FirstOrDefault()?.NodeId == _spec.NodeId;
+            // Only members of the cluster as it is now count (a removed node's last report may linger).
+            members = members.Where(m => specs.Any(s => s.NodeId == m.NodeId)).ToList();
+        }
+        catch (RpcException)
+        {
+            reachable = false;
+        }
+
+        var local = new LocalState(
+            DataInitialised: mine?.Initialised == true,
+            Running: mine?.Running == true,
+            Answering: pg is not null,
+            InRecovery: pg?.InRecovery ?? true,
+            Lsn: pg?.Lsn ?? 0,
+            Timeline: pg?.Timeline ?? 0,
+            Streaming: streaming,
+            FollowingNodeId: _following,
+            NotStreamingFor: _notStreamingSince is { } since ? DateTime.UtcNow - since : TimeSpan.Zero,
+            RewindFailed: _rewindFailed);
+        var plan = Catalog.FindPlan(record.PlanId);
+        return new HaInput(_spec.NodeId, plan?.Synchronous == true, local, reachable, leader, _leaderLease != 0,
+            _lastRenewal == DateTime.MinValue ? TimeSpan.MaxValue : DateTime.UtcNow - _lastRenewal,
+            optime, sync, members, switchover, initialised, candidate, now);
+    }
+
+    private ReplicationSource Source(LeaderRecord leader, InstanceRecord record) =>
+        new(leader.Host, leader.Port, record.Replication ?? throw new InvalidOperationException($"instance {record.Id} has no replication role: it cannot have replicas"));
+
+    private StandbyConfig Standby(LeaderRecord? leader, InstanceRecord record) =>
+        new(leader is null ? null : Source(leader, record), PostgresProbe.SlotName(_spec.NodeId), _spec.NodeId);
+
+    private LeaderRecord MyLeaderRecord() => new() { NodeId = _spec.NodeId, Host = Address, Port = _spec.Port, Since = DateTimeOffset.UtcNow };
+
+    private async Task ExecuteAsync(HaAction action, HaInput input, InstanceRecord record, NodeLaunchSpec launch, PostgresProbe probe, CancellationToken ct)
+    {
+        switch (action)
+        {
+            case HaAction.Bootstrap:
+                if (!await _store.CreateIfAbsentAsync(K.Initialize(_spec.InstanceId), _spec.NodeId, ct).ConfigureAwait(false)) return;
+                await _runtime.CreateAsync(launch, ct).ConfigureAwait(false);
+                // The first primary starts writable only once it holds the leader key.
+                var primary = await TryTakeKeyAsync(ct).ConfigureAwait(false);
+                await _runtime.StartAsync(launch, primary ? null : Standby(null, record), ct).ConfigureAwait(false);
+                _following = null;
+                break;
+
+            case HaAction.CloneFromLeader clone:
+                await _runtime.CloneAsync(launch, Source(clone.From, record), ct).ConfigureAwait(false);
+                await StartStandbyAsync(launch, clone.From, record, ct).ConfigureAwait(false);
+                break;
+
+            case HaAction.Start start:
+                await StartStandbyAsync(launch, start.Leader, record, ct).ConfigureAwait(false);
+                break;
+
+            case HaAction.ReleaseStaleKey:
+                await ReleaseKeyAsync(ct).ConfigureAwait(false);
+                break;
+
+            case HaAction.TakeLeadership:
+                if (!await TryTakeKeyAsync(ct).ConfigureAwait(false)) return;
+                if (input.Local.InRecovery) await probe.PromoteAsync(ct).ConfigureAwait(false);
+                _following = null;
+                await LeadAsync(record, probe, input, ct).ConfigureAwait(false);
+                if (input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), ct).ConfigureAwait(false);
+                break;
+
+            case HaAction.Promote:
+                await probe.PromoteAsync(ct).ConfigureAwait(false);
+                _following = null;
+                await LeadAsync(record, probe, input, ct).ConfigureAwait(false);
+                break;
+
+            case HaAction.Lead:
+                await LeadAsync(record, probe, input, ct).ConfigureAwait(false);
+                break;
+
+            case HaAction.Demote demote:
+                if (input.EtcdReachable) await ReleaseKeyAsync(ct).ConfigureAwait(false);
+                else _leaderLease = 0; // cannot reach etcd: the lease lapses by itself
+                await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
+                if (demote.Leader is not null) await TryRewindAsync(launch, demote.Leader, record, ct).ConfigureAwait(false);
+                await StartStandbyAsync(launch, demote.Leader, record, ct).ConfigureAwait(false);
+                break;
+
+            case HaAction.FollowLeader follow:
+                await _runtime.ConfigureStandbyAsync(launch, Standby(follow.Leader, record), ct).ConfigureAwait(false);
+                await probe.ReloadAsync(ct).ConfigureAwait(false);
+                _following = follow.Leader.NodeId;
+                _notStreamingSince = DateTime.UtcNow;
+                break;
+
+            case HaAction.Rewind rewind:
+                await TryRewindAsync(launch, rewind.Leader, record, ct).ConfigureAwait(false);
+                await StartStandbyAsync(launch, rewind.Leader, record, ct).ConfigureAwait(false);
+                break;
+
+            case HaAction.Reclone reclone:
+                await _runtime.CloneAsync(launch, Source(reclone.Leader, record), ct).ConfigureAwait(false);
+                _rewindFailed = false;
+                await StartStandbyAsync(launch, reclone.Leader, record, ct).ConfigureAwait(false);
+                break;
+
+            case HaAction.HandOver:
+                // A clean stop sends every WAL record to the connected standbys before the key is released.
+                await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
+                await ReleaseKeyAsync(ct).ConfigureAwait(false);
+                await StartStandbyAsync(launch, null, record, ct).ConfigureAwait(false);
+                break;
+        }
+    }
+
+    private async Task StartStandbyAsync(NodeLaunchSpec launch, LeaderRecord? leader, InstanceRecord record, CancellationToken ct)
+    {
+        await _runtime.StartAsync(launch, Standby(leader, record), ct).ConfigureAwait(false);
+        _following = leader?.NodeId;
+        _notStreamingSince = DateTime.UtcNow;
+        _prepared = false;
+    }
+
+    private async Task TryRewindAsync(NodeLaunchSpec launch, LeaderRecord leader, InstanceRecord record, CancellationToken ct)
+    {
+        try
+        {
+            await _runtime.RewindAsync(launch, new ReplicationSource(leader.Host, leader.Port, record.Superuser), ct).ConfigureAwait(false);
+            _rewindFailed = false;
+        }
+        catch (InvalidOperationException ex)
+        {
+            _rewindFailed = true;
+            _logger.LogWarning("node {Node}: pg_rewind from {Leader} failed; it will be re-cloned: {Error}", _spec.NodeId, leader.NodeId, ex.Message);
+        }
+    }
+
+    /// <summary>Creates the leader key under a fresh lease of this node's; true when this node now leads.</summary>
+    private async Task<bool> TryTakeKeyAsync(CancellationToken ct)
+    {
+        var lease = await _store.GrantLeaseAsync(_settings.Ha.Ttl, ct).ConfigureAwait(false);
+        if (await _store.CreateIfAbsentAsync(K.Leader(_spec.InstanceId), MyLeaderRecord(), ct, lease).ConfigureAwait(false))
+        {
+            _leaderLease = lease;
+            _lastRenewal = DateTime.UtcNow;
+            _logger.LogInformation("node {Node}: took the leader key of {Instance}", _spec.NodeId, _spec.InstanceId);
+            return true;
+        }
+        await _store.RevokeLeaseAsync(lease, ct).ConfigureAwait(false);
+        return false;
+    }
+
+    /// <summary>Deletes the leader key if it still names this node, and drops this node's lease.</summary>
+    private async Task ReleaseKeyAsync(CancellationToken ct)
+    {
+        var current = await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), ct).ConfigureAwait(false);
+        if (current is not null && current.Value.NodeId == _spec.NodeId)
+        {
+            await _store.TransactAsync(new Txn().At(current.Key, current.ModRevision).Delete(current.Key), ct).ConfigureAwait(false);
+            _logger.LogWarning("node {Node}: released the leader key of {Instance}", _spec.NodeId, _spec.InstanceId);
+        }
+        if (_leaderLease != 0) await _store.RevokeLeaseAsync(_leaderLease, ct).ConfigureAwait(false);
+        _leaderLease = 0;
+        _lastRenewal = DateTime.MinValue;
+    }
+
+    /// <summary>A leader's duties each pass: prepare roles once, publish its WAL position, keep slots and sync standbys right.</summary>
+    private async Task LeadAsync(InstanceRecord record, PostgresProbe probe, HaInput input, CancellationToken ct)
+    {
+        if (!_prepared)
+        {
+            await DatabaseAdmin.PrepareAsync(Address, _spec.Port, record.Superuser, record.Database, ct, record.Replication).ConfigureAwait(false);
+            _prepared = true;
+        }
+        var observation = await probe.ObserveAsync(ct).ConfigureAwait(false);
+        await _store.PutAsync(K.Optime(_spec.InstanceId), observation.Lsn, ct).ConfigureAwait(false);
+        var specs = (await _store.ListAsync<NodeSpec>(K.Nodes(_spec.InstanceId), ct).ConfigureAwait(false)).Select(n => n.Value).ToList();
+        var others = specs.Where(n => n.NodeId != _spec.NodeId).Select(n => n.NodeId).ToList();
+        await probe.EnsureSlotsAsync(others.Select(PostgresProbe.SlotName).ToHashSet(), ct).ConfigureAwait(false);
+
+        var plan = Catalog.FindPlan(record.PlanId);
+        var inPg = await probe.SynchronousStandbysAsync(ct).ConfigureAwait(false);
+        if (plan?.Synchronous != true)
+        {
+            if (inPg.Count > 0) await probe.SetSynchronousStandbysAsync([], ct).ConfigureAwait(false);
+            return;
+        }
+        // The set in etcd must always contain every standby PostgreSQL may wait for: grow etcd first, shrink it last.
+        var target = (await probe.StreamingStandbysAsync(ct).ConfigureAwait(false)).Where(others.Contains).OrderBy(n => n, StringComparer.Ordinal).ToList();
+        var recorded = input.Sync?.Leader == _spec.NodeId ? input.Sync.Standbys : [];
+        if (!target.All(recorded.Contains))
+        {
+            await _store.PutAsync(K.Sync(_spec.InstanceId), new SyncState(recorded.Union(target).OrderBy(n => n, StringComparer.Ordinal).ToList(), _spec.NodeId), ct).ConfigureAwait(false);
+            recorded = recorded.Union(target).ToList();
+        }
+        if (!inPg.SequenceEqual(target)) await probe.SetSynchronousStandbysAsync(target, ct).ConfigureAwait(false);
+        if (!recorded.OrderBy(n => n, StringComparer.Ordinal).SequenceEqual(target) || input.Sync?.Leader != _spec.NodeId)
+            await _store.PutAsync(K.Sync(_spec.InstanceId), new SyncState(target, _spec.NodeId), ct).ConfigureAwait(false);
+    }
+
+    private async Task ReportAsync(HaInput input, HaAction action, string? failure, CancellationToken ct)
+    {
+        var local = input.Local;
+        var leading = input.Leader?.NodeId == _spec.NodeId || action is HaAction.TakeLeadership or HaAction.Promote;
+        var state = failure is not null ? NodeState.Failed
+            : !local.DataInitialised ? NodeState.Initialising
+            : local.Answering ? NodeState.Running
+            : NodeState.Starting;
+        var role = !local.Answering ? "unknown" : local.InRecovery && !leading ? "replica" : leading ? "primary" : "unknown";
+        var status = new NodeStatus
+        {
+            NodeId = _spec.NodeId,
+            InstanceId = _spec.InstanceId,
+            CellId = _settings.Cell.Id,
+            State = state,
+            Detail = failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}",
+            Host = Address,
+            Port = _spec.Port,
+            Role = role,
+            Restarts = _restarts,
+            Lsn = local.Lsn,
+            Timeline = local.Timeline,
+            Streaming = local.Streaming,
+            Decision = action.Sentence,
+            UpdatedAt = DateTimeOffset.UtcNow,
+        };
+        var lease = await _cellLease.EnsureAsync(ct).ConfigureAwait(false);
+        await _store.PutAsync(K.Status(_spec.InstanceId, _spec.NodeId), status, ct, lease).ConfigureAwait(false);
+    }
+
+    /// <summary>On a clean stop of the cell: give up the leader key at once so a replica takes over without waiting for the TTL.</summary>
+    public async Task ReleaseOnShutdownAsync(CancellationToken ct)
+    {
+        try { await ReleaseKeyAsync(ct).ConfigureAwait(false); }
+        catch (RpcException) { }
+    }
+}

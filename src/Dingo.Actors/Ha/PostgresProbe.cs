@@ -1,0 +1,125 @@
+using Dingo.Model;
+using Dingo.Postgres;
+using Npgsql;
+
+namespace Dingo.Ha;
+
+/// <summary>What the node's PostgreSQL says about itself, and the SQL the HA executor runs on it.</summary>
+public sealed class PostgresProbe(string host, int port, Credentials superuser)
+{
+    public sealed record Observation(bool InRecovery, long Lsn, int Timeline, bool Streaming, string? SenderHost, int? SenderPort);
+
+    private NpgsqlConnection Connect(int timeoutSeconds = 2)
+    {
+        var cs = DatabaseAdmin.ConnectionString(host, port, superuser, "postgres");
+        cs.Timeout = timeoutSeconds;
+        cs.CommandTimeout = 10;
+        return new NpgsqlConnection(cs.ConnectionString);
+    }
+
+    public async Task<Observation> ObserveAsync(CancellationToken ct)
+    {
+        await using var conn = Connect();
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        await using var cmd = new NpgsqlCommand("""
+            SELECT pg_is_in_recovery(),
+                   CASE WHEN pg_is_in_recovery()
+                        THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0')) - '0/0'
+                        ELSE pg_current_wal_lsn() - '0/0' END,
+                   (SELECT timeline_id FROM pg_control_checkpoint()),
+                   (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
+                   (SELECT sender_host FROM pg_stat_wal_receiver LIMIT 1),
+                   (SELECT sender_port FROM pg_stat_wal_receiver LIMIT 1)
+            """, conn);
+        await using var r = await cmd.ExecuteReaderAsync(ct).ConfigureAwait(false);
+        await r.ReadAsync(ct).ConfigureAwait(false);
+        return new Observation(
+            r.GetBoolean(0),
+            (long)r.GetDecimal(1),
+            r.IsDBNull(2) ? 0 : r.GetInt32(2),
+            !r.IsDBNull(3) && r.GetString(3) == "streaming",
+            r.IsDBNull(4) ? null : r.GetString(4),
+            r.IsDBNull(5) ? null : r.GetInt32(5));
+    }
+
+    public async Task PromoteAsync(CancellationToken ct)
+    {
+        await using var conn = Connect();
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        await using var cmd = new NpgsqlCommand("SELECT pg_promote(true, 30)", conn);
+        if (await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false) is not true)
+            throw new InvalidOperationException("pg_promote did not finish within 30 s");
+    }
+
+    public async Task ReloadAsync(CancellationToken ct)
+    {
+        await using var conn = Connect();
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        await using var cmd = new NpgsqlCommand("SELECT pg_reload_conf()", conn);
+        await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Standbys streaming from this primary, by application_name (their node ids).</summary>
+    public async Task<IReadOnlyList<string>> StreamingStandbysAsync(CancellationToken ct)
+    {
+        await using var conn = Connect();
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        await using var cmd = new NpgsqlCommand("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1", conn);
+        var names = new List<string>();
+        await using var r = await cmd.ExecuteReaderAsync(ct).ConfigureAwait(false);
+        while (await r.ReadAsync(ct).ConfigureAwait(false)) names.Add(r.GetString(0));
+        return names;
+    }
+
+    /// <summary>The node names in synchronous_standby_names (empty: asynchronous).</summary>
+    public async Task<IReadOnlyList<string>> SynchronousStandbysAsync(CancellationToken ct)
+    {
+        await using var conn = Connect();
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        await using var cmd = new NpgsqlCommand("SHOW synchronous_standby_names", conn);
+        var value = (string?)await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false) ?? "";
+        var open = value.IndexOf('(');
+        var inner = open >= 0 ? value[(open + 1)..value.LastIndexOf(')')] : value;
+        return inner.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(n => n.Trim('"')).Where(n => n.Length > 0).OrderBy(n => n, StringComparer.Ordinal).ToList();
+    }
+
+    /// <summary>Sets synchronous_standby_names to ANY 1 of the given standbys ('' when none) and reloads.</summary>
+    public async Task SetSynchronousStandbysAsync(IReadOnlyList<string> standbys, CancellationToken ct)
+    {
+        foreach (var s in standbys)
+            if (!s.All(c => char.IsAsciiLetterOrDigit(c) || c == '-' || c == '_')) throw new ArgumentException($"unsafe standby name '{s}'");
+        var value = standbys.Count == 0 ? "" : $"ANY 1 ({string.Join(", ", standbys.Select(s => $"\"{s}\""))})";
+        await using var conn = Connect();
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        await using (var set = new NpgsqlCommand($"ALTER SYSTEM SET synchronous_standby_names = '{value.Replace("'", "''", StringComparison.Ordinal)}'", conn))
+            await set.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
+        await using var reload = new NpgsqlCommand("SELECT pg_reload_conf()", conn);
+        await reload.ExecuteScalarAsync(ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Creates the members' physical replication slots and drops slots of nodes that left.</summary>
+    public async Task EnsureSlotsAsync(IReadOnlyCollection<string> slotNames, CancellationToken ct)
+    {
+        await using var conn = Connect();
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        var existing = new Dictionary<string, bool>();
+        await using (var list = new NpgsqlCommand("SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'", conn))
+        await using (var r = await list.ExecuteReaderAsync(ct).ConfigureAwait(false))
+            while (await r.ReadAsync(ct).ConfigureAwait(false)) existing[r.GetString(0)] = r.GetBoolean(1);
+        foreach (var slot in slotNames.Where(n => !existing.ContainsKey(n)))
+        {
+            await using var create = new NpgsqlCommand("SELECT pg_create_physical_replication_slot($1, true)", conn);
+            create.Parameters.AddWithValue(slot);
+            await create.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
+        }
+        foreach (var (slot, active) in existing.Where(e => !slotNames.Contains(e.Key) && !e.Value))
+        {
+            await using var drop = new NpgsqlCommand("SELECT pg_drop_replication_slot($1)", conn);
+            drop.Parameters.AddWithValue(slot);
+            await drop.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
+        }
+    }
+
+    public static string SlotName(string nodeId) => nodeId.Replace('-', '_').ToLowerInvariant();
+}
