@@ -71,7 +71,13 @@ public static class Failover
 
         if (!local.DataInitialised)
         {
-            if (otherLeader is not null) return new HaAction.CloneFromLeader(otherLeader, $"cloning from the leader {otherLeader.NodeId} (pg_basebackup)");
+            if (otherLeader is not null)
+            {
+                var leaderStatus = i.Members.FirstOrDefault(m => m.NodeId == otherLeader.NodeId);
+                if (leaderStatus is not { State: NodeState.Running, Role: "primary" })
+                    return new HaAction.Wait($"waiting for the leader {otherLeader.NodeId} to accept connections before cloning");
+                return new HaAction.CloneFromLeader(otherLeader, $"cloning from the leader {otherLeader.NodeId} (pg_basebackup)");
+            }
             if (leaderIsMe) return new HaAction.ReleaseStaleKey("releasing a leader key I hold without data");
             if (!i.ClusterInitialised && i.BootstrapCandidate) return new HaAction.Bootstrap("bootstrapping the cluster (initdb)");
             return new HaAction.Wait("waiting for a leader to clone from");

@@ -32,6 +32,7 @@ public sealed class NodeAgent
     private bool _seenRunning;
     private int _restarts;
     private string _lastSentence = "";
+    private DateTimeOffset? _failingSince;
     private HaInput? _lastInput;
 
     public NodeAgent(NodeSpec spec, EtcdStore store, IContainerRuntime runtime, CellLease cellLease, DingoSettings settings, ILogger logger)
@@ -78,6 +79,7 @@ public sealed class NodeAgent
             if (failure is null) _logger.LogInformation("node {Node} ({Instance}): {Decision}", _spec.NodeId, _spec.InstanceId, action.Sentence);
             _lastSentence = action.Sentence;
         }
+        _failingSince = failure is null ? null : _failingSince ?? DateTimeOffset.UtcNow;
         if (input.EtcdReachable) await ReportAsync(input, action, failure, ct).ConfigureAwait(false);
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
     }
@@ -363,6 +365,7 @@ public sealed class NodeAgent
             Timeline = local.Timeline,
             Streaming = local.Streaming,
             Decision = action.Sentence,
+            FailingSince = _failingSince,
             UpdatedAt = DateTimeOffset.UtcNow,
         };
         var lease = await _cellLease.EnsureAsync(ct).ConfigureAwait(false);

@@ -40,6 +40,9 @@ public abstract record InstanceDecision(string Description)
 /// </summary>
 public static class Provisioning
 {
+    /// <summary>How long a node may keep failing before a provision is reported failed.</summary>
+    public static readonly TimeSpan FailureGrace = TimeSpan.FromSeconds(30);
+
     public static InstanceDecision Decide(InstanceSnapshot s, TimeSpan provisionTimeout)
     {
         var op = s.Operation;
@@ -85,8 +88,9 @@ public static class Provisioning
             switch (status.State)
             {
                 case NodeState.Failed:
-                    // Provisioning fails on a node's failure; later operations report it and keep trying.
-                    if (op.Kind == OperationKind.Provision) return new InstanceDecision.Fail($"node {node.NodeId} on {node.CellId} failed: {status.Detail}");
+                    // A node keeps retrying; a provision gives up once the failure has lasted (a passing one only shows).
+                    if (op.Kind == OperationKind.Provision && s.Now - (status.FailingSince ?? s.Now) >= FailureGrace)
+                        return new InstanceDecision.Fail($"node {node.NodeId} on {node.CellId} failed: {status.Detail}");
                     return new InstanceDecision.Wait($"node {node.NodeId} on {node.CellId}: {status.Detail}");
                 case NodeState.Initialising:
                     return new InstanceDecision.Wait(status.Detail.StartsWith("cloning", StringComparison.Ordinal)

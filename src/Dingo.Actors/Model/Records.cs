@@ -112,6 +112,8 @@ public sealed record NodeStatus
     public bool Streaming { get; init; }
     /// <summary>The last sentence of the node's HA loop.</summary>
     public string Decision { get; init; } = "";
+    /// <summary>Since when the node's passes keep failing (null: the last pass worked).</summary>
+    public DateTimeOffset? FailingSince { get; init; }
     public DateTimeOffset UpdatedAt { get; init; }
 }
 

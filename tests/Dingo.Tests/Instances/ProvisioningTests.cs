@@ -70,10 +70,19 @@ public sealed class ProvisioningTests
     }
 
     [Fact]
-    public void A_failed_node_fails_the_provision_with_its_reason()
+    public void A_node_failing_for_long_fails_the_provision_with_its_reason()
     {
-        var d = Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [Status(NodeState.Failed, "initdb: disk full")]), Timeout);
+        var failing = Status(NodeState.Failed, "initdb: disk full") with { FailingSince = T0 - TimeSpan.FromSeconds(40) };
+        var d = Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [failing]), Timeout);
         Assert.Equal("node n-1 on cell-1 failed: initdb: disk full", Assert.IsType<InstanceDecision.Fail>(d).Description);
+    }
+
+    [Fact]
+    public void A_passing_node_failure_is_shown_not_fatal()
+    {
+        var failing = Status(NodeState.Failed, "cloning: connection refused") with { FailingSince = T0 };
+        var d = Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [failing]), Timeout);
+        Assert.Equal("node n-1 on cell-1: cloning: connection refused", Assert.IsType<InstanceDecision.Wait>(d).Description);
     }
 
     [Fact]
