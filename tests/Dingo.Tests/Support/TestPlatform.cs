@@ -26,6 +26,8 @@ public sealed class TestPlatform : IAsyncDisposable
 
     private WebApplication? _broker;
     private readonly List<IHost> _cells = new();
+    private readonly Dictionary<int, System.Diagnostics.Process> _cellProcesses = new();
+    private string? _seed;
 
     private TestPlatform(DingoSettings settings, EtcdStore store, bool ownsData)
     {
@@ -51,7 +53,7 @@ public sealed class TestPlatform : IAsyncDisposable
     }
 
     /// <summary>Settings for a fresh platform: its own data folder, key prefix, broker port and port block.</summary>
-    public static DingoSettings NewSettings(int quota = 10)
+    public static DingoSettings NewSettings(int quota = 10, string extra = "")
     {
         var (pubFirst, pubLast, nodeFirst, nodeLast) = FreePorts.Block();
         var data = Path.Combine(Path.GetTempPath(), "dingo-tests", Guid.NewGuid().ToString("N")[..12]);
@@ -66,7 +68,11 @@ public sealed class TestPlatform : IAsyncDisposable
               node-port-range-first = {{nodeFirst}}
               node-port-range-last = {{nodeLast}}
             }
+            {{extra}}
             """;
+        // Kept beside the data, so cell processes started by a test read exactly these settings.
+        Directory.CreateDirectory(data);
+        File.WriteAllText(Path.Combine(data, "test.conf"), overrides);
         return DingoSettings.Load([Path.Combine(RepoRoot(), "hocon", "dingo.conf")], new Dictionary<string, string?>(), overrides);
     }
 
@@ -95,7 +101,7 @@ public sealed class TestPlatform : IAsyncDisposable
         _broker = BrokerApp.Build(Settings, akkaPort: 0, logging: Quiet);
         await _broker.StartAsync(ct);
         var system = _broker.Services.GetRequiredService<ActorSystem>();
-        var seed = Akka.Cluster.Cluster.Get(system).SelfAddress.ToString();
+        var seed = _seed = Akka.Cluster.Cluster.Get(system).SelfAddress.ToString();
         var zones = new[] { "z1", "z2", "z3" };
         for (var i = 0; i < cells; i++)
         {
@@ -106,9 +112,64 @@ public sealed class TestPlatform : IAsyncDisposable
         }
     }
 
+    private static readonly string[] Zones = ["z1", "z2", "z3"];
+
+    /// <summary>Starts cell-N as a separate OS process (so a test can kill -9 it with its PostgreSQL).</summary>
+    public void StartCellProcess(int number)
+    {
+        var dll = Path.Combine(AppContext.BaseDirectory, "Dingo.Cell.dll");
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { dll, "--config", Path.Combine(RepoRoot(), "hocon", "dingo.conf"), "--config", Path.Combine(Settings.DataDir, "test.conf"), "--seed", _seed! })
+            psi.ArgumentList.Add(a);
+        psi.Environment["DINGO_CELL_ID"] = $"cell-{number}";
+        psi.Environment["DINGO_CELL_ZONE"] = Zones[(number - 1) % Zones.Length];
+        var log = new StreamWriter(Path.Combine(Settings.DataDir, $"cell-{number}.log"), append: true) { AutoFlush = true };
+        var process = System.Diagnostics.Process.Start(psi)!;
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        _cellProcesses[number] = process;
+    }
+
+    /// <summary>kill -9 of a whole cell: its agent process and every PostgreSQL process under its data.</summary>
+    public void KillCell(int number)
+    {
+        if (_cellProcesses.Remove(number, out var process))
+        {
+            try { process.Kill(); process.WaitForExit(5000); } catch (InvalidOperationException) { }
+        }
+        foreach (var pid in PostgresPidsOf($"cell-{number}")) KillNow(pid);
+    }
+
+    private IEnumerable<int> PostgresPidsOf(string cellId)
+    {
+        var dir = Path.Combine(Path.GetFullPath(Settings.DataDir), "cells", cellId) + "/";
+        foreach (var proc in Directory.GetDirectories("/proc").Select(Path.GetFileName))
+        {
+            if (!int.TryParse(proc, out var pid)) continue;
+            string cwd;
+            try { cwd = new DirectoryInfo($"/proc/{pid}/cwd").ResolveLinkTarget(false)?.FullName ?? ""; }
+            catch (Exception) { continue; }
+            if ((cwd + "/").StartsWith(dir, StringComparison.Ordinal)) yield return pid;
+        }
+    }
+
+    private static void KillNow(int pid)
+    {
+        try { System.Diagnostics.Process.GetProcessById(pid).Kill(); } catch (ArgumentException) { } catch (InvalidOperationException) { }
+    }
+
     /// <summary>Stops cells (their PostgreSQL nodes stop, data kept) and the broker, as Ctrl-C on `dingo up` does.</summary>
     public async Task StopAsync()
     {
+        foreach (var number in _cellProcesses.Keys.ToList())
+        {
+            var p = _cellProcesses[number];
+            _ = kill(p.Id, 15);
+            if (!p.WaitForExit(30_000)) KillCell(number);
+            _cellProcesses.Remove(number);
+        }
         foreach (var cell in _cells)
         {
             try { await cell.StopAsync(); } finally { cell.Dispose(); }
@@ -126,7 +187,15 @@ public sealed class TestPlatform : IAsyncDisposable
         try { await StopAsync(); }
         catch (Exception ex) { Console.Error.WriteLine($"test platform stop: {ex.Message}"); }
         Http.Dispose();
-        if (OwnsData) await DestroyDataAsync(Settings);
+        if (OwnsData)
+        {
+            // Cell process logs outlive the platform, for reading after a failure.
+            var logs = Path.Combine(Path.GetTempPath(), "dingo-test-logs");
+            Directory.CreateDirectory(logs);
+            foreach (var log in Directory.Exists(Settings.DataDir) ? Directory.GetFiles(Settings.DataDir, "cell-*.log") : [])
+                File.Copy(log, Path.Combine(logs, $"{Path.GetFileName(Settings.DataDir)}-{Path.GetFileName(log)}"), overwrite: true);
+            await DestroyDataAsync(Settings);
+        }
         await Store.DisposeAsync();
     }
 
@@ -153,6 +222,9 @@ public sealed class TestPlatform : IAsyncDisposable
         await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
         await store.DeletePrefixAsync(settings.EtcdPrefix + "/", CancellationToken.None);
     }
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int kill(int pid, int sig);
 
     // ---- OSB helpers ----
 
@@ -194,18 +266,18 @@ public sealed class TestPlatform : IAsyncDisposable
         throw new TimeoutException($"operation on {instanceId} still in progress after {timeout}: {last.ToJsonString()}");
     }
 
-    public async Task<string> ProvisionReadyAsync(string instanceId)
+    public async Task<string> ProvisionReadyAsync(string instanceId, string? planId = null)
     {
-        var (status, body) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{instanceId}?accepts_incomplete=true", ProvisionBody());
+        var (status, body) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{instanceId}?accepts_incomplete=true", ProvisionBody(planId));
         Assert.True(status == 202, $"provision answered {status}: {body.ToJsonString()}");
         var final = await WaitForOperationAsync(instanceId, TimeSpan.FromSeconds(90));
         Assert.True((string?)final["state"] == "succeeded", $"provision ended {final.ToJsonString()}");
         return instanceId;
     }
 
-    public async Task<JsonObject> BindAsync(string instanceId, string bindingId)
+    public async Task<JsonObject> BindAsync(string instanceId, string bindingId, string? planId = null)
     {
-        var body = new JsonObject { ["service_id"] = Model.Catalog.ServiceId, ["plan_id"] = Model.Catalog.SoloPlanId, ["app_guid"] = "app-1" }.ToJsonString();
+        var body = new JsonObject { ["service_id"] = Model.Catalog.ServiceId, ["plan_id"] = planId ?? Model.Catalog.SoloPlanId, ["app_guid"] = "app-1" }.ToJsonString();
         var (status, json) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{instanceId}/service_bindings/{bindingId}", body);
         Assert.True(status == 201, $"bind answered {status}: {json.ToJsonString()}");
         return json["credentials"]!.AsObject();
