@@ -68,6 +68,7 @@ public static class BrokerApp
         app.UseMiddleware<OsbMiddleware>();
         app.MapGet("/healthz", () => Results.Text("ok"));
         OsbEndpoints.Map(app);
+        AdminEndpoints.Map(app);
         return app;
     }
 }

@@ -51,11 +51,12 @@ public sealed class OperationSweeper(EtcdStore store, InstanceService instances,
                 lost.Add(cell);
             }
         }
+        var drained = (await store.ListAsync<string>(keys.DrainedCells, ct)).Select(l => l.Key[keys.DrainedCells.Length..]).ToHashSet();
         var records = (await store.ListAsync<InstanceRecord>(keys.Instances, ct)).Select(r => r.Value).ToList();
         foreach (var instance in records)
         {
             var mine = nodes.Where(n => n.InstanceId == instance.Id).ToList();
-            if (mine.Any(n => lost.Contains(n.CellId)) || (mine.Count > 0 && mine.Count < instance.NodeCount)) instances.Poke(instance.Id);
+            if (mine.Any(n => lost.Contains(n.CellId) || drained.Contains(n.CellId)) || (mine.Count > 0 && mine.Count < instance.NodeCount)) instances.Poke(instance.Id);
         }
     }
 }

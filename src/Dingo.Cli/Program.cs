@@ -8,6 +8,9 @@ public static class Program
         usage: dingo <command> [--config FILE]...
           up        start etcd, the broker and three cells on this machine (Ctrl-C stops them)
           status    every instance with its port, plan, operation, nodes, roles, states and cells
+          switchover <instance> [--to <node>]   hand the primary to a named or the best replica, no write lost
+          drain <cell>      switch primaries away from a cell, then move its nodes to other cells
+          undrain <cell>    let a drained cell take nodes again
           help      this text
         """;
 
@@ -20,9 +23,12 @@ public static class Program
         }
         var home = Environment.GetEnvironmentVariable("DINGO_HOME") ?? Directory.GetCurrentDirectory();
         var files = new List<string> { Path.Combine(home, "hocon", "dingo.conf") };
+        var rest = new List<string>();
+        var takesArguments = args[0] is "switchover" or "drain" or "undrain";
         for (var i = 1; i < args.Length; i++)
         {
             if (args[i] == "--config" && i + 1 < args.Length) files.Add(Path.GetFullPath(args[++i]));
+            else if (takesArguments) rest.Add(args[i]);
             else
             {
                 Console.Error.WriteLine($"dingo: unknown argument '{args[i]}'\n{Usage}");
@@ -45,6 +51,7 @@ public static class Program
         {
             "up" => await Platform.UpAsync(home, files, settings),
             "status" => await StatusCommand.RunAsync(settings, Console.Out, cts.Token),
+            "switchover" or "drain" or "undrain" => await AdminCommands.RunAsync(args[0], rest, settings, cts.Token),
             _ => Unknown(args[0]),
         };
     }

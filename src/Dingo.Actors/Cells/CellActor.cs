@@ -69,7 +69,8 @@ public sealed class CellActor : PassActor<CellPass>
         }
         foreach (var spec in pass.Desired.Where(s => !_nodes.ContainsKey(s.NodeId)))
         {
-            var actor = Context.ActorOf(NodeActor.Props(_agents(spec), _loopWait), spec.NodeId);
+            var agent = _agents(spec);
+            var actor = Context.ActorOf(NodeActor.Props(agent, _loopWait, System.Net.IPAddress.Parse(agent.Address)), spec.NodeId);
             Context.Watch(actor);
             _nodes[spec.NodeId] = (actor, spec);
         }

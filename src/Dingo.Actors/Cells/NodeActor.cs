@@ -17,11 +17,14 @@ public sealed class NodeActor : PassActor<string>
 {
     private readonly NodeAgent _agent;
     private readonly TimeSpan _loopWait;
+    private readonly System.Net.IPAddress _apiAddress;
+    private NodeHealthServer? _health;
 
-    public NodeActor(NodeAgent agent, TimeSpan loopWait)
+    public NodeActor(NodeAgent agent, TimeSpan loopWait, System.Net.IPAddress apiAddress)
     {
         _agent = agent;
         _loopWait = loopWait;
+        _apiAddress = apiAddress;
         Receive<NodeMessages.Wake>(_ => RequestPass());
         ReceiveAsync<NodeMessages.Release>(async _ =>
         {
@@ -36,7 +39,26 @@ public sealed class NodeActor : PassActor<string>
         public static readonly Done Instance = new();
     }
 
-    protected override void PreStart() => RequestPass();
+    protected override void PreStart()
+    {
+        // The node's Patroni-compatible health API, so HAProxy checks written for Patroni work unchanged.
+        if (_agent.Spec.ApiPort > 0)
+        {
+            _health = new NodeHealthServer(_apiAddress, _agent.Spec.ApiPort, _agent.Health, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+            var log = Log;
+            var node = _agent.Spec.NodeId;
+            _ = _health.StartAsync(CancellationToken.None).ContinueWith(
+                t => log.Warning("node {0}: health API not started: {1}", node, t.Exception?.GetBaseException().Message),
+                CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+        }
+        RequestPass();
+    }
+
+    protected override void PostStop()
+    {
+        if (_health is not null) _ = _health.DisposeAsync().AsTask();
+        base.PostStop();
+    }
 
     protected override Task<string> RunPassAsync(CancellationToken cancellationToken) => _agent.RunPassAsync(cancellationToken);
 
@@ -48,5 +70,6 @@ public sealed class NodeActor : PassActor<string>
         return _loopWait;
     }
 
-    public static Props Props(NodeAgent agent, TimeSpan loopWait) => Akka.Actor.Props.Create(() => new NodeActor(agent, loopWait));
+    public static Props Props(NodeAgent agent, TimeSpan loopWait, System.Net.IPAddress apiAddress) =>
+        Akka.Actor.Props.Create(() => new NodeActor(agent, loopWait, apiAddress));
 }

@@ -51,7 +51,7 @@ public sealed class NodeAgent
     public HaInput? LastInput => _lastInput;
 
     private Keys K => _store.Keys;
-    private string Address => _settings.Cell.Address;
+    public string Address => _settings.Cell.Address;
 
     public async Task<string> RunPassAsync(CancellationToken ct)
     {
@@ -370,6 +370,20 @@ public sealed class NodeAgent
         };
         var lease = await _cellLease.EnsureAsync(ct).ConfigureAwait(false);
         await _store.PutAsync(K.Status(_spec.InstanceId, _spec.NodeId), status, ct, lease).ConfigureAwait(false);
+    }
+
+    /// <summary>What the node's health API answers from: the last pass's observation.</summary>
+    public NodeHealth Health()
+    {
+        var input = _lastInput;
+        if (input is null) return new NodeHealth(_spec.NodeId, _spec.InstanceId, "starting", "unknown", false, null, false, false, null, null, null, _lastSentence);
+        var local = input.Local;
+        var isLeader = input.Leader?.NodeId == _spec.NodeId && _leaderLease != 0;
+        var state = !local.DataInitialised ? "initialising" : local.Answering ? "running" : local.Running ? "starting" : "stopped";
+        var role = !local.Answering ? "unknown" : local.InRecovery ? "replica" : "primary";
+        long? lag = local.InRecovery && input.LeaderOptime is { } opt ? Math.Max(0, opt - local.Lsn) : local.InRecovery ? null : 0;
+        var sync = input.Sync?.Standbys.Contains(_spec.NodeId) == true;
+        return new NodeHealth(_spec.NodeId, _spec.InstanceId, state, role, isLeader, lag, local.Streaming, sync, local.Lsn, local.Timeline, input.Leader?.NodeId, _lastSentence);
     }
 
     /// <summary>On a clean stop of the cell: give up the leader key at once so a replica takes over without waiting for the TTL.</summary>

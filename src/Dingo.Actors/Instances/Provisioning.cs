@@ -55,6 +55,26 @@ public static class Provisioning
         if (lost.Count > 0 && lost.Count < s.Nodes.Count)
             return new InstanceDecision.ReplaceLost(lost, $"replacing {string.Join(", ", lost.Select(n => $"{n.NodeId} (on lost {n.CellId})"))}");
 
+        // Draining: a replacement is built elsewhere first; the drained node goes once the others are healthy
+        // and the primary has moved away (the drain asked it to switch over).
+        var drained = s.Nodes.Where(n => s.DrainedCells.Contains(n.CellId)).ToList();
+        if (drained.Count > 0 && !inProgress)
+        {
+            if (s.Nodes.Count - drained.Count < s.Instance.NodeCount)
+            {
+                var place = Place(s);
+                return place is InstanceDecision.PlaceNode p ? p with { Description = $"draining: {p.Description}" } : place;
+            }
+            var healthy = s.Nodes.Except(drained).All(n => s.Statuses.Any(x => x.NodeId == n.NodeId && x.State == NodeState.Running
+                && (x.NodeId == s.Leader?.NodeId || (x.Role == "replica" && x.Streaming))));
+            var movable = drained.Where(n => n.NodeId != s.Leader?.NodeId).ToList();
+            if (healthy && movable.Count > 0)
+                return new InstanceDecision.RemoveNodes(movable, $"draining: removing {string.Join(", ", movable.Select(n => n.NodeId))} from {string.Join(", ", movable.Select(n => n.CellId).Distinct())}");
+            return new InstanceDecision.Wait(drained.Any(n => n.NodeId == s.Leader?.NodeId)
+                ? "draining: waiting for the primary to switch over away from the drained cell"
+                : "draining: waiting for the replacement to stream");
+        }
+
         if (!inProgress)
         {
             // A cluster below its planned size (after a replacement) grows back without an operation.

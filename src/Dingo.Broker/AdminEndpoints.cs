@@ -1,0 +1,84 @@
+using System.Text.Json.Nodes;
+using Dingo.Broker.Osb;
+using Dingo.Model;
+using Dingo.Store;
+using Microsoft.AspNetCore.Mvc;
+
+namespace Dingo.Broker;
+
+/// <summary>
+/// The operator's API (same Basic auth as OSB): planned switchover and cell draining. Unlike the original's
+/// /admin endpoints, nothing here returns a password.
+/// </summary>
+public static class AdminEndpoints
+{
+    public static void Map(WebApplication app)
+    {
+        app.MapPost("/admin/service_instances/{id}/switchover", async (string id, HttpRequest req, [FromServices] EtcdStore store, [FromServices] InstanceService instances, CancellationToken ct) =>
+            (await SwitchoverAsync(id, req, store, instances, ct)).ToResult());
+        app.MapPost("/admin/cells/{cell}/drain", async (string cell, [FromServices] EtcdStore store, [FromServices] InstanceService instances, CancellationToken ct) =>
+            (await DrainAsync(cell, store, instances, ct)).ToResult());
+        app.MapDelete("/admin/cells/{cell}/drain", async (string cell, [FromServices] EtcdStore store, CancellationToken ct) =>
+        {
+            var removed = await store.DeleteAsync(store.Keys.DrainedCell(cell), ct);
+            return (removed ? OsbResult.Ok(new JsonObject { ["description"] = $"{cell} takes new nodes again" })
+                : OsbResult.NotFound($"{cell} is not being drained")).ToResult();
+        });
+    }
+
+    private static async Task<OsbResult> SwitchoverAsync(string id, HttpRequest req, EtcdStore store, InstanceService instances, CancellationToken ct)
+    {
+        string? to = null;
+        if (req.ContentLength is > 0)
+        {
+            var (body, error) = await RequestBody.ReadAsync(req, ct);
+            if (body is null) return error!;
+            to = body.String("to", out var bad);
+            if (bad is not null) return bad;
+        }
+        var keys = store.Keys;
+        var instance = await store.GetAsync<InstanceRecord>(keys.Instance(id), ct);
+        if (instance is null || instance.Value.Desired != DesiredState.Present) return OsbResult.NotFound($"service instance {id} does not exist");
+        var leader = await store.GetAsync<LeaderRecord>(keys.Leader(id), ct);
+        if (leader is null) return OsbResult.Error(409, "NoLeader", $"service instance {id} has no primary right now: nothing to switch over");
+        var nodes = (await store.ListAsync<NodeSpec>(keys.Nodes(id), ct)).Select(n => n.Value.NodeId).ToList();
+        if (to is not null && !nodes.Contains(to)) return OsbResult.BadRequest($"{to} is not a node of {id}; its nodes are {string.Join(", ", nodes)}");
+        if (to == leader.Value.NodeId) return OsbResult.BadRequest($"{to} is already the primary of {id}");
+        if (nodes.Count < 2) return OsbResult.Error(409, "NoReplica", $"service instance {id} has no replica to switch over to");
+        await store.PutAsync(keys.Switchover(id), new SwitchoverRequest(leader.Value.NodeId, to, DateTimeOffset.UtcNow), ct);
+        instances.Poke(id);
+        return new OsbResult(202, new JsonObject
+        {
+            ["description"] = $"switchover of {id} from {leader.Value.NodeId} to {to ?? "the best replica"} requested",
+            ["from"] = leader.Value.NodeId,
+            ["to"] = to,
+        });
+    }
+
+    private static async Task<OsbResult> DrainAsync(string cell, EtcdStore store, InstanceService instances, CancellationToken ct)
+    {
+        var keys = store.Keys;
+        var cells = (await store.ListAsync<CellInfo>(keys.Cells, ct)).Select(c => c.Value.Id).ToList();
+        var nodes = (await store.ListAsync<NodeSpec>(keys.AllNodes, ct)).Select(n => n.Value).Where(n => n.CellId == cell).ToList();
+        if (!cells.Contains(cell) && nodes.Count == 0) return OsbResult.NotFound($"no cell {cell} is registered or holds nodes");
+        await store.PutAsync(keys.DrainedCell(cell), DateTimeOffset.UtcNow.ToString("O"), ct);
+        var leaders = await store.LeadersAsync(ct);
+        var switching = new List<string>();
+        foreach (var node in nodes)
+        {
+            // Primaries on the cell hand over first, to the best replica, with no acknowledged write lost.
+            if (leaders.TryGetValue(node.InstanceId, out var leader) && leader.NodeId == node.NodeId)
+            {
+                await store.PutAsync(keys.Switchover(node.InstanceId), new SwitchoverRequest(node.NodeId, null, DateTimeOffset.UtcNow), ct);
+                switching.Add(node.InstanceId);
+            }
+            instances.Poke(node.InstanceId);
+        }
+        return new OsbResult(202, new JsonObject
+        {
+            ["description"] = $"draining {cell}: {switching.Count} primary(ies) switch over, then {nodes.Count} node(s) move to other cells",
+            ["nodes"] = nodes.Count,
+            ["switchovers"] = switching.Count,
+        });
+    }
+}

@@ -1,0 +1,60 @@
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json.Nodes;
+using Dingo.Config;
+
+namespace Dingo.Cli;
+
+/// <summary>`dingo switchover`, `dingo drain`, `dingo undrain`: the broker's admin API from the terminal.</summary>
+public static class AdminCommands
+{
+    public static async Task<int> RunAsync(string command, IReadOnlyList<string> args, DingoSettings settings, CancellationToken ct)
+    {
+        using var http = Client(settings);
+        try
+        {
+            HttpResponseMessage response;
+            switch (command)
+            {
+                case "switchover" when args.Count is 1 or 3 && (args.Count == 1 || args[1] == "--to"):
+                    var body = args.Count == 3 ? new JsonObject { ["to"] = args[2] }.ToJsonString() : "{}";
+                    response = await http.PostAsync($"/admin/service_instances/{Uri.EscapeDataString(args[0])}/switchover", new StringContent(body, Encoding.UTF8, "application/json"), ct);
+                    break;
+                case "drain" when args.Count == 1:
+                    response = await http.PostAsync($"/admin/cells/{Uri.EscapeDataString(args[0])}/drain", null, ct);
+                    break;
+                case "undrain" when args.Count == 1:
+                    response = await http.DeleteAsync($"/admin/cells/{Uri.EscapeDataString(args[0])}/drain", ct);
+                    break;
+                default:
+                    Console.Error.WriteLine("usage: dingo switchover <instance> [--to <node>] | dingo drain <cell> | dingo undrain <cell>");
+                    return 2;
+            }
+            var text = await response.Content.ReadAsStringAsync(ct);
+            var description = (JsonNode.Parse(text) as JsonObject)?["description"]?.GetValue<string>() ?? text;
+            if (response.IsSuccessStatusCode)
+            {
+                Console.WriteLine(description);
+                Console.WriteLine("follow it with: ./dingo status");
+                return 0;
+            }
+            Console.Error.WriteLine($"dingo: {(int)response.StatusCode}: {description}");
+            return 1;
+        }
+        catch (HttpRequestException ex)
+        {
+            Console.Error.WriteLine($"dingo: cannot reach the broker at {settings.Broker.Url}: {ex.Message}. Is the platform up (./dingo up)?");
+            return 1;
+        }
+    }
+
+    private static HttpClient Client(DingoSettings settings)
+    {
+        var password = settings.Broker.Password;
+        var saved = Path.Combine(settings.DataDir, "broker-credentials");
+        if (string.IsNullOrEmpty(password) && File.Exists(saved)) password = File.ReadAllText(saved).Trim();
+        var http = new HttpClient { BaseAddress = new Uri(settings.Broker.Url), Timeout = TimeSpan.FromSeconds(30) };
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{settings.Broker.Username}:{password}")));
+        return http;
+    }
+}

@@ -1,0 +1,111 @@
+using System.Net;
+using System.Text.Json.Nodes;
+using Dingo.Model;
+using Dingo.Tests.EndToEnd;
+using Dingo.Tests.Support;
+using Xunit.Abstractions;
+
+namespace Dingo.Tests.Ha;
+
+/// <summary>Switchover, drain and the Patroni-compatible health endpoints on a real cluster.</summary>
+public sealed class PlannedOperationsTests(ITestOutputHelper output)
+{
+    private static async Task<LeaderRecord?> LeaderAsync(TestPlatform p, string id) =>
+        (await p.Store.GetAsync<LeaderRecord>(p.Store.Keys.Leader(id), CancellationToken.None))?.Value;
+
+    private static async Task<List<NodeSpec>> NodesAsync(TestPlatform p, string id) =>
+        (await p.Store.ListAsync<NodeSpec>(p.Store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).ToList();
+
+    private static async Task<List<NodeStatus>> StatusesAsync(TestPlatform p, string id) =>
+        (await p.Store.ListAsync<NodeStatus>(p.Store.Keys.Statuses(id), CancellationToken.None)).Select(n => n.Value).ToList();
+
+    private static async Task WaitUntilAsync(Func<Task<bool>> condition, TimeSpan timeout, string what)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!await condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"not within {timeout.TotalSeconds:0}s: {what}");
+            await Task.Delay(200);
+        }
+    }
+
+    [Fact]
+    public async Task Switchover_to_a_named_replica_loses_no_acknowledged_write_and_health_endpoints_follow()
+    {
+        await using var platform = await TestPlatform.StartAsync(cells: 3);
+        var id = "sw-" + Guid.NewGuid().ToString("N")[..8];
+        await platform.ProvisionReadyAsync(id, Catalog.ClusterHaPlanId);
+        var creds = await platform.BindAsync(id, "w", Catalog.ClusterHaPlanId);
+
+        // Health endpoints answer as Patroni's do.
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        var leader = (await LeaderAsync(platform, id))!;
+        var nodes = await NodesAsync(platform, id);
+        await WaitUntilAsync(async () => (await StatusesAsync(platform, id)).Count(s => s.Role == "replica" && s.Streaming) == 2, TimeSpan.FromSeconds(20), "replicas streaming");
+        foreach (var node in nodes)
+        {
+            var isLeader = node.NodeId == leader.NodeId;
+            async Task<HttpStatusCode> Get(string path) => (await http.GetAsync($"http://127.0.0.1:{node.ApiPort}{path}")).StatusCode;
+            await WaitUntilAsync(async () => await Get("/health") == HttpStatusCode.OK, TimeSpan.FromSeconds(10), $"{node.NodeId} /health");
+            Assert.Equal(isLeader ? HttpStatusCode.OK : HttpStatusCode.ServiceUnavailable, await Get("/primary"));
+            Assert.Equal(isLeader ? HttpStatusCode.OK : HttpStatusCode.ServiceUnavailable, await Get("/leader"));
+            Assert.Equal(isLeader ? HttpStatusCode.ServiceUnavailable : HttpStatusCode.OK, await Get("/replica"));
+            Assert.Equal(isLeader ? HttpStatusCode.ServiceUnavailable : HttpStatusCode.OK, await Get("/replica?lag=16MB"));
+        }
+
+        await using var writer = new Writer(TestPlatform.ConnectionStringFromUri((string)creds["uri"]!), TimeSpan.FromMilliseconds(20));
+        await writer.CreateTableAsync();
+        writer.Start();
+        await Task.Delay(1500);
+        var target = nodes.First(n => n.NodeId != leader.NodeId).NodeId;
+        var requestedAt = DateTime.UtcNow;
+        var (status, body) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = target }.ToJsonString());
+        Assert.True(status == 202, body.ToJsonString());
+        await WaitUntilAsync(async () => (await LeaderAsync(platform, id))?.NodeId == target, TimeSpan.FromSeconds(30), $"{target} leads");
+        await WaitUntilAsync(() => Task.FromResult(writer.FirstAckAfter(DateTime.UtcNow.AddSeconds(-0.2)) is not null), TimeSpan.FromSeconds(30), "writes after the switchover");
+        output.WriteLine($"switchover to {target} done in {(DateTime.UtcNow - requestedAt).TotalSeconds:0.0}s");
+        await WaitUntilAsync(async () => (await StatusesAsync(platform, id)).Any(s => s.NodeId == leader.NodeId && s.Role == "replica" && s.Streaming),
+            TimeSpan.FromSeconds(30), "the old primary streams as a replica");
+        await writer.DisposeAsync();
+        Assert.Empty(await writer.MissingAsync());
+        Assert.Null(await platform.Store.GetAsync<SwitchoverRequest>(platform.Store.Keys.Switchover(id), CancellationToken.None));
+        var newLeaderNode = nodes.Single(n => n.NodeId == target);
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync($"http://127.0.0.1:{newLeaderNode.ApiPort}/primary")).StatusCode);
+
+        // Bad requests are refused clearly and change nothing.
+        var (bad, _) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = "n-nope" }.ToJsonString());
+        Assert.Equal(400, bad);
+        var (unknown, _) = await platform.SendAsync(HttpMethod.Post, "/admin/service_instances/nope/switchover", "{}");
+        Assert.Equal(404, unknown);
+    }
+
+    [Fact]
+    public async Task Draining_a_cell_moves_its_primary_and_nodes_away_with_the_data()
+    {
+        await using var platform = await TestPlatform.StartAsync(cells: 3);
+        var id = "drain-" + Guid.NewGuid().ToString("N")[..8];
+        await platform.ProvisionReadyAsync(id, Catalog.ClusterPlanId);
+        var creds = await platform.BindAsync(id, "w", Catalog.ClusterPlanId);
+        await RecoveryTests.ExecAsync((string)creds["uri"]!, "CREATE TABLE kept(v text); INSERT INTO kept VALUES ('moved')");
+        var leader = (await LeaderAsync(platform, id))!;
+        var drainedCell = (await NodesAsync(platform, id)).Single(n => n.NodeId == leader.NodeId).CellId;
+
+        var (status, body) = await platform.SendAsync(HttpMethod.Post, $"/admin/cells/{drainedCell}/drain");
+        Assert.True(status == 202, body.ToJsonString());
+        await WaitUntilAsync(async () =>
+        {
+            var nodes = await NodesAsync(platform, id);
+            var statuses = await StatusesAsync(platform, id);
+            var l = await LeaderAsync(platform, id);
+            return nodes.Count == 2 && nodes.All(n => n.CellId != drainedCell) && l is not null
+                   && statuses.Count(s => nodes.Any(n => n.NodeId == s.NodeId) && s.Role == "replica" && s.Streaming) == 1;
+        }, TimeSpan.FromSeconds(90), $"every node off {drainedCell}, one replica streaming");
+        Assert.Equal("moved", await RecoveryTests.ScalarAsync((string)creds["uri"]!, "SELECT v FROM kept"));
+
+        // A drained cell takes no new node until it is undrained.
+        var (undrain, _) = await platform.SendAsync(HttpMethod.Delete, $"/admin/cells/{drainedCell}/drain");
+        Assert.Equal(200, undrain);
+        var (again, _) = await platform.SendAsync(HttpMethod.Delete, $"/admin/cells/{drainedCell}/drain");
+        Assert.Equal(404, again);
+    }
+}
