@@ -168,7 +168,7 @@ public sealed class HaSimulationTests : TestKit
 
     private void AllStepped()
     {
-        for (var i = 0; i < _world.Nodes.Count; i++) _probe.ExpectMsg<Stepped>(TimeSpan.FromSeconds(3));
+        for (var i = 0; i < _world.Nodes.Count; i++) _probe.ExpectMsg<Stepped>(TimeSpan.FromSeconds(15));
     }
 
     /// <summary>Advances virtual time loop by loop; the leader writes each loop; asserts at most one writable node at every step.</summary>
