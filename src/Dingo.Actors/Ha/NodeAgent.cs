@@ -34,6 +34,8 @@ public sealed class NodeAgent
     private string _lastSentence = "";
     private DateTimeOffset? _failingSince;
     private HaInput? _lastInput;
+    private InstanceRecord? _record;
+    private CancellationTokenSource? _fence;
 
     public NodeAgent(NodeSpec spec, EtcdStore store, IContainerRuntime runtime, CellLease cellLease, DingoSettings settings, ILogger logger)
     {
@@ -55,21 +57,61 @@ public sealed class NodeAgent
 
     public async Task<string> RunPassAsync(CancellationToken ct)
     {
-        var instance = await _store.GetAsync<InstanceRecord>(K.Instance(_spec.InstanceId), ct).ConfigureAwait(false);
-        if (instance is null) return "no action: the instance is being deleted";
-        var record = instance.Value;
+        // While this node leads, no etcd call of the pass may outlast the moment it must fence itself (half the TTL
+        // after its last renewal): a call still waiting then counts as etcd unreachable, so the decision to demote
+        // is taken in time even when etcd does not answer at all (calls would otherwise wait out their deadlines).
+        using var fence = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        _fence = fence;
+        try
+        {
+            if (_leaderLease != 0) fence.CancelAfter(UntilFencing());
+            return await RunPassAsync(fence.Token, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            _fence = null;
+        }
+    }
+
+    /// <summary>The time left before a leader that has not renewed must demote itself.</summary>
+    private TimeSpan UntilFencing()
+    {
+        var left = _lastRenewal + _settings.Ha.Ttl / 2 - DateTime.UtcNow;
+        return left > TimeSpan.Zero ? left : TimeSpan.Zero;
+    }
+
+    /// <summary>An etcd call failed or was cut short by the fencing deadline (not by the actor stopping).</summary>
+    private static bool EtcdUnreachable(Exception ex, CancellationToken ct) =>
+        ex is RpcException || (ex is OperationCanceledException && !ct.IsCancellationRequested);
+
+    /// <param name="etcd">for etcd calls: cancelled at the fencing deadline while leading</param>
+    /// <param name="ct">for everything else: cancelled only when the actor stops</param>
+    private async Task<string> RunPassAsync(CancellationToken etcd, CancellationToken ct)
+    {
+        InstanceRecord record;
+        try
+        {
+            var instance = await _store.GetAsync<InstanceRecord>(K.Instance(_spec.InstanceId), etcd).ConfigureAwait(false);
+            if (instance is null) return "no action: the instance is being deleted";
+            record = _record = instance.Value;
+        }
+        catch (Exception ex) when (EtcdUnreachable(ex, ct) && _record is not null)
+        {
+            // The record seen last is good enough to judge PostgreSQL and to fence: what matters now is deciding.
+            record = _record;
+        }
         var launch = new NodeLaunchSpec(_spec.NodeId, _spec.InstanceId, Address, _spec.Port, record.Superuser);
         var probe = new PostgresProbe(Address, _spec.Port, record.Superuser);
 
-        var input = await ObserveAsync(record, probe, ct).ConfigureAwait(false);
+        var input = await ObserveAsync(record, probe, etcd, ct).ConfigureAwait(false);
         _lastInput = input;
         var action = Failover.Decide(input, _settings.Ha);
         string? failure = null;
         try
         {
-            await ExecuteAsync(action, input, record, launch, probe, ct).ConfigureAwait(false);
+            await ExecuteAsync(action, input, record, launch, probe, etcd, ct).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is not OperationCanceledException)
+        catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
         {
             failure = ex.Message;
             _logger.LogWarning("node {Node}: {Action} failed: {Error}", _spec.NodeId, action.Sentence, ex.Message);
@@ -80,11 +122,11 @@ public sealed class NodeAgent
             _lastSentence = action.Sentence;
         }
         _failingSince = failure is null ? null : _failingSince ?? DateTimeOffset.UtcNow;
-        if (input.EtcdReachable) await ReportAsync(input, action, failure, ct).ConfigureAwait(false);
+        if (input.EtcdReachable) await ReportAsync(input, action, failure, etcd).ConfigureAwait(false);
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
     }
 
-    private async Task<HaInput> ObserveAsync(InstanceRecord record, PostgresProbe probe, CancellationToken ct)
+    private async Task<HaInput> ObserveAsync(InstanceRecord record, PostgresProbe probe, CancellationToken etcd, CancellationToken ct)
     {
         var now = DateTimeOffset.UtcNow;
         var nodes = await _runtime.ListAsync(ct).ConfigureAwait(false);
@@ -119,14 +161,18 @@ public sealed class NodeAgent
         {
             if (_leaderLease != 0)
             {
-                if (await _store.KeepAliveOnceAsync(_leaderLease, ct).ConfigureAwait(false)) _lastRenewal = DateTime.UtcNow;
+                if (await _store.KeepAliveOnceAsync(_leaderLease, etcd).ConfigureAwait(false))
+                {
+                    _lastRenewal = DateTime.UtcNow;
+                    _fence?.CancelAfter(UntilFencing());
+                }
                 else
                 {
                     _logger.LogWarning("node {Node}: my leader lease expired", _spec.NodeId);
                     _leaderLease = 0;
                 }
             }
-            var cluster = await _store.ListAsync<System.Text.Json.JsonElement>(K.Cluster(_spec.InstanceId), ct).ConfigureAwait(false);
+            var cluster = await _store.ListAsync<System.Text.Json.JsonElement>(K.Cluster(_spec.InstanceId), etcd).ConfigureAwait(false);
             foreach (var kv in cluster)
             {
                 var name = kv.Key[K.Cluster(_spec.InstanceId).Length..];
@@ -139,15 +185,15 @@ public sealed class NodeAgent
                     case "initialize": initialised = true; break;
                 }
             }
-            members = (await _store.ListAsync<NodeStatus>(K.Statuses(_spec.InstanceId), ct).ConfigureAwait(false))
+            members = (await _store.ListAsync<NodeStatus>(K.Statuses(_spec.InstanceId), etcd).ConfigureAwait(false))
                 .Select(m => m.Value).Where(m => m.NodeId != _spec.NodeId).ToList();
-            var specs = (await _store.ListAsync<NodeSpec>(K.Nodes(_spec.InstanceId), ct).ConfigureAwait(false)).Select(n => n.Value)
+            var specs = (await _store.ListAsync<NodeSpec>(K.Nodes(_spec.InstanceId), etcd).ConfigureAwait(false)).Select(n => n.Value)
                 .OrderBy(n => n.CreatedAt).ThenBy(n => n.NodeId, StringComparer.Ordinal).ToList();
             candidate = specs.FirstOrDefault()?.NodeId == _spec.NodeId;
             // Only members of the cluster as it is now count (a removed node's last report may linger).
             members = members.Where(m => specs.Any(s => s.NodeId == m.NodeId)).ToList();
         }
-        catch (RpcException)
+        catch (Exception ex) when (EtcdUnreachable(ex, ct))
         {
             reachable = false;
         }
@@ -177,15 +223,15 @@ public sealed class NodeAgent
 
     private LeaderRecord MyLeaderRecord() => new() { NodeId = _spec.NodeId, Host = Address, Port = _spec.Port, Since = DateTimeOffset.UtcNow };
 
-    private async Task ExecuteAsync(HaAction action, HaInput input, InstanceRecord record, NodeLaunchSpec launch, PostgresProbe probe, CancellationToken ct)
+    private async Task ExecuteAsync(HaAction action, HaInput input, InstanceRecord record, NodeLaunchSpec launch, PostgresProbe probe, CancellationToken etcd, CancellationToken ct)
     {
         switch (action)
         {
             case HaAction.Bootstrap:
-                if (!await _store.CreateIfAbsentAsync(K.Initialize(_spec.InstanceId), _spec.NodeId, ct).ConfigureAwait(false)) return;
+                if (!await _store.CreateIfAbsentAsync(K.Initialize(_spec.InstanceId), _spec.NodeId, etcd).ConfigureAwait(false)) return;
                 await _runtime.CreateAsync(launch, ct).ConfigureAwait(false);
                 // The first primary starts writable only once it holds the leader key.
-                var primary = await TryTakeKeyAsync(ct).ConfigureAwait(false);
+                var primary = await TryTakeKeyAsync(etcd).ConfigureAwait(false);
                 await _runtime.StartAsync(launch, primary ? null : Standby(null, record), ct).ConfigureAwait(false);
                 _following = null;
                 break;
@@ -200,29 +246,29 @@ public sealed class NodeAgent
                 break;
 
             case HaAction.ReleaseStaleKey:
-                await ReleaseKeyAsync(ct).ConfigureAwait(false);
+                await ReleaseKeyAsync(etcd).ConfigureAwait(false);
                 break;
 
             case HaAction.TakeLeadership:
-                if (!await TryTakeKeyAsync(ct).ConfigureAwait(false)) return;
+                if (!await TryTakeKeyAsync(etcd).ConfigureAwait(false)) return;
                 if (input.Local.InRecovery) await probe.PromoteAsync(ct).ConfigureAwait(false);
                 _following = null;
-                await LeadAsync(record, probe, input, ct).ConfigureAwait(false);
-                if (input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), ct).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, etcd, ct).ConfigureAwait(false);
+                if (input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), etcd).ConfigureAwait(false);
                 break;
 
             case HaAction.Promote:
                 await probe.PromoteAsync(ct).ConfigureAwait(false);
                 _following = null;
-                await LeadAsync(record, probe, input, ct).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, etcd, ct).ConfigureAwait(false);
                 break;
 
             case HaAction.Lead:
-                await LeadAsync(record, probe, input, ct).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, etcd, ct).ConfigureAwait(false);
                 break;
 
             case HaAction.Demote demote:
-                if (input.EtcdReachable) await ReleaseKeyAsync(ct).ConfigureAwait(false);
+                if (input.EtcdReachable) await ReleaseKeyAsync(etcd).ConfigureAwait(false);
                 else _leaderLease = 0; // cannot reach etcd: the lease lapses by itself
                 await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
                 if (demote.Leader is not null) await TryRewindAsync(launch, demote.Leader, record, ct).ConfigureAwait(false);
@@ -250,7 +296,7 @@ public sealed class NodeAgent
             case HaAction.HandOver:
                 // A clean stop sends every WAL record to the connected standbys before the key is released.
                 await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
-                await ReleaseKeyAsync(ct).ConfigureAwait(false);
+                await ReleaseKeyAsync(etcd).ConfigureAwait(false);
                 await StartStandbyAsync(launch, null, record, ct).ConfigureAwait(false);
                 break;
         }
@@ -308,7 +354,7 @@ public sealed class NodeAgent
     }
 
     /// <summary>A leader's duties each pass: prepare roles once, publish its WAL position, keep slots and sync standbys right.</summary>
-    private async Task LeadAsync(InstanceRecord record, PostgresProbe probe, HaInput input, CancellationToken ct)
+    private async Task LeadAsync(InstanceRecord record, PostgresProbe probe, HaInput input, CancellationToken etcd, CancellationToken ct)
     {
         if (!_prepared)
         {
@@ -316,8 +362,8 @@ public sealed class NodeAgent
             _prepared = true;
         }
         var observation = await probe.ObserveAsync(ct).ConfigureAwait(false);
-        await _store.PutAsync(K.Optime(_spec.InstanceId), observation.Lsn, ct).ConfigureAwait(false);
-        var specs = (await _store.ListAsync<NodeSpec>(K.Nodes(_spec.InstanceId), ct).ConfigureAwait(false)).Select(n => n.Value).ToList();
+        await _store.PutAsync(K.Optime(_spec.InstanceId), observation.Lsn, etcd).ConfigureAwait(false);
+        var specs = (await _store.ListAsync<NodeSpec>(K.Nodes(_spec.InstanceId), etcd).ConfigureAwait(false)).Select(n => n.Value).ToList();
         var others = specs.Where(n => n.NodeId != _spec.NodeId).Select(n => n.NodeId).ToList();
         await probe.EnsureSlotsAsync(others.Select(PostgresProbe.SlotName).ToHashSet(), ct).ConfigureAwait(false);
 
@@ -333,12 +379,12 @@ public sealed class NodeAgent
         var recorded = input.Sync?.Leader == _spec.NodeId ? input.Sync.Standbys : [];
         if (!target.All(recorded.Contains))
         {
-            await _store.PutAsync(K.Sync(_spec.InstanceId), new SyncState(recorded.Union(target).OrderBy(n => n, StringComparer.Ordinal).ToList(), _spec.NodeId), ct).ConfigureAwait(false);
+            await _store.PutAsync(K.Sync(_spec.InstanceId), new SyncState(recorded.Union(target).OrderBy(n => n, StringComparer.Ordinal).ToList(), _spec.NodeId), etcd).ConfigureAwait(false);
             recorded = recorded.Union(target).ToList();
         }
         if (!inPg.SequenceEqual(target)) await probe.SetSynchronousStandbysAsync(target, ct).ConfigureAwait(false);
         if (!recorded.OrderBy(n => n, StringComparer.Ordinal).SequenceEqual(target) || input.Sync?.Leader != _spec.NodeId)
-            await _store.PutAsync(K.Sync(_spec.InstanceId), new SyncState(target, _spec.NodeId), ct).ConfigureAwait(false);
+            await _store.PutAsync(K.Sync(_spec.InstanceId), new SyncState(target, _spec.NodeId), etcd).ConfigureAwait(false);
     }
 
     private async Task ReportAsync(HaInput input, HaAction action, string? failure, CancellationToken ct)

@@ -44,6 +44,8 @@ public sealed class TestPlatform : IAsyncDisposable
     public HttpClient Http { get; }
     public bool OwnsData { get; }
     public IReadOnlyList<IHost> Cells => _cells;
+    /// <summary>The broker's Akka address, the seed cells join.</summary>
+    public string Seed => _seed ?? throw new InvalidOperationException("the broker has not started");
 
     public static string RepoRoot()
     {
@@ -52,15 +54,18 @@ public sealed class TestPlatform : IAsyncDisposable
         return dir?.FullName ?? throw new InvalidOperationException("cannot find the repository root (hocon/dingo.conf) above " + AppContext.BaseDirectory);
     }
 
-    /// <summary>Settings for a fresh platform: its own data folder, key prefix, broker port and port block.</summary>
-    public static DingoSettings NewSettings(int quota = 10, string extra = "")
+    /// <summary>
+    /// Settings for a fresh platform: its own data folder, key prefix, broker port and port block. The run's
+    /// shared etcd unless <paramref name="etcdEndpoint"/> names another (a test's own etcd).
+    /// </summary>
+    public static DingoSettings NewSettings(int quota = 10, string extra = "", string? etcdEndpoint = null)
     {
         var (pubFirst, pubLast, nodeFirst, nodeLast) = FreePorts.Block();
         var data = Path.Combine(Path.GetTempPath(), "dingo-tests", Guid.NewGuid().ToString("N")[..12]);
         var overrides = $$"""
             dingo {
               data-dir = "{{data}}"
-              etcd.endpoints = ["{{TestEtcd.ClientUrl}}"]
+              etcd.endpoints = ["{{etcdEndpoint ?? TestEtcd.ClientUrl}}"]
               etcd.prefix = "/t-{{Guid.NewGuid():N}}"
               broker { url = "http://127.0.0.1:{{FreePorts.One()}}", username = "{{Username}}", password = "{{Password}}", instance-quota = {{quota}}, provision-timeout = 90s }
               router { port-range-first = {{pubFirst}}, port-range-last = {{pubLast}}, leader-wait = 3s }
