@@ -275,7 +275,7 @@ public sealed class QuotaTests
     [Fact]
     public async Task Provisioning_over_the_quota_is_refused_and_stores_nothing()
     {
-        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(quota: 2));
+        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(quota: 2), ownsData: true);
         for (var i = 0; i < 2; i++)
         {
             var (ok, _) = await platform.SendAsync(HttpMethod.Put, $"/v2/service_instances/q-{i}?accepts_incomplete=true", TestPlatform.ProvisionBody());

@@ -47,7 +47,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
     public async Task Killing_the_primarys_whole_cell_fails_over_loses_no_acknowledged_commit_and_the_old_primary_rejoins(string planName)
     {
         var plan = Catalog.Plans.Single(p => p.Name == planName);
-        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }"));
+        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }"), ownsData: true);
         for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
         var id = "ha-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, plan.Id);
@@ -88,7 +88,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
     [Fact]
     public async Task A_cell_gone_past_the_grace_period_has_its_node_replaced_elsewhere()
     {
-        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, lost-cell-grace = 6s }"));
+        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, lost-cell-grace = 6s }"), ownsData: true);
         for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
         var id = "heal-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, Catalog.ClusterPlanId);

@@ -81,11 +81,12 @@ public sealed class TestPlatform : IAsyncDisposable
         return DingoSettings.Load([Path.Combine(RepoRoot(), "hocon", "dingo.conf")], new Dictionary<string, string?>(), overrides);
     }
 
-    public static async Task<TestPlatform> StartAsync(int cells, DingoSettings? settings = null, CancellationToken ct = default)
+    /// <param name="ownsData">delete the platform's data and keys on dispose (default: when it made its own settings)</param>
+    public static async Task<TestPlatform> StartAsync(int cells, DingoSettings? settings = null, CancellationToken ct = default, bool? ownsData = null)
     {
-        var ownsData = settings is null;
+        var owns = ownsData ?? settings is null;
         settings ??= NewSettings();
-        var platform = new TestPlatform(settings, new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix), ownsData);
+        var platform = new TestPlatform(settings, new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix), owns);
         try
         {
             await platform.StartProcessesAsync(cells, ct);
