@@ -40,6 +40,12 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         if (plan is null) return OsbResult.BadRequest($"unknown plan_id '{planId}' for service {Catalog.ServiceName}");
         if (ValidateParameters(parameters, plan) is { } badParameters) return badParameters;
         var nodeCount = NodeCountParameter(parameters) ?? plan.NodeCount;
+        if (Provisioning.RequestedCells(new InstanceRecord
+            {
+                Id = instanceId, ServiceId = serviceId, PlanId = plan.Id, OrganizationGuid = org!, SpaceGuid = space!, ParametersJson = parameters,
+                Port = 0, NodeCount = nodeCount, Superuser = new Credentials("-", "-"),
+            }) is { } requested && requested.Count < nodeCount)
+            return OsbResult.BadRequest($"parameter `cells` names {requested.Count} cell(s) but the instance needs {nodeCount} (one node per cell)");
 
         await _provisionGate.WaitAsync(ct);
         try

@@ -63,7 +63,7 @@ public static class Provisioning
             if (s.Nodes.Count - drained.Count < s.Instance.NodeCount)
             {
                 var place = Place(s);
-                return place is InstanceDecision.PlaceNode p ? p with { Description = $"draining: {p.Description}" } : place;
+                return place is InstanceDecision.PlaceNode p ? p with { Description = $"draining: {p.Description}" } : new InstanceDecision.Wait($"draining: {place.Description}");
             }
             var healthy = s.Nodes.Except(drained).All(n => s.Statuses.Any(x => x.NodeId == n.NodeId && x.State == NodeState.Running
                 && (x.NodeId == s.Leader?.NodeId || (x.Role == "replica" && x.Streaming))));
@@ -82,6 +82,7 @@ public static class Provisioning
             {
                 var grow = Place(s);
                 if (grow is InstanceDecision.PlaceNode) return grow;
+                return new InstanceDecision.Idle($"no action: below its planned size, {grow.Description}");
             }
             return new InstanceDecision.Idle($"no action: {op?.Kind ?? "instance"} {op?.State ?? "idle"}");
         }
@@ -144,8 +145,11 @@ public static class Provisioning
         var placement = Placement.Choose(cells, s.CellLoad, s.Nodes.Select(n => n.CellId).ToHashSet(), allowed);
         if (placement.Cell is null)
         {
-            // No cell yet is often a platform still starting: wait, and fail only at the timeout.
-            return new InstanceDecision.Wait($"waiting for a cell: {placement.Reason}");
+            // No cell yet is often a platform still starting: wait, and fail only at the timeout. Cells that are
+            // there but cannot hold the cluster will not change by waiting: say so now.
+            if (s.Cells.Count == 0) return new InstanceDecision.Wait($"waiting for a cell: {placement.Reason}");
+            return new InstanceDecision.Fail($"cannot place node {s.Nodes.Count + 1} of {s.Instance.NodeCount}: {placement.Reason} " +
+                $"(registered: {string.Join(", ", s.Cells.Select(c => $"{c.Id} ({c.Zone})"))}; a cluster needs one cell per node)");
         }
         return new InstanceDecision.PlaceNode(placement.Cell, $"placing node {s.Nodes.Count + 1} of {s.Instance.NodeCount} on {placement.Cell.Id} ({placement.Cell.Zone})");
     }

@@ -148,6 +148,9 @@ public sealed class OsbApiTests(BrokerOnlyPlatform fixture) : IClassFixture<Brok
     [InlineData("[1,2]")]
     [InlineData("{\"service_id\":\"beb5973c-e1b2-11e5-a736-c7c0b526363d\",\"plan_id\":\"b96d0936-e423-11e5-accb-93d374e93368\",\"organization_guid\":\"o\",\"space_guid\":\"s\",\"parameters\":{\"colour\":\"red\"}}")]
     [InlineData("{\"service_id\":\"beb5973c-e1b2-11e5-a736-c7c0b526363d\",\"plan_id\":\"b96d0936-e423-11e5-accb-93d374e93368\",\"organization_guid\":\"o\",\"space_guid\":\"s\",\"parameters\":{\"cells\":\"cell-1\"}}")]
+    [InlineData("{\"service_id\":\"beb5973c-e1b2-11e5-a736-c7c0b526363d\",\"plan_id\":\"6e0b4f8a-3c1d-4b7e-9a52-d1f0c2e8b7a4\",\"organization_guid\":\"o\",\"space_guid\":\"s\",\"parameters\":{\"cells\":[\"cell-1\",\"cell-2\"]}}")]
+    [InlineData("{\"service_id\":\"beb5973c-e1b2-11e5-a736-c7c0b526363d\",\"plan_id\":\"6e0b4f8a-3c1d-4b7e-9a52-d1f0c2e8b7a4\",\"organization_guid\":\"o\",\"space_guid\":\"s\",\"parameters\":{\"node-count\":2}}")]
+    [InlineData("{\"service_id\":\"beb5973c-e1b2-11e5-a736-c7c0b526363d\",\"plan_id\":\"1545e30e-6dc3-11e5-826a-6c4008a663f0\",\"organization_guid\":\"o\",\"space_guid\":\"s\",\"parameters\":{\"node-count\":\"three\"}}")]
     [InlineData("{\"service_id\":42,\"plan_id\":\"b96d0936-e423-11e5-accb-93d374e93368\",\"organization_guid\":\"o\",\"space_guid\":\"s\"}")]
     public async Task Provision_with_unknown_service_plan_parameters_or_bad_JSON_gets_400(string body)
     {

@@ -108,4 +108,40 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
         var (again, _) = await platform.SendAsync(HttpMethod.Delete, $"/admin/cells/{drainedCell}/drain");
         Assert.Equal(404, again);
     }
+
+    [Fact]
+    public async Task Updates_change_the_plan_and_the_node_count_keeping_the_data_and_the_leader()
+    {
+        await using var platform = await TestPlatform.StartAsync(cells: 3);
+        var id = "upd-" + Guid.NewGuid().ToString("N")[..8];
+        await platform.ProvisionReadyAsync(id, Catalog.SoloPlanId);
+        var creds = await platform.BindAsync(id, "w");
+        await RecoveryTests.ExecAsync((string)creds["uri"]!, "CREATE TABLE kept(v text); INSERT INTO kept VALUES ('grown')");
+
+        async Task UpdateAsync(JsonObject body, int nodes)
+        {
+            body["service_id"] = Catalog.ServiceId;
+            var (status, json) = await platform.SendAsync(HttpMethod.Patch, $"/v2/service_instances/{id}?accepts_incomplete=true", body.ToJsonString());
+            Assert.True(status == 202, json.ToJsonString());
+            var final = await platform.WaitForOperationAsync(id, TimeSpan.FromSeconds(90));
+            Assert.True((string?)final["state"] == "succeeded", final.ToJsonString());
+            Assert.Equal(nodes, (await NodesAsync(platform, id)).Count);
+            Assert.Equal("grown", await RecoveryTests.ScalarAsync((string)creds["uri"]!, "SELECT v FROM kept"));
+        }
+
+        var leader = (await LeaderAsync(platform, id))!.NodeId;
+        await UpdateAsync(new JsonObject { ["plan_id"] = Catalog.ClusterPlanId }, 2);           // the plan's size
+        await UpdateAsync(new JsonObject { ["parameters"] = new JsonObject { ["node-count"] = 3 } }, 3);
+        await UpdateAsync(new JsonObject { ["parameters"] = new JsonObject { ["cells"] = new JsonArray("cell-1", "cell-2", "cell-3") } }, 3); // no node-count: size kept
+        await UpdateAsync(new JsonObject { ["parameters"] = new JsonObject { ["node-count"] = 2 } }, 2);
+        Assert.Equal(leader, (await LeaderAsync(platform, id))!.NodeId); // shrinking never removes the primary
+        var (_, fetched) = await platform.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}");
+        Assert.Equal(Catalog.ClusterPlanId, (string?)fetched["plan_id"]);
+
+        // Below the plan's minimum: refused, nothing changes.
+        var (refused, body) = await platform.SendAsync(HttpMethod.Patch, $"/v2/service_instances/{id}?accepts_incomplete=true",
+            new JsonObject { ["service_id"] = Catalog.ServiceId, ["plan_id"] = Catalog.ClusterHaPlanId, ["parameters"] = new JsonObject { ["node-count"] = 2 } }.ToJsonString());
+        Assert.Equal(400, refused);
+        Assert.Contains("between 3 and 7", (string?)body["description"]);
+    }
 }

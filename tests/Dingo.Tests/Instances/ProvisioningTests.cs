@@ -93,6 +93,15 @@ public sealed class ProvisioningTests
     }
 
     [Fact]
+    public void Cells_that_cannot_hold_the_cluster_fail_the_provision_at_once_naming_them()
+    {
+        var s = Snapshot(nodes: [Node1]);
+        s = s with { Instance = s.Instance with { NodeCount = 3 } };
+        var d = Assert.IsType<InstanceDecision.Fail>(Provisioning.Decide(s, Timeout));
+        Assert.Equal("cannot place node 2 of 3: every registered cell already holds a node of this instance (registered: cell-1 (z1); a cluster needs one cell per node)", d.Description);
+    }
+
+    [Fact]
     public void A_node_on_a_vanished_cell_is_waited_for_not_replaced()
     {
         var d = Provisioning.Decide(Snapshot(nodes: [Node1], cells: []), Timeout);
