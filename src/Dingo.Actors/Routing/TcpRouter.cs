@@ -31,7 +31,7 @@ public sealed record RouterStats(
 /// Several routers (one per cell) bind the same ports with SO_REUSEPORT, so the kernel spreads
 /// connections among them and any one can go away without the port going dark.
 /// </summary>
-public sealed class TcpRouter : IAsyncDisposable
+public sealed class TcpRouter : IRouteDataPath
 {
     private const int BufferSize = 32 * 1024;
     private const int ListenBacklog = 1024;

@@ -18,15 +18,6 @@ public sealed class FailoverTests(ITestOutputHelper output)
         return node.CellId;
     }
 
-    private static async Task WaitUntilAsync(Func<Task<bool>> condition, TimeSpan timeout, string what)
-    {
-        var deadline = DateTime.UtcNow + timeout;
-        while (!await condition())
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"not within {timeout.TotalSeconds:0}s: {what}");
-            await Task.Delay(200);
-        }
-    }
 
     private static async Task<IReadOnlyList<NodeStatus>> StatusesAsync(TestPlatform p, string id) =>
         (await p.Store.ListAsync<NodeStatus>(p.Store.Keys.Statuses(id), CancellationToken.None)).Select(s => s.Value).ToList();
@@ -63,7 +54,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
         platform.KillCell(number);
         output.WriteLine($"{planName}: killed {victim} (agent and PostgreSQL) at {killedAt:HH:mm:ss.fff}");
 
-        await WaitUntilAsync(() => Task.FromResult(writer.FirstAckAfter(killedAt.AddMilliseconds(100)) is not null), TimeSpan.FromSeconds(30), "a write acknowledged after the kill");
+        await Eventually.UntilAsync(() => Task.FromResult(writer.FirstAckAfter(killedAt.AddMilliseconds(100)) is not null), TimeSpan.FromSeconds(30), "a write acknowledged after the kill");
         var resumed = writer.FirstAckAfter(killedAt.AddMilliseconds(100))!.Value;
         var newPrimaryCell = await PrimaryCellAsync(platform, id);
         Assert.NotEqual(victim, newPrimaryCell);
@@ -72,7 +63,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
 
         // The cell comes back: its old primary returns as a replica (never writable), the cluster is whole again.
         platform.StartCellProcess(number);
-        await WaitUntilAsync(() => FullAndHealthyAsync(platform, id, plan.NodeCount), TimeSpan.FromSeconds(60), "the cluster back to full size with every replica streaming");
+        await Eventually.UntilAsync(() => FullAndHealthyAsync(platform, id, plan.NodeCount), TimeSpan.FromSeconds(60), "the cluster back to full size with every replica streaming");
         var statuses = await StatusesAsync(platform, id);
         Assert.Contains(statuses, s => s.CellId == victim && s.Role == "replica" && s.Streaming);
         Assert.Equal(newPrimaryCell, await PrimaryCellAsync(platform, id));
@@ -100,7 +91,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
         platform.KillCell(victim);
         var killedAt = DateTime.UtcNow;
 
-        await WaitUntilAsync(async () =>
+        await Eventually.UntilAsync(async () =>
         {
             var nodes = (await platform.Store.ListAsync<NodeSpec>(platform.Store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).ToList();
             return nodes.Any(n => n.CellId == $"cell-{spare}") && nodes.All(n => n.CellId != $"cell-{victim}") && await FullAndHealthyAsync(platform, id, 2);

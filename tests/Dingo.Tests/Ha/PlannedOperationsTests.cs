@@ -19,15 +19,6 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
     private static async Task<List<NodeStatus>> StatusesAsync(TestPlatform p, string id) =>
         (await p.Store.ListAsync<NodeStatus>(p.Store.Keys.Statuses(id), CancellationToken.None)).Select(n => n.Value).ToList();
 
-    private static async Task WaitUntilAsync(Func<Task<bool>> condition, TimeSpan timeout, string what)
-    {
-        var deadline = DateTime.UtcNow + timeout;
-        while (!await condition())
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"not within {timeout.TotalSeconds:0}s: {what}");
-            await Task.Delay(200);
-        }
-    }
 
     [Fact]
     public async Task Switchover_to_a_named_replica_loses_no_acknowledged_write_and_health_endpoints_follow()
@@ -41,12 +32,12 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
         var leader = (await LeaderAsync(platform, id))!;
         var nodes = await NodesAsync(platform, id);
-        await WaitUntilAsync(async () => (await StatusesAsync(platform, id)).Count(s => s.Role == "replica" && s.Streaming) == 2, TimeSpan.FromSeconds(20), "replicas streaming");
+        await Eventually.UntilAsync(async () => (await StatusesAsync(platform, id)).Count(s => s.Role == "replica" && s.Streaming) == 2, TimeSpan.FromSeconds(20), "replicas streaming");
         foreach (var node in nodes)
         {
             var isLeader = node.NodeId == leader.NodeId;
             async Task<HttpStatusCode> Get(string path) => (await http.GetAsync($"http://127.0.0.1:{node.ApiPort}{path}")).StatusCode;
-            await WaitUntilAsync(async () => await Get("/health") == HttpStatusCode.OK, TimeSpan.FromSeconds(10), $"{node.NodeId} /health");
+            await Eventually.UntilAsync(async () => await Get("/health") == HttpStatusCode.OK, TimeSpan.FromSeconds(10), $"{node.NodeId} /health");
             Assert.Equal(isLeader ? HttpStatusCode.OK : HttpStatusCode.ServiceUnavailable, await Get("/primary"));
             Assert.Equal(isLeader ? HttpStatusCode.OK : HttpStatusCode.ServiceUnavailable, await Get("/leader"));
             Assert.Equal(isLeader ? HttpStatusCode.ServiceUnavailable : HttpStatusCode.OK, await Get("/replica"));
@@ -61,10 +52,10 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
         var requestedAt = DateTime.UtcNow;
         var (status, body) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = target }.ToJsonString());
         Assert.True(status == 202, body.ToJsonString());
-        await WaitUntilAsync(async () => (await LeaderAsync(platform, id))?.NodeId == target, TimeSpan.FromSeconds(30), $"{target} leads");
-        await WaitUntilAsync(() => Task.FromResult(writer.FirstAckAfter(DateTime.UtcNow.AddSeconds(-0.2)) is not null), TimeSpan.FromSeconds(30), "writes after the switchover");
+        await Eventually.UntilAsync(async () => (await LeaderAsync(platform, id))?.NodeId == target, TimeSpan.FromSeconds(30), $"{target} leads");
+        await Eventually.UntilAsync(() => Task.FromResult(writer.FirstAckAfter(DateTime.UtcNow.AddSeconds(-0.2)) is not null), TimeSpan.FromSeconds(30), "writes after the switchover");
         output.WriteLine($"switchover to {target} done in {(DateTime.UtcNow - requestedAt).TotalSeconds:0.0}s");
-        await WaitUntilAsync(async () => (await StatusesAsync(platform, id)).Any(s => s.NodeId == leader.NodeId && s.Role == "replica" && s.Streaming),
+        await Eventually.UntilAsync(async () => (await StatusesAsync(platform, id)).Any(s => s.NodeId == leader.NodeId && s.Role == "replica" && s.Streaming),
             TimeSpan.FromSeconds(30), "the old primary streams as a replica");
         await writer.DisposeAsync();
         Assert.Empty(await writer.MissingAsync());
@@ -92,7 +83,7 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
 
         var (status, body) = await platform.SendAsync(HttpMethod.Post, $"/admin/cells/{drainedCell}/drain");
         Assert.True(status == 202, body.ToJsonString());
-        await WaitUntilAsync(async () =>
+        await Eventually.UntilAsync(async () =>
         {
             var nodes = await NodesAsync(platform, id);
             var statuses = await StatusesAsync(platform, id);

@@ -1,0 +1,10 @@
+namespace Dingo.Routing;
+
+/// <summary>
+/// Where routed bytes flow: the user-space proxy (<see cref="TcpRouter"/>) or a kernel fast path. The router actor
+/// hands it the full set of routes; it makes listeners and forwarding match, and closes what no longer applies.
+/// </summary>
+public interface IRouteDataPath : IAsyncDisposable
+{
+    Task ApplyAsync(IReadOnlyCollection<Route> routes, CancellationToken ct);
+}

@@ -1,0 +1,15 @@
+namespace Dingo.Tests.Support;
+
+/// <summary>Waiting for a distributed system to get somewhere, with a deadline and a message that says what did not happen.</summary>
+public static class Eventually
+{
+    public static async Task UntilAsync(Func<Task<bool>> condition, TimeSpan timeout, string what)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!await condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"not within {timeout.TotalSeconds:0}s: {what}");
+            await Task.Delay(200);
+        }
+    }
+}
