@@ -123,18 +123,22 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
         var user = binding.Role.Username;
         var password = binding.Role.Password;
         var db = instance.Database;
-        return new JsonObject
+        var credentials = new JsonObject
         {
-            ["credentials"] = new JsonObject
-            {
-                ["uri"] = $"postgres://{user}:{password}@{host}:{port}/{db}",
-                ["jdbcUrl"] = $"jdbc:postgresql://{host}:{port}/{db}?user={user}&password={password}",
-                ["host"] = host,
-                ["port"] = port,
-                ["username"] = user,
-                ["password"] = password,
-                ["database"] = db,
-            },
+            ["uri"] = $"postgres://{user}:{password}@{host}:{port}/{db}",
+            ["jdbcUrl"] = $"jdbc:postgresql://{host}:{port}/{db}?user={user}&password={password}",
+            ["host"] = host,
+            ["port"] = port,
+            ["username"] = user,
+            ["password"] = password,
+            ["database"] = db,
         };
+        if (instance.ReadOnlyPort > 0)
+        {
+            // Reads that may lag a little: balanced over healthy replicas (the primary when none qualifies).
+            credentials["read_only_uri"] = $"postgres://{user}:{password}@{host}:{instance.ReadOnlyPort}/{db}";
+            credentials["read_only_port"] = instance.ReadOnlyPort;
+        }
+        return new JsonObject { ["credentials"] = credentials };
     }
 }

@@ -68,7 +68,9 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                         $"the instance quota of {settings.Broker.InstanceQuota} is reached ({count} instances exist): delete an instance or ask the operator to raise dingo.broker.instance-quota");
             }
 
-            var port = await new PortAllocator(store).AllocatePublicPortAsync(instanceId, settings.Router.PortFirst, settings.Router.PortLast, ct);
+            var allocator = new PortAllocator(store);
+            var port = await allocator.AllocatePublicPortAsync(instanceId, settings.Router.PortFirst, settings.Router.PortLast, ct);
+            var readOnlyPort = await allocator.AllocatePublicPortAsync(instanceId, settings.Router.PortFirst, settings.Router.PortLast, ct, PortRole.ReadOnly);
             var now = DateTimeOffset.UtcNow;
             var record = new InstanceRecord
             {
@@ -80,6 +82,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                 ParametersJson = parameters,
                 ContextJson = context,
                 Port = port,
+                ReadOnlyPort = readOnlyPort,
                 NodeCount = nodeCount,
                 Superuser = new Credentials(DatabaseAdmin.SuperuserName, Secrets.Password()),
                 Replication = new Credentials(DatabaseAdmin.ReplicationUserName, Secrets.Password()),

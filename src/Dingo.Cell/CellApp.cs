@@ -9,6 +9,9 @@ using Dingo.Routing;
 using Dingo.Store;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.Logging;
 
 namespace Dingo.Cell;
@@ -59,12 +62,14 @@ public static class CellApp
                     var haLogger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Ha");
                     Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger);
                     var cell = system.ActorOf(CellActor.Props(sp.GetRequiredService<CellReconciler>(), agents, settings.Cell.ReconcileInterval, settings.Ha.LoopWait), "cell");
-                    var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<TcpRouter>()), "router");
+                    var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<TcpRouter>(), settings.Router, sp.GetRequiredService<RouterMetrics>()), "router");
                     registry.Register<CellActor>(cell);
                     registry.Register<RouterActor>(router);
                 });
         });
+        builder.Services.AddSingleton(sp => new RouterMetrics(sp.GetRequiredService<TcpRouter>()));
         builder.Services.AddHostedService<CellWatches>();
+        if (settings.Router.MetricsPort > 0) builder.Services.AddHostedService<MetricsEndpoint>();
         return builder.Build();
     }
 }
@@ -124,5 +129,27 @@ internal sealed class CellWatches(
         await reconciler.ShutdownAsync(cts.Token);
         await router.DisposeAsync();
         logger.LogInformation("cell {Cell} stopped", settings.Cell.Id);
+    }
+}
+
+/// <summary>Serves the router's metrics on http://&lt;cell address&gt;:&lt;metrics-port&gt;/metrics.</summary>
+internal sealed class MetricsEndpoint(DingoSettings settings, RouterMetrics metrics, ILogger<MetricsEndpoint> logger) : IHostedService
+{
+    private Microsoft.AspNetCore.Builder.WebApplication? _app;
+
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseUrls($"http://{settings.Cell.Address}:{settings.Router.MetricsPort}");
+        _app = builder.Build();
+        _app.MapGet("/metrics", () => Microsoft.AspNetCore.Http.Results.Text(metrics.Render(DateTime.UtcNow), "text/plain; version=0.0.4"));
+        await _app.StartAsync(cancellationToken);
+        logger.LogInformation("router metrics on http://{Address}:{Port}/metrics", settings.Cell.Address, settings.Router.MetricsPort);
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (_app is not null) await _app.StopAsync(cancellationToken);
     }
 }

@@ -61,6 +61,9 @@ public sealed record DingoSettings
                 PortLast = d.GetInt("router.port-range-last", 29999),
                 BindAddress = d.GetString("router.bind-address", "127.0.0.1"),
                 LeaderWait = d.GetTimeSpan("router.leader-wait", TimeSpan.FromSeconds(5)),
+                MaxConnectionsPerInstance = d.GetInt("router.max-connections-per-instance", 500),
+                ReadOnlyMaxLag = d.GetByteSize("router.read-only-max-lag") ?? 16 * 1024 * 1024,
+                MetricsPort = d.GetInt("router.metrics-port", 0),
             },
             Cell = new CellSettings
             {
@@ -128,6 +131,9 @@ public sealed record RouterSettings
     public required int PortLast { get; init; }
     public required string BindAddress { get; init; }
     public required TimeSpan LeaderWait { get; init; }
+    public required int MaxConnectionsPerInstance { get; init; }
+    public required long ReadOnlyMaxLag { get; init; }
+    public required int MetricsPort { get; init; }
 }
 
 public sealed record CellSettings

@@ -125,6 +125,7 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
             .DeletePrefix(keys.Cluster(instance.Id))
             .Put(keys.Port(instance.Port), new PortRecord { InstanceId = instance.Id, State = "retired" })
             .Put(keys.Operation(instance.Id), done, lease);
+        if (instance.ReadOnlyPort > 0) txn.Put(keys.Port(instance.ReadOnlyPort), new PortRecord { InstanceId = instance.Id, State = "retired", Role = PortRole.ReadOnly });
         foreach (var port in freed) txn.Delete(port.Key);
         await store.TransactAsync(txn, ct).ConfigureAwait(false);
     }

@@ -10,7 +10,7 @@ public sealed class PortAllocator(EtcdStore store)
     /// The next public port for an instance. Ports only ever move forward: a retired port is never reused,
     /// so a stale binding can never reach someone else's database.
     /// </summary>
-    public async Task<int> AllocatePublicPortAsync(string instanceId, int first, int last, CancellationToken ct)
+    public async Task<int> AllocatePublicPortAsync(string instanceId, int first, int last, CancellationToken ct, string role = PortRole.Primary)
     {
         var keys = store.Keys;
         for (var attempt = 0; attempt < 100; attempt++)
@@ -24,7 +24,7 @@ public sealed class PortAllocator(EtcdStore store)
             if (counter is null) txn.Absent(keys.PortCounter); else txn.At(keys.PortCounter, counter.ModRevision);
             txn.Absent(keys.Port(port))
                .Put(keys.PortCounter, port + 1)
-               .Put(keys.Port(port), new PortRecord { InstanceId = instanceId, State = "active" });
+               .Put(keys.Port(port), new PortRecord { InstanceId = instanceId, State = "active", Role = role });
             if (await store.TransactAsync(txn, ct).ConfigureAwait(false)) return port;
         }
         throw new InvalidOperationException("could not allocate a public port: etcd kept changing under 100 attempts");

@@ -43,6 +43,9 @@ public static class Provisioning
     /// <summary>How long a node may keep failing before a provision is reported failed.</summary>
     public static readonly TimeSpan FailureGrace = TimeSpan.FromSeconds(30);
 
+    /// <summary>How long an operation waits for enough cells (some may be starting or restarting) before failing.</summary>
+    public static readonly TimeSpan CellWaitGrace = TimeSpan.FromSeconds(30);
+
     public static InstanceDecision Decide(InstanceSnapshot s, TimeSpan provisionTimeout)
     {
         var op = s.Operation;
@@ -147,7 +150,8 @@ public static class Provisioning
         {
             // No cell yet is often a platform still starting: wait, and fail only at the timeout. Cells that are
             // there but cannot hold the cluster will not change by waiting: say so now.
-            if (s.Cells.Count == 0) return new InstanceDecision.Wait($"waiting for a cell: {placement.Reason}");
+            var waited = s.Operation is { } op ? s.Now - op.StartedAt : TimeSpan.Zero;
+            if (s.Cells.Count == 0 || waited < CellWaitGrace) return new InstanceDecision.Wait($"waiting for a cell: {placement.Reason}");
             return new InstanceDecision.Fail($"cannot place node {s.Nodes.Count + 1} of {s.Instance.NodeCount}: {placement.Reason} " +
                 $"(registered: {string.Join(", ", s.Cells.Select(c => $"{c.Id} ({c.Zone})"))}; a cluster needs one cell per node)");
         }

@@ -15,6 +15,8 @@ public sealed record InstanceRecord
     public string ParametersJson { get; init; } = "{}";
     public string ContextJson { get; init; } = "{}";
     public required int Port { get; init; }
+    /// <summary>The instance's read-only port (balanced over healthy replicas); 0 for instances made before it existed.</summary>
+    public int ReadOnlyPort { get; init; }
     public required int NodeCount { get; init; }
     public string Database { get; init; } = "dingo";
     public required Credentials Superuser { get; init; }
@@ -152,6 +154,14 @@ public sealed record PortRecord
 {
     public required string InstanceId { get; init; }
     public required string State { get; init; } // active | retired
+    /// <summary>primary: connections go to the primary; read-only: balanced over healthy replicas.</summary>
+    public string Role { get; init; } = PortRole.Primary;
+}
+
+public static class PortRole
+{
+    public const string Primary = "primary";
+    public const string ReadOnly = "read-only";
 }
 
 public static class Json

@@ -1,3 +1,4 @@
+using Dingo.Config;
 using Akka.Event;
 using Akka.Actor;
 using Dingo.Model;
@@ -19,13 +20,18 @@ public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
 {
     private static readonly TimeSpan ResyncInterval = TimeSpan.FromSeconds(2);
     private readonly EtcdStore _store;
-    private readonly TcpRouter _router;
+    private readonly IRouteDataPath _router;
+    private readonly RouterSettings _settings;
+    private readonly Dictionary<string, DateTime> _leaderlessSince = new();
+    private readonly RouterMetrics? _metrics;
     private (int, int) _last = (-1, -1);
 
-    public RouterActor(EtcdStore store, TcpRouter router)
+    public RouterActor(EtcdStore store, IRouteDataPath router, RouterSettings settings, RouterMetrics? metrics)
     {
+        _metrics = metrics;
         _store = store;
         _router = router;
+        _settings = settings;
         Receive<RouterMessages.Refresh>(_ => RequestPass());
     }
 
@@ -48,13 +54,25 @@ public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
     {
         var keys = _store.Keys;
         var ports = await _store.ListAsync<PortRecord>(keys.Ports, ct).ConfigureAwait(false);
-        var byInstance = await _store.LeadersAsync(ct).ConfigureAwait(false);
+        var clusters = await _store.ClustersAsync(ct).ConfigureAwait(false);
+        var statuses = (await _store.ListAsync<NodeStatus>(keys.AllStatus, ct).ConfigureAwait(false)).Select(s => s.Value).ToLookup(s => s.InstanceId);
+        var views = ports.Select(p => p.Value.InstanceId).Distinct().ToDictionary(id => id, id =>
+        {
+            var c = clusters.GetValueOrDefault(id);
+            return new ClusterView(c.Leader, c.Optime, statuses[id].ToList());
+        });
         var routes = RouteTable.Compute(
             ports.Select(p => (int.Parse(p.Key[keys.Ports.Length..], System.Globalization.CultureInfo.InvariantCulture), p.Value)),
-            byInstance);
+            views, _settings.MaxConnectionsPerInstance, _settings.ReadOnlyMaxLag);
+        var now = DateTime.UtcNow;
+        foreach (var r in routes.Where(r => r.Target is null)) _leaderlessSince.TryAdd(r.InstanceId, now);
+        foreach (var id in _leaderlessSince.Keys.Where(id => routes.Any(r => r.InstanceId == id && r.Target is not null) || routes.All(r => r.InstanceId != id)).ToList())
+            _leaderlessSince.Remove(id);
+        _metrics?.Publish(routes, _leaderlessSince);
         await _router.ApplyAsync(routes, ct).ConfigureAwait(false);
         return (routes.Count, routes.Count(r => r.Target is not null));
     }
 
-    public static Props Props(EtcdStore store, TcpRouter router) => Akka.Actor.Props.Create(() => new RouterActor(store, router));
+    public static Props Props(EtcdStore store, IRouteDataPath router, RouterSettings settings, RouterMetrics? metrics = null) =>
+        Akka.Actor.Props.Create(() => new RouterActor(store, router, settings, metrics));
 }

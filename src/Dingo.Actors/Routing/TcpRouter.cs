@@ -16,6 +16,7 @@ namespace Dingo.Routing;
 /// <param name="FailedTargetConnects">connections closed because the target could not be reached.</param>
 /// <param name="NoTargetClosures">connections closed because no target appeared within the leader wait.</param>
 /// <param name="ListeningPorts">ports currently bound.</param>
+/// <param name="OverLimitRefusals">connections refused with a PostgreSQL error because the port was at its limit.</param>
 public sealed record RouterStats(
     int OpenConnections,
     long AcceptedConnections,
@@ -24,7 +25,8 @@ public sealed record RouterStats(
     long RouteChanges,
     long FailedTargetConnects,
     long NoTargetClosures,
-    int ListeningPorts);
+    int ListeningPorts,
+    long OverLimitRefusals = 0);
 
 /// <summary>
 /// Forwards TCP connections on each instance's public port to that instance's current primary.
@@ -57,6 +59,7 @@ public sealed class TcpRouter : IRouteDataPath
     private long _routeChanges;
     private long _failedConnects;
     private long _noTarget;
+    private long _overLimit;
 
     public TcpRouter(IPAddress bindAddress, ILogger logger, TimeSpan? leaderWait = null)
     {
@@ -77,7 +80,8 @@ public sealed class TcpRouter : IRouteDataPath
         Interlocked.Read(ref _routeChanges),
         Interlocked.Read(ref _failedConnects),
         Interlocked.Read(ref _noTarget),
-        _ports.Values.Count(e => e.Listener is not null));
+        _ports.Values.Count(e => e.Listener is not null),
+        Interlocked.Read(ref _overLimit));
 
     /// <summary>Open client connections per routed port (every routed port appears, possibly with 0).</summary>
     public IReadOnlyDictionary<int, int> OpenConnectionsByPort
@@ -129,7 +133,7 @@ public sealed class TcpRouter : IRouteDataPath
             {
                 if (!_ports.TryGetValue(route.Port, out var entry))
                 {
-                    entry = new PortEntry(route.Port, route.InstanceId, route.Target);
+                    entry = new PortEntry(route.Port, route.InstanceId, route.Target) { Pool = route.Pool, MaxConnections = route.MaxConnections };
                     _ports[route.Port] = entry;
                     Interlocked.Increment(ref _routeChanges);
                     _logger.LogInformation("Route added: port {Port} (instance {InstanceId}) -> {Target}",
@@ -182,22 +186,24 @@ public sealed class TcpRouter : IRouteDataPath
         IPEndPoint? old;
         lock (entry.Gate)
         {
+            entry.MaxConnections = route.MaxConnections;
             var instanceChanged = entry.InstanceId != route.InstanceId;
-            if (!instanceChanged && Equals(entry.Target, route.Target))
+            if (!instanceChanged && Equals(entry.Target, route.Target) && entry.Pool.Count == route.Pool.Count && entry.Pool.All(route.Pool.Contains))
                 return;
 
             old = entry.Target;
             entry.InstanceId = route.InstanceId;
             entry.Target = route.Target;
+            entry.Pool = route.Pool;
             foreach (var c in entry.Connections)
             {
-                // A port handed to another instance keeps nothing; otherwise only links to the old target
-                // go (clients still waiting for a target stay and get the new one).
-                if (instanceChanged || (c.Target is not null && !c.Target.Equals(route.Target)))
+                // A port handed to another instance keeps nothing; otherwise only links to a target that is no
+                // longer wanted go (clients still waiting for a target stay and get the new one).
+                if (instanceChanged || (c.Target is not null && !c.Target.Equals(route.Target) && !route.Pool.Contains(c.Target)))
                     stale.Add(c);
             }
 
-            if (route.Target is not null)
+            if (route.Target is not null || route.Pool.Count > 0)
                 entry.SignalTargetChanged();
         }
 
@@ -315,10 +321,17 @@ public sealed class TcpRouter : IRouteDataPath
     private async Task HandleClientAsync(PortEntry entry, Socket client)
     {
         var conn = new Connection(client);
-        bool registered;
+        bool registered, overLimit = false;
         lock (entry.Gate)
         {
-            registered = !entry.Closed && entry.Connections.Add(conn);
+            overLimit = entry.MaxConnections > 0 && entry.Connections.Count >= entry.MaxConnections;
+            registered = !entry.Closed && !overLimit && entry.Connections.Add(conn);
+        }
+        if (overLimit)
+        {
+            Interlocked.Increment(ref _overLimit);
+            await RefuseAsync(client, $"too many connections for instance {entry.InstanceId} (limit {entry.MaxConnections})").ConfigureAwait(false);
+            return;
         }
         if (!registered)
         {
@@ -397,6 +410,13 @@ public sealed class TcpRouter : IRouteDataPath
             {
                 if (entry.Closed || conn.IsClosed)
                     return null;
+                if (entry.Pool.Count > 0)
+                {
+                    // Balance new connections over the pool, round robin.
+                    var picked = entry.Pool[(int)((uint)Interlocked.Increment(ref entry.NextInPool) % (uint)entry.Pool.Count)];
+                    conn.Target = picked;
+                    return picked;
+                }
                 if (entry.Target is { } target)
                 {
                     // Set under the gate so Retarget either sees this link or we see its new target.
@@ -480,6 +500,69 @@ public sealed class TcpRouter : IRouteDataPath
 
     private static string Describe(IPEndPoint? target) => target?.ToString() ?? "(no primary)";
 
+    private static async Task<bool> ReceiveExactlyAsync(Socket socket, byte[] buffer, CancellationToken ct)
+    {
+        var read = 0;
+        while (read < buffer.Length)
+        {
+            var n = await socket.ReceiveAsync(buffer.AsMemory(read), SocketFlags.None, ct).ConfigureAwait(false);
+            if (n == 0) return false;
+            read += n;
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// Answers in PostgreSQL's own protocol so the client shows a clear message instead of a reset: declines an
+    /// SSL or GSS encryption request ('N') as a server without them would, reads the startup packet, then sends an
+    /// ErrorResponse (SQLSTATE 53300) and closes.
+    /// </summary>
+    private static async Task RefuseAsync(Socket client, string message)
+    {
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(3));
+            for (var round = 0; round < 3; round++)
+            {
+                var header = new byte[8];
+                if (!await ReceiveExactlyAsync(client, header, timeout.Token).ConfigureAwait(false)) return;
+                var length = System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(header);
+                var code = System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(header.AsSpan(4));
+                if (length == 8 && code is 80877103 or 80877104)
+                {
+                    await client.SendAsync(new[] { (byte)'N' }, SocketFlags.None, timeout.Token).ConfigureAwait(false);
+                    continue; // the client goes on with its startup packet in clear
+                }
+                // The rest of the startup packet (bounded: startup packets are small).
+                if (length is > 8 and < 10_000 && !await ReceiveExactlyAsync(client, new byte[length - 8], timeout.Token).ConfigureAwait(false)) return;
+                break;
+            }
+            var body = new List<byte>();
+            void Field(char fieldCode, string value) { body.Add((byte)fieldCode); body.AddRange(System.Text.Encoding.UTF8.GetBytes(value)); body.Add(0); }
+            Field('S', "FATAL");
+            Field('V', "FATAL");
+            Field('C', "53300");
+            Field('M', message);
+            body.Add(0);
+            var packet = new byte[5 + body.Count];
+            packet[0] = (byte)'E';
+            System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(packet.AsSpan(1), 4 + body.Count);
+            body.CopyTo(packet, 5);
+            await client.SendAsync(packet, SocketFlags.None, timeout.Token).ConfigureAwait(false);
+            client.Shutdown(SocketShutdown.Send);
+            // Let the client read the message before the socket goes (a reset could discard it).
+            var sink = new byte[1024];
+            while (await client.ReceiveAsync(sink, SocketFlags.None, timeout.Token).ConfigureAwait(false) > 0) { }
+        }
+        catch (Exception ex) when (ex is SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+        }
+        finally
+        {
+            client.Dispose();
+        }
+    }
+
     private static string SafeRemote(Socket socket)
     {
         try
@@ -501,6 +584,9 @@ public sealed class TcpRouter : IRouteDataPath
         // Guarded by Gate.
         public string InstanceId { get; set; } = instanceId;
         public IPEndPoint? Target { get; set; } = target;
+        public IReadOnlyList<IPEndPoint> Pool { get; set; } = [];
+        public int MaxConnections { get; set; }
+        public int NextInPool = Random.Shared.Next(1024); // routers sharing a port start at different points
         public bool Closed { get; set; }
         public HashSet<Connection> Connections { get; } = [];
         public TaskCompletionSource TargetChanged { get; private set; } = new(TaskCreationOptions.RunContinuationsAsynchronously);

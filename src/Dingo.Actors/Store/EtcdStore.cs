@@ -117,6 +117,27 @@ public sealed class EtcdStore : IAsyncDisposable
         return list;
     }
 
+    /// <summary>Every cluster's leader and last leader WAL position, by instance id, in one read.</summary>
+    public async Task<IReadOnlyDictionary<string, (LeaderRecord? Leader, long? Optime)>> ClustersAsync(CancellationToken ct)
+    {
+        var raw = await ListAsync<JsonElement>(Keys.Clusters, ct).ConfigureAwait(false);
+        var result = new Dictionary<string, (LeaderRecord? Leader, long? Optime)>();
+        foreach (var kv in raw)
+        {
+            var rest = kv.Key[Keys.Clusters.Length..];
+            var slash = rest.IndexOf('/');
+            if (slash < 0) continue;
+            var id = rest[..slash];
+            var current = result.GetValueOrDefault(id);
+            switch (rest[(slash + 1)..])
+            {
+                case "leader": result[id] = (kv.Value.Deserialize<LeaderRecord>(Json.Options), current.Optime); break;
+                case "optime": result[id] = (current.Leader, kv.Value.GetInt64()); break;
+            }
+        }
+        return result;
+    }
+
     /// <summary>Every leader key (the `.../leader` keys under /clusters/), by instance id.</summary>
     public async Task<IReadOnlyDictionary<string, LeaderRecord>> LeadersAsync(CancellationToken ct)
     {

@@ -93,9 +93,12 @@ public sealed class ProvisioningTests
     }
 
     [Fact]
-    public void Cells_that_cannot_hold_the_cluster_fail_the_provision_at_once_naming_them()
+    public void Cells_that_cannot_hold_the_cluster_are_waited_for_a_while_then_fail_the_provision_naming_them()
     {
-        var s = Snapshot(nodes: [Node1]);
+        var early = Snapshot(nodes: [Node1], age: TimeSpan.FromSeconds(5));
+        early = early with { Instance = early.Instance with { NodeCount = 3 } };
+        Assert.StartsWith("waiting for a cell: every registered cell already holds", Assert.IsType<InstanceDecision.Wait>(Provisioning.Decide(early, Timeout)).Description);
+        var s = Snapshot(nodes: [Node1], age: TimeSpan.FromSeconds(31));
         s = s with { Instance = s.Instance with { NodeCount = 3 } };
         var d = Assert.IsType<InstanceDecision.Fail>(Provisioning.Decide(s, Timeout));
         Assert.Equal("cannot place node 2 of 3: every registered cell already holds a node of this instance (registered: cell-1 (z1); a cluster needs one cell per node)", d.Description);

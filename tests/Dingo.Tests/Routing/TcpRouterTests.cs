@@ -212,7 +212,7 @@ public sealed class TcpRouterTests
     }
 
     [Fact]
-    public async Task Two_hundred_concurrent_connections_all_echo()
+    public async Task One_thousand_concurrent_connections_through_one_router_all_echo()
     {
         await using var backend = Backend.Echo();
         await using var router = new TcpRouter(Loopback, NullLogger.Instance);
@@ -222,11 +222,11 @@ public sealed class TcpRouterTests
         var clients = new List<Socket>();
         try
         {
-            var connects = Enumerable.Range(0, 200).Select(_ => ConnectAsync(port)).ToList();
+            var connects = Enumerable.Range(0, 1000).Select(_ => ConnectAsync(port)).ToList();
             foreach (var c in connects)
                 clients.Add(await c);
-            await WaitUntilAsync(() => router.Stats.OpenConnections == 200);
-            Assert.Equal(200, router.OpenConnectionsByPort[port]);
+            await WaitUntilAsync(() => router.Stats.OpenConnections == 1000);
+            Assert.Equal(1000, router.OpenConnectionsByPort[port]);
 
             await Task.WhenAll(clients.Select(async (socket, i) =>
             {
@@ -234,13 +234,77 @@ public sealed class TcpRouterTests
                 await SendAsync(socket, message);
                 Assert.Equal(message, Encoding.UTF8.GetString(await ReadExactlyAsync(socket, Encoding.UTF8.GetByteCount(message))));
             }));
-            Assert.Equal(200, router.Stats.AcceptedConnections);
+            Assert.Equal(1000, router.Stats.AcceptedConnections);
         }
         finally
         {
             foreach (var c in clients)
                 c.Dispose();
         }
+    }
+
+    [Fact]
+    public async Task Over_the_instance_limit_a_client_gets_a_PostgreSQL_error_not_a_reset()
+    {
+        await using var backend = Backend.Echo();
+        await using var router = new TcpRouter(Loopback, NullLogger.Instance);
+        var port = FreePort();
+        await router.ApplyAsync([new Route(port, "busy-db", backend.EndPoint) { MaxConnections = 2 }], Timeout());
+        var first = await ConnectAsync(port);
+        using var second = await ConnectAsync(port);
+        await WaitUntilAsync(() => router.Stats.OpenConnections == 2);
+
+        using var refused = await ConnectAsync(port);
+        // As libpq and Npgsql do: ask for SSL first (declined with 'N'), then send a startup packet.
+        await refused.SendAsync(new byte[] { 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f }, SocketFlags.None);
+        Assert.Equal((byte)'N', (await ReadExactlyAsync(refused, 1))[0]);
+        var user = Encoding.UTF8.GetBytes("user\0app\0\0");
+        var startup = new byte[8 + user.Length];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(startup, startup.Length);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(startup.AsSpan(4), 196608);
+        user.CopyTo(startup, 8);
+        await refused.SendAsync(startup, SocketFlags.None);
+        var reply = await ReadToEndAsync(refused, Timeout());
+        Assert.Equal((byte)'E', reply[0]);
+        var text = Encoding.UTF8.GetString(reply);
+        Assert.Contains("C53300", text);
+        Assert.Contains("too many connections for instance busy-db (limit 2)", text);
+        Assert.Equal(1, router.Stats.OverLimitRefusals);
+
+        // Once one closes, a new connection gets through.
+        first.Dispose();
+        await WaitUntilAsync(() => router.Stats.OpenConnections == 1);
+        await AssertEchoesAsync(port, "room again");
+    }
+
+    [Fact]
+    public async Task A_read_only_pool_balances_new_connections_round_robin_and_drops_links_to_replicas_that_leave_it()
+    {
+        await using var a = Backend.Tagged((byte)'a');
+        await using var b = Backend.Tagged((byte)'b');
+        await using var router = new TcpRouter(Loopback, NullLogger.Instance);
+        var port = FreePort();
+        await router.ApplyAsync([new Route(port, "i1", null) { Pool = [a.EndPoint, b.EndPoint] }], Timeout());
+        var tags = new List<char>();
+        var sockets = new List<Socket>();
+        for (var i = 0; i < 4; i++)
+        {
+            var s = await ConnectAsync(port);
+            sockets.Add(s);
+            tags.Add((char)(await ReadExactlyAsync(s, 1))[0]);
+        }
+        Assert.Equal(2, tags.Count(t => t == 'a'));
+        Assert.Equal(2, tags.Count(t => t == 'b'));
+
+        // b leaves the pool (it fell behind): its links are closed, a's stay.
+        await router.ApplyAsync([new Route(port, "i1", null) { Pool = [a.EndPoint] }], Timeout());
+        for (var i = 0; i < 4; i++)
+        {
+            if (tags[i] == 'b') Assert.True(await EndsWithinAsync(sockets[i], TimeSpan.FromSeconds(1)));
+        }
+        using var next = await ConnectAsync(port);
+        Assert.Equal((byte)'a', (await ReadExactlyAsync(next, 1))[0]);
+        foreach (var s in sockets) s.Dispose();
     }
 
     [Fact]

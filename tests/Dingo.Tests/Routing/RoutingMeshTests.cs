@@ -1,0 +1,106 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Dingo.Model;
+using Dingo.Tests.Support;
+using Npgsql;
+using Xunit.Abstractions;
+
+namespace Dingo.Tests.Routing;
+
+/// <summary>The routing mesh on a real cluster: read-only port, the leader change, and the per-instance limit.</summary>
+public sealed class RoutingMeshTests(ITestOutputHelper output)
+{
+    private static async Task<(bool InRecovery, int Port)> WhereAsync(string uri)
+    {
+        await using var conn = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri, timeoutSeconds: 3));
+        await conn.OpenAsync();
+        await using var cmd = new NpgsqlCommand("SELECT pg_is_in_recovery(), inet_server_port()", conn);
+        await using var r = await cmd.ExecuteReaderAsync();
+        await r.ReadAsync();
+        return (r.GetBoolean(0), r.GetInt32(1));
+    }
+
+    [Fact]
+    public async Task Read_only_port_reaches_replicas_and_a_leader_change_leaves_no_session_on_the_old_primary()
+    {
+        await using var platform = await TestPlatform.StartAsync(cells: 3, TestPlatform.NewSettings(extra: "dingo.router.max-connections-per-instance = 8"), ownsData: true);
+        var id = "mesh-" + Guid.NewGuid().ToString("N")[..8];
+        await platform.ProvisionReadyAsync(id, Catalog.ClusterHaPlanId);
+        var creds = await platform.BindAsync(id, "b", Catalog.ClusterHaPlanId);
+        var uri = (string)creds["uri"]!;
+        var readOnlyUri = (string)creds["read_only_uri"]!;
+        Assert.NotEqual((int)creds["port"]!, (int)creds["read_only_port"]!);
+
+        // The read-only port lands on replicas (within a router resync), the primary port on the primary.
+        await Eventually.UntilAsync(async () => (await WhereAsync(readOnlyUri)).InRecovery, TimeSpan.FromSeconds(15), "read-only connections on a replica");
+        var replicaPorts = new HashSet<int>();
+        await Eventually.UntilAsync(async () =>
+        {
+            var w = await WhereAsync(readOnlyUri);
+            Assert.True(w.InRecovery);
+            replicaPorts.Add(w.Port);
+            return replicaPorts.Count == 2; // balanced over both replicas
+        }, TimeSpan.FromSeconds(20), "read-only connections on both replicas");
+        Assert.False((await WhereAsync(uri)).InRecovery);
+
+        // Sessions open to the primary; then a switchover.
+        var leader = (await platform.Store.GetAsync<LeaderRecord>(platform.Store.Keys.Leader(id), CancellationToken.None))!.Value;
+        var sessions = new List<NpgsqlConnection>();
+        for (var i = 0; i < 10; i++)
+        {
+            var c = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri));
+            await c.OpenAsync();
+            sessions.Add(c);
+        }
+        var target = (await platform.Store.ListAsync<NodeSpec>(platform.Store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).First(n => n.NodeId != leader.NodeId);
+        var (status, _) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = target.NodeId }.ToJsonString());
+        Assert.Equal(202, status);
+        await Eventually.UntilAsync(async () => (await platform.Store.GetAsync<LeaderRecord>(platform.Store.Keys.Leader(id), CancellationToken.None))?.Value.NodeId == target.NodeId,
+            TimeSpan.FromSeconds(30), "the new leader key");
+        var keySeen = Stopwatch.StartNew();
+        await Eventually.UntilAsync(async () =>
+        {
+            try { return (await WhereAsync(uri)) is { InRecovery: false } w && w.Port == target.Port; }
+            catch (NpgsqlException) { return false; }
+        }, TimeSpan.FromSeconds(10), "a new connection on the new primary");
+        output.WriteLine($"new connections reached the new primary {keySeen.ElapsedMilliseconds} ms after the test saw the new leader key");
+        Console.WriteLine($"[measure] leader change: new connection on the new primary {keySeen.ElapsedMilliseconds} ms after the key changed");
+
+        // Every session still open to the old primary is closed: its next query fails.
+        await Task.Delay(1000);
+        var survivors = 0;
+        foreach (var s in sessions)
+        {
+            try
+            {
+                await using var cmd = new NpgsqlCommand("SELECT inet_server_port()", s);
+                if ((int)(await cmd.ExecuteScalarAsync())! == leader.Port) survivors++;
+            }
+            catch (Exception ex) when (ex is NpgsqlException or InvalidOperationException) { }
+            await s.DisposeAsync();
+        }
+        Assert.Equal(0, survivors);
+
+        // The per-instance limit: past it, a real client gets PostgreSQL's own error.
+        var held = new List<NpgsqlConnection>();
+        try
+        {
+            PostgresException? refused = null;
+            // The limit holds per router; three routers share the port, so at most 3 × 8 connections get through.
+            for (var i = 0; i < 60 && refused is null; i++)
+            {
+                var c = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri));
+                try { await c.OpenAsync(); held.Add(c); }
+                catch (PostgresException ex) { refused = ex; await c.DisposeAsync(); }
+            }
+            Assert.NotNull(refused);
+            Assert.Equal("53300", refused!.SqlState);
+            Assert.Contains($"too many connections for instance {id}", refused.MessageText);
+            output.WriteLine($"refused after {held.Count} connections: {refused.MessageText}");
+        }
+        finally
+        {
+            foreach (var c in held) await c.DisposeAsync();
+        }
+    }
+}
