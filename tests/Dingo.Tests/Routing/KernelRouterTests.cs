@@ -1,0 +1,401 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Dingo.Routing;
+using Dingo.Tests.Support;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Dingo.Tests.Routing;
+
+/// <summary>
+/// The kernel data path against real nftables and conntrack. Traffic stays on 127.0.0.1; each test owns a table
+/// of its own, deleted afterwards even when the test fails.
+/// </summary>
+public sealed class KernelRouterTests
+{
+    private static readonly IPAddress Loopback = IPAddress.Loopback;
+    private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(5);
+    // The test runner's PATH does not always include /usr/sbin.
+    private static readonly string NftPath = File.Exists("/usr/sbin/nft") ? "/usr/sbin/nft" : "nft";
+    private static readonly string ConntrackPath = File.Exists("/usr/sbin/conntrack") ? "/usr/sbin/conntrack" : "conntrack";
+    private static int _tables;
+
+    [Fact]
+    public void The_kernel_path_is_available_here()
+    {
+        Assert.True(KernelRouter.Available(out var reason), reason);
+        Assert.DoesNotContain("dingo_probe_", Nft("list", "tables"));
+    }
+
+    [Fact]
+    public void Table_names_are_sanitised_from_the_cell_id()
+    {
+        Assert.Equal("dingo_cell_1", KernelRouter.TableNameFor("cell-1"));
+        Assert.Equal("dingo_z1_a_b", KernelRouter.TableNameFor("Z1.a b"));
+    }
+
+    [Fact]
+    public async Task With_a_target_bytes_flow_through_the_kernel_not_the_fallback()
+    {
+        await using var table = new Table();
+        await using var backend = Backend.Tagged((byte)'A');
+        await using var fallback = new TcpRouter(Loopback, NullLogger.Instance);
+        await using var router = new KernelRouter(Loopback, table.Name, fallback, NullLogger.Instance);
+        var port = FreePorts.One();
+
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint)], Timeout());
+
+        for (var i = 0; i < 3; i++)
+        {
+            using var client = await ConnectAsync(port);
+            Assert.Equal((byte)'A', (await ReadExactlyAsync(client, 1))[0]);
+            await AssertEchoAsync(client, $"through the kernel {i}");
+        }
+        Assert.Equal(0, fallback.Stats.AcceptedConnections);
+        Assert.Equal(1, fallback.Stats.ListeningPorts);
+        Assert.Contains($"tcp dport {port} dnat to {backend.EndPoint}", Nft("list", "table", "ip", table.Name));
+    }
+
+    [Fact]
+    public async Task Without_a_target_the_fallback_holds_the_client_until_a_target_appears()
+    {
+        await using var table = new Table();
+        await using var backend = Backend.Tagged((byte)'A');
+        await using var fallback = new TcpRouter(Loopback, NullLogger.Instance, TimeSpan.FromSeconds(4));
+        await using var router = new KernelRouter(Loopback, table.Name, fallback, NullLogger.Instance);
+        var port = FreePorts.One();
+
+        await router.ApplyAsync([new Route(port, "i1", null)], Timeout());
+        Assert.DoesNotContain($"dport {port}", Nft("list", "table", "ip", table.Name));
+
+        using var waiting = await ConnectAsync(port);
+        await WaitUntilAsync(() => fallback.Stats.OpenConnections == 1);
+        Assert.Equal(1, fallback.Stats.AcceptedConnections);
+
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint)], Timeout());
+        // As if the held connection began before connection tracking was on: its next packet is picked up by
+        // conntrack mid-stream and must not be translated to the target (which would reset it).
+        Conntrack("-D", "-p", "tcp", "--orig-port-dst", port.ToString(CultureInfo.InvariantCulture));
+
+        // The held connection is linked by the fallback; new ones go through the kernel.
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(waiting, 1))[0]);
+        await AssertEchoAsync(waiting, "served after the wait");
+        using var fresh = await ConnectAsync(port);
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(fresh, 1))[0]);
+        Assert.Equal(1, fallback.Stats.AcceptedConnections);
+        Assert.Equal(0, fallback.Stats.NoTargetClosures);
+    }
+
+    [Fact]
+    public async Task A_leader_change_cuts_sessions_to_the_old_target_and_sends_new_ones_to_the_new()
+    {
+        await using var table = new Table();
+        await using var a = Backend.Tagged((byte)'A');
+        await using var b = Backend.Tagged((byte)'B');
+        await using var fallback = new TcpRouter(Loopback, NullLogger.Instance);
+        await using var router = new KernelRouter(Loopback, table.Name, fallback, NullLogger.Instance);
+        var port = FreePorts.One();
+        var other = FreePorts.One();
+        await router.ApplyAsync([new Route(port, "i1", a.EndPoint), new Route(other, "i2", a.EndPoint)], Timeout());
+
+        using var old = await ConnectAsync(port);
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(old, 1))[0]);
+        using var untouched = await ConnectAsync(other);
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(untouched, 1))[0]);
+
+        await router.ApplyAsync([new Route(port, "i1", b.EndPoint), new Route(other, "i2", a.EndPoint)], Timeout());
+        var watch = Stopwatch.StartNew();
+
+        // Its conntrack entry is gone: the next packet is translated to the new target, which resets it.
+        await old.SendAsync("q"u8.ToArray(), SocketFlags.None, Timeout());
+        Assert.True(await EndsWithinAsync(old, TimeSpan.FromSeconds(1)), "session to the old target stayed open");
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(1), $"cut after {watch.Elapsed}");
+
+        using var fresh = await ConnectAsync(port);
+        Assert.Equal((byte)'B', (await ReadExactlyAsync(fresh, 1))[0]);
+        await AssertEchoAsync(fresh, "new leader");
+        // Another port to the same old target keeps its sessions.
+        await AssertEchoAsync(untouched, "other port unaffected");
+        Assert.Equal(0, fallback.Stats.AcceptedConnections);
+    }
+
+    [Fact]
+    public async Task A_removed_route_loses_its_rule_and_sessions_and_the_port_refuses()
+    {
+        await using var table = new Table();
+        await using var backend = Backend.Tagged((byte)'A');
+        await using var fallback = new TcpRouter(Loopback, NullLogger.Instance);
+        await using var router = new KernelRouter(Loopback, table.Name, fallback, NullLogger.Instance);
+        var port = FreePorts.One();
+        var kept = FreePorts.One();
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint), new Route(kept, "i2", backend.EndPoint)], Timeout());
+
+        using var open = await ConnectAsync(port);
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(open, 1))[0]);
+
+        await router.ApplyAsync([new Route(kept, "i2", backend.EndPoint)], Timeout());
+
+        var listing = Nft("list", "table", "ip", table.Name);
+        Assert.DoesNotContain($"dport {port} ", listing);
+        Assert.Contains($"dport {kept} ", listing);
+        Assert.Equal(1, fallback.Stats.ListeningPorts);
+
+        var refused = await Assert.ThrowsAsync<SocketException>(() => ConnectAsync(port));
+        Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
+        await open.SendAsync("q"u8.ToArray(), SocketFlags.None, Timeout());
+        Assert.True(await EndsWithinAsync(open, TimeSpan.FromSeconds(1)), "session through the removed port stayed open");
+
+        using var other = await ConnectAsync(kept);
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(other, 1))[0]);
+    }
+
+    [Fact]
+    public async Task Applying_the_same_routes_again_runs_nothing()
+    {
+        await using var table = new Table();
+        await using var a = Backend.Tagged((byte)'A');
+        await using var b = Backend.Tagged((byte)'B');
+        await using var fallback = new TcpRouter(Loopback, NullLogger.Instance);
+        await using var router = new KernelRouter(Loopback, table.Name, fallback, NullLogger.Instance);
+        var p1 = FreePorts.One();
+        var p2 = FreePorts.One();
+
+        await router.ApplyAsync([new Route(p1, "i1", a.EndPoint), new Route(p2, "i2", null)], Timeout());
+        Assert.Equal(1, router.NftRuns);
+        Assert.Equal(0, router.ConntrackRuns);
+
+        // Equal routes in another order and new objects.
+        await router.ApplyAsync([new Route(p2, "i2", null), new Route(p1, "i1", new IPEndPoint(Loopback, a.EndPoint.Port))], Timeout());
+        Assert.Equal(1, router.NftRuns);
+        Assert.Equal(0, router.ConntrackRuns);
+
+        await router.ApplyAsync([new Route(p1, "i1", b.EndPoint), new Route(p2, "i2", null)], Timeout());
+        Assert.Equal(2, router.NftRuns);
+        Assert.Equal(1, router.ConntrackRuns);
+        await router.ApplyAsync([new Route(p1, "i1", b.EndPoint), new Route(p2, "i2", null)], Timeout());
+        Assert.Equal(2, router.NftRuns);
+        Assert.Equal(1, router.ConntrackRuns);
+    }
+
+    [Fact]
+    public async Task Disposing_deletes_the_table_and_leaves_the_fallback_running()
+    {
+        await using var table = new Table();
+        await using var backend = Backend.Tagged((byte)'A');
+        await using var fallback = new TcpRouter(Loopback, NullLogger.Instance);
+        var router = new KernelRouter(Loopback, table.Name, fallback, NullLogger.Instance);
+        var port = FreePorts.One();
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint)], Timeout());
+        Assert.Contains(table.Name, Nft("list", "tables"));
+
+        await router.DisposeAsync();
+
+        Assert.DoesNotContain(table.Name, Nft("list", "tables"));
+        // New connections now reach the user-space router, still listening.
+        using var client = await ConnectAsync(port);
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(client, 1))[0]);
+        Assert.Equal(1, fallback.Stats.AcceptedConnections);
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => router.ApplyAsync([], Timeout()));
+    }
+
+    [Fact]
+    public async Task Bind_address_any_matches_local_addresses()
+    {
+        await using var table = new Table();
+        await using var backend = Backend.Tagged((byte)'A');
+        // The fallback stays on loopback: nothing here listens beyond 127.0.0.1.
+        await using var fallback = new TcpRouter(Loopback, NullLogger.Instance);
+        await using var router = new KernelRouter(IPAddress.Any, table.Name, fallback, NullLogger.Instance);
+        var port = FreePorts.One();
+
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint)], Timeout());
+
+        using var client = await ConnectAsync(port);
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(client, 1))[0]);
+        Assert.Equal(0, fallback.Stats.AcceptedConnections);
+        Assert.Contains($"fib daddr type local tcp dport {port} dnat to", Nft("list", "table", "ip", table.Name));
+    }
+
+    // ---- helpers ----
+
+    /// <summary>A unique table name; the table is deleted on dispose whatever happened.</summary>
+    private sealed class Table : IAsyncDisposable
+    {
+        public string Name { get; } = $"dingo_test_{Environment.ProcessId}_{Interlocked.Increment(ref _tables)}";
+
+        public ValueTask DisposeAsync()
+        {
+            Run(check: false, stdin: $"add table ip {Name}\ndelete table ip {Name}\n", "-f", "-");
+            return ValueTask.CompletedTask;
+        }
+    }
+
+    private static string Nft(params string[] args) => Run(check: true, stdin: null, args);
+
+    private static string Run(bool check, string? stdin, params string[] args) => Run(NftPath, check, stdin, args);
+
+    /// <summary>Runs conntrack; exit code 1 (nothing matched) is fine.</summary>
+    private static void Conntrack(params string[] args) => Run(ConntrackPath, check: false, stdin: null, args);
+
+    private static string Run(string file, bool check, string? stdin, params string[] args)
+    {
+        var psi = new ProcessStartInfo(file)
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        foreach (var arg in args)
+            psi.ArgumentList.Add(arg);
+        using var process = Process.Start(psi)!;
+        if (stdin is not null)
+            process.StandardInput.Write(stdin);
+        process.StandardInput.Close();
+        var stderr = process.StandardError.ReadToEndAsync();
+        var output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        if (check && process.ExitCode != 0)
+            throw new InvalidOperationException($"{file} {string.Join(' ', args)}: {stderr.Result}");
+        return output;
+    }
+
+    private static CancellationToken Timeout() => new CancellationTokenSource(StepTimeout).Token;
+
+    private static async Task<Socket> ConnectAsync(int port)
+    {
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            await socket.ConnectAsync(new IPEndPoint(Loopback, port), Timeout());
+            return socket;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    private static async Task AssertEchoAsync(Socket socket, string message)
+    {
+        var bytes = Encoding.UTF8.GetBytes(message);
+        await socket.SendAsync(bytes, SocketFlags.None, Timeout());
+        Assert.Equal(message, Encoding.UTF8.GetString(await ReadExactlyAsync(socket, bytes.Length)));
+    }
+
+    private static async Task<byte[]> ReadExactlyAsync(Socket socket, int count)
+    {
+        var buffer = new byte[count];
+        var read = 0;
+        var ct = Timeout();
+        while (read < count)
+        {
+            var n = await socket.ReceiveAsync(buffer.AsMemory(read), SocketFlags.None, ct);
+            if (n == 0)
+                throw new EndOfStreamException($"connection ended after {read} of {count} bytes");
+            read += n;
+        }
+        return buffer;
+    }
+
+    /// <summary>True if the peer ends the connection (EOF or reset) within the time; data still arriving is skipped.</summary>
+    private static async Task<bool> EndsWithinAsync(Socket socket, TimeSpan within)
+    {
+        using var cts = new CancellationTokenSource(within);
+        var buffer = new byte[4096];
+        try
+        {
+            while (await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token) > 0)
+            {
+            }
+            return true;
+        }
+        catch (SocketException)
+        {
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        var watch = Stopwatch.StartNew();
+        while (!condition())
+        {
+            Assert.True(watch.Elapsed < StepTimeout, "condition not reached in time");
+            await Task.Delay(20);
+        }
+    }
+
+    /// <summary>A backend on 127.0.0.1:0 that sends its tag on connect, then echoes.</summary>
+    private sealed class Backend : IAsyncDisposable
+    {
+        private readonly TcpListener _listener = new(Loopback, 0);
+        private readonly CancellationTokenSource _stop = new();
+        private readonly ConcurrentBag<Socket> _sockets = [];
+        private readonly byte _tag;
+        private readonly Task _accepting;
+
+        private Backend(byte tag)
+        {
+            _tag = tag;
+            _listener.Start();
+            EndPoint = (IPEndPoint)_listener.LocalEndpoint;
+            _accepting = AcceptAsync();
+        }
+
+        public IPEndPoint EndPoint { get; }
+
+        public static Backend Tagged(byte tag) => new(tag);
+
+        private async Task AcceptAsync()
+        {
+            try
+            {
+                while (true)
+                {
+                    var socket = await _listener.AcceptSocketAsync(_stop.Token);
+                    _sockets.Add(socket);
+                    _ = ServeAsync(socket);
+                }
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or SocketException or ObjectDisposedException)
+            {
+            }
+        }
+
+        private async Task ServeAsync(Socket socket)
+        {
+            try
+            {
+                await socket.SendAsync(new[] { _tag }, SocketFlags.None, _stop.Token);
+                var buffer = new byte[16 * 1024];
+                int n;
+                while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, _stop.Token)) > 0)
+                    await socket.SendAsync(buffer.AsMemory(0, n), SocketFlags.None, _stop.Token);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or SocketException or ObjectDisposedException)
+            {
+            }
+            finally
+            {
+                socket.Dispose();
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            _stop.Cancel();
+            _listener.Stop();
+            foreach (var socket in _sockets)
+                socket.Dispose();
+            await _accepting;
+        }
+    }
+}
