@@ -62,12 +62,22 @@ public static class CellApp
                     var haLogger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Ha");
                     Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger);
                     var cell = system.ActorOf(CellActor.Props(sp.GetRequiredService<CellReconciler>(), agents, settings.Cell.ReconcileInterval, settings.Ha.LoopWait), "cell");
-                    var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<TcpRouter>(), settings.Router, sp.GetRequiredService<RouterMetrics>()), "router");
+                    var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<IRouteDataPath>(), settings.Router, sp.GetRequiredService<RouterMetrics>()), "router");
                     registry.Register<CellActor>(cell);
                     registry.Register<RouterActor>(router);
                 });
         });
         builder.Services.AddSingleton(sp => new RouterMetrics(sp.GetRequiredService<TcpRouter>()));
+        builder.Services.AddSingleton<IRouteDataPath>(sp =>
+        {
+            var userspace = sp.GetRequiredService<TcpRouter>();
+            if (settings.Router.Mode != "kernel") return userspace;
+            var log = sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Router");
+            if (!KernelRouter.Available(out var reason))
+                throw new InvalidOperationException($"dingo.router.mode = kernel, but the kernel path is not available here: {reason}");
+            log.LogInformation("router: kernel fast path (nftables table {Table})", KernelRouter.TableNameFor(settings.Cell.Id));
+            return new KernelRouter(IPAddress.Parse(settings.Router.BindAddress), KernelRouter.TableNameFor(settings.Cell.Id), userspace, log);
+        });
         builder.Services.AddHostedService<CellWatches>();
         if (settings.Router.MetricsPort > 0) builder.Services.AddHostedService<MetricsEndpoint>();
         return builder.Build();
@@ -80,7 +90,7 @@ public static class CellApp
 /// </summary>
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 internal sealed class CellWatches(
-    EtcdStore store, DingoSettings settings, CellReconciler reconciler, TcpRouter router,
+    EtcdStore store, DingoSettings settings, CellReconciler reconciler, TcpRouter router, IRouteDataPath dataPath,
     IRequiredActor<CellActor> cell, IRequiredActor<RouterActor> routerActor, ILogger<CellWatches> logger) : BackgroundService
 {
     protected override Task ExecuteAsync(CancellationToken stoppingToken)
@@ -127,6 +137,7 @@ internal sealed class CellWatches(
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         cts.CancelAfter(TimeSpan.FromSeconds(45));
         await reconciler.ShutdownAsync(cts.Token);
+        if (dataPath != router) await dataPath.DisposeAsync();
         await router.DisposeAsync();
         logger.LogInformation("cell {Cell} stopped", settings.Cell.Id);
     }

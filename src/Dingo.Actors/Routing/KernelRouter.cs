@@ -382,6 +382,9 @@ public sealed class KernelRouter : IRouteDataPath
     {
         if (route.Target is not { } target)
             return null;
+        // Read-only ports balance over a pool of replicas: user space does that (one DNAT target per rule here).
+        if (route.Pool.Count > 0)
+            return null;
         var address = target.Address.IsIPv4MappedToIPv6 ? target.Address.MapToIPv4() : target.Address;
         if (address.AddressFamily == AddressFamily.InterNetwork)
             return new IPEndPoint(address, target.Port);

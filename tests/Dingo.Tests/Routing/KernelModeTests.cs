@@ -1,0 +1,59 @@
+using System.Text.Json.Nodes;
+using Dingo.Model;
+using Dingo.Routing;
+using Dingo.Tests.Support;
+using Npgsql;
+
+namespace Dingo.Tests.Routing;
+
+/// <summary>Cells with `dingo.router.mode = kernel`: primary ports forwarded by nftables, following the leader.</summary>
+public sealed class KernelModeTests
+{
+    [Fact]
+    public async Task In_kernel_mode_the_primary_port_follows_a_switchover_and_drops_sessions_to_the_old_primary()
+    {
+        Assert.True(KernelRouter.Available(out var reason), $"the kernel path must be available on this machine (./dingo installs nftables and conntrack): {reason}");
+        await using var platform = await TestPlatform.StartAsync(cells: 3, TestPlatform.NewSettings(extra: "dingo.router.mode = kernel"), ownsData: true);
+        var id = "kern-" + Guid.NewGuid().ToString("N")[..8];
+        await platform.ProvisionReadyAsync(id, Catalog.ClusterPlanId);
+        var uri = (string)(await platform.BindAsync(id, "b", Catalog.ClusterPlanId))["uri"]!;
+        var leader = (await platform.Store.GetAsync<LeaderRecord>(platform.Store.Keys.Leader(id), CancellationToken.None))!.Value;
+
+        async Task<int> ServerPortAsync(NpgsqlConnection c)
+        {
+            await using var cmd = new NpgsqlCommand("SELECT inet_server_port()", c);
+            return (int)(await cmd.ExecuteScalarAsync())!;
+        }
+        var sessions = new List<NpgsqlConnection>();
+        for (var i = 0; i < 5; i++)
+        {
+            var c = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri));
+            await c.OpenAsync();
+            Assert.Equal(leader.Port, await ServerPortAsync(c));
+            sessions.Add(c);
+        }
+
+        var target = (await platform.Store.ListAsync<NodeSpec>(platform.Store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).First(n => n.NodeId != leader.NodeId);
+        var (status, _) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = target.NodeId }.ToJsonString());
+        Assert.Equal(202, status);
+        await Eventually.UntilAsync(async () =>
+        {
+            try
+            {
+                await using var c = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri, timeoutSeconds: 2));
+                await c.OpenAsync();
+                return await ServerPortAsync(c) == target.Port;
+            }
+            catch (NpgsqlException) { return false; }
+        }, TimeSpan.FromSeconds(30), "new connections on the new primary through the kernel path");
+
+        var survivors = 0;
+        foreach (var s in sessions)
+        {
+            try { if (await ServerPortAsync(s) == leader.Port) survivors++; }
+            catch (Exception ex) when (ex is NpgsqlException or InvalidOperationException) { }
+            await s.DisposeAsync();
+        }
+        Assert.Equal(0, survivors);
+    }
+}
