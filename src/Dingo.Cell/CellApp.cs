@@ -71,10 +71,15 @@ public static class CellApp
         builder.Services.AddSingleton<IRouteDataPath>(sp =>
         {
             var userspace = sp.GetRequiredService<TcpRouter>();
-            if (settings.Router.Mode != "kernel") return userspace;
             var log = sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Router");
+            if (settings.Router.Mode == "userspace") return userspace;
             if (!KernelRouter.Available(out var reason))
-                throw new InvalidOperationException($"dingo.router.mode = kernel, but the kernel path is not available here: {reason}");
+            {
+                if (settings.Router.Mode == "kernel")
+                    throw new InvalidOperationException($"dingo.router.mode = kernel, but the kernel path is not available here: {reason}");
+                log.LogInformation("router: user-space data path (the kernel path is not available: {Reason})", reason);
+                return userspace;
+            }
             log.LogInformation("router: kernel fast path (nftables table {Table})", KernelRouter.TableNameFor(settings.Cell.Id));
             return new KernelRouter(IPAddress.Parse(settings.Router.BindAddress), KernelRouter.TableNameFor(settings.Cell.Id), userspace, log);
         });

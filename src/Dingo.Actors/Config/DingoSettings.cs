@@ -64,7 +64,7 @@ public sealed record DingoSettings
                 MaxConnectionsPerInstance = d.GetInt("router.max-connections-per-instance", 500),
                 ReadOnlyMaxLag = d.GetByteSize("router.read-only-max-lag") ?? 16 * 1024 * 1024,
                 MetricsPort = d.GetInt("router.metrics-port", 0),
-                Mode = d.GetString("router.mode", "userspace"),
+                Mode = d.GetString("router.mode", "auto"),
             },
             Cell = new CellSettings
             {
@@ -105,7 +105,7 @@ public sealed record DingoSettings
         if (Router.PortFirst <= NodePortLast && NodePortFirst <= Router.PortLast)
             throw new ArgumentException("dingo.router.port-range and dingo.node-port-range overlap: instance and node ports would collide");
         if (Broker.InstanceQuota < 0) throw new ArgumentException("dingo.broker.instance-quota must be 0 (no limit) or more");
-        if (Router.Mode is not ("userspace" or "kernel")) throw new ArgumentException($"dingo.router.mode must be \"userspace\" or \"kernel\": got \"{Router.Mode}\"");
+        if (Router.Mode is not ("auto" or "userspace" or "kernel")) throw new ArgumentException($"dingo.router.mode must be \"auto\", \"userspace\" or \"kernel\": got \"{Router.Mode}\"");
         if (Ha.Ttl < TimeSpan.FromSeconds(2)) throw new ArgumentException($"dingo.ha.ttl must be at least 2s: got {Ha.Ttl.TotalSeconds}s");
         if (Ha.LoopWait <= TimeSpan.Zero || Ha.LoopWait * 3 > Ha.Ttl)
             throw new ArgumentException($"dingo.ha.loop-wait ({Ha.LoopWait.TotalMilliseconds}ms) must be positive and at most a third of dingo.ha.ttl ({Ha.Ttl.TotalSeconds}s), so a leader renews in time");
@@ -136,7 +136,7 @@ public sealed record RouterSettings
     public required int MaxConnectionsPerInstance { get; init; }
     public required long ReadOnlyMaxLag { get; init; }
     public required int MetricsPort { get; init; }
-    /// <summary>userspace: every byte through the .NET proxy; kernel: nftables DNAT for primary ports, user space for the rest.</summary>
+    /// <summary>userspace: every byte through the .NET proxy; kernel: nftables DNAT for primary ports, user space for the rest; auto: kernel when available.</summary>
     public required string Mode { get; init; }
 }
 

@@ -158,7 +158,7 @@ public sealed class KernelRouter : IRouteDataPath
             if (!seen.Add(route.Port))
                 throw new ArgumentException($"port {route.Port} is routed twice", nameof(routes));
             if (KernelTarget(route) is { } target)
-                desired[route.Port] = new KernelRule(route.Port, route.InstanceId, target);
+                desired[route.Port] = new KernelRule(route.Port, route.InstanceId, target, route.MaxConnections);
         }
 
         await _gate.WaitAsync(ct).ConfigureAwait(false);
@@ -180,16 +180,31 @@ public sealed class KernelRouter : IRouteDataPath
                 {
                     kernelError = ex;
                 }
-                await _fallback.ApplyAsync(routes, ct).ConfigureAwait(false);
+                await _fallback.ApplyAsync(FallbackRoutes(routes), ct).ConfigureAwait(false);
                 if (kernelError is not null)
                     System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(kernelError);
             }
             else
             {
-                // The fallback first, so that a port losing its rule already has a listener behind it.
-                await _fallback.ApplyAsync(routes, ct).ConfigureAwait(false);
+                // The fallback first, so that a port losing its rule already has a listener behind it; once the
+                // kernel has its rules, ports it forwards are marked overflow-only in user space.
                 if (!SameRules(_applied, desired))
-                    await ProgramAsync(desired, ct).ConfigureAwait(false);
+                {
+                    var kept = _applied.Keys.Where(desired.ContainsKey).ToHashSet();
+                    await _fallback.ApplyAsync(FallbackRoutes(routes, kept), ct).ConfigureAwait(false);
+                    try
+                    {
+                        await ProgramAsync(desired, ct).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        await _fallback.ApplyAsync(FallbackRoutes(routes), ct).ConfigureAwait(false);
+                    }
+                }
+                else
+                {
+                    await _fallback.ApplyAsync(FallbackRoutes(routes), ct).ConfigureAwait(false);
+                }
             }
 
             await DropStaleConnectionsAsync(ct).ConfigureAwait(false);
@@ -228,6 +243,16 @@ public sealed class KernelRouter : IRouteDataPath
         }
     }
 
+    /// <summary>
+    /// The routes the user-space fallback serves: as given, except that ports the kernel forwards with a connection
+    /// limit only ever see, in user space, the connections the kernel let through for being over it.
+    /// </summary>
+    private IReadOnlyCollection<Route> FallbackRoutes(IReadOnlyCollection<Route> routes, IReadOnlySet<int>? forwarded = null)
+    {
+        var inKernel = forwarded ?? _applied?.Where(r => r.Value.Limit > 0).Select(r => r.Key).ToHashSet() ?? [];
+        return routes.Select(r => inKernel.Contains(r.Port) && r.MaxConnections > 0 ? r with { OverflowOnly = true } : r).ToList();
+    }
+
     /// <summary>The whole table as one nft transaction: chains made if missing, all rules flushed and re-added.</summary>
     internal string BuildScript(IEnumerable<KernelRule> rules)
     {
@@ -250,6 +275,13 @@ public sealed class KernelRouter : IRouteDataPath
         var targets = new SortedSet<string>(StringComparer.Ordinal);
         foreach (var rule in rules)
         {
+            // Over its limit, a new connection is not translated: it reaches the user-space listener, which
+            // answers with PostgreSQL's "too many connections" error.
+            if (rule.Limit > 0)
+                sb.Append("add rule ip ").Append(t).Append(' ').Append(RoutesChain).Append(' ')
+                    .Append(match).Append(" tcp dport ").Append(rule.Port.ToString(CultureInfo.InvariantCulture))
+                    .Append(" ct count over ").Append(rule.Limit.ToString(CultureInfo.InvariantCulture)).Append(" accept")
+                    .Append(" comment \"").Append(Comment(rule.InstanceId)).Append(" over limit\"\n");
             sb.Append("add rule ip ").Append(t).Append(' ').Append(RoutesChain).Append(' ')
                 .Append(match).Append(" tcp dport ").Append(rule.Port.ToString(CultureInfo.InvariantCulture))
                 .Append(" dnat to ").Append(rule.Target.Address).Append(':').Append(rule.Target.Port.ToString(CultureInfo.InvariantCulture))
@@ -531,7 +563,7 @@ public sealed class KernelRouter : IRouteDataPath
         return (process.ExitCode, error.Length > 0 ? error : $"exit code {process.ExitCode}");
     }
 
-    internal sealed record KernelRule(int Port, string InstanceId, IPEndPoint Target);
+    internal sealed record KernelRule(int Port, string InstanceId, IPEndPoint Target, int Limit = 0);
 
     private sealed record StaleTarget(int Port, string InstanceId, IPEndPoint Target);
 }

@@ -133,7 +133,7 @@ public sealed class TcpRouter : IRouteDataPath
             {
                 if (!_ports.TryGetValue(route.Port, out var entry))
                 {
-                    entry = new PortEntry(route.Port, route.InstanceId, route.Target) { Pool = route.Pool, MaxConnections = route.MaxConnections };
+                    entry = new PortEntry(route.Port, route.InstanceId, route.Target) { Pool = route.Pool, MaxConnections = route.MaxConnections, OverflowOnly = route.OverflowOnly };
                     _ports[route.Port] = entry;
                     Interlocked.Increment(ref _routeChanges);
                     _logger.LogInformation("Route added: port {Port} (instance {InstanceId}) -> {Target}",
@@ -187,6 +187,7 @@ public sealed class TcpRouter : IRouteDataPath
         lock (entry.Gate)
         {
             entry.MaxConnections = route.MaxConnections;
+            entry.OverflowOnly = route.OverflowOnly;
             var instanceChanged = entry.InstanceId != route.InstanceId;
             if (!instanceChanged && Equals(entry.Target, route.Target) && entry.Pool.Count == route.Pool.Count && entry.Pool.All(route.Pool.Contains))
                 return;
@@ -324,7 +325,7 @@ public sealed class TcpRouter : IRouteDataPath
         bool registered, overLimit = false;
         lock (entry.Gate)
         {
-            overLimit = entry.MaxConnections > 0 && entry.Connections.Count >= entry.MaxConnections;
+            overLimit = entry.OverflowOnly || (entry.MaxConnections > 0 && entry.Connections.Count >= entry.MaxConnections);
             registered = !entry.Closed && !overLimit && entry.Connections.Add(conn);
         }
         if (overLimit)
@@ -586,6 +587,7 @@ public sealed class TcpRouter : IRouteDataPath
         public IPEndPoint? Target { get; set; } = target;
         public IReadOnlyList<IPEndPoint> Pool { get; set; } = [];
         public int MaxConnections { get; set; }
+        public bool OverflowOnly { get; set; }
         public int NextInPool = Random.Shared.Next(1024); // routers sharing a port start at different points
         public bool Closed { get; set; }
         public HashSet<Connection> Connections { get; } = [];

@@ -37,6 +37,7 @@ public sealed class SettingsTests
     [InlineData("dingo.etcd.prefix = \"dingo\"", "must start with '/'")]
     [InlineData("dingo.broker.instance-quota = -1", "instance-quota")]
     [InlineData("dingo.broker.url = \"not a url\"", "not an absolute URL")]
+    [InlineData("dingo.router.mode = fast", "dingo.router.mode must be")]
     public void Bad_settings_are_refused_with_the_key_named(string hocon, string expected)
     {
         var ex = Assert.Throws<ArgumentException>(() => DingoSettings.Load([DefaultFile], new Dictionary<string, string?>(), hocon));

@@ -10,10 +10,10 @@ namespace Dingo.Tests.Routing;
 public sealed class KernelModeTests
 {
     [Fact]
-    public async Task In_kernel_mode_the_primary_port_follows_a_switchover_and_drops_sessions_to_the_old_primary()
+    public async Task In_kernel_mode_the_primary_port_follows_a_switchover_drops_sessions_to_the_old_primary_and_keeps_the_limit()
     {
         Assert.True(KernelRouter.Available(out var reason), $"the kernel path must be available on this machine (./dingo installs nftables and conntrack): {reason}");
-        await using var platform = await TestPlatform.StartAsync(cells: 3, TestPlatform.NewSettings(extra: "dingo.router.mode = kernel"), ownsData: true);
+        await using var platform = await TestPlatform.StartAsync(cells: 3, TestPlatform.NewSettings(extra: "dingo.router { mode = kernel, max-connections-per-instance = 12 }"), ownsData: true);
         var id = "kern-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, Catalog.ClusterPlanId);
         var uri = (string)(await platform.BindAsync(id, "b", Catalog.ClusterPlanId))["uri"]!;
@@ -55,5 +55,27 @@ public sealed class KernelModeTests
             await s.DisposeAsync();
         }
         Assert.Equal(0, survivors);
+
+        // The limit holds on the kernel path too: past it, the kernel leaves the connection to user space, which
+        // answers with PostgreSQL's error.
+        var held = new List<NpgsqlConnection>();
+        try
+        {
+            PostgresException? refused = null;
+            for (var i = 0; i < 40 && refused is null; i++)
+            {
+                var c = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri));
+                try { await c.OpenAsync(); held.Add(c); }
+                catch (PostgresException ex) { refused = ex; await c.DisposeAsync(); }
+            }
+            Assert.NotNull(refused);
+            Assert.Equal("53300", refused!.SqlState);
+            Assert.Contains($"too many connections for instance {id}", refused.MessageText);
+            Assert.InRange(held.Count, 12, 36);
+        }
+        finally
+        {
+            foreach (var c in held) await c.DisposeAsync();
+        }
     }
 }
