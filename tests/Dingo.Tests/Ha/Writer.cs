@@ -21,6 +21,8 @@ public sealed class Writer : IAsyncDisposable
     }
 
     public ConcurrentDictionary<long, DateTime> Acknowledged { get; } = new();
+    /// <summary>When each acknowledged commit was sent.</summary>
+    public ConcurrentDictionary<long, DateTime> Started { get; } = new();
     public long Attempts;
 
     public async Task CreateTableAsync()
@@ -39,6 +41,7 @@ public sealed class Writer : IAsyncDisposable
         while (!ct.IsCancellationRequested)
         {
             var n = Interlocked.Increment(ref Attempts);
+            var started = DateTime.UtcNow;
             try
             {
                 if (conn is null)
@@ -49,6 +52,7 @@ public sealed class Writer : IAsyncDisposable
                 await using var cmd = new NpgsqlCommand("INSERT INTO counter(n) VALUES ($1)", conn);
                 cmd.Parameters.AddWithValue(n);
                 await cmd.ExecuteNonQueryAsync(ct);
+                Started[n] = started;
                 Acknowledged[n] = DateTime.UtcNow;
             }
             catch (Exception) when (!ct.IsCancellationRequested)
@@ -62,9 +66,13 @@ public sealed class Writer : IAsyncDisposable
         if (conn is not null) await conn.DisposeAsync();
     }
 
-    /// <summary>The first acknowledged commit after the given moment.</summary>
+    /// <summary>
+    /// When the first commit sent after the given moment was acknowledged (an acknowledgement of an earlier commit
+    /// can still arrive after it, from a node that is already gone).
+    /// </summary>
     public DateTime? FirstAckAfter(DateTime moment) =>
-        Acknowledged.Values.Where(t => t > moment).DefaultIfEmpty(DateTime.MaxValue).Min() is var t && t != DateTime.MaxValue ? t : null;
+        Acknowledged.Where(a => Started.TryGetValue(a.Key, out var s) && s > moment).Select(a => a.Value)
+            .DefaultIfEmpty(DateTime.MaxValue).Min() is var t && t != DateTime.MaxValue ? t : null;
 
     public async Task<IReadOnlyList<long>> MissingAsync()
     {

@@ -140,14 +140,19 @@ public sealed class TestPlatform : IAsyncDisposable
         _cellProcesses[number] = process;
     }
 
-    /// <summary>kill -9 of a whole cell: its agent process and every PostgreSQL process under its data.</summary>
+    /// <summary>
+    /// kill -9 of a whole cell: its agent and every PostgreSQL process under its data, all at once (nothing of the
+    /// cell may keep serving while the rest dies); returns when they are gone.
+    /// </summary>
     public void KillCell(int number)
     {
-        if (_cellProcesses.Remove(number, out var process))
-        {
-            try { process.Kill(); process.WaitForExit(5000); } catch (InvalidOperationException) { }
-        }
+        var postgres = PostgresPidsOf($"cell-{number}").ToList();
+        _cellProcesses.Remove(number, out var process);
+        try { process?.Kill(); } catch (InvalidOperationException) { }
+        foreach (var pid in postgres) KillNow(pid);
+        // A postmaster forking at that moment: sweep once more.
         foreach (var pid in PostgresPidsOf($"cell-{number}")) KillNow(pid);
+        try { process?.WaitForExit(5000); } catch (InvalidOperationException) { }
     }
 
     private IEnumerable<int> PostgresPidsOf(string cellId)
