@@ -306,7 +306,7 @@ public sealed class KernelRouter : IRouteDataPath
         // Unknown from here until nft reports: a cancelled or failed run may or may not have committed.
         _applied = null;
         Interlocked.Increment(ref _nftRuns);
-        (int Code, string Error) result;
+        (int Code, string Error, string Output) result;
         try
         {
             result = await RunAsync("nft", ["-f", "-"], script, ct).ConfigureAwait(false);
@@ -320,7 +320,7 @@ public sealed class KernelRouter : IRouteDataPath
         }
         catch (Exception ex)
         {
-            result = (-1, ex.Message);
+            result = (-1, ex.Message, "");
         }
 
         if (result.Code == 0)
@@ -383,14 +383,14 @@ public sealed class KernelRouter : IRouteDataPath
             args.AddRange(["--reply-src", stale.Target.Address.ToString(), "--reply-port-src", stale.Target.Port.ToString(CultureInfo.InvariantCulture)]);
 
             Interlocked.Increment(ref _conntrackRuns);
-            (int Code, string Error) result;
+            (int Code, string Error, string Output) result;
             try
             {
                 result = await RunAsync("conntrack", args, null, ct).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is not OperationCanceledException)
             {
-                result = (-1, ex.Message);
+                result = (-1, ex.Message, "");
             }
 
             // conntrack exits 1 when nothing matched; that is success here.
@@ -518,8 +518,40 @@ public sealed class KernelRouter : IRouteDataPath
         return null;
     }
 
-    /// <summary>Runs a binary without a shell; returns its exit code and stderr (stdout is drained and dropped).</summary>
-    private static async Task<(int Code, string Error)> RunAsync(string name, IEnumerable<string> args, string? stdin, CancellationToken ct)
+    /// <summary>
+    /// Connections the kernel is forwarding now, per public port, read from conntrack (established flows whose
+    /// destination was translated). The router's metrics add them to the user-space counts.
+    /// </summary>
+    public async Task<IReadOnlyDictionary<int, int>> ForwardedConnectionsAsync(CancellationToken ct)
+    {
+        var ports = _applied?.Keys.ToHashSet() ?? [];
+        var counts = new Dictionary<int, int>();
+        if (ports.Count == 0) return counts;
+        var result = await RunAsync("conntrack", ["-L", "-p", "tcp", "--state", "ESTABLISHED"], null, ct).ConfigureAwait(false);
+        if (result.Code != 0) return counts;
+        var any = _bindAddress.Equals(IPAddress.Any);
+        foreach (var line in result.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            // Original tuple first (src dst sport dport), then the reply tuple: a translated flow's reply comes
+            // from the target's port, not the public one.
+            string? dst = null, dport = null, replySport = null;
+            var sports = 0;
+            foreach (var token in line.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            {
+                if (dst is null && token.StartsWith("dst=", StringComparison.Ordinal)) dst = token[4..];
+                else if (dport is null && token.StartsWith("dport=", StringComparison.Ordinal)) dport = token[6..];
+                else if (token.StartsWith("sport=", StringComparison.Ordinal) && ++sports == 2) replySport = token[6..];
+            }
+            if (dport is null || !int.TryParse(dport, NumberStyles.None, CultureInfo.InvariantCulture, out var port) || !ports.Contains(port)) continue;
+            if (replySport == dport) continue; // not translated: a connection to the user-space listener
+            if (!any && dst != _bindAddress.ToString()) continue;
+            counts[port] = counts.GetValueOrDefault(port) + 1;
+        }
+        return counts;
+    }
+
+    /// <summary>Runs a binary without a shell; returns its exit code, stderr and stdout.</summary>
+    private static async Task<(int Code, string Error, string Output)> RunAsync(string name, IEnumerable<string> args, string? stdin, CancellationToken ct)
     {
         var file = FindBinary(name) ?? throw new InvalidOperationException($"{name} not found (install the Debian package {(name == "nft" ? "nftables" : name)})");
         var psi = new ProcessStartInfo(file)
@@ -558,9 +590,9 @@ public sealed class KernelRouter : IRouteDataPath
             throw new TimeoutException($"{name} {string.Join(' ', psi.ArgumentList)} did not finish within {CommandTimeout.TotalSeconds:0}s");
         }
 
-        await stdout.ConfigureAwait(false);
+        var output = await stdout.ConfigureAwait(false);
         var error = (await stderr.ConfigureAwait(false)).Trim();
-        return (process.ExitCode, error.Length > 0 ? error : $"exit code {process.ExitCode}");
+        return (process.ExitCode, error.Length > 0 ? error : $"exit code {process.ExitCode}", output);
     }
 
     internal sealed record KernelRule(int Port, string InstanceId, IPEndPoint Target, int Limit = 0);

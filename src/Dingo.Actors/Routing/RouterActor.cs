@@ -68,7 +68,13 @@ public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
         foreach (var r in routes.Where(r => r.Target is null)) _leaderlessSince.TryAdd(r.InstanceId, now);
         foreach (var id in _leaderlessSince.Keys.Where(id => routes.Any(r => r.InstanceId == id && r.Target is not null) || routes.All(r => r.InstanceId != id)).ToList())
             _leaderlessSince.Remove(id);
-        _metrics?.Publish(routes, _leaderlessSince);
+        IReadOnlyDictionary<int, int>? forwarded = null;
+        if (_metrics is not null && _router is KernelRouter kernel)
+        {
+            try { forwarded = await kernel.ForwardedConnectionsAsync(ct).ConfigureAwait(false); }
+            catch (Exception ex) when (ex is InvalidOperationException or TimeoutException) { Log.Debug("conntrack count failed: {0}", ex.Message); }
+        }
+        _metrics?.Publish(routes, _leaderlessSince, forwarded);
         await _router.ApplyAsync(routes, ct).ConfigureAwait(false);
         return (routes.Count, routes.Count(r => r.Target is not null));
     }

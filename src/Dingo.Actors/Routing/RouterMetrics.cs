@@ -11,12 +11,18 @@ public sealed class RouterMetrics(TcpRouter router)
 {
     private volatile IReadOnlyList<Route> _routes = [];
     private volatile IReadOnlyDictionary<string, DateTime> _leaderless = new Dictionary<string, DateTime>();
+    private volatile IReadOnlyDictionary<int, int> _kernel = new Dictionary<int, int>();
 
-    public void Publish(IReadOnlyList<Route> routes, IReadOnlyDictionary<string, DateTime> leaderlessSince)
+    /// <param name="kernelForwarded">connections the kernel path forwards now, per port (empty in user-space mode)</param>
+    public void Publish(IReadOnlyList<Route> routes, IReadOnlyDictionary<string, DateTime> leaderlessSince, IReadOnlyDictionary<int, int>? kernelForwarded = null)
     {
         _routes = routes;
         _leaderless = new Dictionary<string, DateTime>(leaderlessSince);
+        _kernel = kernelForwarded ?? new Dictionary<int, int>();
     }
+
+    /// <summary>Open connections on a port: through user space plus through the kernel path.</summary>
+    public int OpenConnections(int port) => router.OpenConnectionsByPort.GetValueOrDefault(port) + _kernel.GetValueOrDefault(port);
 
     public string Render(DateTime now)
     {
@@ -30,13 +36,13 @@ public sealed class RouterMetrics(TcpRouter router)
         }
         string L(string instance, int port, string role) => $"{{instance=\"{instance}\",port=\"{port}\",role=\"{role}\"}}";
 
-        Metric("dingo_router_open_connections", "gauge", "Client connections open through this router, per instance port.");
+        Metric("dingo_router_open_connections", "gauge", "Client connections open through this router (user space and kernel path), per instance port.");
         foreach (var r in _routes)
             sb.Append("dingo_router_open_connections").Append(L(r.InstanceId, r.Port, r.Pool.Count > 0 ? "read-only" : "primary")).Append(' ')
-              .AppendLine(open.GetValueOrDefault(r.Port).ToString(CultureInfo.InvariantCulture));
+              .AppendLine((open.GetValueOrDefault(r.Port) + _kernel.GetValueOrDefault(r.Port)).ToString(CultureInfo.InvariantCulture));
         Metric("dingo_router_connections_total", "counter", "Client connections accepted since start.");
         sb.Append("dingo_router_connections_total ").AppendLine(stats.AcceptedConnections.ToString(CultureInfo.InvariantCulture));
-        Metric("dingo_router_bytes_total", "counter", "Bytes copied, by direction.");
+        Metric("dingo_router_bytes_total", "counter", "Bytes copied by the user-space path, by direction (the kernel path's bytes are in conntrack accounting).");
         sb.Append("dingo_router_bytes_total{direction=\"client_to_server\"} ").AppendLine(stats.BytesClientToServer.ToString(CultureInfo.InvariantCulture));
         sb.Append("dingo_router_bytes_total{direction=\"server_to_client\"} ").AppendLine(stats.BytesServerToClient.ToString(CultureInfo.InvariantCulture));
         Metric("dingo_router_route_changes_total", "counter", "Routes added, removed or pointed at a new target.");

@@ -60,6 +60,37 @@ public sealed class KernelRouterTests
     }
 
     [Fact]
+    public async Task Connections_the_kernel_forwards_are_counted_for_the_metrics()
+    {
+        await using var table = new Table();
+        await using var backend = Backend.Tagged((byte)'A');
+        await using var fallback = new TcpRouter(Loopback, NullLogger.Instance);
+        await using var router = new KernelRouter(Loopback, table.Name, fallback, NullLogger.Instance);
+        var port = FreePorts.One();
+        await router.ApplyAsync([new Route(port, "i1", backend.EndPoint)], Timeout());
+        var clients = new List<Socket>();
+        try
+        {
+            for (var i = 0; i < 3; i++)
+            {
+                var client = await ConnectAsync(port);
+                clients.Add(client);
+                Assert.Equal((byte)'A', (await ReadExactlyAsync(client, 1))[0]);
+            }
+            var counts = await router.ForwardedConnectionsAsync(Timeout());
+            Assert.Equal(3, counts.GetValueOrDefault(port));
+            var metrics = new RouterMetrics(fallback);
+            metrics.Publish([new Route(port, "i1", backend.EndPoint)], new Dictionary<string, DateTime>(), counts);
+            Assert.Equal(3, metrics.OpenConnections(port));
+            Assert.Contains($"dingo_router_open_connections{{instance=\"i1\",port=\"{port}\",role=\"primary\"}} 3", metrics.Render(DateTime.UtcNow));
+        }
+        finally
+        {
+            foreach (var c in clients) c.Dispose();
+        }
+    }
+
+    [Fact]
     public async Task Without_a_target_the_fallback_holds_the_client_until_a_target_appears()
     {
         await using var table = new Table();
