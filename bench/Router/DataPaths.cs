@@ -79,7 +79,7 @@ internal sealed class DataPaths : IAsyncDisposable
         string? failure;
         try
         {
-            await path.ApplyAsync([new Route(port, "rbench", target)], ct);
+            await path.ApplyAsync([new Route(port, "rbench", target) { MaxConnections = 500 } /* the default per-instance limit: the kernel path then carries its ct count rule */], ct);
             failure = await Processes.ProbeAsync(port, ct);
         }
         catch (Exception ex) when (!required && ex is not OperationCanceledException)
