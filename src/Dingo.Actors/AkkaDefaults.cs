@@ -23,5 +23,8 @@ public static class AkkaDefaults
           down-all-when-unstable = off
         }
         akka.coordinated-shutdown.phases.cluster-exiting.timeout = 3s
+        # The host stops the actor system after its own services have wound down in order (a cell's nodes first
+        # hand over leadership); Akka must not race it from its own SIGTERM hook.
+        akka.coordinated-shutdown.run-by-clr-shutdown-hook = off
         """;
 }

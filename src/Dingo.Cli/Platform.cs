@@ -110,9 +110,19 @@ public static class Platform
         finally
         {
             // Cells together first (each stops its PostgreSQL nodes), then the broker, then etcd last.
+            // A failure stopping one child must not leave the others running.
             var cellsFirst = children.Where(c => c.Name.StartsWith("cell-", StringComparison.Ordinal)).ToList();
-            await Task.WhenAll(cellsFirst.Select(c => c.StopAsync(TimeSpan.FromSeconds(60))));
-            foreach (var c in children.Where(c => !cellsFirst.Contains(c)).Reverse()) await c.StopAsync(TimeSpan.FromSeconds(30));
+            await Task.WhenAll(cellsFirst.Select(c => StopQuietlyAsync(c, TimeSpan.FromSeconds(60))));
+            foreach (var c in children.Where(c => !cellsFirst.Contains(c)).Reverse()) await StopQuietlyAsync(c, TimeSpan.FromSeconds(30));
+        }
+    }
+
+    private static async Task StopQuietlyAsync(Child child, TimeSpan grace)
+    {
+        try { await child.StopAsync(grace); }
+        catch (Exception ex) when (ex is IOException or InvalidOperationException or UnauthorizedAccessException or System.ComponentModel.Win32Exception)
+        {
+            Console.Error.WriteLine($"dingo: stopping {child.Name}: {ex.Message}");
         }
     }
 
@@ -286,7 +296,8 @@ internal sealed class Child
                 await _process.WaitForExitAsync();
             }
         }
-        File.Delete(Path.Combine(_data, "run", Name + ".pid"));
+        try { File.Delete(Path.Combine(_data, "run", Name + ".pid")); }
+        catch (DirectoryNotFoundException) { }
         lock (_log) _log.Dispose();
     }
 
