@@ -14,6 +14,8 @@ public sealed record DingoSettings
     public required int NodePortFirst { get; init; }
     public required int NodePortLast { get; init; }
     public required HaSettings Ha { get; init; }
+    /// <summary>Where WAL archives and base backups go (`dingo.backups`). Null only for settings built by hand.</summary>
+    public Dingo.Backups.BackupSettings? Backups { get; init; }
 
     /// <summary>Loads the layered configuration. Throws with the file and key named when a value is wrong.</summary>
     public static DingoSettings Load(IEnumerable<string> files, IReadOnlyDictionary<string, string?>? environment = null, string? overrides = null)
@@ -39,9 +41,10 @@ public sealed record DingoSettings
 
         var endpoints = Env("DINGO_ETCD_ENDPOINTS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                         ?? d.GetStringList("etcd.endpoints").ToArray();
+        var dataDir = Env("DINGO_DATA_DIR") ?? d.GetString("data-dir", ".dingo");
         var settings = new DingoSettings
         {
-            DataDir = Env("DINGO_DATA_DIR") ?? d.GetString("data-dir", ".dingo"),
+            DataDir = dataDir,
             EtcdEndpoints = endpoints,
             EtcdPrefix = d.GetString("etcd.prefix", "/dingo"),
             Broker = new BrokerSettings
@@ -89,6 +92,7 @@ public sealed record DingoSettings
                 RewindAfter = d.GetTimeSpan("ha.rewind-after", TimeSpan.FromSeconds(8)),
                 LostCellGrace = d.GetTimeSpan("ha.lost-cell-grace", TimeSpan.FromSeconds(60)),
             },
+            Backups = new Dingo.Backups.BackupSettings { Store = Dingo.Backups.ObjectStoreSettings.FromConfig(d, env, dataDir) },
         };
         settings.Validate();
         return settings;

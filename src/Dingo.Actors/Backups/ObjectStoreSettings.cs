@@ -1,0 +1,120 @@
+namespace Dingo.Backups;
+
+/// <summary>
+/// Where backups go: `dingo.backups.store` in HOCON. Credentials come from DINGO_S3_ACCESS_KEY, DINGO_S3_SECRET_KEY
+/// and DINGO_AZURE_CONNECTION_STRING (or HOCON). <see cref="ToString"/> never prints a secret.
+/// </summary>
+public sealed record ObjectStoreSettings
+{
+    public const string Key = "dingo.backups.store";
+
+    /// <summary>"local", "s3" or "azure".</summary>
+    public required string Kind { get; init; }
+    /// <summary>local: the folder (relative: from the working directory, like data-dir).</summary>
+    public string Folder { get; init; } = "";
+    public int ListPageSize { get; init; } = 1000;
+
+    public string S3Endpoint { get; init; } = "";
+    public string S3Region { get; init; } = "us-east-1";
+    public string S3Bucket { get; init; } = "";
+    public string S3AccessKey { get; init; } = "";
+    public string S3SecretKey { get; init; } = "";
+
+    public string AzureConnectionString { get; init; } = "";
+    public string AzureAccountUrl { get; init; } = "";
+    public string AzureAccountName { get; init; } = "";
+    public string AzureAccountKey { get; init; } = "";
+    public string AzureContainer { get; init; } = "";
+
+    /// <summary>Reads <c>backups.store</c> of the <c>dingo</c> section. <paramref name="dataDir"/> gives the default folder.</summary>
+    public static ObjectStoreSettings FromConfig(Akka.Configuration.Config dingo, IReadOnlyDictionary<string, string?> env, string dataDir)
+    {
+        string? Env(string name) => env.TryGetValue(name, out var v) && !string.IsNullOrWhiteSpace(v) ? v : null;
+        string S(string key, string fallback = "") => dingo.GetString($"backups.store.{key}", fallback) ?? fallback;
+        var folder = S("folder");
+        var settings = new ObjectStoreSettings
+        {
+            Kind = (Env("DINGO_BACKUP_STORE") ?? S("kind", "local")).Trim().ToLowerInvariant(),
+            Folder = string.IsNullOrWhiteSpace(folder) ? Path.Combine(dataDir, "backups") : folder,
+            ListPageSize = dingo.GetInt("backups.store.list-page-size", 1000),
+            S3Endpoint = S("s3.endpoint"),
+            S3Region = S("s3.region", "us-east-1"),
+            S3Bucket = S("s3.bucket"),
+            S3AccessKey = Env("DINGO_S3_ACCESS_KEY") ?? S("s3.access-key"),
+            S3SecretKey = Env("DINGO_S3_SECRET_KEY") ?? S("s3.secret-key"),
+            AzureConnectionString = Env("DINGO_AZURE_CONNECTION_STRING") ?? S("azure.connection-string"),
+            AzureAccountUrl = S("azure.account-url"),
+            AzureAccountName = S("azure.account-name"),
+            AzureAccountKey = S("azure.account-key"),
+            AzureContainer = S("azure.container"),
+        };
+        settings.Validate();
+        return settings;
+    }
+
+    /// <summary>Throws an <see cref="ArgumentException"/> naming the key that is wrong.</summary>
+    public void Validate()
+    {
+        if (ListPageSize is < 1 or > 1000) throw new ArgumentException($"{Key}.list-page-size must be 1-1000: got {ListPageSize}");
+        switch (Kind)
+        {
+            case "local":
+                if (string.IsNullOrWhiteSpace(Folder)) throw new ArgumentException($"{Key}.folder is required for kind = local");
+                break;
+            case "s3":
+                if (string.IsNullOrWhiteSpace(S3Bucket)) throw new ArgumentException($"{Key}.s3.bucket is required for kind = s3");
+                if (!string.IsNullOrWhiteSpace(S3Endpoint) && !Uri.TryCreate(S3Endpoint, UriKind.Absolute, out _))
+                    throw new ArgumentException($"{Key}.s3.endpoint '{S3Endpoint}' is not an absolute URL");
+                if (string.IsNullOrWhiteSpace(S3AccessKey)) throw new ArgumentException($"{Key}.s3.access-key (or DINGO_S3_ACCESS_KEY) is required for kind = s3");
+                if (string.IsNullOrWhiteSpace(S3SecretKey)) throw new ArgumentException($"{Key}.s3.secret-key (or DINGO_S3_SECRET_KEY) is required for kind = s3");
+                break;
+            case "azure":
+                if (string.IsNullOrWhiteSpace(AzureContainer)) throw new ArgumentException($"{Key}.azure.container is required for kind = azure");
+                if (string.IsNullOrWhiteSpace(AzureConnectionString))
+                {
+                    if (string.IsNullOrWhiteSpace(AzureAccountUrl))
+                        throw new ArgumentException($"{Key}.azure: either connection-string (or DINGO_AZURE_CONNECTION_STRING) or account-url + account-name + account-key is required for kind = azure");
+                    if (!Uri.TryCreate(AzureAccountUrl, UriKind.Absolute, out _)) throw new ArgumentException($"{Key}.azure.account-url '{AzureAccountUrl}' is not an absolute URL");
+                    if (string.IsNullOrWhiteSpace(AzureAccountName)) throw new ArgumentException($"{Key}.azure.account-name is required with account-url");
+                    if (string.IsNullOrWhiteSpace(AzureAccountKey)) throw new ArgumentException($"{Key}.azure.account-key is required with account-url");
+                }
+                break;
+            default:
+                throw new ArgumentException($"{Key}.kind must be \"local\", \"s3\" or \"azure\": got \"{Kind}\"");
+        }
+    }
+
+    /// <summary>The store these settings describe. A local folder is created when missing.</summary>
+    public IObjectStore CreateStore()
+    {
+        Validate();
+        switch (Kind)
+        {
+            case "local":
+                Directory.CreateDirectory(Folder);
+                return new LocalFolderObjectStore(Folder);
+            case "s3":
+                return new S3ObjectStore(S3Endpoint, S3Region, S3Bucket, S3AccessKey, S3SecretKey, ListPageSize);
+            default:
+                return string.IsNullOrWhiteSpace(AzureConnectionString)
+                    ? AzureBlobObjectStore.FromAccountKey(AzureAccountUrl, AzureAccountName, AzureAccountKey, AzureContainer, ListPageSize)
+                    : AzureBlobObjectStore.FromConnectionString(AzureConnectionString, AzureContainer, ListPageSize);
+        }
+    }
+
+    private static string Secret(string value) => string.IsNullOrEmpty(value) ? "(none)" : "***";
+
+    public override string ToString() => Kind switch
+    {
+        "local" => $"ObjectStoreSettings {{ Kind = local, Folder = {Folder} }}",
+        "s3" => $"ObjectStoreSettings {{ Kind = s3, Endpoint = {(S3Endpoint == "" ? "(AWS)" : S3Endpoint)}, Region = {S3Region}, Bucket = {S3Bucket}, AccessKey = {Secret(S3AccessKey)}, SecretKey = {Secret(S3SecretKey)}, ListPageSize = {ListPageSize} }}",
+        "azure" => $"ObjectStoreSettings {{ Kind = azure, ConnectionString = {Secret(AzureConnectionString)}, AccountUrl = {AzureAccountUrl}, AccountName = {AzureAccountName}, AccountKey = {Secret(AzureAccountKey)}, Container = {AzureContainer}, ListPageSize = {ListPageSize} }}",
+        _ => $"ObjectStoreSettings {{ Kind = {Kind} }}",
+    };
+}
+
+/// <summary>`dingo.backups`: the store now; WAL archiving and base backup schedules later.</summary>
+public sealed record BackupSettings
+{
+    public required ObjectStoreSettings Store { get; init; }
+}
