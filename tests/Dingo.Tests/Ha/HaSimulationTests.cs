@@ -73,8 +73,10 @@ public sealed class HaSimulationTests : TestKit
             {
                 string sentence;
                 lock (world.Gate) sentence = Step(world, node);
-                probe.Tell(new Stepped(node.Id, sentence));
+                // Schedule the next loop before reporting: the test advances virtual time as soon as every node
+                // has reported, and a timer started after that would miss the step.
                 Timers.StartSingleTimer("loop", new Tick(), Settings.LoopWait);
+                probe.Tell(new Stepped(node.Id, sentence));
             });
         }
     }
