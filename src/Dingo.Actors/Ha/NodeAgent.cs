@@ -35,6 +35,8 @@ public sealed class NodeAgent
     private DateTimeOffset? _failingSince;
     private HaInput? _lastInput;
     private InstanceRecord? _record;
+    /// <summary>The cluster's other node ids, as read by this pass's observation.</summary>
+    private IReadOnlyList<string> _others = [];
     private CancellationTokenSource? _fence;
 
     public NodeAgent(NodeSpec spec, EtcdStore store, IContainerRuntime runtime, CellLease cellLease, DingoSettings settings, ILogger logger)
@@ -190,6 +192,7 @@ public sealed class NodeAgent
             var specs = (await _store.ListAsync<NodeSpec>(K.Nodes(_spec.InstanceId), etcd).ConfigureAwait(false)).Select(n => n.Value)
                 .OrderBy(n => n.CreatedAt).ThenBy(n => n.NodeId, StringComparer.Ordinal).ToList();
             candidate = specs.FirstOrDefault()?.NodeId == _spec.NodeId;
+            _others = specs.Where(s => s.NodeId != _spec.NodeId).Select(s => s.NodeId).ToList();
             // Only members of the cluster as it is now count (a removed node's last report may linger).
             members = members.Where(m => specs.Any(s => s.NodeId == m.NodeId)).ToList();
         }
@@ -253,18 +256,18 @@ public sealed class NodeAgent
                 if (!await TryTakeKeyAsync(etcd).ConfigureAwait(false)) return;
                 if (input.Local.InRecovery) await probe.PromoteAsync(ct).ConfigureAwait(false);
                 _following = null;
-                await LeadAsync(record, probe, input, etcd, ct).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, promoted: input.Local.InRecovery, etcd, ct).ConfigureAwait(false);
                 if (input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), etcd).ConfigureAwait(false);
                 break;
 
             case HaAction.Promote:
                 await probe.PromoteAsync(ct).ConfigureAwait(false);
                 _following = null;
-                await LeadAsync(record, probe, input, etcd, ct).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, promoted: true, etcd, ct).ConfigureAwait(false);
                 break;
 
             case HaAction.Lead:
-                await LeadAsync(record, probe, input, etcd, ct).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, promoted: false, etcd, ct).ConfigureAwait(false);
                 break;
 
             case HaAction.Demote demote:
@@ -354,17 +357,18 @@ public sealed class NodeAgent
     }
 
     /// <summary>A leader's duties each pass: prepare roles once, publish its WAL position, keep slots and sync standbys right.</summary>
-    private async Task LeadAsync(InstanceRecord record, PostgresProbe probe, HaInput input, CancellationToken etcd, CancellationToken ct)
+    /// <param name="promoted">promoted in this pass: the WAL position observed before is stale</param>
+    private async Task LeadAsync(InstanceRecord record, PostgresProbe probe, HaInput input, bool promoted, CancellationToken etcd, CancellationToken ct)
     {
         if (!_prepared)
         {
             await DatabaseAdmin.PrepareAsync(Address, _spec.Port, record.Superuser, record.Database, ct, record.Replication).ConfigureAwait(false);
             _prepared = true;
         }
-        var observation = await probe.ObserveAsync(ct).ConfigureAwait(false);
-        await _store.PutAsync(K.Optime(_spec.InstanceId), observation.Lsn, etcd).ConfigureAwait(false);
-        var specs = (await _store.ListAsync<NodeSpec>(K.Nodes(_spec.InstanceId), etcd).ConfigureAwait(false)).Select(n => n.Value).ToList();
-        var others = specs.Where(n => n.NodeId != _spec.NodeId).Select(n => n.NodeId).ToList();
+        // This pass already observed PostgreSQL and read the members; only a promotion just now moved the WAL position.
+        var lsn = promoted ? (await probe.ObserveAsync(ct).ConfigureAwait(false)).Lsn : input.Local.Lsn;
+        await _store.PutAsync(K.Optime(_spec.InstanceId), lsn, etcd).ConfigureAwait(false);
+        var others = _others;
         await probe.EnsureSlotsAsync(others.Select(PostgresProbe.SlotName).ToHashSet(), ct).ConfigureAwait(false);
 
         var plan = Catalog.FindPlan(record.PlanId);

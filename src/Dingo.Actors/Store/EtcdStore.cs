@@ -139,12 +139,10 @@ public sealed class EtcdStore : IAsyncDisposable
     }
 
     /// <summary>Every leader key (the `.../leader` keys under /clusters/), by instance id.</summary>
-    public async Task<IReadOnlyDictionary<string, LeaderRecord>> LeadersAsync(CancellationToken ct)
-    {
-        var raw = await ListAsync<System.Text.Json.JsonElement>(Keys.Clusters, ct).ConfigureAwait(false);
-        return raw.Where(kv => kv.Key.EndsWith("/leader", StringComparison.Ordinal))
-            .ToDictionary(kv => kv.Key[Keys.Clusters.Length..^"/leader".Length], kv => kv.Value.Deserialize<LeaderRecord>(Json.Options)!);
-    }
+    public async Task<IReadOnlyDictionary<string, LeaderRecord>> LeadersAsync(CancellationToken ct) =>
+        (await ClustersAsync(ct).ConfigureAwait(false))
+            .Where(c => c.Value.Leader is not null)
+            .ToDictionary(c => c.Key, c => c.Value.Leader!);
 
     public async Task<long> CountAsync(string prefix, CancellationToken ct)
     {
