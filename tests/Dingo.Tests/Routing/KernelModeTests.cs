@@ -58,24 +58,10 @@ public sealed class KernelModeTests
 
         // The limit holds on the kernel path too: past it, the kernel leaves the connection to user space, which
         // answers with PostgreSQL's error.
-        var held = new List<NpgsqlConnection>();
-        try
-        {
-            PostgresException? refused = null;
-            for (var i = 0; i < 40 && refused is null; i++)
-            {
-                var c = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri));
-                try { await c.OpenAsync(); held.Add(c); }
-                catch (PostgresException ex) { refused = ex; await c.DisposeAsync(); }
-            }
-            Assert.NotNull(refused);
-            Assert.Equal("53300", refused!.SqlState);
-            Assert.Contains($"too many connections for instance {id}", refused.MessageText);
-            Assert.InRange(held.Count, 12, 36);
-        }
-        finally
-        {
-            foreach (var c in held) await c.DisposeAsync();
-        }
+        await using var limit = await ConnectionLimit.ProbeAsync(uri, attempts: 40);
+        Assert.NotNull(limit.Refused);
+        Assert.Equal("53300", limit.Refused!.SqlState);
+        Assert.Contains($"too many connections for instance {id}", limit.Refused.MessageText);
+        Assert.InRange(limit.Held.Count, 12, 36);
     }
 }

@@ -295,20 +295,7 @@ public sealed class KernelRouterTests
 
     private static CancellationToken Timeout() => new CancellationTokenSource(StepTimeout).Token;
 
-    private static async Task<Socket> ConnectAsync(int port)
-    {
-        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        try
-        {
-            await socket.ConnectAsync(new IPEndPoint(Loopback, port), Timeout());
-            return socket;
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-    }
+    private static Task<Socket> ConnectAsync(int port) => LoopbackSockets.ConnectAsync(port, Timeout());
 
     private static async Task AssertEchoAsync(Socket socket, string message)
     {
@@ -317,42 +304,9 @@ public sealed class KernelRouterTests
         Assert.Equal(message, Encoding.UTF8.GetString(await ReadExactlyAsync(socket, bytes.Length)));
     }
 
-    private static async Task<byte[]> ReadExactlyAsync(Socket socket, int count)
-    {
-        var buffer = new byte[count];
-        var read = 0;
-        var ct = Timeout();
-        while (read < count)
-        {
-            var n = await socket.ReceiveAsync(buffer.AsMemory(read), SocketFlags.None, ct);
-            if (n == 0)
-                throw new EndOfStreamException($"connection ended after {read} of {count} bytes");
-            read += n;
-        }
-        return buffer;
-    }
+    private static Task<byte[]> ReadExactlyAsync(Socket socket, int count) => LoopbackSockets.ReadExactlyAsync(socket, count, Timeout());
 
-    /// <summary>True if the peer ends the connection (EOF or reset) within the time; data still arriving is skipped.</summary>
-    private static async Task<bool> EndsWithinAsync(Socket socket, TimeSpan within)
-    {
-        using var cts = new CancellationTokenSource(within);
-        var buffer = new byte[4096];
-        try
-        {
-            while (await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token) > 0)
-            {
-            }
-            return true;
-        }
-        catch (SocketException)
-        {
-            return true;
-        }
-        catch (OperationCanceledException)
-        {
-            return false;
-        }
-    }
+    private static Task<bool> EndsWithinAsync(Socket socket, TimeSpan within) => LoopbackSockets.EndsWithinAsync(socket, within);
 
     private static async Task WaitUntilAsync(Func<bool> condition)
     {
@@ -361,72 +315,6 @@ public sealed class KernelRouterTests
         {
             Assert.True(watch.Elapsed < StepTimeout, "condition not reached in time");
             await Task.Delay(20);
-        }
-    }
-
-    /// <summary>A backend on 127.0.0.1:0 that sends its tag on connect, then echoes.</summary>
-    private sealed class Backend : IAsyncDisposable
-    {
-        private readonly TcpListener _listener = new(Loopback, 0);
-        private readonly CancellationTokenSource _stop = new();
-        private readonly ConcurrentBag<Socket> _sockets = [];
-        private readonly byte _tag;
-        private readonly Task _accepting;
-
-        private Backend(byte tag)
-        {
-            _tag = tag;
-            _listener.Start();
-            EndPoint = (IPEndPoint)_listener.LocalEndpoint;
-            _accepting = AcceptAsync();
-        }
-
-        public IPEndPoint EndPoint { get; }
-
-        public static Backend Tagged(byte tag) => new(tag);
-
-        private async Task AcceptAsync()
-        {
-            try
-            {
-                while (true)
-                {
-                    var socket = await _listener.AcceptSocketAsync(_stop.Token);
-                    _sockets.Add(socket);
-                    _ = ServeAsync(socket);
-                }
-            }
-            catch (Exception ex) when (ex is OperationCanceledException or SocketException or ObjectDisposedException)
-            {
-            }
-        }
-
-        private async Task ServeAsync(Socket socket)
-        {
-            try
-            {
-                await socket.SendAsync(new[] { _tag }, SocketFlags.None, _stop.Token);
-                var buffer = new byte[16 * 1024];
-                int n;
-                while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, _stop.Token)) > 0)
-                    await socket.SendAsync(buffer.AsMemory(0, n), SocketFlags.None, _stop.Token);
-            }
-            catch (Exception ex) when (ex is OperationCanceledException or SocketException or ObjectDisposedException)
-            {
-            }
-            finally
-            {
-                socket.Dispose();
-            }
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            _stop.Cancel();
-            _listener.Stop();
-            foreach (var socket in _sockets)
-                socket.Dispose();
-            await _accepting;
         }
     }
 }

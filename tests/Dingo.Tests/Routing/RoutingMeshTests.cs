@@ -96,25 +96,10 @@ public sealed class RoutingMeshTests(ITestOutputHelper output)
         Assert.Equal(0, survivors);
 
         // The per-instance limit: past it, a real client gets PostgreSQL's own error.
-        var held = new List<NpgsqlConnection>();
-        try
-        {
-            PostgresException? refused = null;
-            // The limit holds per router; three routers share the port, so at most 3 × 8 connections get through.
-            for (var i = 0; i < 60 && refused is null; i++)
-            {
-                var c = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri));
-                try { await c.OpenAsync(); held.Add(c); }
-                catch (PostgresException ex) { refused = ex; await c.DisposeAsync(); }
-            }
-            Assert.NotNull(refused);
-            Assert.Equal("53300", refused!.SqlState);
-            Assert.Contains($"too many connections for instance {id}", refused.MessageText);
-            output.WriteLine($"refused after {held.Count} connections: {refused.MessageText}");
-        }
-        finally
-        {
-            foreach (var c in held) await c.DisposeAsync();
-        }
+        await using var limit = await ConnectionLimit.ProbeAsync(uri, attempts: 60);
+        Assert.NotNull(limit.Refused);
+        Assert.Equal("53300", limit.Refused!.SqlState);
+        Assert.Contains($"too many connections for instance {id}", limit.Refused.MessageText);
+        output.WriteLine($"refused after {limit.Held.Count} connections: {limit.Refused.MessageText}");
     }
 }

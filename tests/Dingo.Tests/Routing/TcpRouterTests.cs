@@ -348,21 +348,6 @@ public sealed class TcpRouterTests
         return ((IPEndPoint)probe.LocalEndPoint!).Port;
     }
 
-    private static async Task<Socket> ConnectAsync(int port)
-    {
-        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        try
-        {
-            await socket.ConnectAsync(new IPEndPoint(Loopback, port), Timeout());
-            return socket;
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-    }
-
     private static async Task AssertEchoesAsync(int port, string message)
     {
         using var socket = await ConnectAsync(port);
@@ -373,21 +358,13 @@ public sealed class TcpRouterTests
     private static async Task SendAsync(Socket socket, string text) =>
         await socket.SendAsync(Encoding.UTF8.GetBytes(text), SocketFlags.None, Timeout());
 
-    private static Task<byte[]> ReadExactlyAsync(Socket socket, int count) => ReadExactlyAsync(socket, count, Timeout());
+    private static Task<Socket> ConnectAsync(int port) => LoopbackSockets.ConnectAsync(port, Timeout());
 
-    private static async Task<byte[]> ReadExactlyAsync(Socket socket, int count, CancellationToken ct)
-    {
-        var buffer = new byte[count];
-        var read = 0;
-        while (read < count)
-        {
-            var n = await socket.ReceiveAsync(buffer.AsMemory(read), SocketFlags.None, ct);
-            if (n == 0)
-                throw new EndOfStreamException($"connection ended after {read} of {count} bytes");
-            read += n;
-        }
-        return buffer;
-    }
+    private static Task<byte[]> ReadExactlyAsync(Socket socket, int count) => LoopbackSockets.ReadExactlyAsync(socket, count, Timeout());
+
+    private static Task<byte[]> ReadExactlyAsync(Socket socket, int count, CancellationToken ct) => LoopbackSockets.ReadExactlyAsync(socket, count, ct);
+
+    private static Task<bool> EndsWithinAsync(Socket socket, TimeSpan within) => LoopbackSockets.EndsWithinAsync(socket, within);
 
     private static async Task<byte[]> ReadToEndAsync(Socket socket, CancellationToken ct)
     {
@@ -399,28 +376,6 @@ public sealed class TcpRouterTests
         return all.ToArray();
     }
 
-    /// <summary>True if the peer ends the connection (EOF or reset) within the time; data still arriving is skipped.</summary>
-    private static async Task<bool> EndsWithinAsync(Socket socket, TimeSpan within)
-    {
-        using var cts = new CancellationTokenSource(within);
-        var buffer = new byte[4096];
-        try
-        {
-            while (await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token) > 0)
-            {
-            }
-            return true;
-        }
-        catch (SocketException)
-        {
-            return true;
-        }
-        catch (OperationCanceledException)
-        {
-            return false;
-        }
-    }
-
     private static async Task WaitUntilAsync(Func<bool> condition)
     {
         var watch = Stopwatch.StartNew();
@@ -428,106 +383,6 @@ public sealed class TcpRouterTests
         {
             Assert.True(watch.Elapsed < StepTimeout, "condition not reached in time");
             await Task.Delay(20);
-        }
-    }
-
-    /// <summary>A backend on 127.0.0.1:0 running <c>serve</c> for each connection; tracks its open sockets.</summary>
-    private sealed class Backend : IAsyncDisposable
-    {
-        private readonly TcpListener _listener = new(Loopback, 0);
-        private readonly CancellationTokenSource _stop = new();
-        private readonly ConcurrentDictionary<Socket, byte> _open = new();
-        private readonly ConcurrentBag<Task> _serving = [];
-        private readonly Func<Socket, CancellationToken, Task> _serve;
-        private readonly Task _acceptLoop;
-
-        public Backend(Func<Socket, CancellationToken, Task> serve)
-        {
-            _serve = serve;
-            _listener.Start();
-            EndPoint = (IPEndPoint)_listener.LocalEndpoint;
-            _acceptLoop = AcceptAsync();
-        }
-
-        public IPEndPoint EndPoint { get; }
-
-        public static Backend Echo() => new(async (socket, ct) =>
-        {
-            var buffer = new byte[64 * 1024];
-            int n;
-            while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, ct)) > 0)
-                await socket.SendAsync(buffer.AsMemory(0, n), SocketFlags.None, ct);
-            socket.Shutdown(SocketShutdown.Send);
-        });
-
-        /// <summary>Sends its tag on connect, then echoes.</summary>
-        public static Backend Tagged(byte tag) => new(async (socket, ct) =>
-        {
-            await socket.SendAsync(new[] { tag }, SocketFlags.None, ct);
-            var buffer = new byte[4096];
-            int n;
-            while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, ct)) > 0)
-                await socket.SendAsync(buffer.AsMemory(0, n), SocketFlags.None, ct);
-        });
-
-        public async Task<bool> AllClosedWithinAsync(TimeSpan within)
-        {
-            var watch = Stopwatch.StartNew();
-            while (!_open.IsEmpty)
-            {
-                if (watch.Elapsed > within)
-                    return false;
-                await Task.Delay(20);
-            }
-            return true;
-        }
-
-        private async Task AcceptAsync()
-        {
-            while (true)
-            {
-                Socket socket;
-                try
-                {
-                    socket = await _listener.AcceptSocketAsync(_stop.Token);
-                }
-                catch (Exception) when (_stop.IsCancellationRequested)
-                {
-                    return;
-                }
-                // Registered before serving starts, so a fast finish cannot remove it before it is added.
-                _open[socket] = 0;
-                _serving.Add(ServeAsync(socket));
-            }
-        }
-
-        private async Task ServeAsync(Socket socket)
-        {
-            await Task.Yield(); // keep the accept loop free
-            try
-            {
-                await _serve(socket, _stop.Token);
-            }
-            catch (Exception ex) when (ex is SocketException or OperationCanceledException or ObjectDisposedException or EndOfStreamException)
-            {
-                // The router or the test closed the link; that is what several tests provoke.
-            }
-            finally
-            {
-                socket.Dispose();
-                _open.TryRemove(socket, out _);
-            }
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            _stop.Cancel();
-            _listener.Stop();
-            await _acceptLoop;
-            foreach (var socket in _open.Keys)
-                socket.Dispose();
-            await Task.WhenAll(_serving);
-            _stop.Dispose();
         }
     }
 
