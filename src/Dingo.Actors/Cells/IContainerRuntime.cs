@@ -34,6 +34,13 @@ public interface IContainerRuntime
     /// <summary>Stops the node and rewinds its data to the source's timeline (pg_rewind). Throws when it cannot.</summary>
     Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Replaces the node's data with a base backup and replays archived WAL up to the target time (or to the end),
+    /// ending on a new timeline as a writable primary; the node is left stopped with initialised data. When nothing
+    /// was committed after the target, recovery to the end gives the same data and is what happens.
+    /// </summary>
+    Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken cancellationToken);
+
     /// <summary>Stops PostgreSQL (fast shutdown), keeping the data.</summary>
     Task StopAsync(string nodeId, CancellationToken cancellationToken);
 
@@ -53,3 +60,8 @@ public sealed record ReplicationSource(string Host, int Port, Credentials Creden
 /// <param name="Primary">the leader to stream from; null: read-only, waiting for a leader</param>
 /// <param name="SlotName">replication slot on the primary (the primary creates it)</param>
 public sealed record StandbyConfig(ReplicationSource? Primary, string SlotName, string ApplicationName);
+
+/// <param name="BackupDir">base.tar (and pg_wal.tar) as pg_basebackup -Ft wrote them</param>
+/// <param name="WalDir">archived WAL segments and timeline history files, by their PostgreSQL names</param>
+/// <param name="TargetTime">replay commits up to this moment; null: everything archived</param>
+public sealed record RestoreInput(string BackupDir, string WalDir, DateTimeOffset? TargetTime);

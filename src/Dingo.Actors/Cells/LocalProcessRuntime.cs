@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
+using Dingo.Model;
 using Microsoft.Extensions.Logging;
 
 namespace Dingo.Cells;
@@ -475,6 +476,166 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         await File.WriteAllTextAsync(paths.Marker, DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture) + "\n", cancellationToken);
         ChownIfNeeded(paths.Marker, identity);
         _logger.LogInformation("Node {NodeId}: cloned from {Host}:{Port}", spec.NodeId, source.Host, source.Port);
+    }
+
+    public async Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken cancellationToken)
+    {
+        var paths = PathsFor(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        var identity = await GetIdentityAsync(cancellationToken);
+        EnsureDataRoot(identity);
+        EnsureOwnedDirectory(paths.NodeDir, identity);
+        EnsureOwnedDirectory(paths.RunDir, identity);
+        if (FindRunningPostmaster(paths) is { } pid) await KillPostmasterAsync(spec.NodeId, pid, cancellationToken);
+        await KillLeftoversAsync(paths, cancellationToken);
+        // As with a clone: the marker goes first, so a restore cut short never passes for complete data.
+        if (File.Exists(paths.Marker)) File.Delete(paths.Marker);
+        if (Directory.Exists(paths.PgData)) Directory.Delete(paths.PgData, recursive: true);
+        Directory.CreateDirectory(paths.PgData, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        await System.Formats.Tar.TarFile.ExtractToDirectoryAsync(Path.Combine(input.BackupDir, "base.tar"), paths.PgData, overwriteFiles: true, cancellationToken);
+        var walTar = Path.Combine(input.BackupDir, "pg_wal.tar");
+        if (File.Exists(walTar))
+            await System.Formats.Tar.TarFile.ExtractToDirectoryAsync(walTar, Path.Combine(paths.PgData, "pg_wal"), overwriteFiles: true, cancellationToken);
+        foreach (var stray in new[] { "standby.signal", "recovery.signal", "postmaster.pid", "postmaster.opts" })
+            File.Delete(Path.Combine(paths.PgData, stray));
+        ChownTree(paths.PgData, identity);
+        ChownTree(input.WalDir, identity);
+        EnsureTraversable(input.WalDir, identity);
+
+        await WriteSettingsAsync(spec, null, paths, identity, cancellationToken);
+        await EnsureIncludeLineAsync(paths, cancellationToken);
+        var target = input.TargetTime;
+        for (var attempt = 0; ; attempt++)
+        {
+            await WriteRestoreSettingsAsync(paths, input.WalDir, target, identity, cancellationToken);
+            var signal = Path.Combine(paths.PgData, "recovery.signal");
+            await File.WriteAllTextAsync(signal, "", cancellationToken);
+            ChownIfNeeded(signal, identity);
+            var logStart = File.Exists(paths.LogFile) ? new FileInfo(paths.LogFile).Length : 0;
+            var result = await RunToolAsync(identity, "pg_ctl", paths.NodeDir, cancellationToken, "-D", paths.PgData, "-l", paths.LogFile, "-W", "start");
+            if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_ctl start (restore)", result);
+            var outcome = await WaitForRecoveryAsync(paths, logStart, cancellationToken);
+            if (outcome == RecoveryOutcome.Promoted) break;
+            if (outcome == RecoveryOutcome.TargetNotReached && target is not null && attempt == 0)
+            {
+                // Nothing was committed after the target: every archived commit is older, so replaying all of it is
+                // exactly the requested point in time.
+                _logger.LogInformation("Node {NodeId}: no commit after {Target:O} in the archive; recovering to its end", spec.NodeId, target);
+                target = null;
+                await KillLeftoversAsync(paths, cancellationToken);
+                continue;
+            }
+            throw new InvalidOperationException($"Node {spec.NodeId}: recovery from the backup failed: {LastLines(ReadLogTail(paths.LogFile), 8)}");
+        }
+
+        // The restored roles carry the source's passwords: give the superuser this instance's password.
+        await SetSuperuserPasswordAsync(paths, spec.Port, spec.Superuser, cancellationToken);
+        await StopCoreAsync(spec.NodeId, paths, "fast", cancellationToken);
+        File.Delete(Path.Combine(paths.NodeDir, RestoreSettingsFileName));
+        File.Delete(Path.Combine(paths.NodeDir, "restore_hba.conf"));
+        await File.WriteAllTextAsync(paths.Marker, DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture) + "\n", cancellationToken);
+        ChownIfNeeded(paths.Marker, identity);
+        _logger.LogInformation("Node {NodeId}: restored from a base backup and archived WAL (target {Target})", spec.NodeId, input.TargetTime?.ToString("O") ?? "latest");
+    }
+
+    private const string RestoreSettingsFileName = "restore.conf";
+    private enum RecoveryOutcome { Promoted, TargetNotReached, Failed }
+
+    /// <summary>
+    /// Recovery settings for one restore, outside the data directory and included after dingo.conf: WAL comes from
+    /// the local archive copy, connections only over a private socket with trust (to set the password after).
+    /// </summary>
+    private async Task WriteRestoreSettingsAsync(NodePaths paths, string walDir, DateTimeOffset? target, RunIdentity identity, CancellationToken ct)
+    {
+        var hba = Path.Combine(paths.NodeDir, "restore_hba.conf");
+        await File.WriteAllTextAsync(hba, "local all all trust\n", ct);
+        ChownIfNeeded(hba, identity);
+        var conf = new StringBuilder()
+            .AppendLine("# A restore in progress (Dingo); removed when it ends.")
+            .AppendLine(CultureInfo.InvariantCulture, $"restore_command = {Quote($"cp '{walDir}/%f' '%p'")}")
+            .AppendLine("recovery_target_timeline = 'latest'")
+            .AppendLine("recovery_target_action = 'promote'")
+            .AppendLine("listen_addresses = ''")
+            .AppendLine("unix_socket_permissions = 0700")
+            .AppendLine(CultureInfo.InvariantCulture, $"hba_file = {Quote(hba)}");
+        if (target is { } t)
+            conf.AppendLine(CultureInfo.InvariantCulture, $"recovery_target_time = {Quote(t.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss.ffffff", CultureInfo.InvariantCulture) + "+00")}")
+                .AppendLine("recovery_target_inclusive = false");
+        var file = Path.Combine(paths.NodeDir, RestoreSettingsFileName);
+        await File.WriteAllTextAsync(file, conf.ToString(), ct);
+        ChownIfNeeded(file, identity);
+        var postgresqlConf = Path.Combine(paths.PgData, "postgresql.conf");
+        var line = $"include_if_exists = {Quote(file)}";
+        var text = await File.ReadAllTextAsync(postgresqlConf, ct);
+        if (!text.Contains(line, StringComparison.Ordinal))
+            await File.AppendAllTextAsync(postgresqlConf, $"\n# Recovery settings while Dingo restores this node.\n{line}\n", ct);
+    }
+
+    private async Task<RecoveryOutcome> WaitForRecoveryAsync(NodePaths paths, long logStart, CancellationToken ct)
+    {
+        var signal = Path.Combine(paths.PgData, "recovery.signal");
+        var watch = Stopwatch.StartNew();
+        while (watch.Elapsed < _options.ToolTimeout)
+        {
+            var running = FindRunningPostmaster(paths) is not null;
+            if (running && !File.Exists(signal) && ReadLogSince(paths.LogFile, logStart).Contains("database system is ready to accept connections", StringComparison.Ordinal))
+                return RecoveryOutcome.Promoted;
+            if (!running && watch.Elapsed > TimeSpan.FromSeconds(2))
+            {
+                var log = ReadLogSince(paths.LogFile, logStart);
+                return log.Contains("recovery ended before configured recovery target was reached", StringComparison.Ordinal)
+                    ? RecoveryOutcome.TargetNotReached : RecoveryOutcome.Failed;
+            }
+            await Task.Delay(100, ct);
+        }
+        return RecoveryOutcome.Failed;
+    }
+
+    private static string ReadLogSince(string logFile, long offset)
+    {
+        try
+        {
+            using var stream = new FileStream(logFile, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            stream.Seek(Math.Min(offset, stream.Length), SeekOrigin.Begin);
+            using var reader = new StreamReader(stream);
+            return reader.ReadToEnd();
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or IOException)
+        {
+            return "";
+        }
+    }
+
+    private static async Task SetSuperuserPasswordAsync(NodePaths paths, int port, Credentials superuser, CancellationToken ct)
+    {
+        var cs = new Npgsql.NpgsqlConnectionStringBuilder
+        {
+            Host = paths.RunDir, Port = port, Username = superuser.Username, Database = "postgres", Pooling = false, Timeout = 10,
+        };
+        await using var conn = new Npgsql.NpgsqlConnection(cs.ConnectionString);
+        await conn.OpenAsync(ct);
+        // Letters and digits only (Secrets.Password), so the literal needs no escaping beyond quotes.
+        await using var cmd = new Npgsql.NpgsqlCommand($"ALTER ROLE \"{superuser.Username}\" PASSWORD '{superuser.Password.Replace("'", "''", StringComparison.Ordinal)}'", conn);
+        await cmd.ExecuteNonQueryAsync(ct);
+    }
+
+    private static void ChownTree(string root, RunIdentity identity)
+    {
+        if (!identity.SwitchUser) return;
+        ChownIfNeeded(root, identity);
+        foreach (var entry in Directory.EnumerateFileSystemEntries(root, "*", SearchOption.AllDirectories))
+            ChownIfNeeded(entry, identity);
+    }
+
+    /// <summary>The run user must reach a folder outside the data root (the restore's WAL copy).</summary>
+    private void EnsureTraversable(string path, RunIdentity identity)
+    {
+        if (!identity.SwitchUser || !OperatingSystem.IsLinux()) return;
+        for (var dir = new DirectoryInfo(path).Parent; dir is not null && dir.Parent is not null; dir = dir.Parent)
+        {
+            var mode = File.GetUnixFileMode(dir.FullName);
+            if ((mode & UnixFileMode.OtherExecute) == 0) File.SetUnixFileMode(dir.FullName, mode | UnixFileMode.OtherExecute);
+        }
     }
 
     public async Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)

@@ -1,0 +1,478 @@
+using System.Globalization;
+using Dingo.Model;
+using Dingo.Postgres;
+using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
+using Npgsql;
+using Npgsql.Replication;
+using NpgsqlTypes;
+
+namespace Dingo.Backups;
+
+public sealed record WalArchiverOptions
+{
+    /// <summary>Received WAL waits at most this long before it is uploaded (the recovery point objective, less upload time).</summary>
+    public TimeSpan FlushDelay { get; init; } = TimeSpan.FromMilliseconds(200);
+    /// <summary>Upload at once when this much WAL is waiting.</summary>
+    public long FlushBytes { get; init; } = 4 * 1024 * 1024;
+    /// <summary>Backlog (WAL the server has that the archive lacks) that raises the alarm.</summary>
+    public long BacklogAlarmBytes { get; init; } = 256L * 1024 * 1024;
+    /// <summary>Replication slot on the leader that keeps WAL until it is archived.</summary>
+    public string SlotName { get; init; } = "dingo_archive";
+    public TimeSpan RetryDelay { get; init; } = TimeSpan.FromSeconds(1);
+}
+
+/// <summary>What the archiver has done, for status and alarms.</summary>
+public sealed record ArchiveProgress
+{
+    public ulong SystemId { get; init; }
+    public uint Timeline { get; init; }
+    /// <summary>Everything below this position (on <see cref="Timeline"/>) is in the store.</summary>
+    public ulong ArchivedLsn { get; init; }
+    /// <summary>The server's WAL end as last reported to the archiver.</summary>
+    public ulong ServerLsn { get; init; }
+    public DateTimeOffset? LastUpload { get; init; }
+    public string? Error { get; init; }
+    public long BacklogBytes => ServerLsn > ArchivedLsn ? (long)(ServerLsn - ArchivedLsn) : 0;
+}
+
+/// <summary>
+/// Streams one cluster's WAL from its leader over the replication protocol and stores it within a fraction of a
+/// second: pieces of the segment being written ("parts") as they arrive, then the whole segment once it is full
+/// (and its pieces deleted). A physical slot on the leader keeps WAL until the store has it. On (re)start it reads
+/// what the store holds and resumes there; after a failover it first fills the old timeline up to the switch point
+/// (the new leader serves it from its history), then follows the new one — so no gap and no mixed timelines.
+/// </summary>
+public sealed class WalArchiver
+{
+    private readonly IObjectStore _store;
+    private readonly string _instanceId;
+    private readonly string _host;
+    private readonly int _port;
+    private readonly Credentials _credentials;
+    private readonly string _spoolDir;
+    private readonly WalArchiverOptions _options;
+    private readonly ILogger _logger;
+    private readonly object _gate = new();
+    private ArchiveProgress _progress = new();
+    private bool _alarmed;
+
+    public WalArchiver(IObjectStore store, string instanceId, string host, int port, Credentials credentials, string spoolDir, WalArchiverOptions options, ILogger logger)
+    {
+        _store = store;
+        _instanceId = instanceId;
+        _host = host;
+        _port = port;
+        _credentials = credentials;
+        _spoolDir = spoolDir;
+        _options = options;
+        _logger = logger;
+    }
+
+    public ArchiveProgress Progress { get { lock (_gate) return _progress; } }
+
+    private void Update(Func<ArchiveProgress, ArchiveProgress> change)
+    {
+        lock (_gate) _progress = change(_progress);
+    }
+
+    /// <summary>Archives until cancelled; a failed session is logged and retried.</summary>
+    public async Task RunAsync(CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                await RunSessionAsync(ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception ex)
+            {
+                Update(p => p with { Error = ex.Message });
+                _logger.LogWarning("WAL archiver of {Instance}: {Error}; retrying", _instanceId, ex.Message);
+            }
+            try { await Task.Delay(_options.RetryDelay, ct).ConfigureAwait(false); }
+            catch (OperationCanceledException) { return; }
+        }
+    }
+
+    private string ConnectionString()
+    {
+        var cs = DatabaseAdmin.ConnectionString(_host, _port, _credentials, "postgres");
+        cs.Timeout = 5;
+        cs.ApplicationName = "dingo_archiver";
+        return cs.ConnectionString;
+    }
+
+    private async Task<PhysicalReplicationConnection> OpenAsync(CancellationToken ct)
+    {
+        var conn = new PhysicalReplicationConnection(ConnectionString()) { WalReceiverStatusInterval = TimeSpan.FromSeconds(1) };
+        try
+        {
+            await conn.Open(ct).ConfigureAwait(false);
+            return conn;
+        }
+        catch
+        {
+            await conn.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private async Task RunSessionAsync(CancellationToken ct)
+    {
+        List<(uint Timeline, ulong From)> plan;
+        SortedDictionary<uint, ulong> switches = new(); // timeline → the position where the next one branched off
+        ulong systemId, segmentSize;
+        uint current;
+        ArchiveCatalog catalog;
+        PhysicalReplicationSlot slot;
+        await using (var conn = await OpenAsync(ct).ConfigureAwait(false))
+        {
+        var system = await conn.IdentifySystem(ct).ConfigureAwait(false);
+        systemId = ulong.Parse(system.SystemId, CultureInfo.InvariantCulture);
+        segmentSize = ParseSize(await conn.Show("wal_segment_size", ct).ConfigureAwait(false));
+        current = system.Timeline;
+
+        // The server's history: which timeline ends where.
+        if (current > 1)
+        {
+            var history = await ReadHistoryAsync(current, ct).ConfigureAwait(false);
+            foreach (var (tli, end) in ParseHistory(history)) switches[tli] = end;
+            if (!await _store.ExistsAsync(ArchiveLayout.History(_instanceId, systemId, current), ct).ConfigureAwait(false))
+            {
+                using var content = new MemoryStream(history);
+                await _store.PutAsync(ArchiveLayout.History(_instanceId, systemId, current), content, ct).ConfigureAwait(false);
+            }
+        }
+
+        catalog = await ArchiveCatalog.ReadAsync(_store, _instanceId, systemId, segmentSize, ct).ConfigureAwait(false);
+        plan = PlanStreams(catalog, current, switches, (ulong)system.XLogPos, segmentSize);
+        slot = await EnsureSlotAsync(conn, ct).ConfigureAwait(false);
+        var xlogPos = (ulong)system.XLogPos;
+        Update(p => p with { SystemId = systemId, Timeline = current, ServerLsn = Math.Max(p.ServerLsn, xlogPos) });
+        }
+        foreach (var (timeline, from) in plan)
+        {
+            _logger.LogInformation("WAL archiver of {Instance}: archiving timeline {Timeline} from {Lsn} (system {System})",
+                _instanceId, timeline, Lsn.Format(from), systemId);
+            // One connection per timeline: the server ends a historic timeline's stream with CopyDone, which Npgsql 10
+            // cannot read, so the archiver stops reading at the switch point and starts afresh for the next.
+            await using var conn = await OpenAsync(ct).ConfigureAwait(false);
+            var end = switches.TryGetValue(timeline, out var e) && timeline != current ? e : ulong.MaxValue;
+            await StreamTimelineAsync(conn, slot, systemId, segmentSize, catalog, timeline, from, end, timeline == current, ct).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// The timeline's history file, read over SQL: Npgsql 10's TimelineHistory fails on PostgreSQL 15's text answer.
+    /// </summary>
+    private async Task<byte[]> ReadHistoryAsync(uint timeline, CancellationToken ct)
+    {
+        var cs = DatabaseAdmin.ConnectionString(_host, _port, _credentials, "postgres");
+        cs.Timeout = 5;
+        await using var conn = new NpgsqlConnection(cs.ConnectionString);
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        await using var cmd = new NpgsqlCommand("SELECT pg_read_binary_file($1)", conn);
+        cmd.Parameters.AddWithValue(string.Create(CultureInfo.InvariantCulture, $"pg_wal/{timeline:X8}.history"));
+        return (byte[])(await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false))!;
+    }
+
+    /// <summary>
+    /// Which timelines to stream, from where: from the oldest timeline the archive knows of that the server's history
+    /// still needs, each from its archived end (or the start of the segment where it began) up to its switch point.
+    /// </summary>
+    internal static List<(uint Timeline, ulong From)> PlanStreams(ArchiveCatalog catalog, uint current, IReadOnlyDictionary<uint, ulong> switches, ulong serverLsn, ulong segmentSize)
+    {
+        ulong Begin(uint tli) => tli == 1 ? 0 : switches.TryGetValue(tli - 1, out var b) ? b : 0;
+        ulong End(uint tli) => switches.TryGetValue(tli, out var e) ? e : ulong.MaxValue;
+        var known = catalog.Timelines().Where(t => t <= current && (t == current || switches.ContainsKey(t))).ToList();
+        var plan = new List<(uint, ulong)>();
+        if (known.Count == 0)
+        {
+            plan.Add((current, serverLsn / segmentSize * segmentSize));
+            return plan;
+        }
+        for (var tli = known.Min(); tli <= current; tli++)
+        {
+            if (tli != current && !switches.ContainsKey(tli)) continue; // not in this server's history
+            var archived = catalog.ArchivedEnd(tli);
+            var from = archived > 0 ? archived : Begin(tli) / segmentSize * segmentSize;
+            if (from < End(tli)) plan.Add((tli, from));
+        }
+        return plan;
+    }
+
+    private async Task<PhysicalReplicationSlot> EnsureSlotAsync(PhysicalReplicationConnection conn, CancellationToken ct)
+    {
+        var slot = await conn.ReadReplicationSlot(_options.SlotName, ct).ConfigureAwait(false);
+        if (slot is not null) return slot;
+        try
+        {
+            return await conn.CreateReplicationSlot(_options.SlotName, isTemporary: false, reserveWal: true, ct).ConfigureAwait(false);
+        }
+        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.DuplicateObject)
+        {
+            return await conn.ReadReplicationSlot(_options.SlotName, ct).ConfigureAwait(false) ?? new PhysicalReplicationSlot(_options.SlotName);
+        }
+    }
+
+    private async Task StreamTimelineAsync(PhysicalReplicationConnection conn, PhysicalReplicationSlot slot, ulong systemId, ulong segmentSize,
+        ArchiveCatalog catalog, uint timeline, ulong from, ulong end, bool current, CancellationToken ct)
+    {
+        Directory.CreateDirectory(_spoolDir);
+        var spools = new SpoolQueue(this, systemId, segmentSize, timeline);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        // A segment resumed half-way needs its first half back to be stored whole at the end.
+        await spools.ResumeAsync(catalog, from, ct).ConfigureAwait(false);
+        var flusher = FlushLoopAsync(conn, spools, stop.Token);
+        try
+        {
+            var position = from;
+            await foreach (var message in conn.StartReplication(slot, new NpgsqlLogSequenceNumber(from), stop.Token, timeline).ConfigureAwait(false))
+            {
+                var start = (ulong)message.WalStart;
+                var serverEnd = (ulong)message.WalEnd;
+                var buffer = new byte[checked((int)message.Data.Length)];
+                await message.Data.ReadExactlyAsync(buffer, stop.Token).ConfigureAwait(false);
+                if (start > position)
+                    throw new InvalidOperationException($"WAL stream jumped from {Lsn.Format(position)} to {Lsn.Format(start)}");
+                // Skip anything already held.
+                var skip = (int)Math.Min((ulong)buffer.Length, position - start);
+                spools.Append(position, buffer.AsSpan(skip));
+                position = Math.Max(position, start + (ulong)buffer.Length);
+                Update(p => p with { Timeline = current ? timeline : p.Timeline, ServerLsn = Math.Max(p.ServerLsn, Math.Max(serverEnd, start + (ulong)buffer.Length)) });
+                spools.Signal();
+                if (flusher.IsCompleted) await flusher.ConfigureAwait(false); // surfaces an upload failure
+                if (position >= end) break;
+            }
+            // The server ended the stream: a historic timeline reached its switch point. Store the rest, then move on.
+            spools.EndOfTimeline();
+            spools.Signal();
+            await stop.CancelAsync().ConfigureAwait(false);
+            try { await flusher.ConfigureAwait(false); } catch (OperationCanceledException) when (!ct.IsCancellationRequested) { }
+            await spools.FlushAllAsync(conn, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            await stop.CancelAsync().ConfigureAwait(false);
+            try { await flusher.ConfigureAwait(false); } catch (Exception) when (stop.IsCancellationRequested) { }
+            spools.Dispose();
+        }
+    }
+
+    private async Task FlushLoopAsync(PhysicalReplicationConnection conn, SpoolQueue spools, CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            await spools.WaitAsync(TimeSpan.FromMilliseconds(50), ct).ConfigureAwait(false);
+            await spools.FlushDueAsync(conn, _options, ct).ConfigureAwait(false);
+            CheckBacklog();
+        }
+    }
+
+    private void CheckBacklog()
+    {
+        var p = Progress;
+        var backlog = p.BacklogBytes;
+        if (backlog >= _options.BacklogAlarmBytes && !_alarmed)
+        {
+            _alarmed = true;
+            _logger.LogError("WAL archive backlog of {Instance}: {Bytes} MiB not yet in the store (alarm at {Limit} MiB); pg_wal grows until it is",
+                _instanceId, backlog / (1024 * 1024), _options.BacklogAlarmBytes / (1024 * 1024));
+        }
+        else if (backlog < _options.BacklogAlarmBytes / 2 && _alarmed)
+        {
+            _alarmed = false;
+            _logger.LogInformation("WAL archive backlog of {Instance} cleared", _instanceId);
+        }
+    }
+
+    /// <summary>The segments of one timeline being streamed: received bytes go to a spool file per segment.</summary>
+    private sealed class SpoolQueue(WalArchiver owner, ulong systemId, ulong segmentSize, uint timeline) : IDisposable
+    {
+        private readonly List<Spool> _spools = [];
+        private readonly SemaphoreSlim _signal = new(0);
+        private bool _ended;
+
+        private sealed class Spool
+        {
+            public required WalSegment Segment { get; init; }
+            public required SafeFileHandle File { get; init; }
+            public required string Path { get; init; }
+            /// <summary>Absolute positions: [Segment.Start, Filled) is in the spool; [Segment.Start, Uploaded) in the store.</summary>
+            public ulong Filled;
+            public ulong Uploaded;
+            public ulong FirstHeld;
+            public DateTime OldestPending = DateTime.MaxValue;
+            public bool Complete => Filled == Segment.End;
+        }
+
+        public void Signal() => _signal.Release();
+
+        public async Task WaitAsync(TimeSpan timeout, CancellationToken ct) => await _signal.WaitAsync(timeout, ct).ConfigureAwait(false);
+
+        private Spool Open(WalSegment segment, ulong at)
+        {
+            var path = System.IO.Path.Combine(owner._spoolDir, segment.Name);
+            var handle = System.IO.File.OpenHandle(path, FileMode.Create, FileAccess.ReadWrite, FileShare.Read);
+            var spool = new Spool { Segment = segment, File = handle, Path = path, Filled = at, Uploaded = at, FirstHeld = segment.Start };
+            lock (_spools) _spools.Add(spool);
+            return spool;
+        }
+
+        public async Task ResumeAsync(ArchiveCatalog catalog, ulong from, CancellationToken ct)
+        {
+            var segment = WalSegment.Containing(timeline, from, segmentSize);
+            var spool = Open(segment, from);
+            if (from == segment.Start) return;
+            // Put the stored pieces back so the whole segment can be stored once it is full.
+            if (catalog.Parts.TryGetValue(segment.Name, out var pieces) && catalog.ContiguousEnd(segment, pieces) >= from)
+            {
+                foreach (var (pFrom, pTo, key) in pieces)
+                {
+                    if (pFrom >= from) break;
+                    using var ms = new MemoryStream();
+                    await owner._store.GetAsync(key, ms, ct).ConfigureAwait(false);
+                    var bytes = ms.ToArray();
+                    var take = (int)Math.Min((ulong)bytes.Length, Math.Min(pTo, from) - pFrom);
+                    RandomAccess.Write(spool.File, bytes.AsSpan(0, take), (long)(pFrom - segment.Start));
+                }
+            }
+            else
+            {
+                // The start of this segment is not in the store (it began on another timeline's copy, or a hole):
+                // the whole segment is never stored, only its pieces.
+                spool.FirstHeld = from;
+            }
+        }
+
+        public void Append(ulong at, ReadOnlySpan<byte> data)
+        {
+            while (data.Length > 0)
+            {
+                Spool? found;
+                lock (_spools) found = _spools.LastOrDefault(s => s.Segment.Start <= at && at < s.Segment.End);
+                var spool = found ?? Open(WalSegment.Containing(timeline, at, segmentSize), at);
+                var room = (int)Math.Min((ulong)data.Length, spool.Segment.End - at);
+                RandomAccess.Write(spool.File, data[..room], (long)(at - spool.Segment.Start));
+                lock (_spools)
+                {
+                    spool.Filled = at + (ulong)room;
+                    if (spool.OldestPending == DateTime.MaxValue) spool.OldestPending = DateTime.UtcNow;
+                }
+                at += (ulong)room;
+                data = data[room..];
+            }
+        }
+
+        public void EndOfTimeline()
+        {
+            lock (_spools) _ended = true;
+        }
+
+        public async Task FlushDueAsync(PhysicalReplicationConnection conn, WalArchiverOptions options, CancellationToken ct)
+        {
+            while (true)
+            {
+                Spool? spool;
+                bool due;
+                lock (_spools)
+                {
+                    spool = _spools.FirstOrDefault();
+                    if (spool is null) return;
+                    var pending = spool.Filled - spool.Uploaded;
+                    due = spool.Complete || _ended
+                          || pending > 0 && (DateTime.UtcNow - spool.OldestPending >= options.FlushDelay || (long)pending >= options.FlushBytes);
+                    if (!due) return;
+                }
+                await FlushAsync(conn, spool, ct).ConfigureAwait(false);
+                lock (_spools)
+                {
+                    if (!spool.Complete && !(_ended && spool.Uploaded == spool.Filled)) return;
+                    if (spool.Complete && spool.Uploaded != spool.Segment.End) return;
+                    _spools.Remove(spool);
+                }
+                spool.File.Dispose();
+                System.IO.File.Delete(spool.Path);
+            }
+        }
+
+        public async Task FlushAllAsync(PhysicalReplicationConnection conn, CancellationToken ct)
+        {
+            List<Spool> all;
+            lock (_spools) all = _spools.ToList();
+            foreach (var spool in all) await FlushAsync(conn, spool, ct).ConfigureAwait(false);
+        }
+
+        private async Task FlushAsync(PhysicalReplicationConnection conn, Spool spool, CancellationToken ct)
+        {
+            ulong from, to;
+            bool whole;
+            lock (_spools)
+            {
+                from = spool.Uploaded;
+                to = spool.Filled;
+                whole = spool.Complete && spool.FirstHeld == spool.Segment.Start;
+                spool.OldestPending = DateTime.MaxValue;
+            }
+            var store = owner._store;
+            var id = owner._instanceId;
+            if (whole)
+            {
+                await using (var stream = new FileStream(spool.Path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
+                    await store.PutAsync(ArchiveLayout.Segment(id, systemId, spool.Segment), stream, ct).ConfigureAwait(false);
+                // The whole segment is stored: its pieces are redundant.
+                await store.DeletePrefixAsync(ArchiveLayout.SegmentParts(id, systemId, spool.Segment), ct).ConfigureAwait(false);
+            }
+            else if (to > from)
+            {
+                var bytes = new byte[to - from];
+                RandomAccess.Read(spool.File, bytes, (long)(from - spool.Segment.Start));
+                using var ms = new MemoryStream(bytes);
+                await store.PutAsync(ArchiveLayout.Part(id, systemId, spool.Segment, from, to), ms, ct).ConfigureAwait(false);
+            }
+            else return;
+            lock (_spools) spool.Uploaded = to;
+            owner.Update(p => p with { Timeline = p.Timeline == 0 ? timeline : p.Timeline, ArchivedLsn = to, LastUpload = DateTimeOffset.UtcNow, Error = null });
+            // The slot may now let go of everything before this point.
+            conn.SetReplicationStatus(new NpgsqlLogSequenceNumber(to));
+        }
+
+        public void Dispose()
+        {
+            lock (_spools)
+            {
+                foreach (var s in _spools) s.File.Dispose();
+                _spools.Clear();
+            }
+            _signal.Dispose();
+        }
+    }
+
+    internal static ulong ParseSize(string value)
+    {
+        // SHOW wal_segment_size answers "16MB".
+        var v = value.Trim();
+        ulong unit = 1;
+        if (v.EndsWith("MB", StringComparison.Ordinal)) { unit = 1024 * 1024; v = v[..^2]; }
+        else if (v.EndsWith("GB", StringComparison.Ordinal)) { unit = 1024UL * 1024 * 1024; v = v[..^2]; }
+        else if (v.EndsWith("kB", StringComparison.Ordinal)) { unit = 1024; v = v[..^2]; }
+        return ulong.Parse(v, CultureInfo.InvariantCulture) * unit;
+    }
+
+    /// <summary>Lines "parentTLI switchpoint reason" of a timeline history file.</summary>
+    internal static IEnumerable<(uint Timeline, ulong End)> ParseHistory(byte[] content)
+    {
+        foreach (var line in System.Text.Encoding.ASCII.GetString(content).Split('\n'))
+        {
+            var fields = line.Split((char[])['\t', ' '], StringSplitOptions.RemoveEmptyEntries);
+            if (fields.Length < 2 || fields[0].StartsWith('#')) continue;
+            if (!uint.TryParse(fields[0], NumberStyles.None, CultureInfo.InvariantCulture, out var tli)) continue;
+            yield return (tli, Lsn.Parse(fields[1]));
+        }
+    }
+}
