@@ -18,11 +18,51 @@ public static class AdminEndpoints
             (await SwitchoverAsync(id, req, store, instances, ct)).ToResult());
         app.MapPost("/admin/cells/{cell}/drain", async (string cell, [FromServices] EtcdStore store, [FromServices] InstanceService instances, CancellationToken ct) =>
             (await DrainAsync(cell, store, instances, ct)).ToResult());
+        app.MapPost("/admin/service_instances/{id}/recreate", async (string id, [FromServices] Recovery recovery, [FromServices] InstanceService instances, CancellationToken ct) =>
+        {
+            var result = await recovery.RecreateAsync(id, ct);
+            if (result.Status == 202) instances.Poke(id);
+            return result.ToResult();
+        });
+        app.MapPost("/admin/rebuild", async ([FromServices] Recovery recovery, [FromServices] InstanceService instances, [FromServices] EtcdStore store, CancellationToken ct) =>
+        {
+            var result = await recovery.RebuildAsync(ct);
+            foreach (var i in (await store.ListAsync<InstanceRecord>(store.Keys.Instances, ct))) instances.Poke(i.Value.Id);
+            return result.ToResult();
+        });
+        app.MapGet("/admin/service_instances/{id}/backups", async (string id, [FromServices] Dingo.Backups.IObjectStore objects, [FromServices] EtcdStore store, CancellationToken ct) =>
+            (await BackupsAsync(id, objects, store, ct)).ToResult());
+        app.MapGet("/admin/backups/check", async ([FromServices] Dingo.Backups.IObjectStore objects, CancellationToken ct) =>
+        {
+            var check = await objects.CheckAsync(ct);
+            return new OsbResult(check.Ok ? 200 : 503, new JsonObject { ["ok"] = check.Ok, ["description"] = check.Detail }).ToResult();
+        });
         app.MapDelete("/admin/cells/{cell}/drain", async (string cell, [FromServices] EtcdStore store, CancellationToken ct) =>
         {
             var removed = await store.DeleteAsync(store.Keys.DrainedCell(cell), ct);
             return (removed ? OsbResult.Ok(new JsonObject { ["description"] = $"{cell} takes new nodes again" })
                 : OsbResult.NotFound($"{cell} is not being drained")).ToResult();
+        });
+    }
+
+    private static async Task<OsbResult> BackupsAsync(string id, Dingo.Backups.IObjectStore objects, EtcdStore store, CancellationToken ct)
+    {
+        var list = await new Dingo.Backups.BaseBackups(objects, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance).ListAsync(id, ct);
+        var state = await store.GetAsync<BackupState>(store.Keys.Backup(id), ct);
+        var drill = await store.GetAsync<DrillResult>(store.Keys.Drill(id), ct);
+        if (list.Count == 0 && state is null) return OsbResult.NotFound($"no backups of instance {id}");
+        var backups = new JsonArray();
+        foreach (var b in list)
+            backups.Add(new JsonObject { ["label"] = b.Label, ["finished_at"] = b.FinishedAt.ToString("O"), ["timeline"] = b.Timeline, ["start_lsn"] = b.StartLsn, ["end_lsn"] = b.EndLsn, ["bytes"] = b.Bytes, ["source"] = b.Source });
+        var s = state?.Value;
+        var last = list.LastOrDefault();
+        return OsbResult.Ok(new JsonObject
+        {
+            ["description"] = s is null ? $"{list.Count} base backup(s); no leader archives right now"
+                : $"{list.Count} base backup(s), newest {last?.FinishedAt:O}; WAL archived to {s.ArchivedLsn} on timeline {s.Timeline} by {s.NodeId}, backlog {s.BacklogBytes} B{(s.Alarm is null ? "" : $"; ALARM: {s.Alarm}")}",
+            ["base_backups"] = backups,
+            ["archive"] = s is null ? null : JsonNode.Parse(Json.Serialize(s)),
+            ["drill"] = drill is null ? null : JsonNode.Parse(Json.Serialize(drill.Value)),
         });
     }
 

@@ -28,6 +28,9 @@ public static class BrokerApp
         builder.Services.AddSingleton<InstanceService>();
         builder.Services.AddSingleton<BindingService>();
         builder.Services.AddHostedService<OperationSweeper>();
+        builder.Services.AddSingleton<Dingo.Backups.IObjectStore>(_ => (settings.Backups ?? throw new ArgumentException("configuration has no dingo.backups section")).Store.CreateStore());
+        builder.Services.AddSingleton<Recovery>();
+        builder.Services.AddHostedService<ClusterDataBackup>();
 
         var port = akkaPort ?? settings.Broker.AkkaPort;
         builder.Services.AddAkka("dingo", (akka, sp) =>

@@ -14,7 +14,7 @@ namespace Dingo.Broker;
 /// The broker's answers for service instances. Requests only validate and record what is wanted in etcd;
 /// the instance's actor does the work and writes progress that last_operation reads back.
 /// </summary>
-public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRequiredActor<ServiceInstanceRegion> region, ILogger<InstanceService> logger)
+public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRequiredActor<ServiceInstanceRegion> region, Recovery recovery, ILogger<InstanceService> logger)
 {
     // One provision at a time, so two concurrent requests cannot both slip under the quota.
     private readonly SemaphoreSlim _provisionGate = new(1, 1);
@@ -38,7 +38,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}': this broker offers {Catalog.ServiceId} ({Catalog.ServiceName})");
         var plan = Catalog.FindPlan(planId);
         if (plan is null) return OsbResult.BadRequest($"unknown plan_id '{planId}' for service {Catalog.ServiceName}");
-        if (ValidateParameters(parameters, plan) is { } badParameters) return badParameters;
+        if (ValidateParameters(parameters, plan, provisioning: true) is { } badParameters) return badParameters;
         var nodeCount = NodeCountParameter(parameters) ?? plan.NodeCount;
         if (Provisioning.RequestedCells(new InstanceRecord
             {
@@ -59,6 +59,15 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                 var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
                 if (op?.Value is { Kind: OperationKind.Provision, InProgress: true } running) return OsbResult.Accepted(running.Id);
                 return OsbResult.Ok(new JsonObject());
+            }
+            RestoreSource? restore = null;
+            var p = CanonicalJson.ParseOrEmpty(parameters).AsObject();
+            if (p["clone-from"] is JsonValue cloneValue && cloneValue.TryGetValue<string>(out var cloneFrom))
+            {
+                var pointInTime = p["point-in-time"] is JsonValue pit && pit.TryGetValue<string>(out var pitText) ? Recovery.ParsePointInTime(pitText) : null;
+                var (source, cloneError) = await recovery.ResolveCloneAsync(cloneFrom, space!, pointInTime, ct);
+                if (cloneError is not null) return cloneError;
+                restore = new RestoreSource(source!, pointInTime);
             }
             if (settings.Broker.InstanceQuota > 0)
             {
@@ -87,13 +96,14 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                 Superuser = new Credentials(DatabaseAdmin.SuperuserName, Secrets.Password()),
                 Replication = new Credentials(DatabaseAdmin.ReplicationUserName, Secrets.Password()),
                 CreatedAt = now,
+                Restore = restore,
             };
             var operation = new OperationRecord
             {
                 Id = $"provision-{now.ToUnixTimeMilliseconds()}",
                 Kind = OperationKind.Provision,
                 State = OperationState.InProgress,
-                Description = "accepted: choosing a cell",
+                Description = restore is null ? "accepted: choosing a cell" : $"accepted: cloning {restore.InstanceId}{(restore.PointInTime is { } at ? $" as of {at:O}" : "")}",
                 StartedAt = now,
                 UpdatedAt = now,
             };
@@ -134,7 +144,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
         if (op?.Value.InProgress == true) return OsbResult.Concurrency($"service instance {instanceId} is busy: {op.Value.Kind} in progress");
         var newPlan = Catalog.FindPlan(planId ?? existing.Value.PlanId)!;
-        if (ValidateParameters(parameters, newPlan) is { } badParameters) return badParameters;
+        if (ValidateParameters(parameters, newPlan, provisioning: false) is { } badParameters) return badParameters;
         // node-count given: that many; a plan change without it: the new plan's size; neither: as it is.
         var planChanged = planId is not null && planId != existing.Value.PlanId;
         var nodeCount = NodeCountParameter(parameters) ?? (planChanged ? newPlan.NodeCount : existing.Value.NodeCount);
@@ -237,12 +247,22 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
 
     public void Poke(string instanceId) => region.ActorRef.Tell(new ServiceInstanceMessages.Reconcile(instanceId));
 
-    private static OsbResult? ValidateParameters(string parametersJson, Plan plan)
+    private static OsbResult? ValidateParameters(string parametersJson, Plan plan, bool provisioning)
     {
         var p = CanonicalJson.ParseOrEmpty(parametersJson).AsObject();
-        var known = new HashSet<string> { "cells", "node-count" };
+        var known = provisioning ? new HashSet<string> { "cells", "node-count", "clone-from", "point-in-time" } : new HashSet<string> { "cells", "node-count" };
         var unknown = p.Select(kv => kv.Key).Where(k => !known.Contains(k)).ToList();
-        if (unknown.Count > 0) return OsbResult.BadRequest($"unknown parameter(s): {string.Join(", ", unknown)}; this service accepts: cells, node-count");
+        if (unknown.Count > 0)
+            return OsbResult.BadRequest($"unknown parameter(s): {string.Join(", ", unknown)}; {(provisioning ? "provisioning accepts: cells, node-count, clone-from, point-in-time" : "an update accepts: cells, node-count")}");
+        if (p.TryGetPropertyValue("clone-from", out var from) && (from is not JsonValue fv || !fv.TryGetValue<string>(out var fromText) || string.IsNullOrWhiteSpace(fromText)))
+            return OsbResult.BadRequest("parameter `clone-from` must be an instance name (in this space) or an instance id");
+        if (p.TryGetPropertyValue("point-in-time", out var pitNode))
+        {
+            if (!p.ContainsKey("clone-from")) return OsbResult.BadRequest("parameter `point-in-time` needs `clone-from`: which instance to restore as of that time");
+            if (pitNode is not JsonValue pv || !pv.TryGetValue<string>(out var pitText) || Recovery.ParsePointInTime(pitText) is not { } pit)
+                return OsbResult.BadRequest("parameter `point-in-time` must be an RFC 3339 timestamp with a time zone, e.g. 2026-11-25T17:30:00Z");
+            if (pit > DateTimeOffset.UtcNow) return OsbResult.BadRequest($"parameter `point-in-time` {pit:O} is in the future");
+        }
         if (p.TryGetPropertyValue("cells", out var cells) && (cells is not JsonArray arr || arr.Any(c => c is not JsonValue v || !v.TryGetValue<string>(out _))))
             return OsbResult.BadRequest("parameter `cells` must be an array of cell ids, e.g. [\"cell-1\", \"cell-2\"]");
         if (p.TryGetPropertyValue("node-count", out var countNode))

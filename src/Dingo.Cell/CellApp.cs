@@ -42,6 +42,14 @@ public static class CellApp
                 sp.GetRequiredService<ILogger<LocalProcessRuntime>>()),
             var other => throw new ArgumentException($"dingo.cell.runtime '{other}' is not known: use \"process\""),
         });
+        builder.Services.AddSingleton(sp =>
+        {
+            // Every cell archives the clusters it leads and restores the ones it bootstraps from a backup.
+            var backups = settings.Backups ?? throw new ArgumentException("configuration has no dingo.backups section");
+            return new Dingo.Backups.CellBackups(backups.Store.CreateStore(), backups, sp.GetRequiredService<EtcdStore>(),
+                Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "backup-work"), settings.Cell.PostgresBin, settings.Ha,
+                sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Backups"));
+        });
         builder.Services.AddSingleton(sp => new CellLease(sp.GetRequiredService<EtcdStore>(), settings.Cell.LeaseTtl, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Lease")));
         builder.Services.AddSingleton(sp => new CellReconciler(
             sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<IContainerRuntime>(), sp.GetRequiredService<CellLease>(),
@@ -60,7 +68,8 @@ public static class CellApp
                     var runtime = sp.GetRequiredService<IContainerRuntime>();
                     var lease = sp.GetRequiredService<CellLease>();
                     var haLogger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Ha");
-                    Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger);
+                    var backups = sp.GetRequiredService<Dingo.Backups.CellBackups>();
+                    Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger, backups);
                     var cell = system.ActorOf(CellActor.Props(sp.GetRequiredService<CellReconciler>(), agents, settings.Cell.ReconcileInterval, settings.Ha.LoopWait), "cell");
                     var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<IRouteDataPath>(), settings.Router, sp.GetRequiredService<RouterMetrics>()), "router");
                     registry.Register<CellActor>(cell);

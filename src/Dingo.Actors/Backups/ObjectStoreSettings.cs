@@ -113,8 +113,40 @@ public sealed record ObjectStoreSettings
     };
 }
 
-/// <summary>`dingo.backups`: the store now; WAL archiving and base backup schedules later.</summary>
+/// <summary>`dingo.backups`: where backups go, how often, how long they are kept.</summary>
 public sealed record BackupSettings
 {
     public required ObjectStoreSettings Store { get; init; }
+    /// <summary>Archive WAL and take base backups of every cluster (off: nothing is backed up, restores are refused).</summary>
+    public bool Enabled { get; init; } = true;
+    /// <summary>Received WAL is stored within this delay (plus the upload).</summary>
+    public TimeSpan FlushDelay { get; init; } = TimeSpan.FromMilliseconds(200);
+    public TimeSpan BaseBackupInterval { get; init; } = TimeSpan.FromDays(1);
+    public int Keep { get; init; } = 4;
+    /// <summary>How long a deleted instance's backups stay recoverable.</summary>
+    public TimeSpan DeletedRetention { get; init; } = TimeSpan.FromDays(7);
+    public long BacklogAlarmBytes { get; init; } = 256L * 1024 * 1024;
+    /// <summary>Restore drills of every instance this often (zero: only on demand).</summary>
+    public TimeSpan DrillInterval { get; init; } = TimeSpan.FromDays(7);
+
+    public static BackupSettings FromConfig(Akka.Configuration.Config dingo, IReadOnlyDictionary<string, string?> env, string dataDir)
+    {
+        var s = new BackupSettings
+        {
+            Store = ObjectStoreSettings.FromConfig(dingo, env, dataDir),
+            Enabled = dingo.GetBoolean("backups.enabled", true),
+            FlushDelay = dingo.GetTimeSpan("backups.flush-delay", TimeSpan.FromMilliseconds(200)),
+            BaseBackupInterval = dingo.GetTimeSpan("backups.base-backup-interval", TimeSpan.FromDays(1)),
+            Keep = dingo.GetInt("backups.keep", 4),
+            DeletedRetention = dingo.GetTimeSpan("backups.deleted-retention", TimeSpan.FromDays(7)),
+            BacklogAlarmBytes = dingo.GetByteSize("backups.backlog-alarm") ?? 256L * 1024 * 1024,
+            DrillInterval = dingo.GetTimeSpan("backups.drill-interval", TimeSpan.FromDays(7)),
+        };
+        if (s.Keep < 1) throw new ArgumentException($"dingo.backups.keep must be at least 1: got {s.Keep}");
+        if (s.FlushDelay <= TimeSpan.Zero || s.FlushDelay > TimeSpan.FromSeconds(5))
+            throw new ArgumentException($"dingo.backups.flush-delay must be more than 0 and at most 5s (the recovery point objective): got {s.FlushDelay.TotalMilliseconds}ms");
+        if (s.BaseBackupInterval < TimeSpan.FromMinutes(1)) throw new ArgumentException($"dingo.backups.base-backup-interval must be at least 1m: got {s.BaseBackupInterval}");
+        if (s.DeletedRetention < TimeSpan.Zero) throw new ArgumentException("dingo.backups.deleted-retention must not be negative");
+        return s;
+    }
 }

@@ -18,7 +18,8 @@ public sealed record WalArchiverOptions
     /// <summary>Backlog (WAL the server has that the archive lacks) that raises the alarm.</summary>
     public long BacklogAlarmBytes { get; init; } = 256L * 1024 * 1024;
     /// <summary>Replication slot on the leader that keeps WAL until it is archived.</summary>
-    public string SlotName { get; init; } = "dingo_archive";
+    public string SlotName { get; init; } = DefaultSlotName;
+    public const string DefaultSlotName = "dingo_archive";
     public TimeSpan RetryDelay { get; init; } = TimeSpan.FromSeconds(1);
 }
 
@@ -71,6 +72,10 @@ public sealed class WalArchiver
 
     public ArchiveProgress Progress { get { lock (_gate) return _progress; } }
 
+    /// <summary>WAL went missing before it was archived; the base-backup schedule takes a new backup and clears this.</summary>
+    public bool GapDetected { get; set; }
+    private bool _restartAtCurrent;
+
     private void Update(Func<ArchiveProgress, ArchiveProgress> change)
     {
         lock (_gate) _progress = change(_progress);
@@ -88,6 +93,15 @@ public sealed class WalArchiver
             catch (OperationCanceledException) when (ct.IsCancellationRequested)
             {
                 return;
+            }
+            catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.UndefinedFile)
+            {
+                // The leader no longer has the WAL the archive needs next: the archive has a gap. Carry on from now;
+                // a new base backup makes the archive whole again from here on.
+                _restartAtCurrent = true;
+                GapDetected = true;
+                Update(p => p with { Error = $"gap in the WAL archive: {ex.MessageText}" });
+                _logger.LogError("WAL archiver of {Instance}: {Error}; archiving resumes at the current position and a base backup is taken", _instanceId, ex.MessageText);
             }
             catch (Exception ex)
             {
@@ -150,7 +164,10 @@ public sealed class WalArchiver
         }
 
         catalog = await ArchiveCatalog.ReadAsync(_store, _instanceId, systemId, segmentSize, ct).ConfigureAwait(false);
-        plan = PlanStreams(catalog, current, switches, (ulong)system.XLogPos, segmentSize);
+        plan = _restartAtCurrent
+            ? [(current, (ulong)system.XLogPos / segmentSize * segmentSize)]
+            : PlanStreams(catalog, current, switches, (ulong)system.XLogPos, segmentSize);
+        _restartAtCurrent = false;
         slot = await EnsureSlotAsync(conn, ct).ConfigureAwait(false);
         var xlogPos = (ulong)system.XLogPos;
         Update(p => p with { SystemId = systemId, Timeline = current, ServerLsn = Math.Max(p.ServerLsn, xlogPos) });
@@ -209,7 +226,13 @@ public sealed class WalArchiver
     private async Task<PhysicalReplicationSlot> EnsureSlotAsync(PhysicalReplicationConnection conn, CancellationToken ct)
     {
         var slot = await conn.ReadReplicationSlot(_options.SlotName, ct).ConfigureAwait(false);
-        if (slot is not null) return slot;
+        if (slot is { RestartLsn: not null }) return slot;
+        if (slot is not null)
+        {
+            // Invalidated (max_slot_wal_keep_size was exceeded while nobody archived): start a fresh one.
+            _logger.LogWarning("WAL archiver of {Instance}: slot {Slot} was invalidated; recreating it (the archive may have a gap)", _instanceId, _options.SlotName);
+            await conn.DropReplicationSlot(_options.SlotName, cancellationToken: ct).ConfigureAwait(false);
+        }
         try
         {
             return await conn.CreateReplicationSlot(_options.SlotName, isTemporary: false, reserveWal: true, ct).ConfigureAwait(false);

@@ -689,6 +689,8 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             .AppendLine("hot_standby = on")
             .AppendLine("wal_log_hints = on")
             .AppendLine("wal_keep_size = '128MB'")
+            // A slot nobody reads (an archiver that cannot reach its store) may hold this much WAL, no more.
+            .AppendLine("max_slot_wal_keep_size = '1GB'")
             .AppendLine("hot_standby_feedback = on")
             .AppendLine("wal_receiver_status_interval = 1s")
             .AppendLine("wal_retrieve_retry_interval = 1s")

@@ -57,6 +57,7 @@ public sealed class NodeActor : PassActor<string>
     protected override void PostStop()
     {
         if (_health is not null) _ = _health.DisposeAsync().AsTask();
+        _ = _agent.StopBackupsAsync();
         base.PostStop();
     }
 

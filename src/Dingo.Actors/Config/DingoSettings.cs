@@ -92,7 +92,7 @@ public sealed record DingoSettings
                 RewindAfter = d.GetTimeSpan("ha.rewind-after", TimeSpan.FromSeconds(8)),
                 LostCellGrace = d.GetTimeSpan("ha.lost-cell-grace", TimeSpan.FromSeconds(60)),
             },
-            Backups = new Dingo.Backups.BackupSettings { Store = Dingo.Backups.ObjectStoreSettings.FromConfig(d, env, dataDir) },
+            Backups = Dingo.Backups.BackupSettings.FromConfig(d, env, dataDir),
         };
         settings.Validate();
         return settings;

@@ -36,7 +36,13 @@ public sealed record HaInput(
     SwitchoverRequest? Switchover,
     bool ClusterInitialised,
     bool BootstrapCandidate,
-    DateTimeOffset Now);
+    DateTimeOffset Now)
+{
+    /// <summary>The node that claimed the cluster's initialisation (it resumes the job if it crashed half-way).</summary>
+    public string? InitialisedBy { get; init; }
+    /// <summary>The instance whose backups the cluster is restored from, instead of an empty initdb.</summary>
+    public string? RestoreFrom { get; init; }
+}
 
 /// <summary>One pass's decision and the sentence that explains it (logged, reported, shown by `dingo status`).</summary>
 public abstract record HaAction(string Sentence)
@@ -79,7 +85,10 @@ public static class Failover
                 return new HaAction.CloneFromLeader(otherLeader, $"cloning from the leader {otherLeader.NodeId} (pg_basebackup)");
             }
             if (leaderIsMe) return new HaAction.ReleaseStaleKey("releasing a leader key I hold without data");
-            if (!i.ClusterInitialised && i.BootstrapCandidate) return new HaAction.Bootstrap("bootstrapping the cluster (initdb)");
+            if ((!i.ClusterInitialised && i.BootstrapCandidate) || i.InitialisedBy == me)
+                return new HaAction.Bootstrap(i.RestoreFrom is { } from
+                    ? $"bootstrapping the cluster from the backups of {from}"
+                    : "bootstrapping the cluster (initdb)");
             return new HaAction.Wait("waiting for a leader to clone from");
         }
 

@@ -38,9 +38,17 @@ public sealed class NodeAgent
     /// <summary>The cluster's other node ids, as read by this pass's observation.</summary>
     private IReadOnlyList<string> _others = [];
     private CancellationTokenSource? _fence;
+    private readonly Dingo.Backups.CellBackups? _backups;
+    private Dingo.Backups.CellBackups.BackupDuty? _duty;
+    /// <summary>This node restored the cluster from a backup: its first base backup is taken at once.</summary>
+    private bool _restored;
+    /// <summary>Restored from another instance's backups: its login roles must be disabled once this node leads.</summary>
+    private bool _clonedFromOther;
 
-    public NodeAgent(NodeSpec spec, EtcdStore store, IContainerRuntime runtime, CellLease cellLease, DingoSettings settings, ILogger logger)
+    public NodeAgent(NodeSpec spec, EtcdStore store, IContainerRuntime runtime, CellLease cellLease, DingoSettings settings, ILogger logger,
+        Dingo.Backups.CellBackups? backups = null)
     {
+        _backups = backups is { Settings.Enabled: true } ? backups : null;
         _spec = spec;
         _store = store;
         _runtime = runtime;
@@ -124,8 +132,35 @@ public sealed class NodeAgent
             _lastSentence = action.Sentence;
         }
         _failingSince = failure is null ? null : _failingSince ?? DateTimeOffset.UtcNow;
+        await KeepBackupDutyAsync(action, failure, record).ConfigureAwait(false);
         if (input.EtcdReachable) await ReportAsync(input, action, failure, etcd).ConfigureAwait(false);
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
+    }
+
+    /// <summary>The leader archives WAL and takes base backups; a node that no longer holds the key stops at once.</summary>
+    private async Task KeepBackupDutyAsync(HaAction action, string? failure, InstanceRecord record)
+    {
+        if (_backups is null) return;
+        var leading = _leaderLease != 0 && failure is null && action is HaAction.Lead or HaAction.TakeLeadership or HaAction.Promote;
+        if (leading)
+        {
+            if (_duty is { Stopped: false }) return;
+            if (_duty is not null) await _duty.DisposeAsync().ConfigureAwait(false);
+            _duty = _backups.Lead(_spec.InstanceId, _spec.NodeId, Address, _spec.Port, record.Superuser, baseBackupNow: _restored);
+            _restored = false;
+        }
+        else if (_leaderLease == 0)
+        {
+            await StopBackupsAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Stops this node's archiver and backup schedule (no longer leading, or the node is going away).</summary>
+    public async Task StopBackupsAsync()
+    {
+        var duty = _duty;
+        _duty = null;
+        if (duty is not null) await duty.DisposeAsync().ConfigureAwait(false);
     }
 
     private async Task<HaInput> ObserveAsync(InstanceRecord record, PostgresProbe probe, CancellationToken etcd, CancellationToken ct)
@@ -159,6 +194,7 @@ public sealed class NodeAgent
         SwitchoverRequest? switchover = null;
         var members = new List<NodeStatus>();
         bool initialised = false, candidate = false;
+        string? initialisedBy = null;
         try
         {
             if (_leaderLease != 0)
@@ -184,7 +220,10 @@ public sealed class NodeAgent
                     case "optime": optime = kv.Value.GetInt64(); break;
                     case "sync": sync = kv.Value.Deserialize<SyncState>(Json.Options); break;
                     case "switchover": switchover = kv.Value.Deserialize<SwitchoverRequest>(Json.Options); break;
-                    case "initialize": initialised = true; break;
+                    case "initialize":
+                        initialised = true;
+                        initialisedBy = kv.Value.ValueKind == JsonValueKind.String ? kv.Value.GetString() : null;
+                        break;
                 }
             }
             members = (await _store.ListAsync<NodeStatus>(K.Statuses(_spec.InstanceId), etcd).ConfigureAwait(false))
@@ -215,7 +254,11 @@ public sealed class NodeAgent
         var plan = Catalog.FindPlan(record.PlanId);
         return new HaInput(_spec.NodeId, plan?.Synchronous == true, local, reachable, leader, _leaderLease != 0,
             _lastRenewal == DateTime.MinValue ? TimeSpan.MaxValue : DateTime.UtcNow - _lastRenewal,
-            optime, sync, members, switchover, initialised, candidate, now);
+            optime, sync, members, switchover, initialised, candidate, now)
+        {
+            InitialisedBy = initialisedBy,
+            RestoreFrom = record.Restore?.InstanceId,
+        };
     }
 
     private ReplicationSource Source(LeaderRecord leader, InstanceRecord record) =>
@@ -231,8 +274,24 @@ public sealed class NodeAgent
         switch (action)
         {
             case HaAction.Bootstrap:
-                if (!await _store.CreateIfAbsentAsync(K.Initialize(_spec.InstanceId), _spec.NodeId, etcd).ConfigureAwait(false)) return;
-                await _runtime.CreateAsync(launch, ct).ConfigureAwait(false);
+                // Claimed once; the claimant finishes (or resumes after a crash) what it started.
+                if (input.InitialisedBy != _spec.NodeId
+                    && !await _store.CreateIfAbsentAsync(K.Initialize(_spec.InstanceId), _spec.NodeId, etcd).ConfigureAwait(false)) return;
+                if (record.Restore is { } source)
+                {
+                    if (_backups is null) throw new InvalidOperationException("backups are disabled on this cell (dingo.backups.enabled): it cannot restore");
+                    var prepared = await _backups.PrepareRestoreAsync(source, _spec.NodeId, ct).ConfigureAwait(false);
+                    await _runtime.RestoreAsync(launch, prepared.Input, ct).ConfigureAwait(false);
+                    _backups.CleanRestore(_spec.NodeId);
+                    _restored = true;
+                    _clonedFromOther = source.InstanceId != _spec.InstanceId;
+                    _logger.LogInformation("node {Node}: restored {Instance} from base backup {Label} of {Source}{Target}", _spec.NodeId, _spec.InstanceId,
+                        prepared.Backup.Label, source.InstanceId, source.PointInTime is { } t ? $" up to {t:O}" : " (latest)");
+                }
+                else
+                {
+                    await _runtime.CreateAsync(launch, ct).ConfigureAwait(false);
+                }
                 // The first primary starts writable only once it holds the leader key.
                 var primary = await TryTakeKeyAsync(etcd).ConfigureAwait(false);
                 await _runtime.StartAsync(launch, primary ? null : Standby(null, record), ct).ConfigureAwait(false);
@@ -363,13 +422,20 @@ public sealed class NodeAgent
         if (!_prepared)
         {
             await DatabaseAdmin.PrepareAsync(Address, _spec.Port, record.Superuser, record.Database, ct, record.Replication).ConfigureAwait(false);
+            if (_clonedFromOther)
+            {
+                await DatabaseAdmin.DisableInheritedLoginsAsync(Address, _spec.Port, record.Superuser, ct).ConfigureAwait(false);
+                _clonedFromOther = false;
+            }
             _prepared = true;
         }
         // This pass already observed PostgreSQL and read the members; only a promotion just now moved the WAL position.
         var lsn = promoted ? (await probe.ObserveAsync(ct).ConfigureAwait(false)).Lsn : input.Local.Lsn;
         await _store.PutAsync(K.Optime(_spec.InstanceId), lsn, etcd).ConfigureAwait(false);
         var others = _others;
-        await probe.EnsureSlotsAsync(others.Select(PostgresProbe.SlotName).ToHashSet(), ct).ConfigureAwait(false);
+        var slots = others.Select(PostgresProbe.SlotName).ToHashSet();
+        if (_backups is not null) slots.Add(Dingo.Backups.WalArchiverOptions.DefaultSlotName); // the archiver's own slot
+        await probe.EnsureSlotsAsync(slots, ct).ConfigureAwait(false);
 
         var plan = Catalog.FindPlan(record.PlanId);
         var inPg = await probe.SynchronousStandbysAsync(ct).ConfigureAwait(false);
@@ -439,6 +505,7 @@ public sealed class NodeAgent
     /// <summary>On a clean stop of the cell: give up the leader key at once so a replica takes over without waiting for the TTL.</summary>
     public async Task ReleaseOnShutdownAsync(CancellationToken ct)
     {
+        await StopBackupsAsync().ConfigureAwait(false);
         try { await ReleaseKeyAsync(ct).ConfigureAwait(false); }
         catch (RpcException) { }
     }

@@ -25,6 +25,41 @@ public sealed record InstanceRecord
     /// <summary>present: keep it running; absent: tear it down.</summary>
     public string Desired { get; init; } = DesiredState.Present;
     public DateTimeOffset CreatedAt { get; init; }
+    /// <summary>Set: the cluster's first node is restored from this instance's backups instead of initialised empty.</summary>
+    public RestoreSource? Restore { get; init; }
+}
+
+/// <param name="InstanceId">whose backups (this instance itself when recreating or rebuilding it)</param>
+/// <param name="PointInTime">replay commits up to this moment; null: everything archived</param>
+public sealed record RestoreSource(string InstanceId, DateTimeOffset? PointInTime);
+
+/// <summary>An instance's backups as the leader's cell last saw them.</summary>
+public sealed record BackupState
+{
+    public required string NodeId { get; init; }
+    public ulong SystemId { get; init; }
+    public uint Timeline { get; init; }
+    public string ArchivedLsn { get; init; } = "0/0";
+    public long BacklogBytes { get; init; }
+    public DateTimeOffset? LastUpload { get; init; }
+    /// <summary>Set while the archive lags too far behind, or the last attempt failed: what an operator must look at.</summary>
+    public string? Alarm { get; init; }
+    public string? LastBaseBackup { get; init; }
+    public DateTimeOffset? LastBaseBackupAt { get; init; }
+    public int BaseBackups { get; init; }
+    public string? BaseBackupError { get; init; }
+    public DateTimeOffset UpdatedAt { get; init; }
+}
+
+/// <summary>A restore drill's outcome: the latest backup restored into a scratch node and checked.</summary>
+public sealed record DrillResult
+{
+    public required string InstanceId { get; init; }
+    public required bool Ok { get; init; }
+    public required string Detail { get; init; }
+    public string? BaseBackup { get; init; }
+    public double Seconds { get; init; }
+    public DateTimeOffset At { get; init; }
 }
 
 public static class DesiredState

@@ -87,6 +87,24 @@ public static class DatabaseAdmin
         await ExecAsync(conn, $"DROP ROLE IF EXISTS {roleName}", ct).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// A clone carries the source's binding roles and their passwords: the source's applications must not log into
+    /// the copy, so every login role except the platform's own loses LOGIN.
+    /// </summary>
+    public static async Task DisableInheritedLoginsAsync(string host, int port, Credentials superuser, CancellationToken ct)
+    {
+        await using var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, "postgres").ConnectionString);
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        var roles = new List<string>();
+        await using (var cmd = new NpgsqlCommand("SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname <> ALL($1) AND rolname NOT LIKE 'pg\\_%'", conn))
+        {
+            cmd.Parameters.AddWithValue(new[] { SuperuserName, ReplicationUserName, superuser.Username });
+            await using var r = await cmd.ExecuteReaderAsync(ct).ConfigureAwait(false);
+            while (await r.ReadAsync(ct).ConfigureAwait(false)) roles.Add(r.GetString(0));
+        }
+        foreach (var role in roles) await ExecAsync(conn, $"ALTER ROLE \"{role.Replace("\"", "\"\"", StringComparison.Ordinal)}\" NOLOGIN", ct).ConfigureAwait(false);
+    }
+
     private static void CheckSafe(string value)
     {
         if (value.Length == 0 || !value.All(c => char.IsAsciiLetterOrDigit(c) || c == '_'))

@@ -49,6 +49,13 @@ public sealed class Keys(string root)
     public string DrainedCells => $"{Root}/drained-cells/";
     public string DrainedCell(string cellId) => $"{DrainedCells}{cellId}";
 
+    /// <summary>Each instance's backup state as its leader's cell last reported it (archive position, base backups, alarm).</summary>
+    public string Backups => $"{Root}/backups/";
+    public string Backup(string instanceId) => $"{Backups}{instanceId}";
+    /// <summary>Restore drills: requests and the last result per instance.</summary>
+    public string Drills => $"{Root}/drills/";
+    public string Drill(string instanceId) => $"{Drills}{instanceId}";
+
     public string Ports => $"{Root}/ports/";
     public string Port(int port) => $"{Ports}{port:D5}";
     public string PortCounter => $"{Root}/port-counter";
