@@ -32,6 +32,13 @@ public static class AdminEndpoints
         });
         app.MapGet("/admin/service_instances/{id}/backups", async (string id, [FromServices] Dingo.Backups.IObjectStore objects, [FromServices] EtcdStore store, CancellationToken ct) =>
             (await BackupsAsync(id, objects, store, ct)).ToResult());
+        app.MapPost("/admin/service_instances/{id}/drill", async (string id, [FromServices] EtcdStore store, CancellationToken ct) =>
+        {
+            var instance = await store.GetAsync<InstanceRecord>(store.Keys.Instance(id), ct);
+            if (instance is null || instance.Value.Desired != DesiredState.Present) return OsbResult.NotFound($"service instance {id} does not exist").ToResult();
+            await store.PutAsync(store.Keys.DrillRequest(id), DateTimeOffset.UtcNow.ToString("O"), ct);
+            return new OsbResult(202, new JsonObject { ["description"] = $"restore drill of {id} requested: its leader's cell restores the latest backup into a scratch node; see ./dingo backups {id}" }).ToResult();
+        });
         app.MapGet("/admin/backups/check", async ([FromServices] Dingo.Backups.IObjectStore objects, CancellationToken ct) =>
         {
             var check = await objects.CheckAsync(ct);

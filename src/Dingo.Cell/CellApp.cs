@@ -48,7 +48,9 @@ public static class CellApp
             var backups = settings.Backups ?? throw new ArgumentException("configuration has no dingo.backups section");
             return new Dingo.Backups.CellBackups(backups.Store.CreateStore(), backups, sp.GetRequiredService<EtcdStore>(),
                 Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "backup-work"), settings.Cell.PostgresBin, settings.Ha,
-                sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Backups"));
+                sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Backups"),
+                new Dingo.Backups.RestoreDrill(backups.Store.CreateStore(), Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "backup-work"),
+                    settings.Cell.PostgresBin, settings.Cell.RunAsUser, sp.GetRequiredService<ILoggerFactory>()));
         });
         builder.Services.AddSingleton(sp => new CellLease(sp.GetRequiredService<EtcdStore>(), settings.Cell.LeaseTtl, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Lease")));
         builder.Services.AddSingleton(sp => new CellReconciler(

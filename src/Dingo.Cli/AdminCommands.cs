@@ -26,8 +26,23 @@ public static class AdminCommands
                 case "undrain" when args.Count == 1:
                     response = await http.DeleteAsync($"/admin/cells/{Uri.EscapeDataString(args[0])}/drain", ct);
                     break;
+                case "recreate" when args.Count == 1:
+                    response = await http.PostAsync($"/admin/service_instances/{Uri.EscapeDataString(args[0])}/recreate", null, ct);
+                    break;
+                case "rebuild" when args.Count == 0:
+                    response = await http.PostAsync("/admin/rebuild", null, ct);
+                    break;
+                case "drill" when args.Count == 1:
+                    response = await http.PostAsync($"/admin/service_instances/{Uri.EscapeDataString(args[0])}/drill", null, ct);
+                    break;
+                case "backups" when args.Count == 1:
+                    response = await http.GetAsync($"/admin/service_instances/{Uri.EscapeDataString(args[0])}/backups", ct);
+                    break;
+                case "store-check" when args.Count == 0:
+                    response = await http.GetAsync("/admin/backups/check", ct);
+                    break;
                 default:
-                    Console.Error.WriteLine("usage: dingo switchover <instance> [--to <node>] | dingo drain <cell> | dingo undrain <cell>");
+                    Console.Error.WriteLine("usage: dingo switchover <instance> [--to <node>] | drain <cell> | undrain <cell> | recreate <instance> | rebuild | backups <instance> | drill <instance> | store-check");
                     return 2;
             }
             var text = await response.Content.ReadAsStringAsync(ct);
@@ -35,7 +50,15 @@ public static class AdminCommands
             if (response.IsSuccessStatusCode)
             {
                 Console.WriteLine(description);
-                Console.WriteLine("follow it with: ./dingo status");
+                var json = JsonNode.Parse(text) as JsonObject;
+                if (json?["base_backups"] is JsonArray backups)
+                    foreach (var b in backups)
+                        Console.WriteLine($"  base backup {b?["label"]}  finished {b?["finished_at"]}  timeline {b?["timeline"]}  {b?["start_lsn"]}..{b?["end_lsn"]}  {(long?)b?["bytes"] / 1048576} MiB  from {b?["source"]}");
+                if (json?["drill"] is JsonObject drill)
+                    Console.WriteLine($"  last restore drill {drill["at"]}: {((bool?)drill["ok"] == true ? "OK" : "FAILED")}: {drill["detail"]}");
+                if (json?["instances"] is JsonArray rebuilt)
+                    foreach (var i in rebuilt) Console.WriteLine($"  {i?["instance"]}: {i?["result"]}");
+                if (command is not ("backups" or "store-check")) Console.WriteLine("follow it with: ./dingo status");
                 return 0;
             }
             Console.Error.WriteLine($"dingo: {(int)response.StatusCode}: {description}");

@@ -11,6 +11,11 @@ public static class Program
           switchover <instance> [--to <node>]   hand the primary to a named or the best replica, no write lost
           drain <cell>      switch primaries away from a cell, then move its nodes to other cells
           undrain <cell>    let a drained cell take nodes again
+          backups <instance>    base backups, WAL archive position, backlog alarm and the last restore drill
+          drill <instance>      restore the latest backup into a scratch node now and check it
+          recreate <instance>   bring a deleted instance back from its backups (same id, port, credentials)
+          rebuild   after losing etcd and the cells: rebuild every instance from the object store
+          store-check   check the backup store: endpoint, credentials, bucket/container, write/read/delete
           help      this text
         """;
 
@@ -24,7 +29,7 @@ public static class Program
         var home = Environment.GetEnvironmentVariable("DINGO_HOME") ?? Directory.GetCurrentDirectory();
         var files = new List<string> { Path.Combine(home, "hocon", "dingo.conf") };
         var rest = new List<string>();
-        var takesArguments = args[0] is "switchover" or "drain" or "undrain";
+        var takesArguments = args[0] is "switchover" or "drain" or "undrain" or "recreate" or "drill" or "backups";
         for (var i = 1; i < args.Length; i++)
         {
             if (args[i] == "--config" && i + 1 < args.Length) files.Add(Path.GetFullPath(args[++i]));
@@ -51,7 +56,7 @@ public static class Program
         {
             "up" => await Platform.UpAsync(home, files, settings),
             "status" => await StatusCommand.RunAsync(settings, Console.Out, cts.Token),
-            "switchover" or "drain" or "undrain" => await AdminCommands.RunAsync(args[0], rest, settings, cts.Token),
+            "switchover" or "drain" or "undrain" or "recreate" or "rebuild" or "drill" or "backups" or "store-check" => await AdminCommands.RunAsync(args[0], rest, settings, cts.Token),
             _ => Unknown(args[0]),
         };
     }

@@ -60,6 +60,27 @@ public static class StatusCommand
         }
         if (rows.Count == 1) output.WriteLine("(no instances)");
         else WriteTable(output, rows);
+
+        var backups = (await store.ListAsync<BackupState>(keys.Backups, ct)).ToDictionary(b => b.Key[keys.Backups.Length..], b => b.Value);
+        var drills = (await store.ListAsync<DrillResult>(keys.Drills, ct)).ToDictionary(d => d.Key[keys.Drills.Length..], d => d.Value);
+        if (instances.Count == 0) return;
+        output.WriteLine();
+        output.WriteLine("BACKUPS");
+        var backupRows = new List<string[]> { new[] { "INSTANCE", "ARCHIVED", "TIMELINE", "BACKLOG", "LAST UPLOAD", "BASE BACKUP", "DRILL", "ALARM" } };
+        foreach (var inst in instances.Select(i => i.Value).OrderBy(i => i.Port))
+        {
+            if (!backups.TryGetValue(inst.Id, out var b))
+            {
+                backupRows.Add([inst.Id, "-", "-", "-", "-", "-", "-", "no leader archives it yet"]);
+                continue;
+            }
+            var drill = drills.TryGetValue(inst.Id, out var d) ? $"{(d.Ok ? "ok" : "FAILED")} {d.At:yyyy-MM-dd HH:mm}" : "-";
+            var age = b.LastUpload is { } up ? $"{(DateTimeOffset.UtcNow - up).TotalSeconds:0}s ago" : "-";
+            var alarm = b.Alarm ?? (b.BaseBackupError is { } e ? $"base backup failing: {e}" : "");
+            backupRows.Add([inst.Id, b.ArchivedLsn, b.Timeline.ToString(System.Globalization.CultureInfo.InvariantCulture), $"{b.BacklogBytes / 1024} KiB", age,
+                b.LastBaseBackupAt is { } at ? $"{at:yyyy-MM-dd HH:mm} ({b.BaseBackups})" : "none yet", drill, alarm]);
+        }
+        WriteTable(output, backupRows);
     }
 
     private static void WriteTable(TextWriter output, List<string[]> rows)

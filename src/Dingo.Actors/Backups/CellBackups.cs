@@ -10,7 +10,7 @@ namespace Dingo.Backups;
 /// A cell's share of backing up: for every cluster whose leader runs here, a <see cref="BackupDuty"/> (archive WAL,
 /// base backups on schedule, retention, state in etcd); and restores for nodes that bootstrap from a backup.
 /// </summary>
-public sealed class CellBackups(IObjectStore store, BackupSettings settings, EtcdStore etcd, string workRoot, string postgresBin, HaSettings ha, ILogger logger)
+public sealed class CellBackups(IObjectStore store, BackupSettings settings, EtcdStore etcd, string workRoot, string postgresBin, HaSettings ha, ILogger logger, RestoreDrill? drill = null)
 {
     public IObjectStore Store => store;
     public BackupSettings Settings => settings;
@@ -48,6 +48,9 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         private int _count;
         private string? _backupError;
         private DateTime _nextCheck = DateTime.MinValue;
+        private DateTime _nextDrillCheck = DateTime.MinValue;
+        private long? _slotBacklog;
+        private string? _lastAlarm;
 
         internal BackupDuty(CellBackups cell, string instanceId, string nodeId, string host, int port, Credentials superuser, bool baseBackupNow)
         {
@@ -72,16 +75,24 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             var log = _cell.Logger;
             while (!ct.IsCancellationRequested)
             {
-                try
+                // Each step on its own: a store that fails must not keep the alarm from being published.
+                foreach (var step in new Func<Task>[]
+                         {
+                             () => PublishAsync(ct),
+                             () => _archiver.Progress.SystemId != 0 && DateTime.UtcNow >= _nextCheck ? BaseBackupIfDueAsync(_archiver.Progress.SystemId, ct) : Task.CompletedTask,
+                             () => _last is not null && DateTime.UtcNow >= _nextDrillCheck ? DrillIfDueAsync(ct) : Task.CompletedTask,
+                         })
                 {
-                    var progress = _archiver.Progress;
-                    if (progress.SystemId != 0 && DateTime.UtcNow >= _nextCheck) await BaseBackupIfDueAsync(progress.SystemId, ct).ConfigureAwait(false);
-                    await PublishAsync(ct).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
-                catch (Exception ex)
-                {
-                    log.LogWarning("backups of {Instance}: {Error}", _instanceId, ex.Message);
+                    try
+                    {
+                        await step().ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
+                    catch (Exception ex)
+                    {
+                        log.LogWarning("backups of {Instance}: {Error}", _instanceId, ex.Message);
+                        if (_nextCheck < DateTime.UtcNow + TimeSpan.FromSeconds(10)) _nextCheck = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+                    }
                 }
                 try { await Task.Delay(TimeSpan.FromSeconds(2), ct).ConfigureAwait(false); }
                 catch (OperationCanceledException) { return; }
@@ -122,6 +133,42 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             }
         }
 
+        /// <summary>On request (admin API), or when the last drill (or, before any, the oldest backup) is older than the drill interval.</summary>
+        private async Task DrillIfDueAsync(CancellationToken ct)
+        {
+            var drill = _cell.Drill;
+            if (drill is null || !OperatingSystem.IsLinux()) return;
+            var etcd = _cell.Etcd;
+            var requested = await etcd.GetStringAsync(etcd.Keys.DrillRequest(_instanceId), ct).ConfigureAwait(false) is not null;
+            var interval = _cell.Settings.DrillInterval;
+            var last = (await etcd.GetAsync<DrillResult>(etcd.Keys.Drill(_instanceId), ct).ConfigureAwait(false))?.Value;
+            var since = last?.At ?? _last!.FinishedAt;
+            _nextDrillCheck = DateTime.UtcNow + TimeSpan.FromSeconds(requested ? 0 : 5);
+            if (!requested && (interval <= TimeSpan.Zero || since + interval > DateTimeOffset.UtcNow)) return;
+            var result = await drill.RunAsync(_instanceId, _superuser, ct).ConfigureAwait(false);
+            await etcd.PutAsync(etcd.Keys.Drill(_instanceId), result, ct).ConfigureAwait(false);
+            await etcd.DeleteAsync(etcd.Keys.DrillRequest(_instanceId), ct).ConfigureAwait(false);
+        }
+
+        /// <summary>WAL the leader keeps only for the archiver (its slot's hold), as the server itself counts it.</summary>
+        private async Task<long?> SlotBacklogAsync(CancellationToken ct)
+        {
+            try
+            {
+                var cs = Dingo.Postgres.DatabaseAdmin.ConnectionString(_host, _port, _superuser, "postgres");
+                cs.Timeout = 3;
+                await using var conn = new Npgsql.NpgsqlConnection(cs.ConnectionString);
+                await conn.OpenAsync(ct).ConfigureAwait(false);
+                await using var cmd = new Npgsql.NpgsqlCommand("SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1", conn);
+                cmd.Parameters.AddWithValue(WalArchiverOptions.DefaultSlotName);
+                return await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false) is long bytes ? bytes : null;
+            }
+            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException)
+            {
+                return _slotBacklog;
+            }
+        }
+
         /// <summary>A healthy streaming replica spares the primary the read; without one, the primary itself.</summary>
         private async Task<(string Name, string Host, int Port)> SourceAsync(CancellationToken ct)
         {
@@ -136,9 +183,11 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         private async Task PublishAsync(CancellationToken ct)
         {
             var p = _archiver.Progress;
+            _slotBacklog = await SlotBacklogAsync(ct).ConfigureAwait(false);
+            var backlog = Math.Max(p.BacklogBytes, _slotBacklog ?? 0);
             string? alarm = null;
-            if (p.BacklogBytes >= _cell.Settings.BacklogAlarmBytes)
-                alarm = $"WAL archive backlog {p.BacklogBytes / (1024 * 1024)} MiB (alarm at {_cell.Settings.BacklogAlarmBytes / (1024 * 1024)} MiB): pg_wal on the leader grows until the store takes it";
+            if (backlog >= _cell.Settings.BacklogAlarmBytes)
+                alarm = $"WAL archive backlog {backlog / (1024 * 1024)} MiB (alarm at {_cell.Settings.BacklogAlarmBytes / (1024 * 1024)} MiB): pg_wal on the leader grows until the store takes it";
             else if (p.Error is not null) alarm = $"WAL archiving failing: {p.Error}";
             var state = new BackupState
             {
@@ -146,7 +195,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 SystemId = p.SystemId,
                 Timeline = p.Timeline,
                 ArchivedLsn = Lsn.Format(p.ArchivedLsn),
-                BacklogBytes = p.BacklogBytes,
+                BacklogBytes = backlog,
                 LastUpload = p.LastUpload,
                 Alarm = alarm,
                 LastBaseBackup = _last?.Label,
@@ -155,6 +204,8 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 BaseBackupError = _backupError,
                 UpdatedAt = DateTimeOffset.UtcNow,
             };
+            if (alarm is not null && alarm != _lastAlarm) _cell.Logger.LogError("backups of {Instance}: {Alarm}", _instanceId, alarm);
+            _lastAlarm = alarm;
             await _cell.Etcd.PutAsync(_cell.Etcd.Keys.Backup(_instanceId), state, ct).ConfigureAwait(false);
         }
 
@@ -172,4 +223,5 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
     internal ILogger Logger => logger;
     internal EtcdStore Etcd => etcd;
     internal HaSettings Ha => ha;
+    internal RestoreDrill? Drill => drill;
 }

@@ -123,6 +123,9 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
             .DeletePrefix(keys.Bindings(instance.Id))
             .DeletePrefix(keys.Nodes(instance.Id))
             .DeletePrefix(keys.Cluster(instance.Id))
+            .Delete(keys.Backup(instance.Id))
+            .Delete(keys.Drill(instance.Id))
+            .Delete(keys.DrillRequest(instance.Id))
             .Put(keys.Port(instance.Port), new PortRecord { InstanceId = instance.Id, State = "retired" })
             .Put(keys.Operation(instance.Id), done, lease);
         if (instance.ReadOnlyPort > 0) txn.Put(keys.Port(instance.ReadOnlyPort), new PortRecord { InstanceId = instance.Id, State = "retired", Role = PortRole.ReadOnly });

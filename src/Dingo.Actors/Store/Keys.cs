@@ -55,6 +55,8 @@ public sealed class Keys(string root)
     /// <summary>Restore drills: requests and the last result per instance.</summary>
     public string Drills => $"{Root}/drills/";
     public string Drill(string instanceId) => $"{Drills}{instanceId}";
+    /// <summary>An operator asked for a drill now; the leader's cell runs it and deletes this.</summary>
+    public string DrillRequest(string instanceId) => $"{Root}/drill-requests/{instanceId}";
 
     public string Ports => $"{Root}/ports/";
     public string Port(int port) => $"{Ports}{port:D5}";

@@ -23,6 +23,16 @@ public sealed class BackupRecoveryTests(ITestOutputHelper output)
         await ExecAsync(uri, "CREATE TABLE t(v int); INSERT INTO t SELECT generate_series(1, 100)");
         await WaitArchivedAsync(platform, id, uri);
 
+        // A restore drill on demand: the latest backup restored into a scratch node and checked.
+        var (drillStatus, drillAnswer) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/drill");
+        Assert.True(drillStatus == 202, drillAnswer.ToJsonString());
+        await Eventually.UntilAsync(async () => await platform.Store.GetAsync<Model.DrillResult>(platform.Store.Keys.Drill(id), CancellationToken.None) is not null,
+            TimeSpan.FromSeconds(90), "the drill's result");
+        var drill = (await platform.Store.GetAsync<Model.DrillResult>(platform.Store.Keys.Drill(id), CancellationToken.None))!.Value;
+        output.WriteLine($"drill: {drill.Detail}");
+        Assert.True(drill.Ok, drill.Detail);
+        Assert.Contains("1 user table", drill.Detail, StringComparison.Ordinal);
+
         var (status, _) = await platform.SendAsync(HttpMethod.Delete, $"/v2/service_instances/{id}?accepts_incomplete=true&service_id={Model.Catalog.ServiceId}&plan_id={Model.Catalog.SoloPlanId}");
         Assert.Equal(202, status);
         Assert.Equal("succeeded", (string?)(await platform.WaitForOperationAsync(id, TimeSpan.FromSeconds(60)))["state"]);
