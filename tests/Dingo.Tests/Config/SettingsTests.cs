@@ -15,6 +15,11 @@ public sealed class SettingsTests
         Assert.Equal(10, s.Broker.InstanceQuota);
         Assert.Equal(["http://127.0.0.1:2379"], s.EtcdEndpoints);
         Assert.Equal("/dingo", s.EtcdPrefix);
+        var b = s.Backups!;
+        Assert.True(b.Enabled);
+        Assert.Equal((TimeSpan.FromMilliseconds(200), TimeSpan.FromDays(1), 4, TimeSpan.FromDays(7), TimeSpan.FromDays(7)),
+            (b.FlushDelay, b.BaseBackupInterval, b.Keep, b.DeletedRetention, b.DrillInterval));
+        Assert.Equal(256L * 1024 * 1024, b.BacklogAlarmBytes);
     }
 
     [Fact]
@@ -38,6 +43,9 @@ public sealed class SettingsTests
     [InlineData("dingo.broker.instance-quota = -1", "instance-quota")]
     [InlineData("dingo.broker.url = \"not a url\"", "not an absolute URL")]
     [InlineData("dingo.router.mode = fast", "dingo.router.mode must be")]
+    [InlineData("dingo.backups.keep = 0", "dingo.backups.keep")]
+    [InlineData("dingo.backups.flush-delay = 10s", "dingo.backups.flush-delay")]
+    [InlineData("dingo.backups.base-backup-interval = 5s", "dingo.backups.base-backup-interval")]
     public void Bad_settings_are_refused_with_the_key_named(string hocon, string expected)
     {
         var ex = Assert.Throws<ArgumentException>(() => DingoSettings.Load([DefaultFile], new Dictionary<string, string?>(), hocon));
