@@ -149,6 +149,41 @@ public sealed class BackupRecoveryTests(ITestOutputHelper output)
         }
     }
 
+    [Fact]
+    public async Task The_archive_follows_the_leader_across_a_failover_and_a_clone_has_every_row()
+    {
+        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }"), ownsData: true);
+        for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
+        var id = "fo-" + Guid.NewGuid().ToString("N")[..8];
+        await platform.ProvisionReadyAsync(id, Model.Catalog.ClusterHaPlanId);
+        var uri = (string)(await platform.BindAsync(id, "b1", Model.Catalog.ClusterHaPlanId))["uri"]!;
+        await ExecAsync(uri, "CREATE TABLE t(v int primary key)");
+        for (var i = 1; i <= 50; i++) await ExecAsync(uri, $"INSERT INTO t VALUES ({i})");
+        await WaitArchivedAsync(platform, id, uri);
+
+        var leader = (await platform.Store.GetAsync<Model.LeaderRecord>(platform.Store.Keys.Leader(id), CancellationToken.None))!.Value;
+        var cell = (await platform.Store.GetAsync<Model.NodeSpec>(platform.Store.Keys.Node(id, leader.NodeId), CancellationToken.None))!.Value.CellId;
+        platform.KillCell(int.Parse(cell["cell-".Length..], System.Globalization.CultureInfo.InvariantCulture));
+        output.WriteLine($"killed {cell}, the primary's cell");
+        for (var i = 51; i <= 100; i++)
+        {
+            var v = i;
+            await RetryAsync(async () => { await ExecAsync(uri, $"INSERT INTO t VALUES ({v}) ON CONFLICT DO NOTHING"); return (object?)null; }, TimeSpan.FromSeconds(60));
+        }
+        // The new leader archives: timeline 2 (at least), everything committed so far.
+        await WaitArchivedAsync(platform, id, uri);
+        var (_, state) = await platform.SendAsync(HttpMethod.Get, $"/admin/service_instances/{id}/backups");
+        Assert.True((int)state["archive"]!["timeline"]! >= 2, state.ToJsonString());
+        Assert.NotEqual(leader.NodeId, (string?)state["archive"]!["nodeId"]);
+
+        var clone = "foc-" + Guid.NewGuid().ToString("N")[..8];
+        var (accepted, answer) = await Provision(platform, clone, new JsonObject { ["clone-from"] = id });
+        Assert.True(accepted == 202, answer.ToJsonString());
+        Assert.Equal("succeeded", (string?)(await platform.WaitForOperationAsync(clone, TimeSpan.FromSeconds(120)))["state"]);
+        var cloneUri = (string)(await platform.BindAsync(clone, "b1", Model.Catalog.ClusterPlanId))["uri"]!;
+        Assert.Equal(100L, await RetryAsync(() => ScalarAsync(cloneUri, "SELECT count(*) FROM t"), TimeSpan.FromSeconds(30)));
+    }
+
     private static Task<(int Status, JsonObject Body)> Provision(TestPlatform platform, string id, JsonObject parameters) =>
         platform.SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", new JsonObject
         {
