@@ -6,9 +6,12 @@ public static class AkkaDefaults
     // Members leaving on a clean stop make remoting log "disassociated" errors that say nothing wrong:
     // keep lifecycle chatter out of the operator's logs.
     //
-    // Split brain: cells act on etcd alone, so losing cells must never down a broker. The resolver keeps the
-    // side with the majority of *broker* members and never downs everyone on instability; a downed member keeps
-    // its actor system running (a cell goes on serving its nodes; it rejoins the cluster when restarted).
+    // Split brain: cells act on etcd alone, so losing cells must never down a broker. The resolver counts *broker*
+    // members, and the side that holds a lease in etcd goes on (lease-majority: the majority side asks first, the
+    // minority 2 s later): with two brokers, losing either leaves the other in charge, and etcd's quorum makes sure
+    // two sides never both act. It never downs everyone on instability; a downed cell keeps serving its nodes.
+    //
+    // For(settings) adds the etcd endpoints and key prefix the lease uses.
     public const string Hocon = """
         akka.loglevel = WARNING
         akka.stdout-loglevel = WARNING
@@ -17,14 +20,36 @@ public static class AkkaDefaults
         akka.cluster.run-coordinated-shutdown-when-down = off
         akka.cluster.downing-provider-class = "Akka.Cluster.SBR.SplitBrainResolverProvider, Akka.Cluster"
         akka.cluster.split-brain-resolver {
-          active-strategy = keep-majority
-          keep-majority.role = "broker"
+          active-strategy = lease-majority
+          lease-majority {
+            lease-implementation = "dingo.akka-lease"
+            lease-name = "split-brain-resolver"
+            role = "broker"
+            acquire-lease-delay-for-minority = 2s
+          }
           stable-after = 7s
           down-all-when-unstable = off
+        }
+        dingo.akka-lease {
+          lease-class = "Dingo.Ha.EtcdLease, Dingo.Actors"
+          heartbeat-timeout = 10s
+          heartbeat-interval = 2s
+          lease-operation-timeout = 5s
         }
         akka.coordinated-shutdown.phases.cluster-exiting.timeout = 3s
         # The host stops the actor system after its own services have wound down in order (a cell's nodes first
         # hand over leadership); Akka must not race it from its own SIGTERM hook.
         akka.coordinated-shutdown.run-by-clr-shutdown-hook = off
         """;
+
+    /// <summary>The shared settings plus where the split-brain lease lives (this platform's etcd and prefix).</summary>
+    public static string For(Config.DingoSettings settings)
+    {
+        var endpoints = string.Join(", ", settings.EtcdEndpoints.Select(e => "\"" + e + "\""));
+        return Hocon + $$"""
+
+            dingo.akka-lease.endpoints = [{{endpoints}}]
+            dingo.akka-lease.prefix = "{{settings.EtcdPrefix}}"
+            """;
+    }
 }

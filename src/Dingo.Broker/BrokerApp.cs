@@ -37,9 +37,9 @@ public static class BrokerApp
         {
             var store = sp.GetRequiredService<EtcdStore>();
             var loggers = sp.GetRequiredService<ILoggerFactory>();
-            akka.AddHocon(AkkaDefaults.Hocon, HoconAddMode.Prepend)
-                .WithRemoting("127.0.0.1", port)
-                .WithClustering(new ClusterOptions { Roles = ["broker"] })
+            akka.AddHocon(AkkaDefaults.For(settings), HoconAddMode.Prepend)
+                .WithRemoting(settings.Akka.Hostname, port)
+                .WithClustering(new ClusterOptions { Roles = ["broker"], SeedNodes = settings.Akka.SeedNodes.ToArray() })
                 .WithShardRegion<ServiceInstanceRegion>(
                     "service-instance",
                     id => ServiceInstanceActor.Props(id, store, settings, loggers),
@@ -47,9 +47,16 @@ public static class BrokerApp
                     new ShardOptions { Role = "broker", StateStoreMode = Akka.Cluster.Sharding.StateStoreMode.DData, RememberEntities = false })
                 .AddStartup((system, _) =>
                 {
-                    // The broker seeds its own cluster; cells join it.
                     var cluster = Akka.Cluster.Cluster.Get(system);
-                    cluster.Join(cluster.SelfAddress);
+                    // Without seed nodes the broker seeds a cluster of its own (one host); cells join it.
+                    if (settings.Akka.SeedNodes.Count == 0) cluster.Join(cluster.SelfAddress);
+                    // A broker the split-brain resolver removed cannot serve its shards: it exits, and its supervisor
+                    // (systemd, `dingo up`) starts it again as a new member.
+                    cluster.RegisterOnMemberRemoved(() =>
+                    {
+                        if (!system.WhenTerminated.IsCompleted) sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Broker").LogError("this broker was removed from the Akka cluster: stopping so it restarts as a new member");
+                        sp.GetRequiredService<IHostApplicationLifetime>().StopApplication();
+                    });
                 });
         });
 

@@ -61,8 +61,8 @@ public static class CellApp
 
         builder.Services.AddAkka("dingo", (akka, sp) =>
         {
-            akka.AddHocon(AkkaDefaults.Hocon, HoconAddMode.Prepend)
-                .WithRemoting("127.0.0.1", settings.Cell.AkkaPort)
+            akka.AddHocon(AkkaDefaults.For(settings), HoconAddMode.Prepend)
+                .WithRemoting(settings.Akka.Hostname, settings.Cell.AkkaPort)
                 .WithClustering(new ClusterOptions { Roles = ["cell"], SeedNodes = seedNodes.ToArray() })
                 .WithActors((system, registry) =>
                 {

@@ -27,6 +27,7 @@ public static class Program
             Console.Error.WriteLine($"dingo-cell: configuration error: {ex.Message}");
             return 2;
         }
+        if (seeds.Count == 0) seeds.AddRange(settings.Akka.SeedNodes);
         if (seeds.Count == 0) seeds.Add($"akka.tcp://dingo@127.0.0.1:{settings.Broker.AkkaPort}");
         using var host = CellApp.Build(settings, seeds);
         await host.RunAsync();

@@ -16,6 +16,8 @@ public sealed record DingoSettings
     public required HaSettings Ha { get; init; }
     /// <summary>Where WAL archives and base backups go (`dingo.backups`). Null only for settings built by hand.</summary>
     public Dingo.Backups.BackupSettings? Backups { get; init; }
+    /// <summary>Akka.NET remoting and cluster membership across hosts (`dingo.akka`).</summary>
+    public AkkaSettings Akka { get; init; } = new();
 
     /// <summary>Loads the layered configuration. Throws with the file and key named when a value is wrong.</summary>
     public static DingoSettings Load(IEnumerable<string> files, IReadOnlyDictionary<string, string?>? environment = null, string? overrides = null)
@@ -56,7 +58,7 @@ public sealed record DingoSettings
                 BindingHost = Env("DINGO_BINDING_HOST") ?? d.GetString("broker.binding-host", "127.0.0.1"),
                 DeletedOperationRetention = d.GetTimeSpan("broker.deleted-operation-retention", TimeSpan.FromHours(1)),
                 ProvisionTimeout = d.GetTimeSpan("broker.provision-timeout", TimeSpan.FromMinutes(5)),
-                AkkaPort = d.GetInt("broker.akka-port", 4053),
+                AkkaPort = int.TryParse(Env("DINGO_AKKA_PORT"), out var brokerAkka) ? brokerAkka : d.GetInt("broker.akka-port", 4053),
             },
             Router = new RouterSettings
             {
@@ -80,7 +82,7 @@ public sealed record DingoSettings
                 LeaseTtl = d.GetTimeSpan("cell.lease-ttl", TimeSpan.FromSeconds(10)),
                 PostgresBin = d.GetString("cell.postgres-bin", "/usr/lib/postgresql/15/bin"),
                 RunAsUser = d.GetString("cell.run-as-user", "postgres"),
-                AkkaPort = d.GetInt("cell.akka-port", 0),
+                AkkaPort = int.TryParse(Env("DINGO_AKKA_PORT"), out var cellAkka) ? cellAkka : d.GetInt("cell.akka-port", 0),
             },
             NodePortFirst = d.GetInt("node-port-range-first", 10000),
             NodePortLast = d.GetInt("node-port-range-last", 19999),
@@ -93,6 +95,12 @@ public sealed record DingoSettings
                 LostCellGrace = d.GetTimeSpan("ha.lost-cell-grace", TimeSpan.FromSeconds(60)),
             },
             Backups = Dingo.Backups.BackupSettings.FromConfig(d, env, dataDir),
+            Akka = new AkkaSettings
+            {
+                Hostname = Env("DINGO_AKKA_HOSTNAME") ?? d.GetString("akka.hostname", "127.0.0.1"),
+                SeedNodes = Env("DINGO_AKKA_SEEDS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                            ?? d.GetStringList("akka.seed-nodes")?.ToArray() ?? [],
+            },
         };
         settings.Validate();
         return settings;
@@ -113,6 +121,9 @@ public sealed record DingoSettings
         if (Ha.Ttl < TimeSpan.FromSeconds(2)) throw new ArgumentException($"dingo.ha.ttl must be at least 2s: got {Ha.Ttl.TotalSeconds}s");
         if (Ha.LoopWait <= TimeSpan.Zero || Ha.LoopWait * 3 > Ha.Ttl)
             throw new ArgumentException($"dingo.ha.loop-wait ({Ha.LoopWait.TotalMilliseconds}ms) must be positive and at most a third of dingo.ha.ttl ({Ha.Ttl.TotalSeconds}s), so a leader renews in time");
+        foreach (var seed in Akka.SeedNodes)
+            if (!seed.StartsWith("akka.tcp://dingo@", StringComparison.Ordinal))
+                throw new ArgumentException($"dingo.akka.seed-nodes: '{seed}' is not an address of this cluster (akka.tcp://dingo@HOST:PORT)");
         if (!Uri.TryCreate(Broker.Url, UriKind.Absolute, out _)) throw new ArgumentException($"dingo.broker.url '{Broker.Url}' is not an absolute URL");
     }
 }
@@ -156,6 +167,14 @@ public sealed record CellSettings
     public required string PostgresBin { get; init; }
     public required string RunAsUser { get; init; }
     public required int AkkaPort { get; init; }
+}
+
+public sealed record AkkaSettings
+{
+    /// <summary>The address Akka remoting binds and other members reach this process at.</summary>
+    public string Hostname { get; init; } = "127.0.0.1";
+    /// <summary>Members to join (akka.tcp://dingo@host:port); a broker with none seeds a cluster of its own.</summary>
+    public IReadOnlyList<string> SeedNodes { get; init; } = [];
 }
 
 public sealed record HaSettings

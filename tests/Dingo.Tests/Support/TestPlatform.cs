@@ -27,6 +27,7 @@ public sealed class TestPlatform : IAsyncDisposable
     private WebApplication? _broker;
     private readonly List<IHost> _cells = new();
     private readonly Dictionary<int, System.Diagnostics.Process> _cellProcesses = new();
+    private readonly Dictionary<int, System.Diagnostics.Process> _brokerProcesses = new();
     private string? _seed;
 
     private TestPlatform(DingoSettings settings, EtcdStore store, bool ownsData)
@@ -141,6 +142,46 @@ public sealed class TestPlatform : IAsyncDisposable
     }
 
     /// <summary>
+    /// Starts another broker as an OS process that joins this platform's Akka cluster (sharing the instance actors
+    /// through sharding) and serves the OSB API on its own URL, which it returns.
+    /// </summary>
+    public Uri StartBrokerProcess(int number)
+    {
+        var dll = Path.Combine(AppContext.BaseDirectory, "Dingo.Broker.dll");
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { dll, "--config", Path.Combine(RepoRoot(), "hocon", "dingo.conf"), "--config", Path.Combine(Settings.DataDir, "test.conf") })
+            psi.ArgumentList.Add(a);
+        var url = new Uri($"http://127.0.0.1:{FreePorts.One()}");
+        psi.Environment["DINGO_BROKER_URL"] = url.ToString().TrimEnd('/');
+        psi.Environment["DINGO_AKKA_PORT"] = FreePorts.One().ToString(System.Globalization.CultureInfo.InvariantCulture);
+        psi.Environment["DINGO_AKKA_SEEDS"] = _seed!;
+        var log = new StreamWriter(Path.Combine(Settings.DataDir, $"broker-{number}.log"), append: true) { AutoFlush = true };
+        var process = System.Diagnostics.Process.Start(psi)!;
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        _brokerProcesses[number] = process;
+        return url;
+    }
+
+    /// <summary>kill -9 of a broker process.</summary>
+    public void KillBroker(int number)
+    {
+        _brokerProcesses.Remove(number, out var process);
+        try { process?.Kill(); process?.WaitForExit(5000); } catch (InvalidOperationException) { }
+    }
+
+    /// <summary>An HTTP client for another broker of this platform, with the same credentials.</summary>
+    public static HttpClient ClientFor(Uri url)
+    {
+        var http = new HttpClient { BaseAddress = url, Timeout = TimeSpan.FromSeconds(30) };
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{Username}:{Password}")));
+        http.DefaultRequestHeaders.Add("X-Broker-API-Version", "2.17");
+        return http;
+    }
+
+    /// <summary>
     /// kill -9 of a whole cell: its agent and every PostgreSQL process under its data, all at once (nothing of the
     /// cell may keep serving while the rest dies); returns when they are gone.
     /// </summary>
@@ -176,6 +217,7 @@ public sealed class TestPlatform : IAsyncDisposable
     /// <summary>Stops cells (their PostgreSQL nodes stop, data kept) and the broker, as Ctrl-C on `dingo up` does.</summary>
     public async Task StopAsync()
     {
+        foreach (var number in _brokerProcesses.Keys.ToList()) KillBroker(number);
         foreach (var number in _cellProcesses.Keys.ToList())
         {
             var p = _cellProcesses[number];
