@@ -34,7 +34,7 @@ public sealed class EtcdStore : IAsyncDisposable
                 EnableMultipleHttp2Connections = true,
                 KeepAlivePingDelay = TimeSpan.FromSeconds(5),
                 KeepAlivePingTimeout = TimeSpan.FromSeconds(5),
-                ConnectTimeout = TimeSpan.FromSeconds(3),
+                ConnectTimeout = TimeSpan.FromSeconds(1),
             },
         })).ToArray();
         Endpoints = endpoints;
