@@ -62,7 +62,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         if (deleted || DateTimeOffset.UtcNow - since >= _cell.OrphanGrace)
         {
             logger.LogInformation("node {Node}: no longer assigned to {Cell} ({Why}); stopping it and removing its data", orphan.NodeId, _cell.Id,
-                deleted ? "its instance is deleted" : $"unwanted since {since:HH:mm:ss}");
+                deleted ? $"instance {instanceId} is deleted" : $"unwanted since {since:HH:mm:ss}");
             await runtime.RemoveAsync(orphan.NodeId, ct).ConfigureAwait(false);
             _unwantedSince.Remove(orphan.NodeId);
             return $"removed {orphan.NodeId}";

@@ -216,6 +216,9 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         var volumes = await CallAsync("list volumes", t => _client.Volumes.ListAsync(
             new VolumesListParameters { Filters = Filters() }, t), ct, _options.ListTimeout).ConfigureAwait(false);
 
+        // Podman 4.3 ORs several label filters on volumes: keep only what carries all of ours, whatever the engine did.
+        containers = containers.Where(c => Ours(c.Labels)).ToList();
+        volumes.Volumes = (volumes.Volumes ?? []).Where(v => Ours(v.Labels)).ToList();
         var nodeContainers = containers.Where(c => Label(c.Labels, KindLabel) == "node" && Label(c.Labels, NodeLabel) is not null)
             .GroupBy(c => Label(c.Labels, NodeLabel)!).ToDictionary(g => g.Key, g => g.First(), StringComparer.Ordinal);
         var tools = containers.Where(c => Label(c.Labels, KindLabel) == "tool" && Label(c.Labels, NodeLabel) is not null)
@@ -486,9 +489,12 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         {
             var all = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
                 new ContainersListParameters { All = true, Filters = Filters((NodeLabel, nodeId)) }, t), cancellationToken).ConfigureAwait(false);
-            foreach (var c in all) await RemoveContainerAsync(c.ID, cancellationToken).ConfigureAwait(false);
+            foreach (var c in all.Where(c => Ours(c.Labels) && Label(c.Labels, NodeLabel) == nodeId)) await RemoveContainerAsync(c.ID, cancellationToken).ConfigureAwait(false);
             try
             {
+                var volume = await CallAsync("inspect the volume", t => _client.Volumes.InspectAsync(VolumeName(nodeId), t), cancellationToken).ConfigureAwait(false);
+                if (!Ours(volume.Labels) || Label(volume.Labels, NodeLabel) != nodeId)
+                    throw new ContainerEngineException($"Node {nodeId}: volume {VolumeName(nodeId)} on the engine at {_docker.Endpoint} is not this cell's; not removing it");
                 await CallAsync("remove the volume", t => _client.Volumes.RemoveAsync(VolumeName(nodeId), true, t), cancellationToken).ConfigureAwait(false);
                 _logger.LogInformation("Node {NodeId}: container and volume removed", nodeId);
             }
@@ -610,7 +616,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     {
         var tools = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
             new ContainersListParameters { All = true, Filters = Filters((NodeLabel, nodeId), (KindLabel, "tool")) }, t), ct).ConfigureAwait(false);
-        foreach (var tool in tools) await RemoveContainerAsync(tool.ID, ct).ConfigureAwait(false);
+        foreach (var tool in tools.Where(t => Ours(t.Labels) && Label(t.Labels, NodeLabel) == nodeId && Label(t.Labels, KindLabel) == "tool"))
+            await RemoveContainerAsync(tool.ID, ct).ConfigureAwait(false);
     }
 
     private async Task EnsureVolumeAsync(NodeLaunchSpec spec, CancellationToken ct)
@@ -896,6 +903,10 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         foreach (var (key, value) in more) labels[$"{key}={value}"] = true;
         return new Dictionary<string, IDictionary<string, bool>> { ["label"] = labels };
     }
+
+    /// <summary>Labelled with this platform and this cell.</summary>
+    private bool Ours(IDictionary<string, string>? labels) =>
+        Label(labels, PlatformLabel) == _docker.Platform && Label(labels, CellLabel) == _options.CellId;
 
     private static string? Label(IDictionary<string, string>? labels, string key) =>
         labels is not null && labels.TryGetValue(key, out var value) ? value : null;
