@@ -11,6 +11,7 @@ public static class Program
           switchover <instance> [--to <node>]   hand the primary to a named or the best replica, no write lost
           drain <cell>      switch primaries away from a cell, then move its nodes to other cells
           undrain <cell>    let a drained cell take nodes again
+          logs <instance> [node] [--tail N]   a node's PostgreSQL log (its container's output on a Docker cell)
           help      this text
         """;
 
@@ -24,7 +25,7 @@ public static class Program
         var home = Environment.GetEnvironmentVariable("DINGO_HOME") ?? Directory.GetCurrentDirectory();
         var files = new List<string> { Path.Combine(home, "hocon", "dingo.conf") };
         var rest = new List<string>();
-        var takesArguments = args[0] is "switchover" or "drain" or "undrain";
+        var takesArguments = args[0] is "switchover" or "drain" or "undrain" or "logs";
         for (var i = 1; i < args.Length; i++)
         {
             if (args[i] == "--config" && i + 1 < args.Length) files.Add(Path.GetFullPath(args[++i]));
@@ -52,6 +53,7 @@ public static class Program
             "up" => await Platform.UpAsync(home, files, settings),
             "status" => await StatusCommand.RunAsync(settings, Console.Out, cts.Token),
             "switchover" or "drain" or "undrain" => await AdminCommands.RunAsync(args[0], rest, settings, cts.Token),
+            "logs" => await LogsCommand.RunAsync(rest, settings, Console.Out, cts.Token),
             _ => Unknown(args[0]),
         };
     }

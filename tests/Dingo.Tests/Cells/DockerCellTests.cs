@@ -44,6 +44,12 @@ public sealed class DockerCellTests(ITestOutputHelper output)
             Assert.Equal(Catalog.FindPlan(Catalog.ClusterPlanId)!.Limits.MemoryBytes, inspect.HostConfig.Memory);
         }
 
+        // `dingo logs <instance>` finds each node's cell in etcd and prints its container's output.
+        var (code, logs) = await DingoCliAsync(platform, "logs", id, "--tail", "50");
+        Assert.True(code == 0, $"dingo logs exited {code}: {logs}");
+        Assert.Equal(2, logs.Split('\n').Count(l => l.StartsWith("==> n-", StringComparison.Ordinal) && l.EndsWith("(docker) <==", StringComparison.Ordinal)));
+        Assert.Contains("database system is ready to accept connections", logs);
+
         // kill -9 of the primary's PostgreSQL (its container's main process): restarted, and the instance serves again.
         var leader = (await platform.Store.GetAsync<LeaderRecord>(platform.Store.Keys.Leader(id), None))!.Value;
         var victim = containers.Single(c => c.Labels[DockerRuntime.NodeLabel] == leader.NodeId);
@@ -123,6 +129,21 @@ public sealed class DockerCellTests(ITestOutputHelper output)
             result.Add($"{inspect.ID} {inspect.State.Status} started {inspect.State.StartedAt} pid {inspect.State.Pid}");
         }
         return result.Order().ToList();
+    }
+
+    /// <summary>Runs the built CLI (src/Dingo.Cli) against the test platform's settings.</summary>
+    private static async Task<(int Code, string Output)> DingoCliAsync(TestPlatform p, params string[] args)
+    {
+        var dll = Path.Combine(TestPlatform.RepoRoot(), "src", "Dingo.Cli", "bin", "Release", "net10.0", "dingo.dll");
+        Assert.True(File.Exists(dll), $"{dll} is missing: build the solution (./dingo test does)");
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { dll }.Concat(args).Concat(["--config", Path.Combine(p.Settings.DataDir, "test.conf")])) psi.ArgumentList.Add(a);
+        psi.Environment["DINGO_HOME"] = TestPlatform.RepoRoot();
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        return (process.ExitCode, await stdout + await stderr);
     }
 
     private static async Task ExecAsync(string connection, string sql)
