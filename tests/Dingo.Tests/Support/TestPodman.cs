@@ -58,15 +58,16 @@ public static class TestPodman
     }
 
     /// <summary>A second podman service (same storage, so the same containers) that a test may kill to make "the engine" vanish.</summary>
-    public static (string Endpoint, Process Process) StartExtraService()
+    /// <param name="tcp">serve on tcp://127.0.0.1:port instead of a unix socket (plain TCP: a test of the endpoint kind)</param>
+    public static (string Endpoint, Process Process) StartExtraService(bool tcp = false)
     {
         _ = Endpoint;
-        var (endpoint, process, client) = Launch();
+        var (endpoint, process, client) = Launch(tcp);
         client.Dispose();
         return (endpoint, process);
     }
 
-    private static (string Endpoint, Process Process, DockerClient Client) Launch()
+    private static (string Endpoint, Process Process, DockerClient Client) Launch(bool tcp = false)
     {
         var podman = Podman();
         var dir = Path.Combine(Path.GetTempPath(), $"dingo-test-podman-{Guid.NewGuid():N}"[..32]);
@@ -74,8 +75,9 @@ public static class TestPodman
         var conf = Path.Combine(dir, "containers.conf");
         File.WriteAllText(conf, "[containers]\ndefault_ulimits = []\n");
         var socket = Path.Combine(dir, "podman.sock");
+        var endpoint = tcp ? $"tcp://127.0.0.1:{FreePorts.One()}" : $"unix://{socket}";
         var psi = new ProcessStartInfo(podman) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { "--runtime", "runc", "system", "service", "--time=0", $"unix://{socket}" }) psi.ArgumentList.Add(a);
+        foreach (var a in new[] { "--runtime", "runc", "system", "service", "--time=0", endpoint }) psi.ArgumentList.Add(a);
         psi.Environment["CONTAINERS_CONF"] = conf;
         var log = new StreamWriter(Path.Combine(dir, "service.log")) { AutoFlush = true };
         var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start podman system service");
@@ -86,7 +88,6 @@ public static class TestPodman
         lock (Started) Started.Add((process, dir));
         if (Interlocked.Exchange(ref _exitHooked, 1) == 0) AppDomain.CurrentDomain.ProcessExit += (_, _) => Stop();
 
-        var endpoint = $"unix://{socket}";
         var client = new DockerClientConfiguration(new Uri(endpoint)).CreateClient();
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (true)
