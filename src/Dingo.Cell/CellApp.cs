@@ -40,7 +40,13 @@ public static class CellApp
                     PostgresBin: settings.Cell.PostgresBin,
                     RunAsUser: settings.Cell.RunAsUser),
                 sp.GetRequiredService<ILogger<LocalProcessRuntime>>()),
-            var other => throw new ArgumentException($"dingo.cell.runtime '{other}' is not known: use \"process\""),
+            "docker" => new DockerRuntime(
+                new DockerRuntimeOptions(settings.Cell.Id, settings.Cell.Docker)
+                {
+                    LimitsOf = PlanLimits(sp.GetRequiredService<EtcdStore>()),
+                },
+                sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Docker")),
+            var other => throw new ArgumentException($"dingo.cell.runtime '{other}' is not known: use \"process\" or \"docker\""),
         });
         builder.Services.AddSingleton(sp =>
         {
@@ -98,6 +104,13 @@ public static class CellApp
         if (settings.Router.MetricsPort > 0) builder.Services.AddHostedService<MetricsEndpoint>();
         return builder.Build();
     }
+
+    /// <summary>A node's memory and CPU ceilings come from its instance's plan (the Docker runtime applies them).</summary>
+    private static Func<string, CancellationToken, Task<Dingo.Model.NodeLimits>> PlanLimits(EtcdStore store) => async (instanceId, ct) =>
+    {
+        var instance = await store.GetAsync<Dingo.Model.InstanceRecord>(store.Keys.Instance(instanceId), ct).ConfigureAwait(false);
+        return Dingo.Model.Catalog.FindPlan(instance?.Value.PlanId)?.Limits ?? Dingo.Model.NodeLimits.Default;
+    };
 }
 
 /// <summary>

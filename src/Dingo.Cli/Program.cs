@@ -16,6 +16,7 @@ public static class Program
           recreate <instance>   bring a deleted instance back from its backups (same id, port, credentials)
           rebuild   after losing etcd and the cells: rebuild every instance from the object store
           store-check   check the backup store: endpoint, credentials, bucket/container, write/read/delete
+          logs <instance> [node] [--tail N]   a node's PostgreSQL log (its container's output on a Docker cell)
           help      this text
         """;
 
@@ -29,7 +30,7 @@ public static class Program
         var home = Environment.GetEnvironmentVariable("DINGO_HOME") ?? Directory.GetCurrentDirectory();
         var files = new List<string> { Path.Combine(home, "hocon", "dingo.conf") };
         var rest = new List<string>();
-        var takesArguments = args[0] is "switchover" or "drain" or "undrain" or "recreate" or "drill" or "backups";
+        var takesArguments = args[0] is "switchover" or "drain" or "undrain" or "recreate" or "drill" or "backups" or "logs";
         for (var i = 1; i < args.Length; i++)
         {
             if (args[i] == "--config" && i + 1 < args.Length) files.Add(Path.GetFullPath(args[++i]));
@@ -57,6 +58,7 @@ public static class Program
             "up" => await Platform.UpAsync(home, files, settings),
             "status" => await StatusCommand.RunAsync(settings, Console.Out, cts.Token),
             "switchover" or "drain" or "undrain" or "recreate" or "rebuild" or "drill" or "backups" or "store-check" => await AdminCommands.RunAsync(args[0], rest, settings, cts.Token),
+            "logs" => await LogsCommand.RunAsync(rest, settings, Console.Out, cts.Token),
             _ => Unknown(args[0]),
         };
     }

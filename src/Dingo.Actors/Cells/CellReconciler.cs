@@ -9,8 +9,8 @@ namespace Dingo.Cells;
 public sealed record CellPass(IReadOnlyList<NodeSpec> Desired, string Summary);
 
 /// <summary>
-/// One reconcile pass of a cell: keeps its registration alive, reads the nodes etcd assigns to it, and removes
-/// nodes it holds that etcd no longer wants (their data goes with them). Each wanted node has its own
+/// One reconcile pass of a cell: keeps its registration alive, reads the nodes etcd assigns to it, and stops and
+/// removes nodes it holds that etcd no longer wants (at once when their instance is deleted, else after a grace). Each wanted node has its own
 /// <see cref="Ha.NodeAgent"/> (run by a node actor) that starts, watches and steers it.
 /// Knows nothing of how the runtime runs PostgreSQL.
 /// </summary>
@@ -18,6 +18,10 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
 {
     private readonly CellSettings _cell = settings.Cell;
     private long _registeredUnder;
+    /// <summary>Nodes seen assigned to this cell: which instance an unwanted node belonged to.</summary>
+    private readonly Dictionary<string, NodeSpec> _seen = new();
+    /// <summary>When each unwanted node was first seen unwanted (its grace runs from there).</summary>
+    private readonly Dictionary<string, DateTimeOffset> _unwantedSince = new();
 
     public IContainerRuntime Runtime => runtime;
     public CellLease Lease => lease;
@@ -31,16 +35,48 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         var desired = (await store.ListAsync<NodeSpec>(store.Keys.Assignments(_cell.Id), ct).ConfigureAwait(false))
             .Select(v => v.Value).OrderBy(n => n.CreatedAt).ToList();
         var wanted = desired.Select(n => n.NodeId).ToHashSet();
+        foreach (var spec in desired) _seen[spec.NodeId] = spec;
         var did = new List<string>();
-        foreach (var orphan in (await runtime.ListAsync(ct).ConfigureAwait(false)).Where(n => !wanted.Contains(n.NodeId) && !busy.Contains(n.NodeId)))
+        var held = await runtime.ListAsync(ct).ConfigureAwait(false);
+        foreach (var orphan in held.Where(n => !wanted.Contains(n.NodeId) && !busy.Contains(n.NodeId)))
         {
-            // etcd no longer wants it (instance deleted, or the node replaced): stop it and delete its data.
-            logger.LogInformation("node {Node}: no longer assigned to {Cell}; stopping and removing its data", orphan.NodeId, _cell.Id);
-            await runtime.RemoveAsync(orphan.NodeId, ct).ConfigureAwait(false);
-            did.Add($"removed {orphan.NodeId}");
+            if (await RemoveOrphanAsync(orphan, ct).ConfigureAwait(false) is { } done) did.Add(done);
         }
+        // Forget what is gone, or wanted again.
+        foreach (var id in _unwantedSince.Keys.Where(id => wanted.Contains(id) || held.All(n => n.NodeId != id)).ToList()) _unwantedSince.Remove(id);
+        foreach (var id in _seen.Keys.Where(id => !wanted.Contains(id) && held.All(n => n.NodeId != id)).ToList()) _seen.Remove(id);
         await ClearStaleStatusesAsync(wanted, busy, ct).ConfigureAwait(false);
         return new CellPass(desired, did.Count == 0 ? $"no action: {desired.Count} node(s) assigned" : string.Join("; ", did));
+    }
+
+    /// <summary>
+    /// A node etcd no longer wants. Its instance deleted: the data goes at once (that is what was asked). Otherwise
+    /// (the node replaced, moved, or the cluster shrunk) it stops at once, so it can never serve beside its replacement,
+    /// and its data is kept for dingo.cell.orphan-grace, in case it was the only copy of something.
+    /// </summary>
+    private async Task<string?> RemoveOrphanAsync(RuntimeNode orphan, CancellationToken ct)
+    {
+        var instanceId = orphan.InstanceId ?? _seen.GetValueOrDefault(orphan.NodeId)?.InstanceId;
+        var deleted = instanceId is not null && await InstanceDeletedAsync(instanceId, ct).ConfigureAwait(false);
+        var since = _unwantedSince.TryGetValue(orphan.NodeId, out var first) ? first : _unwantedSince[orphan.NodeId] = DateTimeOffset.UtcNow;
+        if (deleted || DateTimeOffset.UtcNow - since >= _cell.OrphanGrace)
+        {
+            logger.LogInformation("node {Node}: no longer assigned to {Cell} ({Why}); stopping it and removing its data", orphan.NodeId, _cell.Id,
+                deleted ? $"instance {instanceId} is deleted" : $"unwanted since {since:HH:mm:ss}");
+            await runtime.RemoveAsync(orphan.NodeId, ct).ConfigureAwait(false);
+            _unwantedSince.Remove(orphan.NodeId);
+            return $"removed {orphan.NodeId}";
+        }
+        if (!orphan.Running) return null;
+        logger.LogInformation("node {Node}: no longer assigned to {Cell}; stopping it, data kept until {Until:HH:mm:ss}", orphan.NodeId, _cell.Id, since + _cell.OrphanGrace);
+        await runtime.StopAsync(orphan.NodeId, ct).ConfigureAwait(false);
+        return $"stopped {orphan.NodeId} (no longer assigned; data kept for {_cell.OrphanGrace.TotalSeconds:0}s)";
+    }
+
+    private async Task<bool> InstanceDeletedAsync(string instanceId, CancellationToken ct)
+    {
+        var instance = await store.GetAsync<InstanceRecord>(store.Keys.Instance(instanceId), ct).ConfigureAwait(false);
+        return instance is null || instance.Value.Desired == DesiredState.Absent;
     }
 
     private async Task RegisterAsync(long leaseId, CancellationToken ct)

@@ -50,7 +50,14 @@ public interface IContainerRuntime
 
 /// <param name="Initialised">initdb finished: the data directory is complete.</param>
 /// <param name="Running">the postmaster process is alive (not a zombie).</param>
-public sealed record RuntimeNode(string NodeId, bool Initialised, bool Running, int? Pid, string Detail);
+public sealed record RuntimeNode(string NodeId, bool Initialised, bool Running, int? Pid, string Detail)
+{
+    /// <summary>The node's instance when the runtime records it (the Docker runtime labels it); null otherwise.</summary>
+    public string? InstanceId { get; init; }
+
+    /// <summary>The node's container (Docker runtime): the same id after a cell restart proves it was adopted.</summary>
+    public string? ContainerId { get; init; }
+}
 
 public sealed record NodeLaunchSpec(string NodeId, string InstanceId, string ListenAddress, int Port, Credentials Superuser);
 

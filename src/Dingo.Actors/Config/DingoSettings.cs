@@ -83,6 +83,8 @@ public sealed record DingoSettings
                 PostgresBin = d.GetString("cell.postgres-bin", "/usr/lib/postgresql/15/bin"),
                 RunAsUser = d.GetString("cell.run-as-user", "postgres"),
                 AkkaPort = int.TryParse(Env("DINGO_AKKA_PORT"), out var cellAkka) ? cellAkka : d.GetInt("cell.akka-port", 0),
+                OrphanGrace = d.GetTimeSpan("cell.orphan-grace", TimeSpan.FromMinutes(10)),
+                Docker = DockerSettings.FromConfig(d, env),
             },
             NodePortFirst = d.GetInt("node-port-range-first", 10000),
             NodePortLast = d.GetInt("node-port-range-last", 19999),
@@ -125,6 +127,9 @@ public sealed record DingoSettings
             if (!seed.StartsWith("akka.tcp://dingo@", StringComparison.Ordinal))
                 throw new ArgumentException($"dingo.akka.seed-nodes: '{seed}' is not an address of this cluster (akka.tcp://dingo@HOST:PORT)");
         if (!Uri.TryCreate(Broker.Url, UriKind.Absolute, out _)) throw new ArgumentException($"dingo.broker.url '{Broker.Url}' is not an absolute URL");
+        if (Cell.Runtime is not ("process" or "docker")) throw new ArgumentException($"dingo.cell.runtime must be \"process\" or \"docker\": got \"{Cell.Runtime}\"");
+        if (Cell.OrphanGrace < TimeSpan.Zero) throw new ArgumentException("dingo.cell.orphan-grace must not be negative");
+        if (Cell.Runtime == "docker") Cell.Docker.Validate();
     }
 }
 
@@ -167,6 +172,74 @@ public sealed record CellSettings
     public required string PostgresBin { get; init; }
     public required string RunAsUser { get; init; }
     public required int AkkaPort { get; init; }
+    /// <summary>A node etcd no longer wants while its instance still exists is stopped at once and its data deleted after this.</summary>
+    public TimeSpan OrphanGrace { get; init; } = TimeSpan.FromMinutes(10);
+    /// <summary>`dingo.cell.docker`: used when Runtime is "docker".</summary>
+    public DockerSettings Docker { get; init; } = new();
+}
+
+/// <summary>How a cell with the Docker runtime reaches its engine and what it runs (`dingo.cell.docker`).</summary>
+public sealed record DockerSettings
+{
+    /// <summary>unix:///path/to/socket, or tcp://host:port (TLS when a client certificate is configured).</summary>
+    public string Endpoint { get; init; } = "unix:///var/run/docker.sock";
+    /// <summary>The PostgreSQL node image (deploy/images).</summary>
+    public string Image { get; init; } = "localhost/dingo/postgres:15";
+    /// <summary>missing: pull the image when the engine lacks it; never: only use what is there.</summary>
+    public string Pull { get; init; } = "missing";
+    /// <summary>uid:gid PostgreSQL runs as inside the image (999:999 in postgres:15 and the local image).</summary>
+    public string User { get; init; } = "999:999";
+    /// <summary>Label value separating platforms that share one engine; empty: the etcd prefix.</summary>
+    public string Platform { get; init; } = "";
+    /// <summary>How long a fast shutdown may take before the engine kills the container.</summary>
+    public TimeSpan StopTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>PEM files for TCP with TLS: the CA that signed the engine's certificate, and this cell's client certificate and key.</summary>
+    public string TlsCa { get; init; } = "";
+    public string TlsCert { get; init; } = "";
+    public string TlsKey { get; init; } = "";
+
+    public static DockerSettings FromConfig(Akka.Configuration.Config d, IReadOnlyDictionary<string, string?> env)
+    {
+        string? Env(string name) => env.TryGetValue(name, out var v) && !string.IsNullOrWhiteSpace(v) ? v : null;
+        var etcdPrefix = d.GetString("etcd.prefix", "/dingo");
+        return new DockerSettings
+        {
+            Endpoint = Env("DINGO_DOCKER_ENDPOINT") ?? d.GetString("cell.docker.endpoint", "unix:///var/run/docker.sock"),
+            Image = Env("DINGO_DOCKER_IMAGE") ?? d.GetString("cell.docker.image", "localhost/dingo/postgres:15"),
+            Pull = d.GetString("cell.docker.pull", "missing"),
+            User = d.GetString("cell.docker.user", "999:999"),
+            Platform = d.GetString("cell.docker.platform", "") is { Length: > 0 } platform ? platform : etcdPrefix,
+            StopTimeout = d.GetTimeSpan("cell.docker.stop-timeout", TimeSpan.FromSeconds(30)),
+            TlsCa = d.GetString("cell.docker.tls.ca", ""),
+            TlsCert = d.GetString("cell.docker.tls.cert", ""),
+            TlsKey = d.GetString("cell.docker.tls.key", ""),
+        };
+    }
+
+    internal void Validate()
+    {
+        if (!Uri.TryCreate(Endpoint, UriKind.Absolute, out var uri) || uri.Scheme is not ("unix" or "tcp"))
+            throw new ArgumentException($"dingo.cell.docker.endpoint must be unix:///path or tcp://host:port: got \"{Endpoint}\"");
+        if (string.IsNullOrWhiteSpace(Image)) throw new ArgumentException("dingo.cell.docker.image must name an image");
+        if (Pull is not ("missing" or "never")) throw new ArgumentException($"dingo.cell.docker.pull must be \"missing\" or \"never\": got \"{Pull}\"");
+        var ids = User.Split(':');
+        if (ids.Length != 2 || !ids.All(i => uint.TryParse(i, out var n) && n > 0))
+            throw new ArgumentException($"dingo.cell.docker.user must be uid:gid of an unprivileged user (e.g. 999:999): got \"{User}\"");
+        if ((TlsCert.Length > 0) != (TlsKey.Length > 0))
+            throw new ArgumentException("dingo.cell.docker.tls: cert and key go together");
+        if (TlsCert.Length > 0 && uri.Scheme != "tcp")
+            throw new ArgumentException("dingo.cell.docker.tls applies to tcp:// endpoints only");
+        foreach (var (key, file) in new[] { ("ca", TlsCa), ("cert", TlsCert), ("key", TlsKey) })
+            if (file.Length > 0 && !File.Exists(file)) throw new ArgumentException($"dingo.cell.docker.tls.{key}: {file} does not exist");
+        if (StopTimeout < TimeSpan.FromSeconds(1)) throw new ArgumentException("dingo.cell.docker.stop-timeout must be at least 1s");
+    }
+
+    /// <summary>Uid and gid from <see cref="User"/>.</summary>
+    public (int Uid, int Gid) UserIds()
+    {
+        var ids = User.Split(':');
+        return (int.Parse(ids[0], System.Globalization.CultureInfo.InvariantCulture), int.Parse(ids[1], System.Globalization.CultureInfo.InvariantCulture));
+    }
 }
 
 public sealed record AkkaSettings

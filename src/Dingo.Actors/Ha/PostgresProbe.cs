@@ -49,6 +49,23 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         await using var cmd = new NpgsqlCommand("SELECT pg_promote(true, 30)", conn);
         if (await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false) is not true)
             throw new InvalidOperationException("pg_promote did not finish within 30 s");
+        // Promotion only requests a checkpoint; until one completes, the control file still names the old timeline and
+        // pg_rewind of the old primary against this node answers "no rewind required" wrongly. Done in the background,
+        // so the new primary serves at once.
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await using var c = Connect(5);
+                await c.OpenAsync(CancellationToken.None).ConfigureAwait(false);
+                await using var checkpoint = new NpgsqlCommand("CHECKPOINT", c) { CommandTimeout = 300 };
+                await checkpoint.ExecuteNonQueryAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is NpgsqlException or TimeoutException or InvalidOperationException)
+            {
+                // The next checkpoint comes by itself; pg_rewind then sees the new timeline.
+            }
+        }, CancellationToken.None);
     }
 
     public async Task ReloadAsync(CancellationToken ct)

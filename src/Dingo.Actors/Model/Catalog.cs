@@ -14,9 +14,18 @@ public static class Catalog
 
     public static readonly IReadOnlyList<Plan> Plans =
     [
-        new Plan(SoloPlanId, "solo", "A single PostgreSQL 15 node: no replica, continuously reachable at one address.", NodeCount: 1, Synchronous: false, MinNodes: 1),
-        new Plan(ClusterPlanId, "cluster", "Two PostgreSQL 15 nodes in different zones with asynchronous streaming replication and failover in seconds.", NodeCount: 2, Synchronous: false, MinNodes: 2),
-        new Plan(ClusterHaPlanId, "cluster-ha", "Three PostgreSQL 15 nodes in different zones with synchronous replication: an acknowledged commit survives any single failure.", NodeCount: 3, Synchronous: true, MinNodes: 3),
+        new Plan(SoloPlanId, "solo", "A single PostgreSQL 15 node: no replica, continuously reachable at one address.", NodeCount: 1, Synchronous: false, MinNodes: 1)
+        {
+            Limits = new NodeLimits(MemoryBytes: 256L * 1024 * 1024, Cpus: 0.5),
+        },
+        new Plan(ClusterPlanId, "cluster", "Two PostgreSQL 15 nodes in different zones with asynchronous streaming replication and failover in seconds.", NodeCount: 2, Synchronous: false, MinNodes: 2)
+        {
+            Limits = new NodeLimits(MemoryBytes: 512L * 1024 * 1024, Cpus: 1),
+        },
+        new Plan(ClusterHaPlanId, "cluster-ha", "Three PostgreSQL 15 nodes in different zones with synchronous replication: an acknowledged commit survives any single failure.", NodeCount: 3, Synchronous: true, MinNodes: 3)
+        {
+            Limits = new NodeLimits(MemoryBytes: 1024L * 1024 * 1024, Cpus: 1),
+        },
     ];
 
     public const int MaxNodes = 7;
@@ -24,4 +33,20 @@ public static class Catalog
     public static Plan? FindPlan(string? planId) => Plans.FirstOrDefault(p => p.Id == planId);
 }
 
-public sealed record Plan(string Id, string Name, string Description, int NodeCount, bool Synchronous, int MinNodes);
+public sealed record Plan(string Id, string Name, string Description, int NodeCount, bool Synchronous, int MinNodes)
+{
+    /// <summary>What one node of this plan may use (enforced by the Docker runtime as cgroup limits).</summary>
+    public NodeLimits Limits { get; init; } = NodeLimits.Default;
+}
+
+/// <summary>
+/// A node's memory and CPU ceiling. Ceilings, not reservations: a cell of a 24 GiB, 2-core machine holds dozens of
+/// idle nodes, while a busy one cannot starve its neighbours. shared_buffers follows the memory ceiling.
+/// </summary>
+public sealed record NodeLimits(long MemoryBytes, double Cpus)
+{
+    public static readonly NodeLimits Default = new(256L * 1024 * 1024, 0.5);
+
+    /// <summary>A quarter of the memory ceiling, at least 32 MB (PostgreSQL's own guidance for a dedicated server).</summary>
+    public long SharedBuffersBytes => Math.Max(32L * 1024 * 1024, MemoryBytes / 4);
+}

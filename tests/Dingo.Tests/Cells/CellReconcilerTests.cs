@@ -9,12 +9,12 @@ using Microsoft.Extensions.Logging.Abstractions;
 namespace Dingo.Tests.Cells;
 
 /// <summary>
-/// The cell's reconcile passes and a node's HA loop against real etcd and the real local-process runtime. The
-/// runtime is built by <see cref="NewRuntime"/>: the Docker runtime will run these same tests.
+/// The cell's reconcile passes and a node's HA loop against real etcd and a real runtime: run by
+/// <see cref="ProcessCellReconcilerTests"/> (local processes) and <see cref="DockerCellReconcilerTests"/> (containers on podman).
 /// </summary>
-public sealed class CellReconcilerTests : IAsyncLifetime
+public abstract class CellReconcilerTests : IAsyncLifetime
 {
-    private readonly Dingo.Config.DingoSettings _settings = TestPlatform.NewSettings();
+    private readonly Dingo.Config.DingoSettings _settings;
     private EtcdStore _store = null!;
     private IContainerRuntime _runtime = null!;
     private CellReconciler _cell = null!;
@@ -22,9 +22,20 @@ public sealed class CellReconcilerTests : IAsyncLifetime
     private static readonly CancellationToken None = CancellationToken.None;
     private Keys K => _store.Keys;
 
-    private IContainerRuntime NewRuntime() => new LocalProcessRuntime(
-        new LocalProcessRuntimeOptions(Path.Combine(_settings.DataDir, "cells", "cell-1", "nodes"), _settings.Cell.PostgresBin, _settings.Cell.RunAsUser),
-        NullLogger<LocalProcessRuntime>.Instance);
+    protected CellReconcilerTests(string runtime)
+    {
+        // A short grace, so the test of an unwanted node's data being kept and then removed does not wait minutes.
+        var settings = TestPlatform.NewSettings(runtime: runtime);
+        _settings = settings with { Cell = settings.Cell with { OrphanGrace = TimeSpan.FromSeconds(3) } };
+    }
+
+    protected Dingo.Config.DingoSettings Settings => _settings;
+
+    /// <summary>A runtime over this cell's nodes; a second one stands for the cell process after a restart.</summary>
+    protected abstract IContainerRuntime NewRuntime();
+
+    /// <summary>Who runs the node now (pid, or container and its start): unchanged when a node is adopted.</summary>
+    protected abstract Task<string> IncarnationAsync(RuntimeNode node);
 
     public Task InitializeAsync()
     {
@@ -40,6 +51,7 @@ public sealed class CellReconcilerTests : IAsyncLifetime
         foreach (var n in await _runtime.ListAsync(None)) await _runtime.RemoveAsync(n.NodeId, None);
         await TestPlatform.DestroyDataAsync(_settings);
         await _store.DisposeAsync();
+        (_runtime as IDisposable)?.Dispose();
     }
 
     private async Task<NodeSpec> AssignAsync()
@@ -93,10 +105,13 @@ public sealed class CellReconcilerTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_node_no_longer_assigned_is_stopped_and_its_data_deleted()
+    public async Task A_node_of_a_deleted_instance_is_stopped_and_its_data_deleted_at_once()
     {
         var spec = await AssignAsync();
         await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        // Deprovision: the broker marks the instance absent and removes its assignments.
+        var instance = (await _store.GetAsync<InstanceRecord>(K.Instance(spec.InstanceId), None))!.Value;
+        await _store.PutAsync(K.Instance(spec.InstanceId), instance with { Desired = DesiredState.Absent }, None);
         await _store.DeleteAsync(K.Assignment("cell-1", spec.NodeId), None);
         // While its agent still runs, the node is left alone; once the agent is gone, it is removed.
         Assert.DoesNotContain("removed", (await _cell.RunPassAsync(new HashSet<string> { spec.NodeId }, None)).Summary);
@@ -107,17 +122,68 @@ public sealed class CellReconcilerTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_node_moved_away_from_its_live_instance_stops_at_once_and_its_data_goes_after_the_grace()
+    {
+        var spec = await AssignAsync();
+        await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        await _store.DeleteAsync(K.Assignment("cell-1", spec.NodeId), None);
+
+        var first = (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary;
+        Assert.Contains($"stopped {spec.NodeId}", first);
+        var kept = Assert.Single(await _runtime.ListAsync(None));
+        Assert.False(kept.Running);
+        Assert.True(kept.Initialised);
+        Assert.StartsWith("no action", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+
+        await Task.Delay(_settings.Cell.OrphanGrace);
+        Assert.Contains($"removed {spec.NodeId}", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+        Assert.Empty(await _runtime.ListAsync(None));
+    }
+
+    [Fact]
     public async Task A_restarted_cell_adopts_its_running_node_instead_of_recreating_it()
     {
         var spec = await AssignAsync();
         await PassUntilAsync(spec, s => s?.State == NodeState.Running && s.Role == "primary", TimeSpan.FromSeconds(60));
-        var pidBefore = (await _runtime.ListAsync(None)).Single().Pid;
+        var before = (await _runtime.ListAsync(None)).Single();
+        var incarnation = await IncarnationAsync(before);
         // A new runtime and agent over the same data, as after the cell process restarts: the old leader key
         // (held under the dead process's lease) is released, and the same PostgreSQL takes it again.
         var runtime = NewRuntime();
-        var reborn = Agent(spec, runtime);
-        var status = await PassUntilAsync(spec, s => s?.Role == "primary" && s.Decision == "no action: I hold the leader key", TimeSpan.FromSeconds(30), reborn);
-        Assert.Equal(NodeState.Running, status!.State);
-        Assert.Equal(pidBefore, (await runtime.ListAsync(None)).Single().Pid); // same pid: adopted, not restarted
+        try
+        {
+            var reborn = Agent(spec, runtime);
+            var status = await PassUntilAsync(spec, s => s?.Role == "primary" && s.Decision == "no action: I hold the leader key", TimeSpan.FromSeconds(30), reborn);
+            Assert.Equal(NodeState.Running, status!.State);
+            var after = (await runtime.ListAsync(None)).Single();
+            Assert.Equal(before.Pid, after.Pid);
+            Assert.Equal(before.ContainerId, after.ContainerId);
+            Assert.Equal(incarnation, await IncarnationAsync(after)); // the same process: adopted, not restarted
+        }
+        finally
+        {
+            (runtime as IDisposable)?.Dispose();
+        }
+    }
+}
+
+public sealed class ProcessCellReconcilerTests() : CellReconcilerTests("process")
+{
+    protected override IContainerRuntime NewRuntime() => new LocalProcessRuntime(
+        new LocalProcessRuntimeOptions(Path.Combine(Settings.DataDir, "cells", "cell-1", "nodes"), Settings.Cell.PostgresBin, Settings.Cell.RunAsUser),
+        NullLogger<LocalProcessRuntime>.Instance);
+
+    protected override Task<string> IncarnationAsync(RuntimeNode node) => Task.FromResult($"pid {node.Pid}");
+}
+
+public sealed class DockerCellReconcilerTests() : CellReconcilerTests("docker")
+{
+    protected override IContainerRuntime NewRuntime() => new DockerRuntime(new DockerRuntimeOptions("cell-1", Settings.Cell.Docker), NullLogger.Instance);
+
+    protected override async Task<string> IncarnationAsync(RuntimeNode node)
+    {
+        using var client = TestPodman.Client();
+        var c = await client.Containers.InspectContainerAsync(node.ContainerId);
+        return $"{c.ID} started {c.State.StartedAt}";
     }
 }

@@ -59,8 +59,16 @@ public sealed class TestPlatform : IAsyncDisposable
     /// Settings for a fresh platform: its own data folder, key prefix, broker port and port block. The run's
     /// shared etcd unless <paramref name="etcdEndpoint"/> names another (a test's own etcd).
     /// </summary>
-    public static DingoSettings NewSettings(int quota = 10, string extra = "", string? etcdEndpoint = null)
+    /// <param name="runtime">"process" (local PostgreSQL processes) or "docker" (containers on the run's podman, <see cref="TestPodman"/>)</param>
+    public static DingoSettings NewSettings(int quota = 10, string extra = "", string? etcdEndpoint = null, string runtime = "process")
     {
+        var cellRuntime = runtime switch
+        {
+            "process" => "",
+            // The platform label defaults to the etcd prefix: platforms side by side on one podman never see each other's nodes.
+            "docker" => $$"""dingo.cell { runtime = docker, docker { endpoint = "{{TestPodman.Endpoint}}", image = "{{TestPodman.Image}}", pull = never, stop-timeout = 10s } }""",
+            _ => throw new ArgumentException($"unknown runtime {runtime}", nameof(runtime)),
+        };
         var (pubFirst, pubLast, nodeFirst, nodeLast) = FreePorts.Block();
         var data = Path.Combine(Path.GetTempPath(), "dingo-tests", Guid.NewGuid().ToString("N")[..12]);
         var overrides = $$"""
@@ -76,6 +84,7 @@ public sealed class TestPlatform : IAsyncDisposable
               node-port-range-first = {{nodeFirst}}
               node-port-range-last = {{nodeLast}}
             }
+            {{cellRuntime}}
             {{extra}}
             """;
         // Kept beside the data, so cell processes started by a test read exactly these settings.
@@ -196,6 +205,14 @@ public sealed class TestPlatform : IAsyncDisposable
         try { process?.WaitForExit(5000); } catch (InvalidOperationException) { }
     }
 
+    /// <summary>kill -9 of cell-N's process alone: its PostgreSQL nodes (containers) go on running, as after a cell crash.</summary>
+    public void KillCellProcessOnly(int number)
+    {
+        _cellProcesses.Remove(number, out var process);
+        try { process?.Kill(); } catch (InvalidOperationException) { }
+        try { process?.WaitForExit(5000); } catch (InvalidOperationException) { }
+    }
+
     private IEnumerable<int> PostgresPidsOf(string cellId)
     {
         var dir = Path.Combine(Path.GetFullPath(Settings.DataDir), "cells", cellId) + "/";
@@ -254,9 +271,10 @@ public sealed class TestPlatform : IAsyncDisposable
         await Store.DisposeAsync();
     }
 
-    /// <summary>Kills any PostgreSQL left under the data folder, deletes it and the platform's etcd keys.</summary>
+    /// <summary>Kills any PostgreSQL left under the data folder or in the platform's containers, deletes them and the platform's etcd keys.</summary>
     public static async Task DestroyDataAsync(DingoSettings settings)
     {
+        if (settings.Cell.Runtime == "docker") await TestPodman.RemovePlatformAsync(settings.Cell.Docker.Platform);
         var data = Path.GetFullPath(settings.DataDir);
         if (Directory.Exists(data))
         {

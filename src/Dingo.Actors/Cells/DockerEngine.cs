@@ -1,0 +1,84 @@
+using System.Net;
+using System.Net.Http;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
+using System.Text.Json;
+using Dingo.Config;
+using Docker.DotNet;
+using Docker.DotNet.X509;
+
+namespace Dingo.Cells;
+
+/// <summary>
+/// The container engine could not do what was asked for a reason outside the node: unreachable, a missing image,
+/// no space. The message says which engine and what to do; the cell shows it as the node's detail.
+/// </summary>
+public sealed class ContainerEngineException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>Connects to a Docker Engine API endpoint (Docker, or podman's compatible service) and names its failures.</summary>
+internal static class DockerEngine
+{
+    /// <summary>A client for unix:///path or tcp://host:port; TLS with a client certificate when one is configured.</summary>
+    public static DockerClient Connect(DockerSettings settings)
+    {
+        var uri = new Uri(settings.Endpoint);
+        Credentials? credentials = null;
+        if (settings.TlsCert.Length > 0)
+        {
+            var client = X509Certificate2.CreateFromPemFile(settings.TlsCert, settings.TlsKey);
+            // An ephemeral PEM key cannot always be presented by SslStream: round-trip through PKCS#12.
+            client = X509CertificateLoader.LoadPkcs12(client.Export(X509ContentType.Pkcs12), null);
+            var tls = new CertificateCredentials(client);
+            if (settings.TlsCa.Length > 0)
+            {
+                var ca = X509CertificateLoader.LoadCertificateFromFile(settings.TlsCa);
+                tls.ServerCertificateValidationCallback = (_, certificate, _, errors) => ValidAgainst(ca, certificate, errors);
+            }
+            credentials = tls;
+        }
+        // Calls carry their own deadlines (see DockerRuntime); this is only the outer bound.
+        var configuration = new DockerClientConfiguration(uri, credentials, TimeSpan.FromMinutes(60));
+        return configuration.CreateClient();
+    }
+
+    /// <summary>The engine's certificate must chain to the configured CA (Docker's --tlsverify), whatever the system trusts.</summary>
+    private static bool ValidAgainst(X509Certificate2 ca, X509Certificate? presented, SslPolicyErrors errors)
+    {
+        if (presented is null || (errors & SslPolicyErrors.RemoteCertificateNotAvailable) != 0) return false;
+        using var chain = new X509Chain();
+        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        chain.ChainPolicy.CustomTrustStore.Add(ca);
+        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        using var certificate = new X509Certificate2(presented);
+        return chain.Build(certificate);
+    }
+
+    /// <summary>The engine did not answer: connection refused, socket missing, TLS failure, or our deadline passed.</summary>
+    public static bool Unreachable(Exception ex, CancellationToken caller) =>
+        ex is HttpRequestException or SocketException or IOException or TimeoutException or System.Security.Authentication.AuthenticationException
+        || (ex is OperationCanceledException && !caller.IsCancellationRequested)
+        || (ex.InnerException is { } inner && Unreachable(inner, caller));
+
+    /// <summary>The engine's own words from an error response ({"message": "..."}), else the status code.</summary>
+    public static string Said(DockerApiException ex)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(ex.ResponseBody);
+            if (doc.RootElement.TryGetProperty("message", out var message) && message.GetString() is { Length: > 0 } text) return text;
+        }
+        catch (JsonException)
+        {
+        }
+        return string.IsNullOrWhiteSpace(ex.ResponseBody) ? $"HTTP {(int)ex.StatusCode}" : ex.ResponseBody.Trim();
+    }
+
+    public static bool IsNotFound(DockerApiException ex) => ex.StatusCode == HttpStatusCode.NotFound;
+
+    public static string Innermost(Exception ex)
+    {
+        while (ex.InnerException is not null) ex = ex.InnerException;
+        return ex.Message;
+    }
+}

@@ -1,0 +1,1148 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Formats.Tar;
+using System.Globalization;
+using System.Net.Sockets;
+using System.Text;
+using Dingo.Config;
+using Dingo.Model;
+using Docker.DotNet;
+using Docker.DotNet.Models;
+using Microsoft.Extensions.Logging;
+
+namespace Dingo.Cells;
+
+/// <param name="CellId">Containers and volumes carry this cell's id as a label: a cell lists and adopts only its own.</param>
+/// <param name="Docker">Endpoint, image, user and labels (`dingo.cell.docker`).</param>
+internal sealed record DockerRuntimeOptions(string CellId, DockerSettings Docker)
+{
+    /// <summary>Memory and CPU ceilings of an instance's nodes (from its plan); read when a container is made.</summary>
+    public Func<string, CancellationToken, Task<NodeLimits>> LimitsOf { get; init; } = (_, _) => Task.FromResult(NodeLimits.Default);
+
+    /// <summary>Upper bound for initdb, pg_basebackup and pg_rewind (a base backup of a large node takes a while).</summary>
+    public TimeSpan ToolTimeout { get; init; } = TimeSpan.FromMinutes(30);
+
+    /// <summary>Deadline of one quick engine call (inspect, create, start, upload).</summary>
+    public TimeSpan CallTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Deadline of a listing: the HA loop must not wait longer than this on a hung engine.</summary>
+    public TimeSpan ListTimeout { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>Every node's HA loop lists each pass; one engine listing serves them all for this long.</summary>
+    public TimeSpan ListCacheTtl { get; init; } = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>How long a started container may take to listen on its port.</summary>
+    public TimeSpan StartTimeout { get; init; } = TimeSpan.FromSeconds(20);
+
+    public int MaxConnections { get; init; } = 100;
+}
+
+/// <summary>
+/// Runs each PostgreSQL node as one container through the Docker Engine API (Docker, or podman's compatible service),
+/// with the same semantics as <see cref="LocalProcessRuntime"/>:
+/// <list type="bullet">
+/// <item>a named volume per node (<c>dingo-&lt;node&gt;</c>) holds the data directory; containers come and go, the
+/// volume stays until <see cref="RemoveAsync"/>; Dingo's settings are written into the container at every start;</item>
+/// <item>the node container (<c>dingo-&lt;node&gt;</c>) exists only once the data directory is complete (initdb or a base
+/// backup finished): its existence is the "initialised" marker, as the marker file is for local processes;</item>
+/// <item>initdb, pg_basebackup and pg_rewind run in one-shot containers of the same image on the same volume, never
+/// beside a running PostgreSQL; secrets reach them as 0600 files uploaded into the tool's container, never as
+/// arguments or environment, and go with that container when the tool ends;</item>
+/// <item>containers and volumes are labelled (platform, cell, instance, node), so a restarted cell finds and adopts its
+/// running containers instead of recreating them;</item>
+/// <item>host networking: PostgreSQL listens on the cell's address and the node's port, as a local process would.</item>
+/// </list>
+/// No engine restart policy: a container that dies is started again by the node's HA loop, which first decides whether
+/// it may come back as a primary (an engine restarting a dead primary behind the HA loop's back could make two).
+/// </summary>
+internal sealed class DockerRuntime : IContainerRuntime, IDisposable
+{
+    public const string DataMount = "/var/lib/postgresql/data";
+    private const string PgData = DataMount + "/pgdata";
+    // Dingo's settings and secrets live in the container's own file system, not in the volume: they are written
+    // again at every start, and the archive API reaches a container's file system whether it runs or not (a volume of
+    // a stopped container it may not reach, e.g. a bind-backed one under podman).
+    private const string SettingsDir = "/etc/dingo";
+
+    public const string PlatformLabel = "dingo.platform";
+    public const string CellLabel = "dingo.cell";
+    public const string InstanceLabel = "dingo.instance";
+    public const string NodeLabel = "dingo.node";
+    public const string KindLabel = "dingo.kind";
+    private const string MemoryLabel = "dingo.memory";
+    private const string CpusLabel = "dingo.cpus";
+
+    // The node container's command: standby.signal follows the role Dingo wrote, then PostgreSQL replaces the shell
+    // (PID 1, so `docker stop` signals it directly and a postmaster.pid left by a killed container is known stale).
+    private const string NodeScript = """
+        set -e
+        D=/var/lib/postgresql/data
+        role=
+        if [ -f /etc/dingo/role ]; then read -r role < /etc/dingo/role || true; fi
+        if [ "$role" = standby ]; then : > "$D/pgdata/standby.signal"; else rm -f "$D/pgdata/standby.signal"; fi
+        exec postgres -D "$D/pgdata" -c config_file=/etc/dingo/postgresql.conf
+        """;
+
+    private const string InitdbScript = """
+        set -e
+        D=/var/lib/postgresql/data
+        trap 'rm -f /etc/dingo/.pwfile' EXIT
+        rm -rf "$D/pgdata"
+        init() {
+          initdb -D "$D/pgdata" -U "$DINGO_SUPERUSER" --pwfile=/etc/dingo/.pwfile --auth-local=scram-sha-256 \
+            --auth-host=scram-sha-256 --data-checksums -E UTF8 --locale="$1"
+        }
+        # C.UTF-8 where the image has it, else C; any other failure is reported as it is.
+        if ! init C.UTF-8 > /tmp/initdb.out 2>&1; then
+          cat /tmp/initdb.out >&2
+          grep -q 'invalid locale name' /tmp/initdb.out || exit 1
+          echo "dingo: locale C.UTF-8 is not in the image; initialising with C" >&2
+          rm -rf "$D/pgdata"
+          init C
+        fi
+        """;
+
+    // Connection details come from PGHOST/PGPORT/PGUSER/PGPASSFILE: nothing is spliced into the script.
+    private const string CloneScript = """
+        set -e
+        D=/var/lib/postgresql/data
+        trap 'rm -f /etc/dingo/.source.pgpass' EXIT
+        rm -rf "$D/pgdata"
+        pg_basebackup -D "$D/pgdata" -X stream -c fast -w --no-sync
+        if [ -f "$D/pgdata/postgresql.auto.conf" ]; then
+          sed -i -e '/^[[:space:]]*primary_conninfo/d' -e '/^[[:space:]]*primary_slot_name/d' "$D/pgdata/postgresql.auto.conf"
+        fi
+        """;
+
+    // pg_rewind finishes crash recovery itself (single-user mode) when the node was not shut down cleanly.
+    private const string RewindScript = """
+        set -e
+        D=/var/lib/postgresql/data
+        trap 'rm -f /etc/dingo/.source.pgpass' EXIT
+        pg_rewind -D "$D/pgdata" --source-server="dbname=postgres"
+        if [ -f "$D/pgdata/postgresql.auto.conf" ]; then
+          sed -i -e '/^[[:space:]]*primary_conninfo/d' -e '/^[[:space:]]*primary_slot_name/d' "$D/pgdata/postgresql.auto.conf"
+        fi
+        """;
+
+    private readonly DockerRuntimeOptions _options;
+    private readonly DockerSettings _docker;
+    private readonly DockerClient _client;
+    private readonly ILogger _logger;
+    private readonly (int Uid, int Gid) _user;
+    private readonly ConcurrentDictionary<string, SemaphoreSlim> _nodeLocks = new(StringComparer.Ordinal);
+    private readonly SemaphoreSlim _listGate = new(1, 1);
+    private readonly ConcurrentDictionary<string, string> _stoppedDetails = new(StringComparer.Ordinal);
+    private long _generation;
+    private Listing? _listing;
+    private Listing? _lastGood;
+    private string? _engineProblem;
+    private DateTime _imageCheckedAt = DateTime.MinValue;
+
+    public DockerRuntime(DockerRuntimeOptions options, ILogger logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Docker.Validate();
+        _options = options;
+        _docker = options.Docker;
+        _logger = logger;
+        _user = _docker.UserIds();
+        _client = DockerEngine.Connect(_docker);
+    }
+
+    public string Kind => "docker";
+
+    /// <summary>Why the engine could not be used on the last listing (null when it answered).</summary>
+    public string? EngineProblem => Volatile.Read(ref _engineProblem);
+
+    public static string ContainerName(string nodeId) => "dingo-" + nodeId;
+    public static string VolumeName(string nodeId) => "dingo-" + nodeId;
+
+    private sealed record Listing(IReadOnlyList<RuntimeNode> Nodes, long Generation, Stopwatch Age, bool Failed);
+
+    // ---- listing ----
+
+    public async Task<IReadOnlyList<RuntimeNode>> ListAsync(CancellationToken cancellationToken)
+    {
+        if (Fresh(_listing) is { } quick) return quick;
+        await _listGate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (Fresh(_listing) is { } shared) return shared;
+            var generation = Interlocked.Read(ref _generation);
+            try
+            {
+                var nodes = await ListFromEngineAsync(cancellationToken).ConfigureAwait(false);
+                _listing = _lastGood = new Listing(nodes, generation, Stopwatch.StartNew(), Failed: false);
+                if (Interlocked.Exchange(ref _engineProblem, null) is not null)
+                    _logger.LogInformation("container engine at {Endpoint} answers again", _docker.Endpoint);
+                return nodes;
+            }
+            catch (ContainerEngineException ex) when (_lastGood is { } last)
+            {
+                // What ran a moment ago most likely still runs (containers outlive their engine's API): the HA loop
+                // goes on probing PostgreSQL itself and keeps its leader lease, instead of stalling on the engine.
+                if (Interlocked.Exchange(ref _engineProblem, ex.Message) != ex.Message)
+                    _logger.LogWarning("{Problem}; nodes keep their last seen state until it answers", ex.Message);
+                var stale = last.Nodes.Select(n => n with { Detail = $"{n.Detail}, as last seen: {ex.Message}" }).ToList();
+                _listing = new Listing(stale, generation, Stopwatch.StartNew(), Failed: true);
+                return stale;
+            }
+            catch (ContainerEngineException ex)
+            {
+                Volatile.Write(ref _engineProblem, ex.Message);
+                throw;
+            }
+        }
+        finally
+        {
+            _listGate.Release();
+        }
+    }
+
+    private IReadOnlyList<RuntimeNode>? Fresh(Listing? listing) =>
+        listing is not null && listing.Generation == Interlocked.Read(ref _generation)
+        && listing.Age.Elapsed < (listing.Failed ? TimeSpan.FromSeconds(1) : _options.ListCacheTtl)
+            ? listing.Nodes
+            : null;
+
+    /// <summary>Anything this runtime changed makes the next listing ask the engine again.</summary>
+    private void Changed() => Interlocked.Increment(ref _generation);
+
+    private async Task<IReadOnlyList<RuntimeNode>> ListFromEngineAsync(CancellationToken ct)
+    {
+        var containers = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
+            new ContainersListParameters { All = true, Filters = Filters() }, t), ct, _options.ListTimeout).ConfigureAwait(false);
+        var volumes = await CallAsync("list volumes", t => _client.Volumes.ListAsync(
+            new VolumesListParameters { Filters = Filters() }, t), ct, _options.ListTimeout).ConfigureAwait(false);
+
+        // Podman 4.3 ORs several label filters on volumes: keep only what carries all of ours, whatever the engine did.
+        containers = containers.Where(c => Ours(c.Labels)).ToList();
+        volumes.Volumes = (volumes.Volumes ?? []).Where(v => Ours(v.Labels)).ToList();
+        var nodeContainers = containers.Where(c => Label(c.Labels, KindLabel) == "node" && Label(c.Labels, NodeLabel) is not null)
+            .GroupBy(c => Label(c.Labels, NodeLabel)!).ToDictionary(g => g.Key, g => g.First(), StringComparer.Ordinal);
+        var tools = containers.Where(c => Label(c.Labels, KindLabel) == "tool" && Label(c.Labels, NodeLabel) is not null)
+            .ToLookup(c => Label(c.Labels, NodeLabel)!, StringComparer.Ordinal);
+        var volumeNodes = (volumes.Volumes ?? []).Where(v => Label(v.Labels, NodeLabel) is not null)
+            .GroupBy(v => Label(v.Labels, NodeLabel)!).ToDictionary(g => g.Key, g => g.First(), StringComparer.Ordinal);
+
+        var result = new List<RuntimeNode>();
+        foreach (var nodeId in nodeContainers.Keys.Union(volumeNodes.Keys).Order(StringComparer.Ordinal))
+        {
+            if (nodeContainers.TryGetValue(nodeId, out var c))
+            {
+                var running = c.State == "running";
+                var detail = running ? $"running (container {Short(c.ID)})" : await StoppedDetailAsync(c, ct).ConfigureAwait(false);
+                if (running) _stoppedDetails.TryRemove(c.ID, out _);
+                result.Add(new RuntimeNode(nodeId, Initialised: true, running, Pid: null, detail)
+                    { InstanceId = Label(c.Labels, InstanceLabel), ContainerId = c.ID });
+            }
+            else
+            {
+                var busy = tools[nodeId].FirstOrDefault(t => t.State == "running");
+                var detail = busy is not null ? $"data not initialised ({Label(busy.Labels, "dingo.tool") ?? "a tool"} running)" : "data not initialised";
+                result.Add(new RuntimeNode(nodeId, Initialised: false, Running: false, Pid: null, detail)
+                    { InstanceId = Label(volumeNodes[nodeId].Labels, InstanceLabel) });
+            }
+        }
+        return result;
+    }
+
+    /// <summary>"stopped", "exited (137)", "exited (1): FATAL: …", "image missing (…)": asked once per stopped container.</summary>
+    private async Task<string> StoppedDetailAsync(ContainerListResponse c, CancellationToken ct)
+    {
+        var code = ExitCode(c.Status);
+        var key = $"{c.ID}/{c.State}/{code}";
+        if (_stoppedDetails.TryGetValue(key, out var known)) return known;
+        string detail;
+        try
+        {
+            await CallAsync("inspect image", t => _client.Images.InspectImageAsync(c.ImageID, t), ct, _options.ListTimeout).ConfigureAwait(false);
+            detail = c.State switch
+            {
+                "exited" when code is null or 0 => "stopped",
+                "exited" => $"exited ({code})" + await LastLogLineAsync(c.ID, ct).ConfigureAwait(false),
+                "created" => "stopped",
+                var other => other,
+            };
+        }
+        catch (DockerImageNotFoundException)
+        {
+            detail = $"image missing ({c.Image}): build it (deploy/images/build-local.sh) or pull it";
+        }
+        catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+        {
+            detail = $"image missing ({c.Image}): build it (deploy/images/build-local.sh) or pull it";
+        }
+        _stoppedDetails[key] = detail;
+        return detail;
+    }
+
+    private static int? ExitCode(string? status)
+    {
+        // "Exited (137) 5 seconds ago"
+        if (status is null) return null;
+        var open = status.IndexOf('(');
+        var close = status.IndexOf(')');
+        return open >= 0 && close > open && int.TryParse(status.AsSpan(open + 1, close - open - 1), NumberStyles.Integer, CultureInfo.InvariantCulture, out var code)
+            ? code
+            : null;
+    }
+
+    private async Task<string> LastLogLineAsync(string containerId, CancellationToken ct)
+    {
+        try
+        {
+            var tail = await LogsAsync(containerId, 5, ct).ConfigureAwait(false);
+            var last = tail.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).LastOrDefault();
+            return last is null ? "" : ": " + last;
+        }
+        catch (Exception ex) when (ex is DockerApiException or ContainerEngineException)
+        {
+            return "";
+        }
+    }
+
+    // ---- the node's life ----
+
+    public async Task CreateAsync(NodeLaunchSpec spec, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        CheckNodeId(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        if (await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false) is not null) return;
+        try
+        {
+            await EnsureImageAsync(cancellationToken).ConfigureAwait(false);
+            await EnsureVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
+            var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
+            // The password reaches initdb only as a 0600 file that lives as long as initdb.
+            var result = await RunToolAsync(spec, "initdb", InitdbScript,
+                new Dictionary<string, string> { ["DINGO_SUPERUSER"] = spec.Superuser.Username },
+                [new NodeFile(".pwfile", spec.Superuser.Password)], limits, cancellationToken).ConfigureAwait(false);
+            if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "initdb", result);
+            // Made last: the node container is the proof that the data directory is complete.
+            await CreateNodeContainerAsync(spec, limits, cancellationToken).ConfigureAwait(false);
+            _logger.LogInformation("Node {NodeId}: data initialised in volume {Volume}", spec.NodeId, VolumeName(spec.NodeId));
+        }
+        finally
+        {
+            Changed();
+        }
+    }
+
+    public async Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        CheckNodeId(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        var container = await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false)
+            ?? throw new InvalidOperationException($"Node {spec.NodeId} cannot start: its data directory is not initialised.");
+        if (container.State.Running) return;
+        try
+        {
+            await RemoveToolContainersAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+            var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
+            var id = container.ID;
+            if (container.Config.Image != _docker.Image || Label(container.Config.Labels, MemoryLabel) != Memory(limits) || Label(container.Config.Labels, CpusLabel) != Cpus(limits))
+            {
+                // A new image or new limits apply when the node is down anyway; the volume keeps the data.
+                _logger.LogInformation("Node {NodeId}: recreating its container ({Image}, {Memory} bytes, {Cpus} CPUs)", spec.NodeId, _docker.Image, limits.MemoryBytes, limits.Cpus);
+                await EnsureImageAsync(cancellationToken).ConfigureAwait(false);
+                await RemoveContainerAsync(id, cancellationToken).ConfigureAwait(false);
+                id = await CreateNodeContainerAsync(spec, limits, cancellationToken).ConfigureAwait(false);
+            }
+            await UploadAsync(id, SettingsFiles(spec, standby, limits), cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await CallAsync("start the container", t => _client.Containers.StartContainerAsync(id, new ContainerStartParameters(), t), cancellationToken).ConfigureAwait(false);
+            }
+            catch (DockerApiException ex) when (ex.StatusCode == System.Net.HttpStatusCode.NotFound || DockerEngine.Said(ex).Contains("image", StringComparison.OrdinalIgnoreCase))
+            {
+                throw new ContainerEngineException($"Node {spec.NodeId}: the engine at {_docker.Endpoint} cannot start container {ContainerName(spec.NodeId)}: {DockerEngine.Said(ex)}", ex);
+            }
+            await WaitUntilListeningAsync(spec, id, cancellationToken).ConfigureAwait(false);
+            _logger.LogInformation("Node {NodeId}: container {Container} started on {Address}:{Port} ({Role})", spec.NodeId, Short(id), spec.ListenAddress, spec.Port, standby is null ? "primary" : "standby");
+        }
+        finally
+        {
+            Changed();
+        }
+    }
+
+    /// <summary>Returns once PostgreSQL listens (it opens its port before recovery); throws with its last words if it exits.</summary>
+    private async Task WaitUntilListeningAsync(NodeLaunchSpec spec, string id, CancellationToken ct)
+    {
+        var waited = Stopwatch.StartNew();
+        while (true)
+        {
+            var state = (await CallAsync("inspect the container", t => _client.Containers.InspectContainerAsync(id, t), ct).ConfigureAwait(false)).State;
+            if (!state.Running)
+            {
+                var logs = await LogsAsync(id, 10, ct).ConfigureAwait(false);
+                throw new InvalidOperationException($"Node {spec.NodeId}: PostgreSQL exited at once ({(state.OOMKilled ? "out of memory" : $"exit code {state.ExitCode}")}): {LastLines(logs)}");
+            }
+            if (await ListeningAsync(spec.ListenAddress, spec.Port, ct).ConfigureAwait(false)) return;
+            if (waited.Elapsed > _options.StartTimeout)
+                throw new InvalidOperationException($"Node {spec.NodeId}: PostgreSQL did not listen on {spec.ListenAddress}:{spec.Port} within {_options.StartTimeout.TotalSeconds:0}s: {LastLines(await LogsAsync(id, 10, ct).ConfigureAwait(false))}");
+            await Task.Delay(50, ct).ConfigureAwait(false);
+        }
+    }
+
+    private static async Task<bool> ListeningAsync(string address, int port, CancellationToken ct)
+    {
+        using var tcp = new TcpClient();
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromMilliseconds(500));
+        try
+        {
+            await tcp.ConnectAsync(address, port, timeout.Token).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception ex) when (ex is SocketException || (ex is OperationCanceledException && !ct.IsCancellationRequested))
+        {
+            return false;
+        }
+    }
+
+    public async Task ConfigureStandbyAsync(NodeLaunchSpec spec, StandbyConfig standby, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        CheckNodeId(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        var container = await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false)
+            ?? throw new InvalidOperationException($"Node {spec.NodeId} cannot be configured: its data directory is not initialised.");
+        var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
+        // Uploads work on a running or a stopped container alike; the caller reloads PostgreSQL.
+        await UploadAsync(container.ID, SettingsFiles(spec, standby, limits), cancellationToken).ConfigureAwait(false);
+    }
+
+    public async Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        ArgumentNullException.ThrowIfNull(source);
+        CheckNodeId(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            // The marker goes first: a clone cut short must never pass for a complete data directory.
+            if (await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false) is { } old)
+                await RemoveContainerAsync(old.ID, cancellationToken).ConfigureAwait(false);
+            await EnsureImageAsync(cancellationToken).ConfigureAwait(false);
+            await EnsureVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
+            var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
+            var result = await RunToolAsync(spec, "clone", CloneScript, SourceEnvironment(source),
+                [new NodeFile(".source.pgpass", Passfile(source.Credentials))], limits, cancellationToken).ConfigureAwait(false);
+            if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_basebackup", result);
+            await CreateNodeContainerAsync(spec, limits, cancellationToken).ConfigureAwait(false);
+            _logger.LogInformation("Node {NodeId}: cloned from {Host}:{Port}", spec.NodeId, source.Host, source.Port);
+        }
+        finally
+        {
+            Changed();
+        }
+    }
+
+    // Recovery from a base backup and archived WAL uploaded into the volume beforehand: PostgreSQL replays with no TCP
+    // listener, promotes, stops; then single-user mode gives the superuser this instance's password. Exit 3: the
+    // recovery target was never reached (nothing committed after it), so the caller replays to the end instead.
+    private const string RestoreScript = """
+        set -e
+        D=/var/lib/postgresql/data
+        cp -a /restore/pgdata/. "$D/pgdata/"
+        rm -rf /restore/pgdata
+        chmod 700 "$D/pgdata"
+        rm -f "$D/pgdata/standby.signal" "$D/pgdata/postmaster.pid" "$D/pgdata/postmaster.opts"
+        : > "$D/pgdata/recovery.signal"
+        postgres -D "$D/pgdata" -c config_file=/etc/dingo/restore.conf > /tmp/restore.log 2>&1 &
+        pid=$!
+        while kill -0 "$pid" 2>/dev/null; do
+          if [ ! -f "$D/pgdata/recovery.signal" ] && grep -q 'ready to accept connections' /tmp/restore.log; then
+            kill -INT "$pid"
+            while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+            postgres --single -D "$D/pgdata" -c config_file=/etc/dingo/restore.conf postgres < /etc/dingo/.restore.sql > /dev/null
+            rm -f /etc/dingo/.restore.sql
+            exit 0
+          fi
+          sleep 0.2
+        done
+        cat /tmp/restore.log >&2
+        rm -f /etc/dingo/.restore.sql
+        if grep -q 'recovery ended before configured recovery target was reached' /tmp/restore.log; then exit 3; fi
+        exit 1
+        """;
+
+    private const string WipeScript = """
+        set -e
+        rm -rf /var/lib/postgresql/data/pgdata
+        mkdir -p /var/lib/postgresql/data/pgdata
+        chmod 700 /var/lib/postgresql/data/pgdata
+        """;
+
+    public async Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        ArgumentNullException.ThrowIfNull(input);
+        CheckNodeId(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            // As with a clone: the node container (the marker) goes first, and comes back only once recovery is done.
+            if (await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false) is { } old)
+                await RemoveContainerAsync(old.ID, cancellationToken).ConfigureAwait(false);
+            await EnsureImageAsync(cancellationToken).ConfigureAwait(false);
+            await EnsureVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
+            var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
+            var wiped = await RunToolAsync(spec, "wipe", WipeScript, new Dictionary<string, string>(), [], limits, cancellationToken).ConfigureAwait(false);
+            if (wiped.ExitCode != 0) throw ToolFailure(spec.NodeId, "preparing the volume", wiped);
+            var target = input.TargetTime;
+            for (var attempt = 0; ; attempt++)
+            {
+                var result = await RunRestoreToolAsync(spec, input, target, limits, cancellationToken).ConfigureAwait(false);
+                if (result.ExitCode == 0) break;
+                if (result.ExitCode == 3 && target is not null && attempt == 0)
+                {
+                    _logger.LogInformation("Node {NodeId}: no commit after {Target:O} in the archive; recovering to its end", spec.NodeId, target);
+                    target = null;
+                    var again = await RunToolAsync(spec, "wipe", WipeScript, new Dictionary<string, string>(), [], limits, cancellationToken).ConfigureAwait(false);
+                    if (again.ExitCode != 0) throw ToolFailure(spec.NodeId, "preparing the volume", again);
+                    continue;
+                }
+                throw ToolFailure(spec.NodeId, "recovery from the backup", result);
+            }
+            await CreateNodeContainerAsync(spec, limits, cancellationToken).ConfigureAwait(false);
+            _logger.LogInformation("Node {NodeId}: restored from a base backup and archived WAL (target {Target})", spec.NodeId, input.TargetTime?.ToString("O") ?? "latest");
+        }
+        finally
+        {
+            Changed();
+        }
+    }
+
+    /// <summary>A one-shot container on the node's volume: the backup and the WAL uploaded through the archive API (any engine, local or remote), then recovery.</summary>
+    private async Task<ToolResult> RunRestoreToolAsync(NodeLaunchSpec spec, RestoreInput input, DateTimeOffset? target, NodeLimits limits, CancellationToken ct)
+    {
+        await RemoveToolContainersAsync(spec.NodeId, ct).ConfigureAwait(false);
+        var labels = Labels(spec);
+        labels[KindLabel] = "tool";
+        labels["dingo.tool"] = "restore";
+        var created = await CallAsync("create a tool container", t => _client.Containers.CreateContainerAsync(new CreateContainerParameters
+        {
+            Name = $"{ContainerName(spec.NodeId)}-restore",
+            Image = _docker.Image,
+            User = _docker.User,
+            Cmd = ["/bin/sh", "-c", RestoreScript],
+            Labels = labels,
+            HostConfig = HostConfig(spec.NodeId, limits),
+        }, t), ct).ConfigureAwait(false);
+        try
+        {
+            // Into the tool container's own file system (engines do not all reach a volume before the container runs);
+            // the script copies the data directory into the volume.
+            await UploadTarAsync(created.ID, Path.Combine(input.BackupDir, "base.tar"), "/restore/pgdata", ct).ConfigureAwait(false);
+            var walTar = Path.Combine(input.BackupDir, "pg_wal.tar");
+            if (File.Exists(walTar)) await UploadTarAsync(created.ID, walTar, "/restore/pgdata/pg_wal", ct).ConfigureAwait(false);
+            await UploadFolderAsync(created.ID, input.WalDir, "/restore/wal", ct).ConfigureAwait(false);
+            var conf = new StringBuilder()
+                .AppendLine("listen_addresses = ''")
+                .AppendLine(CultureInfo.InvariantCulture, $"port = {spec.Port}")
+                .AppendLine("unix_socket_directories = '/tmp'")
+                .AppendLine("hba_file = '/etc/dingo/restore_hba.conf'")
+                .AppendLine("shared_buffers = '32MB'")
+                .AppendLine("jit = off")
+                .AppendLine(CultureInfo.InvariantCulture, $"restore_command = 'cp /restore/wal/%f %p'")
+                .AppendLine("recovery_target_timeline = 'latest'")
+                .AppendLine("recovery_target_action = 'promote'");
+            if (target is { } t)
+                conf.AppendLine(CultureInfo.InvariantCulture, $"recovery_target_time = {Quote(t.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss.ffffff", CultureInfo.InvariantCulture) + "+00")}")
+                    .AppendLine("recovery_target_inclusive = false");
+            // The restored roles carry the source's passwords: this instance's superuser password, set in single-user mode.
+            var sql = $"ALTER ROLE \"{spec.Superuser.Username}\" PASSWORD '{spec.Superuser.Password.Replace("'", "''", StringComparison.Ordinal)}';\n";
+            await UploadAsync(created.ID, [new NodeFile("restore.conf", conf.ToString()), new NodeFile("restore_hba.conf", "local all all trust\n"), new NodeFile(".restore.sql", sql)], ct).ConfigureAwait(false);
+            await CallAsync("start a tool container", t => _client.Containers.StartContainerAsync(created.ID, new ContainerStartParameters(), t), ct).ConfigureAwait(false);
+            var exit = await CallAsync("wait for the restore", t => _client.Containers.WaitContainerAsync(created.ID, t), ct, _options.ToolTimeout).ConfigureAwait(false);
+            var output = await LogsAsync(created.ID, 20, ct).ConfigureAwait(false);
+            return new ToolResult(exit.StatusCode, output);
+        }
+        finally
+        {
+            try { await RemoveContainerAsync(created.ID, CancellationToken.None).ConfigureAwait(false); }
+            catch (ContainerEngineException ex) { _logger.LogWarning("Node {NodeId}: could not remove the restore container (the next step will): {Error}", spec.NodeId, ex.Message); }
+        }
+    }
+
+    /// <summary>Extracts a tar into the container under <paramref name="into"/>, every entry owned by the PostgreSQL user.</summary>
+    private async Task UploadTarAsync(string containerId, string tarPath, string into, CancellationToken ct)
+    {
+        var rewritten = Path.GetTempFileName();
+        try
+        {
+            await using (var source = File.OpenRead(tarPath))
+            await using (var destination = File.Create(rewritten))
+            {
+                using var reader = new TarReader(source);
+                await using var writer = new TarWriter(destination, TarEntryFormat.Pax, leaveOpen: true);
+                var parts = into.Trim('/').Split('/');
+                for (var i = 1; i <= parts.Length; i++)
+                    await writer.WriteEntryAsync(new PaxTarEntry(TarEntryType.Directory, string.Join('/', parts.Take(i)) + "/")
+                    {
+                        Uid = _user.Uid, Gid = _user.Gid, Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, ModificationTime = DateTimeOffset.UtcNow,
+                    }, ct).ConfigureAwait(false);
+                while (await reader.GetNextEntryAsync(copyData: false, ct).ConfigureAwait(false) is { } entry)
+                {
+                    if (entry.EntryType is not (TarEntryType.Directory or TarEntryType.RegularFile or TarEntryType.V7RegularFile or TarEntryType.SymbolicLink)) continue;
+                    var name = into.TrimStart('/') + "/" + entry.Name.TrimStart('.', '/');
+                    var type = entry.EntryType == TarEntryType.V7RegularFile ? TarEntryType.RegularFile : entry.EntryType;
+                    var copy = new PaxTarEntry(type, name)
+                    {
+                        Uid = _user.Uid, Gid = _user.Gid, Mode = entry.Mode, ModificationTime = entry.ModificationTime,
+                    };
+                    if (type == TarEntryType.RegularFile) copy.DataStream = entry.DataStream;
+                    if (type == TarEntryType.SymbolicLink) copy.LinkName = entry.LinkName;
+                    await writer.WriteEntryAsync(copy, ct).ConfigureAwait(false);
+                }
+            }
+            await using var tar = File.OpenRead(rewritten);
+            await CallAsync("upload the backup", async t =>
+            {
+                await _client.Containers.ExtractArchiveToContainerAsync(containerId, new ContainerPathStatParameters { Path = "/", AllowOverwriteDirWithFile = false }, tar, t).ConfigureAwait(false);
+                return true;
+            }, ct, _options.ToolTimeout).ConfigureAwait(false);
+        }
+        finally
+        {
+            File.Delete(rewritten);
+        }
+    }
+
+    /// <summary>Uploads every file of a local folder into <paramref name="into"/> in the container.</summary>
+    private async Task UploadFolderAsync(string containerId, string folder, string into, CancellationToken ct)
+    {
+        var tarPath = Path.GetTempFileName();
+        try
+        {
+            await using (var fs = File.Create(tarPath))
+            await using (var writer = new TarWriter(fs, TarEntryFormat.Pax, leaveOpen: true))
+            {
+                foreach (var file in Directory.EnumerateFiles(folder).Order(StringComparer.Ordinal))
+                {
+                    await using var data = File.OpenRead(file);
+                    await writer.WriteEntryAsync(new PaxTarEntry(TarEntryType.RegularFile, Path.GetFileName(file))
+                    {
+                        Uid = _user.Uid, Gid = _user.Gid, Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite, ModificationTime = DateTimeOffset.UtcNow, DataStream = data,
+                    }, ct).ConfigureAwait(false);
+                }
+            }
+            await UploadTarAsync(containerId, tarPath, into, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            File.Delete(tarPath);
+        }
+    }
+
+    public async Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        ArgumentNullException.ThrowIfNull(source);
+        CheckNodeId(spec.NodeId);
+        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        var container = await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false)
+            ?? throw new InvalidOperationException($"Node {spec.NodeId} cannot be rewound: its data directory is not initialised.");
+        try
+        {
+            await StopContainerAsync(container, cancellationToken).ConfigureAwait(false);
+            var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
+            var result = await RunToolAsync(spec, "rewind", RewindScript, SourceEnvironment(source),
+                [new NodeFile(".source.pgpass", Passfile(source.Credentials))], limits, cancellationToken).ConfigureAwait(false);
+            if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_rewind", result);
+            _logger.LogInformation("Node {NodeId}: rewound to the timeline of {Host}:{Port}", spec.NodeId, source.Host, source.Port);
+        }
+        finally
+        {
+            Changed();
+        }
+    }
+
+    public async Task StopAsync(string nodeId, CancellationToken cancellationToken)
+    {
+        CheckNodeId(nodeId);
+        using var _ = await LockNodeAsync(nodeId, cancellationToken).ConfigureAwait(false);
+        if (await InspectNodeAsync(nodeId, cancellationToken).ConfigureAwait(false) is not { } container) return;
+        try
+        {
+            await StopContainerAsync(container, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            Changed();
+        }
+    }
+
+    public async Task RemoveAsync(string nodeId, CancellationToken cancellationToken)
+    {
+        CheckNodeId(nodeId);
+        using var _ = await LockNodeAsync(nodeId, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var all = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
+                new ContainersListParameters { All = true, Filters = Filters((NodeLabel, nodeId)) }, t), cancellationToken).ConfigureAwait(false);
+            foreach (var c in all.Where(c => Ours(c.Labels) && Label(c.Labels, NodeLabel) == nodeId)) await RemoveContainerAsync(c.ID, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                var volume = await CallAsync("inspect the volume", t => _client.Volumes.InspectAsync(VolumeName(nodeId), t), cancellationToken).ConfigureAwait(false);
+                if (!Ours(volume.Labels) || Label(volume.Labels, NodeLabel) != nodeId)
+                    throw new ContainerEngineException($"Node {nodeId}: volume {VolumeName(nodeId)} on the engine at {_docker.Endpoint} is not this cell's; not removing it");
+                await CallAsync("remove the volume", t => _client.Volumes.RemoveAsync(VolumeName(nodeId), true, t), cancellationToken).ConfigureAwait(false);
+                _logger.LogInformation("Node {NodeId}: container and volume removed", nodeId);
+            }
+            catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+            {
+            }
+        }
+        finally
+        {
+            Changed();
+        }
+    }
+
+    /// <summary>The node container's output (PostgreSQL's log), for `dingo logs`.</summary>
+    public async Task<string> NodeLogsAsync(string nodeId, int tail, CancellationToken ct)
+    {
+        CheckNodeId(nodeId);
+        var container = await InspectNodeAsync(nodeId, ct).ConfigureAwait(false)
+            ?? throw new InvalidOperationException($"node {nodeId} has no container on the engine at {_docker.Endpoint}");
+        return await LogsAsync(container.ID, tail, ct).ConfigureAwait(false);
+    }
+
+    // ---- containers, volumes, images ----
+
+    private async Task<ContainerInspectResponse?> InspectNodeAsync(string nodeId, CancellationToken ct)
+    {
+        try
+        {
+            var c = await CallAsync("inspect the container", t => _client.Containers.InspectContainerAsync(ContainerName(nodeId), t), ct).ConfigureAwait(false);
+            // A container of that name that is not ours (another platform on the engine) is a conflict, not our node.
+            if (Label(c.Config.Labels, PlatformLabel) != _docker.Platform || Label(c.Config.Labels, CellLabel) != _options.CellId)
+                throw new ContainerEngineException($"Node {nodeId}: container {ContainerName(nodeId)} on the engine at {_docker.Endpoint} belongs to platform {Label(c.Config.Labels, PlatformLabel)}, cell {Label(c.Config.Labels, CellLabel)}; not touching it");
+            return c;
+        }
+        catch (DockerContainerNotFoundException)
+        {
+            return null;
+        }
+        catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+        {
+            return null;
+        }
+    }
+
+    private async Task<string> CreateNodeContainerAsync(NodeLaunchSpec spec, NodeLimits limits, CancellationToken ct)
+    {
+        var labels = Labels(spec);
+        labels[KindLabel] = "node";
+        labels["dingo.port"] = spec.Port.ToString(CultureInfo.InvariantCulture);
+        labels[MemoryLabel] = Memory(limits);
+        labels[CpusLabel] = Cpus(limits);
+        var parameters = new CreateContainerParameters
+        {
+            Name = ContainerName(spec.NodeId),
+            Image = _docker.Image,
+            User = _docker.User,
+            Cmd = ["/bin/sh", "-c", NodeScript],
+            Env = ["PGDATA=" + PgData],
+            Labels = labels,
+            // SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client to leave).
+            StopSignal = "SIGINT",
+            StopTimeout = _docker.StopTimeout,
+            HostConfig = HostConfig(spec.NodeId, limits),
+        };
+        try
+        {
+            var created = await CallAsync("create the container", t => _client.Containers.CreateContainerAsync(parameters, t), ct).ConfigureAwait(false);
+            return created.ID;
+        }
+        catch (DockerApiException ex) when (ex.StatusCode == System.Net.HttpStatusCode.Conflict)
+        {
+            // Made by an earlier attempt that did not hear back: that one is the node's container.
+            return (await InspectNodeAsync(spec.NodeId, ct).ConfigureAwait(false))?.ID
+                   ?? throw new ContainerEngineException($"Node {spec.NodeId}: the engine refused to create {ContainerName(spec.NodeId)}: {DockerEngine.Said(ex)}", ex);
+        }
+        catch (DockerImageNotFoundException ex)
+        {
+            _imageCheckedAt = DateTime.MinValue;
+            throw ImageMissing(ex.Message, ex);
+        }
+    }
+
+    private HostConfig HostConfig(string nodeId, NodeLimits limits) => new()
+    {
+        // Host networking: PostgreSQL binds the cell's address and the node's port itself (docs/docker.md).
+        NetworkMode = "host",
+        Mounts = [new Mount { Type = "volume", Source = VolumeName(nodeId), Target = DataMount }],
+        Memory = limits.MemoryBytes,
+        NanoCPUs = (long)(limits.Cpus * 1_000_000_000),
+        // The HA loop restarts a dead node, deciding first whether it may lead (see the class summary).
+        RestartPolicy = new RestartPolicy { Name = RestartPolicyKind.No },
+    };
+
+    private async Task StopContainerAsync(ContainerInspectResponse container, CancellationToken ct)
+    {
+        if (!container.State.Running) return;
+        var seconds = (uint)Math.Max(1, _docker.StopTimeout.TotalSeconds);
+        await CallAsync("stop the container", t => _client.Containers.StopContainerAsync(container.ID, new ContainerStopParameters { WaitBeforeKillSeconds = seconds }, t),
+            ct, _docker.StopTimeout + TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+        _logger.LogInformation("Node {NodeId}: container {Container} stopped (fast shutdown)", Label(container.Config.Labels, NodeLabel), Short(container.ID));
+    }
+
+    private async Task RemoveContainerAsync(string id, CancellationToken ct)
+    {
+        try
+        {
+            await CallAsync("remove a container", t => _client.Containers.RemoveContainerAsync(id, new ContainerRemoveParameters { Force = true, RemoveVolumes = true }, t), ct).ConfigureAwait(false);
+        }
+        catch (DockerContainerNotFoundException)
+        {
+        }
+        catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+        {
+        }
+    }
+
+    /// <summary>Leftovers of a tool cut short (the cell died mid-clone): it must not go on writing beside what comes next.</summary>
+    private async Task RemoveToolContainersAsync(string nodeId, CancellationToken ct)
+    {
+        var tools = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
+            new ContainersListParameters { All = true, Filters = Filters((NodeLabel, nodeId), (KindLabel, "tool")) }, t), ct).ConfigureAwait(false);
+        foreach (var tool in tools.Where(t => Ours(t.Labels) && Label(t.Labels, NodeLabel) == nodeId && Label(t.Labels, KindLabel) == "tool"))
+            await RemoveContainerAsync(tool.ID, ct).ConfigureAwait(false);
+    }
+
+    private async Task EnsureVolumeAsync(NodeLaunchSpec spec, CancellationToken ct)
+    {
+        try
+        {
+            var existing = await CallAsync("inspect the volume", t => _client.Volumes.InspectAsync(VolumeName(spec.NodeId), t), ct).ConfigureAwait(false);
+            if (Label(existing.Labels, NodeLabel) != spec.NodeId || Label(existing.Labels, CellLabel) != _options.CellId || Label(existing.Labels, PlatformLabel) != _docker.Platform)
+                throw new ContainerEngineException($"Node {spec.NodeId}: volume {VolumeName(spec.NodeId)} on the engine at {_docker.Endpoint} is not this cell's; not touching it");
+            return;
+        }
+        catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+        {
+        }
+        await CallAsync("create the volume", t => _client.Volumes.CreateAsync(new VolumesCreateParameters { Name = VolumeName(spec.NodeId), Labels = Labels(spec) }, t), ct).ConfigureAwait(false);
+    }
+
+    /// <summary>The image must be on the engine; pulled once when allowed (`dingo.cell.docker.pull`).</summary>
+    private async Task EnsureImageAsync(CancellationToken ct)
+    {
+        if (DateTime.UtcNow - _imageCheckedAt < TimeSpan.FromMinutes(1)) return;
+        if (!await ImagePresentAsync(ct).ConfigureAwait(false))
+        {
+            if (_docker.Pull == "never") throw ImageMissing("dingo.cell.docker.pull is \"never\"", null);
+            _logger.LogInformation("image {Image} is not on the engine: pulling it", _docker.Image);
+            string? pullError = null;
+            try
+            {
+                await CallAsync("pull the image", async t =>
+                {
+                    await _client.Images.CreateImageAsync(new ImagesCreateParameters { FromImage = _docker.Image }, null,
+                        new Progress<JSONMessage>(m => pullError ??= m.ErrorMessage is { Length: > 0 } e ? e : null), t).ConfigureAwait(false);
+                    return true;
+                }, ct, TimeSpan.FromMinutes(10)).ConfigureAwait(false);
+            }
+            catch (DockerApiException ex)
+            {
+                pullError = DockerEngine.Said(ex);
+            }
+            if (!await ImagePresentAsync(ct).ConfigureAwait(false)) throw ImageMissing("pulling it failed: " + (pullError ?? "the engine did not say why"), null);
+        }
+        _imageCheckedAt = DateTime.UtcNow;
+    }
+
+    private async Task<bool> ImagePresentAsync(CancellationToken ct)
+    {
+        try
+        {
+            await CallAsync("inspect the image", t => _client.Images.InspectImageAsync(_docker.Image, t), ct).ConfigureAwait(false);
+            return true;
+        }
+        catch (DockerImageNotFoundException)
+        {
+            return false;
+        }
+        catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+        {
+            return false;
+        }
+    }
+
+    private ContainerEngineException ImageMissing(string why, Exception? inner) =>
+        new($"image {_docker.Image} is missing on the engine at {_docker.Endpoint} ({why}): build it with deploy/images/build-local.sh, or load or pull it", inner);
+
+    // ---- one-shot tools ----
+
+    private sealed record NodeFile(string Path, string Content, UnixFileMode Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite);
+
+    private sealed record ToolResult(long ExitCode, string Output);
+
+    /// <summary>Runs a script in a one-shot container of the node's image on the node's volume, with files placed first.</summary>
+    private async Task<ToolResult> RunToolAsync(NodeLaunchSpec spec, string tool, string script, IReadOnlyDictionary<string, string> env,
+        IReadOnlyList<NodeFile> files, NodeLimits limits, CancellationToken ct)
+    {
+        await RemoveToolContainersAsync(spec.NodeId, ct).ConfigureAwait(false);
+        var labels = Labels(spec);
+        labels[KindLabel] = "tool";
+        labels["dingo.tool"] = tool;
+        var created = await CallAsync("create a tool container", t => _client.Containers.CreateContainerAsync(new CreateContainerParameters
+        {
+            Name = $"{ContainerName(spec.NodeId)}-{tool}",
+            Image = _docker.Image,
+            User = _docker.User,
+            Cmd = ["/bin/sh", "-c", script],
+            Env = env.Select(e => $"{e.Key}={e.Value}").ToList(),
+            Labels = labels,
+            HostConfig = HostConfig(spec.NodeId, limits),
+        }, t), ct).ConfigureAwait(false);
+        try
+        {
+            // Files go in before the tool starts: no secret ever passes a command line or the environment.
+            await UploadAsync(created.ID, files, ct).ConfigureAwait(false);
+            await CallAsync("start a tool container", t => _client.Containers.StartContainerAsync(created.ID, new ContainerStartParameters(), t), ct).ConfigureAwait(false);
+            var exit = await CallAsync($"wait for {tool}", t => _client.Containers.WaitContainerAsync(created.ID, t), ct, _options.ToolTimeout).ConfigureAwait(false);
+            var output = await LogsAsync(created.ID, 20, ct).ConfigureAwait(false);
+            return new ToolResult(exit.StatusCode, output);
+        }
+        finally
+        {
+            try
+            {
+                await RemoveContainerAsync(created.ID, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (ContainerEngineException ex)
+            {
+                _logger.LogWarning("Node {NodeId}: could not remove the {Tool} container (the next step will): {Error}", spec.NodeId, tool, ex.Message);
+            }
+        }
+    }
+
+    private static Dictionary<string, string> SourceEnvironment(ReplicationSource source) => new()
+    {
+        ["PGHOST"] = source.Host,
+        ["PGPORT"] = source.Port.ToString(CultureInfo.InvariantCulture),
+        ["PGUSER"] = source.Credentials.Username,
+        ["PGPASSFILE"] = SettingsDir + "/.source.pgpass",
+        ["PGCONNECT_TIMEOUT"] = "10",
+    };
+
+    private static InvalidOperationException ToolFailure(string nodeId, string tool, ToolResult result) =>
+        new($"Node {nodeId}: {tool} failed with exit code {result.ExitCode}: {LastLines(result.Output)}");
+
+    // ---- files in the volume ----
+
+    /// <summary>Writes files into the container's /etc/dingo, owned by the PostgreSQL user, through the archive API.</summary>
+    private async Task UploadAsync(string containerId, IReadOnlyList<NodeFile> files, CancellationToken ct)
+    {
+        if (files.Count == 0) return;
+        using var tar = new MemoryStream();
+        await using (var writer = new TarWriter(tar, TarEntryFormat.Pax, leaveOpen: true))
+        {
+            var now = DateTimeOffset.UtcNow;
+            await writer.WriteEntryAsync(new PaxTarEntry(TarEntryType.Directory, SettingsDir.TrimStart('/') + "/")
+            {
+                Uid = _user.Uid, Gid = _user.Gid, Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, ModificationTime = now,
+            }, ct).ConfigureAwait(false);
+            foreach (var file in files)
+            {
+                var entry = new PaxTarEntry(TarEntryType.RegularFile, SettingsDir.TrimStart('/') + "/" + file.Path)
+                {
+                    Uid = _user.Uid, Gid = _user.Gid, Mode = file.Mode, ModificationTime = now,
+                    DataStream = new MemoryStream(Encoding.UTF8.GetBytes(file.Content)),
+                };
+                await writer.WriteEntryAsync(entry, ct).ConfigureAwait(false);
+            }
+        }
+        tar.Position = 0;
+        await CallAsync("write the node's settings", async t =>
+        {
+            await _client.Containers.ExtractArchiveToContainerAsync(containerId, new ContainerPathStatParameters { Path = "/", AllowOverwriteDirWithFile = false }, tar, t).ConfigureAwait(false);
+            return true;
+        }, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>postgresql.conf (complete: the data directory's own is not read), pg_hba.conf, the role and the passfile.</summary>
+    private List<NodeFile> SettingsFiles(NodeLaunchSpec spec, StandbyConfig? standby, NodeLimits limits)
+    {
+        var readable = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        var conf = new StringBuilder()
+            .AppendLine("# Written by Dingo on every start; edits are overwritten.")
+            .AppendLine(CultureInfo.InvariantCulture, $"hba_file = '{SettingsDir}/pg_hba.conf'")
+            .AppendLine(CultureInfo.InvariantCulture, $"ident_file = '{SettingsDir}/pg_ident.conf'")
+            .AppendLine(CultureInfo.InvariantCulture, $"port = {spec.Port}")
+            .AppendLine(CultureInfo.InvariantCulture, $"listen_addresses = {Quote(spec.ListenAddress)}")
+            .AppendLine("unix_socket_directories = '/var/run/postgresql'")
+            .AppendLine(CultureInfo.InvariantCulture, $"shared_buffers = '{limits.SharedBuffersBytes / 1024 / 1024}MB'")
+            .AppendLine(CultureInfo.InvariantCulture, $"max_connections = {_options.MaxConnections}")
+            .AppendLine("wal_level = replica")
+            .AppendLine("max_wal_senders = 10")
+            .AppendLine("max_replication_slots = 10")
+            .AppendLine("hot_standby = on")
+            .AppendLine("wal_log_hints = on")
+            .AppendLine("wal_keep_size = '128MB'")
+            .AppendLine("hot_standby_feedback = on")
+            .AppendLine("wal_receiver_status_interval = 1s")
+            .AppendLine("wal_retrieve_retry_interval = 1s")
+            .AppendLine("recovery_target_timeline = 'latest'")
+            // The image carries no LLVM (deploy/images): JIT stays off.
+            .AppendLine("jit = off")
+            .AppendLine("log_destination = 'stderr'")
+            .AppendLine("logging_collector = off")
+            .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {Quote(spec.NodeId)}");
+        var passfile = "";
+        if (standby?.Primary is { } primary)
+        {
+            // The password lives in a 0600 passfile of the PostgreSQL user, never in the settings.
+            passfile = Passfile(primary.Credentials);
+            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={SettingsDir}/replication.pgpass application_name={standby.ApplicationName} connect_timeout=3";
+            conf.AppendLine(CultureInfo.InvariantCulture, $"primary_conninfo = {Quote(conninfo)}")
+                .AppendLine(CultureInfo.InvariantCulture, $"primary_slot_name = {Quote(standby.SlotName)}");
+        }
+        else
+        {
+            conf.AppendLine("primary_conninfo = ''").AppendLine("primary_slot_name = ''");
+        }
+        const string hba = """
+            # Written by Dingo: password (SCRAM) access for everyone, from anywhere; nothing trusted.
+            local all all scram-sha-256
+            host all all 0.0.0.0/0 scram-sha-256
+            host all all ::/0 scram-sha-256
+            host replication all 0.0.0.0/0 scram-sha-256
+            host replication all ::/0 scram-sha-256
+
+            """;
+        return
+        [
+            new NodeFile("postgresql.conf", conf.ToString(), readable),
+            new NodeFile("pg_hba.conf", hba, readable),
+            new NodeFile("pg_ident.conf", "", readable),
+            new NodeFile("replication.pgpass", passfile),
+            new NodeFile("role", standby is null ? "primary\n" : "standby\n", readable),
+        ];
+    }
+
+    /// <summary>One libpq passfile line matching any host, port and database for this user (':' and '\' escaped).</summary>
+    private static string Passfile(Dingo.Model.Credentials credentials)
+    {
+        static string Escape(string s) => s.Replace("\\", "\\\\", StringComparison.Ordinal).Replace(":", "\\:", StringComparison.Ordinal);
+        return $"*:*:*:{Escape(credentials.Username)}:{Escape(credentials.Password)}\n";
+    }
+
+    private static string Quote(string value) => "'" + value.Replace("'", "''", StringComparison.Ordinal) + "'";
+
+    // ---- plumbing ----
+
+    private async Task<string> LogsAsync(string containerId, int tail, CancellationToken ct)
+    {
+        using var stream = await CallAsync("read the container's logs", t => _client.Containers.GetContainerLogsAsync(containerId, false,
+            new ContainerLogsParameters { ShowStdout = true, ShowStderr = true, Tail = tail.ToString(CultureInfo.InvariantCulture) }, t), ct).ConfigureAwait(false);
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(_options.CallTimeout);
+        var (stdout, stderr) = await stream.ReadOutputToEndAsync(timeout.Token).ConfigureAwait(false);
+        return stdout + stderr;
+    }
+
+    private Task CallAsync(string what, Func<CancellationToken, Task> call, CancellationToken ct, TimeSpan? timeout = null) =>
+        CallAsync(what, async t =>
+        {
+            await call(t).ConfigureAwait(false);
+            return true;
+        }, ct, timeout);
+
+    /// <summary>One engine call under its own deadline; an engine that does not answer becomes a <see cref="ContainerEngineException"/>.</summary>
+    private async Task<T> CallAsync<T>(string what, Func<CancellationToken, Task<T>> call, CancellationToken ct, TimeSpan? timeout = null)
+    {
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        deadline.CancelAfter(timeout ?? _options.CallTimeout);
+        try
+        {
+            return await call(deadline.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not DockerApiException && DockerEngine.Unreachable(ex, ct))
+        {
+            var why = ex is OperationCanceledException ? $"no answer within {(timeout ?? _options.CallTimeout).TotalSeconds:0.#}s" : DockerEngine.Innermost(ex);
+            throw new ContainerEngineException($"container engine at {_docker.Endpoint} is unreachable (could not {what}): {why}", ex);
+        }
+        catch (DockerApiException ex) when ((int)ex.StatusCode >= 500 && !DockerEngine.IsNotFound(ex))
+        {
+            // Podman answers 500 for "no such image" in places where Docker says 404.
+            var said = DockerEngine.Said(ex);
+            if (said.Contains("no such image", StringComparison.OrdinalIgnoreCase) || said.Contains("image not known", StringComparison.OrdinalIgnoreCase))
+                throw new DockerImageNotFoundException(System.Net.HttpStatusCode.NotFound, ex.ResponseBody);
+            throw new ContainerEngineException($"container engine at {_docker.Endpoint} failed to {what}: {said}", ex);
+        }
+    }
+
+    private Dictionary<string, string> Labels(NodeLaunchSpec spec) => new(StringComparer.Ordinal)
+    {
+        [PlatformLabel] = _docker.Platform,
+        [CellLabel] = _options.CellId,
+        [InstanceLabel] = spec.InstanceId,
+        [NodeLabel] = spec.NodeId,
+    };
+
+    /// <summary>Label filters: this platform and this cell, plus any given.</summary>
+    private Dictionary<string, IDictionary<string, bool>> Filters(params (string Key, string Value)[] more)
+    {
+        var labels = new Dictionary<string, bool>(StringComparer.Ordinal)
+        {
+            [$"{PlatformLabel}={_docker.Platform}"] = true,
+            [$"{CellLabel}={_options.CellId}"] = true,
+        };
+        foreach (var (key, value) in more) labels[$"{key}={value}"] = true;
+        return new Dictionary<string, IDictionary<string, bool>> { ["label"] = labels };
+    }
+
+    /// <summary>Labelled with this platform and this cell.</summary>
+    private bool Ours(IDictionary<string, string>? labels) =>
+        Label(labels, PlatformLabel) == _docker.Platform && Label(labels, CellLabel) == _options.CellId;
+
+    private static string? Label(IDictionary<string, string>? labels, string key) =>
+        labels is not null && labels.TryGetValue(key, out var value) ? value : null;
+
+    private static string Memory(NodeLimits limits) => limits.MemoryBytes.ToString(CultureInfo.InvariantCulture);
+    private static string Cpus(NodeLimits limits) => limits.Cpus.ToString(CultureInfo.InvariantCulture);
+    private static string Short(string id) => id.Length > 12 ? id[..12] : id;
+
+    private static string LastLines(string text, int count = 5)
+    {
+        var lines = text.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        return lines.Length == 0 ? "(no output)" : string.Join(" | ", lines.TakeLast(count));
+    }
+
+    // Node ids become container and volume names: keep them to what both accept.
+    private static void CheckNodeId(string nodeId)
+    {
+        if (string.IsNullOrEmpty(nodeId) || nodeId.Length > 100 || !char.IsAsciiLetterOrDigit(nodeId[0])
+            || !nodeId.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
+            throw new ArgumentException($"Invalid node id '{nodeId}'.", nameof(nodeId));
+    }
+
+    private async Task<IDisposable> LockNodeAsync(string nodeId, CancellationToken ct)
+    {
+        var gate = _nodeLocks.GetOrAdd(nodeId, _ => new SemaphoreSlim(1, 1));
+        await gate.WaitAsync(ct).ConfigureAwait(false);
+        return new Releaser(gate);
+    }
+
+    private sealed class Releaser(SemaphoreSlim gate) : IDisposable
+    {
+        private int _released;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _released, 1) == 0) gate.Release();
+        }
+    }
+
+    public void Dispose() => _client.Dispose();
+}

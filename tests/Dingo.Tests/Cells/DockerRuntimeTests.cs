@@ -1,0 +1,263 @@
+using System.Text.Json;
+using Dingo.Cells;
+using Dingo.Config;
+using Dingo.Model;
+using Dingo.Tests.Support;
+using Docker.DotNet;
+using Docker.DotNet.Models;
+using Xunit.Abstractions;
+
+namespace Dingo.Tests.Cells;
+
+/// <summary>The runtime contract on containers (podman's Docker Engine API), plus what is particular to containers.</summary>
+public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRuntimeTests(output)
+{
+    private readonly string _platform = "/t-rt-" + Guid.NewGuid().ToString("N")[..12];
+    private static readonly NodeLimits Limits = new(192L * 1024 * 1024, 0.5);
+
+    private DockerSettings Settings => TestPodman.Settings(_platform);
+
+    protected override IContainerRuntime NewRuntime() => NewRuntime(Settings);
+
+    private DockerRuntime NewRuntime(DockerSettings settings) =>
+        new(new DockerRuntimeOptions("cell-1", settings) { LimitsOf = (_, _) => Task.FromResult(Limits) }, new OutputLogger(Output));
+
+    protected override async Task<string> IncarnationAsync(RuntimeNode node)
+    {
+        Assert.NotNull(node.ContainerId);
+        Assert.StartsWith("running (container ", node.Detail);
+        using var client = TestPodman.Client();
+        var inspect = await client.Containers.InspectContainerAsync(node.ContainerId);
+        return $"{inspect.ID} started {inspect.State.StartedAt} pid {inspect.State.Pid}";
+    }
+
+    protected override Task KillAsync(RuntimeNode node) => TestPodman.KillMainProcessAsync(node.ContainerId!);
+
+    protected override void AssertKilledDetail(RuntimeNode node) => Assert.StartsWith("exited (137)", node.Detail);
+
+    protected override async Task<bool> DataExistsAsync(string nodeId)
+    {
+        using var client = TestPodman.Client();
+        try
+        {
+            await client.Volumes.InspectAsync(DockerRuntime.VolumeName(nodeId));
+            return true;
+        }
+        catch (DockerApiException e) when (e.StatusCode == System.Net.HttpStatusCode.NotFound)
+        {
+            return false;
+        }
+    }
+
+    protected override async Task<string> LogTailAsync(string nodeId)
+    {
+        try { return await ((DockerRuntime)Runtime).NodeLogsAsync(nodeId, 20, Ct()); }
+        catch (Exception e) { return $"(no logs: {e.Message})"; }
+    }
+
+    protected override Task CleanupAsync() => TestPodman.RemovePlatformAsync(_platform);
+
+    [Fact]
+    public async Task A_node_is_one_labelled_container_on_its_own_volume_with_its_plans_limits_and_no_password_in_sight()
+    {
+        var spec = NewSpec("node-l") with { InstanceId = "inst-l" };
+        await Runtime.CreateAsync(spec, Ct());
+        await Runtime.StartAsync(spec, new StandbyConfig(new ReplicationSource("127.0.0.1", 1, new Dingo.Model.Credentials("replicator", "repl-secret-pw")), "slot_x", spec.NodeId), Ct());
+        await WaitUntilServingAsync(spec);
+
+        var node = Assert.Single(await Runtime.ListAsync(Ct()));
+        Assert.Equal("inst-l", node.InstanceId);
+        using var client = TestPodman.Client();
+        var c = await client.Containers.InspectContainerAsync(node.ContainerId);
+        Assert.Equal(DockerRuntime.ContainerName(spec.NodeId), c.Name.TrimStart('/'));
+        Assert.Equal(_platform, c.Config.Labels[DockerRuntime.PlatformLabel]);
+        Assert.Equal("cell-1", c.Config.Labels[DockerRuntime.CellLabel]);
+        Assert.Equal("inst-l", c.Config.Labels[DockerRuntime.InstanceLabel]);
+        Assert.Equal(spec.NodeId, c.Config.Labels[DockerRuntime.NodeLabel]);
+        Assert.Equal("host", c.HostConfig.NetworkMode);
+        Assert.Equal(Limits.MemoryBytes, c.HostConfig.Memory);
+        Assert.Equal(500_000_000, c.HostConfig.NanoCPUs);
+        Assert.Equal("999:999", c.Config.User);
+        var mount = Assert.Single(c.Mounts);
+        Assert.Equal(DockerRuntime.VolumeName(spec.NodeId), mount.Name);
+        Assert.Equal(DockerRuntime.DataMount, mount.Destination);
+        var volume = await client.Volumes.InspectAsync(DockerRuntime.VolumeName(spec.NodeId));
+        Assert.Equal(spec.NodeId, volume.Labels[DockerRuntime.NodeLabel]);
+
+        // PostgreSQL runs as the unprivileged user, standby as asked, with the replication password only in its passfile.
+        Assert.Equal(Superuser, await ScalarAsync(spec, "SELECT current_user"));
+        Assert.Equal(true, await ScalarAsync(spec, "SELECT pg_is_in_recovery()"));
+        Assert.Contains("passfile=/etc/dingo/replication.pgpass", (string)(await ScalarAsync(spec, "SHOW primary_conninfo"))!);
+        Assert.DoesNotContain("repl-secret-pw", (string)(await ScalarAsync(spec, "SHOW primary_conninfo"))!);
+        var inspected = JsonSerializer.Serialize(c);
+        var logs = await ((DockerRuntime)Runtime).NodeLogsAsync(spec.NodeId, 1000, Ct());
+        foreach (var secret in new[] { Password, "repl-secret-pw" })
+        {
+            Assert.DoesNotContain(secret, inspected);
+            Assert.DoesNotContain(secret, logs);
+        }
+    }
+
+    [Fact]
+    public async Task Data_survives_the_container_being_recreated_for_a_new_image()
+    {
+        var spec = NewSpec("node-i");
+        await Runtime.CreateAsync(spec, Ct());
+        await Runtime.StartAsync(spec, null, Ct());
+        await WaitUntilServingAsync(spec);
+        await ExecAsync(spec, "CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')");
+        var before = Assert.Single(await Runtime.ListAsync(Ct())).ContainerId;
+
+        // The same image under another name stands for an upgrade: it applies at the next start.
+        var tag = "t" + Guid.NewGuid().ToString("N")[..8];
+        using var client = TestPodman.Client();
+        await client.Images.TagImageAsync(TestPodman.Image, new ImageTagParameters { RepositoryName = "localhost/dingo/postgres", Tag = tag });
+        try
+        {
+            await Runtime.StopAsync(spec.NodeId, Ct());
+            using var upgraded = NewRuntime(Settings with { Image = $"localhost/dingo/postgres:{tag}" });
+            await upgraded.StartAsync(spec, null, Ct());
+            await WaitUntilServingAsync(spec);
+            var after = Assert.Single(await upgraded.ListAsync(Ct()));
+            Assert.NotEqual(before, after.ContainerId);
+            Assert.Equal($"localhost/dingo/postgres:{tag}", (await client.Containers.InspectContainerAsync(after.ContainerId)).Config.Image);
+            Assert.Equal("kept", await ScalarAsync(spec, "SELECT v FROM t"));
+            await upgraded.RemoveAsync(spec.NodeId, Ct());
+        }
+        finally
+        {
+            await client.Images.DeleteImageAsync($"localhost/dingo/postgres:{tag}", new ImageDeleteParameters());
+        }
+    }
+
+    [Fact]
+    public async Task Create_is_idempotent_and_redoes_a_half_made_node()
+    {
+        var spec = NewSpec("node-f");
+        await Runtime.CreateAsync(spec, Ct());
+        var container = Assert.Single(await Runtime.ListAsync(Ct())).ContainerId;
+        await Runtime.CreateAsync(spec, Ct());
+        Assert.Equal(container, Assert.Single(await Runtime.ListAsync(Ct())).ContainerId);
+
+        // Half-made: the volume holds junk and no node container, as if the cell died during initdb.
+        var half = NewSpec("node-g");
+        using var client = TestPodman.Client();
+        await client.Volumes.CreateAsync(new VolumesCreateParameters
+        {
+            Name = DockerRuntime.VolumeName(half.NodeId),
+            Labels = new Dictionary<string, string>
+            {
+                [DockerRuntime.PlatformLabel] = _platform, [DockerRuntime.CellLabel] = "cell-1",
+                [DockerRuntime.InstanceLabel] = half.InstanceId, [DockerRuntime.NodeLabel] = half.NodeId,
+            },
+        });
+        await Task.Delay(new DockerRuntimeOptions("cell-1", Settings).ListCacheTtl * 2); // a listing serves the HA loops for that long
+        var listed = Assert.Single(await Runtime.ListAsync(Ct()), n => n.NodeId == half.NodeId);
+        Assert.False(listed.Initialised);
+        Assert.Equal("data not initialised", listed.Detail);
+
+        await Runtime.CreateAsync(half, Ct());
+        Assert.True(Assert.Single(await Runtime.ListAsync(Ct()), n => n.NodeId == half.NodeId).Initialised);
+        await Runtime.StartAsync(half, null, Ct());
+        await WaitUntilServingAsync(half);
+        Assert.Equal(1, await ScalarAsync(half, "SELECT 1"));
+    }
+
+    [Fact]
+    public async Task A_missing_image_is_a_clear_error_and_touches_nothing()
+    {
+        using var runtime = NewRuntime(Settings with { Image = "localhost/dingo/no-such-image:1" });
+        var spec = NewSpec("node-m");
+        var error = await Assert.ThrowsAsync<ContainerEngineException>(() => runtime.CreateAsync(spec, Ct()));
+        Assert.Contains("image localhost/dingo/no-such-image:1 is missing on the engine at unix://", error.Message);
+        Assert.Contains("build-local.sh", error.Message);
+        Assert.Empty(await runtime.ListAsync(Ct()));
+
+        using var pulling = NewRuntime(Settings with { Image = "localhost/dingo/no-such-image:1", Pull = "missing" });
+        var pullError = await Assert.ThrowsAsync<ContainerEngineException>(() => pulling.CreateAsync(spec, Ct()));
+        Assert.Contains("pulling it failed", pullError.Message);
+    }
+
+    [Fact]
+    public async Task An_unreachable_engine_is_a_clear_error()
+    {
+        var settings = Settings with { Endpoint = "unix:///tmp/dingo-no-such-engine/docker.sock" };
+        using var runtime = NewRuntime(settings);
+        var list = await Assert.ThrowsAsync<ContainerEngineException>(() => runtime.ListAsync(Ct()));
+        Assert.Contains("container engine at unix:///tmp/dingo-no-such-engine/docker.sock is unreachable", list.Message);
+        var create = await Assert.ThrowsAsync<ContainerEngineException>(() => runtime.CreateAsync(NewSpec("node-u"), Ct()));
+        Assert.Contains("is unreachable", create.Message);
+        Assert.Equal(list.Message, runtime.EngineProblem);
+    }
+
+    [Fact]
+    public async Task When_the_engine_goes_away_running_nodes_keep_serving_and_keep_their_last_seen_state()
+    {
+        var (endpoint, service) = TestPodman.StartExtraService();
+        using var runtime = NewRuntime(Settings with { Endpoint = endpoint });
+        var spec = NewSpec("node-w");
+        await runtime.CreateAsync(spec, Ct());
+        await runtime.StartAsync(spec, null, Ct());
+        await WaitUntilServingAsync(spec);
+        Assert.True(Assert.Single(await runtime.ListAsync(Ct())).Running);
+
+        service.Kill();
+        await service.WaitForExitAsync();
+        await Task.Delay(1100); // past the listing cache
+        var seen = Assert.Single(await runtime.ListAsync(Ct()));
+        Assert.True(seen.Running);
+        Assert.Contains($"container engine at {endpoint} is unreachable", seen.Detail);
+        Assert.NotNull(runtime.EngineProblem);
+        Assert.Equal(1, await ScalarAsync(spec, "SELECT 1"));
+        var other = await Assert.ThrowsAsync<ContainerEngineException>(() => runtime.CreateAsync(NewSpec("node-x"), Ct()));
+        Assert.Contains("is unreachable", other.Message);
+        Assert.Equal(1, await ScalarAsync(spec, "SELECT 1"));
+    }
+
+    [Fact]
+    public async Task A_full_disk_is_a_clear_error()
+    {
+        // The node's volume lives on a 4 MB file system (a tmpfs mounted on the host, bound as the volume): too small
+        // for a data directory, as a full disk would be.
+        var spec = NewSpec("node-full");
+        var disk = Path.Combine("/tmp", "dingo-full-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(disk);
+        await RunAsync("mount", "-t", "tmpfs", "-o", "size=4m,uid=999,gid=999,mode=0700", "tmpfs", disk);
+        try
+        {
+            using var client = TestPodman.Client();
+            await client.Volumes.CreateAsync(new VolumesCreateParameters
+            {
+                Name = DockerRuntime.VolumeName(spec.NodeId),
+                Driver = "local",
+                DriverOpts = new Dictionary<string, string> { ["type"] = "none", ["o"] = "bind", ["device"] = disk },
+                Labels = new Dictionary<string, string>
+                {
+                    [DockerRuntime.PlatformLabel] = _platform, [DockerRuntime.CellLabel] = "cell-1",
+                    [DockerRuntime.InstanceLabel] = spec.InstanceId, [DockerRuntime.NodeLabel] = spec.NodeId,
+                },
+            });
+            var error = await Assert.ThrowsAsync<InvalidOperationException>(() => Runtime.CreateAsync(spec, Ct()));
+            Output.WriteLine(error.Message);
+            Assert.Contains("initdb failed", error.Message);
+            Assert.Contains("No space left on device", error.Message);
+            Assert.False(Assert.Single(await Runtime.ListAsync(Ct())).Initialised);
+            await Runtime.RemoveAsync(spec.NodeId, Ct());
+        }
+        finally
+        {
+            await RunAsync("umount", disk);
+            Directory.Delete(disk);
+        }
+    }
+
+    private static async Task RunAsync(string tool, params string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(tool) { RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        var stderr = await process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        if (process.ExitCode != 0) throw new InvalidOperationException($"{tool} {string.Join(' ', args)} failed (this test needs root): {stderr}");
+    }
+}

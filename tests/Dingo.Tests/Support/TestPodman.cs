@@ -1,0 +1,182 @@
+using System.Diagnostics;
+using Dingo.Cells;
+using Dingo.Config;
+using Docker.DotNet;
+using Docker.DotNet.Models;
+
+namespace Dingo.Tests.Support;
+
+/// <summary>
+/// One podman service speaking the Docker Engine API for the whole test run (machine-recipes.md): started with
+/// CONTAINERS_CONF giving default_ulimits = [] (raising rlimits is not permitted here) and `--runtime runc` (crun fails
+/// on this cgroup layout), on a socket in a temporary folder; killed by PID when the test process exits. Builds the
+/// local node image (deploy/images/build-local.sh) once when it is missing. Never skips: without podman it fails and
+/// says how to get it.
+/// </summary>
+public static class TestPodman
+{
+    public const string Image = "localhost/dingo/postgres:15";
+
+    private static readonly Lazy<string> Service = new(Start, LazyThreadSafetyMode.ExecutionAndPublication);
+    private static readonly List<(Process Process, string Dir)> Started = [];
+    private static int _exitHooked;
+
+    /// <summary>unix:///… of the run's podman service (started on first use).</summary>
+    public static string Endpoint => Service.Value;
+
+    public static DockerClient Client() => new DockerClientConfiguration(new Uri(Endpoint)).CreateClient();
+
+    /// <summary>Docker settings for a test cell on the run's podman, under a platform label of the test's own.</summary>
+    public static DockerSettings Settings(string platform) => new()
+    {
+        Endpoint = Endpoint,
+        Image = Image,
+        Pull = "never",
+        Platform = platform,
+        StopTimeout = TimeSpan.FromSeconds(10),
+    };
+
+    private static string Podman()
+    {
+        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin").Split(':'))
+        {
+            var path = Path.Combine(dir, "podman");
+            if (File.Exists(path)) return path;
+        }
+        throw new InvalidOperationException(
+            "podman is not installed: the Docker runtime tests run against podman's Docker-compatible service. " +
+            "Run `./dingo test` (it installs podman and runc with apt), or `apt-get install podman runc`.");
+    }
+
+    private static string Start()
+    {
+        if (!File.Exists("/usr/sbin/runc") && !File.Exists("/usr/bin/runc"))
+            throw new InvalidOperationException("runc is not installed (podman's crun fails on this machine's cgroups): run `./dingo test` or `apt-get install runc`.");
+        var (endpoint, _, client) = Launch();
+        using (client) EnsureImage(client);
+        return endpoint;
+    }
+
+    /// <summary>A second podman service (same storage, so the same containers) that a test may kill to make "the engine" vanish.</summary>
+    /// <param name="tcp">serve on tcp://127.0.0.1:port instead of a unix socket (plain TCP: a test of the endpoint kind)</param>
+    public static (string Endpoint, Process Process) StartExtraService(bool tcp = false)
+    {
+        _ = Endpoint;
+        var (endpoint, process, client) = Launch(tcp);
+        client.Dispose();
+        return (endpoint, process);
+    }
+
+    private static (string Endpoint, Process Process, DockerClient Client) Launch(bool tcp = false)
+    {
+        var podman = Podman();
+        var dir = Path.Combine(Path.GetTempPath(), $"dingo-test-podman-{Guid.NewGuid():N}"[..32]);
+        Directory.CreateDirectory(dir);
+        var conf = Path.Combine(dir, "containers.conf");
+        File.WriteAllText(conf, "[containers]\ndefault_ulimits = []\n");
+        var socket = Path.Combine(dir, "podman.sock");
+        var endpoint = tcp ? $"tcp://127.0.0.1:{FreePorts.One()}" : $"unix://{socket}";
+        var psi = new ProcessStartInfo(podman) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { "--runtime", "runc", "system", "service", "--time=0", endpoint }) psi.ArgumentList.Add(a);
+        psi.Environment["CONTAINERS_CONF"] = conf;
+        var log = new StreamWriter(Path.Combine(dir, "service.log")) { AutoFlush = true };
+        var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start podman system service");
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        lock (Started) Started.Add((process, dir));
+        if (Interlocked.Exchange(ref _exitHooked, 1) == 0) AppDomain.CurrentDomain.ProcessExit += (_, _) => Stop();
+
+        var client = new DockerClientConfiguration(new Uri(endpoint)).CreateClient();
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (true)
+        {
+            try
+            {
+                client.System.PingAsync().GetAwaiter().GetResult();
+                return (endpoint, process, client);
+            }
+            catch (Exception) when (DateTime.UtcNow < deadline && !process.HasExited)
+            {
+                Thread.Sleep(100);
+            }
+            catch (Exception e)
+            {
+                client.Dispose();
+                throw new InvalidOperationException($"podman system service did not answer on {socket} within 30 s (see {dir}/service.log)", e);
+            }
+        }
+    }
+
+    private static void EnsureImage(DockerClient client)
+    {
+        try
+        {
+            client.Images.InspectImageAsync(Image).GetAwaiter().GetResult();
+            return;
+        }
+        catch (DockerImageNotFoundException)
+        {
+        }
+        catch (DockerApiException e) when (e.StatusCode == System.Net.HttpStatusCode.NotFound)
+        {
+        }
+        var script = Path.Combine(TestPlatform.RepoRoot(), "deploy", "images", "build-local.sh");
+        var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(script);
+        psi.ArgumentList.Add(Image);
+        using var build = Process.Start(psi) ?? throw new InvalidOperationException($"could not run {script}");
+        var stderr = build.StandardError.ReadToEndAsync();
+        build.StandardOutput.ReadToEnd();
+        if (!build.WaitForExit(300_000)) throw new InvalidOperationException($"{script} did not finish in 5 minutes");
+        if (build.ExitCode != 0) throw new InvalidOperationException($"{script} failed ({build.ExitCode}): {stderr.Result}");
+    }
+
+    /// <summary>Removes every container and volume a test platform made (by its platform label), running or not.</summary>
+    public static async Task RemovePlatformAsync(string platform)
+    {
+        if (!Service.IsValueCreated) return;
+        using var client = Client();
+        var filter = new Dictionary<string, IDictionary<string, bool>> { ["label"] = new Dictionary<string, bool> { [$"{DockerRuntime.PlatformLabel}={platform}"] = true } };
+        foreach (var c in await client.Containers.ListContainersAsync(new ContainersListParameters { All = true, Filters = filter }))
+        {
+            try { await client.Containers.RemoveContainerAsync(c.ID, new ContainerRemoveParameters { Force = true, RemoveVolumes = true }); }
+            catch (DockerApiException) { }
+        }
+        foreach (var v in (await client.Volumes.ListAsync(new VolumesListParameters { Filters = filter })).Volumes ?? [])
+        {
+            try { await client.Volumes.RemoveAsync(v.Name, true); }
+            catch (DockerApiException) { }
+        }
+    }
+
+    /// <summary>kill -9 of a container's main process (PostgreSQL), from the host, as a crash would.</summary>
+    public static async Task KillMainProcessAsync(string containerId)
+    {
+        using var client = Client();
+        var pid = (await client.Containers.InspectContainerAsync(containerId)).State.Pid;
+        if (pid <= 0) throw new InvalidOperationException($"container {containerId} has no main process");
+        Process.GetProcessById((int)pid).Kill();
+    }
+
+    private static void Stop()
+    {
+        lock (Started)
+        {
+            foreach (var (process, dir) in Started)
+            {
+                try
+                {
+                    if (!process.HasExited)
+                    {
+                        process.Kill();
+                        process.WaitForExit(5000);
+                    }
+                }
+                catch (InvalidOperationException) { }
+                try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            }
+        }
+    }
+}
