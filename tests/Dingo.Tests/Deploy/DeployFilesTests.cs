@@ -131,6 +131,8 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
         Assert.Equal("s3", settings.Backups!.Store.Kind);
         Assert.NotEqual("", settings.Backups.Store.S3Bucket);
         Assert.StartsWith("/var/lib/dingo/", settings.DataDir);
+        Assert.Equal(host1["address"], settings.Akka.Hostname);
+        Assert.Equal(inventory.Shared["akka_seeds"].Split(','), settings.Akka.SeedNodes);
         if (unitName == "dingo-cell.service")
         {
             Assert.Equal(host1["cell_id"], settings.Cell.Id);
