@@ -48,6 +48,14 @@ case "${1:-}" in
   up) echo "dingo: 'up' starts a one-machine platform; this host runs Dingo under systemd (docs/deploy.md)" >&2; exit 2 ;;
   ""|help|-h|--help) exec /usr/bin/dotnet /opt/dingo/cli/dingo.dll "$@" ;;
 esac
+# The console checks the whole configuration (the store's keys included) and talks to a broker: it takes the
+# DINGO_* lines of the env files the units read (root's), without overriding what the caller's environment sets.
+for file in /etc/dingo/dingo.env /etc/dingo/dingo-broker.env; do
+  [ -r "$file" ] || continue
+  while IFS='=' read -r key value; do
+    case "$key" in DINGO_AKKA_*) ;; DINGO_*) [ -n "$(printenv "$key")" ] || export "$key=$value" ;; esac
+  done <"$file"
+done
 DINGO_HOME=/opt/dingo exec /usr/bin/dotnet /opt/dingo/cli/dingo.dll "$@" --config /etc/dingo/dingo.conf
 WRAPPER
 chmod 0755 "$ROOT/usr/local/bin/dingo"
