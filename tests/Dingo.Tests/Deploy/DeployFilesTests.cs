@@ -1,0 +1,490 @@
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+using Dingo.Config;
+using Dingo.Store;
+using Dingo.Tests.Support;
+using Xunit.Abstractions;
+
+namespace Dingo.Tests.Deploy;
+
+/// <summary>
+/// deploy/: the systemd units, their env files, the inventory and the example configuration an operator installs on
+/// three hosts (docs/deploy.md). The units are checked by systemd's own verifier, every DINGO_* variable they name
+/// against what src/ reads, the examples against the inventory and against DingoSettings, the installer against the
+/// paths the units use, and the etcd unit's command line by running it on three simulated hosts.
+/// </summary>
+public sealed partial class DeployFilesTests(ITestOutputHelper output)
+{
+    private static readonly string Repo = TestPlatform.RepoRoot();
+    private static readonly string[] UnitNames = ["dingo-etcd.service", "dingo-broker.service", "dingo-cell.service"];
+
+    private static string DeployPath(params string[] parts) => Path.Combine([Repo, "deploy", .. parts]);
+    private static string UnitPath(string name) => DeployPath("systemd", name);
+
+    [Fact]
+    public async Task Every_unit_passes_systemd_analyze_verify_and_the_verifier_catches_a_broken_unit()
+    {
+        var tool = FindExecutable("systemd-analyze")
+                   ?? throw new Xunit.Sdk.XunitException("systemd-analyze is not installed, so the units cannot be checked: it comes with Debian's package `systemd` (apt-get install systemd)");
+        var dir = Directory.CreateTempSubdirectory("dingo-units-");
+        try
+        {
+            foreach (var name in UnitNames)
+            {
+                var text = await File.ReadAllTextAsync(UnitPath(name));
+                // The units run /usr/bin/dotnet, where Microsoft's packages install it. A machine whose dotnet lives
+                // elsewhere verifies them against its own dotnet: the only change, and only then.
+                if (!File.Exists("/usr/bin/dotnet") && text.Contains("/usr/bin/dotnet ", StringComparison.Ordinal))
+                {
+                    var dotnet = FindExecutable("dotnet") ?? throw new Xunit.Sdk.XunitException("no dotnet in PATH to verify the units against");
+                    output.WriteLine($"{name}: /usr/bin/dotnet is missing here; verifying with {dotnet}");
+                    text = text.Replace("/usr/bin/dotnet ", dotnet + " ", StringComparison.Ordinal);
+                }
+                await File.WriteAllTextAsync(Path.Combine(dir.FullName, name), text);
+            }
+            var (code, findings) = await RunAsync(tool, ["verify", .. UnitNames.Select(n => Path.Combine(dir.FullName, n))]);
+            output.WriteLine($"systemd-analyze verify: exit {code}{(findings.Length > 0 ? "\n" + findings : ", no findings")}");
+            // verify exits 0 on warnings such as an unknown key or a bad time value: any output is a finding.
+            Assert.True(code == 0 && findings.Length == 0, $"systemd-analyze verify found problems (exit {code}):\n{findings}");
+
+            // The control: the same verifier, on a copy with a typo, must say so (a verifier that passes anything proves nothing).
+            var broken = Path.Combine(dir.FullName, "dingo-broken.service");
+            var cell = await File.ReadAllTextAsync(Path.Combine(dir.FullName, "dingo-cell.service"));
+            Assert.Contains("TimeoutStopSec=70s", cell);
+            await File.WriteAllTextAsync(broken, cell.Replace("TimeoutStopSec=70s", "TimeoutStopSec=seventy", StringComparison.Ordinal));
+            var (_, complaint) = await RunAsync(tool, ["verify", broken]);
+            Assert.Contains("seventy", complaint);
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Broker_and_cell_units_run_the_published_assemblies_with_arguments_their_programs_accept()
+    {
+        var broker = ExecStart(Unit(UnitPath("dingo-broker.service")));
+        var cell = ExecStart(Unit(UnitPath("dingo-cell.service")));
+        Assert.Equal("/usr/bin/dotnet", broker[0]);
+        Assert.Equal("/usr/bin/dotnet", cell[0]);
+        Assert.Equal($"/opt/dingo/broker/{typeof(Dingo.Broker.Program).Assembly.GetName().Name}.dll", broker[1]);
+        Assert.Equal($"/opt/dingo/cell/{typeof(Dingo.Cell.Program).Assembly.GetName().Name}.dll", cell[1]);
+
+        // Program.Main of each accepts `--config FILE` (and the cell `--seed ADDRESS`), nothing else. The cell gets no
+        // --seed: it would replace DINGO_AKKA_SEEDS (both brokers and the cells) with whatever is on the command line.
+        string[] expected = ["--config", "/opt/dingo/hocon/dingo.conf", "--config", "/etc/dingo/dingo.conf"];
+        Assert.Equal(expected, broker[2..]);
+        Assert.Equal(expected, cell[2..]);
+    }
+
+    [Fact]
+    public void Every_DINGO_variable_in_the_deploy_files_and_docs_is_one_the_code_reads()
+    {
+        var read = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var file in Directory.EnumerateFiles(Path.Combine(Repo, "src"), "*.cs", SearchOption.AllDirectories)
+                     .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}", StringComparison.Ordinal)
+                                 && !f.Contains($"{Path.DirectorySeparatorChar}bin{Path.DirectorySeparatorChar}", StringComparison.Ordinal)))
+        {
+            foreach (Match m in EnvironmentRead().Matches(File.ReadAllText(file))) read.Add(m.Groups[1].Value);
+        }
+        // The scan itself must see the reads it is there to see.
+        Assert.Contains("DINGO_ETCD_ENDPOINTS", read);
+        Assert.Contains("DINGO_CELL_ID", read);
+
+        var files = Directory.EnumerateFiles(DeployPath("systemd"), "*", SearchOption.AllDirectories)
+            .Append(DeployPath("inventory.example.ini")).Append(DeployPath("dingo.conf.example")).Append(DeployPath("install.sh"))
+            .Append(Path.Combine(Repo, "docs", "deploy.md"))
+            .ToList();
+        var used = new Dictionary<string, SortedSet<string>>(StringComparer.Ordinal);
+        foreach (var file in files)
+        {
+            foreach (Match m in DingoVariable().Matches(File.ReadAllText(file)))
+            {
+                if (!used.TryGetValue(m.Value, out var where)) used[m.Value] = where = new SortedSet<string>(StringComparer.Ordinal);
+                where.Add(Path.GetRelativePath(Repo, file));
+            }
+        }
+        output.WriteLine("named in deploy/ and docs/deploy.md: " + string.Join(", ", used.Keys.Order(StringComparer.Ordinal)));
+        Assert.Contains("DINGO_CELL_ID", used.Keys);
+        var unknown = used.Where(u => !read.Contains(u.Key)).Select(u => $"{u.Key} (in {string.Join(", ", u.Value)})").ToList();
+        Assert.True(unknown.Count == 0,
+            "variables named in deploy files that nothing in src/ reads (Env(\"…\") or GetEnvironmentVariable(\"…\")): " + string.Join("; ", unknown));
+    }
+
+    [Theory]
+    [InlineData("dingo-broker.service")]
+    [InlineData("dingo-cell.service")]
+    public void Example_configuration_loads_with_the_units_environment(string unitName)
+    {
+        var unit = Unit(UnitPath(unitName));
+        var env = UnitEnvironment(unit);
+        var files = ConfigFiles(ExecStart(unit));
+        var settings = DingoSettings.Load(files, env);
+        var inventory = Inventory.Load(DeployPath("inventory.example.ini"));
+        var host1 = inventory.Host("host-1");
+
+        Assert.Equal(inventory.Shared["etcd_endpoints"].Split(','), settings.EtcdEndpoints);
+        Assert.Equal(inventory.Shared["binding_host"], settings.Broker.BindingHost);
+        Assert.Equal(int.Parse(inventory.Shared["broker_akka_port"], System.Globalization.CultureInfo.InvariantCulture), settings.Broker.AkkaPort);
+        Assert.Equal("0.0.0.0", settings.Router.BindAddress);
+        Assert.Equal("s3", settings.Backups!.Store.Kind);
+        Assert.NotEqual("", settings.Backups.Store.S3Bucket);
+        Assert.StartsWith("/var/lib/dingo/", settings.DataDir);
+        Assert.Equal(host1["address"], settings.Akka.Hostname);
+        Assert.Equal(inventory.Shared["akka_seeds"].Split(','), settings.Akka.SeedNodes);
+        if (unitName == "dingo-cell.service")
+        {
+            Assert.Equal(host1["cell_id"], settings.Cell.Id);
+            Assert.Equal(host1["zone"], settings.Cell.Zone);
+            Assert.Equal(host1["address"], settings.Cell.Address);
+            Assert.Equal(int.Parse(inventory.Shared["cell_akka_port"], System.Globalization.CultureInfo.InvariantCulture), settings.Cell.AkkaPort);
+            Assert.Equal("docker", settings.Cell.Runtime);
+            Assert.Equal("/var/lib/dingo/cell", settings.DataDir);
+        }
+        else
+        {
+            Assert.Equal($"http://{host1["address"]}:{inventory.Shared["broker_port"]}", settings.Broker.Url);
+            Assert.NotEqual("", settings.Broker.Password);
+            Assert.Equal("/var/lib/dingo/broker", settings.DataDir);
+        }
+    }
+
+    [Fact]
+    public void Inventory_names_three_hosts_each_with_an_etcd_member_a_cell_and_an_engine_and_the_examples_agree_with_it()
+    {
+        var inventory = Inventory.Load(DeployPath("inventory.example.ini"));
+        var etcd = inventory.Group("etcd");
+        Assert.Equal(3, etcd.Count);
+        Assert.Equal(etcd, inventory.Group("cells"));
+        Assert.Equal(etcd, inventory.Group("engines"));
+        var brokers = inventory.Group("brokers");
+        Assert.Equal(["host-1", "host-2"], brokers);
+        var hosts = etcd.Select(inventory.Host).ToList();
+        foreach (var key in new[] { "address", "etcd_name", "zone", "cell_id" })
+            Assert.Equal(3, hosts.Select(h => h[key]).Distinct().Count());
+        Assert.All(hosts, h => Assert.StartsWith("unix:///", h["engine"]));
+        Assert.Equal(["10.0.0.11", "10.0.0.12", "10.0.0.13"], hosts.Select(h => h["address"]));
+        Assert.Equal(["z1", "z2", "z3"], hosts.Select(h => h["zone"]));
+
+        var initialCluster = string.Join(',', hosts.Select(h => $"{h["etcd_name"]}=http://{h["address"]}:2380"));
+        Assert.Equal(initialCluster, inventory.Shared["etcd_initial_cluster"]);
+        Assert.Equal(string.Join(',', hosts.Select(h => $"http://{h["address"]}:2379")), inventory.Shared["etcd_endpoints"]);
+        var seeds = brokers.Select(b => $"akka.tcp://dingo@{inventory.Host(b)["address"]}:{inventory.Shared["broker_akka_port"]}")
+            .Concat(hosts.Select(h => $"akka.tcp://dingo@{h["address"]}:{inventory.Shared["cell_akka_port"]}"));
+        Assert.Equal(string.Join(',', seeds), inventory.Shared["akka_seeds"]);
+
+        // The examples are host-1's files: every value must be the inventory's.
+        var host1 = inventory.Host("host-1");
+        var etcdEnv = EnvFile(DeployPath("systemd", "env", "dingo-etcd.env"));
+        Assert.Equal(host1["etcd_name"], etcdEnv["MEMBER_NAME"]);
+        Assert.Equal(host1["address"], etcdEnv["MEMBER_ADDRESS"]);
+        Assert.Equal(initialCluster, etcdEnv["INITIAL_CLUSTER"]);
+        Assert.Equal("new", etcdEnv["INITIAL_CLUSTER_STATE"]);
+        var cellEnv = EnvFile(DeployPath("systemd", "env", "dingo-cell.env"));
+        Assert.Equal(host1["cell_id"], cellEnv["DINGO_CELL_ID"]);
+        Assert.Equal(host1["zone"], cellEnv["DINGO_CELL_ZONE"]);
+        Assert.Equal(host1["address"], cellEnv["DINGO_CELL_ADDRESS"]);
+        Assert.Equal(host1["address"], cellEnv["DINGO_AKKA_HOSTNAME"]);
+        var brokerEnv = EnvFile(DeployPath("systemd", "env", "dingo-broker.env"));
+        Assert.Equal(host1["address"], brokerEnv["DINGO_AKKA_HOSTNAME"]);
+        Assert.Equal($"http://{host1["address"]}:{inventory.Shared["broker_port"]}", brokerEnv["DINGO_BROKER_URL"]);
+        Assert.Equal(inventory.Shared["akka_seeds"], EnvFile(DeployPath("systemd", "env", "dingo.env"))["DINGO_AKKA_SEEDS"]);
+
+        var conf = Akka.Configuration.ConfigurationFactory.ParseString(File.ReadAllText(DeployPath("dingo.conf.example")));
+        Assert.Equal(host1["engine"], conf.GetString("dingo.cell.docker.endpoint"));
+    }
+
+    [Fact]
+    public async Task Install_script_puts_every_file_the_units_name_where_they_look_and_never_overwrites_configuration()
+    {
+        var work = Directory.CreateTempSubdirectory("dingo-install-");
+        try
+        {
+            // What `dotnet publish` makes, by name: the script copies folders, it does not look inside the assemblies.
+            var published = Path.Combine(work.FullName, "out");
+            foreach (var (folder, assembly) in new[] { ("broker", typeof(Dingo.Broker.Program).Assembly), ("cell", typeof(Dingo.Cell.Program).Assembly) })
+            {
+                Directory.CreateDirectory(Path.Combine(published, folder));
+                File.Copy(assembly.Location, Path.Combine(published, folder, Path.GetFileName(assembly.Location)));
+            }
+            Directory.CreateDirectory(Path.Combine(published, "cli"));
+            await File.WriteAllTextAsync(Path.Combine(published, "cli", "dingo.dll"), "stand-in for src/Dingo.Cli's output (AssemblyName dingo)");
+            Assert.Contains("<AssemblyName>dingo</AssemblyName>", await File.ReadAllTextAsync(Path.Combine(Repo, "src", "Dingo.Cli", "Dingo.Cli.csproj")));
+
+            var root = Path.Combine(work.FullName, "root");
+            var (code, text) = await RunAsync("/bin/bash", [DeployPath("install.sh"), published], new Dictionary<string, string> { ["DESTDIR"] = root });
+            output.WriteLine(text);
+            Assert.True(code == 0, $"install.sh failed (exit {code}): {text}");
+
+            foreach (var name in UnitNames)
+            {
+                Assert.Equal(await File.ReadAllTextAsync(UnitPath(name)), await File.ReadAllTextAsync(Path.Combine(root, "etc", "systemd", "system", name)));
+                var unit = Unit(UnitPath(name));
+                foreach (var path in ExecStart(unit).Skip(1).Where(a => a.StartsWith("/opt/", StringComparison.Ordinal) || a.StartsWith("/etc/", StringComparison.Ordinal)))
+                    Assert.True(File.Exists(root + path), $"{name} runs with {path}, which install.sh did not install");
+                foreach (var envFile in Values(unit, "Service", "EnvironmentFile"))
+                {
+                    Assert.True(File.Exists(root + envFile), $"{name} reads {envFile}, which install.sh did not install");
+                    Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(root + envFile));
+                }
+            }
+            Assert.True(File.GetUnixFileMode(Path.Combine(root, "usr", "local", "bin", "dingo")).HasFlag(UnixFileMode.UserExecute));
+
+            // A second run (an upgrade) replaces the programs and leaves the host's configuration alone.
+            var cellEnv = Path.Combine(root, "etc", "dingo", "dingo-cell.env");
+            await File.WriteAllTextAsync(cellEnv, "DINGO_CELL_ID=cell-7\n");
+            (code, text) = await RunAsync("/bin/bash", [DeployPath("install.sh"), published], new Dictionary<string, string> { ["DESTDIR"] = root });
+            Assert.True(code == 0, $"install.sh failed the second time (exit {code}): {text}");
+            Assert.Equal("DINGO_CELL_ID=cell-7\n", await File.ReadAllTextAsync(cellEnv));
+            Assert.False(Directory.Exists(Path.Combine(root, "opt", "dingo", "cell.new")));
+        }
+        finally
+        {
+            work.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task Etcd_unit_command_line_forms_a_three_member_cluster_that_serves_with_one_member_gone()
+    {
+        Assert.True(NetnsHosts.Supported(out var reason), "network namespaces unavailable: " + reason);
+        Assert.True(File.Exists("/usr/bin/etcdctl"), "etcdctl is missing: apt-get install etcd-client (./dingo installs it)");
+        var inventory = Inventory.Load(DeployPath("inventory.example.ini"));
+        var members = inventory.Group("etcd").Select(inventory.Host).ToList();
+        var unit = Unit(UnitPath("dingo-etcd.service"));
+        var example = EnvFile(DeployPath("systemd", "env", "dingo-etcd.env"));
+        var data = Directory.CreateTempSubdirectory("dingo-etcd-unit-");
+        NetnsHosts? hosts = null;
+        try
+        {
+            hosts = await NetnsHosts.CreateAsync(members.Count);
+            // Each simulated host stands for one inventory host: its address replaces the inventory's everywhere.
+            string OnBridge(string value)
+            {
+                for (var i = 0; i < members.Count; i++) value = value.Replace(members[i]["address"], hosts.HostAddress(i), StringComparison.Ordinal);
+                return value;
+            }
+            for (var i = 0; i < members.Count; i++)
+            {
+                // The env file of host i, as docs/deploy.md says to write it: host-1's example with this host's name and address.
+                var env = example.ToDictionary(e => e.Key, e => OnBridge(e.Value));
+                env["MEMBER_NAME"] = members[i]["etcd_name"];
+                env["MEMBER_ADDRESS"] = hosts.HostAddress(i);
+                var words = ExecStart(unit).Select(w => Expand(w, env)).ToList();
+                // The one change to the command line: the data directory, /var/lib/dingo/etcd on a real host.
+                var dataDir = words.IndexOf("--data-dir") + 1;
+                Assert.Equal("/var/lib/dingo/etcd", words[dataDir]);
+                words[dataDir] = Path.Combine(data.FullName, members[i]["etcd_name"]);
+                output.WriteLine($"host {i}: {string.Join(' ', words)}");
+                hosts.Start(i, words[0], words.Skip(1));
+            }
+
+            var endpoints = members.Select((_, i) => $"http://{hosts.HostAddress(i)}:2379").ToList();
+            await using (var store = new EtcdStore(endpoints, "/deploy-test"))
+            {
+                await Eventually.UntilAsync(async () =>
+                {
+                    try { await store.PutStringAsync("/deploy-test/up", "yes", CancellationToken.None); return true; }
+                    catch (Grpc.Core.RpcException) { return false; }
+                }, TimeSpan.FromSeconds(60), "the three members elect a leader and accept a write");
+            }
+            var (code, list) = await RunAsync("/usr/bin/etcdctl", ["--endpoints", string.Join(',', endpoints), "member", "list"]);
+            output.WriteLine(list);
+            Assert.Equal(0, code);
+            foreach (var member in members) Assert.Contains($", started, {member["etcd_name"]}, ", list);
+
+            // host-1 goes away: a process that lists it first still reads and writes through the other two.
+            await hosts.KillHostAsync(0);
+            await using (var store = new EtcdStore(endpoints, "/deploy-test"))
+            {
+                // A write may wait for the two members to elect a new leader when host-1 held the lead.
+                var watch = Stopwatch.StartNew();
+                await Eventually.UntilAsync(async () =>
+                {
+                    try { await store.PutStringAsync("/deploy-test/after", "host-1 gone", CancellationToken.None); return true; }
+                    catch (Grpc.Core.RpcException) { return false; }
+                }, TimeSpan.FromSeconds(15), "a write through the two remaining members");
+                Assert.Equal("host-1 gone", await store.GetStringAsync("/deploy-test/after", CancellationToken.None));
+                Assert.Equal("yes", await store.GetStringAsync("/deploy-test/up", CancellationToken.None));
+                output.WriteLine($"write and reads with host-1 gone: {watch.ElapsedMilliseconds} ms");
+            }
+        }
+        finally
+        {
+            if (hosts is not null) await hosts.DisposeAsync();
+            data.Delete(recursive: true);
+        }
+    }
+
+    // ---- reading the files ----
+
+    /// <summary>A unit file: (section, key, value) in order; continuation lines joined, comments dropped.</summary>
+    private static List<(string Section, string Key, string Value)> Unit(string path)
+    {
+        var entries = new List<(string, string, string)>();
+        var section = "";
+        string? pending = null;
+        foreach (var raw in File.ReadAllLines(path))
+        {
+            var line = pending is null ? raw.Trim() : pending + " " + raw.Trim();
+            pending = null;
+            if (line.EndsWith('\\'))
+            {
+                pending = line[..^1].TrimEnd();
+                continue;
+            }
+            if (line.Length == 0 || line[0] is '#' or ';') continue;
+            if (line[0] == '[') { section = line.Trim('[', ']'); continue; }
+            var eq = line.IndexOf('=');
+            Assert.True(eq > 0, $"{path}: not key=value: {line}");
+            entries.Add((section, line[..eq].Trim(), line[(eq + 1)..].Trim()));
+        }
+        Assert.Null(pending);
+        return entries;
+    }
+
+    private static IEnumerable<string> Values(List<(string Section, string Key, string Value)> unit, string section, string key) =>
+        unit.Where(e => e.Section == section && e.Key == key).Select(e => e.Value);
+
+    private static List<string> ExecStart(List<(string Section, string Key, string Value)> unit)
+    {
+        var line = Assert.Single(Values(unit, "Service", "ExecStart"));
+        // The units quote nothing, so systemd's word splitting is whitespace.
+        Assert.DoesNotContain('"', line);
+        Assert.DoesNotContain('\'', line);
+        return line.Split(' ', StringSplitOptions.RemoveEmptyEntries).ToList();
+    }
+
+    /// <summary>The environment systemd gives the unit: Environment= lines, then each EnvironmentFile (its example), later ones winning.</summary>
+    private static Dictionary<string, string?> UnitEnvironment(List<(string Section, string Key, string Value)> unit)
+    {
+        var env = new Dictionary<string, string?>(StringComparer.Ordinal);
+        foreach (var assignment in Values(unit, "Service", "Environment"))
+        {
+            var eq = assignment.IndexOf('=');
+            env[assignment[..eq]] = assignment[(eq + 1)..];
+        }
+        foreach (var file in Values(unit, "Service", "EnvironmentFile"))
+        {
+            Assert.StartsWith("/etc/dingo/", file);
+            foreach (var (k, v) in EnvFile(DeployPath("systemd", "env", Path.GetFileName(file)))) env[k] = v;
+        }
+        return env;
+    }
+
+    /// <summary>The --config files of a command line, /opt/dingo/hocon/dingo.conf and /etc/dingo/dingo.conf read from the checkout.</summary>
+    private static List<string> ConfigFiles(List<string> execStart)
+    {
+        var files = new List<string>();
+        for (var i = 2; i < execStart.Count; i += 2)
+        {
+            Assert.Equal("--config", execStart[i]);
+            files.Add(execStart[i + 1] switch
+            {
+                "/opt/dingo/hocon/dingo.conf" => Path.Combine(Repo, "hocon", "dingo.conf"),
+                "/etc/dingo/dingo.conf" => DeployPath("dingo.conf.example"),
+                var other => throw new Xunit.Sdk.XunitException($"unexpected configuration file {other}"),
+            });
+        }
+        return files;
+    }
+
+    private static Dictionary<string, string> EnvFile(string path)
+    {
+        var env = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var raw in File.ReadAllLines(path))
+        {
+            var line = raw.Trim();
+            if (line.Length == 0 || line[0] is '#' or ';') continue;
+            var eq = line.IndexOf('=');
+            Assert.True(eq > 0, $"{path}: not KEY=VALUE: {line}");
+            env[line[..eq]] = line[(eq + 1)..];
+        }
+        return env;
+    }
+
+    /// <summary>systemd's ${NAME} expansion; a name the environment lacks is an error here (systemd would make it empty).</summary>
+    private static string Expand(string word, IReadOnlyDictionary<string, string> env) =>
+        Reference().Replace(word, m => env.TryGetValue(m.Groups[1].Value, out var v)
+            ? v
+            : throw new Xunit.Sdk.XunitException($"${{{m.Groups[1].Value}}} is not set by the env file"));
+
+    private sealed class Inventory
+    {
+        private readonly Dictionary<string, List<string>> _groups = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, Dictionary<string, string>> _hosts = new(StringComparer.Ordinal);
+        public Dictionary<string, string> Shared { get; } = new(StringComparer.Ordinal);
+
+        public List<string> Group(string name) => _groups.TryGetValue(name, out var hosts) ? hosts : throw new Xunit.Sdk.XunitException($"the inventory has no [{name}] group");
+        public Dictionary<string, string> Host(string name) => _hosts.TryGetValue(name, out var vars) ? vars : throw new Xunit.Sdk.XunitException($"the inventory has no variables for {name}");
+
+        /// <summary>Ansible's INI inventory: [group] lines `host key=value…`, and [group:vars] lines `key=value`.</summary>
+        public static Inventory Load(string path)
+        {
+            var inventory = new Inventory();
+            string? group = null;
+            var vars = false;
+            foreach (var raw in File.ReadAllLines(path))
+            {
+                var line = raw.Trim();
+                if (line.Length == 0 || line[0] is '#' or ';') continue;
+                if (line[0] == '[')
+                {
+                    var name = line.Trim('[', ']');
+                    vars = name.EndsWith(":vars", StringComparison.Ordinal);
+                    group = vars ? name[..^":vars".Length] : name;
+                    if (!vars) inventory._groups[group] = new List<string>();
+                    continue;
+                }
+                Assert.NotNull(group);
+                if (vars)
+                {
+                    var eq = line.IndexOf('=');
+                    inventory.Shared[line[..eq]] = line[(eq + 1)..];
+                    continue;
+                }
+                var words = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                inventory._groups[group].Add(words[0]);
+                if (!inventory._hosts.TryGetValue(words[0], out var hostVars)) inventory._hosts[words[0]] = hostVars = new Dictionary<string, string>(StringComparer.Ordinal);
+                foreach (var pair in words.Skip(1))
+                {
+                    var eq = pair.IndexOf('=');
+                    hostVars[pair[..eq]] = pair[(eq + 1)..];
+                }
+            }
+            return inventory;
+        }
+    }
+
+    // ---- running tools ----
+
+    private static string? FindExecutable(string name) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)
+        .Concat(["/usr/bin", "/bin", "/usr/sbin", "/sbin"])
+        .Select(dir => Path.Combine(dir, name))
+        .FirstOrDefault(File.Exists);
+
+    private static async Task<(int Code, string Output)> RunAsync(string file, IEnumerable<string> args, IDictionary<string, string>? env = null)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        if (env is not null) foreach (var (k, v) in env) psi.Environment[k] = v;
+        using var process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {file}");
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(timeout.Token);
+        return (process.ExitCode, (await stdout + await stderr).Trim());
+    }
+
+    [GeneratedRegex(@"(?:\bEnv|GetEnvironmentVariable)\(\s*""(DINGO_[A-Z0-9_]+)""")]
+    private static partial Regex EnvironmentRead();
+
+    // A name ends in a letter or digit: `DINGO_AKKA_*` in a shell pattern is no variable.
+    [GeneratedRegex(@"\bDINGO_[A-Z0-9_]*[A-Z0-9]\b")]
+    private static partial Regex DingoVariable();
+
+    [GeneratedRegex(@"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")]
+    private static partial Regex Reference();
+}
