@@ -170,7 +170,9 @@ public sealed class WalArchiver
         _restartAtCurrent = false;
         slot = await EnsureSlotAsync(conn, ct).ConfigureAwait(false);
         var xlogPos = (ulong)system.XLogPos;
-        Update(p => p with { SystemId = systemId, Timeline = current, ServerLsn = Math.Max(p.ServerLsn, xlogPos) });
+        // What the store already holds counts as archived from the start (not zero until the first upload).
+        var resumeAt = plan.Count > 0 ? plan[^1].From : xlogPos;
+        Update(p => p with { SystemId = systemId, Timeline = current, ServerLsn = Math.Max(p.ServerLsn, xlogPos), ArchivedLsn = Math.Max(p.ArchivedLsn, resumeAt) });
         }
         foreach (var (timeline, from) in plan)
         {

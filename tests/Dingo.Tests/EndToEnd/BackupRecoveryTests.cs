@@ -41,7 +41,7 @@ public sealed class BackupRecoveryTests(ITestOutputHelper output)
         var watch = Stopwatch.StartNew();
         var (recreated, body) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/recreate");
         Assert.True(recreated == 202, body.ToJsonString());
-        Assert.Equal("succeeded", (string?)(await platform.WaitForOperationAsync(id, TimeSpan.FromSeconds(120)))["state"]);
+        Assert.Equal("succeeded", (string?)(await platform.WaitForOperationAsync(id, TimeSpan.FromSeconds(240)))["state"]);
         // The binding handed out before the deletion still works: same host, port, user and password.
         Assert.Equal(100L, await RetryAsync(() => ScalarAsync(uri, "SELECT count(*) FROM t"), TimeSpan.FromSeconds(30)));
         output.WriteLine($"recreated and serving in {watch.Elapsed.TotalSeconds:0.0}s");
@@ -90,7 +90,8 @@ public sealed class BackupRecoveryTests(ITestOutputHelper output)
         var clone = "clone-" + Guid.NewGuid().ToString("N")[..8];
         var (accepted, cloneAnswer) = await Provision(platform, clone, new JsonObject { ["clone-from"] = "orders-db", ["point-in-time"] = pointInTime.ToString("O") });
         Assert.True(accepted == 202, cloneAnswer.ToJsonString());
-        Assert.Equal("succeeded", (string?)(await platform.WaitForOperationAsync(clone, TimeSpan.FromSeconds(120)))["state"]);
+        var cloned = await platform.WaitForOperationAsync(clone, TimeSpan.FromSeconds(240));
+        Assert.True((string?)cloned["state"] == "succeeded", cloned.ToJsonString());
         var cloneUri = (string)(await platform.BindAsync(clone, "b1", Model.Catalog.ClusterPlanId))["uri"]!;
         Assert.Equal(10L, await RetryAsync(() => ScalarAsync(cloneUri, "SELECT count(*) FROM t"), TimeSpan.FromSeconds(30)));
         Assert.Equal(10, await ScalarAsync(cloneUri, "SELECT max(v) FROM t"));
@@ -138,7 +139,7 @@ public sealed class BackupRecoveryTests(ITestOutputHelper output)
             var watch = Stopwatch.StartNew();
             var (status, body) = await second.SendAsync(HttpMethod.Post, "/admin/rebuild");
             Assert.True(status == 202, body.ToJsonString());
-            foreach (var id in uris.Keys) Assert.Equal("succeeded", (string?)(await second.WaitForOperationAsync(id, TimeSpan.FromSeconds(150)))["state"]);
+            foreach (var id in uris.Keys) Assert.Equal("succeeded", (string?)(await second.WaitForOperationAsync(id, TimeSpan.FromSeconds(240)))["state"]);
             foreach (var (id, uri) in uris)
                 Assert.Equal(id, await RetryAsync(() => ScalarAsync(uri, "SELECT v FROM t"), TimeSpan.FromSeconds(30)));
             output.WriteLine($"rebuilt {uris.Count} instances in {watch.Elapsed.TotalSeconds:0.0}s");
@@ -179,7 +180,8 @@ public sealed class BackupRecoveryTests(ITestOutputHelper output)
         var clone = "foc-" + Guid.NewGuid().ToString("N")[..8];
         var (accepted, answer) = await Provision(platform, clone, new JsonObject { ["clone-from"] = id });
         Assert.True(accepted == 202, answer.ToJsonString());
-        Assert.Equal("succeeded", (string?)(await platform.WaitForOperationAsync(clone, TimeSpan.FromSeconds(120)))["state"]);
+        var cloned = await platform.WaitForOperationAsync(clone, TimeSpan.FromSeconds(240));
+        Assert.True((string?)cloned["state"] == "succeeded", cloned.ToJsonString());
         var cloneUri = (string)(await platform.BindAsync(clone, "b1", Model.Catalog.ClusterPlanId))["uri"]!;
         Assert.Equal(100L, await RetryAsync(() => ScalarAsync(cloneUri, "SELECT count(*) FROM t"), TimeSpan.FromSeconds(30)));
     }

@@ -76,7 +76,7 @@ public sealed class TestPlatform : IAsyncDisposable
               data-dir = "{{data}}"
               etcd.endpoints = ["{{etcdEndpoint ?? TestEtcd.ClientUrl}}"]
               etcd.prefix = "/t-{{Guid.NewGuid():N}}"
-              broker { url = "http://127.0.0.1:{{FreePorts.One()}}", username = "{{Username}}", password = "{{Password}}", instance-quota = {{quota}}, provision-timeout = 90s }
+              broker { url = "http://127.0.0.1:{{FreePorts.One()}}", username = "{{Username}}", password = "{{Password}}", instance-quota = {{quota}}, provision-timeout = 240s }
               # Test platforms run side by side with the same cell names: the kernel path's per-cell nftables tables
               # would be shared, so they route in user space (KernelModeTests covers the kernel path).
               router { port-range-first = {{pubFirst}}, port-range-last = {{pubLast}}, leader-wait = 3s, mode = userspace }
