@@ -147,7 +147,7 @@ public static class Program
             await archiving;
             await HostLoss.WaitGoneAsync(killed, ct);
             await nodes.Runtime.RemoveAsync(a.NodeId, ct);
-            Directory.Delete(spool, recursive: true);
+            if (Directory.Exists(spool)) Directory.Delete(spool, recursive: true);
             var acked = writer.Acknowledged;
             Console.Error.WriteLine($"bench: run {n}: after {killAfter.TotalSeconds:0.00}s SIGKILLed {killed.Count} PostgreSQL processes, archiver cancelled {cancelMicros:0} µs later; "
                                     + $"{acked.Count} commits acknowledged (writer stopped by: {writer.StoppedBy ?? "cancellation"}); "
