@@ -97,22 +97,22 @@ public static class Program
         // Both to the same segment boundary before the first round: ours from a fresh store begins at the current
         // segment, pg_receivewal at its slot's.
         var archiver = new WalArchiver(store, instance, node.ListenAddress, node.Port, superuser, spool, new WalArchiverOptions(), Logger);
+        ulong start;
         using (var stop = CancellationTokenSource.CreateLinkedTokenSource(ct))
         {
             var running = archiver.RunAsync(stop.Token);
             await WaitUntilAsync(() => archiver.Progress.SystemId != 0, running, "the archiver starts", ct);
-            var first = await SwitchAsync(node, ct);
-            await WaitUntilAsync(() => archiver.Progress.ArchivedLsn >= first, running, $"the archiver reaches {Lsn.Format(first)}", ct);
+            start = await SwitchAsync(node, ct);
+            await WaitUntilAsync(() => archiver.Progress.ArchivedLsn >= start, running, $"the archiver reaches {Lsn.Format(start)}", ct);
             await stop.CancelAsync();
             await running;
-            var (_, receivedFrom) = await receiver.CatchUpAsync(first, ct);
-            Console.Error.WriteLine($"bench: both archives start at {Lsn.Format(first)} (pg_receivewal's slot at {Lsn.Format(receivedFrom)})");
+            var (_, receivedFrom) = await receiver.CatchUpAsync(start, ct);
+            Console.Error.WriteLine($"bench: both archives start at {Lsn.Format(start)} (pg_receivewal began at {Lsn.Format(receivedFrom)}, its slot's segment)");
         }
         output.WriteLine($"config mib={mib} rounds={rounds} segment_mib=16 shared_buffers=256MB store=local-folder "
                          + $"flush_bytes_mib={new WalArchiverOptions().FlushBytes / MiB:0} pg_receivewal={(receiveNoSync ? "no-sync" : "defaults")}");
 
-        var from = await ArchivedEndAsync(store, instance, systemId, ct);
-        var first0 = from;
+        var from = start;
         var results = new List<Round>();
         for (var n = 1; n <= rounds; n++)
         {
@@ -138,7 +138,7 @@ public static class Program
             from = to;
         }
 
-        var (segments, identical) = await CompareAsync(store, instance, systemId, receiver.Dir, first0, from, ct);
+        var (segments, identical) = await CompareAsync(store, instance, systemId, receiver.Dir, start, from, ct);
         output.WriteLine($"check segments={segments} identical={identical}");
         var oursMibS = Median(results.Select(r => r.OursMibS));
         var theirsMibS = Median(results.Select(r => r.ReceiveWalMibS));
