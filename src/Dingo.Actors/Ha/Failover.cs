@@ -162,7 +162,9 @@ public static class Failover
         if (i.Synchronous)
         {
             // Only a node that may hold every acknowledged commit: the former leader, or a listed synchronous standby.
-            if (i.Sync is null) return inRecovery ? $"{nodeId} is not a synchronous standby (none recorded)" : null;
+            // None recorded yet: only the node that initialised the cluster ever acknowledged a commit (it may have
+            // been demoted to read-only since, e.g. fenced right after bootstrap: it must still be able to lead).
+            if (i.Sync is null) return inRecovery && nodeId != i.InitialisedBy ? $"{nodeId} is not a synchronous standby (none recorded)" : null;
             if (i.Sync.Leader == nodeId) return null;
             return i.Sync.Standbys.Contains(nodeId) ? null : $"{nodeId} is not a synchronous standby";
         }

@@ -296,6 +296,9 @@ public sealed class NodeAgent
                 var primary = await TryTakeKeyAsync(etcd).ConfigureAwait(false);
                 await _runtime.StartAsync(launch, primary ? null : Standby(null, record), ct).ConfigureAwait(false);
                 _following = null;
+                // Starting PostgreSQL may take longer than half the TTL on a busy host: renew at once, or the next pass
+                // would find the fencing deadline passed and demote a primary that just came up.
+                if (primary && await _store.KeepAliveOnceAsync(_leaderLease, ct).ConfigureAwait(false)) _lastRenewal = DateTime.UtcNow;
                 break;
 
             case HaAction.CloneFromLeader clone:

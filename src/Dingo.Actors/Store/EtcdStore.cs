@@ -223,12 +223,25 @@ public sealed class EtcdStore : IAsyncDisposable
     /// <summary>Refreshes a lease once; false when etcd no longer knows it (expired).</summary>
     public async Task<bool> KeepAliveOnceAsync(long lease, CancellationToken ct)
     {
-        var client = new Lease.LeaseClient(Invoker);
-        using var call = client.LeaseKeepAlive(deadline: Deadline(), cancellationToken: ct);
-        await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = lease }, ct).ConfigureAwait(false);
-        await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-        if (!await call.ResponseStream.MoveNext(ct).ConfigureAwait(false)) return false;
-        return call.ResponseStream.Current.TTL > 0;
+        for (var attempt = 0; ; attempt++)
+        {
+            try
+            {
+                var client = new Lease.LeaseClient(Invoker);
+                using var call = client.LeaseKeepAlive(deadline: Deadline(), cancellationToken: ct);
+                await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = lease }, ct).ConfigureAwait(false);
+                await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+                if (!await call.ResponseStream.MoveNext(ct).ConfigureAwait(false)) return false;
+                return call.ResponseStream.Current.TTL > 0;
+            }
+            catch (RpcException ex) when (ex.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded
+                                          && attempt < _channels.Length * 2 && !ct.IsCancellationRequested)
+            {
+                // Like every other call: move to the next member.
+                Interlocked.Increment(ref _current);
+                await Task.Delay(100, ct).ConfigureAwait(false);
+            }
+        }
     }
 
     /// <summary>
