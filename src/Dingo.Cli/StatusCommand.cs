@@ -33,10 +33,10 @@ public static class StatusCommand
         var leaders = await store.LeadersAsync(ct);
 
         output.WriteLine("CELLS");
-        var cellRows = new List<string[]> { new[] { "CELL", "ZONE", "ADDRESS", "RUNTIME", "NODES" } };
+        var cellRows = new List<string[]> { new[] { "CELL", "ZONE", "ADDRESS", "RUNTIME", "NODES", "PROBLEM" } };
         var load = nodes.SelectMany(g => g).GroupBy(n => n.CellId).ToDictionary(g => g.Key, g => g.Count());
         foreach (var c in cells.Values.OrderBy(c => c.Id, StringComparer.Ordinal))
-            cellRows.Add([c.Id, c.Zone, c.Address, c.Runtime, $"{load.GetValueOrDefault(c.Id)}/{c.Capacity}"]);
+            cellRows.Add([c.Id, c.Zone, c.Address, c.Runtime, $"{load.GetValueOrDefault(c.Id)}/{c.Capacity}", c.Problem ?? ""]);
         WriteTable(output, cellRows);
         output.WriteLine();
 

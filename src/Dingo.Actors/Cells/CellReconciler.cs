@@ -18,6 +18,8 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
 {
     private readonly CellSettings _cell = settings.Cell;
     private long _registeredUnder;
+    private string? _registeredProblem;
+    private DateTimeOffset _startedAt = DateTimeOffset.UtcNow;
     /// <summary>Nodes seen assigned to this cell: which instance an unwanted node belonged to.</summary>
     private readonly Dictionary<string, NodeSpec> _seen = new();
     /// <summary>When each unwanted node was first seen unwanted (its grace runs from there).</summary>
@@ -37,7 +39,21 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         var wanted = desired.Select(n => n.NodeId).ToHashSet();
         foreach (var spec in desired) _seen[spec.NodeId] = spec;
         var did = new List<string>();
-        var held = await runtime.ListAsync(ct).ConfigureAwait(false);
+        IReadOnlyList<RuntimeNode> held;
+        try
+        {
+            held = await runtime.ListAsync(ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (runtime.Problem != _registeredProblem)
+            {
+                // Operators see it in `dingo status` (CELLS); the running nodes are left alone.
+                if (runtime.Problem is { } problem) logger.LogError("cell {Cell}: {Problem}", _cell.Id, problem);
+                else logger.LogInformation("cell {Cell}: the runtime works again", _cell.Id);
+                await RegisterAsync(leaseId, ct).ConfigureAwait(false);
+            }
+        }
         foreach (var orphan in held.Where(n => !wanted.Contains(n.NodeId) && !busy.Contains(n.NodeId)))
         {
             if (await RemoveOrphanAsync(orphan, ct).ConfigureAwait(false) is { } done) did.Add(done);
@@ -88,8 +104,10 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
             Capacity = _cell.Capacity,
             Address = _cell.Address,
             Runtime = runtime.Kind,
-            StartedAt = DateTimeOffset.UtcNow,
+            StartedAt = _startedAt,
+            Problem = runtime.Problem,
         };
+        _registeredProblem = info.Problem;
         await store.PutAsync(store.Keys.Cell(_cell.Id), info, ct, leaseId).ConfigureAwait(false);
         // A cell that is back is no longer lost.
         await store.DeleteAsync(store.Keys.LostCell(_cell.Id), ct).ConfigureAwait(false);

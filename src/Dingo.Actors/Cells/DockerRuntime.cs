@@ -155,6 +155,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     /// <summary>Why the engine could not be used on the last listing (null when it answered).</summary>
     public string? EngineProblem => Volatile.Read(ref _engineProblem);
 
+    public string? Problem => EngineProblem;
+
     public static string ContainerName(string nodeId) => "dingo-" + nodeId;
     public static string VolumeName(string nodeId) => "dingo-" + nodeId;
 

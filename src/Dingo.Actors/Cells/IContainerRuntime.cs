@@ -12,6 +12,9 @@ public interface IContainerRuntime
     /// <summary>"process" or "docker": shown to operators.</summary>
     string Kind { get; }
 
+    /// <summary>What keeps this runtime from working right now (engine unreachable, image missing), or null.</summary>
+    string? Problem => null;
+
     /// <summary>Every node this runtime holds on this cell (data present), running or not.</summary>
     Task<IReadOnlyList<RuntimeNode>> ListAsync(CancellationToken cancellationToken);
 

@@ -173,6 +173,8 @@ public sealed record CellInfo
     public required string Address { get; init; }
     public required string Runtime { get; init; }
     public DateTimeOffset StartedAt { get; init; }
+    /// <summary>What keeps the cell's runtime from working (engine unreachable, image missing); null when nothing.</summary>
+    public string? Problem { get; init; }
 }
 
 /// <summary>Who is primary for an instance; held under the holder's lease.</summary>

@@ -188,6 +188,22 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         var create = await Assert.ThrowsAsync<ContainerEngineException>(() => runtime.CreateAsync(NewSpec("node-u"), Ct()));
         Assert.Contains("is unreachable", create.Message);
         Assert.Equal(list.Message, runtime.EngineProblem);
+
+        // The cell shows it on its registration (`dingo status`, CELLS), and its pass fails with the same words.
+        var platform = TestPlatform.NewSettings();
+        await using var store = new Dingo.Store.EtcdStore(platform.EtcdEndpoints, platform.EtcdPrefix);
+        try
+        {
+            var lease = new CellLease(store, TimeSpan.FromSeconds(5), Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+            var cell = new CellReconciler(store, runtime, lease, platform, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+            await Assert.ThrowsAsync<ContainerEngineException>(() => cell.RunPassAsync(new HashSet<string>(), Ct()));
+            var info = (await store.GetAsync<Dingo.Model.CellInfo>(store.Keys.Cell(platform.Cell.Id), Ct()))!.Value;
+            Assert.Contains("is unreachable", info.Problem, StringComparison.Ordinal);
+        }
+        finally
+        {
+            await TestPlatform.DestroyDataAsync(platform);
+        }
     }
 
     [Fact]
