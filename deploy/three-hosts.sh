@@ -50,6 +50,7 @@ addr() { echo "$NET.$((11 + $1))"; }   # host index 0..2
 declare -a SUPERVISORS=() MADE_NS=() MADE_LINKS=() PODMANS=()
 MADE_BRIDGE=0
 MADE_STATE=0
+MADE_DINGO=0
 CLEANED=0
 
 # The pid a supervisor last started, from its pid file.
@@ -111,6 +112,7 @@ cleanup() {
     else
       rm -rf "$STATE"
     fi
+    [ "$MADE_DINGO" = 1 ] && rmdir "$ROOT/.dingo" 2>/dev/null || true
   fi
   local left=()
   for ns in "${HOSTS[@]}"; do [ -e "/run/netns/$ns" ] && left+=("netns $ns"); done
@@ -159,6 +161,7 @@ for i in 0 1 2; do
   ip -n "$h" route replace unreachable default
 done
 
+[ -d "$ROOT/.dingo" ] || MADE_DINGO=1
 mkdir -p "$STATE"; MADE_STATE=1
 mkdir -p "$RUN" "$STATE/backups"
 for h in "${HOSTS[@]}"; do mkdir -p "$STATE/$h"; done
