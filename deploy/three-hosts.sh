@@ -83,6 +83,8 @@ cleanup() {
   stop_children cell 40
   stop_children broker 15
   stop_children etcd 10
+  # The engines before the sweep below would SIGKILL them (their containers stay, and are swept).
+  for p in "${PODMANS[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   # Anything else left in our namespaces (PostgreSQL, conmon and containers, a probe): by pid.
   for ns in "${MADE_NS[@]}"; do
     for _ in 1 2 3 4 5; do
@@ -92,7 +94,6 @@ cleanup() {
       sleep 0.2
     done
   done
-  for p in "${PODMANS[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   if [ "$DOCKER" = 1 ] && command -v podman >/dev/null 2>&1; then
     local ids; ids="$(podman ps -aq --filter "label=dingo.platform=$PLATFORM" 2>/dev/null || true)"
     [ -n "$ids" ] && podman rm -f -t 0 $ids >/dev/null 2>&1 || true
