@@ -1,0 +1,429 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json.Nodes;
+using Dingo.Config;
+using Dingo.Model;
+using Dingo.Store;
+using Dingo.Tests.Support;
+using Npgsql;
+using Xunit.Abstractions;
+
+namespace Dingo.Tests.Ha;
+
+/// <summary>
+/// Issue 7's acceptance on three simulated hosts (network namespaces, <see cref="NetnsHosts"/>): each runs an etcd
+/// member, a cell with its router, and host 0 and host 1 a broker, exactly as deploy/three-hosts.sh and
+/// docs/deploy.md lay them out. A `cluster-ha` instance takes a writer committing every 20 ms through the router of
+/// a host that stays up. Then the host holding the primary and a broker is lost whole.
+/// </summary>
+public sealed class ThreeHostTests(ITestOutputHelper output)
+{
+    private const string Settings = """
+        dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }
+        # Archiving is not under test here and costs CPU this 2-core machine needs for the failover.
+        dingo.backups.enabled = false
+        """;
+
+    [Fact]
+    public async Task Killing_a_whole_host_keeps_writes_etcd_and_the_api_going_loses_no_commit_and_the_host_rejoins()
+    {
+        Assert.True(NetnsHosts.Supported(out var reason), "network namespaces unavailable: " + reason);
+        await using var p = await ThreeHosts.StartAsync(output, Settings);
+        var store = p.Store;
+
+        var id = "th-" + Guid.NewGuid().ToString("N")[..8];
+        using var api0 = p.Broker(0);
+        await ProvisionAsync(api0, id, Catalog.ClusterHaPlanId);
+        await Until(() => FullAndHealthyAsync(store, id, 3), 90, "3 nodes running, 2 replicas streaming");
+
+        // The victim holds the primary and a broker: the primary goes to host 0 when it is on host 2 (no broker).
+        var (leader, leaderHost) = await LeaderAsync(p, id);
+        if (leaderHost == 2)
+        {
+            var specs = (await store.ListAsync<NodeSpec>(store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).ToList();
+            var to = specs.Single(s => s.CellId == "cell-1").NodeId;
+            var (status, body) = await SendAsync(api0, HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = to }.ToJsonString());
+            Assert.True(status == 202, $"switchover answered {status}: {body.ToJsonString()}");
+            await Until(async () => (await LeaderAsync(p, id)).Host == 0 && await FullAndHealthyAsync(store, id, 3), 60, $"{to} on host 0 the primary");
+            (leader, leaderHost) = await LeaderAsync(p, id);
+        }
+        var victim = leaderHost;
+        var survivor = 1 - victim;   // the other broker host
+        const int routerHost = 2;    // never the victim
+        output.WriteLine($"primary {leader} on host {victim}; writer through host {routerHost}'s router; broker on host {survivor} stays");
+
+        using var api = p.Broker(survivor);
+        var creds = await BindAsync(api, id, "w", Catalog.ClusterHaPlanId);
+        var cs = new NpgsqlConnectionStringBuilder(TestPlatform.ConnectionStringFromUri((string)creds["uri"]!)) { Host = p.Hosts.HostAddress(routerHost) }.ConnectionString;
+        await using var writer = new Writer(cs, TimeSpan.FromMilliseconds(20));
+        await writer.CreateTableAsync();
+        writer.Start();
+        await Task.Delay(2000);
+        Assert.True(writer.Acknowledged.Count > 20, $"the writer committed only {writer.Acknowledged.Count} rows in 2 s before the kill");
+
+        // Provisions in flight through the broker that dies, on cells that stay (a solo node waits for its own cell).
+        using var victimApi = p.Broker(victim);
+        var survivingCells = Enumerable.Range(0, 3).Where(i => i != victim).Select(i => $"cell-{i + 1}").ToArray();
+        var inFlight = Enumerable.Range(0, 3).Select(i => $"tf{i}-" + Guid.NewGuid().ToString("N")[..6]).ToList();
+        foreach (var (pending, n) in inFlight.Select((x, n) => (x, n)))
+            await ProvisionAsync(victimApi, pending, Catalog.SoloPlanId, new { cells = new[] { survivingCells[n % 2] } }, wait: false);
+
+        await p.KillHostAsync(victim);
+        var killedAt = DateTime.UtcNow; // nothing of the host runs from here
+        output.WriteLine($"killed host {victim} (etcd member, broker, cell, router, PostgreSQL) at {killedAt:HH:mm:ss.fff} with {inFlight.Count} provisions in flight");
+
+        // Writes resume through host 2's router.
+        await Until(() => Task.FromResult(writer.FirstAckAfter(killedAt) is not null), 30, "a write acknowledged after the kill");
+        var resumed = (writer.FirstAckAfter(killedAt)!.Value - killedAt).TotalSeconds;
+        var (newLeader, newLeaderHost) = await LeaderAsync(p, id);
+        Assert.NotEqual(victim, newLeaderHost);
+
+        // etcd keeps its quorum: a write through the two members left.
+        await using (var two = new EtcdStore(Enumerable.Range(0, 3).Where(i => i != victim).Select(p.EtcdUrl).ToList(), p.Settings.EtcdPrefix))
+            await two.PutStringAsync(p.Settings.EtcdPrefix + "/three-hosts-probe", killedAt.ToString("O"), CancellationToken.None);
+
+        // The other broker answers throughout and finishes what was in flight.
+        var (catalogStatus, _) = await SendAsync(api, HttpMethod.Get, "/v2/catalog");
+        Assert.Equal(200, catalogStatus);
+        foreach (var pending in inFlight)
+        {
+            var final = await WaitForOperationAsync(api, pending, TimeSpan.FromSeconds(180));
+            Assert.True((string?)final["state"] == "succeeded", $"{pending}: {final.ToJsonString()}");
+        }
+        var finished = (DateTime.UtcNow - killedAt).TotalSeconds;
+        // The Akka cluster removed the dead members: the split-brain resolver (lease in etcd) downed the broker and cell
+        // of the lost host (what let their shards move to the broker that stayed).
+        var victimAddress = p.Hosts.HostAddress(victim);
+        var survivorLog = await p.ReadLogAsync(survivor, "broker");
+        Assert.True(survivorLog.Split('\n').Any(l => l.Contains("SBR took decision", StringComparison.Ordinal) && l.Contains($"{victimAddress}:4053", StringComparison.Ordinal) && l.Contains($"{victimAddress}:4054", StringComparison.Ordinal)),
+            $"the broker on host {survivor} never logged the split-brain resolver downing {victimAddress}:4053 and :4054");
+        output.WriteLine($"writes resumed {resumed:0.00}s after the kill (new primary {newLeader} on host {newLeaderHost}); in-flight provisions all succeeded {finished:0.0}s after it");
+
+        // The host comes back: same data, no operator action beyond starting its processes (what systemd would do).
+        var restartedAt = DateTime.UtcNow;
+        p.StartHost(victim);
+        await Until(async () => await FullAndHealthyAsync(store, id, 3)
+                                && (await store.ListAsync<NodeStatus>(store.Keys.Statuses(id), CancellationToken.None))
+                                   .Any(s => s.Value.NodeId == leader && s.Value.Role == "replica" && s.Value.Streaming && s.Value.UpdatedAt > restartedAt),
+            180, $"the old primary {leader} a streaming replica again");
+        var rejoinedNode = (DateTime.UtcNow - restartedAt).TotalSeconds;
+        await Until(async () => (await TrySendAsync(victimApi, HttpMethod.Get, $"/v2/service_instances/{inFlight[0]}/last_operation")) == 200, 120, $"the broker on host {victim} answering again");
+        await using (var own = new EtcdStore([p.EtcdUrl(victim)], p.Settings.EtcdPrefix))
+            Assert.Equal(killedAt.ToString("O"), await own.GetStringAsync(p.Settings.EtcdPrefix + "/three-hosts-probe", CancellationToken.None));
+        // The returned broker is a member again: a provision through it finishes.
+        var after = "ta-" + Guid.NewGuid().ToString("N")[..6];
+        await ProvisionAsync(victimApi, after, Catalog.SoloPlanId, new { cells = new[] { $"cell-{victim + 1}" } });
+        var rejoined = (DateTime.UtcNow - restartedAt).TotalSeconds;
+        Assert.Equal(newLeader, (await LeaderAsync(p, id)).NodeId);
+
+        await Task.Delay(500);
+        await writer.DisposeAsync();
+        var missing = await writer.MissingAsync();
+        var figures = $"three hosts, host {victim} killed whole under a writer every 20 ms: writes resumed after {resumed:0.00}s, " +
+                      $"{inFlight.Count} in-flight provisions finished by the other broker {finished:0.0}s after the kill; host back: old primary streaming " +
+                      $"{rejoinedNode:0.0}s, its broker and etcd member serving {rejoined:0.0}s after its processes restarted; " +
+                      $"{writer.Acknowledged.Count} commits acknowledged, {missing.Count} lost";
+        output.WriteLine(figures);
+        Console.WriteLine("[measure] " + figures);
+        Assert.Empty(missing);
+    }
+
+    // ---- helpers ----
+
+    private static async Task<(string NodeId, int Host)> LeaderAsync(ThreeHosts p, string id)
+    {
+        var leader = (await p.Store.GetAsync<LeaderRecord>(p.Store.Keys.Leader(id), CancellationToken.None))?.Value
+                     ?? throw new InvalidOperationException($"{id} has no leader");
+        var node = (await p.Store.GetAsync<NodeSpec>(p.Store.Keys.Node(id, leader.NodeId), CancellationToken.None))!.Value;
+        return (leader.NodeId, int.Parse(node.CellId["cell-".Length..], CultureInfo.InvariantCulture) - 1);
+    }
+
+    private static async Task<bool> FullAndHealthyAsync(EtcdStore store, string id, int nodes)
+    {
+        try
+        {
+            var specs = await store.ListAsync<NodeSpec>(store.Keys.Nodes(id), CancellationToken.None);
+            var statuses = (await store.ListAsync<NodeStatus>(store.Keys.Statuses(id), CancellationToken.None)).Select(s => s.Value).ToList();
+            var leader = await store.GetAsync<LeaderRecord>(store.Keys.Leader(id), CancellationToken.None);
+            return specs.Count == nodes && leader is not null
+                   && statuses.Count(s => specs.Any(n => n.Value.NodeId == s.NodeId) && s.State == NodeState.Running) == nodes
+                   && statuses.Count(s => s.Role == "replica" && s.Streaming && specs.Any(n => n.Value.NodeId == s.NodeId)) == nodes - 1;
+        }
+        catch (Grpc.Core.RpcException) { return false; }
+    }
+
+    private static async Task Until(Func<Task<bool>> condition, int seconds, string what)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(seconds);
+        while (!await condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"not within {seconds}s: {what}");
+            await Task.Delay(200);
+        }
+    }
+
+    private static async Task<(int Status, JsonObject Body)> SendAsync(HttpClient http, HttpMethod method, string path, string? body = null)
+    {
+        using var request = new HttpRequestMessage(method, path);
+        if (body is not null) request.Content = new StringContent(body, Encoding.UTF8, "application/json");
+        using var response = await http.SendAsync(request);
+        var text = await response.Content.ReadAsStringAsync();
+        return ((int)response.StatusCode, text.Length == 0 ? new JsonObject() : JsonNode.Parse(text) as JsonObject ?? new JsonObject());
+    }
+
+    private static async Task<int> TrySendAsync(HttpClient http, HttpMethod method, string path)
+    {
+        try { return (await SendAsync(http, method, path)).Status; }
+        catch (HttpRequestException) { return 0; }
+        catch (TaskCanceledException) { return 0; }
+    }
+
+    private static async Task ProvisionAsync(HttpClient http, string id, string planId, object? parameters = null, bool wait = true)
+    {
+        var (status, body) = await SendAsync(http, HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", TestPlatform.ProvisionBody(planId, parameters));
+        Assert.True(status == 202, $"provision of {id} answered {status}: {body.ToJsonString()}");
+        if (!wait) return;
+        var final = await WaitForOperationAsync(http, id, TimeSpan.FromSeconds(180));
+        Assert.True((string?)final["state"] == "succeeded", $"provision of {id} ended {final.ToJsonString()}");
+    }
+
+    private static async Task<JsonObject> WaitForOperationAsync(HttpClient http, string id, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        JsonObject last = new();
+        while (DateTime.UtcNow < deadline)
+        {
+            var (status, body) = await SendAsync(http, HttpMethod.Get, $"/v2/service_instances/{id}/last_operation");
+            Assert.True(status == 200, $"last_operation of {id} answered {status}: {body.ToJsonString()}");
+            last = body;
+            if ((string?)body["state"] != "in progress") return body;
+            await Task.Delay(250);
+        }
+        throw new TimeoutException($"operation on {id} still in progress after {timeout}: {last.ToJsonString()}");
+    }
+
+    private static async Task<JsonObject> BindAsync(HttpClient http, string id, string bindingId, string planId)
+    {
+        var body = new JsonObject { ["service_id"] = Catalog.ServiceId, ["plan_id"] = planId, ["app_guid"] = "app-1" }.ToJsonString();
+        var (status, json) = await SendAsync(http, HttpMethod.Put, $"/v2/service_instances/{id}/service_bindings/{bindingId}", body);
+        Assert.True(status == 201, $"bind answered {status}: {json.ToJsonString()}");
+        return json["credentials"]!.AsObject();
+    }
+}
+
+/// <summary>
+/// Three hosts in namespaces with the platform of docs/deploy.md: an etcd member on each (one cluster), brokers on
+/// hosts 0 and 1, a cell and router on each; seeds and endpoints list every host. Processes that exit are started
+/// again (as systemd would) unless their host was killed. Disposal kills everything by pid, deletes the namespaces,
+/// the data and the keys; the logs stay in /tmp/dingo-test-logs.
+/// </summary>
+public sealed class ThreeHosts : IAsyncDisposable
+{
+    private const string Username = TestPlatform.Username;
+    private readonly ITestOutputHelper _output;
+    private readonly string _etcdRoot = Path.Combine(Path.GetTempPath(), $"dingo-3h-etcd-{Guid.NewGuid():N}"[..30]);
+    private readonly Dictionary<(int Host, string Role), Process> _running = new();
+    private readonly HashSet<int> _down = new();
+    private readonly object _gate = new();
+    private readonly CancellationTokenSource _stop = new();
+    private Task? _supervisor;
+
+    private ThreeHosts(NetnsHosts hosts, DingoSettings settings, ITestOutputHelper output)
+    {
+        Hosts = hosts;
+        Settings = settings;
+        _output = output;
+        Store = new EtcdStore(Enumerable.Range(0, 3).Select(EtcdUrl).ToList(), settings.EtcdPrefix);
+    }
+
+    public NetnsHosts Hosts { get; }
+    public DingoSettings Settings { get; }
+    public EtcdStore Store { get; }
+
+    public string EtcdUrl(int i) => $"http://{Hosts.HostAddress(i)}:2379";
+    private string Endpoints => string.Join(",", Enumerable.Range(0, 3).Select(EtcdUrl));
+    private string Seeds => string.Join(",", new[] { (0, 4053), (1, 4053), (0, 4054), (1, 4054), (2, 4054) }.Select(s => $"akka.tcp://dingo@{Hosts.HostAddress(s.Item1)}:{s.Item2}"));
+    public Uri BrokerUrl(int i) => new($"http://{Hosts.HostAddress(i)}:8080");
+
+    public static async Task<ThreeHosts> StartAsync(ITestOutputHelper output, string extra)
+    {
+        var hosts = await NetnsHosts.CreateAsync(3, keepLogs: true);
+        ThreeHosts? p = null;
+        try
+        {
+            var endpoints = string.Join(",", Enumerable.Range(0, 3).Select(i => $"http://{hosts.HostAddress(i)}:2379"));
+            var settings = TestPlatform.NewSettings(extra: extra, etcdEndpoint: endpoints.Split(',')[0]);
+            p = new ThreeHosts(hosts, settings, output);
+            for (var i = 0; i < 3; i++) p.StartEtcd(i, "new");
+            await Eventually.UntilAsync(async () =>
+            {
+                try { await p.Store.PutStringAsync(settings.EtcdPrefix + "/probe", "1", CancellationToken.None); return true; }
+                catch (Grpc.Core.RpcException) { return false; }
+            }, TimeSpan.FromSeconds(30), "the three-member etcd cluster accepts writes");
+            for (var i = 0; i < 2; i++)
+            {
+                p.StartBroker(i);
+                using var http = p.Broker(i);
+                var url = p.BrokerUrl(i);
+                await Eventually.UntilAsync(async () =>
+                {
+                    try { return (await http.GetAsync("/healthz")).IsSuccessStatusCode; }
+                    catch (HttpRequestException) { return false; }
+                    catch (TaskCanceledException) { return false; }
+                }, TimeSpan.FromSeconds(60), $"the broker on {url} answers");
+            }
+            for (var i = 0; i < 3; i++) p.StartCell(i);
+            await Eventually.UntilAsync(async () => (await p.Store.ListAsync<CellInfo>(p.Store.Keys.Cells, CancellationToken.None)).Count == 3,
+                TimeSpan.FromSeconds(60), "the three cells registered");
+            p._supervisor = Task.Run(() => p.SuperviseAsync(p._stop.Token));
+            return p;
+        }
+        catch
+        {
+            if (p is not null) await p.DisposeAsync();
+            else await hosts.DisposeAsync();
+            throw;
+        }
+    }
+
+    public HttpClient Broker(int i)
+    {
+        var http = new HttpClient { BaseAddress = BrokerUrl(i), Timeout = TimeSpan.FromSeconds(10) };
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{Username}:{TestPlatform.Password}")));
+        http.DefaultRequestHeaders.Add("X-Broker-API-Version", "2.17");
+        return http;
+    }
+
+    private void StartEtcd(int i, string state = "existing")
+    {
+        var a = Hosts.HostAddress(i);
+        var initial = string.Join(",", Enumerable.Range(0, 3).Select(n => $"h{n}=http://{Hosts.HostAddress(n)}:2380"));
+        Track(i, "etcd", Hosts.Start(i, "/usr/bin/etcd",
+        [
+            "--name", $"h{i}", "--data-dir", Path.Combine(_etcdRoot, $"h{i}"),
+            "--listen-client-urls", $"http://{a}:2379", "--advertise-client-urls", $"http://{a}:2379",
+            "--listen-peer-urls", $"http://{a}:2380", "--initial-advertise-peer-urls", $"http://{a}:2380",
+            "--initial-cluster", initial, "--initial-cluster-state", state, "--initial-cluster-token", Path.GetFileName(_etcdRoot),
+            "--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn",
+        ]));
+    }
+
+    private void StartBroker(int i) => Track(i, "broker", Hosts.Start(i, DotnetHost(),
+        [Path.Combine(AppContext.BaseDirectory, "Dingo.Broker.dll"), .. Configs(i)],
+        new Dictionary<string, string>(Common(i)) { ["DINGO_AKKA_PORT"] = "4053", ["DINGO_BROKER_URL"] = BrokerUrl(i).ToString().TrimEnd('/') }));
+
+    private void StartCell(int i) => Track(i, "cell", Hosts.Start(i, DotnetHost(),
+        [Path.Combine(AppContext.BaseDirectory, "Dingo.Cell.dll"), .. Configs(i)],
+        new Dictionary<string, string>(Common(i))
+        {
+            ["DINGO_AKKA_PORT"] = "4054", ["DINGO_CELL_ID"] = $"cell-{i + 1}", ["DINGO_CELL_ZONE"] = $"z{i + 1}", ["DINGO_CELL_ADDRESS"] = Hosts.HostAddress(i),
+        }));
+
+    private string[] Configs(int i)
+    {
+        var conf = Path.Combine(Settings.DataDir, $"host-{i}.conf");
+        File.WriteAllText(conf, $"dingo.router.bind-address = \"{Hosts.HostAddress(i)}\"\n");
+        return ["--config", Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"), "--config", Path.Combine(Settings.DataDir, "test.conf"), "--config", conf];
+    }
+
+    private Dictionary<string, string> Common(int i) => new()
+    {
+        ["DINGO_ETCD_ENDPOINTS"] = Endpoints,
+        ["DINGO_AKKA_SEEDS"] = Seeds,
+        ["DINGO_AKKA_HOSTNAME"] = Hosts.HostAddress(i),
+        ["DINGO_DATA_DIR"] = Settings.DataDir,
+        ["DINGO_BINDING_HOST"] = Hosts.HostAddress(0),
+    };
+
+    private void Track(int host, string role, Process process)
+    {
+        lock (_gate) _running[(host, role)] = process;
+    }
+
+    /// <summary>What systemd's Restart= does: a broker or cell that exits on a host that is up starts again.</summary>
+    private async Task SuperviseAsync(CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            try { await Task.Delay(1000, ct); } catch (OperationCanceledException) { return; }
+            List<(int Host, string Role)> exited;
+            lock (_gate) exited = _running.Where(r => !_down.Contains(r.Key.Host) && r.Value.HasExited).Select(r => r.Key).ToList();
+            foreach (var (host, role) in exited)
+            {
+                _output.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} {role} on host {host} exited; starting it again");
+                try
+                {
+                    switch (role)
+                    {
+                        case "etcd": StartEtcd(host); break;
+                        case "broker": StartBroker(host); break;
+                        case "cell": StartCell(host); break;
+                    }
+                }
+                catch (ObjectDisposedException) { return; }
+            }
+        }
+    }
+
+    /// <summary>The log of the newest process of this role on host i.</summary>
+    public async Task<string> ReadLogAsync(int host, string role)
+    {
+        Process process;
+        lock (_gate) process = _running[(host, role)];
+        await using var stream = new FileStream(Hosts.LogPath(process), FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        using var reader = new StreamReader(stream);
+        return await reader.ReadToEndAsync();
+    }
+
+    /// <summary>SIGKILL of everything in host i's namespace at once; its processes stay down until <see cref="StartHost"/>.</summary>
+    public async Task KillHostAsync(int i)
+    {
+        lock (_gate) _down.Add(i);
+        await Hosts.KillHostAsync(i);
+    }
+
+    /// <summary>The host's processes start again, on their data (etcd rejoins from its data folder).</summary>
+    public void StartHost(int i)
+    {
+        StartEtcd(i);
+        if (i < 2) StartBroker(i);
+        StartCell(i);
+        lock (_gate) _down.Remove(i);
+    }
+
+    private static string DotnetHost() =>
+        Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } path && File.Exists(path) ? path
+        : Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet" ? Environment.ProcessPath! : "dotnet";
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync();
+        if (_supervisor is not null) await _supervisor;
+        var logs = Path.Combine(Path.GetTempPath(), "dingo-test-logs");
+        try
+        {
+            Directory.CreateDirectory(logs);
+            foreach (var log in Directory.Exists(Hosts.LogDirectory) ? Directory.GetFiles(Hosts.LogDirectory) : [])
+                File.Copy(log, Path.Combine(logs, $"three-hosts-{Hosts.Id}-{Path.GetFileName(log)}"), overwrite: true);
+        }
+        catch (IOException ex) { _output.WriteLine($"keeping logs: {ex.Message}"); }
+        // Keys go while etcd still runs; then every process in the namespaces, the namespaces, the data.
+        try { await Store.DeletePrefixAsync(Settings.EtcdPrefix + "/", CancellationToken.None); }
+        catch (Grpc.Core.RpcException ex) { _output.WriteLine($"deleting keys: {ex.Status.Detail}"); }
+        await Store.DisposeAsync();
+        try { await Hosts.DisposeAsync(); }
+        finally
+        {
+            try { Directory.Delete(Hosts.LogDirectory, recursive: true); } catch (DirectoryNotFoundException) { }
+            for (var attempt = 0; attempt < 5 && Directory.Exists(Settings.DataDir); attempt++)
+            {
+                try { Directory.Delete(Settings.DataDir, recursive: true); }
+                catch (IOException) { await Task.Delay(300); }
+            }
+            try { Directory.Delete(_etcdRoot, recursive: true); } catch (DirectoryNotFoundException) { }
+            _stop.Dispose();
+        }
+    }
+}
