@@ -88,6 +88,9 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
         {
             foreach (Match m in EnvironmentRead().Matches(File.ReadAllText(file))) read.Add(m.Groups[1].Value);
         }
+        // Settings of the scripts in deploy/ themselves, read as ${DINGO_X:-default}.
+        foreach (var script in Directory.EnumerateFiles(Path.Combine(Repo, "deploy"), "*.sh", SearchOption.AllDirectories))
+            foreach (Match m in ScriptRead().Matches(File.ReadAllText(script))) read.Add(m.Groups[1].Value);
         // The scan itself must see the reads it is there to see.
         Assert.Contains("DINGO_ETCD_ENDPOINTS", read);
         Assert.Contains("DINGO_CELL_ID", read);
@@ -484,6 +487,9 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
     // A name ends in a letter or digit: `DINGO_AKKA_*` in a shell pattern is no variable.
     [GeneratedRegex(@"\bDINGO_[A-Z0-9_]*[A-Z0-9]\b")]
     private static partial Regex DingoVariable();
+
+    [GeneratedRegex(@"\$\{(DINGO_[A-Z0-9_]+):-")]
+    private static partial Regex ScriptRead();
 
     [GeneratedRegex(@"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")]
     private static partial Regex Reference();
