@@ -54,8 +54,11 @@ public static class BrokerApp
                     // (systemd, `dingo up`) starts it again as a new member.
                     cluster.RegisterOnMemberRemoved(() =>
                     {
-                        if (!system.WhenTerminated.IsCompleted) sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Broker").LogError("this broker was removed from the Akka cluster: stopping so it restarts as a new member");
-                        sp.GetRequiredService<IHostApplicationLifetime>().StopApplication();
+                        var lifetime = sp.GetRequiredService<IHostApplicationLifetime>();
+                        // Leaving on a clean stop removes the member too: only an unexpected removal is worth an error.
+                        if (lifetime.ApplicationStopping.IsCancellationRequested) return;
+                        sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Broker").LogError("this broker was removed from the Akka cluster: stopping so it restarts as a new member");
+                        lifetime.StopApplication();
                     });
                 });
         });
