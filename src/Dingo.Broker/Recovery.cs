@@ -34,15 +34,17 @@ public sealed class Recovery(EtcdStore store, IObjectStore objects, DingoSetting
         return JsonSerializer.Deserialize<ClusterDataRecord>(ms.ToArray(), Json.Options);
     }
 
+    /// <summary>The ids the cluster-data backup holds a record for (one listing, no record read).</summary>
+    public async Task<IReadOnlyList<string>> RecordIdsAsync(CancellationToken ct) =>
+        (await objects.ListAsync(ArchiveLayout.ClusterData, ct).ConfigureAwait(false))
+            .Where(o => o.Key.EndsWith(".json", StringComparison.Ordinal))
+            .Select(o => o.Key[ArchiveLayout.ClusterData.Length..^".json".Length]).ToList();
+
     public async Task<IReadOnlyList<ClusterDataRecord>> ReadAllAsync(CancellationToken ct)
     {
         var list = new List<ClusterDataRecord>();
-        foreach (var o in await objects.ListAsync(ArchiveLayout.ClusterData, ct).ConfigureAwait(false))
-        {
-            if (!o.Key.EndsWith(".json", StringComparison.Ordinal)) continue;
-            var id = o.Key[ArchiveLayout.ClusterData.Length..^".json".Length];
+        foreach (var id in await RecordIdsAsync(ct).ConfigureAwait(false))
             if (await ReadRecordAsync(id, ct).ConfigureAwait(false) is { } r) list.Add(r);
-        }
         return list;
     }
 
@@ -183,7 +185,7 @@ public sealed class ClusterDataBackup(EtcdStore store, IObjectStore objects, Rec
         var keys = store.Keys;
         var watches = Task.WhenAll(
             store.WatchPrefixAsync(keys.Instances, _ => { _wake.Release(); return Task.CompletedTask; }, stoppingToken),
-            store.WatchPrefixAsync($"{keys.Root}/bindings/", _ => { _wake.Release(); return Task.CompletedTask; }, stoppingToken));
+            store.WatchPrefixAsync(keys.AllBindings, _ => { _wake.Release(); return Task.CompletedTask; }, stoppingToken));
         while (!stoppingToken.IsCancellationRequested)
         {
             try
@@ -205,9 +207,11 @@ public sealed class ClusterDataBackup(EtcdStore store, IObjectStore objects, Rec
     {
         var keys = store.Keys;
         var instances = (await store.ListAsync<InstanceRecord>(keys.Instances, ct)).Select(v => v.Value).ToList();
+        // Every binding in one read, not one listing per instance.
+        var allBindings = (await store.ListAsync<BindingRecord>(keys.AllBindings, ct)).Select(b => b.Value).ToLookup(b => b.InstanceId);
         foreach (var instance in instances)
         {
-            var bindings = (await store.ListAsync<BindingRecord>(keys.Bindings(instance.Id), ct)).Select(b => b.Value).OrderBy(b => b.Id, StringComparer.Ordinal).ToList();
+            var bindings = allBindings[instance.Id].OrderBy(b => b.Id, StringComparer.Ordinal).ToList();
             var doc = new ClusterDataRecord { Instance = instance, Bindings = bindings };
             var json = JsonSerializer.Serialize(doc, Json.Options);
             if (!_written.TryGetValue(instance.Id, out var last))
@@ -222,11 +226,12 @@ public sealed class ClusterDataBackup(EtcdStore store, IObjectStore objects, Rec
 
         var live = instances.Select(i => i.Id).ToHashSet(StringComparer.Ordinal);
         var now = DateTimeOffset.UtcNow;
-        foreach (var saved in await recovery.ReadAllAsync(ct))
+        // Only records of instances etcd no longer has are read: live ones were compared above.
+        foreach (var id in await recovery.RecordIdsAsync(ct))
         {
-            var id = saved.Instance.Id;
             if (live.Contains(id)) continue;
             _written.Remove(id);
+            if (await recovery.ReadRecordAsync(id, ct) is not { } saved) continue;
             if (saved.DeletedAt is null)
             {
                 var port = await store.GetAsync<PortRecord>(keys.Port(saved.Instance.Port), ct);

@@ -8,6 +8,9 @@ namespace Dingo.Backups;
 /// </summary>
 public readonly record struct WalSegment(uint Timeline, ulong Number, ulong Size)
 {
+    /// <summary>PostgreSQL's default (and Dingo's: nodes are initialised with it); the archiver reads the server's own.</summary>
+    public const ulong DefaultSize = 16 * 1024 * 1024;
+
     public ulong Start => Number * Size;
     public ulong End => Start + Size;
     private ulong PerXLogId => 0x1_0000_0000UL / Size;

@@ -40,7 +40,7 @@ public sealed class ArchiveRestore(IObjectStore store, ILogger logger)
             if (sha != file.Sha256) throw new RestoreException($"base backup {backup.Label} of {instanceId}: {file.Name} does not match its checksum (the store returned damaged data)");
         }
 
-        const ulong size = 16 * 1024 * 1024;
+        const ulong size = WalSegment.DefaultSize;
         var catalog = await ArchiveCatalog.ReadAsync(store, instanceId, backup.SystemId, size, ct).ConfigureAwait(false);
         var first = WalSegment.Containing(backup.Timeline, Lsn.Parse(backup.StartLsn), size).Number;
         var count = 0;

@@ -146,7 +146,7 @@ public sealed class BaseBackups(IObjectStore store, ILogger logger)
         // A system whose every backup is now gone goes with them; one that never had a backup (just initialised) stays.
         var hadBackups = backups.Select(b => b.SystemId).ToHashSet();
         var objects = await store.ListAsync(ArchiveLayout.Systems(instanceId), ct).ConfigureAwait(false);
-        const ulong size = 16 * 1024 * 1024;
+        const ulong size = WalSegment.DefaultSize;
         var firstNeeded = WalSegment.Containing(oldest.Timeline, Lsn.Parse(oldest.StartLsn), size).Number;
         foreach (var o in objects)
         {

@@ -49,6 +49,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         private string? _backupError;
         private DateTime _nextCheck = DateTime.MinValue;
         private DateTime _nextDrillCheck = DateTime.MinValue;
+        private bool _listed;
         private long? _slotBacklog;
         private string? _lastAlarm;
 
@@ -103,9 +104,14 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         {
             var log = _cell.Logger;
             var backups = new BaseBackups(_cell.Store, log);
-            var all = await backups.ListAsync(_instanceId, ct).ConfigureAwait(false);
-            _last = all.LastOrDefault();
-            _count = all.Count;
+            if (!_listed)
+            {
+                // Listed once per duty (the listing covers every WAL object): while this node leads, only it adds backups.
+                var all = await backups.ListAsync(_instanceId, ct).ConfigureAwait(false);
+                _last = all.LastOrDefault();
+                _count = all.Count;
+                _listed = true;
+            }
             if (_archiver.GapDetected) _backupNow = true;
             var due = _backupNow || _last is null || _last.SystemId != systemId
                       || _last.FinishedAt + _cell.Settings.BaseBackupInterval <= DateTimeOffset.UtcNow;

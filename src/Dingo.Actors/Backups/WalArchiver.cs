@@ -191,9 +191,7 @@ public sealed class WalArchiver
     /// </summary>
     private async Task<byte[]> ReadHistoryAsync(uint timeline, CancellationToken ct)
     {
-        var cs = DatabaseAdmin.ConnectionString(_host, _port, _credentials, "postgres");
-        cs.Timeout = 5;
-        await using var conn = new NpgsqlConnection(cs.ConnectionString);
+        await using var conn = new NpgsqlConnection(ConnectionString());
         await conn.OpenAsync(ct).ConfigureAwait(false);
         await using var cmd = new NpgsqlCommand("SELECT pg_read_binary_file($1)", conn);
         cmd.Parameters.AddWithValue(string.Create(CultureInfo.InvariantCulture, $"pg_wal/{timeline:X8}.history"));

@@ -451,15 +451,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     {
         var paths = PathsFor(spec.NodeId);
         using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
-        var identity = await GetIdentityAsync(cancellationToken);
-        EnsureDataRoot(identity);
-        EnsureOwnedDirectory(paths.NodeDir, identity);
-        EnsureOwnedDirectory(paths.RunDir, identity);
-        if (FindRunningPostmaster(paths) is { } pid) await KillPostmasterAsync(spec.NodeId, pid, cancellationToken);
-        await KillLeftoversAsync(paths, cancellationToken);
-        // The marker goes first: a clone cut short must never pass for a complete data directory.
-        if (File.Exists(paths.Marker)) File.Delete(paths.Marker);
-        if (Directory.Exists(paths.PgData)) Directory.Delete(paths.PgData, recursive: true);
+        var identity = await DiscardDataAsync(spec.NodeId, paths, cancellationToken);
         var passfile = await WritePassfileAsync(paths, source, identity, cancellationToken);
         try
         {
@@ -478,19 +470,28 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         _logger.LogInformation("Node {NodeId}: cloned from {Host}:{Port}", spec.NodeId, source.Host, source.Port);
     }
 
+    /// <summary>
+    /// Before a clone or a restore replaces the node's data: nothing of it runs, and the marker goes first, so a job
+    /// cut short never passes for a complete data directory. The caller holds the node's lock.
+    /// </summary>
+    private async Task<RunIdentity> DiscardDataAsync(string nodeId, NodePaths paths, CancellationToken ct)
+    {
+        var identity = await GetIdentityAsync(ct);
+        EnsureDataRoot(identity);
+        EnsureOwnedDirectory(paths.NodeDir, identity);
+        EnsureOwnedDirectory(paths.RunDir, identity);
+        if (FindRunningPostmaster(paths) is { } pid) await KillPostmasterAsync(nodeId, pid, ct);
+        await KillLeftoversAsync(paths, ct);
+        if (File.Exists(paths.Marker)) File.Delete(paths.Marker);
+        if (Directory.Exists(paths.PgData)) Directory.Delete(paths.PgData, recursive: true);
+        return identity;
+    }
+
     public async Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken cancellationToken)
     {
         var paths = PathsFor(spec.NodeId);
         using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
-        var identity = await GetIdentityAsync(cancellationToken);
-        EnsureDataRoot(identity);
-        EnsureOwnedDirectory(paths.NodeDir, identity);
-        EnsureOwnedDirectory(paths.RunDir, identity);
-        if (FindRunningPostmaster(paths) is { } pid) await KillPostmasterAsync(spec.NodeId, pid, cancellationToken);
-        await KillLeftoversAsync(paths, cancellationToken);
-        // As with a clone: the marker goes first, so a restore cut short never passes for complete data.
-        if (File.Exists(paths.Marker)) File.Delete(paths.Marker);
-        if (Directory.Exists(paths.PgData)) Directory.Delete(paths.PgData, recursive: true);
+        var identity = await DiscardDataAsync(spec.NodeId, paths, cancellationToken);
         Directory.CreateDirectory(paths.PgData, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         await System.Formats.Tar.TarFile.ExtractToDirectoryAsync(Path.Combine(input.BackupDir, "base.tar"), paths.PgData, overwriteFiles: true, cancellationToken);
         var walTar = Path.Combine(input.BackupDir, "pg_wal.tar");
@@ -683,18 +684,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             .AppendLine(CultureInfo.InvariantCulture, $"unix_socket_directories = {Quote(paths.RunDir)}")
             .AppendLine(CultureInfo.InvariantCulture, $"shared_buffers = {Quote(_options.SharedBuffers)}")
             .AppendLine(CultureInfo.InvariantCulture, $"max_connections = {_options.MaxConnections}")
-            .AppendLine("wal_level = replica")
-            .AppendLine("max_wal_senders = 10")
-            .AppendLine("max_replication_slots = 10")
-            .AppendLine("hot_standby = on")
-            .AppendLine("wal_log_hints = on")
-            .AppendLine("wal_keep_size = '128MB'")
-            // A slot nobody reads (an archiver that cannot reach its store) may hold this much WAL, no more.
-            .AppendLine("max_slot_wal_keep_size = '1GB'")
-            .AppendLine("hot_standby_feedback = on")
-            .AppendLine("wal_receiver_status_interval = 1s")
-            .AppendLine("wal_retrieve_retry_interval = 1s")
-            .AppendLine("recovery_target_timeline = 'latest'")
+            .AppendReplicationSettings()
             .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {Quote(spec.NodeId)}");
         if (standby?.Primary is { } primary)
         {

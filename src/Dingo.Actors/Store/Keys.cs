@@ -13,7 +13,8 @@ public sealed class Keys(string root)
     public string Operations => $"{Root}/operations/";
     public string Operation(string id) => $"{Operations}{id}";
 
-    public string Bindings(string instanceId) => $"{Root}/bindings/{instanceId}/";
+    public string AllBindings => $"{Root}/bindings/";
+    public string Bindings(string instanceId) => $"{AllBindings}{instanceId}/";
     public string Binding(string instanceId, string bindingId) => $"{Bindings(instanceId)}{bindingId}";
 
     public string AllNodes => $"{Root}/nodes/";
