@@ -177,6 +177,18 @@ public sealed record CellInfo
     public string? Problem { get; init; }
 }
 
+/// <summary>
+/// A member of the Akka cluster as it registered itself in etcd once Up, kept under its own process's lease: how a
+/// restarting process finds the running cluster (and never founds a second one), and how the console finds a broker.
+/// </summary>
+public sealed record AkkaMemberRecord
+{
+    /// <summary>akka.tcp://dingo@host:port</summary>
+    public required string Address { get; init; }
+    public required IReadOnlyList<string> Roles { get; init; }
+    public DateTimeOffset Since { get; init; }
+}
+
 /// <summary>Who is primary for an instance; held under the holder's lease.</summary>
 public sealed record LeaderRecord
 {

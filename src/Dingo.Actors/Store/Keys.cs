@@ -63,6 +63,13 @@ public sealed class Keys(string root)
     public string Port(int port) => $"{Ports}{port:D5}";
     public string PortCounter => $"{Root}/port-counter";
 
+    /// <summary>Live Akka cluster members (brokers, cells), each under its own process's lease (<see cref="Model.AkkaMemberRecord"/>).</summary>
+    public string AkkaMembers => $"{Root}/akka/members/";
+    /// <summary>host:port of the member: one key per Akka address.</summary>
+    public string AkkaMember(string hostPort) => $"{AkkaMembers}{hostPort}";
+    /// <summary>Held (under a short lease) by the one broker allowed to found a new Akka cluster when none is alive.</summary>
+    public string AkkaFounder => $"{Root}/akka/founder";
+
     public string NodePorts => $"{Root}/node-ports/";
     public string NodePort(int port) => $"{NodePorts}{port:D5}";
 }

@@ -205,6 +205,9 @@ public sealed class TestPlatform : IAsyncDisposable
         try { process?.WaitForExit(5000); } catch (InvalidOperationException) { }
     }
 
+    /// <summary>PIDs of the cell processes this platform started (StartCellProcess) and that still run.</summary>
+    public IReadOnlyList<int> CellProcessIds() => _cellProcesses.Values.Where(p => !p.HasExited).Select(p => p.Id).ToList();
+
     /// <summary>kill -9 of cell-N's process alone: its PostgreSQL nodes (containers) go on running, as after a cell crash.</summary>
     public void KillCellProcessOnly(int number)
     {

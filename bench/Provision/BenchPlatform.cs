@@ -1,0 +1,265 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Dingo.Config;
+using Dingo.Model;
+using Dingo.Tests.Support;
+using ContainersListParameters = Docker.DotNet.Models.ContainersListParameters;
+using Npgsql;
+
+namespace Dingo.Bench.Provision;
+
+/// <summary>
+/// A platform for the bench: etcd (the test run's), the broker in this process, three cells as OS processes on
+/// the process or the Docker runtime (the run's podman and the local node image, <see cref="TestPodman"/>).
+/// </summary>
+internal sealed class BenchPlatform : IAsyncDisposable
+{
+    private static readonly TimeSpan BindableTimeout = TimeSpan.FromMinutes(5);
+    private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(100);
+
+    private readonly TestPlatform _platform;
+    private readonly DingoSettings _settings;
+    private readonly string _runtime;
+    private readonly HashSet<string> _instances = [];
+    private readonly Dictionary<string, string> _uris = [];
+
+    private BenchPlatform(TestPlatform platform, DingoSettings settings, string runtime)
+    {
+        _platform = platform;
+        _settings = settings;
+        _runtime = runtime;
+    }
+
+    public static async Task<BenchPlatform> StartAsync(string runtime, int index, CancellationToken ct)
+    {
+        // Port blocks of the bench's own, below the ephemeral range and away from `dingo up` and test runs.
+        var (pub, node) = index % 2 == 0 ? (30000, 31000) : (30500, 32000);
+        var extra = $$"""
+            dingo.router { port-range-first = {{pub}}, port-range-last = {{pub + 499}} }
+            dingo.node-port-range-first = {{node}}
+            dingo.node-port-range-last = {{node + 699}}
+            """;
+        var settings = TestPlatform.NewSettings(quota: 500, extra: extra, runtime: runtime);
+        if (runtime == "docker") Console.Error.WriteLine($"bench: podman service at {TestPodman.Endpoint}, image {TestPodman.Image}");
+        var platform = await TestPlatform.StartAsync(cells: 0, settings, ct);
+        for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
+        var bench = new BenchPlatform(platform, settings, runtime);
+        await bench.WaitForCellsAsync(3, ct);
+        return bench;
+    }
+
+    private async Task WaitForCellsAsync(int count, CancellationToken ct)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (DateTime.UtcNow < deadline)
+        {
+            var cells = await _platform.Store.ListAsync<CellInfo>(_platform.Store.Keys.Cells, ct);
+            if (cells.Count >= count) return;
+            await Task.Delay(200, ct);
+        }
+        throw new TimeoutException($"fewer than {count} cells registered within 60 s");
+    }
+
+    /// <summary>
+    /// Provision request → last_operation succeeded → binding → `SELECT 1` through the binding's URI. Returns the
+    /// seconds from the request to the answered query.
+    /// </summary>
+    public async Task<double> ProvisionBindableAsync(string id, string planId, CancellationToken ct)
+    {
+        var started = Stopwatch.StartNew();
+        _instances.Add(id);
+        var (status, body) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", TestPlatform.ProvisionBody(planId), ct);
+        if (status != 202) throw new InvalidOperationException($"provision {id} answered {status}: {body.ToJsonString()}");
+        while (true)
+        {
+            if (started.Elapsed > BindableTimeout) throw new TimeoutException($"{id} not provisioned within {BindableTimeout}");
+            var (s, op) = await SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation", null, ct);
+            if (s != 200) throw new InvalidOperationException($"last_operation of {id} answered {s}: {op.ToJsonString()}");
+            var state = (string?)op["state"];
+            if (state == "succeeded") break;
+            if (state != "in progress") throw new InvalidOperationException($"provision {id} ended {op.ToJsonString()}");
+            await Task.Delay(Poll, ct);
+        }
+        var provisioned = started.Elapsed.TotalSeconds;
+        var requestedAt = DateTimeOffset.UtcNow - started.Elapsed;
+        var placed = (await _platform.Store.ListAsync<NodeSpec>(_platform.Store.Keys.Nodes(id), ct)).Select(n => (n.Value.CreatedAt - requestedAt).TotalSeconds).Order();
+        Console.Error.WriteLine($"bench: {id}: nodes placed at {string.Join(", ", placed.Select(F))} s, last_operation succeeded by {F(provisioned)} s");
+        var bind = new JsonObject { ["service_id"] = Catalog.ServiceId, ["plan_id"] = planId, ["app_guid"] = "bench" }.ToJsonString();
+        var (bs, binding) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}/service_bindings/b-{id}", bind, ct);
+        if (bs != 201) throw new InvalidOperationException($"bind {id} answered {bs}: {binding.ToJsonString()}");
+        var uri = (string)binding["credentials"]!["uri"]!;
+        _uris[id] = uri;
+        while (true)
+        {
+            try
+            {
+                await QueryAsync(uri, ct);
+                return started.Elapsed.TotalSeconds;
+            }
+            catch (Exception ex) when (ex is NpgsqlException or TimeoutException && started.Elapsed < BindableTimeout)
+            {
+                await Task.Delay(Poll, ct);
+            }
+        }
+    }
+
+    private static string F(double s) => s.ToString("0.00", CultureInfo.InvariantCulture);
+
+    private static async Task QueryAsync(string uri, CancellationToken ct)
+    {
+        await using var connection = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri, timeoutSeconds: 5));
+        await connection.OpenAsync(ct);
+        await using var command = new NpgsqlCommand("SELECT 1", connection);
+        await command.ExecuteScalarAsync(ct);
+    }
+
+    /// <summary>Instances answering a query through their binding now.</summary>
+    public async Task<int> CountServingAsync(CancellationToken ct)
+    {
+        var serving = 0;
+        foreach (var uri in _uris.Values)
+        {
+            try
+            {
+                await QueryAsync(uri, ct);
+                serving++;
+            }
+            catch (Exception ex) when (ex is NpgsqlException or TimeoutException)
+            {
+                Console.Error.WriteLine($"bench: {ex.GetType().Name}: {ex.Message}");
+            }
+        }
+        return serving;
+    }
+
+    /// <summary>Deletes every instance the bench made and waits until each delete has finished.</summary>
+    public async Task DeprovisionAllAsync(CancellationToken ct)
+    {
+        var ids = _instances.ToList();
+        await Task.WhenAll(ids.Select(async id =>
+        {
+            var planId = (await _platform.Store.GetAsync<InstanceRecord>(_platform.Store.Keys.Instance(id), ct))?.Value.PlanId ?? Catalog.SoloPlanId;
+            var (status, body) = await SendAsync(HttpMethod.Delete, $"/v2/service_instances/{id}?accepts_incomplete=true&service_id={Catalog.ServiceId}&plan_id={planId}", null, ct);
+            if (status is not (202 or 200 or 410)) throw new InvalidOperationException($"deprovision {id} answered {status}: {body.ToJsonString()}");
+            var deadline = DateTime.UtcNow + BindableTimeout;
+            while (status == 202 && DateTime.UtcNow < deadline)
+            {
+                var (s, op) = await SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation", null, ct);
+                if (s == 410 || (s == 200 && (string?)op["state"] != "in progress")) break;
+                await Task.Delay(200, ct);
+            }
+        }));
+        _instances.Clear();
+        _uris.Clear();
+        // The cells stop the nodes after the records are gone; wait for every node's status to disappear.
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(120);
+        while (DateTime.UtcNow < until && (await _platform.Store.ListAsync<NodeStatus>(_platform.Store.Keys.AllStatus, ct)).Count > 0)
+            await Task.Delay(500, ct);
+    }
+
+    private async Task<(int Status, JsonObject Body)> SendAsync(HttpMethod method, string path, string? body, CancellationToken ct)
+    {
+        using var request = new HttpRequestMessage(method, path);
+        if (body is not null) request.Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json");
+        using var response = await _platform.Http.SendAsync(request, ct);
+        var text = await response.Content.ReadAsStringAsync(ct);
+        var json = text.Length == 0 ? new JsonObject() : JsonNode.Parse(text) as JsonObject ?? new JsonObject();
+        return ((int)response.StatusCode, json);
+    }
+
+    /// <summary>
+    /// Proportional set size (shared pages split between the processes that map them) of every PostgreSQL process
+    /// of the platform's nodes, summed: each node's postmaster and its children. Returns the node count and MiB.
+    /// </summary>
+    public async Task<(int Nodes, double Mib)> NodeMemoryMibAsync(CancellationToken ct)
+    {
+        var postmasters = new List<int>();
+        if (_runtime == "process")
+        {
+            foreach (var pidFile in Directory.EnumerateFiles(_settings.DataDir, "postmaster.pid", SearchOption.AllDirectories))
+            {
+                var first = File.ReadLines(pidFile).FirstOrDefault();
+                if (int.TryParse(first, CultureInfo.InvariantCulture, out var pid) && Directory.Exists($"/proc/{pid}")) postmasters.Add(pid);
+            }
+        }
+        else
+        {
+            using var client = TestPodman.Client();
+            var containers = await client.Containers.ListContainersAsync(new ContainersListParameters(), ct);
+            foreach (var c in containers.Where(c => c.Labels.TryGetValue("dingo.instance", out var i) && _instances.Contains(i)))
+            {
+                var inspect = await client.Containers.InspectContainerAsync(c.ID, ct);
+                if (inspect.State.Pid > 0) postmasters.Add((int)inspect.State.Pid);
+            }
+        }
+        var children = ChildrenByParent();
+        double kib = 0;
+        foreach (var root in postmasters)
+        {
+            var stack = new Stack<int>([root]);
+            while (stack.Count > 0)
+            {
+                var pid = stack.Pop();
+                kib += PssKib(pid);
+                if (children.TryGetValue(pid, out var kids)) foreach (var k in kids) stack.Push(k);
+            }
+        }
+        return (postmasters.Count, kib / 1024);
+    }
+
+    /// <summary>Resident memory of the three cell agents (MiB), for the record.</summary>
+    public double CellRssMib() => _platform.CellProcessIds().Sum(pid => RssKib(pid)) / 1024.0;
+
+    private static Dictionary<int, List<int>> ChildrenByParent()
+    {
+        var map = new Dictionary<int, List<int>>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), CultureInfo.InvariantCulture, out var pid)) continue;
+            try
+            {
+                var stat = File.ReadAllText(Path.Combine(dir, "stat"));
+                // pid (comm) state ppid …: comm may hold spaces and parentheses, so read after the last ')'.
+                var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                var ppid = int.Parse(fields[1], CultureInfo.InvariantCulture);
+                if (!map.TryGetValue(ppid, out var list)) map[ppid] = list = [];
+                list.Add(pid);
+            }
+            catch (IOException) { }
+        }
+        return map;
+    }
+
+    private static double PssKib(int pid) => ReadKib($"/proc/{pid}/smaps_rollup", "Pss:");
+
+    private static double RssKib(int pid) => ReadKib($"/proc/{pid}/status", "VmRSS:");
+
+    private static double ReadKib(string file, string field)
+    {
+        try
+        {
+            foreach (var line in File.ReadLines(file))
+                if (line.StartsWith(field, StringComparison.Ordinal))
+                    return double.Parse(line[field.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture);
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return 0;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            await _platform.DisposeAsync();
+            // The cells' logs outlive the platform, for reading after the run.
+            var logs = Path.Combine(Path.GetTempPath(), "dingo-bench-logs");
+            Directory.CreateDirectory(logs);
+            foreach (var log in Directory.Exists(_settings.DataDir) ? Directory.GetFiles(_settings.DataDir, "cell-*.log") : [])
+                File.Copy(log, Path.Combine(logs, $"provision-{_runtime}-{Path.GetFileName(log)}"), overwrite: true);
+            Console.Error.WriteLine($"bench: cell logs in {logs}/provision-{_runtime}-cell-*.log");
+        }
+        finally { await TestPlatform.DestroyDataAsync(_settings); }
+    }
+}

@@ -1,0 +1,169 @@
+using System.Diagnostics;
+using System.Globalization;
+using Dingo.Model;
+using Dingo.Tests.Support;
+
+namespace Dingo.Bench.Provision;
+
+/// <summary>
+/// Time from the provision request to a bindable instance (last_operation succeeded, a binding made, and a query
+/// answered through the binding's URI), for `solo` and `cluster` on the process and the Docker runtime: one at a
+/// time, then 20 at once; then solo instances up to 100 on the process runtime, with the memory each idle node
+/// takes. stdout carries only the bench's lines; everything the platform logs goes to stderr.
+/// </summary>
+public static class Program
+{
+    private sealed record Options(IReadOnlyList<string> Runtimes, int Sequential, int Burst, int SoloMax);
+
+    private sealed record Sample(string Runtime, string Phase, string Plan, string Id, double Seconds);
+
+    public static async Task<int> Main(string[] args)
+    {
+        var output = new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = true };
+        Console.SetOut(Console.Error);
+        if (Parse(args) is not { } options)
+        {
+            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Provision -- [--runtimes process,docker] [--sequential N] [--burst N] [--solo-max N]");
+            Console.Error.WriteLine("  defaults: both runtimes, 5 of each plan one at a time, a burst of 20 (half solo, half cluster), solo up to 100 (0: skip)");
+            return 2;
+        }
+
+        using var interrupted = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) => { e.Cancel = true; interrupted.Cancel(); };
+        var ct = interrupted.Token;
+
+        var samples = new List<Sample>();
+        var soloInstances = 0;
+        double? mibPerIdleNode = null;
+        var failed = false;
+        var index = 0;
+        try
+        {
+            foreach (var runtime in options.Runtimes)
+            {
+                await using var bench = await BenchPlatform.StartAsync(runtime, index++, ct);
+                // One of each first, not counted: the first provision on a fresh platform pays for JIT and connection set-up.
+                await bench.ProvisionBindableAsync("warm-" + runtime, Catalog.SoloPlanId, ct);
+                await bench.DeprovisionAllAsync(ct);
+
+                foreach (var plan in new[] { Catalog.SoloPlanId, Catalog.ClusterPlanId })
+                {
+                    var name = Catalog.FindPlan(plan)!.Name;
+                    for (var n = 1; n <= options.Sequential; n++)
+                    {
+                        var id = $"seq-{name}-{n}";
+                        var seconds = await bench.ProvisionBindableAsync(id, plan, ct);
+                        samples.Add(new Sample(runtime, "sequential", name, id, seconds));
+                        output.WriteLine($"run runtime={runtime} phase=sequential plan={name} n={n} bindable_s={F(seconds)}");
+                    }
+                    await bench.DeprovisionAllAsync(ct);
+                }
+
+                if (options.Burst > 0)
+                {
+                    var plans = Enumerable.Range(0, options.Burst).Select(i => i % 2 == 0 ? Catalog.SoloPlanId : Catalog.ClusterPlanId).ToList();
+                    var started = Stopwatch.StartNew();
+                    var burst = await Task.WhenAll(plans.Select(async (plan, i) =>
+                    {
+                        var id = $"burst-{i + 1}";
+                        return new Sample(runtime, "burst", Catalog.FindPlan(plan)!.Name, id, await bench.ProvisionBindableAsync(id, plan, ct));
+                    }));
+                    samples.AddRange(burst);
+                    foreach (var group in burst.GroupBy(s => s.Plan))
+                        output.WriteLine($"summary runtime={runtime} phase=burst plan={group.Key} instances={group.Count()} p50_s={F(Percentile(group, 50))} p95_s={F(Percentile(group, 95))} max_s={F(group.Max(s => s.Seconds))}");
+                    output.WriteLine($"summary runtime={runtime} phase=burst all_bindable_after_s={F(started.Elapsed.TotalSeconds)}");
+                    await bench.DeprovisionAllAsync(ct);
+                }
+
+                foreach (var group in samples.Where(s => s.Runtime == runtime && s.Phase == "sequential").GroupBy(s => s.Plan))
+                    output.WriteLine($"summary runtime={runtime} phase=sequential plan={group.Key} runs={group.Count()} p50_s={F(Percentile(group, 50))} p95_s={F(Percentile(group, 95))} max_s={F(group.Max(s => s.Seconds))}");
+
+                if (runtime == "process" && options.SoloMax > 0)
+                {
+                    (soloInstances, mibPerIdleNode) = await ScaleAsync(bench, options.SoloMax, output, samples, ct);
+                    await bench.DeprovisionAllAsync(ct);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            Console.Error.WriteLine("bench: interrupted");
+            return 130;
+        }
+        catch (Exception ex)
+        {
+            Console.Error.WriteLine($"bench: {ex.GetType().Name}: {ex.Message}");
+            failed = true;
+        }
+
+        string P50(string runtime) =>
+            samples.Where(s => s.Runtime == runtime && s.Plan == "cluster" && s.Phase == "sequential").ToList() is { Count: > 0 } l ? F(Percentile(l, 50)) : "na";
+        output.WriteLine($"RESULT provision cluster_process_p50_s={P50("process")} cluster_docker_p50_s={P50("docker")} "
+                         + $"solo_instances={soloInstances} mib_per_idle_node={(mibPerIdleNode is { } m ? m.ToString("0.0", CultureInfo.InvariantCulture) : "na")}");
+        return failed ? 1 : 0;
+    }
+
+    /// <summary>Solo instances ten at a time until <paramref name="max"/> are bindable; then the memory of the idle nodes.</summary>
+    private static async Task<(int Instances, double MibPerNode)> ScaleAsync(BenchPlatform bench, int max, StreamWriter output, List<Sample> samples, CancellationToken ct)
+    {
+        var made = 0;
+        var scale = new List<Sample>();
+        while (made < max)
+        {
+            var batch = Enumerable.Range(made + 1, Math.Min(10, max - made)).ToList();
+            var results = await Task.WhenAll(batch.Select(async i =>
+            {
+                var id = $"scale-{i}";
+                return new Sample("process", "scale", "solo", id, await bench.ProvisionBindableAsync(id, Catalog.SoloPlanId, ct));
+            }));
+            scale.AddRange(results);
+            made += batch.Count;
+            output.WriteLine($"run runtime=process phase=scale instances={made} batch_p50_s={F(Percentile(results, 50))} batch_max_s={F(results.Max(s => s.Seconds))}");
+        }
+        samples.AddRange(scale);
+
+        // Idle: no client connected, the nodes' own start-up work (checkpoints, the first base backup) over.
+        await Task.Delay(TimeSpan.FromSeconds(30), ct);
+        var (nodes, mib) = await bench.NodeMemoryMibAsync(ct);
+        var perNode = mib / Math.Max(1, nodes);
+        output.WriteLine($"summary runtime=process phase=scale instances={made} p50_s={F(Percentile(scale, 50))} p95_s={F(Percentile(scale, 95))} "
+                         + $"nodes={nodes} node_pss_mib={mib.ToString("0", CultureInfo.InvariantCulture)} cell_rss_mib={bench.CellRssMib().ToString("0", CultureInfo.InvariantCulture)}");
+        // A working query on every instance after the climb: they all still serve.
+        var serving = await bench.CountServingAsync(ct);
+        output.WriteLine($"summary runtime=process phase=scale serving={serving}/{made}");
+        return (serving, perNode);
+    }
+
+    private static Options? Parse(string[] args)
+    {
+        var runtimes = new List<string> { "process", "docker" };
+        int sequential = 5, burst = 20, soloMax = 100;
+        for (var i = 0; i < args.Length; i++)
+        {
+            var value = i + 1 < args.Length ? args[i + 1] : null;
+            switch (args[i])
+            {
+                case "--runtimes" when value is not null:
+                    runtimes = value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+                    if (runtimes.Count == 0 || runtimes.Any(r => r is not ("process" or "docker"))) return null;
+                    break;
+                case "--sequential" when int.TryParse(value, CultureInfo.InvariantCulture, out sequential) && sequential >= 1: break;
+                case "--burst" when int.TryParse(value, CultureInfo.InvariantCulture, out burst) && burst >= 0: break;
+                case "--solo-max" when int.TryParse(value, CultureInfo.InvariantCulture, out soloMax) && soloMax >= 0: break;
+                default: return null;
+            }
+            i++;
+        }
+        return new Options(runtimes, sequential, burst, soloMax);
+    }
+
+    private static double Percentile(IEnumerable<Sample> samples, int p)
+    {
+        var sorted = samples.Select(s => s.Seconds).OrderBy(s => s).ToList();
+        // Nearest rank.
+        var rank = (int)Math.Ceiling(p / 100.0 * sorted.Count);
+        return sorted[Math.Clamp(rank - 1, 0, sorted.Count - 1)];
+    }
+
+    private static string F(double seconds) => seconds.ToString("0.00", CultureInfo.InvariantCulture);
+}
