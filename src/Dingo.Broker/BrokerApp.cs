@@ -39,7 +39,8 @@ public static class BrokerApp
             var loggers = sp.GetRequiredService<ILoggerFactory>();
             akka.AddHocon(AkkaDefaults.For(settings), HoconAddMode.Prepend)
                 .WithRemoting(settings.Akka.Hostname, port)
-                .WithClustering(new ClusterOptions { Roles = ["broker"], SeedNodes = settings.Akka.SeedNodes.ToArray() })
+                // No seed nodes here: AkkaMembership joins (or founds) the cluster with etcd as the judge.
+                .WithClustering(new ClusterOptions { Roles = ["broker"] })
                 .WithShardRegion<ServiceInstanceRegion>(
                     "service-instance",
                     id => ServiceInstanceActor.Props(id, store, settings, loggers),
@@ -48,8 +49,12 @@ public static class BrokerApp
                 .AddStartup((system, _) =>
                 {
                     var cluster = Akka.Cluster.Cluster.Get(system);
-                    // Without seed nodes the broker seeds a cluster of its own (one host); cells join it.
-                    if (settings.Akka.SeedNodes.Count == 0) cluster.Join(cluster.SelfAddress);
+                    // Joins the members etcd lists (and the configured seeds); founds the cluster only when etcd lists no
+                    // live member, so a broker restarting cut off from the others never founds a second cluster.
+                    var stopping = sp.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+                    var membershipLog = sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Akka");
+                    Task.Run(() => AkkaMembership.RunAsync(system, store, settings.Akka.SeedNodes, mayFound: true, membershipLog, stopping), CancellationToken.None)
+                        .ContinueWith(t => membershipLog.LogError(t.Exception, "joining the Akka cluster failed"), CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
                     // A broker the split-brain resolver removed cannot serve its shards: it exits, and its supervisor
                     // (systemd, `dingo up`) starts it again as a new member.
                     cluster.RegisterOnMemberRemoved(() =>

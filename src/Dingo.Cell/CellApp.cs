@@ -67,9 +67,9 @@ public static class CellApp
 
         builder.Services.AddAkka("dingo", (akka, sp) =>
         {
-            akka.AddHocon(AkkaDefaults.For(settings), HoconAddMode.Prepend)
-                .WithRemoting(settings.Akka.Hostname, settings.Cell.AkkaPort)
-                .WithClustering(new ClusterOptions { Roles = ["cell"], SeedNodes = seedNodes.ToArray() })
+            // The cell's own actors live in a local actor system. Its Akka cluster membership is a second, small system
+            // (CellMembership) that can be made anew when the cluster removes this cell, without touching them.
+            akka.AddHocon(AkkaDefaults.Hocon, HoconAddMode.Prepend)
                 .WithActors((system, registry) =>
                 {
                     var store = sp.GetRequiredService<EtcdStore>();
@@ -101,6 +101,8 @@ public static class CellApp
             return new KernelRouter(IPAddress.Parse(settings.Router.BindAddress), KernelRouter.TableNameFor(settings.Cell.Id), userspace, log);
         });
         builder.Services.AddHostedService<CellWatches>();
+        builder.Services.AddHostedService(sp => new CellMembership(sp.GetRequiredService<EtcdStore>(), settings, seedNodes,
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Akka")));
         if (settings.Router.MetricsPort > 0) builder.Services.AddHostedService<MetricsEndpoint>();
         return builder.Build();
     }
@@ -170,6 +172,54 @@ internal sealed class CellWatches(
         await router.DisposeAsync();
         logger.LogInformation("cell {Cell} stopped", settings.Cell.Id);
     }
+}
+
+/// <summary>
+/// The cell's membership in the Akka cluster, in an actor system of its own: joined through <see cref="AkkaMembership"/>
+/// (a cell never founds a cluster), left on a clean stop. When the split-brain resolver removes the cell (cut off from
+/// the brokers, say) its nodes and router go on as before, and a new member system joins again once it can.
+/// </summary>
+internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IReadOnlyList<string> seeds, ILogger logger) : BackgroundService
+{
+    private static readonly TimeSpan RejoinAfter = TimeSpan.FromSeconds(2);
+
+    /// <summary>The member system's address (for tests and logs); null between two systems.</summary>
+    public Akka.Actor.Address? SelfAddress { get; private set; }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            var system = ActorSystem.Create("dingo", MemberConfig());
+            SelfAddress = Akka.Cluster.Cluster.Get(system).SelfAddress;
+            try
+            {
+                await AkkaMembership.RunAsync(system, store, seeds, mayFound: false, logger, stoppingToken);
+            }
+            finally
+            {
+                SelfAddress = null;
+                // A clean stop leaves the cluster first; a removed member has nothing to leave.
+                await CoordinatedShutdown.Get(system).Run(CoordinatedShutdown.ClusterLeavingReason.Instance);
+                await system.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ContinueWith(_ => { }, TaskScheduler.Default);
+            }
+            if (stoppingToken.IsCancellationRequested) break;
+            logger.LogWarning("cell {Cell} was removed from the Akka cluster: joining again as a new member (its nodes and router are not affected)", settings.Cell.Id);
+            try { await Task.Delay(RejoinAfter, stoppingToken); }
+            catch (OperationCanceledException) { break; }
+        }
+    }
+
+    private Akka.Configuration.Config MemberConfig() =>
+        Akka.Configuration.ConfigurationFactory.ParseString($$"""
+            akka.actor.provider = cluster
+            akka.remote.dot-netty.tcp {
+              hostname = "{{settings.Akka.Hostname}}"
+              public-hostname = "{{settings.Akka.Hostname}}"
+              port = {{settings.Cell.AkkaPort}}
+            }
+            akka.cluster.roles = [cell]
+            """).WithFallback(Akka.Configuration.ConfigurationFactory.ParseString(AkkaDefaults.For(settings)));
 }
 
 /// <summary>Serves the router's metrics on http://&lt;cell address&gt;:&lt;metrics-port&gt;/metrics.</summary>

@@ -38,6 +38,7 @@ public sealed class EtcdStore : IAsyncDisposable
             },
         })).ToArray();
         Endpoints = endpoints;
+        _callTimeout = endpoints.Count > 1 ? TimeSpan.FromSeconds(2) : TimeSpan.FromSeconds(5);
         Keys = new Keys(root);
         _logger = logger ?? NullLogger.Instance;
     }
@@ -48,29 +49,50 @@ public sealed class EtcdStore : IAsyncDisposable
     private static string NormaliseEndpoint(string endpoint) =>
         endpoint.Contains("://", StringComparison.Ordinal) ? endpoint : "http://" + endpoint;
 
-    private CallInvoker Invoker => _channels[Volatile.Read(ref _current) % _channels.Length].CreateCallInvoker();
+    private CallInvoker InvokerAt(int index) => _channels[(index & int.MaxValue) % _channels.Length].CreateCallInvoker();
 
-    private EtcdClient Client => new(Invoker);
+    /// <summary>
+    /// Moves on from the member at <paramref name="failed"/>, once: calls that failed on it together move the store one
+    /// member on, not one each (which would bring them back round to the silent member).
+    /// </summary>
+    private void MoveOnFrom(int failed) => Interlocked.CompareExchange(ref _current, failed + 1, failed);
 
     /// <summary>Runs a call, moving to the next endpoint when the current one is unavailable.</summary>
     private async Task<TResult> CallAsync<TResult>(Func<EtcdClient, Task<TResult>> call, CancellationToken ct)
     {
         for (var attempt = 0; ; attempt++)
         {
+            var member = Volatile.Read(ref _current);
+            var started = Environment.TickCount64;
             try
             {
-                return await call(Client).ConfigureAwait(false);
+                return await call(new EtcdClient(InvokerAt(member))).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ct.IsCancellationRequested && ex is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled }
+                                       && _channels.Length > 1 && Environment.TickCount64 - started >= _callTimeout.TotalMilliseconds / 2)
+            {
+                // The caller gave up (a leader's fencing deadline) on a member that kept it waiting: the next call
+                // asks another one, or a leader would keep asking the silent member until it must demote.
+                MoveOnFrom(member);
+                throw;
             }
             catch (RpcException ex) when (ex.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded
                                           && attempt < _channels.Length * 2 && !ct.IsCancellationRequested)
             {
-                Interlocked.Increment(ref _current);
+                MoveOnFrom(member);
                 await Task.Delay(100, ct).ConfigureAwait(false);
             }
         }
     }
 
-    private static DateTime Deadline(TimeSpan? timeout = null) => DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(5));
+    /// <summary>
+    /// How long one call may wait on one member. With other members to try, a member silent for 2 s is left for the
+    /// next (a member cut off by a partition drops packets: nothing fails fast); with one endpoint, waiting longer is
+    /// all there is to do.
+    /// </summary>
+    private readonly TimeSpan _callTimeout;
+
+    private DateTime Deadline() => DateTime.UtcNow + _callTimeout;
 
     public static string RangeEnd(string prefix)
     {
@@ -225,9 +247,10 @@ public sealed class EtcdStore : IAsyncDisposable
     {
         for (var attempt = 0; ; attempt++)
         {
+            var member = Volatile.Read(ref _current);
             try
             {
-                var client = new Lease.LeaseClient(Invoker);
+                var client = new Lease.LeaseClient(InvokerAt(member));
                 using var call = client.LeaseKeepAlive(deadline: Deadline(), cancellationToken: ct);
                 await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = lease }, ct).ConfigureAwait(false);
                 await call.RequestStream.CompleteAsync().ConfigureAwait(false);
@@ -238,7 +261,7 @@ public sealed class EtcdStore : IAsyncDisposable
                                           && attempt < _channels.Length * 2 && !ct.IsCancellationRequested)
             {
                 // Like every other call: move to the next member.
-                Interlocked.Increment(ref _current);
+                MoveOnFrom(member);
                 await Task.Delay(100, ct).ConfigureAwait(false);
             }
         }
@@ -252,9 +275,10 @@ public sealed class EtcdStore : IAsyncDisposable
     {
         while (!ct.IsCancellationRequested)
         {
+            var member = Volatile.Read(ref _current);
             try
             {
-                var client = new Watch.WatchClient(Invoker);
+                var client = new Watch.WatchClient(InvokerAt(member));
                 using var call = client.Watch(cancellationToken: ct);
                 await call.RequestStream.WriteAsync(new WatchRequest
                 {
@@ -285,7 +309,7 @@ public sealed class EtcdStore : IAsyncDisposable
             catch (Exception ex)
             {
                 _logger.LogDebug(ex, "watch on {Prefix} broke; reconnecting", prefix);
-                Interlocked.Increment(ref _current);
+                MoveOnFrom(member);
             }
             try { await Task.Delay(500, ct).ConfigureAwait(false); }
             catch (OperationCanceledException) { return; }

@@ -100,7 +100,7 @@ public sealed class PartitionTests(ITestOutputHelper output)
             var samples = sampler.Samples.OrderBy(s => s.T1).ToList();
             var inside = ReadProbe(probeLog);
             Assert.Contains(samples, s => s.NodeId == oldPrimary && s.Seen == Seen.ReadOnly && s.T0 > healedAt);
-            Analyse(samples, inside, oldPrimary, partitionedAt, healedAt, stoppedAt, rejoinedAfter);
+            Console.WriteLine("[measure] primary's cell cut off from etcd (ttl 4s, loop-wait 500ms): " + Analyse(output, samples, inside, oldPrimary, partitionedAt, healedAt, stoppedAt, rejoinedAfter));
             passed = true;
         }
         finally
@@ -135,7 +135,7 @@ public sealed class PartitionTests(ITestOutputHelper output)
     }
 
     /// <summary>The assertions, on every sample taken: outside samples of all nodes, inside samples of the old primary.</summary>
-    private void Analyse(IReadOnlyList<Sample> samples, IReadOnlyList<InsideSample> inside, string oldPrimary,
+    internal static string Analyse(ITestOutputHelper output, IReadOnlyList<Sample> samples, IReadOnlyList<InsideSample> inside, string oldPrimary,
         DateTime partitionedAt, DateTime healedAt, DateTime stoppedAt, TimeSpan rejoinedAfter)
     {
         double After(DateTime t) => (t - partitionedAt).TotalSeconds;
@@ -177,18 +177,18 @@ public sealed class PartitionTests(ITestOutputHelper output)
         Assert.DoesNotContain(samples, s => s.NodeId == oldPrimary && s.Seen == Seen.Writable && s.T0 > demoted.T0);
         Assert.True(inside.Count(o => o.T0 > partitionedAt) > 10, "the inside probe hardly ran during the partition");
 
-        var figures = $"primary's cell cut off from etcd (ttl 4s, loop-wait 500ms): old primary not writable by {After(demoted.T1):0.00}s " +
+        var figures = $"old primary not writable by {After(demoted.T1):0.00}s " +
                       $"(last writable {After(lastWritable.T0):0.00}s), replica writable by {After(promoted.T1):0.00}s " +
                       $"(first possible {After(possiblyWritableFrom):0.00}s): margin {(possiblyWritableFrom - demoted.T1).TotalSeconds:0.00}s; " +
                       $"after healing ({(healedAt - partitionedAt).TotalSeconds:0.0}s in) the old primary streams again within {rejoinedAfter.TotalSeconds:0.0}s; " +
                       $"{moments} sampled moments over {(stoppedAt - samples[0].T0).TotalSeconds:0}s, never two writable";
         output.WriteLine(figures);
         output.WriteLine(Timeline(samples, inside, oldPrimary, partitionedAt));
-        Console.WriteLine("[measure] " + figures);
+        return figures;
     }
 
     /// <summary>Each node's changes of state as seen, in seconds from the partition (for reading a failure).</summary>
-    private static string Timeline(IReadOnlyList<Sample> samples, IReadOnlyList<InsideSample> inside, string oldPrimary, DateTime partitionedAt)
+    internal static string Timeline(IReadOnlyList<Sample> samples, IReadOnlyList<InsideSample> inside, string oldPrimary, DateTime partitionedAt)
     {
         var sb = new System.Text.StringBuilder("timeline (s after the partition):\n");
         void Add(string who, IEnumerable<(DateTime T1, string What)> seen)
@@ -236,7 +236,7 @@ public sealed class PartitionTests(ITestOutputHelper output)
 
     /// <summary>A bash loop on host i: every 100 ms, psql against the node's own address; one line per try:
     /// start and end (Unix ms) and `t|off` (writable), `f|on` (read-only) or `down`.</summary>
-    private static Process StartInsideProbe(NetnsHosts hosts, int i, WritableSampler.Target node, Credentials superuser, string postgresBin)
+    internal static Process StartInsideProbe(NetnsHosts hosts, int i, WritableSampler.Target node, Credentials superuser, string postgresBin)
     {
         const string script = """
             while :; do
@@ -256,12 +256,12 @@ public sealed class PartitionTests(ITestOutputHelper output)
             });
     }
 
-    private sealed record InsideSample(DateTime T0, DateTime T1, string Result)
+    internal sealed record InsideSample(DateTime T0, DateTime T1, string Result)
     {
         public bool Writable => Result == "t|off";
     }
 
-    private static List<InsideSample> ReadProbe(string path)
+    internal static List<InsideSample> ReadProbe(string path)
     {
         var list = new List<InsideSample>();
         if (!File.Exists(path)) return list; // the shell creates it on starting

@@ -130,6 +130,125 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         Assert.Empty(missing);
     }
 
+    [Fact]
+    public async Task Cutting_a_hosts_link_keeps_writes_etcd_and_the_api_going_never_two_writable_nodes_and_the_host_rejoins()
+    {
+        Assert.True(NetnsHosts.Supported(out var reason), "network namespaces unavailable: " + reason);
+        await using var p = await ThreeHosts.StartAsync(output, Settings);
+        var store = p.Store;
+
+        var id = "tp-" + Guid.NewGuid().ToString("N")[..8];
+        using var api0 = p.Broker(0);
+        await ProvisionAsync(api0, id, Catalog.ClusterHaPlanId);
+        await Until(() => FullAndHealthyAsync(store, id, 3), 90, "3 nodes running, 2 replicas streaming");
+
+        // The cut-off host holds the primary and the first Akka seed (host 0's broker): the one that, by Akka's own
+        // rule, would found a second cluster when it restarts and hears from no other seed.
+        const int victim = 0, survivor = 1, routerHost = 2;
+        var specs = (await store.ListAsync<NodeSpec>(store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).ToList();
+        if ((await LeaderAsync(p, id)).Host != victim)
+        {
+            var to = specs.Single(s => s.CellId == $"cell-{victim + 1}").NodeId;
+            var (status, body) = await SendAsync(api0, HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = to }.ToJsonString());
+            Assert.True(status == 202, $"switchover answered {status}: {body.ToJsonString()}");
+            await Until(async () => (await LeaderAsync(p, id)).Host == victim && await FullAndHealthyAsync(store, id, 3), 60, $"{to} on host {victim} the primary");
+        }
+        var (oldPrimary, _) = await LeaderAsync(p, id);
+        int HostOf(string nodeId) => int.Parse(specs.Single(s => s.NodeId == nodeId).CellId["cell-".Length..], CultureInfo.InvariantCulture) - 1;
+        var targets = specs.Select(s => new WritableSampler.Target(s.NodeId, p.Hosts.HostAddress(HostOf(s.NodeId)), s.Port)).ToList();
+        var oldTarget = targets.Single(t => t.NodeId == oldPrimary);
+        var record = (await store.GetAsync<InstanceRecord>(store.Keys.Instance(id), CancellationToken.None))!.Value;
+        output.WriteLine($"primary {oldPrimary} on host {victim}; writer through host {routerHost}'s router; broker on host {survivor} stays");
+
+        using var api = p.Broker(survivor);
+        var creds = await BindAsync(api, id, "w", Catalog.ClusterHaPlanId);
+        var cs = new NpgsqlConnectionStringBuilder(TestPlatform.ConnectionStringFromUri((string)creds["uri"]!)) { Host = p.Hosts.HostAddress(routerHost) }.ConnectionString;
+        await using var writer = new Writer(cs, TimeSpan.FromMilliseconds(20));
+        await writer.CreateTableAsync();
+        writer.Start();
+
+        // Every node sampled from outside; the old primary also from inside its host, where it stays visible when cut off.
+        await using var sampler = new WritableSampler(targets, record.Superuser);
+        var probe = PartitionTests.StartInsideProbe(p.Hosts, victim, oldTarget, record.Superuser, p.Settings.Cell.PostgresBin);
+        var probeLog = p.Hosts.LogPath(probe);
+        await Until(() => Task.FromResult(PartitionTests.ReadProbe(probeLog).Count(o => o.Writable) >= 3
+                                          && sampler.Samples.Count(s => s.NodeId == oldPrimary && s.Seen == WritableSampler.Seen.Writable) >= 3
+                                          && writer.Acknowledged.Count > 20), 30, "the probes seeing the primary writable and the writer committing");
+
+        // Provisions in flight through the broker that is cut off, on the cells that stay reachable.
+        using var victimApi = p.Broker(victim);
+        var inFlight = new[] { 1, 2 }.Select(i => ($"tq{i}-" + Guid.NewGuid().ToString("N")[..6], $"cell-{i + 1}")).ToList();
+        foreach (var (pending, cell) in inFlight)
+            await ProvisionAsync(victimApi, pending, Catalog.SoloPlanId, new { cells = new[] { cell } }, wait: false);
+
+        var partitionedAt = DateTime.UtcNow;
+        await p.Hosts.PartitionAsync(victim);
+        output.WriteLine($"cut host {victim}'s link at {partitionedAt:HH:mm:ss.fff} with {inFlight.Count} provisions in flight");
+
+        await Until(() => Task.FromResult(writer.FirstAckAfter(partitionedAt) is not null), 30, "a write acknowledged after the partition");
+        var resumed = (writer.FirstAckAfter(partitionedAt)!.Value - partitionedAt).TotalSeconds;
+        await Until(() => Task.FromResult(PartitionTests.ReadProbe(probeLog).Any(o => !o.Writable && o.T0 > partitionedAt)), 30, "the old primary not writable, seen from inside its host");
+        var (newLeader, newLeaderHost) = await LeaderAsync(p, id);
+        Assert.NotEqual(victim, newLeaderHost);
+
+        // etcd keeps its quorum on the two members left.
+        await using (var two = new EtcdStore([p.EtcdUrl(survivor), p.EtcdUrl(routerHost)], p.Settings.EtcdPrefix))
+            await two.PutStringAsync(p.Settings.EtcdPrefix + "/three-hosts-probe", partitionedAt.ToString("O"), CancellationToken.None);
+
+        // The other broker answers throughout and finishes what was in flight.
+        var (catalogStatus, _) = await SendAsync(api, HttpMethod.Get, "/v2/catalog");
+        Assert.Equal(200, catalogStatus);
+        foreach (var (pending, _) in inFlight)
+        {
+            var final = await WaitForOperationAsync(api, pending, TimeSpan.FromSeconds(180));
+            Assert.True((string?)final["state"] == "succeeded", $"{pending}: {final.ToJsonString()}");
+        }
+        var finished = (DateTime.UtcNow - partitionedAt).TotalSeconds;
+        var victimAddress = p.Hosts.HostAddress(victim);
+        await Until(async () => (await p.ReadLogAsync(survivor, "broker")).Split('\n').Any(l => l.Contains("SBR took decision", StringComparison.Ordinal)
+                                                                                            && l.Contains($"{victimAddress}:4053", StringComparison.Ordinal)), 60,
+            $"the broker on host {survivor} downing the cut-off members at {victimAddress}");
+        // The cut-off broker was removed and restarted (as systemd would): it must wait for etcd, never found a cluster.
+        await Until(async () => (await p.ReadLogAsync(victim, "broker")).Contains("not joining the Akka cluster until it does", StringComparison.Ordinal), 90,
+            $"the restarted broker on host {victim} waiting for etcd before joining");
+        await Task.Delay(3000); // keep sampling while cut off: nothing may flip back
+
+        var healedAt = DateTime.UtcNow;
+        await p.Hosts.HealAsync(victim);
+        output.WriteLine($"healed host {victim} at {healedAt:HH:mm:ss.fff}");
+        await Until(async () => await FullAndHealthyAsync(store, id, 3)
+                                && (await store.ListAsync<NodeStatus>(store.Keys.Statuses(id), CancellationToken.None))
+                                   .Any(s => s.Value.NodeId == oldPrimary && s.Value.Role == "replica" && s.Value.Streaming && s.Value.UpdatedAt > healedAt),
+            180, $"the old primary {oldPrimary} a streaming replica again");
+        var rejoinedNode = DateTime.UtcNow - healedAt;
+        // One Akka cluster again: both brokers and the three cells registered as members, the returned broker serving.
+        await Until(async () => (await store.ListAsync<AkkaMemberRecord>(store.Keys.AkkaMembers, CancellationToken.None)).Count == 5, 120,
+            "five Akka members (two brokers, three cells) registered again");
+        var after = "tr-" + Guid.NewGuid().ToString("N")[..6];
+        await ProvisionAsync(victimApi, after, Catalog.SoloPlanId, new { cells = new[] { $"cell-{victim + 1}" } });
+        var rejoined = (DateTime.UtcNow - healedAt).TotalSeconds;
+        var victimLog = await p.ReadLogAsync(victim, "broker");
+        Assert.DoesNotContain("founding the cluster", victimLog, StringComparison.Ordinal);
+        Assert.Equal(newLeader, (await LeaderAsync(p, id)).NodeId);
+
+        await Task.Delay(1000);
+        await sampler.DisposeAsync();
+        var stoppedAt = DateTime.UtcNow;
+        try { probe.Kill(); } catch (InvalidOperationException) { }
+        await writer.DisposeAsync();
+        var missing = await writer.MissingAsync();
+        var samples = sampler.Samples.OrderBy(s => s.T1).ToList();
+        var inside = PartitionTests.ReadProbe(probeLog);
+        var sampled = PartitionTests.Analyse(output, samples, inside, oldPrimary, partitionedAt, healedAt, stoppedAt, rejoinedNode);
+        var figures = $"three hosts, host {victim}'s link cut under a writer every 20 ms: writes resumed after {resumed:0.00}s, " +
+                      $"{inFlight.Count} in-flight provisions finished by the other broker {finished:0.0}s after the cut; healed: " +
+                      $"one Akka cluster and a provision through the returned broker {rejoined:0.0}s later; " +
+                      $"{writer.Acknowledged.Count} commits acknowledged, {missing.Count} lost; {sampled}";
+        output.WriteLine(figures);
+        Console.WriteLine("[measure] " + figures);
+        Assert.Empty(missing);
+    }
+
     // ---- helpers ----
 
     private static async Task<(string NodeId, int Host)> LeaderAsync(ThreeHosts p, string id)
