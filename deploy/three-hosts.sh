@@ -255,7 +255,7 @@ if [ "$DOCKER" = 1 ]; then
   done
 fi
 
-# ---- brokers on host-1 and host-2 (host-1 first: the first seed forms the Akka cluster) ----
+# ---- brokers on host-1 and host-2 (the first broker up founds the Akka cluster, chosen in etcd) ----
 for i in 0 1; do
   h=${HOSTS[$i]}; a=$(addr $i)
   mkdir -p "$STATE/$h/broker"

@@ -97,7 +97,7 @@ public static class AkkaMembership
         try
         {
             var lease = await store.GrantLeaseAsync(FounderTtl, ct).ConfigureAwait(false);
-            return await store.TransactAsync(new Txn().Absent(store.Keys.AkkaFounder).PutString(store.Keys.AkkaFounder, self.ToString(), lease), ct).ConfigureAwait(false);
+            return await store.TransactAsync(new Txn().Absent(store.Keys.AkkaFounder).Put(store.Keys.AkkaFounder, self.ToString(), lease), ct).ConfigureAwait(false);
         }
         catch (RpcException)
         {

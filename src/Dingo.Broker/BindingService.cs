@@ -13,6 +13,9 @@ namespace Dingo.Broker;
 /// </summary>
 public sealed class BindingService(EtcdStore store, DingoSettings settings, ILogger<BindingService> logger)
 {
+    /// <summary>How long a bind waits for a primary that is changing hands before it answers 503.</summary>
+    private static readonly TimeSpan BindPatience = TimeSpan.FromSeconds(15);
+
     private Keys Keys => store.Keys;
 
     public async Task<OsbResult> BindAsync(string instanceId, string bindingId, HttpRequest request, CancellationToken ct)
@@ -64,16 +67,32 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
                 return OsbResult.Concurrency($"binding {bindingId} is being created by another request");
         }
 
-        var leader = await store.GetAsync<LeaderRecord>(Keys.Leader(instanceId), ct);
-        if (leader is null) return OsbResult.Error(503, "Unavailable", $"service instance {instanceId} has no primary right now; try again shortly");
-        try
+        // A primary may be changing hands (a failover, or a busy host's leader fencing itself) at the moment of binding:
+        // wait a little for the next one rather than fail a bind the platform can serve seconds later.
+        var deadline = DateTime.UtcNow + BindPatience;
+        while (true)
         {
-            await DatabaseAdmin.CreateBindingRoleAsync(leader.Value.Host, leader.Value.Port, instance.Value.Superuser, instance.Value.Database, binding.Role, ct);
-        }
-        catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException)
-        {
-            logger.LogWarning("binding {Binding} on {Instance}: creating the role failed: {Error}", bindingId, instanceId, ex.Message);
-            return OsbResult.Error(503, "Unavailable", $"could not create the binding's role on the primary: {ex.Message}");
+            var leader = await store.GetAsync<LeaderRecord>(Keys.Leader(instanceId), ct);
+            string failure;
+            if (leader is null) failure = "it has no primary right now";
+            else
+            {
+                try
+                {
+                    await DatabaseAdmin.CreateBindingRoleAsync(leader.Value.Host, leader.Value.Port, instance.Value.Superuser, instance.Value.Database, binding.Role, ct);
+                    break;
+                }
+                catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException)
+                {
+                    failure = $"creating the role on the primary failed: {ex.Message}";
+                }
+            }
+            if (DateTime.UtcNow >= deadline)
+            {
+                logger.LogWarning("binding {Binding} on {Instance}: {Failure}", bindingId, instanceId, failure);
+                return OsbResult.Error(503, "Unavailable", $"could not bind to service instance {instanceId}: {failure}; the binding is kept half-made, try again shortly");
+            }
+            await Task.Delay(500, ct);
         }
         var ready = binding with { State = "ready" };
         await store.PutAsync(Keys.Binding(instanceId, bindingId), ready, ct);

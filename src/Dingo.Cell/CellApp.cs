@@ -132,8 +132,10 @@ internal sealed class CellWatches(
             store.WatchPrefixAsync(keys.Assignments(settings.Cell.Id), _ => { cell.ActorRef.Tell(new CellMessages.Reconcile()); return Task.CompletedTask; }, stoppingToken),
             store.WatchPrefixAsync(keys.Clusters, changes =>
             {
-                // Only leadership matters here (the optime key changes with every write and wakes nobody).
-                var relevant = changes.Where(c => c.Key.EndsWith("/leader", StringComparison.Ordinal) || c.Key.EndsWith("/switchover", StringComparison.Ordinal)).ToList();
+                // Only leadership matters here (the optime key changes with every write and wakes nobody), and the first
+                // optime of a new cluster: its primary leads, so the replicas waiting to clone from it can start now.
+                var relevant = changes.Where(c => c.Key.EndsWith("/leader", StringComparison.Ordinal) || c.Key.EndsWith("/switchover", StringComparison.Ordinal)
+                                                  || (c.Created && c.Key.EndsWith("/optime", StringComparison.Ordinal))).ToList();
                 if (relevant.Count == 0) return Task.CompletedTask;
                 routerActor.ActorRef.Tell(new RouterMessages.Refresh());
                 // A leader key that changed or vanished wakes that cluster's nodes at once, not at their next loop.

@@ -296,6 +296,9 @@ public sealed class NodeAgent
                 var primary = await TryTakeKeyAsync(etcd).ConfigureAwait(false);
                 await _runtime.StartAsync(launch, primary ? null : Standby(null, record), ct).ConfigureAwait(false);
                 _following = null;
+                // A new cluster is bindable once its primary leads: catch PostgreSQL's first moment up in this pass
+                // (bounded well inside the lease), not a loop-wait later.
+                await WaitUntilAnsweringAsync(probe, ct).ConfigureAwait(false);
                 // Starting PostgreSQL may take longer than half the TTL on a busy host: renew at once, or the next pass
                 // would find the fencing deadline passed and demote a primary that just came up.
                 if (primary && await _store.KeepAliveOnceAsync(_leaderLease, ct).ConfigureAwait(false)) _lastRenewal = DateTime.UtcNow;
@@ -304,6 +307,7 @@ public sealed class NodeAgent
             case HaAction.CloneFromLeader clone:
                 await _runtime.CloneAsync(launch, Source(clone.From, record), ct).ConfigureAwait(false);
                 await StartStandbyAsync(launch, clone.From, record, ct).ConfigureAwait(false);
+                await WaitUntilAnsweringAsync(probe, ct).ConfigureAwait(false);
                 break;
 
             case HaAction.Start start:
@@ -364,6 +368,24 @@ public sealed class NodeAgent
                 await ReleaseKeyAsync(etcd).ConfigureAwait(false);
                 await StartStandbyAsync(launch, null, record, ct).ConfigureAwait(false);
                 break;
+        }
+    }
+
+    /// <summary>Polls PostgreSQL just started until it answers, for at most a quarter of the TTL.</summary>
+    private async Task WaitUntilAnsweringAsync(PostgresProbe probe, CancellationToken ct)
+    {
+        var until = DateTime.UtcNow + _settings.Ha.Ttl / 4;
+        while (DateTime.UtcNow < until)
+        {
+            try
+            {
+                await probe.ObserveAsync(ct).ConfigureAwait(false);
+                return;
+            }
+            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException)
+            {
+                await Task.Delay(50, ct).ConfigureAwait(false);
+            }
         }
     }
 

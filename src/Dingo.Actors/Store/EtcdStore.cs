@@ -294,7 +294,10 @@ public sealed class EtcdStore : IAsyncDisposable
                     if (response.Events.Count == 0) continue;
                     var changes = response.Events.Select(e => new WatchedChange(
                         e.Kv.Key.ToStringUtf8(),
-                        e.Type == Mvccpb.Event.Types.EventType.Delete ? null : e.Kv.Value.ToStringUtf8())).ToList();
+                        e.Type == Mvccpb.Event.Types.EventType.Delete ? null : e.Kv.Value.ToStringUtf8())
+                    {
+                        Created = e.Type == Mvccpb.Event.Types.EventType.Put && e.Kv.Version == 1,
+                    }).ToList();
                     await onChange(changes).ConfigureAwait(false);
                 }
             }
@@ -323,7 +326,11 @@ public sealed class EtcdStore : IAsyncDisposable
     }
 }
 
-public sealed record WatchedChange(string Key, string? Value);
+public sealed record WatchedChange(string Key, string? Value)
+{
+    /// <summary>The key did not exist before this change.</summary>
+    public bool Created { get; init; }
+}
 
 /// <summary>A small builder for etcd transactions: all compares must hold for the puts and deletes to apply.</summary>
 public sealed class Txn
