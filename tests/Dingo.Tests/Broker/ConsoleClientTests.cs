@@ -150,9 +150,10 @@ public sealed class ConsoleClientTests(ITestOutputHelper output)
         Assert.Contains("MEMBER", akka);
         Assert.Contains(ClusterConsole.HostPort(platform.Seed), akka);
 
-        // The broker's Akka port is closed to the console: `members` fails clearly, `status` still answers from etcd.
+        // No broker the console can reach: `members` fails clearly, `status` still answers from etcd. (A key prefix
+        // of its own, empty, so that no broker registered in etcd is found either.)
         var closed = $"akka.tcp://dingo@127.0.0.1:{FreePorts.One()}";
-        var unreachable = settings with { Akka = settings.Akka with { SeedNodes = [closed] } };
+        var unreachable = settings with { EtcdPrefix = settings.EtcdPrefix + "-no-broker", Akka = settings.Akka with { SeedNodes = [closed] } };
         (code, stdout, stderr) = await RunAsync((o, e) => MembersCommand.RunAsync(unreachable, o, e, CancellationToken.None));
         output.WriteLine(stderr);
         Assert.Equal(1, code);
