@@ -49,11 +49,12 @@ case "${1:-}" in
   ""|help|-h|--help) exec /usr/bin/dotnet /opt/dingo/cli/dingo.dll "$@" ;;
 esac
 # The console checks the whole configuration (the store's keys included) and talks to a broker: it takes the
-# DINGO_* lines of the env files the units read (root's), without overriding what the caller's environment sets.
+# DINGO_* lines of the env files the units read (root's), without overriding what the caller's environment sets;
+# `members` asks the brokers over Akka as a client, from DINGO_AKKA_SEEDS and on DINGO_AKKA_HOSTNAME (a free port).
 for file in /etc/dingo/dingo.env /etc/dingo/dingo-broker.env; do
   [ -r "$file" ] || continue
   while IFS='=' read -r key value; do
-    case "$key" in DINGO_AKKA_*) ;; DINGO_*) [ -n "$(printenv "$key")" ] || export "$key=$value" ;; esac
+    case "$key" in DINGO_AKKA_PORT) ;; DINGO_*) [ -n "$(printenv "$key")" ] || export "$key=$value" ;; esac
   done <"$file"
 done
 DINGO_HOME=/opt/dingo exec /usr/bin/dotnet /opt/dingo/cli/dingo.dll "$@" --config /etc/dingo/dingo.conf

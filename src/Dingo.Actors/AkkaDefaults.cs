@@ -36,6 +36,10 @@ public static class AkkaDefaults
           heartbeat-interval = 2s
           lease-operation-timeout = 5s
         }
+        # The operator console is a ClusterClient (never a member): every broker runs the receptionist it contacts,
+        # and the pub-sub registry that receptionist forwards through lives on the brokers alone.
+        akka.cluster.client.receptionist.role = broker
+        akka.cluster.pub-sub.role = broker
         akka.coordinated-shutdown.phases.cluster-exiting.timeout = 3s
         # The host stops the actor system after its own services have wound down in order (a cell's nodes first
         # hand over leadership); Akka must not race it from its own SIGTERM hook.

@@ -4,6 +4,7 @@ using Akka.Remote.Hosting;
 using Dingo.Broker.Osb;
 using Dingo.Config;
 using Dingo.Instances;
+using Dingo.Membership;
 using Dingo.Store;
 
 namespace Dingo.Broker;
@@ -38,6 +39,7 @@ public static class BrokerApp
             var store = sp.GetRequiredService<EtcdStore>();
             var loggers = sp.GetRequiredService<ILoggerFactory>();
             akka.AddHocon(AkkaDefaults.For(settings), HoconAddMode.Prepend)
+                .AddSetup(RemotingNoiseFilter.ForBroker())
                 .WithRemoting(settings.Akka.Hostname, port)
                 // No seed nodes here: AkkaMembership joins (or founds) the cluster with etcd as the judge.
                 .WithClustering(new ClusterOptions { Roles = ["broker"] })
@@ -46,6 +48,12 @@ public static class BrokerApp
                     id => ServiceInstanceActor.Props(id, store, settings, loggers),
                     new ServiceInstanceExtractor(),
                     new ShardOptions { Role = "broker", StateStoreMode = Akka.Cluster.Sharding.StateStoreMode.DData, RememberEntities = false })
+                .WithActors((system, registry) =>
+                {
+                    // The operator console (`dingo members`, `dingo status`) asks this actor from outside the cluster.
+                    var console = system.ActorOf(ConsoleGateway.Props(registry.Get<ServiceInstanceRegion>()), ConsoleGateway.Name);
+                    Akka.Cluster.Tools.Client.ClusterClientReceptionist.Get(system).RegisterService(console);
+                })
                 .AddStartup((system, _) =>
                 {
                     var cluster = Akka.Cluster.Cluster.Get(system);

@@ -7,7 +7,8 @@ public static class Program
     private const string Usage = """
         usage: dingo <command> [--config FILE]...
           up        start etcd, the broker and three cells on this machine (Ctrl-C stops them)
-          status    every instance with its port, plan, operation, nodes, roles, states and cells
+          status    every instance with its port, plan, operation, nodes, roles, states and cells, then the Akka members
+          members   the Akka cluster as a broker sees it: members, roles, status, reachability, leader (a client, not a member)
           switchover <instance> [--to <node>]   hand the primary to a named or the best replica, no write lost
           drain <cell>      switch primaries away from a cell, then move its nodes to other cells
           undrain <cell>    let a drained cell take nodes again
@@ -57,6 +58,7 @@ public static class Program
         {
             "up" => await Platform.UpAsync(home, files, settings),
             "status" => await StatusCommand.RunAsync(settings, Console.Out, cts.Token),
+            "members" => await MembersCommand.RunAsync(settings, Console.Out, Console.Error, cts.Token),
             "switchover" or "drain" or "undrain" or "recreate" or "rebuild" or "drill" or "backups" or "store-check" => await AdminCommands.RunAsync(args[0], rest, settings, cts.Token),
             "logs" => await LogsCommand.RunAsync(rest, settings, Console.Out, cts.Token),
             _ => Unknown(args[0]),

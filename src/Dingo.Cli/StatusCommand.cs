@@ -13,6 +13,8 @@ public static class StatusCommand
         try
         {
             await WriteAsync(store, output, ct);
+            // The cluster's own view comes from a broker over Akka; etcd alone is enough for everything above.
+            await MembersCommand.WriteSectionAsync(settings, store, output, ct);
             return 0;
         }
         catch (Grpc.Core.RpcException ex)

@@ -1,0 +1,164 @@
+using System.Collections.Immutable;
+using System.Globalization;
+using Akka.Actor;
+using Akka.Cluster.Tools.Client;
+using Akka.Configuration;
+using Dingo.Config;
+using Dingo.Model;
+using Dingo.Store;
+
+namespace Dingo.Membership;
+
+/// <summary>No broker answered the console: the message names the contacts it tried.</summary>
+public sealed class ClusterConsoleException(string message) : Exception(message);
+
+/// <summary>
+/// The operator console's way into the Akka cluster: a small actor system of its own (remoting only, never a
+/// cluster member) whose ClusterClient asks a broker's <see cref="ConsoleGateway"/> through the receptionist.
+/// </summary>
+public static class ClusterConsole
+{
+    /// <summary>The console's actor system: its address (akka.tcp://dingo-console@host:port) tells brokers who asks.</summary>
+    public const string SystemName = "dingo-console";
+
+    /// <summary>The time `dingo members` waits for an answer.</summary>
+    public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan EtcdTimeout = TimeSpan.FromSeconds(3);
+
+    /// <summary>
+    /// Akka addresses of the brokers to contact: the configured seed nodes (or, with none, this host's broker at
+    /// dingo.broker.akka-port), then every broker registered in etcd (read through <paramref name="store"/>, or a
+    /// store of its own; an empty or unreachable etcd adds nothing).
+    /// </summary>
+    public static async Task<IReadOnlyList<string>> BrokerAddressesAsync(DingoSettings settings, EtcdStore? store, CancellationToken ct)
+    {
+        var addresses = new List<string>();
+        if (settings.Akka.SeedNodes.Count > 0) addresses.AddRange(settings.Akka.SeedNodes);
+        else addresses.Add($"akka.tcp://dingo@{settings.Akka.Hostname}:{settings.Broker.AkkaPort.ToString(CultureInfo.InvariantCulture)}");
+
+        var own = store is null;
+        store ??= new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        try
+        {
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            timeout.CancelAfter(EtcdTimeout);
+            var members = await store.ListAsync<AkkaMemberRecord>(store.Keys.AkkaMembers, timeout.Token).ConfigureAwait(false);
+            addresses.AddRange(members.Select(m => m.Value).Where(m => m.Roles.Contains("broker")).Select(m => m.Address));
+        }
+        catch (Exception ex) when (!ct.IsCancellationRequested && ex is Grpc.Core.RpcException or OperationCanceledException or System.Text.Json.JsonException)
+        {
+            // etcd is only one of the two ways to find a broker: go on with the configured ones.
+        }
+        finally
+        {
+            if (own) await store.DisposeAsync().ConfigureAwait(false);
+        }
+        return addresses.Select(a => a.Trim().TrimEnd('/')).Where(a => a.Length > 0).Distinct(StringComparer.Ordinal).ToList();
+    }
+
+    /// <summary>The receptionist actor path on each broker: what the ClusterClient contacts first.</summary>
+    public static IReadOnlyList<string> ContactsOf(IEnumerable<string> brokerAddresses) =>
+        brokerAddresses.Select(a => a.TrimEnd('/') + "/system/receptionist").Distinct(StringComparer.Ordinal).ToList();
+
+    /// <summary>Finds the brokers (<see cref="BrokerAddressesAsync"/>) and asks one of them.</summary>
+    public static async Task<ClusterView> QueryAsync(DingoSettings settings, EtcdStore? store, TimeSpan timeout, CancellationToken ct)
+    {
+        var brokers = await BrokerAddressesAsync(settings, store, ct).ConfigureAwait(false);
+        return await QueryAsync(settings.Akka.Hostname, brokers, timeout, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Starts the console's actor system on <paramref name="hostname"/> (a free port), asks whichever broker answers
+    /// first for its <see cref="ClusterView"/>, and stops the system again. Throws <see cref="ClusterConsoleException"/>
+    /// when no broker answers within <paramref name="timeout"/>.
+    /// </summary>
+    public static async Task<ClusterView> QueryAsync(string hostname, IReadOnlyList<string> brokerAddresses, TimeSpan timeout, CancellationToken ct)
+    {
+        var contacts = ContactsOf(brokerAddresses);
+        var paths = new List<ActorPath>();
+        foreach (var contact in contacts)
+        {
+            if (ActorPath.TryParse(contact, out var path)) paths.Add(path);
+        }
+        if (paths.Count == 0)
+            throw new ClusterConsoleException("no broker address to contact: set dingo.akka.seed-nodes (DINGO_AKKA_SEEDS) or register the brokers in etcd");
+
+        var setup = BootstrapSetup.Create().WithConfig(ConsoleConfig(hostname))
+            .And(RemotingNoiseFilter.ForConsole());
+        ActorSystem system;
+        try
+        {
+            system = ActorSystem.Create(SystemName, setup);
+        }
+        catch (Exception ex)
+        {
+            // Typically an address that is not this host's (DINGO_AKKA_HOSTNAME copied from another host).
+            throw new ClusterConsoleException($"cannot start the console's Akka remoting on {hostname} (dingo.akka.hostname, DINGO_AKKA_HOSTNAME): {Innermost(ex).Message}");
+        }
+        try
+        {
+            var settings = ClusterClientSettings.Create(system)
+                .WithInitialContacts(paths.ToImmutableHashSet())
+                .WithEstablishingGetContactsInterval(TimeSpan.FromSeconds(1));
+            var client = system.ActorOf(ClusterClient.Props(settings), "client");
+            try
+            {
+                return await client.Ask<ClusterView>(new ClusterClient.Send(ConsoleGateway.Path, new ClusterViewRequest(), localAffinity: true), timeout, ct).ConfigureAwait(false);
+            }
+            catch (AskTimeoutException)
+            {
+                var self = ((ExtendedActorSystem)system).Provider.DefaultAddress;
+                throw new ClusterConsoleException(
+                    $"no broker answered within {timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture)}s; tried {string.Join(", ", contacts)}. " +
+                    $"Is a broker up, and its Akka port (dingo.broker.akka-port) reachable from this host? (this console is {self})");
+            }
+        }
+        finally
+        {
+            await system.Terminate().ConfigureAwait(false);
+        }
+    }
+
+    private static Exception Innermost(Exception ex)
+    {
+        while (ex.InnerException is not null) ex = ex.InnerException;
+        return ex;
+    }
+
+    /// <summary>Remoting only (a client, not a cluster member), quiet, on a free port.</summary>
+    internal static Akka.Configuration.Config ConsoleConfig(string hostname) => ConfigurationFactory.ParseString($$"""
+        akka.actor.provider = remote
+        akka.remote.dot-netty.tcp.hostname = "{{hostname}}"
+        akka.remote.dot-netty.tcp.port = 0
+        akka.loglevel = WARNING
+        akka.stdout-loglevel = WARNING
+        akka.remote.log-remote-lifecycle-events = off
+        akka.log-dead-letters = off
+        akka.log-dead-letters-during-shutdown = off
+        akka.coordinated-shutdown.run-by-clr-shutdown-hook = off
+        akka.cluster.client.reconnect-timeout = off
+        """);
+
+    /// <summary>The answer as a table: who answered and who leads, then one row per member.</summary>
+    public static void Write(ClusterView view, TextWriter output)
+    {
+        output.WriteLine($"answered by {HostPort(view.Broker)}; leader {(view.Leader is { } leader ? HostPort(leader) : "none")}");
+        var rows = new List<string[]> { new[] { "MEMBER", "ROLES", "STATUS", "REACHABLE", "SHARDS", "ENTITIES" } };
+        foreach (var m in view.Members)
+        {
+            rows.Add([HostPort(m.Address), string.Join(",", m.Roles), m.Status, m.Reachable ? "yes" : "NO",
+                m.Shards?.ToString(CultureInfo.InvariantCulture) ?? "-", m.Entities?.ToString(CultureInfo.InvariantCulture) ?? "-"]);
+        }
+        var widths = Enumerable.Range(0, rows[0].Length).Select(i => rows.Max(r => r[i].Length)).ToArray();
+        foreach (var row in rows)
+            output.WriteLine(string.Join("  ", row.Select((cell, i) => i == row.Length - 1 ? cell : cell.PadRight(widths[i]))).TrimEnd());
+        if (!view.HasShardStats) output.WriteLine("(shard counts unavailable: the sharding coordinator did not answer in time)");
+    }
+
+    /// <summary>host:port of akka.tcp://system@host:port.</summary>
+    public static string HostPort(string address)
+    {
+        var at = address.LastIndexOf('@');
+        return at < 0 ? address : address[(at + 1)..];
+    }
+}
