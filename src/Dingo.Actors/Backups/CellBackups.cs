@@ -212,8 +212,16 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             };
             if (alarm is not null && alarm != _lastAlarm) _cell.Logger.LogError("backups of {Instance}: {Alarm}", _instanceId, alarm);
             _lastAlarm = alarm;
+            // Only news is written (and a heartbeat every 10 s): with a hundred idle instances, a write per instance
+            // every 2 s was a steady load on etcd for nothing.
+            var same = state with { UpdatedAt = default };
+            if (same == _lastPublished && DateTime.UtcNow - _lastPublishedAt < TimeSpan.FromSeconds(10)) return;
             await _cell.Etcd.PutAsync(_cell.Etcd.Keys.Backup(_instanceId), state, ct).ConfigureAwait(false);
+            (_lastPublished, _lastPublishedAt) = (same, DateTime.UtcNow);
         }
+
+        private BackupState? _lastPublished;
+        private DateTime _lastPublishedAt;
 
         public async ValueTask DisposeAsync()
         {

@@ -42,6 +42,8 @@ public sealed record HaInput(
     public string? InitialisedBy { get; init; }
     /// <summary>The instance whose backups the cluster is restored from, instead of an empty initdb.</summary>
     public string? RestoreFrom { get; init; }
+    /// <summary>No other node is placed for this instance (as last read): nobody could take over from this one.</summary>
+    public bool Alone { get; init; }
 }
 
 /// <summary>One pass's decision and the sentence that explains it (logged, reported, shown by `dingo status`).</summary>
@@ -106,6 +108,9 @@ public static class Failover
         if (!i.EtcdReachable)
         {
             if (local.InRecovery) return new HaAction.Wait("no action: etcd unreachable, staying a replica");
+            // Fencing keeps two primaries apart; a node with no other member has nobody to be kept apart from, and
+            // demoting it would only take the database away while etcd is slow or gone.
+            if (i.Alone) return new HaAction.Wait($"no action: etcd unreachable for {i.SinceRenewal.TotalSeconds:0.0}s; no other node could take over, so this single node keeps serving");
             if (i.SinceRenewal >= s.Ttl / 2)
                 return new HaAction.Demote(null, $"demoting: cannot reach etcd to renew the leader key for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)");
             return new HaAction.Wait($"no action: etcd unreachable for {i.SinceRenewal.TotalSeconds:0.0}s, leader lease still valid");
@@ -114,7 +119,7 @@ public static class Failover
         if (leaderIsMe)
         {
             if (!i.HoldsLease) return new HaAction.ReleaseStaleKey("releasing a leader key whose lease this process does not hold");
-            if (i.SinceRenewal >= s.Ttl / 2 && !local.InRecovery)
+            if (i.SinceRenewal >= s.Ttl / 2 && !local.InRecovery && !i.Alone)
                 return new HaAction.Demote(null, $"demoting: the leader key was not renewed for {i.SinceRenewal.TotalSeconds:0.0}s (fencing)");
             if (local.InRecovery) return new HaAction.Promote("promoting: I hold the leader key");
             if (i.Switchover is { } sw && sw.From == me)

@@ -179,6 +179,7 @@ public sealed class NodeAgent
             _restarts++;
             _seenRunning = false;
             _prepared = false;
+            _lastOptime = null;
             _logger.LogWarning("node {Node}: PostgreSQL is not running ({Detail}) (restart #{Count})", _spec.NodeId, mine.Detail, _restarts);
         }
         if (pg is not null) _seenRunning = true;
@@ -258,6 +259,7 @@ public sealed class NodeAgent
         {
             InitialisedBy = initialisedBy,
             RestoreFrom = record.Restore?.InstanceId,
+            Alone = _others.Count == 0,
         };
     }
 
@@ -395,6 +397,7 @@ public sealed class NodeAgent
         _following = leader?.NodeId;
         _notStreamingSince = DateTime.UtcNow;
         _prepared = false;
+        _lastOptime = null;
     }
 
     private async Task TryRewindAsync(NodeLaunchSpec launch, LeaderRecord leader, InstanceRecord record, CancellationToken ct)
@@ -456,7 +459,12 @@ public sealed class NodeAgent
         }
         // This pass already observed PostgreSQL and read the members; only a promotion just now moved the WAL position.
         var lsn = promoted ? (await probe.ObserveAsync(ct).ConfigureAwait(false)).Lsn : input.Local.Lsn;
-        await _store.PutAsync(K.Optime(_spec.InstanceId), lsn, etcd).ConfigureAwait(false);
+        // Only a moved position is news (an idle primary's stays put).
+        if (lsn != _lastOptime)
+        {
+            await _store.PutAsync(K.Optime(_spec.InstanceId), lsn, etcd).ConfigureAwait(false);
+            _lastOptime = lsn;
+        }
         var others = _others;
         var slots = others.Select(PostgresProbe.SlotName).ToHashSet();
         if (_backups is not null) slots.Add(Dingo.Backups.WalArchiverOptions.DefaultSlotName); // the archiver's own slot
@@ -510,8 +518,18 @@ public sealed class NodeAgent
             UpdatedAt = DateTimeOffset.UtcNow,
         };
         var lease = await _cellLease.EnsureAsync(ct).ConfigureAwait(false);
+        // Written when anything but the time changed, and as a heartbeat well inside the freshness others judge members
+        // by (Failover: loop-wait x 3 + 1 s): an idle node no longer costs etcd a write every pass.
+        var same = status with { UpdatedAt = default };
+        if (same == _lastReported && lease == _lastReportedLease && DateTime.UtcNow - _lastReportedAt < _settings.Ha.LoopWait * 2) return;
         await _store.PutAsync(K.Status(_spec.InstanceId, _spec.NodeId), status, ct, lease).ConfigureAwait(false);
+        (_lastReported, _lastReportedLease, _lastReportedAt) = (same, lease, DateTime.UtcNow);
     }
+
+    private long? _lastOptime;
+    private NodeStatus? _lastReported;
+    private long _lastReportedLease;
+    private DateTime _lastReportedAt;
 
     /// <summary>What the node's health API answers from: the last pass's observation.</summary>
     public NodeHealth Health()

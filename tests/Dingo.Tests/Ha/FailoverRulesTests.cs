@@ -37,4 +37,34 @@ public sealed class FailoverRulesTests
         var wait = Assert.IsType<HaAction.Wait>(decision);
         Assert.Contains("not a synchronous standby", wait.Sentence, StringComparison.Ordinal);
     }
+
+    private static HaInput PrimaryCutOffFromEtcd(bool alone, bool reachable) =>
+        new("n-a", Synchronous: false,
+            new LocalState(DataInitialised: true, Running: true, Answering: true, InRecovery: false, Lsn: 100, Timeline: 1, Streaming: false,
+                FollowingNodeId: null, NotStreamingFor: TimeSpan.Zero, RewindFailed: false),
+            EtcdReachable: reachable, Leader: new Dingo.Model.LeaderRecord { NodeId = "n-a", Host = "127.0.0.1", Port = 5432 }, HoldsLease: true,
+            SinceRenewal: TimeSpan.FromSeconds(3), LeaderOptime: 100, Sync: null,
+            Members: [], Switchover: null, ClusterInitialised: true, BootstrapCandidate: false, Now: DateTimeOffset.UtcNow)
+        {
+            Alone = alone,
+        };
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_primary_with_other_members_fences_itself_when_it_cannot_renew(bool etcdReachable)
+    {
+        Assert.IsType<HaAction.Demote>(Failover.Decide(PrimaryCutOffFromEtcd(alone: false, etcdReachable), Settings));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_single_node_with_nobody_to_take_over_keeps_serving_when_etcd_is_slow_or_gone(bool etcdReachable)
+    {
+        // Fencing keeps two primaries apart: with no other member, demoting would only take the database away.
+        var decision = Failover.Decide(PrimaryCutOffFromEtcd(alone: true, etcdReachable), Settings);
+        Assert.IsNotType<HaAction.Demote>(decision);
+        if (!etcdReachable) Assert.Contains("keeps serving", decision.Sentence, StringComparison.Ordinal);
+    }
 }

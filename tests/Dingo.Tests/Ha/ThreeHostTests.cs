@@ -224,6 +224,16 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         // One Akka cluster again: both brokers and the three cells registered as members, the returned broker serving.
         await Until(async () => (await store.ListAsync<AkkaMemberRecord>(store.Keys.AkkaMembers, CancellationToken.None)).Count == 5, 120,
             "five Akka members (two brokers, three cells) registered again");
+        // Asked as the console asks (a cluster client of the brokers): one cluster holds all five, every one Up and reachable.
+        var brokers = new[] { 0, 1 }.Select(i => $"akka.tcp://dingo@{p.Hosts.HostAddress(i)}:4053").ToList();
+        Dingo.Membership.ClusterView? view = null;
+        await Until(async () =>
+        {
+            try { view = await Dingo.Membership.ClusterConsole.QueryAsync(p.Hosts.BridgeAddress, brokers, TimeSpan.FromSeconds(5), CancellationToken.None); }
+            catch (Dingo.Membership.ClusterConsoleException) { return false; }
+            return view.Members.Count == 5 && view.Members.All(m => m.Status == "Up" && m.Reachable);
+        }, 120, "one Akka cluster of five members, all Up and reachable, as the console sees it");
+        output.WriteLine($"cluster view from {view!.Broker}: {string.Join(", ", view.Members.Select(m => $"{m.Address} [{string.Join(",", m.Roles)}] {m.Status}"))}");
         var after = "tr-" + Guid.NewGuid().ToString("N")[..6];
         await ProvisionAsync(victimApi, after, Catalog.SoloPlanId, new { cells = new[] { $"cell-{victim + 1}" } });
         var rejoined = (DateTime.UtcNow - healedAt).TotalSeconds;
