@@ -194,18 +194,22 @@ internal sealed class BenchPlatform : IAsyncDisposable
             }
         }
         var children = ChildrenByParent();
+        return (postmasters.Count, postmasters.Sum(root => TreePssKib(root, children)) / 1024);
+    }
+
+    /// <summary>PSS (KiB) of a process and all its descendants.</summary>
+    public static double TreePssKib(int root, Dictionary<int, List<int>>? children = null)
+    {
+        children ??= ChildrenByParent();
         double kib = 0;
-        foreach (var root in postmasters)
+        var stack = new Stack<int>([root]);
+        while (stack.Count > 0)
         {
-            var stack = new Stack<int>([root]);
-            while (stack.Count > 0)
-            {
-                var pid = stack.Pop();
-                kib += PssKib(pid);
-                if (children.TryGetValue(pid, out var kids)) foreach (var k in kids) stack.Push(k);
-            }
+            var pid = stack.Pop();
+            kib += PssKib(pid);
+            if (children.TryGetValue(pid, out var kids)) foreach (var k in kids) stack.Push(k);
         }
-        return (postmasters.Count, kib / 1024);
+        return kib;
     }
 
     /// <summary>Resident memory of the three cell agents (MiB), for the record.</summary>

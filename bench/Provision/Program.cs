@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Dingo.Model;
 using Dingo.Tests.Support;
+using Npgsql;
 
 namespace Dingo.Bench.Provision;
 
@@ -31,6 +32,18 @@ public static class Program
         using var interrupted = new CancellationTokenSource();
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; interrupted.Cancel(); };
         var ct = interrupted.Token;
+
+        // The peer, in the same run: PostgreSQL alone (initdb, start, first query; its idle memory), median of 3.
+        var bare = new List<(double Seconds, double PssMib)>();
+        try
+        {
+            for (var i = 0; i < 3; i++) bare.Add(await BarePostgres.MeasureAsync("/usr/lib/postgresql/15/bin", 30990, ct));
+            output.WriteLine($"peer bare_postgres runs={bare.Count} bindable_s={F(Median(bare.Select(b => b.Seconds)))} idle_pss_mib={Median(bare.Select(b => b.PssMib)).ToString("0.0", CultureInfo.InvariantCulture)}");
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or NpgsqlException or IOException)
+        {
+            Console.Error.WriteLine($"bench: the bare PostgreSQL peer failed: {ex.Message}");
+        }
 
         var samples = new List<Sample>();
         var soloInstances = 0;
@@ -96,6 +109,15 @@ public static class Program
             failed = true;
         }
 
+        if (bare.Count > 0)
+        {
+            var bareSeconds = Median(bare.Select(b => b.Seconds));
+            string Ratio(string runtime, string plan) =>
+                samples.Where(s => s.Runtime == runtime && s.Plan == plan && s.Phase == "sequential").ToList() is { Count: > 0 } l ? (Percentile(l, 50) / bareSeconds).ToString("0.0", CultureInfo.InvariantCulture) : "na";
+            output.WriteLine($"summary peer solo_process_vs_bare={Ratio("process", "solo")} cluster_process_vs_bare={Ratio("process", "cluster")} "
+                             + $"solo_docker_vs_bare={Ratio("docker", "solo")} cluster_docker_vs_bare={Ratio("docker", "cluster")} "
+                             + $"idle_node_mib_vs_bare={(mibPerIdleNode is { } m2 ? (m2 / Median(bare.Select(b => b.PssMib))).ToString("0.00", CultureInfo.InvariantCulture) : "na")}");
+        }
         string P50(string runtime) =>
             samples.Where(s => s.Runtime == runtime && s.Plan == "cluster" && s.Phase == "sequential").ToList() is { Count: > 0 } l ? F(Percentile(l, 50)) : "na";
         output.WriteLine($"RESULT provision cluster_process_p50_s={P50("process")} cluster_docker_p50_s={P50("docker")} "
@@ -163,6 +185,12 @@ public static class Program
         // Nearest rank.
         var rank = (int)Math.Ceiling(p / 100.0 * sorted.Count);
         return sorted[Math.Clamp(rank - 1, 0, sorted.Count - 1)];
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
     }
 
     private static string F(double seconds) => seconds.ToString("0.00", CultureInfo.InvariantCulture);

@@ -74,7 +74,9 @@ public sealed class NodeAgent
         _fence = fence;
         try
         {
-            if (_leaderLease != 0) fence.CancelAfter(UntilFencing());
+            // A node with no other member is never fenced (Failover): its etcd calls wait out their own deadlines, or
+            // a lease that lapsed once could never be renewed again (every call would be cut short at once).
+            if (_leaderLease != 0 && _others.Count > 0) fence.CancelAfter(UntilFencing());
             return await RunPassAsync(fence.Token, ct).ConfigureAwait(false);
         }
         finally
