@@ -46,10 +46,10 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         }
         finally
         {
-            if (runtime.Problem != _registeredProblem)
+            if (Problem != _registeredProblem)
             {
                 // Operators see it in `dingo status` (CELLS); the running nodes are left alone.
-                if (runtime.Problem is { } problem) logger.LogError("cell {Cell}: {Problem}", _cell.Id, problem);
+                if (Problem is { } problem) logger.LogError("cell {Cell}: {Problem}", _cell.Id, problem);
                 else logger.LogInformation("cell {Cell}: the runtime works again", _cell.Id);
                 await RegisterAsync(leaseId, ct).ConfigureAwait(false);
             }
@@ -95,6 +95,33 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         return instance is null || instance.Value.Desired == DesiredState.Absent;
     }
 
+    /// <summary>What keeps this cell from taking nodes: its runtime's problem, and a file system nearly full.</summary>
+    private string? Problem
+    {
+        get
+        {
+            var disk = DiskProblem();
+            return runtime.Problem is { } r ? (disk is null ? r : $"{r}; {disk}") : disk;
+        }
+    }
+
+    private string? DiskProblem()
+    {
+        if (_cell.MinFreeDisk <= 0) return null;
+        try
+        {
+            var dir = Path.GetFullPath(settings.DataDir);
+            Directory.CreateDirectory(dir);
+            var free = new DriveInfo(dir).AvailableFreeSpace;
+            return free >= _cell.MinFreeDisk ? null
+                : $"disk nearly full: less than {_cell.MinFreeDisk / (1024 * 1024)} MiB (dingo.cell.min-free-disk) free where the cell keeps its data ({dir}); no new node is placed here";
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            return $"cannot read the free space where the cell keeps its data: {ex.Message}";
+        }
+    }
+
     private async Task RegisterAsync(long leaseId, CancellationToken ct)
     {
         var info = new CellInfo
@@ -105,7 +132,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
             Address = _cell.Address,
             Runtime = runtime.Kind,
             StartedAt = _startedAt,
-            Problem = runtime.Problem,
+            Problem = Problem,
         };
         _registeredProblem = info.Problem;
         await store.PutAsync(store.Keys.Cell(_cell.Id), info, ct, leaseId).ConfigureAwait(false);

@@ -84,6 +84,7 @@ public sealed record DingoSettings
                 RunAsUser = d.GetString("cell.run-as-user", "postgres"),
                 AkkaPort = int.TryParse(Env("DINGO_AKKA_PORT"), out var cellAkka) ? cellAkka : d.GetInt("cell.akka-port", 0),
                 OrphanGrace = d.GetTimeSpan("cell.orphan-grace", TimeSpan.FromMinutes(10)),
+                MinFreeDisk = d.GetByteSize("cell.min-free-disk") ?? 1024L * 1024 * 1024,
                 Docker = DockerSettings.FromConfig(d, env),
             },
             NodePortFirst = d.GetInt("node-port-range-first", 10000),
@@ -129,6 +130,7 @@ public sealed record DingoSettings
         if (!Uri.TryCreate(Broker.Url, UriKind.Absolute, out _)) throw new ArgumentException($"dingo.broker.url '{Broker.Url}' is not an absolute URL");
         if (Cell.Runtime is not ("process" or "docker")) throw new ArgumentException($"dingo.cell.runtime must be \"process\" or \"docker\": got \"{Cell.Runtime}\"");
         if (Cell.OrphanGrace < TimeSpan.Zero) throw new ArgumentException("dingo.cell.orphan-grace must not be negative");
+        if (Cell.MinFreeDisk < 0) throw new ArgumentException("dingo.cell.min-free-disk must not be negative");
         if (Cell.Runtime == "docker") Cell.Docker.Validate();
     }
 }
@@ -174,6 +176,8 @@ public sealed record CellSettings
     public required int AkkaPort { get; init; }
     /// <summary>A node etcd no longer wants while its instance still exists is stopped at once and its data deleted after this.</summary>
     public TimeSpan OrphanGrace { get; init; } = TimeSpan.FromMinutes(10);
+    /// <summary>Below this much free space where the cell keeps its data, the cell reports a problem and takes no new node.</summary>
+    public long MinFreeDisk { get; init; } = 1024L * 1024 * 1024;
     /// <summary>`dingo.cell.docker`: used when Runtime is "docker".</summary>
     public DockerSettings Docker { get; init; } = new();
 }

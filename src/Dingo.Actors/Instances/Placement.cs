@@ -27,6 +27,11 @@ public static class Placement
                 : $"none of the requested cells ({string.Join(", ", allowedCells)}) is registered and free of this instance");
         }
         var usedZones = cells.Where(c => usedCells.Contains(c.Id)).Select(c => c.Zone).ToHashSet();
+        // A cell whose runtime does not work (engine unreachable, image missing, disk full) takes no new node.
+        var working = candidates.Where(c => c.Problem is null).ToList();
+        if (working.Count == 0)
+            return PlacementResult.None($"every candidate cell has a problem ({string.Join("; ", candidates.Select(c => $"{c.Id}: {c.Problem}"))})");
+        candidates = working;
         var withRoom = candidates.Where(c => load.GetValueOrDefault(c.Id) < c.Capacity).ToList();
         if (withRoom.Count == 0)
             return PlacementResult.None($"every candidate cell is full ({string.Join(", ", candidates.Select(c => $"{c.Id} {load.GetValueOrDefault(c.Id)}/{c.Capacity}"))})");

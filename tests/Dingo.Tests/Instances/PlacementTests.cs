@@ -41,4 +41,16 @@ public sealed class PlacementTests
         Assert.Null(result.Cell);
         Assert.Equal("no cell is registered", result.Reason);
     }
+
+    [Fact]
+    public void A_cell_with_a_problem_takes_no_new_node_and_the_reason_names_it()
+    {
+        var sick = ThreeCells.Select(c => c.Id == "cell-1" ? c with { Problem = "disk nearly full" } : c).ToList();
+        Assert.Equal("cell-2", Placement.Choose(sick, new Dictionary<string, int>(), [], null).Cell?.Id);
+
+        var allSick = ThreeCells.Select(c => c with { Problem = $"engine of {c.Id} unreachable" }).ToList();
+        var none = Placement.Choose(allSick, new Dictionary<string, int>(), [], null);
+        Assert.Null(none.Cell);
+        Assert.Contains("cell-3: engine of cell-3 unreachable", none.Reason, StringComparison.Ordinal);
+    }
 }
