@@ -19,6 +19,8 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
     private readonly CellSettings _cell = settings.Cell;
     private long _registeredUnder;
     private string? _registeredProblem;
+    private readonly Dictionary<string, long?> _unwantedLsn = new();
+    private readonly HashSet<string> _keptLogged = new();
     private DateTimeOffset _startedAt = DateTimeOffset.UtcNow;
     /// <summary>Nodes seen assigned to this cell: which instance an unwanted node belonged to.</summary>
     private readonly Dictionary<string, NodeSpec> _seen = new();
@@ -59,7 +61,12 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
             if (await RemoveOrphanAsync(orphan, ct).ConfigureAwait(false) is { } done) did.Add(done);
         }
         // Forget what is gone, or wanted again.
-        foreach (var id in _unwantedSince.Keys.Where(id => wanted.Contains(id) || held.All(n => n.NodeId != id)).ToList()) _unwantedSince.Remove(id);
+        foreach (var id in _unwantedSince.Keys.Where(id => wanted.Contains(id) || held.All(n => n.NodeId != id)).ToList())
+        {
+            _unwantedSince.Remove(id);
+            _unwantedLsn.Remove(id);
+            _keptLogged.Remove(id);
+        }
         foreach (var id in _seen.Keys.Where(id => !wanted.Contains(id) && held.All(n => n.NodeId != id)).ToList()) _seen.Remove(id);
         await ClearStaleStatusesAsync(wanted, busy, ct).ConfigureAwait(false);
         return new CellPass(desired, did.Count == 0 ? $"no action: {desired.Count} node(s) assigned" : string.Join("; ", did));
@@ -74,19 +81,55 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
     {
         var instanceId = orphan.InstanceId ?? _seen.GetValueOrDefault(orphan.NodeId)?.InstanceId;
         var deleted = instanceId is not null && await InstanceDeletedAsync(instanceId, ct).ConfigureAwait(false);
-        var since = _unwantedSince.TryGetValue(orphan.NodeId, out var first) ? first : _unwantedSince[orphan.NodeId] = DateTimeOffset.UtcNow;
-        if (deleted || DateTimeOffset.UtcNow - since >= _cell.OrphanGrace)
+        if (!_unwantedSince.TryGetValue(orphan.NodeId, out var since))
+        {
+            since = _unwantedSince[orphan.NodeId] = DateTimeOffset.UtcNow;
+            // What it held, as it last said (its status goes once it is stopped): the bar its data's safety is judged by.
+            if (instanceId is not null)
+                _unwantedLsn[orphan.NodeId] = (await store.GetAsync<NodeStatus>(store.Keys.Status(instanceId, orphan.NodeId), ct).ConfigureAwait(false))?.Value.Lsn;
+        }
+        var graceOver = DateTimeOffset.UtcNow - since >= _cell.OrphanGrace;
+        string? unsafeWhy = null;
+        if (!deleted && graceOver && instanceId is not null)
+        {
+            unsafeWhy = await WhyNotSafeAsync(instanceId, orphan.NodeId, _unwantedLsn.GetValueOrDefault(orphan.NodeId), ct).ConfigureAwait(false);
+            if (unsafeWhy is not null && _keptLogged.Add(orphan.NodeId))
+                logger.LogWarning("node {Node}: no longer assigned to {Cell}, but its data is kept: {Why}", orphan.NodeId, _cell.Id, unsafeWhy);
+        }
+        if (deleted || (graceOver && unsafeWhy is null))
         {
             logger.LogInformation("node {Node}: no longer assigned to {Cell} ({Why}); stopping it and removing its data", orphan.NodeId, _cell.Id,
                 deleted ? $"instance {instanceId} is deleted" : $"unwanted since {since:HH:mm:ss}");
             await runtime.RemoveAsync(orphan.NodeId, ct).ConfigureAwait(false);
             _unwantedSince.Remove(orphan.NodeId);
+            _unwantedLsn.Remove(orphan.NodeId);
+            _keptLogged.Remove(orphan.NodeId);
             return $"removed {orphan.NodeId}";
         }
         if (!orphan.Running) return null;
         logger.LogInformation("node {Node}: no longer assigned to {Cell}; stopping it, data kept until {Until:HH:mm:ss}", orphan.NodeId, _cell.Id, since + _cell.OrphanGrace);
         await runtime.StopAsync(orphan.NodeId, ct).ConfigureAwait(false);
         return $"stopped {orphan.NodeId} (no longer assigned; data kept for {_cell.OrphanGrace.TotalSeconds:0}s)";
+    }
+
+    /// <summary>
+    /// Null when the unwanted node's data is safe elsewhere: another node leads the instance and is running at least
+    /// as far on as this node last was, or the backup archive holds a base backup and WAL at least that far. Else why not.
+    /// </summary>
+    private async Task<string?> WhyNotSafeAsync(string instanceId, string nodeId, long? lastLsn, CancellationToken ct)
+    {
+        var keys = store.Keys;
+        var leader = (await store.GetAsync<LeaderRecord>(keys.Leader(instanceId), ct).ConfigureAwait(false))?.Value;
+        if (leader is not null && leader.NodeId != nodeId)
+        {
+            var status = (await store.GetAsync<NodeStatus>(keys.Status(instanceId, leader.NodeId), ct).ConfigureAwait(false))?.Value;
+            if (status is { State: NodeState.Running, Role: "primary" } && (lastLsn is null || status.Lsn >= lastLsn)) return null;
+        }
+        var backup = (await store.GetAsync<BackupState>(keys.Backup(instanceId), ct).ConfigureAwait(false))?.Value;
+        if (backup is { LastBaseBackup: not null } && lastLsn is { } lsn && (long)Dingo.Backups.Lsn.Parse(backup.ArchivedLsn) >= lsn) return null;
+        return leader is null || leader.NodeId == nodeId
+            ? "no other node of its instance leads, and the backup archive does not hold its last WAL position yet"
+            : $"the primary {leader.NodeId} is not running past this node's last WAL position, and neither is the backup archive";
     }
 
     private async Task<bool> InstanceDeletedAsync(string instanceId, CancellationToken ct)

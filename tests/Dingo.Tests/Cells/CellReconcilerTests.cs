@@ -122,10 +122,10 @@ public abstract class CellReconcilerTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_node_moved_away_from_its_live_instance_stops_at_once_and_its_data_goes_after_the_grace()
+    public async Task A_node_moved_away_from_its_live_instance_stops_at_once_and_its_data_goes_after_the_grace_once_it_is_safe_elsewhere()
     {
         var spec = await AssignAsync();
-        await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        var running = await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
         await _store.DeleteAsync(K.Assignment("cell-1", spec.NodeId), None);
 
         var first = (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary;
@@ -136,6 +136,19 @@ public abstract class CellReconcilerTests : IAsyncLifetime
         Assert.StartsWith("no action", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
 
         await Task.Delay(_settings.Cell.OrphanGrace);
+        // The grace is over, but this node was the only one: nobody else leads and no backup holds its WAL. Kept.
+        Assert.DoesNotContain("removed", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+        Assert.Single(await _runtime.ListAsync(None));
+
+        // A replacement on another cell leads, running at least as far on: now the data may go.
+        var other = "n-" + Guid.NewGuid().ToString("N")[..6];
+        await _store.DeleteAsync(K.Leader(spec.InstanceId), None);
+        await _store.PutAsync(K.Leader(spec.InstanceId), new LeaderRecord { NodeId = other, Host = "127.0.0.1", Port = _settings.NodePortFirst + 1 }, None);
+        await _store.PutAsync(K.Status(spec.InstanceId, other), new NodeStatus
+        {
+            NodeId = other, InstanceId = spec.InstanceId, CellId = "cell-2", State = NodeState.Running, Role = "primary", Detail = "no action: I hold the leader key",
+            Lsn = running!.Lsn, Host = "127.0.0.1", Port = _settings.NodePortFirst + 1, UpdatedAt = DateTimeOffset.UtcNow,
+        }, None);
         Assert.Contains($"removed {spec.NodeId}", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
         Assert.Empty(await _runtime.ListAsync(None));
     }
