@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using Dingo.Bench.Shared;
 using Npgsql;
 
 namespace Dingo.Bench.Provision;
@@ -43,17 +44,11 @@ internal static class BarePostgres
         }
     }
 
+    private static readonly TimeSpan ToolTimeout = TimeSpan.FromMinutes(2);
+
     private static Task RunAsPostgresAsync(string file, IEnumerable<string> args, CancellationToken ct) =>
         RunAsync("setpriv", new[] { "--reuid=postgres", "--regid=postgres", "--init-groups", file }.Concat(args), ct);
 
-    private static async Task RunAsync(string file, IEnumerable<string> args, CancellationToken ct)
-    {
-        var psi = new ProcessStartInfo(file) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = "/" };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {file}");
-        var stdout = process.StandardOutput.ReadToEndAsync(ct);
-        var stderr = process.StandardError.ReadToEndAsync(ct);
-        await process.WaitForExitAsync(ct);
-        if (process.ExitCode != 0) throw new InvalidOperationException($"{Path.GetFileName(file)} exited {process.ExitCode}: {(await stderr).Trim()} {(await stdout).Trim()}");
-    }
+    private static Task RunAsync(string file, IEnumerable<string> args, CancellationToken ct) =>
+        ChildProcesses.RunCheckedAsync(file, args.ToList(), null, ToolTimeout, ct);
 }

@@ -69,12 +69,12 @@ internal sealed class BenchPlatform : IAsyncDisposable
     {
         var started = Stopwatch.StartNew();
         _instances.Add(id);
-        var (status, body) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", TestPlatform.ProvisionBody(planId), ct);
+        var (status, body) = await _platform.SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", TestPlatform.ProvisionBody(planId), ct);
         if (status != 202) throw new InvalidOperationException($"provision {id} answered {status}: {body.ToJsonString()}");
         while (true)
         {
             if (started.Elapsed > BindableTimeout) throw new TimeoutException($"{id} not provisioned within {BindableTimeout}");
-            var (s, op) = await SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation", null, ct);
+            var (s, op) = await _platform.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation", null, ct);
             if (s != 200) throw new InvalidOperationException($"last_operation of {id} answered {s}: {op.ToJsonString()}");
             var state = (string?)op["state"];
             if (state == "succeeded") break;
@@ -86,7 +86,7 @@ internal sealed class BenchPlatform : IAsyncDisposable
         var placed = (await _platform.Store.ListAsync<NodeSpec>(_platform.Store.Keys.Nodes(id), ct)).Select(n => (n.Value.CreatedAt - requestedAt).TotalSeconds).Order();
         Console.Error.WriteLine($"bench: {id}: nodes placed at {string.Join(", ", placed.Select(F))} s, last_operation succeeded by {F(provisioned)} s");
         var bind = new JsonObject { ["service_id"] = Catalog.ServiceId, ["plan_id"] = planId, ["app_guid"] = "bench" }.ToJsonString();
-        var (bs, binding) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}/service_bindings/b-{id}", bind, ct);
+        var (bs, binding) = await _platform.SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}/service_bindings/b-{id}", bind, ct);
         if (bs != 201) throw new InvalidOperationException($"bind {id} answered {bs}: {binding.ToJsonString()}");
         var uri = (string)binding["credentials"]!["uri"]!;
         _uris[id] = uri;
@@ -140,12 +140,12 @@ internal sealed class BenchPlatform : IAsyncDisposable
         await Task.WhenAll(ids.Select(async id =>
         {
             var planId = (await _platform.Store.GetAsync<InstanceRecord>(_platform.Store.Keys.Instance(id), ct))?.Value.PlanId ?? Catalog.SoloPlanId;
-            var (status, body) = await SendAsync(HttpMethod.Delete, $"/v2/service_instances/{id}?accepts_incomplete=true&service_id={Catalog.ServiceId}&plan_id={planId}", null, ct);
+            var (status, body) = await _platform.SendAsync(HttpMethod.Delete, $"/v2/service_instances/{id}?accepts_incomplete=true&service_id={Catalog.ServiceId}&plan_id={planId}", null, ct);
             if (status is not (202 or 200 or 410)) throw new InvalidOperationException($"deprovision {id} answered {status}: {body.ToJsonString()}");
             var deadline = DateTime.UtcNow + BindableTimeout;
             while (status == 202 && DateTime.UtcNow < deadline)
             {
-                var (s, op) = await SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation", null, ct);
+                var (s, op) = await _platform.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation", null, ct);
                 if (s == 410 || (s == 200 && (string?)op["state"] != "in progress")) break;
                 await Task.Delay(200, ct);
             }
@@ -156,16 +156,6 @@ internal sealed class BenchPlatform : IAsyncDisposable
         var until = DateTime.UtcNow + TimeSpan.FromSeconds(120);
         while (DateTime.UtcNow < until && (await _platform.Store.ListAsync<NodeStatus>(_platform.Store.Keys.AllStatus, ct)).Count > 0)
             await Task.Delay(500, ct);
-    }
-
-    private async Task<(int Status, JsonObject Body)> SendAsync(HttpMethod method, string path, string? body, CancellationToken ct)
-    {
-        using var request = new HttpRequestMessage(method, path);
-        if (body is not null) request.Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json");
-        using var response = await _platform.Http.SendAsync(request, ct);
-        var text = await response.Content.ReadAsStringAsync(ct);
-        var json = text.Length == 0 ? new JsonObject() : JsonNode.Parse(text) as JsonObject ?? new JsonObject();
-        return ((int)response.StatusCode, json);
     }
 
     /// <summary>

@@ -19,13 +19,22 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
     private readonly CellSettings _cell = settings.Cell;
     private long _registeredUnder;
     private string? _registeredProblem;
-    private readonly Dictionary<string, long?> _unwantedLsn = new();
-    private readonly HashSet<string> _keptLogged = new();
     private DateTimeOffset _startedAt = DateTimeOffset.UtcNow;
     /// <summary>Nodes seen assigned to this cell: which instance an unwanted node belonged to.</summary>
     private readonly Dictionary<string, NodeSpec> _seen = new();
-    /// <summary>When each unwanted node was first seen unwanted (its grace runs from there).</summary>
-    private readonly Dictionary<string, DateTimeOffset> _unwantedSince = new();
+    /// <summary>Each unwanted node: when first seen unwanted (its grace runs from there) and what it held then.</summary>
+    private readonly Dictionary<string, Unwanted> _unwanted = new();
+    /// <summary>The problem registered in etcd, read once per pass (the disk check is a statvfs).</summary>
+    private string? _problem;
+
+    private sealed class Unwanted(DateTimeOffset since, long? lastLsn)
+    {
+        public DateTimeOffset Since { get; } = since;
+        /// <summary>Its WAL position as it last reported it: the bar its data's safety is judged by.</summary>
+        public long? LastLsn { get; } = lastLsn;
+        /// <summary>Why its data is kept past the grace has been logged.</summary>
+        public bool KeptLogged { get; set; }
+    }
 
     public IContainerRuntime Runtime => runtime;
     public CellLease Lease => lease;
@@ -48,10 +57,12 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         }
         finally
         {
-            if (Problem != _registeredProblem)
+            var disk = DiskProblem();
+            _problem = runtime.Problem is { } r ? (disk is null ? r : $"{r}; {disk}") : disk;
+            if (_problem != _registeredProblem)
             {
                 // Operators see it in `dingo status` (CELLS); the running nodes are left alone.
-                if (Problem is { } problem) logger.LogError("cell {Cell}: {Problem}", _cell.Id, problem);
+                if (_problem is { } problem) logger.LogError("cell {Cell}: {Problem}", _cell.Id, problem);
                 else logger.LogInformation("cell {Cell}: the runtime works again", _cell.Id);
                 await RegisterAsync(leaseId, ct).ConfigureAwait(false);
             }
@@ -61,12 +72,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
             if (await RemoveOrphanAsync(orphan, ct).ConfigureAwait(false) is { } done) did.Add(done);
         }
         // Forget what is gone, or wanted again.
-        foreach (var id in _unwantedSince.Keys.Where(id => wanted.Contains(id) || held.All(n => n.NodeId != id)).ToList())
-        {
-            _unwantedSince.Remove(id);
-            _unwantedLsn.Remove(id);
-            _keptLogged.Remove(id);
-        }
+        foreach (var id in _unwanted.Keys.Where(id => wanted.Contains(id) || held.All(n => n.NodeId != id)).ToList()) _unwanted.Remove(id);
         foreach (var id in _seen.Keys.Where(id => !wanted.Contains(id) && held.All(n => n.NodeId != id)).ToList()) _seen.Remove(id);
         await ClearStaleStatusesAsync(wanted, busy, ct).ConfigureAwait(false);
         return new CellPass(desired, did.Count == 0 ? $"no action: {desired.Count} node(s) assigned" : string.Join("; ", did));
@@ -81,29 +87,31 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
     {
         var instanceId = orphan.InstanceId ?? _seen.GetValueOrDefault(orphan.NodeId)?.InstanceId;
         var deleted = instanceId is not null && await InstanceDeletedAsync(instanceId, ct).ConfigureAwait(false);
-        if (!_unwantedSince.TryGetValue(orphan.NodeId, out var since))
+        if (!_unwanted.TryGetValue(orphan.NodeId, out var unwanted))
         {
-            since = _unwantedSince[orphan.NodeId] = DateTimeOffset.UtcNow;
-            // What it held, as it last said (its status goes once it is stopped): the bar its data's safety is judged by.
-            if (instanceId is not null)
-                _unwantedLsn[orphan.NodeId] = (await store.GetAsync<NodeStatus>(store.Keys.Status(instanceId, orphan.NodeId), ct).ConfigureAwait(false))?.Value.Lsn;
+            // What it held, as it last said (its status goes once it is stopped).
+            var lastLsn = instanceId is null ? null
+                : (await store.GetAsync<NodeStatus>(store.Keys.Status(instanceId, orphan.NodeId), ct).ConfigureAwait(false))?.Value.Lsn;
+            unwanted = _unwanted[orphan.NodeId] = new Unwanted(DateTimeOffset.UtcNow, lastLsn);
         }
+        var since = unwanted.Since;
         var graceOver = DateTimeOffset.UtcNow - since >= _cell.OrphanGrace;
         string? unsafeWhy = null;
         if (!deleted && graceOver && instanceId is not null)
         {
-            unsafeWhy = await WhyNotSafeAsync(instanceId, orphan.NodeId, _unwantedLsn.GetValueOrDefault(orphan.NodeId), ct).ConfigureAwait(false);
-            if (unsafeWhy is not null && _keptLogged.Add(orphan.NodeId))
+            unsafeWhy = await WhyNotSafeAsync(instanceId, orphan.NodeId, unwanted.LastLsn, ct).ConfigureAwait(false);
+            if (unsafeWhy is not null && !unwanted.KeptLogged)
+            {
                 logger.LogWarning("node {Node}: no longer assigned to {Cell}, but its data is kept: {Why}", orphan.NodeId, _cell.Id, unsafeWhy);
+                unwanted.KeptLogged = true;
+            }
         }
         if (deleted || (graceOver && unsafeWhy is null))
         {
             logger.LogInformation("node {Node}: no longer assigned to {Cell} ({Why}); stopping it and removing its data", orphan.NodeId, _cell.Id,
                 deleted ? $"instance {instanceId} is deleted" : $"unwanted since {since:HH:mm:ss}");
             await runtime.RemoveAsync(orphan.NodeId, ct).ConfigureAwait(false);
-            _unwantedSince.Remove(orphan.NodeId);
-            _unwantedLsn.Remove(orphan.NodeId);
-            _keptLogged.Remove(orphan.NodeId);
+            _unwanted.Remove(orphan.NodeId);
             return $"removed {orphan.NodeId}";
         }
         if (!orphan.Running) return null;
@@ -138,23 +146,15 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         return instance is null || instance.Value.Desired == DesiredState.Absent;
     }
 
-    /// <summary>What keeps this cell from taking nodes: its runtime's problem, and a file system nearly full.</summary>
-    private string? Problem
-    {
-        get
-        {
-            var disk = DiskProblem();
-            return runtime.Problem is { } r ? (disk is null ? r : $"{r}; {disk}") : disk;
-        }
-    }
-
+    /// <summary>A file system nearly full where the cell keeps its data (the other half of what keeps it from taking nodes).</summary>
     private string? DiskProblem()
     {
         if (_cell.MinFreeDisk <= 0) return null;
         try
         {
+            // The data folder, or the nearest folder above it that exists yet: the same file system.
             var dir = Path.GetFullPath(settings.DataDir);
-            Directory.CreateDirectory(dir);
+            while (!Directory.Exists(dir) && Path.GetDirectoryName(dir) is { } parent) dir = parent;
             var free = new DriveInfo(dir).AvailableFreeSpace;
             return free >= _cell.MinFreeDisk ? null
                 : $"disk nearly full: less than {_cell.MinFreeDisk / (1024 * 1024)} MiB (dingo.cell.min-free-disk) free where the cell keeps its data ({dir}); no new node is placed here";
@@ -175,7 +175,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
             Address = _cell.Address,
             Runtime = runtime.Kind,
             StartedAt = _startedAt,
-            Problem = Problem,
+            Problem = _problem,
         };
         _registeredProblem = info.Problem;
         await store.PutAsync(store.Keys.Cell(_cell.Id), info, ct, leaseId).ConfigureAwait(false);

@@ -317,9 +317,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         if (await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false) is not null) return;
         try
         {
-            await EnsureImageAsync(cancellationToken).ConfigureAwait(false);
-            await EnsureVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
-            var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
+            var limits = await PrepareVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
             // The password reaches initdb only as a 0600 file that lives as long as initdb.
             var result = await RunToolAsync(spec, "initdb", InitdbScript,
                 new Dictionary<string, string> { ["DINGO_SUPERUSER"] = spec.Superuser.Username },
@@ -430,11 +428,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         try
         {
             // The marker goes first: a clone cut short must never pass for a complete data directory.
-            if (await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false) is { } old)
-                await RemoveContainerAsync(old.ID, cancellationToken).ConfigureAwait(false);
-            await EnsureImageAsync(cancellationToken).ConfigureAwait(false);
-            await EnsureVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
-            var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
+            await RemoveNodeContainerAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+            var limits = await PrepareVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
             var result = await RunToolAsync(spec, "clone", CloneScript, SourceEnvironment(source),
                 [new NodeFile(".source.pgpass", Passfile(source.Credentials))], limits, cancellationToken).ConfigureAwait(false);
             if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_basebackup", result);
@@ -492,13 +487,9 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         try
         {
             // As with a clone: the node container (the marker) goes first, and comes back only once recovery is done.
-            if (await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false) is { } old)
-                await RemoveContainerAsync(old.ID, cancellationToken).ConfigureAwait(false);
-            await EnsureImageAsync(cancellationToken).ConfigureAwait(false);
-            await EnsureVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
-            var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
-            var wiped = await RunToolAsync(spec, "wipe", WipeScript, new Dictionary<string, string>(), [], limits, cancellationToken).ConfigureAwait(false);
-            if (wiped.ExitCode != 0) throw ToolFailure(spec.NodeId, "preparing the volume", wiped);
+            await RemoveNodeContainerAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+            var limits = await PrepareVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
+            await WipeAsync(spec, limits, cancellationToken).ConfigureAwait(false);
             var target = input.TargetTime;
             for (var attempt = 0; ; attempt++)
             {
@@ -508,8 +499,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
                 {
                     _logger.LogInformation("Node {NodeId}: no commit after {Target:O} in the archive; recovering to its end", spec.NodeId, target);
                     target = null;
-                    var again = await RunToolAsync(spec, "wipe", WipeScript, new Dictionary<string, string>(), [], limits, cancellationToken).ConfigureAwait(false);
-                    if (again.ExitCode != 0) throw ToolFailure(spec.NodeId, "preparing the volume", again);
+                    await WipeAsync(spec, limits, cancellationToken).ConfigureAwait(false);
                     continue;
                 }
                 throw ToolFailure(spec.NodeId, "recovery from the backup", result);
@@ -521,6 +511,26 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         {
             Changed();
         }
+    }
+
+    /// <summary>The image and the node's volume ready for a tool that writes its data; returns the plan's limits for it.</summary>
+    private async Task<NodeLimits> PrepareVolumeAsync(NodeLaunchSpec spec, CancellationToken ct)
+    {
+        await EnsureImageAsync(ct).ConfigureAwait(false);
+        await EnsureVolumeAsync(spec, ct).ConfigureAwait(false);
+        return await _options.LimitsOf(spec.InstanceId, ct).ConfigureAwait(false);
+    }
+
+    private async Task RemoveNodeContainerAsync(string nodeId, CancellationToken ct)
+    {
+        if (await InspectNodeAsync(nodeId, ct).ConfigureAwait(false) is { } old)
+            await RemoveContainerAsync(old.ID, ct).ConfigureAwait(false);
+    }
+
+    private async Task WipeAsync(NodeLaunchSpec spec, NodeLimits limits, CancellationToken ct)
+    {
+        var wiped = await RunToolAsync(spec, "wipe", WipeScript, new Dictionary<string, string>(), [], limits, ct).ConfigureAwait(false);
+        if (wiped.ExitCode != 0) throw ToolFailure(spec.NodeId, "preparing the volume", wiped);
     }
 
     /// <summary>A one-shot container on the node's volume: the backup and the WAL uploaded through the archive API (any engine, local or remote), then recovery.</summary>

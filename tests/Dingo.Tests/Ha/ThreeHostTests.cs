@@ -34,32 +34,14 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         var store = p.Store;
 
         var id = "th-" + Guid.NewGuid().ToString("N")[..8];
-        using var api0 = p.Broker(0);
-        await ProvisionAsync(api0, id, Catalog.ClusterHaPlanId);
-        await Until(() => FullAndHealthyAsync(store, id, 3), 90, "3 nodes running, 2 replicas streaming");
-
         // The victim holds the primary and a broker: the primary goes to host 0 when it is on host 2 (no broker).
-        var (leader, leaderHost) = await LeaderAsync(p, id);
-        if (leaderHost == 2)
-        {
-            var specs = (await store.ListAsync<NodeSpec>(store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).ToList();
-            var to = specs.Single(s => s.CellId == "cell-1").NodeId;
-            var (status, body) = await SendAsync(api0, HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = to }.ToJsonString());
-            Assert.True(status == 202, $"switchover answered {status}: {body.ToJsonString()}");
-            await Until(async () => (await LeaderAsync(p, id)).Host == 0 && await FullAndHealthyAsync(store, id, 3), 60, $"{to} on host 0 the primary");
-            (leader, leaderHost) = await LeaderAsync(p, id);
-        }
-        var victim = leaderHost;
+        var (leader, victim) = await ProvisionClusterHaAsync(p, id, host => host != 2, moveTo: 0);
         var survivor = 1 - victim;   // the other broker host
         const int routerHost = 2;    // never the victim
         output.WriteLine($"primary {leader} on host {victim}; writer through host {routerHost}'s router; broker on host {survivor} stays");
 
         using var api = p.Broker(survivor);
-        var creds = await BindAsync(api, id, "w", Catalog.ClusterHaPlanId);
-        var cs = new NpgsqlConnectionStringBuilder(TestPlatform.ConnectionStringFromUri((string)creds["uri"]!)) { Host = p.Hosts.HostAddress(routerHost) }.ConnectionString;
-        await using var writer = new Writer(cs, TimeSpan.FromMilliseconds(20));
-        await writer.CreateTableAsync();
-        writer.Start();
+        await using var writer = await StartWriterAsync(p, api, id, routerHost);
         await Task.Delay(2000);
         Assert.True(writer.Acknowledged.Count > 20, $"the writer committed only {writer.Acknowledged.Count} rows in 2 s before the kill");
 
@@ -138,22 +120,11 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         var store = p.Store;
 
         var id = "tp-" + Guid.NewGuid().ToString("N")[..8];
-        using var api0 = p.Broker(0);
-        await ProvisionAsync(api0, id, Catalog.ClusterHaPlanId);
-        await Until(() => FullAndHealthyAsync(store, id, 3), 90, "3 nodes running, 2 replicas streaming");
-
         // The cut-off host holds the primary and the first Akka seed (host 0's broker): the one that, by Akka's own
         // rule, would found a second cluster when it restarts and hears from no other seed.
         const int victim = 0, survivor = 1, routerHost = 2;
+        var (oldPrimary, _) = await ProvisionClusterHaAsync(p, id, host => host == victim, moveTo: victim);
         var specs = (await store.ListAsync<NodeSpec>(store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).ToList();
-        if ((await LeaderAsync(p, id)).Host != victim)
-        {
-            var to = specs.Single(s => s.CellId == $"cell-{victim + 1}").NodeId;
-            var (status, body) = await SendAsync(api0, HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = to }.ToJsonString());
-            Assert.True(status == 202, $"switchover answered {status}: {body.ToJsonString()}");
-            await Until(async () => (await LeaderAsync(p, id)).Host == victim && await FullAndHealthyAsync(store, id, 3), 60, $"{to} on host {victim} the primary");
-        }
-        var (oldPrimary, _) = await LeaderAsync(p, id);
         int HostOf(string nodeId) => int.Parse(specs.Single(s => s.NodeId == nodeId).CellId["cell-".Length..], CultureInfo.InvariantCulture) - 1;
         var targets = specs.Select(s => new WritableSampler.Target(s.NodeId, p.Hosts.HostAddress(HostOf(s.NodeId)), s.Port)).ToList();
         var oldTarget = targets.Single(t => t.NodeId == oldPrimary);
@@ -161,11 +132,7 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         output.WriteLine($"primary {oldPrimary} on host {victim}; writer through host {routerHost}'s router; broker on host {survivor} stays");
 
         using var api = p.Broker(survivor);
-        var creds = await BindAsync(api, id, "w", Catalog.ClusterHaPlanId);
-        var cs = new NpgsqlConnectionStringBuilder(TestPlatform.ConnectionStringFromUri((string)creds["uri"]!)) { Host = p.Hosts.HostAddress(routerHost) }.ConnectionString;
-        await using var writer = new Writer(cs, TimeSpan.FromMilliseconds(20));
-        await writer.CreateTableAsync();
-        writer.Start();
+        await using var writer = await StartWriterAsync(p, api, id, routerHost);
 
         // Every node sampled from outside; the old primary also from inside its host, where it stays visible when cut off.
         await using var sampler = new WritableSampler(targets, record.Superuser);
@@ -260,6 +227,46 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
     }
 
     // ---- helpers ----
+
+    /// <summary>
+    /// A healthy `cluster-ha` instance (3 nodes, 2 replicas streaming), provisioned through host 0's broker, with its
+    /// primary on a host <paramref name="acceptable"/> allows (a planned switchover to <paramref name="moveTo"/> otherwise).
+    /// </summary>
+    private static async Task<(string NodeId, int Host)> ProvisionClusterHaAsync(ThreeHosts p, string id, Func<int, bool> acceptable, int moveTo)
+    {
+        var store = p.Store;
+        using var api0 = p.Broker(0);
+        await ProvisionAsync(api0, id, Catalog.ClusterHaPlanId);
+        await Until(() => FullAndHealthyAsync(store, id, 3), 90, "3 nodes running, 2 replicas streaming");
+        if (!acceptable((await LeaderAsync(p, id)).Host))
+        {
+            var specs = (await store.ListAsync<NodeSpec>(store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).ToList();
+            var to = specs.Single(s => s.CellId == $"cell-{moveTo + 1}").NodeId;
+            var (status, body) = await SendAsync(api0, HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = to }.ToJsonString());
+            Assert.True(status == 202, $"switchover answered {status}: {body.ToJsonString()}");
+            await Until(async () => (await LeaderAsync(p, id)).Host == moveTo && await FullAndHealthyAsync(store, id, 3), 60, $"{to} on host {moveTo} the primary");
+        }
+        return await LeaderAsync(p, id);
+    }
+
+    /// <summary>A binding made through <paramref name="api"/>, and a writer committing every 20 ms through host <paramref name="routerHost"/>'s router.</summary>
+    private static async Task<Writer> StartWriterAsync(ThreeHosts p, HttpClient api, string id, int routerHost)
+    {
+        var creds = await BindAsync(api, id, "w", Catalog.ClusterHaPlanId);
+        var cs = new NpgsqlConnectionStringBuilder(TestPlatform.ConnectionStringFromUri((string)creds["uri"]!)) { Host = p.Hosts.HostAddress(routerHost) }.ConnectionString;
+        var writer = new Writer(cs, TimeSpan.FromMilliseconds(20));
+        try
+        {
+            await writer.CreateTableAsync();
+            writer.Start();
+            return writer;
+        }
+        catch
+        {
+            await writer.DisposeAsync();
+            throw;
+        }
+    }
 
     private static async Task<(string NodeId, int Host)> LeaderAsync(ThreeHosts p, string id)
     {

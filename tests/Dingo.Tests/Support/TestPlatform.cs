@@ -316,12 +316,12 @@ public sealed class TestPlatform : IAsyncDisposable
     public Task<HttpResponseMessage> PutJsonAsync(string path, string body) =>
         Http.PutAsync(path, new StringContent(body, Encoding.UTF8, "application/json"));
 
-    public async Task<(int Status, JsonObject Body)> SendAsync(HttpMethod method, string path, string? body = null)
+    public async Task<(int Status, JsonObject Body)> SendAsync(HttpMethod method, string path, string? body = null, CancellationToken ct = default)
     {
         using var request = new HttpRequestMessage(method, path);
         if (body is not null) request.Content = new StringContent(body, Encoding.UTF8, "application/json");
-        using var response = await Http.SendAsync(request);
-        var text = await response.Content.ReadAsStringAsync();
+        using var response = await Http.SendAsync(request, ct);
+        var text = await response.Content.ReadAsStringAsync(ct);
         var json = text.Length == 0 ? new JsonObject() : JsonNode.Parse(text) as JsonObject ?? new JsonObject();
         return ((int)response.StatusCode, json);
     }
