@@ -58,6 +58,8 @@ public static class CellApp
                 new Dingo.Backups.RestoreDrill(backups.Store.CreateStore(), Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "backup-work"),
                     settings.Cell.PostgresBin, settings.Cell.RunAsUser, sp.GetRequiredService<ILoggerFactory>()));
         });
+        builder.Services.AddSingleton(_ => new Dingo.Ha.FenceGuardDirectory(
+            Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "guard"), GuardCommand()));
         builder.Services.AddSingleton(sp => new CellLease(sp.GetRequiredService<EtcdStore>(), settings.Cell.LeaseTtl, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Lease")));
         builder.Services.AddSingleton(sp => new CellReconciler(
             sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<IContainerRuntime>(), sp.GetRequiredService<CellLease>(),
@@ -77,7 +79,8 @@ public static class CellApp
                     var lease = sp.GetRequiredService<CellLease>();
                     var haLogger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Ha");
                     var backups = sp.GetRequiredService<Dingo.Backups.CellBackups>();
-                    Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger, backups);
+                    var guard = sp.GetRequiredService<Dingo.Ha.FenceGuardDirectory>();
+                    Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger, backups, guard);
                     var cell = system.ActorOf(CellActor.Props(sp.GetRequiredService<CellReconciler>(), agents, settings.Cell.ReconcileInterval, settings.Ha.LoopWait), "cell");
                     var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<IRouteDataPath>(), settings.Router, sp.GetRequiredService<RouterMetrics>()), "router");
                     registry.Register<CellActor>(cell);
@@ -107,6 +110,13 @@ public static class CellApp
         return builder.Build();
     }
 
+    /// <summary>How the cell starts its fencing guard: this same program, `guard --dir DIR` (see Program).</summary>
+    private static IReadOnlyList<string> GuardCommand()
+    {
+        var host = Environment.ProcessPath is { } path && Path.GetFileNameWithoutExtension(path) == "dotnet" ? path : "dotnet";
+        return [host, typeof(CellApp).Assembly.Location, "guard"];
+    }
+
     /// <summary>A node's memory and CPU ceilings come from its instance's plan (the Docker runtime applies them).</summary>
     private static Func<string, CancellationToken, Task<Dingo.Model.NodeLimits>> PlanLimits(EtcdStore store) => async (instanceId, ct) =>
     {
@@ -122,9 +132,17 @@ public static class CellApp
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 internal sealed class CellWatches(
     EtcdStore store, DingoSettings settings, CellReconciler reconciler, TcpRouter router, IRouteDataPath dataPath,
-    IRequiredActor<CellActor> cell, IRequiredActor<RouterActor> routerActor, ILogger<CellWatches> logger) : BackgroundService
+    IRequiredActor<CellActor> cell, IRequiredActor<RouterActor> routerActor, Dingo.Ha.FenceGuardDirectory guard, ILogger<CellWatches> logger) : BackgroundService
 {
-    protected override Task ExecuteAsync(CancellationToken stoppingToken)
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        // The fencing guard runs before any node of this cell can lead (a promotion waits for it otherwise).
+        if (!await guard.EnsureGuardRunningAsync(TimeSpan.FromSeconds(10), stoppingToken))
+            logger.LogError("the fencing guard did not start (see {Log}): no node of this cell can be promoted until it does", Path.Combine(guard.Path, "guard.log"));
+        await WatchAsync(stoppingToken);
+    }
+
+    private Task WatchAsync(CancellationToken stoppingToken)
     {
         var keys = store.Keys;
         logger.LogInformation("cell {Cell} ({Zone}) watching etcd at {Endpoints}", settings.Cell.Id, settings.Cell.Zone, string.Join(",", store.Endpoints));
@@ -170,6 +188,8 @@ internal sealed class CellWatches(
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         cts.CancelAfter(TimeSpan.FromSeconds(45));
         await reconciler.ShutdownAsync(cts.Token);
+        // Every node has stopped: nothing of this cell leads any more.
+        await guard.StopGuardAsync(cts.Token);
         if (dataPath != router) await dataPath.DisposeAsync();
         await router.DisposeAsync();
         logger.LogInformation("cell {Cell} stopped", settings.Cell.Id);

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using Dingo.Config;
 using Microsoft.Extensions.Hosting;
 
@@ -8,6 +9,7 @@ public static class Program
     /// <summary>dingo-cell [--config FILE]... [--seed akka.tcp://dingo@HOST:PORT]...</summary>
     public static async Task<int> Main(string[] args)
     {
+        if (args is ["guard", "--dir", var guardDir]) return await RunGuardAsync(guardDir);
         var files = new List<string>();
         var seeds = new List<string>();
         for (var i = 0; i < args.Length; i++)
@@ -32,5 +34,54 @@ public static class Program
         using var host = CellApp.Build(settings, seeds);
         await host.RunAsync();
         return 0;
+    }
+
+    /// <summary>
+    /// dingo-cell guard --dir DIR: the cell's fencing guard (started by the cell itself, detached, so it outlives the
+    /// agent): stops a leading node's PostgreSQL once its lease deadline passes without renewal. Logs to DIR/guard.log.
+    /// </summary>
+    private static async Task<int> RunGuardAsync(string dir)
+    {
+        using var loggers = Microsoft.Extensions.Logging.LoggerFactory.Create(b => b.AddProvider(new GuardLogProvider(Path.Combine(dir, "guard.log"))));
+        using var stopping = new CancellationTokenSource();
+        using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c => { c.Cancel = true; stopping.Cancel(); });
+        try
+        {
+            return await new Dingo.Ha.FenceGuard(new Dingo.Ha.FenceGuardDirectory(dir, launch: null), loggers.CreateLogger("Dingo.Guard")).RunAsync(stopping.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            return 0;
+        }
+    }
+}
+
+/// <summary>The guard's log: one line per event, appended to a file in its folder (it has no terminal).</summary>
+internal sealed class GuardLogProvider(string path) : Microsoft.Extensions.Logging.ILoggerProvider
+{
+    private readonly object _gate = new();
+
+    public Microsoft.Extensions.Logging.ILogger CreateLogger(string categoryName) => new Logger(this);
+
+    public void Dispose() { }
+
+    private void Write(string line)
+    {
+        lock (_gate)
+        {
+            try { File.AppendAllText(path, line + Environment.NewLine); }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { }
+        }
+    }
+
+    private sealed class Logger(GuardLogProvider provider) : Microsoft.Extensions.Logging.ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => logLevel >= Microsoft.Extensions.Logging.LogLevel.Information;
+        public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            if (!IsEnabled(logLevel)) return;
+            provider.Write(FormattableString.Invariant($"{DateTime.UtcNow:yyyy-MM-dd HH:mm:ss.fff} {logLevel}: {formatter(state, exception)}"));
+        }
     }
 }

@@ -678,6 +678,14 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         }
     }
 
+    public async Task<int?> PostmasterPidAsync(string nodeId, CancellationToken cancellationToken)
+    {
+        CheckNodeId(nodeId);
+        // The container's first process is the postmaster (the node script execs it); its PID as the host sees it.
+        var container = await InspectNodeAsync(nodeId, cancellationToken).ConfigureAwait(false);
+        return container?.State is { Running: true, Pid: > 1 } state ? (int)state.Pid : null;
+    }
+
     public async Task StopAsync(string nodeId, CancellationToken cancellationToken)
     {
         CheckNodeId(nodeId);

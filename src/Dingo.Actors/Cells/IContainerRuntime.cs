@@ -44,6 +44,12 @@ public interface IContainerRuntime
     /// </summary>
     Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// The PID (in this host's PID namespace) of the node's running postmaster, or null when it does not run: the
+    /// fencing guard signals it, and every process under it, when a leader's deadline passes.
+    /// </summary>
+    Task<int?> PostmasterPidAsync(string nodeId, CancellationToken cancellationToken);
+
     /// <summary>Stops PostgreSQL (fast shutdown), keeping the data.</summary>
     Task StopAsync(string nodeId, CancellationToken cancellationToken);
 

@@ -214,6 +214,9 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         }
     }
 
+    public Task<int?> PostmasterPidAsync(string nodeId, CancellationToken cancellationToken) =>
+        Task.FromResult(FindRunningPostmaster(PathsFor(nodeId)));
+
     public async Task StopAsync(string nodeId, CancellationToken cancellationToken)
     {
         var paths = PathsFor(nodeId);
@@ -240,16 +243,17 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             return;
 
         var identity = await GetIdentityAsync(cancellationToken);
-        var timeoutSeconds = Math.Max(1, (int)_options.StopTimeout.TotalSeconds);
-        var result = await RunToolAsync(identity, "pg_ctl", paths.NodeDir, cancellationToken,
-            "-D", paths.PgData, "-m", mode, "-w", "-t", timeoutSeconds.ToString(CultureInfo.InvariantCulture), "stop");
-        if (result.ExitCode == 0 && FindRunningPostmaster(paths) is null)
+        // pg_ctl -W: send the signal and return. Its own wait watches postmaster.pid, which a postmaster killed meanwhile
+        // (by the fencing guard, say) leaves behind: it would wait out the whole timeout for a process long gone.
+        var result = await RunToolAsync(identity, "pg_ctl", paths.NodeDir, cancellationToken, "-D", paths.PgData, "-m", mode, "-W", "stop");
+        if (result.ExitCode == 0 && await WaitForExitAsync(pid, _options.StopTimeout, cancellationToken))
         {
             _logger.LogInformation("Node {NodeId}: stopped ({Mode})", nodeId, mode);
             return;
         }
+        if (!IsAlive(pid)) return;
 
-        _logger.LogWarning("Node {NodeId}: pg_ctl stop failed ({Error}); signalling pid {Pid}", nodeId, LastLines(result.StdErr), pid);
+        _logger.LogWarning("Node {NodeId}: pg_ctl stop did not stop it ({Error}); signalling pid {Pid}", nodeId, LastLines(result.StdErr), pid);
         await KillPostmasterAsync(nodeId, pid, cancellationToken);
     }
 

@@ -16,7 +16,11 @@ public sealed record LocalState(
     string? FollowingNodeId,
     /// <summary>How long this standby has not been streaming from its leader (zero while streaming).</summary>
     TimeSpan NotStreamingFor,
-    bool RewindFailed);
+    bool RewindFailed)
+{
+    /// <summary>How long PostgreSQL has run without answering the probe (zero while it answers).</summary>
+    public TimeSpan NotAnsweringFor { get; init; }
+}
 
 /// <summary>Everything one pass of a node's HA loop decides from. Built by the executor; decided by <see cref="Failover"/>.</summary>
 public sealed record HaInput(
@@ -103,24 +107,34 @@ public static class Failover
                 ? new HaAction.Start(otherLeader, $"starting PostgreSQL as a replica of {otherLeader.NodeId}")
                 : new HaAction.Start(null, "starting PostgreSQL read-only: no leader yet");
         }
-        if (!local.Answering) return new HaAction.Wait("waiting for PostgreSQL to accept connections");
+        // Fencing comes before anything else a leader decides: past half the TTL without a renewal it stops accepting
+        // writes, whatever PostgreSQL or etcd answer (a node with no other member has nobody to be kept apart from, and
+        // demoting it would only take the database away while etcd is slow or gone).
+        var surelyReadOnly = local.Answering && local.InRecovery;
+        if (i.HoldsLease && !i.Alone && !surelyReadOnly && i.SinceRenewal >= s.Ttl / 2)
+            return new HaAction.Demote(otherLeader, i.EtcdReachable
+                ? $"demoting: the leader key was not renewed for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)"
+                : $"demoting: cannot reach etcd to renew the leader key for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)");
+
+        if (!local.Answering)
+        {
+            // A hung primary (stopped, stuck on I/O) serves nobody: stop it and give the key up so a replica takes over.
+            if (i.HoldsLease && !i.Alone && local.NotAnsweringFor >= s.Ttl / 2)
+                return new HaAction.Demote(otherLeader, $"demoting: PostgreSQL has not answered for {local.NotAnsweringFor.TotalSeconds:0.0}s while I lead (stopping it so a replica can take over)");
+            return new HaAction.Wait("waiting for PostgreSQL to accept connections");
+        }
 
         if (!i.EtcdReachable)
         {
             if (local.InRecovery) return new HaAction.Wait("no action: etcd unreachable, staying a replica");
-            // Fencing keeps two primaries apart; a node with no other member has nobody to be kept apart from, and
-            // demoting it would only take the database away while etcd is slow or gone.
             if (i.Alone) return new HaAction.Wait($"no action: etcd unreachable for {i.SinceRenewal.TotalSeconds:0.0}s; no other node could take over, so this single node keeps serving");
-            if (i.SinceRenewal >= s.Ttl / 2)
-                return new HaAction.Demote(null, $"demoting: cannot reach etcd to renew the leader key for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)");
+            if (!i.HoldsLease) return new HaAction.Demote(null, "demoting: writable without a leader lease, and etcd cannot be reached to take one");
             return new HaAction.Wait($"no action: etcd unreachable for {i.SinceRenewal.TotalSeconds:0.0}s, leader lease still valid");
         }
 
         if (leaderIsMe)
         {
             if (!i.HoldsLease) return new HaAction.ReleaseStaleKey("releasing a leader key whose lease this process does not hold");
-            if (i.SinceRenewal >= s.Ttl / 2 && !local.InRecovery && !i.Alone)
-                return new HaAction.Demote(null, $"demoting: the leader key was not renewed for {i.SinceRenewal.TotalSeconds:0.0}s (fencing)");
             if (local.InRecovery) return new HaAction.Promote("promoting: I hold the leader key");
             if (i.Switchover is { } sw && sw.From == me)
             {

@@ -24,7 +24,13 @@ public sealed class NodeAgent
     private readonly NodeSpec _spec;
 
     private long _leaderLease;
-    private DateTime _lastRenewal = DateTime.MinValue;
+    /// <summary>When the last successful renewal (or grant) of the leader lease was sent (monotonic ns; 0: never).</summary>
+    private long _renewedNs;
+    /// <summary>Since when (monotonic ns) a running PostgreSQL has not answered the probe (0: it answers).</summary>
+    private long _notAnsweringSinceNs;
+    private readonly FenceGuardDirectory? _guard;
+    /// <summary>The postmaster the guard is armed with (resolved once per PostgreSQL start).</summary>
+    private ProcessIdentity? _guarded;
     private string? _following;
     private DateTime? _notStreamingSince;
     private bool _rewindFailed;
@@ -45,9 +51,12 @@ public sealed class NodeAgent
     /// <summary>Restored from another instance's backups: its login roles must be disabled once this node leads.</summary>
     private bool _clonedFromOther;
 
+    /// <param name="guard">the cell's fencing guard; null only where nothing may ever promote without one being needed (tests of
+    /// single nodes): a leader is then fenced by its own pass alone</param>
     public NodeAgent(NodeSpec spec, EtcdStore store, IContainerRuntime runtime, CellLease cellLease, DingoSettings settings, ILogger logger,
-        Dingo.Backups.CellBackups? backups = null)
+        Dingo.Backups.CellBackups? backups = null, FenceGuardDirectory? guard = null)
     {
+        _guard = guard;
         _backups = backups is { Settings.Enabled: true } ? backups : null;
         _spec = spec;
         _store = store;
@@ -74,9 +83,11 @@ public sealed class NodeAgent
         _fence = fence;
         try
         {
-            // A node with no other member is never fenced (Failover): its etcd calls wait out their own deadlines, or
-            // a lease that lapsed once could never be renewed again (every call would be cut short at once).
-            if (_leaderLease != 0 && _others.Count > 0) fence.CancelAfter(UntilFencing());
+            // A node with no other member is never fenced (Failover): its etcd calls wait out their own deadlines. Past
+            // the deadline the pass runs on ordinary call deadlines: it must still be able to renew, or give up the key
+            // (the guard has stopped or will stop PostgreSQL meanwhile).
+            if (_leaderLease != 0 && _others.Count > 0 && UntilFencing() > TimeSpan.Zero) fence.CancelAfter(UntilFencing());
+            if (_guard?.TakeFenced(_spec.NodeId) is { } fenced) _logger.LogWarning("node {Node}: {Fenced}", _spec.NodeId, fenced);
             return await RunPassAsync(fence.Token, ct).ConfigureAwait(false);
         }
         finally
@@ -88,8 +99,66 @@ public sealed class NodeAgent
     /// <summary>The time left before a leader that has not renewed must demote itself.</summary>
     private TimeSpan UntilFencing()
     {
-        var left = _lastRenewal + _settings.Ha.Ttl / 2 - DateTime.UtcNow;
+        if (_renewedNs == 0) return TimeSpan.Zero;
+        var left = _settings.Ha.Ttl / 2 - Monotonic.Between(_renewedNs, Monotonic.NowNs());
         return left > TimeSpan.Zero ? left : TimeSpan.Zero;
+    }
+
+    private TimeSpan SinceRenewal => _renewedNs == 0 ? TimeSpan.MaxValue : Monotonic.Between(_renewedNs, Monotonic.NowNs());
+
+    /// <summary>
+    /// How long after a renewal was sent the guard stops PostgreSQL unless renewed again: ¾ TTL, a quarter of the TTL
+    /// before the lease can expire in etcd (which counts from when it received the renewal, later than it was sent).
+    /// </summary>
+    private TimeSpan GuardAfter => _settings.Ha.Ttl * 3 / 4;
+
+    /// <summary>Renews the leader lease once; the renewal counts from the moment the request was sent.</summary>
+    private async Task<bool> RenewAsync(CancellationToken etcd)
+    {
+        var sent = Monotonic.NowNs();
+        if (!await _store.KeepAliveOnceAsync(_leaderLease, etcd).ConfigureAwait(false)) return false;
+        _renewedNs = sent;
+        if (UntilFencing() > TimeSpan.Zero) _fence?.CancelAfter(UntilFencing());
+        return true;
+    }
+
+    /// <summary>
+    /// Moves the guard's deadline to the last renewal + ¾ TTL for this node's running postmaster. A node with no other
+    /// member is never fenced, so it is disarmed. False when PostgreSQL does not run (nothing to guard).
+    /// </summary>
+    private async Task<bool> ArmAsync(CancellationToken ct)
+    {
+        if (_guard is null) return true;
+        if (_leaderLease == 0 || _others.Count == 0)
+        {
+            Disarm();
+            return true;
+        }
+        if (_guarded is not { Alive: true })
+            _guarded = await _runtime.PostmasterPidAsync(_spec.NodeId, ct).ConfigureAwait(false) is { } pid ? ProcessIdentity.Of(pid) : null;
+        if (_guarded is not { } postmaster) return false;
+        _guard.Arm(_spec.NodeId, Monotonic.Add(_renewedNs, GuardAfter), postmaster);
+        return true;
+    }
+
+    private void Disarm()
+    {
+        _guarded = null;
+        _guard?.Disarm(_spec.NodeId);
+    }
+
+    /// <summary>
+    /// Before PostgreSQL becomes writable: the guard runs and is armed, and enough of the lease is left for the promotion
+    /// to finish well inside it (renewed first when a quarter of the TTL has gone).
+    /// </summary>
+    private async Task PrepareToPromoteAsync(CancellationToken etcd, CancellationToken ct)
+    {
+        if (_guard is not null && _others.Count > 0 && !await _guard.EnsureGuardRunningAsync(TimeSpan.FromSeconds(2), ct).ConfigureAwait(false))
+            throw new InvalidOperationException($"the fencing guard does not run (see {_guard.Path}/guard.log): not promoting without it");
+        if (SinceRenewal > _settings.Ha.Ttl / 4 && !await RenewAsync(etcd).ConfigureAwait(false))
+            throw new InvalidOperationException("the leader lease expired before promotion");
+        if (!await ArmAsync(etcd).ConfigureAwait(false))
+            throw new InvalidOperationException("PostgreSQL is not running: nothing to promote");
     }
 
     /// <summary>An etcd call failed or was cut short by the fencing deadline (not by the actor stopping).</summary>
@@ -173,9 +242,13 @@ public sealed class NodeAgent
         PostgresProbe.Observation? pg = null;
         if (mine is { Running: true })
         {
-            try { pg = await probe.ObserveAsync(ct).ConfigureAwait(false); }
-            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException) { }
+            // While leading, a PostgreSQL that does not answer (hung, stopped) must not hold the pass past the fencing deadline.
+            try { pg = await probe.ObserveAsync(etcd).ConfigureAwait(false); }
+            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException
+                                       || (ex is OperationCanceledException && !ct.IsCancellationRequested)) { }
         }
+        if (mine is { Running: true } && pg is null) { if (_notAnsweringSinceNs == 0) _notAnsweringSinceNs = Monotonic.NowNs(); }
+        else _notAnsweringSinceNs = 0;
         if (mine is { Running: false } && _seenRunning)
         {
             _restarts++;
@@ -196,19 +269,19 @@ public sealed class NodeAgent
         SyncState? sync = null;
         SwitchoverRequest? switchover = null;
         var members = new List<NodeStatus>();
+        long leaderKeyLease = 0;
+        var renewed = false;
         bool initialised = false, candidate = false;
         string? initialisedBy = null;
         try
         {
             if (_leaderLease != 0)
             {
-                if (await _store.KeepAliveOnceAsync(_leaderLease, etcd).ConfigureAwait(false))
+                renewed = await RenewAsync(etcd).ConfigureAwait(false);
+                if (!renewed)
                 {
-                    _lastRenewal = DateTime.UtcNow;
-                    _fence?.CancelAfter(UntilFencing());
-                }
-                else
-                {
+                    // The guard stays armed: if PostgreSQL is still writable, it stops it at the deadline unless this
+                    // pass demotes first.
                     _logger.LogWarning("node {Node}: my leader lease expired", _spec.NodeId);
                     _leaderLease = 0;
                 }
@@ -219,7 +292,10 @@ public sealed class NodeAgent
                 var name = kv.Key[K.Cluster(_spec.InstanceId).Length..];
                 switch (name)
                 {
-                    case "leader": leader = kv.Value.Deserialize<LeaderRecord>(Json.Options); break;
+                    case "leader":
+                        leader = kv.Value.Deserialize<LeaderRecord>(Json.Options);
+                        leaderKeyLease = kv.Lease;
+                        break;
                     case "optime": optime = kv.Value.GetInt64(); break;
                     case "sync": sync = kv.Value.Deserialize<SyncState>(Json.Options); break;
                     case "switchover": switchover = kv.Value.Deserialize<SwitchoverRequest>(Json.Options); break;
@@ -227,6 +303,19 @@ public sealed class NodeAgent
                         initialised = true;
                         initialisedBy = kv.Value.ValueKind == JsonValueKind.String ? kv.Value.GetString() : null;
                         break;
+                }
+            }
+            if (_leaderLease == 0 && leader?.NodeId == _spec.NodeId && leaderKeyLease != 0)
+            {
+                // The key names this node under a lease this process did not take: the agent restarted (SIGKILL, a
+                // crash) while PostgreSQL went on. The lease is still alive, so nobody else can lead: carry on with it
+                // instead of giving up a working primary.
+                var sent = Monotonic.NowNs();
+                if (await _store.KeepAliveOnceAsync(leaderKeyLease, etcd).ConfigureAwait(false))
+                {
+                    (_leaderLease, _renewedNs, renewed) = (leaderKeyLease, sent, true);
+                    if (UntilFencing() > TimeSpan.Zero) _fence?.CancelAfter(UntilFencing());
+                    _logger.LogInformation("node {Node}: adopted the leader lease of {Instance} (the agent restarted while this node led)", _spec.NodeId, _spec.InstanceId);
                 }
             }
             members = (await _store.ListAsync<NodeStatus>(K.Statuses(_spec.InstanceId), etcd).ConfigureAwait(false))
@@ -242,6 +331,7 @@ public sealed class NodeAgent
         {
             reachable = false;
         }
+        if (renewed) await ArmAsync(etcd).ConfigureAwait(false);
 
         var local = new LocalState(
             DataInitialised: mine?.Initialised == true,
@@ -253,10 +343,12 @@ public sealed class NodeAgent
             Streaming: streaming,
             FollowingNodeId: _following,
             NotStreamingFor: _notStreamingSince is { } since ? DateTime.UtcNow - since : TimeSpan.Zero,
-            RewindFailed: _rewindFailed);
+            RewindFailed: _rewindFailed)
+        {
+            NotAnsweringFor = _notAnsweringSinceNs == 0 ? TimeSpan.Zero : Monotonic.Between(_notAnsweringSinceNs, Monotonic.NowNs()),
+        };
         var plan = Catalog.FindPlan(record.PlanId);
-        return new HaInput(_spec.NodeId, plan?.Synchronous == true, local, reachable, leader, _leaderLease != 0,
-            _lastRenewal == DateTime.MinValue ? TimeSpan.MaxValue : DateTime.UtcNow - _lastRenewal,
+        return new HaInput(_spec.NodeId, plan?.Synchronous == true, local, reachable, leader, _leaderLease != 0, SinceRenewal,
             optime, sync, members, switchover, initialised, candidate, now)
         {
             InitialisedBy = initialisedBy,
@@ -300,12 +392,14 @@ public sealed class NodeAgent
                 var primary = await TryTakeKeyAsync(etcd).ConfigureAwait(false);
                 await _runtime.StartAsync(launch, primary ? null : Standby(null, record), ct).ConfigureAwait(false);
                 _following = null;
+                // Nobody else has data yet, so nobody could be writable beside it before this arming.
+                if (primary) await ArmAsync(ct).ConfigureAwait(false);
                 // A new cluster is bindable once its primary leads: catch PostgreSQL's first moment up in this pass
                 // (bounded well inside the lease), not a loop-wait later.
                 await WaitUntilAnsweringAsync(probe, ct).ConfigureAwait(false);
                 // Starting PostgreSQL may take longer than half the TTL on a busy host: renew at once, or the next pass
                 // would find the fencing deadline passed and demote a primary that just came up.
-                if (primary && await _store.KeepAliveOnceAsync(_leaderLease, ct).ConfigureAwait(false)) _lastRenewal = DateTime.UtcNow;
+                if (primary && await RenewAsync(ct).ConfigureAwait(false)) await ArmAsync(ct).ConfigureAwait(false);
                 break;
 
             case HaAction.CloneFromLeader clone:
@@ -319,31 +413,47 @@ public sealed class NodeAgent
                 break;
 
             case HaAction.ReleaseStaleKey:
+                // A key is given up only once this node's PostgreSQL no longer accepts writes.
+                if (input.Local.Running && !(input.Local.Answering && input.Local.InRecovery))
+                    await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
+                Disarm();
                 await ReleaseKeyAsync(etcd).ConfigureAwait(false);
                 break;
 
             case HaAction.TakeLeadership:
                 if (!await TryTakeKeyAsync(etcd).ConfigureAwait(false)) return;
-                if (input.Local.InRecovery) await probe.PromoteAsync(ct).ConfigureAwait(false);
+                await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
+                if (input.Local.InRecovery) await probe.PromoteAsync(etcd).ConfigureAwait(false);
                 _following = null;
-                await LeadAsync(record, probe, input, promoted: input.Local.InRecovery, etcd, ct).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, promoted: input.Local.InRecovery, etcd).ConfigureAwait(false);
                 if (input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), etcd).ConfigureAwait(false);
                 break;
 
             case HaAction.Promote:
-                await probe.PromoteAsync(ct).ConfigureAwait(false);
+                await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
+                await probe.PromoteAsync(etcd).ConfigureAwait(false);
                 _following = null;
-                await LeadAsync(record, probe, input, promoted: true, etcd, ct).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, promoted: true, etcd).ConfigureAwait(false);
                 break;
 
             case HaAction.Lead:
-                await LeadAsync(record, probe, input, promoted: false, etcd, ct).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, promoted: false, etcd).ConfigureAwait(false);
                 break;
 
             case HaAction.Demote demote:
-                if (input.EtcdReachable) await ReleaseKeyAsync(etcd).ConfigureAwait(false);
-                else _leaderLease = 0; // cannot reach etcd: the lease lapses by itself
+                // Writes stop first; the key is given up only once PostgreSQL no longer accepts them (until then the
+                // guard stays armed, and stops it at the deadline if this stop hangs).
                 await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
+                Disarm();
+                try
+                {
+                    if (input.EtcdReachable) await ReleaseKeyAsync(etcd).ConfigureAwait(false);
+                    else DropLease();
+                }
+                catch (Exception ex) when (EtcdUnreachable(ex, ct))
+                {
+                    DropLease(); // cannot reach etcd: the lease lapses by itself
+                }
                 if (demote.Leader is not null) await TryRewindAsync(launch, demote.Leader, record, ct).ConfigureAwait(false);
                 await StartStandbyAsync(launch, demote.Leader, record, ct).ConfigureAwait(false);
                 break;
@@ -369,6 +479,7 @@ public sealed class NodeAgent
             case HaAction.HandOver:
                 // A clean stop sends every WAL record to the connected standbys before the key is released.
                 await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
+                Disarm();
                 await ReleaseKeyAsync(etcd).ConfigureAwait(false);
                 await StartStandbyAsync(launch, null, record, ct).ConfigureAwait(false);
                 break;
@@ -419,11 +530,12 @@ public sealed class NodeAgent
     /// <summary>Creates the leader key under a fresh lease of this node's; true when this node now leads.</summary>
     private async Task<bool> TryTakeKeyAsync(CancellationToken ct)
     {
+        var sent = Monotonic.NowNs();
         var lease = await _store.GrantLeaseAsync(_settings.Ha.Ttl, ct).ConfigureAwait(false);
         if (await _store.CreateIfAbsentAsync(K.Leader(_spec.InstanceId), MyLeaderRecord(), ct, lease).ConfigureAwait(false))
         {
             _leaderLease = lease;
-            _lastRenewal = DateTime.UtcNow;
+            _renewedNs = sent;
             _logger.LogInformation("node {Node}: took the leader key of {Instance}", _spec.NodeId, _spec.InstanceId);
             return true;
         }
@@ -441,14 +553,21 @@ public sealed class NodeAgent
             _logger.LogWarning("node {Node}: released the leader key of {Instance}", _spec.NodeId, _spec.InstanceId);
         }
         if (_leaderLease != 0) await _store.RevokeLeaseAsync(_leaderLease, ct).ConfigureAwait(false);
+        DropLease();
+    }
+
+    private void DropLease()
+    {
         _leaderLease = 0;
-        _lastRenewal = DateTime.MinValue;
+        _renewedNs = 0;
     }
 
     /// <summary>A leader's duties each pass: prepare roles once, publish its WAL position, keep slots and sync standbys right.</summary>
     /// <param name="promoted">promoted in this pass: the WAL position observed before is stale</param>
-    private async Task LeadAsync(InstanceRecord record, PostgresProbe probe, HaInput input, bool promoted, CancellationToken etcd, CancellationToken ct)
+    /// <param name="ct">bounded by the fencing deadline: every step of a leader's pass is</param>
+    private async Task LeadAsync(InstanceRecord record, PostgresProbe probe, HaInput input, bool promoted, CancellationToken ct)
     {
+        var etcd = ct;
         if (!_prepared)
         {
             await DatabaseAdmin.PrepareAsync(Address, _spec.Port, record.Superuser, record.Database, ct, record.Replication).ConfigureAwait(false);
@@ -551,6 +670,12 @@ public sealed class NodeAgent
     public async Task ReleaseOnShutdownAsync(CancellationToken ct)
     {
         await StopBackupsAsync().ConfigureAwait(false);
+        if (_leaderLease != 0)
+        {
+            // Writes stop before the key goes, or a replica could promote beside a primary still accepting them.
+            await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
+            Disarm();
+        }
         try { await ReleaseKeyAsync(ct).ConfigureAwait(false); }
         catch (RpcException) { }
     }

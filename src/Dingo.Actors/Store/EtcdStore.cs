@@ -12,7 +12,11 @@ using Microsoft.Extensions.Logging.Abstractions;
 namespace Dingo.Store;
 
 /// <summary>A value read from etcd with the revision it was last modified at (for compare-and-swap).</summary>
-public sealed record Versioned<T>(string Key, T Value, long ModRevision);
+public sealed record Versioned<T>(string Key, T Value, long ModRevision)
+{
+    /// <summary>The lease the key is attached to (0: none).</summary>
+    public long Lease { get; init; }
+}
 
 /// <summary>
 /// Dingo's only door to etcd: typed JSON values, create-if-absent and compare-and-swap transactions,
@@ -114,7 +118,7 @@ public sealed class EtcdStore : IAsyncDisposable
             deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
         if (response.Kvs.Count == 0) return null;
         var kv = response.Kvs[0];
-        return new Versioned<T>(key, Json.Deserialize<T>(kv.Value.ToStringUtf8()), kv.ModRevision);
+        return new Versioned<T>(key, Json.Deserialize<T>(kv.Value.ToStringUtf8()), kv.ModRevision) { Lease = kv.Lease };
     }
 
     public async Task<string?> GetStringAsync(string key, CancellationToken ct)
@@ -134,7 +138,7 @@ public sealed class EtcdStore : IAsyncDisposable
         var list = new List<Versioned<T>>(response.Kvs.Count);
         foreach (var kv in response.Kvs)
         {
-            list.Add(new Versioned<T>(kv.Key.ToStringUtf8(), Json.Deserialize<T>(kv.Value.ToStringUtf8()), kv.ModRevision));
+            list.Add(new Versioned<T>(kv.Key.ToStringUtf8(), Json.Deserialize<T>(kv.Value.ToStringUtf8()), kv.ModRevision) { Lease = kv.Lease });
         }
         return list;
     }

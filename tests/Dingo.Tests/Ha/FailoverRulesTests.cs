@@ -67,4 +67,54 @@ public sealed class FailoverRulesTests
         Assert.IsNotType<HaAction.Demote>(decision);
         if (!etcdReachable) Assert.Contains("keeps serving", decision.Sentence, StringComparison.Ordinal);
     }
+
+    private static HaInput Leader(bool answering, TimeSpan notAnsweringFor, TimeSpan sinceRenewal, bool holdsLease = true, bool reachable = true, bool alone = false) =>
+        new("n-a", Synchronous: false,
+            new LocalState(DataInitialised: true, Running: true, Answering: answering, InRecovery: !answering, Lsn: 100, Timeline: 1, Streaming: false,
+                FollowingNodeId: null, NotStreamingFor: TimeSpan.Zero, RewindFailed: false) { NotAnsweringFor = notAnsweringFor },
+            EtcdReachable: reachable, Leader: reachable ? new Dingo.Model.LeaderRecord { NodeId = "n-a", Host = "127.0.0.1", Port = 5432 } : null,
+            HoldsLease: holdsLease, SinceRenewal: sinceRenewal, LeaderOptime: 100, Sync: null,
+            Members: [], Switchover: null, ClusterInitialised: true, BootstrapCandidate: false, Now: DateTimeOffset.UtcNow)
+        {
+            Alone = alone,
+        };
+
+    [Fact]
+    public void A_leader_whose_PostgreSQL_does_not_answer_is_still_fenced_past_half_the_TTL()
+    {
+        // Not answering is no proof of read-only: a stopped primary resumes writable. Fencing must not wait for an answer.
+        var decision = Failover.Decide(Leader(answering: false, notAnsweringFor: TimeSpan.FromSeconds(0.5), sinceRenewal: TimeSpan.FromSeconds(2.1)), Settings);
+        Assert.Contains("fencing", Assert.IsType<HaAction.Demote>(decision).Sentence, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(1.9, false)]
+    [InlineData(2.0, true)]
+    public void A_leader_whose_PostgreSQL_has_hung_for_half_the_TTL_stops_it_and_gives_up_the_key(double seconds, bool demotes)
+    {
+        var decision = Failover.Decide(Leader(answering: false, notAnsweringFor: TimeSpan.FromSeconds(seconds), sinceRenewal: TimeSpan.FromSeconds(0.2)), Settings);
+        if (demotes) Assert.Contains("has not answered", Assert.IsType<HaAction.Demote>(decision).Sentence, StringComparison.Ordinal);
+        else Assert.IsType<HaAction.Wait>(decision);
+    }
+
+    [Fact]
+    public void A_single_node_that_hangs_is_waited_for_nobody_could_take_over()
+    {
+        Assert.IsType<HaAction.Wait>(Failover.Decide(Leader(answering: false, notAnsweringFor: TimeSpan.FromSeconds(30), sinceRenewal: TimeSpan.FromSeconds(30), alone: true), Settings));
+    }
+
+    [Fact]
+    public void A_writable_node_without_a_lease_that_cannot_reach_etcd_demotes()
+    {
+        var decision = Failover.Decide(Leader(answering: true, notAnsweringFor: TimeSpan.Zero, sinceRenewal: TimeSpan.MaxValue, holdsLease: false, reachable: false), Settings);
+        Assert.IsType<HaAction.Demote>(decision);
+    }
+
+    [Fact]
+    public void A_read_only_node_holding_the_lease_is_not_fenced_it_promotes_and_the_executor_renews_first()
+    {
+        var input = Leader(answering: true, notAnsweringFor: TimeSpan.Zero, sinceRenewal: TimeSpan.FromSeconds(3));
+        input = input with { Local = input.Local with { InRecovery = true } };
+        Assert.IsType<HaAction.Promote>(Failover.Decide(input, Settings));
+    }
 }

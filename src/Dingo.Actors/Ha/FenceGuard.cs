@@ -1,0 +1,356 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+
+namespace Dingo.Ha;
+
+/// <summary>The host's monotonic clock (CLOCK_MONOTONIC), the same in every process: deadlines handed to the guard use it.</summary>
+public static class Monotonic
+{
+    public static long NowNs()
+    {
+        var ticks = Stopwatch.GetTimestamp();
+        return Stopwatch.Frequency == 1_000_000_000 ? ticks : (long)(ticks * (1_000_000_000.0 / Stopwatch.Frequency));
+    }
+
+    public static TimeSpan Between(long fromNs, long toNs) => TimeSpan.FromTicks((toNs - fromNs) / 100);
+
+    public static long Add(long ns, TimeSpan span) => ns + span.Ticks * 100;
+}
+
+/// <summary>A process as /proc knows it: its PID and its start time, so a PID reused by another process is never signalled.</summary>
+public readonly record struct ProcessIdentity(int Pid, long StartTime)
+{
+    /// <summary>The identity of a live (not zombie) process, or null.</summary>
+    public static ProcessIdentity? Of(int pid) =>
+        ProcStat.Read(pid) is { Zombie: false } stat ? new ProcessIdentity(pid, stat.StartTime) : null;
+
+    /// <summary>Still the same process, alive and not a zombie.</summary>
+    public bool Alive => ProcStat.Read(Pid) is { Zombie: false } stat && stat.StartTime == StartTime;
+}
+
+/// <summary>The fields of /proc/PID/stat the guard needs.</summary>
+internal readonly record struct ProcStat(int Pid, int ParentPid, bool Zombie, long StartTime)
+{
+    public static ProcStat? Read(int pid)
+    {
+        string text;
+        try { text = File.ReadAllText($"/proc/{pid}/stat"); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
+        // The command name in parentheses may itself hold ") ", so the fields start after the last ')'.
+        var close = text.LastIndexOf(')');
+        if (close < 0) return null;
+        var fields = text[(close + 2)..].Split(' ');
+        // fields[0] is the state (field 3 of stat), fields[1] the parent PID (4), fields[19] the start time (22).
+        if (fields.Length < 20) return null;
+        if (!int.TryParse(fields[1], NumberStyles.None, CultureInfo.InvariantCulture, out var ppid)) return null;
+        if (!long.TryParse(fields[19], NumberStyles.None, CultureInfo.InvariantCulture, out var start)) return null;
+        return new ProcStat(pid, ppid, fields[0] is "Z" or "X", start);
+    }
+
+    /// <summary>The process and all its descendants, as /proc lists them now.</summary>
+    public static IReadOnlyList<int> Tree(int root)
+    {
+        var children = new Dictionary<int, List<int>>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out var pid)) continue;
+            if (Read(pid) is not { } stat) continue;
+            if (!children.TryGetValue(stat.ParentPid, out var list)) children[stat.ParentPid] = list = [];
+            list.Add(pid);
+        }
+        var tree = new List<int> { root };
+        for (var i = 0; i < tree.Count; i++)
+            if (children.TryGetValue(tree[i], out var kids)) tree.AddRange(kids);
+        return tree;
+    }
+}
+
+/// <summary>
+/// The arming side of a cell's fencing guard (<see cref="FenceGuard"/>): a folder with one file per node that leads,
+/// holding the moment (monotonic clock) after which its PostgreSQL must no longer accept writes unless the agent has
+/// renewed the leader lease and moved that moment on. The guard is a separate process, so it enforces the deadline
+/// when the HA pass blocks or the agent is SIGKILLed; the agent only writes files.
+/// </summary>
+public sealed class FenceGuardDirectory
+{
+    private const string ArmSuffix = ".arm";
+    private const string FencedSuffix = ".fenced";
+    internal const string LockFile = "guard.lock";
+    internal const string StopFile = "guard.stop";
+    internal const string LogFile = "guard.log";
+
+    private readonly IReadOnlyList<string>? _launch;
+    private readonly object _launching = new();
+
+    /// <param name="path">the cell's guard folder</param>
+    /// <param name="launch">the command that runs the guard process for this folder (`--dir PATH` is appended); null when
+    /// the caller starts the guard itself</param>
+    public FenceGuardDirectory(string path, IReadOnlyList<string>? launch)
+    {
+        Path = System.IO.Path.GetFullPath(path);
+        _launch = launch;
+    }
+
+    public string Path { get; }
+
+    /// <summary>
+    /// Arms (or moves on) the node's deadline: past <paramref name="deadlineNs"/> the guard stops the process tree of
+    /// <paramref name="postmaster"/>. Written with a rename, so the guard never reads half a file.
+    /// </summary>
+    public void Arm(string nodeId, long deadlineNs, ProcessIdentity postmaster)
+    {
+        CheckNodeId(nodeId);
+        Directory.CreateDirectory(Path);
+        var file = ArmPath(nodeId);
+        var temp = file + ".tmp";
+        File.WriteAllText(temp, FormattableString.Invariant($"{deadlineNs} {postmaster.Pid} {postmaster.StartTime}\n"));
+        File.Move(temp, file, overwrite: true);
+    }
+
+    /// <summary>The node no longer needs guarding: its PostgreSQL is stopped or read-only.</summary>
+    public void Disarm(string nodeId)
+    {
+        CheckNodeId(nodeId);
+        try { File.Delete(ArmPath(nodeId)); }
+        catch (DirectoryNotFoundException) { }
+    }
+
+    /// <summary>The node's armed deadline and process, or null when it is not armed.</summary>
+    public (long DeadlineNs, ProcessIdentity Postmaster)? Armed(string nodeId)
+    {
+        CheckNodeId(nodeId);
+        return Parse(ReadOrNull(ArmPath(nodeId)));
+    }
+
+    /// <summary>What the guard did to the node since the last call (one sentence), or null; reading it clears it.</summary>
+    public string? TakeFenced(string nodeId)
+    {
+        CheckNodeId(nodeId);
+        var path = System.IO.Path.Combine(Path, nodeId + FencedSuffix);
+        var text = ReadOrNull(path);
+        if (text is null) return null;
+        File.Delete(path);
+        return text.Trim();
+    }
+
+    /// <summary>A guard process holds the folder's lock.</summary>
+    public bool GuardRunning()
+    {
+        var lockPath = System.IO.Path.Combine(Path, LockFile);
+        if (!File.Exists(lockPath)) return false;
+        var fd = Native.open(lockPath, Native.ORdOnly);
+        if (fd < 0) return false;
+        try
+        {
+            if (Native.flock(fd, Native.LockSh | Native.LockNb) == 0)
+            {
+                _ = Native.flock(fd, Native.LockUn);
+                return false;
+            }
+            return true;
+        }
+        finally
+        {
+            _ = Native.close(fd);
+        }
+    }
+
+    /// <summary>
+    /// Starts the guard process when none runs (detached in a session of its own, so it outlives this process) and
+    /// waits up to <paramref name="timeout"/> for it to hold its lock. False when it did not come up.
+    /// </summary>
+    public async Task<bool> EnsureGuardRunningAsync(TimeSpan timeout, CancellationToken ct)
+    {
+        if (GuardRunning()) return true;
+        if (_launch is null) return false;
+        lock (_launching)
+        {
+            if (!GuardRunning())
+            {
+                Directory.CreateDirectory(Path);
+                File.Delete(System.IO.Path.Combine(Path, StopFile));
+                // setsid --fork: a new session, reparented away from this process, so SIGKILL of the agent (or of its
+                // process group) leaves the guard running. Its working directory is the guard folder.
+                var psi = new ProcessStartInfo("setsid") { UseShellExecute = false, WorkingDirectory = Path, RedirectStandardInput = true };
+                psi.ArgumentList.Add("--fork");
+                foreach (var a in _launch) psi.ArgumentList.Add(a);
+                psi.ArgumentList.Add("--dir");
+                psi.ArgumentList.Add(Path);
+                using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start the fencing guard (setsid)");
+                p.StandardInput.Close();
+                p.WaitForExit(5000);
+            }
+        }
+        var until = Monotonic.Add(Monotonic.NowNs(), timeout);
+        while (Monotonic.NowNs() < until)
+        {
+            if (GuardRunning()) return true;
+            await Task.Delay(20, ct).ConfigureAwait(false);
+        }
+        return GuardRunning();
+    }
+
+    /// <summary>Asks the guard to exit (the cell stopped cleanly: nothing of it leads any more) and waits up to 2 s.</summary>
+    public async Task StopGuardAsync(CancellationToken ct)
+    {
+        if (!Directory.Exists(Path)) return;
+        await File.WriteAllTextAsync(System.IO.Path.Combine(Path, StopFile), "stop\n", ct).ConfigureAwait(false);
+        for (var i = 0; i < 100 && GuardRunning(); i++) await Task.Delay(20, ct).ConfigureAwait(false);
+    }
+
+    internal string ArmPath(string nodeId) => System.IO.Path.Combine(Path, nodeId + ArmSuffix);
+
+    internal IEnumerable<string> ArmedNodes() =>
+        Directory.Exists(Path)
+            ? Directory.EnumerateFiles(Path, "*" + ArmSuffix).Select(f => System.IO.Path.GetFileName(f)[..^ArmSuffix.Length])
+            : [];
+
+    internal void ReportFenced(string nodeId, string sentence) =>
+        File.WriteAllText(System.IO.Path.Combine(Path, nodeId + FencedSuffix), sentence + "\n");
+
+    internal static (long DeadlineNs, ProcessIdentity Postmaster)? Parse(string? text)
+    {
+        var parts = text?.Trim().Split(' ');
+        if (parts is not { Length: 3 }) return null;
+        if (!long.TryParse(parts[0], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var deadline)) return null;
+        if (!int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var pid) || pid <= 1) return null;
+        if (!long.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out var start)) return null;
+        return (deadline, new ProcessIdentity(pid, start));
+    }
+
+    internal static string? ReadOrNull(string path)
+    {
+        try { return File.ReadAllText(path); }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException) { return null; }
+    }
+
+    private static void CheckNodeId(string nodeId)
+    {
+        if (nodeId.Length is 0 or > 128 || nodeId.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_')))
+            throw new ArgumentException($"'{nodeId}' is not a node id", nameof(nodeId));
+    }
+
+    internal static class Native
+    {
+        public const int ORdOnly = 0;
+        public const int ORdWr = 2;
+        public const int OCreat = 0x40;
+        public const int LockSh = 1;
+        public const int LockEx = 2;
+        public const int LockNb = 4;
+        public const int LockUn = 8;
+        public const int SigInt = 2;
+        public const int SigKill = 9;
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, int mode = 0);
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int flock(int fd, int operation);
+
+        [DllImport("libc")]
+        public static extern int close(int fd);
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int kill(int pid, int sig);
+    }
+}
+
+/// <summary>
+/// The fencing guard: a small process per cell, independent of the agent, that makes a leading node non-writable once
+/// its deadline has passed — a fast shutdown (SIGINT to the postmaster), and SIGKILL of its whole process tree when that
+/// has not finished within <see cref="FastStopGrace"/> (a stopped or hung PostgreSQL ignores everything else). The
+/// agent moves the deadline on each time it renews the leader lease (to the renewal's send time + ¾ TTL, a quarter of the
+/// TTL before the lease can expire), so the guard acts only when renewals stopped: a blocked pass, a dead agent.
+/// </summary>
+public sealed class FenceGuard(FenceGuardDirectory directory, ILogger logger)
+{
+    public static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(50);
+    public static readonly TimeSpan FastStopGrace = TimeSpan.FromMilliseconds(300);
+
+    /// <summary>Holds the folder's lock and checks every armed node every <see cref="Poll"/> until asked to stop.</summary>
+    public async Task<int> RunAsync(CancellationToken ct)
+    {
+        Directory.CreateDirectory(directory.Path);
+        var lockPath = Path.Combine(directory.Path, FenceGuardDirectory.LockFile);
+        var fd = FenceGuardDirectory.Native.open(lockPath, FenceGuardDirectory.Native.ORdWr | FenceGuardDirectory.Native.OCreat, Convert.ToInt32("600", 8));
+        if (fd < 0) { logger.LogError("fencing guard: cannot open {Lock}", lockPath); return 1; }
+        // An agent checking whether a guard runs holds a shared lock for a moment: try for a while before concluding
+        // that another guard has it.
+        var locked = false;
+        for (var i = 0; i < 100 && !locked; i++)
+        {
+            locked = FenceGuardDirectory.Native.flock(fd, FenceGuardDirectory.Native.LockEx | FenceGuardDirectory.Native.LockNb) == 0;
+            if (!locked) await Task.Delay(20, ct).ConfigureAwait(false);
+        }
+        if (!locked)
+        {
+            logger.LogInformation("fencing guard: another guard holds {Lock}; exiting", lockPath);
+            return 0;
+        }
+        logger.LogInformation("fencing guard for {Dir} running as pid {Pid}", directory.Path, Environment.ProcessId);
+        var stop = Path.Combine(directory.Path, FenceGuardDirectory.StopFile);
+        while (!ct.IsCancellationRequested)
+        {
+            if (!Directory.Exists(directory.Path)) { logger.LogInformation("fencing guard: {Dir} is gone; exiting", directory.Path); return 0; }
+            if (File.Exists(stop))
+            {
+                File.Delete(stop);
+                logger.LogInformation("fencing guard: asked to stop");
+                return 0;
+            }
+            await CheckOnceAsync(ct).ConfigureAwait(false);
+            try { await Task.Delay(Poll, ct).ConfigureAwait(false); }
+            catch (OperationCanceledException) { break; }
+        }
+        return 0;
+    }
+
+    /// <summary>One look at every armed node; fences those whose deadline has passed.</summary>
+    public async Task CheckOnceAsync(CancellationToken ct)
+    {
+        foreach (var node in directory.ArmedNodes().ToList())
+        {
+            try
+            {
+                var path = directory.ArmPath(node);
+                var text = FenceGuardDirectory.ReadOrNull(path);
+                if (FenceGuardDirectory.Parse(text) is not { } armed) continue;
+                var now = Monotonic.NowNs();
+                if (now < armed.DeadlineNs) continue;
+                var late = Monotonic.Between(armed.DeadlineNs, now);
+                var how = await FenceAsync(armed.Postmaster, ct).ConfigureAwait(false);
+                // Disarm only if the agent did not arm again meanwhile (a renewal that came too late still stands).
+                if (FenceGuardDirectory.ReadOrNull(path) == text) File.Delete(path);
+                if (how is null) continue;
+                var sentence = $"the fencing guard {how}: the leader lease was not renewed in time (deadline passed {late.TotalMilliseconds:0} ms before)";
+                directory.ReportFenced(node, sentence);
+                logger.LogWarning("node {Node}: {Sentence}", node, sentence);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                logger.LogWarning("fencing guard: node {Node}: {Error}", node, ex.Message);
+            }
+        }
+    }
+
+    /// <summary>Stops the process tree; returns what was done, or null when the process was already gone.</summary>
+    internal static async Task<string?> FenceAsync(ProcessIdentity postmaster, CancellationToken ct)
+    {
+        if (!postmaster.Alive) return null;
+        var tree = ProcStat.Tree(postmaster.Pid);
+        _ = FenceGuardDirectory.Native.kill(postmaster.Pid, FenceGuardDirectory.Native.SigInt);
+        var until = Monotonic.Add(Monotonic.NowNs(), FastStopGrace);
+        while (Monotonic.NowNs() < until)
+        {
+            if (!postmaster.Alive) return $"stopped PostgreSQL (pid {postmaster.Pid}, fast shutdown)";
+            await Task.Delay(10, ct).ConfigureAwait(false);
+        }
+        // Still there (hung, stopped, or a long shutdown checkpoint): kill it and everything it started, at once.
+        foreach (var pid in tree.Concat(ProcStat.Tree(postmaster.Pid)).Distinct())
+            _ = FenceGuardDirectory.Native.kill(pid, FenceGuardDirectory.Native.SigKill);
+        return $"killed PostgreSQL (pid {postmaster.Pid} and {tree.Count - 1} children; a fast shutdown did not finish within {FastStopGrace.TotalMilliseconds:0} ms)";
+    }
+}

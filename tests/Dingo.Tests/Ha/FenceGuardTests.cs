@@ -1,0 +1,168 @@
+using System.Diagnostics;
+using Dingo.Cells;
+using Dingo.Ha;
+using Dingo.Model;
+using Dingo.Tests.Support;
+using Npgsql;
+using Xunit.Abstractions;
+
+namespace Dingo.Tests.Ha;
+
+/// <summary>
+/// The fencing guard as a cell runs it: a separate `dingo-cell guard` process, started detached, watching a real
+/// PostgreSQL 15 (local process runtime). Past an armed deadline PostgreSQL stops accepting writes, whatever state it is
+/// in; a deadline moved on in time keeps it serving.
+/// </summary>
+public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private const string Superuser = "dingo_su";
+    private const string Password = "guard-test-pw";
+    private readonly string _root = Path.Combine("/tmp", "dingo-guard-" + Guid.NewGuid().ToString("N")[..10]);
+    private LocalProcessRuntime _runtime = null!;
+    private FenceGuardDirectory _guard = null!;
+    private NodeLaunchSpec _spec = null!;
+
+    public async Task InitializeAsync()
+    {
+        _runtime = new LocalProcessRuntime(new LocalProcessRuntimeOptions(Path.Combine(_root, "nodes")), new TestOutputLogger<LocalProcessRuntime>(output));
+        _guard = new FenceGuardDirectory(Path.Combine(_root, "guard"),
+            ["dotnet", Path.Combine(AppContext.BaseDirectory, "Dingo.Cell.dll"), "guard"]);
+        _spec = new NodeLaunchSpec("n-guard", "i-guard", "127.0.0.1", FreePorts.One(), new Credentials(Superuser, Password));
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
+        await _runtime.CreateAsync(_spec, cts.Token);
+        await _runtime.StartAsync(_spec, standby: null, cts.Token);
+        await Eventually.UntilAsync(async () => await WritableAsync() == true, TimeSpan.FromSeconds(30), "PostgreSQL answering");
+        if (!await _guard.EnsureGuardRunningAsync(TimeSpan.FromSeconds(20), cts.Token))
+            Assert.Fail("the guard did not start: " + (FenceGuardDirectory.ReadOrNull(Path.Combine(_guard.Path, "guard.log")) ?? "(no guard.log)"));
+    }
+
+    public async Task DisposeAsync()
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        try { await _guard.StopGuardAsync(cts.Token); } catch (Exception ex) { output.WriteLine($"stopping the guard: {ex.Message}"); }
+        foreach (var pid in PostgresPids()) _ = kill(pid, 18); // SIGCONT, so a stopped tree can be killed and removed
+        try { await _runtime.RemoveAsync(_spec.NodeId, cts.Token); } catch (Exception ex) { output.WriteLine($"removing the node: {ex.Message}"); }
+        var log = Path.Combine(_guard.Path, "guard.log");
+        if (File.Exists(log)) output.WriteLine(File.ReadAllText(log));
+        Assert.False(_guard.GuardRunning(), "the guard was asked to stop and still runs");
+        try { Directory.Delete(_root, recursive: true); } catch (IOException) { }
+    }
+
+    private async Task<ProcessIdentity> PostmasterAsync() =>
+        ProcessIdentity.Of((await _runtime.PostmasterPidAsync(_spec.NodeId, CancellationToken.None)).GetValueOrDefault())
+        ?? throw new InvalidOperationException("no postmaster");
+
+    /// <summary>True: accepts writes; false: read-only; null: does not answer within a second.</summary>
+    private async Task<bool?> WritableAsync()
+    {
+        var cs = new NpgsqlConnectionStringBuilder
+        {
+            Host = "127.0.0.1", Port = _spec.Port, Username = Superuser, Password = Password, Database = "postgres",
+            Pooling = false, Timeout = 1, CommandTimeout = 1,
+        };
+        try
+        {
+            await using var conn = new NpgsqlConnection(cs.ConnectionString);
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+            await conn.OpenAsync(cts.Token);
+            await using var cmd = new NpgsqlCommand("SELECT NOT pg_is_in_recovery()", conn);
+            return (bool)(await cmd.ExecuteScalarAsync(cts.Token))!;
+        }
+        catch (Exception ex) when (ex is NpgsqlException or OperationCanceledException or TimeoutException or System.Net.Sockets.SocketException)
+        {
+            return null;
+        }
+    }
+
+    private IEnumerable<int> PostgresPids()
+    {
+        var pgdata = Path.Combine(_root, "nodes", _spec.NodeId);
+        foreach (var dir in Directory.GetDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out var pid)) continue;
+            string cwd;
+            try { cwd = new DirectoryInfo($"/proc/{pid}/cwd").ResolveLinkTarget(false)?.FullName ?? ""; }
+            catch (Exception) { continue; }
+            if (cwd.StartsWith(pgdata, StringComparison.Ordinal)) yield return pid;
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int kill(int pid, int sig);
+
+    [Fact]
+    public async Task Past_an_unrenewed_deadline_the_guard_stops_PostgreSQL_and_says_so()
+    {
+        var postmaster = await PostmasterAsync();
+        var deadline = Monotonic.Add(Monotonic.NowNs(), TimeSpan.FromSeconds(1));
+        _guard.Arm(_spec.NodeId, deadline, postmaster);
+        await Task.Delay(500);
+        Assert.True(await WritableAsync() == true, "stopped before its deadline");
+        await Eventually.UntilAsync(() => Task.FromResult(!postmaster.Alive), TimeSpan.FromSeconds(3), "the postmaster gone");
+        var late = Monotonic.Between(deadline, Monotonic.NowNs());
+        output.WriteLine($"postmaster gone {late.TotalMilliseconds:0} ms after the deadline");
+        Assert.True(late < TimeSpan.FromSeconds(1.5), $"gone only {late} after the deadline");
+        Assert.NotEqual(true, await WritableAsync());
+        Assert.Null(_guard.Armed(_spec.NodeId));
+        Assert.Contains("fencing guard", _guard.TakeFenced(_spec.NodeId) ?? "", StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_stopped_PostgreSQL_is_killed_with_all_its_processes_so_it_never_resumes_writable()
+    {
+        var postmaster = await PostmasterAsync();
+        var tree = PostgresPids().ToList();
+        Assert.True(tree.Count > 2, $"expected the postmaster and its children, found {tree.Count}");
+        foreach (var pid in tree) _ = kill(pid, 19); // SIGSTOP: hung, as in the fault that showed two writable nodes
+        var deadline = Monotonic.Add(Monotonic.NowNs(), TimeSpan.FromMilliseconds(300));
+        _guard.Arm(_spec.NodeId, deadline, postmaster);
+        await Eventually.UntilAsync(() => Task.FromResult(!PostgresPids().Any()), TimeSpan.FromSeconds(3), "every PostgreSQL process gone");
+        output.WriteLine($"all {tree.Count} processes gone {Monotonic.Between(deadline, Monotonic.NowNs()).TotalMilliseconds:0} ms after the deadline");
+        foreach (var pid in tree) _ = kill(pid, 18); // SIGCONT: nothing left to resume
+        Assert.Null(await WritableAsync());
+        Assert.Contains("killed PostgreSQL", _guard.TakeFenced(_spec.NodeId) ?? "", StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_deadline_moved_on_in_time_keeps_PostgreSQL_serving_and_disarming_stops_the_guard_from_acting()
+    {
+        var postmaster = await PostmasterAsync();
+        var watch = Stopwatch.StartNew();
+        while (watch.Elapsed < TimeSpan.FromSeconds(2))
+        {
+            _guard.Arm(_spec.NodeId, Monotonic.Add(Monotonic.NowNs(), TimeSpan.FromMilliseconds(600)), postmaster);
+            await Task.Delay(150);
+        }
+        _guard.Disarm(_spec.NodeId);
+        await Task.Delay(1000);
+        Assert.True(postmaster.Alive);
+        Assert.True(await WritableAsync() == true);
+        Assert.Null(_guard.TakeFenced(_spec.NodeId));
+    }
+
+    [Fact]
+    public async Task A_reused_pid_is_never_signalled()
+    {
+        var postmaster = await PostmasterAsync();
+        // Same PID, another start time: not the process the agent armed the guard with.
+        _guard.Arm(_spec.NodeId, Monotonic.NowNs(), postmaster with { StartTime = postmaster.StartTime + 1 });
+        await Eventually.UntilAsync(() => Task.FromResult(_guard.Armed(_spec.NodeId) is null), TimeSpan.FromSeconds(3), "the guard dropping the stale arm");
+        Assert.True(postmaster.Alive);
+        Assert.True(await WritableAsync() == true);
+    }
+
+    [Fact]
+    public async Task One_guard_per_folder()
+    {
+        // A second start finds the first holding the lock and leaves it be.
+        var log = Path.Combine(_guard.Path, "guard.log");
+        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "Dingo.Cell.dll"), "guard", "--dir", _guard.Path }) psi.ArgumentList.Add(a);
+        using var second = Process.Start(psi)!;
+        Assert.True(second.WaitForExit(30_000), "a second guard did not exit");
+        Assert.Equal(0, second.ExitCode);
+        await Eventually.UntilAsync(async () => (await File.ReadAllTextAsync(log)).Contains("another guard holds", StringComparison.Ordinal),
+            TimeSpan.FromSeconds(5), "the second guard's word in the log");
+        Assert.True(_guard.GuardRunning());
+    }
+}
