@@ -87,7 +87,8 @@ public static class Platform
             // Supervise: a process that dies while we are up is started again.
             while (!stop.IsCancellationRequested)
             {
-                try { await Task.Delay(1000, stop.Token); }
+                // Often: a cell agent that died must be back before its leaders' guard deadlines (3/4 TTL after the last renewal).
+                try { await Task.Delay(200, stop.Token); }
                 catch (OperationCanceledException) { break; }
                 foreach (var child in children.Where(c => c.HasExited).ToList())
                 {

@@ -60,7 +60,11 @@ public abstract record HaAction(string Sentence)
     public sealed record TakeLeadership(string Sentence) : HaAction(Sentence);
     public sealed record Promote(string Sentence) : HaAction(Sentence);
     public sealed record Lead(string Sentence) : HaAction(Sentence);
-    public sealed record Demote(LeaderRecord? Leader, string Sentence) : HaAction(Sentence);
+    public sealed record Demote(LeaderRecord? Leader, string Sentence) : HaAction(Sentence)
+    {
+        /// <summary>Fencing or a hung PostgreSQL: stop it at once (fast shutdown, then SIGKILL), not with a clean shutdown.</summary>
+        public bool AtOnce { get; init; }
+    }
     public sealed record FollowLeader(LeaderRecord Leader, string Sentence) : HaAction(Sentence);
     public sealed record Rewind(LeaderRecord Leader, string Sentence) : HaAction(Sentence);
     public sealed record Reclone(LeaderRecord Leader, string Sentence) : HaAction(Sentence);
@@ -114,13 +118,13 @@ public static class Failover
         if (i.HoldsLease && !i.Alone && !surelyReadOnly && i.SinceRenewal >= s.Ttl / 2)
             return new HaAction.Demote(otherLeader, i.EtcdReachable
                 ? $"demoting: the leader key was not renewed for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)"
-                : $"demoting: cannot reach etcd to renew the leader key for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)");
+                : $"demoting: cannot reach etcd to renew the leader key for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)") { AtOnce = true };
 
         if (!local.Answering)
         {
             // A hung primary (stopped, stuck on I/O) serves nobody: stop it and give the key up so a replica takes over.
             if (i.HoldsLease && !i.Alone && local.NotAnsweringFor >= s.Ttl / 2)
-                return new HaAction.Demote(otherLeader, $"demoting: PostgreSQL has not answered for {local.NotAnsweringFor.TotalSeconds:0.0}s while I lead (stopping it so a replica can take over)");
+                return new HaAction.Demote(otherLeader, $"demoting: PostgreSQL has not answered for {local.NotAnsweringFor.TotalSeconds:0.0}s while I lead (stopping it so a replica can take over)") { AtOnce = true };
             return new HaAction.Wait("waiting for PostgreSQL to accept connections");
         }
 
@@ -128,7 +132,7 @@ public static class Failover
         {
             if (local.InRecovery) return new HaAction.Wait("no action: etcd unreachable, staying a replica");
             if (i.Alone) return new HaAction.Wait($"no action: etcd unreachable for {i.SinceRenewal.TotalSeconds:0.0}s; no other node could take over, so this single node keeps serving");
-            if (!i.HoldsLease) return new HaAction.Demote(null, "demoting: writable without a leader lease, and etcd cannot be reached to take one");
+            if (!i.HoldsLease) return new HaAction.Demote(null, "demoting: writable without a leader lease, and etcd cannot be reached to take one") { AtOnce = true };
             return new HaAction.Wait($"no action: etcd unreachable for {i.SinceRenewal.TotalSeconds:0.0}s, leader lease still valid");
         }
 

@@ -30,6 +30,13 @@ public readonly record struct ProcessIdentity(int Pid, long StartTime)
     public bool Alive => ProcStat.Read(Pid) is { Zombie: false } stat && stat.StartTime == StartTime;
 }
 
+/// <summary>
+/// One leading node's arming: past <paramref name="DeadlineNs"/> (monotonic) the guard stops <paramref name="Postmaster"/>'s
+/// process tree. The instance and the lease behind its leader key let a restarted agent renew at once, before its HA loop
+/// runs again (<see cref="FenceGuardDirectory.Armed()"/>).
+/// </summary>
+public sealed record GuardArm(long DeadlineNs, ProcessIdentity Postmaster, string? InstanceId = null, long Lease = 0);
+
 /// <summary>The fields of /proc/PID/stat the guard needs.</summary>
 internal readonly record struct ProcStat(int Pid, int ParentPid, bool Zombie, long StartTime)
 {
@@ -95,19 +102,20 @@ public sealed class FenceGuardDirectory
 
     public string Path { get; }
 
-    /// <summary>
-    /// Arms (or moves on) the node's deadline: past <paramref name="deadlineNs"/> the guard stops the process tree of
-    /// <paramref name="postmaster"/>. Written with a rename, so the guard never reads half a file.
-    /// </summary>
-    public void Arm(string nodeId, long deadlineNs, ProcessIdentity postmaster)
+    /// <summary>Arms (or moves on) the node's deadline. Written with a rename, so the guard never reads half a file.</summary>
+    public void Arm(string nodeId, GuardArm arm)
     {
         CheckNodeId(nodeId);
         Directory.CreateDirectory(Path);
         var file = ArmPath(nodeId);
         var temp = file + ".tmp";
-        File.WriteAllText(temp, FormattableString.Invariant($"{deadlineNs} {postmaster.Pid} {postmaster.StartTime}\n"));
+        File.WriteAllText(temp, FormattableString.Invariant($"{arm.DeadlineNs} {arm.Postmaster.Pid} {arm.Postmaster.StartTime} {arm.Lease} {arm.InstanceId ?? "-"}\n"));
         File.Move(temp, file, overwrite: true);
     }
+
+    /// <summary>Every armed node and its arming, as the files say now.</summary>
+    public IReadOnlyList<(string NodeId, GuardArm Arm)> Armed() =>
+        ArmedNodes().Select(n => (n, Parse(ReadOrNull(ArmPath(n))))).Where(a => a.Item2 is not null).Select(a => (a.n, a.Item2!)).ToList();
 
     /// <summary>The node no longer needs guarding: its PostgreSQL is stopped or read-only.</summary>
     public void Disarm(string nodeId)
@@ -117,8 +125,8 @@ public sealed class FenceGuardDirectory
         catch (DirectoryNotFoundException) { }
     }
 
-    /// <summary>The node's armed deadline and process, or null when it is not armed.</summary>
-    public (long DeadlineNs, ProcessIdentity Postmaster)? Armed(string nodeId)
+    /// <summary>The node's arming, or null when it is not armed.</summary>
+    public GuardArm? Armed(string nodeId)
     {
         CheckNodeId(nodeId);
         return Parse(ReadOrNull(ArmPath(nodeId)));
@@ -210,14 +218,15 @@ public sealed class FenceGuardDirectory
     internal void ReportFenced(string nodeId, string sentence) =>
         File.WriteAllText(System.IO.Path.Combine(Path, nodeId + FencedSuffix), sentence + "\n");
 
-    internal static (long DeadlineNs, ProcessIdentity Postmaster)? Parse(string? text)
+    internal static GuardArm? Parse(string? text)
     {
         var parts = text?.Trim().Split(' ');
-        if (parts is not { Length: 3 }) return null;
+        if (parts is not { Length: 5 }) return null;
         if (!long.TryParse(parts[0], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var deadline)) return null;
         if (!int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var pid) || pid <= 1) return null;
         if (!long.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out var start)) return null;
-        return (deadline, new ProcessIdentity(pid, start));
+        if (!long.TryParse(parts[3], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var lease)) return null;
+        return new GuardArm(deadline, new ProcessIdentity(pid, start), parts[4] == "-" ? null : parts[4], lease);
     }
 
     internal static string? ReadOrNull(string path)
@@ -268,6 +277,12 @@ public sealed class FenceGuardDirectory
 public sealed class FenceGuard(FenceGuardDirectory directory, ILogger logger)
 {
     public static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>
+    /// How long after a renewal was sent the guard stops PostgreSQL unless renewed again: ¾ TTL, a quarter of the TTL
+    /// before the lease can expire in etcd (which counts from when it received the renewal, later than it was sent).
+    /// </summary>
+    public static TimeSpan DeadlineAfterRenewal(TimeSpan ttl) => ttl * 3 / 4;
     public static readonly TimeSpan FastStopGrace = TimeSpan.FromMilliseconds(300);
 
     /// <summary>Holds the folder's lock and checks every armed node every <see cref="Poll"/> until asked to stop.</summary>

@@ -106,11 +106,7 @@ public sealed class NodeAgent
 
     private TimeSpan SinceRenewal => _renewedNs == 0 ? TimeSpan.MaxValue : Monotonic.Between(_renewedNs, Monotonic.NowNs());
 
-    /// <summary>
-    /// How long after a renewal was sent the guard stops PostgreSQL unless renewed again: ¾ TTL, a quarter of the TTL
-    /// before the lease can expire in etcd (which counts from when it received the renewal, later than it was sent).
-    /// </summary>
-    private TimeSpan GuardAfter => _settings.Ha.Ttl * 3 / 4;
+    private TimeSpan GuardAfter => FenceGuard.DeadlineAfterRenewal(_settings.Ha.Ttl);
 
     /// <summary>Renews the leader lease once; the renewal counts from the moment the request was sent.</summary>
     private async Task<bool> RenewAsync(CancellationToken etcd)
@@ -137,8 +133,32 @@ public sealed class NodeAgent
         if (_guarded is not { Alive: true })
             _guarded = await _runtime.PostmasterPidAsync(_spec.NodeId, ct).ConfigureAwait(false) is { } pid ? ProcessIdentity.Of(pid) : null;
         if (_guarded is not { } postmaster) return false;
-        _guard.Arm(_spec.NodeId, Monotonic.Add(_renewedNs, GuardAfter), postmaster);
+        _guard.Arm(_spec.NodeId, new GuardArm(Monotonic.Add(_renewedNs, GuardAfter), postmaster, _spec.InstanceId, _leaderLease));
         return true;
+    }
+
+    /// <summary>
+    /// Fencing, or a hung PostgreSQL: the guard's deadline is moved to now, so it stops PostgreSQL its way (fast shutdown,
+    /// SIGKILL of the whole tree 300 ms later) — a clean shutdown of a stopped process would wait for ever. Waits up to
+    /// 2 s for the postmaster to be gone; the caller's ordinary stop follows.
+    /// </summary>
+    private async Task StopAtOnceAsync()
+    {
+        if (_guard is null || _guarded is not { Alive: true } postmaster || !_guard.GuardRunning()) return;
+        _guard.Arm(_spec.NodeId, new GuardArm(Monotonic.NowNs(), postmaster, _spec.InstanceId, _leaderLease));
+        var until = Monotonic.Add(Monotonic.NowNs(), TimeSpan.FromSeconds(2));
+        while (postmaster.Alive && Monotonic.NowNs() < until) await Task.Delay(20, CancellationToken.None).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A leader's long pass (a promotion, the first preparation of roles, a slow machine) renews at the points where it
+    /// shows progress, so the guard's deadline counts from the last step done, not from the start of the pass. A pass
+    /// stuck in one step never gets here: the fencing deadline cuts it, and the guard stops PostgreSQL after it.
+    /// </summary>
+    private async Task RenewOnProgressAsync(CancellationToken etcd)
+    {
+        if (_leaderLease == 0 || SinceRenewal < _settings.Ha.LoopWait) return;
+        if (await RenewAsync(etcd).ConfigureAwait(false)) await ArmAsync(etcd).ConfigureAwait(false);
     }
 
     private void Disarm()
@@ -204,7 +224,12 @@ public sealed class NodeAgent
         }
         _failingSince = failure is null ? null : _failingSince ?? DateTimeOffset.UtcNow;
         await KeepBackupDutyAsync(action, failure, record).ConfigureAwait(false);
-        if (input.EtcdReachable) await ReportAsync(input, action, failure, etcd).ConfigureAwait(false);
+        if (input.EtcdReachable)
+        {
+            try { if (failure is null) await RenewOnProgressAsync(etcd).ConfigureAwait(false); }
+            catch (Exception ex) when (EtcdUnreachable(ex, ct)) { } // the next pass decides what an unreachable etcd means
+            await ReportAsync(input, action, failure, etcd).ConfigureAwait(false);
+        }
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
     }
 
@@ -237,6 +262,27 @@ public sealed class NodeAgent
     private async Task<HaInput> ObserveAsync(InstanceRecord record, PostgresProbe probe, CancellationToken etcd, CancellationToken ct)
     {
         var now = DateTimeOffset.UtcNow;
+        // A leader renews first thing: the renewal says this pass runs, and PostgreSQL's health has rules of its own
+        // (a hung primary demotes). Renewing after the slower observations made a loaded machine's leaders fence.
+        bool reachable = true, renewed = false;
+        try
+        {
+            if (_leaderLease != 0)
+            {
+                renewed = await RenewAsync(etcd).ConfigureAwait(false);
+                if (!renewed)
+                {
+                    // The guard stays armed: if PostgreSQL is still writable, it stops it at the deadline unless this
+                    // pass demotes first.
+                    _logger.LogWarning("node {Node}: my leader lease expired", _spec.NodeId);
+                    _leaderLease = 0;
+                }
+            }
+        }
+        catch (Exception ex) when (EtcdUnreachable(ex, ct))
+        {
+            reachable = false;
+        }
         var nodes = await _runtime.ListAsync(ct).ConfigureAwait(false);
         var mine = nodes.FirstOrDefault(n => n.NodeId == _spec.NodeId);
         PostgresProbe.Observation? pg = null;
@@ -263,29 +309,17 @@ public sealed class NodeAgent
         if (pg is { InRecovery: true } && !streaming) _notStreamingSince ??= DateTime.UtcNow;
         else _notStreamingSince = null;
 
-        bool reachable = true;
         LeaderRecord? leader = null;
         long? optime = null;
         SyncState? sync = null;
         SwitchoverRequest? switchover = null;
         var members = new List<NodeStatus>();
         long leaderKeyLease = 0;
-        var renewed = false;
         bool initialised = false, candidate = false;
         string? initialisedBy = null;
         try
         {
-            if (_leaderLease != 0)
-            {
-                renewed = await RenewAsync(etcd).ConfigureAwait(false);
-                if (!renewed)
-                {
-                    // The guard stays armed: if PostgreSQL is still writable, it stops it at the deadline unless this
-                    // pass demotes first.
-                    _logger.LogWarning("node {Node}: my leader lease expired", _spec.NodeId);
-                    _leaderLease = 0;
-                }
-            }
+            if (!reachable) throw new RpcException(new Status(StatusCode.Unavailable, "the lease renewal found etcd unreachable"));
             var cluster = await _store.ListAsync<System.Text.Json.JsonElement>(K.Cluster(_spec.InstanceId), etcd).ConfigureAwait(false);
             foreach (var kv in cluster)
             {
@@ -392,8 +426,9 @@ public sealed class NodeAgent
                 var primary = await TryTakeKeyAsync(etcd).ConfigureAwait(false);
                 await _runtime.StartAsync(launch, primary ? null : Standby(null, record), ct).ConfigureAwait(false);
                 _following = null;
-                // Nobody else has data yet, so nobody could be writable beside it before this arming.
-                if (primary) await ArmAsync(ct).ConfigureAwait(false);
+                // Nobody else has data yet, so nobody could be writable beside it before this arming. Starting may have
+                // taken a while on a busy host: renew first, so the deadline counts from now.
+                if (primary && await RenewAsync(ct).ConfigureAwait(false)) await ArmAsync(ct).ConfigureAwait(false);
                 // A new cluster is bindable once its primary leads: catch PostgreSQL's first moment up in this pass
                 // (bounded well inside the lease), not a loop-wait later.
                 await WaitUntilAnsweringAsync(probe, ct).ConfigureAwait(false);
@@ -443,6 +478,7 @@ public sealed class NodeAgent
             case HaAction.Demote demote:
                 // Writes stop first; the key is given up only once PostgreSQL no longer accepts them (until then the
                 // guard stays armed, and stops it at the deadline if this stop hangs).
+                if (demote.AtOnce) await StopAtOnceAsync().ConfigureAwait(false);
                 await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
                 Disarm();
                 try
@@ -568,6 +604,7 @@ public sealed class NodeAgent
     private async Task LeadAsync(InstanceRecord record, PostgresProbe probe, HaInput input, bool promoted, CancellationToken ct)
     {
         var etcd = ct;
+        await RenewOnProgressAsync(ct).ConfigureAwait(false);
         if (!_prepared)
         {
             await DatabaseAdmin.PrepareAsync(Address, _spec.Port, record.Superuser, record.Database, ct, record.Replication).ConfigureAwait(false);
@@ -577,6 +614,7 @@ public sealed class NodeAgent
                 _clonedFromOther = false;
             }
             _prepared = true;
+            await RenewOnProgressAsync(ct).ConfigureAwait(false);
         }
         // This pass already observed PostgreSQL and read the members; only a promotion just now moved the WAL position.
         var lsn = promoted ? (await probe.ObserveAsync(ct).ConfigureAwait(false)).Lsn : input.Local.Lsn;

@@ -19,10 +19,10 @@ public sealed class FailoverTests(ITestOutputHelper output)
     }
 
 
-    private static async Task<IReadOnlyList<NodeStatus>> StatusesAsync(TestPlatform p, string id) =>
+    internal static async Task<IReadOnlyList<NodeStatus>> StatusesAsync(TestPlatform p, string id) =>
         (await p.Store.ListAsync<NodeStatus>(p.Store.Keys.Statuses(id), CancellationToken.None)).Select(s => s.Value).ToList();
 
-    private static async Task<bool> FullAndHealthyAsync(TestPlatform p, string id, int nodes)
+    internal static async Task<bool> FullAndHealthyAsync(TestPlatform p, string id, int nodes)
     {
         var specs = await p.Store.ListAsync<NodeSpec>(p.Store.Keys.Nodes(id), CancellationToken.None);
         var statuses = await StatusesAsync(p, id);

@@ -95,7 +95,7 @@ public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
     {
         var postmaster = await PostmasterAsync();
         var deadline = Monotonic.Add(Monotonic.NowNs(), TimeSpan.FromSeconds(1));
-        _guard.Arm(_spec.NodeId, deadline, postmaster);
+        _guard.Arm(_spec.NodeId, new GuardArm(deadline, postmaster));
         await Task.Delay(500);
         Assert.True(await WritableAsync() == true, "stopped before its deadline");
         await Eventually.UntilAsync(() => Task.FromResult(!postmaster.Alive), TimeSpan.FromSeconds(3), "the postmaster gone");
@@ -115,7 +115,7 @@ public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.True(tree.Count > 2, $"expected the postmaster and its children, found {tree.Count}");
         foreach (var pid in tree) _ = kill(pid, 19); // SIGSTOP: hung, as in the fault that showed two writable nodes
         var deadline = Monotonic.Add(Monotonic.NowNs(), TimeSpan.FromMilliseconds(300));
-        _guard.Arm(_spec.NodeId, deadline, postmaster);
+        _guard.Arm(_spec.NodeId, new GuardArm(deadline, postmaster));
         await Eventually.UntilAsync(() => Task.FromResult(!PostgresPids().Any()), TimeSpan.FromSeconds(3), "every PostgreSQL process gone");
         output.WriteLine($"all {tree.Count} processes gone {Monotonic.Between(deadline, Monotonic.NowNs()).TotalMilliseconds:0} ms after the deadline");
         foreach (var pid in tree) _ = kill(pid, 18); // SIGCONT: nothing left to resume
@@ -130,7 +130,7 @@ public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
         var watch = Stopwatch.StartNew();
         while (watch.Elapsed < TimeSpan.FromSeconds(2))
         {
-            _guard.Arm(_spec.NodeId, Monotonic.Add(Monotonic.NowNs(), TimeSpan.FromMilliseconds(600)), postmaster);
+            _guard.Arm(_spec.NodeId, new GuardArm(Monotonic.Add(Monotonic.NowNs(), TimeSpan.FromMilliseconds(600)), postmaster));
             await Task.Delay(150);
         }
         _guard.Disarm(_spec.NodeId);
@@ -145,7 +145,7 @@ public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
     {
         var postmaster = await PostmasterAsync();
         // Same PID, another start time: not the process the agent armed the guard with.
-        _guard.Arm(_spec.NodeId, Monotonic.NowNs(), postmaster with { StartTime = postmaster.StartTime + 1 });
+        _guard.Arm(_spec.NodeId, new GuardArm(Monotonic.NowNs(), postmaster with { StartTime = postmaster.StartTime + 1 }));
         await Eventually.UntilAsync(() => Task.FromResult(_guard.Armed(_spec.NodeId) is null), TimeSpan.FromSeconds(3), "the guard dropping the stale arm");
         Assert.True(postmaster.Alive);
         Assert.True(await WritableAsync() == true);

@@ -74,6 +74,20 @@ public sealed class Writer : IAsyncDisposable
         Acknowledged.Where(a => Started.TryGetValue(a.Key, out var s) && s > moment).Select(a => a.Value)
             .DefaultIfEmpty(DateTime.MaxValue).Min() is var t && t != DateTime.MaxValue ? t : null;
 
+    /// <summary>The longest time between two acknowledged commits (or a window's edge and a commit) within the window.</summary>
+    public TimeSpan LongestStall(DateTime from, DateTime to)
+    {
+        var acks = Acknowledged.Values.Where(t => t > from && t < to).Order().ToList();
+        var longest = TimeSpan.Zero;
+        var previous = from;
+        foreach (var t in acks.Append(to))
+        {
+            if (t - previous > longest) longest = t - previous;
+            previous = t;
+        }
+        return longest;
+    }
+
     public async Task<IReadOnlyList<long>> MissingAsync()
     {
         await using var conn = new NpgsqlConnection(_connectionString);

@@ -216,9 +216,15 @@ public sealed class TestPlatform : IAsyncDisposable
         try { process?.WaitForExit(5000); } catch (InvalidOperationException) { }
     }
 
-    private IEnumerable<int> PostgresPidsOf(string cellId)
+    /// <summary>PIDs of every PostgreSQL process of one node of cell-N (the process runtime: their working directory is its data).</summary>
+    public IReadOnlyList<int> PostgresPidsOfNode(int cell, string nodeId) =>
+        PostgresPidsUnder(Path.Combine(Path.GetFullPath(Settings.DataDir), "cells", $"cell-{cell}", "nodes", nodeId) + "/").ToList();
+
+    private IEnumerable<int> PostgresPidsOf(string cellId) =>
+        PostgresPidsUnder(Path.Combine(Path.GetFullPath(Settings.DataDir), "cells", cellId) + "/");
+
+    private static IEnumerable<int> PostgresPidsUnder(string dir)
     {
-        var dir = Path.Combine(Path.GetFullPath(Settings.DataDir), "cells", cellId) + "/";
         foreach (var proc in Directory.GetDirectories("/proc").Select(Path.GetFileName))
         {
             if (!int.TryParse(proc, out var pid)) continue;

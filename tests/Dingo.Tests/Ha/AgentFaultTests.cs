@@ -1,0 +1,160 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using Dingo.Model;
+using Dingo.Tests.Support;
+using Xunit.Abstractions;
+using static Dingo.Tests.Ha.WritableSampler;
+
+namespace Dingo.Tests.Ha;
+
+/// <summary>
+/// Faults of a primary that is not a whole-cell loss, on real processes (etcd, broker, three cell processes, PostgreSQL)
+/// under a writer committing every 20 ms through the router and a sampler asking every node every 100 ms whether it
+/// accepts writes. These are the faults that once left two writable nodes for seconds: the agent SIGKILLed while its
+/// PostgreSQL goes on, and a PostgreSQL stopped (SIGSTOP) for 10 s that then resumes.
+/// </summary>
+public sealed class AgentFaultTests(ITestOutputHelper output)
+{
+    private const string HaSettings = "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }";
+
+    [Fact]
+    public async Task Agent_crashes_and_a_hung_primary_never_leave_two_writable_nodes_and_cost_at_most_one_failover_each()
+    {
+        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: HaSettings), ownsData: true);
+        for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
+        var store = platform.Store;
+        var id = "af-" + Guid.NewGuid().ToString("N")[..8];
+        await platform.ProvisionReadyAsync(id, Catalog.ClusterHaPlanId);
+        await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(90), "3 nodes, 2 streaming");
+        var record = (await store.GetAsync<InstanceRecord>(store.Keys.Instance(id), CancellationToken.None))!.Value;
+        var specs = (await store.ListAsync<NodeSpec>(store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).ToList();
+        var creds = await platform.BindAsync(id, "w", Catalog.ClusterHaPlanId);
+        await using var writer = new Writer(TestPlatform.ConnectionStringFromUri((string)creds["uri"]!), TimeSpan.FromMilliseconds(20));
+        await writer.CreateTableAsync();
+        writer.Start();
+        await using var sampler = new WritableSampler(specs.Select(s => new Target(s.NodeId, "127.0.0.1", s.Port)), record.Superuser);
+        using var watching = new CancellationTokenSource();
+        var leaders = new ConcurrentQueue<(DateTime At, string? NodeId)>();
+        var watch = WatchLeaderAsync(platform, id, leaders, watching.Token);
+        await Task.Delay(2000);
+
+        async Task<(string Node, int Cell)> PrimaryAsync()
+        {
+            var leader = (await store.GetAsync<LeaderRecord>(store.Keys.Leader(id), CancellationToken.None))!.Value.NodeId;
+            return (leader, int.Parse(specs.Single(s => s.NodeId == leader).CellId["cell-".Length..], CultureInfo.InvariantCulture));
+        }
+        int Changes(DateTime since) => LeaderChanges(leaders, since);
+
+        try
+        {
+            // 1. The primary's agent SIGKILLed and started again half a second later (as `dingo up` does): its PostgreSQL
+            // goes on serving, the new agent adopts the lease, nobody else leads.
+            var (primary, cell) = await PrimaryAsync();
+            platform.KillCellProcessOnly(cell);
+            var killedAt = DateTime.UtcNow;
+            await Task.Delay(500);
+            platform.StartCellProcess(cell);
+            await Task.Delay(12_000);
+            var stall1 = writer.LongestStall(killedAt, DateTime.UtcNow);
+            output.WriteLine($"agent of {primary} (cell-{cell}) killed and restarted: longest commit stall {stall1.TotalSeconds:0.00}s, leader changes {Changes(killedAt)}");
+            Assert.Equal(primary, (await PrimaryAsync()).Node);
+            Assert.Equal(0, Changes(killedAt));
+            Assert.True(stall1 < TimeSpan.FromSeconds(2), $"commits stalled {stall1} while only the agent restarted");
+
+            // 2. The primary's PostgreSQL stopped (SIGSTOP, every process) for 10 s: the agent stops it and gives up the
+            // key, or the guard kills it; a replica takes over once; the old primary never resumes writable.
+            var stoppedAt = DateTime.UtcNow;
+            var pids = platform.PostgresPidsOfNode(cell, primary);
+            Assert.NotEmpty(pids);
+            foreach (var pid in pids) _ = kill(pid, 19);
+            await Task.Delay(10_000);
+            foreach (var pid in pids) _ = kill(pid, 18);
+            await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(60), "healed after the SIGSTOP");
+            var healed2 = DateTime.UtcNow;
+            await Task.Delay(3000);
+            output.WriteLine($"PostgreSQL of {primary} stopped 10 s: stall {writer.LongestStall(stoppedAt, DateTime.UtcNow).TotalSeconds:0.00}s, healed after {(healed2 - stoppedAt).TotalSeconds:0.0}s, leader changes {Changes(stoppedAt)}");
+            Assert.Equal(1, Changes(stoppedAt));
+            Assert.NotEqual(primary, (await PrimaryAsync()).Node);
+
+            // 3. The new primary's agent SIGKILLed for good: the guard stops its PostgreSQL before the lease can expire,
+            // so it is not writable when a replica is promoted. The agent started again later finds it a replica.
+            (primary, cell) = await PrimaryAsync();
+            platform.KillCellProcessOnly(cell);
+            var deadAt = DateTime.UtcNow;
+            await Eventually.UntilAsync(() => Task.FromResult(writer.FirstAckAfter(deadAt) is not null), TimeSpan.FromSeconds(30), "a write acknowledged after the agent died");
+            var resumed = writer.FirstAckAfter(deadAt)!.Value;
+            output.WriteLine($"agent of {primary} (cell-{cell}) killed for good: writes resumed after {(resumed - deadAt).TotalSeconds:0.00}s");
+            await Task.Delay(3000);
+            platform.StartCellProcess(cell);
+            await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(60), "healed after the agent came back");
+            Assert.Equal(1, Changes(deadAt));
+            await Task.Delay(2000);
+        }
+        finally
+        {
+            await watching.CancelAsync();
+            await watch;
+            await sampler.DisposeAsync();
+            await writer.DisposeAsync();
+        }
+
+        // Never two writable nodes at one sampled moment. A node that refuses connections is not writable; one that does
+        // not answer (stopped) keeps the state it was last seen in.
+        var split = SplitMoments(sampler.Samples);
+        output.WriteLine($"{sampler.Samples.Count} samples ({sampler.Samples.Count(s => s.Seen == Seen.Unreachable)} unanswered or refused), {split.Count} moments with two writable nodes");
+        Assert.True(split.Count == 0, "two writable nodes at: " + string.Join("; ", split.Take(5)));
+        var missing = await writer.MissingAsync();
+        Assert.True(missing.Count == 0, $"{missing.Count} acknowledged commits lost of {writer.Acknowledged.Count}");
+    }
+
+    private static async Task WatchLeaderAsync(TestPlatform platform, string id, ConcurrentQueue<(DateTime, string?)> leaders, CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                var leader = await platform.Store.GetAsync<LeaderRecord>(platform.Store.Keys.Leader(id), ct);
+                leaders.Enqueue((DateTime.UtcNow, leader?.Value.NodeId));
+                await Task.Delay(100, ct);
+            }
+            catch (OperationCanceledException) { return; }
+            catch (Grpc.Core.RpcException) { }
+        }
+    }
+
+    /// <summary>How many times the key went to a different node since the moment (a key briefly absent is no change).</summary>
+    private static int LeaderChanges(IEnumerable<(DateTime At, string? NodeId)> leaders, DateTime since)
+    {
+        var seen = leaders.Where(l => l.NodeId is not null).ToList();
+        var last = seen.LastOrDefault(l => l.At <= since).NodeId;
+        var changes = 0;
+        foreach (var (_, node) in seen.Where(l => l.At > since))
+        {
+            if (last is not null && node != last) changes++;
+            last = node;
+        }
+        return changes;
+    }
+
+    internal static IReadOnlyList<string> SplitMoments(IEnumerable<Sample> samples)
+    {
+        var state = new Dictionary<string, bool>();
+        var split = new List<string>();
+        foreach (var s in samples.OrderBy(s => s.T1))
+        {
+            if (s.Seen == Seen.Unreachable)
+            {
+                // Refused: no PostgreSQL listens there, so it accepts no writes. Anything else: unknown, as last seen.
+                if (s.Error?.Contains("refused", StringComparison.OrdinalIgnoreCase) == true) state[s.NodeId] = false;
+                continue;
+            }
+            state[s.NodeId] = s.Seen == Seen.Writable;
+            var writable = state.Where(kv => kv.Value).Select(kv => kv.Key).ToList();
+            if (writable.Count > 1) split.Add($"{s.T1:HH:mm:ss.fff}: {string.Join(", ", writable)}");
+        }
+        return split;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int kill(int pid, int sig);
+}
