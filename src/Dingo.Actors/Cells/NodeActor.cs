@@ -44,7 +44,10 @@ public sealed class NodeActor : PassActor<string>
         // The node's Patroni-compatible health API, so HAProxy checks written for Patroni work unchanged.
         if (_agent.Spec.ApiPort > 0)
         {
-            _health = new NodeHealthServer(_apiAddress, _agent.Spec.ApiPort, _agent.Health, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+            _health = new NodeHealthServer(_apiAddress, _agent.Spec.ApiPort, _agent.Health, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance)
+            {
+                Failsafe = _agent.AnswerFailsafe,
+            };
             var log = Log;
             var node = _agent.Spec.NodeId;
             _ = _health.StartAsync(CancellationToken.None).ContinueWith(

@@ -96,6 +96,7 @@ public sealed record DingoSettings
                 MaximumLagOnFailover = d.GetByteSize("ha.maximum-lag-on-failover") ?? 1024 * 1024,
                 RewindAfter = d.GetTimeSpan("ha.rewind-after", TimeSpan.FromSeconds(8)),
                 LostCellGrace = d.GetTimeSpan("ha.lost-cell-grace", TimeSpan.FromSeconds(60)),
+                FailsafeFor = d.GetTimeSpan("ha.failsafe-for", TimeSpan.FromSeconds(12)),
             },
             Backups = Dingo.Backups.BackupSettings.FromConfig(d, env, dataDir),
             Akka = new AkkaSettings
@@ -261,4 +262,9 @@ public sealed record HaSettings
     public required long MaximumLagOnFailover { get; init; }
     public required TimeSpan RewindAfter { get; init; }
     public required TimeSpan LostCellGrace { get; init; }
+    /// <summary>
+    /// How long after its last renewal a leader cut off from etcd may keep serving while every other member confirms it
+    /// follows it (failsafe); zero turns failsafe off.
+    /// </summary>
+    public TimeSpan FailsafeFor { get; init; } = TimeSpan.FromSeconds(12);
 }

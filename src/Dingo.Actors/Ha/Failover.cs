@@ -48,6 +48,10 @@ public sealed record HaInput(
     public string? RestoreFrom { get; init; }
     /// <summary>No other node is placed for this instance (as last read): nobody could take over from this one.</summary>
     public bool Alone { get; init; }
+    /// <summary>This leader cannot reach etcd, but every other member confirmed within half a TTL that it follows it.</summary>
+    public bool Failsafe { get; init; }
+    /// <summary>The leader this node confirmed in failsafe mode less than a TTL ago: it must not take the key meanwhile.</summary>
+    public string? FailsafePromisedTo { get; init; }
 }
 
 /// <summary>One pass's decision and the sentence that explains it (logged, reported, shown by `dingo status`).</summary>
@@ -132,6 +136,7 @@ public static class Failover
         {
             if (local.InRecovery) return new HaAction.Wait("no action: etcd unreachable, staying a replica");
             if (i.Alone) return new HaAction.Wait($"no action: etcd unreachable for {i.SinceRenewal.TotalSeconds:0.0}s; no other node could take over, so this single node keeps serving");
+            if (i.Failsafe && i.HoldsLease) return new HaAction.Wait("no action: etcd unreachable; every other member confirmed it streams from me and will not take the key (failsafe)");
             if (!i.HoldsLease) return new HaAction.Demote(null, "demoting: writable without a leader lease, and etcd cannot be reached to take one") { AtOnce = true };
             return new HaAction.Wait($"no action: etcd unreachable for {i.SinceRenewal.TotalSeconds:0.0}s, leader lease still valid");
         }
@@ -166,6 +171,8 @@ public static class Failover
         }
 
         // The leader key is free.
+        if (i.FailsafePromisedTo is { } promised && promised != me)
+            return new HaAction.Wait($"no action: leader key free, but I confirmed {promised} as leader less than a TTL ago (failsafe)");
         if (i.Switchover is { Candidate: { } chosen } && chosen != me && IsFresh(i, i.Members.FirstOrDefault(m => m.NodeId == chosen), s))
             return new HaAction.Wait($"no action: leader key free, switchover hands it to {chosen}");
         var refusal = Ineligibility(i, s, me, local.InRecovery, local.Lsn);

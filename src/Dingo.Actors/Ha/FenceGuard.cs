@@ -143,6 +143,28 @@ public sealed class FenceGuardDirectory
         return text.Trim();
     }
 
+    /// <summary>
+    /// Records that the node confirmed <paramref name="leader"/> in failsafe mode at <paramref name="atNs"/>: it will not
+    /// take the leader key for a TTL after that, even if its agent restarts meanwhile (the promise is read back on start).
+    /// </summary>
+    public void Promise(string nodeId, string leader, long atNs)
+    {
+        CheckNodeId(nodeId);
+        CheckNodeId(leader);
+        Directory.CreateDirectory(Path);
+        var file = System.IO.Path.Combine(Path, nodeId + ".promise");
+        File.WriteAllText(file + ".tmp", FormattableString.Invariant($"{leader} {atNs}\n"));
+        File.Move(file + ".tmp", file, overwrite: true);
+    }
+
+    /// <summary>The node's last failsafe promise, or null.</summary>
+    public (string Leader, long AtNs)? PromiseOf(string nodeId)
+    {
+        CheckNodeId(nodeId);
+        var parts = ReadOrNull(System.IO.Path.Combine(Path, nodeId + ".promise"))?.Trim().Split(' ');
+        return parts is [var leader, var at] && long.TryParse(at, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var ns) ? (leader, ns) : null;
+    }
+
     /// <summary>A guard process holds the folder's lock.</summary>
     public bool GuardRunning()
     {

@@ -29,6 +29,15 @@ public sealed class NodeAgent
     /// <summary>Since when (monotonic ns) a running PostgreSQL has not answered the probe (0: it answers).</summary>
     private long _notAnsweringSinceNs;
     private readonly FenceGuardDirectory? _guard;
+    /// <summary>When (monotonic ns) every other member last confirmed this leader while etcd was unreachable (0: never).</summary>
+    private long _failsafeNs;
+    /// <summary>The other members' health APIs, from the last etcd read: whom a leader asks in failsafe mode.</summary>
+    private IReadOnlyList<(string NodeId, string? Host, int ApiPort)> _peers = [];
+    private sealed record FailsafePromise(string Leader, long AtNs);
+    /// <summary>The leader this node last confirmed in failsafe mode, and when: it takes no free key for a TTL after.</summary>
+    private FailsafePromise? _promise;
+    private bool _failsafeLogged;
+    private static readonly HttpClient Http = new(new SocketsHttpHandler { UseProxy = false, ConnectTimeout = TimeSpan.FromSeconds(1) });
     /// <summary>The postmaster the guard is armed with (resolved once per PostgreSQL start).</summary>
     private ProcessIdentity? _guarded;
     private string? _following;
@@ -57,6 +66,7 @@ public sealed class NodeAgent
         Dingo.Backups.CellBackups? backups = null, FenceGuardDirectory? guard = null)
     {
         _guard = guard;
+        if (guard?.PromiseOf(spec.NodeId) is { } promise) _promise = new FailsafePromise(promise.Leader, promise.AtNs);
         _backups = backups is { Settings.Enabled: true } ? backups : null;
         _spec = spec;
         _store = store;
@@ -100,11 +110,14 @@ public sealed class NodeAgent
     private TimeSpan UntilFencing()
     {
         if (_renewedNs == 0) return TimeSpan.Zero;
-        var left = _settings.Ha.Ttl / 2 - Monotonic.Between(_renewedNs, Monotonic.NowNs());
+        var left = _settings.Ha.Ttl / 2 - Monotonic.Between(FencingBasisNs, Monotonic.NowNs());
         return left > TimeSpan.Zero ? left : TimeSpan.Zero;
     }
 
-    private TimeSpan SinceRenewal => _renewedNs == 0 ? TimeSpan.MaxValue : Monotonic.Between(_renewedNs, Monotonic.NowNs());
+    /// <summary>What fencing counts from: the last renewal, or the last failsafe confirmation by every member if later.</summary>
+    private long FencingBasisNs => Math.Max(_renewedNs, _failsafeNs);
+
+    private TimeSpan SinceRenewal => _renewedNs == 0 ? TimeSpan.MaxValue : Monotonic.Between(FencingBasisNs, Monotonic.NowNs());
 
     private TimeSpan GuardAfter => FenceGuard.DeadlineAfterRenewal(_settings.Ha.Ttl);
 
@@ -125,7 +138,8 @@ public sealed class NodeAgent
     private async Task<bool> ArmAsync(CancellationToken ct)
     {
         if (_guard is null) return true;
-        if (_leaderLease == 0 || _others.Count == 0)
+        if (_leaderLease == 0) return false;
+        if (_others.Count == 0)
         {
             Disarm();
             return true;
@@ -133,7 +147,7 @@ public sealed class NodeAgent
         if (_guarded is not { Alive: true })
             _guarded = await _runtime.PostmasterPidAsync(_spec.NodeId, ct).ConfigureAwait(false) is { } pid ? ProcessIdentity.Of(pid) : null;
         if (_guarded is not { } postmaster) return false;
-        _guard.Arm(_spec.NodeId, new GuardArm(Monotonic.Add(_renewedNs, GuardAfter), postmaster, _spec.InstanceId, _leaderLease));
+        _guard.Arm(_spec.NodeId, new GuardArm(Monotonic.Add(FencingBasisNs, GuardAfter), postmaster, _spec.InstanceId, _leaderLease));
         return true;
     }
 
@@ -360,12 +374,17 @@ public sealed class NodeAgent
             _others = specs.Where(s => s.NodeId != _spec.NodeId).Select(s => s.NodeId).ToList();
             // Only members of the cluster as it is now count (a removed node's last report may linger).
             members = members.Where(m => specs.Any(s => s.NodeId == m.NodeId)).ToList();
+            _peers = specs.Where(s => s.NodeId != _spec.NodeId).Select(s => (s.NodeId, members.FirstOrDefault(m => m.NodeId == s.NodeId)?.Host, s.ApiPort)).ToList();
+            _failsafeNs = 0;
+            if (_failsafeLogged) _logger.LogInformation("node {Node}: etcd reachable again; failsafe mode over", _spec.NodeId);
+            _failsafeLogged = false;
         }
         catch (Exception ex) when (EtcdUnreachable(ex, ct))
         {
             reachable = false;
         }
-        if (renewed) await ArmAsync(etcd).ConfigureAwait(false);
+        var failsafe = !reachable && _leaderLease != 0 && _others.Count > 0 && await ConfirmFailsafeAsync(ct).ConfigureAwait(false);
+        if (renewed || failsafe) await ArmAsync(ct).ConfigureAwait(false);
 
         var local = new LocalState(
             DataInitialised: mine?.Initialised == true,
@@ -388,6 +407,8 @@ public sealed class NodeAgent
             InitialisedBy = initialisedBy,
             RestoreFrom = record.Restore?.InstanceId,
             Alone = _others.Count == 0,
+            Failsafe = failsafe,
+            FailsafePromisedTo = _promise is { } p && Monotonic.Between(p.AtNs, Monotonic.NowNs()) < _settings.Ha.Ttl ? p.Leader : null,
         };
     }
 
@@ -596,6 +617,70 @@ public sealed class NodeAgent
     {
         _leaderLease = 0;
         _renewedNs = 0;
+        _failsafeNs = 0;
+    }
+
+    /// <summary>
+    /// Failsafe (Patroni 3's idea): etcd cannot be reached, but if every other member confirms on its health API that it
+    /// streams from this leader — and so promises not to take the key for a TTL — no one can be promoted, and this leader
+    /// may go on serving: fencing then counts from when the confirmations were asked for. For at most
+    /// dingo.ha.failsafe-for after the last renewal; a member that cannot confirm means fencing as usual.
+    /// </summary>
+    private async Task<bool> ConfirmFailsafeAsync(CancellationToken ct)
+    {
+        var limit = _settings.Ha.FailsafeFor;
+        if (limit <= TimeSpan.Zero || _renewedNs == 0 || Monotonic.Between(_renewedNs, Monotonic.NowNs()) > limit) return false;
+        var peers = _peers;
+        if (peers.Count == 0 || peers.Count != _others.Count || peers.Any(p => p.Host is null || p.ApiPort <= 0)) return false;
+        var sent = Monotonic.NowNs();
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        cts.CancelAfter(_settings.Ha.Ttl / 4);
+        var answers = await Task.WhenAll(peers.Select(p => AskFailsafeAsync(p.NodeId, p.Host!, p.ApiPort, cts.Token))).ConfigureAwait(false);
+        var refusals = answers.Where(a => a is not null).ToList();
+        if (refusals.Count > 0)
+        {
+            if (!_failsafeLogged) _logger.LogWarning("node {Node}: etcd unreachable and failsafe not confirmed: {Refusals}", _spec.NodeId, string.Join("; ", refusals));
+            _failsafeLogged = true;
+            return false;
+        }
+        _failsafeNs = sent;
+        if (UntilFencing() > TimeSpan.Zero) _fence?.CancelAfter(UntilFencing());
+        if (!_failsafeLogged) _logger.LogWarning("node {Node}: etcd unreachable; every other member confirmed it streams from me: serving on (failsafe)", _spec.NodeId);
+        _failsafeLogged = true;
+        return true;
+    }
+
+    /// <summary>Null when the member confirmed; otherwise why not.</summary>
+    private async Task<string?> AskFailsafeAsync(string nodeId, string host, int apiPort, CancellationToken ct)
+    {
+        try
+        {
+            var uri = new UriBuilder("http", host, apiPort, "/failsafe") { Query = "leader=" + Uri.EscapeDataString(_spec.NodeId) }.Uri;
+            using var response = await Http.PostAsync(uri, content: null, ct).ConfigureAwait(false);
+            if (response.IsSuccessStatusCode) return null;
+            return $"{nodeId}: {(int)response.StatusCode} {await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false)}";
+        }
+        catch (Exception ex) when (ex is HttpRequestException or OperationCanceledException)
+        {
+            return $"{nodeId}: {ex.Message}";
+        }
+    }
+
+    /// <summary>
+    /// A leader that cannot reach etcd asks (failsafe): null when this node confirms it — it streams from that leader right
+    /// now — and then promises not to take the leader key for a TTL; otherwise why it does not.
+    /// </summary>
+    public string? AnswerFailsafe(string leader)
+    {
+        var input = _lastInput;
+        if (input is null) return "no observation yet";
+        if (!input.Local.Answering || !input.Local.InRecovery) return "I am not a running replica";
+        if (!input.Local.Streaming || _following != leader) return $"I do not stream from {leader} (following {_following ?? "nobody"})";
+        if (DateTimeOffset.UtcNow - input.Now > _settings.Ha.LoopWait * 3 + TimeSpan.FromSeconds(1)) return "my last observation is too old to tell";
+        var at = Monotonic.NowNs();
+        _promise = new FailsafePromise(leader, at);
+        _guard?.Promise(_spec.NodeId, leader, at);
+        return null;
     }
 
     /// <summary>A leader's duties each pass: prepare roles once, publish its WAL position, keep slots and sync standbys right.</summary>

@@ -121,6 +121,13 @@ public sealed class NodeHealthServer : IAsyncDisposable
         _slots = new SemaphoreSlim(maxConnections, maxConnections);
     }
 
+    /// <summary>
+    /// Answers <c>POST /failsafe?leader=NODE</c> (Patroni 3's failsafe idea): a leader that cannot reach etcd asks every
+    /// member whether it streams from it. The delegate returns null when this node confirms (and so promises not to take
+    /// the leader key for a TTL), or why it does not. Null: the endpoint answers 404.
+    /// </summary>
+    public Func<string, string?>? Failsafe { get; init; }
+
     /// <summary>The port listened on: the one asked for, or the kernel's pick once started with port 0.</summary>
     public int Port => Volatile.Read(ref _port);
 
@@ -336,6 +343,7 @@ public sealed class NodeHealthServer : IAsyncDisposable
         if (!HttpRequestHead.TryParse(head, out var request, out var parseStatus))
             return Error(parseStatus, parseStatus == 505 ? "HTTP version not supported" : "malformed request");
 
+        if (request.Method == "POST" && request.Path == "/failsafe" && Failsafe is not null) return AnswerFailsafe(request.Query);
         var withBody = request.Method == "GET";
         if (!withBody && request.Method is not ("HEAD" or "OPTIONS"))
             return Error(405, "method not allowed", allow: true);
@@ -376,6 +384,27 @@ public sealed class NodeHealthServer : IAsyncDisposable
         return withBody
             ? Response(status, body)
             : Response(status, [], contentLength: request.Method == "HEAD" ? body.Length : 0);
+    }
+
+    /// <summary>200 {"confirmed": true} when this node follows the asking leader; 409 with the reason when it does not.</summary>
+    private byte[] AnswerFailsafe(string query)
+    {
+        string? leader = null;
+        foreach (var part in query.Split('&', StringSplitOptions.RemoveEmptyEntries))
+            if (part.StartsWith("leader=", StringComparison.Ordinal)) leader = Uri.UnescapeDataString(part["leader=".Length..]);
+        if (string.IsNullOrEmpty(leader) || leader.Length > 128) return Error(400, "failsafe needs ?leader=<node id>", withBody: true);
+        string? refusal;
+        try { refusal = Failsafe!(leader); }
+        catch (Exception ex) { refusal = "cannot tell: " + ex.Message; }
+        var output = new ArrayBufferWriter<byte>();
+        using (var w = new Utf8JsonWriter(output))
+        {
+            w.WriteStartObject();
+            w.WriteBoolean("confirmed", refusal is null);
+            if (refusal is not null) w.WriteString("reason", refusal);
+            w.WriteEndObject();
+        }
+        return Response(refusal is null ? 200 : 409, output.WrittenSpan.ToArray());
     }
 
     /// <summary>The status code an endpoint gives for a snapshot, following Patroni's REST API.</summary>
@@ -511,6 +540,7 @@ public sealed class NodeHealthServer : IAsyncDisposable
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",

@@ -117,4 +117,23 @@ public sealed class FailoverRulesTests
         input = input with { Local = input.Local with { InRecovery = true } };
         Assert.IsType<HaAction.Promote>(Failover.Decide(input, Settings));
     }
+
+    [Fact]
+    public void A_replica_that_confirmed_a_leader_in_failsafe_mode_does_not_take_the_free_key()
+    {
+        var input = ReadOnlyNodeWithFreeKey("n-b", initialisedBy: "n-b") with { };
+        Assert.IsType<HaAction.TakeLeadership>(Failover.Decide(input, Settings));
+        var promised = Failover.Decide(input with { FailsafePromisedTo = "n-a" }, Settings);
+        Assert.Contains("failsafe", Assert.IsType<HaAction.Wait>(promised).Sentence, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_leader_cut_off_from_etcd_but_confirmed_by_every_member_keeps_serving()
+    {
+        var confirmed = Leader(answering: true, notAnsweringFor: TimeSpan.Zero, sinceRenewal: TimeSpan.FromSeconds(0.3), reachable: false) with { Failsafe = true };
+        Assert.Contains("failsafe", Assert.IsType<HaAction.Wait>(Failover.Decide(confirmed, Settings)).Sentence, StringComparison.Ordinal);
+        // The agent counts fencing from the last confirmation; once that is older than half the TTL, it fences as usual.
+        var stale = confirmed with { SinceRenewal = TimeSpan.FromSeconds(2.5) };
+        Assert.IsType<HaAction.Demote>(Failover.Decide(stale, Settings));
+    }
 }

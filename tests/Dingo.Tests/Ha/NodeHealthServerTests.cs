@@ -438,6 +438,38 @@ public sealed class NodeHealthServerTests
         Assert.Equal(expected, HealthQuery.ParseByteSize(text));
     }
 
+    [Fact]
+    public async Task Failsafe_confirmation_answers_200_when_the_node_confirms_409_with_the_reason_when_not_and_needs_a_leader()
+    {
+        var asked = new List<string>();
+        var server = new NodeHealthServer(Loopback, 0, () => Replica, NullLogger.Instance)
+        {
+            Failsafe = leader => { asked.Add(leader); return leader == "n1" ? null : $"I do not stream from {leader}"; },
+        };
+        await using (server)
+        {
+            await server.StartAsync(Timeout());
+            using (var yes = await Http.PostAsync(Url(server, "/failsafe?leader=n1"), null))
+            {
+                Assert.Equal(HttpStatusCode.OK, yes.StatusCode);
+                Assert.Contains("\"confirmed\":true", await yes.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            }
+            using (var no = await Http.PostAsync(Url(server, "/failsafe?leader=n9"), null))
+            {
+                Assert.Equal(HttpStatusCode.Conflict, no.StatusCode);
+                Assert.Contains("do not stream from n9", await no.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            }
+            using (var bad = await Http.PostAsync(Url(server, "/failsafe"), null)) Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
+            // Only POST confirms: a GET (a health checker) never makes a promise.
+            using (var get = await Http.GetAsync(Url(server, "/failsafe?leader=n1"))) Assert.Equal(HttpStatusCode.NotFound, get.StatusCode);
+            Assert.Equal(["n1", "n9"], asked);
+        }
+        // A server without the delegate does not know the endpoint.
+        await using var plain = await StartAsync(() => Replica);
+        using var none = await Http.PostAsync(Url(plain, "/failsafe?leader=n1"), null);
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, none.StatusCode);
+    }
+
     private static async Task<NodeHealthServer> StartAsync(Func<NodeHealth> snapshot, TimeSpan? readTimeout = null, int maxConnections = 64)
     {
         var server = new NodeHealthServer(Loopback, 0, snapshot, NullLogger.Instance,

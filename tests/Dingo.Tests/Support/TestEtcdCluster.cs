@@ -83,6 +83,9 @@ public sealed class TestEtcdCluster : IAsyncDisposable
         throw new InvalidOperationException($"no leader in: {json}");
     }
 
+    /// <summary>The process id of a running member (to stop and continue it).</summary>
+    public int Pid(int i) => _processes[i]?.Id ?? throw new InvalidOperationException($"member {i} is not running");
+
     /// <summary>kill -9 of one member.</summary>
     public void Kill(int i)
     {
