@@ -75,7 +75,9 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             if (!IsValidNodeId(nodeId))
                 continue;
             var paths = new NodePaths(dir);
-            var initialised = File.Exists(paths.Marker);
+            // Complete data: initdb (or a clone, a restore) finished, and the data directory is still there (an operator or a
+            // fault may have removed it; then the node is made again, not started for ever).
+            var initialised = File.Exists(paths.Marker) && File.Exists(Path.Combine(paths.PgData, "PG_VERSION"));
             var pid = FindRunningPostmaster(paths);
             var detail = pid is { } p ? $"running as pid {p}"
                 : initialised ? "stopped"

@@ -20,6 +20,9 @@ public sealed record LocalState(
 {
     /// <summary>How long PostgreSQL has run without answering the probe (zero while it answers).</summary>
     public TimeSpan NotAnsweringFor { get; init; }
+    /// <summary>Starts in a row that failed (threw, or PostgreSQL exited before answering), and why the last one did.</summary>
+    public int FailedStarts { get; init; }
+    public string? StartFailure { get; init; }
 }
 
 /// <summary>Everything one pass of a node's HA loop decides from. Built by the executor; decided by <see cref="Failover"/>.</summary>
@@ -82,6 +85,9 @@ public abstract record HaAction(string Sentence)
 /// </summary>
 public static class Failover
 {
+    /// <summary>Failed starts in a row after which a replica is re-cloned (each attempt takes a pass or two).</summary>
+    public const int MaxFailedStarts = 3;
+
     public static HaAction Decide(HaInput i, HaSettings s)
     {
         var me = i.NodeId;
@@ -111,6 +117,10 @@ public static class Failover
             // A node is always started read-only; it becomes writable only by promotion while holding the key.
             if (leaderIsMe && !i.HoldsLease) return new HaAction.ReleaseStaleKey("releasing the leader key left from before PostgreSQL stopped");
             if (leaderIsMe) return new HaAction.ReleaseStaleKey("PostgreSQL is not running: giving up the leader key at once");
+            // A replica whose data cannot start (a timeline its WAL does not reach after a rewind, files damaged or gone)
+            // would be restarted for ever: take a fresh copy from the leader instead.
+            if (otherLeader is not null && local.FailedStarts >= MaxFailedStarts)
+                return new HaAction.Reclone(otherLeader, $"re-cloning from {otherLeader.NodeId}: PostgreSQL failed to start {local.FailedStarts} times in a row ({local.StartFailure})");
             return otherLeader is not null
                 ? new HaAction.Start(otherLeader, $"starting PostgreSQL as a replica of {otherLeader.NodeId}")
                 : new HaAction.Start(null, "starting PostgreSQL read-only: no leader yet");

@@ -46,6 +46,11 @@ public sealed class NodeAgent
     private bool _prepared;
     private bool _seenRunning;
     private int _restarts;
+    /// <summary>Started since it last answered: a start that ends with PostgreSQL gone again counts as failed.</summary>
+    private bool _awaitingStart;
+    /// <summary>Starts in a row that failed (threw, or PostgreSQL exited before answering), and why the last did.</summary>
+    private int _failedStarts;
+    private string? _startFailure;
     private string _lastSentence = "";
     private DateTimeOffset? _failingSince;
     private HaInput? _lastInput;
@@ -317,7 +322,17 @@ public sealed class NodeAgent
             _lastOptime = null;
             _logger.LogWarning("node {Node}: PostgreSQL is not running ({Detail}) (restart #{Count})", _spec.NodeId, mine.Detail, _restarts);
         }
-        if (pg is not null) _seenRunning = true;
+        if (pg is not null)
+        {
+            _seenRunning = true;
+            _awaitingStart = false;
+            _failedStarts = 0;
+        }
+        else if (mine is { Running: false } && _awaitingStart)
+        {
+            _awaitingStart = false;
+            StartFailed($"PostgreSQL exited before accepting connections ({mine.Detail})");
+        }
 
         var streaming = pg is { InRecovery: true, Streaming: true };
         if (pg is { InRecovery: true } && !streaming) _notStreamingSince ??= DateTime.UtcNow;
@@ -399,6 +414,8 @@ public sealed class NodeAgent
             RewindFailed: _rewindFailed)
         {
             NotAnsweringFor = _notAnsweringSinceNs == 0 ? TimeSpan.Zero : Monotonic.Between(_notAnsweringSinceNs, Monotonic.NowNs()),
+            FailedStarts = _failedStarts,
+            StartFailure = _startFailure,
         };
         var plan = Catalog.FindPlan(record.PlanId);
         return new HaInput(_spec.NodeId, plan?.Synchronous == true, local, reachable, leader, _leaderLease != 0, SinceRenewal,
@@ -528,8 +545,10 @@ public sealed class NodeAgent
                 break;
 
             case HaAction.Reclone reclone:
+                _logger.LogWarning("node {Node}: {Decision}", _spec.NodeId, reclone.Sentence);
                 await _runtime.CloneAsync(launch, Source(reclone.Leader, record), ct).ConfigureAwait(false);
                 _rewindFailed = false;
+                (_failedStarts, _startFailure) = (0, null);
                 await StartStandbyAsync(launch, reclone.Leader, record, ct).ConfigureAwait(false);
                 break;
 
@@ -563,11 +582,27 @@ public sealed class NodeAgent
 
     private async Task StartStandbyAsync(NodeLaunchSpec launch, LeaderRecord? leader, InstanceRecord record, CancellationToken ct)
     {
-        await _runtime.StartAsync(launch, Standby(leader, record), ct).ConfigureAwait(false);
+        try
+        {
+            await _runtime.StartAsync(launch, Standby(leader, record), ct).ConfigureAwait(false);
+            _awaitingStart = true;
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            StartFailed(ex.Message);
+            throw;
+        }
         _following = leader?.NodeId;
         _notStreamingSince = DateTime.UtcNow;
         _prepared = false;
         _lastOptime = null;
+    }
+
+    private void StartFailed(string why)
+    {
+        _failedStarts++;
+        _startFailure = why;
+        _logger.LogWarning("node {Node}: start #{Count} in a row failed: {Why}", _spec.NodeId, _failedStarts, why);
     }
 
     private async Task TryRewindAsync(NodeLaunchSpec launch, LeaderRecord leader, InstanceRecord record, CancellationToken ct)
