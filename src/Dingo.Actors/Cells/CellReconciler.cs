@@ -54,7 +54,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         try
         {
             recorded = EtcdIdentity.Load(_identityFile);
-            mismatch = recorded is null ? null : EtcdIdentity.Mismatch(recorded, seenCluster, store.Keys.Root, platformId is null ? null : Json.Deserialize<string>(platformId), _identityFile);
+            mismatch = recorded is null ? null : EtcdIdentity.Mismatch(recorded, seenCluster, store.Keys.Root, EtcdIdentity.PlatformIdOf(platformId), _identityFile);
         }
         catch (InvalidDataException ex)
         {
@@ -133,7 +133,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         var (platformId, answeredBy) = await store.GetStringWithClusterAsync(store.Keys.PlatformId, ct).ConfigureAwait(false);
         if (platformId is null || EtcdIdentity.Hex(answeredBy) != clusterId)
             throw new InvalidOperationException("etcd changed while the cell recorded which etcd it places its data from; trying again next pass");
-        var identity = new EtcdIdentity { ClusterId = clusterId, Prefix = store.Keys.Root, PlatformId = Json.Deserialize<string>(platformId), RecordedAt = DateTimeOffset.UtcNow };
+        var identity = new EtcdIdentity { ClusterId = clusterId, Prefix = store.Keys.Root, PlatformId = EtcdIdentity.PlatformIdOf(platformId)!, RecordedAt = DateTimeOffset.UtcNow };
         await identity.SaveAsync(_identityFile, ct).ConfigureAwait(false);
         logger.LogInformation("cell {Cell}: places its data from etcd cluster {ClusterId}, prefix {Prefix}, platform {Platform} (recorded in {File})",
             _cell.Id, identity.ClusterId, identity.Prefix, identity.PlatformId, _identityFile);
@@ -161,10 +161,12 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         }
         if (!_unwanted.TryGetValue(orphan.NodeId, out var unwanted))
         {
-            // What it held, as it last said (its status goes once it is stopped).
+            // What it held, as it last said (its status goes once it is stopped). Seen through another etcd, nothing is
+            // remembered: neither the grace nor the bar its safety is judged by starts from what that etcd says.
             var lastLsn = instanceId is null || mismatch is not null ? null
                 : (await store.GetAsync<NodeStatus>(keys.Status(instanceId, orphan.NodeId), ct).ConfigureAwait(false))?.Value.Lsn;
-            unwanted = _unwanted[orphan.NodeId] = new Unwanted(DateTimeOffset.UtcNow, lastLsn);
+            unwanted = new Unwanted(DateTimeOffset.UtcNow, lastLsn);
+            if (mismatch is null) _unwanted[orphan.NodeId] = unwanted;
         }
         var facts = new OrphanFacts(orphan.NodeId, _cell.Id, mismatch, instanceId, state, instanceTombstone, nodeTombstone,
             unwanted.Since, _cell.OrphanGrace, DateTimeOffset.UtcNow, Safety: null);
@@ -179,7 +181,8 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
             _unwanted.Remove(orphan.NodeId);
             return ($"removed {orphan.NodeId}", null);
         }
-        if (verdict.Sentence != unwanted.Logged)
+        // Seen through another etcd, the cell's problem (logged once) says it all.
+        if (mismatch is null && verdict.Sentence != unwanted.Logged)
         {
             if (verdict.Unexplained) logger.LogWarning("node {Node}: no longer assigned to {Cell}: {Why}", orphan.NodeId, _cell.Id, verdict.Sentence);
             else logger.LogInformation("node {Node}: no longer assigned to {Cell}: {Why}", orphan.NodeId, _cell.Id, verdict.Sentence);

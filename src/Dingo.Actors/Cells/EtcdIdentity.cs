@@ -20,6 +20,14 @@ public sealed record EtcdIdentity
     public required string PlatformId { get; init; }
     public DateTimeOffset RecordedAt { get; init; }
 
+    /// <summary>The platform id from the raw value of its key (a JSON string; anything else is taken as it is).</summary>
+    public static string? PlatformIdOf(string? raw)
+    {
+        if (raw is null) return null;
+        try { return JsonSerializer.Deserialize<string>(raw, Json.Options) ?? raw; }
+        catch (JsonException) { return raw; }
+    }
+
     public static string Hex(ulong clusterId) => clusterId.ToString("x16", CultureInfo.InvariantCulture);
 
     /// <summary>
