@@ -30,6 +30,8 @@ public abstract class CellReconcilerTests : IAsyncLifetime
     }
 
     protected Dingo.Config.DingoSettings Settings => _settings;
+    protected IContainerRuntime Runtime => _runtime;
+    protected CellReconciler Cell => _cell;
 
     /// <summary>A runtime over this cell's nodes; a second one stands for the cell process after a restart.</summary>
     protected abstract IContainerRuntime NewRuntime();
@@ -54,7 +56,7 @@ public abstract class CellReconcilerTests : IAsyncLifetime
         (_runtime as IDisposable)?.Dispose();
     }
 
-    private async Task<NodeSpec> AssignAsync()
+    protected async Task<NodeSpec> AssignAsync()
     {
         var id = "i-" + Guid.NewGuid().ToString("N")[..8];
         await _store.PutAsync(K.Instance(id), new InstanceRecord
@@ -72,7 +74,7 @@ public abstract class CellReconcilerTests : IAsyncLifetime
     private NodeAgent Agent(NodeSpec spec, IContainerRuntime? runtime = null) =>
         new(spec, _store, runtime ?? _runtime, _lease, _settings, NullLogger.Instance);
 
-    private async Task<NodeStatus?> PassUntilAsync(NodeSpec spec, Func<NodeStatus?, bool> done, TimeSpan timeout, NodeAgent? agent = null)
+    protected async Task<NodeStatus?> PassUntilAsync(NodeSpec spec, Func<NodeStatus?, bool> done, TimeSpan timeout, NodeAgent? agent = null)
     {
         agent ??= Agent(spec);
         var deadline = DateTime.UtcNow + timeout;
@@ -298,6 +300,22 @@ public abstract class CellReconcilerTests : IAsyncLifetime
 
 public sealed class ProcessCellReconcilerTests() : CellReconcilerTests("process")
 {
+    [Fact]
+    public async Task A_node_made_before_its_instance_was_recorded_learns_it_from_its_assignment()
+    {
+        var spec = await AssignAsync();
+        await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        var record = Path.Combine(Settings.DataDir, "cells", "cell-1", "nodes", spec.NodeId + "@instance.json");
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(record));
+        // As a node from an older version: no record beside its folder, and a cell restarted since.
+        File.Delete(record);
+        var restarted = NewRuntime();
+        Assert.Null(Assert.Single(await restarted.ListAsync(CancellationToken.None)).InstanceId);
+        await using var store = new EtcdStore(Settings.EtcdEndpoints, Settings.EtcdPrefix);
+        await new CellReconciler(store, restarted, Cell.Lease, Settings, NullLogger.Instance).RunPassAsync(new HashSet<string> { spec.NodeId }, CancellationToken.None);
+        Assert.Equal(spec.InstanceId, Assert.Single(await NewRuntime().ListAsync(CancellationToken.None)).InstanceId);
+    }
+
     protected override IContainerRuntime NewRuntime() => new LocalProcessRuntime(
         new LocalProcessRuntimeOptions(Path.Combine(Settings.DataDir, "cells", "cell-1", "nodes"), Settings.Cell.PostgresBin, Settings.Cell.RunAsUser),
         NullLogger<LocalProcessRuntime>.Instance);
