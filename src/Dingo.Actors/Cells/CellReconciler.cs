@@ -161,10 +161,11 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         }
         if (!_unwanted.TryGetValue(orphan.NodeId, out var unwanted))
         {
-            // What it held, as it last said (its status goes once it is stopped). Seen through another etcd, nothing is
-            // remembered: neither the grace nor the bar its safety is judged by starts from what that etcd says.
+            // What it held, as it last said (its status goes once it is stopped, or with a lease that expired while the
+            // cell was away; then as its tombstone recorded it). Seen through another etcd, nothing is remembered:
+            // neither the grace nor the bar its safety is judged by starts from what that etcd says.
             var lastLsn = instanceId is null || mismatch is not null ? null
-                : (await store.GetAsync<NodeStatus>(keys.Status(instanceId, orphan.NodeId), ct).ConfigureAwait(false))?.Value.Lsn;
+                : (await store.GetAsync<NodeStatus>(keys.Status(instanceId, orphan.NodeId), ct).ConfigureAwait(false))?.Value.Lsn ?? nodeTombstone?.LastLsn;
             unwanted = new Unwanted(DateTimeOffset.UtcNow, lastLsn);
             if (mismatch is null) _unwanted[orphan.NodeId] = unwanted;
         }

@@ -25,11 +25,11 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
                 await PlaceNodeAsync(instance.Value, instance.ModRevision, place.Cell, ct).ConfigureAwait(false);
                 break;
             case InstanceDecision.RemoveNodes remove:
-                await RemoveNodesAsync(remove.Nodes, remove.Description, ct).ConfigureAwait(false);
+                await RemoveNodesAsync(remove.Nodes, remove.Description, snapshot.Statuses, ct).ConfigureAwait(false);
                 break;
             case InstanceDecision.ReplaceLost replace:
                 // Replacements are placed by the next passes (the cluster is below its size).
-                await RemoveNodesAsync(replace.Lost, replace.Description, ct).ConfigureAwait(false);
+                await RemoveNodesAsync(replace.Lost, replace.Description, snapshot.Statuses, ct).ConfigureAwait(false);
                 logger.LogWarning("instance {Instance}: {Decision}", instanceId, replace.Description);
                 break;
             case InstanceDecision.FinishDeletion:
@@ -46,20 +46,25 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
     /// Drops the nodes from the instance and from their cells, leaving a tombstone for each in the same transaction: the
     /// cell's instruction that it may delete the node's data (once the grace has passed and the data is safe elsewhere).
     /// </summary>
-    private async Task RemoveNodesAsync(IReadOnlyList<NodeSpec> nodes, string reason, CancellationToken ct)
+    private async Task RemoveNodesAsync(IReadOnlyList<NodeSpec> nodes, string reason, IReadOnlyList<NodeStatus> statuses, CancellationToken ct)
     {
         var retention = await store.GrantLeaseAsync(settings.Broker.TombstoneRetention, ct).ConfigureAwait(false);
-        await store.TransactAsync(RemoveNodesTxn(store.Keys, nodes, reason, retention, DateTimeOffset.UtcNow), ct).ConfigureAwait(false);
+        await store.TransactAsync(RemoveNodesTxn(store.Keys, nodes, reason, statuses, retention, DateTimeOffset.UtcNow), ct).ConfigureAwait(false);
     }
 
+    /// <param name="statuses">the nodes' last reports: each tombstone keeps its node's WAL position</param>
     /// <param name="retention">the lease the tombstones live under (dingo.broker.tombstone-retention)</param>
-    public static Txn RemoveNodesTxn(Keys keys, IEnumerable<NodeSpec> nodes, string reason, long retention, DateTimeOffset now)
+    public static Txn RemoveNodesTxn(Keys keys, IEnumerable<NodeSpec> nodes, string reason, IReadOnlyList<NodeStatus> statuses, long retention, DateTimeOffset now)
     {
         var txn = new Txn();
         foreach (var node in nodes)
         {
+            var lastLsn = statuses.FirstOrDefault(s => s.NodeId == node.NodeId)?.Lsn;
             txn.Delete(keys.Node(node.InstanceId, node.NodeId)).Delete(keys.Assignment(node.CellId, node.NodeId))
-                .Put(keys.RemovedNode(node.NodeId), new NodeTombstone { NodeId = node.NodeId, InstanceId = node.InstanceId, CellId = node.CellId, Reason = reason, RemovedAt = now }, retention);
+                .Put(keys.RemovedNode(node.NodeId), new NodeTombstone
+                {
+                    NodeId = node.NodeId, InstanceId = node.InstanceId, CellId = node.CellId, Reason = reason, RemovedAt = now, LastLsn = lastLsn,
+                }, retention);
         }
         return txn;
     }

@@ -204,6 +204,8 @@ public sealed record NodeTombstone
     /// <summary>Why it was removed, as the instance's decision said it.</summary>
     public required string Reason { get; init; }
     public DateTimeOffset RemovedAt { get; init; }
+    /// <summary>Its WAL position as it last reported it before removal (null: no report then): the bar its data's safety is judged by when its own report is gone.</summary>
+    public long? LastLsn { get; init; }
 }
 
 /// <summary>

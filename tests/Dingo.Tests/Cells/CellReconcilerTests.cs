@@ -163,6 +163,9 @@ public abstract class CellReconcilerTests : IAsyncLifetime
         Assert.Equal(spec.NodeId, Assert.Single(remove.Nodes).NodeId);
         var tombstone = (await _store.GetAsync<NodeTombstone>(K.RemovedNode(spec.NodeId), None))!.Value;
         Assert.Equal(("cell-1", spec.InstanceId), (tombstone.CellId, tombstone.InstanceId));
+        Assert.Equal(running.Lsn, tombstone.LastLsn);
+        // Its own report goes (as when the cell stays away past its lease): the tombstone still holds the bar.
+        await _store.DeleteAsync(K.Status(spec.InstanceId, spec.NodeId), None);
         Assert.Null(await _store.GetAsync<NodeSpec>(K.Assignment("cell-1", spec.NodeId), None));
 
         // The cell restarts: a new runtime object and a reconciler with no memory of what it was assigned.
