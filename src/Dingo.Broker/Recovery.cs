@@ -157,6 +157,8 @@ public sealed class Recovery(EtcdStore store, IObjectStore objects, DingoSetting
             UpdatedAt = now,
         });
         foreach (var b in saved.Bindings) txn.Put(Keys.Binding(r.Id, b.Id), b);
+        // Back, so no longer deleted: a cell must not take the tombstone for leave to delete the new nodes' data.
+        txn.Delete(Keys.DeletedInstance(r.Id));
         if (!await store.TransactAsync(txn, ct).ConfigureAwait(false)) return (false, "etcd changed meanwhile (the instance or its ports were taken); try again");
         logger.LogWarning("instance {Instance}: {What} on port {Port}", r.Id, what, r.Port);
         return (true, $"{what}: instance {r.Id} on port {r.Port}");

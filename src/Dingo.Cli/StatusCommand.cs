@@ -38,7 +38,7 @@ public static class StatusCommand
         var cellRows = new List<string[]> { new[] { "CELL", "ZONE", "ADDRESS", "RUNTIME", "NODES", "PROBLEM" } };
         var load = nodes.SelectMany(g => g).GroupBy(n => n.CellId).ToDictionary(g => g.Key, g => g.Count());
         foreach (var c in cells.Values.OrderBy(c => c.Id, StringComparer.Ordinal))
-            cellRows.Add([c.Id, c.Zone, c.Address, c.Runtime, $"{load.GetValueOrDefault(c.Id)}/{c.Capacity}", c.Problem ?? ""]);
+            cellRows.Add([c.Id, c.Zone, c.Address, c.Runtime, $"{load.GetValueOrDefault(c.Id)}/{c.Capacity}", string.Join("; ", new[] { c.Problem, c.Kept }.Where(p => p is not null))]);
         WriteTable(output, cellRows);
         output.WriteLine();
 

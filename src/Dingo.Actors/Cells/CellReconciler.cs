@@ -10,30 +10,31 @@ public sealed record CellPass(IReadOnlyList<NodeSpec> Desired, string Summary);
 
 /// <summary>
 /// One reconcile pass of a cell: keeps its registration alive, reads the nodes etcd assigns to it, and stops and
-/// removes nodes it holds that etcd no longer wants (at once when their instance is deleted, else after a grace). Each wanted node has its own
-/// <see cref="Ha.NodeAgent"/> (run by a node actor) that starts, watches and steers it.
-/// Knows nothing of how the runtime runs PostgreSQL.
+/// removes nodes it holds that etcd no longer wants — removes only on a positive instruction from the etcd it placed
+/// its data from (<see cref="OrphanData"/>). Each wanted node has its own <see cref="Ha.NodeAgent"/> (run by a node
+/// actor) that starts, watches and steers it. Knows nothing of how the runtime runs PostgreSQL.
 /// </summary>
 public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, CellLease lease, DingoSettings settings, ILogger logger)
 {
     private readonly CellSettings _cell = settings.Cell;
+    private readonly string _identityFile = Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, EtcdIdentity.FileName);
     private long _registeredUnder;
-    private string? _registeredProblem;
+    private (string? Problem, string? Kept) _registered;
     private DateTimeOffset _startedAt = DateTimeOffset.UtcNow;
-    /// <summary>Nodes seen assigned to this cell: which instance an unwanted node belonged to.</summary>
-    private readonly Dictionary<string, NodeSpec> _seen = new();
     /// <summary>Each unwanted node: when first seen unwanted (its grace runs from there) and what it held then.</summary>
     private readonly Dictionary<string, Unwanted> _unwanted = new();
     /// <summary>The problem registered in etcd, read once per pass (the disk check is a statvfs).</summary>
     private string? _problem;
+    /// <summary>Data kept that etcd neither wants nor lets go, as registered.</summary>
+    private string? _kept;
 
     private sealed class Unwanted(DateTimeOffset since, long? lastLsn)
     {
         public DateTimeOffset Since { get; } = since;
         /// <summary>Its WAL position as it last reported it: the bar its data's safety is judged by.</summary>
         public long? LastLsn { get; } = lastLsn;
-        /// <summary>Why its data is kept past the grace has been logged.</summary>
-        public bool KeptLogged { get; set; }
+        /// <summary>The last verdict logged for it (each new one is logged once).</summary>
+        public string? Logged { get; set; }
     }
 
     public IContainerRuntime Runtime => runtime;
@@ -45,10 +46,25 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         var leaseId = await lease.EnsureAsync(ct).ConfigureAwait(false);
         if (leaseId != _registeredUnder) await RegisterAsync(leaseId, ct).ConfigureAwait(false);
 
+        // Which etcd answers, before anything it says is acted on.
+        var (platformId, clusterId) = await store.GetStringWithClusterAsync(store.Keys.PlatformId, ct).ConfigureAwait(false);
+        var seenCluster = EtcdIdentity.Hex(clusterId);
+        string? mismatch;
+        EtcdIdentity? recorded;
+        try
+        {
+            recorded = EtcdIdentity.Load(_identityFile);
+            mismatch = recorded is null ? null : EtcdIdentity.Mismatch(recorded, seenCluster, store.Keys.Root, EtcdIdentity.PlatformIdOf(platformId), _identityFile);
+        }
+        catch (InvalidDataException ex)
+        {
+            recorded = null;
+            mismatch = ex.Message;
+        }
+        var unreadableIdentity = recorded is null && mismatch is not null;
+
         var desired = (await store.ListAsync<NodeSpec>(store.Keys.Assignments(_cell.Id), ct).ConfigureAwait(false))
             .Select(v => v.Value).OrderBy(n => n.CreatedAt).ToList();
-        var wanted = desired.Select(n => n.NodeId).ToHashSet();
-        foreach (var spec in desired) _seen[spec.NodeId] = spec;
         var did = new List<string>();
         IReadOnlyList<RuntimeNode> held;
         try
@@ -58,8 +74,8 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         finally
         {
             var disk = DiskProblem();
-            _problem = runtime.Problem is { } r ? (disk is null ? r : $"{r}; {disk}") : disk;
-            if (_problem != _registeredProblem)
+            _problem = string.Join("; ", new[] { runtime.Problem, disk, mismatch }.Where(p => p is not null)) is { Length: > 0 } all ? all : null;
+            if (_problem != _registered.Problem)
             {
                 // Operators see it in `dingo status` (CELLS); the running nodes are left alone.
                 if (_problem is { } problem) logger.LogError("cell {Cell}: {Problem}", _cell.Id, problem);
@@ -67,83 +83,138 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
                 await RegisterAsync(leaseId, ct).ConfigureAwait(false);
             }
         }
+
+        if (recorded is null && !unreadableIdentity && (desired.Count > 0 || held.Count > 0))
+        {
+            // The first data placed here (or data from before this record existed): remember this etcd before any node
+            // is created, so a later pass can tell it from an empty or other one.
+            await RecordIdentityAsync(seenCluster, ct).ConfigureAwait(false);
+        }
+        if (mismatch is not null)
+        {
+            // Another etcd's assignments are not ours to act on: no new node, nothing deleted, no status cleared.
+            var mine = held.Select(n => n.NodeId).ToHashSet();
+            desired = desired.Where(d => mine.Contains(d.NodeId)).ToList();
+        }
+        else
+        {
+            // Nodes made before the runtime recorded their instance learn it now, while etcd still assigns them.
+            foreach (var node in held.Where(n => n.InstanceId is null))
+                if (desired.FirstOrDefault(d => d.NodeId == node.NodeId) is { } spec)
+                    await runtime.RecordInstanceAsync(node.NodeId, spec.InstanceId, ct).ConfigureAwait(false);
+        }
+        var wanted = desired.Select(n => n.NodeId).ToHashSet();
+
+        var kept = new List<string>();
         foreach (var orphan in held.Where(n => !wanted.Contains(n.NodeId) && !busy.Contains(n.NodeId)))
         {
-            if (await RemoveOrphanAsync(orphan, ct).ConfigureAwait(false) is { } done) did.Add(done);
+            var (done, unexplained) = await HandleOrphanAsync(orphan, mismatch, ct).ConfigureAwait(false);
+            if (done is not null) did.Add(done);
+            if (unexplained is not null) kept.Add(unexplained);
+        }
+        _kept = kept.Count == 0 ? null : $"keeps the data of {kept.Count} node(s) etcd neither wants nor lets go: {string.Join("; ", kept)}";
+        if (_kept != _registered.Kept)
+        {
+            if (_kept is not null) logger.LogWarning("cell {Cell}: {Kept}", _cell.Id, _kept);
+            await RegisterAsync(leaseId, ct).ConfigureAwait(false);
         }
         // Forget what is gone, or wanted again.
         foreach (var id in _unwanted.Keys.Where(id => wanted.Contains(id) || held.All(n => n.NodeId != id)).ToList()) _unwanted.Remove(id);
-        foreach (var id in _seen.Keys.Where(id => !wanted.Contains(id) && held.All(n => n.NodeId != id)).ToList()) _seen.Remove(id);
-        await ClearStaleStatusesAsync(wanted, busy, ct).ConfigureAwait(false);
+        if (mismatch is null) await ClearStaleStatusesAsync(wanted, busy, ct).ConfigureAwait(false);
         return new CellPass(desired, did.Count == 0 ? $"no action: {desired.Count} node(s) assigned" : string.Join("; ", did));
     }
 
-    /// <summary>
-    /// A node etcd no longer wants. Its instance deleted: the data goes at once (that is what was asked). Otherwise
-    /// (the node replaced, moved, or the cluster shrunk) it stops at once, so it can never serve beside its replacement,
-    /// and its data is kept for dingo.cell.orphan-grace, in case it was the only copy of something.
-    /// </summary>
-    private async Task<string?> RemoveOrphanAsync(RuntimeNode orphan, CancellationToken ct)
+    private async Task RecordIdentityAsync(string clusterId, CancellationToken ct)
     {
-        var instanceId = orphan.InstanceId ?? _seen.GetValueOrDefault(orphan.NodeId)?.InstanceId;
-        var deleted = instanceId is not null && await InstanceDeletedAsync(instanceId, ct).ConfigureAwait(false);
-        if (!_unwanted.TryGetValue(orphan.NodeId, out var unwanted))
-        {
-            // What it held, as it last said (its status goes once it is stopped).
-            var lastLsn = instanceId is null ? null
-                : (await store.GetAsync<NodeStatus>(store.Keys.Status(instanceId, orphan.NodeId), ct).ConfigureAwait(false))?.Value.Lsn;
-            unwanted = _unwanted[orphan.NodeId] = new Unwanted(DateTimeOffset.UtcNow, lastLsn);
-        }
-        var since = unwanted.Since;
-        var graceOver = DateTimeOffset.UtcNow - since >= _cell.OrphanGrace;
-        string? unsafeWhy = null;
-        if (!deleted && graceOver && instanceId is not null)
-        {
-            unsafeWhy = await WhyNotSafeAsync(instanceId, orphan.NodeId, unwanted.LastLsn, ct).ConfigureAwait(false);
-            if (unsafeWhy is not null && !unwanted.KeptLogged)
-            {
-                logger.LogWarning("node {Node}: no longer assigned to {Cell}, but its data is kept: {Why}", orphan.NodeId, _cell.Id, unsafeWhy);
-                unwanted.KeptLogged = true;
-            }
-        }
-        if (deleted || (graceOver && unsafeWhy is null))
-        {
-            logger.LogInformation("node {Node}: no longer assigned to {Cell} ({Why}); stopping it and removing its data", orphan.NodeId, _cell.Id,
-                deleted ? $"instance {instanceId} is deleted" : $"unwanted since {since:HH:mm:ss}");
-            await runtime.RemoveAsync(orphan.NodeId, ct).ConfigureAwait(false);
-            _unwanted.Remove(orphan.NodeId);
-            return $"removed {orphan.NodeId}";
-        }
-        if (!orphan.Running) return null;
-        logger.LogInformation("node {Node}: no longer assigned to {Cell}; stopping it, data kept until {Until:HH:mm:ss}", orphan.NodeId, _cell.Id, since + _cell.OrphanGrace);
-        await runtime.StopAsync(orphan.NodeId, ct).ConfigureAwait(false);
-        return $"stopped {orphan.NodeId} (no longer assigned; data kept for {_cell.OrphanGrace.TotalSeconds:0}s)";
+        if (!OperatingSystem.IsLinux()) throw new PlatformNotSupportedException("a cell runs on Linux");
+        // The platform id is created once, by whichever cell first places data; every later cell records the same one.
+        var fresh = "p-" + Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8)).ToLowerInvariant();
+        await store.CreateIfAbsentAsync(store.Keys.PlatformId, fresh, ct).ConfigureAwait(false);
+        var (platformId, answeredBy) = await store.GetStringWithClusterAsync(store.Keys.PlatformId, ct).ConfigureAwait(false);
+        if (platformId is null || EtcdIdentity.Hex(answeredBy) != clusterId)
+            throw new InvalidOperationException("etcd changed while the cell recorded which etcd it places its data from; trying again next pass");
+        var identity = new EtcdIdentity { ClusterId = clusterId, Prefix = store.Keys.Root, PlatformId = EtcdIdentity.PlatformIdOf(platformId)!, RecordedAt = DateTimeOffset.UtcNow };
+        await identity.SaveAsync(_identityFile, ct).ConfigureAwait(false);
+        logger.LogInformation("cell {Cell}: places its data from etcd cluster {ClusterId}, prefix {Prefix}, platform {Platform} (recorded in {File})",
+            _cell.Id, identity.ClusterId, identity.Prefix, identity.PlatformId, _identityFile);
     }
 
     /// <summary>
-    /// Null when the unwanted node's data is safe elsewhere: another node leads the instance and is running at least
-    /// as far on as this node last was, or the backup archive holds a base backup and WAL at least that far. Else why not.
+    /// A node etcd no longer assigns here. It stops at once (it has no HA loop any more, so it must never serve beside a
+    /// replacement); its data goes only when <see cref="OrphanData.Decide"/> says so. Returns what was done, and the
+    /// node's line for CellInfo.Kept when etcd neither wants it nor lets it go.
     /// </summary>
-    private async Task<string?> WhyNotSafeAsync(string instanceId, string nodeId, long? lastLsn, CancellationToken ct)
+    private async Task<(string? Done, string? Unexplained)> HandleOrphanAsync(RuntimeNode orphan, string? mismatch, CancellationToken ct)
+    {
+        var keys = store.Keys;
+        var instanceId = orphan.InstanceId;
+        var state = InstanceRecordState.Missing;
+        InstanceTombstone? instanceTombstone = null;
+        NodeTombstone? nodeTombstone = null;
+        if (mismatch is null && instanceId is not null)
+        {
+            var instance = await store.GetAsync<InstanceRecord>(keys.Instance(instanceId), ct).ConfigureAwait(false);
+            state = instance is null ? InstanceRecordState.Missing
+                : instance.Value.Desired == DesiredState.Absent ? InstanceRecordState.MarkedAbsent : InstanceRecordState.Present;
+            instanceTombstone = (await store.GetAsync<InstanceTombstone>(keys.DeletedInstance(instanceId), ct).ConfigureAwait(false))?.Value;
+            nodeTombstone = (await store.GetAsync<NodeTombstone>(keys.RemovedNode(orphan.NodeId), ct).ConfigureAwait(false))?.Value;
+        }
+        if (!_unwanted.TryGetValue(orphan.NodeId, out var unwanted))
+        {
+            // What it held, as it last said (its status goes once it is stopped, or with a lease that expired while the
+            // cell was away; then as its tombstone recorded it). Seen through another etcd, nothing is remembered:
+            // neither the grace nor the bar its safety is judged by starts from what that etcd says.
+            var lastLsn = instanceId is null || mismatch is not null ? null
+                : (await store.GetAsync<NodeStatus>(keys.Status(instanceId, orphan.NodeId), ct).ConfigureAwait(false))?.Value.Lsn ?? nodeTombstone?.LastLsn;
+            unwanted = new Unwanted(DateTimeOffset.UtcNow, lastLsn);
+            if (mismatch is null) _unwanted[orphan.NodeId] = unwanted;
+        }
+        var facts = new OrphanFacts(orphan.NodeId, _cell.Id, mismatch, instanceId, state, instanceTombstone, nodeTombstone,
+            unwanted.Since, _cell.OrphanGrace, DateTimeOffset.UtcNow, Safety: null);
+        var verdict = OrphanData.Decide(facts);
+        if (verdict.Action == OrphanAction.CheckSafety)
+            verdict = OrphanData.Decide(facts with { Safety = await SafetyAsync(instanceId!, orphan.NodeId, unwanted.LastLsn, ct).ConfigureAwait(false) });
+
+        if (verdict.Action == OrphanAction.Remove)
+        {
+            logger.LogInformation("node {Node}: no longer assigned to {Cell}: {Why}; stopping it and removing its data", orphan.NodeId, _cell.Id, verdict.Sentence);
+            await runtime.RemoveAsync(orphan.NodeId, ct).ConfigureAwait(false);
+            _unwanted.Remove(orphan.NodeId);
+            return ($"removed {orphan.NodeId}", null);
+        }
+        // Seen through another etcd, the cell's problem (logged once) says it all.
+        if (mismatch is null && verdict.Sentence != unwanted.Logged)
+        {
+            if (verdict.Unexplained) logger.LogWarning("node {Node}: no longer assigned to {Cell}: {Why}", orphan.NodeId, _cell.Id, verdict.Sentence);
+            else logger.LogInformation("node {Node}: no longer assigned to {Cell}: {Why}", orphan.NodeId, _cell.Id, verdict.Sentence);
+            unwanted.Logged = verdict.Sentence;
+        }
+        var line = verdict.Unexplained ? $"{orphan.NodeId} ({(verdict.Sentence.StartsWith("kept: ", StringComparison.Ordinal) ? verdict.Sentence["kept: ".Length..] : verdict.Sentence)})" : null;
+        if (!orphan.Running) return (null, line);
+        await runtime.StopAsync(orphan.NodeId, ct).ConfigureAwait(false);
+        return ($"stopped {orphan.NodeId} (no longer assigned; {verdict.Sentence})", line);
+    }
+
+    /// <summary>
+    /// Whether the unwanted node's data is safe elsewhere: another node leads the instance and is running at least as
+    /// far on as this node last was, or the backup archive holds a base backup and WAL at least that far.
+    /// </summary>
+    private async Task<Safety> SafetyAsync(string instanceId, string nodeId, long? lastLsn, CancellationToken ct)
     {
         var keys = store.Keys;
         var leader = (await store.GetAsync<LeaderRecord>(keys.Leader(instanceId), ct).ConfigureAwait(false))?.Value;
         if (leader is not null && leader.NodeId != nodeId)
         {
             var status = (await store.GetAsync<NodeStatus>(keys.Status(instanceId, leader.NodeId), ct).ConfigureAwait(false))?.Value;
-            if (status is { State: NodeState.Running, Role: "primary" } && (lastLsn is null || status.Lsn >= lastLsn)) return null;
+            if (status is { State: NodeState.Running, Role: "primary" } && (lastLsn is null || status.Lsn >= lastLsn))
+                return new Safety(true, $"the primary {leader.NodeId} runs at least as far on as this node last was");
         }
         var backup = (await store.GetAsync<BackupState>(keys.Backup(instanceId), ct).ConfigureAwait(false))?.Value;
-        if (backup is { LastBaseBackup: not null } && lastLsn is { } lsn && (long)Dingo.Backups.Lsn.Parse(backup.ArchivedLsn) >= lsn) return null;
-        return leader is null || leader.NodeId == nodeId
+        if (backup is { LastBaseBackup: not null } && lastLsn is { } lsn && (long)Dingo.Backups.Lsn.Parse(backup.ArchivedLsn) >= lsn)
+            return new Safety(true, "the backup archive holds a base backup and WAL past this node's last position");
+        return new Safety(false, leader is null || leader.NodeId == nodeId
             ? "no other node of its instance leads, and the backup archive does not hold its last WAL position yet"
-            : $"the primary {leader.NodeId} is not running past this node's last WAL position, and neither is the backup archive";
-    }
-
-    private async Task<bool> InstanceDeletedAsync(string instanceId, CancellationToken ct)
-    {
-        var instance = await store.GetAsync<InstanceRecord>(store.Keys.Instance(instanceId), ct).ConfigureAwait(false);
-        return instance is null || instance.Value.Desired == DesiredState.Absent;
+            : $"the primary {leader.NodeId} is not running past this node's last WAL position, and neither is the backup archive");
     }
 
     /// <summary>A file system nearly full where the cell keeps its data (the other half of what keeps it from taking nodes).</summary>
@@ -176,8 +247,9 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
             Runtime = runtime.Kind,
             StartedAt = _startedAt,
             Problem = _problem,
+            Kept = _kept,
         };
-        _registeredProblem = info.Problem;
+        _registered = (info.Problem, info.Kept);
         await store.PutAsync(store.Keys.Cell(_cell.Id), info, ct, leaseId).ConfigureAwait(false);
         // A cell that is back is no longer lost.
         await store.DeleteAsync(store.Keys.LostCell(_cell.Id), ct).ConfigureAwait(false);

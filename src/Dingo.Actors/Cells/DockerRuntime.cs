@@ -701,6 +701,9 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         }
     }
 
+    /// <summary>Nothing to do: every container and volume of a node carries its instance as a label from its creation on.</summary>
+    public Task RecordInstanceAsync(string nodeId, string instanceId, CancellationToken cancellationToken) => Task.CompletedTask;
+
     public async Task RemoveAsync(string nodeId, CancellationToken cancellationToken)
     {
         CheckNodeId(nodeId);

@@ -53,6 +53,13 @@ public interface IContainerRuntime
     /// <summary>Stops PostgreSQL (fast shutdown), keeping the data.</summary>
     Task StopAsync(string nodeId, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Records which instance the node belongs to, so <see cref="ListAsync"/> names it after a restart (the cell must know
+    /// a node's instance to ever judge its data safe to delete). Create, clone, restore and start record it themselves;
+    /// the cell calls this for nodes made before the record existed.
+    /// </summary>
+    Task RecordInstanceAsync(string nodeId, string instanceId, CancellationToken cancellationToken);
+
     /// <summary>Stops PostgreSQL if it runs and deletes every byte of the node's data.</summary>
     Task RemoveAsync(string nodeId, CancellationToken cancellationToken);
 }
@@ -61,7 +68,10 @@ public interface IContainerRuntime
 /// <param name="Running">the postmaster process is alive (not a zombie).</param>
 public sealed record RuntimeNode(string NodeId, bool Initialised, bool Running, int? Pid, string Detail)
 {
-    /// <summary>The node's instance when the runtime records it (the Docker runtime labels it); null otherwise.</summary>
+    /// <summary>
+    /// The node's instance as the runtime recorded it (the Docker runtime's labels, the process runtime's file beside the
+    /// node's folder); null only for a node made before either recorded it.
+    /// </summary>
     public string? InstanceId { get; init; }
 
     /// <summary>The node's container (Docker runtime): the same id after a cell restart proves it was adopted.</summary>

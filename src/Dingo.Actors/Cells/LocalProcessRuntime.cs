@@ -35,6 +35,11 @@ internal sealed record LocalProcessRuntimeOptions(
 internal sealed class LocalProcessRuntime : IContainerRuntime
 {
     private const string MarkerFileName = "initialised";
+    /// <summary>
+    /// Beside each node folder, `&lt;node&gt;@instance.json` names the node's instance, written before the folder is made, so
+    /// after a restart the cell still knows whose data it holds. '@' is not in a node id, so no node folder can clash.
+    /// </summary>
+    private const string InstanceFileSuffix = "@instance.json";
     private const string SettingsFileName = "dingo.conf";
     private const string IncludeLine = "include_if_exists = '" + SettingsFileName + "'";
     private const int SigTerm = 15;
@@ -46,6 +51,8 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     private readonly string _dataRoot;
     private readonly ConcurrentDictionary<string, SemaphoreSlim> _nodeLocks = new(StringComparer.Ordinal);
     private readonly SemaphoreSlim _identityLock = new(1, 1);
+    /// <summary>Each node's instance as its file says, so a pass does not read every file again.</summary>
+    private readonly ConcurrentDictionary<string, string> _instances = new(StringComparer.Ordinal);
     private RunIdentity? _identity;
 
     public LocalProcessRuntime(LocalProcessRuntimeOptions options, ILogger<LocalProcessRuntime> logger)
@@ -82,9 +89,47 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             var detail = pid is { } p ? $"running as pid {p}"
                 : initialised ? "stopped"
                 : "data not initialised";
-            nodes.Add(new RuntimeNode(nodeId, initialised, pid is not null, pid, detail));
+            nodes.Add(new RuntimeNode(nodeId, initialised, pid is not null, pid, detail) { InstanceId = InstanceOf(nodeId) });
         }
         return Task.FromResult<IReadOnlyList<RuntimeNode>>(nodes);
+    }
+
+    private string InstanceFile(string nodeId) => Path.Combine(_dataRoot, nodeId + InstanceFileSuffix);
+
+    /// <summary>The node's instance as recorded beside its folder; null when nothing is (a node from before the record).</summary>
+    private string? InstanceOf(string nodeId)
+    {
+        if (_instances.TryGetValue(nodeId, out var known)) return known;
+        try
+        {
+            var record = System.Text.Json.JsonSerializer.Deserialize<NodeInstance>(File.ReadAllText(InstanceFile(nodeId)), Json.Options);
+            if (record is null || record.NodeId != nodeId) return null;
+            return _instances[nodeId] = record.InstanceId;
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            return null;
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or IOException or UnauthorizedAccessException)
+        {
+            _logger.LogWarning("Node {NodeId}: cannot read {File}: {Error}; its instance is not known", nodeId, InstanceFile(nodeId), e.Message);
+            return null;
+        }
+    }
+
+    private sealed record NodeInstance(string NodeId, string InstanceId);
+
+    public async Task RecordInstanceAsync(string nodeId, string instanceId, CancellationToken cancellationToken)
+    {
+        if (!IsValidNodeId(nodeId)) throw new ArgumentException($"Invalid node id '{nodeId}'.", nameof(nodeId));
+        if (!OperatingSystem.IsLinux()) throw NotLinux();
+        var recorded = InstanceOf(nodeId);
+        if (recorded == instanceId) return;
+        if (recorded is not null)
+            _logger.LogWarning("Node {NodeId}: recorded as a node of {Old}, now of {New}; recording {New}", nodeId, recorded, instanceId, instanceId);
+        Directory.CreateDirectory(_dataRoot);
+        await AtomicFile.WriteAsync(InstanceFile(nodeId), System.Text.Json.JsonSerializer.Serialize(new NodeInstance(nodeId, instanceId), Json.Options) + "\n", cancellationToken);
+        _instances[nodeId] = instanceId;
     }
 
     public async Task CreateAsync(NodeLaunchSpec spec, CancellationToken cancellationToken)
@@ -92,6 +137,8 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         ArgumentNullException.ThrowIfNull(spec);
         var paths = PathsFor(spec.NodeId);
         using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        // Before the node's folder exists: no data here is ever without its instance.
+        await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
 
         if (File.Exists(paths.Marker))
             return;
@@ -144,6 +191,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         ArgumentNullException.ThrowIfNull(spec);
         var paths = PathsFor(spec.NodeId);
         using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
 
         if (FindRunningPostmaster(paths) is not null)
             return;
@@ -230,13 +278,20 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     {
         var paths = PathsFor(nodeId);
         using var _ = await LockNodeAsync(nodeId, cancellationToken);
-        if (!Directory.Exists(paths.NodeDir))
-            return;
-
-        await StopCoreAsync(nodeId, paths, "immediate", cancellationToken);
-        await KillLeftoversAsync(paths, cancellationToken);
-        Directory.Delete(paths.NodeDir, recursive: true);
-        _logger.LogInformation("Node {NodeId}: removed", nodeId);
+        if (Directory.Exists(paths.NodeDir))
+        {
+            await StopCoreAsync(nodeId, paths, "immediate", cancellationToken);
+            await KillLeftoversAsync(paths, cancellationToken);
+            Directory.Delete(paths.NodeDir, recursive: true);
+            _logger.LogInformation("Node {NodeId}: removed", nodeId);
+        }
+        // Last: data without its instance record would be kept for ever.
+        if (File.Exists(InstanceFile(nodeId)))
+        {
+            File.Delete(InstanceFile(nodeId));
+            if (OperatingSystem.IsLinux()) AtomicFile.FlushFolder(_dataRoot);
+        }
+        _instances.TryRemove(nodeId, out string? _);
     }
 
     private async Task StopCoreAsync(string nodeId, NodePaths paths, string mode, CancellationToken cancellationToken)
@@ -460,6 +515,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     {
         var paths = PathsFor(spec.NodeId);
         using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
         var identity = await DiscardDataAsync(spec.NodeId, paths, cancellationToken);
         var passfile = await WritePassfileAsync(paths, source, identity, cancellationToken);
         try
@@ -500,6 +556,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     {
         var paths = PathsFor(spec.NodeId);
         using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
         var identity = await DiscardDataAsync(spec.NodeId, paths, cancellationToken);
         Directory.CreateDirectory(paths.PgData, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         await System.Formats.Tar.TarFile.ExtractToDirectoryAsync(Path.Combine(input.BackupDir, "base.tar"), paths.PgData, overwriteFiles: true, cancellationToken);

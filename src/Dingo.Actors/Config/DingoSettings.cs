@@ -57,6 +57,7 @@ public sealed record DingoSettings
                 InstanceQuota = d.GetInt("broker.instance-quota", 10),
                 BindingHost = Env("DINGO_BINDING_HOST") ?? d.GetString("broker.binding-host", "127.0.0.1"),
                 DeletedOperationRetention = d.GetTimeSpan("broker.deleted-operation-retention", TimeSpan.FromHours(1)),
+                TombstoneRetention = d.GetTimeSpan("broker.tombstone-retention", TimeSpan.FromDays(7)),
                 ProvisionTimeout = d.GetTimeSpan("broker.provision-timeout", TimeSpan.FromMinutes(5)),
                 AkkaPort = int.TryParse(Env("DINGO_AKKA_PORT"), out var brokerAkka) ? brokerAkka : d.GetInt("broker.akka-port", 4053),
             },
@@ -132,6 +133,8 @@ public sealed record DingoSettings
         if (Cell.Runtime is not ("process" or "docker")) throw new ArgumentException($"dingo.cell.runtime must be \"process\" or \"docker\": got \"{Cell.Runtime}\"");
         if (Cell.OrphanGrace < TimeSpan.Zero) throw new ArgumentException("dingo.cell.orphan-grace must not be negative");
         if (Cell.MinFreeDisk < 0) throw new ArgumentException("dingo.cell.min-free-disk must not be negative");
+        if (Broker.TombstoneRetention <= Cell.OrphanGrace)
+            throw new ArgumentException($"dingo.broker.tombstone-retention ({Broker.TombstoneRetention}) must be longer than dingo.cell.orphan-grace ({Cell.OrphanGrace}): a removed node's data may only go after the grace, while its tombstone still says so");
         if (Cell.Runtime == "docker") Cell.Docker.Validate();
     }
 }
@@ -144,6 +147,8 @@ public sealed record BrokerSettings
     public required int InstanceQuota { get; init; }
     public required string BindingHost { get; init; }
     public required TimeSpan DeletedOperationRetention { get; init; }
+    /// <summary>How long etcd keeps a deleted instance's or removed node's tombstone: a cell away longer keeps that data and says so.</summary>
+    public TimeSpan TombstoneRetention { get; init; } = TimeSpan.FromDays(7);
     public required TimeSpan ProvisionTimeout { get; init; }
     public required int AkkaPort { get; init; }
 

@@ -25,11 +25,11 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
                 await PlaceNodeAsync(instance.Value, instance.ModRevision, place.Cell, ct).ConfigureAwait(false);
                 break;
             case InstanceDecision.RemoveNodes remove:
-                await RemoveNodesAsync(remove.Nodes, ct).ConfigureAwait(false);
+                await RemoveNodesAsync(remove.Nodes, remove.Description, snapshot.Statuses, ct).ConfigureAwait(false);
                 break;
             case InstanceDecision.ReplaceLost replace:
                 // Replacements are placed by the next passes (the cluster is below its size).
-                await RemoveNodesAsync(replace.Lost, ct).ConfigureAwait(false);
+                await RemoveNodesAsync(replace.Lost, replace.Description, snapshot.Statuses, ct).ConfigureAwait(false);
                 logger.LogWarning("instance {Instance}: {Decision}", instanceId, replace.Description);
                 break;
             case InstanceDecision.FinishDeletion:
@@ -42,15 +42,31 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         return decision;
     }
 
-    private async Task RemoveNodesAsync(IReadOnlyList<NodeSpec> nodes, CancellationToken ct)
+    /// <summary>
+    /// Drops the nodes from the instance and from their cells, leaving a tombstone for each in the same transaction: the
+    /// cell's instruction that it may delete the node's data (once the grace has passed and the data is safe elsewhere).
+    /// </summary>
+    private async Task RemoveNodesAsync(IReadOnlyList<NodeSpec> nodes, string reason, IReadOnlyList<NodeStatus> statuses, CancellationToken ct)
     {
-        var keys = store.Keys;
+        var retention = await store.GrantLeaseAsync(settings.Broker.TombstoneRetention, ct).ConfigureAwait(false);
+        await store.TransactAsync(RemoveNodesTxn(store.Keys, nodes, reason, statuses, retention, DateTimeOffset.UtcNow), ct).ConfigureAwait(false);
+    }
+
+    /// <param name="statuses">the nodes' last reports: each tombstone keeps its node's WAL position</param>
+    /// <param name="retention">the lease the tombstones live under (dingo.broker.tombstone-retention)</param>
+    public static Txn RemoveNodesTxn(Keys keys, IEnumerable<NodeSpec> nodes, string reason, IReadOnlyList<NodeStatus> statuses, long retention, DateTimeOffset now)
+    {
         var txn = new Txn();
         foreach (var node in nodes)
         {
-            txn.Delete(keys.Node(node.InstanceId, node.NodeId)).Delete(keys.Assignment(node.CellId, node.NodeId));
+            var lastLsn = statuses.FirstOrDefault(s => s.NodeId == node.NodeId)?.Lsn;
+            txn.Delete(keys.Node(node.InstanceId, node.NodeId)).Delete(keys.Assignment(node.CellId, node.NodeId))
+                .Put(keys.RemovedNode(node.NodeId), new NodeTombstone
+                {
+                    NodeId = node.NodeId, InstanceId = node.InstanceId, CellId = node.CellId, Reason = reason, RemovedAt = now, LastLsn = lastLsn,
+                }, retention);
         }
-        await store.TransactAsync(txn, ct).ConfigureAwait(false);
+        return txn;
     }
 
     private async Task<InstanceSnapshot> ReadSnapshotAsync(InstanceRecord instance, CancellationToken ct)
@@ -103,6 +119,8 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         var keys = store.Keys;
         // Keep the finished delete visible to last_operation for a while, then let etcd forget it.
         var lease = await store.GrantLeaseAsync(settings.Broker.DeletedOperationRetention, ct).ConfigureAwait(false);
+        // A cell that was away while the instance went still holds a node of it: this tells it the data may go.
+        var tombstoneLease = await store.GrantLeaseAsync(settings.Broker.TombstoneRetention, ct).ConfigureAwait(false);
         var now = DateTimeOffset.UtcNow;
         var done = new OperationRecord
         {
@@ -127,7 +145,8 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
             .Delete(keys.Drill(instance.Id))
             .Delete(keys.DrillRequest(instance.Id))
             .Put(keys.Port(instance.Port), new PortRecord { InstanceId = instance.Id, State = "retired" })
-            .Put(keys.Operation(instance.Id), done, lease);
+            .Put(keys.Operation(instance.Id), done, lease)
+            .Put(keys.DeletedInstance(instance.Id), new InstanceTombstone { InstanceId = instance.Id, DeletedAt = now }, tombstoneLease);
         if (instance.ReadOnlyPort > 0) txn.Put(keys.Port(instance.ReadOnlyPort), new PortRecord { InstanceId = instance.Id, State = "retired", Role = PortRole.ReadOnly });
         foreach (var port in freed) txn.Delete(port.Key);
         await store.TransactAsync(txn, ct).ConfigureAwait(false);

@@ -173,8 +173,39 @@ public sealed record CellInfo
     public required string Address { get; init; }
     public required string Runtime { get; init; }
     public DateTimeOffset StartedAt { get; init; }
-    /// <summary>What keeps the cell's runtime from working (engine unreachable, image missing); null when nothing.</summary>
+    /// <summary>What keeps the cell from taking nodes (engine unreachable, image missing, disk full, another etcd); null when nothing.</summary>
     public string? Problem { get; init; }
+    /// <summary>
+    /// Data the cell keeps because etcd neither wants it nor says it may go (no record of its instance, no tombstone);
+    /// an operator decides. Shown beside the problem; it does not stop the cell taking nodes. Null when none.
+    /// </summary>
+    public string? Kept { get; init; }
+}
+
+/// <summary>
+/// An instance whose deletion finished: a cell that still holds one of its nodes (it was away meanwhile) may delete
+/// that data. Kept for dingo.broker.tombstone-retention.
+/// </summary>
+public sealed record InstanceTombstone
+{
+    public required string InstanceId { get; init; }
+    public DateTimeOffset DeletedAt { get; init; }
+}
+
+/// <summary>
+/// A node removed from its instance (shrink, replacement of a node on a lost cell, drain, deletion): the cell named
+/// may delete its data once the grace has passed and the data is safe elsewhere. Kept for dingo.broker.tombstone-retention.
+/// </summary>
+public sealed record NodeTombstone
+{
+    public required string NodeId { get; init; }
+    public required string InstanceId { get; init; }
+    public required string CellId { get; init; }
+    /// <summary>Why it was removed, as the instance's decision said it.</summary>
+    public required string Reason { get; init; }
+    public DateTimeOffset RemovedAt { get; init; }
+    /// <summary>Its WAL position as it last reported it before removal (null: no report then): the bar its data's safety is judged by when its own report is gone.</summary>
+    public long? LastLsn { get; init; }
 }
 
 /// <summary>

@@ -128,6 +128,18 @@ public sealed class EtcdStore : IAsyncDisposable
         return response.Kvs.Count == 0 ? null : response.Kvs[0].Value.ToStringUtf8();
     }
 
+    /// <summary>
+    /// A string value together with the id of the etcd cluster that answered (the response header's cluster_id): which
+    /// etcd a cell is talking to. etcd derives that id from its members' names, peer URLs and cluster token, so an etcd
+    /// wiped and started again with the same flags answers with the same id.
+    /// </summary>
+    public async Task<(string? Value, ulong ClusterId)> GetStringWithClusterAsync(string key, CancellationToken ct)
+    {
+        var response = await CallAsync(c => c.GetAsync(new RangeRequest { Key = ByteString.CopyFromUtf8(key) },
+            deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        return (response.Kvs.Count == 0 ? null : response.Kvs[0].Value.ToStringUtf8(), response.Header.ClusterId);
+    }
+
     public async Task<IReadOnlyList<Versioned<T>>> ListAsync<T>(string prefix, CancellationToken ct)
     {
         var response = await CallAsync(c => c.GetAsync(new RangeRequest

@@ -70,6 +70,15 @@ public sealed class Keys(string root)
     /// <summary>Held (under a short lease) by the one broker allowed to found a new Akka cluster when none is alive.</summary>
     public string AkkaFounder => $"{Root}/akka/founder";
 
+    /// <summary>Instances whose deletion finished (<see cref="Model.InstanceTombstone"/>): their nodes' data may go.</summary>
+    public string DeletedInstances => $"{Root}/deleted-instances/";
+    public string DeletedInstance(string instanceId) => $"{DeletedInstances}{instanceId}";
+    /// <summary>Nodes removed from their instance (<see cref="Model.NodeTombstone"/>): their data may go once safe elsewhere.</summary>
+    public string RemovedNodes => $"{Root}/removed-nodes/";
+    public string RemovedNode(string nodeId) => $"{RemovedNodes}{nodeId}";
+    /// <summary>A random id created once per platform: an etcd without it (empty, wiped) is not the one a cell's data came from.</summary>
+    public string PlatformId => $"{Root}/platform-id";
+
     public string NodePorts => $"{Root}/node-ports/";
     public string NodePort(int port) => $"{NodePorts}{port:D5}";
 }

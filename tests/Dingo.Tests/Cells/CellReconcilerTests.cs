@@ -30,6 +30,8 @@ public abstract class CellReconcilerTests : IAsyncLifetime
     }
 
     protected Dingo.Config.DingoSettings Settings => _settings;
+    protected IContainerRuntime Runtime => _runtime;
+    protected CellReconciler Cell => _cell;
 
     /// <summary>A runtime over this cell's nodes; a second one stands for the cell process after a restart.</summary>
     protected abstract IContainerRuntime NewRuntime();
@@ -54,7 +56,7 @@ public abstract class CellReconcilerTests : IAsyncLifetime
         (_runtime as IDisposable)?.Dispose();
     }
 
-    private async Task<NodeSpec> AssignAsync()
+    protected async Task<NodeSpec> AssignAsync()
     {
         var id = "i-" + Guid.NewGuid().ToString("N")[..8];
         await _store.PutAsync(K.Instance(id), new InstanceRecord
@@ -72,7 +74,7 @@ public abstract class CellReconcilerTests : IAsyncLifetime
     private NodeAgent Agent(NodeSpec spec, IContainerRuntime? runtime = null) =>
         new(spec, _store, runtime ?? _runtime, _lease, _settings, NullLogger.Instance);
 
-    private async Task<NodeStatus?> PassUntilAsync(NodeSpec spec, Func<NodeStatus?, bool> done, TimeSpan timeout, NodeAgent? agent = null)
+    protected async Task<NodeStatus?> PassUntilAsync(NodeSpec spec, Func<NodeStatus?, bool> done, TimeSpan timeout, NodeAgent? agent = null)
     {
         agent ??= Agent(spec);
         var deadline = DateTime.UtcNow + timeout;
@@ -122,35 +124,152 @@ public abstract class CellReconcilerTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_node_moved_away_from_its_live_instance_stops_at_once_and_its_data_goes_after_the_grace_once_it_is_safe_elsewhere()
+    public async Task A_node_etcd_stops_assigning_without_a_removal_is_stopped_and_its_data_kept_and_shown_even_when_safe_elsewhere()
     {
         var spec = await AssignAsync();
         var running = await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        // The assignment goes, but no tombstone says the node was removed (what an edit by hand, or a half-restored
+        // etcd, looks like): not an instruction to delete.
         await _store.DeleteAsync(K.Assignment("cell-1", spec.NodeId), None);
+        await LeadElsewhereAsync(spec, running!.Lsn);
 
-        var first = (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary;
-        Assert.Contains($"stopped {spec.NodeId}", first);
+        Assert.Contains($"stopped {spec.NodeId}", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+        await Task.Delay(_settings.Cell.OrphanGrace);
+        Assert.StartsWith("no action", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
         var kept = Assert.Single(await _runtime.ListAsync(None));
         Assert.False(kept.Running);
         Assert.True(kept.Initialised);
-        Assert.StartsWith("no action", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+        var cell = (await _store.GetAsync<CellInfo>(K.Cell("cell-1"), None))!.Value;
+        Assert.Null(cell.Problem); // it still takes nodes
+        Assert.Contains($"{spec.NodeId} (instance {spec.InstanceId} no longer lists it, but etcd holds no removal of it)", cell.Kept);
+    }
 
-        await Task.Delay(_settings.Cell.OrphanGrace);
-        // The grace is over, but this node was the only one: nobody else leads and no backup holds its WAL. Kept.
-        Assert.DoesNotContain("removed", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
-        Assert.Single(await _runtime.ListAsync(None));
-
-        // A replacement on another cell leads, running at least as far on: now the data may go.
-        var other = "n-" + Guid.NewGuid().ToString("N")[..6];
-        await _store.DeleteAsync(K.Leader(spec.InstanceId), None);
-        await _store.PutAsync(K.Leader(spec.InstanceId), new LeaderRecord { NodeId = other, Host = "127.0.0.1", Port = _settings.NodePortFirst + 1 }, None);
-        await _store.PutAsync(K.Status(spec.InstanceId, other), new NodeStatus
+    [Fact]
+    public async Task A_node_removed_by_a_shrink_is_deleted_after_the_grace_once_safe_elsewhere_even_after_a_cell_restart()
+    {
+        var spec = await AssignAsync();
+        var running = await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        // Two nodes listed for a one-node instance, an update in progress: the instance's own decision removes the newest
+        // replica. The other node (on cell-2) leads, but behind this one's last position.
+        var other = await LeadElsewhereAsync(spec, running!.Lsn - 1);
+        await _store.PutAsync(K.Node(spec.InstanceId, other.NodeId), other, None);
+        await _store.PutAsync(K.Operation(spec.InstanceId), new OperationRecord
         {
-            NodeId = other, InstanceId = spec.InstanceId, CellId = "cell-2", State = NodeState.Running, Role = "primary", Detail = "no action: I hold the leader key",
-            Lsn = running!.Lsn, Host = "127.0.0.1", Port = _settings.NodePortFirst + 1, UpdatedAt = DateTimeOffset.UtcNow,
+            Id = "update-1", Kind = OperationKind.Update, State = OperationState.InProgress, Description = "accepted: resizing from 2 to 1 node(s)",
+            StartedAt = DateTimeOffset.UtcNow, UpdatedAt = DateTimeOffset.UtcNow,
         }, None);
+        var decision = await new Dingo.Instances.InstanceReconciler(_store, _settings, NullLogger.Instance).RunPassAsync(spec.InstanceId, None);
+        var remove = Assert.IsType<Dingo.Instances.InstanceDecision.RemoveNodes>(decision);
+        Assert.Equal(spec.NodeId, Assert.Single(remove.Nodes).NodeId);
+        var tombstone = (await _store.GetAsync<NodeTombstone>(K.RemovedNode(spec.NodeId), None))!.Value;
+        Assert.Equal(("cell-1", spec.InstanceId), (tombstone.CellId, tombstone.InstanceId));
+        Assert.Equal(running.Lsn, tombstone.LastLsn);
+        // Its own report goes (as when the cell stays away past its lease): the tombstone still holds the bar.
+        await _store.DeleteAsync(K.Status(spec.InstanceId, spec.NodeId), None);
+        Assert.Null(await _store.GetAsync<NodeSpec>(K.Assignment("cell-1", spec.NodeId), None));
+
+        // The cell restarts: a new runtime object and a reconciler with no memory of what it was assigned.
+        var runtime = NewRuntime();
+        try
+        {
+            var cell = new CellReconciler(_store, runtime, _lease, _settings, NullLogger.Instance);
+            Assert.Equal(spec.InstanceId, Assert.Single(await runtime.ListAsync(None)).InstanceId);
+            Assert.Contains($"stopped {spec.NodeId}", (await cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+            await Task.Delay(_settings.Cell.OrphanGrace);
+            // Past the grace, but the primary is behind this node's last position and no backup holds it: kept.
+            Assert.DoesNotContain("removed", (await cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+            Assert.Single(await runtime.ListAsync(None));
+            Assert.Null((await _store.GetAsync<CellInfo>(K.Cell("cell-1"), None))!.Value.Kept); // removal recorded: nothing unexplained
+
+            await LeadElsewhereAsync(spec, running.Lsn, other.NodeId);
+            Assert.Contains($"removed {spec.NodeId}", (await cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+            Assert.Empty(await runtime.ListAsync(None));
+        }
+        finally
+        {
+            (runtime as IDisposable)?.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task A_cell_away_while_its_instance_was_deleted_removes_the_data_when_it_returns()
+    {
+        var spec = await AssignAsync();
+        await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        // The cell goes away (its registration and statuses with its lease); meanwhile the instance is deprovisioned
+        // and its deletion finishes: no record is left, only the instance's tombstone.
+        await _lease.RevokeAsync(None);
+        var instance = (await _store.GetAsync<InstanceRecord>(K.Instance(spec.InstanceId), None))!;
+        await _store.PutAsync(K.Instance(spec.InstanceId), instance.Value with { Desired = DesiredState.Absent }, None);
+        await _store.PutAsync(K.Operation(spec.InstanceId), new OperationRecord
+        {
+            Id = "deprovision-1", Kind = OperationKind.Deprovision, State = OperationState.InProgress, Description = "accepted: removing nodes",
+            StartedAt = DateTimeOffset.UtcNow, UpdatedAt = DateTimeOffset.UtcNow,
+        }, None);
+        var instances = new Dingo.Instances.InstanceReconciler(_store, _settings, NullLogger.Instance);
+        Assert.IsType<Dingo.Instances.InstanceDecision.RemoveNodes>(await instances.RunPassAsync(spec.InstanceId, None));
+        Assert.IsType<Dingo.Instances.InstanceDecision.FinishDeletion>(await instances.RunPassAsync(spec.InstanceId, None));
+        Assert.Null(await _store.GetAsync<InstanceRecord>(K.Instance(spec.InstanceId), None));
+        Assert.NotNull(await _store.GetAsync<InstanceTombstone>(K.DeletedInstance(spec.InstanceId), None));
+
         Assert.Contains($"removed {spec.NodeId}", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
         Assert.Empty(await _runtime.ListAsync(None));
+    }
+
+    [Fact]
+    public async Task A_cell_pointed_at_an_empty_etcd_or_another_prefix_deletes_nothing_takes_no_node_and_says_why()
+    {
+        var spec = await AssignAsync();
+        await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        var identityFile = Path.Combine(_settings.DataDir, "cells", "cell-1", EtcdIdentity.FileName);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(identityFile));
+
+        // Another prefix: an etcd with no trace of this cell's node, and a node of its own assigned to cell-1.
+        var elsewhere = _settings with { EtcdPrefix = _settings.EtcdPrefix + "-other" };
+        await using var otherStore = new EtcdStore(elsewhere.EtcdEndpoints, elsewhere.EtcdPrefix);
+        try
+        {
+            var stranger = spec with { NodeId = "n-" + Guid.NewGuid().ToString("N")[..6], InstanceId = "i-stranger" };
+            await otherStore.PutAsync(otherStore.Keys.Assignment("cell-1", stranger.NodeId), stranger, None);
+            var otherLease = new CellLease(otherStore, TimeSpan.FromSeconds(5), NullLogger.Instance);
+            var misdirected = new CellReconciler(otherStore, _runtime, otherLease, elsewhere, NullLogger.Instance);
+            var first = await misdirected.RunPassAsync(new HashSet<string>(), None);
+            Assert.Empty(first.Desired); // takes no new node
+            Assert.Contains($"stopped {spec.NodeId}", first.Summary); // no HA loop here: it must not serve
+            await Task.Delay(_settings.Cell.OrphanGrace);
+            Assert.DoesNotContain("removed", (await misdirected.RunPassAsync(new HashSet<string>(), None)).Summary);
+            Assert.Equal(spec.NodeId, Assert.Single(await _runtime.ListAsync(None)).NodeId);
+            var problem = (await otherStore.GetAsync<CellInfo>(otherStore.Keys.Cell("cell-1"), None))!.Value.Problem;
+            Assert.Contains($"key prefix {elsewhere.EtcdPrefix}, not {_settings.EtcdPrefix}", problem);
+            Assert.Contains("deleting nothing and taking no new node", problem);
+            await otherLease.RevokeAsync(None);
+        }
+        finally
+        {
+            await otherStore.DeletePrefixAsync(otherStore.Keys.Root + "/", None);
+        }
+
+        // The same prefix, emptied (a wiped etcd started again answers with the same cluster id).
+        await _store.DeletePrefixAsync(K.Root + "/", None);
+        Assert.DoesNotContain("removed", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+        await Task.Delay(_settings.Cell.OrphanGrace);
+        Assert.DoesNotContain("removed", (await _cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+        Assert.Equal(spec.NodeId, Assert.Single(await _runtime.ListAsync(None)).NodeId);
+        Assert.Contains("an empty or wiped etcd", (await _store.GetAsync<CellInfo>(K.Cell("cell-1"), None))!.Value.Problem);
+    }
+
+    /// <summary>Another node (on cell-2) holds the instance's leader key, running and reporting the given WAL position.</summary>
+    private async Task<NodeSpec> LeadElsewhereAsync(NodeSpec spec, long lsn, string? nodeId = null)
+    {
+        var other = spec with { NodeId = nodeId ?? "n-" + Guid.NewGuid().ToString("N")[..6], CellId = "cell-2", Port = _settings.NodePortFirst + 1, CreatedAt = spec.CreatedAt.AddMinutes(-1) };
+        await _store.DeleteAsync(K.Leader(spec.InstanceId), None);
+        await _store.PutAsync(K.Leader(spec.InstanceId), new LeaderRecord { NodeId = other.NodeId, Host = "127.0.0.1", Port = other.Port }, None);
+        await _store.PutAsync(K.Status(spec.InstanceId, other.NodeId), new NodeStatus
+        {
+            NodeId = other.NodeId, InstanceId = spec.InstanceId, CellId = "cell-2", State = NodeState.Running, Role = "primary", Detail = "no action: I hold the leader key",
+            Lsn = lsn, Host = "127.0.0.1", Port = other.Port, UpdatedAt = DateTimeOffset.UtcNow,
+        }, None);
+        return other;
     }
 
     [Fact]
@@ -171,6 +290,8 @@ public abstract class CellReconcilerTests : IAsyncLifetime
             var after = (await runtime.ListAsync(None)).Single();
             Assert.Equal(before.Pid, after.Pid);
             Assert.Equal(before.ContainerId, after.ContainerId);
+            // The runtime still knows whose node it is, so its data can only ever go on its instance's word.
+            Assert.Equal(spec.InstanceId, after.InstanceId);
             Assert.Equal(incarnation, await IncarnationAsync(after)); // the same process: adopted, not restarted
         }
         finally
@@ -182,6 +303,22 @@ public abstract class CellReconcilerTests : IAsyncLifetime
 
 public sealed class ProcessCellReconcilerTests() : CellReconcilerTests("process")
 {
+    [Fact]
+    public async Task A_node_made_before_its_instance_was_recorded_learns_it_from_its_assignment()
+    {
+        var spec = await AssignAsync();
+        await PassUntilAsync(spec, s => s?.State == NodeState.Running, TimeSpan.FromSeconds(60));
+        var record = Path.Combine(Settings.DataDir, "cells", "cell-1", "nodes", spec.NodeId + "@instance.json");
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(record));
+        // As a node from an older version: no record beside its folder, and a cell restarted since.
+        File.Delete(record);
+        var restarted = NewRuntime();
+        Assert.Null(Assert.Single(await restarted.ListAsync(CancellationToken.None)).InstanceId);
+        await using var store = new EtcdStore(Settings.EtcdEndpoints, Settings.EtcdPrefix);
+        await new CellReconciler(store, restarted, Cell.Lease, Settings, NullLogger.Instance).RunPassAsync(new HashSet<string> { spec.NodeId }, CancellationToken.None);
+        Assert.Equal(spec.InstanceId, Assert.Single(await NewRuntime().ListAsync(CancellationToken.None)).InstanceId);
+    }
+
     protected override IContainerRuntime NewRuntime() => new LocalProcessRuntime(
         new LocalProcessRuntimeOptions(Path.Combine(Settings.DataDir, "cells", "cell-1", "nodes"), Settings.Cell.PostgresBin, Settings.Cell.RunAsUser),
         NullLogger<LocalProcessRuntime>.Instance);
