@@ -136,4 +136,23 @@ public sealed class FailoverRulesTests
         var stale = confirmed with { SinceRenewal = TimeSpan.FromSeconds(2.5) };
         Assert.IsType<HaAction.Demote>(Failover.Decide(stale, Settings));
     }
+
+    [Theory]
+    [InlineData(2, false)]
+    [InlineData(3, true)]
+    public void A_replica_that_fails_to_start_again_and_again_is_re_cloned_from_the_leader(int failedStarts, bool recloned)
+    {
+        var input = new HaInput("n-b", Synchronous: false,
+            new LocalState(DataInitialised: true, Running: false, Answering: false, InRecovery: true, Lsn: 0, Timeline: 0, Streaming: false,
+                FollowingNodeId: "n-a", NotStreamingFor: TimeSpan.Zero, RewindFailed: false)
+            {
+                FailedStarts = failedStarts, StartFailure = "FATAL: requested timeline 4 does not contain minimum recovery point",
+            },
+            EtcdReachable: true, Leader: new Dingo.Model.LeaderRecord { NodeId = "n-a", Host = "127.0.0.1", Port = 5432 }, HoldsLease: false,
+            SinceRenewal: TimeSpan.MaxValue, LeaderOptime: 100, Sync: null, Members: [], Switchover: null, ClusterInitialised: true,
+            BootstrapCandidate: false, Now: DateTimeOffset.UtcNow);
+        var decision = Failover.Decide(input, Settings);
+        if (recloned) Assert.Contains("requested timeline 4", Assert.IsType<HaAction.Reclone>(decision).Sentence, StringComparison.Ordinal);
+        else Assert.IsType<HaAction.Start>(decision);
+    }
 }
