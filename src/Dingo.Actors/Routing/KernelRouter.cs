@@ -72,6 +72,7 @@ public sealed class KernelRouter : IRouteDataPath
 
     // The rules in the kernel now; null when unknown (never applied, or an apply failed half way).
     private Dictionary<int, KernelRule>? _applied;
+    private IReadOnlyCollection<Route> _appliedRoutes = [];
     private long _nftRuns;
     private long _conntrackRuns;
     private int _disposed;
@@ -94,6 +95,9 @@ public sealed class KernelRouter : IRouteDataPath
 
     /// <summary>The nftables table (family ip) this router owns.</summary>
     public string TableName { get; }
+
+    /// <summary>Set once the kernel rules, the fallback and the drop of sessions to old targets are all done.</summary>
+    public IReadOnlyCollection<Route> Applied => Volatile.Read(ref _appliedRoutes);
 
     /// <summary>How many times <c>nft</c> ran for this router (applies and dispose).</summary>
     internal long NftRuns => Interlocked.Read(ref _nftRuns);
@@ -208,6 +212,7 @@ public sealed class KernelRouter : IRouteDataPath
             }
 
             await DropStaleConnectionsAsync(ct).ConfigureAwait(false);
+            Volatile.Write(ref _appliedRoutes, routes.ToList());
         }
         finally
         {
