@@ -1,20 +1,28 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 
 namespace Dingo.Tests.Support;
 
 /// <summary>
-/// The servers a whole test run shares (etcd, s3rver, azurite, podman's API service), started so that they end with the
-/// test process however it ends. At a normal exit each is killed by PID, all of them before any folder is deleted: the
-/// test runner kills its host soon after the run, and a cleanup that deleted one server's data before killing the next
-/// left that one running. If the host is killed first, the kernel ends them: each runs under
-/// <c>setpriv --pdeathsig KILL</c>, started from a thread that lives as long as the process (the signal follows the
-/// thread that started a child, not the whole process, and a thread-pool thread may retire mid-run).
+/// Servers the tests start (the run's etcd, s3rver, azurite and podman service; a test's own etcd cluster), started so
+/// that they end with the test process however it ends. At a normal exit each is killed by PID, all of them before any
+/// folder is deleted: the test runner kills its host soon after the run, and a cleanup that deleted one server's data
+/// before killing the next left that one running. If the host is killed first, the kernel ends them: each runs under
+/// <c>setpriv --pdeathsig KILL</c>, and is started from one thread that lives as long as the process (the signal follows
+/// the thread that started a child, not the whole process, and a thread-pool thread may retire mid-run).
 /// </summary>
 internal static class RunProcesses
 {
     private const string Setpriv = "/usr/bin/setpriv";
     private static readonly List<(Process Process, string? Folder)> Started = [];
+    private static readonly BlockingCollection<Action> Spawns = new();
     private static int _exitHooked;
+
+    static RunProcesses()
+    {
+        // Never ends: it is the parent of every server, and only the process's own end may take it away.
+        new Thread(() => { foreach (var spawn in Spawns.GetConsumingEnumerable()) spawn(); }) { IsBackground = true, Name = "parent of the test servers" }.Start();
+    }
 
     /// <param name="folder">the server's data, deleted once it is gone</param>
     /// <param name="onOutput">each line it writes to stdout or stderr (discarded when null)</param>
@@ -29,18 +37,14 @@ internal static class RunProcesses
 
         Process? process = null;
         Exception? failure = null;
-        using var ready = new ManualResetEventSlim();
-        var parent = new Thread(() =>
+        using var done = new ManualResetEventSlim();
+        Spawns.Add(() =>
         {
             try { process = Process.Start(psi); }
             catch (Exception ex) { failure = ex; }
-            var started = process is not null;
-            ready.Set();
-            // The child's parent thread: it must not end before the process does.
-            if (started) Thread.Sleep(Timeout.Infinite);
-        }) { IsBackground = true, Name = "parent of " + Path.GetFileName(file) };
-        parent.Start();
-        ready.Wait();
+            finally { done.Set(); }
+        });
+        done.Wait();
         if (process is null) throw new InvalidOperationException($"could not start {file}: {failure?.Message}", failure);
 
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) onOutput?.Invoke(e.Data); };
