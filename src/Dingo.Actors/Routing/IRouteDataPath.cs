@@ -7,4 +7,10 @@ namespace Dingo.Routing;
 public interface IRouteDataPath : IAsyncDisposable
 {
     Task ApplyAsync(IReadOnlyCollection<Route> routes, CancellationToken ct);
+
+    /// <summary>
+    /// The routes of the last <see cref="ApplyAsync"/> that completed without error: where this router sends new
+    /// connections now (empty before the first). Routers converge on a leader change one by one; this says where one is.
+    /// </summary>
+    IReadOnlyCollection<Route> Applied { get; }
 }

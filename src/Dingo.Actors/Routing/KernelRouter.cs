@@ -72,6 +72,7 @@ public sealed class KernelRouter : IRouteDataPath
 
     // The rules in the kernel now; null when unknown (never applied, or an apply failed half way).
     private Dictionary<int, KernelRule>? _applied;
+    private IReadOnlyCollection<Route> _appliedRoutes = [];
     private long _nftRuns;
     private long _conntrackRuns;
     private int _disposed;
@@ -94,6 +95,9 @@ public sealed class KernelRouter : IRouteDataPath
 
     /// <summary>The nftables table (family ip) this router owns.</summary>
     public string TableName { get; }
+
+    /// <summary>Set once the kernel rules, the fallback and the drop of sessions to old targets are all done.</summary>
+    public IReadOnlyCollection<Route> Applied => Volatile.Read(ref _appliedRoutes);
 
     /// <summary>How many times <c>nft</c> ran for this router (applies and dispose).</summary>
     internal long NftRuns => Interlocked.Read(ref _nftRuns);
@@ -208,6 +212,7 @@ public sealed class KernelRouter : IRouteDataPath
             }
 
             await DropStaleConnectionsAsync(ct).ConfigureAwait(false);
+            Volatile.Write(ref _appliedRoutes, routes.ToList());
         }
         finally
         {
@@ -264,6 +269,12 @@ public sealed class KernelRouter : IRouteDataPath
         sb.Append("add chain ip ").Append(t).Append(" nat_output { type nat hook output priority -100; policy accept; }\n");
         sb.Append("add chain ip ").Append(t).Append(" nat_postrouting { type nat hook postrouting priority srcnat; policy accept; }\n");
         sb.Append("add chain ip ").Append(t).Append(' ').Append(RoutesChain).Append('\n');
+        // The per-port connection counts live in a set, one per limit value: "flush table" empties the chains but not
+        // the sets, so programming the table again (any route of this cell changing) keeps every port's count. A
+        // "ct count" in a rule would start again from zero each time and let up to the limit more through.
+        foreach (var limit in rules.Where(r => r.Limit > 0).Select(r => r.Limit).Distinct().Order())
+            sb.Append("add set ip ").Append(t).Append(' ').Append(LimitSet(limit))
+                .Append(" { type inet_service; flags dynamic; size 65535; }\n");
         sb.Append("flush table ip ").Append(t).Append('\n');
         // Only a connection's opening SYN is translated (see the class comment); the ct expression also keeps
         // connection tracking on in this namespace while no rule has a target.
@@ -280,7 +291,8 @@ public sealed class KernelRouter : IRouteDataPath
             if (rule.Limit > 0)
                 sb.Append("add rule ip ").Append(t).Append(' ').Append(RoutesChain).Append(' ')
                     .Append(match).Append(" tcp dport ").Append(rule.Port.ToString(CultureInfo.InvariantCulture))
-                    .Append(" ct count over ").Append(rule.Limit.ToString(CultureInfo.InvariantCulture)).Append(" accept")
+                    .Append(" add @").Append(LimitSet(rule.Limit)).Append(" { tcp dport ct count over ")
+                    .Append(rule.Limit.ToString(CultureInfo.InvariantCulture)).Append(" } accept")
                     .Append(" comment \"").Append(Comment(rule.InstanceId)).Append(" over limit\"\n");
             sb.Append("add rule ip ").Append(t).Append(' ').Append(RoutesChain).Append(' ')
                 .Append(match).Append(" tcp dport ").Append(rule.Port.ToString(CultureInfo.InvariantCulture))
@@ -295,6 +307,13 @@ public sealed class KernelRouter : IRouteDataPath
                 .AppendJoin(", ", targets).Append(" } masquerade\n");
         return sb.ToString();
     }
+
+    /// <summary>
+    /// The set counting connections per port for one limit value. A set element keeps the limit it was made with, so a
+    /// port whose limit changes is counted in another set; a port's element counts only connections conntrack still
+    /// tracks open, so an element left from a removed route never counts anything stale.
+    /// </summary>
+    private static string LimitSet(int limit) => "limit_" + limit.ToString(CultureInfo.InvariantCulture);
 
     private async Task ProgramAsync(SortedDictionary<int, KernelRule> desired, CancellationToken ct)
     {

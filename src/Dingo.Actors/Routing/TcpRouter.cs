@@ -51,6 +51,7 @@ public sealed class TcpRouter : IRouteDataPath
     private readonly ConcurrentDictionary<int, PortEntry> _ports = new();
     private readonly ConcurrentDictionary<Task, byte> _handlers = new();
 
+    private IReadOnlyCollection<Route> _appliedRoutes = [];
     private int _disposed;
     private int _open;
     private long _accepted;
@@ -82,6 +83,8 @@ public sealed class TcpRouter : IRouteDataPath
         Interlocked.Read(ref _noTarget),
         _ports.Values.Count(e => e.Listener is not null),
         Interlocked.Read(ref _overLimit));
+
+    public IReadOnlyCollection<Route> Applied => Volatile.Read(ref _appliedRoutes);
 
     /// <summary>Open client connections per routed port (every routed port appears, possibly with 0).</summary>
     public IReadOnlyDictionary<int, int> OpenConnectionsByPort
@@ -151,6 +154,7 @@ public sealed class TcpRouter : IRouteDataPath
             // Removed ports must be released once ApplyAsync returns; the accept loops end as soon as
             // their sockets are closed, so this wait is short.
             await Task.WhenAll(stopping).WaitAsync(ct).ConfigureAwait(false);
+            Volatile.Write(ref _appliedRoutes, desired.Values.ToList());
         }
         finally
         {

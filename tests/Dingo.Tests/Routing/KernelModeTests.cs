@@ -16,8 +16,11 @@ public sealed class KernelModeTests
         await using var platform = await TestPlatform.StartAsync(cells: 3, TestPlatform.NewSettings(extra: "dingo.router { mode = kernel, max-connections-per-instance = 12 }"), ownsData: true);
         var id = "kern-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, Catalog.ClusterPlanId);
-        var uri = (string)(await platform.BindAsync(id, "b", Catalog.ClusterPlanId))["uri"]!;
+        var creds = await platform.BindAsync(id, "b", Catalog.ClusterPlanId);
+        var uri = (string)creds["uri"]!;
+        var port = (int)creds["port"]!;
         var leader = (await platform.Store.GetAsync<LeaderRecord>(platform.Store.Keys.Leader(id), CancellationToken.None))!.Value;
+        await platform.UntilEveryRouterAsync(port, r => r.Target?.Port == leader.Port, TimeSpan.FromSeconds(10), "every router forwarding the primary port to the primary");
 
         async Task<int> ServerPortAsync(NpgsqlConnection c)
         {
@@ -46,6 +49,10 @@ public sealed class KernelModeTests
             }
             catch (NpgsqlException) { return false; }
         }, TimeSpan.FromSeconds(30), "new connections on the new primary through the kernel path");
+        // One router's table on the new primary is enough for the step above; the limit below needs all three: a table
+        // still on the old primary would forward there and then, catching up, drop those connections (conntrack) and
+        // count afresh, letting more through than the limit.
+        await platform.UntilEveryRouterAsync(port, r => r.Target?.Port == target.Port, TimeSpan.FromSeconds(10), "every router forwarding the primary port to the new primary");
 
         var survivors = 0;
         foreach (var s in sessions)
@@ -57,11 +64,13 @@ public sealed class KernelModeTests
         Assert.Equal(0, survivors);
 
         // The limit holds on the kernel path too: past it, the kernel leaves the connection to user space, which
-        // answers with PostgreSQL's error.
+        // answers with PostgreSQL's error. Each cell's table counts for itself (as each router does in user space):
+        // three cells on this host admit 12 to 36.
         await using var limit = await ConnectionLimit.ProbeAsync(uri, attempts: 40);
         Assert.NotNull(limit.Refused);
         Assert.Equal("53300", limit.Refused!.SqlState);
         Assert.Contains($"too many connections for instance {id}", limit.Refused.MessageText);
         Assert.InRange(limit.Held.Count, 12, 36);
+        Console.WriteLine($"[measure] kernel path: refused after {limit.Held.Count} connections (limit 12 per cell, 3 cells)");
     }
 }

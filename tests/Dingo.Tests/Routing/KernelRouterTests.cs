@@ -184,6 +184,32 @@ public sealed class KernelRouterTests
     }
 
     [Fact]
+    public async Task The_limit_still_counts_open_connections_after_the_table_is_programmed_again()
+    {
+        await using var table = new Table();
+        await using var backend = Backend.Tagged((byte)'A');
+        await using var fallback = new TcpRouter(Loopback, NullLogger.Instance);
+        await using var router = new KernelRouter(Loopback, table.Name, fallback, NullLogger.Instance);
+        var limited = FreePorts.One();
+        var other = FreePorts.One();
+        await router.ApplyAsync([new Route(limited, "busy-db", backend.EndPoint) { MaxConnections = 2 }, new Route(other, "i2", null)], Timeout());
+        using var first = await ConnectAsync(limited);
+        using var second = await ConnectAsync(limited);
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(first, 1))[0]);
+        Assert.Equal((byte)'A', (await ReadExactlyAsync(second, 1))[0]);
+
+        // Another instance of the cell gets a primary: the whole table is programmed again in one transaction.
+        var runs = router.NftRuns;
+        await router.ApplyAsync([new Route(limited, "busy-db", backend.EndPoint) { MaxConnections = 2 }, new Route(other, "i2", backend.EndPoint)], Timeout());
+        Assert.Equal(runs + 1, router.NftRuns);
+
+        // The two sessions still count: a third connection is not translated, and user space refuses it.
+        using var third = await ConnectAsync(limited);
+        await WaitUntilAsync(() => fallback.Stats.OverLimitRefusals == 1);
+        Assert.Equal(1, fallback.Stats.AcceptedConnections);
+    }
+
+    [Fact]
     public async Task Applying_the_same_routes_again_runs_nothing()
     {
         await using var table = new Table();

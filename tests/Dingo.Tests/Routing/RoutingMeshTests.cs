@@ -29,18 +29,24 @@ public sealed class RoutingMeshTests(ITestOutputHelper output)
         var creds = await platform.BindAsync(id, "b", Catalog.ClusterHaPlanId);
         var uri = (string)creds["uri"]!;
         var readOnlyUri = (string)creds["read_only_uri"]!;
-        Assert.NotEqual((int)creds["port"]!, (int)creds["read_only_port"]!);
+        var port = (int)creds["port"]!;
+        var readOnlyPort = (int)creds["read_only_port"]!;
+        Assert.NotEqual(port, readOnlyPort);
 
-        // The read-only port lands on replicas (within a router resync), the primary port on the primary.
-        await Eventually.UntilAsync(async () => (await WhereAsync(readOnlyUri)).InRecovery, TimeSpan.FromSeconds(15), "read-only connections on a replica");
+        // A router learns of a streaming replica at its next resync (every 2 s), each router on its own: until every
+        // router knows both, a read-only connection may rightly land on the primary (the fallback when none qualifies).
+        await platform.UntilEveryRouterAsync(readOnlyPort, r => r.Target is not null && r.Pool.Count == 2, TimeSpan.FromSeconds(30),
+            "every router balancing the read-only port over both replicas");
+        // From then on every read-only connection lands on a replica, and both serve: each router alternates over its
+        // pool, and of 8 connections spread over 3 routers one router gets at least 3.
         var replicaPorts = new HashSet<int>();
-        await Eventually.UntilAsync(async () =>
+        for (var i = 0; i < 8; i++)
         {
             var w = await WhereAsync(readOnlyUri);
-            Assert.True(w.InRecovery);
+            Assert.True(w.InRecovery, $"read-only connection {i + 1} landed on the primary (port {w.Port})");
             replicaPorts.Add(w.Port);
-            return replicaPorts.Count == 2; // balanced over both replicas
-        }, TimeSpan.FromSeconds(20), "read-only connections on both replicas");
+        }
+        Assert.Equal(2, replicaPorts.Count);
         Assert.False((await WhereAsync(uri)).InRecovery);
 
         // Sessions open to the primary; then a switchover.
@@ -95,11 +101,19 @@ public sealed class RoutingMeshTests(ITestOutputHelper output)
         }
         Assert.Equal(0, survivors);
 
+        // The limit is per router: probed once every router sends the port to the new primary. A router still on the old
+        // one would hand out the old primary's answers while it restarts as a replica (57P03, "starting up"), and its
+        // connections there would be cut when it catches up, freeing places mid-count.
+        var converged = await platform.UntilEveryRouterAsync(port, r => r.Target?.Port == target.Port, TimeSpan.FromSeconds(10),
+            "every router sending the primary port to the new primary");
+        output.WriteLine($"every router on the new primary: waited {converged.TotalMilliseconds:0} ms more after the sessions check");
+
         // The per-instance limit: past it, a real client gets PostgreSQL's own error.
         await using var limit = await ConnectionLimit.ProbeAsync(uri, attempts: 60);
         Assert.NotNull(limit.Refused);
         Assert.Equal("53300", limit.Refused!.SqlState);
         Assert.Contains($"too many connections for instance {id}", limit.Refused.MessageText);
         output.WriteLine($"refused after {limit.Held.Count} connections: {limit.Refused.MessageText}");
+        Assert.True(limit.Held.Count <= 3 * 8, $"{limit.Held.Count} connections held: each of the 3 routers admits at most 8");
     }
 }

@@ -47,20 +47,14 @@ public sealed class TestEtcdCluster : IAsyncDisposable
     public void Start(int i, string state = "existing")
     {
         var initial = string.Join(",", _ports.Select((p, n) => $"{Name(n)}=http://127.0.0.1:{p.Peer}"));
-        var psi = new ProcessStartInfo("/usr/bin/etcd") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[]
-                 {
-                     "--name", Name(i), "--data-dir", Path.Combine(_root, Name(i)),
-                     "--listen-client-urls", $"http://127.0.0.1:{_ports[i].Client}", "--advertise-client-urls", $"http://127.0.0.1:{_ports[i].Client}",
-                     "--listen-peer-urls", $"http://127.0.0.1:{_ports[i].Peer}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{_ports[i].Peer}",
-                     "--initial-cluster", initial, "--initial-cluster-state", state, "--initial-cluster-token", Path.GetFileName(_root),
-                     "--heartbeat-interval", "100", "--election-timeout", "500", "--log-level", "error",
-                 }) psi.ArgumentList.Add(a);
-        var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start etcd");
-        process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, _) => { };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+        var process = RunProcesses.Start("/usr/bin/etcd",
+        [
+            "--name", Name(i), "--data-dir", Path.Combine(_root, Name(i)),
+            "--listen-client-urls", $"http://127.0.0.1:{_ports[i].Client}", "--advertise-client-urls", $"http://127.0.0.1:{_ports[i].Client}",
+            "--listen-peer-urls", $"http://127.0.0.1:{_ports[i].Peer}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{_ports[i].Peer}",
+            "--initial-cluster", initial, "--initial-cluster-state", state, "--initial-cluster-token", Path.GetFileName(_root),
+            "--heartbeat-interval", "100", "--election-timeout", "500", "--log-level", "error",
+        ]);
         _processes[i] = process;
     }
 

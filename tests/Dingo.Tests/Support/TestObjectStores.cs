@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net.Sockets;
 using Amazon.Runtime;
 using Amazon.S3;
@@ -10,7 +9,7 @@ namespace Dingo.Tests.Support;
 /// <summary>
 /// One s3rver (S3) and one azurite-blob (Azure Blob) for the whole test run, started from tools/node_modules/.bin
 /// (installed by `./dingo test`) on free loopback ports with their data in temporary folders. Each test works in a
-/// bucket/container shared by the run, under a key prefix of its own. Killed by PID when the test process exits.
+/// bucket/container shared by the run, under a key prefix of its own. They end with the test process (<see cref="RunProcesses"/>).
 /// </summary>
 public static class TestObjectStores
 {
@@ -23,8 +22,6 @@ public static class TestObjectStores
 
     private static readonly Lazy<string> S3 = new(StartS3, LazyThreadSafetyMode.ExecutionAndPublication);
     private static readonly Lazy<string> Azure = new(StartAzure, LazyThreadSafetyMode.ExecutionAndPublication);
-    private static readonly List<(Process Process, string DataDir)> Started = [];
-    private static int _exitHooked;
 
     public static string S3Url => S3.Value;
     public static string AzureBlobUrl => Azure.Value;
@@ -54,7 +51,7 @@ public static class TestObjectStores
         var port = FreePorts.One();
         var dir = TempDir("s3rver");
         var env = new Dictionary<string, string> { ["NODE_OPTIONS"] = "--openssl-legacy-provider" };
-        Start(bin, env, "-d", dir, "-a", "127.0.0.1", "-p", port.ToString(), "--no-vhost-buckets", "--silent", "--configure-bucket", Bucket);
+        RunProcesses.Start(bin, ["-d", dir, "-a", "127.0.0.1", "-p", port.ToString(), "--no-vhost-buckets", "--silent", "--configure-bucket", Bucket], dir, env);
         var url = $"http://127.0.0.1:{port}";
         WaitForPort(port, "s3rver");
         using var client = new AmazonS3Client(new BasicAWSCredentials(S3AccessKey, S3SecretKey),
@@ -68,8 +65,7 @@ public static class TestObjectStores
         var bin = Bin("azurite-blob");
         var port = FreePorts.One();
         var dir = TempDir("azurite");
-        Start(bin, new Dictionary<string, string>(), "--blobHost", "127.0.0.1", "--blobPort", port.ToString(), "-l", dir,
-            "--skipApiVersionCheck", "--disableTelemetry", "--silent");
+        RunProcesses.Start(bin, ["--blobHost", "127.0.0.1", "--blobPort", port.ToString(), "-l", dir, "--skipApiVersionCheck", "--disableTelemetry", "--silent"], dir);
         var url = $"http://127.0.0.1:{port}";
         WaitForPort(port, "azurite");
         var service = new BlobServiceClient($"DefaultEndpointsProtocol=http;AccountName={AzureAccount};AccountKey={AzureKey};BlobEndpoint={url}/{AzureAccount};");
@@ -82,20 +78,6 @@ public static class TestObjectStores
         var dir = Path.Combine(Path.GetTempPath(), $"dingo-test-{name}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
         return dir;
-    }
-
-    private static void Start(string bin, Dictionary<string, string> env, params string[] args)
-    {
-        var psi = new ProcessStartInfo(bin) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        foreach (var (k, v) in env) psi.Environment[k] = v;
-        var process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {bin}");
-        process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, _) => { };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        lock (Started) Started.Add((process, args[Array.IndexOf(args, args.First(a => a is "-d" or "-l")) + 1]));
-        if (Interlocked.Exchange(ref _exitHooked, 1) == 0) AppDomain.CurrentDomain.ProcessExit += (_, _) => Stop();
     }
 
     private static void WaitForPort(int port, string what)
@@ -133,30 +115,6 @@ public static class TestObjectStores
             catch (Exception) when (DateTime.UtcNow < deadline)
             {
                 Thread.Sleep(200);
-            }
-        }
-    }
-
-    private static void Stop()
-    {
-        lock (Started)
-        {
-            foreach (var (process, dir) in Started)
-            {
-                try
-                {
-                    if (!process.HasExited)
-                    {
-                        process.Kill();
-                        process.WaitForExit(5000);
-                    }
-                }
-                catch (InvalidOperationException) { }
-                try
-                {
-                    if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
-                }
-                catch (IOException) { }
             }
         }
     }

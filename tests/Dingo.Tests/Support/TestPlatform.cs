@@ -6,6 +6,7 @@ using Akka.Actor;
 using Dingo.Broker;
 using Dingo.Cell;
 using Dingo.Config;
+using Dingo.Routing;
 using Dingo.Store;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
@@ -330,6 +331,21 @@ public sealed class TestPlatform : IAsyncDisposable
         var text = await response.Content.ReadAsStringAsync(ct);
         var json = text.Length == 0 ? new JsonObject() : JsonNode.Parse(text) as JsonObject ?? new JsonObject();
         return ((int)response.StatusCode, json);
+    }
+
+    /// <summary>
+    /// Waits until the router of every in-process cell has applied a route for <paramref name="port"/> that satisfies
+    /// <paramref name="routed"/>; returns how long that took. Routers converge one by one (a leader change within
+    /// milliseconds each, a replica's status at the next resync): a client meets whichever router the kernel picks.
+    /// </summary>
+    public async Task<TimeSpan> UntilEveryRouterAsync(int port, Func<Route, bool> routed, TimeSpan timeout, string what)
+    {
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
+        var routers = _cells.Select(c => c.Services.GetRequiredService<IRouteDataPath>()).ToList();
+        await Eventually.UntilAsync(
+            () => Task.FromResult(routers.All(r => r.Applied.FirstOrDefault(x => x.Port == port) is { } route && routed(route))), timeout,
+            $"{what} (routers of {routers.Count} cell(s))");
+        return System.Diagnostics.Stopwatch.GetElapsedTime(started);
     }
 
     /// <summary>Polls last_operation until it leaves `in progress`; returns the final body.</summary>

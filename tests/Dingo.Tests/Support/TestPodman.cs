@@ -9,7 +9,7 @@ namespace Dingo.Tests.Support;
 /// <summary>
 /// One podman service speaking the Docker Engine API for the whole test run (machine-recipes.md): started with
 /// CONTAINERS_CONF giving default_ulimits = [] (raising rlimits is not permitted here) and `--runtime runc` (crun fails
-/// on this cgroup layout), on a socket in a temporary folder; killed by PID when the test process exits. Builds the
+/// on this cgroup layout), on a socket in a temporary folder; it ends with the test process (<see cref="RunProcesses"/>). Builds the
 /// local node image (deploy/images/build-local.sh) once when it is missing. Never skips: without podman it fails and
 /// says how to get it.
 /// </summary>
@@ -18,8 +18,6 @@ public static class TestPodman
     public const string Image = "localhost/dingo/postgres:15";
 
     private static readonly Lazy<string> Service = new(Start, LazyThreadSafetyMode.ExecutionAndPublication);
-    private static readonly List<(Process Process, string Dir)> Started = [];
-    private static int _exitHooked;
 
     /// <summary>unix:///… of the run's podman service (started on first use).</summary>
     public static string Endpoint => Service.Value;
@@ -76,17 +74,9 @@ public static class TestPodman
         File.WriteAllText(conf, "[containers]\ndefault_ulimits = []\n");
         var socket = Path.Combine(dir, "podman.sock");
         var endpoint = tcp ? $"tcp://127.0.0.1:{FreePorts.One()}" : $"unix://{socket}";
-        var psi = new ProcessStartInfo(podman) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { "--runtime", "runc", "system", "service", "--time=0", endpoint }) psi.ArgumentList.Add(a);
-        psi.Environment["CONTAINERS_CONF"] = conf;
         var log = new StreamWriter(Path.Combine(dir, "service.log")) { AutoFlush = true };
-        var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start podman system service");
-        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        lock (Started) Started.Add((process, dir));
-        if (Interlocked.Exchange(ref _exitHooked, 1) == 0) AppDomain.CurrentDomain.ProcessExit += (_, _) => Stop();
+        var process = RunProcesses.Start(podman, ["--runtime", "runc", "system", "service", "--time=0", endpoint], dir,
+            new Dictionary<string, string> { ["CONTAINERS_CONF"] = conf }, line => { lock (log) log.WriteLine(line); });
 
         var client = new DockerClientConfiguration(new Uri(endpoint)).CreateClient();
         var deadline = DateTime.UtcNow.AddSeconds(30);
@@ -158,25 +148,5 @@ public static class TestPodman
         var pid = (await client.Containers.InspectContainerAsync(containerId)).State.Pid;
         if (pid <= 0) throw new InvalidOperationException($"container {containerId} has no main process");
         Process.GetProcessById((int)pid).Kill();
-    }
-
-    private static void Stop()
-    {
-        lock (Started)
-        {
-            foreach (var (process, dir) in Started)
-            {
-                try
-                {
-                    if (!process.HasExited)
-                    {
-                        process.Kill();
-                        process.WaitForExit(5000);
-                    }
-                }
-                catch (InvalidOperationException) { }
-                try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            }
-        }
     }
 }
