@@ -111,40 +111,6 @@ public static class CellApp
 
     public static string GuardPath(DingoSettings settings) => Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "guard");
 
-    /// <summary>
-    /// First thing when a cell process starts: nodes that led when the previous agent died (their guard is still armed)
-    /// have their leader lease renewed at once, so their PostgreSQL goes on serving across the restart instead of being
-    /// fenced before the HA loop is up again. Only a lease still behind that node's leader key is renewed; the node's HA
-    /// loop adopts it from there.
-    /// </summary>
-    public static async Task RenewArmedLeasesAsync(DingoSettings settings, ILogger logger, CancellationToken ct)
-    {
-        var guard = new Dingo.Ha.FenceGuardDirectory(GuardPath(settings), launch: null);
-        var armed = guard.Armed()
-            .Where(a => a.Arm is { Lease: not 0, InstanceId: not null } && a.Arm.Postmaster.Alive && Dingo.Ha.Monotonic.NowNs() < a.Arm.DeadlineNs)
-            .ToList();
-        if (armed.Count == 0) return;
-        await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
-        foreach (var (node, arm) in armed)
-        {
-            try
-            {
-                var key = await store.GetAsync<Dingo.Model.LeaderRecord>(store.Keys.Leader(arm.InstanceId!), ct);
-                if (key is null || key.Value.NodeId != node || key.Lease != arm.Lease) continue;
-                var sent = Dingo.Ha.Monotonic.NowNs();
-                if (!await store.KeepAliveOnceAsync(arm.Lease, ct)) continue;
-                // Moved on only if nothing changed meanwhile (the guard may have acted, or disarmed).
-                if (guard.Armed(node) == arm)
-                    guard.Arm(node, arm with { DeadlineNs = Dingo.Ha.Monotonic.Add(sent, Dingo.Ha.FenceGuard.DeadlineAfterRenewal(settings.Ha.Ttl)) });
-                logger.LogInformation("node {Node}: renewed its leader lease on start (it led when this cell's agent last stopped)", node);
-            }
-            catch (Exception ex) when (ex is Grpc.Core.RpcException or OperationCanceledException)
-            {
-                logger.LogWarning("node {Node}: could not renew its leader lease on start: {Error}", node, ex.Message);
-            }
-        }
-    }
-
     /// <summary>How the cell starts its fencing guard: this same program, `guard --dir DIR` (see Program).</summary>
     private static IReadOnlyList<string> GuardCommand()
     {

@@ -31,11 +31,14 @@ public static class Program
         }
         if (seeds.Count == 0) seeds.AddRange(settings.Akka.SeedNodes);
         if (seeds.Count == 0) seeds.Add($"akka.tcp://dingo@127.0.0.1:{settings.Broker.AkkaPort}");
-        using (var early = new CancellationTokenSource(settings.Ha.Ttl / 4))
-        using (var loggers = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; })))
-            await CellApp.RenewArmedLeasesAsync(settings, loggers.CreateLogger("Dingo.Ha"), early.Token);
+        // Leaders whose agent died keep their lease while this process starts (LeaseBridge); stopped with the process.
+        using var bridgeStop = new CancellationTokenSource();
+        using var bridgeLoggers = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; }));
+        var bridge = await LeaseBridge.StartAsync(settings, bridgeLoggers.CreateLogger("Dingo.Ha"), bridgeStop.Token);
         using var host = CellApp.Build(settings, seeds);
         await host.RunAsync();
+        await bridgeStop.CancelAsync();
+        await bridge;
         return 0;
     }
 

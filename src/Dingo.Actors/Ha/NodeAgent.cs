@@ -24,6 +24,8 @@ public sealed class NodeAgent
     private readonly NodeSpec _spec;
 
     private long _leaderLease;
+    /// <summary>A lease this node gave up (fenced) without reaching etcd to revoke it: it is never adopted again.</summary>
+    private long _abandonedLease;
     /// <summary>When the last successful renewal (or grant) of the leader lease was sent (monotonic ns; 0: never).</summary>
     private long _renewedNs;
     /// <summary>Since when (monotonic ns) a running PostgreSQL has not answered the probe (0: it answers).</summary>
@@ -308,7 +310,8 @@ public sealed class NodeAgent
         if (mine is { Running: true })
         {
             // While leading, a PostgreSQL that does not answer (hung, stopped) must not hold the pass past the fencing deadline.
-            try { pg = await probe.ObserveAsync(etcd).ConfigureAwait(false); }
+            // WaitAsync: Npgsql's own cancellation asks the server to cancel, which a stopped server never answers.
+            try { pg = await probe.ObserveAsync(etcd).WaitAsync(etcd).ConfigureAwait(false); }
             catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException
                                        || (ex is OperationCanceledException && !ct.IsCancellationRequested)) { }
         }
@@ -368,7 +371,7 @@ public sealed class NodeAgent
                         break;
                 }
             }
-            if (_leaderLease == 0 && leader?.NodeId == _spec.NodeId && leaderKeyLease != 0)
+            if (_leaderLease == 0 && leader?.NodeId == _spec.NodeId && leaderKeyLease != 0 && leaderKeyLease != _abandonedLease)
             {
                 // The key names this node under a lease this process did not take: the agent restarted (SIGKILL, a
                 // crash) while PostgreSQL went on. The lease is still alive, so nobody else can lead: carry on with it
@@ -398,7 +401,9 @@ public sealed class NodeAgent
         {
             reachable = false;
         }
-        var failsafe = !reachable && _leaderLease != 0 && _others.Count > 0 && await ConfirmFailsafeAsync(ct).ConfigureAwait(false);
+        // Failsafe keeps a working primary: one that does not answer itself (hung, stopped) is not kept this way (its
+        // replicas may not have noticed yet that nothing comes).
+        var failsafe = !reachable && pg is { InRecovery: false } && _leaderLease != 0 && _others.Count > 0 && await ConfirmFailsafeAsync(ct).ConfigureAwait(false);
         if (renewed || failsafe) await ArmAsync(ct).ConfigureAwait(false);
 
         var local = new LocalState(
@@ -496,7 +501,7 @@ public sealed class NodeAgent
             case HaAction.TakeLeadership:
                 if (!await TryTakeKeyAsync(etcd).ConfigureAwait(false)) return;
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
-                if (input.Local.InRecovery) await probe.PromoteAsync(etcd).ConfigureAwait(false);
+                if (input.Local.InRecovery) await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
                 _following = null;
                 await LeadAsync(record, probe, input, promoted: input.Local.InRecovery, etcd).ConfigureAwait(false);
                 if (input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), etcd).ConfigureAwait(false);
@@ -504,7 +509,7 @@ public sealed class NodeAgent
 
             case HaAction.Promote:
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
-                await probe.PromoteAsync(etcd).ConfigureAwait(false);
+                await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
                 _following = null;
                 await LeadAsync(record, probe, input, promoted: true, etcd).ConfigureAwait(false);
                 break;
@@ -519,14 +524,21 @@ public sealed class NodeAgent
                 if (demote.AtOnce) await StopAtOnceAsync().ConfigureAwait(false);
                 await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
                 Disarm();
-                try
+                // PostgreSQL no longer accepts writes: giving the key up now is safe and lets a replica take over at once.
+                // Past the fencing deadline this pass's etcd token is spent, so the release gets a short budget of its own.
+                using (var release = CancellationTokenSource.CreateLinkedTokenSource(ct))
                 {
-                    if (input.EtcdReachable) await ReleaseKeyAsync(etcd).ConfigureAwait(false);
-                    else DropLease();
-                }
-                catch (Exception ex) when (EtcdUnreachable(ex, ct))
-                {
-                    DropLease(); // cannot reach etcd: the lease lapses by itself
+                    release.CancelAfter(_settings.Ha.Ttl / 4);
+                    try
+                    {
+                        await ReleaseKeyAsync(release.Token).ConfigureAwait(false);
+                    }
+                    catch (Exception ex) when (EtcdUnreachable(ex, ct))
+                    {
+                        // Cannot reach etcd: the lease lapses by itself. This node must never pick it up again.
+                        _abandonedLease = _leaderLease;
+                        DropLease();
+                    }
                 }
                 if (demote.Leader is not null) await TryRewindAsync(launch, demote.Leader, record, ct).ConfigureAwait(false);
                 await StartStandbyAsync(launch, demote.Leader, record, ct).ConfigureAwait(false);
@@ -737,7 +749,7 @@ public sealed class NodeAgent
             await RenewOnProgressAsync(ct).ConfigureAwait(false);
         }
         // This pass already observed PostgreSQL and read the members; only a promotion just now moved the WAL position.
-        var lsn = promoted ? (await probe.ObserveAsync(ct).ConfigureAwait(false)).Lsn : input.Local.Lsn;
+        var lsn = promoted ? (await probe.ObserveAsync(ct).WaitAsync(ct).ConfigureAwait(false)).Lsn : input.Local.Lsn;
         // Only a moved position is news (an idle primary's stays put).
         if (lsn != _lastOptime)
         {
@@ -747,24 +759,24 @@ public sealed class NodeAgent
         var others = _others;
         var slots = others.Select(PostgresProbe.SlotName).ToHashSet();
         if (_backups is not null) slots.Add(Dingo.Backups.WalArchiverOptions.DefaultSlotName); // the archiver's own slot
-        await probe.EnsureSlotsAsync(slots, ct).ConfigureAwait(false);
+        await probe.EnsureSlotsAsync(slots, ct).WaitAsync(ct).ConfigureAwait(false);
 
         var plan = Catalog.FindPlan(record.PlanId);
-        var inPg = await probe.SynchronousStandbysAsync(ct).ConfigureAwait(false);
+        var inPg = await probe.SynchronousStandbysAsync(ct).WaitAsync(ct).ConfigureAwait(false);
         if (plan?.Synchronous != true)
         {
-            if (inPg.Count > 0) await probe.SetSynchronousStandbysAsync([], ct).ConfigureAwait(false);
+            if (inPg.Count > 0) await probe.SetSynchronousStandbysAsync([], ct).WaitAsync(ct).ConfigureAwait(false);
             return;
         }
         // The set in etcd must always contain every standby PostgreSQL may wait for: grow etcd first, shrink it last.
-        var target = (await probe.StreamingStandbysAsync(ct).ConfigureAwait(false)).Where(others.Contains).OrderBy(n => n, StringComparer.Ordinal).ToList();
+        var target = (await probe.StreamingStandbysAsync(ct).WaitAsync(ct).ConfigureAwait(false)).Where(others.Contains).OrderBy(n => n, StringComparer.Ordinal).ToList();
         var recorded = input.Sync?.Leader == _spec.NodeId ? input.Sync.Standbys : [];
         if (!target.All(recorded.Contains))
         {
             await _store.PutAsync(K.Sync(_spec.InstanceId), new SyncState(recorded.Union(target).OrderBy(n => n, StringComparer.Ordinal).ToList(), _spec.NodeId), etcd).ConfigureAwait(false);
             recorded = recorded.Union(target).ToList();
         }
-        if (!inPg.SequenceEqual(target)) await probe.SetSynchronousStandbysAsync(target, ct).ConfigureAwait(false);
+        if (!inPg.SequenceEqual(target)) await probe.SetSynchronousStandbysAsync(target, ct).WaitAsync(ct).ConfigureAwait(false);
         if (!recorded.OrderBy(n => n, StringComparer.Ordinal).SequenceEqual(target) || input.Sync?.Leader != _spec.NodeId)
             await _store.PutAsync(K.Sync(_spec.InstanceId), new SyncState(target, _spec.NodeId), etcd).ConfigureAwait(false);
     }

@@ -102,6 +102,13 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
         // not answer (stopped) keeps the state it was last seen in.
         var split = SplitMoments(sampler.Samples);
         output.WriteLine($"{sampler.Samples.Count} samples ({sampler.Samples.Count(s => s.Seen == Seen.Unreachable)} unanswered or refused), {split.Count} moments with two writable nodes");
+        if (split.Count > 0)
+        {
+            // What each node answered around the first such moment, to read the failure.
+            var first = DateTime.ParseExact(split[0][..12], "HH:mm:ss.fff", CultureInfo.InvariantCulture).TimeOfDay;
+            foreach (var s in sampler.Samples.Where(s => Math.Abs((s.T1.TimeOfDay - first).TotalSeconds) < 2).OrderBy(s => s.T1))
+                output.WriteLine($"{s.T0:HH:mm:ss.fff}-{s.T1:HH:mm:ss.fff} {s.NodeId} {s.Seen} {s.Error}");
+        }
         Assert.True(split.Count == 0, "two writable nodes at: " + string.Join("; ", split.Take(5)));
         var missing = await writer.MissingAsync();
         Assert.True(missing.Count == 0, $"{missing.Count} acknowledged commits lost of {writer.Acknowledged.Count}");
@@ -144,8 +151,13 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
         {
             if (s.Seen == Seen.Unreachable)
             {
-                // Refused: no PostgreSQL listens there, so it accepts no writes. Anything else: unknown, as last seen.
-                if (s.Error?.Contains("refused", StringComparison.OrdinalIgnoreCase) == true) state[s.NodeId] = false;
+                // Refused (no PostgreSQL listens there: Npgsql says "Failed to connect"; on loopback nothing else fails a
+                // connect) or PostgreSQL's own 57P03 (shutting down, starting up): it accepts no writes. Anything else (a
+                // timeout: a stopped server's kernel still accepts the connection): unknown, as last seen.
+                if (s.Error is { } e && (e.Contains("refused", StringComparison.OrdinalIgnoreCase) || e.Contains("Failed to connect", StringComparison.Ordinal)
+                                         || e.Contains("57P03", StringComparison.Ordinal)
+                                         || e.Contains("shutting down", StringComparison.Ordinal) || e.Contains("starting up", StringComparison.Ordinal)))
+                    state[s.NodeId] = false;
                 continue;
             }
             state[s.NodeId] = s.Seen == Seen.Writable;
