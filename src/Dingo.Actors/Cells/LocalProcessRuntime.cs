@@ -532,6 +532,18 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             throw new InvalidOperationException($"Node {spec.NodeId}: recovery from the backup failed: {LastLines(ReadLogTail(paths.LogFile), 8)}");
         }
 
+        // Promoted is not enough: recovery also ends early where WAL is missing. The node counts as restored (marker)
+        // only once it reached what was asked.
+        var end = Dingo.Backups.RecoveryEnd.ReadFromPgWal(Path.Combine(paths.PgData, "pg_wal"));
+        var verdict = Dingo.Backups.RestoreVerification.Decide(input.Goal, end,
+            end is null ? null : Dingo.Backups.RestoreVerification.RecordEndAt(input.WalDir, end.Timeline, end.Lsn, Dingo.Backups.WalSegment.DefaultSize));
+        if (!verdict.Ok)
+        {
+            await StopCoreAsync(spec.NodeId, paths, "immediate", cancellationToken);
+            throw new Dingo.Backups.RestoreException(verdict.Sentence);
+        }
+        _logger.LogInformation("Node {NodeId}: {Verdict}", spec.NodeId, verdict.Sentence);
+
         // The restored roles carry the source's passwords: give the superuser this instance's password.
         await SetSuperuserPasswordAsync(paths, spec.Port, spec.Superuser, cancellationToken);
         await StopCoreAsync(spec.NodeId, paths, "fast", cancellationToken);
