@@ -158,24 +158,49 @@ public static class RestoreVerification
 
     /// <summary>
     /// Where the record starting at <paramref name="at"/> would end, from the WAL file the restore was given (page
-    /// headers counted); null when no record starts there (zeros, or no file).
+    /// headers counted), if a record really starts there: its header must name <paramref name="previous"/> (the start
+    /// of the last record replayed, PostgreSQL's "redo done at") as the record before it. Null otherwise (zeros,
+    /// bytes of another branch, no file), and when the previous record is not known.
     /// </summary>
-    public static ulong? RecordEndAt(string walDir, uint timeline, ulong at, ulong segmentSize)
+    public static ulong? RecordEndAt(string walDir, uint timeline, ulong at, ulong? previous, ulong segmentSize)
     {
+        if (previous is null) return null;
         var start = at;
         if (start % WalPageSize == 0) start += start % segmentSize == 0 ? LongPageHeader : ShortPageHeader;
-        var segment = WalSegment.Containing(timeline, start, segmentSize);
-        var path = Path.Combine(walDir, segment.Name);
-        if (!File.Exists(path)) return null;
-        Span<byte> header = stackalloc byte[4];
-        using (var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
+        var header = new byte[16];
+        var got = 0;
+        var pos = start;
+        while (got < header.Length)
         {
-            fs.Position = (long)(start - segment.Start);
-            if (fs.ReadAtLeast(header, 4, throwOnEndOfStream: false) < 4) return null;
+            // xl_tot_len (4), xl_xid (4), xl_prev (8): the header may continue on the next page.
+            if (pos % WalPageSize == 0) pos += pos % segmentSize == 0 ? LongPageHeader : ShortPageHeader;
+            var segment = WalSegment.Containing(timeline, pos, segmentSize);
+            var path = Path.Combine(walDir, segment.Name);
+            if (!File.Exists(path)) return null;
+            var take = (int)Math.Min((ulong)(header.Length - got), WalPageSize - pos % WalPageSize);
+            using (var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
+            {
+                fs.Position = (long)(pos - segment.Start);
+                if (fs.ReadAtLeast(header.AsSpan(got, take), take, throwOnEndOfStream: false) < take) return null;
+            }
+            got += take;
+            pos += (ulong)take;
         }
         var total = BinaryPrimitives.ReadUInt32LittleEndian(header);
-        if (total == 0) return null;
+        var prev = BinaryPrimitives.ReadUInt64LittleEndian(header.AsSpan(8));
+        if (total < 24 || prev != previous) return null;
         return Spread(start, total, segmentSize);
+    }
+
+    /// <summary>The start of the last record replayed, from PostgreSQL's log ("redo done at X/Y"); null when absent.</summary>
+    public static ulong? RedoDoneAt(string log)
+    {
+        const string marker = "redo done at ";
+        var i = log.LastIndexOf(marker, StringComparison.Ordinal);
+        if (i < 0) return null;
+        var text = new string(log.AsSpan(i + marker.Length).ToArray().TakeWhile(c => char.IsAsciiHexDigit(c) || c == '/').ToArray());
+        try { return Lsn.Parse(text); }
+        catch (FormatException) { return null; }
     }
 
     /// <summary>The end of <paramref name="length"/> bytes of one record written from <paramref name="start"/>, page headers skipped.</summary>

@@ -463,6 +463,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             postgres --single -D "$D/pgdata" -c config_file=/etc/dingo/restore.conf postgres < /etc/dingo/.restore.sql > /dev/null
             rm -f /etc/dingo/.restore.sql
             h=$(ls "$D/pgdata/pg_wal" | grep -E '^[0-9A-F]{8}[.]history$' | sort | tail -n 1)
+            grep -o 'redo done at [0-9A-F]*/[0-9A-F]*' /tmp/restore.log | tail -n 1 || true
             if [ -n "$h" ]; then printf 'dingo-recovery-end %s %s\n' "$h" "$(grep -v '^#' "$D/pgdata/pg_wal/$h" | tail -n 1)"; fi
             exit 0
           fi
@@ -513,7 +514,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             // is created only once recovery reached what was asked.
             var end = RecoveryEndFrom(restored!.Output);
             var verdict = Dingo.Backups.RestoreVerification.Decide(input.Goal, end,
-                end is null ? null : Dingo.Backups.RestoreVerification.RecordEndAt(input.WalDir, end.Timeline, end.Lsn, Dingo.Backups.WalSegment.DefaultSize));
+                end is null ? null : Dingo.Backups.RestoreVerification.RecordEndAt(input.WalDir, end.Timeline, end.Lsn,
+                Dingo.Backups.RestoreVerification.RedoDoneAt(restored!.Output), Dingo.Backups.WalSegment.DefaultSize));
             if (!verdict.Ok) throw new Dingo.Backups.RestoreException(verdict.Sentence);
             _logger.LogInformation("Node {NodeId}: {Verdict}", spec.NodeId, verdict.Sentence);
             await CreateNodeContainerAsync(spec, limits, cancellationToken).ConfigureAwait(false);

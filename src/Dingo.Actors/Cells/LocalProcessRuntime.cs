@@ -509,13 +509,14 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         await WriteSettingsAsync(spec, null, paths, identity, cancellationToken);
         await EnsureIncludeLineAsync(paths, cancellationToken);
         var target = input.TargetTime;
+        long recoveryLogStart = 0;
         for (var attempt = 0; ; attempt++)
         {
             await WriteRestoreSettingsAsync(paths, input.WalDir, target, identity, cancellationToken);
             var signal = Path.Combine(paths.PgData, "recovery.signal");
             await File.WriteAllTextAsync(signal, "", cancellationToken);
             ChownIfNeeded(signal, identity);
-            var logStart = File.Exists(paths.LogFile) ? new FileInfo(paths.LogFile).Length : 0;
+            var logStart = recoveryLogStart = File.Exists(paths.LogFile) ? new FileInfo(paths.LogFile).Length : 0;
             var result = await RunToolAsync(identity, "pg_ctl", paths.NodeDir, cancellationToken, "-D", paths.PgData, "-l", paths.LogFile, "-W", "start");
             if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_ctl start (restore)", result);
             var outcome = await WaitForRecoveryAsync(paths, logStart, cancellationToken);
@@ -536,7 +537,8 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         // only once it reached what was asked.
         var end = Dingo.Backups.RecoveryEnd.ReadFromPgWal(Path.Combine(paths.PgData, "pg_wal"));
         var verdict = Dingo.Backups.RestoreVerification.Decide(input.Goal, end,
-            end is null ? null : Dingo.Backups.RestoreVerification.RecordEndAt(input.WalDir, end.Timeline, end.Lsn, Dingo.Backups.WalSegment.DefaultSize));
+            end is null ? null : Dingo.Backups.RestoreVerification.RecordEndAt(input.WalDir, end.Timeline, end.Lsn,
+                Dingo.Backups.RestoreVerification.RedoDoneAt(ReadLogSince(paths.LogFile, recoveryLogStart)), Dingo.Backups.WalSegment.DefaultSize));
         if (!verdict.Ok)
         {
             await StopCoreAsync(spec.NodeId, paths, "immediate", cancellationToken);

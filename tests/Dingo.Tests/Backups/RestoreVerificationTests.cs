@@ -126,6 +126,32 @@ public sealed class RestoreVerificationTests
     }
 
     [Fact]
+    public void Only_a_record_that_follows_the_last_one_replayed_counts_as_still_being_written()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "dingo-verify-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dir);
+        try
+        {
+            var segment = new byte[2 * RestoreVerification.WalPageSize];
+            var at = Lsn.Parse("0/3000100");
+            BitConverter.TryWriteBytes(segment.AsSpan(0x100), 100u);
+            BitConverter.TryWriteBytes(segment.AsSpan(0x108), Lsn.Parse("0/3000080"));
+            File.WriteAllBytes(Path.Combine(dir, "000000010000000000000003"), segment);
+            Assert.Equal(at + 100, RestoreVerification.RecordEndAt(dir, 1, at, Lsn.Parse("0/3000080"), Seg));
+            Assert.Null(RestoreVerification.RecordEndAt(dir, 1, at, Lsn.Parse("0/3000040"), Seg)); // another branch's bytes
+            Assert.Null(RestoreVerification.RecordEndAt(dir, 1, at, null, Seg));
+            Assert.Null(RestoreVerification.RecordEndAt(dir, 1, at + 0x200, Lsn.Parse("0/3000080"), Seg)); // zeros
+            Assert.Null(RestoreVerification.RecordEndAt(dir, 2, at, Lsn.Parse("0/3000080"), Seg)); // no such file
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+        Assert.Equal(Lsn.Parse("0/5000F28"), RestoreVerification.RedoDoneAt("LOG:  redo starts at 0/2000028\nLOG:  redo done at 0/5000F28 system usage: CPU: user: 0.00 s\n"));
+        Assert.Null(RestoreVerification.RedoDoneAt("LOG:  redo is not required\n"));
+    }
+
+    [Fact]
     public void A_record_crossing_a_page_ends_after_the_next_pages_header()
     {
         Assert.Equal(8150ul + 40, RestoreVerification.Spread(8150, 40, Seg));
