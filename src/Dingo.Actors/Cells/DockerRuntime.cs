@@ -462,9 +462,14 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
             postgres --single -D "$D/pgdata" -c config_file=/etc/dingo/restore.conf postgres < /etc/dingo/.restore.sql > /dev/null
             rm -f /etc/dingo/.restore.sql
-            h=$(ls "$D/pgdata/pg_wal" | grep -E '^[0-9A-F]{8}[.]history$' | sort | tail -n 1)
-            grep -o 'redo done at [0-9A-F]*/[0-9A-F]*' /tmp/restore.log | tail -n 1 || true
-            if [ -n "$h" ]; then printf 'dingo-recovery-end %s %s\n' "$h" "$(grep -v '^#' "$D/pgdata/pg_wal/$h" | tail -n 1)"; fi
+            grep -o 'redo done at [0-9A-F]*/[0-9A-F]*' /tmp/restore.log || true
+            h=""
+            for f in "$D"/pgdata/pg_wal/*.history; do if [ -f "$f" ]; then h="$f"; fi; done
+            last=""
+            if [ -n "$h" ]; then
+              while IFS= read -r line || [ -n "$line" ]; do case "$line" in '#'*|'') ;; *) last="$line" ;; esac; done < "$h"
+              printf 'dingo-recovery-end %s %s\n' "${h##*/}" "$last"
+            fi
             exit 0
           fi
           sleep 0.2
