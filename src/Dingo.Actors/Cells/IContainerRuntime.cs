@@ -40,7 +40,9 @@ public interface IContainerRuntime
     /// <summary>
     /// Replaces the node's data with a base backup and replays archived WAL up to the target time (or to the end),
     /// ending on a new timeline as a writable primary; the node is left stopped with initialised data. When nothing
-    /// was committed after the target, recovery to the end gives the same data and is what happens.
+    /// was committed after the target, recovery to the end gives the same data and is what happens. Where recovery
+    /// ended is checked against <see cref="RestoreInput.Goal"/> first: short of it, this throws a
+    /// <see cref="Dingo.Backups.RestoreException"/> with the reason and the node's data does not count as initialised.
     /// </summary>
     Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken cancellationToken);
 

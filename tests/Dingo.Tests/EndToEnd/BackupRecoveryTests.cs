@@ -230,15 +230,20 @@ public sealed class BackupRecoveryTests(ITestOutputHelper output)
         }.ToJsonString());
 
     /// <summary>Waits until a base backup exists and the archive holds everything committed so far.</summary>
+    /// <remarks>
+    /// The archive's position counts only on the primary's own timeline: after a failover, the dead leader's last report
+    /// (its old timeline, possibly further on than the new leader's first writes) stays until the new leader reports.
+    /// </remarks>
     internal static async Task WaitArchivedAsync(TestPlatform platform, string id, string uri)
     {
         var lsn = Lsn.Parse((string)(await ScalarAsync(uri, "SELECT pg_current_wal_lsn()::text"))!);
+        var timeline = Convert.ToUInt32(((string)(await ScalarAsync(uri, "SELECT pg_walfile_name(pg_current_wal_lsn())"))!)[..8], 16);
         await Eventually.UntilAsync(async () =>
         {
             var (status, body) = await platform.SendAsync(HttpMethod.Get, $"/admin/service_instances/{id}/backups");
             if (status != 200 || body["archive"] is not JsonObject archive || body["base_backups"] is not JsonArray { Count: > 0 }) return false;
-            return Lsn.Parse((string)archive["archivedLsn"]!) >= lsn;
-        }, TimeSpan.FromSeconds(60), $"{id}: a base backup and WAL archived up to {Lsn.Format(lsn)}");
+            return (uint)archive["timeline"]! == timeline && Lsn.Parse((string)archive["archivedLsn"]!) >= lsn;
+        }, TimeSpan.FromSeconds(60), $"{id}: a base backup and WAL archived up to {Lsn.Format(lsn)} on timeline {timeline}");
     }
 
     private static async Task ExecAsync(string uri, string sql)
