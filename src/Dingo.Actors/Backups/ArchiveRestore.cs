@@ -10,7 +10,10 @@ namespace Dingo.Backups;
 /// </summary>
 public sealed class ArchiveRestore(IObjectStore store, ILogger logger)
 {
-    public sealed record Prepared(RestoreInput Input, BaseBackupManifest Backup, int Segments, DateTimeOffset? ArchiveEnd);
+    public sealed record Prepared(RestoreInput Input, BaseBackupManifest Backup, int Segments, DateTimeOffset? ArchiveEnd)
+    {
+        public RestoreGoal Goal => Input.Goal;
+    }
 
     /// <summary>The newest complete base backup finished no later than <paramref name="target"/> (any, without one).</summary>
     public async Task<BaseBackupManifest> ChooseAsync(string instanceId, DateTimeOffset? target, CancellationToken ct)
@@ -22,7 +25,13 @@ public sealed class ArchiveRestore(IObjectStore store, ILogger logger)
                ?? throw new RestoreException($"no base backup of instance {instanceId} finished before {target:O}; the oldest finished at {backups[0].FinishedAt:O}");
     }
 
-    public async Task<Prepared> PrepareAsync(string instanceId, DateTimeOffset? target, string dir, CancellationToken ct)
+    /// <summary>
+    /// Downloads what the restore needs and says what it must reach (<see cref="RestoreGoal"/>). A restore to the
+    /// latest state that the archive already cannot give (a missing segment, less stored than the archiver claimed)
+    /// is refused here with the reason; a point-in-time restore is judged by where its recovery stops.
+    /// </summary>
+    /// <param name="claim">what the archiver last said it stored, read before the listing (so the listing holds all of it)</param>
+    public async Task<Prepared> PrepareAsync(string instanceId, DateTimeOffset? target, string dir, CancellationToken ct, ArchiveClaim? claim = null)
     {
         var backup = await ChooseAsync(instanceId, target, ct).ConfigureAwait(false);
         if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
@@ -49,6 +58,13 @@ public sealed class ArchiveRestore(IObjectStore store, ILogger logger)
             await using var fs = File.Create(Path.Combine(walDir, $"{tli:X8}.history"));
             await store.GetAsync(ArchiveLayout.History(instanceId, backup.SystemId, tli), fs, ct).ConfigureAwait(false);
         }
+        var newest = catalog.Histories.DefaultIfEmpty(0u).Max();
+        var history = newest == 0 ? new Dictionary<uint, ulong>()
+            : WalArchiver.ParseHistory(await File.ReadAllBytesAsync(Path.Combine(walDir, $"{newest:X8}.history"), ct).ConfigureAwait(false))
+                .GroupBy(h => h.Timeline).ToDictionary(g => g.Key, g => g.Last().End);
+        var goal = RestoreVerification.Goal(instanceId, catalog, backup, history, claim, target);
+        if (target is null && goal.Problem is not null)
+            throw new RestoreException($"restore of {instanceId} to its latest state refused: {goal.Problem}");
         foreach (var segment in catalog.Segments.Values.Where(s => s.Number >= first))
         {
             await using var fs = File.Create(Path.Combine(walDir, segment.Name));
@@ -72,9 +88,9 @@ public sealed class ArchiveRestore(IObjectStore store, ILogger logger)
             await File.WriteAllBytesAsync(Path.Combine(walDir, name), bytes, ct).ConfigureAwait(false);
             count++;
         }
-        logger.LogInformation("restore of {Instance}: base backup {Label} ({Finished:O}), {Count} WAL segments, target {Target}",
-            instanceId, backup.Label, backup.FinishedAt, count, target?.ToString("O") ?? "latest");
-        return new Prepared(new RestoreInput(baseDir, walDir, target), backup, count, catalog.LastWrite);
+        logger.LogInformation("restore of {Instance}: base backup {Label} ({Finished:O}), {Count} WAL segments, target {Target}, must reach {Goal}{Problem}",
+            instanceId, backup.Label, backup.FinishedAt, count, target?.ToString("O") ?? "latest", goal.Describe(), goal.Problem is null ? "" : $" (archive problem: {goal.Problem})");
+        return new Prepared(new RestoreInput(baseDir, walDir, target) { Goal = goal }, backup, count, catalog.LastWrite);
     }
 }
 

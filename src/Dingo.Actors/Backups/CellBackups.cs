@@ -19,9 +19,16 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
     public BackupDuty Lead(string instanceId, string nodeId, string host, int port, Credentials superuser, bool baseBackupNow) =>
         new(this, instanceId, nodeId, host, port, superuser, baseBackupNow);
 
-    /// <summary>Downloads what restoring <paramref name="source"/> needs into this node's scratch folder.</summary>
-    public async Task<ArchiveRestore.Prepared> PrepareRestoreAsync(RestoreSource source, string nodeId, CancellationToken ct) =>
-        await new ArchiveRestore(store, logger).PrepareAsync(source.InstanceId, source.PointInTime, Path.Combine(workRoot, "restore", nodeId), ct).ConfigureAwait(false);
+    /// <summary>
+    /// Downloads what restoring <paramref name="source"/> needs into this node's scratch folder. What the source's
+    /// archiver last reported (etcd) is read first: the archive must hold at least that much for a restore to latest.
+    /// </summary>
+    public async Task<ArchiveRestore.Prepared> PrepareRestoreAsync(RestoreSource source, string nodeId, CancellationToken ct)
+    {
+        var state = (await etcd.GetAsync<BackupState>(etcd.Keys.Backup(source.InstanceId), ct).ConfigureAwait(false))?.Value;
+        var claim = state is null ? null : new ArchiveClaim(state.SystemId, state.Timeline, Lsn.Parse(state.ArchivedLsn), state.NodeId, state.UpdatedAt);
+        return await new ArchiveRestore(store, logger).PrepareAsync(source.InstanceId, source.PointInTime, Path.Combine(workRoot, "restore", nodeId), ct, claim).ConfigureAwait(false);
+    }
 
     public void CleanRestore(string nodeId)
     {
@@ -151,7 +158,9 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             var since = last?.At ?? _last!.FinishedAt;
             _nextDrillCheck = DateTime.UtcNow + TimeSpan.FromSeconds(requested ? 0 : 5);
             if (!requested && (interval <= TimeSpan.Zero || since + interval > DateTimeOffset.UtcNow)) return;
-            var result = await drill.RunAsync(_instanceId, _superuser, ct).ConfigureAwait(false);
+            var p = _archiver.Progress;
+            var claim = p.SystemId == 0 ? null : new ArchiveClaim(p.SystemId, p.Timeline, p.ArchivedLsn, _nodeId, p.LastUpload);
+            var result = await drill.RunAsync(_instanceId, _superuser, ct, claim).ConfigureAwait(false);
             await etcd.PutAsync(etcd.Keys.Drill(_instanceId), result, ct).ConfigureAwait(false);
             await etcd.DeleteAsync(etcd.Keys.DrillRequest(_instanceId), ct).ConfigureAwait(false);
         }

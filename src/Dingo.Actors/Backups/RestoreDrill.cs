@@ -16,7 +16,8 @@ namespace Dingo.Backups;
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class RestoreDrill(IObjectStore store, string workRoot, string postgresBin, string? runAsUser, ILoggerFactory loggers)
 {
-    public async Task<DrillResult> RunAsync(string instanceId, Credentials superuser, CancellationToken ct)
+    /// <param name="claim">how far the leader's archiver says the archive reaches: the drill must restore at least that far</param>
+    public async Task<DrillResult> RunAsync(string instanceId, Credentials superuser, CancellationToken ct, ArchiveClaim? claim = null)
     {
         var watch = Stopwatch.StartNew();
         var logger = loggers.CreateLogger("Dingo.Backups.Drill");
@@ -26,13 +27,13 @@ public sealed class RestoreDrill(IObjectStore store, string workRoot, string pos
         string? label = null;
         try
         {
-            var prepared = await new ArchiveRestore(store, logger).PrepareAsync(instanceId, null, Path.Combine(root, "restore", instanceId), ct).ConfigureAwait(false);
+            var prepared = await new ArchiveRestore(store, logger).PrepareAsync(instanceId, null, Path.Combine(root, "restore", instanceId), ct, claim).ConfigureAwait(false);
             label = prepared.Backup.Label;
             var spec = new NodeLaunchSpec(nodeId, instanceId, "127.0.0.1", FreePort(), superuser);
             await runtime.RestoreAsync(spec, prepared.Input, ct).ConfigureAwait(false);
             await runtime.StartAsync(spec, null, ct).ConfigureAwait(false);
             var check = await CheckAsync(spec, ct).ConfigureAwait(false);
-            var detail = $"restored base backup {label} and {prepared.Segments} WAL segment(s) in {watch.Elapsed.TotalSeconds:0.0}s; {check}";
+            var detail = $"restored base backup {label} and {prepared.Segments} WAL segment(s) up to {Lsn.Format(prepared.Goal.End)} on timeline {prepared.Goal.Timeline} in {watch.Elapsed.TotalSeconds:0.0}s; {check}";
             logger.LogInformation("restore drill of {Instance}: {Detail}", instanceId, detail);
             return new DrillResult { InstanceId = instanceId, Ok = true, Detail = detail, BaseBackup = label, Seconds = watch.Elapsed.TotalSeconds, At = DateTimeOffset.UtcNow };
         }

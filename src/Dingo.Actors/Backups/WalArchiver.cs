@@ -170,8 +170,10 @@ public sealed class WalArchiver
         _restartAtCurrent = false;
         slot = await EnsureSlotAsync(conn, ct).ConfigureAwait(false);
         var xlogPos = (ulong)system.XLogPos;
-        // What the store already holds counts as archived from the start (not zero until the first upload).
-        var resumeAt = plan.Count > 0 ? plan[^1].From : xlogPos;
+        // What the store already holds counts as archived from the start (not zero until the first upload): everything
+        // before the first position the plan still has to store, older timelines' fills included. (The start of the
+        // current timeline's stream is no such point while an older timeline's tail is still missing.)
+        var resumeAt = plan.Count > 0 ? plan.Min(p => p.From) : xlogPos;
         Update(p => p with { SystemId = systemId, Timeline = current, ServerLsn = Math.Max(p.ServerLsn, xlogPos), ArchivedLsn = Math.Max(p.ArchivedLsn, resumeAt) });
         }
         foreach (var (timeline, from) in plan)

@@ -444,7 +444,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     // Recovery from a base backup and archived WAL uploaded into the volume beforehand: PostgreSQL replays with no TCP
     // listener, promotes, stops; then single-user mode gives the superuser this instance's password. Exit 3: the
-    // recovery target was never reached (nothing committed after it), so the caller replays to the end instead.
+    // recovery target was never reached (nothing committed after it), so the caller replays to the end instead. The
+    // last line says where recovery ended (the new timeline's history), for the check that it reached what was asked.
     private const string RestoreScript = """
         set -e
         D=/var/lib/postgresql/data
@@ -461,6 +462,14 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
             postgres --single -D "$D/pgdata" -c config_file=/etc/dingo/restore.conf postgres < /etc/dingo/.restore.sql > /dev/null
             rm -f /etc/dingo/.restore.sql
+            grep -o 'redo done at [0-9A-F]*/[0-9A-F]*' /tmp/restore.log || true
+            h=""
+            for f in "$D"/pgdata/pg_wal/*.history; do if [ -f "$f" ]; then h="$f"; fi; done
+            last=""
+            if [ -n "$h" ]; then
+              while IFS= read -r line || [ -n "$line" ]; do case "$line" in '#'*|'') ;; *) last="$line" ;; esac; done < "$h"
+              printf 'dingo-recovery-end %s %s\n' "${h##*/}" "$last"
+            fi
             exit 0
           fi
           sleep 0.2
@@ -491,9 +500,11 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             var limits = await PrepareVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
             await WipeAsync(spec, limits, cancellationToken).ConfigureAwait(false);
             var target = input.TargetTime;
+            ToolResult? restored = null;
             for (var attempt = 0; ; attempt++)
             {
                 var result = await RunRestoreToolAsync(spec, input, target, limits, cancellationToken).ConfigureAwait(false);
+                restored = result;
                 if (result.ExitCode == 0) break;
                 if (result.ExitCode == 3 && target is not null && attempt == 0)
                 {
@@ -504,6 +515,14 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
                 }
                 throw ToolFailure(spec.NodeId, "recovery from the backup", result);
             }
+            // Promoted is not enough: recovery also ends early where WAL is missing. The node container (the marker)
+            // is created only once recovery reached what was asked.
+            var end = RecoveryEndFrom(restored!.Output);
+            var verdict = Dingo.Backups.RestoreVerification.Decide(input.Goal, end,
+                end is null ? null : Dingo.Backups.RestoreVerification.RecordEndAt(input.WalDir, end.Timeline, end.Lsn,
+                Dingo.Backups.RestoreVerification.RedoDoneAt(restored!.Output), Dingo.Backups.WalSegment.DefaultSize));
+            if (!verdict.Ok) throw new Dingo.Backups.RestoreException(verdict.Sentence);
+            _logger.LogInformation("Node {NodeId}: {Verdict}", spec.NodeId, verdict.Sentence);
             await CreateNodeContainerAsync(spec, limits, cancellationToken).ConfigureAwait(false);
             _logger.LogInformation("Node {NodeId}: restored from a base backup and archived WAL (target {Target})", spec.NodeId, input.TargetTime?.ToString("O") ?? "latest");
         }
@@ -511,6 +530,18 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         {
             Changed();
         }
+    }
+
+    /// <summary>The restore script's last word: "dingo-recovery-end 0000000N.history parentTLI switchpoint reason".</summary>
+    internal static Dingo.Backups.RecoveryEnd? RecoveryEndFrom(string output)
+    {
+        const string prefix = "dingo-recovery-end ";
+        var line = output.Split('\n').Select(l => l.TrimEnd('\r')).LastOrDefault(l => l.StartsWith(prefix, StringComparison.Ordinal));
+        if (line is null) return null;
+        var rest = line[prefix.Length..];
+        var space = rest.IndexOf(' ', StringComparison.Ordinal);
+        if (space != 16 || !uint.TryParse(rest.AsSpan(0, 8), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out var tli)) return null;
+        return Dingo.Backups.RecoveryEnd.Parse(tli, rest[(space + 1)..]);
     }
 
     /// <summary>The image and the node's volume ready for a tool that writes its data; returns the plan's limits for it.</summary>

@@ -40,7 +40,9 @@ public interface IContainerRuntime
     /// <summary>
     /// Replaces the node's data with a base backup and replays archived WAL up to the target time (or to the end),
     /// ending on a new timeline as a writable primary; the node is left stopped with initialised data. When nothing
-    /// was committed after the target, recovery to the end gives the same data and is what happens.
+    /// was committed after the target, recovery to the end gives the same data and is what happens. Where recovery
+    /// ended is checked against <see cref="RestoreInput.Goal"/> first: short of it, this throws a
+    /// <see cref="Dingo.Backups.RestoreException"/> with the reason and the node's data does not count as initialised.
     /// </summary>
     Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken cancellationToken);
 
@@ -90,4 +92,8 @@ public sealed record StandbyConfig(ReplicationSource? Primary, string SlotName, 
 /// <param name="BackupDir">base.tar (and pg_wal.tar) as pg_basebackup -Ft wrote them</param>
 /// <param name="WalDir">archived WAL segments and timeline history files, by their PostgreSQL names</param>
 /// <param name="TargetTime">replay commits up to this moment; null: everything archived</param>
-public sealed record RestoreInput(string BackupDir, string WalDir, DateTimeOffset? TargetTime);
+public sealed record RestoreInput(string BackupDir, string WalDir, DateTimeOffset? TargetTime)
+{
+    /// <summary>What recovery must reach (from the archive's listing); the runtime checks it before the node counts as restored.</summary>
+    public required Dingo.Backups.RestoreGoal Goal { get; init; }
+}

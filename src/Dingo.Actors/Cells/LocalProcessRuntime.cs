@@ -572,13 +572,14 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         await WriteSettingsAsync(spec, null, paths, identity, cancellationToken);
         await EnsureIncludeLineAsync(paths, cancellationToken);
         var target = input.TargetTime;
+        long recoveryLogStart = 0;
         for (var attempt = 0; ; attempt++)
         {
             await WriteRestoreSettingsAsync(paths, input.WalDir, target, identity, cancellationToken);
             var signal = Path.Combine(paths.PgData, "recovery.signal");
             await File.WriteAllTextAsync(signal, "", cancellationToken);
             ChownIfNeeded(signal, identity);
-            var logStart = File.Exists(paths.LogFile) ? new FileInfo(paths.LogFile).Length : 0;
+            var logStart = recoveryLogStart = File.Exists(paths.LogFile) ? new FileInfo(paths.LogFile).Length : 0;
             var result = await RunToolAsync(identity, "pg_ctl", paths.NodeDir, cancellationToken, "-D", paths.PgData, "-l", paths.LogFile, "-W", "start");
             if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_ctl start (restore)", result);
             var outcome = await WaitForRecoveryAsync(paths, logStart, cancellationToken);
@@ -594,6 +595,19 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             }
             throw new InvalidOperationException($"Node {spec.NodeId}: recovery from the backup failed: {LastLines(ReadLogTail(paths.LogFile), 8)}");
         }
+
+        // Promoted is not enough: recovery also ends early where WAL is missing. The node counts as restored (marker)
+        // only once it reached what was asked.
+        var end = Dingo.Backups.RecoveryEnd.ReadFromPgWal(Path.Combine(paths.PgData, "pg_wal"));
+        var verdict = Dingo.Backups.RestoreVerification.Decide(input.Goal, end,
+            end is null ? null : Dingo.Backups.RestoreVerification.RecordEndAt(input.WalDir, end.Timeline, end.Lsn,
+                Dingo.Backups.RestoreVerification.RedoDoneAt(ReadLogSince(paths.LogFile, recoveryLogStart)), Dingo.Backups.WalSegment.DefaultSize));
+        if (!verdict.Ok)
+        {
+            await StopCoreAsync(spec.NodeId, paths, "immediate", cancellationToken);
+            throw new Dingo.Backups.RestoreException(verdict.Sentence);
+        }
+        _logger.LogInformation("Node {NodeId}: {Verdict}", spec.NodeId, verdict.Sentence);
 
         // The restored roles carry the source's passwords: give the superuser this instance's password.
         await SetSuperuserPasswordAsync(paths, spec.Port, spec.Superuser, cancellationToken);

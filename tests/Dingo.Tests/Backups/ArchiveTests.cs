@@ -192,6 +192,51 @@ public sealed class ArchiveTests : IAsyncLifetime
         Assert.True((int)(await ScalarAsync(c, "SELECT timeline_id FROM pg_control_checkpoint()"))! >= 3);
     }
 
+    [Fact]
+    public async Task A_restore_that_cannot_reach_the_archives_end_fails_with_the_reason_instead_of_succeeding_short()
+    {
+        var store = Store("local");
+        var a = Spec("node-a");
+        await _runtime.CreateAsync(a, Ct());
+        await _runtime.StartAsync(a, null, Ct());
+        await WaitServingAsync(a);
+        await ExecAsync(a, "CREATE TABLE t(id int primary key)");
+        using var stop = new CancellationTokenSource();
+        var archiver = NewArchiver(store, a);
+        var run = archiver.RunAsync(stop.Token);
+        await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-a", "127.0.0.1", a.Port, _superuser, Pg, Path.Combine(_root, "work"), Ct());
+        // Rows in three segments: two complete ones, and the one being written (stored in pieces).
+        for (var i = 1; i <= 30; i++)
+        {
+            await ExecAsync(a, $"INSERT INTO t VALUES ({i})");
+            if (i % 10 == 0 && i < 30) await ScalarAsync(a, "SELECT pg_switch_wal()");
+        }
+        var end = await CurrentLsnAsync(a);
+        await Eventually.UntilAsync(() => Task.FromResult(archiver.Progress.ArchivedLsn >= end), TimeSpan.FromSeconds(30), $"archive reaches {Lsn.Format(end)}");
+        await stop.CancelAsync();
+        await run;
+        var sys = await SystemIdAsync(a);
+        var last = (await store.ListAsync(ArchiveLayout.Wal(_instance, sys))).Select(o => o.Key[(o.Key.LastIndexOf('/') + 1)..])
+            .Where(n => WalSegment.TryParse(n, WalSegment.DefaultSize, out _)).Max(StringComparer.Ordinal)!;
+        var key = ArchiveLayout.Wal(_instance, sys) + last;
+
+        // Damaged in the store (right size, no WAL in it): the listing looks whole, PostgreSQL stops at the damage
+        // and promotes; the restore must say so instead of handing out the rows before it.
+        using (var zeros = new MemoryStream(new byte[WalSegment.DefaultSize])) await store.PutAsync(key, zeros);
+        var damaged = await Assert.ThrowsAsync<RestoreException>(() => RestoreAsync(store, "node-b", null));
+        _output.WriteLine(damaged.Message);
+        Assert.Contains("could not be replayed", damaged.Message, StringComparison.Ordinal);
+        Assert.Contains($"recovery ended at {Lsn.Format(WalSegment.TryParse(last, WalSegment.DefaultSize, out var seg) ? seg.Start : 0)}", damaged.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(await _runtime.ListAsync(Ct()), n => n.NodeId == "node-b" && n.Initialised);
+
+        // Missing from the store: refused before anything is replayed, naming the segment.
+        await store.DeleteAsync(key);
+        var missing = await Assert.ThrowsAsync<RestoreException>(() => RestoreAsync(store, "node-c", null));
+        _output.WriteLine(missing.Message);
+        Assert.Contains($"WAL segment {last} is missing from the archive", missing.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(await _runtime.ListAsync(Ct()), n => n.NodeId == "node-c" && n.Initialised);
+    }
+
     private const string Pg = "/usr/lib/postgresql/15/bin";
 
     private WalArchiver NewArchiver(IObjectStore store, NodeLaunchSpec spec) =>

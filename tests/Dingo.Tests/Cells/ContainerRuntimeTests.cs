@@ -293,6 +293,53 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
         }
     }
 
+    [Fact]
+    public async Task A_restore_that_stops_short_of_the_archives_end_fails_and_leaves_the_node_unrestored()
+    {
+        var a = NewSpec("node-a");
+        await Runtime.CreateAsync(a, Ct());
+        await Runtime.StartAsync(a, null, Ct());
+        await WaitUntilServingAsync(a);
+        await ExecAsync(a, "CREATE TABLE t(v int)");
+        var root = Path.Combine("/tmp", "dingo-rt-short-" + Guid.NewGuid().ToString("N")[..10]);
+        var log = new TestOutputLogger(Output);
+        try
+        {
+            var store = new Dingo.Backups.LocalFolderObjectStore(Path.Combine(root, "store"));
+            using var stop = new CancellationTokenSource();
+            var archiver = new Dingo.Backups.WalArchiver(store, "short-1", a.ListenAddress, a.Port, a.Superuser, Path.Combine(root, "spool"), new Dingo.Backups.WalArchiverOptions(), log);
+            var run = archiver.RunAsync(stop.Token);
+            var system = (ulong)(long)(await ScalarAsync(a, "SELECT system_identifier FROM pg_control_system()"))!;
+            await new Dingo.Backups.BaseBackups(store, log).TakeAsync("short-1", system, a.NodeId, a.ListenAddress, a.Port, a.Superuser, "/usr/lib/postgresql/15/bin", Path.Combine(root, "work"), Ct());
+            for (var i = 1; i <= 20; i++)
+            {
+                await ExecAsync(a, $"INSERT INTO t VALUES ({i})");
+                if (i == 10) await ScalarAsync(a, "SELECT pg_switch_wal()");
+            }
+            var end = Dingo.Backups.Lsn.Parse((string)(await ScalarAsync(a, "SELECT pg_current_wal_flush_lsn()::text"))!);
+            await Eventually.UntilAsync(() => Task.FromResult(archiver.Progress.ArchivedLsn >= end), TimeSpan.FromSeconds(30), "the archive has every commit");
+            await stop.CancelAsync();
+            await run;
+            await Runtime.RemoveAsync(a.NodeId, Ct());
+            // The segment with rows 1-10 is damaged in the store (its size intact): recovery stops before it.
+            var wal = Dingo.Backups.ArchiveLayout.Wal("short-1", system);
+            var last = (await store.ListAsync(wal)).Select(o => o.Key).Where(k => Dingo.Backups.WalSegment.TryParse(k[wal.Length..], Dingo.Backups.WalSegment.DefaultSize, out _)).Max(StringComparer.Ordinal)!;
+            using (var zeros = new MemoryStream(new byte[Dingo.Backups.WalSegment.DefaultSize])) await store.PutAsync(last, zeros);
+
+            var prepared = await new Dingo.Backups.ArchiveRestore(store, log).PrepareAsync("short-1", null, Path.Combine(root, "restore"), Ct());
+            var b = NewSpec("node-b");
+            var short_ = await Assert.ThrowsAsync<Dingo.Backups.RestoreException>(() => Runtime.RestoreAsync(b, prepared.Input, Ct()));
+            Output.WriteLine(short_.Message);
+            Assert.Contains("could not be replayed", short_.Message, StringComparison.Ordinal);
+            Assert.DoesNotContain(await Runtime.ListAsync(Ct()), n => n.NodeId == b.NodeId && n.Initialised);
+            await Runtime.RemoveAsync(b.NodeId, Ct());
+        }
+        finally
+        {
+            try { Directory.Delete(root, recursive: true); } catch (DirectoryNotFoundException) { }
+        }
+    }
+
     // ---- helpers ----
 
     protected static NodeLaunchSpec NewSpec(string nodeId) =>

@@ -186,23 +186,64 @@ public sealed class BackupRecoveryTests(ITestOutputHelper output)
         Assert.Equal(100L, await RetryAsync(() => ScalarAsync(cloneUri, "SELECT count(*) FROM t"), TimeSpan.FromSeconds(30)));
     }
 
-    private static Task<(int Status, JsonObject Body)> Provision(TestPlatform platform, string id, JsonObject parameters) =>
+    [Fact]
+    public async Task A_clone_whose_archive_lacks_a_segment_fails_with_the_reason_instead_of_succeeding_short()
+    {
+        await using var platform = await TestPlatform.StartAsync(cells: 1);
+        var id = "gap-" + Guid.NewGuid().ToString("N")[..8];
+        await platform.ProvisionReadyAsync(id);
+        var uri = (string)(await platform.BindAsync(id, "b1"))["uri"]!;
+        await ExecAsync(uri, "CREATE TABLE t(v int, pad text)");
+        await WaitArchivedAsync(platform, id, uri);
+        // After the base backup: enough WAL for complete segments (16 MiB each), then rows in the segment being written.
+        await ExecAsync(uri, "INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 40000) g");
+        for (var i = 1; i <= 10; i++) await ExecAsync(uri, $"INSERT INTO t VALUES (-{i}, '')");
+        await WaitArchivedAsync(platform, id, uri);
+        var (_, backups) = await platform.SendAsync(HttpMethod.Get, $"/admin/service_instances/{id}/backups");
+        var backupEnd = Lsn.Parse((string)backups["base_backups"]!.AsArray()[^1]!["end_lsn"]!);
+
+        // The newest complete segment goes missing from the store (a lost object, an operator's mistake).
+        var store = new LocalFolderObjectStore(platform.Settings.Backups!.Store.Folder);
+        var segments = (await store.ListAsync(ArchiveLayout.Systems(id))).Where(o => o.Key.Contains("/wal/", StringComparison.Ordinal)
+            && WalSegment.TryParse(o.Key[(o.Key.LastIndexOf('/') + 1)..], WalSegment.DefaultSize, out _)).Select(o => o.Key).Order(StringComparer.Ordinal).ToList();
+        Assert.True(segments.Count >= 2, string.Join(", ", segments));
+        var lost = segments[^1];
+        var name = lost[(lost.LastIndexOf('/') + 1)..];
+        Assert.True(WalSegment.TryParse(name, WalSegment.DefaultSize, out var gone) && gone.Start > backupEnd, $"{name} must come after the base backup (ends {Lsn.Format(backupEnd)})");
+        await store.DeleteAsync(lost);
+        output.WriteLine($"deleted {lost}");
+
+        var clone = "gapc-" + Guid.NewGuid().ToString("N")[..8];
+        var (accepted, answer) = await Provision(platform, clone, new JsonObject { ["clone-from"] = id }, Model.Catalog.SoloPlanId);
+        Assert.True(accepted == 202, answer.ToJsonString());
+        var result = await platform.WaitForOperationAsync(clone, TimeSpan.FromSeconds(240));
+        output.WriteLine(result.ToJsonString());
+        Assert.Equal("failed", (string?)result["state"]);
+        Assert.Contains($"WAL segment {name} is missing from the archive", (string?)result["description"], StringComparison.Ordinal);
+    }
+
+    private static Task<(int Status, JsonObject Body)> Provision(TestPlatform platform, string id, JsonObject parameters, string plan = Model.Catalog.ClusterPlanId) =>
         platform.SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", new JsonObject
         {
-            ["service_id"] = Model.Catalog.ServiceId, ["plan_id"] = Model.Catalog.ClusterPlanId,
+            ["service_id"] = Model.Catalog.ServiceId, ["plan_id"] = plan,
             ["organization_guid"] = "org-1", ["space_guid"] = "space-1", ["parameters"] = parameters,
         }.ToJsonString());
 
     /// <summary>Waits until a base backup exists and the archive holds everything committed so far.</summary>
+    /// <remarks>
+    /// The archive's position counts only on the primary's own timeline: after a failover, the dead leader's last report
+    /// (its old timeline, possibly further on than the new leader's first writes) stays until the new leader reports.
+    /// </remarks>
     internal static async Task WaitArchivedAsync(TestPlatform platform, string id, string uri)
     {
         var lsn = Lsn.Parse((string)(await ScalarAsync(uri, "SELECT pg_current_wal_lsn()::text"))!);
+        var timeline = Convert.ToUInt32(((string)(await ScalarAsync(uri, "SELECT pg_walfile_name(pg_current_wal_lsn())"))!)[..8], 16);
         await Eventually.UntilAsync(async () =>
         {
             var (status, body) = await platform.SendAsync(HttpMethod.Get, $"/admin/service_instances/{id}/backups");
             if (status != 200 || body["archive"] is not JsonObject archive || body["base_backups"] is not JsonArray { Count: > 0 }) return false;
-            return Lsn.Parse((string)archive["archivedLsn"]!) >= lsn;
-        }, TimeSpan.FromSeconds(60), $"{id}: a base backup and WAL archived up to {Lsn.Format(lsn)}");
+            return (uint)archive["timeline"]! == timeline && Lsn.Parse((string)archive["archivedLsn"]!) >= lsn;
+        }, TimeSpan.FromSeconds(60), $"{id}: a base backup and WAL archived up to {Lsn.Format(lsn)} on timeline {timeline}");
     }
 
     private static async Task ExecAsync(string uri, string sql)
