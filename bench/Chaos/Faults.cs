@@ -8,9 +8,9 @@ namespace Dingo.Bench.Chaos;
 /// <summary>A kind of fault: its name on the command line, whether it aims at one instance, its stall target.</summary>
 internal sealed record FaultKind(string Name, bool AimsAtInstance, double? StallTargetSeconds, string What);
 
-/// <summary>A fault as it was done: what it hit, when its last step (a restart, SIGCONT) was done, the provision it disturbed.</summary>
+/// <summary>A fault as it was done: what it hit (key=value fields), when its last step (a restart, SIGCONT) was done, the provision it disturbed.</summary>
 /// <param name="Provision">provision faults: finishes with "provision=… deprovisioned=…" and whether that was clean</param>
-internal sealed record AppliedFault(string Victim, DateTime Done, Task<(string Outcome, bool Clean)>? Provision);
+internal sealed record AppliedFault(string Fields, DateTime Done, Task<(string Outcome, bool Clean)>? Provision);
 
 /// <summary>Each fault kind, carried out on the <see cref="ChaosPlatform"/>.</summary>
 internal sealed class Faults(ChaosPlatform platform, Random random)
@@ -56,7 +56,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         var killed = PostgresSignals.KillPostgres(platform.PostmasterPid(node));
         var done = DateTime.UtcNow;
         await PostgresSignals.WaitGoneAsync(killed, ct);
-        return new AppliedFault($"{node.NodeId}@{node.CellId}", done, null);
+        return new AppliedFault($"victim={node.NodeId}@{node.CellId} processes={killed.Count}", done, null);
     }
 
     private async Task<AppliedFault> StopPostgresAsync(ChaosInstance target, CancellationToken ct)
@@ -66,7 +66,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         var stopped = platform.Stop(() => PostgresSignals.StopPostgres(postmaster));
         try { await Task.Delay(PostgresStoppedFor, ct); }
         finally { platform.Continue(stopped); }
-        return new AppliedFault($"{node.NodeId}@{node.CellId}", DateTime.UtcNow, null);
+        return new AppliedFault($"victim={node.NodeId}@{node.CellId} processes={stopped.Count}", DateTime.UtcNow, null);
     }
 
     private async Task<AppliedFault> KillCellAgentAsync(ChaosInstance target, CancellationToken ct)
@@ -78,7 +78,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         var survived = Directory.Exists($"/proc/{postmaster}");
         await Task.Delay(RestartAfter, ct);
         platform.Platform.StartCellProcess(cell);
-        return new AppliedFault($"{node.CellId}(postgres_survived={(survived ? "yes" : "no")})", DateTime.UtcNow, null);
+        return new AppliedFault($"victim={node.CellId} primary={node.NodeId} postgres_survived={(survived ? "yes" : "no")}", DateTime.UtcNow, null);
     }
 
     private async Task<AppliedFault> KillEtcdAsync(CancellationToken ct)
@@ -87,7 +87,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         platform.Etcd.Kill(0);
         try { await Task.Delay(EtcdRestartAfter, ct); }
         finally { platform.Etcd.Start(0); }
-        return new AppliedFault($"etcd(pid {pid})", DateTime.UtcNow, null);
+        return new AppliedFault($"victim=etcd pid={pid}", DateTime.UtcNow, null);
     }
 
     private async Task<AppliedFault> StopEtcdAsync(CancellationToken ct)
@@ -100,7 +100,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         });
         try { await Task.Delay(EtcdStoppedFor, ct); }
         finally { platform.Continue(stopped); }
-        return new AppliedFault($"etcd(pid {pid})", DateTime.UtcNow, null);
+        return new AppliedFault($"victim=etcd pid={pid}", DateTime.UtcNow, null);
     }
 
     private async Task<AppliedFault> KillBrokerDuringProvisionAsync(CancellationToken ct)
@@ -115,7 +115,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         await Task.Delay(RestartAfter, ct);
         var restart = platform.StartBrokerAsync(ct);
         var outcome = CheckProvisionAsync(id, put, restart, ct);
-        return new AppliedFault($"broker-1(killed {after.TotalSeconds:0.00}s into provision {id})", done, outcome);
+        return new AppliedFault($"victim=broker-1 throwaway={id} kill_after_s={after.TotalSeconds:0.00}", done, outcome);
     }
 
     private async Task<AppliedFault> KillCellDuringProvisionAsync(CancellationToken ct)
@@ -132,7 +132,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         await Task.Delay(RestartAfter, ct);
         platform.Platform.StartCellProcess(cell);
         var outcome = CheckProvisionAsync(id, put, Task.CompletedTask, ct);
-        return new AppliedFault($"{cellId}(killed {after.TotalSeconds:0.00}s into provision {id}, {(placed.Count > 0 ? "holding one of its nodes" : "before any node was placed")})",
+        return new AppliedFault($"victim={cellId} throwaway={id} kill_after_s={after.TotalSeconds:0.00} held_its_node={(placed.Count > 0 ? "yes" : "none-placed")}",
             DateTime.UtcNow, outcome);
     }
 
@@ -153,7 +153,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
             else entry.Delete();
             entries++;
         }
-        return new AppliedFault($"{node.NodeId}@{node.CellId}(stopped by SIGKILL, {entries} entries deleted)", DateTime.UtcNow, null);
+        return new AppliedFault($"victim={node.NodeId}@{node.CellId} stopped=sigkill deleted_entries={entries}", DateTime.UtcNow, null);
     }
 
     private TimeSpan RandomDelay() => TimeSpan.FromMilliseconds(random.Next((int)ProvisionKillWithin.TotalMilliseconds));

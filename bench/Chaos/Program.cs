@@ -78,15 +78,14 @@ public static class Program
                 var stalls = platform.Instances.ToDictionary(i => i.Plan, i => i.Writer.LongestStall(start, end).TotalSeconds);
                 var stall = kind.AimsAtInstance ? stalls[target.Plan] : stalls.Values.Max();
                 var (splits, unanswered, samples) = sampler.Count(start, end);
-                foreach (var s in sampler.Splits(start, end))
-                    Console.Error.WriteLine($"bench: split sample at {s.At:HH:mm:ss.fff} on {s.InstanceId}: writable {string.Join(", ", s.Nodes.Where(a => a.Writable).Select(a => a.NodeId))}");
+                LogSplits(sampler.Splits(start, end));
                 var healedSeconds = healed is { } h ? (h - start).TotalSeconds : (double?)null;
                 var outcome = new Outcome(n, kind, kind.AimsAtInstance ? target.Plan : "all", stall, splits, healedSeconds, provision?.Clean ?? true);
                 outcomes.Add(outcome);
                 if (wrong is not null) Console.Error.WriteLine($"bench: fault {n} ({kind.Name}) not healed after {HealGiveUp.TotalSeconds:0} s: {wrong}");
                 var missed = outcome.Unhealed || outcome.StallMissed || splits > 0 || !outcome.ProvisionClean;
                 output.WriteLine($"fault n={n} kind={kind.Name} plan={outcome.Plan} stall_s={F(stall)} split_samples={splits} healed_s={(healedSeconds is { } hs ? F(hs) : "never")} "
-                                 + $"unanswered_samples={unanswered}/{samples} stalls={string.Join(',', stalls.Select(s => $"{s.Key}:{F(s.Value)}"))} victim={applied.Victim.Replace(' ', '_')}"
+                                 + $"unanswered_samples={unanswered}/{samples} stalls={string.Join(',', stalls.Select(s => $"{s.Key}:{F(s.Value)}"))} {applied.Fields}"
                                  + (provision is { } p ? " " + p.Outcome : "") + (missed ? " target=missed" : ""));
                 if (healed is null)
                 {
@@ -141,6 +140,30 @@ public static class Program
         var missedTarget = failed || outcomes.Count < options.Faults || !lostKnown || lost > 0 || split > 0 || unhealed > 0
                            || outcomes.Any(o => o.StallMissed || !o.ProvisionClean);
         return missedTarget ? 1 : 0;
+    }
+
+    /// <summary>Split samples on stderr, consecutive ones with the same writable nodes as one line.</summary>
+    private static void LogSplits(IReadOnlyList<Sample> splits)
+    {
+        foreach (var run in splits.GroupBy(s => s.InstanceId))
+        {
+            Sample? first = null, last = null;
+            var count = 0;
+            string? nodes = null;
+            foreach (var s in run.Append(null))
+            {
+                var writable = s is null ? null : string.Join(", ", s.Nodes.Where(a => a.Writable).Select(a => $"{a.NodeId} (port {a.Port})"));
+                if (first is not null && (writable != nodes || s is null))
+                {
+                    Console.Error.WriteLine($"bench: split on {first.InstanceId} from {first.At:HH:mm:ss.fff} to {last!.At:HH:mm:ss.fff} ({count} samples): writable {nodes}");
+                    first = null;
+                }
+                if (s is null) break;
+                if (first is null) { first = s; nodes = writable; count = 0; }
+                last = s;
+                count++;
+            }
+        }
     }
 
     /// <summary>
