@@ -8,9 +8,12 @@ namespace Dingo.Bench.Chaos;
 /// <summary>A kind of fault: its name on the command line, whether it aims at one instance, its stall target.</summary>
 internal sealed record FaultKind(string Name, bool AimsAtInstance, double? StallTargetSeconds, string What);
 
-/// <summary>A fault as it was done: what it hit (key=value fields), when its last step (a restart, SIGCONT) was done, the provision it disturbed.</summary>
-/// <param name="Provision">provision faults: finishes with "provision=… deprovisioned=…" and whether that was clean</param>
-internal sealed record AppliedFault(string Fields, DateTime Done, Task<(string Outcome, bool Clean)>? Provision);
+/// <summary>A fault as it was done: what it hit (key=value fields), when its last step (a restart, SIGCONT) was done.</summary>
+/// <param name="FollowUp">
+/// what is followed after the fault, beside the healing: the disturbed provision ("provision=… deprovisioned=…", clean
+/// or not), or how long a killed cell agent took to register again
+/// </param>
+internal sealed record AppliedFault(string Fields, DateTime Done, Task<(string Fields, bool Clean)>? FollowUp);
 
 /// <summary>Each fault kind, carried out on the <see cref="ChaosPlatform"/>.</summary>
 internal sealed class Faults(ChaosPlatform platform, Random random)
@@ -75,10 +78,12 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         var postmaster = platform.PostmasterPid(node);
         var cell = ChaosPlatform.CellNumber(node.CellId);
         platform.Platform.KillCellProcessOnly(cell);
+        var killedAt = DateTimeOffset.UtcNow;
         var survived = Directory.Exists($"/proc/{postmaster}");
         await Task.Delay(RestartAfter, ct);
         platform.Platform.StartCellProcess(cell);
-        return new AppliedFault($"victim={node.CellId} primary={node.NodeId} postgres_survived={(survived ? "yes" : "no")}", DateTime.UtcNow, null);
+        return new AppliedFault($"victim={node.CellId} primary={node.NodeId} postgres_survived={(survived ? "yes" : "no")}", DateTime.UtcNow,
+            CellBackAsync(node.CellId, killedAt, ct));
     }
 
     private async Task<AppliedFault> KillEtcdAsync(CancellationToken ct)
@@ -154,6 +159,23 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
             entries++;
         }
         return new AppliedFault($"victim={node.NodeId}@{node.CellId} stopped=sigkill deleted_entries={entries}", DateTime.UtcNow, null);
+    }
+
+    /// <summary>Seconds from the kill until the restarted cell registered again (a new StartedAt), at most 60 s.</summary>
+    private async Task<(string Fields, bool Clean)> CellBackAsync(string cellId, DateTimeOffset killedAt, CancellationToken ct)
+    {
+        var store = platform.Platform.Store;
+        while (DateTimeOffset.UtcNow - killedAt < TimeSpan.FromSeconds(60))
+        {
+            try
+            {
+                if (await store.GetAsync<CellInfo>(store.Keys.Cell(cellId), ct) is { } info && info.Value.StartedAt > killedAt)
+                    return ($"agent_back_s={(DateTimeOffset.UtcNow - killedAt).TotalSeconds:0.00}", true);
+            }
+            catch (Grpc.Core.RpcException) { }
+            await Task.Delay(100, ct);
+        }
+        return ("agent_back_s=never", true);
     }
 
     private TimeSpan RandomDelay() => TimeSpan.FromMilliseconds(random.Next((int)ProvisionKillWithin.TotalMilliseconds));

@@ -73,20 +73,20 @@ public static class Program
                 var applied = await faults.ApplyAsync(kind, target, ct);
                 var (healed, wrong) = await WaitHealedAsync(platform, sampler, applied.Done, HealGiveUp - (DateTime.UtcNow - start), ct);
                 var end = healed ?? DateTime.UtcNow;
-                (string Outcome, bool Clean)? provision = applied.Provision is null ? null : await applied.Provision;
+                (string Fields, bool Clean)? followUp = applied.FollowUp is null ? null : await applied.FollowUp;
 
                 var stalls = platform.Instances.ToDictionary(i => i.Plan, i => i.Writer.LongestStall(start, end).TotalSeconds);
                 var stall = kind.AimsAtInstance ? stalls[target.Plan] : stalls.Values.Max();
                 var (splits, unanswered, samples) = sampler.Count(start, end);
                 LogSplits(sampler.Splits(start, end));
                 var healedSeconds = healed is { } h ? (h - start).TotalSeconds : (double?)null;
-                var outcome = new Outcome(n, kind, kind.AimsAtInstance ? target.Plan : "all", stall, splits, healedSeconds, provision?.Clean ?? true);
+                var outcome = new Outcome(n, kind, kind.AimsAtInstance ? target.Plan : "all", stall, splits, healedSeconds, followUp?.Clean ?? true);
                 outcomes.Add(outcome);
                 if (wrong is not null) Console.Error.WriteLine($"bench: fault {n} ({kind.Name}) not healed after {HealGiveUp.TotalSeconds:0} s: {wrong}");
                 var missed = outcome.Unhealed || outcome.StallMissed || splits > 0 || !outcome.ProvisionClean;
                 output.WriteLine($"fault n={n} kind={kind.Name} plan={outcome.Plan} stall_s={F(stall)} split_samples={splits} healed_s={(healedSeconds is { } hs ? F(hs) : "never")} "
                                  + $"unanswered_samples={unanswered}/{samples} stalls={string.Join(',', stalls.Select(s => $"{s.Key}:{F(s.Value)}"))} {applied.Fields}"
-                                 + (provision is { } p ? " " + p.Outcome : "") + (missed ? " target=missed" : ""));
+                                 + (followUp is { } f ? " " + f.Fields : "") + (missed ? " target=missed" : ""));
                 if (healed is null)
                 {
                     output.WriteLine($"stopped: fault n={n} never healed within {HealGiveUp.TotalSeconds:0} s; later faults would measure nothing");
