@@ -152,11 +152,16 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         // The folder stays (owned by postgres, 0700) and is emptied, as a replaced disk mounted there would be.
         var pgdata = new DirectoryInfo(platform.PgData(node));
         var entries = 0;
-        foreach (var entry in pgdata.EnumerateFileSystemInfos())
+        // The cell may already be acting on its dead node (removing or re-creating files): what vanished meanwhile is gone anyway.
+        foreach (var entry in pgdata.GetFileSystemInfos())
         {
-            if (entry is DirectoryInfo dir) dir.Delete(recursive: true);
-            else entry.Delete();
-            entries++;
+            try
+            {
+                if (entry is DirectoryInfo dir) dir.Delete(recursive: true);
+                else entry.Delete();
+                entries++;
+            }
+            catch (Exception ex) when (ex is DirectoryNotFoundException or FileNotFoundException) { }
         }
         return new AppliedFault($"victim={node.NodeId}@{node.CellId} stopped=sigkill deleted_entries={entries}", DateTime.UtcNow, null);
     }
