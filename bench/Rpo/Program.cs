@@ -136,7 +136,7 @@ public static class Program
             await Task.Delay(killAfter, ct);
 
             // The host vanishes: PostgreSQL killed, the archiver stopped mid-flight (no draining), in one instant.
-            var killed = HostLoss.KillPostgres(postmaster);
+            var killed = PostgresSignals.KillPostgres(postmaster);
             var killedAt = Stopwatch.GetTimestamp();
             // The token is cancelled before CancelAsync returns; its callbacks (Npgsql's) may run a few ms longer.
             var cancelling = archiverStop.CancelAsync();
@@ -145,7 +145,7 @@ public static class Program
             await writerStop.CancelAsync();
             await writing;
             await archiving;
-            await HostLoss.WaitGoneAsync(killed, ct);
+            await PostgresSignals.WaitGoneAsync(killed, ct);
             await nodes.Runtime.RemoveAsync(a.NodeId, ct);
             if (Directory.Exists(spool)) Directory.Delete(spool, recursive: true);
             var acked = writer.Acknowledged;

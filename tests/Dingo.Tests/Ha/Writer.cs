@@ -5,24 +5,40 @@ namespace Dingo.Tests.Ha;
 
 /// <summary>
 /// An application that commits a counter every few milliseconds through the router, reconnecting when its
-/// connection breaks, and remembers every commit PostgreSQL acknowledged and when.
+/// connection breaks, and remembers every commit PostgreSQL acknowledged and when. A commit answered with
+/// PostgreSQL's "canceling wait for synchronous replication" warning is committed on the primary alone: it is
+/// not counted as acknowledged (the synchronous plans promise nothing for it).
 /// </summary>
 public sealed class Writer : IAsyncDisposable
 {
+    /// <summary>The start of the warning PostgreSQL sends when a commit stops waiting for its synchronous standbys.</summary>
+    public const string SyncRepCancelledWarning = "canceling wait for synchronous replication";
+
     private readonly string _connectionString;
     private readonly TimeSpan _every;
+    private readonly TimeSpan? _attemptLimit;
     private readonly CancellationTokenSource _stop = new();
+    private readonly ConcurrentBag<Task> _abandoned = new();
     private Task? _loop;
 
-    public Writer(string connectionString, TimeSpan every)
+    /// <param name="attemptLimit">
+    /// when set, an attempt (connecting included) not answered within it is abandoned on its connection and counted
+    /// in <see cref="InDoubt"/>; the next attempt starts at once on a new connection
+    /// </param>
+    public Writer(string connectionString, TimeSpan every, TimeSpan? attemptLimit = null)
     {
         _connectionString = new NpgsqlConnectionStringBuilder(connectionString) { Timeout = 2, CommandTimeout = 3, Pooling = false }.ConnectionString;
         _every = every;
+        _attemptLimit = attemptLimit;
     }
 
     public ConcurrentDictionary<long, DateTime> Acknowledged { get; } = new();
     /// <summary>When each acknowledged commit was sent.</summary>
     public ConcurrentDictionary<long, DateTime> Started { get; } = new();
+    /// <summary>Attempts abandoned after the attempt limit (sent when): they may or may not have committed.</summary>
+    public ConcurrentDictionary<long, DateTime> InDoubt { get; } = new();
+    /// <summary>Commits answered with the synchronous-replication cancel warning (answered when): not acknowledged.</summary>
+    public ConcurrentDictionary<long, DateTime> SyncRepCancelled { get; } = new();
     public long Attempts;
 
     public async Task CreateTableAsync()
@@ -42,28 +58,62 @@ public sealed class Writer : IAsyncDisposable
         {
             var n = Interlocked.Increment(ref Attempts);
             var started = DateTime.UtcNow;
+            var attempt = CommitAsync(conn, n, ct);
             try
             {
-                if (conn is null)
+                (conn, var warned) = _attemptLimit is { } limit ? await attempt.WaitAsync(limit, ct) : await attempt;
+                if (warned) SyncRepCancelled[n] = DateTime.UtcNow;
+                else
                 {
-                    conn = new NpgsqlConnection(_connectionString);
-                    await conn.OpenAsync(ct);
+                    Started[n] = started;
+                    Acknowledged[n] = DateTime.UtcNow;
                 }
-                await using var cmd = new NpgsqlCommand("INSERT INTO counter(n) VALUES ($1)", conn);
-                cmd.Parameters.AddWithValue(n);
-                await cmd.ExecuteNonQueryAsync(ct);
-                Started[n] = started;
-                Acknowledged[n] = DateTime.UtcNow;
+            }
+            catch (TimeoutException) when (!attempt.IsCompleted && !ct.IsCancellationRequested)
+            {
+                // The attempt keeps its connection until Npgsql gives up on it; the writer goes on without both.
+                InDoubt[n] = started;
+                conn = null;
+                _abandoned.Add(attempt.ContinueWith(async t => { if (t.IsCompletedSuccessfully) await t.Result.Connection.DisposeAsync(); }, TaskScheduler.Default).Unwrap());
             }
             catch (Exception) when (!ct.IsCancellationRequested)
             {
-                if (conn is not null) await conn.DisposeAsync();
                 conn = null;
             }
             catch (OperationCanceledException) { break; }
             try { await Task.Delay(_every, ct); } catch (OperationCanceledException) { break; }
         }
         if (conn is not null) await conn.DisposeAsync();
+    }
+
+    /// <summary>One commit of <paramref name="n"/>; the connection is disposed when the attempt fails.</summary>
+    private async Task<(NpgsqlConnection Connection, bool SyncRepCancelled)> CommitAsync(NpgsqlConnection? conn, long n, CancellationToken ct)
+    {
+        var warned = false;
+        void OnNotice(object sender, NpgsqlNoticeEventArgs e)
+        {
+            if (e.Notice.MessageText.StartsWith(SyncRepCancelledWarning, StringComparison.Ordinal)) warned = true;
+        }
+
+        conn ??= new NpgsqlConnection(_connectionString);
+        conn.Notice += OnNotice;
+        try
+        {
+            if (conn.State == System.Data.ConnectionState.Closed) await conn.OpenAsync(ct);
+            await using var cmd = new NpgsqlCommand("INSERT INTO counter(n) VALUES ($1)", conn);
+            cmd.Parameters.AddWithValue(n);
+            await cmd.ExecuteNonQueryAsync(ct);
+            return (conn, warned);
+        }
+        catch
+        {
+            await conn.DisposeAsync();
+            throw;
+        }
+        finally
+        {
+            conn.Notice -= OnNotice;
+        }
     }
 
     /// <summary>
@@ -106,6 +156,9 @@ public sealed class Writer : IAsyncDisposable
         if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
         await _stop.CancelAsync();
         if (_loop is not null) await _loop;
+        // Abandoned attempts end once Npgsql gives up on their connection (the cancelled token, its timeouts).
+        try { await Task.WhenAll(_abandoned).WaitAsync(TimeSpan.FromSeconds(15)); }
+        catch (Exception) { /* an abandoned attempt's own failure is already counted as in doubt */ }
         _stop.Dispose();
     }
 }

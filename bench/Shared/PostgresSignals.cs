@@ -1,15 +1,15 @@
 using System.Globalization;
-using Dingo.Bench.Shared;
 
-namespace Dingo.Bench.Rpo;
+namespace Dingo.Bench.Shared;
 
 /// <summary>
-/// A node's host vanishing: every PostgreSQL process of the node SIGKILLed at once, with no shutdown, no checkpoint
-/// and no last words to a replication client.
+/// Signals to every process of one PostgreSQL at once: a host vanishing (SIGKILL, with no shutdown, no checkpoint
+/// and no last words to a replication client), or a host frozen (SIGSTOP, later SIGCONT).
 /// </summary>
-internal static class HostLoss
+internal static class PostgresSignals
 {
     public const int SigStop = 19;
+    public const int SigCont = 18;
 
     /// <summary>
     /// SIGKILL to the postmaster and every process it forked. Each PostgreSQL child calls setsid(), so there is no
@@ -27,6 +27,28 @@ internal static class HostLoss
         foreach (var child in children) ChildProcesses.Signal(child, ChildProcesses.SigKill);
         ChildProcesses.Signal(postmaster, ChildProcesses.SigKill);
         return [.. children, postmaster];
+    }
+
+    /// <summary>
+    /// SIGSTOP to the postmaster (first, so it forks nothing more) and every process it forked: the whole server
+    /// stops answering, its sockets stay open.
+    /// </summary>
+    /// <returns>The processes stopped, the postmaster first; give them to <see cref="Continue"/>.</returns>
+    public static IReadOnlyList<int> StopPostgres(int postmaster)
+    {
+        if (Stat(postmaster) is null)
+            throw new InvalidOperationException($"postmaster {postmaster} is not running");
+        if (!ChildProcesses.Signal(postmaster, SigStop))
+            throw new InvalidOperationException($"kill({postmaster}, SIGSTOP) failed");
+        var children = ChildrenOf(postmaster);
+        foreach (var child in children) ChildProcesses.Signal(child, SigStop);
+        return [postmaster, .. children];
+    }
+
+    /// <summary>SIGCONT to processes <see cref="StopPostgres"/> stopped, the postmaster last; gone ones are skipped.</summary>
+    public static void Continue(IReadOnlyList<int> stopped)
+    {
+        foreach (var pid in stopped.Reverse()) ChildProcesses.Signal(pid, SigCont);
     }
 
     /// <summary>Waits until every one of the processes is gone (or an unreaped zombie).</summary>

@@ -1,0 +1,259 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+
+namespace Dingo.Bench.Chaos;
+
+/// <summary>
+/// Random faults under writers: one instance per plan, a writer on each committing a fresh value every 20 ms
+/// through the router, a sampler asking every node straight whether it is writable every 100 ms, and faults one
+/// after another, each followed until the platform has healed. stdout carries only the bench's lines; the platform
+/// logs to stderr and to the cell and broker logs kept in $TMPDIR/dingo-bench-logs.
+/// </summary>
+public static class Program
+{
+    private const string Usage =
+        "usage: dotnet run -c Release --project bench/Chaos -- [--faults N] [--plans cluster-ha,cluster] [--kinds kill-pg,...] [--seed S] [--gap SECONDS]";
+    private static readonly TimeSpan HealTarget = TimeSpan.FromSeconds(30);
+    private static readonly TimeSpan HealGiveUp = TimeSpan.FromSeconds(180);
+
+    private sealed record Options(int Faults, IReadOnlyList<string> Plans, IReadOnlyList<FaultKind> Kinds, int Seed, TimeSpan Gap);
+
+    private sealed record Outcome(int N, FaultKind Kind, string Plan, double StallSeconds, int Split, double? HealedSeconds, bool ProvisionClean)
+    {
+        public bool Unhealed => HealedSeconds is not { } h || h > HealTarget.TotalSeconds;
+        public bool StallMissed => Kind.StallTargetSeconds is { } t && StallSeconds > t;
+    }
+
+    public static async Task<int> Main(string[] args)
+    {
+        var output = new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = true };
+        Console.SetOut(Console.Error);
+        if (Parse(args, out var error) is not { } options)
+        {
+            Console.Error.WriteLine(error);
+            Console.Error.WriteLine(Usage);
+            Console.Error.WriteLine("  kinds: " + string.Join(", ", Faults.Kinds.Select(k => k.Name)) + " (link-cut, the three-host mode's, is not implemented)");
+            return 2;
+        }
+
+        using var interrupted = new CancellationTokenSource();
+        void OnSignal(PosixSignalContext context) { context.Cancel = true; interrupted.Cancel(); }
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        var ct = interrupted.Token;
+
+        output.WriteLine($"config seed={options.Seed} faults={options.Faults} plans={string.Join(',', options.Plans)} kinds={string.Join(',', options.Kinds.Select(k => k.Name))} gap_s={F(options.Gap.TotalSeconds)}");
+        var random = new Random(options.Seed);
+        var outcomes = new List<Outcome>();
+        var lost = 0;
+        var lostKnown = true;
+        var split = 0;
+        var failed = false;
+        ChaosPlatform? platform = null;
+        SplitSampler? sampler = null;
+        try
+        {
+            platform = await ChaosPlatform.StartAsync(options.Plans, options.Kinds.Any(k => k.Name == "kill-broker"), ct);
+            sampler = new SplitSampler(platform.Platform.Store, platform.Instances.ToDictionary(i => i.Id, i => i.Superuser));
+            var runStart = DateTime.UtcNow;
+            await sampler.StartAsync(ct);
+            var (ready, _) = await WaitHealedAsync(platform, sampler, DateTime.UtcNow, TimeSpan.FromSeconds(60), ct);
+            if (ready is null) throw new TimeoutException("the instances were not healthy (streaming, writes steady) within 60 s of the start");
+
+            var faults = new Faults(platform, random);
+            var bag = new Queue<FaultKind>();
+            var targets = 0;
+            for (var n = 1; n <= options.Faults; n++)
+            {
+                // Random order, every kind once per round: a short run still covers each kind.
+                if (bag.Count == 0) foreach (var k in options.Kinds.OrderBy(_ => random.Next())) bag.Enqueue(k);
+                var kind = bag.Dequeue();
+                var target = platform.Instances[targets++ % platform.Instances.Count];
+                var start = DateTime.UtcNow;
+                var applied = await faults.ApplyAsync(kind, target, ct);
+                var (healed, wrong) = await WaitHealedAsync(platform, sampler, applied.Done, HealGiveUp - (DateTime.UtcNow - start), ct);
+                var end = healed ?? DateTime.UtcNow;
+                (string Fields, bool Clean)? followUp = applied.FollowUp is null ? null : await applied.FollowUp;
+
+                var stalls = platform.Instances.ToDictionary(i => i.Plan, i => i.Writer.LongestStall(start, end).TotalSeconds);
+                var stall = kind.AimsAtInstance ? stalls[target.Plan] : stalls.Values.Max();
+                var (splits, unanswered, samples) = sampler.Count(start, end);
+                LogSplits(sampler.Splits(start, end));
+                var healedSeconds = healed is { } h ? (h - start).TotalSeconds : (double?)null;
+                var outcome = new Outcome(n, kind, kind.AimsAtInstance ? target.Plan : "all", stall, splits, healedSeconds, followUp?.Clean ?? true);
+                outcomes.Add(outcome);
+                if (wrong is not null) Console.Error.WriteLine($"bench: fault {n} ({kind.Name}) not healed after {HealGiveUp.TotalSeconds:0} s: {wrong}");
+                var missed = outcome.Unhealed || outcome.StallMissed || splits > 0 || !outcome.ProvisionClean;
+                output.WriteLine($"fault n={n} kind={kind.Name} plan={outcome.Plan} stall_s={F(stall)} split_samples={splits} healed_s={(healedSeconds is { } hs ? F(hs) : "never")} "
+                                 + $"unanswered_samples={unanswered}/{samples} stalls={string.Join(',', stalls.Select(s => $"{s.Key}:{F(s.Value)}"))} {applied.Fields}"
+                                 + (followUp is { } f ? " " + f.Fields : "") + (missed ? " target=missed" : ""));
+                if (healed is null)
+                {
+                    output.WriteLine($"stopped: fault n={n} never healed within {HealGiveUp.TotalSeconds:0} s; later faults would measure nothing");
+                    failed = true;
+                    break;
+                }
+                await Task.Delay(options.Gap, ct);
+            }
+
+            split = sampler.Count(runStart, DateTime.UtcNow).Split;
+            await sampler.DisposeAsync();
+            sampler = null;
+            foreach (var instance in platform.Instances)
+            {
+                await instance.Writer.DisposeAsync();
+                var missing = await MissingAsync(instance, ct);
+                if (missing is null) lostKnown = false;
+                lost += missing ?? 0;
+                var w = instance.Writer;
+                output.WriteLine($"summary plan={instance.Plan} attempts={Interlocked.Read(ref w.Attempts)} acked={w.Acknowledged.Count} in_doubt={w.InDoubt.Count} "
+                                 + $"sync_rep_cancelled={w.SyncRepCancelled.Count} lost={missing?.ToString(CultureInfo.InvariantCulture) ?? "unknown"}");
+            }
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            Console.Error.WriteLine("bench: interrupted");
+            return 130;
+        }
+        catch (Exception ex)
+        {
+            Console.Error.WriteLine($"bench: {ex.GetType().Name}: {ex.Message}");
+            failed = true;
+        }
+        finally
+        {
+            if (sampler is not null) await sampler.DisposeAsync();
+            if (platform is not null) await platform.DisposeAsync();
+        }
+
+        foreach (var group in outcomes.GroupBy(o => o.Kind.Name))
+        {
+            var stalls = group.Select(o => o.StallSeconds).ToList();
+            output.WriteLine($"summary kind={group.Key} faults={group.Count()} p50_stall_s={F(Median(stalls))} max_stall_s={F(stalls.Max())} "
+                             + $"max_healed_s={F(group.Max(o => o.HealedSeconds ?? double.PositiveInfinity))} split_samples={group.Sum(o => o.Split)} "
+                             + $"stall_target_s={(group.First().Kind.StallTargetSeconds is { } t ? F(t) : "none")} stall_missed={group.Count(o => o.StallMissed)} unclean_provisions={group.Count(o => !o.ProvisionClean)}");
+        }
+        var all = outcomes.Select(o => o.StallSeconds).ToList();
+        var unhealed = outcomes.Count(o => o.Unhealed);
+        output.WriteLine($"RESULT chaos faults={outcomes.Count} lost={(lostKnown ? lost.ToString(CultureInfo.InvariantCulture) : "unknown")} split_samples={split} "
+                         + $"max_stall_s={(all.Count > 0 ? F(all.Max()) : "na")} p50_stall_s={(all.Count > 0 ? F(Median(all)) : "na")} unhealed={unhealed}");
+        var missedTarget = failed || outcomes.Count < options.Faults || !lostKnown || lost > 0 || split > 0 || unhealed > 0
+                           || outcomes.Any(o => o.StallMissed || !o.ProvisionClean);
+        return missedTarget ? 1 : 0;
+    }
+
+    /// <summary>Split samples on stderr, consecutive ones with the same writable nodes as one line.</summary>
+    private static void LogSplits(IReadOnlyList<Sample> splits)
+    {
+        foreach (var run in splits.GroupBy(s => s.InstanceId))
+        {
+            Sample? first = null, last = null;
+            var count = 0;
+            string? nodes = null;
+            foreach (var s in run.Append(null))
+            {
+                var writable = s is null ? null : string.Join(", ", s.Nodes.Where(a => a.Writable).Select(a => $"{a.NodeId} (port {a.Port})"));
+                if (first is not null && (writable != nodes || s is null))
+                {
+                    Console.Error.WriteLine($"bench: split on {first.InstanceId} from {first.At:HH:mm:ss.fff} to {last!.At:HH:mm:ss.fff} ({count} samples): writable {nodes}");
+                    first = null;
+                }
+                if (s is null) break;
+                if (first is null) { first = s; nodes = writable; count = 0; }
+                last = s;
+                count++;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Until <see cref="Healing"/> finds nothing wrong, looking only at what happened after <paramref name="since"/>
+    /// (the fault's last step); returns when, or null and what was still wrong when <paramref name="limit"/> ran out.
+    /// </summary>
+    private static async Task<(DateTime? Healed, string? Wrong)> WaitHealedAsync(ChaosPlatform platform, SplitSampler sampler, DateTime since, TimeSpan limit, CancellationToken ct)
+    {
+        var deadline = DateTime.UtcNow + limit;
+        string? wrong = "not looked at yet";
+        while (DateTime.UtcNow < deadline)
+        {
+            wrong = await Healing.WhatIsWrongAsync(platform, sampler, since, ct);
+            if (wrong is null) return (DateTime.UtcNow, null);
+            await Task.Delay(100, ct);
+        }
+        return (null, wrong);
+    }
+
+    /// <summary>Acknowledged commits missing from the table, read through the router (a few tries); null when unreadable.</summary>
+    private static async Task<int?> MissingAsync(ChaosInstance instance, CancellationToken ct)
+    {
+        for (var attempt = 1; attempt <= 5; attempt++)
+        {
+            try
+            {
+                var missing = await instance.Writer.MissingAsync();
+                if (missing.Count > 0) Console.Error.WriteLine($"bench: {instance.Id}: acknowledged but missing: {string.Join(", ", missing.Take(50))}");
+                return missing.Count;
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                Console.Error.WriteLine($"bench: reading {instance.Id}'s counter table failed ({ex.GetType().Name}: {ex.Message}), try {attempt}/5");
+                await Task.Delay(2000, ct);
+            }
+        }
+        return null;
+    }
+
+    private static Options? Parse(string[] args, out string error)
+    {
+        error = "";
+        var faults = 100;
+        var plans = new List<string> { "cluster-ha", "cluster" };
+        var kinds = Faults.Kinds.ToList();
+        var seed = Random.Shared.Next();
+        var gap = TimeSpan.FromSeconds(5);
+        for (var i = 0; i < args.Length; i++)
+        {
+            var value = i + 1 < args.Length ? args[i + 1] : null;
+            switch (args[i])
+            {
+                case "--faults" when int.TryParse(value, CultureInfo.InvariantCulture, out faults) && faults >= 1: break;
+                case "--seed" when int.TryParse(value, CultureInfo.InvariantCulture, out seed): break;
+                case "--gap" when double.TryParse(value, CultureInfo.InvariantCulture, out var g) && g >= 0 && g <= 600: gap = TimeSpan.FromSeconds(g); break;
+                case "--plans" when value is not null:
+                    plans = value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Distinct().ToList();
+                    if (plans.Count == 0 || plans.Any(p => p is not ("cluster" or "cluster-ha")))
+                    {
+                        error = $"--plans {value}: cluster-ha and/or cluster (solo has no replica to fail over to)";
+                        return null;
+                    }
+                    break;
+                case "--kinds" when value is not null:
+                    var names = value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Distinct().ToList();
+                    if (names.FirstOrDefault(n => Faults.Kinds.All(k => k.Name != n)) is { } unknown)
+                    {
+                        error = unknown == "link-cut"
+                            ? "--kinds: link-cut needs the three-host mode (NetnsHosts), which this bench does not drive yet"
+                            : $"--kinds: unknown fault kind {unknown}";
+                        return null;
+                    }
+                    kinds = names.Select(n => Faults.Kinds.Single(k => k.Name == n)).ToList();
+                    if (kinds.Count == 0) { error = "--kinds: name at least one"; return null; }
+                    break;
+                default:
+                    error = $"bad argument {args[i]}{(value is null ? "" : " " + value)}";
+                    return null;
+            }
+            i++;
+        }
+        return new Options(faults, plans, kinds, seed, gap);
+    }
+
+    private static double Median(IReadOnlyList<double> values)
+    {
+        var sorted = values.Order().ToList();
+        var mid = sorted.Count / 2;
+        return sorted.Count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+    }
+
+    private static string F(double seconds) => double.IsPositiveInfinity(seconds) ? "inf" : seconds.ToString("0.00", CultureInfo.InvariantCulture);
+}
