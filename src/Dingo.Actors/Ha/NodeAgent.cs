@@ -39,6 +39,7 @@ public sealed class NodeAgent
     /// <summary>The leader this node last confirmed in failsafe mode, and when: it takes no free key for a TTL after.</summary>
     private FailsafePromise? _promise;
     private bool _failsafeLogged;
+    private string? _failsafeRefusal;
     private static readonly HttpClient Http = new(new SocketsHttpHandler { UseProxy = false, ConnectTimeout = TimeSpan.FromSeconds(1) });
     /// <summary>The postmaster the guard is armed with (resolved once per PostgreSQL start).</summary>
     private ProcessIdentity? _guarded;
@@ -103,7 +104,9 @@ public sealed class NodeAgent
             // A node with no other member is never fenced (Failover): its etcd calls wait out their own deadlines. Past
             // the deadline the pass runs on ordinary call deadlines: it must still be able to renew, or give up the key
             // (the guard has stopped or will stop PostgreSQL meanwhile).
-            if (_leaderLease != 0 && _others.Count > 0 && UntilFencing() > TimeSpan.Zero) fence.CancelAfter(UntilFencing());
+            // Any other node's etcd calls share half a TTL too: a pass must not hang on an etcd that does not answer (its
+            // observation would go stale, and a leader in failsafe needs fresh ones from its replicas).
+            fence.CancelAfter(_leaderLease != 0 && _others.Count > 0 && UntilFencing() > TimeSpan.Zero ? UntilFencing() : _settings.Ha.Ttl / 2);
             if (_guard?.TakeFenced(_spec.NodeId) is { } fenced) _logger.LogWarning("node {Node}: {Fenced}", _spec.NodeId, fenced);
             return await RunPassAsync(fence.Token, ct).ConfigureAwait(false);
         }
@@ -249,7 +252,10 @@ public sealed class NodeAgent
         {
             try { if (failure is null) await RenewOnProgressAsync(etcd).ConfigureAwait(false); }
             catch (Exception ex) when (EtcdUnreachable(ex, ct)) { } // the next pass decides what an unreachable etcd means
-            await ReportAsync(input, action, failure, etcd).ConfigureAwait(false);
+            // A budget of its own: a long pass (a clone, a bootstrap) has spent the pass's, and the report is only news.
+            using var report = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            report.CancelAfter(_settings.Ha.Ttl / 2);
+            await ReportAsync(input, action, failure, report.Token).ConfigureAwait(false);
         }
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
     }
@@ -290,7 +296,12 @@ public sealed class NodeAgent
         {
             if (_leaderLease != 0)
             {
-                renewed = await RenewAsync(etcd).ConfigureAwait(false);
+                // At most half of what is left before fencing (and a quarter TTL): an etcd that does not answer must leave
+                // the pass time to look at PostgreSQL and, in failsafe, to ask the other members.
+                using var renewal = CancellationTokenSource.CreateLinkedTokenSource(etcd);
+                var budget = _others.Count > 0 ? TimeSpan.FromTicks(Math.Min(UntilFencing().Ticks / 2, (_settings.Ha.Ttl / 4).Ticks)) : _settings.Ha.Ttl;
+                renewal.CancelAfter(budget > TimeSpan.Zero ? budget : TimeSpan.FromMilliseconds(100));
+                renewed = await RenewAsync(renewal.Token).ConfigureAwait(false);
                 if (!renewed)
                 {
                     // The guard stays armed: if PostgreSQL is still writable, it stops it at the deadline unless this
@@ -311,7 +322,12 @@ public sealed class NodeAgent
         {
             // While leading, a PostgreSQL that does not answer (hung, stopped) must not hold the pass past the fencing deadline.
             // WaitAsync: Npgsql's own cancellation asks the server to cancel, which a stopped server never answers.
-            try { pg = await probe.ObserveAsync(etcd).WaitAsync(etcd).ConfigureAwait(false); }
+            // Past (or at) the fencing deadline a leader still needs to know whether its PostgreSQL answers (failsafe
+            // keeps only one that does): a short budget of its own; the guard keeps the deadline meanwhile.
+            using var late = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            late.CancelAfter(_settings.Ha.Ttl / 8);
+            var probing = _leaderLease != 0 && UntilFencing() < _settings.Ha.Ttl / 8 ? late.Token : etcd;
+            try { pg = await probe.ObserveAsync(probing).WaitAsync(probing).ConfigureAwait(false); }
             catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException
                                        || (ex is OperationCanceledException && !ct.IsCancellationRequested)) { }
         }
@@ -465,8 +481,14 @@ public sealed class NodeAgent
                 {
                     await _runtime.CreateAsync(launch, ct).ConfigureAwait(false);
                 }
-                // The first primary starts writable only once it holds the leader key.
-                var primary = await TryTakeKeyAsync(etcd).ConfigureAwait(false);
+                // The first primary starts writable only once it holds the leader key. (initdb or a restore took a while:
+                // the pass's etcd budget is spent, so taking the key gets one of its own.)
+                bool primary;
+                using (var take = CancellationTokenSource.CreateLinkedTokenSource(ct))
+                {
+                    take.CancelAfter(_settings.Ha.Ttl / 2);
+                    primary = await TryTakeKeyAsync(take.Token).ConfigureAwait(false);
+                }
                 await _runtime.StartAsync(launch, primary ? null : Standby(null, record), ct).ConfigureAwait(false);
                 _following = null;
                 // Nobody else has data yet, so nobody could be writable beside it before this arming. Starting may have
@@ -686,10 +708,12 @@ public sealed class NodeAgent
         var refusals = answers.Where(a => a is not null).ToList();
         if (refusals.Count > 0)
         {
-            if (!_failsafeLogged) _logger.LogWarning("node {Node}: etcd unreachable and failsafe not confirmed: {Refusals}", _spec.NodeId, string.Join("; ", refusals));
-            _failsafeLogged = true;
+            var said = string.Join("; ", refusals);
+            if (said != _failsafeRefusal) _logger.LogWarning("node {Node}: etcd unreachable and failsafe not confirmed: {Refusals}", _spec.NodeId, said);
+            (_failsafeRefusal, _failsafeLogged) = (said, true);
             return false;
         }
+        _failsafeRefusal = null;
         _failsafeNs = sent;
         if (UntilFencing() > TimeSpan.Zero) _fence?.CancelAfter(UntilFencing());
         if (!_failsafeLogged) _logger.LogWarning("node {Node}: etcd unreachable; every other member confirmed it streams from me: serving on (failsafe)", _spec.NodeId);
@@ -723,7 +747,7 @@ public sealed class NodeAgent
         if (input is null) return "no observation yet";
         if (!input.Local.Answering || !input.Local.InRecovery) return "I am not a running replica";
         if (!input.Local.Streaming || _following != leader) return $"I do not stream from {leader} (following {_following ?? "nobody"})";
-        if (DateTimeOffset.UtcNow - input.Now > _settings.Ha.LoopWait * 3 + TimeSpan.FromSeconds(1)) return "my last observation is too old to tell";
+        if (DateTimeOffset.UtcNow - input.Now > _settings.Ha.Ttl) return "my last observation is too old to tell";
         var at = Monotonic.NowNs();
         _promise = new FailsafePromise(leader, at);
         _guard?.Promise(_spec.NodeId, leader, at);
