@@ -325,8 +325,10 @@ public sealed class NodeAgent
             // Past (or at) the fencing deadline a leader still needs to know whether its PostgreSQL answers (failsafe
             // keeps only one that does): a short budget of its own; the guard keeps the deadline meanwhile.
             using var late = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            late.CancelAfter(_settings.Ha.Ttl / 8);
-            var probing = _leaderLease != 0 && UntilFencing() < _settings.Ha.Ttl / 8 ? late.Token : etcd;
+            late.CancelAfter(_leaderLease == 0 ? _settings.Ha.Ttl / 2 : _settings.Ha.Ttl / 8);
+            // A node that does not lead has nothing to fence: its probe gets its own budget, not what the pass's etcd calls
+            // left of theirs (a hung etcd must not make a healthy replica look dead: failsafe asks replicas about it).
+            var probing = _leaderLease == 0 || UntilFencing() < _settings.Ha.Ttl / 8 ? late.Token : etcd;
             try { pg = await probe.ObserveAsync(probing).WaitAsync(probing).ConfigureAwait(false); }
             catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException
                                        || (ex is OperationCanceledException && !ct.IsCancellationRequested)) { }

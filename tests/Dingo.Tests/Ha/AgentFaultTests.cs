@@ -63,6 +63,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
 
             // 2. The primary's PostgreSQL stopped (SIGSTOP, every process) for 10 s: the agent stops it and gives up the
             // key, or the guard kills it; a replica takes over once; the old primary never resumes writable.
+            (primary, cell) = await PrimaryAsync();
             var stoppedAt = DateTime.UtcNow;
             var pids = platform.PostgresPidsOfNode(cell, primary);
             Assert.NotEmpty(pids);
@@ -95,10 +96,15 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             var victimCell = int.Parse(victim.CellId["cell-".Length..], CultureInfo.InvariantCulture);
             foreach (var pid in platform.PostgresPidsOfNode(victimCell, victim.NodeId)) _ = kill(pid, 9);
             var pgdata = Path.Combine(Path.GetFullPath(platform.Settings.DataDir), "cells", victim.CellId, "nodes", victim.NodeId, "pgdata");
-            foreach (var entry in new DirectoryInfo(pgdata).EnumerateFileSystemInfos())
+            foreach (var entry in new DirectoryInfo(pgdata).GetFileSystemInfos())
             {
-                if (entry is DirectoryInfo d) d.Delete(recursive: true);
-                else entry.Delete();
+                // The cell may be at work on its dead node meanwhile: what vanishes under us is gone anyway.
+                try
+                {
+                    if (entry is DirectoryInfo d) d.Delete(recursive: true);
+                    else entry.Delete();
+                }
+                catch (Exception ex) when (ex is DirectoryNotFoundException or FileNotFoundException) { }
             }
             var wipedAt = DateTime.UtcNow;
             await Eventually.UntilAsync(async () => (await FailoverTests.StatusesAsync(platform, id)).Any(s => s.NodeId == victim.NodeId && !s.Streaming),
