@@ -204,7 +204,7 @@ for i in 0 1 2; do
     --listen-client-urls "http://$a:2379" --advertise-client-urls "http://$a:2379" \
     --listen-peer-urls "http://$a:2380" --initial-advertise-peer-urls "http://$a:2380" \
     --initial-cluster "$INITIAL" --initial-cluster-state new --initial-cluster-token "$PLATFORM" \
-    --heartbeat-interval 100 --election-timeout 1000 --log-level warn
+    --heartbeat-interval 100 --election-timeout 1000 --pre-vote --log-level warn
 done
 say "waiting for the etcd cluster ($ENDPOINTS)"
 for _ in $(seq 1 60); do

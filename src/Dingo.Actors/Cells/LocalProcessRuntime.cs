@@ -383,24 +383,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     }
 
     /// <summary>Alive and not a zombie: an unreaped dead postmaster still holds its PID.</summary>
-    private static bool IsAlive(int pid)
-    {
-        string stat;
-        try
-        {
-            stat = File.ReadAllText($"/proc/{pid}/stat");
-        }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or IOException)
-        {
-            return false;
-        }
-        // The command name in parentheses may itself contain ") ", so the state follows the last ')'.
-        var close = stat.LastIndexOf(')');
-        if (close < 0 || close + 2 >= stat.Length)
-            return false;
-        var state = stat[close + 2];
-        return state is not ('Z' or 'X' or 'x');
-    }
+    private static bool IsAlive(int pid) => Dingo.Ha.ProcStat.Read(pid) is { Zombie: false };
 
     /// <summary>PIDs get reused, so check the process is postgres and works on this data directory.</summary>
     private static bool IsPostmasterFor(int pid, string pgData)

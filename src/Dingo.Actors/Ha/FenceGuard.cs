@@ -53,7 +53,7 @@ internal readonly record struct ProcStat(int Pid, int ParentPid, bool Zombie, lo
         if (fields.Length < 20) return null;
         if (!int.TryParse(fields[1], NumberStyles.None, CultureInfo.InvariantCulture, out var ppid)) return null;
         if (!long.TryParse(fields[19], NumberStyles.None, CultureInfo.InvariantCulture, out var start)) return null;
-        return new ProcStat(pid, ppid, fields[0] is "Z" or "X", start);
+        return new ProcStat(pid, ppid, fields[0] is "Z" or "X" or "x", start);
     }
 
     /// <summary>The process and all its descendants, as /proc lists them now.</summary>
@@ -108,7 +108,8 @@ public sealed class FenceGuardDirectory
         CheckNodeId(nodeId);
         Directory.CreateDirectory(Path);
         var file = ArmPath(nodeId);
-        var temp = file + ".tmp";
+        // Unique: a starting cell's lease bridge and the node's own loop may both write for a moment.
+        var temp = $"{file}.{Guid.NewGuid():N}.tmp";
         File.WriteAllText(temp, FormattableString.Invariant($"{arm.DeadlineNs} {arm.Postmaster.Pid} {arm.Postmaster.StartTime} {arm.Lease} {arm.InstanceId ?? "-"}\n"));
         File.Move(temp, file, overwrite: true);
     }
@@ -153,8 +154,9 @@ public sealed class FenceGuardDirectory
         CheckNodeId(leader);
         Directory.CreateDirectory(Path);
         var file = System.IO.Path.Combine(Path, nodeId + ".promise");
-        File.WriteAllText(file + ".tmp", FormattableString.Invariant($"{leader} {atNs}\n"));
-        File.Move(file + ".tmp", file, overwrite: true);
+        var temp = $"{file}.{Guid.NewGuid():N}.tmp";
+        File.WriteAllText(temp, FormattableString.Invariant($"{leader} {atNs}\n"));
+        File.Move(temp, file, overwrite: true);
     }
 
     /// <summary>The node's last failsafe promise, or null.</summary>

@@ -53,7 +53,7 @@ public sealed class TestEtcdCluster : IAsyncDisposable
             "--listen-client-urls", $"http://127.0.0.1:{_ports[i].Client}", "--advertise-client-urls", $"http://127.0.0.1:{_ports[i].Client}",
             "--listen-peer-urls", $"http://127.0.0.1:{_ports[i].Peer}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{_ports[i].Peer}",
             "--initial-cluster", initial, "--initial-cluster-state", state, "--initial-cluster-token", Path.GetFileName(_root),
-            "--heartbeat-interval", "100", "--election-timeout", "500", "--log-level", "error",
+            "--heartbeat-interval", "100", "--election-timeout", "500", "--pre-vote", "--log-level", "error",
         ]);
         _processes[i] = process;
     }
