@@ -190,10 +190,23 @@ public static class Failover
         var better = i.Members
             .Where(m => IsFresh(i, m, s) && m.State == NodeState.Running)
             .Where(m => Ineligibility(i, s, m.NodeId, m.Role != "primary", m.Lsn) is null)
-            .FirstOrDefault(m => m.Lsn > local.Lsn || (m.Lsn == local.Lsn && string.CompareOrdinal(m.NodeId, me) < 0));
+            .FirstOrDefault(m => IsBetter(m, local, me));
         if (better is not null) return new HaAction.Wait($"no action: leader key free, {better.NodeId} is more advanced ({better.Lsn} ≥ {local.Lsn})");
         var myLag = i.LeaderOptime is { } last ? Math.Max(0, last - local.Lsn) : 0;
         return new HaAction.TakeLeadership($"taking the leader key: it is free and I am the most advanced eligible node (lag {myLag} B)");
+    }
+
+    /// <summary>
+    /// Whether another member is a better holder of the free key: further on; at the same position a running primary
+    /// beats a replica (it keeps serving with no promotion, e.g. after its lease lapsed in an etcd outage it rode out in
+    /// failsafe); then the lower node id.
+    /// </summary>
+    private static bool IsBetter(NodeStatus m, LocalState local, string me)
+    {
+        if (m.Lsn != local.Lsn) return m.Lsn > local.Lsn;
+        bool theirsPrimary = m.Role == "primary", minePrimary = !local.InRecovery;
+        if (theirsPrimary != minePrimary) return theirsPrimary;
+        return string.CompareOrdinal(m.NodeId, me) < 0;
     }
 
     /// <summary>Why a node may not take the free key, or null when it may.</summary>

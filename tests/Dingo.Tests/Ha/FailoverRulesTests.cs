@@ -155,4 +155,29 @@ public sealed class FailoverRulesTests
         if (recloned) Assert.Contains("requested timeline 4", Assert.IsType<HaAction.Reclone>(decision).Sentence, StringComparison.Ordinal);
         else Assert.IsType<HaAction.Start>(decision);
     }
+
+    [Fact]
+    public void At_the_same_position_a_running_primary_whose_lease_lapsed_takes_the_free_key_back_before_a_replica()
+    {
+        // After an etcd outage ridden out in failsafe, etcd expired the lease: the primary (higher node id) must take the
+        // key back, not wait for a replica with the same position (which promised not to take it anyway).
+        var replica = new Dingo.Model.NodeStatus
+        {
+            NodeId = "n-a", InstanceId = "i", CellId = "c", State = Dingo.Model.NodeState.Running, Detail = "", Host = "h", Port = 1,
+            Role = "replica", Lsn = 100, Streaming = true, UpdatedAt = DateTimeOffset.UtcNow,
+        };
+        var primary = Leader(answering: true, notAnsweringFor: TimeSpan.Zero, sinceRenewal: TimeSpan.MaxValue, holdsLease: false) with
+        {
+            NodeId = "n-z", Leader = null, Members = [replica], Sync = new Dingo.Model.SyncState(["n-a"], "n-z"),
+        };
+        primary = primary with { Local = primary.Local with { InRecovery = false } };
+        Assert.IsType<HaAction.TakeLeadership>(Failover.Decide(primary, Settings));
+        // And the replica, seeing that primary at its own position, leaves the key to it.
+        var asReplica = ReadOnlyNodeWithFreeKey("n-a", initialisedBy: "n-z") with
+        {
+            Sync = new Dingo.Model.SyncState(["n-a"], "n-z"),
+            Members = [replica with { NodeId = "n-z", Role = "primary" }],
+        };
+        Assert.IsType<HaAction.Wait>(Failover.Decide(asReplica, Settings));
+    }
 }
