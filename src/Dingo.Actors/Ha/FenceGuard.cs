@@ -87,6 +87,7 @@ public sealed class FenceGuardDirectory
     internal const string LockFile = "guard.lock";
     internal const string StopFile = "guard.stop";
     internal const string LogFile = "guard.log";
+    internal const string OwnerFile = "guard.owner";
 
     private readonly IReadOnlyList<string>? _launch;
     private readonly object _launching = new();
@@ -195,6 +196,7 @@ public sealed class FenceGuardDirectory
     /// </summary>
     public async Task<bool> EnsureGuardRunningAsync(TimeSpan timeout, CancellationToken ct)
     {
+        ClaimOwnership();
         if (GuardRunning()) return true;
         if (_launch is null) return false;
         lock (_launching)
@@ -230,6 +232,30 @@ public sealed class FenceGuardDirectory
         if (!Directory.Exists(Path)) return;
         await File.WriteAllTextAsync(System.IO.Path.Combine(Path, StopFile), "stop\n", ct).ConfigureAwait(false);
         for (var i = 0; i < 100 && GuardRunning(); i++) await Task.Delay(20, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// This process is the guard's owner from now on (a restarted cell takes over the guard its predecessor started): a
+    /// guard with nothing armed whose owner is gone exits, so no guard outlives its cell for good.
+    /// </summary>
+    private void ClaimOwnership()
+    {
+        if (ProcessIdentity.Of(Environment.ProcessId) is not { } me) return;
+        Directory.CreateDirectory(Path);
+        var file = System.IO.Path.Combine(Path, OwnerFile);
+        var temp = $"{file}.{Guid.NewGuid():N}.tmp";
+        File.WriteAllText(temp, FormattableString.Invariant($"{me.Pid} {me.StartTime}\n"));
+        File.Move(temp, file, overwrite: true);
+    }
+
+    /// <summary>The owner recorded is no longer running (false when none is recorded).</summary>
+    internal bool OwnerGone()
+    {
+        var parts = ReadOrNull(System.IO.Path.Combine(Path, OwnerFile))?.Trim().Split(' ');
+        if (parts is not [var pid, var start]) return false;
+        if (!int.TryParse(pid, NumberStyles.None, CultureInfo.InvariantCulture, out var p)
+            || !long.TryParse(start, NumberStyles.None, CultureInfo.InvariantCulture, out var t)) return false;
+        return !new ProcessIdentity(p, t).Alive;
     }
 
     internal string ArmPath(string nodeId) => System.IO.Path.Combine(Path, nodeId + ArmSuffix);
@@ -341,6 +367,11 @@ public sealed class FenceGuard(FenceGuardDirectory directory, ILogger logger)
                 return 0;
             }
             await CheckOnceAsync(ct).ConfigureAwait(false);
+            if (!directory.ArmedNodes().Any() && directory.OwnerGone())
+            {
+                logger.LogInformation("fencing guard: nothing armed and the cell that owned it is gone; exiting");
+                return 0;
+            }
             try { await Task.Delay(Poll, ct).ConfigureAwait(false); }
             catch (OperationCanceledException) { break; }
         }

@@ -24,6 +24,17 @@ public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
+        try { await StartAsync(); }
+        catch
+        {
+            // xunit does not dispose what failed to initialise: stop what was started here.
+            await DisposeAsync();
+            throw;
+        }
+    }
+
+    private async Task StartAsync()
+    {
         _runtime = new LocalProcessRuntime(new LocalProcessRuntimeOptions(Path.Combine(_root, "nodes")), new TestOutputLogger<LocalProcessRuntime>(output));
         _guard = new FenceGuardDirectory(Path.Combine(_root, "guard"),
             ["dotnet", Path.Combine(AppContext.BaseDirectory, "Dingo.Cell.dll"), "guard"]);
@@ -164,5 +175,18 @@ public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
         await Eventually.UntilAsync(async () => (await File.ReadAllTextAsync(log)).Contains("another guard holds", StringComparison.Ordinal),
             TimeSpan.FromSeconds(5), "the second guard's word in the log");
         Assert.True(_guard.GuardRunning());
+    }
+
+    [Fact]
+    public async Task A_guard_with_nothing_armed_exits_once_the_cell_that_owns_it_is_gone()
+    {
+        using var cell = Process.Start(new ProcessStartInfo("sleep", "60") { UseShellExecute = false })!;
+        var owner = ProcessIdentity.Of(cell.Id)!.Value;
+        await File.WriteAllTextAsync(Path.Combine(_guard.Path, "guard.owner"), $"{owner.Pid} {owner.StartTime}\n");
+        await Task.Delay(500);
+        Assert.True(_guard.GuardRunning(), "the guard left while its owner runs");
+        cell.Kill();
+        await cell.WaitForExitAsync();
+        await Eventually.UntilAsync(() => Task.FromResult(!_guard.GuardRunning()), TimeSpan.FromSeconds(5), "the guard exiting after its owner");
     }
 }
