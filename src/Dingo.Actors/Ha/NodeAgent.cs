@@ -527,7 +527,7 @@ public sealed class NodeAgent
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
                 if (input.Local.InRecovery) await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
                 _following = null;
-                await LeadAsync(record, probe, input, promoted: input.Local.InRecovery, etcd).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, promoted: input.Local.InRecovery, etcd, ct).ConfigureAwait(false);
                 if (input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), etcd).ConfigureAwait(false);
                 break;
 
@@ -535,11 +535,11 @@ public sealed class NodeAgent
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
                 await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
                 _following = null;
-                await LeadAsync(record, probe, input, promoted: true, etcd).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, promoted: true, etcd, ct).ConfigureAwait(false);
                 break;
 
             case HaAction.Lead:
-                await LeadAsync(record, probe, input, promoted: false, etcd).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, promoted: false, etcd, ct).ConfigureAwait(false);
                 break;
 
             case HaAction.Demote demote:
@@ -759,20 +759,25 @@ public sealed class NodeAgent
     /// <summary>A leader's duties each pass: prepare roles once, publish its WAL position, keep slots and sync standbys right.</summary>
     /// <param name="promoted">promoted in this pass: the WAL position observed before is stale</param>
     /// <param name="ct">bounded by the fencing deadline: every step of a leader's pass is</param>
-    private async Task LeadAsync(InstanceRecord record, PostgresProbe probe, HaInput input, bool promoted, CancellationToken ct)
+    /// <param name="stopping">for the first preparation of roles (a restored clone's takes long on a busy machine: cut at the
+    /// fencing deadline every pass, it never finished); progress renews after it, and a pass stuck in it is fenced by the guard</param>
+    private async Task LeadAsync(InstanceRecord record, PostgresProbe probe, HaInput input, bool promoted, CancellationToken ct, CancellationToken stopping)
     {
         var etcd = ct;
         await RenewOnProgressAsync(ct).ConfigureAwait(false);
         if (!_prepared)
         {
-            await DatabaseAdmin.PrepareAsync(Address, _spec.Port, record.Superuser, record.Database, ct, record.Replication).ConfigureAwait(false);
+            await DatabaseAdmin.PrepareAsync(Address, _spec.Port, record.Superuser, record.Database, stopping, record.Replication).ConfigureAwait(false);
             if (_clonedFromOther)
             {
-                await DatabaseAdmin.DisableInheritedLoginsAsync(Address, _spec.Port, record.Superuser, ct).ConfigureAwait(false);
+                await DatabaseAdmin.DisableInheritedLoginsAsync(Address, _spec.Port, record.Superuser, stopping).ConfigureAwait(false);
                 _clonedFromOther = false;
             }
             _prepared = true;
-            await RenewOnProgressAsync(ct).ConfigureAwait(false);
+            // The preparation may have outlasted the pass's fencing budget: the renewal after it gets one of its own.
+            using var renewal = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+            renewal.CancelAfter(_settings.Ha.Ttl / 4);
+            await RenewOnProgressAsync(renewal.Token).ConfigureAwait(false);
         }
         // This pass already observed PostgreSQL and read the members; only a promotion just now moved the WAL position.
         var lsn = promoted ? (await probe.ObserveAsync(ct).WaitAsync(ct).ConfigureAwait(false)).Lsn : input.Local.Lsn;
