@@ -107,11 +107,19 @@ public sealed class FenceGuardDirectory
     public void Arm(string nodeId, GuardArm arm)
     {
         CheckNodeId(nodeId);
+        Replace(ArmPath(nodeId), FormattableString.Invariant($"{arm.DeadlineNs} {arm.Postmaster.Pid} {arm.Postmaster.StartTime} {arm.Lease} {arm.InstanceId ?? "-"}\n"));
+    }
+
+    /// <summary>
+    /// Writes the file whole through a rename, so the guard never reads half of it. The temporary name is unique: a
+    /// starting cell's lease bridge and the node's own loop may both write for a moment. Not flushed to disk: the
+    /// files matter only while the processes that read them live.
+    /// </summary>
+    private void Replace(string file, string text)
+    {
         Directory.CreateDirectory(Path);
-        var file = ArmPath(nodeId);
-        // Unique: a starting cell's lease bridge and the node's own loop may both write for a moment.
         var temp = $"{file}.{Guid.NewGuid():N}.tmp";
-        File.WriteAllText(temp, FormattableString.Invariant($"{arm.DeadlineNs} {arm.Postmaster.Pid} {arm.Postmaster.StartTime} {arm.Lease} {arm.InstanceId ?? "-"}\n"));
+        File.WriteAllText(temp, text);
         File.Move(temp, file, overwrite: true);
     }
 
@@ -153,11 +161,7 @@ public sealed class FenceGuardDirectory
     {
         CheckNodeId(nodeId);
         CheckNodeId(leader);
-        Directory.CreateDirectory(Path);
-        var file = System.IO.Path.Combine(Path, nodeId + ".promise");
-        var temp = $"{file}.{Guid.NewGuid():N}.tmp";
-        File.WriteAllText(temp, FormattableString.Invariant($"{leader} {atNs}\n"));
-        File.Move(temp, file, overwrite: true);
+        Replace(System.IO.Path.Combine(Path, nodeId + ".promise"), FormattableString.Invariant($"{leader} {atNs}\n"));
     }
 
     /// <summary>The node's last failsafe promise, or null.</summary>
@@ -241,11 +245,7 @@ public sealed class FenceGuardDirectory
     private void ClaimOwnership()
     {
         if (ProcessIdentity.Of(Environment.ProcessId) is not { } me) return;
-        Directory.CreateDirectory(Path);
-        var file = System.IO.Path.Combine(Path, OwnerFile);
-        var temp = $"{file}.{Guid.NewGuid():N}.tmp";
-        File.WriteAllText(temp, FormattableString.Invariant($"{me.Pid} {me.StartTime}\n"));
-        File.Move(temp, file, overwrite: true);
+        Replace(System.IO.Path.Combine(Path, OwnerFile), FormattableString.Invariant($"{me.Pid} {me.StartTime}\n"));
     }
 
     /// <summary>The owner recorded is no longer running (false when none is recorded).</summary>
@@ -281,6 +281,8 @@ public sealed class FenceGuardDirectory
 
     internal static string? ReadOrNull(string path)
     {
+        // Asked every HA pass of every node (TakeFenced): the usual answer, no file, must not cost an exception.
+        if (!File.Exists(path)) return null;
         try { return File.ReadAllText(path); }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException) { return null; }
     }

@@ -58,7 +58,4 @@ public sealed class EtcdBlipTests(ITestOutputHelper output)
         var missing = await writer.MissingAsync();
         Assert.True(missing.Count == 0, $"{missing.Count} acknowledged commits lost of {writer.Acknowledged.Count}");
     }
-
-    [System.Runtime.InteropServices.DllImport("libc")]
-    private static extern int kill(int pid, int sig);
 }
