@@ -51,6 +51,7 @@ public static class Program
         using var loggers = Microsoft.Extensions.Logging.LoggerFactory.Create(b => b.AddProvider(new GuardLogProvider(Path.Combine(dir, "guard.log"))));
         using var stopping = new CancellationTokenSource();
         using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c => { c.Cancel = true; stopping.Cancel(); });
+        if (Dingo.Ha.FenceGuardDirectory.RaisePriority(-10) is { } why) loggers.CreateLogger("Dingo.Guard").LogWarning("{Why}", why);
         try
         {
             return await new Dingo.Ha.FenceGuard(new Dingo.Ha.FenceGuardDirectory(dir, launch: null), loggers.CreateLogger("Dingo.Guard")).RunAsync(stopping.Token);

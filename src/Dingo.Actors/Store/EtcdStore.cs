@@ -98,6 +98,9 @@ public sealed class EtcdStore : IAsyncDisposable
 
     private DateTime Deadline() => DateTime.UtcNow + _callTimeout;
 
+    /// <summary>A lease renewal kept waiting this long by one member is a reason to ask another next time.</summary>
+    private const long SlowRenewalMs = 500;
+
     public static string RangeEnd(string prefix)
     {
         var bytes = Encoding.UTF8.GetBytes(prefix);
@@ -264,6 +267,7 @@ public sealed class EtcdStore : IAsyncDisposable
         for (var attempt = 0; ; attempt++)
         {
             var member = Volatile.Read(ref _current);
+            var started = Environment.TickCount64;
             try
             {
                 var client = new Lease.LeaseClient(InvokerAt(member));
@@ -272,6 +276,15 @@ public sealed class EtcdStore : IAsyncDisposable
                 await call.RequestStream.CompleteAsync().ConfigureAwait(false);
                 if (!await call.ResponseStream.MoveNext(ct).ConfigureAwait(false)) return false;
                 return call.ResponseStream.Current.TTL > 0;
+            }
+            catch (Exception ex) when (ct.IsCancellationRequested && ex is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled }
+                                       && _channels.Length > 1 && Environment.TickCount64 - started >= SlowRenewalMs)
+            {
+                // A leader's renewal budget ran out on a member that kept it waiting (overloaded, or catching up after a
+                // partition healed): the next renewal asks another member, or the leader would keep asking the slow
+                // one until it must fence.
+                MoveOnFrom(member);
+                throw;
             }
             catch (RpcException ex) when (ex.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded
                                           && attempt < _channels.Length * 2 && !ct.IsCancellationRequested)

@@ -79,6 +79,15 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void The_cell_unit_leaves_the_fencing_guard_alive_when_the_cell_process_dies()
+    {
+        // The guard runs in the cell's cgroup; only KillMode=process spares it (and process-runtime PostgreSQL) when the
+        // cell crashes, so a primary whose lease lapses during the restart is still fenced (docs/ha.md).
+        var killMode = Unit(UnitPath("dingo-cell.service")).Where(e => e.Section == "Service" && e.Key == "KillMode").Select(e => e.Value).ToList();
+        Assert.Equal(["process"], killMode);
+    }
+
+    [Fact]
     public void Every_DINGO_variable_in_the_deploy_files_and_docs_is_one_the_code_reads()
     {
         var read = new HashSet<string>(StringComparer.Ordinal);

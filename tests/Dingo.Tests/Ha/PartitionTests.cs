@@ -414,16 +414,17 @@ public sealed class BridgeEtcd : IAsyncDisposable
     {
         var client = FreePorts.One();
         var peer = FreePorts.One();
-        var data = Path.Combine(Path.GetTempPath(), $"dingo-part-etcd-{Guid.NewGuid():N}");
-        var psi = new ProcessStartInfo("/usr/bin/etcd") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[]
+        var data = Path.Combine(EtcdForTests.DataRoot, $"dingo-part-etcd-{Guid.NewGuid():N}");
+        var (etcdFile, etcdArgs) = EtcdForTests.Command(new[]
                  {
                      "--name", "part", "--data-dir", data,
                      "--listen-client-urls", $"http://{bridgeAddress}:{client},http://127.0.0.1:{client}",
                      "--advertise-client-urls", $"http://{bridgeAddress}:{client}",
                      "--listen-peer-urls", $"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{peer}",
                      "--initial-cluster", $"part=http://127.0.0.1:{peer}", "--log-level", "error",
-                 }) psi.ArgumentList.Add(a);
+                 });
+        var psi = new ProcessStartInfo(etcdFile) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in etcdArgs) psi.ArgumentList.Add(a);
         var etcd = new BridgeEtcd(Process.Start(psi) ?? throw new InvalidOperationException("could not start etcd"), data,
             $"http://{bridgeAddress}:{client}", $"http://127.0.0.1:{client}");
         etcd._process.OutputDataReceived += (_, _) => { };

@@ -366,7 +366,7 @@ public sealed class ThreeHosts : IAsyncDisposable
 {
     private const string Username = TestPlatform.Username;
     private readonly ITestOutputHelper _output;
-    private readonly string _etcdRoot = Path.Combine(Path.GetTempPath(), $"dingo-3h-etcd-{Guid.NewGuid():N}"[..30]);
+    private readonly string _etcdRoot = Path.Combine(EtcdForTests.DataRoot, $"dingo-3h-etcd-{Guid.NewGuid():N}"[..30]);
     private readonly Dictionary<(int Host, string Role), Process> _running = new();
     private readonly HashSet<int> _down = new();
     private readonly object _gate = new();
@@ -443,7 +443,7 @@ public sealed class ThreeHosts : IAsyncDisposable
     {
         var a = Hosts.HostAddress(i);
         var initial = string.Join(",", Enumerable.Range(0, 3).Select(n => $"h{n}=http://{Hosts.HostAddress(n)}:2380"));
-        Track(i, "etcd", Hosts.Start(i, "/usr/bin/etcd",
+        var (etcdFile, etcdArgs) = EtcdForTests.Command(
         [
             "--name", $"h{i}", "--data-dir", Path.Combine(_etcdRoot, $"h{i}"),
             "--listen-client-urls", $"http://{a}:2379", "--advertise-client-urls", $"http://{a}:2379",
@@ -452,7 +452,8 @@ public sealed class ThreeHosts : IAsyncDisposable
             // Pre-vote: a member cut off and healed must not depose the leader with the terms it ran up alone (etcd 3.4
             // leaves it off): that election left etcd leaderless for ~2 s right after the heal and fenced the new primary.
             "--heartbeat-interval", "100", "--election-timeout", "1000", "--pre-vote", "--log-level", "warn",
-        ]));
+        ]);
+        Track(i, "etcd", Hosts.Start(i, etcdFile, etcdArgs));
     }
 
     private void StartBroker(int i) => Track(i, "broker", Hosts.Start(i, DotnetHost(),

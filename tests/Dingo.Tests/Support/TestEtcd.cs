@@ -24,14 +24,15 @@ public static class TestEtcd
         if (!string.IsNullOrEmpty(external)) return external;
         var client = FreePorts.One();
         var peer = FreePorts.One();
-        var dataDir = Path.Combine(Path.GetTempPath(), $"dingo-test-etcd-{Guid.NewGuid():N}");
-        RunProcesses.Start("/usr/bin/etcd",
+        var dataDir = Path.Combine(EtcdForTests.DataRoot, $"dingo-test-etcd-{Guid.NewGuid():N}");
+        var (etcdFile, etcdArgs) = EtcdForTests.Command(
         [
             "--name", "test", "--data-dir", dataDir,
             "--listen-client-urls", $"http://127.0.0.1:{client}", "--advertise-client-urls", $"http://127.0.0.1:{client}",
             "--listen-peer-urls", $"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{peer}",
             "--initial-cluster", $"test=http://127.0.0.1:{peer}", "--log-level", "error",
-        ], dataDir);
+        ]);
+        RunProcesses.Start(etcdFile, etcdArgs, dataDir);
         var url = $"http://127.0.0.1:{client}";
         var store = new EtcdStore([url], "/probe");
         var deadline = DateTime.UtcNow.AddSeconds(20);

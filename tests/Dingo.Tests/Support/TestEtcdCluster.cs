@@ -11,7 +11,7 @@ public sealed class TestEtcdCluster : IAsyncDisposable
 {
     private readonly (int Client, int Peer)[] _ports;
     private readonly Process?[] _processes;
-    private readonly string _root = Path.Combine(Path.GetTempPath(), $"dingo-etcd-cluster-{Guid.NewGuid():N}");
+    private readonly string _root = Path.Combine(EtcdForTests.DataRoot, $"dingo-etcd-cluster-{Guid.NewGuid():N}");
 
     private TestEtcdCluster(int members)
     {
@@ -47,7 +47,7 @@ public sealed class TestEtcdCluster : IAsyncDisposable
     public void Start(int i, string state = "existing")
     {
         var initial = string.Join(",", _ports.Select((p, n) => $"{Name(n)}=http://127.0.0.1:{p.Peer}"));
-        var process = RunProcesses.Start("/usr/bin/etcd",
+        var (etcdFile, etcdArgs) = EtcdForTests.Command(
         [
             "--name", Name(i), "--data-dir", Path.Combine(_root, Name(i)),
             "--listen-client-urls", $"http://127.0.0.1:{_ports[i].Client}", "--advertise-client-urls", $"http://127.0.0.1:{_ports[i].Client}",
@@ -55,6 +55,7 @@ public sealed class TestEtcdCluster : IAsyncDisposable
             "--initial-cluster", initial, "--initial-cluster-state", state, "--initial-cluster-token", Path.GetFileName(_root),
             "--heartbeat-interval", "100", "--election-timeout", "500", "--pre-vote", "--log-level", "error",
         ]);
+        var process = RunProcesses.Start(etcdFile, etcdArgs);
         _processes[i] = process;
     }
 
