@@ -1,3 +1,4 @@
+using Dingo.Tests.Support;
 using Dingo.Backups;
 
 namespace Dingo.Tests.Backups;
@@ -6,6 +7,7 @@ namespace Dingo.Tests.Backups;
 /// The rule book of "did this restore reach what was asked": what the archive must hold for a restore to its latest
 /// state (<see cref="RestoreVerification.Goal"/>) and whether recovery's end meets it (<see cref="RestoreVerification.Decide"/>).
 /// </summary>
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class RestoreVerificationTests
 {
     private const ulong Seg = WalSegment.DefaultSize;

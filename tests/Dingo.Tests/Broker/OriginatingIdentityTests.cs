@@ -1,8 +1,10 @@
+using Dingo.Tests.Support;
 using System.Text;
 using Dingo.Broker.Osb;
 
 namespace Dingo.Tests.Broker;
 
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class OriginatingIdentityTests
 {
     [Fact]

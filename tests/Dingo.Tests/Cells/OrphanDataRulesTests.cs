@@ -1,3 +1,4 @@
+using Dingo.Tests.Support;
 using Dingo.Cells;
 using Dingo.Model;
 
@@ -7,6 +8,7 @@ namespace Dingo.Tests.Cells;
 /// The rule book for an unwanted node's data: one row per case, what the cell does and the sentence it logs.
 /// Data goes only on a positive instruction from the etcd the cell placed it from.
 /// </summary>
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class OrphanDataRulesTests
 {
     private static readonly DateTimeOffset Now = new(2026, 12, 2, 12, 0, 0, TimeSpan.Zero);

@@ -3,6 +3,7 @@ using Dingo.Tests.Support;
 
 namespace Dingo.Tests.Config;
 
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class SettingsTests
 {
     private static readonly string DefaultFile = Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf");

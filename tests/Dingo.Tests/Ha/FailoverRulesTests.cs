@@ -1,9 +1,11 @@
+using Dingo.Tests.Support;
 using Dingo.Config;
 using Dingo.Ha;
 
 namespace Dingo.Tests.Ha;
 
 /// <summary>Single decisions of the HA rules, for cases the simulation does not reach.</summary>
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class FailoverRulesTests
 {
     private static readonly HaSettings Settings = new()

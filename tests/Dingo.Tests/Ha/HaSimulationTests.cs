@@ -1,3 +1,4 @@
+using Dingo.Tests.Support;
 using Akka.Actor;
 using Akka.Configuration;
 using Akka.TestKit;
@@ -13,6 +14,7 @@ namespace Dingo.Tests.Ha;
 /// virtual time (TestKit's TestScheduler) against an in-memory etcd with real lease expiry. Each test is a story;
 /// every step checks that at most one node accepts writes.
 /// </summary>
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class HaSimulationTests : TestKit
 {
     private static readonly Akka.Configuration.Config VirtualTime =

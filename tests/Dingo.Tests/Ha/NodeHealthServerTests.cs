@@ -1,3 +1,4 @@
+using Dingo.Tests.Support;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
@@ -8,6 +9,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Dingo.Tests.Ha;
 
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class NodeHealthServerTests
 {
     private static readonly IPAddress Loopback = IPAddress.Loopback;

@@ -1,8 +1,10 @@
+using Dingo.Tests.Support;
 using Dingo.Instances;
 using Dingo.Model;
 
 namespace Dingo.Tests.Instances;
 
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class PlacementTests
 {
     private static CellInfo Cell(string id, string zone, int capacity = 10) =>

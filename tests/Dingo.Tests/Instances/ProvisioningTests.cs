@@ -1,9 +1,11 @@
+using Dingo.Tests.Support;
 using Dingo.Instances;
 using Dingo.Model;
 
 namespace Dingo.Tests.Instances;
 
 /// <summary>The instance decision as a table of situations, each with the sentence last_operation shows.</summary>
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class ProvisioningTests
 {
     private static readonly DateTimeOffset T0 = new(2026, 11, 25, 12, 0, 0, TimeSpan.Zero);

@@ -1,9 +1,11 @@
+using Dingo.Tests.Support;
 using System.Net;
 using Dingo.Model;
 using Dingo.Routing;
 
 namespace Dingo.Tests.Routing;
 
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class RouteTableTests
 {
     private static NodeStatus Member(string id, int port, string role, bool streaming, long lsn, string state = NodeState.Running) =>

@@ -1,3 +1,4 @@
+using Dingo.Tests.Support;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
@@ -9,6 +10,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Dingo.Tests.Routing;
 
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class TcpRouterTests
 {
     private static readonly IPAddress Loopback = IPAddress.Loopback;
