@@ -216,6 +216,9 @@ ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" --dial-timeout 1s del /dingo-thre
 # ---- settings shared by every process (the environment wins over these) ----
 PASSWORD="${DINGO_BROKER_PASSWORD:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=' )}"
 USERNAME="${DINGO_BROKER_USERNAME:-dingo}"
+# The operator's admin API (/admin) has credentials of its own; the OSB ones above do not open it.
+ADMIN_PASSWORD="${DINGO_BROKER_ADMIN_PASSWORD:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=' )}"
+ADMIN_USERNAME="${DINGO_BROKER_ADMIN_USERNAME:-dingo-admin}"
 SEEDS="akka.tcp://dingo@$(addr 0):4053,akka.tcp://dingo@$(addr 1):4053,akka.tcp://dingo@$(addr 0):4054,akka.tcp://dingo@$(addr 1):4054,akka.tcp://dingo@$(addr 2):4054"
 CONF="$STATE/three-hosts.conf"
 {
@@ -234,7 +237,7 @@ for i in 0 1 2; do
   [ "$DOCKER" = 1 ] && echo "dingo.cell.docker.endpoint = \"unix://$RUN/$h-podman.sock\"" >>"$STATE/$h/host.conf"
 done
 COMMON=(DINGO_ETCD_ENDPOINTS="$ENDPOINTS" DINGO_AKKA_SEEDS="$SEEDS" DINGO_BROKER_USERNAME="$USERNAME"
-        DINGO_BROKER_PASSWORD="$PASSWORD" DINGO_BINDING_HOST="$(addr 0)" DOTNET_CLI_TELEMETRY_OPTOUT=1)
+        DINGO_BROKER_PASSWORD="$PASSWORD" DINGO_BROKER_ADMIN_USERNAME="$ADMIN_USERNAME" DINGO_BROKER_ADMIN_PASSWORD="$ADMIN_PASSWORD" DINGO_BINDING_HOST="$(addr 0)" DOTNET_CLI_TELEMETRY_OPTOUT=1)
 
 # ---- --docker: a podman service per host (shared image store; each cell sees only its own containers) ----
 if [ "$DOCKER" = 1 ]; then
@@ -290,6 +293,7 @@ Dingo PostgreSQL is up on three hosts ($([ "$DOCKER" = 1 ] && echo "Docker cells
   broker URLs:     http://$(addr 0):8080  http://$(addr 1):8080
   broker username: $USERNAME
   broker password: $PASSWORD
+  admin API:       $ADMIN_USERNAME / $ADMIN_PASSWORD (/admin and the ./dingo admin commands: DINGO_BROKER_ADMIN_USERNAME/PASSWORD)
   instances:       any host's address at the instance's port (bindings name $(addr 0))
 
   DINGO_ETCD_ENDPOINTS=$ENDPOINTS ./dingo status

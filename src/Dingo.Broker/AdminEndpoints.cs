@@ -7,8 +7,9 @@ using Microsoft.AspNetCore.Mvc;
 namespace Dingo.Broker;
 
 /// <summary>
-/// The operator's API (same Basic auth as OSB): planned switchover and cell draining. Unlike the original's
-/// /admin endpoints, nothing here returns a password.
+/// The operator's API, behind credentials of its own (dingo.broker.admin-username / admin-password; the OSB ones do
+/// not open it): planned switchover, cell draining, recovery. Unlike the original's /admin endpoints, nothing here
+/// returns a password.
 /// </summary>
 public static class AdminEndpoints
 {
@@ -50,6 +51,8 @@ public static class AdminEndpoints
             return (removed ? OsbResult.Ok(new JsonObject { ["description"] = $"{cell} takes new nodes again" })
                 : OsbResult.NotFound($"{cell} is not being drained")).ToResult();
         });
+        // Anything else under /admin: a clear 404 in the same error shape.
+        app.Map("/admin/{**rest}", (HttpRequest req) => OsbResult.NotFound($"no such admin endpoint: {RequestLimits.ForLog(req.Method, 20)} {RequestLimits.ForLog(req.Path.Value)}").ToResult());
     }
 
     private static async Task<OsbResult> BackupsAsync(string id, Dingo.Backups.IObjectStore objects, EtcdStore store, CancellationToken ct)

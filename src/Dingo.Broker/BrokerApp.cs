@@ -17,6 +17,8 @@ public static class BrokerApp
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls(settings.Broker.Url);
+        // An OSB request is a few hundred bytes: Kestrel refuses to read more than this (413) on any route.
+        builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = RequestLimits.MaxBodyBytes);
         builder.Logging.ClearProviders();
         if (logging is not null) logging(builder.Logging);
         else builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
@@ -83,6 +85,13 @@ public static class BrokerApp
             try
             {
                 await next(context);
+            }
+            catch (BadHttpRequestException ex) when (!context.Response.HasStarted)
+            {
+                // The client's fault (a body over the limit, cut short, malformed): its 4xx, never a 500.
+                var result = ex.StatusCode == StatusCodes.Status413PayloadTooLarge ? OsbResult.TooLarge()
+                    : OsbResult.Error(ex.StatusCode is >= 400 and < 500 ? ex.StatusCode : 400, "BadRequest", $"the request could not be read: {RequestLimits.ForLog(ex.Message)}");
+                await result.ToResult().ExecuteAsync(context);
             }
             catch (Exception ex) when (!context.Response.HasStarted && ex is not OperationCanceledException)
             {

@@ -65,7 +65,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             if (p["clone-from"] is JsonValue cloneValue && cloneValue.TryGetValue<string>(out var cloneFrom))
             {
                 var pointInTime = p["point-in-time"] is JsonValue pit && pit.TryGetValue<string>(out var pitText) ? Recovery.ParsePointInTime(pitText) : null;
-                var (source, cloneError) = await recovery.ResolveCloneAsync(cloneFrom, space!, pointInTime, ct);
+                var (source, cloneError) = await recovery.ResolveCloneAsync(cloneFrom, org!, space!, pointInTime, ct);
                 if (cloneError is not null) return cloneError;
                 restore = new RestoreSource(source!, pointInTime);
             }
@@ -77,27 +77,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                         $"the instance quota of {settings.Broker.InstanceQuota} is reached ({count} instances exist): delete an instance or ask the operator to raise dingo.broker.instance-quota");
             }
 
-            var allocator = new PortAllocator(store);
-            var port = await allocator.AllocatePublicPortAsync(instanceId, settings.Router.PortFirst, settings.Router.PortLast, ct);
-            var readOnlyPort = await allocator.AllocatePublicPortAsync(instanceId, settings.Router.PortFirst, settings.Router.PortLast, ct, PortRole.ReadOnly);
             var now = DateTimeOffset.UtcNow;
-            var record = new InstanceRecord
-            {
-                Id = instanceId,
-                ServiceId = serviceId!,
-                PlanId = planId!,
-                OrganizationGuid = org!,
-                SpaceGuid = space!,
-                ParametersJson = parameters,
-                ContextJson = context,
-                Port = port,
-                ReadOnlyPort = readOnlyPort,
-                NodeCount = nodeCount,
-                Superuser = new Credentials(DatabaseAdmin.SuperuserName, Secrets.Password()),
-                Replication = new Credentials(DatabaseAdmin.ReplicationUserName, Secrets.Password()),
-                CreatedAt = now,
-                Restore = restore,
-            };
             var operation = new OperationRecord
             {
                 Id = $"provision-{now.ToUnixTimeMilliseconds()}",
@@ -107,14 +87,49 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                 StartedAt = now,
                 UpdatedAt = now,
             };
-            var created = await store.TransactAsync(new Txn()
-                .Absent(Keys.Instance(instanceId))
-                .Put(Keys.Instance(instanceId), record)
-                .Put(Keys.Operation(instanceId), operation), ct);
-            if (!created)
+            var superuser = new Credentials(DatabaseAdmin.SuperuserName, Secrets.Password());
+            var replication = new Credentials(DatabaseAdmin.ReplicationUserName, Secrets.Password());
+            // The public ports are claimed in the transaction that creates the instance: a provision refused or failed
+            // for any reason (a concurrent one, etcd's request limit, etcd unreachable) leaves no port behind.
+            var allocator = new PortAllocator(store);
+            int port = 0;
+            for (var attempt = 0; ; attempt++)
             {
-                // Another broker won the race; the port stays recorded (never reused) but unused.
-                return OsbResult.Conflict($"service instance {instanceId} was created concurrently");
+                var txn = new Txn().Absent(Keys.Instance(instanceId));
+                IReadOnlyList<int> ports;
+                try
+                {
+                    ports = await allocator.ReservePublicPortsAsync(instanceId, [PortRole.Primary, PortRole.ReadOnly], settings.Router.PortFirst, settings.Router.PortLast, txn, ct);
+                }
+                catch (InvalidOperationException ex)
+                {
+                    return OsbResult.Error(503, "PortsExhausted", ex.Message);
+                }
+                port = ports[0];
+                var record = new InstanceRecord
+                {
+                    Id = instanceId,
+                    ServiceId = serviceId!,
+                    PlanId = planId!,
+                    OrganizationGuid = org!,
+                    SpaceGuid = space!,
+                    ParametersJson = parameters,
+                    ContextJson = context,
+                    Port = ports[0],
+                    ReadOnlyPort = ports[1],
+                    NodeCount = nodeCount,
+                    Superuser = superuser,
+                    Replication = replication,
+                    CreatedAt = now,
+                    Restore = restore,
+                };
+                txn.Put(Keys.Instance(instanceId), record).Put(Keys.Operation(instanceId), operation);
+                if (await store.TransactAsync(txn, ct)) break;
+                // Either another broker created this instance, or another allocation moved the port counter: look again.
+                if (await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct) is not null)
+                    return OsbResult.Conflict($"service instance {instanceId} was created concurrently");
+                if (attempt >= 50)
+                    return OsbResult.Error(503, "Unavailable", $"could not claim public ports for {instanceId}: other allocations kept changing etcd; try again");
             }
             logger.LogInformation("instance {Instance}: provision accepted, plan {Plan}, port {Port}", instanceId, plan.Name, port);
             Poke(instanceId);
@@ -256,6 +271,8 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             return OsbResult.BadRequest($"unknown parameter(s): {string.Join(", ", unknown)}; {(provisioning ? "provisioning accepts: cells, node-count, clone-from, point-in-time" : "an update accepts: cells, node-count")}");
         if (p.TryGetPropertyValue("clone-from", out var from) && (from is not JsonValue fv || !fv.TryGetValue<string>(out var fromText) || string.IsNullOrWhiteSpace(fromText)))
             return OsbResult.BadRequest("parameter `clone-from` must be an instance name (in this space) or an instance id");
+        if (from is JsonValue fromValue && fromValue.TryGetValue<string>(out var fromString) && fromString.Length > RequestLimits.MaxStringLength)
+            return OsbResult.BadRequest($"parameter `clone-from` is {fromString.Length} characters long: at most {RequestLimits.MaxStringLength} are allowed");
         if (p.TryGetPropertyValue("point-in-time", out var pitNode))
         {
             if (!p.ContainsKey("clone-from")) return OsbResult.BadRequest("parameter `point-in-time` needs `clone-from`: which instance to restore as of that time");
@@ -265,6 +282,12 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         }
         if (p.TryGetPropertyValue("cells", out var cells) && (cells is not JsonArray arr || arr.Any(c => c is not JsonValue v || !v.TryGetValue<string>(out _))))
             return OsbResult.BadRequest("parameter `cells` must be an array of cell ids, e.g. [\"cell-1\", \"cell-2\"]");
+        if (cells is JsonArray cellList)
+        {
+            if (cellList.Count > RequestLimits.MaxCells) return OsbResult.BadRequest($"parameter `cells` names {cellList.Count} cells: at most {RequestLimits.MaxCells} are allowed");
+            foreach (var cell in cellList)
+                if (RequestLimits.IdProblem("cell id", cell!.GetValue<string>()) is { } problem) return OsbResult.BadRequest($"parameter `cells`: {problem}");
+        }
         if (p.TryGetPropertyValue("node-count", out var countNode))
         {
             if (countNode is not JsonValue cv || !cv.TryGetValue<int>(out var count))

@@ -30,6 +30,8 @@ public static class Program
             return 2;
         }
         var app = BrokerApp.Build(settings);
+        if (string.IsNullOrEmpty(settings.Broker.AdminPassword))
+            Console.Error.WriteLine("dingo-broker: no admin password (DINGO_BROKER_ADMIN_PASSWORD or dingo.broker.admin-password): the admin API (/admin) stays closed");
         await app.RunAsync();
         return 0;
     }

@@ -49,23 +49,28 @@ public sealed class Recovery(EtcdStore store, IObjectStore objects, DingoSetting
     }
 
     /// <summary>
-    /// Resolves `clone-from` (an instance id, or an instance name in the same space; present or deleted) and checks a
-    /// backup exists for the point in time. Returns the source id, or an error for the caller.
+    /// Resolves `clone-from` (an instance id, or an instance name; present or deleted) among the instances the requester
+    /// may copy: those of its own space, or of its organization when dingo.broker.clone-scope says so. An instance
+    /// outside that scope gets the very answer of one that never existed, so a guessed or leaked id tells nothing.
+    /// Checks a backup exists for the point in time. Returns the source id, or an error for the caller.
     /// </summary>
-    public async Task<(string? SourceId, OsbResult? Error)> ResolveCloneAsync(string cloneFrom, string spaceGuid, DateTimeOffset? pointInTime, CancellationToken ct)
+    public async Task<(string? SourceId, OsbResult? Error)> ResolveCloneAsync(string cloneFrom, string organizationGuid, string spaceGuid, DateTimeOffset? pointInTime, CancellationToken ct)
     {
         if (!settings.Backups!.Enabled) return (null, OsbResult.BadRequest("parameter `clone-from` needs backups, and they are disabled on this platform (dingo.backups.enabled)"));
         var live = (await store.ListAsync<InstanceRecord>(Keys.Instances, ct).ConfigureAwait(false)).Select(v => v.Value).ToList();
         var archived = await ReadAllAsync(ct).ConfigureAwait(false);
-        var candidates = live.Select(r => (r.Id, r.SpaceGuid, Name: InstanceName(r)))
-            .Concat(archived.Select(a => (a.Instance.Id, a.Instance.SpaceGuid, Name: InstanceName(a.Instance))))
-            .DistinctBy(c => c.Id).ToList();
+        var byOrganization = settings.Broker.CloneScope == CloneScopes.Organization;
+        var candidates = live.Concat(archived.Select(a => a.Instance))
+            .DistinctBy(r => r.Id)
+            .Where(r => r.SpaceGuid == spaceGuid && r.OrganizationGuid == organizationGuid || byOrganization && r.OrganizationGuid == organizationGuid)
+            .Select(r => (r.Id, Name: InstanceName(r))).ToList();
         var byId = candidates.Where(c => c.Id == cloneFrom).ToList();
-        var matches = byId.Count > 0 ? byId : candidates.Where(c => c.SpaceGuid == spaceGuid && c.Name == cloneFrom).ToList();
+        var matches = byId.Count > 0 ? byId : candidates.Where(c => c.Name == cloneFrom).ToList();
+        var scope = byOrganization ? "this organization" : "this space";
         if (matches.Count == 0)
-            return (null, OsbResult.BadRequest($"parameter `clone-from`: no instance with id '{cloneFrom}', and none named '{cloneFrom}' in this space (deleted instances count while their backups are kept)"));
+            return (null, OsbResult.BadRequest($"parameter `clone-from`: no instance with id or name '{cloneFrom}' in {scope} (deleted instances count while their backups are kept)"));
         if (matches.Count > 1)
-            return (null, OsbResult.BadRequest($"parameter `clone-from`: {matches.Count} instances are named '{cloneFrom}' in this space; give the instance id instead"));
+            return (null, OsbResult.BadRequest($"parameter `clone-from`: {matches.Count} instances are named '{cloneFrom}' in {scope}; give the instance id instead"));
         var source = matches[0].Id;
         try
         {

@@ -22,6 +22,7 @@ public static class Platform
         Directory.CreateDirectory(Path.Combine(data, "logs"));
         Directory.CreateDirectory(Path.Combine(data, "run"));
         var (username, password) = BrokerCredentials(settings, data);
+        var adminPassword = AdminPassword(settings, data);
 
         using var stop = new CancellationTokenSource();
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
@@ -64,7 +65,13 @@ public static class Platform
                 ["DINGO_DATA_DIR"] = data,
             };
             var configArgs = configFiles.SelectMany(f => new[] { "--config", f }).ToArray();
-            var broker = Child.Start("broker", "dotnet", [Dll(home, "Dingo.Broker"), .. configArgs], env, data, echo: true);
+            // Only the broker holds the admin credentials; the `./dingo` admin commands read them from the same file.
+            var brokerEnv = new Dictionary<string, string>(env)
+            {
+                ["DINGO_BROKER_ADMIN_USERNAME"] = settings.Broker.AdminUsername,
+                ["DINGO_BROKER_ADMIN_PASSWORD"] = adminPassword,
+            };
+            var broker = Child.Start("broker", "dotnet", [Dll(home, "Dingo.Broker"), .. configArgs], brokerEnv, data, echo: true);
             children.Add(broker);
             foreach (var (id, zone) in Cells)
             {
@@ -78,6 +85,7 @@ public static class Platform
             Console.WriteLine($"  broker URL:      {settings.Broker.Url}");
             Console.WriteLine($"  broker username: {username}");
             Console.WriteLine($"  broker password: {password}");
+            Console.WriteLine($"  admin API:       {settings.Broker.AdminUsername}, password in {Path.Combine(data, AdminCredentialsFile)} (the ./dingo admin commands use it)");
             Console.WriteLine($"  etcd:            {string.Join(",", settings.EtcdEndpoints)}   cells: {string.Join(", ", Cells.Select(c => $"{c.Id} ({c.Zone})"))}");
             Console.WriteLine($"  data and logs:   {data}");
             Console.WriteLine("  register it:     cf create-service-broker dingo-postgresql " + $"{username} <password> {settings.Broker.Url}");
@@ -152,6 +160,25 @@ public static class Platform
         File.WriteAllText(file, password);
         if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
         return (username, password);
+    }
+
+    /// <summary>Where `dingo up` keeps the generated admin password (mode 600) when none is configured.</summary>
+    public const string AdminCredentialsFile = "admin-credentials";
+
+    /// <summary>The admin API's password: environment or configuration first; else one generated once and kept (mode 600).</summary>
+    private static string AdminPassword(DingoSettings settings, string data)
+    {
+        if (!string.IsNullOrEmpty(settings.Broker.AdminPassword)) return settings.Broker.AdminPassword;
+        var file = Path.Combine(data, AdminCredentialsFile);
+        if (File.Exists(file))
+        {
+            var saved = File.ReadAllText(file).Trim();
+            if (saved.Length > 0) return saved;
+        }
+        var password = Secrets.Password(32);
+        File.WriteAllText(file, password);
+        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        return password;
     }
 
     private static bool PortFree(string host, int port)

@@ -54,6 +54,9 @@ public sealed record DingoSettings
                 Url = Env("DINGO_BROKER_URL") ?? d.GetString("broker.url", "http://127.0.0.1:8080"),
                 Username = Env("DINGO_BROKER_USERNAME") ?? d.GetString("broker.username", "dingo"),
                 Password = Env("DINGO_BROKER_PASSWORD") ?? d.GetString("broker.password", ""),
+                AdminUsername = Env("DINGO_BROKER_ADMIN_USERNAME") ?? d.GetString("broker.admin-username", "dingo-admin"),
+                AdminPassword = Env("DINGO_BROKER_ADMIN_PASSWORD") ?? d.GetString("broker.admin-password", ""),
+                CloneScope = d.GetString("broker.clone-scope", CloneScopes.Space),
                 InstanceQuota = d.GetInt("broker.instance-quota", 10),
                 BindingHost = Env("DINGO_BINDING_HOST") ?? d.GetString("broker.binding-host", "127.0.0.1"),
                 DeletedOperationRetention = d.GetTimeSpan("broker.deleted-operation-retention", TimeSpan.FromHours(1)),
@@ -121,6 +124,10 @@ public sealed record DingoSettings
             throw new ArgumentException($"dingo.node-port-range: {NodePortFirst}-{NodePortLast} is not a valid range within 1024-65535");
         if (Router.PortFirst <= NodePortLast && NodePortFirst <= Router.PortLast)
             throw new ArgumentException("dingo.router.port-range and dingo.node-port-range overlap: instance and node ports would collide");
+        if (Broker.CloneScope is not (CloneScopes.Space or CloneScopes.Organization))
+            throw new ArgumentException($"dingo.broker.clone-scope must be \"space\" or \"organization\": got \"{Broker.CloneScope}\"");
+        if (Broker.AdminPassword.Length > 0 && Broker.AdminUsername == Broker.Username)
+            throw new ArgumentException($"dingo.broker.admin-username must differ from dingo.broker.username (both \"{Broker.Username}\"): the OSB credentials must not open the admin API");
         if (Broker.InstanceQuota < 0) throw new ArgumentException("dingo.broker.instance-quota must be 0 (no limit) or more");
         if (Router.Mode is not ("auto" or "userspace" or "kernel")) throw new ArgumentException($"dingo.router.mode must be \"auto\", \"userspace\" or \"kernel\": got \"{Router.Mode}\"");
         if (Ha.Ttl < TimeSpan.FromSeconds(2)) throw new ArgumentException($"dingo.ha.ttl must be at least 2s: got {Ha.Ttl.TotalSeconds}s");
@@ -144,6 +151,11 @@ public sealed record BrokerSettings
     public required string Url { get; init; }
     public required string Username { get; init; }
     public required string Password { get; init; }
+    /// <summary>Basic-auth credentials of the operator's /admin API, apart from the OSB ones; an empty password closes /admin.</summary>
+    public string AdminUsername { get; init; } = "dingo-admin";
+    public string AdminPassword { get; init; } = "";
+    /// <summary>Which instances `clone-from` may reach: those of the requester's space (default) or organization.</summary>
+    public string CloneScope { get; init; } = CloneScopes.Space;
     public required int InstanceQuota { get; init; }
     public required string BindingHost { get; init; }
     public required TimeSpan DeletedOperationRetention { get; init; }
@@ -152,7 +164,14 @@ public sealed record BrokerSettings
     public required TimeSpan ProvisionTimeout { get; init; }
     public required int AkkaPort { get; init; }
 
-    public override string ToString() => $"BrokerSettings {{ Url = {Url}, Username = {Username}, Password = *** }}";
+    public override string ToString() => $"BrokerSettings {{ Url = {Url}, Username = {Username}, Password = ***, AdminUsername = {AdminUsername}, AdminPassword = *** }}";
+}
+
+/// <summary>Values of `dingo.broker.clone-scope`.</summary>
+public static class CloneScopes
+{
+    public const string Space = "space";
+    public const string Organization = "organization";
 }
 
 public sealed record RouterSettings

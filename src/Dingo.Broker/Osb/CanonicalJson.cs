@@ -27,15 +27,28 @@ public sealed class RequestBody
 
     public static async Task<(RequestBody? Body, OsbResult? Error)> ReadAsync(HttpRequest request, CancellationToken ct)
     {
+        if (request.ContentLength > RequestLimits.MaxBodyBytes) return (null, OsbResult.TooLarge());
         try
         {
             var node = await JsonNode.ParseAsync(request.Body, cancellationToken: ct);
             if (node is not JsonObject obj) return (null, OsbResult.BadRequest("the request body must be a JSON object"));
+            // Reading every property now finds duplicate names here, as a 400, not later in a handler.
+            foreach (var _ in obj) { }
             return (new RequestBody(obj), null);
         }
         catch (JsonException ex)
         {
-            return (null, OsbResult.BadRequest($"the request body is not valid JSON: {ex.Message}"));
+            return (null, OsbResult.BadRequest($"the request body is not valid JSON: {RequestLimits.ForLog(ex.Message)}"));
+        }
+        catch (ArgumentException ex)
+        {
+            return (null, OsbResult.BadRequest($"the request body is not a valid JSON object: {RequestLimits.ForLog(ex.Message)}"));
+        }
+        catch (BadHttpRequestException ex)
+        {
+            // Kestrel's own limits (MaxRequestBodySize: 413) and a body cut short (400).
+            return (null, ex.StatusCode == StatusCodes.Status413PayloadTooLarge ? OsbResult.TooLarge()
+                : OsbResult.Error(ex.StatusCode is >= 400 and < 500 ? ex.StatusCode : 400, "BadRequest", $"the request body could not be read: {RequestLimits.ForLog(ex.Message)}"));
         }
     }
 
@@ -44,7 +57,12 @@ public sealed class RequestBody
     {
         error = null;
         if (!_root.TryGetPropertyValue(name, out var value) || value is null) return null;
-        if (value is JsonValue v && v.TryGetValue<string>(out var s) && s.Length > 0) return s;
+        if (value is JsonValue v && v.TryGetValue<string>(out var s) && s.Length > 0)
+        {
+            if (s.Length <= RequestLimits.MaxStringLength) return s;
+            error = OsbResult.BadRequest($"`{name}` is {s.Length} characters long: at most {RequestLimits.MaxStringLength} are allowed");
+            return null;
+        }
         error = OsbResult.BadRequest($"`{name}` must be a non-empty string");
         return null;
     }
@@ -54,7 +72,13 @@ public sealed class RequestBody
     {
         error = null;
         if (!_root.TryGetPropertyValue(name, out var value) || value is null) return "{}";
-        if (value is JsonObject) return CanonicalJson.Of(value);
+        if (value is JsonObject)
+        {
+            var json = CanonicalJson.Of(value);
+            if (System.Text.Encoding.UTF8.GetByteCount(json) <= RequestLimits.MaxObjectBytes) return json;
+            error = OsbResult.BadRequest($"`{name}` is larger than {RequestLimits.MaxObjectBytes / 1024} KiB");
+            return "{}";
+        }
         error = OsbResult.BadRequest($"`{name}` must be a JSON object");
         return "{}";
     }

@@ -32,7 +32,7 @@ public static class OsbEndpoints
             OsbResult.BadRequest("bindings are synchronous: there is no binding operation to poll").ToResult());
 
         // Anything else under /v2 is a clear 404 in OSB's error shape, not an empty page.
-        app.Map("/v2/{**rest}", (HttpRequest req) => OsbResult.NotFound($"no such OSB endpoint: {req.Method} {req.Path}").ToResult());
+        app.Map("/v2/{**rest}", (HttpRequest req) => OsbResult.NotFound($"no such OSB endpoint: {RequestLimits.ForLog(req.Method, 20)} {RequestLimits.ForLog(req.Path.Value)}").ToResult());
     }
 
     private static bool AcceptsIncomplete(HttpRequest req) =>

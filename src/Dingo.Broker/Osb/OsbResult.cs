@@ -19,6 +19,8 @@ public sealed record OsbResult(int Status, JsonNode Body)
     public static OsbResult Gone(string description) => Error(410, "Gone", description);
     public static OsbResult AsyncRequired() =>
         Error(422, "AsyncRequired", "This service plan requires client support for asynchronous service operations: add ?accepts_incomplete=true.");
+    public static OsbResult TooLarge() =>
+        Error(413, "PayloadTooLarge", $"the request body is larger than {RequestLimits.MaxBodyBytes / 1024} KiB: an OSB request needs far less");
     public static OsbResult Concurrency(string description) => Error(422, "ConcurrencyError", description);
 
     public IResult ToResult() => Results.Json(Body, statusCode: Status);

@@ -311,6 +311,7 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
     {
         using var request = new HttpRequestMessage(method, path);
         if (body is not null) request.Content = new StringContent(body, Encoding.UTF8, "application/json");
+        if (path.StartsWith("/admin", StringComparison.Ordinal)) request.Headers.Authorization = TestPlatform.AdminAuthorization; // the operator's credentials
         using var response = await http.SendAsync(request);
         var text = await response.Content.ReadAsStringAsync();
         return ((int)response.StatusCode, text.Length == 0 ? new JsonObject() : JsonNode.Parse(text) as JsonObject ?? new JsonObject());

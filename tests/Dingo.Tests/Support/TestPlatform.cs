@@ -24,6 +24,9 @@ public sealed class TestPlatform : IAsyncDisposable
 {
     public const string Username = "test-broker";
     public const string Password = "test-broker-password-0123456789";
+    /// <summary>The operator's admin API credentials (the OSB ones above do not open /admin).</summary>
+    public const string AdminUsername = "test-admin";
+    public const string AdminPassword = "test-admin-password-9876543210";
 
     private WebApplication? _broker;
     private readonly List<IHost> _cells = new();
@@ -77,7 +80,7 @@ public sealed class TestPlatform : IAsyncDisposable
               data-dir = "{{data}}"
               etcd.endpoints = ["{{etcdEndpoint ?? TestEtcd.ClientUrl}}"]
               etcd.prefix = "/t-{{Guid.NewGuid():N}}"
-              broker { url = "http://127.0.0.1:{{FreePorts.One()}}", username = "{{Username}}", password = "{{Password}}", instance-quota = {{quota}}, provision-timeout = 240s }
+              broker { url = "http://127.0.0.1:{{FreePorts.One()}}", username = "{{Username}}", password = "{{Password}}", admin-username = "{{AdminUsername}}", admin-password = "{{AdminPassword}}", instance-quota = {{quota}}, provision-timeout = 240s }
               # Test platforms run side by side with the same cell names: the kernel path's per-cell nftables tables
               # would be shared, so they route in user space (KernelModeTests covers the kernel path).
               router { port-range-first = {{pubFirst}}, port-range-last = {{pubLast}}, leader-wait = 3s, mode = userspace }
@@ -320,6 +323,9 @@ public sealed class TestPlatform : IAsyncDisposable
         ["parameters"] = parameters is null ? new JsonObject() : JsonNode.Parse(System.Text.Json.JsonSerializer.Serialize(parameters)),
     }.ToJsonString();
 
+    public static AuthenticationHeaderValue AdminAuthorization =>
+        new("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{AdminUsername}:{AdminPassword}")));
+
     public Task<HttpResponseMessage> PutJsonAsync(string path, string body) =>
         Http.PutAsync(path, new StringContent(body, Encoding.UTF8, "application/json"));
 
@@ -327,6 +333,8 @@ public sealed class TestPlatform : IAsyncDisposable
     {
         using var request = new HttpRequestMessage(method, path);
         if (body is not null) request.Content = new StringContent(body, Encoding.UTF8, "application/json");
+        // /admin takes the operator's credentials only.
+        if (path.StartsWith("/admin", StringComparison.Ordinal)) request.Headers.Authorization = AdminAuthorization;
         using var response = await Http.SendAsync(request, ct);
         var text = await response.Content.ReadAsStringAsync(ct);
         var json = text.Length == 0 ? new JsonObject() : JsonNode.Parse(text) as JsonObject ?? new JsonObject();
