@@ -16,6 +16,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 namespace Dingo.Tests.Broker;
 
 /// <summary>The pure rules: which ids are safe, what a log line may carry, which settings are refused.</summary>
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class RequestLimitsTests
 {
     [Theory]
