@@ -17,10 +17,18 @@ public sealed class LocalFolderObjectStore : IObjectStore
 
     public string Folder => _root;
 
-    private static void CreateFolder(string path)
+    /// <summary>Creates each missing folder from the store's root down with mode 0700 (the mode overload applies it to the last one only).</summary>
+    private void CreateFolder(string path)
     {
-        if (OperatingSystem.IsWindows()) Directory.CreateDirectory(path);
-        else Directory.CreateDirectory(path, Dingo.Security.SecretFile.FolderMode);
+        if (Directory.Exists(path)) return;
+        if (OperatingSystem.IsWindows()) { Directory.CreateDirectory(path); return; }
+        var relative = Path.GetRelativePath(_root, path);
+        var current = _root;
+        foreach (var segment in relative.Split(Path.DirectorySeparatorChar))
+        {
+            current = Path.Combine(current, segment);
+            if (!Directory.Exists(current)) Directory.CreateDirectory(current, Dingo.Security.SecretFile.FolderMode);
+        }
     }
 
     public string Describe() => $"local folder '{_root}'";
