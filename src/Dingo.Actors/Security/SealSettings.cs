@@ -24,8 +24,8 @@ public sealed record SealSettings
         string? Env(string name) => env.TryGetValue(name, out var v) && !string.IsNullOrWhiteSpace(v) ? v : null;
         return new SealSettings
         {
-            InlineKeys = Env(KeysVariable) ?? "",
-            KeyFile = Env(KeyFileVariable) ?? dingo.GetString("security.seal-key-file", ""),
+            InlineKeys = Env("DINGO_SEAL_KEYS") ?? "",
+            KeyFile = Env("DINGO_SEAL_KEY_FILE") ?? dingo.GetString("security.seal-key-file", ""),
         };
     }
 
