@@ -236,8 +236,13 @@ for i in 0 1 2; do
   echo "dingo.router.bind-address = \"$(addr $i)\"" >"$STATE/$h/host.conf"
   [ "$DOCKER" = 1 ] && echo "dingo.cell.docker.endpoint = \"unix://$RUN/$h-podman.sock\"" >>"$STATE/$h/host.conf"
 done
+# The platform's seal key (docs/security.md): kept outside the state folder, made 0600 on the first run.
+SEAL_KEY_FILE="${DINGO_SEAL_KEY_FILE:-$ROOT/.secrets/three-hosts-seal.key}"
+if [ ! -f "$SEAL_KEY_FILE" ]; then
+  (umask 077; mkdir -p "$(dirname "$SEAL_KEY_FILE")"; head -c 32 /dev/urandom | base64 >"$SEAL_KEY_FILE")
+fi
 COMMON=(DINGO_ETCD_ENDPOINTS="$ENDPOINTS" DINGO_AKKA_SEEDS="$SEEDS" DINGO_BROKER_USERNAME="$USERNAME"
-        DINGO_BROKER_PASSWORD="$PASSWORD" DINGO_BROKER_ADMIN_USERNAME="$ADMIN_USERNAME" DINGO_BROKER_ADMIN_PASSWORD="$ADMIN_PASSWORD" DINGO_BINDING_HOST="$(addr 0)" DOTNET_CLI_TELEMETRY_OPTOUT=1)
+        DINGO_BROKER_PASSWORD="$PASSWORD" DINGO_BROKER_ADMIN_USERNAME="$ADMIN_USERNAME" DINGO_BROKER_ADMIN_PASSWORD="$ADMIN_PASSWORD" DINGO_BINDING_HOST="$(addr 0)" DINGO_SEAL_KEY_FILE="$SEAL_KEY_FILE" DOTNET_CLI_TELEMETRY_OPTOUT=1)
 
 # ---- --docker: a podman service per host (shared image store; each cell sees only its own containers) ----
 if [ "$DOCKER" = 1 ]; then

@@ -15,6 +15,8 @@ public static class BrokerApp
     /// <param name="akkaPort">remoting port; 0 picks a free one (tests)</param>
     public static WebApplication Build(DingoSettings settings, int? akkaPort = null, Action<ILoggingBuilder>? logging = null)
     {
+        // The keys every password in etcd and the object store is sealed with (a no-op when the settings name none).
+        Dingo.Security.Sealing.Configure(settings.Seal);
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls(settings.Broker.Url);
         // An OSB request is a few hundred bytes: Kestrel refuses to read more than this (413) on any route.

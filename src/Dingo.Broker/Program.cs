@@ -24,6 +24,18 @@ public static class Program
             Console.Error.WriteLine($"dingo-broker: configuration error: {ex.Message}");
             return 2;
         }
+        // Every record that holds a password is sealed with the platform key: without it, refuse to start.
+        try { Dingo.Security.Sealing.Configure(settings.Seal); }
+        catch (Dingo.Security.SealException ex)
+        {
+            Console.Error.WriteLine($"dingo-broker: {ex.Message}");
+            return 2;
+        }
+        if (!Dingo.Security.Sealing.Configured)
+        {
+            Console.Error.WriteLine($"dingo-broker: no seal key: {Dingo.Security.SealSettings.HowToSet}");
+            return 2;
+        }
         if (string.IsNullOrEmpty(settings.Broker.Password))
         {
             Console.Error.WriteLine("dingo-broker: no broker password: set DINGO_BROKER_PASSWORD or dingo.broker.password");

@@ -5,6 +5,7 @@ using Dingo.Backups;
 using Dingo.Broker.Osb;
 using Dingo.Config;
 using Dingo.Model;
+using Dingo.Security;
 using Dingo.Store;
 
 namespace Dingo.Broker;
@@ -26,12 +27,16 @@ public sealed class Recovery(EtcdStore store, IObjectStore objects, DingoSetting
 {
     private Keys Keys => store.Keys;
 
-    public async Task<ClusterDataRecord?> ReadRecordAsync(string instanceId, CancellationToken ct)
+    public async Task<ClusterDataRecord?> ReadRecordAsync(string instanceId, CancellationToken ct) =>
+        await ReadRawAsync(instanceId, ct).ConfigureAwait(false) is { } raw ? Json.Deserialize<ClusterDataRecord>(raw) : null;
+
+    /// <summary>The stored record as it is (its passwords sealed); null when there is none.</summary>
+    public async Task<string?> ReadRawAsync(string instanceId, CancellationToken ct)
     {
         using var ms = new MemoryStream();
         try { await objects.GetAsync(ArchiveLayout.InstanceRecord(instanceId), ms, ct).ConfigureAwait(false); }
         catch (ObjectNotFoundException) { return null; }
-        return JsonSerializer.Deserialize<ClusterDataRecord>(ms.ToArray(), Json.Options);
+        return System.Text.Encoding.UTF8.GetString(ms.ToArray());
     }
 
     /// <summary>The ids the cluster-data backup holds a record for (one listing, no record read).</summary>
@@ -220,15 +225,17 @@ public sealed class ClusterDataBackup(EtcdStore store, IObjectStore objects, Rec
         {
             var bindings = allBindings[instance.Id].OrderBy(b => b.Id, StringComparer.Ordinal).ToList();
             var doc = new ClusterDataRecord { Instance = instance, Bindings = bindings };
-            var json = JsonSerializer.Serialize(doc, Json.Options);
+            // Compared by a digest of the plain record: sealing draws a new nonce each time, so sealed JSON never repeats.
+            var print = SealedJson.Fingerprint(doc);
             if (!_written.TryGetValue(instance.Id, out var last))
             {
-                var stored = await recovery.ReadRecordAsync(instance.Id, ct);
-                last = stored is null ? "" : JsonSerializer.Serialize(stored, Json.Options);
+                var stored = await recovery.ReadRawAsync(instance.Id, ct);
+                // A stored record with a plain password (written before sealing) or one sealed with an older key is rewritten.
+                last = stored is null || Resealing.NeedsReseal(stored, Sealing.Ring) ? "" : SealedJson.Fingerprint(Json.Deserialize<ClusterDataRecord>(stored));
             }
-            if (last == json) { _written[instance.Id] = json; continue; }
-            using (var ms = new MemoryStream(System.Text.Encoding.UTF8.GetBytes(json))) await objects.PutAsync(ArchiveLayout.InstanceRecord(instance.Id), ms, ct);
-            _written[instance.Id] = json;
+            if (last == print) { _written[instance.Id] = print; continue; }
+            using (var ms = new MemoryStream(JsonSerializer.SerializeToUtf8Bytes(doc, Json.Options))) await objects.PutAsync(ArchiveLayout.InstanceRecord(instance.Id), ms, ct);
+            _written[instance.Id] = print;
         }
 
         var live = instances.Select(i => i.Id).ToHashSet(StringComparer.Ordinal);

@@ -23,6 +23,8 @@ public static class CellApp
     /// <param name="seedNodes">Akka addresses of the broker(s) to join, e.g. akka.tcp://dingo@127.0.0.1:4053</param>
     public static IHost Build(DingoSettings settings, IReadOnlyList<string> seedNodes, Action<ILoggingBuilder>? logging = null)
     {
+        // The keys every password in etcd and the object store is sealed with (a no-op when the settings name none).
+        Dingo.Security.Sealing.Configure(settings.Seal);
         var builder = Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders();
         if (logging is not null) logging(builder.Logging);

@@ -29,6 +29,18 @@ public static class Program
             Console.Error.WriteLine($"dingo-cell: configuration error: {ex.Message}");
             return 2;
         }
+        // Every record that holds a password is sealed with the platform key: without it, refuse to start.
+        try { Dingo.Security.Sealing.Configure(settings.Seal); }
+        catch (Dingo.Security.SealException ex)
+        {
+            Console.Error.WriteLine($"dingo-cell: {ex.Message}");
+            return 2;
+        }
+        if (!Dingo.Security.Sealing.Configured)
+        {
+            Console.Error.WriteLine($"dingo-cell: no seal key: {Dingo.Security.SealSettings.HowToSet}");
+            return 2;
+        }
         if (seeds.Count == 0) seeds.AddRange(settings.Akka.SeedNodes);
         if (seeds.Count == 0) seeds.Add($"akka.tcp://dingo@127.0.0.1:{settings.Broker.AkkaPort}");
         // Leaders whose agent died keep their lease while this process starts (LeaseBridge); stopped with the process.

@@ -21,8 +21,8 @@ public static class Platform
         var data = settings.DataDir;
         Directory.CreateDirectory(Path.Combine(data, "logs"));
         Directory.CreateDirectory(Path.Combine(data, "run"));
-        var (username, password) = BrokerCredentials(settings, data);
-        var adminPassword = AdminPassword(settings, data);
+        var (username, password) = await BrokerCredentialsAsync(settings, data);
+        var adminPassword = await AdminPasswordAsync(settings, data);
 
         using var stop = new CancellationTokenSource();
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
@@ -64,6 +64,8 @@ public static class Platform
                 ["DINGO_BROKER_PASSWORD"] = password,
                 ["DINGO_DATA_DIR"] = data,
             };
+            // The seal key the console found (DINGO_SEAL_KEYS is inherited from this process's environment as it is).
+            if (settings.Seal.InlineKeys.Length == 0 && settings.Seal.KeyFile.Length > 0) env[Dingo.Security.SealSettings.KeyFileVariable] = settings.Seal.KeyFile;
             var configArgs = configFiles.SelectMany(f => new[] { "--config", f }).ToArray();
             // Only the broker holds the admin credentials; the `./dingo` admin commands read them from the same file.
             var brokerEnv = new Dictionary<string, string>(env)
@@ -145,20 +147,19 @@ public static class Platform
         throw new InvalidOperationException($"{project} is not built: run ./dingo up (it builds first) or dotnet build -c Release");
     }
 
-    /// <summary>Environment first; else the configured password; else one generated once and kept (mode 600).</summary>
-    private static (string Username, string Password) BrokerCredentials(DingoSettings settings, string data)
+    /// <summary>Environment first; else the configured password; else one generated once and kept (mode 0600 from creation).</summary>
+    private static async Task<(string Username, string Password)> BrokerCredentialsAsync(DingoSettings settings, string data)
     {
         var username = settings.Broker.Username;
         if (!string.IsNullOrEmpty(settings.Broker.Password)) return (username, settings.Broker.Password);
         var file = Path.Combine(data, "broker-credentials");
         if (File.Exists(file))
         {
-            var saved = File.ReadAllText(file).Trim();
+            var saved = (await File.ReadAllTextAsync(file)).Trim();
             if (saved.Length > 0) return (username, saved);
         }
         var password = Secrets.Password(32);
-        File.WriteAllText(file, password);
-        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        await Dingo.Security.SecretFile.WriteAsync(file, password, CancellationToken.None);
         return (username, password);
     }
 
@@ -166,18 +167,17 @@ public static class Platform
     public const string AdminCredentialsFile = "admin-credentials";
 
     /// <summary>The admin API's password: environment or configuration first; else one generated once and kept (mode 600).</summary>
-    private static string AdminPassword(DingoSettings settings, string data)
+    private static async Task<string> AdminPasswordAsync(DingoSettings settings, string data)
     {
         if (!string.IsNullOrEmpty(settings.Broker.AdminPassword)) return settings.Broker.AdminPassword;
         var file = Path.Combine(data, AdminCredentialsFile);
         if (File.Exists(file))
         {
-            var saved = File.ReadAllText(file).Trim();
+            var saved = (await File.ReadAllTextAsync(file)).Trim();
             if (saved.Length > 0) return saved;
         }
         var password = Secrets.Password(32);
-        File.WriteAllText(file, password);
-        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        await Dingo.Security.SecretFile.WriteAsync(file, password, CancellationToken.None);
         return password;
     }
 

@@ -18,6 +18,8 @@ public static class Program
           rebuild   after losing etcd and the cells: rebuild every instance from the object store
           store-check   check the backup store: endpoint, credentials, bucket/container, write/read/delete
           logs <instance> [node] [--tail N]   a node's PostgreSQL log (its container's output on a Docker cell)
+          rotate-key [--new-key]   re-seal every password in etcd and the object store with the current seal key
+                    (--new-key: first put a new key at the top of the key file); docs/security.md
           help      this text
         """;
 
@@ -31,7 +33,7 @@ public static class Program
         var home = Environment.GetEnvironmentVariable("DINGO_HOME") ?? Directory.GetCurrentDirectory();
         var files = new List<string> { Path.Combine(home, "hocon", "dingo.conf") };
         var rest = new List<string>();
-        var takesArguments = args[0] is "switchover" or "drain" or "undrain" or "recreate" or "drill" or "backups" or "logs";
+        var takesArguments = args[0] is "switchover" or "drain" or "undrain" or "recreate" or "drill" or "backups" or "logs" or "rotate-key";
         for (var i = 1; i < args.Length; i++)
         {
             if (args[i] == "--config" && i + 1 < args.Length) files.Add(Path.GetFullPath(args[++i]));
@@ -54,16 +56,39 @@ public static class Program
             return 2;
         }
         using var cts = new CancellationTokenSource();
-        return args[0] switch
+        try
+        {
+            settings = await SealSetup.PrepareAsync(args[0], home, settings, cts.Token);
+            Dingo.Security.Sealing.Configure(settings.Seal);
+        }
+        catch (Dingo.Security.SealException ex)
+        {
+            Console.Error.WriteLine($"dingo: {ex.Message}");
+            return 2;
+        }
+        try
+        {
+            return await RunAsync(args[0], home, files, rest, settings, cts.Token);
+        }
+        catch (Dingo.Security.SealException ex)
+        {
+            // A sealed password this console cannot open: say which key or setting it needs, not a stack trace.
+            Console.Error.WriteLine($"dingo: {ex.Message} ({Dingo.Security.Sealing.Source}); {Dingo.Security.SealSettings.HowToSet}");
+            return 1;
+        }
+    }
+
+    private static async Task<int> RunAsync(string command, string home, List<string> files, List<string> rest, DingoSettings settings, CancellationToken ct) =>
+        command switch
         {
             "up" => await Platform.UpAsync(home, files, settings),
-            "status" => await StatusCommand.RunAsync(settings, Console.Out, cts.Token),
-            "members" => await MembersCommand.RunAsync(settings, Console.Out, Console.Error, cts.Token),
-            "switchover" or "drain" or "undrain" or "recreate" or "rebuild" or "drill" or "backups" or "store-check" => await AdminCommands.RunAsync(args[0], rest, settings, cts.Token),
-            "logs" => await LogsCommand.RunAsync(rest, settings, Console.Out, cts.Token),
-            _ => Unknown(args[0]),
+            "status" => await StatusCommand.RunAsync(settings, Console.Out, ct),
+            "members" => await MembersCommand.RunAsync(settings, Console.Out, Console.Error, ct),
+            "switchover" or "drain" or "undrain" or "recreate" or "rebuild" or "drill" or "backups" or "store-check" => await AdminCommands.RunAsync(command, rest, settings, ct),
+            "logs" => await LogsCommand.RunAsync(rest, settings, Console.Out, ct),
+            "rotate-key" => await RotateKeyCommand.RunAsync(rest, settings, Console.Out, ct),
+            _ => Unknown(command),
         };
-    }
 
     private static int Unknown(string command)
     {

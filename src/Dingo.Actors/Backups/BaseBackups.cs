@@ -59,8 +59,7 @@ public sealed class BaseBackups(IObjectStore store, ILogger logger)
         if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         Directory.CreateDirectory(workDir);
         var passfile = Path.Combine(workDir, $".pgpass-{Guid.NewGuid():N}");
-        await File.WriteAllTextAsync(passfile, $"*:*:*:{credentials.Username}:{credentials.Password}\n", ct).ConfigureAwait(false);
-        if (OperatingSystem.IsLinux()) File.SetUnixFileMode(passfile, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        await Dingo.Security.SecretFile.WriteAsync(passfile, $"*:*:*:{credentials.Username}:{credentials.Password}\n", ct).ConfigureAwait(false);
         try
         {
             var psi = new ProcessStartInfo(Path.Combine(postgresBin, "pg_basebackup"))

@@ -17,6 +17,20 @@ public sealed class LocalFolderObjectStore : IObjectStore
 
     public string Folder => _root;
 
+    /// <summary>Creates each missing folder from the store's root down with mode 0700 (the mode overload applies it to the last one only).</summary>
+    private void CreateFolder(string path)
+    {
+        if (Directory.Exists(path)) return;
+        if (OperatingSystem.IsWindows()) { Directory.CreateDirectory(path); return; }
+        var relative = Path.GetRelativePath(_root, path);
+        var current = _root;
+        foreach (var segment in relative.Split(Path.DirectorySeparatorChar))
+        {
+            current = Path.Combine(current, segment);
+            if (!Directory.Exists(current)) Directory.CreateDirectory(current, Dingo.Security.SecretFile.FolderMode);
+        }
+    }
+
     public string Describe() => $"local folder '{_root}'";
 
     private string PathOf(string key)
@@ -38,17 +52,20 @@ public sealed class LocalFolderObjectStore : IObjectStore
     {
         var path = PathOf(key);
         var tempDir = Path.Combine(_root, TempDir);
-        Directory.CreateDirectory(tempDir);
+        CreateFolder(tempDir);
         var temp = Path.Combine(tempDir, Guid.NewGuid().ToString("N"));
         try
         {
-            await using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true))
+            // Objects hold cluster data (sealed passwords) and WAL: mode 0600 from creation, in folders only the owner enters.
+            var options = Dingo.Security.SecretFile.CreateNewOptions();
+            options.BufferSize = 1 << 16;
+            await using (var file = new FileStream(temp, options))
             {
                 await content.CopyToAsync(file, cancellationToken).ConfigureAwait(false);
                 await file.FlushAsync(cancellationToken).ConfigureAwait(false);
                 file.Flush(flushToDisk: true);
             }
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            CreateFolder(Path.GetDirectoryName(path)!);
             File.Move(temp, path, overwrite: true);
         }
         catch

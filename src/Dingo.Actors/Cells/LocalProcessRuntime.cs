@@ -732,8 +732,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     private static async Task<string> WritePassfileAsync(NodePaths paths, ReplicationSource source, RunIdentity identity, CancellationToken ct)
     {
         var file = Path.Combine(paths.NodeDir, $".pgpass-{Guid.NewGuid():N}");
-        await File.WriteAllTextAsync(file, $"*:*:*:{source.Credentials.Username}:{source.Credentials.Password}\n", ct);
-        File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        await Dingo.Security.SecretFile.WriteAsync(file, $"*:*:*:{source.Credentials.Username}:{source.Credentials.Password}\n", ct);
         ChownIfNeeded(file, identity);
         return file;
     }
@@ -753,8 +752,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         {
             // The password lives in a passfile of the run user, not in the settings file.
             var passfile = Path.Combine(paths.NodeDir, "replication.pgpass");
-            await File.WriteAllTextAsync(passfile, $"*:*:*:{primary.Credentials.Username}:{primary.Credentials.Password}\n", cancellationToken);
-            File.SetUnixFileMode(passfile, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            await Dingo.Security.SecretFile.WriteAsync(passfile, $"*:*:*:{primary.Credentials.Username}:{primary.Credentials.Password}\n", cancellationToken);
             ChownIfNeeded(passfile, identity);
             var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={passfile} application_name={standby.ApplicationName} connect_timeout=3";
             conf.AppendLine(CultureInfo.InvariantCulture, $"primary_conninfo = {Quote(conninfo)}")

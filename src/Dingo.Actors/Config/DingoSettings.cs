@@ -18,6 +18,8 @@ public sealed record DingoSettings
     public Dingo.Backups.BackupSettings? Backups { get; init; }
     /// <summary>Akka.NET remoting and cluster membership across hosts (`dingo.akka`).</summary>
     public AkkaSettings Akka { get; init; } = new();
+    /// <summary>Where the platform's seal keys come from (`dingo.security.seal-key-file`, DINGO_SEAL_KEYS, DINGO_SEAL_KEY_FILE).</summary>
+    public Dingo.Security.SealSettings Seal { get; init; } = new();
 
     /// <summary>Loads the layered configuration. Throws with the file and key named when a value is wrong.</summary>
     public static DingoSettings Load(IEnumerable<string> files, IReadOnlyDictionary<string, string?>? environment = null, string? overrides = null)
@@ -103,6 +105,7 @@ public sealed record DingoSettings
                 FailsafeFor = d.GetTimeSpan("ha.failsafe-for", TimeSpan.FromSeconds(12)),
             },
             Backups = Dingo.Backups.BackupSettings.FromConfig(d, env, dataDir),
+            Seal = Dingo.Security.SealSettings.FromConfig(d, env),
             Akka = new AkkaSettings
             {
                 Hostname = Env("DINGO_AKKA_HOSTNAME") ?? d.GetString("akka.hostname", "127.0.0.1"),

@@ -68,6 +68,11 @@ public static class DesiredState
     public const string Absent = "absent";
 }
 
+/// <summary>
+/// A login. Stored (etcd, the object store) with its password sealed by the platform key
+/// (<see cref="Dingo.Security.CredentialsJsonConverter"/>); in memory, plain.
+/// </summary>
+[JsonConverter(typeof(Dingo.Security.CredentialsJsonConverter))]
 public sealed record Credentials(string Username, string Password)
 {
     // Never print a password, even by accident through a record's generated ToString.

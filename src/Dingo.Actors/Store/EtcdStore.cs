@@ -158,6 +158,26 @@ public sealed class EtcdStore : IAsyncDisposable
         return list;
     }
 
+    /// <summary>Values as stored (no JSON decoding), with their revisions and leases: for tools that rewrite records as they are.</summary>
+    public async Task<IReadOnlyList<Versioned<string>>> ListRawAsync(string prefix, CancellationToken ct)
+    {
+        var response = await CallAsync(c => c.GetAsync(new RangeRequest
+        {
+            Key = ByteString.CopyFromUtf8(prefix),
+            RangeEnd = ByteString.CopyFromUtf8(RangeEnd(prefix)),
+        }, deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        return response.Kvs.Select(kv => new Versioned<string>(kv.Key.ToStringUtf8(), kv.Value.ToStringUtf8(), kv.ModRevision) { Lease = kv.Lease }).ToList();
+    }
+
+    public async Task<Versioned<string>?> GetRawAsync(string key, CancellationToken ct)
+    {
+        var response = await CallAsync(c => c.GetAsync(new RangeRequest { Key = ByteString.CopyFromUtf8(key) },
+            deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        if (response.Kvs.Count == 0) return null;
+        var kv = response.Kvs[0];
+        return new Versioned<string>(key, kv.Value.ToStringUtf8(), kv.ModRevision) { Lease = kv.Lease };
+    }
+
     /// <summary>Every cluster's leader and last leader WAL position, by instance id, in one read.</summary>
     public async Task<IReadOnlyDictionary<string, (LeaderRecord? Leader, long? Optime)>> ClustersAsync(CancellationToken ct)
     {

@@ -85,6 +85,8 @@ public sealed class TestPlatform : IAsyncDisposable
               # would be shared, so they route in user space (KernelModeTests covers the kernel path).
               router { port-range-first = {{pubFirst}}, port-range-last = {{pubLast}}, leader-wait = 3s, mode = userspace }
               cell { reconcile-interval = 500ms, lease-ttl = 6s }
+              # The run's seal keys (Security/TestSealKey): every process of every test platform opens the same records.
+              security.seal-key-file = "{{Security.TestSealKey.File}}"
               node-port-range-first = {{nodeFirst}}
               node-port-range-last = {{nodeLast}}
             }

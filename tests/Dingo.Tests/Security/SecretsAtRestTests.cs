@@ -1,0 +1,182 @@
+using System.Text;
+using Dingo.Backups;
+using Dingo.Broker;
+using Dingo.Model;
+using Dingo.Security;
+using Dingo.Tests.Support;
+using Microsoft.Extensions.Logging.Abstractions;
+using Xunit.Abstractions;
+
+namespace Dingo.Tests.Security;
+
+/// <summary>
+/// A real platform provisions and binds; then etcd and the object store are read raw (every key, every file, and the
+/// cluster-data backup written to the S3 stand-in) and no generated password may appear anywhere. Then `dingo rotate-key`
+/// (the built CLI, as an operator runs it) re-seals everything, old plain records included, with the next key.
+/// </summary>
+public sealed class SecretsAtRestTests(ITestOutputHelper output)
+{
+    private const string LegacyInstance = "legacy-instance";
+    private const string LegacyPassword = "LegacyPlainPassword0123456789";
+
+    [Fact]
+    public async Task No_password_is_readable_in_etcd_or_the_object_store_and_rotate_key_reseals_everything()
+    {
+        await using var p = await TestPlatform.StartAsync(cells: 1);
+        var instanceId = "seal-" + Guid.NewGuid().ToString("N")[..8];
+        var bindingId = "bind-" + Guid.NewGuid().ToString("N")[..8];
+        await p.ProvisionReadyAsync(instanceId);
+        var credentials = await p.BindAsync(instanceId, bindingId);
+        var instance = (await p.Store.GetAsync<InstanceRecord>(p.Store.Keys.Instance(instanceId), CancellationToken.None))!.Value;
+        var secrets = new[] { (string)credentials["password"]!, instance.Superuser.Password, instance.Replication!.Password };
+        Assert.All(secrets, s => Assert.True(s.Length >= 20, "a generated password"));
+
+        // Records as a version before sealing wrote them: read still, sealed by the rotation.
+        var legacyKey = p.Store.Keys.Binding(LegacyInstance, "legacy-binding");
+        await p.Store.PutStringAsync(legacyKey, $$"""{"id":"legacy-binding","instanceId":"{{LegacyInstance}}","serviceId":"s","planId":"p","role":{"username":"b_legacy","password":"{{LegacyPassword}}"},"state":"ready"}""", CancellationToken.None);
+        Assert.Equal(LegacyPassword, (await p.Store.GetAsync<BindingRecord>(legacyKey, CancellationToken.None))!.Value.Role.Password);
+        var objects = p.Settings.Backups!.Store.CreateStore();
+        using (var legacy = new MemoryStream(Encoding.UTF8.GetBytes(LegacyClusterData)))
+            await objects.PutAsync(ArchiveLayout.InstanceRecord(LegacyInstance), legacy);
+
+        // The broker's cluster-data backup holds the instance with its binding.
+        await Eventually.UntilAsync(async () => await RawObjectAsync(objects, ArchiveLayout.InstanceRecord(instanceId)) is { } raw && raw.Contains(bindingId, StringComparison.Ordinal),
+            TimeSpan.FromSeconds(30), "the cluster-data backup holds the instance and its binding");
+
+        // etcd, raw: no generated password in any value; every password there sealed with the current key.
+        var etcd = await p.Store.ListRawAsync(p.Settings.EtcdPrefix + "/", CancellationToken.None);
+        output.WriteLine($"etcd: {etcd.Count} keys under {p.Settings.EtcdPrefix}");
+        AssertNoSecret(secrets, etcd.Select(kv => ($"etcd {kv.Key}", kv.Value)));
+        var sealedInEtcd = Census(etcd.Where(kv => kv.Key != legacyKey).Select(kv => kv.Value));
+        Assert.Equal(new Dictionary<string, int> { [TestSealKey.CurrentId] = 3 }, sealedInEtcd); // superuser, replication, the binding's role
+        // The local-folder object store, raw: every file (cluster data, WAL, base backups) created 0600, none with a password.
+        var folder = ((LocalFolderObjectStore)objects).Folder;
+        var files = Directory.GetFiles(folder, "*", SearchOption.AllDirectories);
+        output.WriteLine($"object store: {files.Length} files in {folder}");
+        Assert.Contains(files, f => f.EndsWith($"{instanceId}.json", StringComparison.Ordinal));
+        Assert.All(files, f => Assert.True(File.GetUnixFileMode(f) == SecretFile.Mode, $"{f} has mode {File.GetUnixFileMode(f)}"));
+        Assert.All(Directory.GetDirectories(folder, "*", SearchOption.AllDirectories), d => Assert.True(File.GetUnixFileMode(d) == SecretFile.FolderMode, $"{d} has mode {File.GetUnixFileMode(d)}"));
+        AssertNoSecret(secrets, files.Select(f => ($"file {f}", Encoding.Latin1.GetString(File.ReadAllBytes(f)))));
+
+        // The same writer into the S3 stand-in: read back raw over the S3 API.
+        var s3 = TestObjectStores.NewS3Store();
+        var s3Backup = new ClusterDataBackup(p.Store, s3, new Recovery(p.Store, s3, p.Settings, NullLogger<Recovery>.Instance), p.Settings, NullLogger<ClusterDataBackup>.Instance);
+        try
+        {
+            await s3Backup.SyncAsync(CancellationToken.None);
+            var raw = await RawObjectAsync(s3, ArchiveLayout.InstanceRecord(instanceId));
+            Assert.NotNull(raw);
+            Assert.Contains(bindingId, raw);
+            AssertNoSecret(secrets, [("s3 object", raw)]);
+            Assert.Equal(new Dictionary<string, int> { [TestSealKey.CurrentId] = 3 }, Resealing.Census(raw));
+        }
+        finally
+        {
+            await s3.DeleteAsync(ArchiveLayout.InstanceRecord(instanceId));
+            await s3.DeleteAsync(ArchiveLayout.InstanceRecord(LegacyInstance));
+        }
+
+        // rotate-key: the next key first (given inline, as DINGO_SEAL_KEYS does), the current one still accepted.
+        var (code, text) = await DingoCliAsync(p, ["rotate-key"], new() { [SealSettings.KeysVariable] = $"{TestSealKey.NextKey},{TestSealKey.CurrentKey}" });
+        output.WriteLine(text);
+        Assert.True(code == 0, text);
+        Assert.Contains($"with {TestSealKey.NextId}", text);
+        var rotated = await p.Store.ListRawAsync(p.Settings.EtcdPrefix + "/", CancellationToken.None);
+        var clusterData = new List<string>();
+        foreach (var o in await objects.ListAsync(ArchiveLayout.ClusterData)) clusterData.Add((await RawObjectAsync(objects, o.Key))!);
+        AssertNoSecret([.. secrets, LegacyPassword], rotated.Select(kv => ($"etcd {kv.Key}", kv.Value)).Concat(clusterData.Select(c => ("cluster data", c))));
+        Assert.Equal([TestSealKey.NextId], Census(rotated.Select(kv => kv.Value).Concat(clusterData)).Keys);
+        // The old key may go now: the next key alone opens every password.
+        var nextOnly = SealKeyRing.Parse(TestSealKey.NextKey, "the next key");
+        var role = System.Text.Json.Nodes.JsonNode.Parse(rotated.Single(kv => kv.Key == p.Store.Keys.Binding(instanceId, bindingId)).Value)!["role"]!;
+        Assert.Equal(secrets[0], nextOnly.Open((string)role["password"]!, CredentialsJsonConverter.Purpose((string)role["username"]!)));
+        Assert.Equal(LegacyPassword, nextOnly.Open(Json.Deserialize<System.Text.Json.Nodes.JsonObject>(rotated.Single(kv => kv.Key == legacyKey).Value)["role"]!["password"]!.GetValue<string>(), "credentials:b_legacy"));
+
+        // The platform reads what the rotation wrote: the binding hands out the same password.
+        var (status, fetched) = await p.SendAsync(HttpMethod.Get, $"/v2/service_instances/{instanceId}/service_bindings/{bindingId}");
+        Assert.Equal(200, status);
+        Assert.Equal(secrets[0], (string?)fetched["credentials"]?["password"]);
+
+        // A second run finds nothing left to re-seal.
+        (code, text) = await DingoCliAsync(p, ["rotate-key"], new() { [SealSettings.KeysVariable] = $"{TestSealKey.NextKey},{TestSealKey.CurrentKey}" });
+        Assert.True(code == 0, text);
+        Assert.Contains("re-sealed 0 etcd value(s) and 0 cluster-data object(s)", text);
+
+        // A console without the key says which setting it needs (no stack trace), and a broker without one refuses to start.
+        var noKey = Path.Combine(p.Settings.DataDir, "no-key.conf");
+        await File.WriteAllTextAsync(noKey, "dingo.security.seal-key-file = \"\"\n");
+        (code, text) = await DingoCliAsync(p, ["status", "--config", noKey], []);
+        output.WriteLine(text);
+        Assert.Equal(1, code);
+        Assert.Contains("no seal key", text);
+        Assert.Contains(SealSettings.KeysVariable, text);
+        Assert.DoesNotContain("   at ", text);
+        (code, text) = await RunAsync("dotnet", [Path.Combine(AppContext.BaseDirectory, "Dingo.Broker.dll"), "--config", Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"),
+            "--config", Path.Combine(p.Settings.DataDir, "test.conf"), "--config", noKey], []);
+        Assert.Equal(2, code);
+        Assert.Contains("no seal key", text);
+    }
+
+    /// <summary>A cluster-data record as written before sealing: the superuser's password plain.</summary>
+    private static string LegacyClusterData =>
+        "{\"instance\":{\"id\":\"" + LegacyInstance + "\",\"serviceId\":\"s\",\"planId\":\"p\",\"organizationGuid\":\"o\",\"spaceGuid\":\"sp\"," +
+        "\"port\":1,\"nodeCount\":1,\"superuser\":{\"username\":\"dingo_admin\",\"password\":\"" + LegacyPassword + "\"}},\"bindings\":[]}";
+
+    private static Dictionary<string, int> Census(IEnumerable<string> values)
+    {
+        var total = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var v in values)
+            foreach (var (id, n) in Resealing.Census(v)) total[id] = total.GetValueOrDefault(id) + n;
+        return total;
+    }
+
+    private static void AssertNoSecret(IReadOnlyList<string> secrets, IEnumerable<(string Where, string Text)> places)
+    {
+        foreach (var (where, text) in places)
+            foreach (var secret in secrets)
+                Assert.False(text.Contains(secret, StringComparison.Ordinal), $"{where} holds a password in the clear");
+    }
+
+    private static async Task<string?> RawObjectAsync(IObjectStore store, string key)
+    {
+        using var ms = new MemoryStream();
+        try { await store.GetAsync(key, ms); }
+        catch (ObjectNotFoundException) { return null; }
+        return Encoding.UTF8.GetString(ms.ToArray());
+    }
+
+    /// <summary>The built CLI (src/Dingo.Cli) against the platform's settings, from a DINGO_HOME with no key of its own.</summary>
+    private static Task<(int Code, string Output)> DingoCliAsync(TestPlatform p, string[] args, Dictionary<string, string> env)
+    {
+        var dll = Path.Combine(TestPlatform.RepoRoot(), "src", "Dingo.Cli", "bin", "Release", "net10.0", "dingo.dll");
+        Assert.True(File.Exists(dll), $"{dll} is missing: build the solution (./dingo test does)");
+        var home = Path.Combine(p.Settings.DataDir, "cli-home");
+        Directory.CreateDirectory(Path.Combine(home, "hocon"));
+        File.Copy(Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"), Path.Combine(home, "hocon", "dingo.conf"), overwrite: true);
+        var config = new[] { "--config", Path.Combine(p.Settings.DataDir, "test.conf") };
+        // The first argument is the command; --config files follow in order (the last wins).
+        var all = new[] { dll, args[0] }.Concat(config).Concat(args.Skip(1)).ToArray();
+        return RunAsync("dotnet", all, new Dictionary<string, string>(env) { ["DINGO_HOME"] = home });
+    }
+
+    private static async Task<(int Code, string Output)> RunAsync(string file, string[] args, Dictionary<string, string> env)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in env) psi.Environment[k] = v;
+        // The test process's own seal settings must not leak into the child: it gets only what the test gives it.
+        if (!env.ContainsKey(SealSettings.KeysVariable)) psi.Environment.Remove(SealSettings.KeysVariable);
+        psi.Environment.Remove(SealSettings.KeyFileVariable);
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        try { await process.WaitForExitAsync(deadline.Token); }
+        catch (OperationCanceledException)
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"{string.Join(' ', args)} did not finish within 60 s");
+        }
+        return (process.ExitCode, await stdout + await stderr);
+    }
+}
