@@ -1,3 +1,4 @@
+using Dingo.Tests.Support;
 using System.Text.Json;
 using Dingo.Model;
 using Dingo.Security;
@@ -5,6 +6,7 @@ using Dingo.Security;
 namespace Dingo.Tests.Security;
 
 /// <summary>Sealing and opening secrets: the rules every password at rest depends on.</summary>
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class SealKeyRingTests
 {
     private static byte[] NewKey() => Convert.FromBase64String(SealKeyRing.NewKeyText());
