@@ -21,7 +21,12 @@ public sealed record WalArchiverOptions
     public string SlotName { get; init; } = DefaultSlotName;
     public const string DefaultSlotName = "dingo_archive";
     public TimeSpan RetryDelay { get; init; } = TimeSpan.FromSeconds(1);
+    /// <summary>While the archive holds another branch's history for the server's timeline, it is checked again this often.</summary>
+    public TimeSpan ConflictRecheck { get; init; } = TimeSpan.FromSeconds(30);
 }
+
+/// <summary>The archive holds another branch under the server's timeline number: that timeline is not archived.</summary>
+public sealed class TimelineConflictException(string message) : Exception(message);
 
 /// <summary>What the archiver has done, for status and alarms.</summary>
 public sealed record ArchiveProgress
@@ -75,6 +80,7 @@ public sealed class WalArchiver
     /// <summary>WAL went missing before it was archived; the base-backup schedule takes a new backup and clears this.</summary>
     public bool GapDetected { get; set; }
     private bool _restartAtCurrent;
+    private string? _conflict;
 
     private void Update(Func<ArchiveProgress, ArchiveProgress> change)
     {
@@ -93,6 +99,16 @@ public sealed class WalArchiver
             catch (OperationCanceledException) when (ct.IsCancellationRequested)
             {
                 return;
+            }
+            catch (TimelineConflictException ex)
+            {
+                // Nothing of this timeline is written over the other branch's: the alarm stays until it is resolved.
+                Update(p => p with { Error = ex.Message });
+                if (ex.Message != _conflict) _logger.LogError("WAL archiver of {Instance}: {Error}", _instanceId, ex.Message);
+                _conflict = ex.Message;
+                try { await Task.Delay(_options.ConflictRecheck, ct).ConfigureAwait(false); }
+                catch (OperationCanceledException) { return; }
+                continue;
             }
             catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.UndefinedFile)
             {
@@ -140,6 +156,7 @@ public sealed class WalArchiver
     {
         List<(uint Timeline, ulong From)> plan;
         SortedDictionary<uint, ulong> switches = new(); // timeline → the position where the next one branched off
+        var conflicts = new Dictionary<uint, string>(); // timelines whose archived history tells another lineage
         ulong systemId, segmentSize;
         uint current;
         ArchiveCatalog catalog;
@@ -152,14 +169,21 @@ public sealed class WalArchiver
         current = system.Timeline;
 
         // The server's history: which timeline ends where.
+        List<(uint Timeline, ulong End)> lineage = [];
         if (current > 1)
         {
             var history = await ReadHistoryAsync(current, ct).ConfigureAwait(false);
-            foreach (var (tli, end) in ParseHistory(history)) switches[tli] = end;
-            if (!await _store.ExistsAsync(ArchiveLayout.History(_instanceId, systemId, current), ct).ConfigureAwait(false))
+            lineage = ParseHistory(history).ToList();
+            foreach (var (tli, end) in lineage) switches[tli] = end;
+            var archived = await GetHistoryAsync(systemId, current, ct).ConfigureAwait(false);
+            if (archived is null)
             {
                 using var content = new MemoryStream(history);
                 await _store.PutAsync(ArchiveLayout.History(_instanceId, systemId, current), content, ct).ConfigureAwait(false);
+            }
+            else if (HistoryConflict(current, lineage, ParseHistory(archived).ToList()) is { } conflict)
+            {
+                conflicts[current] = conflict;
             }
         }
 
@@ -168,6 +192,21 @@ public sealed class WalArchiver
             ? [(current, (ulong)system.XLogPos / segmentSize * segmentSize)]
             : PlanStreams(catalog, current, switches, (ulong)system.XLogPos, segmentSize);
         _restartAtCurrent = false;
+        // Older timelines this server fills: only where the archive's history file tells the same lineage.
+        foreach (var (tli, _) in plan.Where(p => p.Timeline != current && p.Timeline > 1 && catalog.Histories.Contains(p.Timeline)))
+        {
+            if (await GetHistoryAsync(systemId, tli, ct).ConfigureAwait(false) is { } archived
+                && HistoryConflict(tli, lineage, ParseHistory(archived).ToList()) is { } conflict)
+                conflicts[tli] = conflict;
+        }
+        plan = plan.Where(p => !conflicts.ContainsKey(p.Timeline)).ToList();
+        if (conflicts.Keys.Any(t => t != current))
+        {
+            // A stretch of this server's past cannot be archived: a base backup makes restores whole again without it.
+            GapDetected = true;
+            foreach (var (tli, why) in conflicts.Where(c => c.Key != current))
+                _logger.LogError("WAL archiver of {Instance}: {Conflict}; timeline {Timeline} is not filled and a base backup is taken", _instanceId, why, tli);
+        }
         slot = await EnsureSlotAsync(conn, ct).ConfigureAwait(false);
         var xlogPos = (ulong)system.XLogPos;
         // What the store already holds counts as archived from the start (not zero until the first upload): everything
@@ -175,6 +214,8 @@ public sealed class WalArchiver
         // current timeline's stream is no such point while an older timeline's tail is still missing.)
         var resumeAt = plan.Count > 0 ? plan.Min(p => p.From) : xlogPos;
         Update(p => p with { SystemId = systemId, Timeline = current, ServerLsn = Math.Max(p.ServerLsn, xlogPos), ArchivedLsn = Math.Max(p.ArchivedLsn, resumeAt) });
+        if (conflicts.TryGetValue(current, out var mine))
+            Update(p => p with { Error = mine });
         }
         foreach (var (timeline, from) in plan)
         {
@@ -186,6 +227,43 @@ public sealed class WalArchiver
             var end = switches.TryGetValue(timeline, out var e) && timeline != current ? e : ulong.MaxValue;
             await StreamTimelineAsync(conn, slot, systemId, segmentSize, catalog, timeline, from, end, timeline == current, ct).ConfigureAwait(false);
         }
+        if (conflicts.TryGetValue(current, out var conflicting)) throw new TimelineConflictException(conflicting);
+        if (_conflict is not null)
+        {
+            _logger.LogInformation("WAL archiver of {Instance}: the archive's history of timeline {Timeline} now matches the server's", _instanceId, current);
+            _conflict = null;
+        }
+    }
+
+    /// <summary>The archive's history file of <paramref name="timeline"/>, or null when it holds none.</summary>
+    private async Task<byte[]?> GetHistoryAsync(ulong systemId, uint timeline, CancellationToken ct)
+    {
+        using var content = new MemoryStream();
+        try
+        {
+            await _store.GetAsync(ArchiveLayout.History(_instanceId, systemId, timeline), content, ct).ConfigureAwait(false);
+            return content.ToArray();
+        }
+        catch (ObjectNotFoundException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Null when the archive's history file of <paramref name="timeline"/> tells the lineage this server's history gives
+    /// it (every entry below it, with the same switch points); otherwise a sentence naming both. Two different lineages
+    /// under one number are two branches: their WAL segments would have the same names.
+    /// </summary>
+    internal static string? HistoryConflict(uint timeline, IReadOnlyList<(uint Timeline, ulong End)> server, IReadOnlyList<(uint Timeline, ulong End)> archived)
+    {
+        var expected = server.Where(e => e.Timeline < timeline).ToList();
+        if (expected.SequenceEqual(archived)) return null;
+        static string Tell(IReadOnlyList<(uint Timeline, ulong End)> lineage) =>
+            lineage.Count == 0 ? "no parent" : string.Join(", ", lineage.Select(e => $"timeline {e.Timeline} until {Lsn.Format(e.End)}"));
+        return string.Create(CultureInfo.InvariantCulture,
+            $"timeline {timeline} exists twice: the archive's {timeline:X8}.history says {Tell(archived)}; this server's says {Tell(expected)}. "
+            + $"Timeline {timeline} of this server is not archived, so the other branch's WAL is never overwritten (a switchover moves the cluster to a new timeline)");
     }
 
     /// <summary>

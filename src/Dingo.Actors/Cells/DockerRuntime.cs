@@ -717,6 +717,44 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         return container?.State is { Running: true, Pid: > 1 } state ? (int)state.Pid : null;
     }
 
+    public async Task<IReadOnlyList<string>> AddTimelineHistoriesAsync(string nodeId, IReadOnlyList<TimelineHistoryFile> files, CancellationToken cancellationToken)
+    {
+        CheckNodeId(nodeId);
+        using var _ = await LockNodeAsync(nodeId, cancellationToken).ConfigureAwait(false);
+        var container = await InspectNodeAsync(nodeId, cancellationToken).ConfigureAwait(false)
+            ?? throw new InvalidOperationException($"Node {nodeId} has no container: its data directory is not initialised.");
+        var absent = new List<TimelineHistoryFile>();
+        foreach (var file in files)
+        {
+            // Only where PostgreSQL has no file of that name (the archive API would replace it).
+            try
+            {
+                await CallAsync("look into pg_wal", t => _client.Containers.GetArchiveFromContainerAsync(container.ID,
+                    new GetArchiveFromContainerParameters { Path = $"{PgData}/pg_wal/{file.Name}" }, statOnly: true, t), cancellationToken).ConfigureAwait(false);
+            }
+            catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+            {
+                absent.Add(file);
+            }
+        }
+        if (absent.Count == 0) return [];
+        using var tar = new MemoryStream();
+        await using (var writer = new TarWriter(tar, TarEntryFormat.Pax, leaveOpen: true))
+        {
+            foreach (var file in absent)
+                await writer.WriteEntryAsync(new PaxTarEntry(TarEntryType.RegularFile, $"{PgData.TrimStart('/')}/pg_wal/{file.Name}")
+                {
+                    Uid = _user.Uid, Gid = _user.Gid, Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite, ModificationTime = DateTimeOffset.UtcNow,
+                    DataStream = new MemoryStream(file.Content),
+                }, cancellationToken).ConfigureAwait(false);
+        }
+        tar.Position = 0;
+        await CallAsync("write timeline history files into pg_wal", t =>
+            _client.Containers.ExtractArchiveToContainerAsync(container.ID, new ContainerPathStatParameters { Path = "/", AllowOverwriteDirWithFile = false }, tar, t),
+            cancellationToken).ConfigureAwait(false);
+        return absent.Select(f => f.Name).ToList();
+    }
+
     public async Task StopAsync(string nodeId, CancellationToken cancellationToken)
     {
         CheckNodeId(nodeId);

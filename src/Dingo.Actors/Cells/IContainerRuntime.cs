@@ -52,6 +52,13 @@ public interface IContainerRuntime
     /// </summary>
     Task<int?> PostmasterPidAsync(string nodeId, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Writes timeline history files into the node's pg_wal (mode 0600, owned by the PostgreSQL user; inside the container
+    /// on Docker), each only where no file of that name is yet: a history file already there is never replaced. Called
+    /// right before a promotion so PostgreSQL picks a timeline above every one the archive holds. Returns the names written.
+    /// </summary>
+    Task<IReadOnlyList<string>> AddTimelineHistoriesAsync(string nodeId, IReadOnlyList<TimelineHistoryFile> files, CancellationToken cancellationToken);
+
     /// <summary>Stops PostgreSQL (fast shutdown), keeping the data.</summary>
     Task StopAsync(string nodeId, CancellationToken cancellationToken);
 
@@ -78,6 +85,12 @@ public sealed record RuntimeNode(string NodeId, bool Initialised, bool Running, 
 
     /// <summary>The node's container (Docker runtime): the same id after a cell restart proves it was adopted.</summary>
     public string? ContainerId { get; init; }
+}
+
+/// <summary>A timeline history file as PostgreSQL names it in pg_wal (TTTTTTTT.history).</summary>
+public sealed record TimelineHistoryFile(uint Timeline, byte[] Content)
+{
+    public string Name => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{Timeline:X8}.history");
 }
 
 public sealed record NodeLaunchSpec(string NodeId, string InstanceId, string ListenAddress, int Port, Credentials Superuser);

@@ -267,6 +267,45 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     public Task<int?> PostmasterPidAsync(string nodeId, CancellationToken cancellationToken) =>
         Task.FromResult(FindRunningPostmaster(PathsFor(nodeId)));
 
+    public async Task<IReadOnlyList<string>> AddTimelineHistoriesAsync(string nodeId, IReadOnlyList<TimelineHistoryFile> files, CancellationToken cancellationToken)
+    {
+        if (!OperatingSystem.IsLinux()) throw NotLinux();
+        var paths = PathsFor(nodeId);
+        var pgWal = Path.Combine(paths.PgData, "pg_wal");
+        if (!Directory.Exists(pgWal)) throw new InvalidOperationException($"Node {nodeId} has no pg_wal: its data directory is not initialised.");
+        var identity = await GetIdentityAsync(cancellationToken);
+        var written = new List<string>();
+        foreach (var file in files)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var target = Path.Combine(pgWal, file.Name);
+            if (File.Exists(target)) continue;
+            // Complete before it has its name (PostgreSQL may look at any moment); the name is taken only if still free.
+            var temp = Path.Combine(pgWal, $".{file.Name}.{Guid.NewGuid():N}.tmp");
+            try
+            {
+                await using (var stream = new FileStream(temp, new FileStreamOptions
+                             {
+                                 Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                             }))
+                {
+                    await stream.WriteAsync(file.Content, cancellationToken);
+                    stream.Flush(flushToDisk: true);
+                }
+                ChownIfNeeded(temp, identity);
+                // link(2) fails when the name exists: a file PostgreSQL (its walreceiver) wrote meanwhile wins.
+                if (Native.link(temp, target) == 0) written.Add(file.Name);
+                else if (Marshal.GetLastPInvokeError() is var errno && errno != Native.EExist)
+                    throw new IOException($"Node {nodeId}: cannot write {target}: errno {errno}");
+            }
+            finally
+            {
+                File.Delete(temp);
+            }
+        }
+        return written;
+    }
+
     public async Task StopAsync(string nodeId, CancellationToken cancellationToken)
     {
         var paths = PathsFor(nodeId);
@@ -1018,6 +1057,11 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
 
         [DllImport("libc")]
         public static extern int close(int fd);
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int link([MarshalAs(UnmanagedType.LPUTF8Str)] string oldPath, [MarshalAs(UnmanagedType.LPUTF8Str)] string newPath);
+
+        public const int EExist = 17;
 
         public const int ORdOnlyDirectory = 0x10000; // O_RDONLY | O_DIRECTORY (Linux)
     }

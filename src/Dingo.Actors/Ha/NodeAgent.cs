@@ -67,6 +67,8 @@ public sealed class NodeAgent
     private bool _restored;
     /// <summary>Restored from another instance's backups: its login roles must be disabled once this node leads.</summary>
     private bool _clonedFromOther;
+    /// <summary>The archive's timeline history files, fetched while a replica, added to pg_wal right before a promotion.</summary>
+    private readonly Dingo.Backups.TimelineHistories? _histories;
 
     /// <param name="guard">the cell's fencing guard; null only where nothing may ever promote without one being needed (tests of
     /// single nodes): a leader is then fenced by its own pass alone</param>
@@ -76,6 +78,7 @@ public sealed class NodeAgent
         _guard = guard;
         if (guard?.PromiseOf(spec.NodeId) is { } promise) _promise = new FailsafePromise(promise.Leader, promise.AtNs);
         _backups = backups is { Settings.Enabled: true } ? backups : null;
+        _histories = _backups is null ? null : new Dingo.Backups.TimelineHistories(_backups.Store, spec.InstanceId, logger);
         _spec = spec;
         _store = store;
         _runtime = runtime;
@@ -248,6 +251,9 @@ public sealed class NodeAgent
         }
         _failingSince = failure is null ? null : _failingSince ?? DateTimeOffset.UtcNow;
         await KeepBackupDutyAsync(action, failure, record).ConfigureAwait(false);
+        // Ahead of any failover, in the background: a promotion then needs no listing of the store.
+        if (_histories is not null && _leaderLease == 0 && input.Local is { Answering: true, InRecovery: true })
+            _histories.RefreshIfDue(Address, _spec.Port, record.Superuser);
         if (input.EtcdReachable)
         {
             try { if (failure is null) await RenewOnProgressAsync(etcd).ConfigureAwait(false); }
@@ -524,6 +530,7 @@ public sealed class NodeAgent
 
             case HaAction.TakeLeadership:
                 if (!await TryTakeKeyAsync(etcd).ConfigureAwait(false)) return;
+                if (input.Local.InRecovery) await AddTimelineHistoriesAsync(record, etcd).ConfigureAwait(false);
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
                 if (input.Local.InRecovery) await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
                 _following = null;
@@ -532,6 +539,7 @@ public sealed class NodeAgent
                 break;
 
             case HaAction.Promote:
+                await AddTimelineHistoriesAsync(record, etcd).ConfigureAwait(false);
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
                 await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
                 _following = null;
@@ -595,6 +603,30 @@ public sealed class NodeAgent
                 await ReleaseKeyAsync(etcd).ConfigureAwait(false);
                 await StartStandbyAsync(launch, null, record, ct).ConfigureAwait(false);
                 break;
+        }
+    }
+
+    /// <summary>
+    /// Right before pg_promote: every history file the archive holds above this node's timeline goes into its pg_wal, so
+    /// PostgreSQL picks a timeline no other branch took (docs/ha.md). Bounded by a small budget; a failure never blocks the
+    /// promotion (availability first): it is logged as an error and the promotion goes on.
+    /// </summary>
+    private async Task AddTimelineHistoriesAsync(InstanceRecord record, CancellationToken ct)
+    {
+        if (_histories is null) return;
+        try
+        {
+            var budget = TimeSpan.FromTicks(Math.Min(TimeSpan.FromSeconds(1).Ticks, (_settings.Ha.Ttl / 8).Ticks));
+            var files = await _histories.BeforePromotionAsync(Address, _spec.Port, record.Superuser, budget, ct).ConfigureAwait(false);
+            if (files.Count == 0) return;
+            var written = await _runtime.AddTimelineHistoriesAsync(_spec.NodeId, files, ct).ConfigureAwait(false);
+            if (written.Count > 0)
+                _logger.LogInformation("node {Node}: added the archive's timeline history file(s) {Files} to pg_wal: the promotion picks a timeline above them", _spec.NodeId, string.Join(", ", written));
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
+        {
+            _logger.LogError("node {Node}: could not add the archive's timeline history files to pg_wal before promoting ({Error}); promoting anyway (availability first): the new timeline may repeat one the archive holds",
+                _spec.NodeId, ex.Message);
         }
     }
 
