@@ -1082,7 +1082,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             conf.AppendLine("primary_conninfo = ''").AppendLine("primary_slot_name = ''");
         }
         // SCRAM for everyone, nothing trusted; the platform's roles only from the platform's hosts.
-        var hba = _access.ForStart(spec.NodeId, spec.Superuser.Username);
+        var hba = _access.ForStart(spec.NodeId, spec.Superuser.Username, spec.ListenAddress);
         return
         [
             new NodeFile("postgresql.conf", conf.ToString(), readable),

@@ -767,7 +767,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         // Write-then-rename so a crash never leaves the postmaster a truncated file.
         await WriteReplacingAsync(Path.Combine(paths.PgData, SettingsFileName), conf.ToString(), identity, cancellationToken);
         // pg_hba.conf stays where PostgreSQL looks by default, so a node started by an older cell is covered by a reload.
-        await WriteReplacingAsync(Path.Combine(paths.PgData, "pg_hba.conf"), _access.ForStart(spec.NodeId, spec.Superuser.Username), identity, cancellationToken);
+        await WriteReplacingAsync(Path.Combine(paths.PgData, "pg_hba.conf"), _access.ForStart(spec.NodeId, spec.Superuser.Username, spec.ListenAddress), identity, cancellationToken);
     }
 
     private static async Task WriteReplacingAsync(string target, string content, RunIdentity identity, CancellationToken cancellationToken)

@@ -10,17 +10,18 @@ namespace Dingo.Cells;
 internal sealed class NodeAccess
 {
     private PlatformAccess _access = PlatformAccess.LocalOnly;
-    // The superuser a node was last started with (its instance's); a node adopted after a restart gets the platform's.
-    private readonly ConcurrentDictionary<string, string> _superusers = new(StringComparer.Ordinal);
+    // The superuser and address a node was last started with; a node adopted after a restart gets the platform's
+    // superuser (its cell's address is among the platform's hosts anyway).
+    private readonly ConcurrentDictionary<string, (string Superuser, string Address)> _started = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, string> _applied = new(StringComparer.Ordinal);
 
     public PlatformAccess Current => Volatile.Read(ref _access);
 
     /// <summary>The pg_hba.conf for a node about to start (or be reconfigured): it reads this file as it starts.</summary>
-    public string ForStart(string nodeId, string superuser)
+    public string ForStart(string nodeId, string superuser, string listenAddress)
     {
-        _superusers[nodeId] = superuser;
-        var hba = Current.Hba(superuser);
+        _started[nodeId] = (superuser, listenAddress);
+        var hba = Current.Hba(superuser, listenAddress);
         _applied[nodeId] = hba;
         return hba;
     }
@@ -35,7 +36,7 @@ internal sealed class NodeAccess
     /// <summary>The pg_hba.conf this running node should have, or null when it has it already.</summary>
     public string? Due(string nodeId)
     {
-        var hba = Current.Hba(_superusers.TryGetValue(nodeId, out var su) ? su : DatabaseAdmin.SuperuserName);
+        var hba = _started.TryGetValue(nodeId, out var started) ? Current.Hba(started.Superuser, started.Address) : Current.Hba(DatabaseAdmin.SuperuserName);
         return _applied.TryGetValue(nodeId, out var applied) && applied == hba ? null : hba;
     }
 

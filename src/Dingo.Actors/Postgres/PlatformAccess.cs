@@ -68,18 +68,21 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
     /// <summary>
     /// The node's pg_hba.conf. The platform roles get SCRAM from the platform's networks and local sockets, and an
     /// explicit reject anywhere else (before the catch-all line, which would otherwise take them); replication
-    /// connections are only for them; every other role gets SCRAM from anywhere. The node's own cell is among the
-    /// networks: it registers its address in etcd like every cell.
+    /// connections are only for them; every other role gets SCRAM from anywhere.
     /// </summary>
-    public string Hba(string superuser)
+    /// <param name="ownAddress">the address the node listens on: its own host is always a platform host (the cell's
+    /// agent connects from there), also before the cell has read the others from etcd</param>
+    public string Hba(string superuser, string? ownAddress = null)
     {
+        var networks = new SortedSet<string>(Networks, StringComparer.Ordinal);
+        if (IPAddress.TryParse(ownAddress, out var own) && !own.Equals(IPAddress.Any) && !own.Equals(IPAddress.IPv6Any)) networks.Add(HostNetwork(own));
         var users = string.Join(',', new[] { superuser, DatabaseAdmin.ReplicationUserName }.Distinct(StringComparer.Ordinal).Select(QuoteRole));
         var sb = new StringBuilder()
             .AppendLine("# Written by Dingo (platform access); rewritten when the platform's hosts change. Edits are overwritten.")
             .AppendLine("# The platform's roles log in only from its cells, brokers and listed networks; applications from anywhere.")
             .AppendLine("local all all scram-sha-256")
             .AppendLine("local replication all scram-sha-256");
-        foreach (var network in Networks)
+        foreach (var network in networks)
         {
             sb.AppendLine(CultureInfo.InvariantCulture, $"host all {users} {network} scram-sha-256");
             sb.AppendLine(CultureInfo.InvariantCulture, $"host replication {users} {network} scram-sha-256");

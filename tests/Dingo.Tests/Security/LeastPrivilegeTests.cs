@@ -34,9 +34,16 @@ public sealed class LeastPrivilegeTests(ITestOutputHelper output)
             await ExecAsync(conn, "SET ROLE NONE; CREATE TABLE own_notes(id int); INSERT INTO own_notes VALUES (7)");
         }
 
-        // A session through the read-only port lands on a replica and stays open across the unbind below.
-        var readOnly = await OpenAsync((string)first["read_only_uri"]!);
-        Assert.Equal(true, await ScalarAsync(readOnly, "SELECT pg_is_in_recovery()"));
+        // A session through the read-only port lands on a replica (once replicas stream, the router balances over
+        // them) and stays open across the unbind below.
+        NpgsqlConnection? readOnly = null;
+        await Eventually.UntilAsync(async () =>
+        {
+            if (readOnly is not null) await readOnly.DisposeAsync();
+            readOnly = await OpenAsync((string)first["read_only_uri"]!);
+            return await ScalarAsync(readOnly, "SELECT pg_is_in_recovery()") is true;
+        }, TimeSpan.FromSeconds(30), "a read-only connection on a replica; statuses as the wait began: " + string.Join("; ",
+            (await platform.Store.ListAsync<NodeStatus>(platform.Store.Keys.Statuses(id), CancellationToken.None)).Select(s => $"{s.Value.NodeId} {s.Value.State} {s.Value.Role} streaming={s.Value.Streaming} {s.Value.Detail}")));
         var onPrimary = await OpenAsync((string)first["uri"]!);
 
         var second = await BindAsync(platform, id, "bind-2", "app-2");
@@ -83,9 +90,9 @@ public sealed class LeastPrivilegeTests(ITestOutputHelper output)
         var q = $"service_id={Catalog.ServiceId}&plan_id={Catalog.ClusterHaPlanId}";
         var (unbound, body) = await platform.SendAsync(HttpMethod.Delete, $"/v2/service_instances/{id}/service_bindings/bind-1?{q}");
         Assert.True(unbound == 200, $"unbind answered {unbound}: {body.ToJsonString()}");
-        await AssertEndedAsync(readOnly);
+        await AssertEndedAsync(readOnly!);
         await AssertEndedAsync(onPrimary);
-        await readOnly.DisposeAsync();
+        await readOnly!.DisposeAsync();
         await onPrimary.DisposeAsync();
 
         // The same app bound again finds its data, the former binding's own table included (handed to the owner at unbind).

@@ -29,7 +29,8 @@ public sealed class PlatformAccessTests
     {
         var access = PlatformAccess.From(["127.0.0.1", "127.0.0.2", "::1", "cell-3.example", "192.0.2.9"], ["10.1.2.3/24", "198.51.100.4"]);
         Assert.Equal(["10.1.2.0/24", "127.0.0.0/8", "192.0.2.9/32", "198.51.100.4/32", "::1/128"], access.Networks);
-        // Before its cell has read etcd once, a node lets the platform's roles in through local sockets only.
+        // Before its cell has read etcd once, a node lets the platform's roles in from its own host only.
+        Assert.Contains("host all \"dingo_admin\",\"dingo_replicator\" 10.0.0.5/32 scram-sha-256", PlatformAccess.LocalOnly.Hba("dingo_admin", "10.0.0.5"), StringComparison.Ordinal);
         Assert.DoesNotContain(PlatformAccess.LocalOnly.Hba("dingo_admin").Split('\n'), l => l.StartsWith("host", StringComparison.Ordinal) && l.EndsWith("scram-sha-256", StringComparison.Ordinal) && l.Contains("dingo_admin", StringComparison.Ordinal));
     }
 
