@@ -9,7 +9,7 @@ namespace Dingo.Broker;
 
 /// <summary>
 /// Bindings: each one is its own PostgreSQL login role (never the superuser, never the replication user),
-/// made synchronously on the instance's primary.
+/// made synchronously on the instance's primary; an unbind ends the role's sessions on every node (<see cref="BindingLockout"/>).
 /// </summary>
 public sealed class BindingService(EtcdStore store, DingoSettings settings, ILogger<BindingService> logger)
 {
@@ -111,14 +111,11 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
         if (instance is not null)
         {
             if (leader is null) return OsbResult.Error(503, "Unavailable", $"service instance {instanceId} has no primary right now; the binding is kept, try again shortly");
-            try
-            {
-                await DatabaseAdmin.DropBindingRoleAsync(leader.Value.Host, leader.Value.Port, instance.Value.Superuser, instance.Value.Database, existing.Value.Role.Username, ct);
-            }
-            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException)
-            {
-                return OsbResult.Error(503, "Unavailable", $"could not drop the binding's role on the primary: {ex.Message}");
-            }
+            // Its sessions end on every node (replicas serve the read-only port) before the role goes.
+            var failure = await BindingLockout.RunAsync(store, instance.Value, leader.Value, existing.Value.Role.Username,
+                line => logger.LogInformation("binding {Binding} on {Instance}: {What}", bindingId, instanceId, line), ct);
+            if (failure is not null)
+                return OsbResult.Error(503, "Unavailable", $"{failure}; the binding is kept, try again shortly");
         }
         await store.DeleteAsync(Keys.Binding(instanceId, bindingId), ct);
         logger.LogInformation("binding {Binding} on {Instance}: role {Role} dropped", bindingId, instanceId, existing.Value.Role.Username);

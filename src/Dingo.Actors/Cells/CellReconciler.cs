@@ -23,6 +23,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
     private DateTimeOffset _startedAt = DateTimeOffset.UtcNow;
     /// <summary>Each unwanted node: when first seen unwanted (its grace runs from there) and what it held then.</summary>
     private readonly Dictionary<string, Unwanted> _unwanted = new();
+    private readonly PlatformHosts _platformHosts = new(store, settings.Cell.Address, settings.Cell.AdminNetworks, settings.Ha.LostCellGrace, logger);
     /// <summary>The problem registered in etcd, read once per pass (the disk check is a statvfs).</summary>
     private string? _problem;
     /// <summary>Data kept that etcd neither wants nor lets go, as registered.</summary>
@@ -98,6 +99,18 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         }
         else
         {
+            // Who may log in as the platform's roles follows the cells and brokers etcd lists (another etcd's list is
+            // not ours to act on: the nodes keep what they have).
+            var access = await _platformHosts.ReadAsync(ct).ConfigureAwait(false);
+            try
+            {
+                await runtime.ApplyPlatformAccessAsync(access, ct).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                // The rest of the pass (orphans, statuses) must not wait on one node's reload: tried again next pass.
+                logger.LogWarning("cell {Cell}: updating the nodes' pg_hba.conf failed: {Error}", _cell.Id, ex.Message);
+            }
             // Nodes made before the runtime recorded their instance learn it now, while etcd still assigns them.
             foreach (var node in held.Where(n => n.InstanceId is null))
                 if (desired.FirstOrDefault(d => d.NodeId == node.NodeId) is { } spec)

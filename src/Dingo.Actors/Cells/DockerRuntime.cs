@@ -6,6 +6,7 @@ using System.Net.Sockets;
 using System.Text;
 using Dingo.Config;
 using Dingo.Model;
+using Dingo.Postgres;
 using Docker.DotNet;
 using Docker.DotNet.Models;
 using Microsoft.Extensions.Logging;
@@ -140,6 +141,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     private Listing? _lastGood;
     private string? _engineProblem;
     private DateTime _imageCheckedAt = DateTime.MinValue;
+    private readonly NodeAccess _access = new();
 
     public DockerRuntime(DockerRuntimeOptions options, ILogger logger)
     {
@@ -304,6 +306,26 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         catch (Exception ex) when (ex is DockerApiException or ContainerEngineException)
         {
             return "";
+        }
+    }
+
+    // ---- platform access ----
+
+    public async Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(access);
+        if (_access.Set(access)) _logger.LogInformation("Platform roles may log in from: {Networks} (and local sockets)", string.Join(", ", access.Networks));
+        foreach (var node in await ListAsync(cancellationToken).ConfigureAwait(false))
+        {
+            if (!node.Running || _access.Due(node.NodeId) is null) continue;
+            using var _ = await LockNodeAsync(node.NodeId, cancellationToken).ConfigureAwait(false);
+            var container = await InspectNodeAsync(node.NodeId, cancellationToken).ConfigureAwait(false);
+            if (container is not { State.Running: true } || _access.Due(node.NodeId) is not { } hba) continue;
+            await UploadAsync(container.ID, [new NodeFile("pg_hba.conf", hba, UnixFileMode.UserRead | UnixFileMode.UserWrite)], cancellationToken).ConfigureAwait(false);
+            // PostgreSQL is the container's PID 1: SIGHUP makes it read pg_hba.conf again.
+            await CallAsync("signal the container to reload", t => _client.Containers.KillContainerAsync(container.ID, new ContainerKillParameters { Signal = "SIGHUP" }, t), cancellationToken).ConfigureAwait(false);
+            _access.Applied(node.NodeId, hba);
+            _logger.LogInformation("Node {NodeId}: pg_hba.conf rewritten for the platform's current hosts and reloaded", node.NodeId);
         }
     }
 
@@ -882,6 +904,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     private async Task StopContainerAsync(ContainerInspectResponse container, CancellationToken ct)
     {
+        if (Label(container.Config.Labels, NodeLabel) is { } stopping) _access.Forget(stopping);
         if (!container.State.Running) return;
         var seconds = (uint)Math.Max(1, _docker.StopTimeout.TotalSeconds);
         await CallAsync("stop the container", t => _client.Containers.StopContainerAsync(container.ID, new ContainerStopParameters { WaitBeforeKillSeconds = seconds }, t),
@@ -1096,15 +1119,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         {
             conf.AppendLine("primary_conninfo = ''").AppendLine("primary_slot_name = ''");
         }
-        const string hba = """
-            # Written by Dingo: password (SCRAM) access for everyone, from anywhere; nothing trusted.
-            local all all scram-sha-256
-            host all all 0.0.0.0/0 scram-sha-256
-            host all all ::/0 scram-sha-256
-            host replication all 0.0.0.0/0 scram-sha-256
-            host replication all ::/0 scram-sha-256
-
-            """;
+        // SCRAM for everyone, nothing trusted; the platform's roles only from the platform's hosts.
+        var hba = _access.ForStart(spec.NodeId, spec.Superuser.Username, spec.ListenAddress);
         return
         [
             new NodeFile("postgresql.conf", conf.ToString(), readable),

@@ -71,6 +71,13 @@ public interface IContainerRuntime
 
     /// <summary>Stops PostgreSQL if it runs and deletes every byte of the node's data.</summary>
     Task RemoveAsync(string nodeId, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Who may log in as the platform's roles (<see cref="Dingo.Postgres.PlatformAccess"/>): every start writes it into the
+    /// node's pg_hba.conf, and a call with a different value rewrites the pg_hba.conf of every running node and makes
+    /// PostgreSQL reload it. A node whose rewrite failed is tried again on the next call.
+    /// </summary>
+    Task ApplyPlatformAccessAsync(Dingo.Postgres.PlatformAccess access, CancellationToken cancellationToken);
 }
 
 /// <param name="Initialised">initdb finished: the data directory is complete.</param>

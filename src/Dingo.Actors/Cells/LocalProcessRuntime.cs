@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
 using Dingo.Model;
+using Dingo.Postgres;
 using Microsoft.Extensions.Logging;
 
 namespace Dingo.Cells;
@@ -42,6 +43,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     private const string InstanceFileSuffix = "@instance.json";
     private const string SettingsFileName = "dingo.conf";
     private const string IncludeLine = "include_if_exists = '" + SettingsFileName + "'";
+    private const int SigHup = 1;
     private const int SigTerm = 15;
     private const int SigKill = 9;
     private static readonly TimeSpan PostmasterLaunchTimeout = TimeSpan.FromSeconds(15);
@@ -54,6 +56,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     /// <summary>Each node's instance as its file says, so a pass does not read every file again.</summary>
     private readonly ConcurrentDictionary<string, string> _instances = new(StringComparer.Ordinal);
     private RunIdentity? _identity;
+    private readonly NodeAccess _access = new();
 
     public LocalProcessRuntime(LocalProcessRuntimeOptions options, ILogger<LocalProcessRuntime> logger)
     {
@@ -171,13 +174,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         // initdb ran with --no-sync: flush it all at once before the marker says the directory is complete.
         await Task.Run(() => SyncFileSystem(paths.PgData), cancellationToken);
 
-        // initdb's pg_hba.conf only covers loopback; replicas and clients reach the node from other hosts.
-        await File.AppendAllTextAsync(
-            Path.Combine(paths.PgData, "pg_hba.conf"),
-            "\n# Added by Dingo: password access from any IPv4 address.\n" +
-            "host all all 0.0.0.0/0 scram-sha-256\n" +
-            "host replication all 0.0.0.0/0 scram-sha-256\n",
-            cancellationToken);
+        // initdb's pg_hba.conf (local and loopback only) serves until the first start writes the platform's.
         await EnsureIncludeLineAsync(paths, cancellationToken);
 
         // Written last: its presence is the only proof initdb and the follow-up edits completed.
@@ -335,6 +332,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
 
     private async Task StopCoreAsync(string nodeId, NodePaths paths, string mode, CancellationToken cancellationToken)
     {
+        _access.Forget(nodeId);
         if (FindRunningPostmaster(paths) is not { } pid)
             return;
 
@@ -804,11 +802,39 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         await StripAutoConfAsync(paths, cancellationToken);
 
         // Write-then-rename so a crash never leaves the postmaster a truncated file.
-        var target = Path.Combine(paths.PgData, SettingsFileName);
+        await WriteReplacingAsync(Path.Combine(paths.PgData, SettingsFileName), conf.ToString(), identity, cancellationToken);
+        // pg_hba.conf stays where PostgreSQL looks by default, so a node started by an older cell is covered by a reload.
+        await WriteReplacingAsync(Path.Combine(paths.PgData, "pg_hba.conf"), _access.ForStart(spec.NodeId, spec.Superuser.Username, spec.ListenAddress), identity, cancellationToken);
+    }
+
+    private static async Task WriteReplacingAsync(string target, string content, RunIdentity identity, CancellationToken cancellationToken)
+    {
         var temp = target + ".tmp";
-        await File.WriteAllTextAsync(temp, conf.ToString(), cancellationToken);
+        await File.WriteAllTextAsync(temp, content, cancellationToken);
         ChownIfNeeded(temp, identity);
         File.Move(temp, target, overwrite: true);
+    }
+
+    public async Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(access);
+        if (_access.Set(access)) _logger.LogInformation("Platform roles may log in from: {Networks} (and local sockets)", string.Join(", ", access.Networks));
+        foreach (var node in await ListAsync(cancellationToken))
+        {
+            if (!node.Running || _access.Due(node.NodeId) is null) continue;
+            var paths = PathsFor(node.NodeId);
+            using var _ = await LockNodeAsync(node.NodeId, cancellationToken);
+            // Checked again under the lock: a clone or a stop may have come in between.
+            if (FindRunningPostmaster(paths) is not { } pid || _access.Due(node.NodeId) is not { } hba) continue;
+            await WriteReplacingAsync(Path.Combine(paths.PgData, "pg_hba.conf"), hba, await GetIdentityAsync(cancellationToken), cancellationToken);
+            if (Native.kill(pid, SigHup) != 0)
+            {
+                _logger.LogWarning("Node {NodeId}: could not signal pid {Pid} to reload pg_hba.conf (errno {Errno}); trying again next pass", node.NodeId, pid, Marshal.GetLastPInvokeError());
+                continue;
+            }
+            _access.Applied(node.NodeId, hba);
+            _logger.LogInformation("Node {NodeId}: pg_hba.conf rewritten for the platform's current hosts and reloaded", node.NodeId);
+        }
     }
 
     /// <summary>

@@ -91,6 +91,8 @@ public sealed record DingoSettings
                 AkkaPort = int.TryParse(Env("DINGO_AKKA_PORT"), out var cellAkka) ? cellAkka : d.GetInt("cell.akka-port", 0),
                 OrphanGrace = d.GetTimeSpan("cell.orphan-grace", TimeSpan.FromMinutes(10)),
                 MinFreeDisk = d.GetByteSize("cell.min-free-disk") ?? 1024L * 1024 * 1024,
+                AdminNetworks = Env("DINGO_CELL_ADMIN_NETWORKS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                                ?? (d.HasPath("cell.admin-networks") ? d.GetStringList("cell.admin-networks")?.ToArray() : null) ?? [],
                 Docker = DockerSettings.FromConfig(d, env),
             },
             NodePortFirst = d.GetInt("node-port-range-first", 10000),
@@ -143,6 +145,11 @@ public sealed record DingoSettings
         if (Cell.Runtime is not ("process" or "docker")) throw new ArgumentException($"dingo.cell.runtime must be \"process\" or \"docker\": got \"{Cell.Runtime}\"");
         if (Cell.OrphanGrace < TimeSpan.Zero) throw new ArgumentException("dingo.cell.orphan-grace must not be negative");
         if (Cell.MinFreeDisk < 0) throw new ArgumentException("dingo.cell.min-free-disk must not be negative");
+        foreach (var network in Cell.AdminNetworks)
+        {
+            try { Dingo.Postgres.PlatformAccess.ParseNetwork(network); }
+            catch (ArgumentException ex) { throw new ArgumentException($"dingo.cell.admin-networks: {ex.Message}", ex); }
+        }
         if (Broker.TombstoneRetention <= Cell.OrphanGrace)
             throw new ArgumentException($"dingo.broker.tombstone-retention ({Broker.TombstoneRetention}) must be longer than dingo.cell.orphan-grace ({Cell.OrphanGrace}): a removed node's data may only go after the grace, while its tombstone still says so");
         if (Cell.Runtime == "docker") Cell.Docker.Validate();
@@ -208,6 +215,11 @@ public sealed record CellSettings
     public long MinFreeDisk { get; init; } = 1024L * 1024 * 1024;
     /// <summary>`dingo.cell.docker`: used when Runtime is "docker".</summary>
     public DockerSettings Docker { get; init; } = new();
+    /// <summary>
+    /// Networks (CIDR or address) beside the platform's own hosts from which an instance's superuser and replication
+    /// role may log in: an operator's bastion, say. Empty by default.
+    /// </summary>
+    public IReadOnlyList<string> AdminNetworks { get; init; } = [];
 }
 
 /// <summary>How a cell with the Docker runtime reaches its engine and what it runs (`dingo.cell.docker`).</summary>

@@ -6,7 +6,9 @@ namespace Dingo.Postgres;
 /// <summary>
 /// The SQL Dingo runs as an instance's superuser: preparing the application database and managing each
 /// binding's login role. Objects a binding creates belong to the shared owner role, so dropping one binding
-/// never takes another's tables with it.
+/// never takes another's tables with it, and a later binding (a rebinding, a blue-green copy, a restore) finds them.
+/// The database itself belongs to the superuser: the owner role (and so no binding) can drop, rename or reconfigure it,
+/// and bindings reach no other database.
 /// </summary>
 public static class DatabaseAdmin
 {
@@ -36,9 +38,16 @@ public static class DatabaseAdmin
             if (!await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", OwnerRole, ct).ConfigureAwait(false))
                 await ExecAsync(conn, $"CREATE ROLE {OwnerRole} NOLOGIN", ct).ConfigureAwait(false);
             if (!await ExistsAsync(conn, "SELECT 1 FROM pg_database WHERE datname = $1", database, ct).ConfigureAwait(false))
-                await ExecAsync(conn, $"CREATE DATABASE \"{database}\" OWNER {OwnerRole}", ct).ConfigureAwait(false);
+                await ExecAsync(conn, $"CREATE DATABASE \"{database}\"", ct).ConfigureAwait(false);
+            // Owned by the platform (databases made by older versions belonged to the owner role, which let every binding
+            // drop or rename them): the owner role keeps what an application needs, CONNECT, TEMPORARY and CREATE (schemas,
+            // trusted extensions).
+            await ExecAsync(conn, $"ALTER DATABASE \"{database}\" OWNER TO \"{superuser.Username}\"", ct).ConfigureAwait(false);
             await ExecAsync(conn, $"REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC", ct).ConfigureAwait(false);
-            await ExecAsync(conn, $"GRANT CONNECT, TEMPORARY ON DATABASE \"{database}\" TO {OwnerRole}", ct).ConfigureAwait(false);
+            await ExecAsync(conn, $"GRANT CONNECT, TEMPORARY, CREATE ON DATABASE \"{database}\" TO {OwnerRole}", ct).ConfigureAwait(false);
+            // Bindings reach only the application database: not the platform's own, not the template new ones copy.
+            foreach (var other in new[] { "postgres", "template1" })
+                if (other != database) await ExecAsync(conn, $"REVOKE CONNECT, TEMPORARY, CREATE ON DATABASE {other} FROM PUBLIC", ct).ConfigureAwait(false);
             if (replication is not null)
             {
                 CheckSafe(replication.Username);
@@ -49,6 +58,13 @@ public static class DatabaseAdmin
                 else
                     await ExecAsync(conn, $"CREATE ROLE {replication.Username} {attributes}", ct).ConfigureAwait(false);
             }
+        }
+        // The public schema belonged to the database's owner (pg_database_owner): it stays the applications' schema.
+        await using (var app = new NpgsqlConnection(ConnectionString(host, port, superuser, database).ConnectionString))
+        {
+            await app.OpenAsync(ct).ConfigureAwait(false);
+            if (await ExistsAsync(app, "SELECT 1 FROM pg_namespace WHERE nspname = $1", "public", ct).ConfigureAwait(false))
+                await ExecAsync(app, $"ALTER SCHEMA public OWNER TO {OwnerRole}", ct).ConfigureAwait(false);
         }
     }
 
@@ -68,6 +84,55 @@ public static class DatabaseAdmin
         await ExecAsync(conn, $"ALTER ROLE {role.Username} SET role = '{OwnerRole}'", ct).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// First step of an unbind, on the primary: the role may no longer log in (replicated to every replica) and its
+    /// sessions here end. Returns the primary's WAL position after the change, which a replica must have replayed
+    /// before its own sessions are ended (else one could log in between), or null when the role does not exist.
+    /// </summary>
+    public static async Task<string?> LockOutBindingRoleAsync(string host, int port, Credentials superuser, string database, string roleName, CancellationToken ct)
+    {
+        CheckSafe(roleName);
+        await using var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, database).ConnectionString);
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        if (!await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", roleName, ct).ConfigureAwait(false)) return null;
+        await ExecAsync(conn, $"ALTER ROLE {roleName} NOLOGIN", ct).ConfigureAwait(false);
+        await TerminateSessionsAsync(conn, roleName, ct).ConfigureAwait(false);
+        await using var cmd = new NpgsqlCommand("SELECT pg_current_wal_lsn()::text", conn);
+        return (string)(await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false))!;
+    }
+
+    /// <summary>
+    /// Ends the role's sessions on another node (a replica) once it has replayed WAL up to <paramref name="lockedOutAt"/>
+    /// (so the role cannot log in there any more); returns how many ended. Throws <see cref="TimeoutException"/> when
+    /// the node has not replayed that far by <paramref name="replayDeadline"/>.
+    /// </summary>
+    public static async Task<int> EndSessionsOnNodeAsync(string host, int port, Credentials superuser, string roleName, string lockedOutAt, DateTime replayDeadline, CancellationToken ct)
+    {
+        CheckSafe(roleName);
+        await using var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, "postgres").ConnectionString);
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        while (true)
+        {
+            // A node no longer in recovery (promoted meanwhile) carries the change already: it came from its own WAL.
+            await using (var cmd = new NpgsqlCommand("SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= $1::pg_lsn", conn))
+            {
+                cmd.Parameters.AddWithValue(lockedOutAt);
+                if (await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false) is true) break;
+            }
+            if (DateTime.UtcNow >= replayDeadline)
+                throw new TimeoutException($"node {host}:{port} has not replayed the role's lock-out (WAL {lockedOutAt}) yet");
+            await Task.Delay(100, ct).ConfigureAwait(false);
+        }
+        return await TerminateSessionsAsync(conn, roleName, ct).ConfigureAwait(false);
+    }
+
+    private static async Task<int> TerminateSessionsAsync(NpgsqlConnection conn, string roleName, CancellationToken ct)
+    {
+        await using var cmd = new NpgsqlCommand("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()", conn);
+        cmd.Parameters.AddWithValue(roleName);
+        return Convert.ToInt32(await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     /// <summary>Locks the role out, ends its sessions, hands its objects to the owner and drops it. Safe to run again.</summary>
     public static async Task DropBindingRoleAsync(string host, int port, Credentials superuser, string database, string roleName, CancellationToken ct)
     {
@@ -77,11 +142,7 @@ public static class DatabaseAdmin
         if (!await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", roleName, ct).ConfigureAwait(false)) return;
         // NOLOGIN first, so no new session slips in between terminating the old ones and the drop.
         await ExecAsync(conn, $"ALTER ROLE {roleName} NOLOGIN", ct).ConfigureAwait(false);
-        await using (var cmd = new NpgsqlCommand("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1", conn))
-        {
-            cmd.Parameters.AddWithValue(roleName);
-            await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false);
-        }
+        await TerminateSessionsAsync(conn, roleName, ct).ConfigureAwait(false);
         await ExecAsync(conn, $"REASSIGN OWNED BY {roleName} TO {OwnerRole}", ct).ConfigureAwait(false);
         await ExecAsync(conn, $"DROP OWNED BY {roleName}", ct).ConfigureAwait(false);
         await ExecAsync(conn, $"DROP ROLE IF EXISTS {roleName}", ct).ConfigureAwait(false);

@@ -225,6 +225,8 @@ public sealed class PartitionTests(ITestOutputHelper output)
             ["DINGO_CELL_ID"] = $"cell-{i + 1}",
             ["DINGO_CELL_ZONE"] = $"z{i + 1}",
             ["DINGO_CELL_ADDRESS"] = hosts.HostAddress(i),
+            // The test's samplers log in as the superuser from the host side of the bridge, which is no cell.
+            ["DINGO_CELL_ADMIN_NETWORKS"] = hosts.BridgeAddress,
             ["DINGO_ETCD_ENDPOINTS"] = etcd.BridgeUrl,
             ["DINGO_DATA_DIR"] = settings.DataDir,
         });

@@ -466,6 +466,8 @@ public sealed class ThreeHosts : IAsyncDisposable
         new Dictionary<string, string>(Common(i))
         {
             ["DINGO_AKKA_PORT"] = "4054", ["DINGO_CELL_ID"] = $"cell-{i + 1}", ["DINGO_CELL_ZONE"] = $"z{i + 1}", ["DINGO_CELL_ADDRESS"] = Hosts.HostAddress(i),
+            // The test's samplers log in as the superuser from the host side of the bridge, which is no cell.
+            ["DINGO_CELL_ADMIN_NETWORKS"] = Hosts.BridgeAddress,
         }));
 
     private string[] Configs(int i)

@@ -1,0 +1,104 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+
+namespace Dingo.Postgres;
+
+/// <summary>
+/// Where the platform's own roles (the superuser and the replication role) may log in from: the platform's hosts
+/// (every registered cell and broker) and the networks an operator lists. Binding roles log in from anywhere
+/// (applications come through the routers). Turned into each node's pg_hba.conf by <see cref="Hba"/>.
+/// </summary>
+/// <param name="Networks">CIDRs, normalised and sorted, so two equal sets compare equal as text</param>
+public sealed record PlatformAccess(IReadOnlyList<string> Networks)
+{
+    /// <summary>Only local sockets and the node's own host: what a node gets before its cell has read etcd once.</summary>
+    public static PlatformAccess LocalOnly { get; } = new([]);
+
+    /// <summary>
+    /// The platform's hosts as IP addresses (cells' registered addresses, brokers' hosts) plus operator networks
+    /// (CIDR or a bare address). A loopback address stands for the whole loopback network: Linux connects from
+    /// 127.0.0.1 to any 127.x address, so a platform on loopback is reached from there whatever it registered.
+    /// </summary>
+    public static PlatformAccess From(IEnumerable<string> hosts, IEnumerable<string> adminNetworks)
+    {
+        var set = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var host in hosts)
+        {
+            if (!IPAddress.TryParse(host, out var ip)) continue; // names are resolved by the caller
+            set.Add(HostNetwork(ip));
+        }
+        foreach (var network in adminNetworks) set.Add(ParseNetwork(network));
+        return new PlatformAccess(set.ToList());
+    }
+
+    /// <summary>"10.0.0.0/24" or "10.0.0.5" in canonical CIDR form; throws with the offending text otherwise.</summary>
+    public static string ParseNetwork(string text)
+    {
+        var slash = text.IndexOf('/', StringComparison.Ordinal);
+        var addressText = slash < 0 ? text : text[..slash];
+        if (!IPAddress.TryParse(addressText.Trim(), out var ip))
+            throw new ArgumentException($"'{text}' is not an IP address or CIDR network");
+        var max = ip.AddressFamily == AddressFamily.InterNetworkV6 ? 128 : 32;
+        var bits = max;
+        if (slash >= 0 && (!int.TryParse(text[(slash + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out bits) || bits > max))
+            throw new ArgumentException($"'{text}' has no valid prefix length (0-{max})");
+        return $"{Mask(ip, bits)}/{bits.ToString(CultureInfo.InvariantCulture)}";
+    }
+
+    private static string HostNetwork(IPAddress ip)
+    {
+        if (ip.IsIPv4MappedToIPv6) ip = ip.MapToIPv4();
+        if (IPAddress.IsLoopback(ip)) return ip.AddressFamily == AddressFamily.InterNetworkV6 ? "::1/128" : "127.0.0.0/8";
+        return ip.AddressFamily == AddressFamily.InterNetworkV6 ? $"{ip}/128" : $"{ip}/32";
+    }
+
+    private static IPAddress Mask(IPAddress ip, int bits)
+    {
+        var bytes = ip.GetAddressBytes();
+        for (var i = 0; i < bytes.Length; i++)
+        {
+            var keep = Math.Clamp(bits - i * 8, 0, 8);
+            bytes[i] &= (byte)(0xFF << (8 - keep));
+        }
+        return new IPAddress(bytes);
+    }
+
+    /// <summary>
+    /// The node's pg_hba.conf. The platform roles get SCRAM from the platform's networks and local sockets, and an
+    /// explicit reject anywhere else (before the catch-all line, which would otherwise take them); replication
+    /// connections are only for them; every other role gets SCRAM from anywhere.
+    /// </summary>
+    /// <param name="ownAddress">the address the node listens on: its own host is always a platform host (the cell's
+    /// agent connects from there), also before the cell has read the others from etcd</param>
+    public string Hba(string superuser, string? ownAddress = null)
+    {
+        var networks = new SortedSet<string>(Networks, StringComparer.Ordinal);
+        if (IPAddress.TryParse(ownAddress, out var own) && !own.Equals(IPAddress.Any) && !own.Equals(IPAddress.IPv6Any)) networks.Add(HostNetwork(own));
+        var users = string.Join(',', new[] { superuser, DatabaseAdmin.ReplicationUserName }.Distinct(StringComparer.Ordinal).Select(QuoteRole));
+        var sb = new StringBuilder()
+            .AppendLine("# Written by Dingo (platform access); rewritten when the platform's hosts change. Edits are overwritten.")
+            .AppendLine("# The platform's roles log in only from its cells, brokers and listed networks; applications from anywhere.")
+            .AppendLine("local all all scram-sha-256")
+            .AppendLine("local replication all scram-sha-256");
+        foreach (var network in networks)
+        {
+            sb.AppendLine(CultureInfo.InvariantCulture, $"host all {users} {network} scram-sha-256");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"host replication {users} {network} scram-sha-256");
+        }
+        return sb
+            .AppendLine(CultureInfo.InvariantCulture, $"host all {users} 0.0.0.0/0 reject")
+            .AppendLine(CultureInfo.InvariantCulture, $"host all {users} ::/0 reject")
+            .AppendLine("host all all 0.0.0.0/0 scram-sha-256")
+            .AppendLine("host all all ::/0 scram-sha-256")
+            .ToString();
+    }
+
+    private static string QuoteRole(string role)
+    {
+        if (role.Length == 0 || role.Contains('"', StringComparison.Ordinal) || role.Any(char.IsWhiteSpace))
+            throw new ArgumentException($"role name '{role}' cannot appear in pg_hba.conf");
+        return $"\"{role}\"";
+    }
+}
