@@ -6,6 +6,7 @@ using Dingo.Tests.Support;
 namespace Dingo.Tests.Security;
 
 /// <summary>The rule book for who may log in as the platform's roles (pg_hba.conf as Dingo writes it).</summary>
+[Trait(Tier.Name, Tier.Fast)]
 public sealed class PlatformAccessTests
 {
     [Fact]
