@@ -13,6 +13,7 @@ namespace Dingo.Tests.Broker;
 /// ClusterClient to the brokers' receptionist, and a broker's `console` actor answers with its view of the members.
 /// Real brokers and cells, in this process and as OS processes; the answers cross real remoting.
 /// </summary>
+[SuiteCost(45)]
 public sealed class ConsoleClientTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(10);
@@ -49,7 +50,7 @@ public sealed class ConsoleClientTests(ITestOutputHelper output)
     public async Task A_second_broker_process_is_listed_and_its_console_actor_answers_across_processes()
     {
         await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(), ownsData: true);
-        platform.StartCellProcess(1);
+        await platform.StartCellProcessesAsync(1);
         platform.StartBrokerProcess(2);
         var view = await ViewUntilAsync([platform.Seed],
             v => v.Members.Count(m => m.Status == "Up" && m.Roles.Contains("broker")) == 2 && v.Members.Any(m => m.Status == "Up" && m.Roles.Contains("cell")),

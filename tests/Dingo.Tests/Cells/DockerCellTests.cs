@@ -12,6 +12,7 @@ namespace Dingo.Tests.Cells;
 /// The whole platform on Docker cells (podman's Docker Engine API): the broker, two cell processes running their
 /// PostgreSQL nodes as containers, the routers, real etcd.
 /// </summary>
+[SuiteCost(50)]
 public sealed class DockerCellTests(ITestOutputHelper output)
 {
     private static readonly CancellationToken None = CancellationToken.None;
@@ -21,8 +22,7 @@ public sealed class DockerCellTests(ITestOutputHelper output)
     {
         var settings = TestPlatform.NewSettings(runtime: "docker", extra: "dingo.ha { lost-cell-grace = 300s }");
         await using var platform = await TestPlatform.StartAsync(cells: 0, settings, ownsData: true);
-        platform.StartCellProcess(1);
-        platform.StartCellProcess(2);
+        await platform.StartCellProcessesAsync(1, 2);
         var id = "dk-" + Guid.NewGuid().ToString("N")[..8];
         var started = DateTime.UtcNow;
         await platform.ProvisionReadyAsync(id, Catalog.ClusterPlanId);

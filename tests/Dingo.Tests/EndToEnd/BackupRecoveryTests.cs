@@ -11,6 +11,7 @@ namespace Dingo.Tests.EndToEnd;
 /// Recovery through the whole platform, from the object store only: a deleted instance recreated, a clone as of a
 /// point in time, and every instance rebuilt after etcd and every cell lost their data.
 /// </summary>
+[SuiteCost(131)]
 public sealed class BackupRecoveryTests(ITestOutputHelper output)
 {
     [Fact]
@@ -154,7 +155,7 @@ public sealed class BackupRecoveryTests(ITestOutputHelper output)
     public async Task The_archive_follows_the_leader_across_a_failover_and_a_clone_has_every_row()
     {
         await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }"), ownsData: true);
-        for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
+        await platform.StartCellProcessesAsync(1, 2, 3);
         var id = "fo-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, Model.Catalog.ClusterHaPlanId);
         var uri = (string)(await platform.BindAsync(id, "b1", Model.Catalog.ClusterHaPlanId))["uri"]!;

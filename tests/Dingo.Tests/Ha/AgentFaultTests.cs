@@ -13,6 +13,7 @@ namespace Dingo.Tests.Ha;
 /// accepts writes. These are the faults that once left two writable nodes for seconds: the agent SIGKILLed while its
 /// PostgreSQL goes on, and a PostgreSQL stopped (SIGSTOP) for 10 s that then resumes.
 /// </summary>
+[SuiteCost(75)]
 public sealed class AgentFaultTests(ITestOutputHelper output)
 {
     private const string HaSettings = "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }";
@@ -21,7 +22,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
     public async Task Agent_crashes_and_a_hung_primary_never_leave_two_writable_nodes_and_cost_at_most_one_failover_each()
     {
         await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: HaSettings), ownsData: true);
-        for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
+        await platform.StartCellProcessesAsync(1, 2, 3);
         var store = platform.Store;
         var id = "af-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, Catalog.ClusterHaPlanId);

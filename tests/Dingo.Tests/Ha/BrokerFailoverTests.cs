@@ -11,14 +11,14 @@ namespace Dingo.Tests.Ha;
 /// works on a provision loses neither the API nor the operation: the other broker answers, the split-brain
 /// resolver (lease in etcd) removes the dead member, its shards move, and the provision finishes.
 /// </summary>
+[SuiteCost(28)]
 public sealed class BrokerFailoverTests(ITestOutputHelper output)
 {
     [Fact]
     public async Task Killing_a_broker_mid_provision_leaves_the_other_answering_and_the_operation_finishes()
     {
         await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(), ownsData: true);
-        platform.StartCellProcess(1);
-        platform.StartCellProcess(2);
+        await platform.StartCellProcessesAsync(1, 2);
         var url = platform.StartBrokerProcess(2);
         using var second = TestPlatform.ClientFor(url);
         await Eventually.UntilAsync(async () =>

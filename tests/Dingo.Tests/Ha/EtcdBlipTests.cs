@@ -10,6 +10,7 @@ namespace Dingo.Tests.Ha;
 /// and started again a second later. The cluster's members still reach each other, so the primary keeps serving in
 /// failsafe mode: no failover, no fencing, never two writable nodes, nothing lost.
 /// </summary>
+[SuiteCost(40)]
 public sealed class EtcdBlipTests(ITestOutputHelper output)
 {
     [Fact]
@@ -19,7 +20,7 @@ public sealed class EtcdBlipTests(ITestOutputHelper output)
         await using var platform = await TestPlatform.StartAsync(cells: 0,
             TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }", etcdEndpoint: etcd.ClientUrls[0]),
             ownsData: true);
-        for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
+        await platform.StartCellProcessesAsync(1, 2, 3);
         var store = platform.Store;
         var id = "eb-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, Catalog.ClusterHaPlanId);

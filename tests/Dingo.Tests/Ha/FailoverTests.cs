@@ -9,6 +9,7 @@ namespace Dingo.Tests.Ha;
 /// Real processes: etcd, the broker, cells as separate OS processes running real PostgreSQL. A whole cell
 /// (agent and PostgreSQL together) is killed with SIGKILL under a writer that commits every 20 ms.
 /// </summary>
+[SuiteCost(40)]
 public sealed class FailoverTests(ITestOutputHelper output)
 {
     private static async Task<string> PrimaryCellAsync(TestPlatform p, string id)
@@ -39,7 +40,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
     {
         var plan = Catalog.Plans.Single(p => p.Name == planName);
         await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }"), ownsData: true);
-        for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
+        await platform.StartCellProcessesAsync(1, 2, 3);
         var id = "ha-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, plan.Id);
         var creds = await platform.BindAsync(id, "w", plan.Id);
@@ -80,7 +81,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
     public async Task A_cell_gone_past_the_grace_period_has_its_node_replaced_elsewhere()
     {
         await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, lost-cell-grace = 6s }"), ownsData: true);
-        for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
+        await platform.StartCellProcessesAsync(1, 2, 3);
         var id = "heal-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, Catalog.ClusterPlanId);
         var creds = await platform.BindAsync(id, "w", Catalog.ClusterPlanId);

@@ -13,13 +13,14 @@ namespace Dingo.Tests.Ha;
 /// branch (a node promoted and fenced before the replica followed it); the primary's cell is killed; the replica that
 /// takes over must run on timeline 3, and the archive keeps both branches intact.
 /// </summary>
+[SuiteCost(38)]
 public sealed class TimelineCollisionTests(ITestOutputHelper output)
 {
     [Fact]
     public async Task A_failover_after_another_branch_took_the_next_timeline_promotes_above_it_and_the_archive_keeps_both()
     {
         await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }"), ownsData: true);
-        for (var i = 1; i <= 2; i++) platform.StartCellProcess(i);
+        await platform.StartCellProcessesAsync(1, 2);
         var id = "tli-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, Catalog.ClusterPlanId);
         var uri = (string)(await platform.BindAsync(id, "b1", Catalog.ClusterPlanId))["uri"]!;

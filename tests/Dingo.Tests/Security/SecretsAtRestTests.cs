@@ -14,6 +14,7 @@ namespace Dingo.Tests.Security;
 /// cluster-data backup written to the S3 stand-in) and no generated password may appear anywhere. Then `dingo rotate-key`
 /// (the built CLI, as an operator runs it) re-seals everything, old plain records included, with the next key.
 /// </summary>
+[SuiteCost(17)]
 public sealed class SecretsAtRestTests(ITestOutputHelper output)
 {
     private const string LegacyInstance = "legacy-instance";
@@ -51,12 +52,12 @@ public sealed class SecretsAtRestTests(ITestOutputHelper output)
         Assert.Equal(new Dictionary<string, int> { [TestSealKey.CurrentId] = 3 }, sealedInEtcd); // superuser, replication, the binding's role
         // The local-folder object store, raw: every file (cluster data, WAL, base backups) created 0600, none with a password.
         var folder = ((LocalFolderObjectStore)objects).Folder;
-        var files = Directory.GetFiles(folder, "*", SearchOption.AllDirectories);
-        output.WriteLine($"object store: {files.Length} files in {folder}");
-        Assert.Contains(files, f => f.EndsWith($"{instanceId}.json", StringComparison.Ordinal));
-        Assert.All(files, f => Assert.True(File.GetUnixFileMode(f) == SecretFile.Mode, $"{f} has mode {File.GetUnixFileMode(f)}"));
+        var files = ReadFolderRaw(folder);
+        output.WriteLine($"object store: {files.Count} files in {folder}");
+        Assert.Contains(files, f => f.Path.EndsWith($"{instanceId}.json", StringComparison.Ordinal));
+        Assert.All(files, f => Assert.True(f.Mode == SecretFile.Mode, $"{f.Path} has mode {f.Mode}"));
         Assert.All(Directory.GetDirectories(folder, "*", SearchOption.AllDirectories), d => Assert.True(File.GetUnixFileMode(d) == SecretFile.FolderMode, $"{d} has mode {File.GetUnixFileMode(d)}"));
-        AssertNoSecret(secrets, files.Select(f => ($"file {f}", Encoding.Latin1.GetString(File.ReadAllBytes(f)))));
+        AssertNoSecret(secrets, files.Select(f => ($"file {f.Path}", f.Text)));
 
         // The same writer into the S3 stand-in: read back raw over the S3 API.
         var s3 = TestObjectStores.NewS3Store();
@@ -128,6 +129,26 @@ public sealed class SecretsAtRestTests(ITestOutputHelper output)
         foreach (var v in values)
             foreach (var (id, n) in Resealing.Census(v)) total[id] = total.GetValueOrDefault(id) + n;
         return total;
+    }
+
+    /// <summary>
+    /// Every file of a folder the platform keeps writing (the archiver runs on): mode and bytes read together. A file
+    /// that goes away between the listing and the read was a write in flight (a temporary file renamed into place);
+    /// the folder is then listed again, so the file under its final name is read instead of skipped.
+    /// </summary>
+    private static List<(string Path, UnixFileMode Mode, string Text)> ReadFolderRaw(string folder)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            var read = new List<(string, UnixFileMode, string)>();
+            try
+            {
+                foreach (var f in Directory.GetFiles(folder, "*", SearchOption.AllDirectories))
+                    read.Add((f, File.GetUnixFileMode(f), Encoding.Latin1.GetString(File.ReadAllBytes(f))));
+                return read;
+            }
+            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException && attempt < 20) { }
+        }
     }
 
     private static void AssertNoSecret(IReadOnlyList<string> secrets, IEnumerable<(string Where, string Text)> places)

@@ -138,6 +138,24 @@ public sealed class TestPlatform : IAsyncDisposable
 
     private static readonly string[] Zones = ["z1", "z2", "z3"];
 
+    /// <summary>
+    /// Starts cells as OS processes and waits until each has registered in etcd. A provision sent before that is
+    /// placed on the cells registered so far: a cluster then finds too few cells and fails, which is right for the
+    /// platform and wrong for a test that meant to have them all.
+    /// </summary>
+    public async Task StartCellProcessesAsync(params int[] numbers)
+    {
+        foreach (var n in numbers) StartCellProcess(n);
+        var ids = numbers.Select(n => $"cell-{n}").ToHashSet(StringComparer.Ordinal);
+        await Eventually.UntilAsync(async () =>
+        {
+            var died = numbers.Where(n => _cellProcesses[n].HasExited).ToList();
+            if (died.Count > 0) throw new InvalidOperationException($"cell process(es) {string.Join(", ", died)} exited while starting; see cell-N.log in {Settings.DataDir}");
+            var registered = (await Store.ListAsync<Dingo.Model.CellInfo>(Store.Keys.Cells, CancellationToken.None)).Select(c => c.Value.Id);
+            return ids.IsSubsetOf(registered);
+        }, TimeSpan.FromSeconds(90), $"cells {string.Join(", ", ids)} registered in etcd");
+    }
+
     /// <summary>Starts cell-N as a separate OS process (so a test can kill -9 it with its PostgreSQL).</summary>
     public void StartCellProcess(int number)
     {
