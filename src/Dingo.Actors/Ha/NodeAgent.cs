@@ -491,11 +491,19 @@ public sealed class NodeAgent
                 }
                 // The first primary starts writable only once it holds the leader key. (initdb or a restore took a while:
                 // the pass's etcd budget is spent, so taking the key gets one of its own.)
+                // An etcd too slow to answer in that budget does not undo the initdb: the node starts read-only and a
+                // later pass takes the key (a data directory without the key is exactly a replica waiting for a leader).
                 bool primary;
                 using (var take = CancellationTokenSource.CreateLinkedTokenSource(ct))
                 {
                     take.CancelAfter(_settings.Ha.Ttl / 2);
-                    primary = await TryTakeKeyAsync(take.Token).ConfigureAwait(false);
+                    try { primary = await TryTakeKeyAsync(take.Token).ConfigureAwait(false); }
+                    catch (Exception ex) when (EtcdUnreachable(ex, ct))
+                    {
+                        primary = false;
+                        _logger.LogWarning("node {Node}: the data is initialised but etcd did not answer in time to take the leader key ({Error}); starting read-only, a later pass takes it",
+                            _spec.NodeId, ex.Message);
+                    }
                 }
                 await _runtime.StartAsync(launch, primary ? null : Standby(null, record), ct).ConfigureAwait(false);
                 _following = null;
