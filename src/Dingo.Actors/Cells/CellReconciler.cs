@@ -29,11 +29,13 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
     /// <summary>Data kept that etcd neither wants nor lets go, as registered.</summary>
     private string? _kept;
 
-    private sealed class Unwanted(DateTimeOffset since, long? lastLsn)
+    private sealed class Unwanted(DateTimeOffset since, long? lastLsn, int? lastTimeline)
     {
         public DateTimeOffset Since { get; } = since;
         /// <summary>Its WAL position as it last reported it: the bar its data's safety is judged by.</summary>
         public long? LastLsn { get; } = lastLsn;
+        /// <summary>The timeline of <see cref="LastLsn"/> (null: unknown): a position on one timeline says nothing of another.</summary>
+        public int? LastTimeline { get; } = lastTimeline;
         /// <summary>The last verdict logged for it (each new one is logged once).</summary>
         public string? Logged { get; set; }
     }
@@ -177,16 +179,18 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
             // What it held, as it last said (its status goes once it is stopped, or with a lease that expired while the
             // cell was away; then as its tombstone recorded it). Seen through another etcd, nothing is remembered:
             // neither the grace nor the bar its safety is judged by starts from what that etcd says.
-            var lastLsn = instanceId is null || mismatch is not null ? null
-                : (await store.GetAsync<NodeStatus>(keys.Status(instanceId, orphan.NodeId), ct).ConfigureAwait(false))?.Value.Lsn ?? nodeTombstone?.LastLsn;
-            unwanted = new Unwanted(DateTimeOffset.UtcNow, lastLsn);
+            var report = instanceId is null || mismatch is not null ? null
+                : (await store.GetAsync<NodeStatus>(keys.Status(instanceId, orphan.NodeId), ct).ConfigureAwait(false))?.Value;
+            var (lastLsn, lastTimeline) = report is not null ? (report.Lsn, report.Timeline > 0 ? report.Timeline : (int?)null)
+                : mismatch is null ? (nodeTombstone?.LastLsn, nodeTombstone?.LastTimeline) : (null, null);
+            unwanted = new Unwanted(DateTimeOffset.UtcNow, lastLsn, lastTimeline);
             if (mismatch is null) _unwanted[orphan.NodeId] = unwanted;
         }
         var facts = new OrphanFacts(orphan.NodeId, _cell.Id, mismatch, instanceId, state, instanceTombstone, nodeTombstone,
             unwanted.Since, _cell.OrphanGrace, DateTimeOffset.UtcNow, Safety: null);
         var verdict = OrphanData.Decide(facts);
         if (verdict.Action == OrphanAction.CheckSafety)
-            verdict = OrphanData.Decide(facts with { Safety = await SafetyAsync(instanceId!, orphan.NodeId, unwanted.LastLsn, ct).ConfigureAwait(false) });
+            verdict = OrphanData.Decide(facts with { Safety = await SafetyAsync(instanceId!, orphan.NodeId, unwanted.LastLsn, unwanted.LastTimeline, ct).ConfigureAwait(false) });
 
         if (verdict.Action == OrphanAction.Remove)
         {
@@ -210,20 +214,24 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
 
     /// <summary>
     /// Whether the unwanted node's data is safe elsewhere: another node leads the instance and is running at least as
-    /// far on as this node last was, or the backup archive holds a base backup and WAL at least that far.
+    /// far on as this node last was, or the backup archive holds a base backup and WAL at least that far. A position
+    /// counts only against the node's own timeline or a later one of the primary: a node that led a newer timeline than
+    /// the primary's, or WAL archived on another timeline than the node's, may hold writes that exist nowhere else.
     /// </summary>
-    private async Task<Safety> SafetyAsync(string instanceId, string nodeId, long? lastLsn, CancellationToken ct)
+    private async Task<Safety> SafetyAsync(string instanceId, string nodeId, long? lastLsn, int? lastTimeline, CancellationToken ct)
     {
         var keys = store.Keys;
         var leader = (await store.GetAsync<LeaderRecord>(keys.Leader(instanceId), ct).ConfigureAwait(false))?.Value;
         if (leader is not null && leader.NodeId != nodeId)
         {
             var status = (await store.GetAsync<NodeStatus>(keys.Status(instanceId, leader.NodeId), ct).ConfigureAwait(false))?.Value;
-            if (status is { State: NodeState.Running, Role: "primary" } && (lastLsn is null || status.Lsn >= lastLsn))
+            if (status is { State: NodeState.Running, Role: "primary" } && (lastLsn is null || status.Lsn >= lastLsn)
+                && (lastTimeline is null || status.Timeline >= lastTimeline))
                 return new Safety(true, $"the primary {leader.NodeId} runs at least as far on as this node last was");
         }
         var backup = (await store.GetAsync<BackupState>(keys.Backup(instanceId), ct).ConfigureAwait(false))?.Value;
-        if (backup is { LastBaseBackup: not null } && lastLsn is { } lsn && (long)Dingo.Backups.Lsn.Parse(backup.ArchivedLsn) >= lsn)
+        if (backup is { LastBaseBackup: not null } && lastLsn is { } lsn && (long)Dingo.Backups.Lsn.Parse(backup.ArchivedLsn) >= lsn
+            && (lastTimeline is null || backup.Timeline == (uint)lastTimeline))
             return new Safety(true, "the backup archive holds a base backup and WAL past this node's last position");
         return new Safety(false, leader is null || leader.NodeId == nodeId
             ? "no other node of its instance leads, and the backup archive does not hold its last WAL position yet"

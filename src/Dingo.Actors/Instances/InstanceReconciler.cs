@@ -59,11 +59,12 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         var txn = new Txn();
         foreach (var node in nodes)
         {
-            var lastLsn = statuses.FirstOrDefault(s => s.NodeId == node.NodeId)?.Lsn;
+            var last = statuses.FirstOrDefault(s => s.NodeId == node.NodeId);
             txn.Delete(keys.Node(node.InstanceId, node.NodeId)).Delete(keys.Assignment(node.CellId, node.NodeId))
                 .Put(keys.RemovedNode(node.NodeId), new NodeTombstone
                 {
-                    NodeId = node.NodeId, InstanceId = node.InstanceId, CellId = node.CellId, Reason = reason, RemovedAt = now, LastLsn = lastLsn,
+                    NodeId = node.NodeId, InstanceId = node.InstanceId, CellId = node.CellId, Reason = reason, RemovedAt = now, LastLsn = last?.Lsn,
+                    LastTimeline = last is { Timeline: > 0 } ? last.Timeline : null,
                 }, retention);
         }
         return txn;

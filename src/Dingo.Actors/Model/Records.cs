@@ -211,6 +211,8 @@ public sealed record NodeTombstone
     public DateTimeOffset RemovedAt { get; init; }
     /// <summary>Its WAL position as it last reported it before removal (null: no report then): the bar its data's safety is judged by when its own report is gone.</summary>
     public long? LastLsn { get; init; }
+    /// <summary>The timeline <see cref="LastLsn"/> is on (null: no report, or a tombstone written before it was kept).</summary>
+    public int? LastTimeline { get; init; }
 }
 
 /// <summary>

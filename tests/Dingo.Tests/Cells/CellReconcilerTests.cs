@@ -164,6 +164,8 @@ public abstract class CellReconcilerTests : IAsyncLifetime
         var tombstone = (await _store.GetAsync<NodeTombstone>(K.RemovedNode(spec.NodeId), None))!.Value;
         Assert.Equal(("cell-1", spec.InstanceId), (tombstone.CellId, tombstone.InstanceId));
         Assert.Equal(running.Lsn, tombstone.LastLsn);
+        Assert.True(running.Timeline > 0, "a running node reports its timeline");
+        Assert.Equal(running.Timeline, tombstone.LastTimeline);
         // Its own report goes (as when the cell stays away past its lease): the tombstone still holds the bar.
         await _store.DeleteAsync(K.Status(spec.InstanceId, spec.NodeId), None);
         Assert.Null(await _store.GetAsync<NodeSpec>(K.Assignment("cell-1", spec.NodeId), None));
@@ -180,6 +182,15 @@ public abstract class CellReconcilerTests : IAsyncLifetime
             Assert.DoesNotContain("removed", (await cell.RunPassAsync(new HashSet<string>(), None)).Summary);
             Assert.Single(await runtime.ListAsync(None));
             Assert.Null((await _store.GetAsync<CellInfo>(K.Cell("cell-1"), None))!.Value.Kept); // removal recorded: nothing unexplained
+
+            // The archive far past this node's position, but on another timeline: says nothing of this node's WAL. Kept.
+            await _store.PutAsync(K.Backup(spec.InstanceId), new BackupState
+            {
+                NodeId = other.NodeId, Timeline = (uint)running.Timeline + 1, ArchivedLsn = Dingo.Backups.Lsn.Format((ulong)running.Lsn + (64UL << 20)),
+                LastBaseBackup = "base-1", LastBaseBackupAt = DateTimeOffset.UtcNow, BaseBackups = 1, UpdatedAt = DateTimeOffset.UtcNow,
+            }, None);
+            Assert.DoesNotContain("removed", (await cell.RunPassAsync(new HashSet<string>(), None)).Summary);
+            Assert.Single(await runtime.ListAsync(None));
 
             await LeadElsewhereAsync(spec, running.Lsn, other.NodeId);
             Assert.Contains($"removed {spec.NodeId}", (await cell.RunPassAsync(new HashSet<string>(), None)).Summary);
@@ -259,7 +270,7 @@ public abstract class CellReconcilerTests : IAsyncLifetime
     }
 
     /// <summary>Another node (on cell-2) holds the instance's leader key, running and reporting the given WAL position.</summary>
-    private async Task<NodeSpec> LeadElsewhereAsync(NodeSpec spec, long lsn, string? nodeId = null)
+    private async Task<NodeSpec> LeadElsewhereAsync(NodeSpec spec, long lsn, string? nodeId = null, int timeline = 1)
     {
         var other = spec with { NodeId = nodeId ?? "n-" + Guid.NewGuid().ToString("N")[..6], CellId = "cell-2", Port = _settings.NodePortFirst + 1, CreatedAt = spec.CreatedAt.AddMinutes(-1) };
         await _store.DeleteAsync(K.Leader(spec.InstanceId), None);
@@ -267,7 +278,7 @@ public abstract class CellReconcilerTests : IAsyncLifetime
         await _store.PutAsync(K.Status(spec.InstanceId, other.NodeId), new NodeStatus
         {
             NodeId = other.NodeId, InstanceId = spec.InstanceId, CellId = "cell-2", State = NodeState.Running, Role = "primary", Detail = "no action: I hold the leader key",
-            Lsn = lsn, Host = "127.0.0.1", Port = other.Port, UpdatedAt = DateTimeOffset.UtcNow,
+            Lsn = lsn, Timeline = timeline, Host = "127.0.0.1", Port = other.Port, UpdatedAt = DateTimeOffset.UtcNow,
         }, None);
         return other;
     }
