@@ -535,6 +535,7 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
     }
 
     [Fact]
+    [Trait(Tier.Name, Tier.Fast)]
     public void Three_hosts_script_runs_akka_remoting_over_tls_with_a_certificate_per_host()
     {
         var script = File.ReadAllText(DeployPath("three-hosts.sh"));
