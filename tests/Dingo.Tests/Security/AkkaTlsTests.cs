@@ -10,7 +10,10 @@ using Xunit.Abstractions;
 
 namespace Dingo.Tests.Security;
 
-/// <summary>A real broker (BrokerApp, on the run's etcd) whose Akka remoting is mutual TLS with a test platform CA.</summary>
+/// <summary>
+/// A real broker and a real cell (BrokerApp and CellApp in this process, on the run's etcd; the cell has no nodes) whose
+/// Akka remoting is mutual TLS with a test platform CA.
+/// </summary>
 public sealed class TlsBroker : IAsyncLifetime
 {
     public TestCertificates PlatformCa { get; } = new("platform-ca");
@@ -23,7 +26,7 @@ public sealed class TlsBroker : IAsyncLifetime
     public async Task InitializeAsync()
     {
         var settings = TestPlatform.NewSettings(extra: Hocon(PlatformCa.IssuePem("broker")));
-        Platform = await TestPlatform.StartAsync(cells: 0, settings, ownsData: true);
+        Platform = await TestPlatform.StartAsync(cells: 1, settings, ownsData: true);
     }
 
     public async Task DisposeAsync()
@@ -63,15 +66,19 @@ public sealed class AkkaTlsTests(TlsBroker broker, ITestOutputHelper output) : I
             await memberUp.WaitAsync(TimeSpan.FromSeconds(20));
             output.WriteLine($"member Up after {watch.Elapsed.TotalSeconds:0.0}s");
             // Both had as long as the member and a few seconds more, retrying their joins all along.
-            await Task.Delay(TimeSpan.FromSeconds(4));
+            await Task.Delay(TimeSpan.FromSeconds(3));
             Assert.False(intruderUp.IsCompleted, "a process with another CA's certificate joined the cluster");
             Assert.False(plainUp.IsCompleted, "a process without TLS joined the cluster");
 
-            var view = await ViewAsync();
+            // The broker, the real cell (its member system over TLS too) and the member: nobody else.
+            var view = await ViewAsync(until: v => v.Members.Count(m => m.Status == "Up") >= 3);
             output.WriteLine(string.Join("; ", view.Members.Select(m => $"{m.Address} {string.Join(",", m.Roles)} {m.Status}")));
-            var expected = new[] { Platform.Seed, Akka.Cluster.Cluster.Get(member).SelfAddress.ToString() }.Order(StringComparer.Ordinal);
-            Assert.Equal(expected, view.Members.Select(m => m.Address).Order(StringComparer.Ordinal));
+            Assert.Equal(3, view.Members.Count);
             Assert.All(view.Members, m => Assert.Equal("Up", m.Status));
+            Assert.All(view.Members, m => Assert.StartsWith("akka.ssl.tcp://dingo@127.0.0.1:", m.Address));
+            Assert.Contains(view.Members, m => m.Address == Platform.Seed && m.Roles.SequenceEqual(["broker"]));
+            Assert.Contains(view.Members, m => m.Address == Akka.Cluster.Cluster.Get(member).SelfAddress.ToString());
+            Assert.Equal(2, view.Members.Count(m => m.Roles.SequenceEqual(["cell"])));
         }
         finally
         {
@@ -136,18 +143,52 @@ public sealed class AkkaTlsTests(TlsBroker broker, ITestOutputHelper output) : I
         await Assert.ThrowsAsync<ClusterConsoleException>(() => ClusterConsole.QueryAsync(access, [address ?? Platform.Seed], Refused, CancellationToken.None));
 
     /// <summary>The broker's view, asked as the operator (the broker founds its cluster a moment after it starts).</summary>
-    private async Task<ClusterView> ViewAsync(ConsoleAccess? access = null)
+    private async Task<ClusterView> ViewAsync(ConsoleAccess? access = null, Func<ClusterView, bool>? until = null)
     {
         access ??= new ConsoleAccess("127.0.0.1", new OperatorCredentials(TestPlatform.AdminUsername, TestPlatform.AdminPassword), broker.PlatformCa.IssuePem("console-view"));
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
         while (true)
         {
-            try { return await ClusterConsole.QueryAsync(access, [Platform.Seed], TimeSpan.FromSeconds(5), CancellationToken.None); }
+            try
+            {
+                var view = await ClusterConsole.QueryAsync(access, [Platform.Seed], TimeSpan.FromSeconds(5), CancellationToken.None);
+                if (until is null || until(view) || DateTime.UtcNow > deadline) return view;
+            }
             catch (ClusterConsoleException ex) when (DateTime.UtcNow < deadline && ex.Message.StartsWith("no broker answered", StringComparison.Ordinal))
             {
                 output.WriteLine(ex.Message);
             }
+            await Task.Delay(300);
         }
+    }
+
+    [Theory]
+    [InlineData("Dingo.Broker.dll")]
+    [InlineData("Dingo.Cell.dll")]
+    public async Task A_process_whose_tls_file_is_missing_refuses_to_start_naming_the_setting(string program)
+    {
+        // The platform's own configuration (its certificate and CA exist), with this host's key missing.
+        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, program), "--config", Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"),
+                     "--config", Path.Combine(Platform.Settings.DataDir, "test.conf") })
+            psi.ArgumentList.Add(a);
+        psi.Environment["DINGO_AKKA_TLS_KEY"] = "/nonexistent/akka.key";
+        psi.Environment["DINGO_AKKA_PORT"] = "0";
+        psi.Environment["DINGO_BROKER_URL"] = $"http://127.0.0.1:{FreePorts.One()}";
+        using var process = Process.Start(psi)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        try { await process.WaitForExitAsync(timeout.Token); }
+        catch (OperationCanceledException)
+        {
+            process.Kill(entireProcessTree: true);
+            throw new Xunit.Sdk.XunitException($"{program} with a missing key file was still running after 30 s");
+        }
+        var text = await stdout + await stderr;
+        output.WriteLine(text);
+        Assert.Equal(2, process.ExitCode);
+        Assert.Contains("configuration error: dingo.akka.tls.key (DINGO_AKKA_TLS_KEY): /nonexistent/akka.key does not exist", text);
     }
 
     /// <summary>A cluster member system like a cell's (role cell), with TLS when <paramref name="tls"/> is given.</summary>
