@@ -32,6 +32,9 @@ public sealed class AkkaTls : IDisposable
     /// <summary>This process's certificate (with its private key).</summary>
     public X509Certificate2 Certificate { get; }
 
+    /// <summary>How every refusal this validator logs begins.</summary>
+    public const string RefusalPrefix = "Akka TLS: refused ";
+
     /// <summary>The transport settings TLS needs beside the setup: the transport then speaks akka.ssl.tcp.</summary>
     public const string Hocon = "akka.remote.dot-netty.tcp.enable-ssl = true";
 
@@ -90,12 +93,12 @@ public sealed class AkkaTls : IDisposable
         // errors reflect the system's CA store and host names, neither of which decides here: only our chain does.
         if (certificate is null || errors.HasFlag(SslPolicyErrors.RemoteCertificateNotAvailable))
         {
-            log.Warning("Akka TLS: {0} presented no certificate: refused", peer);
+            log.Warning(RefusalPrefix + "{0}: it presented no certificate", peer);
             return false;
         }
         if (ChainError(certificate) is { } error)
         {
-            log.Warning("Akka TLS: refused {0}: its certificate {1} does not chain to the platform CA ({2})", peer, certificate.Subject, error);
+            log.Warning(RefusalPrefix + "{0}: its certificate {1} does not chain to the platform CA ({2})", peer, certificate.Subject, error);
             return false;
         }
         return true;

@@ -123,4 +123,23 @@ public sealed class AkkaTlsRulesTests
         Assert.DoesNotContain("right-password", operators.ToString());
         Assert.DoesNotContain("right-password", new ClusterViewRequest { Username = "ops", Password = "right-password" }.ToString());
     }
+
+    [Fact]
+    public void The_console_keeps_tls_handshake_failures_off_the_operators_screen_and_the_broker_keeps_them_in_its_log()
+    {
+        var failures = new Akka.Event.LogEvent[]
+        {
+            new Akka.Event.Error(new IOException("x"), "TcpClientHandler", typeof(AkkaTls), "TLS handshake failed on channel [a->b](Id=1)\nClient side"),
+            new Akka.Event.Error(new IOException("x"), "TcpClientHandler", typeof(AkkaTls), "Error caught channel [a->b](Id=1)"),
+            new Akka.Event.Warning("DotNettyTransport", typeof(AkkaTls), AkkaTls.RefusalPrefix + "127.0.0.1:4053: its certificate CN=x does not chain to the platform CA (untrusted root)"),
+        };
+        var console = new RemotingNoiseFilter(console: true);
+        var brokerFilter = new RemotingNoiseFilter(console: false);
+        foreach (var failure in failures)
+        {
+            Assert.Equal(Akka.Event.LogFilterDecision.Drop, console.ShouldKeepMessage(failure));
+            Assert.Equal(Akka.Event.LogFilterDecision.Keep, brokerFilter.ShouldKeepMessage(failure));
+        }
+        Assert.Equal(Akka.Event.LogFilterDecision.Keep, console.ShouldKeepMessage(new Akka.Event.Error(null, "x", typeof(AkkaTls), "something else went wrong")));
+    }
 }

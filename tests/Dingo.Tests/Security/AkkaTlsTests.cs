@@ -124,8 +124,8 @@ public sealed class AkkaTlsTests(TlsBroker broker, ITestOutputHelper output) : I
         var wrong = QueryAsync(right with { Credentials = new OperatorCredentials(TestPlatform.AdminUsername, "not-the-password") });
         var none = QueryAsync(right with { Credentials = new OperatorCredentials("", "") });
         var osb = QueryAsync(right with { Credentials = new OperatorCredentials(TestPlatform.Username, TestPlatform.Password) });
-        var otherCa = QueryAsync(right with { Tls = broker.OtherCa.IssuePem("console-2", caFile: broker.OtherCa.BundleWith(broker.PlatformCa)) });
-        var plain = QueryAsync(right with { Tls = new AkkaTlsSettings() }, new Address("akka.tcp", "dingo", Seed.Host, Seed.Port).ToString());
+        var otherCa = QueryAsync(right with { Tls = broker.OtherCa.IssuePem("console-2", caFile: broker.OtherCa.BundleWith(broker.PlatformCa)) }, silent: true);
+        var plain = QueryAsync(right with { Tls = new AkkaTlsSettings() }, new Address("akka.tcp", "dingo", Seed.Host, Seed.Port).ToString(), silent: true);
         await Task.WhenAll(wrong, none, osb, otherCa, plain);
         output.WriteLine($"refusals in {watch.Elapsed.TotalSeconds:0.0}s");
 
@@ -139,8 +139,9 @@ public sealed class AkkaTlsTests(TlsBroker broker, ITestOutputHelper output) : I
             Assert.DoesNotContain(TestPlatform.AdminPassword, refusal.Message);
     }
 
-    private async Task<ClusterConsoleException> QueryAsync(ConsoleAccess access, string? address = null) =>
-        await Assert.ThrowsAsync<ClusterConsoleException>(() => ClusterConsole.QueryAsync(access, [address ?? Platform.Seed], Refused, CancellationToken.None));
+    /// <summary>Asks and expects an error: a refusal comes back at once; silence takes <see cref="Refused"/> (3 s).</summary>
+    private async Task<ClusterConsoleException> QueryAsync(ConsoleAccess access, string? address = null, bool silent = false) =>
+        await Assert.ThrowsAsync<ClusterConsoleException>(() => ClusterConsole.QueryAsync(access, [address ?? Platform.Seed], silent ? Refused : TimeSpan.FromSeconds(15), CancellationToken.None));
 
     /// <summary>The broker's view, asked as the operator (the broker founds its cluster a moment after it starts).</summary>
     private async Task<ClusterView> ViewAsync(ConsoleAccess? access = null, Func<ClusterView, bool>? until = null)
