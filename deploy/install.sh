@@ -63,6 +63,11 @@ chmod 0755 "$ROOT/usr/local/bin/dingo"
 
 # Examples only where nothing is there yet: the env files hold this host's values and secrets (root only).
 install -d -m 0755 "$ROOT/etc/dingo"
+# Akka TLS certificates go here (docs/deploy.md): the broker runs as dingo and reads its key, so the folder is dingo's.
+if [ ! -d "$ROOT/etc/dingo/tls" ]; then
+  install -d -m 0700 "$ROOT/etc/dingo/tls"
+  if [ -z "$ROOT" ]; then chown dingo:dingo "$ROOT/etc/dingo/tls"; fi
+fi
 [ -e "$ROOT/etc/dingo/dingo.conf" ] || install -m 0644 "$REPO/deploy/dingo.conf.example" "$ROOT/etc/dingo/dingo.conf"
 for env in "$REPO"/deploy/systemd/env/*.env; do
   [ -e "$ROOT/etc/dingo/$(basename "$env")" ] || install -m 0600 "$env" "$ROOT/etc/dingo/"

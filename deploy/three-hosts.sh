@@ -219,7 +219,8 @@ USERNAME="${DINGO_BROKER_USERNAME:-dingo}"
 # The operator's admin API (/admin) has credentials of its own; the OSB ones above do not open it.
 ADMIN_PASSWORD="${DINGO_BROKER_ADMIN_PASSWORD:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=' )}"
 ADMIN_USERNAME="${DINGO_BROKER_ADMIN_USERNAME:-dingo-admin}"
-SEEDS="akka.tcp://dingo@$(addr 0):4053,akka.tcp://dingo@$(addr 1):4053,akka.tcp://dingo@$(addr 0):4054,akka.tcp://dingo@$(addr 1):4054,akka.tcp://dingo@$(addr 2):4054"
+# Akka remoting is mutual TLS (docs/security.md): members' addresses are akka.ssl.tcp://.
+SEEDS="akka.ssl.tcp://dingo@$(addr 0):4053,akka.ssl.tcp://dingo@$(addr 1):4053,akka.ssl.tcp://dingo@$(addr 0):4054,akka.ssl.tcp://dingo@$(addr 1):4054,akka.ssl.tcp://dingo@$(addr 2):4054"
 CONF="$STATE/three-hosts.conf"
 {
   echo "dingo.backups.store { kind = local, folder = \"$STATE/backups\" }"
@@ -241,7 +242,12 @@ SEAL_KEY_FILE="${DINGO_SEAL_KEY_FILE:-$ROOT/.secrets/three-hosts-seal.key}"
 if [ ! -f "$SEAL_KEY_FILE" ]; then
   (umask 077; mkdir -p "$(dirname "$SEAL_KEY_FILE")"; head -c 32 /dev/urandom | base64 >"$SEAL_KEY_FILE")
 fi
-COMMON=(DINGO_ETCD_ENDPOINTS="$ENDPOINTS" DINGO_AKKA_SEEDS="$SEEDS" DINGO_BROKER_USERNAME="$USERNAME"
+# Akka remoting over mutual TLS: a CA of this run and a certificate per host, and one for the console on this
+# machine's side of the bridge (files 0600 from creation; removed with the state folder on exit).
+TLS="$STATE/tls"
+"$ROOT/deploy/akka-certs.sh" "$TLS" host-1="$(addr 0)" host-2="$(addr 1)" host-3="$(addr 2)" console="$NET.1" \
+  || die "could not make the Akka TLS certificates (deploy/akka-certs.sh, openssl)"
+COMMON=(DINGO_AKKA_TLS_CA="$TLS/ca.crt" DINGO_ETCD_ENDPOINTS="$ENDPOINTS" DINGO_AKKA_SEEDS="$SEEDS" DINGO_BROKER_USERNAME="$USERNAME"
         DINGO_BROKER_PASSWORD="$PASSWORD" DINGO_BROKER_ADMIN_USERNAME="$ADMIN_USERNAME" DINGO_BROKER_ADMIN_PASSWORD="$ADMIN_PASSWORD" DINGO_BINDING_HOST="$(addr 0)" DINGO_SEAL_KEY_FILE="$SEAL_KEY_FILE" DOTNET_CLI_TELEMETRY_OPTOUT=1)
 
 # ---- --docker: a podman service per host (shared image store; each cell sees only its own containers) ----
@@ -267,7 +273,7 @@ fi
 for i in 0 1; do
   h=${HOSTS[$i]}; a=$(addr $i)
   mkdir -p "$STATE/$h/broker"
-  supervise "$h" broker "${COMMON[@]}" DINGO_AKKA_HOSTNAME="$a" DINGO_AKKA_PORT=4053 DINGO_BROKER_URL="http://$a:8080" \
+  supervise "$h" broker "${COMMON[@]}" DINGO_AKKA_TLS_CERTIFICATE="$TLS/$h/akka.crt" DINGO_AKKA_TLS_KEY="$TLS/$h/akka.key" DINGO_AKKA_HOSTNAME="$a" DINGO_AKKA_PORT=4053 DINGO_BROKER_URL="http://$a:8080" \
     DINGO_DATA_DIR="$STATE/$h/broker" "$DOTNET" "$BROKER_DLL" --config "$ROOT/hocon/dingo.conf" --config "$CONF" --config "$STATE/$h/host.conf"
   say "waiting for the broker on $h (http://$a:8080)"
   for _ in $(seq 1 120); do curl -sf --max-time 1 "http://$a:8080/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
@@ -278,7 +284,7 @@ done
 for i in 0 1 2; do
   h=${HOSTS[$i]}; a=$(addr $i)
   mkdir -p "$STATE/$h/cell"
-  supervise "$h" cell "${COMMON[@]}" DINGO_AKKA_HOSTNAME="$a" DINGO_AKKA_PORT=4054 DINGO_CELL_ID="cell-$((i + 1))" \
+  supervise "$h" cell "${COMMON[@]}" DINGO_AKKA_TLS_CERTIFICATE="$TLS/$h/akka.crt" DINGO_AKKA_TLS_KEY="$TLS/$h/akka.key" DINGO_AKKA_HOSTNAME="$a" DINGO_AKKA_PORT=4054 DINGO_CELL_ID="cell-$((i + 1))" \
     DINGO_CELL_ZONE="${ZONES[$i]}" DINGO_CELL_ADDRESS="$a" DINGO_DATA_DIR="$STATE/$h/cell" \
     "$DOTNET" "$CELL_DLL" --config "$ROOT/hocon/dingo.conf" --config "$CONF" --config "$STATE/$h/host.conf"
 done
@@ -302,6 +308,9 @@ Dingo PostgreSQL is up on three hosts ($([ "$DOCKER" = 1 ] && echo "Docker cells
   instances:       any host's address at the instance's port (bindings name $(addr 0))
 
   DINGO_ETCD_ENDPOINTS=$ENDPOINTS ./dingo status
+  (its AKKA MEMBERS section asks a broker over TLS, as the operator: add
+   DINGO_AKKA_HOSTNAME=$NET.1 DINGO_AKKA_SEEDS=$SEEDS DINGO_AKKA_TLS_CA=$TLS/ca.crt
+   DINGO_AKKA_TLS_CERTIFICATE=$TLS/console/akka.crt DINGO_AKKA_TLS_KEY=$TLS/console/akka.key DINGO_BROKER_ADMIN_PASSWORD=\$ADMIN_PASSWORD)
   curl -s -u $USERNAME:\$PASSWORD -H 'X-Broker-API-Version: 2.17' http://$(addr 1):8080/v2/catalog
   ip netns pids host-2        # what runs on a host; cut it off: ip link set dgh-v2 down (up to heal)
   logs: $STATE/<host>/{etcd,broker,cell}.log

@@ -38,10 +38,15 @@ public static class BrokerApp
         builder.Services.AddHostedService<ClusterDataBackup>();
 
         var port = akkaPort ?? settings.Broker.AkkaPort;
+        // Mutual TLS with the platform CA when dingo.akka.tls names a certificate (throws naming the setting when a
+        // file is missing); the app owns it, so the certificate lives as long as the actor system.
+        var tls = AkkaTls.Load(settings.Akka.Tls);
+        if (tls is not null) builder.Services.AddSingleton(tls);
         builder.Services.AddAkka("dingo", (akka, sp) =>
         {
             var store = sp.GetRequiredService<EtcdStore>();
             var loggers = sp.GetRequiredService<ILoggerFactory>();
+            if (tls is not null) akka.AddHocon(AkkaTls.Hocon, HoconAddMode.Prepend).AddSetup(tls.Setup());
             akka.AddHocon(AkkaDefaults.For(settings), HoconAddMode.Prepend)
                 .AddSetup(RemotingNoiseFilter.ForBroker())
                 .WithRemoting(settings.Akka.Hostname, port)
@@ -55,7 +60,7 @@ public static class BrokerApp
                 .WithActors((system, registry) =>
                 {
                     // The operator console (`dingo members`, `dingo status`) asks this actor from outside the cluster.
-                    var console = system.ActorOf(ConsoleGateway.Props(registry.Get<ServiceInstanceRegion>()), ConsoleGateway.Name);
+                    var console = system.ActorOf(ConsoleGateway.Props(registry.Get<ServiceInstanceRegion>(), OperatorCredentials.Expected(settings)), ConsoleGateway.Name);
                     Akka.Cluster.Tools.Client.ClusterClientReceptionist.Get(system).RegisterService(console);
                 })
                 .AddStartup((system, _) =>

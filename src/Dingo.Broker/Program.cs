@@ -41,7 +41,14 @@ public static class Program
             Console.Error.WriteLine("dingo-broker: no broker password: set DINGO_BROKER_PASSWORD or dingo.broker.password");
             return 2;
         }
-        var app = BrokerApp.Build(settings);
+        WebApplication app;
+        // Akka TLS files (dingo.akka.tls) are read here: a missing or wrong one stops the start, naming the setting.
+        try { app = BrokerApp.Build(settings); }
+        catch (ArgumentException ex) when (ex.Message.StartsWith("dingo.akka.tls", StringComparison.Ordinal))
+        {
+            Console.Error.WriteLine($"dingo-broker: configuration error: {ex.Message}");
+            return 2;
+        }
         if (string.IsNullOrEmpty(settings.Broker.AdminPassword))
             Console.Error.WriteLine("dingo-broker: no admin password (DINGO_BROKER_ADMIN_PASSWORD or dingo.broker.admin-password): the admin API (/admin) stays closed");
         await app.RunAsync();

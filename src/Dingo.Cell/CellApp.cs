@@ -105,7 +105,11 @@ public static class CellApp
             return new KernelRouter(IPAddress.Parse(settings.Router.BindAddress), KernelRouter.TableNameFor(settings.Cell.Id), userspace, log);
         });
         builder.Services.AddHostedService<CellWatches>();
-        builder.Services.AddHostedService(sp => new CellMembership(sp.GetRequiredService<EtcdStore>(), settings, seedNodes,
+        // Mutual TLS with the platform CA when dingo.akka.tls names a certificate (throws naming the setting when a file
+        // is missing); the host owns it, so the certificate outlives every member system.
+        var tls = Dingo.Membership.AkkaTls.Load(settings.Akka.Tls);
+        if (tls is not null) builder.Services.AddSingleton(tls);
+        builder.Services.AddHostedService(sp => new CellMembership(sp.GetRequiredService<EtcdStore>(), settings, seedNodes, tls,
             sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Akka")));
         if (settings.Router.MetricsPort > 0) builder.Services.AddHostedService<MetricsEndpoint>();
         return builder.Build();
@@ -204,7 +208,7 @@ internal sealed class CellWatches(
 /// (a cell never founds a cluster), left on a clean stop. When the split-brain resolver removes the cell (cut off from
 /// the brokers, say) its nodes and router go on as before, and a new member system joins again once it can.
 /// </summary>
-internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IReadOnlyList<string> seeds, ILogger logger) : BackgroundService
+internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IReadOnlyList<string> seeds, Dingo.Membership.AkkaTls? tls, ILogger logger) : BackgroundService
 {
     private static readonly TimeSpan RejoinAfter = TimeSpan.FromSeconds(2);
 
@@ -215,7 +219,8 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
     {
         while (!stoppingToken.IsCancellationRequested)
         {
-            var system = ActorSystem.Create("dingo", MemberConfig());
+            var setup = Akka.Actor.BootstrapSetup.Create().WithConfig(MemberConfig());
+            var system = tls is null ? ActorSystem.Create("dingo", setup) : ActorSystem.Create("dingo", setup.And(tls.Setup()));
             SelfAddress = Akka.Cluster.Cluster.Get(system).SelfAddress;
             try
             {
@@ -237,6 +242,7 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
 
     private Akka.Configuration.Config MemberConfig() =>
         Akka.Configuration.ConfigurationFactory.ParseString($$"""
+            {{(tls is null ? "" : Dingo.Membership.AkkaTls.Hocon)}}
             akka.actor.provider = cluster
             akka.remote.dot-netty.tcp {
               hostname = "{{settings.Akka.Hostname}}"

@@ -6,7 +6,7 @@ namespace Dingo.Cell;
 
 public static class Program
 {
-    /// <summary>dingo-cell [--config FILE]... [--seed akka.tcp://dingo@HOST:PORT]...</summary>
+    /// <summary>dingo-cell [--config FILE]... [--seed akka.tcp://dingo@HOST:PORT (akka.ssl.tcp:// with dingo.akka.tls)]...</summary>
     public static async Task<int> Main(string[] args)
     {
         if (args is ["guard", "--dir", var guardDir]) return await RunGuardAsync(guardDir);
@@ -42,7 +42,14 @@ public static class Program
             return 2;
         }
         if (seeds.Count == 0) seeds.AddRange(settings.Akka.SeedNodes);
-        if (seeds.Count == 0) seeds.Add($"akka.tcp://dingo@127.0.0.1:{settings.Broker.AkkaPort}");
+        if (seeds.Count == 0) seeds.Add(settings.Akka.MemberAddress("127.0.0.1", settings.Broker.AkkaPort));
+        // Akka TLS files (dingo.akka.tls) are read before anything starts: a missing or wrong one stops the start, naming the setting.
+        try { Dingo.Membership.AkkaTls.Load(settings.Akka.Tls)?.Dispose(); }
+        catch (ArgumentException ex)
+        {
+            Console.Error.WriteLine($"dingo-cell: configuration error: {ex.Message}");
+            return 2;
+        }
         // Leaders whose agent died keep their lease while this process starts (LeaseBridge); stopped with the process.
         using var bridgeStop = new CancellationTokenSource();
         using var bridgeLoggers = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; }));

@@ -74,11 +74,9 @@ public static class AdminCommands
     /// <summary>The admin API takes the operator's credentials, never the OSB ones: configured, or what `dingo up` generated.</summary>
     private static HttpClient Client(DingoSettings settings)
     {
-        var password = settings.Broker.AdminPassword;
-        var saved = Path.Combine(settings.DataDir, Platform.AdminCredentialsFile);
-        if (string.IsNullOrEmpty(password) && File.Exists(saved)) password = File.ReadAllText(saved).Trim();
+        var (username, password) = Dingo.Membership.OperatorCredentials.Presented(settings);
         var http = new HttpClient { BaseAddress = new Uri(settings.Broker.Url), Timeout = TimeSpan.FromSeconds(30) };
-        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{settings.Broker.AdminUsername}:{password}")));
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{username}:{password}")));
         return http;
     }
 }

@@ -78,7 +78,7 @@ public static class Platform
             foreach (var (id, zone) in Cells)
             {
                 var cellEnv = new Dictionary<string, string>(env) { ["DINGO_CELL_ID"] = id, ["DINGO_CELL_ZONE"] = zone };
-                children.Add(Child.Start(id, "dotnet", [Dll(home, "Dingo.Cell"), .. configArgs, "--seed", $"akka.tcp://dingo@127.0.0.1:{settings.Broker.AkkaPort}"], cellEnv, data, echo: true));
+                children.Add(Child.Start(id, "dotnet", [Dll(home, "Dingo.Cell"), .. configArgs, "--seed", settings.Akka.MemberAddress("127.0.0.1", settings.Broker.AkkaPort)], cellEnv, data, echo: true));
             }
             await WaitForBrokerAsync(settings.Broker.Url, stop.Token);
 
@@ -164,7 +164,7 @@ public static class Platform
     }
 
     /// <summary>Where `dingo up` keeps the generated admin password (mode 600) when none is configured.</summary>
-    public const string AdminCredentialsFile = "admin-credentials";
+    public const string AdminCredentialsFile = Dingo.Membership.OperatorCredentials.SavedFile;
 
     /// <summary>The admin API's password: environment or configuration first; else one generated once and kept (mode 600).</summary>
     private static async Task<string> AdminPasswordAsync(DingoSettings settings, string data)

@@ -113,6 +113,13 @@ public sealed record DingoSettings
                 Hostname = Env("DINGO_AKKA_HOSTNAME") ?? d.GetString("akka.hostname", "127.0.0.1"),
                 SeedNodes = Env("DINGO_AKKA_SEEDS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                             ?? d.GetStringList("akka.seed-nodes")?.ToArray() ?? [],
+                Tls = new AkkaTlsSettings
+                {
+                    Certificate = Env("DINGO_AKKA_TLS_CERTIFICATE") ?? d.GetString("akka.tls.certificate", ""),
+                    Key = Env("DINGO_AKKA_TLS_KEY") ?? d.GetString("akka.tls.key", ""),
+                    PasswordFile = Env("DINGO_AKKA_TLS_PASSWORD_FILE") ?? d.GetString("akka.tls.password-file", ""),
+                    Ca = Env("DINGO_AKKA_TLS_CA") ?? d.GetString("akka.tls.ca", ""),
+                },
             },
         };
         settings.Validate();
@@ -138,9 +145,11 @@ public sealed record DingoSettings
         if (Ha.Ttl < TimeSpan.FromSeconds(2)) throw new ArgumentException($"dingo.ha.ttl must be at least 2s: got {Ha.Ttl.TotalSeconds}s");
         if (Ha.LoopWait <= TimeSpan.Zero || Ha.LoopWait * 3 > Ha.Ttl)
             throw new ArgumentException($"dingo.ha.loop-wait ({Ha.LoopWait.TotalMilliseconds}ms) must be positive and at most a third of dingo.ha.ttl ({Ha.Ttl.TotalSeconds}s), so a leader renews in time");
+        Akka.Tls.Validate();
         foreach (var seed in Akka.SeedNodes)
-            if (!seed.StartsWith("akka.tcp://dingo@", StringComparison.Ordinal))
-                throw new ArgumentException($"dingo.akka.seed-nodes: '{seed}' is not an address of this cluster (akka.tcp://dingo@HOST:PORT)");
+            if (!seed.StartsWith(Akka.Protocol + "://dingo@", StringComparison.Ordinal))
+                throw new ArgumentException($"dingo.akka.seed-nodes: '{seed}' is not an address of this cluster ({Akka.Protocol}://dingo@HOST:PORT" +
+                    (Akka.Tls.Enabled ? ": with dingo.akka.tls on, members are akka.ssl.tcp://)" : ": akka.ssl.tcp:// needs dingo.akka.tls.certificate)"));
         if (!Uri.TryCreate(Broker.Url, UriKind.Absolute, out _)) throw new ArgumentException($"dingo.broker.url '{Broker.Url}' is not an absolute URL");
         if (Cell.Runtime is not ("process" or "docker")) throw new ArgumentException($"dingo.cell.runtime must be \"process\" or \"docker\": got \"{Cell.Runtime}\"");
         if (Cell.OrphanGrace < TimeSpan.Zero) throw new ArgumentException("dingo.cell.orphan-grace must not be negative");
@@ -292,6 +301,45 @@ public sealed record AkkaSettings
     public string Hostname { get; init; } = "127.0.0.1";
     /// <summary>Members to join (akka.tcp://dingo@host:port); a broker with none seeds a cluster of its own.</summary>
     public IReadOnlyList<string> SeedNodes { get; init; } = [];
+    /// <summary>Mutual TLS on remoting (`dingo.akka.tls`); off when no certificate is named.</summary>
+    public AkkaTlsSettings Tls { get; init; } = new();
+
+    /// <summary>The protocol of this cluster's addresses: akka.ssl.tcp with TLS, akka.tcp without.</summary>
+    public string Protocol => Tls.Enabled ? "akka.ssl.tcp" : "akka.tcp";
+
+    /// <summary>The address of a member of this cluster (system `dingo`) at host:port.</summary>
+    public string MemberAddress(string host, int port) => $"{Protocol}://dingo@{host}:{port.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
+}
+
+/// <summary>
+/// Akka remoting over mutual TLS (`dingo.akka.tls`): every broker, cell and console presents a certificate issued by
+/// the platform's CA and accepts only peers whose certificate chains to it (src/Dingo.Actors/Membership/AkkaTls.cs).
+/// </summary>
+public sealed record AkkaTlsSettings
+{
+    /// <summary>This process's certificate: PKCS#12 (.p12/.pfx, with its key) or PEM (key in <see cref="Key"/> or in the same file). Empty: TLS off.</summary>
+    public string Certificate { get; init; } = "";
+    /// <summary>The PEM private key of a PEM certificate (empty: in the certificate file).</summary>
+    public string Key { get; init; } = "";
+    /// <summary>A file holding the PKCS#12 password (or an encrypted PEM key's); empty: none.</summary>
+    public string PasswordFile { get; init; } = "";
+    /// <summary>PEM file of the platform CA certificate(s): a peer's certificate must chain to one of them.</summary>
+    public string Ca { get; init; } = "";
+
+    public bool Enabled => Certificate.Length > 0;
+
+    internal void Validate()
+    {
+        if (Enabled)
+        {
+            if (Ca.Length == 0)
+                throw new ArgumentException("dingo.akka.tls.ca (DINGO_AKKA_TLS_CA) must name the platform CA's certificate (PEM) when dingo.akka.tls.certificate is set: peers are accepted only when their certificate chains to it");
+            return;
+        }
+        foreach (var (name, value) in new[] { ("key", Key), ("password-file", PasswordFile), ("ca", Ca) })
+            if (value.Length > 0)
+                throw new ArgumentException($"dingo.akka.tls.{name} is set but dingo.akka.tls.certificate (DINGO_AKKA_TLS_CERTIFICATE) is empty: name this process's certificate, or clear dingo.akka.tls to keep remoting plain");
+    }
 }
 
 public sealed record HaSettings

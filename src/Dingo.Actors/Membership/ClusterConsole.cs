@@ -9,8 +9,17 @@ using Dingo.Store;
 
 namespace Dingo.Membership;
 
-/// <summary>No broker answered the console: the message names the contacts it tried.</summary>
+/// <summary>No broker answered the console, or one refused it: the message names the contacts it tried or the reason.</summary>
 public sealed class ClusterConsoleException(string message) : Exception(message);
+
+/// <summary>
+/// What the console needs to ask a broker: the address its own remoting binds, the operator's credentials the
+/// gateway checks, and (when the platform's remoting is TLS) this host's certificate and the platform CA.
+/// </summary>
+public sealed record ConsoleAccess(string Hostname, OperatorCredentials Credentials, AkkaTlsSettings Tls)
+{
+    public static ConsoleAccess From(DingoSettings settings) => new(settings.Akka.Hostname, OperatorCredentials.Presented(settings), settings.Akka.Tls);
+}
 
 /// <summary>
 /// The operator console's way into the Akka cluster: a small actor system of its own (remoting only, never a
@@ -34,7 +43,7 @@ public static class ClusterConsole
     {
         var addresses = new List<string>();
         if (settings.Akka.SeedNodes.Count > 0) addresses.AddRange(settings.Akka.SeedNodes);
-        else addresses.Add($"akka.tcp://dingo@{settings.Akka.Hostname}:{settings.Broker.AkkaPort.ToString(CultureInfo.InvariantCulture)}");
+        else addresses.Add(settings.Akka.MemberAddress(settings.Akka.Hostname, settings.Broker.AkkaPort));
 
         var own = store is null;
         store ??= new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
@@ -64,16 +73,17 @@ public static class ClusterConsole
     public static async Task<ClusterView> QueryAsync(DingoSettings settings, EtcdStore? store, TimeSpan timeout, CancellationToken ct)
     {
         var brokers = await BrokerAddressesAsync(settings, store, ct).ConfigureAwait(false);
-        return await QueryAsync(settings.Akka.Hostname, brokers, timeout, ct).ConfigureAwait(false);
+        return await QueryAsync(ConsoleAccess.From(settings), brokers, timeout, ct).ConfigureAwait(false);
     }
 
     /// <summary>
-    /// Starts the console's actor system on <paramref name="hostname"/> (a free port), asks whichever broker answers
-    /// first for its <see cref="ClusterView"/>, and stops the system again. Throws <see cref="ClusterConsoleException"/>
-    /// when no broker answers within <paramref name="timeout"/>.
+    /// Starts the console's actor system on the access's hostname (a free port), asks whichever broker answers
+    /// first for its <see cref="ClusterView"/> with the operator's credentials, and stops the system again. Throws
+    /// <see cref="ClusterConsoleException"/> when no broker answers within <paramref name="timeout"/> or one refuses.
     /// </summary>
-    public static async Task<ClusterView> QueryAsync(string hostname, IReadOnlyList<string> brokerAddresses, TimeSpan timeout, CancellationToken ct)
+    public static async Task<ClusterView> QueryAsync(ConsoleAccess access, IReadOnlyList<string> brokerAddresses, TimeSpan timeout, CancellationToken ct)
     {
+        var hostname = access.Hostname;
         var contacts = ContactsOf(brokerAddresses);
         var paths = new List<ActorPath>();
         foreach (var contact in contacts)
@@ -83,8 +93,12 @@ public static class ClusterConsole
         if (paths.Count == 0)
             throw new ClusterConsoleException("no broker address to contact: set dingo.akka.seed-nodes (DINGO_AKKA_SEEDS) or register the brokers in etcd");
 
-        var setup = BootstrapSetup.Create().WithConfig(ConsoleConfig(hostname))
+        AkkaTls? tls;
+        try { tls = AkkaTls.Load(access.Tls); }
+        catch (ArgumentException ex) { throw new ClusterConsoleException($"cannot use this host's Akka TLS certificate: {ex.Message}"); }
+        var setup = BootstrapSetup.Create().WithConfig(ConsoleConfig(hostname, tls is not null))
             .And(RemotingNoiseFilter.ForConsole());
+        if (tls is not null) setup = setup.And(tls.Setup());
         ActorSystem system;
         try
         {
@@ -92,6 +106,7 @@ public static class ClusterConsole
         }
         catch (Exception ex)
         {
+            tls?.Dispose();
             // Typically an address that is not this host's (DINGO_AKKA_HOSTNAME copied from another host).
             throw new ClusterConsoleException($"cannot start the console's Akka remoting on {hostname} (dingo.akka.hostname, DINGO_AKKA_HOSTNAME): {Innermost(ex).Message}");
         }
@@ -103,19 +118,29 @@ public static class ClusterConsole
             var client = system.ActorOf(ClusterClient.Props(settings), "client");
             try
             {
-                return await client.Ask<ClusterView>(new ClusterClient.Send(ConsoleGateway.Path, new ClusterViewRequest(), localAffinity: true), timeout, ct).ConfigureAwait(false);
+                var request = new ClusterViewRequest { Username = access.Credentials.Username, Password = access.Credentials.Password };
+                var answer = await client.Ask<object>(new ClusterClient.Send(ConsoleGateway.Path, request, localAffinity: true), timeout, ct).ConfigureAwait(false);
+                return answer switch
+                {
+                    ClusterView view => view,
+                    ConsoleRefused refused => throw new ClusterConsoleException($"the broker refused the console: {refused.Reason}"),
+                    _ => throw new ClusterConsoleException($"the broker answered the console with {answer.GetType().Name}, not a cluster view"),
+                };
             }
             catch (AskTimeoutException)
             {
                 var self = ((ExtendedActorSystem)system).Provider.DefaultAddress;
                 throw new ClusterConsoleException(
                     $"no broker answered within {timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture)}s; tried {string.Join(", ", contacts)}. " +
-                    $"Is a broker up, and its Akka port (dingo.broker.akka-port) reachable from this host? (this console is {self})");
+                    $"Is a broker up, and its Akka port (dingo.broker.akka-port) reachable from this host?" +
+                    (tls is null ? "" : " Is this host's certificate (dingo.akka.tls.certificate) issued by the platform CA the brokers trust?") +
+                    $" (this console is {self})");
             }
         }
         finally
         {
             await system.Terminate().ConfigureAwait(false);
+            tls?.Dispose();
         }
     }
 
@@ -125,8 +150,9 @@ public static class ClusterConsole
         return ex;
     }
 
-    /// <summary>Remoting only (a client, not a cluster member), quiet, on a free port.</summary>
-    internal static Akka.Configuration.Config ConsoleConfig(string hostname) => ConfigurationFactory.ParseString($$"""
+    /// <summary>Remoting only (a client, not a cluster member), quiet, on a free port; TLS when the platform's remoting is.</summary>
+    internal static Akka.Configuration.Config ConsoleConfig(string hostname, bool tls = false) => ConfigurationFactory.ParseString($$"""
+        {{(tls ? AkkaTls.Hocon : "")}}
         akka.actor.provider = remote
         akka.remote.dot-netty.tcp.hostname = "{{hostname}}"
         akka.remote.dot-netty.tcp.port = 0

@@ -2,14 +2,28 @@ using System.Collections.Immutable;
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Cluster.Sharding;
+using Akka.Event;
 
 namespace Dingo.Membership;
 
 // The console's questions and the brokers' answers travel between processes through ClusterClient, serialized by
 // Akka.NET's default (JSON) serializer: plain records with public properties, nothing else.
 
-/// <summary>Asks a broker for its view of the Akka cluster.</summary>
-public sealed record ClusterViewRequest;
+/// <summary>Asks a broker for its view of the Akka cluster, with the operator's credentials (the broker's admin pair).</summary>
+public sealed record ClusterViewRequest
+{
+    public string Username { get; init; } = "";
+    public string Password { get; init; } = "";
+
+    /// <summary>Akka logs a message it cannot deliver with its ToString: never the password.</summary>
+    public override string ToString() => $"ClusterViewRequest {{ Username = {Username} }}";
+}
+
+/// <summary>The gateway's answer to a request it does not answer: why, and no data.</summary>
+public sealed record ConsoleRefused
+{
+    public required string Reason { get; init; }
+}
 
 /// <summary>The Akka cluster as one broker sees it.</summary>
 public sealed record ClusterView
@@ -41,7 +55,9 @@ public sealed record ClusterViewMember
 
 /// <summary>
 /// The `console` actor on every broker (/user/console), registered with the ClusterClientReceptionist so that
-/// `dingo members` and `dingo status` can ask it from outside the cluster (a ClusterClient, never a member).
+/// `dingo members` and `dingo status` can ask it from outside the cluster (a ClusterClient, never a member). It answers
+/// only requests that carry the operator's credentials (<see cref="OperatorCredentials"/>); any other gets
+/// <see cref="ConsoleRefused"/> and nothing of the cluster.
 /// </summary>
 public sealed class ConsoleGateway : ReceiveActor
 {
@@ -52,11 +68,18 @@ public sealed class ConsoleGateway : ReceiveActor
     /// <summary>How long the answer waits for the sharding coordinator's statistics before going without them.</summary>
     private static readonly TimeSpan ShardStatsTimeout = TimeSpan.FromSeconds(2);
 
-    public ConsoleGateway(IActorRef? serviceInstanceRegion)
+    public ConsoleGateway(IActorRef? serviceInstanceRegion, OperatorCredentials operators)
     {
-        ReceiveAsync<ClusterViewRequest>(async _ =>
+        var log = Context.GetLogger();
+        ReceiveAsync<ClusterViewRequest>(async request =>
         {
             var sender = Sender;
+            if (operators.Refusal(request.Username, request.Password) is { } refusal)
+            {
+                log.Warning("console gateway: refused a request (reply path {0}): {1}", sender.Path, refusal);
+                sender.Tell(new ConsoleRefused { Reason = refusal });
+                return;
+            }
             var cluster = Cluster.Get(Context.System);
             // Read the membership first: the statistics are extra and may come late or never.
             var state = cluster.State;
@@ -76,7 +99,8 @@ public sealed class ConsoleGateway : ReceiveActor
         });
     }
 
-    public static Props Props(IActorRef? serviceInstanceRegion) => Akka.Actor.Props.Create(() => new ConsoleGateway(serviceInstanceRegion));
+    public static Props Props(IActorRef? serviceInstanceRegion, OperatorCredentials operators) =>
+        Akka.Actor.Props.Create(() => new ConsoleGateway(serviceInstanceRegion, operators));
 
     internal static ClusterView Build(ClusterEvent.CurrentClusterState state, Address self, ClusterShardingStats? stats)
     {

@@ -7,7 +7,7 @@ namespace Dingo.Membership;
 /// their stack traces, when they concern the operator console (<see cref="ClusterConsole.SystemName"/>). On a broker,
 /// every console that asks and leaves would otherwise log a warning and an error that say nothing wrong (Akka.NET's
 /// remoting shutdown races its own goodbye). On the console (<c>console: true</c>) it drops them whoever they concern,
-/// and a failed bind too: a contact that is down would print its retries between the lines of the answer, and the
+/// a failed bind and failed TLS handshakes too: a contact that is down would print its retries between the lines of the answer, and the
 /// console ends with an error of its own that names the contacts it tried (or the address it could not bind).
 /// Nothing else is dropped.
 /// </summary>
@@ -30,7 +30,13 @@ public sealed class RemotingNoiseFilter : LogFilterBase
         {
             var consoleOnly = message.StartsWith("Failed to bind to ", StringComparison.Ordinal)
                 // DotNetty's transport racing its own shutdown as the console stops.
-                || message.StartsWith("Unable to REMOVE channel ", StringComparison.Ordinal);
+                || message.StartsWith("Unable to REMOVE channel ", StringComparison.Ordinal)
+                // A TLS handshake a broker refused (or this console's check did): the console's own error says to look
+                // at its certificate; the broker logs the refusal with the reason.
+                || message.StartsWith("TLS handshake failed on channel ", StringComparison.Ordinal)
+                || message.StartsWith("TLS exception on channel ", StringComparison.Ordinal)
+                || message.StartsWith("Error caught channel ", StringComparison.Ordinal)
+                || message.StartsWith(AkkaTls.RefusalPrefix, StringComparison.Ordinal);
             return lifecycle || consoleOnly ? LogFilterDecision.Drop : LogFilterDecision.Keep;
         }
         if (!lifecycle) return LogFilterDecision.Keep;

@@ -70,13 +70,14 @@ public sealed class ConsoleClientTests(ITestOutputHelper output)
         try
         {
             var console = system.ActorSelection(second + ConsoleGateway.Path);
-            var fromSecond = await console.Ask<ClusterView>(new ClusterViewRequest(), Timeout);
+            var request = new ClusterViewRequest { Username = TestPlatform.AdminUsername, Password = TestPlatform.AdminPassword };
+            var fromSecond = await console.Ask<ClusterView>(request, Timeout);
             // Its gossip may lag the first broker's by a moment.
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
             while (fromSecond.Members.Any(m => m.Status != "Up") && DateTime.UtcNow < deadline)
             {
                 await Task.Delay(500);
-                fromSecond = await console.Ask<ClusterView>(new ClusterViewRequest(), Timeout);
+                fromSecond = await console.Ask<ClusterView>(request, Timeout);
             }
             Assert.Equal(second, fromSecond.Broker);
             Assert.Equal(view.Leader, fromSecond.Leader);
@@ -122,7 +123,7 @@ public sealed class ConsoleClientTests(ITestOutputHelper output)
     {
         var closed = $"akka.tcp://dingo@127.0.0.1:{FreePorts.One()}";
         var watch = Stopwatch.StartNew();
-        var error = await Assert.ThrowsAsync<ClusterConsoleException>(() => ClusterConsole.QueryAsync("127.0.0.1", [closed], TimeSpan.FromSeconds(3), CancellationToken.None));
+        var error = await Assert.ThrowsAsync<ClusterConsoleException>(() => ClusterConsole.QueryAsync(TestPlatform.ConsoleAccess, [closed], TimeSpan.FromSeconds(3), CancellationToken.None));
         watch.Stop();
         output.WriteLine($"{watch.Elapsed.TotalSeconds:0.0}s: {error.Message}");
         Assert.Contains(closed + "/system/receptionist", error.Message);
@@ -187,7 +188,7 @@ public sealed class ConsoleClientTests(ITestOutputHelper output)
         {
             try
             {
-                last = await ClusterConsole.QueryAsync("127.0.0.1", brokers, Timeout, CancellationToken.None);
+                last = await ClusterConsole.QueryAsync(TestPlatform.ConsoleAccess, brokers, Timeout, CancellationToken.None);
                 if (done(last)) return last;
             }
             catch (ClusterConsoleException ex) when (DateTime.UtcNow < deadline)

@@ -145,6 +145,10 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
         Assert.StartsWith("/var/lib/dingo/", settings.DataDir);
         Assert.Equal(host1["address"], settings.Akka.Hostname);
         Assert.Equal(inventory.Shared["akka_seeds"].Split(','), settings.Akka.SeedNodes);
+        // Akka remoting is mutual TLS on a deployed platform: this host's certificate and the platform CA, seeds akka.ssl.tcp.
+        Assert.True(settings.Akka.Tls.Enabled, "the deployed configuration leaves Akka remoting plain");
+        Assert.Equal(("/etc/dingo/tls/akka.crt", "/etc/dingo/tls/akka.key", "/etc/dingo/tls/ca.crt"), (settings.Akka.Tls.Certificate, settings.Akka.Tls.Key, settings.Akka.Tls.Ca));
+        Assert.All(settings.Akka.SeedNodes, seed => Assert.StartsWith("akka.ssl.tcp://dingo@", seed));
         if (unitName == "dingo-cell.service")
         {
             Assert.Equal(host1["cell_id"], settings.Cell.Id);
@@ -182,8 +186,8 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
         var initialCluster = string.Join(',', hosts.Select(h => $"{h["etcd_name"]}=http://{h["address"]}:2380"));
         Assert.Equal(initialCluster, inventory.Shared["etcd_initial_cluster"]);
         Assert.Equal(string.Join(',', hosts.Select(h => $"http://{h["address"]}:2379")), inventory.Shared["etcd_endpoints"]);
-        var seeds = brokers.Select(b => $"akka.tcp://dingo@{inventory.Host(b)["address"]}:{inventory.Shared["broker_akka_port"]}")
-            .Concat(hosts.Select(h => $"akka.tcp://dingo@{h["address"]}:{inventory.Shared["cell_akka_port"]}"));
+        var seeds = brokers.Select(b => $"akka.ssl.tcp://dingo@{inventory.Host(b)["address"]}:{inventory.Shared["broker_akka_port"]}")
+            .Concat(hosts.Select(h => $"akka.ssl.tcp://dingo@{h["address"]}:{inventory.Shared["cell_akka_port"]}"));
         Assert.Equal(string.Join(',', seeds), inventory.Shared["akka_seeds"]);
 
         // The examples are host-1's files: every value must be the inventory's.
@@ -242,6 +246,8 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
                 }
             }
             Assert.True(File.GetUnixFileMode(Path.Combine(root, "usr", "local", "bin", "dingo")).HasFlag(UnixFileMode.UserExecute));
+            // The folder the Akka TLS files go in (dingo.conf.example): its owner's alone.
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(Path.Combine(root, "etc", "dingo", "tls")));
 
             // A second run (an upgrade) replaces the programs and leaves the host's configuration alone.
             var cellEnv = Path.Combine(root, "etc", "dingo", "dingo-cell.env");
@@ -470,6 +476,82 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
     }
 
     // ---- running tools ----
+
+    [Fact]
+    public async Task Akka_certificate_script_issues_private_files_the_processes_load_and_keeps_what_exists()
+    {
+        Assert.NotNull(FindExecutable("openssl"));
+        var script = await File.ReadAllTextAsync(DeployPath("akka-certs.sh"));
+        // Private from creation: a umask before the first file, never a chmod after writing.
+        Assert.Contains("umask 077", script);
+        Assert.DoesNotMatch(new Regex(@"^[^#]*\bchmod\b", RegexOptions.Multiline), script);
+        var work = Directory.CreateTempSubdirectory("dingo-akka-certs-");
+        try
+        {
+            var dir = Path.Combine(work.FullName, "tls");
+            var (code, text) = await RunAsync("/bin/bash", [DeployPath("akka-certs.sh"), dir, "host-1=10.0.0.11", "host-2=10.0.0.12"]);
+            output.WriteLine(text);
+            Assert.True(code == 0, $"akka-certs.sh failed (exit {code}): {text}");
+            var files = Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(dir, f)).Order(StringComparer.Ordinal).ToList();
+            Assert.Equal(["ca.crt", "ca.key", "host-1/akka.crt", "host-1/akka.key", "host-2/akka.crt", "host-2/akka.key"], files);
+            foreach (var file in files)
+                Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(dir, file)));
+            foreach (var folder in new[] { dir, Path.Combine(dir, "host-1"), Path.Combine(dir, "host-2") })
+                Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(folder));
+
+            // What a broker or cell loads with the example's settings; each host's certificate passes the other's check.
+            AkkaTlsSettings Host(string name, string caDir) =>
+                new() { Certificate = Path.Combine(dir, name, "akka.crt"), Key = Path.Combine(dir, name, "akka.key"), Ca = Path.Combine(caDir, "ca.crt") };
+            using (var one = Dingo.Membership.AkkaTls.Load(Host("host-1", dir))!)
+            using (var two = Dingo.Membership.AkkaTls.Load(Host("host-2", dir))!)
+            {
+                Assert.Null(one.ChainError(two.Certificate));
+                var names = one.Certificate.Extensions.OfType<System.Security.Cryptography.X509Certificates.X509SubjectAlternativeNameExtension>().Single();
+                Assert.Equal([System.Net.IPAddress.Parse("10.0.0.11")], names.EnumerateIPAddresses());
+            }
+
+            // A second run adds a host from the same CA and leaves existing certificates alone.
+            var before = await File.ReadAllBytesAsync(Path.Combine(dir, "host-1", "akka.crt"));
+            (code, text) = await RunAsync("/bin/bash", [DeployPath("akka-certs.sh"), dir, "host-1=10.0.0.11", "host-3=10.0.0.13"]);
+            Assert.True(code == 0, $"akka-certs.sh failed the second time (exit {code}): {text}");
+            Assert.Equal(before, await File.ReadAllBytesAsync(Path.Combine(dir, "host-1", "akka.crt")));
+            using (Dingo.Membership.AkkaTls.Load(Host("host-3", dir))) { }
+
+            // Another run's CA (another platform) does not vouch for these hosts.
+            var other = Path.Combine(work.FullName, "other");
+            (code, text) = await RunAsync("/bin/bash", [DeployPath("akka-certs.sh"), other, "x=10.0.0.99"]);
+            Assert.True(code == 0, text);
+            var foreign = Assert.Throws<ArgumentException>(() => Dingo.Membership.AkkaTls.Load(Host("host-1", other)));
+            Assert.Contains("does not chain to the CA in dingo.akka.tls.ca", foreign.Message);
+
+            (code, text) = await RunAsync("/bin/bash", [DeployPath("akka-certs.sh"), dir, "no-address"]);
+            Assert.Equal(2, code);
+            Assert.Contains("'no-address' is not NAME=ADDRESS", text);
+        }
+        finally
+        {
+            work.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    [Trait(Tier.Name, Tier.Fast)]
+    public void Three_hosts_script_runs_akka_remoting_over_tls_with_a_certificate_per_host()
+    {
+        var script = File.ReadAllText(DeployPath("three-hosts.sh"));
+        Assert.Contains("\"$ROOT/deploy/akka-certs.sh\" \"$TLS\" host-1=", script);
+        var seeds = Regex.Match(script, "^SEEDS=\"([^\"]+)\"", RegexOptions.Multiline).Groups[1].Value.Split(',');
+        Assert.Equal(5, seeds.Length);
+        Assert.All(seeds, seed => Assert.StartsWith("akka.ssl.tcp://dingo@", seed));
+        Assert.Contains("COMMON=(DINGO_AKKA_TLS_CA=\"$TLS/ca.crt\"", script);
+        // Every broker and cell is started with its own host's certificate and key.
+        var starts = Regex.Matches(script, "^\\s*supervise \"\\$h\" (broker|cell) .*$", RegexOptions.Multiline);
+        Assert.Equal(2, starts.Count);
+        foreach (Match start in starts)
+            Assert.Contains("DINGO_AKKA_TLS_CERTIFICATE=\"$TLS/$h/akka.crt\" DINGO_AKKA_TLS_KEY=\"$TLS/$h/akka.key\"", start.Value);
+        // The certificates live in the state folder the script removes on exit.
+        Assert.Contains("TLS=\"$STATE/tls\"", script);
+    }
 
     private static string? FindExecutable(string name) =>
         (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)

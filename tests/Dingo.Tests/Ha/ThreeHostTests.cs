@@ -204,7 +204,8 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         Dingo.Membership.ClusterView? view = null;
         await Until(async () =>
         {
-            try { view = await Dingo.Membership.ClusterConsole.QueryAsync(p.Hosts.BridgeAddress, brokers, TimeSpan.FromSeconds(5), CancellationToken.None); }
+            var access = Dingo.Membership.ConsoleAccess.From(p.Settings) with { Hostname = p.Hosts.BridgeAddress };
+            try { view = await Dingo.Membership.ClusterConsole.QueryAsync(access, brokers, TimeSpan.FromSeconds(5), CancellationToken.None); }
             catch (Dingo.Membership.ClusterConsoleException) { return false; }
             return view.Members.Count == 5 && view.Members.All(m => m.Status == "Up" && m.Reachable);
         }, 120, "one Akka cluster of five members, all Up and reachable, as the console sees it");

@@ -27,6 +27,9 @@ public sealed class TestPlatform : IAsyncDisposable
     /// <summary>The operator's admin API credentials (the OSB ones above do not open /admin).</summary>
     public const string AdminUsername = "test-admin";
     public const string AdminPassword = "test-admin-password-9876543210";
+    /// <summary>How a test's console asks the brokers: on loopback, with the admin credentials, plain remoting.</summary>
+    public static Dingo.Membership.ConsoleAccess ConsoleAccess =>
+        new("127.0.0.1", new Dingo.Membership.OperatorCredentials(AdminUsername, AdminPassword), new AkkaTlsSettings());
 
     private WebApplication? _broker;
     private readonly List<IHost> _cells = new();
