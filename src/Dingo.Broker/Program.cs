@@ -18,7 +18,11 @@ public static class Program
             }
         }
         DingoSettings settings;
-        try { settings = DingoSettings.Load(files); }
+        try
+        {
+            settings = DingoSettings.Load(files);
+            settings.CheckTlsFiles(broker: true);
+        }
         catch (Exception ex) when (ex is ArgumentException or FileNotFoundException or Akka.Configuration.ConfigurationException)
         {
             Console.Error.WriteLine($"dingo-broker: configuration error: {ex.Message}");
@@ -41,7 +45,13 @@ public static class Program
             Console.Error.WriteLine("dingo-broker: no broker password: set DINGO_BROKER_PASSWORD or dingo.broker.password");
             return 2;
         }
-        var app = BrokerApp.Build(settings);
+        WebApplication app;
+        try { app = BrokerApp.Build(settings); }
+        catch (ArgumentException ex)
+        {
+            Console.Error.WriteLine($"dingo-broker: configuration error: {ex.Message}");
+            return 2;
+        }
         if (string.IsNullOrEmpty(settings.Broker.AdminPassword))
             Console.Error.WriteLine("dingo-broker: no admin password (DINGO_BROKER_ADMIN_PASSWORD or dingo.broker.admin-password): the admin API (/admin) stays closed");
         await app.RunAsync();

@@ -77,7 +77,7 @@ public static class AdminCommands
         var password = settings.Broker.AdminPassword;
         var saved = Path.Combine(settings.DataDir, Platform.AdminCredentialsFile);
         if (string.IsNullOrEmpty(password) && File.Exists(saved)) password = File.ReadAllText(saved).Trim();
-        var http = new HttpClient { BaseAddress = new Uri(settings.Broker.Url), Timeout = TimeSpan.FromSeconds(30) };
+        var http = BrokerHttp.Create(settings, TimeSpan.FromSeconds(30));
         http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{settings.Broker.AdminUsername}:{password}")));
         return http;
     }

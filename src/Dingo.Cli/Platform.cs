@@ -32,6 +32,13 @@ public static class Platform
         try
         {
             var etcdEndpoint = new Uri(settings.EtcdEndpoints[0]);
+            // This etcd is one member on loopback, plain HTTP: TLS with client certificates is for etcd on several hosts
+            // (`./dingo up --hosts 3`, deploy/).
+            if (etcdEndpoint.Scheme != "http")
+            {
+                Console.Error.WriteLine($"dingo: `dingo up` runs its own etcd on loopback over plain http://, not {settings.EtcdEndpoints[0]}: leave dingo.etcd.endpoints (DINGO_ETCD_ENDPOINTS) at http://127.0.0.1:2379, or use `./dingo up --hosts 3` for etcd over TLS");
+                return 2;
+            }
             KillLeftovers(data);
             if (!PortFree(etcdEndpoint.Host, etcdEndpoint.Port))
             {
@@ -80,7 +87,7 @@ public static class Platform
                 var cellEnv = new Dictionary<string, string>(env) { ["DINGO_CELL_ID"] = id, ["DINGO_CELL_ZONE"] = zone };
                 children.Add(Child.Start(id, "dotnet", [Dll(home, "Dingo.Cell"), .. configArgs, "--seed", $"akka.tcp://dingo@127.0.0.1:{settings.Broker.AkkaPort}"], cellEnv, data, echo: true));
             }
-            await WaitForBrokerAsync(settings.Broker.Url, stop.Token);
+            await WaitForBrokerAsync(settings, stop.Token);
 
             Console.WriteLine();
             Console.WriteLine("Dingo PostgreSQL is up.");
@@ -221,7 +228,7 @@ public static class Platform
 
     private static async Task WaitForEtcdAsync(DingoSettings settings, CancellationToken ct)
     {
-        await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        await using var store = EtcdStore.Connect(settings);
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (true)
         {
@@ -241,9 +248,10 @@ public static class Platform
         }
     }
 
-    private static async Task WaitForBrokerAsync(string url, CancellationToken ct)
+    private static async Task WaitForBrokerAsync(DingoSettings settings, CancellationToken ct)
     {
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+        var url = settings.Broker.Url;
+        using var http = BrokerHttp.Create(settings, TimeSpan.FromSeconds(2));
         var deadline = DateTime.UtcNow.AddSeconds(60);
         while (DateTime.UtcNow < deadline)
         {

@@ -37,7 +37,7 @@ public static class ClusterConsole
         else addresses.Add($"akka.tcp://dingo@{settings.Akka.Hostname}:{settings.Broker.AkkaPort.ToString(CultureInfo.InvariantCulture)}");
 
         var own = store is null;
-        store ??= new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        store ??= EtcdStore.Connect(settings);
         try
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
