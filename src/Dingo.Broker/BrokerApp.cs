@@ -21,6 +21,8 @@ public static class BrokerApp
         // One listener, the URL's: https:// with the configured certificate (no plain listener beside it), or http://.
         builder.WebHost.UseUrls(settings.Broker.Url);
         var certificate = ServerCertificate(settings.Broker, out var chain);
+        // The slim builder leaves Kestrel's HTTPS out until asked for.
+        if (certificate is not null) builder.WebHost.UseKestrelHttpsConfiguration();
         builder.WebHost.ConfigureKestrel(k =>
         {
             // An OSB request is a few hundred bytes: Kestrel refuses to read more than this (413) on any route.

@@ -57,7 +57,7 @@ public static class PemTls
             foreach (var certificate in all.Skip(1)) chain.Add(certificate);
             return withKey;
         }
-        catch (CryptographicException ex)
+        catch (Exception ex) when (ex is CryptographicException or ArgumentException)
         {
             // The exception's own text says "the key does not match" or "no private key" without quoting the key.
             throw new ArgumentException($"{keySetting}: {keyFile} is not the unencrypted PEM private key of {certSetting} {certFile}: {ex.Message}", ex);
