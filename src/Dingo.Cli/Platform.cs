@@ -18,6 +18,11 @@ public static class Platform
 
     public static async Task<int> UpAsync(string home, IReadOnlyList<string> configFiles, DingoSettings settings)
     {
+        if (LoopbackProblem(settings) is { } problem)
+        {
+            Console.Error.WriteLine($"dingo: {problem}");
+            return 2;
+        }
         var data = settings.DataDir;
         Directory.CreateDirectory(Path.Combine(data, "logs"));
         Directory.CreateDirectory(Path.Combine(data, "run"));
@@ -32,13 +37,6 @@ public static class Platform
         try
         {
             var etcdEndpoint = new Uri(settings.EtcdEndpoints[0]);
-            // This etcd is one member on loopback, plain HTTP: TLS with client certificates is for etcd on several hosts
-            // (`./dingo up --hosts 3`, deploy/).
-            if (etcdEndpoint.Scheme != "http")
-            {
-                Console.Error.WriteLine($"dingo: `dingo up` runs its own etcd on loopback over plain http://, not {settings.EtcdEndpoints[0]}: leave dingo.etcd.endpoints (DINGO_ETCD_ENDPOINTS) at http://127.0.0.1:2379, or use `./dingo up --hosts 3` for etcd over TLS");
-                return 2;
-            }
             KillLeftovers(data);
             if (!PortFree(etcdEndpoint.Host, etcdEndpoint.Port))
             {
@@ -224,6 +222,18 @@ public static class Platform
             }
             File.Delete(pidFile);
         }
+    }
+
+    /// <summary>
+    /// Why `dingo up` cannot run with these settings, before it changes anything: its etcd is one member on loopback over
+    /// plain HTTP, started by itself; TLS with client certificates is for etcd on several hosts (`--hosts 3`, deploy/).
+    /// </summary>
+    internal static string? LoopbackProblem(DingoSettings settings)
+    {
+        var endpoint = settings.EtcdEndpoints[0];
+        if (!endpoint.StartsWith("http://", StringComparison.OrdinalIgnoreCase) && endpoint.Contains("://", StringComparison.Ordinal))
+            return $"`dingo up` runs its own etcd on loopback over plain http://, not {endpoint}: leave dingo.etcd.endpoints (DINGO_ETCD_ENDPOINTS) at http://127.0.0.1:2379, or use `./dingo up --hosts 3` for etcd over TLS";
+        return null;
     }
 
     private static async Task WaitForEtcdAsync(DingoSettings settings, CancellationToken ct)

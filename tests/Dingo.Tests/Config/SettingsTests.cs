@@ -82,6 +82,18 @@ public sealed class SettingsTests
     }
 
     [Fact]
+    public async Task Dingo_up_refuses_https_etcd_endpoints_before_changing_anything()
+    {
+        var env = new Dictionary<string, string?> { ["DINGO_ETCD_ENDPOINTS"] = "https://127.0.0.1:2379", ["DINGO_ETCD_CA_FILE"] = "/nonexistent/ca.pem" };
+        var data = Path.Combine(Path.GetTempPath(), "dingo-up-https-" + Guid.NewGuid().ToString("N")[..8]);
+        var settings = DingoSettings.Load([DefaultFile], env) with { DataDir = data };
+        Assert.Equal(2, await Dingo.Cli.Platform.UpAsync(TestPlatform.RepoRoot(), [DefaultFile], settings));
+        Assert.False(Directory.Exists(data), "dingo up made its data folder before refusing");
+        // The loopback default passes the same check.
+        Assert.Null(Dingo.Cli.Platform.LoopbackProblem(DingoSettings.Load([DefaultFile], new Dictionary<string, string?>())));
+    }
+
+    [Fact]
     public void A_missing_file_is_named()
     {
         var ex = Assert.Throws<FileNotFoundException>(() => DingoSettings.Load(["/nonexistent/dingo.conf"], new Dictionary<string, string?>()));
