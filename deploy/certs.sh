@@ -12,7 +12,8 @@
 #   broker-ca.pem                    the CA the console trusts for the brokers' HTTPS (dingo.broker.tls.ca-file)
 #   broker.pem, broker-key.pem       a broker's HTTPS certificate: SAN = the host's address (used where a broker runs)
 # A host folder that exists is left alone (remove it to issue again, e.g. for a replaced host). Every file is created
-# 0600 (umask 077; nothing is chmod-ed after writing). Keep OUT/*-ca-key.pem off the hosts: they issue certificates.
+# 0600 (umask 077; nothing is chmod-ed after writing). Keep OUT/*-ca-key.pem off the hosts: they issue certificates;
+# and OUT/etcd-root.pem, etcd-root-key.pem (CN=root: etcd's root user once deploy/etcd-auth.sh turns users on).
 # DINGO_CERT_DAYS (default 825) is how long a host's certificates are valid; the CAs get ten years.
 set -euo pipefail
 umask 077
@@ -61,6 +62,8 @@ issue() {
 
 ca etcd-ca "Dingo etcd CA"
 ca broker-ca "Dingo broker CA"
+# etcd's root user (CN=root): for the operator to turn on and manage etcd's users (deploy/etcd-auth.sh); never on a host.
+[ -f "$OUT/etcd-root.pem" ] || issue etcd-ca "$OUT" etcd-root root clientAuth
 
 for host in "$@"; do
   name=${host%%=*}; address=${host#*=}

@@ -224,6 +224,9 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 etcdctl_tls del /dingo-three-hosts/probe >/dev/null 2>&1 || die "the etcd cluster did not form (logs: $STATE/host-*/etcd.log)"
+# etcd's users on: the processes' certificate (CN=dingo) reads and writes under /dingo/ only; root is the operator's.
+"$ROOT/deploy/etcd-auth.sh" "$ENDPOINTS" "$ETCD_CA" "$TLS/etcd-root.pem" "$TLS/etcd-root-key.pem" /dingo \
+  || die "could not turn on etcd's users (deploy/etcd-auth.sh)"
 
 # ---- settings shared by every process (the environment wins over these) ----
 PASSWORD="${DINGO_BROKER_PASSWORD:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=' )}"

@@ -429,6 +429,8 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
         Assert.Contains("DINGO_BROKER_CERT_FILE=", script);
         Assert.Contains("DINGO_BROKER_KEY_FILE=", script);
         Assert.Contains("deploy/certs.sh", script);
+        // etcd's users on: the processes' certificate limited to the platform's prefix (deploy/etcd-auth.sh).
+        Assert.Contains("deploy/etcd-auth.sh", script);
         Assert.DoesNotContain("http://", script);
     }
 

@@ -93,6 +93,83 @@ public sealed class EtcdTlsTests(ITestOutputHelper output)
         Assert.DoesNotContain("PRIVATE KEY", notACa.Message);
     }
 
+    [Fact]
+    public async Task With_etcd_users_on_the_platforms_certificate_reaches_its_prefix_only()
+    {
+        var (server, process) = TestEtcdTls.StartOwn();
+        try
+        {
+            var (rootCert, rootKey) = server.Ca.IssueClient("root");
+            var (code, text) = await RunAsync("/bin/bash", Path.Combine(TestPlatform.RepoRoot(), "deploy", "etcd-auth.sh"), server.ClientUrl, server.Ca.CaFile, rootCert, rootKey, "/dingo");
+            output.WriteLine(text);
+            Assert.True(code == 0, $"etcd-auth.sh failed (exit {code}): {text}");
+            // Idempotent: a second run keeps what exists.
+            Assert.Equal(0, (await RunAsync("/bin/bash", Path.Combine(TestPlatform.RepoRoot(), "deploy", "etcd-auth.sh"), server.ClientUrl, server.Ca.CaFile, rootCert, rootKey, "/dingo")).Code);
+
+            using var cts = new CancellationTokenSource(Bound);
+            // CN=dingo: everything Dingo does, under /dingo/.
+            await using (var dingo = new EtcdStore([server.ClientUrl], "/dingo", tls: EtcdClientTls.Load(server.Client)))
+            {
+                // A watch on its prefix sees its writes (cells and brokers watch etcd).
+                var seen = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+                using var stopWatch = CancellationTokenSource.CreateLinkedTokenSource(cts.Token);
+                var watch = dingo.WatchPrefixAsync("/dingo/instances/", changes =>
+                {
+                    foreach (var change in changes) seen.TrySetResult(change.Key);
+                    return Task.CompletedTask;
+                }, stopWatch.Token);
+                // Written until seen: the watch may register after a first write.
+                for (var i = 0; !seen.Task.IsCompleted; i++)
+                {
+                    await dingo.PutStringAsync("/dingo/instances/watched", i.ToString(System.Globalization.CultureInfo.InvariantCulture), cts.Token);
+                    await Task.WhenAny(seen.Task, Task.Delay(200, cts.Token));
+                }
+                Assert.Equal("/dingo/instances/watched", await seen.Task);
+                await stopWatch.CancelAsync();
+                await watch;
+                Assert.True(await dingo.CreateIfAbsentAsync("/dingo/instances/a", "one", cts.Token));
+                var lease = await dingo.GrantLeaseAsync(TimeSpan.FromSeconds(5), cts.Token);
+                Assert.True(await dingo.CreateIfAbsentAsync("/dingo/cells/c", "x", cts.Token, lease));
+                Assert.Single(await dingo.ListAsync<string>("/dingo/cells/", cts.Token));
+                await dingo.RevokeLeaseAsync(lease, cts.Token);
+                // Outside its prefix (another platform's, or a look-alike prefix): denied, reading and writing.
+                var write = await Assert.ThrowsAsync<RpcException>(() => dingo.PutStringAsync("/other/x", "no", cts.Token));
+                Assert.Equal(StatusCode.PermissionDenied, write.StatusCode);
+                var lookAlike = await Assert.ThrowsAsync<RpcException>(() => dingo.PutStringAsync("/dingo-other/x", "no", cts.Token));
+                Assert.Equal(StatusCode.PermissionDenied, lookAlike.StatusCode);
+            }
+            // A valid certificate of etcd's CA whose name is no user gets nothing.
+            var (strangerCert, strangerKey) = server.Ca.IssueClient("stranger");
+            await using (var stranger = new EtcdStore([server.ClientUrl], "/dingo", tls: EtcdClientTls.Load(server.Client with { CertFile = strangerCert, KeyFile = strangerKey })))
+            {
+                var read = await Assert.ThrowsAsync<RpcException>(() => stranger.GetStringAsync("/dingo/instances/a", cts.Token));
+                Assert.Equal(StatusCode.PermissionDenied, read.StatusCode);
+            }
+            // root reads everything, and sees that nothing was written outside /dingo/.
+            await using var root = new EtcdStore([server.ClientUrl], "/", tls: EtcdClientTls.Load(server.Client with { CertFile = rootCert, KeyFile = rootKey }));
+            Assert.Equal("\"one\"", await root.GetStringAsync("/dingo/instances/a", cts.Token));
+            Assert.Null(await root.GetStringAsync("/other/x", cts.Token));
+            Assert.Null(await root.GetStringAsync("/dingo-other/x", cts.Token));
+        }
+        finally
+        {
+            process.Kill();
+            await process.WaitForExitAsync();
+        }
+    }
+
+    private static async Task<(int Code, string Text)> RunAsync(string file, params string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(timeout.Token);
+        return (process.ExitCode, (await stdout + await stderr).Trim());
+    }
+
     private async Task AssertRefusedByEtcdAsync(EtcdTlsSettings tls, string what, string reason)
     {
         var server = TestEtcdTls.Instance;

@@ -28,7 +28,15 @@ public static class TestEtcdTls
         return new EtcdStore([Instance.ClientUrl], prefix, tls: EtcdClientTls.Load(Instance.Client));
     }
 
-    private static Server Start()
+    /// <summary>
+    /// An etcd of the test's own, like <see cref="Instance"/> (same CAs' kind, new ones), for a test that changes the
+    /// server (turns users on). The caller kills the process.
+    /// </summary>
+    public static (Server Server, System.Diagnostics.Process Process) StartOwn() => Launch();
+
+    private static Server Start() => Launch().Server;
+
+    private static (Server Server, System.Diagnostics.Process Process) Launch()
     {
         var ca = TestCertificates.NewAuthority("etcd");
         var foreign = TestCertificates.NewAuthority("foreign");
@@ -52,7 +60,7 @@ public static class TestEtcdTls
         ]);
         AppDomain.CurrentDomain.ProcessExit += (_, _) => { ca.Dispose(); foreign.Dispose(); };
         var log = new ConcurrentQueue<string>();
-        RunProcesses.Start(file, args, dataDir, onOutput: log.Enqueue);
+        var process = RunProcesses.Start(file, args, dataDir, onOutput: log.Enqueue);
         var settings = new EtcdTlsSettings { CaFile = ca.CaFile, CertFile = clientCert, KeyFile = clientKey };
         var store = new EtcdStore([url], "/probe", tls: EtcdClientTls.Load(settings));
         var deadline = DateTime.UtcNow.AddSeconds(20);
@@ -68,7 +76,7 @@ public static class TestEtcdTls
                 Thread.Sleep(100);
             }
         }
-        return new Server(url, client, ca, foreign, settings,
-            new EtcdTlsSettings { CaFile = ca.CaFile, CertFile = foreignCert, KeyFile = foreignKey }, log);
+        return (new Server(url, client, ca, foreign, settings,
+            new EtcdTlsSettings { CaFile = ca.CaFile, CertFile = foreignCert, KeyFile = foreignKey }, log), process);
     }
 }
