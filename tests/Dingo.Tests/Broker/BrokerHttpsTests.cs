@@ -90,7 +90,8 @@ public sealed class BrokerHttpsTests(ITestOutputHelper output)
         Assert.Throws<ArgumentException>(() => BrokerApp.Build(unreadable, akkaPort: 0));
 
         // A certificate set for a plain http:// URL is a mistake, not a silent plain listener.
-        var plainUrl = Assert.Throws<ArgumentException>(() => TestPlatform.NewSettings(extra: "dingo.broker.tls { cert-file = \"/x.pem\", key-file = \"/y.pem\" }"));
+        var plainUrl = Assert.Throws<ArgumentException>(() => DingoSettings.Load([Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf")],
+            new Dictionary<string, string?>(), "dingo.broker.tls { cert-file = \"/x.pem\", key-file = \"/y.pem\" }"));
         Assert.Contains("must be https://", plainUrl.Message);
         foreach (var settings in new[] { noCertificate, unreadable }) Directory.Delete(settings.DataDir, recursive: true);
     }
