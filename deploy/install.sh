@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs Dingo's processes on this host from `dotnet publish` output (docs/deploy.md):
 #
-#   deploy/install.sh PUBLISH_DIR
+#   deploy/install.sh PUBLISH_DIR [CERTS_DIR]
 #
 # PUBLISH_DIR holds broker/, cell/ and cli/, published with
 #   dotnet publish src/Dingo.Broker -c Release -o PUBLISH_DIR/broker   (and src/Dingo.Cell, src/Dingo.Cli)
@@ -10,14 +10,22 @@
 #     running processes keep their files until restarted);
 #   - installs the units in /etc/systemd/system/ and a `dingo` console wrapper in /usr/local/bin/;
 #   - copies the example configuration to /etc/dingo/ only where a file is not there yet (never overwrites);
+#   - with CERTS_DIR (this host's folder from deploy/certs.sh, e.g. certs/host-1): installs its PEM files in
+#     /etc/dingo/tls (folder 0700, files 0600, owned by dingo: etcd and the broker run as dingo), never over a file
+#     that is there;
 #   - creates the `dingo` system user and reloads systemd.
 # It enables and starts nothing: docs/deploy.md says what to edit and in which order to start.
 # DESTDIR=/some/dir installs under that folder instead (no user created, no systemd reload).
 set -euo pipefail
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
-[ $# = 1 ] || { say "usage: deploy/install.sh PUBLISH_DIR"; exit 2; }
+[ $# = 1 ] || [ $# = 2 ] || { say "usage: deploy/install.sh PUBLISH_DIR [CERTS_DIR]"; exit 2; }
 SRC="$(cd "$1" && pwd)"
+CERTS="${2:-}"
+TLS_FILES=(etcd-ca.pem etcd-server.pem etcd-server-key.pem etcd-client.pem etcd-client-key.pem broker-ca.pem broker.pem broker-key.pem)
+if [ -n "$CERTS" ]; then
+  for f in "${TLS_FILES[@]}"; do [ -f "$CERTS/$f" ] || { say "$CERTS/$f is missing: make this host's folder with deploy/certs.sh (docs/deploy.md)"; exit 1; }; done
+fi
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT="${DESTDIR:-}"
 
@@ -73,6 +81,17 @@ for env in "$REPO"/deploy/systemd/env/*.env; do
   [ -e "$ROOT/etc/dingo/$(basename "$env")" ] || install -m 0600 "$env" "$ROOT/etc/dingo/"
 done
 
+# TLS material: etcd's member and client certificates, the brokers' certificate and both CAs (deploy/certs.sh).
+# Owned by dingo (etcd and the broker run as dingo; the cell and the console run as root), readable by no one else.
+if [ -n "$CERTS" ]; then
+  owner=(); [ -z "$ROOT" ] && owner=(-o dingo -g dingo)
+  install -d -m 0700 "${owner[@]}" "$ROOT/etc/dingo/tls"
+  for f in "${TLS_FILES[@]}"; do
+    [ -e "$ROOT/etc/dingo/tls/$f" ] || install -m 0600 "${owner[@]}" "$CERTS/$f" "$ROOT/etc/dingo/tls/$f"
+  done
+fi
+
+[ -e "$ROOT/etc/dingo/tls/etcd-ca.pem" ] || say "warning: /etc/dingo/tls has no certificates: etcd, brokers and cells speak TLS only; run deploy/install.sh again with this host's folder from deploy/certs.sh"
 [ -x /usr/bin/dotnet ] || say "warning: /usr/bin/dotnet is missing: the units need the ASP.NET Core 10 runtime there"
 [ -x /usr/bin/etcd ] || say "warning: /usr/bin/etcd is missing: apt-get install etcd-server, then systemctl disable --now etcd"
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

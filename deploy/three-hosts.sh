@@ -194,24 +194,39 @@ supervise() {
   SUPERVISORS+=("$!")
 }
 
-# ---- etcd: one member per host ----
-ENDPOINTS="http://$(addr 0):2379,http://$(addr 1):2379,http://$(addr 2):2379"
-INITIAL="host-1=http://$(addr 0):2380,host-2=http://$(addr 1):2380,host-3=http://$(addr 2):2380"
+# ---- TLS: etcd's CA, each member's certificate and the client certificate; the brokers' CA and certificates ----
+# deploy/certs.sh, as on real hosts (docs/deploy.md); files 0600, gone with the state folder at the end.
+TLS="$STATE/tls"
+"$ROOT/deploy/certs.sh" "$TLS" "host-1=$(addr 0)" "host-2=$(addr 1)" "host-3=$(addr 2)" 2>/dev/null \
+  || die "deploy/certs.sh could not make the certificates (needs openssl)"
+# Every process presents host-1's client certificate (CN=dingo): they are one platform; any host's would do.
+ETCD_CA="$TLS/etcd-ca.pem"; ETCD_CERT="$TLS/host-1/etcd-client.pem"; ETCD_KEY="$TLS/host-1/etcd-client-key.pem"
+BROKER_CA="$TLS/broker-ca.pem"
+etcdctl_tls() { ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" --cacert "$ETCD_CA" --cert "$ETCD_CERT" --key "$ETCD_KEY" --dial-timeout 1s "$@"; }
+
+# ---- etcd: one member per host, clients and peers over TLS with certificates of etcd's CA only ----
+ENDPOINTS="https://$(addr 0):2379,https://$(addr 1):2379,https://$(addr 2):2379"
+INITIAL="host-1=https://$(addr 0):2380,host-2=https://$(addr 1):2380,host-3=https://$(addr 2):2380"
 for i in 0 1 2; do
   h=${HOSTS[$i]}; a=$(addr $i)
-  mkdir -p "$STATE/$h/etcd"; chmod 700 "$STATE/$h/etcd"
+  (umask 077; mkdir -p "$STATE/$h/etcd")
   supervise "$h" etcd /usr/bin/etcd --name "$h" --data-dir "$STATE/$h/etcd" \
-    --listen-client-urls "http://$a:2379" --advertise-client-urls "http://$a:2379" \
-    --listen-peer-urls "http://$a:2380" --initial-advertise-peer-urls "http://$a:2380" \
+    --listen-client-urls "https://$a:2379" --advertise-client-urls "https://$a:2379" \
+    --listen-peer-urls "https://$a:2380" --initial-advertise-peer-urls "https://$a:2380" \
+    --cert-file "$TLS/$h/etcd-server.pem" --key-file "$TLS/$h/etcd-server-key.pem" --trusted-ca-file "$ETCD_CA" --client-cert-auth \
+    --peer-cert-file "$TLS/$h/etcd-server.pem" --peer-key-file "$TLS/$h/etcd-server-key.pem" --peer-trusted-ca-file "$ETCD_CA" --peer-client-cert-auth \
     --initial-cluster "$INITIAL" --initial-cluster-state new --initial-cluster-token "$PLATFORM" \
     --heartbeat-interval 100 --election-timeout 1000 --pre-vote --log-level warn
 done
 say "waiting for the etcd cluster ($ENDPOINTS)"
 for _ in $(seq 1 60); do
-  ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" --dial-timeout 1s put /dingo-three-hosts/probe ok >/dev/null 2>&1 && break
+  etcdctl_tls put /dingo-three-hosts/probe ok >/dev/null 2>&1 && break
   sleep 0.5
 done
-ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" --dial-timeout 1s del /dingo-three-hosts/probe >/dev/null 2>&1 || die "the etcd cluster did not form (logs: $STATE/host-*/etcd.log)"
+etcdctl_tls del /dingo-three-hosts/probe >/dev/null 2>&1 || die "the etcd cluster did not form (logs: $STATE/host-*/etcd.log)"
+# etcd's users on: the processes' certificate (CN=dingo) reads and writes under /dingo/ only; root is the operator's.
+"$ROOT/deploy/etcd-auth.sh" "$ENDPOINTS" "$ETCD_CA" "$TLS/etcd-root.pem" "$TLS/etcd-root-key.pem" /dingo \
+  || die "could not turn on etcd's users (deploy/etcd-auth.sh)"
 
 # ---- settings shared by every process (the environment wins over these) ----
 PASSWORD="${DINGO_BROKER_PASSWORD:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=' )}"
@@ -243,11 +258,13 @@ if [ ! -f "$SEAL_KEY_FILE" ]; then
   (umask 077; mkdir -p "$(dirname "$SEAL_KEY_FILE")"; head -c 32 /dev/urandom | base64 >"$SEAL_KEY_FILE")
 fi
 # Akka remoting over mutual TLS: a CA of this run and a certificate per host, and one for the console on this
-# machine's side of the bridge (files 0600 from creation; removed with the state folder on exit).
-TLS="$STATE/tls"
-"$ROOT/deploy/akka-certs.sh" "$TLS" host-1="$(addr 0)" host-2="$(addr 1)" host-3="$(addr 2)" console="$NET.1" \
+# machine's side of the bridge (files 0600 from creation; removed with the state folder on exit). A folder of its own:
+# deploy/certs.sh owns $TLS.
+AKKA_TLS="$STATE/akka-tls"
+"$ROOT/deploy/akka-certs.sh" "$AKKA_TLS" host-1="$(addr 0)" host-2="$(addr 1)" host-3="$(addr 2)" console="$NET.1" \
   || die "could not make the Akka TLS certificates (deploy/akka-certs.sh, openssl)"
-COMMON=(DINGO_AKKA_TLS_CA="$TLS/ca.crt" DINGO_ETCD_ENDPOINTS="$ENDPOINTS" DINGO_AKKA_SEEDS="$SEEDS" DINGO_BROKER_USERNAME="$USERNAME"
+COMMON=(DINGO_AKKA_TLS_CA="$AKKA_TLS/ca.crt" DINGO_ETCD_ENDPOINTS="$ENDPOINTS" DINGO_ETCD_CA_FILE="$ETCD_CA" DINGO_ETCD_CERT_FILE="$ETCD_CERT" DINGO_ETCD_KEY_FILE="$ETCD_KEY"
+        DINGO_AKKA_SEEDS="$SEEDS" DINGO_BROKER_USERNAME="$USERNAME"
         DINGO_BROKER_PASSWORD="$PASSWORD" DINGO_BROKER_ADMIN_USERNAME="$ADMIN_USERNAME" DINGO_BROKER_ADMIN_PASSWORD="$ADMIN_PASSWORD" DINGO_BINDING_HOST="$(addr 0)" DINGO_SEAL_KEY_FILE="$SEAL_KEY_FILE" DOTNET_CLI_TELEMETRY_OPTOUT=1)
 
 # ---- --docker: a podman service per host (shared image store; each cell sees only its own containers) ----
@@ -269,28 +286,29 @@ if [ "$DOCKER" = 1 ]; then
   done
 fi
 
-# ---- brokers on host-1 and host-2 (the first broker up founds the Akka cluster, chosen in etcd) ----
+# ---- brokers on host-1 and host-2 over HTTPS (the first broker up founds the Akka cluster, chosen in etcd) ----
 for i in 0 1; do
   h=${HOSTS[$i]}; a=$(addr $i)
   mkdir -p "$STATE/$h/broker"
-  supervise "$h" broker "${COMMON[@]}" DINGO_AKKA_TLS_CERTIFICATE="$TLS/$h/akka.crt" DINGO_AKKA_TLS_KEY="$TLS/$h/akka.key" DINGO_AKKA_HOSTNAME="$a" DINGO_AKKA_PORT=4053 DINGO_BROKER_URL="http://$a:8080" \
+  supervise "$h" broker "${COMMON[@]}" DINGO_AKKA_TLS_CERTIFICATE="$AKKA_TLS/$h/akka.crt" DINGO_AKKA_TLS_KEY="$AKKA_TLS/$h/akka.key" DINGO_AKKA_HOSTNAME="$a" DINGO_AKKA_PORT=4053 DINGO_BROKER_URL="https://$a:8080" \
+    DINGO_BROKER_CERT_FILE="$TLS/$h/broker.pem" DINGO_BROKER_KEY_FILE="$TLS/$h/broker-key.pem" \
     DINGO_DATA_DIR="$STATE/$h/broker" "$DOTNET" "$BROKER_DLL" --config "$ROOT/hocon/dingo.conf" --config "$CONF" --config "$STATE/$h/host.conf"
-  say "waiting for the broker on $h (http://$a:8080)"
-  for _ in $(seq 1 120); do curl -sf --max-time 1 "http://$a:8080/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
-  curl -sf --max-time 1 "http://$a:8080/healthz" >/dev/null 2>&1 || die "the broker on $h did not answer (log: $STATE/$h/broker.log)"
+  say "waiting for the broker on $h (https://$a:8080)"
+  for _ in $(seq 1 120); do curl -sf --cacert "$BROKER_CA" --max-time 1 "https://$a:8080/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
+  curl -sf --cacert "$BROKER_CA" --max-time 1 "https://$a:8080/healthz" >/dev/null 2>&1 || die "the broker on $h did not answer (log: $STATE/$h/broker.log)"
 done
 
 # ---- a cell (with its router) on every host ----
 for i in 0 1 2; do
   h=${HOSTS[$i]}; a=$(addr $i)
   mkdir -p "$STATE/$h/cell"
-  supervise "$h" cell "${COMMON[@]}" DINGO_AKKA_TLS_CERTIFICATE="$TLS/$h/akka.crt" DINGO_AKKA_TLS_KEY="$TLS/$h/akka.key" DINGO_AKKA_HOSTNAME="$a" DINGO_AKKA_PORT=4054 DINGO_CELL_ID="cell-$((i + 1))" \
+  supervise "$h" cell "${COMMON[@]}" DINGO_AKKA_TLS_CERTIFICATE="$AKKA_TLS/$h/akka.crt" DINGO_AKKA_TLS_KEY="$AKKA_TLS/$h/akka.key" DINGO_AKKA_HOSTNAME="$a" DINGO_AKKA_PORT=4054 DINGO_CELL_ID="cell-$((i + 1))" \
     DINGO_CELL_ZONE="${ZONES[$i]}" DINGO_CELL_ADDRESS="$a" DINGO_DATA_DIR="$STATE/$h/cell" \
     "$DOTNET" "$CELL_DLL" --config "$ROOT/hocon/dingo.conf" --config "$CONF" --config "$STATE/$h/host.conf"
 done
 say "waiting for the three cells to register"
 for _ in $(seq 1 120); do
-  n="$(ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" get --prefix --keys-only /dingo/cells/ 2>/dev/null | grep -c . || true)"
+  n="$(etcdctl_tls get --prefix --keys-only /dingo/cells/ 2>/dev/null | grep -c . || true)"
   [ "${n:-0}" -ge 3 ] && break
   sleep 0.5
 done
@@ -301,17 +319,19 @@ Dingo PostgreSQL is up on three hosts ($([ "$DOCKER" = 1 ] && echo "Docker cells
   host-1 $(addr 0): etcd, broker, cell-1 (z1)
   host-2 $(addr 1): etcd, broker, cell-2 (z2)
   host-3 $(addr 2): etcd, cell-3 (z3)
-  broker URLs:     http://$(addr 0):8080  http://$(addr 1):8080
+  broker URLs:     https://$(addr 0):8080  https://$(addr 1):8080 (certificates of $BROKER_CA)
   broker username: $USERNAME
   broker password: $PASSWORD
   admin API:       $ADMIN_USERNAME / $ADMIN_PASSWORD (/admin and the ./dingo admin commands: DINGO_BROKER_ADMIN_USERNAME/PASSWORD)
   instances:       any host's address at the instance's port (bindings name $(addr 0))
 
-  DINGO_ETCD_ENDPOINTS=$ENDPOINTS ./dingo status
+  etcd:            $ENDPOINTS over TLS: CA $ETCD_CA, client certificate $ETCD_CERT
+
+  DINGO_ETCD_ENDPOINTS=$ENDPOINTS DINGO_ETCD_CA_FILE=$ETCD_CA DINGO_ETCD_CERT_FILE=$ETCD_CERT DINGO_ETCD_KEY_FILE=$ETCD_KEY ./dingo status
   (its AKKA MEMBERS section asks a broker over TLS, as the operator: add
-   DINGO_AKKA_HOSTNAME=$NET.1 DINGO_AKKA_SEEDS=$SEEDS DINGO_AKKA_TLS_CA=$TLS/ca.crt
-   DINGO_AKKA_TLS_CERTIFICATE=$TLS/console/akka.crt DINGO_AKKA_TLS_KEY=$TLS/console/akka.key DINGO_BROKER_ADMIN_PASSWORD=\$ADMIN_PASSWORD)
-  curl -s -u $USERNAME:\$PASSWORD -H 'X-Broker-API-Version: 2.17' http://$(addr 1):8080/v2/catalog
+   DINGO_AKKA_HOSTNAME=$NET.1 DINGO_AKKA_SEEDS=$SEEDS DINGO_AKKA_TLS_CA=$AKKA_TLS/ca.crt
+   DINGO_AKKA_TLS_CERTIFICATE=$AKKA_TLS/console/akka.crt DINGO_AKKA_TLS_KEY=$AKKA_TLS/console/akka.key DINGO_BROKER_ADMIN_PASSWORD=\$ADMIN_PASSWORD)
+  curl -s --cacert $BROKER_CA -u $USERNAME:\$PASSWORD -H 'X-Broker-API-Version: 2.17' https://$(addr 1):8080/v2/catalog
   ip netns pids host-2        # what runs on a host; cut it off: ip link set dgh-v2 down (up to heal)
   logs: $STATE/<host>/{etcd,broker,cell}.log
 

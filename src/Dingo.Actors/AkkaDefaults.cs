@@ -49,11 +49,18 @@ public static class AkkaDefaults
     /// <summary>The shared settings plus where the split-brain lease lives (this platform's etcd and prefix).</summary>
     public static string For(Config.DingoSettings settings)
     {
-        var endpoints = string.Join(", ", settings.EtcdEndpoints.Select(e => "\"" + e + "\""));
+        var endpoints = string.Join(", ", settings.EtcdEndpoints.Select(Quoted));
+        var tls = settings.EtcdTls;
         return Hocon + $$"""
 
             dingo.akka-lease.endpoints = [{{endpoints}}]
-            dingo.akka-lease.prefix = "{{settings.EtcdPrefix}}"
+            dingo.akka-lease.prefix = {{Quoted(settings.EtcdPrefix)}}
+            dingo.akka-lease.tls.ca-file = {{Quoted(tls.CaFile)}}
+            dingo.akka-lease.tls.cert-file = {{Quoted(tls.CertFile)}}
+            dingo.akka-lease.tls.key-file = {{Quoted(tls.KeyFile)}}
             """;
     }
+
+    /// <summary>A HOCON quoted string (JSON's escapes), so a path with a quote or backslash stays one value.</summary>
+    private static string Quoted(string value) => System.Text.Json.JsonSerializer.Serialize(value);
 }

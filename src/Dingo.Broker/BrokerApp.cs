@@ -18,9 +18,25 @@ public static class BrokerApp
         // The keys every password in etcd and the object store is sealed with (a no-op when the settings name none).
         Dingo.Security.Sealing.Configure(settings.Seal);
         var builder = WebApplication.CreateSlimBuilder();
+        // One listener, the URL's: https:// with the configured certificate (no plain listener beside it), or http://.
         builder.WebHost.UseUrls(settings.Broker.Url);
-        // An OSB request is a few hundred bytes: Kestrel refuses to read more than this (413) on any route.
-        builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = RequestLimits.MaxBodyBytes);
+        var certificate = ServerCertificate(settings.Broker, out var chain);
+        // The slim builder leaves Kestrel's HTTPS out until asked for.
+        if (certificate is not null) builder.WebHost.UseKestrelHttpsConfiguration();
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            // An OSB request is a few hundred bytes: Kestrel refuses to read more than this (413) on any route.
+            k.Limits.MaxRequestBodySize = RequestLimits.MaxBodyBytes;
+            if (certificate is not null)
+            {
+                k.ConfigureHttpsDefaults(https =>
+                {
+                    https.ServerCertificate = certificate;
+                    https.ServerCertificateChain = chain;
+                    https.SslProtocols = Dingo.Security.PemTls.Protocols;
+                });
+            }
+        });
         builder.Logging.ClearProviders();
         if (logging is not null) logging(builder.Logging);
         else builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
@@ -29,7 +45,7 @@ public static class BrokerApp
 
         builder.Services.AddSingleton(settings);
         builder.Services.AddSingleton(settings.Broker);
-        builder.Services.AddSingleton(sp => new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix, sp.GetRequiredService<ILogger<EtcdStore>>()));
+        builder.Services.AddSingleton(sp => EtcdStore.Connect(settings, sp.GetRequiredService<ILogger<EtcdStore>>()));
         builder.Services.AddSingleton<InstanceService>();
         builder.Services.AddSingleton<BindingService>();
         builder.Services.AddHostedService<OperationSweeper>();
@@ -86,6 +102,7 @@ public static class BrokerApp
         });
 
         var app = builder.Build();
+        if (certificate is not null) app.Lifetime.ApplicationStopped.Register(certificate.Dispose);
         // An unexpected failure still answers in OSB's error shape, with what went wrong (never a secret).
         app.Use(async (context, next) =>
         {
@@ -112,5 +129,21 @@ public static class BrokerApp
         OsbEndpoints.Map(app);
         AdminEndpoints.Map(app);
         return app;
+    }
+
+    /// <summary>
+    /// The certificate of dingo.broker.tls for an https:// URL (null for http://). Throws naming the setting when it is
+    /// missing or its files cannot be used: an https:// broker never falls back to a development certificate.
+    /// </summary>
+    private static System.Security.Cryptography.X509Certificates.X509Certificate2? ServerCertificate(BrokerSettings broker,
+        out System.Security.Cryptography.X509Certificates.X509Certificate2Collection? chain)
+    {
+        chain = null;
+        if (!new Uri(broker.Url).Scheme.Equals(Uri.UriSchemeHttps, StringComparison.Ordinal)) return null;
+        if (broker.TlsCertFile.Length == 0)
+            throw new ArgumentException($"dingo.broker.url is https:// ({broker.Url}) but dingo.broker.tls.cert-file and key-file (DINGO_BROKER_CERT_FILE, DINGO_BROKER_KEY_FILE) are not set");
+        var certificate = broker.LoadServerCertificate(out var intermediates);
+        chain = intermediates;
+        return certificate;
     }
 }

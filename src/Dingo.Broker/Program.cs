@@ -18,7 +18,11 @@ public static class Program
             }
         }
         DingoSettings settings;
-        try { settings = DingoSettings.Load(files); }
+        try
+        {
+            settings = DingoSettings.Load(files);
+            settings.CheckTlsFiles(broker: true);
+        }
         catch (Exception ex) when (ex is ArgumentException or FileNotFoundException or Akka.Configuration.ConfigurationException)
         {
             Console.Error.WriteLine($"dingo-broker: configuration error: {ex.Message}");
@@ -42,9 +46,9 @@ public static class Program
             return 2;
         }
         WebApplication app;
-        // Akka TLS files (dingo.akka.tls) are read here: a missing or wrong one stops the start, naming the setting.
+        // TLS files (dingo.akka.tls, dingo.broker.tls) are read here: a missing or wrong one stops the start, naming the setting.
         try { app = BrokerApp.Build(settings); }
-        catch (ArgumentException ex) when (ex.Message.StartsWith("dingo.akka.tls", StringComparison.Ordinal))
+        catch (ArgumentException ex)
         {
             Console.Error.WriteLine($"dingo-broker: configuration error: {ex.Message}");
             return 2;

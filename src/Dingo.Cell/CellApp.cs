@@ -33,7 +33,7 @@ public static class CellApp
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
 
         builder.Services.AddSingleton(settings);
-        builder.Services.AddSingleton(sp => new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix, sp.GetRequiredService<ILogger<EtcdStore>>()));
+        builder.Services.AddSingleton(sp => EtcdStore.Connect(settings, sp.GetRequiredService<ILogger<EtcdStore>>()));
         builder.Services.AddSingleton<IContainerRuntime>(sp => settings.Cell.Runtime switch
         {
             "process" => new LocalProcessRuntime(

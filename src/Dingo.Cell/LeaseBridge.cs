@@ -25,7 +25,7 @@ public static class LeaseBridge
             .Where(a => a.Arm is { Lease: not 0, InstanceId: not null } && a.Arm.Postmaster.Alive && Monotonic.NowNs() < a.Arm.DeadlineNs)
             .ToDictionary(a => a.NodeId, a => a.Arm);
         if (armed.Count == 0) return Task.CompletedTask;
-        var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        var store = EtcdStore.Connect(settings);
         var until = Monotonic.Add(Monotonic.NowNs(), Limit(settings.Ha));
         using (var first = CancellationTokenSource.CreateLinkedTokenSource(ct))
         {

@@ -23,7 +23,11 @@ public static class Program
             }
         }
         DingoSettings settings;
-        try { settings = DingoSettings.Load(files); }
+        try
+        {
+            settings = DingoSettings.Load(files);
+            settings.CheckTlsFiles(broker: false);
+        }
         catch (Exception ex) when (ex is ArgumentException or FileNotFoundException or Akka.Configuration.ConfigurationException)
         {
             Console.Error.WriteLine($"dingo-cell: configuration error: {ex.Message}");

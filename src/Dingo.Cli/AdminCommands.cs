@@ -75,7 +75,7 @@ public static class AdminCommands
     private static HttpClient Client(DingoSettings settings)
     {
         var (username, password) = Dingo.Membership.OperatorCredentials.Presented(settings);
-        var http = new HttpClient { BaseAddress = new Uri(settings.Broker.Url), Timeout = TimeSpan.FromSeconds(30) };
+        var http = BrokerHttp.Create(settings, TimeSpan.FromSeconds(30));
         http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{username}:{password}")));
         return http;
     }

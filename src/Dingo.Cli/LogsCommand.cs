@@ -27,7 +27,7 @@ public static class LogsCommand
             return 2;
         }
         var instanceId = positional[0];
-        await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        await using var store = EtcdStore.Connect(settings);
         List<NodeSpec> nodes;
         Dictionary<string, CellInfo> cells;
         try

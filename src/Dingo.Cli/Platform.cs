@@ -18,6 +18,11 @@ public static class Platform
 
     public static async Task<int> UpAsync(string home, IReadOnlyList<string> configFiles, DingoSettings settings)
     {
+        if (LoopbackProblem(settings) is { } problem)
+        {
+            Console.Error.WriteLine($"dingo: {problem}");
+            return 2;
+        }
         var data = settings.DataDir;
         Directory.CreateDirectory(Path.Combine(data, "logs"));
         Directory.CreateDirectory(Path.Combine(data, "run"));
@@ -80,7 +85,7 @@ public static class Platform
                 var cellEnv = new Dictionary<string, string>(env) { ["DINGO_CELL_ID"] = id, ["DINGO_CELL_ZONE"] = zone };
                 children.Add(Child.Start(id, "dotnet", [Dll(home, "Dingo.Cell"), .. configArgs, "--seed", settings.Akka.MemberAddress("127.0.0.1", settings.Broker.AkkaPort)], cellEnv, data, echo: true));
             }
-            await WaitForBrokerAsync(settings.Broker.Url, stop.Token);
+            await WaitForBrokerAsync(settings, stop.Token);
 
             Console.WriteLine();
             Console.WriteLine("Dingo PostgreSQL is up.");
@@ -219,9 +224,21 @@ public static class Platform
         }
     }
 
+    /// <summary>
+    /// Why `dingo up` cannot run with these settings, before it changes anything: its etcd is one member on loopback over
+    /// plain HTTP, started by itself; TLS with client certificates is for etcd on several hosts (`--hosts 3`, deploy/).
+    /// </summary>
+    internal static string? LoopbackProblem(DingoSettings settings)
+    {
+        var endpoint = settings.EtcdEndpoints[0];
+        if (!endpoint.StartsWith("http://", StringComparison.OrdinalIgnoreCase) && endpoint.Contains("://", StringComparison.Ordinal))
+            return $"`dingo up` runs its own etcd on loopback over plain http://, not {endpoint}: leave dingo.etcd.endpoints (DINGO_ETCD_ENDPOINTS) at http://127.0.0.1:2379, or use `./dingo up --hosts 3` for etcd over TLS";
+        return null;
+    }
+
     private static async Task WaitForEtcdAsync(DingoSettings settings, CancellationToken ct)
     {
-        await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        await using var store = EtcdStore.Connect(settings);
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (true)
         {
@@ -241,9 +258,10 @@ public static class Platform
         }
     }
 
-    private static async Task WaitForBrokerAsync(string url, CancellationToken ct)
+    private static async Task WaitForBrokerAsync(DingoSettings settings, CancellationToken ct)
     {
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+        var url = settings.Broker.Url;
+        using var http = BrokerHttp.Create(settings, TimeSpan.FromSeconds(2));
         var deadline = DateTime.UtcNow.AddSeconds(60);
         while (DateTime.UtcNow < deadline)
         {

@@ -48,6 +48,7 @@ public static class Program
         try
         {
             settings = DingoSettings.Load(files);
+            settings.CheckTlsFiles();
             if (!Path.IsPathRooted(settings.DataDir)) settings = settings with { DataDir = Path.Combine(home, settings.DataDir) };
         }
         catch (Exception ex) when (ex is ArgumentException or FileNotFoundException or Akka.Configuration.ConfigurationException)

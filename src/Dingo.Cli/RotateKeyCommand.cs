@@ -41,7 +41,7 @@ public static class RotateKeyCommand
             await Task.Delay(Sealing.ReloadInterval + TimeSpan.FromSeconds(1), ct);
         }
         var ring = Sealing.Ring;
-        await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        await using var store = EtcdStore.Connect(settings);
         var objects = settings.Backups is { Enabled: true } backups ? backups.Store.CreateStore() : null;
         RotationReport report;
         try

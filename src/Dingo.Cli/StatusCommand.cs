@@ -9,7 +9,7 @@ public static class StatusCommand
 {
     public static async Task<int> RunAsync(DingoSettings settings, TextWriter output, CancellationToken ct)
     {
-        await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        await using var store = EtcdStore.Connect(settings);
         try
         {
             await WriteAsync(store, output, ct);

@@ -8,6 +8,8 @@ public sealed record DingoSettings
     public required string DataDir { get; init; }
     public required IReadOnlyList<string> EtcdEndpoints { get; init; }
     public required string EtcdPrefix { get; init; }
+    /// <summary>PEM files for etcd over TLS with a client certificate (`dingo.etcd.tls`); empty for plain HTTP.</summary>
+    public EtcdTlsSettings EtcdTls { get; init; } = new();
     public required BrokerSettings Broker { get; init; }
     public required RouterSettings Router { get; init; }
     public required CellSettings Cell { get; init; }
@@ -51,6 +53,12 @@ public sealed record DingoSettings
             DataDir = dataDir,
             EtcdEndpoints = endpoints,
             EtcdPrefix = d.GetString("etcd.prefix", "/dingo"),
+            EtcdTls = new EtcdTlsSettings
+            {
+                CaFile = Env("DINGO_ETCD_CA_FILE") ?? d.GetString("etcd.tls.ca-file", ""),
+                CertFile = Env("DINGO_ETCD_CERT_FILE") ?? d.GetString("etcd.tls.cert-file", ""),
+                KeyFile = Env("DINGO_ETCD_KEY_FILE") ?? d.GetString("etcd.tls.key-file", ""),
+            },
             Broker = new BrokerSettings
             {
                 Url = Env("DINGO_BROKER_URL") ?? d.GetString("broker.url", "http://127.0.0.1:8080"),
@@ -65,6 +73,9 @@ public sealed record DingoSettings
                 TombstoneRetention = d.GetTimeSpan("broker.tombstone-retention", TimeSpan.FromDays(7)),
                 ProvisionTimeout = d.GetTimeSpan("broker.provision-timeout", TimeSpan.FromMinutes(5)),
                 AkkaPort = int.TryParse(Env("DINGO_AKKA_PORT"), out var brokerAkka) ? brokerAkka : d.GetInt("broker.akka-port", 4053),
+                TlsCertFile = Env("DINGO_BROKER_CERT_FILE") ?? d.GetString("broker.tls.cert-file", ""),
+                TlsKeyFile = Env("DINGO_BROKER_KEY_FILE") ?? d.GetString("broker.tls.key-file", ""),
+                TlsCaFile = Env("DINGO_BROKER_CA_FILE") ?? d.GetString("broker.tls.ca-file", ""),
             },
             Router = new RouterSettings
             {
@@ -126,10 +137,23 @@ public sealed record DingoSettings
         return settings;
     }
 
+    /// <summary>
+    /// Reads every PEM file these settings name for this process (etcd's CA and client certificate, the broker's CA; the
+    /// broker's certificate when <paramref name="broker"/>), so a file that cannot be used stops a process at start, the setting
+    /// named, rather than at its first etcd call or connection.
+    /// </summary>
+    public void CheckTlsFiles(bool broker = false)
+    {
+        Dingo.Store.EtcdClientTls.Load(EtcdTls);
+        if (broker && Broker.TlsCertFile.Length > 0) Broker.LoadServerCertificate(out _).Dispose();
+        if (Broker.TlsCaFile.Length > 0) Dingo.Security.PemTls.LoadCertificates(Broker.TlsCaFile, "dingo.broker.tls.ca-file");
+    }
+
     private void Validate()
     {
         if (EtcdEndpoints.Count == 0) throw new ArgumentException("dingo.etcd.endpoints: at least one etcd endpoint is required");
         if (!EtcdPrefix.StartsWith('/')) throw new ArgumentException($"dingo.etcd.prefix must start with '/': got '{EtcdPrefix}'");
+        EtcdTls.Validate(EtcdEndpoints);
         if (Router.PortFirst < 1024 || Router.PortLast > 65535 || Router.PortFirst > Router.PortLast)
             throw new ArgumentException($"dingo.router.port-range: {Router.PortFirst}-{Router.PortLast} is not a valid range within 1024-65535");
         if (NodePortFirst < 1024 || NodePortLast > 65535 || NodePortFirst > NodePortLast)
@@ -150,7 +174,8 @@ public sealed record DingoSettings
             if (!seed.StartsWith(Akka.Protocol + "://dingo@", StringComparison.Ordinal))
                 throw new ArgumentException($"dingo.akka.seed-nodes: '{seed}' is not an address of this cluster ({Akka.Protocol}://dingo@HOST:PORT" +
                     (Akka.Tls.Enabled ? ": with dingo.akka.tls on, members are akka.ssl.tcp://)" : ": akka.ssl.tcp:// needs dingo.akka.tls.certificate)"));
-        if (!Uri.TryCreate(Broker.Url, UriKind.Absolute, out _)) throw new ArgumentException($"dingo.broker.url '{Broker.Url}' is not an absolute URL");
+        if (!Uri.TryCreate(Broker.Url, UriKind.Absolute, out var brokerUrl)) throw new ArgumentException($"dingo.broker.url '{Broker.Url}' is not an absolute URL");
+        Broker.ValidateTls(brokerUrl);
         if (Cell.Runtime is not ("process" or "docker")) throw new ArgumentException($"dingo.cell.runtime must be \"process\" or \"docker\": got \"{Cell.Runtime}\"");
         if (Cell.OrphanGrace < TimeSpan.Zero) throw new ArgumentException("dingo.cell.orphan-grace must not be negative");
         if (Cell.MinFreeDisk < 0) throw new ArgumentException("dingo.cell.min-free-disk must not be negative");
@@ -182,6 +207,26 @@ public sealed record BrokerSettings
     public TimeSpan TombstoneRetention { get; init; } = TimeSpan.FromDays(7);
     public required TimeSpan ProvisionTimeout { get; init; }
     public required int AkkaPort { get; init; }
+    /// <summary>PEM certificate (leaf first, then intermediates) and key the broker serves HTTPS with; empty: plain HTTP.</summary>
+    public string TlsCertFile { get; init; } = "";
+    public string TlsKeyFile { get; init; } = "";
+    /// <summary>For clients of the broker (the console): the CA its certificate must chain to; empty: the system's store.</summary>
+    public string TlsCaFile { get; init; } = "";
+
+    /// <summary>The broker's HTTPS certificate with its key, and its intermediates in <paramref name="chain"/>.</summary>
+    public System.Security.Cryptography.X509Certificates.X509Certificate2 LoadServerCertificate(
+        out System.Security.Cryptography.X509Certificates.X509Certificate2Collection chain) =>
+        Dingo.Security.PemTls.LoadCertificateWithKey(TlsCertFile, TlsKeyFile, "dingo.broker.tls.cert-file", "dingo.broker.tls.key-file", out chain);
+
+    internal void ValidateTls(Uri url)
+    {
+        if ((TlsCertFile.Length > 0) != (TlsKeyFile.Length > 0))
+            throw new ArgumentException("dingo.broker.tls.cert-file and dingo.broker.tls.key-file (DINGO_BROKER_CERT_FILE, DINGO_BROKER_KEY_FILE) go together");
+        if (TlsCertFile.Length > 0 && url.Scheme != Uri.UriSchemeHttps)
+            throw new ArgumentException($"dingo.broker.url must be https:// when dingo.broker.tls.cert-file is set (the broker serves HTTPS only): got '{Url}'");
+        if (url.Scheme is not ("http" or "https"))
+            throw new ArgumentException($"dingo.broker.url must be http:// or https://: got '{Url}'");
+    }
 
     public override string ToString() => $"BrokerSettings {{ Url = {Url}, Username = {Username}, Password = ***, AdminUsername = {AdminUsername}, AdminPassword = *** }}";
 }
@@ -292,6 +337,33 @@ public sealed record DockerSettings
     {
         var ids = User.Split(':');
         return (int.Parse(ids[0], System.Globalization.CultureInfo.InvariantCulture), int.Parse(ids[1], System.Globalization.CultureInfo.InvariantCulture));
+    }
+}
+
+/// <summary>
+/// `dingo.etcd.tls`: PEM files of the CA that signed etcd's server certificates (trusted alone, not the system's store)
+/// and of this process's client certificate and key (etcd's --client-cert-auth).
+/// </summary>
+public sealed record EtcdTlsSettings
+{
+    public string CaFile { get; init; } = "";
+    public string CertFile { get; init; } = "";
+    public string KeyFile { get; init; } = "";
+
+    public bool Configured => CaFile.Length > 0 || CertFile.Length > 0 || KeyFile.Length > 0;
+
+    /// <summary>Plain http:// (or no scheme) for every endpoint, or https:// for every one with a CA; never a mix.</summary>
+    internal void Validate(IReadOnlyList<string> endpoints)
+    {
+        var https = endpoints.Count(e => e.StartsWith("https://", StringComparison.OrdinalIgnoreCase));
+        if (https > 0 && https < endpoints.Count)
+            throw new ArgumentException($"dingo.etcd.endpoints mixes https:// and plain endpoints ({string.Join(",", endpoints)}): every member is reached the same way");
+        if ((CertFile.Length > 0) != (KeyFile.Length > 0))
+            throw new ArgumentException("dingo.etcd.tls.cert-file and dingo.etcd.tls.key-file (DINGO_ETCD_CERT_FILE, DINGO_ETCD_KEY_FILE) go together");
+        if (https > 0 && CaFile.Length == 0)
+            throw new ArgumentException("dingo.etcd.tls.ca-file (DINGO_ETCD_CA_FILE) is required for https:// etcd endpoints: the CA that signed etcd's server certificates, trusted instead of the system's store");
+        if (https == 0 && Configured)
+            throw new ArgumentException($"dingo.etcd.tls is set but dingo.etcd.endpoints are not https:// ({string.Join(",", endpoints)}): the certificates would not be used");
     }
 }
 

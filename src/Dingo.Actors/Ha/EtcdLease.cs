@@ -26,7 +26,14 @@ public sealed class EtcdLease : Lease
         var config = settings.LeaseConfig;
         var endpoints = config.GetStringList("endpoints");
         var prefix = config.GetString("prefix", "/dingo");
-        _store = new EtcdStore(endpoints.Count > 0 ? endpoints.ToList() : ["http://127.0.0.1:2379"], prefix);
+        // The process's own etcd TLS files (AkkaDefaults.For copies dingo.etcd.tls here).
+        var tls = Store.EtcdClientTls.Load(new Config.EtcdTlsSettings
+        {
+            CaFile = config.GetString("tls.ca-file", ""),
+            CertFile = config.GetString("tls.cert-file", ""),
+            KeyFile = config.GetString("tls.key-file", ""),
+        });
+        _store = new EtcdStore(endpoints.Count > 0 ? endpoints.ToList() : ["http://127.0.0.1:2379"], prefix, tls: tls);
         _key = $"{_store.Keys.Root}/akka-lease/{settings.LeaseName}";
         _ttl = settings.TimeoutSettings.HeartbeatTimeout;
         _interval = settings.TimeoutSettings.HeartbeatInterval;

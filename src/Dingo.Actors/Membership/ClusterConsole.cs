@@ -46,7 +46,7 @@ public static class ClusterConsole
         else addresses.Add(settings.Akka.MemberAddress(settings.Akka.Hostname, settings.Broker.AkkaPort));
 
         var own = store is null;
-        store ??= new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        store ??= EtcdStore.Connect(settings);
         try
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);

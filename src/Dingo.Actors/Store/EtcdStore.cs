@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Dingo.Config;
 using Dingo.Model;
 using dotnet_etcd;
 using Etcdserverpb;
@@ -28,23 +29,39 @@ public sealed class EtcdStore : IAsyncDisposable
     private int _current;
     private readonly ILogger _logger;
 
-    public EtcdStore(IReadOnlyList<string> endpoints, string root, ILogger? logger = null)
+    /// <param name="tls">the CA and client certificate for https:// endpoints (required for them); null for plain http://</param>
+    public EtcdStore(IReadOnlyList<string> endpoints, string root, ILogger? logger = null, EtcdClientTls? tls = null)
     {
         if (endpoints.Count == 0) throw new ArgumentException("at least one etcd endpoint is required", nameof(endpoints));
-        _channels = endpoints.Select(e => GrpcChannel.ForAddress(NormaliseEndpoint(e), new GrpcChannelOptions
-        {
-            HttpHandler = new SocketsHttpHandler
-            {
-                EnableMultipleHttp2Connections = true,
-                KeepAlivePingDelay = TimeSpan.FromSeconds(5),
-                KeepAlivePingTimeout = TimeSpan.FromSeconds(5),
-                ConnectTimeout = TimeSpan.FromSeconds(1),
-            },
-        })).ToArray();
+        _channels = endpoints.Select(e => Channel(NormaliseEndpoint(e), tls)).ToArray();
         Endpoints = endpoints;
         _callTimeout = endpoints.Count > 1 ? TimeSpan.FromSeconds(2) : TimeSpan.FromSeconds(5);
         Keys = new Keys(root);
         _logger = logger ?? NullLogger.Instance;
+    }
+
+    /// <summary>
+    /// The one way processes reach etcd: the configured endpoints and prefix, over TLS with the client certificate of
+    /// `dingo.etcd.tls` when the endpoints are https://. Throws naming the setting of a file it cannot use.
+    /// </summary>
+    public static EtcdStore Connect(DingoSettings settings, ILogger? logger = null) =>
+        new(settings.EtcdEndpoints, settings.EtcdPrefix, logger, EtcdClientTls.Load(settings.EtcdTls));
+
+    private static GrpcChannel Channel(string endpoint, EtcdClientTls? tls)
+    {
+        var https = endpoint.StartsWith("https://", StringComparison.OrdinalIgnoreCase);
+        if (https && tls is null)
+            throw new ArgumentException($"etcd endpoint {endpoint} is https:// but no CA is configured: set dingo.etcd.tls.ca-file (DINGO_ETCD_CA_FILE)");
+        var handler = new SocketsHttpHandler
+        {
+            EnableMultipleHttp2Connections = true,
+            KeepAlivePingDelay = TimeSpan.FromSeconds(5),
+            KeepAlivePingTimeout = TimeSpan.FromSeconds(5),
+            ConnectTimeout = TimeSpan.FromSeconds(1),
+        };
+        // Only etcd's own CA is trusted, and the server's certificate must name the host of the endpoint.
+        if (https) handler.SslOptions = tls!.ClientOptions();
+        return GrpcChannel.ForAddress(endpoint, new GrpcChannelOptions { HttpHandler = handler });
     }
 
     public IReadOnlyList<string> Endpoints { get; }

@@ -47,10 +47,50 @@ public sealed class SettingsTests
     [InlineData("dingo.backups.keep = 0", "dingo.backups.keep")]
     [InlineData("dingo.backups.flush-delay = 10s", "dingo.backups.flush-delay")]
     [InlineData("dingo.backups.base-backup-interval = 5s", "dingo.backups.base-backup-interval")]
+    [InlineData("dingo.etcd.endpoints = [\"https://10.0.0.1:2379\"]", "dingo.etcd.tls.ca-file")]
+    [InlineData("dingo.etcd.endpoints = [\"https://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\ndingo.etcd.tls.ca-file = \"/ca.pem\"", "mixes https:// and plain")]
+    [InlineData("dingo.etcd.tls.ca-file = \"/ca.pem\"", "dingo.etcd.tls is set but dingo.etcd.endpoints are not https://")]
+    [InlineData("dingo.etcd.endpoints = [\"https://10.0.0.1:2379\"]\ndingo.etcd.tls { ca-file = \"/ca.pem\", cert-file = \"/c.pem\" }", "go together")]
+    [InlineData("dingo.broker.tls { cert-file = \"/b.pem\", key-file = \"/k.pem\" }", "dingo.broker.url must be https://")]
+    [InlineData("dingo.broker.tls.cert-file = \"/b.pem\"", "go together")]
+    [InlineData("dingo.broker.url = \"ftp://127.0.0.1:8080\"", "http:// or https://")]
     public void Bad_settings_are_refused_with_the_key_named(string hocon, string expected)
     {
         var ex = Assert.Throws<ArgumentException>(() => DingoSettings.Load([DefaultFile], new Dictionary<string, string?>(), hocon));
         Assert.Contains(expected, ex.Message);
+    }
+
+    [Fact]
+    public void Https_etcd_with_tls_files_loads_and_the_split_brain_lease_gets_the_same_files_whatever_their_names()
+    {
+        var env = new Dictionary<string, string?>
+        {
+            ["DINGO_ETCD_ENDPOINTS"] = "https://10.0.0.1:2379,https://10.0.0.2:2379",
+            // Characters a HOCON string must escape: the lease reads exactly these paths back.
+            ["DINGO_ETCD_CA_FILE"] = "/etc/dingo/tls/ca \"quoted\" \\ é+.pem",
+            ["DINGO_ETCD_CERT_FILE"] = "/etc/dingo/tls/client.pem",
+            ["DINGO_ETCD_KEY_FILE"] = "/etc/dingo/tls/client-key.pem",
+        };
+        var s = DingoSettings.Load([DefaultFile], env);
+        Assert.Equal(("/etc/dingo/tls/ca \"quoted\" \\ é+.pem", "/etc/dingo/tls/client.pem", "/etc/dingo/tls/client-key.pem"),
+            (s.EtcdTls.CaFile, s.EtcdTls.CertFile, s.EtcdTls.KeyFile));
+        var lease = Akka.Configuration.ConfigurationFactory.ParseString(Dingo.AkkaDefaults.For(s)).GetConfig("dingo.akka-lease");
+        Assert.Equal(s.EtcdTls.CaFile, lease.GetString("tls.ca-file"));
+        Assert.Equal(s.EtcdTls.CertFile, lease.GetString("tls.cert-file"));
+        Assert.Equal(s.EtcdTls.KeyFile, lease.GetString("tls.key-file"));
+        Assert.Equal(s.EtcdEndpoints, lease.GetStringList("endpoints"));
+    }
+
+    [Fact]
+    public async Task Dingo_up_refuses_https_etcd_endpoints_before_changing_anything()
+    {
+        var env = new Dictionary<string, string?> { ["DINGO_ETCD_ENDPOINTS"] = "https://127.0.0.1:2379", ["DINGO_ETCD_CA_FILE"] = "/nonexistent/ca.pem" };
+        var data = Path.Combine(Path.GetTempPath(), "dingo-up-https-" + Guid.NewGuid().ToString("N")[..8]);
+        var settings = DingoSettings.Load([DefaultFile], env) with { DataDir = data };
+        Assert.Equal(2, await Dingo.Cli.Platform.UpAsync(TestPlatform.RepoRoot(), [DefaultFile], settings));
+        Assert.False(Directory.Exists(data), "dingo up made its data folder before refusing");
+        // The loopback default passes the same check.
+        Assert.Null(Dingo.Cli.Platform.LoopbackProblem(DingoSettings.Load([DefaultFile], new Dictionary<string, string?>())));
     }
 
     [Fact]

@@ -149,6 +149,12 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
         Assert.True(settings.Akka.Tls.Enabled, "the deployed configuration leaves Akka remoting plain");
         Assert.Equal(("/etc/dingo/tls/akka.crt", "/etc/dingo/tls/akka.key", "/etc/dingo/tls/ca.crt"), (settings.Akka.Tls.Certificate, settings.Akka.Tls.Key, settings.Akka.Tls.Ca));
         Assert.All(settings.Akka.SeedNodes, seed => Assert.StartsWith("akka.ssl.tcp://dingo@", seed));
+        // etcd over TLS with the client certificate deploy/certs.sh makes and install.sh puts in /etc/dingo/tls.
+        Assert.All(settings.EtcdEndpoints, e => Assert.StartsWith("https://", e));
+        Assert.Equal("/etc/dingo/tls/etcd-ca.pem", settings.EtcdTls.CaFile);
+        Assert.Equal("/etc/dingo/tls/etcd-client.pem", settings.EtcdTls.CertFile);
+        Assert.Equal("/etc/dingo/tls/etcd-client-key.pem", settings.EtcdTls.KeyFile);
+        Assert.Equal("/etc/dingo/tls/broker-ca.pem", settings.Broker.TlsCaFile);
         if (unitName == "dingo-cell.service")
         {
             Assert.Equal(host1["cell_id"], settings.Cell.Id);
@@ -160,7 +166,9 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
         }
         else
         {
-            Assert.Equal($"http://{host1["address"]}:{inventory.Shared["broker_port"]}", settings.Broker.Url);
+            Assert.Equal($"https://{host1["address"]}:{inventory.Shared["broker_port"]}", settings.Broker.Url);
+            Assert.Equal("/etc/dingo/tls/broker.pem", settings.Broker.TlsCertFile);
+            Assert.Equal("/etc/dingo/tls/broker-key.pem", settings.Broker.TlsKeyFile);
             Assert.NotEqual("", settings.Broker.Password);
             Assert.Equal("/var/lib/dingo/broker", settings.DataDir);
         }
@@ -183,9 +191,9 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
         Assert.Equal(["10.0.0.11", "10.0.0.12", "10.0.0.13"], hosts.Select(h => h["address"]));
         Assert.Equal(["z1", "z2", "z3"], hosts.Select(h => h["zone"]));
 
-        var initialCluster = string.Join(',', hosts.Select(h => $"{h["etcd_name"]}=http://{h["address"]}:2380"));
+        var initialCluster = string.Join(',', hosts.Select(h => $"{h["etcd_name"]}=https://{h["address"]}:2380"));
         Assert.Equal(initialCluster, inventory.Shared["etcd_initial_cluster"]);
-        Assert.Equal(string.Join(',', hosts.Select(h => $"http://{h["address"]}:2379")), inventory.Shared["etcd_endpoints"]);
+        Assert.Equal(string.Join(',', hosts.Select(h => $"https://{h["address"]}:2379")), inventory.Shared["etcd_endpoints"]);
         var seeds = brokers.Select(b => $"akka.ssl.tcp://dingo@{inventory.Host(b)["address"]}:{inventory.Shared["broker_akka_port"]}")
             .Concat(hosts.Select(h => $"akka.ssl.tcp://dingo@{h["address"]}:{inventory.Shared["cell_akka_port"]}"));
         Assert.Equal(string.Join(',', seeds), inventory.Shared["akka_seeds"]);
@@ -204,7 +212,7 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
         Assert.Equal(host1["address"], cellEnv["DINGO_AKKA_HOSTNAME"]);
         var brokerEnv = EnvFile(DeployPath("systemd", "env", "dingo-broker.env"));
         Assert.Equal(host1["address"], brokerEnv["DINGO_AKKA_HOSTNAME"]);
-        Assert.Equal($"http://{host1["address"]}:{inventory.Shared["broker_port"]}", brokerEnv["DINGO_BROKER_URL"]);
+        Assert.Equal($"https://{host1["address"]}:{inventory.Shared["broker_port"]}", brokerEnv["DINGO_BROKER_URL"]);
         Assert.Equal(inventory.Shared["akka_seeds"], EnvFile(DeployPath("systemd", "env", "dingo.env"))["DINGO_AKKA_SEEDS"]);
 
         var conf = Akka.Configuration.ConfigurationFactory.ParseString(File.ReadAllText(DeployPath("dingo.conf.example")));
@@ -228,8 +236,13 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
             await File.WriteAllTextAsync(Path.Combine(published, "cli", "dingo.dll"), "stand-in for src/Dingo.Cli's output (AssemblyName dingo)");
             Assert.Contains("<AssemblyName>dingo</AssemblyName>", await File.ReadAllTextAsync(Path.Combine(Repo, "src", "Dingo.Cli", "Dingo.Cli.csproj")));
 
+            // This host's TLS folder, as deploy/certs.sh makes it.
+            var certs = Path.Combine(work.FullName, "certs");
+            var (certsCode, certsText) = await RunAsync("/bin/bash", [DeployPath("certs.sh"), certs, "host-1=10.0.0.11"]);
+            Assert.True(certsCode == 0, $"certs.sh failed (exit {certsCode}): {certsText}");
+
             var root = Path.Combine(work.FullName, "root");
-            var (code, text) = await RunAsync("/bin/bash", [DeployPath("install.sh"), published], new Dictionary<string, string> { ["DESTDIR"] = root });
+            var (code, text) = await RunAsync("/bin/bash", [DeployPath("install.sh"), published, Path.Combine(certs, "host-1")], new Dictionary<string, string> { ["DESTDIR"] = root });
             output.WriteLine(text);
             Assert.True(code == 0, $"install.sh failed (exit {code}): {text}");
 
@@ -246,8 +259,24 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
                 }
             }
             Assert.True(File.GetUnixFileMode(Path.Combine(root, "usr", "local", "bin", "dingo")).HasFlag(UnixFileMode.UserExecute));
-            // The folder the Akka TLS files go in (dingo.conf.example): its owner's alone.
+            // Every TLS file a unit, an env file or the example configuration names is installed, readable by its owner only.
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(Path.Combine(root, "etc", "dingo", "tls")));
+            var named = TlsFilesNamed();
+            Assert.Contains("/etc/dingo/tls/etcd-client-key.pem", named);
+            foreach (var path in named)
+            {
+                Assert.True(File.Exists(root + path), $"{path} is named by deploy/ but install.sh did not install it");
+                Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(root + path));
+            }
+            // They are the certificates they say: the member's names the host's address, the client's chains to etcd's CA.
+            using (var member = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(File.ReadAllText(root + "/etc/dingo/tls/etcd-server.pem")))
+                Assert.True(member.MatchesHostname("10.0.0.11"), "etcd-server.pem does not name host-1's address");
+            using (var broker = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(File.ReadAllText(root + "/etc/dingo/tls/broker.pem")))
+                Assert.True(broker.MatchesHostname("10.0.0.11"), "broker.pem does not name host-1's address");
+            // Certificates and keys are read at start, as a process reads them (the key must be the certificate's).
+            var client = new EtcdTlsSettings { CaFile = root + "/etc/dingo/tls/etcd-ca.pem", CertFile = root + "/etc/dingo/tls/etcd-client.pem", KeyFile = root + "/etc/dingo/tls/etcd-client-key.pem" };
+            Assert.NotNull(EtcdClientTls.Load(client)!.Certificate);
+            Assert.Throws<ArgumentException>(() => EtcdClientTls.Load(client with { KeyFile = root + "/etc/dingo/tls/broker-key.pem" }));
 
             // A second run (an upgrade) replaces the programs and leaves the host's configuration alone.
             var cellEnv = Path.Combine(root, "etc", "dingo", "dingo-cell.env");
@@ -277,6 +306,10 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
         try
         {
             hosts = await NetnsHosts.CreateAsync(members.Count);
+            // Each host's /etc/dingo/tls, made by deploy/certs.sh for the simulated addresses.
+            var certs = Path.Combine(data.FullName, "certs");
+            var (certsCode, certsText) = await RunAsync("/bin/bash", [DeployPath("certs.sh"), certs, .. members.Select((m, i) => $"{m["etcd_name"]}={hosts.HostAddress(i)}")]);
+            Assert.True(certsCode == 0, $"certs.sh failed (exit {certsCode}): {certsText}");
             // Each simulated host stands for one inventory host: its address replaces the inventory's everywhere.
             string OnBridge(string value)
             {
@@ -294,12 +327,19 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
                 var dataDir = words.IndexOf("--data-dir") + 1;
                 Assert.Equal("/var/lib/dingo/etcd", words[dataDir]);
                 words[dataDir] = Path.Combine(data.FullName, members[i]["etcd_name"]);
+                // The other: /etc/dingo/tls of that host.
+                words = words.Select(w => w.Replace("/etc/dingo/tls/", Path.Combine(certs, members[i]["etcd_name"]) + "/", StringComparison.Ordinal)).ToList();
                 output.WriteLine($"host {i}: {string.Join(' ', words)}");
                 hosts.Start(i, words[0], words.Skip(1));
             }
 
-            var endpoints = members.Select((_, i) => $"http://{hosts.HostAddress(i)}:2379").ToList();
-            await using (var store = new EtcdStore(endpoints, "/deploy-test"))
+            var endpoints = members.Select((_, i) => $"https://{hosts.HostAddress(i)}:2379").ToList();
+            var hostTls = Path.Combine(certs, members[0]["etcd_name"]);
+            var tls = EtcdClientTls.Load(new EtcdTlsSettings
+            {
+                CaFile = Path.Combine(hostTls, "etcd-ca.pem"), CertFile = Path.Combine(hostTls, "etcd-client.pem"), KeyFile = Path.Combine(hostTls, "etcd-client-key.pem"),
+            });
+            await using (var store = new EtcdStore(endpoints, "/deploy-test", tls: tls))
             {
                 await Eventually.UntilAsync(async () =>
                 {
@@ -307,14 +347,19 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
                     catch (Grpc.Core.RpcException) { return false; }
                 }, TimeSpan.FromSeconds(60), "the three members elect a leader and accept a write");
             }
-            var (code, list) = await RunAsync("/usr/bin/etcdctl", ["--endpoints", string.Join(',', endpoints), "member", "list"]);
+            var (code, list) = await RunAsync("/usr/bin/etcdctl", ["--endpoints", string.Join(',', endpoints), .. EtcdctlTls(hostTls), "member", "list"]);
             output.WriteLine(list);
             Assert.Equal(0, code);
-            foreach (var member in members) Assert.Contains($", started, {member["etcd_name"]}, ", list);
+            foreach (var member in members) Assert.Contains($", started, {member["etcd_name"]}, https://", list);
+            // A client without a certificate gets nothing from any member.
+            var (plainCode, plainText) = await RunAsync("/usr/bin/etcdctl", ["--endpoints", endpoints[1], "--cacert", Path.Combine(hostTls, "etcd-ca.pem"), "--dial-timeout", "2s", "--command-timeout", "3s", "get", "/deploy-test/up"]);
+            output.WriteLine($"without a client certificate: exit {plainCode}: {plainText}");
+            Assert.NotEqual(0, plainCode);
+            Assert.DoesNotContain("yes", plainText);
 
             // host-1 goes away: a process that lists it first still reads and writes through the other two.
             await hosts.KillHostAsync(0);
-            await using (var store = new EtcdStore(endpoints, "/deploy-test"))
+            await using (var store = new EtcdStore(endpoints, "/deploy-test", tls: tls))
             {
                 // A write may wait for the two members to elect a new leader when host-1 held the lead.
                 var watch = Stopwatch.StartNew();
@@ -334,6 +379,85 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
             data.Delete(recursive: true);
         }
     }
+
+    [Fact]
+    [Trait(Tier.Name, Tier.Fast)]
+    public void The_etcd_unit_serves_clients_and_peers_over_tls_only_and_requires_certificates_of_its_ca_from_both()
+    {
+        var words = ExecStart(Unit(UnitPath("dingo-etcd.service")));
+        string Flag(string name)
+        {
+            var at = words.IndexOf(name);
+            Assert.True(at > 0 && at + 1 < words.Count, $"dingo-etcd.service has no {name}");
+            return words[at + 1];
+        }
+        Assert.Contains("--client-cert-auth", words);
+        Assert.Contains("--peer-client-cert-auth", words);
+        Assert.Equal(Flag("--trusted-ca-file"), Flag("--peer-trusted-ca-file"));
+        Assert.Equal("/etc/dingo/tls/etcd-ca.pem", Flag("--trusted-ca-file"));
+        foreach (var name in new[] { "--cert-file", "--key-file", "--peer-cert-file", "--peer-key-file" })
+            Assert.StartsWith("/etc/dingo/tls/etcd-server", Flag(name));
+        foreach (var name in new[] { "--listen-peer-urls", "--initial-advertise-peer-urls", "--listen-client-urls", "--advertise-client-urls" })
+            Assert.All(Flag(name).Split(','), url => Assert.StartsWith("https://", url));
+        Assert.DoesNotContain(words, w => w.Contains("http://", StringComparison.Ordinal));
+        Assert.All(EnvFile(DeployPath("systemd", "env", "dingo-etcd.env"))["INITIAL_CLUSTER"].Split(','), m => Assert.Contains("=https://", m));
+        // Every TLS file deploy/ names is one deploy/certs.sh makes and install.sh installs.
+        var certsScript = File.ReadAllText(DeployPath("certs.sh"));
+        var installed = InstallScriptTlsFiles();
+        foreach (var path in TlsFilesNamed())
+        {
+            Assert.Contains(Path.GetFileName(path), installed);
+            // certs.sh writes NAME.pem and NAME-key.pem for each NAME it issues (or makes a CA of).
+            var issued = Path.GetFileName(path).Replace("-key.pem", "", StringComparison.Ordinal).Replace(".pem", "", StringComparison.Ordinal);
+            Assert.Matches($@"(issue [a-z-]+ ""\$dir\.new"" {issued} |ca {issued} )", certsScript);
+        }
+    }
+
+    [Fact]
+    [Trait(Tier.Name, Tier.Fast)]
+    public void Three_hosts_runs_etcd_over_tls_with_client_certificates_and_brokers_on_https()
+    {
+        var script = File.ReadAllText(DeployPath("three-hosts.sh"));
+        // The etcd command line, continuation lines joined.
+        var etcd = Regex.Match(script.Replace("\\\n", " ", StringComparison.Ordinal), @"supervise ""\$h"" etcd /usr/bin/etcd [^\n]*").Value;
+        Assert.NotEqual("", etcd);
+        foreach (var flag in new[] { "--client-cert-auth", "--peer-client-cert-auth", "--trusted-ca-file", "--peer-trusted-ca-file", "--cert-file", "--key-file", "--peer-cert-file", "--peer-key-file" })
+            Assert.Contains(flag + " ", etcd + " ");
+        Assert.DoesNotContain("http://", etcd);
+        Assert.Matches(@"ENDPOINTS=""https://[^""]*,https://[^""]*,https://[^""]*""", script);
+        Assert.Matches(@"INITIAL=""host-1=https://[^""]*,host-2=https://[^""]*,host-3=https://[^""]*""", script);
+        // Brokers and cells get the endpoints with the CA and client certificate; brokers serve HTTPS with theirs.
+        foreach (var variable in new[] { "DINGO_ETCD_CA_FILE", "DINGO_ETCD_CERT_FILE", "DINGO_ETCD_KEY_FILE" })
+            Assert.Matches($@"COMMON=\([^)]*{variable}=", script);
+        Assert.Contains("DINGO_BROKER_URL=\"https://", script);
+        Assert.Contains("DINGO_BROKER_CERT_FILE=", script);
+        Assert.Contains("DINGO_BROKER_KEY_FILE=", script);
+        Assert.Contains("deploy/certs.sh", script);
+        // etcd's users on: the processes' certificate limited to the platform's prefix (deploy/etcd-auth.sh).
+        Assert.Contains("deploy/etcd-auth.sh", script);
+        Assert.DoesNotContain("http://", script);
+    }
+
+    /// <summary>Every /etc/dingo/tls/… path the units, env files and example configuration name.</summary>
+    private static SortedSet<string> TlsFilesNamed()
+    {
+        var files = Directory.EnumerateFiles(DeployPath("systemd"), "*", SearchOption.AllDirectories).Append(DeployPath("dingo.conf.example"));
+        var named = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var file in files)
+            foreach (Match m in TlsPath().Matches(File.ReadAllText(file))) named.Add(m.Value);
+        return named;
+    }
+
+    /// <summary>The TLS_FILES install.sh copies from a host's certificate folder.</summary>
+    private static string[] InstallScriptTlsFiles()
+    {
+        var line = Regex.Match(File.ReadAllText(DeployPath("install.sh")), @"TLS_FILES=\(([^)]*)\)");
+        Assert.True(line.Success, "install.sh has no TLS_FILES=(…)");
+        return line.Groups[1].Value.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+    }
+
+    private static string[] EtcdctlTls(string folder) =>
+        ["--cacert", Path.Combine(folder, "etcd-ca.pem"), "--cert", Path.Combine(folder, "etcd-client.pem"), "--key", Path.Combine(folder, "etcd-client-key.pem")];
 
     // ---- reading the files ----
 
@@ -539,18 +663,18 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
     public void Three_hosts_script_runs_akka_remoting_over_tls_with_a_certificate_per_host()
     {
         var script = File.ReadAllText(DeployPath("three-hosts.sh"));
-        Assert.Contains("\"$ROOT/deploy/akka-certs.sh\" \"$TLS\" host-1=", script);
+        Assert.Contains("\"$ROOT/deploy/akka-certs.sh\" \"$AKKA_TLS\" host-1=", script);
         var seeds = Regex.Match(script, "^SEEDS=\"([^\"]+)\"", RegexOptions.Multiline).Groups[1].Value.Split(',');
         Assert.Equal(5, seeds.Length);
         Assert.All(seeds, seed => Assert.StartsWith("akka.ssl.tcp://dingo@", seed));
-        Assert.Contains("COMMON=(DINGO_AKKA_TLS_CA=\"$TLS/ca.crt\"", script);
+        Assert.Contains("COMMON=(DINGO_AKKA_TLS_CA=\"$AKKA_TLS/ca.crt\"", script);
         // Every broker and cell is started with its own host's certificate and key.
         var starts = Regex.Matches(script, "^\\s*supervise \"\\$h\" (broker|cell) .*$", RegexOptions.Multiline);
         Assert.Equal(2, starts.Count);
         foreach (Match start in starts)
-            Assert.Contains("DINGO_AKKA_TLS_CERTIFICATE=\"$TLS/$h/akka.crt\" DINGO_AKKA_TLS_KEY=\"$TLS/$h/akka.key\"", start.Value);
-        // The certificates live in the state folder the script removes on exit.
-        Assert.Contains("TLS=\"$STATE/tls\"", script);
+            Assert.Contains("DINGO_AKKA_TLS_CERTIFICATE=\"$AKKA_TLS/$h/akka.crt\" DINGO_AKKA_TLS_KEY=\"$AKKA_TLS/$h/akka.key\"", start.Value);
+        // The certificates live in the state folder the script removes on exit (a folder apart from etcd's and the brokers').
+        Assert.Contains("AKKA_TLS=\"$STATE/akka-tls\"", script);
     }
 
     private static string? FindExecutable(string name) =>
@@ -581,6 +705,9 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
 
     [GeneratedRegex(@"\$\{(DINGO_[A-Z0-9_]+):-")]
     private static partial Regex ScriptRead();
+
+    [GeneratedRegex(@"/etc/dingo/tls/[A-Za-z0-9._-]+\.pem")]
+    private static partial Regex TlsPath();
 
     [GeneratedRegex(@"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")]
     private static partial Regex Reference();
