@@ -258,6 +258,9 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     private async Task<string> StoppedDetailAsync(ContainerListResponse c, CancellationToken ct)
     {
         var code = ExitCode(c.Status);
+        // podman's "stopped" (and "stopping"): the process is gone but its monitor has not recorded the exit yet. Not a
+        // clean stop, and not known yet: asked again on the next listing.
+        if (c.State is "stopped" or "stopping") return "exiting (its exit code is not recorded yet)";
         var key = $"{c.ID}/{c.State}/{code}";
         if (_stoppedDetails.TryGetValue(key, out var known)) return known;
         string detail;

@@ -165,7 +165,7 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
         }
         Assert.Null(node.Pid);
         Assert.True(node.Initialised);
-        AssertKilledDetail(node);
+        await AssertKilledDetailAsync(node);
 
         var restart = Stopwatch.StartNew();
         await Runtime.StartAsync(spec, null, Ct());
@@ -177,9 +177,7 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
     }
 
     /// <summary>What the runtime says about a node whose postmaster was killed.</summary>
-    protected virtual void AssertKilledDetail(RuntimeNode node)
-    {
-    }
+    protected virtual Task AssertKilledDetailAsync(RuntimeNode node) => Task.CompletedTask;
 
     [Fact]
     public async Task Remove_deletes_the_data_and_closes_the_port()

@@ -34,7 +34,20 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
 
     protected override Task KillAsync(RuntimeNode node) => TestPodman.KillMainProcessAsync(node.ContainerId!);
 
-    protected override void AssertKilledDetail(RuntimeNode node) => Assert.StartsWith("exited (137)", node.Detail);
+    /// <remarks>
+    /// podman reports a container whose process is gone as "stopped" until its monitor has recorded the exit: the
+    /// runtime says "exiting" then, never a plain "stopped" (which reads as a clean stop), and the exit code once known.
+    /// </remarks>
+    protected override async Task AssertKilledDetailAsync(RuntimeNode node)
+    {
+        var settling = System.Diagnostics.Stopwatch.StartNew();
+        while (node.Detail.StartsWith("exiting", StringComparison.Ordinal) && settling.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            await Task.Delay(100);
+            node = Assert.Single(await Runtime.ListAsync(Ct()));
+        }
+        Assert.StartsWith("exited (137)", node.Detail);
+    }
 
     protected override async Task<bool> DataExistsAsync(string nodeId)
     {
