@@ -27,7 +27,13 @@ public sealed class LocalFolderObjectStore : IObjectStore
         foreach (var segment in relative.Split(Path.DirectorySeparatorChar))
         {
             current = Path.Combine(current, segment);
-            if (!Directory.Exists(current)) Directory.CreateDirectory(current, Dingo.Security.SecretFile.FolderMode);
+            // Another put may make it in between (mkdir then says it exists), and a delete may remove it again: either
+            // way, make it until it is there.
+            for (var attempt = 1; !Directory.Exists(current); attempt++)
+            {
+                try { Directory.CreateDirectory(current, Dingo.Security.SecretFile.FolderMode); }
+                catch (IOException) when (attempt < 100) { }
+            }
         }
     }
 
@@ -65,8 +71,18 @@ public sealed class LocalFolderObjectStore : IObjectStore
                 await file.FlushAsync(cancellationToken).ConfigureAwait(false);
                 file.Flush(flushToDisk: true);
             }
-            CreateFolder(Path.GetDirectoryName(path)!);
-            File.Move(temp, path, overwrite: true);
+            // A delete of the folder's last object removes the emptied folder (RemoveEmptyParents): it may do so between
+            // making the folder and moving into it. Then the folder is made again; each round needs that race lost again.
+            for (var attempt = 1; ; attempt++)
+            {
+                try
+                {
+                    CreateFolder(Path.GetDirectoryName(path)!);
+                    File.Move(temp, path, overwrite: true);
+                    break;
+                }
+                catch (Exception e) when (e is DirectoryNotFoundException or FileNotFoundException && attempt < 100 && File.Exists(temp)) { }
+            }
         }
         catch
         {

@@ -18,6 +18,36 @@ public abstract class ObjectStoreContract : IDisposable
     private IObjectStore? _store;
     protected IObjectStore Store => _store ??= NewStore();
 
+    /// <summary>How many put/delete/check rounds the concurrency test runs (the local folder's race needs many).</summary>
+    protected virtual int ConcurrentRounds => 200;
+
+    [Fact]
+    public async Task Concurrent_puts_deletes_and_checks_in_one_folder_never_fail_each_other()
+    {
+        // What the broker's store check and the archiver's puts and retention's deletes do at once: a delete that empties
+        // a folder must never break a put, or a check, that is about to write into it.
+        var store = Store;
+        var failures = new System.Collections.Concurrent.ConcurrentBag<string>();
+        await Parallel.ForEachAsync(Enumerable.Range(0, ConcurrentRounds), new ParallelOptions { MaxDegreeOfParallelism = 8 }, async (i, ct) =>
+        {
+            try
+            {
+                if (i % 4 == 3)
+                {
+                    var check = await store.CheckAsync(ct);
+                    if (!check.Ok) failures.Add($"check {i}: {check.Detail}");
+                    return;
+                }
+                var key = $"{Prefix}race/{i % 8}/{i}";
+                await store.PutAsync(key, new MemoryStream([1, 2, 3]), ct);
+                await store.DeleteAsync(key, ct);
+            }
+            catch (Exception e) { failures.Add($"round {i}: {e.GetType().Name}: {e.Message}"); }
+        });
+        Assert.True(failures.IsEmpty, $"{failures.Count} of {ConcurrentRounds} rounds failed, e.g. {string.Join("; ", failures.Take(3))}");
+        Assert.Empty(await store.ListAsync($"{Prefix}race/"));
+    }
+
     private static byte[] RandomBytes(int n)
     {
         var b = new byte[n];
@@ -234,6 +264,7 @@ public sealed class LocalFolderObjectStoreTests : ObjectStoreContract
     protected override IObjectStore StoreWithMissingBucket() => new LocalFolderObjectStore(Path.Combine(_folder, "does-not-exist"));
     protected override IObjectStore? StoreWithWrongCredentials() => null;
     protected override IObjectStore? UnreachableStore() => null;
+    protected override int ConcurrentRounds => 4000;
 
     [Theory]
     [InlineData("../escape")]
