@@ -63,7 +63,9 @@ public sealed class FailoverTests(ITestOutputHelper output)
         var newPrimaryCell = await PrimaryCellAsync(platform, id);
         Assert.NotEqual(victim, newPrimaryCell);
         output.WriteLine($"{planName}: writes resumed through the router {(resumed - killedAt).TotalSeconds:0.00}s after the kill, new primary on {newPrimaryCell}");
+        var afterFailover = System.Diagnostics.Stopwatch.StartNew();
         await psql.AssertVerifiedTlsAsync("after the failover, to the new primary");
+        output.WriteLine($"after the failover: psql verify-full to the new primary ssl=t ({afterFailover.Elapsed.TotalSeconds:0.0}s)");
         Console.WriteLine($"[measure] {planName}: kill -9 of the primary's cell → first acknowledged write after {(resumed - killedAt).TotalSeconds:0.00}s");
 
         // The cell comes back: its old primary returns as a replica (never writable), the cluster is whole again.
@@ -90,6 +92,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
     /// </summary>
     private async Task PostgresTlsAsync(TestPlatform platform, string id, System.Text.Json.Nodes.JsonObject creds, Dingo.Tests.Security.PsqlTls psql, int nodes, string when)
     {
+        var took = System.Diagnostics.Stopwatch.StartNew();
         Assert.Equal("verify-full", (string)creds["sslmode"]!);
         Assert.EndsWith("?sslmode=verify-full", (string)creds["uri"]!, StringComparison.Ordinal);
         await psql.AssertVerifiedTlsAsync(when);
@@ -148,7 +151,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
                 output.WriteLine($"{log}: {string.Join(" | ", File.ReadLines(log).TakeLast(6))}");
             throw;
         }
-        output.WriteLine($"{when}: psql verify-full through the router ssl=t, sslmode=disable refused, another CA refused, {overTls} replica(s) streaming over TLS");
+        output.WriteLine($"{when}: psql verify-full through the router ssl=t, sslmode=disable refused, another CA refused, {overTls} replica(s) streaming over TLS ({took.Elapsed.TotalSeconds:0.0}s)");
     }
 
     [Fact]
