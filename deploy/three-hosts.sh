@@ -241,6 +241,8 @@ CONF="$STATE/three-hosts.conf"
   echo "dingo.backups.store { kind = local, folder = \"$STATE/backups\" }"
   # The kernel path would need forwarding inside the namespaces; user space keeps them a plain /24.
   echo 'dingo.router.mode = userspace'
+  # Beyond one host every PostgreSQL login goes over TLS (docs/security.md, "PostgreSQL TLS").
+  echo 'dingo.postgres.require-tls = on'
   echo "dingo.cell.docker.platform = \"$PLATFORM\""
   if [ "$DOCKER" = 1 ]; then
     echo 'dingo.cell.runtime = docker'

@@ -1,3 +1,4 @@
+using Dingo.Security;
 using System.Text.Json.Nodes;
 using Dingo.Broker.Osb;
 using Dingo.Config;
@@ -46,7 +47,7 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
             var b = existing.Value;
             var same = b.ServiceId == serviceId && b.PlanId == planId && b.AppGuid == appGuid && b.BindResourceJson == bindResource && b.ParametersJson == parameters;
             if (!same) return OsbResult.Conflict($"binding {bindingId} already exists with other attributes");
-            if (b.State == "ready") return OsbResult.Ok(CredentialsJson(instance.Value, b));
+            if (b.State == "ready") return OsbResult.Ok(await CredentialsJsonAsync(instance.Value, b, ct));
             binding = b; // a previous attempt stopped half-way: finish it
         }
         else
@@ -97,7 +98,7 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
         var ready = binding with { State = "ready" };
         await store.PutAsync(Keys.Binding(instanceId, bindingId), ready, ct);
         logger.LogInformation("binding {Binding} on {Instance}: role {Role} created", bindingId, instanceId, binding.Role.Username);
-        return OsbResult.Created(CredentialsJson(instance.Value, ready));
+        return OsbResult.Created(await CredentialsJsonAsync(instance.Value, ready, ct));
     }
 
     public async Task<OsbResult> UnbindAsync(string instanceId, string bindingId, string? serviceId, string? planId, CancellationToken ct)
@@ -127,34 +128,21 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
         var instance = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
         var binding = await store.GetAsync<BindingRecord>(Keys.Binding(instanceId, bindingId), ct);
         if (instance is null || binding is null || binding.Value.State != "ready") return OsbResult.NotFound($"binding {bindingId} does not exist");
-        var body = CredentialsJson(instance.Value, binding.Value);
+        var body = await CredentialsJsonAsync(instance.Value, binding.Value, ct);
         body["parameters"] = CanonicalJson.ParseOrEmpty(binding.Value.ParametersJson);
         return OsbResult.Ok(body);
     }
 
-    private JsonObject CredentialsJson(InstanceRecord instance, BindingRecord binding)
+    /// <summary>
+    /// A binding's credentials: the router's host and port, the role, and what a client needs to verify the node it
+    /// reaches (`sslmode=verify-full` in the URIs, the platform CA as `ca_certificate`; libpq reads it from the file
+    /// named by `sslrootcert`, JDBC from `sslrootcert` too). The CA is made here if no cell has made it yet.
+    /// </summary>
+    private async Task<JsonObject> CredentialsJsonAsync(InstanceRecord instance, BindingRecord binding, CancellationToken ct)
     {
-        var host = settings.Broker.BindingHost;
-        var port = instance.Port;
-        var user = binding.Role.Username;
-        var password = binding.Role.Password;
-        var db = instance.Database;
-        var credentials = new JsonObject
-        {
-            ["uri"] = $"postgres://{user}:{password}@{host}:{port}/{db}",
-            ["jdbcUrl"] = $"jdbc:postgresql://{host}:{port}/{db}?user={user}&password={password}",
-            ["host"] = host,
-            ["port"] = port,
-            ["username"] = user,
-            ["password"] = password,
-            ["database"] = db,
-        };
-        if (instance.ReadOnlyPort > 0)
-        {
-            // Reads that may lag a little: balanced over healthy replicas (the primary when none qualifies).
-            credentials["read_only_uri"] = $"postgres://{user}:{password}@{host}:{instance.ReadOnlyPort}/{db}";
-            credentials["read_only_port"] = instance.ReadOnlyPort;
-        }
-        return new JsonObject { ["credentials"] = credentials };
+        string ca;
+        using (var platformCa = await PlatformCaStore.GetOrCreateAsync(store, settings.Postgres, ct))
+            ca = platformCa.CertificatePem;
+        return BindingCredentials.Json(settings.Broker.BindingHost, instance, binding, ca);
     }
 }

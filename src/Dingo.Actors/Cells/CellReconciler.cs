@@ -24,6 +24,9 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
     /// <summary>Each unwanted node: when first seen unwanted (its grace runs from there) and what it held then.</summary>
     private readonly Dictionary<string, Unwanted> _unwanted = new();
     private readonly PlatformHosts _platformHosts = new(store, settings.Cell.Address, settings.Cell.AdminNetworks, settings.Ha.LostCellGrace, logger);
+    private NodeTls? _tls;
+    private DateTimeOffset _tlsReadAt;
+    private string? _tlsProblem;
     /// <summary>The problem registered in etcd, read once per pass (the disk check is a statvfs).</summary>
     private string? _problem;
     /// <summary>Data kept that etcd neither wants nor lets go, as registered.</summary>
@@ -103,7 +106,11 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         {
             // Who may log in as the platform's roles follows the cells and brokers etcd lists (another etcd's list is
             // not ours to act on: the nodes keep what they have).
-            var access = await _platformHosts.ReadAsync(ct).ConfigureAwait(false);
+            var access = (await _platformHosts.ReadAsync(ct).ConfigureAwait(false)) with
+            {
+                RequireTls = settings.Postgres.RequireTls,
+                Tls = await NodeTlsAsync(ct).ConfigureAwait(false),
+            };
             try
             {
                 await runtime.ApplyPlatformAccessAsync(access, ct).ConfigureAwait(false);
@@ -137,6 +144,34 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         foreach (var id in _unwanted.Keys.Where(id => wanted.Contains(id) || held.All(n => n.NodeId != id)).ToList()) _unwanted.Remove(id);
         if (mismatch is null) await ClearStaleStatusesAsync(wanted, busy, ct).ConfigureAwait(false);
         return new CellPass(desired, did.Count == 0 ? $"no action: {desired.Count} node(s) assigned" : string.Join("; ", did));
+    }
+
+    /// <summary>
+    /// The certificates this cell's nodes serve. The platform CA is read from etcd (made there at the first need) once
+    /// a minute; when it cannot be read the nodes keep what they have and the reason is logged once.
+    /// </summary>
+    private async Task<NodeTls?> NodeTlsAsync(CancellationToken ct)
+    {
+        if (_tls is not null && DateTimeOffset.UtcNow - _tlsReadAt < TimeSpan.FromMinutes(1)) return _tls;
+        try
+        {
+            var ca = await Dingo.Security.PlatformCaStore.GetOrCreateAsync(store, settings.Postgres, ct).ConfigureAwait(false);
+            var tls = new NodeTls(ca, NodeTls.HostsFor(settings), settings.Postgres.CertificateValidity);
+            if (!tls.SameAs(_tls))
+            {
+                logger.LogInformation("cell {Cell}: nodes serve TLS certificates of {Tls}", _cell.Id, tls);
+                _tls = tls;
+            }
+            else ca.Dispose();
+            _tlsReadAt = DateTimeOffset.UtcNow;
+            _tlsProblem = null;
+        }
+        catch (Exception ex) when (ex is Dingo.Security.PlatformCaException or Dingo.Security.SealException)
+        {
+            if (_tlsProblem != ex.Message) logger.LogError("cell {Cell}: the platform CA cannot be used: {Error}", _cell.Id, ex.Message);
+            _tlsProblem = ex.Message;
+        }
+        return _tls;
     }
 
     private async Task RecordIdentityAsync(string clusterId, CancellationToken ct)

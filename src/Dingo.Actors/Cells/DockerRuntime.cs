@@ -317,18 +317,20 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     public async Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(access);
-        if (_access.Set(access)) _logger.LogInformation("Platform roles may log in from: {Networks} (and local sockets)", string.Join(", ", access.Networks));
+        if (_access.Set(access)) _logger.LogInformation("Platform roles may log in from: {Networks} (and local sockets); TLS {Tls}", string.Join(", ", access.Networks),
+            access.Tls is null ? "not yet offered (no platform CA known)" : access.RequireTls ? $"required, certificates of {access.Tls}" : $"offered, certificates of {access.Tls}");
         foreach (var node in await ListAsync(cancellationToken).ConfigureAwait(false))
         {
             if (!node.Running || _access.Due(node.NodeId) is null) continue;
             using var _ = await LockNodeAsync(node.NodeId, cancellationToken).ConfigureAwait(false);
             var container = await InspectNodeAsync(node.NodeId, cancellationToken).ConfigureAwait(false);
             if (container is not { State.Running: true } || _access.Due(node.NodeId) is not { } hba) continue;
-            await UploadAsync(container.ID, [new NodeFile("pg_hba.conf", hba, UnixFileMode.UserRead | UnixFileMode.UserWrite)], cancellationToken).ConfigureAwait(false);
+            // One archive: the TLS files and pg_hba.conf land together, before the reload.
+            await UploadAsync(container.ID, AccessFiles(hba), cancellationToken).ConfigureAwait(false);
             // PostgreSQL is the container's PID 1: SIGHUP makes it read pg_hba.conf again.
             await CallAsync("signal the container to reload", t => _client.Containers.KillContainerAsync(container.ID, new ContainerKillParameters { Signal = "SIGHUP" }, t), cancellationToken).ConfigureAwait(false);
             _access.Applied(node.NodeId, hba);
-            _logger.LogInformation("Node {NodeId}: pg_hba.conf rewritten for the platform's current hosts and reloaded", node.NodeId);
+            _logger.LogInformation("Node {NodeId}: pg_hba.conf{Tls} rewritten for the platform's current hosts and reloaded", node.NodeId, hba.Tls is null ? "" : " and TLS certificate");
         }
     }
 
@@ -456,7 +458,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             await RemoveNodeContainerAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
             var limits = await PrepareVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
             var result = await RunToolAsync(spec, "clone", CloneScript, SourceEnvironment(source),
-                [new NodeFile(".source.pgpass", Passfile(source.Credentials))], limits, cancellationToken).ConfigureAwait(false);
+                SourceFiles(source), limits, cancellationToken).ConfigureAwait(false);
             if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_basebackup", result);
             await CreateNodeContainerAsync(spec, limits, cancellationToken).ConfigureAwait(false);
             _logger.LogInformation("Node {NodeId}: cloned from {Host}:{Port}", spec.NodeId, source.Host, source.Port);
@@ -724,7 +726,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             await StopContainerAsync(container, cancellationToken).ConfigureAwait(false);
             var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
             var result = await RunToolAsync(spec, "rewind", RewindScript, SourceEnvironment(source),
-                [new NodeFile(".source.pgpass", Passfile(source.Credentials))], limits, cancellationToken).ConfigureAwait(false);
+                SourceFiles(source), limits, cancellationToken).ConfigureAwait(false);
             if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_rewind", result);
             _logger.LogInformation("Node {NodeId}: rewound to the timeline of {Host}:{Port}", spec.NodeId, source.Host, source.Port);
         }
@@ -1046,14 +1048,28 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         }
     }
 
-    private static Dictionary<string, string> SourceEnvironment(ReplicationSource source) => new()
+    private Dictionary<string, string> SourceEnvironment(ReplicationSource source)
     {
-        ["PGHOST"] = source.Host,
-        ["PGPORT"] = source.Port.ToString(CultureInfo.InvariantCulture),
-        ["PGUSER"] = source.Credentials.Username,
-        ["PGPASSFILE"] = SettingsDir + "/.source.pgpass",
-        ["PGCONNECT_TIMEOUT"] = "10",
-    };
+        var env = new Dictionary<string, string>
+        {
+            ["PGHOST"] = source.Host,
+            ["PGPORT"] = source.Port.ToString(CultureInfo.InvariantCulture),
+            ["PGUSER"] = source.Credentials.Username,
+            ["PGPASSFILE"] = SettingsDir + "/.source.pgpass",
+            ["PGCONNECT_TIMEOUT"] = "10",
+            // The source's certificate is checked against the platform CA for the host connected to.
+            ["PGSSLMODE"] = _access.CaPem is null ? "prefer" : "verify-full",
+        };
+        if (_access.CaPem is not null) env["PGSSLROOTCERT"] = $"{SettingsDir}/{NodeTlsFiles.CaFile}";
+        return env;
+    }
+
+    private List<NodeFile> SourceFiles(ReplicationSource source)
+    {
+        var files = new List<NodeFile> { new(".source.pgpass", Passfile(source.Credentials)) };
+        if (_access.CaPem is { } ca) files.Add(new NodeFile(NodeTlsFiles.CaFile, ca));
+        return files;
+    }
 
     private static InvalidOperationException ToolFailure(string nodeId, string tool, ToolResult result) =>
         new($"Node {nodeId}: {tool} failed with exit code {result.ExitCode}: {LastLines(result.Output)}");
@@ -1108,13 +1124,15 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             .AppendLine("jit = off")
             .AppendLine("log_destination = 'stderr'")
             .AppendLine("logging_collector = off")
-            .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {Quote(spec.NodeId)}");
+            .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {Quote(spec.NodeId)}")
+            // A file of its own, so a node that started before its cell knew the CA turns TLS on at a reload.
+            .AppendLine(CultureInfo.InvariantCulture, $"include_if_exists = '{SettingsDir}/{NodeTlsFiles.ConfFile}'");
         var passfile = "";
         if (standby?.Primary is { } primary)
         {
             // The password lives in a 0600 passfile of the PostgreSQL user, never in the settings.
             passfile = Passfile(primary.Credentials);
-            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={SettingsDir}/replication.pgpass application_name={standby.ApplicationName} connect_timeout=3";
+            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={SettingsDir}/replication.pgpass application_name={standby.ApplicationName} connect_timeout=3 {NodeTlsFiles.ClientConninfo(_access.CaPem is null ? null : $"{SettingsDir}/{NodeTlsFiles.CaFile}")}";
             conf.AppendLine(CultureInfo.InvariantCulture, $"primary_conninfo = {Quote(conninfo)}")
                 .AppendLine(CultureInfo.InvariantCulture, $"primary_slot_name = {Quote(standby.SlotName)}");
         }
@@ -1123,15 +1141,30 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             conf.AppendLine("primary_conninfo = ''").AppendLine("primary_slot_name = ''");
         }
         // SCRAM for everyone, nothing trusted; the platform's roles only from the platform's hosts.
-        var hba = _access.ForStart(spec.NodeId, spec.Superuser.Username, spec.ListenAddress);
+        var access = _access.ForStart(spec.NodeId, spec.Superuser.Username, spec.ListenAddress);
         return
         [
             new NodeFile("postgresql.conf", conf.ToString(), readable),
-            new NodeFile("pg_hba.conf", hba, readable),
+            .. AccessFiles(access),
             new NodeFile("pg_ident.conf", "", readable),
             new NodeFile("replication.pgpass", passfile),
             new NodeFile("role", standby is null ? "primary\n" : "standby\n", readable),
         ];
+    }
+
+    /// <summary>pg_hba.conf and the node's TLS files (key 0600 in the archive itself: never a moment with another mode).</summary>
+    private static List<NodeFile> AccessFiles(NodeAccessFiles access)
+    {
+        var files = new List<NodeFile>();
+        if (access.Tls is { } tls)
+        {
+            files.Add(new NodeFile(NodeTlsFiles.KeyFile, tls.KeyPem));
+            files.Add(new NodeFile(NodeTlsFiles.CertFile, tls.CertificatePem));
+            files.Add(new NodeFile(NodeTlsFiles.CaFile, tls.CaPem));
+            files.Add(new NodeFile(NodeTlsFiles.ConfFile, NodeTlsFiles.Conf(SettingsDir)));
+        }
+        files.Add(new NodeFile("pg_hba.conf", access.Hba));
+        return files;
     }
 
     /// <summary>One libpq passfile line matching any host, port and database for this user (':' and '\' escaped).</summary>

@@ -538,9 +538,12 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
         var identity = await DiscardDataAsync(spec.NodeId, paths, cancellationToken);
         var passfile = await WritePassfileAsync(paths, source, identity, cancellationToken);
+        var caFile = await WriteCaFileAsync(paths, identity, cancellationToken);
         try
         {
-            var result = await RunToolWithEnvAsync(identity, "pg_basebackup", paths.NodeDir, cancellationToken, new Dictionary<string, string> { ["PGPASSFILE"] = passfile },
+            var env = new Dictionary<string, string> { ["PGPASSFILE"] = passfile, ["PGSSLMODE"] = caFile is null ? "prefer" : "verify-full" };
+            if (caFile is not null) env["PGSSLROOTCERT"] = caFile;
+            var result = await RunToolWithEnvAsync(identity, "pg_basebackup", paths.NodeDir, cancellationToken, env,
                 "-h", source.Host, "-p", source.Port.ToString(CultureInfo.InvariantCulture), "-U", source.Credentials.Username,
                 "-D", paths.PgData, "-X", "stream", "-c", "fast", "-w", "--no-sync");
             if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_basebackup", result);
@@ -748,9 +751,10 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         await StopCoreAsync(spec.NodeId, paths, "fast", cancellationToken);
         await KillLeftoversAsync(paths, cancellationToken);
         var passfile = await WritePassfileAsync(paths, source, identity, cancellationToken);
+        var caFile = await WriteCaFileAsync(paths, identity, cancellationToken);
         try
         {
-            var conninfo = $"host={source.Host} port={source.Port} user={source.Credentials.Username} dbname=postgres passfile={passfile}";
+            var conninfo = $"host={source.Host} port={source.Port} user={source.Credentials.Username} dbname=postgres passfile={passfile} {NodeTlsFiles.ClientConninfo(caFile)}";
             // pg_rewind finishes crash recovery itself when the node was not shut down cleanly (PostgreSQL 13+).
             var result = await RunToolWithEnvAsync(identity, "pg_rewind", paths.NodeDir, cancellationToken, null,
                 "-D", paths.PgData, "--source-server", conninfo);
@@ -784,14 +788,18 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             .AppendLine(CultureInfo.InvariantCulture, $"shared_buffers = {Quote(_options.SharedBuffers)}")
             .AppendLine(CultureInfo.InvariantCulture, $"max_connections = {_options.MaxConnections}")
             .AppendReplicationSettings()
-            .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {Quote(spec.NodeId)}");
+            .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {Quote(spec.NodeId)}")
+            // TLS settings live in a file of their own, so a node that started before its cell knew the CA turns TLS on
+            // at a reload (ssl is a reload setting).
+            .AppendLine(CultureInfo.InvariantCulture, $"include_if_exists = {Quote(Path.Combine(paths.TlsDir, NodeTlsFiles.ConfFile))}");
         if (standby?.Primary is { } primary)
         {
             // The password lives in a passfile of the run user, not in the settings file.
             var passfile = Path.Combine(paths.NodeDir, "replication.pgpass");
             await Dingo.Security.SecretFile.WriteAsync(passfile, $"*:*:*:{primary.Credentials.Username}:{primary.Credentials.Password}\n", cancellationToken);
             ChownIfNeeded(passfile, identity);
-            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={passfile} application_name={standby.ApplicationName} connect_timeout=3";
+            var caFile = await WriteCaFileAsync(paths, identity, cancellationToken);
+            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={passfile} application_name={standby.ApplicationName} connect_timeout=3 {NodeTlsFiles.ClientConninfo(caFile)}";
             conf.AppendLine(CultureInfo.InvariantCulture, $"primary_conninfo = {Quote(conninfo)}")
                 .AppendLine(CultureInfo.InvariantCulture, $"primary_slot_name = {Quote(standby.SlotName)}");
         }
@@ -804,7 +812,41 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         // Write-then-rename so a crash never leaves the postmaster a truncated file.
         await WriteReplacingAsync(Path.Combine(paths.PgData, SettingsFileName), conf.ToString(), identity, cancellationToken);
         // pg_hba.conf stays where PostgreSQL looks by default, so a node started by an older cell is covered by a reload.
-        await WriteReplacingAsync(Path.Combine(paths.PgData, "pg_hba.conf"), _access.ForStart(spec.NodeId, spec.Superuser.Username, spec.ListenAddress), identity, cancellationToken);
+        await WriteAccessFilesAsync(paths, _access.ForStart(spec.NodeId, spec.Superuser.Username, spec.ListenAddress), identity, cancellationToken);
+    }
+
+    /// <summary>The node's TLS files (key 0600 from creation, folder 0700, outside the data directory so base backups
+    /// and rewinds never copy a key), then pg_hba.conf. TLS files first: a reload never meets hostssl lines without them.</summary>
+    private static async Task WriteAccessFilesAsync(NodePaths paths, NodeAccessFiles files, RunIdentity identity, CancellationToken ct)
+    {
+        if (files.Tls is { } tls)
+        {
+            EnsurePrivateDirectory(paths.TlsDir, identity);
+            await Dingo.Security.SecretFile.WriteAsync(Path.Combine(paths.TlsDir, NodeTlsFiles.KeyFile), tls.KeyPem, ct);
+            ChownIfNeeded(Path.Combine(paths.TlsDir, NodeTlsFiles.KeyFile), identity);
+            await WriteReplacingAsync(Path.Combine(paths.TlsDir, NodeTlsFiles.CertFile), tls.CertificatePem, identity, ct);
+            await WriteReplacingAsync(Path.Combine(paths.TlsDir, NodeTlsFiles.CaFile), tls.CaPem, identity, ct);
+            await WriteReplacingAsync(Path.Combine(paths.TlsDir, NodeTlsFiles.ConfFile), NodeTlsFiles.Conf(paths.TlsDir), identity, ct);
+        }
+        await WriteReplacingAsync(Path.Combine(paths.PgData, "pg_hba.conf"), files.Hba, identity, ct);
+    }
+
+    /// <summary>The platform CA's certificate where libpq tools of this node read it (null while no CA is known).</summary>
+    private async Task<string?> WriteCaFileAsync(NodePaths paths, RunIdentity identity, CancellationToken ct)
+    {
+        if (_access.CaPem is not { } ca) return null;
+        EnsurePrivateDirectory(paths.TlsDir, identity);
+        var file = Path.Combine(paths.TlsDir, NodeTlsFiles.CaFile);
+        await WriteReplacingAsync(file, ca, identity, ct);
+        return file;
+    }
+
+    private static void EnsurePrivateDirectory(string path, RunIdentity identity)
+    {
+        if (!OperatingSystem.IsLinux()) throw NotLinux();
+        if (Directory.Exists(path)) return;
+        Directory.CreateDirectory(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        ChownIfNeeded(path, identity);
     }
 
     private static async Task WriteReplacingAsync(string target, string content, RunIdentity identity, CancellationToken cancellationToken)
@@ -818,7 +860,8 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     public async Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(access);
-        if (_access.Set(access)) _logger.LogInformation("Platform roles may log in from: {Networks} (and local sockets)", string.Join(", ", access.Networks));
+        if (_access.Set(access)) _logger.LogInformation("Platform roles may log in from: {Networks} (and local sockets); TLS {Tls}", string.Join(", ", access.Networks),
+            access.Tls is null ? "not yet offered (no platform CA known)" : access.RequireTls ? $"required, certificates of {access.Tls}" : $"offered, certificates of {access.Tls}");
         foreach (var node in await ListAsync(cancellationToken))
         {
             if (!node.Running || _access.Due(node.NodeId) is null) continue;
@@ -826,14 +869,14 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             using var _ = await LockNodeAsync(node.NodeId, cancellationToken);
             // Checked again under the lock: a clone or a stop may have come in between.
             if (FindRunningPostmaster(paths) is not { } pid || _access.Due(node.NodeId) is not { } hba) continue;
-            await WriteReplacingAsync(Path.Combine(paths.PgData, "pg_hba.conf"), hba, await GetIdentityAsync(cancellationToken), cancellationToken);
+            await WriteAccessFilesAsync(paths, hba, await GetIdentityAsync(cancellationToken), cancellationToken);
             if (Native.kill(pid, SigHup) != 0)
             {
                 _logger.LogWarning("Node {NodeId}: could not signal pid {Pid} to reload pg_hba.conf (errno {Errno}); trying again next pass", node.NodeId, pid, Marshal.GetLastPInvokeError());
                 continue;
             }
             _access.Applied(node.NodeId, hba);
-            _logger.LogInformation("Node {NodeId}: pg_hba.conf rewritten for the platform's current hosts and reloaded", node.NodeId);
+            _logger.LogInformation("Node {NodeId}: pg_hba.conf{Tls} rewritten for the platform's current hosts and reloaded", node.NodeId, hba.Tls is null ? "" : " and TLS certificate");
         }
     }
 
@@ -1060,6 +1103,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         public string PgData { get; } = Path.Combine(nodeDir, "pgdata");
         public string LogFile { get; } = Path.Combine(nodeDir, "postgres.log");
         public string RunDir { get; } = Path.Combine(nodeDir, "run");
+        public string TlsDir { get; } = Path.Combine(nodeDir, "tls");
         public string Marker { get; } = Path.Combine(nodeDir, MarkerFileName);
         public string PidFile { get; } = Path.Combine(nodeDir, "pgdata", "postmaster.pid");
     }

@@ -1,11 +1,14 @@
 using System.Collections.Concurrent;
 using Dingo.Postgres;
+using Dingo.Security;
 
 namespace Dingo.Cells;
 
 /// <summary>
-/// The pg_hba.conf each node of a runtime should have, and what each running node was last given: both runtimes keep
-/// their nodes' access current through this one book and differ only in how they write a file and reload.
+/// The pg_hba.conf and TLS certificate each node of a runtime should have, and what each running node was last given:
+/// both runtimes keep their nodes' access current through this one book and differ only in how they write a file and
+/// reload. A node's certificate is issued here and renewed when the hosts or the CA change or two thirds of its life
+/// have passed.
 /// </summary>
 internal sealed class NodeAccess
 {
@@ -13,36 +16,56 @@ internal sealed class NodeAccess
     // The superuser and address a node was last started with; a node adopted after a restart gets the platform's
     // superuser (its cell's address is among the platform's hosts anyway).
     private readonly ConcurrentDictionary<string, (string Superuser, string Address)> _started = new(StringComparer.Ordinal);
-    private readonly ConcurrentDictionary<string, string> _applied = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, NodeAccessFiles> _applied = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, NodeCertificate> _certificates = new(StringComparer.Ordinal);
 
     public PlatformAccess Current => Volatile.Read(ref _access);
 
-    /// <summary>The pg_hba.conf for a node about to start (or be reconfigured): it reads this file as it starts.</summary>
-    public string ForStart(string nodeId, string superuser, string listenAddress)
+    /// <summary>The CA's certificate nodes verify their primary with, or null while no CA is known.</summary>
+    public string? CaPem => Current.Tls?.Ca.CertificatePem;
+
+    /// <summary>The files for a node about to start (or be reconfigured): it reads them as it starts.</summary>
+    public NodeAccessFiles ForStart(string nodeId, string superuser, string listenAddress)
     {
         _started[nodeId] = (superuser, listenAddress);
-        var hba = Current.Hba(superuser, listenAddress);
-        _applied[nodeId] = hba;
-        return hba;
+        var files = Expected(nodeId, superuser, listenAddress);
+        _applied[nodeId] = files;
+        return files;
     }
 
     /// <summary>Sets the access every node should have; true when it differs from before.</summary>
     public bool Set(PlatformAccess access)
     {
         var before = Interlocked.Exchange(ref _access, access);
-        return !before.Networks.SequenceEqual(access.Networks, StringComparer.Ordinal);
+        return !before.Networks.SequenceEqual(access.Networks, StringComparer.Ordinal) || before.RequireTls != access.RequireTls
+               || (before.Tls is null ? access.Tls is not null : !before.Tls.SameAs(access.Tls));
     }
 
-    /// <summary>The pg_hba.conf this running node should have, or null when it has it already.</summary>
-    public string? Due(string nodeId)
+    /// <summary>The files this running node should have, or null when it has them already.</summary>
+    public NodeAccessFiles? Due(string nodeId)
     {
-        var hba = _started.TryGetValue(nodeId, out var started) ? Current.Hba(started.Superuser, started.Address) : Current.Hba(DatabaseAdmin.SuperuserName);
-        return _applied.TryGetValue(nodeId, out var applied) && applied == hba ? null : hba;
+        var files = _started.TryGetValue(nodeId, out var started)
+            ? Expected(nodeId, started.Superuser, started.Address)
+            : Expected(nodeId, DatabaseAdmin.SuperuserName, "");
+        return _applied.TryGetValue(nodeId, out var applied) && applied == files ? null : files;
     }
 
-    /// <summary>The node runs with this pg_hba.conf now (written and reloaded).</summary>
-    public void Applied(string nodeId, string hba) => _applied[nodeId] = hba;
+    /// <summary>The node runs with these files now (written and reloaded).</summary>
+    public void Applied(string nodeId, NodeAccessFiles files) => _applied[nodeId] = files;
 
     /// <summary>The node stopped or went: whatever it had is no longer known to be loaded.</summary>
     public void Forget(string nodeId) => _applied.TryRemove(nodeId, out _);
+
+    private NodeAccessFiles Expected(string nodeId, string superuser, string listenAddress)
+    {
+        var access = Current;
+        var hba = access.Hba(superuser, listenAddress);
+        if (access.Tls is not { } tls) return new NodeAccessFiles(hba, null);
+        var hosts = tls.HostsOf(listenAddress);
+        var now = DateTimeOffset.UtcNow;
+        var certificate = _certificates.AddOrUpdate(nodeId,
+            _ => tls.Ca.Issue(nodeId, hosts, now, tls.Validity),
+            (_, held) => held.DueFor(hosts, tls.Ca.Fingerprint, now) ? tls.Ca.Issue(nodeId, hosts, now, tls.Validity) : held);
+        return new NodeAccessFiles(hba, new NodeTlsFiles(certificate.CertificatePem, certificate.KeyPem, tls.Ca.CertificatePem));
+    }
 }

@@ -22,6 +22,8 @@ public sealed record DingoSettings
     public AkkaSettings Akka { get; init; } = new();
     /// <summary>Where the platform's seal keys come from (`dingo.security.seal-key-file`, DINGO_SEAL_KEYS, DINGO_SEAL_KEY_FILE).</summary>
     public Dingo.Security.SealSettings Seal { get; init; } = new();
+    /// <summary>`dingo.postgres`: TLS of every PostgreSQL hop (the platform CA, node certificates, require-tls).</summary>
+    public PostgresTlsSettings Postgres { get; init; } = new();
 
     /// <summary>Loads the layered configuration. Throws with the file and key named when a value is wrong.</summary>
     public static DingoSettings Load(IEnumerable<string> files, IReadOnlyDictionary<string, string?>? environment = null, string? overrides = null)
@@ -119,6 +121,7 @@ public sealed record DingoSettings
             },
             Backups = Dingo.Backups.BackupSettings.FromConfig(d, env, dataDir),
             Seal = Dingo.Security.SealSettings.FromConfig(d, env),
+            Postgres = PostgresTlsSettings.FromConfig(d, env),
             Akka = new AkkaSettings
             {
                 Hostname = Env("DINGO_AKKA_HOSTNAME") ?? d.GetString("akka.hostname", "127.0.0.1"),
@@ -187,6 +190,7 @@ public sealed record DingoSettings
         if (Broker.TombstoneRetention <= Cell.OrphanGrace)
             throw new ArgumentException($"dingo.broker.tombstone-retention ({Broker.TombstoneRetention}) must be longer than dingo.cell.orphan-grace ({Cell.OrphanGrace}): a removed node's data may only go after the grace, while its tombstone still says so");
         if (Cell.Runtime == "docker") Cell.Docker.Validate();
+        Postgres.Validate();
     }
 }
 
@@ -364,6 +368,57 @@ public sealed record EtcdTlsSettings
             throw new ArgumentException("dingo.etcd.tls.ca-file (DINGO_ETCD_CA_FILE) is required for https:// etcd endpoints: the CA that signed etcd's server certificates, trusted instead of the system's store");
         if (https == 0 && Configured)
             throw new ArgumentException($"dingo.etcd.tls is set but dingo.etcd.endpoints are not https:// ({string.Join(",", endpoints)}): the certificates would not be used");
+    }
+}
+
+/// <summary>
+/// TLS of PostgreSQL (`dingo.postgres`, docs/security.md): nodes always offer TLS with a certificate of the platform CA;
+/// with <see cref="RequireTls"/> they refuse every TCP login without it (clients, replication, the platform's own).
+/// </summary>
+public sealed record PostgresTlsSettings
+{
+    /// <summary>pg_hba gives only `hostssl` lines: a client without TLS finds no line and is refused.</summary>
+    public bool RequireTls { get; init; }
+    /// <summary>An operator's CA (PEM certificate and unencrypted key) instead of one the platform generates; both or neither.</summary>
+    public string CaCertFile { get; init; } = "";
+    public string CaKeyFile { get; init; } = "";
+    /// <summary>Further names or addresses clients reach nodes by (a load balancer's), added to every node certificate.</summary>
+    public IReadOnlyList<string> CertificateHosts { get; init; } = [];
+    /// <summary>How long a node certificate is valid; it is renewed after two thirds of it.</summary>
+    public TimeSpan CertificateValidity { get; init; } = TimeSpan.FromDays(90);
+
+    public bool OperatorCa => CaCertFile.Length > 0;
+
+    public static PostgresTlsSettings FromConfig(Akka.Configuration.Config d, IReadOnlyDictionary<string, string?> env)
+    {
+        string? Env(string name) => env.TryGetValue(name, out var v) && !string.IsNullOrWhiteSpace(v) ? v : null;
+        var require = Env("DINGO_POSTGRES_REQUIRE_TLS") is { } text
+            ? text.Trim().ToLowerInvariant() switch
+            {
+                "on" or "true" or "yes" or "1" => true,
+                "off" or "false" or "no" or "0" => false,
+                _ => throw new ArgumentException($"DINGO_POSTGRES_REQUIRE_TLS must be on or off: got \"{text}\""),
+            }
+            : d.GetBoolean("postgres.require-tls", false);
+        return new PostgresTlsSettings
+        {
+            RequireTls = require,
+            CaCertFile = Env("DINGO_POSTGRES_CA_CERT_FILE") ?? d.GetString("postgres.ca-cert-file", ""),
+            CaKeyFile = Env("DINGO_POSTGRES_CA_KEY_FILE") ?? d.GetString("postgres.ca-key-file", ""),
+            CertificateHosts = Env("DINGO_POSTGRES_CERTIFICATE_HOSTS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                               ?? (d.HasPath("postgres.certificate-hosts") ? d.GetStringList("postgres.certificate-hosts")?.ToArray() : null) ?? [],
+            CertificateValidity = d.GetTimeSpan("postgres.certificate-validity", TimeSpan.FromDays(90)),
+        };
+    }
+
+    internal void Validate()
+    {
+        if ((CaCertFile.Length > 0) != (CaKeyFile.Length > 0))
+            throw new ArgumentException("dingo.postgres.ca-cert-file and ca-key-file go together (an operator's CA needs both)");
+        foreach (var (key, file) in new[] { ("ca-cert-file", CaCertFile), ("ca-key-file", CaKeyFile) })
+            if (file.Length > 0 && !File.Exists(file)) throw new ArgumentException($"dingo.postgres.{key}: {file} does not exist");
+        if (CertificateValidity < TimeSpan.FromHours(1))
+            throw new ArgumentException($"dingo.postgres.certificate-validity must be at least 1h: got {CertificateValidity}");
     }
 }
 

@@ -13,6 +13,15 @@ namespace Dingo.Postgres;
 /// <param name="Networks">CIDRs, normalised and sorted, so two equal sets compare equal as text</param>
 public sealed record PlatformAccess(IReadOnlyList<string> Networks)
 {
+    /// <summary>
+    /// Only TLS logins over TCP (`dingo.postgres.require-tls`): every accepting line is `hostssl`, so a client without TLS
+    /// finds none and is refused ("no pg_hba.conf entry … no encryption"). Local sockets stay as they are.
+    /// </summary>
+    public bool RequireTls { get; init; }
+
+    /// <summary>The certificates nodes serve (null: none known yet, nodes start without TLS).</summary>
+    public Dingo.Cells.NodeTls? Tls { get; init; }
+
     /// <summary>Only local sockets and the node's own host: what a node gets before its cell has read etcd once.</summary>
     public static PlatformAccess LocalOnly { get; } = new([]);
 
@@ -21,7 +30,7 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
     /// (CIDR or a bare address). A loopback address stands for the whole loopback network: Linux connects from
     /// 127.0.0.1 to any 127.x address, so a platform on loopback is reached from there whatever it registered.
     /// </summary>
-    public static PlatformAccess From(IEnumerable<string> hosts, IEnumerable<string> adminNetworks)
+    public static PlatformAccess From(IEnumerable<string> hosts, IEnumerable<string> adminNetworks, bool requireTls = false, Dingo.Cells.NodeTls? tls = null)
     {
         var set = new SortedSet<string>(StringComparer.Ordinal);
         foreach (var host in hosts)
@@ -30,7 +39,7 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
             set.Add(HostNetwork(ip));
         }
         foreach (var network in adminNetworks) set.Add(ParseNetwork(network));
-        return new PlatformAccess(set.ToList());
+        return new PlatformAccess(set.ToList()) { RequireTls = requireTls, Tls = tls };
     }
 
     /// <summary>"10.0.0.0/24" or "10.0.0.5" in canonical CIDR form; throws with the offending text otherwise.</summary>
@@ -77,21 +86,24 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
         var networks = new SortedSet<string>(Networks, StringComparer.Ordinal);
         if (IPAddress.TryParse(ownAddress, out var own) && !own.Equals(IPAddress.Any) && !own.Equals(IPAddress.IPv6Any)) networks.Add(HostNetwork(own));
         var users = string.Join(',', new[] { superuser, DatabaseAdmin.ReplicationUserName }.Distinct(StringComparer.Ordinal).Select(QuoteRole));
+        // The reject lines stay `host` (they match with TLS and without); only accepting lines need TLS.
+        var accept = RequireTls ? "hostssl" : "host";
         var sb = new StringBuilder()
             .AppendLine("# Written by Dingo (platform access); rewritten when the platform's hosts change. Edits are overwritten.")
             .AppendLine("# The platform's roles log in only from its cells, brokers and listed networks; applications from anywhere.")
+            .AppendLine(RequireTls ? "# dingo.postgres.require-tls: TCP logins only over TLS." : "# TLS offered, not required (dingo.postgres.require-tls = off).")
             .AppendLine("local all all scram-sha-256")
             .AppendLine("local replication all scram-sha-256");
         foreach (var network in networks)
         {
-            sb.AppendLine(CultureInfo.InvariantCulture, $"host all {users} {network} scram-sha-256");
-            sb.AppendLine(CultureInfo.InvariantCulture, $"host replication {users} {network} scram-sha-256");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"{accept} all {users} {network} scram-sha-256");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"{accept} replication {users} {network} scram-sha-256");
         }
         return sb
             .AppendLine(CultureInfo.InvariantCulture, $"host all {users} 0.0.0.0/0 reject")
             .AppendLine(CultureInfo.InvariantCulture, $"host all {users} ::/0 reject")
-            .AppendLine("host all all 0.0.0.0/0 scram-sha-256")
-            .AppendLine("host all all ::/0 scram-sha-256")
+            .AppendLine(CultureInfo.InvariantCulture, $"{accept} all all 0.0.0.0/0 scram-sha-256")
+            .AppendLine(CultureInfo.InvariantCulture, $"{accept} all all ::/0 scram-sha-256")
             .ToString();
     }
 

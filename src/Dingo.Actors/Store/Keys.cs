@@ -78,6 +78,8 @@ public sealed class Keys(string root)
     public string RemovedNode(string nodeId) => $"{RemovedNodes}{nodeId}";
     /// <summary>A random id created once per platform: an etcd without it (empty, wiped) is not the one a cell's data came from.</summary>
     public string PlatformId => $"{Root}/platform-id";
+    /// <summary>The platform CA for PostgreSQL TLS (<see cref="Security.PlatformCaRecord"/>): created once, its key sealed.</summary>
+    public string PlatformCa => $"{Root}/tls/ca";
 
     public string NodePorts => $"{Root}/node-ports/";
     public string NodePort(int port) => $"{NodePorts}{port:D5}";

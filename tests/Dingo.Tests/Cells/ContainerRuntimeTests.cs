@@ -199,12 +199,18 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
     [Fact]
     public async Task A_clone_streams_from_its_primary_and_a_diverged_old_primary_is_rewound()
     {
+        // With the platform's certificates and TLS required: pg_basebackup, streaming and pg_rewind verify the source
+        // (verify-full against the CA), and nothing gets in without TLS.
+        using var ca = Dingo.Security.PlatformCa.Create("runtime test", DateTimeOffset.UtcNow, TimeSpan.FromDays(1));
+        await Runtime.ApplyPlatformAccessAsync(Dingo.Postgres.PlatformAccess.From(["127.0.0.1"], [], requireTls: true,
+            tls: new NodeTls(ca, ["127.0.0.1", "localhost"], TimeSpan.FromDays(1))), Ct());
         var a = NewSpec("node-p");
         var b = NewSpec("node-s");
         var slot = "slot_node_s";
         await Runtime.CreateAsync(a, Ct());
         await Runtime.StartAsync(a, null, Ct());
         await WaitUntilServingAsync(a);
+        await AssertTlsOnlyAsync(a, ca);
         await ExecAsync(a, $"SELECT pg_create_physical_replication_slot('{slot}'); CREATE TABLE t (v int); INSERT INTO t VALUES (1)");
 
         // B: a base backup of A, started as a standby streaming from A through its slot.
@@ -217,6 +223,8 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
         await Eventually.UntilAsync(async () => Equals(2L, await ScalarAsync(b, "SELECT count(*) FROM t")), TimeSpan.FromSeconds(20), "the standby did not replay the primary's insert");
         Assert.Equal(true, await ScalarAsync(b, "SELECT pg_is_in_recovery()"));
         Assert.Equal("streaming", await ScalarAsync(a, $"SELECT state FROM pg_stat_replication WHERE application_name = '{b.NodeId}'"));
+        Assert.Equal(true, await ScalarAsync(a, $"SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s ON s.pid = r.pid WHERE r.application_name = '{b.NodeId}'"));
+        await AssertTlsOnlyAsync(b, ca);
 
         // Failover: B is promoted while A goes on writing alone, so their timelines diverge.
         await ExecAsync(b, "SELECT pg_promote()");
@@ -243,6 +251,35 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
         }
         Assert.Equal(0L, await ScalarAsync(a, "SELECT count(*) FROM t WHERE v = 100"));
         Assert.Equal(true, await ScalarAsync(a, "SELECT pg_is_in_recovery()"));
+        Assert.Equal(true, await ScalarAsync(b, $"SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s ON s.pid = r.pid WHERE r.application_name = '{a.NodeId}'"));
+    }
+
+    /// <summary>The node's certificate verifies against the CA for its address (verify-full), and a login without TLS is refused.</summary>
+    private static async Task AssertTlsOnlyAsync(NodeLaunchSpec spec, Dingo.Security.PlatformCa ca)
+    {
+        var caFile = Path.Combine(Path.GetTempPath(), $"dingo-rt-ca-{Guid.NewGuid():N}.crt");
+        await File.WriteAllTextAsync(caFile, ca.CertificatePem);
+        try
+        {
+            var verified = new NpgsqlConnectionStringBuilder
+            {
+                Host = "127.0.0.1", Port = spec.Port, Username = Superuser, Password = Password, Database = "postgres", Pooling = false, Timeout = 5,
+                SslMode = SslMode.VerifyFull, RootCertificate = caFile,
+            };
+            await using (var conn = new NpgsqlConnection(verified.ConnectionString))
+            {
+                await conn.OpenAsync(Ct());
+                await using var cmd = new NpgsqlCommand("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", conn);
+                Assert.Equal(true, await cmd.ExecuteScalarAsync(Ct()));
+            }
+            var plain = new NpgsqlConnectionStringBuilder(verified.ConnectionString) { SslMode = SslMode.Disable };
+            var refused = await Assert.ThrowsAsync<PostgresException>(async () => { await using var c = new NpgsqlConnection(plain.ConnectionString); await c.OpenAsync(Ct()); });
+            Assert.Contains("no encryption", refused.MessageText, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(caFile);
+        }
     }
 
     [Fact]

@@ -39,7 +39,9 @@ public sealed class FailoverTests(ITestOutputHelper output)
     public async Task Killing_the_primarys_whole_cell_fails_over_loses_no_acknowledged_commit_and_the_old_primary_rejoins(string planName)
     {
         var plan = Catalog.Plans.Single(p => p.Name == planName);
-        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }"), ownsData: true);
+        // With require-tls: the writer (Npgsql, SSL Mode Prefer), the platform's own connections and replication all go
+        // over TLS, or they would be refused.
+        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }\ndingo.postgres.require-tls = on"), ownsData: true);
         await platform.StartCellProcessesAsync(1, 2, 3);
         var id = "ha-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, plan.Id);
@@ -47,7 +49,9 @@ public sealed class FailoverTests(ITestOutputHelper output)
         await using var writer = new Writer(TestPlatform.ConnectionStringFromUri((string)creds["uri"]!), TimeSpan.FromMilliseconds(20));
         await writer.CreateTableAsync();
         writer.Start();
-        await Task.Delay(2000);
+        using var psql = new Dingo.Tests.Security.PsqlTls(creds, platform.Settings.Cell.PostgresBin);
+        await PostgresTlsAsync(platform, id, creds, psql, plan.NodeCount, "before the failover");
+        await Task.Delay(1000);
 
         var victim = await PrimaryCellAsync(platform, id);
         var number = int.Parse(victim["cell-".Length..]);
@@ -60,6 +64,9 @@ public sealed class FailoverTests(ITestOutputHelper output)
         var newPrimaryCell = await PrimaryCellAsync(platform, id);
         Assert.NotEqual(victim, newPrimaryCell);
         output.WriteLine($"{planName}: writes resumed through the router {(resumed - killedAt).TotalSeconds:0.00}s after the kill, new primary on {newPrimaryCell}");
+        var afterFailover = System.Diagnostics.Stopwatch.StartNew();
+        await psql.AssertVerifiedTlsAsync("after the failover, to the new primary");
+        output.WriteLine($"after the failover: psql verify-full to the new primary ssl=t ({afterFailover.Elapsed.TotalSeconds:0.0}s)");
         Console.WriteLine($"[measure] {planName}: kill -9 of the primary's cell → first acknowledged write after {(resumed - killedAt).TotalSeconds:0.00}s");
 
         // The cell comes back: its old primary returns as a replica (never writable), the cluster is whole again.
@@ -68,6 +75,8 @@ public sealed class FailoverTests(ITestOutputHelper output)
         var statuses = await StatusesAsync(platform, id);
         Assert.Contains(statuses, s => s.CellId == victim && s.Role == "replica" && s.Streaming);
         Assert.Equal(newPrimaryCell, await PrimaryCellAsync(platform, id));
+        // The rewound old primary streams from the new one over TLS too.
+        await PostgresTlsAsync(platform, id, creds, psql, plan.NodeCount, "after the old primary rejoined");
 
         await Task.Delay(500);
         await writer.DisposeAsync();
@@ -75,6 +84,75 @@ public sealed class FailoverTests(ITestOutputHelper output)
         output.WriteLine($"{planName}: {writer.Acknowledged.Count} commits acknowledged, {missing.Count} missing");
         if (plan.Synchronous) Assert.Empty(missing);
         else Assert.True(missing.Count <= 5, $"asynchronous plan lost {missing.Count} acknowledged commits (more than the 5 expected at most in 20 ms steps)");
+    }
+
+    /// <summary>
+    /// PostgreSQL TLS on every hop, as applications and replicas see it (require-tls on): psql with verify-full and the
+    /// binding's CA through the router says ssl = t; without TLS it is refused; with another CA verification fails; every
+    /// replica streams over TLS.
+    /// </summary>
+    private async Task PostgresTlsAsync(TestPlatform platform, string id, System.Text.Json.Nodes.JsonObject creds, Dingo.Tests.Security.PsqlTls psql, int nodes, string when)
+    {
+        var took = System.Diagnostics.Stopwatch.StartNew();
+        Assert.Equal("verify-full", (string)creds["sslmode"]!);
+        Assert.EndsWith("?sslmode=verify-full", (string)creds["uri"]!, StringComparison.Ordinal);
+        await psql.AssertVerifiedTlsAsync(when);
+
+        var plain = await psql.RunAsync("disable", "select 1");
+        Assert.True(plain.Exit != 0 && plain.Err.Contains("no encryption", StringComparison.Ordinal), $"{when}: a login without TLS was not refused: {plain.Out} / {plain.Err}");
+
+        using (var other = Dingo.Security.PlatformCa.Create("not the platform's", DateTimeOffset.UtcNow, TimeSpan.FromDays(1)))
+        {
+            var withOtherCa = System.Text.Json.Nodes.JsonNode.Parse(creds.ToJsonString())!.AsObject();
+            withOtherCa["ca_certificate"] = other.CertificatePem;
+            using var foreign = new Dingo.Tests.Security.PsqlTls(withOtherCa, platform.Settings.Cell.PostgresBin);
+            var refused = await foreign.RunAsync("verify-full", "select 1");
+            Assert.True(refused.Exit != 0 && refused.Err.Contains("certificate verify failed", StringComparison.Ordinal), $"{when}: a CA that is not the platform's was accepted: {refused.Out} / {refused.Err}");
+        }
+
+        var record = (await platform.Store.GetAsync<InstanceRecord>(platform.Store.Keys.Instance(id), CancellationToken.None))!.Value;
+        long overTls = -1;
+        var seen = "";
+        try
+        {
+        await Eventually.UntilAsync(async () =>
+        {
+            var leader = (await platform.Store.GetAsync<LeaderRecord>(platform.Store.Keys.Leader(id), CancellationToken.None))?.Value;
+            if (leader is null) return false;
+            try
+            {
+                await using var conn = new Npgsql.NpgsqlConnection(Dingo.Postgres.DatabaseAdmin.ConnectionString(leader.Host, leader.Port, record.Superuser, "postgres").ConnectionString);
+                await conn.OpenAsync();
+                await using var cmd = new Npgsql.NpgsqlCommand("SELECT r.application_name, r.state, s.ssl, s.version FROM pg_stat_replication r LEFT JOIN pg_stat_ssl s ON s.pid = r.pid", conn);
+                var rows = new List<string>();
+                overTls = 0;
+                var clear = 0;
+                await using (var reader = await cmd.ExecuteReaderAsync())
+                    while (await reader.ReadAsync())
+                    {
+                        rows.Add($"{reader[0]} {reader[1]} ssl={reader[2]} {reader[3]}");
+                        if (reader[2] is not true) clear++;
+                        // Replicas name themselves by node id; the WAL archiver (pg_receivewal) streams too, also over TLS.
+                        else if (reader[1] is "streaming" && reader[0] is string name && name.StartsWith("n-", StringComparison.Ordinal)) overTls++;
+                    }
+                seen = string.Join("; ", rows);
+                return clear == 0 && overTls == nodes - 1;
+            }
+            catch (Npgsql.NpgsqlException ex)
+            {
+                seen = ex.Message;
+                return false;
+            }
+        }, TimeSpan.FromSeconds(60), $"{when}: every replica streaming over TLS (pg_stat_replication joined with pg_stat_ssl)");
+        }
+        catch (TimeoutException)
+        {
+            output.WriteLine($"{when}: the leader's pg_stat_replication: {seen}");
+            foreach (var log in Directory.GetFiles(platform.Settings.DataDir, "postgres.log", SearchOption.AllDirectories))
+                output.WriteLine($"{log}: {string.Join(" | ", File.ReadLines(log).TakeLast(6))}");
+            throw;
+        }
+        output.WriteLine($"{when}: psql verify-full through the router ssl=t, sslmode=disable refused, another CA refused, {overTls} replica(s) streaming over TLS ({took.Elapsed.TotalSeconds:0.0}s)");
     }
 
     [Fact]

@@ -26,6 +26,22 @@ public sealed class PlatformAccessTests
     }
 
     [Fact]
+    public void With_require_tls_every_accepting_tcp_line_is_hostssl_and_the_rejects_still_match_without_tls()
+    {
+        var hba = PlatformAccess.From(["10.0.0.5"], [], requireTls: true).Hba("dingo_admin", "10.0.0.7");
+        var lines = hba.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.StartsWith('#')).ToList();
+        Assert.Contains("hostssl all \"dingo_admin\",\"dingo_replicator\" 10.0.0.5/32 scram-sha-256", lines);
+        Assert.Contains("hostssl replication \"dingo_admin\",\"dingo_replicator\" 10.0.0.7/32 scram-sha-256", lines);
+        Assert.Contains("hostssl all all 0.0.0.0/0 scram-sha-256", lines);
+        Assert.Contains("hostssl all all ::/0 scram-sha-256", lines);
+        Assert.Contains("host all \"dingo_admin\",\"dingo_replicator\" 0.0.0.0/0 reject", lines);
+        // No line lets a TCP login in without TLS; local sockets are not TCP.
+        Assert.DoesNotContain(lines, l => l.StartsWith("host ", StringComparison.Ordinal) && !l.EndsWith(" reject", StringComparison.Ordinal));
+        Assert.Contains("local all all scram-sha-256", lines);
+        Assert.DoesNotContain("hostssl", PlatformAccess.From(["10.0.0.5"], []).Hba("dingo_admin"), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void A_loopback_host_stands_for_the_loopback_network_and_admin_networks_are_normalised()
     {
         var access = PlatformAccess.From(["127.0.0.1", "127.0.0.2", "::1", "cell-3.example", "192.0.2.9"], ["10.1.2.3/24", "198.51.100.4"]);

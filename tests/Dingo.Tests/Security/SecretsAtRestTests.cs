@@ -31,6 +31,18 @@ public sealed class SecretsAtRestTests(ITestOutputHelper output)
         var instance = (await p.Store.GetAsync<InstanceRecord>(p.Store.Keys.Instance(instanceId), CancellationToken.None))!.Value;
         var secrets = new[] { (string)credentials["password"]!, instance.Superuser.Password, instance.Replication!.Password };
         Assert.All(secrets, s => Assert.True(s.Length >= 20, "a generated password"));
+        // The platform CA's private key (made at the first need) and the nodes' keys: never in clear outside their files.
+        var caKey = (await p.Store.GetAsync<PlatformCaRecord>(p.Store.Keys.PlatformCa, CancellationToken.None))!.Value.Key.Password;
+        Assert.Equal((string)credentials["ca_certificate"]!, (await p.Store.GetAsync<PlatformCaRecord>(p.Store.Keys.PlatformCa, CancellationToken.None))!.Value.Certificate);
+        var nodeKeyFiles = Directory.GetFiles(p.Settings.DataDir, "server.key", SearchOption.AllDirectories);
+        Assert.NotEmpty(nodeKeyFiles);
+        Assert.All(nodeKeyFiles, f => Assert.True(File.GetUnixFileMode(f) == SecretFile.Mode, $"{f} has mode {File.GetUnixFileMode(f)}"));
+        Assert.All(nodeKeyFiles, f => Assert.True(File.GetUnixFileMode(Path.GetDirectoryName(f)!) == SecretFile.FolderMode, $"{Path.GetDirectoryName(f)} has mode {File.GetUnixFileMode(Path.GetDirectoryName(f)!)}"));
+        var keyLines = new[] { caKey }.Concat(nodeKeyFiles.Select(File.ReadAllText))
+            .SelectMany(pem => pem.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Where(l => !l.StartsWith("-----", StringComparison.Ordinal) && l.Length >= 16))
+            .ToArray();
+        Assert.NotEmpty(keyLines);
+        secrets = [.. secrets, .. keyLines];
 
         // Records as a version before sealing wrote them: read still, sealed by the rotation.
         var legacyKey = p.Store.Keys.Binding(LegacyInstance, "legacy-binding");
@@ -49,7 +61,8 @@ public sealed class SecretsAtRestTests(ITestOutputHelper output)
         output.WriteLine($"etcd: {etcd.Count} keys under {p.Settings.EtcdPrefix}");
         AssertNoSecret(secrets, etcd.Select(kv => ($"etcd {kv.Key}", kv.Value)));
         var sealedInEtcd = Census(etcd.Where(kv => kv.Key != legacyKey).Select(kv => kv.Value));
-        Assert.Equal(new Dictionary<string, int> { [TestSealKey.CurrentId] = 3 }, sealedInEtcd); // superuser, replication, the binding's role
+        Assert.Equal(new Dictionary<string, int> { [TestSealKey.CurrentId] = 4 }, sealedInEtcd); // superuser, replication, the binding's role, the CA's key
+        Assert.DoesNotContain(etcd, kv => kv.Value.Contains("PRIVATE KEY", StringComparison.Ordinal));
         // The local-folder object store, raw: every file (cluster data, WAL, base backups) created 0600, none with a password.
         var folder = ((LocalFolderObjectStore)objects).Folder;
         var files = ReadFolderRaw(folder);
