@@ -392,7 +392,38 @@ public sealed class TestPlatform : IAsyncDisposable
             if ((string?)body["state"] != "in progress") return body;
             await Task.Delay(200);
         }
-        throw new TimeoutException($"operation on {instanceId} still in progress after {timeout}: {last.ToJsonString()}");
+        throw new TimeoutException($"operation on {instanceId} still in progress after {timeout}: {last.ToJsonString()}\n{await InstanceStoryAsync(instanceId)}");
+    }
+
+    /// <summary>
+    /// What an operation that never finished needs explained (the platform's data, logs included, goes with the test):
+    /// each node's last status and the cell-process log lines that name the instance or its nodes.
+    /// </summary>
+    public async Task<string> InstanceStoryAsync(string instanceId, int linesPerCell = 25)
+    {
+        var story = new StringBuilder();
+        try
+        {
+            var nodes = (await Store.ListAsync<Dingo.Model.NodeSpec>(Store.Keys.Nodes(instanceId), CancellationToken.None)).Select(n => n.Value).ToList();
+            var statuses = (await Store.ListAsync<Dingo.Model.NodeStatus>(Store.Keys.Statuses(instanceId), CancellationToken.None)).Select(n => n.Value).ToList();
+            foreach (var n in nodes)
+            {
+                var st = statuses.FirstOrDefault(x => x.NodeId == n.NodeId);
+                story.AppendLine($"node {n.NodeId} on {n.CellId}: {(st is null ? "no status" : $"{st.State} {st.Role}: {st.Detail}")}");
+            }
+            var names = nodes.Select(n => n.NodeId).Append(instanceId).ToList();
+            foreach (var log in Directory.EnumerateFiles(Settings.DataDir, "cell-*.log").Order(StringComparer.Ordinal))
+            {
+                string[] lines;
+                using (var stream = new FileStream(log, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
+                using (var reader = new StreamReader(stream))
+                    lines = (await reader.ReadToEndAsync()).Split('\n');
+                foreach (var line in lines.Where(l => names.Any(n => l.Contains(n, StringComparison.Ordinal))).TakeLast(linesPerCell))
+                    story.AppendLine($"{Path.GetFileNameWithoutExtension(log)}: {line.TrimEnd()}");
+            }
+        }
+        catch (Exception e) { story.AppendLine($"(could not read the instance's story: {e.Message})"); }
+        return story.ToString();
     }
 
     public async Task<string> ProvisionReadyAsync(string instanceId, string? planId = null)
@@ -400,7 +431,7 @@ public sealed class TestPlatform : IAsyncDisposable
         var (status, body) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{instanceId}?accepts_incomplete=true", ProvisionBody(planId));
         Assert.True(status == 202, $"provision answered {status}: {body.ToJsonString()}");
         var final = await WaitForOperationAsync(instanceId, TimeSpan.FromSeconds(90));
-        Assert.True((string?)final["state"] == "succeeded", $"provision ended {final.ToJsonString()}");
+        if ((string?)final["state"] != "succeeded") Assert.Fail($"provision ended {final.ToJsonString()}\n{await InstanceStoryAsync(instanceId)}");
         return instanceId;
     }
 
