@@ -257,35 +257,11 @@ public sealed class ArchiveTests : IAsyncLifetime
 
     private NodeLaunchSpec Spec(string nodeId) => new(nodeId, _instance, "127.0.0.1", FreePorts.One(), _superuser);
 
-    private static CancellationToken Ct() => new CancellationTokenSource(TimeSpan.FromSeconds(120)).Token;
-
-    private NpgsqlConnection Connection(NodeLaunchSpec spec) => new(new NpgsqlConnectionStringBuilder
-    {
-        Host = "127.0.0.1", Port = spec.Port, Username = _superuser.Username, Password = _superuser.Password, Database = "postgres", Pooling = false, Timeout = 5,
-    }.ConnectionString);
-
-    private async Task WaitServingAsync(NodeLaunchSpec spec) =>
-        await Eventually.UntilAsync(async () =>
-        {
-            try { await using var c = Connection(spec); await c.OpenAsync(); return true; }
-            catch (NpgsqlException) { return false; }
-        }, TimeSpan.FromSeconds(30), $"{spec.NodeId} accepts connections");
-
-    private async Task ExecAsync(NodeLaunchSpec spec, string sql)
-    {
-        await using var c = Connection(spec);
-        await c.OpenAsync(Ct());
-        await using var cmd = new NpgsqlCommand(sql, c);
-        await cmd.ExecuteNonQueryAsync(Ct());
-    }
-
-    private async Task<object?> ScalarAsync(NodeLaunchSpec spec, string sql)
-    {
-        await using var c = Connection(spec);
-        await c.OpenAsync(Ct());
-        await using var cmd = new NpgsqlCommand(sql, c);
-        return await cmd.ExecuteScalarAsync(Ct());
-    }
+    private static CancellationToken Ct() => NodeSql.Ct();
+    private NpgsqlConnection Connection(NodeLaunchSpec spec) => NodeSql.Connection(spec, _superuser);
+    private Task WaitServingAsync(NodeLaunchSpec spec) => NodeSql.WaitServingAsync(spec, _superuser);
+    private Task ExecAsync(NodeLaunchSpec spec, string sql) => NodeSql.ExecAsync(spec, _superuser, sql);
+    private Task<object?> ScalarAsync(NodeLaunchSpec spec, string sql) => NodeSql.ScalarAsync(spec, _superuser, sql);
 
     private async Task<ulong> CurrentLsnAsync(NodeLaunchSpec spec) => (ulong)(decimal)(await ScalarAsync(spec, "SELECT pg_current_wal_flush_lsn() - '0/0'"))!;
 

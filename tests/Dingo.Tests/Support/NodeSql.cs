@@ -1,0 +1,39 @@
+using Dingo.Cells;
+using Dingo.Model;
+using Npgsql;
+
+namespace Dingo.Tests.Support;
+
+/// <summary>SQL against one node started by a runtime in a test, as its superuser on 127.0.0.1.</summary>
+public static class NodeSql
+{
+    public static CancellationToken Ct() => new CancellationTokenSource(TimeSpan.FromSeconds(120)).Token;
+
+    public static NpgsqlConnection Connection(NodeLaunchSpec spec, Credentials superuser) => new(new NpgsqlConnectionStringBuilder
+    {
+        Host = "127.0.0.1", Port = spec.Port, Username = superuser.Username, Password = superuser.Password, Database = "postgres", Pooling = false, Timeout = 5,
+    }.ConnectionString);
+
+    public static async Task WaitServingAsync(NodeLaunchSpec spec, Credentials superuser) =>
+        await Eventually.UntilAsync(async () =>
+        {
+            try { await using var c = Connection(spec, superuser); await c.OpenAsync(); return true; }
+            catch (NpgsqlException) { return false; }
+        }, TimeSpan.FromSeconds(30), $"{spec.NodeId} accepts connections");
+
+    public static async Task ExecAsync(NodeLaunchSpec spec, Credentials superuser, string sql)
+    {
+        await using var c = Connection(spec, superuser);
+        await c.OpenAsync(Ct());
+        await using var cmd = new NpgsqlCommand(sql, c);
+        await cmd.ExecuteNonQueryAsync(Ct());
+    }
+
+    public static async Task<object?> ScalarAsync(NodeLaunchSpec spec, Credentials superuser, string sql)
+    {
+        await using var c = Connection(spec, superuser);
+        await c.OpenAsync(Ct());
+        await using var cmd = new NpgsqlCommand(sql, c);
+        return await cmd.ExecuteScalarAsync(Ct());
+    }
+}
