@@ -107,14 +107,14 @@ public sealed class TimelineHistories(IObjectStore store, string instanceId, ILo
 
     /// <summary>
     /// Right before pg_promote: which history files the node's pg_wal must get. Newer ones are looked for once more (a
-    /// probe, or the first listing when none was made) within <paramref name="budget"/>; an unreachable store never blocks
-    /// a promotion: it is logged and what was fetched before is used.
+    /// probe, or the first listing when none was made) within <paramref name="budget"/>, which is spent on the store
+    /// alone: the node's own timelines come in <paramref name="node"/>, read on the HA pass's warm connection. An
+    /// unreachable store never blocks a promotion: it is logged and what was fetched before is used.
     /// </summary>
-    public async Task<IReadOnlyList<TimelineHistoryFile>> BeforePromotionAsync(string host, int port, Credentials superuser, TimeSpan budget, CancellationToken ct)
+    public async Task<IReadOnlyList<TimelineHistoryFile>> BeforePromotionAsync(NodeTimelines node, TimeSpan budget, CancellationToken ct)
     {
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
         deadline.CancelAfter(budget);
-        var node = await ReadNodeAsync(host, port, superuser, deadline.Token).ConfigureAwait(false);
         try
         {
             if (Listed(node.SystemId)) await ProbeNewerAsync(node.SystemId, node.Timeline, deadline.Token).ConfigureAwait(false);
@@ -133,11 +133,13 @@ public sealed class TimelineHistories(IObjectStore store, string instanceId, ILo
     public static IReadOnlyList<uint> ToInstall(IEnumerable<uint> archived, uint current, IReadOnlySet<uint> inPgWal) =>
         archived.Where(t => t > current && !inPgWal.Contains(t)).Distinct().Order().ToList();
 
-    internal sealed record NodeTimelines(ulong SystemId, uint Timeline, IReadOnlySet<uint> InPgWal);
+    /// <summary>A node's system id, timeline and the history files its pg_wal holds.</summary>
+    public sealed record NodeTimelines(ulong SystemId, uint Timeline, IReadOnlySet<uint> InPgWal);
 
     /// <summary>
     /// The node's system id, timeline (its last checkpoint's or restartpoint's: a replica that just followed a switch may
-    /// be one behind, and then gets a file more, never one fewer) and the history files its pg_wal holds.
+    /// be one behind, and then gets a file more, never one fewer) and the history files its pg_wal holds, on a fresh
+    /// connection of its own (the background refresh).
     /// </summary>
     internal static async Task<NodeTimelines> ReadNodeAsync(string host, int port, Credentials superuser, CancellationToken ct)
     {
@@ -146,6 +148,12 @@ public sealed class TimelineHistories(IObjectStore store, string instanceId, ILo
         cs.Pooling = false;
         await using var conn = new NpgsqlConnection(cs.ConnectionString);
         await conn.OpenAsync(ct).ConfigureAwait(false);
+        return await ReadNodeAsync(conn, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>The same, on a connection the caller opened.</summary>
+    public static async Task<NodeTimelines> ReadNodeAsync(NpgsqlConnection conn, CancellationToken ct)
+    {
         await using var cmd = new NpgsqlCommand("""
             SELECT (SELECT system_identifier FROM pg_control_system()),
                    (SELECT timeline_id FROM pg_control_checkpoint()),

@@ -538,7 +538,7 @@ public sealed class NodeAgent
 
             case HaAction.TakeLeadership:
                 if (!await TryTakeKeyAsync(etcd).ConfigureAwait(false)) return;
-                if (input.Local.InRecovery) await AddTimelineHistoriesAsync(record, etcd).ConfigureAwait(false);
+                if (input.Local.InRecovery) await AddTimelineHistoriesAsync(probe, etcd).ConfigureAwait(false);
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
                 if (input.Local.InRecovery) await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
                 _following = null;
@@ -547,7 +547,7 @@ public sealed class NodeAgent
                 break;
 
             case HaAction.Promote:
-                await AddTimelineHistoriesAsync(record, etcd).ConfigureAwait(false);
+                await AddTimelineHistoriesAsync(probe, etcd).ConfigureAwait(false);
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
                 await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
                 _following = null;
@@ -619,13 +619,16 @@ public sealed class NodeAgent
     /// PostgreSQL picks a timeline no other branch took (docs/ha.md). Bounded by a small budget; a failure never blocks the
     /// promotion (availability first): it is logged as an error and the promotion goes on.
     /// </summary>
-    private async Task AddTimelineHistoriesAsync(InstanceRecord record, CancellationToken ct)
+    private async Task AddTimelineHistoriesAsync(PostgresProbe probe, CancellationToken ct)
     {
         if (_histories is null) return;
         try
         {
+            // The node's own answer comes on the pass's warm connection, bounded by the pass; the budget is the store's
+            // alone (a fresh connection with a TLS handshake once spent all of it on a loaded machine: fresh8).
+            var node = await probe.ReadTimelinesAsync(ct).ConfigureAwait(false);
             var budget = TimeSpan.FromTicks(Math.Min(TimeSpan.FromSeconds(1).Ticks, (_settings.Ha.Ttl / 8).Ticks));
-            var files = await _histories.BeforePromotionAsync(Address, _spec.Port, record.Superuser, budget, ct).ConfigureAwait(false);
+            var files = await _histories.BeforePromotionAsync(node, budget, ct).ConfigureAwait(false);
             if (files.Count == 0) return;
             var written = await _runtime.AddTimelineHistoriesAsync(_spec.NodeId, files, ct).ConfigureAwait(false);
             if (written.Count > 0)

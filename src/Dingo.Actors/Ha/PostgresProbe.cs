@@ -65,6 +65,14 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
             r.IsDBNull(5) ? null : r.GetInt32(5));
     }
 
+    /// <summary>The node's system id, timeline and the history files in its pg_wal, on the pass's warm pooled connection.</summary>
+    public async Task<Dingo.Backups.TimelineHistories.NodeTimelines> ReadTimelinesAsync(CancellationToken ct)
+    {
+        await using var conn = Connect();
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        return await Dingo.Backups.TimelineHistories.ReadNodeAsync(conn, ct).ConfigureAwait(false);
+    }
+
     public async Task PromoteAsync(CancellationToken ct)
     {
         await using var conn = Connect();

@@ -1,5 +1,6 @@
 using System.Text;
 using Dingo.Backups;
+using Dingo.Ha;
 using Dingo.Cells;
 using Dingo.Model;
 using Dingo.Tests.Support;
@@ -84,7 +85,10 @@ public sealed class TimelineHistoryTests : IAsyncLifetime
         await _store.PutAsync(ArchiveLayout.History(_instance, sys, 2), new MemoryStream(other));
 
         var histories = new TimelineHistories(_store, _instance, _logger);
-        var files = await histories.BeforePromotionAsync("127.0.0.1", b.Port, _superuser, TimeSpan.FromSeconds(5), Ct());
+        // Read on the HA probe's pooled connection, as the agent does right before pg_promote.
+        var node = await new PostgresProbe("127.0.0.1", b.Port, _superuser).ReadTimelinesAsync(Ct());
+        Assert.Equal((sys, 1u), (node.SystemId, node.Timeline));
+        var files = await histories.BeforePromotionAsync(node, TimeSpan.FromSeconds(5), Ct());
         Assert.Equal([2u], files.Select(f => f.Timeline));
         Assert.Equal(["00000002.history"], await _runtime.AddTimelineHistoriesAsync("node-b", files, Ct()));
         // Written once, never replaced: a second call adds nothing.
