@@ -33,6 +33,8 @@ public static class Program
             Console.Error.WriteLine($"dingo-cell: configuration error: {ex.Message}");
             return 2;
         }
+        // The platform's own connections to nodes require TLS with channel binding when clients must use TLS.
+        Dingo.Postgres.PlatformConnectionTls.Configure(settings.Postgres.RequireTls);
         // Every record that holds a password is sealed with the platform key: without it, refuse to start.
         try { Dingo.Security.Sealing.Configure(settings.Seal); }
         catch (Dingo.Security.SealException ex)

@@ -61,6 +61,7 @@ public static class Program
         {
             settings = await SealSetup.PrepareAsync(args[0], home, settings, cts.Token);
             Dingo.Security.Sealing.Configure(settings.Seal);
+            Dingo.Postgres.PlatformConnectionTls.Configure(settings.Postgres.RequireTls);
         }
         catch (Dingo.Security.SealException ex)
         {

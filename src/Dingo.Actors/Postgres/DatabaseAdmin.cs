@@ -16,18 +16,20 @@ public static class DatabaseAdmin
     public const string SuperuserName = "dingo_admin";
     public const string ReplicationUserName = "dingo_replicator";
 
-    public static NpgsqlConnectionStringBuilder ConnectionString(string host, int port, Credentials superuser, string database) => new()
-    {
-        Host = host,
-        Port = port,
-        Username = superuser.Username,
-        Password = superuser.Password,
-        Database = database,
-        Timeout = 5,
-        CommandTimeout = 15,
-        Pooling = false,
-        ApplicationName = "dingo",
-    };
+    /// <summary>A connection of the platform to a node, with this process's TLS policy (<see cref="PlatformConnectionTls"/>).</summary>
+    public static NpgsqlConnectionStringBuilder ConnectionString(string host, int port, Credentials superuser, string database) =>
+        PlatformConnectionTls.Apply(new NpgsqlConnectionStringBuilder
+        {
+            Host = host,
+            Port = port,
+            Username = superuser.Username,
+            Password = superuser.Password,
+            Database = database,
+            Timeout = 5,
+            CommandTimeout = 15,
+            Pooling = false,
+            ApplicationName = "dingo",
+        }, PlatformConnectionTls.Required);
 
     /// <summary>Creates the owner role, the replication role and the application database when missing. Safe to run again.</summary>
     public static async Task PrepareAsync(string host, int port, Credentials superuser, string database, CancellationToken ct, Credentials? replication = null)

@@ -121,7 +121,9 @@ public sealed class FailoverTests(ITestOutputHelper output)
             if (leader is null) return false;
             try
             {
-                await using var conn = new Npgsql.NpgsqlConnection(Dingo.Postgres.DatabaseAdmin.ConnectionString(leader.Host, leader.Port, record.Superuser, "postgres").ConnectionString);
+                // As the cells' own connections do with require-tls: TLS and SCRAM channel binding, or no login.
+                await using var conn = new Npgsql.NpgsqlConnection(Dingo.Postgres.PlatformConnectionTls.Apply(
+                    Dingo.Postgres.DatabaseAdmin.ConnectionString(leader.Host, leader.Port, record.Superuser, "postgres"), required: true).ConnectionString);
                 await conn.OpenAsync();
                 await using var cmd = new Npgsql.NpgsqlCommand("SELECT r.application_name, r.state, s.ssl, s.version FROM pg_stat_replication r LEFT JOIN pg_stat_ssl s ON s.pid = r.pid", conn);
                 var rows = new List<string>();
