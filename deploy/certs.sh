@@ -11,7 +11,11 @@
 #   etcd-client.pem, -key.pem        the certificate brokers, cells and the console present to etcd (CN=dingo)
 #   broker-ca.pem                    the CA the console trusts for the brokers' HTTPS (dingo.broker.tls.ca-file)
 #   broker.pem, broker-key.pem       a broker's HTTPS certificate: SAN = the host's address (used where a broker runs)
-# A host folder that exists is left alone (remove it to issue again, e.g. for a replaced host). Every file is created
+#   seal.key                         the platform's seal key (docs/security.md, "Secrets at rest"): one for the whole
+#                                    platform, made once as OUT/seal.key and copied into every host folder, since every
+#                                    host must open what another sealed
+# A host folder that exists is left alone (remove it to issue again, e.g. for a replaced host), except that one made
+# before seal keys were part of it gets OUT/seal.key. Every file is created
 # 0600 (umask 077; nothing is chmod-ed after writing). Keep OUT/*-ca-key.pem off the hosts: they issue certificates;
 # and OUT/etcd-root.pem, etcd-root-key.pem (CN=root: etcd's root user once deploy/etcd-auth.sh turns users on).
 # DINGO_CERT_DAYS (default 825) is how long a host's certificates are valid; the CAs get ten years.
@@ -65,12 +69,24 @@ ca broker-ca "Dingo broker CA"
 # etcd's root user (CN=root): for the operator to turn on and manage etcd's users (deploy/etcd-auth.sh); never on a host.
 [ -f "$OUT/etcd-root.pem" ] || issue etcd-ca "$OUT" etcd-root root clientAuth
 
+# The seal key: 32 random bytes, base64, one line (the format DINGO_SEAL_KEY_FILE takes). Written to a temporary name
+# and moved, so an interrupted run never leaves a short key behind.
+if [ ! -s "$OUT/seal.key" ]; then
+  openssl rand -base64 32 >"$OUT/seal.key.new" || die "openssl could not make the seal key"
+  mv "$OUT/seal.key.new" "$OUT/seal.key"
+  say "made the platform's seal key $OUT/seal.key (the same on every host; keep a copy off the hosts: without it no sealed password opens)"
+fi
+
 for host in "$@"; do
   name=${host%%=*}; address=${host#*=}
   dir="$OUT/$name"
-  if [ -e "$dir" ]; then say "$dir exists: left alone"; continue; fi
+  if [ -e "$dir" ]; then
+    if [ ! -e "$dir/seal.key" ]; then cp "$OUT/seal.key" "$dir/seal.key.new" && mv "$dir/seal.key.new" "$dir/seal.key"; say "$dir exists: added the seal key"
+    else say "$dir exists: left alone"; fi
+    continue
+  fi
   mkdir "$dir.new"
-  cp "$OUT/etcd-ca.pem" "$OUT/broker-ca.pem" "$dir.new/"
+  cp "$OUT/etcd-ca.pem" "$OUT/broker-ca.pem" "$OUT/seal.key" "$dir.new/"
   issue etcd-ca "$dir.new" etcd-server "$name" serverAuth,clientAuth "IP:$address,IP:127.0.0.1"
   issue etcd-ca "$dir.new" etcd-client dingo clientAuth
   issue broker-ca "$dir.new" broker "$name" serverAuth "IP:$address"

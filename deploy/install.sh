@@ -12,7 +12,8 @@
 #   - copies the example configuration to /etc/dingo/ only where a file is not there yet (never overwrites);
 #   - with CERTS_DIR (this host's folder from deploy/certs.sh, e.g. certs/host-1): installs its PEM files in
 #     /etc/dingo/tls (folder 0700, files 0600, owned by dingo: etcd and the broker run as dingo), never over a file
-#     that is there;
+#     that is there; and its seal.key (the platform's, the same on every host) as /etc/dingo/keys/seal.key (folder
+#     0700, file 0600, owned by dingo), never over a key that is there;
 #   - creates the `dingo` system user and reloads systemd.
 # It enables and starts nothing: docs/deploy.md says what to edit and in which order to start.
 # DESTDIR=/some/dir installs under that folder instead (no user created, no systemd reload).
@@ -91,6 +92,15 @@ if [ -n "$CERTS" ]; then
   done
 fi
 
+# The platform's seal key (docs/security.md, "Secrets at rest"), where dingo.env's DINGO_SEAL_KEY_FILE names it. Never
+# replaced: a host whose key differs from the others' could not open what they sealed.
+if [ -n "$CERTS" ] && [ -f "$CERTS/seal.key" ]; then
+  owner=(); [ -z "$ROOT" ] && owner=(-o dingo -g dingo)
+  install -d -m 0700 "${owner[@]}" "$ROOT/etc/dingo/keys"
+  if [ ! -e "$ROOT/etc/dingo/keys/seal.key" ]; then install -m 0600 "${owner[@]}" "$CERTS/seal.key" "$ROOT/etc/dingo/keys/seal.key"
+  elif ! cmp -s "$CERTS/seal.key" "$ROOT/etc/dingo/keys/seal.key"; then say "warning: /etc/dingo/keys/seal.key differs from $CERTS/seal.key and was left alone: every host must hold the same first key (dingo rotate-key, docs/security.md)"; fi
+fi
+[ -e "$ROOT/etc/dingo/keys/seal.key" ] || say "warning: /etc/dingo/keys/seal.key is missing: brokers and cells refuse to start without the platform's seal key; run deploy/install.sh again with this host's folder from deploy/certs.sh (it holds seal.key)"
 [ -e "$ROOT/etc/dingo/tls/etcd-ca.pem" ] || say "warning: /etc/dingo/tls has no certificates: etcd, brokers and cells speak TLS only; run deploy/install.sh again with this host's folder from deploy/certs.sh"
 [ -x /usr/bin/dotnet ] || say "warning: /usr/bin/dotnet is missing: the units need the ASP.NET Core 10 runtime there"
 [ -x /usr/bin/etcd ] || say "warning: /usr/bin/etcd is missing: apt-get install etcd-server, then systemctl disable --now etcd"

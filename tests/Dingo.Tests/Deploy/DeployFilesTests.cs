@@ -238,8 +238,13 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
 
             // This host's TLS folder, as deploy/certs.sh makes it.
             var certs = Path.Combine(work.FullName, "certs");
-            var (certsCode, certsText) = await RunAsync("/bin/bash", [DeployPath("certs.sh"), certs, "host-1=10.0.0.11"]);
+            var (certsCode, certsText) = await RunAsync("/bin/bash", [DeployPath("certs.sh"), certs, "host-1=10.0.0.11", "host-2=10.0.0.12"]);
             Assert.True(certsCode == 0, $"certs.sh failed (exit {certsCode}): {certsText}");
+            // One seal key for the platform: every host folder holds the same one, a key the processes accept.
+            var sealKey = await File.ReadAllTextAsync(Path.Combine(certs, "seal.key"));
+            Assert.Equal(sealKey, await File.ReadAllTextAsync(Path.Combine(certs, "host-1", "seal.key")));
+            Assert.Equal(sealKey, await File.ReadAllTextAsync(Path.Combine(certs, "host-2", "seal.key")));
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(certs, "host-1", "seal.key")));
 
             var root = Path.Combine(work.FullName, "root");
             var (code, text) = await RunAsync("/bin/bash", [DeployPath("install.sh"), published, Path.Combine(certs, "host-1")], new Dictionary<string, string> { ["DESTDIR"] = root });
@@ -268,6 +273,14 @@ public sealed partial class DeployFilesTests(ITestOutputHelper output)
                 Assert.True(File.Exists(root + path), $"{path} is named by deploy/ but install.sh did not install it");
                 Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(root + path));
             }
+            // The seal key where dingo.env's DINGO_SEAL_KEY_FILE names it: 0600 in a 0700 folder, and one the processes read.
+            var env = await File.ReadAllTextAsync(Path.Combine(root, "etc", "dingo", "dingo.env"));
+            Assert.Contains("DINGO_SEAL_KEY_FILE=/etc/dingo/keys/seal.key", env);
+            Assert.Equal(sealKey, await File.ReadAllTextAsync(root + "/etc/dingo/keys/seal.key"));
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(root + "/etc/dingo/keys/seal.key"));
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(root + "/etc/dingo/keys"));
+            Assert.NotNull(Dingo.Security.SealKeyRing.Parse(await File.ReadAllTextAsync(root + "/etc/dingo/keys/seal.key"), "the installed seal key"));
+            Assert.DoesNotContain("seal.key is missing", text, StringComparison.Ordinal);
             // They are the certificates they say: the member's names the host's address, the client's chains to etcd's CA.
             using (var member = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(File.ReadAllText(root + "/etc/dingo/tls/etcd-server.pem")))
                 Assert.True(member.MatchesHostname("10.0.0.11"), "etcd-server.pem does not name host-1's address");
