@@ -71,7 +71,11 @@ ca broker-ca "Dingo broker CA"
 
 # The seal key: 32 random bytes, base64, one line (the format DINGO_SEAL_KEY_FILE takes). Written to a temporary name
 # and moved, so an interrupted run never leaves a short key behind.
-if [ ! -s "$OUT/seal.key" ]; then
+# DINGO_CERTS_SEAL_KEY=off: a caller that keeps the seal key elsewhere (deploy/three-hosts.sh: OUT is inside its state
+# folder, and a seal key never lies beside the data it seals) gets none.
+SEAL="${DINGO_CERTS_SEAL_KEY:-on}"
+[ "$SEAL" = on ] || [ "$SEAL" = off ] || die "DINGO_CERTS_SEAL_KEY must be on or off"
+if [ "$SEAL" = on ] && [ ! -s "$OUT/seal.key" ]; then
   openssl rand -base64 32 >"$OUT/seal.key.new" || die "openssl could not make the seal key"
   mv "$OUT/seal.key.new" "$OUT/seal.key"
   say "made the platform's seal key $OUT/seal.key (the same on every host; keep a copy off the hosts: without it no sealed password opens)"
@@ -81,12 +85,13 @@ for host in "$@"; do
   name=${host%%=*}; address=${host#*=}
   dir="$OUT/$name"
   if [ -e "$dir" ]; then
-    if [ ! -e "$dir/seal.key" ]; then cp "$OUT/seal.key" "$dir/seal.key.new" && mv "$dir/seal.key.new" "$dir/seal.key"; say "$dir exists: added the seal key"
+    if [ "$SEAL" = on ] && [ ! -e "$dir/seal.key" ]; then cp "$OUT/seal.key" "$dir/seal.key.new" && mv "$dir/seal.key.new" "$dir/seal.key"; say "$dir exists: added the seal key"
     else say "$dir exists: left alone"; fi
     continue
   fi
   mkdir "$dir.new"
-  cp "$OUT/etcd-ca.pem" "$OUT/broker-ca.pem" "$OUT/seal.key" "$dir.new/"
+  cp "$OUT/etcd-ca.pem" "$OUT/broker-ca.pem" "$dir.new/"
+  [ "$SEAL" = off ] || cp "$OUT/seal.key" "$dir.new/"
   issue etcd-ca "$dir.new" etcd-server "$name" serverAuth,clientAuth "IP:$address,IP:127.0.0.1"
   issue etcd-ca "$dir.new" etcd-client dingo clientAuth
   issue broker-ca "$dir.new" broker "$name" serverAuth "IP:$address"

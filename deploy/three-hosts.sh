@@ -197,7 +197,7 @@ supervise() {
 # ---- TLS: etcd's CA, each member's certificate and the client certificate; the brokers' CA and certificates ----
 # deploy/certs.sh, as on real hosts (docs/deploy.md); files 0600, gone with the state folder at the end.
 TLS="$STATE/tls"
-"$ROOT/deploy/certs.sh" "$TLS" "host-1=$(addr 0)" "host-2=$(addr 1)" "host-3=$(addr 2)" 2>/dev/null \
+DINGO_CERTS_SEAL_KEY=off "$ROOT/deploy/certs.sh" "$TLS" "host-1=$(addr 0)" "host-2=$(addr 1)" "host-3=$(addr 2)" 2>/dev/null \
   || die "deploy/certs.sh could not make the certificates (needs openssl)"
 # Every process presents host-1's client certificate (CN=dingo): they are one platform; any host's would do.
 ETCD_CA="$TLS/etcd-ca.pem"; ETCD_CERT="$TLS/host-1/etcd-client.pem"; ETCD_KEY="$TLS/host-1/etcd-client-key.pem"
