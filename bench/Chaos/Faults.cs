@@ -5,15 +5,20 @@ using Dingo.Tests.Support;
 
 namespace Dingo.Bench.Chaos;
 
-/// <summary>A kind of fault: its name on the command line, whether it aims at one instance, its stall target.</summary>
-internal sealed record FaultKind(string Name, bool AimsAtInstance, double? StallTargetSeconds, string What);
+/// <summary>
+/// A kind of fault: its name on the command line, whether it aims at one instance, its stall target, and on which
+/// platform it runs: one host (<see cref="OneHostPlatform"/>), three (<see cref="ThreeHostPlatform"/>), or both.
+/// </summary>
+internal sealed record FaultKind(string Name, bool AimsAtInstance, double? StallTargetSeconds, string What, bool OnOneHost = true, bool OnThreeHosts = false);
 
-/// <summary>A fault as it was done: what it hit (key=value fields), when its last step (a restart, SIGCONT) was done.</summary>
+/// <summary>A fault as it was done: what it hit (key=value fields), when its last step (a restart, SIGCONT, a heal) was done.</summary>
 /// <param name="FollowUp">
 /// what is followed after the fault, beside the healing: the disturbed provision ("provision=… deprovisioned=…", clean
 /// or not), or how long a killed cell agent took to register again
 /// </param>
-internal sealed record AppliedFault(string Fields, DateTime Done, Task<(string Fields, bool Clean)>? FollowUp);
+/// <param name="SplitSeenInside">split samples the sampler could not see: tries from inside a cut-off host that found a node writable after its fencing deadline</param>
+/// <param name="CheckFailed">the fault's own check failed: for link-cut, the old primary was never seen fenced from inside its host</param>
+internal sealed record AppliedFault(string Fields, DateTime Done, Task<(string Fields, bool Clean)>? FollowUp, int SplitSeenInside = 0, bool CheckFailed = false);
 
 /// <summary>Each fault kind, carried out on the <see cref="ChaosPlatform"/>.</summary>
 internal sealed class Faults(ChaosPlatform platform, Random random)
@@ -25,20 +30,41 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
     /// <summary>A provision is disturbed at a random moment this long after its request (a `cluster` takes ~3-4 s).</summary>
     public static readonly TimeSpan ProvisionKillWithin = TimeSpan.FromSeconds(4);
     private static readonly TimeSpan OperationLimit = TimeSpan.FromSeconds(120);
+    /// <summary>
+    /// 2.5 times the HA ttl (4 s): the lease expires and a replica takes over while the host is still cut off (a failover
+    /// takes ~6 s here: ttl, a loop, the router's leader-wait), with room for a loaded machine, and the old primary is
+    /// watched from inside for seconds past its fencing deadline.
+    /// </summary>
+    public static readonly TimeSpan LinkCutFor = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan InsideProbeReadyWithin = TimeSpan.FromSeconds(10);
 
     public static readonly IReadOnlyList<FaultKind> Kinds =
     [
-        new("kill-pg", true, 1.0, "SIGKILL every process of the primary's PostgreSQL at once"),
-        new("stop-pg", true, null, "SIGSTOP every process of the primary's PostgreSQL, SIGCONT 10 s later"),
+        new("kill-pg", true, 1.0, "SIGKILL every process of the primary's PostgreSQL at once", OnThreeHosts: true),
+        new("stop-pg", true, null, "SIGSTOP every process of the primary's PostgreSQL, SIGCONT 10 s later", OnThreeHosts: true),
         new("kill-cell-agent", true, 1.0, "SIGKILL the primary's cell agent alone (its PostgreSQL runs on), restart it 0.5 s later"),
         new("kill-etcd", false, null, "SIGKILL etcd, restart it 1 s later on the same data"),
         new("stop-etcd", false, null, "SIGSTOP etcd, SIGCONT 8 s later"),
         new("kill-broker", false, null, "SIGKILL the broker process serving a provision at a random moment, restart it 0.5 s later"),
         new("kill-cell", false, 5.0, "SIGKILL a whole cell (agent and PostgreSQL) during a provision, restart it 0.5 s later"),
-        new("wipe-replica", true, null, "SIGKILL a replica's PostgreSQL, delete everything in its data directory"),
+        new("wipe-replica", true, null, "SIGKILL a replica's PostgreSQL, delete everything in its data directory", OnThreeHosts: true),
+        new("link-cut", true, null, "cut the link of the primary's host for 10 s, then heal it", OnOneHost: false, OnThreeHosts: true),
     ];
 
+    public static IReadOnlyList<FaultKind> KindsOn(int hosts) => Kinds.Where(k => hosts == 3 ? k.OnThreeHosts : k.OnOneHost).ToList();
+
     private int _throwaways;
+
+    // Parse offers each kind only on the platform it runs on.
+    private OneHostPlatform One => platform as OneHostPlatform ?? throw new InvalidOperationException("this fault kind runs on the one-host platform only");
+    private ThreeHostPlatform Three => platform as ThreeHostPlatform ?? throw new InvalidOperationException("this fault kind runs on the three-host platform only (--hosts 3)");
+
+    /// <summary>
+    /// What a fault needs before it starts, not counted in it (the bench waits for the platform to heal after it):
+    /// link-cut moves the target's primary off the writers' host. Its fields, or null when nothing was done.
+    /// </summary>
+    public async Task<string?> PrepareAsync(FaultKind kind, ChaosInstance target, CancellationToken ct) =>
+        kind.Name == "link-cut" ? await Three.MovePrimaryOffWriterHostAsync(target, random, ct) : null;
 
     public async Task<AppliedFault> ApplyAsync(FaultKind kind, ChaosInstance target, CancellationToken ct) => kind.Name switch
     {
@@ -50,6 +76,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         "kill-broker" => await KillBrokerDuringProvisionAsync(ct),
         "kill-cell" => await KillCellDuringProvisionAsync(ct),
         "wipe-replica" => await WipeReplicaAsync(target, ct),
+        "link-cut" => await CutLinkAsync(target, ct),
         _ => throw new ArgumentException($"unknown fault kind {kind.Name}", nameof(kind)),
     };
 
@@ -77,27 +104,28 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         var node = await platform.PrimaryAsync(target.Id, ct);
         var postmaster = platform.PostmasterPid(node);
         var cell = ChaosPlatform.CellNumber(node.CellId);
-        platform.Platform.KillCellProcessOnly(cell);
+        One.Platform.KillCellProcessOnly(cell);
         var killedAt = DateTimeOffset.UtcNow;
         var survived = Directory.Exists($"/proc/{postmaster}");
         await Task.Delay(RestartAfter, ct);
-        platform.Platform.StartCellProcess(cell);
+        One.Platform.StartCellProcess(cell);
         return new AppliedFault($"victim={node.CellId} primary={node.NodeId} postgres_survived={(survived ? "yes" : "no")}", DateTime.UtcNow,
             CellBackAsync(node.CellId, killedAt, ct));
     }
 
     private async Task<AppliedFault> KillEtcdAsync(CancellationToken ct)
     {
-        var pid = platform.Etcd.Pid(0);
-        platform.Etcd.Kill(0);
+        var etcd = One.Etcd;
+        var pid = etcd.Pid(0);
+        etcd.Kill(0);
         try { await Task.Delay(EtcdRestartAfter, ct); }
-        finally { platform.Etcd.Start(0); }
+        finally { etcd.Start(0); }
         return new AppliedFault($"victim=etcd pid={pid}", DateTime.UtcNow, null);
     }
 
     private async Task<AppliedFault> StopEtcdAsync(CancellationToken ct)
     {
-        var pid = platform.Etcd.Pid(0);
+        var pid = One.Etcd.Pid(0);
         var stopped = platform.Stop(() =>
         {
             if (!ChildProcesses.Signal(pid, PostgresSignals.SigStop)) throw new InvalidOperationException($"kill({pid}, SIGSTOP) failed");
@@ -111,14 +139,15 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
     private async Task<AppliedFault> KillBrokerDuringProvisionAsync(CancellationToken ct)
     {
         var id = $"throwaway-{++_throwaways}";
-        using var broker = TestPlatform.ClientFor(platform.BrokerUrl);
+        var one = One;
+        using var broker = TestPlatform.ClientFor(one.BrokerUrl);
         var put = PutProvisionAsync(broker, id, ct);
         var after = RandomDelay();
         await Task.Delay(after, ct);
-        platform.KillBroker();
+        one.KillBroker();
         var done = DateTime.UtcNow;
         await Task.Delay(RestartAfter, ct);
-        var restart = platform.StartBrokerAsync(ct);
+        var restart = one.StartBrokerAsync(ct);
         var outcome = CheckProvisionAsync(id, put, restart, ct);
         return new AppliedFault($"victim=broker-1 throwaway={id} kill_after_s={after.TotalSeconds:0.00}", done, outcome);
     }
@@ -126,16 +155,17 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
     private async Task<AppliedFault> KillCellDuringProvisionAsync(CancellationToken ct)
     {
         var id = $"throwaway-{++_throwaways}";
-        var put = PutProvisionAsync(platform.Platform.Http, id, ct);
+        var one = One;
+        var put = PutProvisionAsync(one.Platform.Http, id, ct);
         var after = RandomDelay();
         await Task.Delay(after, ct);
         // A cell the new instance has a node on if it has one yet: the provision is what this fault disturbs.
         var placed = await platform.NodesAsync(id, ct);
         var cellId = placed.Count > 0 ? placed[random.Next(placed.Count)].CellId : $"cell-{random.Next(1, ChaosPlatform.Cells + 1)}";
         var cell = ChaosPlatform.CellNumber(cellId);
-        platform.Platform.KillCell(cell);
+        one.Platform.KillCell(cell);
         await Task.Delay(RestartAfter, ct);
-        platform.Platform.StartCellProcess(cell);
+        one.Platform.StartCellProcess(cell);
         var outcome = CheckProvisionAsync(id, put, Task.CompletedTask, ct);
         return new AppliedFault($"victim={cellId} throwaway={id} kill_after_s={after.TotalSeconds:0.00} held_its_node={(placed.Count > 0 ? "yes" : "none-placed")}",
             DateTime.UtcNow, outcome);
@@ -166,10 +196,78 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         return new AppliedFault($"victim={node.NodeId}@{node.CellId} stopped=sigkill deleted_entries={entries}", DateTime.UtcNow, null);
     }
 
+    /// <summary>
+    /// Cuts the link of the host holding the target's primary for <see cref="LinkCutFor"/>, then heals it (also when the
+    /// bench is interrupted meanwhile). The sampler cannot reach a cut-off host: its nodes count as unanswered there. So
+    /// every node of the bench's instances on that host is also asked from inside it (<see cref="InsideProbe"/>): a try
+    /// begun after the fencing deadline (the cut plus the HA ttl: by then the lease may have expired and a replica may
+    /// lead) that finds a node writable is a split sample. The old primary never seen fenced from inside fails the check.
+    /// </summary>
+    private async Task<AppliedFault> CutLinkAsync(ChaosInstance target, CancellationToken ct)
+    {
+        var three = Three;
+        var primary = await platform.PrimaryAsync(target.Id, ct);
+        var host = ThreeHostPlatform.HostOf(primary.CellId);
+        if (host == ThreeHostPlatform.WriterHost)
+            throw new InvalidOperationException($"{target.Id}'s primary {primary.NodeId} is on host {host}, whose router the writers use: it should have been moved off");
+        var onHost = new List<(ChaosInstance Instance, NodeSpec Node)>();
+        foreach (var instance in platform.Instances)
+            foreach (var node in await platform.NodesAsync(instance.Id, ct))
+                if (ThreeHostPlatform.HostOf(node.CellId) == host) onHost.Add((instance, node));
+        var probes = new List<InsideProbe>();
+        try
+        {
+            foreach (var (instance, node) in onHost) probes.Add(InsideProbe.Start(three.Hosts, host, node, instance.Superuser, platform.Settings.Cell.PostgresBin));
+            var mine = probes[onHost.FindIndex(n => n.Instance == target && n.Node.NodeId == primary.NodeId)];
+            var seeing = await mine.SeenWritableAsync(InsideProbeReadyWithin, ct);
+
+            var cutAt = DateTime.UtcNow;
+            DateTime cutDone, healAt;
+            try
+            {
+                await three.Hosts.PartitionAsync(host, ct);
+                // Tries begun once the link is surely down are what the verdict reads.
+                cutDone = DateTime.UtcNow;
+                await Task.Delay(LinkCutFor, ct);
+            }
+            finally
+            {
+                healAt = DateTime.UtcNow;
+                await three.Hosts.HealAsync(host, CancellationToken.None);
+            }
+            var done = DateTime.UtcNow;
+
+            var deadline = cutDone + platform.Settings.Ha.Ttl;
+            List<InsideProbe.Answer> During(InsideProbe probe) => probe.Answers().Where(a => a.T0 >= cutDone && a.T1 <= healAt).ToList();
+            var late = probes.Select(p => (p.NodeId, Tries: During(p).Where(a => a.Writable && a.T0 >= deadline).ToList())).Where(p => p.Tries.Count > 0).ToList();
+            foreach (var (nodeId, tries) in late)
+                Console.Error.WriteLine($"bench: {nodeId} on cut-off host {host} writable after its fencing deadline ({deadline:HH:mm:ss.fff}), seen from inside {tries.Count} times, first at {tries[0].T0:HH:mm:ss.fff}");
+            var tried = During(mine);
+            // Fenced: the first try not finding it writable with none finding it writable after it.
+            var lastWritable = tried.FindLastIndex(a => a.Writable);
+            var fenced = lastWritable + 1 < tried.Count ? tried[lastWritable + 1] : null;
+            string Since(DateTime t) => ((t - cutDone).TotalSeconds).ToString("0.00", System.Globalization.CultureInfo.InvariantCulture);
+            var failed = !seeing || fenced is null;
+            if (failed)
+                Console.Error.WriteLine($"bench: the old primary {primary.NodeId} was {(seeing ? "never seen fenced" : "never seen writable")} from inside host {host}: "
+                                        + string.Join(", ", tried.Select(a => $"{a.T0:HH:mm:ss.fff} {a.Result}").TakeLast(20)));
+            return new AppliedFault(
+                $"victim={primary.NodeId}@{primary.CellId} host={host} cut_s={(healAt - cutAt).TotalSeconds:0.00} inside_tries={tried.Count} "
+                + $"last_writable_s={(lastWritable >= 0 ? Since(tried[lastWritable].T0) : "none")} "
+                + $"fenced_by_s={(fenced is not null ? Since(fenced.T1) : "never")} fenced_as={fenced?.Result ?? "none"} "
+                + $"writable_after_deadline={late.Sum(l => l.Tries.Count)} probed={probes.Count}" + (seeing ? "" : " inside=blind"),
+                done, null, late.Sum(l => l.Tries.Count), failed);
+        }
+        finally
+        {
+            foreach (var probe in probes) await probe.DisposeAsync();
+        }
+    }
+
     /// <summary>Seconds from the kill until the restarted cell registered again (a new StartedAt), at most 60 s.</summary>
     private async Task<(string Fields, bool Clean)> CellBackAsync(string cellId, DateTimeOffset killedAt, CancellationToken ct)
     {
-        var store = platform.Platform.Store;
+        var store = platform.Store;
         while (DateTimeOffset.UtcNow - killedAt < TimeSpan.FromSeconds(60))
         {
             try
@@ -261,7 +359,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         {
             try
             {
-                var store = platform.Platform.Store;
+                var store = platform.Store;
                 if ((await store.ListAsync<NodeSpec>(store.Keys.Nodes(id), ct)).Count == 0
                     && (await store.ListAsync<NodeStatus>(store.Keys.Statuses(id), ct)).Count == 0)
                     return true;
@@ -275,7 +373,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
     /// <summary>An OSB call through the in-process broker; status 0 when it did not answer.</summary>
     private async Task<(int Status, JsonObject Body)> TrySendAsync(HttpMethod method, string path, CancellationToken ct)
     {
-        try { return await platform.SendAsync(method, path, null, ct); }
+        try { return await One.SendAsync(method, path, null, ct); }
         catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException or System.Text.Json.JsonException && !ct.IsCancellationRequested)
         {
             return (0, new JsonObject());

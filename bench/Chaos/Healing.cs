@@ -18,7 +18,7 @@ internal static class Healing
     {
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
         limit.CancelAfter(TimeSpan.FromSeconds(1));
-        var store = platform.Platform.Store;
+        var store = platform.Store;
         foreach (var instance in platform.Instances)
         {
             var sample = sampler.Latest(instance.Id);

@@ -12,13 +12,14 @@ namespace Dingo.Bench.Chaos;
 public static class Program
 {
     private const string Usage =
-        "usage: dotnet run -c Release --project bench/Chaos -- [--faults N] [--plans cluster-ha,cluster] [--kinds kill-pg,...] [--seed S] [--gap SECONDS]";
+        "usage: dotnet run -c Release --project bench/Chaos -- [--hosts 1|3] [--faults N] [--plans cluster-ha,cluster] [--kinds kill-pg,...] [--seed S] [--gap SECONDS]";
     private static readonly TimeSpan HealTarget = TimeSpan.FromSeconds(30);
     private static readonly TimeSpan HealGiveUp = TimeSpan.FromSeconds(180);
 
-    private sealed record Options(int Faults, IReadOnlyList<string> Plans, IReadOnlyList<FaultKind> Kinds, int Seed, TimeSpan Gap);
+    private sealed record Options(int Hosts, int Faults, IReadOnlyList<string> Plans, IReadOnlyList<FaultKind> Kinds, int Seed, TimeSpan Gap);
 
-    private sealed record Outcome(int N, FaultKind Kind, string Plan, double StallSeconds, int Split, double? HealedSeconds, bool ProvisionClean)
+    /// <param name="CheckFailed">the fault's own check failed (link-cut: the old primary never seen fenced from inside)</param>
+    private sealed record Outcome(int N, FaultKind Kind, string Plan, double StallSeconds, int Split, double? HealedSeconds, bool ProvisionClean, bool CheckFailed)
     {
         public bool Unhealed => HealedSeconds is not { } h || h > HealTarget.TotalSeconds;
         public bool StallMissed => Kind.StallTargetSeconds is { } t && StallSeconds > t;
@@ -32,7 +33,8 @@ public static class Program
         {
             Console.Error.WriteLine(error);
             Console.Error.WriteLine(Usage);
-            Console.Error.WriteLine("  kinds: " + string.Join(", ", Faults.Kinds.Select(k => k.Name)) + " (link-cut, the three-host mode's, is not implemented)");
+            Console.Error.WriteLine("  kinds on one host (the default): " + string.Join(", ", Faults.KindsOn(1).Select(k => k.Name)));
+            Console.Error.WriteLine("  kinds on three hosts (--hosts 3): " + string.Join(", ", Faults.KindsOn(3).Select(k => k.Name)));
             return 2;
         }
 
@@ -42,19 +44,22 @@ public static class Program
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
         var ct = interrupted.Token;
 
-        output.WriteLine($"config seed={options.Seed} faults={options.Faults} plans={string.Join(',', options.Plans)} kinds={string.Join(',', options.Kinds.Select(k => k.Name))} gap_s={F(options.Gap.TotalSeconds)}");
+        output.WriteLine($"config hosts={options.Hosts} seed={options.Seed} faults={options.Faults} plans={string.Join(',', options.Plans)} kinds={string.Join(',', options.Kinds.Select(k => k.Name))} gap_s={F(options.Gap.TotalSeconds)}");
         var random = new Random(options.Seed);
         var outcomes = new List<Outcome>();
         var lost = 0;
         var lostKnown = true;
         var split = 0;
+        var splitSeenInside = 0;
         var failed = false;
         ChaosPlatform? platform = null;
         SplitSampler? sampler = null;
         try
         {
-            platform = await ChaosPlatform.StartAsync(options.Plans, options.Kinds.Any(k => k.Name == "kill-broker"), ct);
-            sampler = new SplitSampler(platform.Platform.Store, platform.Instances.ToDictionary(i => i.Id, i => i.Superuser));
+            platform = options.Hosts == 3
+                ? await ThreeHostPlatform.StartAsync(options.Plans, ct)
+                : await OneHostPlatform.StartAsync(options.Plans, options.Kinds.Any(k => k.Name == "kill-broker"), ct);
+            sampler = new SplitSampler(platform.Store, platform.Instances.ToDictionary(i => i.Id, i => i.Superuser));
             var runStart = DateTime.UtcNow;
             await sampler.StartAsync(ct);
             var (ready, _) = await WaitHealedAsync(platform, sampler, DateTime.UtcNow, TimeSpan.FromSeconds(60), ct);
@@ -69,6 +74,13 @@ public static class Program
                 if (bag.Count == 0) foreach (var k in options.Kinds.OrderBy(_ => random.Next())) bag.Enqueue(k);
                 var kind = bag.Dequeue();
                 var target = platform.Instances[targets++ % platform.Instances.Count];
+                var prepared = await faults.PrepareAsync(kind, target, ct);
+                if (prepared is not null)
+                {
+                    // Not part of the fault: the platform heals from the preparation before the fault starts.
+                    var (settled, unsettled) = await WaitHealedAsync(platform, sampler, DateTime.UtcNow, TimeSpan.FromSeconds(60), ct);
+                    if (settled is null) throw new TimeoutException($"fault {n} ({kind.Name}): not healed within 60 s of its preparation ({prepared}): {unsettled}");
+                }
                 var start = DateTime.UtcNow;
                 var applied = await faults.ApplyAsync(kind, target, ct);
                 var (healed, wrong) = await WaitHealedAsync(platform, sampler, applied.Done, HealGiveUp - (DateTime.UtcNow - start), ct);
@@ -77,15 +89,18 @@ public static class Program
 
                 var stalls = platform.Instances.ToDictionary(i => i.Plan, i => i.Writer.LongestStall(start, end).TotalSeconds);
                 var stall = kind.AimsAtInstance ? stalls[target.Plan] : stalls.Values.Max();
-                var (splits, unanswered, samples) = sampler.Count(start, end);
+                var (seenSplits, unanswered, samples) = sampler.Count(start, end);
+                var splits = seenSplits + applied.SplitSeenInside;
+                splitSeenInside += applied.SplitSeenInside;
                 LogSplits(sampler.Splits(start, end));
                 var healedSeconds = healed is { } h ? (h - start).TotalSeconds : (double?)null;
-                var outcome = new Outcome(n, kind, kind.AimsAtInstance ? target.Plan : "all", stall, splits, healedSeconds, followUp?.Clean ?? true);
+                var outcome = new Outcome(n, kind, kind.AimsAtInstance ? target.Plan : "all", stall, splits, healedSeconds, followUp?.Clean ?? true, applied.CheckFailed);
                 outcomes.Add(outcome);
                 if (wrong is not null) Console.Error.WriteLine($"bench: fault {n} ({kind.Name}) not healed after {HealGiveUp.TotalSeconds:0} s: {wrong}");
-                var missed = outcome.Unhealed || outcome.StallMissed || splits > 0 || !outcome.ProvisionClean;
+                var missed = outcome.Unhealed || outcome.StallMissed || splits > 0 || !outcome.ProvisionClean || outcome.CheckFailed;
                 output.WriteLine($"fault n={n} kind={kind.Name} plan={outcome.Plan} stall_s={F(stall)} split_samples={splits} healed_s={(healedSeconds is { } hs ? F(hs) : "never")} "
-                                 + $"unanswered_samples={unanswered}/{samples} stalls={string.Join(',', stalls.Select(s => $"{s.Key}:{F(s.Value)}"))} {applied.Fields}"
+                                 + $"unanswered_samples={unanswered}/{samples} stalls={string.Join(',', stalls.Select(s => $"{s.Key}:{F(s.Value)}"))} "
+                                 + (prepared is null ? "" : prepared + " ") + applied.Fields
                                  + (followUp is { } f ? " " + f.Fields : "") + (missed ? " target=missed" : ""));
                 if (healed is null)
                 {
@@ -96,7 +111,7 @@ public static class Program
                 await Task.Delay(options.Gap, ct);
             }
 
-            split = sampler.Count(runStart, DateTime.UtcNow).Split;
+            split = sampler.Count(runStart, DateTime.UtcNow).Split + splitSeenInside;
             await sampler.DisposeAsync();
             sampler = null;
             foreach (var instance in platform.Instances)
@@ -131,14 +146,15 @@ public static class Program
             var stalls = group.Select(o => o.StallSeconds).ToList();
             output.WriteLine($"summary kind={group.Key} faults={group.Count()} p50_stall_s={F(Median(stalls))} max_stall_s={F(stalls.Max())} "
                              + $"max_healed_s={F(group.Max(o => o.HealedSeconds ?? double.PositiveInfinity))} split_samples={group.Sum(o => o.Split)} "
-                             + $"stall_target_s={(group.First().Kind.StallTargetSeconds is { } t ? F(t) : "none")} stall_missed={group.Count(o => o.StallMissed)} unclean_provisions={group.Count(o => !o.ProvisionClean)}");
+                             + $"stall_target_s={(group.First().Kind.StallTargetSeconds is { } t ? F(t) : "none")} stall_missed={group.Count(o => o.StallMissed)} unclean_provisions={group.Count(o => !o.ProvisionClean)} "
+                             + $"checks_failed={group.Count(o => o.CheckFailed)}");
         }
         var all = outcomes.Select(o => o.StallSeconds).ToList();
         var unhealed = outcomes.Count(o => o.Unhealed);
         output.WriteLine($"RESULT chaos faults={outcomes.Count} lost={(lostKnown ? lost.ToString(CultureInfo.InvariantCulture) : "unknown")} split_samples={split} "
                          + $"max_stall_s={(all.Count > 0 ? F(all.Max()) : "na")} p50_stall_s={(all.Count > 0 ? F(Median(all)) : "na")} unhealed={unhealed}");
         var missedTarget = failed || outcomes.Count < options.Faults || !lostKnown || lost > 0 || split > 0 || unhealed > 0
-                           || outcomes.Any(o => o.StallMissed || !o.ProvisionClean);
+                           || outcomes.Any(o => o.StallMissed || !o.ProvisionClean || o.CheckFailed);
         return missedTarget ? 1 : 0;
     }
 
@@ -208,7 +224,8 @@ public static class Program
         error = "";
         var faults = 100;
         var plans = new List<string> { "cluster-ha", "cluster" };
-        var kinds = Faults.Kinds.ToList();
+        var hosts = 1;
+        List<string>? kindNames = null;
         var seed = Random.Shared.Next();
         var gap = TimeSpan.FromSeconds(5);
         for (var i = 0; i < args.Length; i++)
@@ -216,6 +233,10 @@ public static class Program
             var value = i + 1 < args.Length ? args[i + 1] : null;
             switch (args[i])
             {
+                case "--hosts" when int.TryParse(value, CultureInfo.InvariantCulture, out hosts) && hosts is 1 or 3: break;
+                case "--hosts":
+                    error = $"--hosts {value}: 1 (one host, the default) or 3 (three hosts in network namespaces)";
+                    return null;
                 case "--faults" when int.TryParse(value, CultureInfo.InvariantCulture, out faults) && faults >= 1: break;
                 case "--seed" when int.TryParse(value, CultureInfo.InvariantCulture, out seed): break;
                 case "--gap" when double.TryParse(value, CultureInfo.InvariantCulture, out var g) && g >= 0 && g <= 600: gap = TimeSpan.FromSeconds(g); break;
@@ -228,16 +249,13 @@ public static class Program
                     }
                     break;
                 case "--kinds" when value is not null:
-                    var names = value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Distinct().ToList();
-                    if (names.FirstOrDefault(n => Faults.Kinds.All(k => k.Name != n)) is { } unknown)
+                    kindNames = value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Distinct().ToList();
+                    if (kindNames.FirstOrDefault(n => Faults.Kinds.All(k => k.Name != n)) is { } unknown)
                     {
-                        error = unknown == "link-cut"
-                            ? "--kinds: link-cut needs the three-host mode (NetnsHosts), which this bench does not drive yet"
-                            : $"--kinds: unknown fault kind {unknown}";
+                        error = $"--kinds: unknown fault kind {unknown}";
                         return null;
                     }
-                    kinds = names.Select(n => Faults.Kinds.Single(k => k.Name == n)).ToList();
-                    if (kinds.Count == 0) { error = "--kinds: name at least one"; return null; }
+                    if (kindNames.Count == 0) { error = "--kinds: name at least one"; return null; }
                     break;
                 default:
                     error = $"bad argument {args[i]}{(value is null ? "" : " " + value)}";
@@ -245,7 +263,17 @@ public static class Program
             }
             i++;
         }
-        return new Options(faults, plans, kinds, seed, gap);
+        // Checked once every argument is read: --hosts may come after --kinds.
+        var offered = Faults.KindsOn(hosts);
+        var kinds = kindNames?.Select(n => Faults.Kinds.Single(k => k.Name == n)).ToList() ?? offered.ToList();
+        if (kinds.FirstOrDefault(k => !offered.Contains(k)) is { } elsewhere)
+        {
+            error = hosts == 1
+                ? $"--kinds {elsewhere.Name}: runs on three hosts only; add --hosts 3"
+                : $"--kinds {elsewhere.Name}: not offered with --hosts 3 (there: {string.Join(", ", offered.Select(k => k.Name))}); it needs the one-host platform (drop --hosts 3)";
+            return null;
+        }
+        return new Options(hosts, faults, plans, kinds, seed, gap);
     }
 
     private static double Median(IReadOnlyList<double> values)
