@@ -766,15 +766,23 @@ public sealed class NodeAgent
         return true;
     }
 
-    /// <summary>Null when the member confirmed; otherwise why not.</summary>
+    /// <summary>
+    /// Null when the member confirmed; otherwise why not. The ask is signed and the confirmation must be signed for this
+    /// very ask (<see cref="FailsafeProof"/>): a 200 from anyone else is no confirmation.
+    /// </summary>
     private async Task<string?> AskFailsafeAsync(string nodeId, string host, int apiPort, CancellationToken ct)
     {
+        if (_record is not { } record) return $"{nodeId}: no instance record to sign the ask with";
+        var proof = ProofFor(record);
+        var nonce = FailsafeProof.NewNonce();
         try
         {
-            var uri = new UriBuilder("http", host, apiPort, "/failsafe") { Query = "leader=" + Uri.EscapeDataString(_spec.NodeId) }.Uri;
+            var query = $"leader={Uri.EscapeDataString(_spec.NodeId)}&nonce={nonce}&proof={proof.Ask(_spec.NodeId, nodeId, nonce)}";
+            var uri = new UriBuilder("http", host, apiPort, "/failsafe") { Query = query }.Uri;
             using var response = await Http.PostAsync(uri, content: null, ct).ConfigureAwait(false);
-            if (response.IsSuccessStatusCode) return null;
-            return $"{nodeId}: {(int)response.StatusCode} {await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false)}";
+            var body = await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false);
+            if (!response.IsSuccessStatusCode) return $"{nodeId}: {(int)response.StatusCode} {body}";
+            return ConfirmationProblem(proof, _spec.NodeId, nodeId, nonce, body) is { } problem ? $"{nodeId}: {problem}" : null;
         }
         catch (Exception ex) when (ex is HttpRequestException or OperationCanceledException)
         {
@@ -782,11 +790,53 @@ public sealed class NodeAgent
         }
     }
 
+    /// <summary>Null when <paramref name="body"/> is <paramref name="member"/>'s signed confirmation of this ask; otherwise why not.</summary>
+    internal static string? ConfirmationProblem(FailsafeProof proof, string leader, string member, string nonce, string body)
+    {
+        try
+        {
+            var json = System.Text.Json.Nodes.JsonNode.Parse(body);
+            if (json?["confirmed"] is not System.Text.Json.Nodes.JsonValue confirmed || !confirmed.TryGetValue<bool>(out var yes) || !yes)
+                return "the answer does not confirm";
+            var signed = json["proof"] is System.Text.Json.Nodes.JsonValue p && p.TryGetValue<string>(out var text) ? text : null;
+            return proof.IsConfirmation(leader, member, nonce, signed) ? null : "the confirmation is not signed with this instance's key for this ask (ignored)";
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            return "the answer is not JSON";
+        }
+    }
+
+    private sealed record FailsafeKey(string Password, FailsafeProof Proof);
+
+    // Read by the health API's threads as well as the pass: one reference, swapped whole.
+    private volatile FailsafeKey? _failsafeKey;
+
+    /// <summary>The instance's failsafe key, derived again only when the superuser's password changed.</summary>
+    private FailsafeProof ProofFor(InstanceRecord record)
+    {
+        if (_failsafeKey is { } known && known.Password == record.Superuser.Password) return known.Proof;
+        var proof = FailsafeProof.For(_spec.InstanceId, record.Superuser);
+        _failsafeKey = new FailsafeKey(record.Superuser.Password, proof);
+        return proof;
+    }
+
     /// <summary>
     /// A leader that cannot reach etcd asks (failsafe): null when this node confirms it — it streams from that leader right
     /// now — and then promises not to take the leader key for a TTL; otherwise why it does not.
     /// </summary>
-    public string? AnswerFailsafe(string leader)
+    public FailsafeReply AnswerFailsafe(FailsafeAsk ask)
+    {
+        if (_record is not { } record) return FailsafeReply.Refused("no instance record yet");
+        var proof = ProofFor(record);
+        if (!proof.IsAsk(ask.Leader, _spec.NodeId, ask.Nonce, ask.Proof))
+            return FailsafeReply.Unsigned("the ask is not signed with this instance's key");
+        return AnswerFailsafe(ask.Leader) is { } refusal
+            ? FailsafeReply.Refused(refusal)
+            : FailsafeReply.Confirmed(proof.Confirm(ask.Leader, _spec.NodeId, ask.Nonce));
+    }
+
+    private string? AnswerFailsafe(string leader)
     {
         var input = _lastInput;
         if (input is null) return "no observation yet";

@@ -122,11 +122,12 @@ public sealed class NodeHealthServer : IAsyncDisposable
     }
 
     /// <summary>
-    /// Answers <c>POST /failsafe?leader=NODE</c> (Patroni 3's failsafe idea): a leader that cannot reach etcd asks every
-    /// member whether it streams from it. The delegate returns null when this node confirms (and so promises not to take
-    /// the leader key for a TTL), or why it does not. Null: the endpoint answers 404.
+    /// Answers <c>POST /failsafe?leader=NODE&amp;nonce=N&amp;proof=P</c> (Patroni 3's failsafe idea): a leader that cannot
+    /// reach etcd asks every member whether it streams from it. The delegate checks the ask's proof
+    /// (<see cref="FailsafeProof"/>) and confirms (promising not to take the leader key for a TTL) with a proof of its
+    /// own, refuses with the reason (409), or finds the ask unsigned (403). Null: the endpoint is not served.
     /// </summary>
-    public Func<string, string?>? Failsafe { get; init; }
+    public Func<FailsafeAsk, FailsafeReply>? Failsafe { get; init; }
 
     /// <summary>The port listened on: the one asked for, or the kernel's pick once started with port 0.</summary>
     public int Port => Volatile.Read(ref _port);
@@ -386,25 +387,40 @@ public sealed class NodeHealthServer : IAsyncDisposable
             : Response(status, [], contentLength: request.Method == "HEAD" ? body.Length : 0);
     }
 
-    /// <summary>200 {"confirmed": true} when this node follows the asking leader; 409 with the reason when it does not.</summary>
+    /// <summary>
+    /// 200 {"confirmed": true, "proof": …} when this node follows the asking leader; 409 with the reason when it does not;
+    /// 403 when the ask is not signed with the instance's key; 400 when it lacks the leader or the nonce.
+    /// </summary>
     private byte[] AnswerFailsafe(string query)
     {
-        string? leader = null;
+        string? leader = null, nonce = null, proof = null;
         foreach (var part in query.Split('&', StringSplitOptions.RemoveEmptyEntries))
-            if (part.StartsWith("leader=", StringComparison.Ordinal)) leader = Uri.UnescapeDataString(part["leader=".Length..]);
+        {
+            var eq = part.IndexOf('=');
+            if (eq <= 0) continue;
+            var value = Uri.UnescapeDataString(part[(eq + 1)..]);
+            switch (part[..eq])
+            {
+                case "leader": leader ??= value; break;
+                case "nonce": nonce ??= value; break;
+                case "proof": proof ??= value; break;
+            }
+        }
         if (string.IsNullOrEmpty(leader) || leader.Length > 128) return Error(400, "failsafe needs ?leader=<node id>", withBody: true);
-        string? refusal;
-        try { refusal = Failsafe!(leader); }
-        catch (Exception ex) { refusal = "cannot tell: " + ex.Message; }
+        if (string.IsNullOrEmpty(nonce) || nonce.Length > 128) return Error(400, "failsafe needs ?nonce=<a fresh value>", withBody: true);
+        FailsafeReply reply;
+        try { reply = Failsafe!(new FailsafeAsk(leader, nonce, proof is { Length: <= 256 } ? proof : null)); }
+        catch (Exception ex) { reply = FailsafeReply.Refused("cannot tell: " + ex.Message); }
         var output = new ArrayBufferWriter<byte>();
         using (var w = new Utf8JsonWriter(output))
         {
             w.WriteStartObject();
-            w.WriteBoolean("confirmed", refusal is null);
-            if (refusal is not null) w.WriteString("reason", refusal);
+            w.WriteBoolean("confirmed", reply.Refusal is null);
+            if (reply.Refusal is not null) w.WriteString("reason", reply.Refusal);
+            else w.WriteString("proof", reply.Proof);
             w.WriteEndObject();
         }
-        return Response(refusal is null ? 200 : 409, output.WrittenSpan.ToArray());
+        return Response(reply.Refusal is null ? 200 : reply.Forbidden ? 403 : 409, output.WrittenSpan.ToArray());
     }
 
     /// <summary>The status code an endpoint gives for a snapshot, following Patroni's REST API.</summary>
@@ -538,6 +554,7 @@ public sealed class NodeHealthServer : IAsyncDisposable
     {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",

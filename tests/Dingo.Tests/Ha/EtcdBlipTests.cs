@@ -33,6 +33,14 @@ public sealed class EtcdBlipTests(ITestOutputHelper output)
         await writer.CreateTableAsync();
         writer.Start();
         await using var sampler = new WritableSampler(specs.Select(s => new Target(s.NodeId, "127.0.0.1", s.Port)), record.Superuser);
+        // The failsafe endpoint is no open door: an ask not signed with the instance's key makes no replica promise
+        // anything (403). The signed asks of the real primary are what carry it through the 8 s hang below.
+        using (var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) })
+            foreach (var replica in specs.Where(s => s.NodeId != primary))
+            {
+                using var forged = await http.PostAsync($"http://127.0.0.1:{replica.ApiPort}/failsafe?leader={primary}&nonce=00&proof={new string('0', 64)}", null);
+                Assert.Equal(System.Net.HttpStatusCode.Forbidden, forged.StatusCode);
+            }
         await Task.Delay(2000);
 
         // SIGKILL, and started again a second later.

@@ -441,34 +441,47 @@ public sealed class NodeHealthServerTests
     }
 
     [Fact]
-    public async Task Failsafe_confirmation_answers_200_when_the_node_confirms_409_with_the_reason_when_not_and_needs_a_leader()
+    public async Task Failsafe_confirmation_answers_200_with_its_proof_409_with_the_reason_403_unsigned_and_needs_a_leader_and_nonce()
     {
-        var asked = new List<string>();
+        var asked = new List<FailsafeAsk>();
         var server = new NodeHealthServer(Loopback, 0, () => Replica, NullLogger.Instance)
         {
-            Failsafe = leader => { asked.Add(leader); return leader == "n1" ? null : $"I do not stream from {leader}"; },
+            Failsafe = ask =>
+            {
+                asked.Add(ask);
+                if (ask.Proof != "signed") return FailsafeReply.Unsigned("the ask is not signed with this instance's key");
+                return ask.Leader == "n1" ? FailsafeReply.Confirmed("proof-of-" + ask.Nonce) : FailsafeReply.Refused($"I do not stream from {ask.Leader}");
+            },
         };
         await using (server)
         {
             await server.StartAsync(Timeout());
-            using (var yes = await Http.PostAsync(Url(server, "/failsafe?leader=n1"), null))
+            using (var yes = await Http.PostAsync(Url(server, "/failsafe?leader=n1&nonce=ab12&proof=signed"), null))
             {
                 Assert.Equal(HttpStatusCode.OK, yes.StatusCode);
-                Assert.Contains("\"confirmed\":true", await yes.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+                var body = await yes.Content.ReadAsStringAsync();
+                Assert.Contains("\"confirmed\":true", body, StringComparison.Ordinal);
+                Assert.Contains("\"proof\":\"proof-of-ab12\"", body, StringComparison.Ordinal);
             }
-            using (var no = await Http.PostAsync(Url(server, "/failsafe?leader=n9"), null))
+            using (var no = await Http.PostAsync(Url(server, "/failsafe?leader=n9&nonce=cd34&proof=signed"), null))
             {
                 Assert.Equal(HttpStatusCode.Conflict, no.StatusCode);
                 Assert.Contains("do not stream from n9", await no.Content.ReadAsStringAsync(), StringComparison.Ordinal);
             }
+            using (var unsigned = await Http.PostAsync(Url(server, "/failsafe?leader=n1&nonce=ef56"), null))
+            {
+                Assert.Equal(HttpStatusCode.Forbidden, unsigned.StatusCode);
+                Assert.DoesNotContain("proof", await unsigned.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            }
             using (var bad = await Http.PostAsync(Url(server, "/failsafe"), null)) Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
+            using (var noNonce = await Http.PostAsync(Url(server, "/failsafe?leader=n1&proof=signed"), null)) Assert.Equal(HttpStatusCode.BadRequest, noNonce.StatusCode);
             // Only POST confirms: a GET (a health checker) never makes a promise.
-            using (var get = await Http.GetAsync(Url(server, "/failsafe?leader=n1"))) Assert.Equal(HttpStatusCode.NotFound, get.StatusCode);
-            Assert.Equal(["n1", "n9"], asked);
+            using (var get = await Http.GetAsync(Url(server, "/failsafe?leader=n1&nonce=ab12&proof=signed"))) Assert.Equal(HttpStatusCode.NotFound, get.StatusCode);
+            Assert.Equal([new FailsafeAsk("n1", "ab12", "signed"), new FailsafeAsk("n9", "cd34", "signed"), new FailsafeAsk("n1", "ef56", null)], asked);
         }
         // A server without the delegate does not know the endpoint.
         await using var plain = await StartAsync(() => Replica);
-        using var none = await Http.PostAsync(Url(plain, "/failsafe?leader=n1"), null);
+        using var none = await Http.PostAsync(Url(plain, "/failsafe?leader=n1&nonce=ab12"), null);
         Assert.Equal(HttpStatusCode.MethodNotAllowed, none.StatusCode);
     }
 
