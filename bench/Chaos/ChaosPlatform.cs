@@ -95,5 +95,19 @@ internal abstract class ChaosPlatform(DingoSettings settings) : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Stops the instance's writer. A writer that fails on its way out (seen: its last connection disposed while a
+    /// cancelled read was still pending on it) has counted every commit already; it must not keep the rest of the
+    /// run's ending, the summary or the teardown, from happening.
+    /// </summary>
+    public static async Task StopWriterAsync(ChaosInstance instance)
+    {
+        try { await instance.Writer.DisposeAsync(); }
+        catch (Exception ex)
+        {
+            Console.Error.WriteLine($"bench: {instance.Id}'s writer failed while stopping ({ex.GetType().Name}: {ex.Message}); its counts stand");
+        }
+    }
+
     public abstract ValueTask DisposeAsync();
 }

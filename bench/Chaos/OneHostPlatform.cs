@@ -114,9 +114,9 @@ internal sealed class OneHostPlatform : ChaosPlatform
         ContinueAll();
         try { Etcd.Pid(0); }
         catch (InvalidOperationException) { Etcd.Start(0); }
-        foreach (var instance in Instances) await instance.Writer.DisposeAsync();
         try
         {
+            foreach (var instance in Instances) await StopWriterAsync(instance);
             await Platform.DisposeAsync();
             var logs = Path.Combine(Path.GetTempPath(), "dingo-bench-logs");
             Directory.CreateDirectory(logs);

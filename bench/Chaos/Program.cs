@@ -116,7 +116,7 @@ public static class Program
             sampler = null;
             foreach (var instance in platform.Instances)
             {
-                await instance.Writer.DisposeAsync();
+                await ChaosPlatform.StopWriterAsync(instance);
                 var missing = await MissingAsync(instance, ct);
                 if (missing is null) lostKnown = false;
                 lost += missing ?? 0;
@@ -138,7 +138,14 @@ public static class Program
         finally
         {
             if (sampler is not null) await sampler.DisposeAsync();
-            if (platform is not null) await platform.DisposeAsync();
+            // An exception escaping here would end the process without the summary and, uncaught, without the
+            // ProcessExit hooks that remove what a teardown left behind (network namespaces on three hosts).
+            try { if (platform is not null) await platform.DisposeAsync(); }
+            catch (Exception ex)
+            {
+                Console.Error.WriteLine($"bench: taking the platform down failed: {ex.GetType().Name}: {ex.Message}");
+                failed = true;
+            }
         }
 
         foreach (var group in outcomes.GroupBy(o => o.Kind.Name))

@@ -140,18 +140,24 @@ internal sealed class ThreeHostPlatform : ChaosPlatform
     public override async ValueTask DisposeAsync()
     {
         ContinueAll();
-        foreach (var instance in Instances) await instance.Writer.DisposeAsync();
         try
         {
-            var logs = Path.Combine(Path.GetTempPath(), "dingo-bench-logs");
-            Directory.CreateDirectory(logs);
-            foreach (var log in Directory.Exists(Hosts.LogDirectory) ? Directory.GetFiles(Hosts.LogDirectory) : [])
-                File.Copy(log, Path.Combine(logs, $"chaos-3h-{Path.GetFileName(log)}"), overwrite: true);
-            Console.Error.WriteLine($"bench: the hosts' etcd, broker, cell and probe logs in {logs}/chaos-3h-*.log");
+            foreach (var instance in Instances) await StopWriterAsync(instance);
+            try
+            {
+                var logs = Path.Combine(Path.GetTempPath(), "dingo-bench-logs");
+                Directory.CreateDirectory(logs);
+                foreach (var log in Directory.Exists(Hosts.LogDirectory) ? Directory.GetFiles(Hosts.LogDirectory) : [])
+                    File.Copy(log, Path.Combine(logs, $"chaos-3h-{Path.GetFileName(log)}"), overwrite: true);
+                Console.Error.WriteLine($"bench: the hosts' etcd, broker, cell and probe logs in {logs}/chaos-3h-*.log");
+            }
+            catch (IOException ex) { Console.Error.WriteLine($"bench: keeping the hosts' logs: {ex.Message}"); }
         }
-        catch (IOException ex) { Console.Error.WriteLine($"bench: keeping the hosts' logs: {ex.Message}"); }
-        // Every process in the namespaces, the namespaces, the bridge, the data and the keys.
-        await _three.DisposeAsync();
+        finally
+        {
+            // Every process in the namespaces, the namespaces, the bridge, the data and the keys.
+            await _three.DisposeAsync();
+        }
     }
 
     /// <summary>ThreeHosts narrates to a test's output; the bench's narration goes to stderr.</summary>
