@@ -147,20 +147,30 @@ public sealed class SecretsAtRestTests(ITestOutputHelper output)
     /// <summary>
     /// Every file of a folder the platform keeps writing (the archiver runs on): mode and bytes read together. A file
     /// that goes away between the listing and the read was a write in flight (a temporary file renamed into place);
-    /// the folder is then listed again, so the file under its final name is read instead of skipped.
+    /// so is a temporary file its writer still holds exclusively (.NET's FileShare.None: the read is refused as "used
+    /// by another process", fresh14). The folder is then listed again a moment later, so the file is read under its
+    /// final name, whole, instead of skipped.
     /// </summary>
     private static List<(string Path, UnixFileMode Mode, string Text)> ReadFolderRaw(string folder)
     {
         for (var attempt = 1; ; attempt++)
         {
             var read = new List<(string, UnixFileMode, string)>();
+            var current = "";
             try
             {
                 foreach (var f in Directory.GetFiles(folder, "*", SearchOption.AllDirectories))
+                {
+                    current = f;
                     read.Add((f, File.GetUnixFileMode(f), Encoding.Latin1.GetString(File.ReadAllBytes(f))));
+                }
                 return read;
             }
             catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException && attempt < 20) { }
+            catch (IOException) when (current.Contains($"{Path.DirectorySeparatorChar}.dingo-tmp{Path.DirectorySeparatorChar}", StringComparison.Ordinal) && attempt < 20)
+            {
+                Thread.Sleep(50);
+            }
         }
     }
 
