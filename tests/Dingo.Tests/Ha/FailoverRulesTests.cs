@@ -40,6 +40,59 @@ public sealed class FailoverRulesTests
         Assert.Contains("not a synchronous standby", wait.Sentence, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// After a switchover's clean hand-over: the key free, the request naming <paramref name="named"/>, and three
+    /// replicas of a synchronous cluster at the given positions (all listed standbys).
+    /// </summary>
+    private static HaInput FreeKeyAfterHandOver(string me, string named, IReadOnlyDictionary<string, long> lsns)
+    {
+        var now = DateTimeOffset.UtcNow;
+        var members = lsns.Select(kv => new Dingo.Model.NodeStatus
+        {
+            NodeId = kv.Key, InstanceId = "i", CellId = "c-" + kv.Key, State = Dingo.Model.NodeState.Running, Detail = "", Host = "127.0.0.1", Port = 5432,
+            Role = "replica", Lsn = kv.Value, UpdatedAt = now,
+        }).ToList();
+        return new(me, Synchronous: true,
+            new LocalState(DataInitialised: true, Running: true, Answering: true, InRecovery: true, Lsn: lsns[me], Timeline: 1, Streaming: false,
+                FollowingNodeId: null, NotStreamingFor: TimeSpan.Zero, RewindFailed: false),
+            EtcdReachable: true, Leader: null, HoldsLease: false, SinceRenewal: TimeSpan.MaxValue, LeaderOptime: 100,
+            Sync: new Dingo.Model.SyncState([.. lsns.Keys.Where(n => n != "n-old")], "n-old"),
+            Members: members, Switchover: new Dingo.Model.SwitchoverRequest("n-old", named, now), ClusterInitialised: true, BootstrapCandidate: false, Now: now);
+    }
+
+    [Fact]
+    public void A_switchover_to_a_named_node_hands_it_the_key_even_when_a_node_with_a_lower_id_is_as_far_on()
+    {
+        // bench/Chaos: n-b (the named one) gave way to n-a (lower id, same position), which waited for n-b: no leader for 45 s.
+        var lsns = new Dictionary<string, long> { ["n-a"] = 100, ["n-b"] = 100, ["n-old"] = 100 };
+        Assert.IsType<HaAction.TakeLeadership>(Failover.Decide(FreeKeyAfterHandOver("n-b", "n-b", lsns), Settings));
+        var other = Assert.IsType<HaAction.Wait>(Failover.Decide(FreeKeyAfterHandOver("n-a", "n-b", lsns), Settings));
+        Assert.Contains("switchover hands it to n-b", other.Sentence, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_others_wait_for_the_named_node_even_when_its_report_trails_their_own_position()
+    {
+        // Its report is a loop old; the old leader's own position, read just now, is the shutdown checkpoint's end.
+        var lsns = new Dictionary<string, long> { ["n-a"] = 100, ["n-b"] = 90, ["n-old"] = 100 };
+        Assert.IsType<HaAction.Wait>(Failover.Decide(FreeKeyAfterHandOver("n-old", "n-b", lsns), Settings));
+        Assert.IsType<HaAction.Wait>(Failover.Decide(FreeKeyAfterHandOver("n-a", "n-b", lsns), Settings));
+        // The named node gives way only to a node strictly further on than its own position.
+        var ahead = new Dictionary<string, long> { ["n-a"] = 100, ["n-b"] = 100, ["n-old"] = 100 };
+        Assert.IsType<HaAction.TakeLeadership>(Failover.Decide(FreeKeyAfterHandOver("n-b", "n-b", ahead), Settings));
+        var behind = new Dictionary<string, long> { ["n-a"] = 120, ["n-b"] = 100, ["n-old"] = 100 };
+        var named = Assert.IsType<HaAction.Wait>(Failover.Decide(FreeKeyAfterHandOver("n-b", "n-b", behind), Settings));
+        Assert.Contains("n-a is more advanced", named.Sentence, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Without_a_named_node_the_lower_id_wins_a_tie_as_before()
+    {
+        var lsns = new Dictionary<string, long> { ["n-a"] = 100, ["n-b"] = 100, ["n-old"] = 100 };
+        Assert.IsType<HaAction.TakeLeadership>(Failover.Decide(FreeKeyAfterHandOver("n-a", null!, lsns) with { Switchover = null }, Settings));
+        Assert.IsType<HaAction.Wait>(Failover.Decide(FreeKeyAfterHandOver("n-b", null!, lsns) with { Switchover = null }, Settings));
+    }
+
     private static HaInput PrimaryCutOffFromEtcd(bool alone, bool reachable) =>
         new("n-a", Synchronous: false,
             new LocalState(DataInitialised: true, Running: true, Answering: true, InRecovery: false, Lsn: 100, Timeline: 1, Streaming: false,
