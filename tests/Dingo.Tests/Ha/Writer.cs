@@ -80,7 +80,16 @@ public sealed class Writer : IAsyncDisposable
             {
                 conn = null;
             }
-            catch (OperationCanceledException) { break; }
+            catch (OperationCanceledException)
+            {
+                // Stopped while an attempt was on its way: it holds the connection, and disposes it itself when the
+                // stop cuts it short. Disposing it here as well, under its pending read, threw from DisposeAsync
+                // (bench/Chaos). Let it settle first; what it ends with is the stop's doing, and is not counted.
+                try { await attempt; }
+                catch (Exception) when (ct.IsCancellationRequested) { }
+                conn = attempt.IsCompletedSuccessfully ? attempt.Result.Connection : null;
+                break;
+            }
             try { await Task.Delay(_every, ct); } catch (OperationCanceledException) { break; }
         }
         if (conn is not null) await conn.DisposeAsync();
