@@ -16,41 +16,17 @@ namespace Dingo.Tests.Ha;
 /// deadline on every promotion and the key went back and forth between two nodes every 3.6 s.
 /// </summary>
 [SuiteCost(20)]
-public sealed class LeaderPreparationTests(ITestOutputHelper output) : IAsyncLifetime
+public sealed class LeaderPreparationTests(ITestOutputHelper output)
 {
-    private readonly string _root = Path.Combine("/tmp", "dingo-prep-" + Guid.NewGuid().ToString("N")[..12]);
-    private readonly Credentials _superuser = new(DatabaseAdmin.SuperuserName, "Pw" + Guid.NewGuid().ToString("N"));
-    private readonly int _port = FreePorts.One();
-    private LocalProcessRuntime _runtime = null!;
-
-    public Task InitializeAsync()
-    {
-        _runtime = new LocalProcessRuntime(new LocalProcessRuntimeOptions(_root), new TestOutputLogger<LocalProcessRuntime>(output));
-        return Task.CompletedTask;
-    }
-
-    public async Task DisposeAsync()
-    {
-        foreach (var node in await _runtime.ListAsync(CancellationToken.None))
-        {
-            try { await _runtime.RemoveAsync(node.NodeId, CancellationToken.None); }
-            catch (Exception ex) { output.WriteLine($"cleanup: {node.NodeId}: {ex.Message}"); }
-        }
-        try { Directory.Delete(_root, recursive: true); }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { output.WriteLine($"cleanup: {ex.Message}"); }
-    }
-
     [Fact]
     public async Task Preparing_a_new_leader_does_not_wait_for_a_synchronous_standby_that_does_not_stream_but_applications_do()
     {
-        var spec = new NodeLaunchSpec("n-prep", "prep", "127.0.0.1", _port, _superuser);
-        await _runtime.CreateAsync(spec, NodeSql.Ct());
-        await _runtime.StartAsync(spec, null, NodeSql.Ct());
-        await NodeSql.WaitServingAsync(spec, _superuser);
+        await using var node = await SingleNode.StartAsync(output, "prep");
+        var spec = node.Spec;
         // What a node that led before carries into its next promotion (ALTER SYSTEM persists it): a sync standby gone.
-        await NodeSql.ExecAsync(spec, _superuser, "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (\"n-gone\")'");
-        await NodeSql.ExecAsync(spec, _superuser, "SELECT pg_reload_conf()");
-        await Eventually.UntilAsync(async () => (string?)await NodeSql.ScalarAsync(spec, _superuser, "SHOW synchronous_standby_names") == "ANY 1 (\"n-gone\")",
+        await NodeSql.ExecAsync(spec, node.Superuser, "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (\"n-gone\")'");
+        await NodeSql.ExecAsync(spec, node.Superuser, "SELECT pg_reload_conf()");
+        await Eventually.UntilAsync(async () => (string?)await NodeSql.ScalarAsync(spec, node.Superuser, "SHOW synchronous_standby_names") == "ANY 1 (\"n-gone\")",
             TimeSpan.FromSeconds(10), "synchronous_standby_names reloaded");
 
         // Twice: the first creates roles and the database, the second is a later leader's (ALTER ROLE … PASSWORD writes again).
@@ -59,14 +35,14 @@ public sealed class LeaderPreparationTests(ITestOutputHelper output) : IAsyncLif
         {
             var watch = Stopwatch.StartNew();
             using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(20));
-            await DatabaseAdmin.PrepareAsync("127.0.0.1", _port, _superuser, "appdb", limit.Token, replication);
+            await DatabaseAdmin.PrepareAsync("127.0.0.1", node.Port, node.Superuser, "appdb", limit.Token, replication);
             output.WriteLine($"preparation ({pass}) with an absent sync standby: {watch.Elapsed.TotalSeconds:0.00}s");
             Assert.True(watch.Elapsed < TimeSpan.FromSeconds(10), $"the preparation ({pass}) took {watch.Elapsed}");
         }
-        Assert.Equal(1L, await NodeSql.ScalarAsync(spec, _superuser, "SELECT count(*) FROM pg_database WHERE datname = 'appdb'"));
+        Assert.Equal(1L, await NodeSql.ScalarAsync(spec, node.Superuser, "SELECT count(*) FROM pg_database WHERE datname = 'appdb'"));
 
         // An application's commit on the same node still waits for the standby (sync replication is not weakened).
-        await using var app = new NpgsqlConnection(DatabaseAdmin.ConnectionString("127.0.0.1", _port, _superuser, "appdb").ConnectionString);
+        await using var app = new NpgsqlConnection(DatabaseAdmin.ConnectionString("127.0.0.1", node.Port, node.Superuser, "appdb").ConnectionString);
         await app.OpenAsync(NodeSql.Ct());
         await using (var create = new NpgsqlCommand("SET synchronous_commit = local; CREATE TABLE t(v int); RESET synchronous_commit", app))
             await create.ExecuteNonQueryAsync(NodeSql.Ct());
@@ -74,7 +50,7 @@ public sealed class LeaderPreparationTests(ITestOutputHelper output) : IAsyncLif
         var committing = insert.ExecuteNonQueryAsync(CancellationToken.None);
         Assert.NotSame(committing, await Task.WhenAny(committing, Task.Delay(TimeSpan.FromSeconds(2))));
         // No standby will come: end that session, whose commit then fails instead of hanging the test.
-        await NodeSql.ExecAsync(spec, _superuser, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'INSERT INTO t VALUES (1)'");
+        await NodeSql.ExecAsync(spec, node.Superuser, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'INSERT INTO t VALUES (1)'");
         var ended = await Assert.ThrowsAnyAsync<Exception>(() => committing);
         output.WriteLine($"an application's commit with the standby absent waited 2 s and more, until its session ended: {ended.Message}");
     }
