@@ -15,6 +15,9 @@ namespace Dingo.Bench.Chaos;
 internal sealed class OneHostPlatform : ChaosPlatform
 {
     private Uri? _brokerUrl;
+    private readonly SemaphoreSlim _brokerGate = new(1, 1);
+    private readonly CancellationTokenSource _supervising = new();
+    private Task _supervisor = Task.CompletedTask;
 
     private OneHostPlatform(TestEtcdCluster etcd, DingoSettings settings, TestPlatform platform) : base(settings)
     {
@@ -38,7 +41,11 @@ internal sealed class OneHostPlatform : ChaosPlatform
             var chaos = new OneHostPlatform(etcd, settings, platform);
             for (var i = 1; i <= Cells; i++) platform.StartCellProcess(i);
             await chaos.WaitForCellsAsync(ct);
-            if (brokerProcess) await chaos.StartBrokerAsync(ct);
+            if (brokerProcess)
+            {
+                await chaos.StartBrokerAsync(ct);
+                chaos._supervisor = chaos.SuperviseBrokerAsync(chaos._supervising.Token);
+            }
             foreach (var plan in plans)
             {
                 var planId = Catalog.Plans.Single(p => p.Name == plan).Id;
@@ -76,8 +83,24 @@ internal sealed class OneHostPlatform : ChaosPlatform
     /// <summary>The second broker's URL, once it answers the catalog.</summary>
     public Uri BrokerUrl => _brokerUrl ?? throw new InvalidOperationException("no broker process was started");
 
-    /// <summary>Starts broker-1 as an OS process (again) and waits until it answers the catalog, at most 60 s.</summary>
+    /// <summary>
+    /// Starts broker-1 as an OS process (again) and waits until it answers the catalog, at most 60 s. Nothing to do when
+    /// it runs already (the supervisor and a kill-broker fault may both restart it).
+    /// </summary>
     public async Task StartBrokerAsync(CancellationToken ct)
+    {
+        await _brokerGate.WaitAsync(ct);
+        try
+        {
+            if (_brokerUrl is null) await StartBrokerLockedAsync(ct);
+        }
+        finally
+        {
+            _brokerGate.Release();
+        }
+    }
+
+    private async Task StartBrokerLockedAsync(CancellationToken ct)
     {
         var url = Platform.StartBrokerProcess(1);
         using var http = TestPlatform.ClientFor(url);
@@ -104,6 +127,72 @@ internal sealed class OneHostPlatform : ChaosPlatform
         Platform.KillBroker(1);
     }
 
+    /// <summary>
+    /// Does for broker-1 what `./dingo up` and systemd do for a broker: a broker that the split-brain resolver removes
+    /// from the Akka cluster exits by design ("stopping so it restarts as a new member", src/Dingo.Broker/BrokerApp.cs)
+    /// and is started again. Without this the bench ran on with no live broker after such a removal: the in-process
+    /// broker cannot restart (it goes on answering HTTP, but its Akka member is gone) and broker-1 stayed down until the
+    /// next kill-broker fault, so provisions disturbed meanwhile waited 9 minutes (two kill-cell faults `provision=stuck`).
+    /// Exited means its port refuses connections twice in a row, 250 ms apart (a slow answer is not an exit); a broker
+    /// a fault has killed is the fault's to restart.
+    /// </summary>
+    private async Task SuperviseBrokerAsync(CancellationToken ct)
+    {
+        var refused = 0;
+        HttpClient? http = null; // one client per broker-1 URL, not one per look
+        Uri? httpFor = null;
+        try
+        {
+            while (!ct.IsCancellationRequested)
+            {
+                try { await Task.Delay(250, ct); }
+                catch (OperationCanceledException) { return; }
+                var url = _brokerUrl;
+                if (url is null) { refused = 0; continue; }
+                if (httpFor != url)
+                {
+                    http?.Dispose();
+                    http = TestPlatform.ClientFor(url);
+                    http.Timeout = TimeSpan.FromSeconds(5);
+                    httpFor = url;
+                }
+                try
+                {
+                    using var response = await http!.GetAsync("/v2/catalog", ct);
+                    refused = 0;
+                    continue;
+                }
+                catch (HttpRequestException) { refused++; }
+                catch (TaskCanceledException) when (!ct.IsCancellationRequested) { refused = 0; continue; }
+                catch (OperationCanceledException) { return; }
+                if (refused < 2) continue;
+                refused = 0;
+                await _brokerGate.WaitAsync(ct);
+                try
+                {
+                    if (_brokerUrl != url) continue; // a fault killed and restarted it meanwhile
+                    _brokerUrl = null;
+                    Platform.KillBroker(1); // forgets the exited process
+                    Console.Error.WriteLine($"bench: broker-1 stopped by itself (removed from the Akka cluster): starting it again in {Faults.RestartAfter.TotalSeconds:0.0} s, as ./dingo up would");
+                    await Task.Delay(Faults.RestartAfter, ct);
+                    await StartBrokerLockedAsync(ct);
+                }
+                catch (Exception ex) when (ex is TimeoutException or InvalidOperationException)
+                {
+                    Console.Error.WriteLine($"bench: broker-1 did not come back: {ex.Message}");
+                }
+                finally
+                {
+                    _brokerGate.Release();
+                }
+            }
+        }
+        finally
+        {
+            http?.Dispose();
+        }
+    }
+
     /// <summary>The instances' records and statuses are written through the in-process broker and the cells.</summary>
     public async Task<(int Status, JsonObject Body)> SendAsync(HttpMethod method, string path, string? body, CancellationToken ct) =>
         await Platform.SendAsync(method, path, body, ct);
@@ -111,6 +200,9 @@ internal sealed class OneHostPlatform : ChaosPlatform
     public override async ValueTask DisposeAsync()
     {
         // Nothing stays frozen, and etcd runs again: the cells stop cleanly and the keys can be deleted.
+        await _supervising.CancelAsync();
+        try { await _supervisor; }
+        catch (OperationCanceledException) { }
         ContinueAll();
         try { Etcd.Pid(0); }
         catch (InvalidOperationException) { Etcd.Start(0); }

@@ -58,7 +58,7 @@ public static class Program
         {
             platform = options.Hosts == 3
                 ? await ThreeHostPlatform.StartAsync(options.Plans, ct)
-                : await OneHostPlatform.StartAsync(options.Plans, options.Kinds.Any(k => k.Name == "kill-broker"), ct);
+                : await OneHostPlatform.StartAsync(options.Plans, options.Kinds.Any(k => k.Name is "kill-broker" or "kill-cell"), ct);
             sampler = new SplitSampler(platform.Store, platform.Instances.ToDictionary(i => i.Id, i => i.Superuser));
             var runStart = DateTime.UtcNow;
             await sampler.StartAsync(ct);

@@ -11,6 +11,18 @@ public static class AkkaDefaults
     // minority 2 s later): with two brokers, losing either leaves the other in charge, and etcd's quorum makes sure
     // two sides never both act. It never downs everyone on instability; a downed cell keeps serving its nodes.
     //
+    // The lease is released 5 s after the members it downed are gone (Akka's default keeps it 40 s): until then any
+    // other member's decision, a broker restarted after a heal included, fails to take it and downs its own side. Its
+    // etcd key lives 6 s past the holder's last renewal, so a holder that is killed frees it before the survivors'
+    // next decision (failure detection, about 4 s, plus stable-after).
+    //
+    // Remoting on a LAN: an outbound association attempt to a host that is cut off waits for TCP (SYN retries) up to
+    // connection-timeout, and while one is pending the endpoint manager stashes every inbound association from that
+    // address. With Akka's 15 s a broker restarted behind a healed link was refused for up to 15 s by the other
+    // broker, both marked each other unreachable, and the resolver downed both as indirectly connected. 3 s covers
+    // a TCP connect, the TLS and Akka handshakes on a loaded host, and stays inside the failure detector's 3 s pause
+    // after a heal; a failed address is tried again after 2 s instead of 5.
+    //
     // For(settings) adds the etcd endpoints and key prefix the lease uses.
     public const string Hocon = """
         akka.loglevel = WARNING
@@ -18,6 +30,8 @@ public static class AkkaDefaults
         akka.cluster.log-info = off
         akka.remote.log-remote-lifecycle-events = off
         akka.cluster.run-coordinated-shutdown-when-down = off
+        akka.remote.dot-netty.tcp.connection-timeout = 3s
+        akka.remote.retry-gate-closed-for = 2s
         akka.cluster.downing-provider-class = "Akka.Cluster.SBR.SplitBrainResolverProvider, Akka.Cluster"
         akka.cluster.split-brain-resolver {
           active-strategy = lease-majority
@@ -26,14 +40,15 @@ public static class AkkaDefaults
             lease-name = "split-brain-resolver"
             role = "broker"
             acquire-lease-delay-for-minority = 2s
+            release-after = 5s
           }
           stable-after = 7s
           down-all-when-unstable = off
         }
         dingo.akka-lease {
           lease-class = "Dingo.Ha.EtcdLease, Dingo.Actors"
-          heartbeat-timeout = 10s
-          heartbeat-interval = 2s
+          heartbeat-timeout = 6s
+          heartbeat-interval = 1s
           lease-operation-timeout = 5s
         }
         # The operator console is a ClusterClient (never a member): every broker runs the receptionist it contacts,

@@ -132,6 +132,12 @@ public static class AkkaMembership
                 {
                     log.LogDebug("Akka member registration in etcd: {Status}", ex.StatusCode);
                 }
+                catch (Exception ex) when (ex is not OperationCanceledException)
+                {
+                    // The registration is advice for other processes: nothing it meets may stop this one.
+                    log.LogWarning("Akka member registration in etcd failed: {Error}; trying again", ex.Message);
+                    lease = 0;
+                }
                 await WhenAnyAsync(removed, RenewEvery, ct).ConfigureAwait(false);
             }
             log.LogWarning("this process was removed from the Akka cluster ({Self})", self);

@@ -30,23 +30,29 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
         var parameters = body.Object("parameters", out var e5);
         if ((e1 ?? e2 ?? e3 ?? e4 ?? e5) is { } invalid) return invalid;
         if (serviceId is null || planId is null) return OsbResult.BadRequest("service_id and plan_id are required");
-        if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}'");
-        if (Catalog.FindPlan(planId) is null) return OsbResult.BadRequest($"unknown plan_id '{planId}'");
-        if (parameters != "{}") return OsbResult.BadRequest("bindings take no parameters");
 
         var instance = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
         if (instance is null || instance.Value.Desired != DesiredState.Present) return OsbResult.NotFound($"service instance {instanceId} does not exist");
-        var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
-        if (op?.Value is { Kind: OperationKind.Provision } provision && provision.State != OperationState.Succeeded)
-            return OsbResult.Concurrency($"service instance {instanceId} is not ready: provision {provision.State} ({provision.Description})");
-
+        // The same binding id with other attributes is a 409 whatever those attributes are (OSB): answered before they are
+        // judged, so a platform that changed (even invalid) parameters learns that the id is taken, not that they are wrong.
         var existing = await store.GetAsync<BindingRecord>(Keys.Binding(instanceId, bindingId), ct);
-        BindingRecord binding;
         if (existing is not null)
         {
             var b = existing.Value;
             var same = b.ServiceId == serviceId && b.PlanId == planId && b.AppGuid == appGuid && b.BindResourceJson == bindResource && b.ParametersJson == parameters;
             if (!same) return OsbResult.Conflict($"binding {bindingId} already exists with other attributes");
+        }
+        if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}'");
+        if (Catalog.FindPlan(planId) is null) return OsbResult.BadRequest($"unknown plan_id '{planId}'");
+        if (ValidateParameters(parameters) is { } badParameters) return badParameters;
+        var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
+        if (op?.Value is { Kind: OperationKind.Provision } provision && provision.State != OperationState.Succeeded)
+            return OsbResult.Concurrency($"service instance {instanceId} is not ready: provision {provision.State} ({provision.Description})");
+
+        BindingRecord binding;
+        if (existing is not null)
+        {
+            var b = existing.Value;
             if (b.State == "ready") return OsbResult.Ok(await CredentialsJsonAsync(instance.Value, b, ct));
             binding = b; // a previous attempt stopped half-way: finish it
         }
@@ -101,6 +107,10 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
         return OsbResult.Created(await CredentialsJsonAsync(instance.Value, ready, ct));
     }
 
+    /// <summary>A binding's parameters (canonical JSON): none are taken (the catalog's bind schema says the same, OsbCatalog).</summary>
+    internal static OsbResult? ValidateParameters(string parametersJson) =>
+        parametersJson == "{}" ? null : OsbResult.BadRequest("bindings take no parameters");
+
     public async Task<OsbResult> UnbindAsync(string instanceId, string bindingId, string? serviceId, string? planId, CancellationToken ct)
     {
         if (string.IsNullOrEmpty(serviceId) || string.IsNullOrEmpty(planId))
@@ -142,7 +152,10 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
     {
         string ca;
         using (var platformCa = await PlatformCaStore.GetOrCreateAsync(store, settings.Postgres, ct))
+        {
             ca = platformCa.CertificatePem;
+            PlatformConnectionTls.Trust(platformCa);
+        }
         return BindingCredentials.Json(settings.Broker.BindingHost, instance, binding, ca);
     }
 }

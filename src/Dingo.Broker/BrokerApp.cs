@@ -5,6 +5,7 @@ using Dingo.Broker.Osb;
 using Dingo.Config;
 using Dingo.Instances;
 using Dingo.Membership;
+using Dingo.Postgres;
 using Dingo.Store;
 
 namespace Dingo.Broker;
@@ -45,7 +46,8 @@ public static class BrokerApp
 
         builder.Services.AddSingleton(settings);
         builder.Services.AddSingleton(settings.Broker);
-        builder.Services.AddSingleton(sp => EtcdStore.Connect(settings, sp.GetRequiredService<ILogger<EtcdStore>>()));
+        builder.Services.AddSchemaCheckedEtcdStore(settings, "broker");
+        builder.Services.AddPlatformTrust();
         builder.Services.AddSingleton<InstanceService>();
         builder.Services.AddSingleton<BindingService>();
         builder.Services.AddHostedService<OperationSweeper>();

@@ -31,25 +31,17 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         var space = body.String("space_guid", out var e4);
         var parameters = body.Object("parameters", out var e5);
         var context = body.Object("context", out var e6);
-        if ((e1 ?? e2 ?? e3 ?? e4 ?? e5 ?? e6) is { } invalid) return invalid;
+        var maintenance = MaintenanceVersion(body, out var e7);
+        if ((e1 ?? e2 ?? e3 ?? e4 ?? e5 ?? e6 ?? e7) is { } invalid) return invalid;
         var missing = new[] { ("service_id", serviceId), ("plan_id", planId), ("organization_guid", org), ("space_guid", space) }
             .Where(f => f.Item2 is null).Select(f => f.Item1).ToList();
         if (missing.Count > 0) return OsbResult.BadRequest($"missing required field(s): {string.Join(", ", missing)}");
-        if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}': this broker offers {Catalog.ServiceId} ({Catalog.ServiceName})");
-        var plan = Catalog.FindPlan(planId);
-        if (plan is null) return OsbResult.BadRequest($"unknown plan_id '{planId}' for service {Catalog.ServiceName}");
-        if (ValidateParameters(parameters, plan, provisioning: true) is { } badParameters) return badParameters;
-        var nodeCount = NodeCountParameter(parameters) ?? plan.NodeCount;
-        if (Provisioning.RequestedCells(new InstanceRecord
-            {
-                Id = instanceId, ServiceId = serviceId, PlanId = plan.Id, OrganizationGuid = org!, SpaceGuid = space!, ParametersJson = parameters,
-                Port = 0, NodeCount = nodeCount, Superuser = new Credentials("-", "-"),
-            }) is { } requested && requested.Count < nodeCount)
-            return OsbResult.BadRequest($"parameter `cells` names {requested.Count} cell(s) but the instance needs {nodeCount} (one node per cell)");
 
         await _provisionGate.WaitAsync(ct);
         try
         {
+            // The same id with other attributes is a 409 whatever those attributes are (OSB): it is answered before they
+            // are judged, so a platform retrying with changed (even invalid) parameters learns that the id is taken.
             var existing = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
             if (existing is not null)
             {
@@ -60,6 +52,18 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                 if (op?.Value is { Kind: OperationKind.Provision, InProgress: true } running) return OsbResult.Accepted(running.Id);
                 return OsbResult.Ok(new JsonObject());
             }
+            if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}': this broker offers {Catalog.ServiceId} ({Catalog.ServiceName})");
+            var plan = Catalog.FindPlan(planId);
+            if (plan is null) return OsbResult.BadRequest($"unknown plan_id '{planId}' for service {Catalog.ServiceName}");
+            if (ValidateParameters(parameters, plan, provisioning: true) is { } badParameters) return badParameters;
+            if (maintenance is not null && maintenance != Product.Version) return MaintenanceConflict(maintenance);
+            var nodeCount = NodeCountParameter(parameters) ?? plan.NodeCount;
+            if (Provisioning.RequestedCells(new InstanceRecord
+                {
+                    Id = instanceId, ServiceId = serviceId, PlanId = plan.Id, OrganizationGuid = org!, SpaceGuid = space!, ParametersJson = parameters,
+                    Port = 0, NodeCount = nodeCount, Superuser = new Credentials("-", "-"),
+                }) is { } requested && requested.Count < nodeCount)
+                return OsbResult.BadRequest($"parameter `cells` names {requested.Count} cell(s) but the instance needs {nodeCount} (one node per cell)");
             RestoreSource? restore = null;
             var p = CanonicalJson.ParseOrEmpty(parameters).AsObject();
             if (p["clone-from"] is JsonValue cloneValue && cloneValue.TryGetValue<string>(out var cloneFrom))
@@ -122,6 +126,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                     Replication = replication,
                     CreatedAt = now,
                     Restore = restore,
+                    MaintenanceVersion = Product.Version,
                 };
                 txn.Put(Keys.Instance(instanceId), record).Put(Keys.Operation(instanceId), operation);
                 if (await store.TransactAsync(txn, ct)) break;
@@ -149,10 +154,12 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         var serviceId = body.String("service_id", out var e1);
         var planId = body.String("plan_id", out var e2);
         var parameters = body.Object("parameters", out var e3);
-        if ((e1 ?? e2 ?? e3) is { } invalid) return invalid;
+        var maintenance = MaintenanceVersion(body, out var e4);
+        if ((e1 ?? e2 ?? e3 ?? e4) is { } invalid) return invalid;
         if (serviceId is null) return OsbResult.BadRequest("missing required field: service_id");
         if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}'");
         if (planId is not null && Catalog.FindPlan(planId) is null) return OsbResult.BadRequest($"unknown plan_id '{planId}'");
+        if (maintenance is not null && maintenance != Product.Version) return MaintenanceConflict(maintenance);
 
         var existing = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
         if (existing is null || existing.Value.Desired != DesiredState.Present) return OsbResult.NotFound($"service instance {instanceId} does not exist");
@@ -162,6 +169,16 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         if (ValidateParameters(parameters, newPlan, provisioning: false) is { } badParameters) return badParameters;
         // node-count given: that many; a plan change without it: the new plan's size; neither: as it is.
         var planChanged = planId is not null && planId != existing.Value.PlanId;
+        if (!planChanged && parameters == "{}")
+        {
+            // Nothing to change in the cluster: a maintenance update (`cf update-service --upgrade`) or an empty one. The
+            // nodes already run on this version's cells, so it is done here and now (200, OSB 2.15), with the version noted.
+            if (maintenance is not null && existing.Value.MaintenanceVersion != maintenance
+                && !await store.TransactAsync(new Txn().At(Keys.Instance(instanceId), existing.ModRevision)
+                    .Put(Keys.Instance(instanceId), existing.Value with { MaintenanceVersion = maintenance }), ct))
+                return OsbResult.Concurrency($"service instance {instanceId} changed while updating; try again");
+            return OsbResult.Ok(new JsonObject());
+        }
         var nodeCount = NodeCountParameter(parameters) ?? (planChanged ? newPlan.NodeCount : existing.Value.NodeCount);
         if (nodeCount < newPlan.MinNodes)
             return OsbResult.Error(422, "InvalidNodeCount", $"plan {newPlan.Name} needs at least {newPlan.MinNodes} node(s); this instance would have {nodeCount}: pass node-count");
@@ -187,6 +204,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             PlanId = newPlan.Id,
             NodeCount = nodeCount,
             Replication = existing.Value.Replication ?? new Credentials(DatabaseAdmin.ReplicationUserName, Secrets.Password()),
+            MaintenanceVersion = maintenance ?? existing.Value.MaintenanceVersion,
         };
         var ok = await store.TransactAsync(new Txn()
             .At(Keys.Instance(instanceId), existing.ModRevision)
@@ -244,7 +262,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         return OsbResult.Ok(new JsonObject { ["state"] = op.Value.State, ["description"] = op.Value.Description });
     }
 
-    public async Task<OsbResult> FetchAsync(string instanceId, CancellationToken ct)
+    public async Task<OsbResult> FetchAsync(string instanceId, OsbVersion version, CancellationToken ct)
     {
         var existing = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
         if (existing is null || existing.Value.Desired != DesiredState.Present) return OsbResult.NotFound($"service instance {instanceId} does not exist");
@@ -252,23 +270,43 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         if (op?.Value is { Kind: OperationKind.Provision, InProgress: true }) return OsbResult.NotFound($"service instance {instanceId} is still being provisioned");
         if (op?.Value is { Kind: OperationKind.Update, InProgress: true }) return OsbResult.Concurrency($"service instance {instanceId} is being updated");
         var r = existing.Value;
-        return OsbResult.Ok(new JsonObject
+        var body = new JsonObject
         {
             ["service_id"] = r.ServiceId,
             ["plan_id"] = r.PlanId,
             ["parameters"] = CanonicalJson.ParseOrEmpty(r.ParametersJson),
-        });
+        };
+        // 2.15: the maintenance the instance was provisioned or last updated with (none for instances older than the field).
+        if (version.AtLeast(2, 15) && r.MaintenanceVersion is { } maintained) body["maintenance_info"] = new JsonObject { ["version"] = maintained };
+        return OsbResult.Ok(body);
     }
+
+    /// <summary>`maintenance_info.version` of a provision or update, or null when the request has none.</summary>
+    private static string? MaintenanceVersion(RequestBody body, out OsbResult? error)
+    {
+        var json = body.Object("maintenance_info", out error);
+        if (error is not null) return null;
+        var info = CanonicalJson.ParseOrEmpty(json).AsObject();
+        if (info.Count == 0) return null;
+        if (info["version"] is JsonValue v && v.TryGetValue<string>(out var version) && version.Length is > 0 and <= RequestLimits.MaxStringLength) return version;
+        error = OsbResult.BadRequest("`maintenance_info.version` must be a non-empty string (the catalog's plan gives it)");
+        return null;
+    }
+
+    private static OsbResult MaintenanceConflict(string asked) =>
+        OsbResult.Error(422, "MaintenanceInfoConflict",
+            $"maintenance_info.version '{RequestLimits.ForLog(asked, 40)}' is not this broker's ({Product.Version}): fetch the catalog again");
 
     public void Poke(string instanceId) => region.ActorRef.Tell(new ServiceInstanceMessages.Reconcile(instanceId));
 
-    private static OsbResult? ValidateParameters(string parametersJson, Plan plan, bool provisioning)
+    internal static OsbResult? ValidateParameters(string parametersJson, Plan plan, bool provisioning)
     {
         var p = CanonicalJson.ParseOrEmpty(parametersJson).AsObject();
-        var known = provisioning ? new HashSet<string> { "cells", "node-count", "clone-from", "point-in-time" } : new HashSet<string> { "cells", "node-count" };
+        // The names the catalog's schemas list (OsbCatalog): one list for both.
+        var known = provisioning ? OsbCatalog.ProvisionParameters : OsbCatalog.UpdateParameters;
         var unknown = p.Select(kv => kv.Key).Where(k => !known.Contains(k)).ToList();
         if (unknown.Count > 0)
-            return OsbResult.BadRequest($"unknown parameter(s): {string.Join(", ", unknown)}; {(provisioning ? "provisioning accepts: cells, node-count, clone-from, point-in-time" : "an update accepts: cells, node-count")}");
+            return OsbResult.BadRequest($"unknown parameter(s): {string.Join(", ", unknown)}; {(provisioning ? "provisioning" : "an update")} accepts: {string.Join(", ", known)}");
         if (p.TryGetPropertyValue("clone-from", out var from) && (from is not JsonValue fv || !fv.TryGetValue<string>(out var fromText) || string.IsNullOrWhiteSpace(fromText)))
             return OsbResult.BadRequest("parameter `clone-from` must be an instance name (in this space) or an instance id");
         if (from is JsonValue fromValue && fromValue.TryGetValue<string>(out var fromString) && fromString.Length > RequestLimits.MaxStringLength)

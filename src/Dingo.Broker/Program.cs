@@ -57,7 +57,10 @@ public static class Program
         }
         if (string.IsNullOrEmpty(settings.Broker.AdminPassword))
             Console.Error.WriteLine("dingo-broker: no admin password (DINGO_BROKER_ADMIN_PASSWORD or dingo.broker.admin-password): the admin API (/admin) stays closed");
-        await app.RunAsync();
-        return 0;
+        try { await app.RunAsync(); }
+        // Records of a newer schema met while starting (a service's first read writes the CA, say): the start is
+        // cancelled by the stop it asked for, and the exit code still says why.
+        catch (OperationCanceledException) when (Dingo.Store.SchemaVersion.RefusedInThisProcess) { }
+        return Dingo.Store.SchemaVersion.RefusedInThisProcess ? Dingo.Store.SchemaVersion.RefusedExitCode : 0;
     }
 }

@@ -6,6 +6,7 @@ using Akka.Remote.Hosting;
 using Dingo.Cells;
 using Dingo.Config;
 using Dingo.Routing;
+using Dingo.Postgres;
 using Dingo.Store;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -33,7 +34,8 @@ public static class CellApp
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
 
         builder.Services.AddSingleton(settings);
-        builder.Services.AddSingleton(sp => EtcdStore.Connect(settings, sp.GetRequiredService<ILogger<EtcdStore>>()));
+        builder.Services.AddSchemaCheckedEtcdStore(settings, $"cell {settings.Cell.Id}");
+        builder.Services.AddPlatformTrust();
         builder.Services.AddSingleton<IContainerRuntime>(sp => settings.Cell.Runtime switch
         {
             "process" => new LocalProcessRuntime(

@@ -61,10 +61,12 @@ public static class Program
         using var bridgeLoggers = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; }));
         var bridge = await LeaseBridge.StartAsync(settings, bridgeLoggers.CreateLogger("Dingo.Ha"), bridgeStop.Token);
         using var host = CellApp.Build(settings, seeds);
-        await host.RunAsync();
+        try { await host.RunAsync(); }
+        // Records of a newer schema met while starting: the start is cancelled by the stop it asked for (exit code below).
+        catch (OperationCanceledException) when (Dingo.Store.SchemaVersion.RefusedInThisProcess) { }
         await bridgeStop.CancelAsync();
         await bridge;
-        return 0;
+        return Dingo.Store.SchemaVersion.RefusedInThisProcess ? Dingo.Store.SchemaVersion.RefusedExitCode : 0;
     }
 
     /// <summary>

@@ -100,6 +100,7 @@ public static class Platform
             Console.WriteLine();
 
             // Supervise: a process that dies while we are up is started again.
+            var refused = new HashSet<string>(StringComparer.Ordinal);
             while (!stop.IsCancellationRequested)
             {
                 // Often: a cell agent that died must be back before its leaders' guard deadlines (3/4 TTL after the last renewal).
@@ -107,6 +108,13 @@ public static class Platform
                 catch (OperationCanceledException) { break; }
                 foreach (var child in children.Where(c => c.HasExited).ToList())
                 {
+                    if (child.ExitCode == Dingo.Store.SchemaVersion.RefusedExitCode)
+                    {
+                        // etcd's records are of a newer Dingo: starting it again would only refuse again.
+                        if (refused.Add(child.Name))
+                            Console.Error.WriteLine($"dingo: {child.Name} refused to run: etcd holds records of a newer Dingo schema (log: {child.LogPath}); not starting it again");
+                        continue;
+                    }
                     Console.Error.WriteLine($"dingo: {child.Name} exited with code {child.ExitCode}; starting it again (log: {child.LogPath})");
                     children[children.IndexOf(child)] = child.Restart();
                 }

@@ -20,6 +20,7 @@ public static class Program
           logs <instance> [node] [--tail N]   a node's PostgreSQL log (its container's output on a Docker cell)
           rotate-key [--new-key]   re-seal every password in etcd and the object store with the current seal key
                     (--new-key: first put a new key at the top of the key file); docs/security.md
+          version   this build's version (also --version)
           help      this text
         """;
 
@@ -29,6 +30,17 @@ public static class Program
         {
             Console.WriteLine(Usage);
             return args.Length == 0 ? 2 : 0;
+        }
+        if (args[0] is "version" or "--version")
+        {
+            if (args.Length > 1)
+            {
+                Console.Error.WriteLine($"dingo: {args[0]} takes no argument");
+                return 2;
+            }
+            // The product version (Directory.Build.props), and the commit when the build recorded one.
+            Console.WriteLine(Dingo.Model.Product.Commit is { Length: > 0 } commit ? $"dingo {Dingo.Model.Product.Version} ({commit})" : $"dingo {Dingo.Model.Product.Version}");
+            return 0;
         }
         var home = Environment.GetEnvironmentVariable("DINGO_HOME") ?? Directory.GetCurrentDirectory();
         var files = new List<string> { Path.Combine(home, "hocon", "dingo.conf") };

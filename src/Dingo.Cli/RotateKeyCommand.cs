@@ -42,6 +42,7 @@ public static class RotateKeyCommand
         }
         var ring = Sealing.Ring;
         await using var store = EtcdStore.Connect(settings);
+        store.CheckSchemaBeforeWrites("dingo rotate-key", _ => { });
         var objects = settings.Backups is { Enabled: true } backups ? backups.Store.CreateStore() : null;
         RotationReport report;
         try
@@ -52,6 +53,11 @@ public static class RotateKeyCommand
         {
             await Console.Error.WriteLineAsync($"dingo rotate-key: etcd ({string.Join(",", settings.EtcdEndpoints)}): {ex.Status.Detail}");
             return 1;
+        }
+        catch (SchemaVersionException ex)
+        {
+            await Console.Error.WriteLineAsync($"dingo rotate-key: {ex.Message}");
+            return SchemaVersion.RefusedExitCode;
         }
         finally
         {

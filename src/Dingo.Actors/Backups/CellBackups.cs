@@ -172,7 +172,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             {
                 var cs = Dingo.Postgres.DatabaseAdmin.ConnectionString(_host, _port, _superuser, "postgres");
                 cs.Timeout = 3;
-                await using var conn = new Npgsql.NpgsqlConnection(cs.ConnectionString);
+                await using var conn = Dingo.Postgres.PlatformConnectionTls.Connection(cs);
                 await conn.OpenAsync(ct).ConfigureAwait(false);
                 await using var cmd = new Npgsql.NpgsqlCommand("SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1", conn);
                 cmd.Parameters.AddWithValue(WalArchiverOptions.DefaultSlotName);

@@ -146,7 +146,7 @@ public sealed class TimelineHistories(IObjectStore store, string instanceId, ILo
         var cs = DatabaseAdmin.ConnectionString(host, port, superuser, "postgres");
         cs.Timeout = 3;
         cs.Pooling = false;
-        await using var conn = new NpgsqlConnection(cs.ConnectionString);
+        await using var conn = PlatformConnectionTls.Connection(cs);
         await conn.OpenAsync(ct).ConfigureAwait(false);
         return await ReadNodeAsync(conn, ct).ConfigureAwait(false);
     }

@@ -129,17 +129,18 @@ public sealed class WalArchiver
         }
     }
 
-    private string ConnectionString()
+    private NpgsqlConnectionStringBuilder ConnectionString()
     {
         var cs = DatabaseAdmin.ConnectionString(_host, _port, _credentials, "postgres");
         cs.Timeout = 5;
         cs.ApplicationName = "dingo_archiver";
-        return cs.ConnectionString;
+        return cs;
     }
 
     private async Task<PhysicalReplicationConnection> OpenAsync(CancellationToken ct)
     {
-        var conn = new PhysicalReplicationConnection(ConnectionString()) { WalReceiverStatusInterval = TimeSpan.FromSeconds(1) };
+        var conn = PlatformConnectionTls.ReplicationConnection(ConnectionString());
+        conn.WalReceiverStatusInterval = TimeSpan.FromSeconds(1);
         try
         {
             await conn.Open(ct).ConfigureAwait(false);
@@ -271,7 +272,7 @@ public sealed class WalArchiver
     /// </summary>
     private async Task<byte[]> ReadHistoryAsync(uint timeline, CancellationToken ct)
     {
-        await using var conn = new NpgsqlConnection(ConnectionString());
+        await using var conn = PlatformConnectionTls.Connection(ConnectionString());
         await conn.OpenAsync(ct).ConfigureAwait(false);
         await using var cmd = new NpgsqlCommand("SELECT pg_read_binary_file($1)", conn);
         cmd.Parameters.AddWithValue(string.Create(CultureInfo.InvariantCulture, $"pg_wal/{timeline:X8}.history"));

@@ -156,6 +156,8 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         try
         {
             var ca = await Dingo.Security.PlatformCaStore.GetOrCreateAsync(store, settings.Postgres, ct).ConfigureAwait(false);
+            // The cell's own connections (HA probes, archiving) present a client certificate of the same CA.
+            Dingo.Postgres.PlatformConnectionTls.Trust(ca);
             var tls = new NodeTls(ca, NodeTls.HostsFor(settings), settings.Postgres.CertificateValidity);
             if (!tls.SameAs(_tls))
             {

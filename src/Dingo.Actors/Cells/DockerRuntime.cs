@@ -314,6 +314,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     // ---- platform access ----
 
+    public Dingo.Ha.HealthTls HealthApiTls(string nodeId) => _access.HealthApiTls(nodeId);
+
     public async Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(access);
@@ -1060,7 +1062,12 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             // The source's certificate is checked against the platform CA for the host connected to.
             ["PGSSLMODE"] = _access.CaPem is null ? "prefer" : "verify-full",
         };
-        if (_access.CaPem is not null) env["PGSSLROOTCERT"] = $"{SettingsDir}/{NodeTlsFiles.CaFile}";
+        if (_access.CaPem is not null)
+        {
+            env["PGSSLROOTCERT"] = $"{SettingsDir}/{NodeTlsFiles.CaFile}";
+            env["PGSSLCERT"] = $"{SettingsDir}/{NodeTlsFiles.ClientCertFile}";
+            env["PGSSLKEY"] = $"{SettingsDir}/{NodeTlsFiles.ClientKeyFile}";
+        }
         return env;
     }
 
@@ -1068,6 +1075,11 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     {
         var files = new List<NodeFile> { new(".source.pgpass", Passfile(source.Credentials)) };
         if (_access.CaPem is { } ca) files.Add(new NodeFile(NodeTlsFiles.CaFile, ca));
+        if (_access.ClientCertificate() is { } client)
+        {
+            files.Add(new NodeFile(NodeTlsFiles.ClientKeyFile, client.KeyPem));
+            files.Add(new NodeFile(NodeTlsFiles.ClientCertFile, client.CertificatePem));
+        }
         return files;
     }
 
@@ -1132,7 +1144,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         {
             // The password lives in a 0600 passfile of the PostgreSQL user, never in the settings.
             passfile = Passfile(primary.Credentials);
-            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={SettingsDir}/replication.pgpass application_name={standby.ApplicationName} connect_timeout=3 {NodeTlsFiles.ClientConninfo(_access.CaPem is null ? null : $"{SettingsDir}/{NodeTlsFiles.CaFile}")}";
+            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={SettingsDir}/replication.pgpass application_name={standby.ApplicationName} connect_timeout=3 {NodeTlsFiles.ClientConninfo(_access.CaPem is null ? null : SettingsDir)}";
             conf.AppendLine(CultureInfo.InvariantCulture, $"primary_conninfo = {Quote(conninfo)}")
                 .AppendLine(CultureInfo.InvariantCulture, $"primary_slot_name = {Quote(standby.SlotName)}");
         }
@@ -1161,6 +1173,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             files.Add(new NodeFile(NodeTlsFiles.KeyFile, tls.KeyPem));
             files.Add(new NodeFile(NodeTlsFiles.CertFile, tls.CertificatePem));
             files.Add(new NodeFile(NodeTlsFiles.CaFile, tls.CaPem));
+            files.Add(new NodeFile(NodeTlsFiles.ClientKeyFile, tls.ClientKeyPem));
+            files.Add(new NodeFile(NodeTlsFiles.ClientCertFile, tls.ClientCertificatePem));
             files.Add(new NodeFile(NodeTlsFiles.ConfFile, NodeTlsFiles.Conf(SettingsDir)));
         }
         files.Add(new NodeFile("pg_hba.conf", access.Hba));

@@ -78,6 +78,9 @@ public interface IContainerRuntime
     /// PostgreSQL reload it. A node whose rewrite failed is tried again on the next call.
     /// </summary>
     Task ApplyPlatformAccessAsync(Dingo.Postgres.PlatformAccess access, CancellationToken cancellationToken);
+
+    /// <summary>The node's health API TLS: its certificate of the platform CA and whether plain HTTP is refused.</summary>
+    Dingo.Ha.HealthTls HealthApiTls(string nodeId) => Dingo.Ha.HealthTls.Plain;
 }
 
 /// <param name="Initialised">initdb finished: the data directory is complete.</param>

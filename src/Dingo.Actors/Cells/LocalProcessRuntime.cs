@@ -538,11 +538,16 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
         var identity = await DiscardDataAsync(spec.NodeId, paths, cancellationToken);
         var passfile = await WritePassfileAsync(paths, source, identity, cancellationToken);
-        var caFile = await WriteCaFileAsync(paths, identity, cancellationToken);
+        var tlsDir = await WriteClientTlsFilesAsync(paths, identity, cancellationToken);
         try
         {
-            var env = new Dictionary<string, string> { ["PGPASSFILE"] = passfile, ["PGSSLMODE"] = caFile is null ? "prefer" : "verify-full" };
-            if (caFile is not null) env["PGSSLROOTCERT"] = caFile;
+            var env = new Dictionary<string, string> { ["PGPASSFILE"] = passfile, ["PGSSLMODE"] = tlsDir is null ? "prefer" : "verify-full" };
+            if (tlsDir is not null)
+            {
+                env["PGSSLROOTCERT"] = Path.Combine(tlsDir, NodeTlsFiles.CaFile);
+                env["PGSSLCERT"] = Path.Combine(tlsDir, NodeTlsFiles.ClientCertFile);
+                env["PGSSLKEY"] = Path.Combine(tlsDir, NodeTlsFiles.ClientKeyFile);
+            }
             var result = await RunToolWithEnvAsync(identity, "pg_basebackup", paths.NodeDir, cancellationToken, env,
                 "-h", source.Host, "-p", source.Port.ToString(CultureInfo.InvariantCulture), "-U", source.Credentials.Username,
                 "-D", paths.PgData, "-X", "stream", "-c", "fast", "-w", "--no-sync");
@@ -751,10 +756,10 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         await StopCoreAsync(spec.NodeId, paths, "fast", cancellationToken);
         await KillLeftoversAsync(paths, cancellationToken);
         var passfile = await WritePassfileAsync(paths, source, identity, cancellationToken);
-        var caFile = await WriteCaFileAsync(paths, identity, cancellationToken);
+        var tlsDir = await WriteClientTlsFilesAsync(paths, identity, cancellationToken);
         try
         {
-            var conninfo = $"host={source.Host} port={source.Port} user={source.Credentials.Username} dbname=postgres passfile={passfile} {NodeTlsFiles.ClientConninfo(caFile)}";
+            var conninfo = $"host={source.Host} port={source.Port} user={source.Credentials.Username} dbname=postgres passfile={passfile} {NodeTlsFiles.ClientConninfo(tlsDir)}";
             // pg_rewind finishes crash recovery itself when the node was not shut down cleanly (PostgreSQL 13+).
             var result = await RunToolWithEnvAsync(identity, "pg_rewind", paths.NodeDir, cancellationToken, null,
                 "-D", paths.PgData, "--source-server", conninfo);
@@ -798,8 +803,8 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             var passfile = Path.Combine(paths.NodeDir, "replication.pgpass");
             await Dingo.Security.SecretFile.WriteAsync(passfile, $"*:*:*:{primary.Credentials.Username}:{primary.Credentials.Password}\n", cancellationToken);
             ChownIfNeeded(passfile, identity);
-            var caFile = await WriteCaFileAsync(paths, identity, cancellationToken);
-            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={passfile} application_name={standby.ApplicationName} connect_timeout=3 {NodeTlsFiles.ClientConninfo(caFile)}";
+            var tlsDir = await WriteClientTlsFilesAsync(paths, identity, cancellationToken);
+            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={passfile} application_name={standby.ApplicationName} connect_timeout=3 {NodeTlsFiles.ClientConninfo(tlsDir)}";
             conf.AppendLine(CultureInfo.InvariantCulture, $"primary_conninfo = {Quote(conninfo)}")
                 .AppendLine(CultureInfo.InvariantCulture, $"primary_slot_name = {Quote(standby.SlotName)}");
         }
@@ -826,19 +831,32 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             ChownIfNeeded(Path.Combine(paths.TlsDir, NodeTlsFiles.KeyFile), identity);
             await WriteReplacingAsync(Path.Combine(paths.TlsDir, NodeTlsFiles.CertFile), tls.CertificatePem, identity, ct);
             await WriteReplacingAsync(Path.Combine(paths.TlsDir, NodeTlsFiles.CaFile), tls.CaPem, identity, ct);
+            await WriteClientCertificateAsync(paths, tls.ClientCertificatePem, tls.ClientKeyPem, identity, ct);
             await WriteReplacingAsync(Path.Combine(paths.TlsDir, NodeTlsFiles.ConfFile), NodeTlsFiles.Conf(paths.TlsDir), identity, ct);
         }
         await WriteReplacingAsync(Path.Combine(paths.PgData, "pg_hba.conf"), files.Hba, identity, ct);
     }
 
-    /// <summary>The platform CA's certificate where libpq tools of this node read it (null while no CA is known).</summary>
-    private async Task<string?> WriteCaFileAsync(NodePaths paths, RunIdentity identity, CancellationToken ct)
+    /// <summary>
+    /// The platform CA's certificate and this runtime's client certificate where libpq tools of this node read them;
+    /// returns their folder, or null while no CA is known.
+    /// </summary>
+    private async Task<string?> WriteClientTlsFilesAsync(NodePaths paths, RunIdentity identity, CancellationToken ct)
     {
-        if (_access.CaPem is not { } ca) return null;
+        if (_access.CaPem is not { } ca || _access.ClientCertificate() is not { } client) return null;
         EnsurePrivateDirectory(paths.TlsDir, identity);
-        var file = Path.Combine(paths.TlsDir, NodeTlsFiles.CaFile);
-        await WriteReplacingAsync(file, ca, identity, ct);
-        return file;
+        await WriteReplacingAsync(Path.Combine(paths.TlsDir, NodeTlsFiles.CaFile), ca, identity, ct);
+        await WriteClientCertificateAsync(paths, client.CertificatePem, client.KeyPem, identity, ct);
+        return paths.TlsDir;
+    }
+
+    /// <summary>The key first (0600 from creation, as libpq insists), then the certificate naming it.</summary>
+    private static async Task WriteClientCertificateAsync(NodePaths paths, string certificatePem, string keyPem, RunIdentity identity, CancellationToken ct)
+    {
+        var key = Path.Combine(paths.TlsDir, NodeTlsFiles.ClientKeyFile);
+        await Dingo.Security.SecretFile.WriteAsync(key, keyPem, ct);
+        ChownIfNeeded(key, identity);
+        await WriteReplacingAsync(Path.Combine(paths.TlsDir, NodeTlsFiles.ClientCertFile), certificatePem, identity, ct);
     }
 
     private static void EnsurePrivateDirectory(string path, RunIdentity identity)
@@ -856,6 +874,8 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         ChownIfNeeded(temp, identity);
         File.Move(temp, target, overwrite: true);
     }
+
+    public Dingo.Ha.HealthTls HealthApiTls(string nodeId) => _access.HealthApiTls(nodeId);
 
     public async Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken cancellationToken)
     {

@@ -40,14 +40,17 @@ public sealed class NodeTls(PlatformCa ca, IReadOnlyList<string> hosts, TimeSpan
 }
 
 /// <summary>
-/// What a node reads for TLS: its certificate and key, and the CA it verifies its primary with (replication,
-/// pg_basebackup, pg_rewind). The runtimes write the three files and <see cref="Conf"/> where PostgreSQL reads them.
+/// What a node reads for TLS: its certificate and key, the CA it verifies its primary with (replication,
+/// pg_basebackup, pg_rewind), and the client certificate its cell's libpq tools and WAL receiver present as the
+/// platform's replication or superuser role. The runtimes write the files and <see cref="Conf"/> where PostgreSQL reads them.
 /// </summary>
-public sealed record NodeTlsFiles(string CertificatePem, string KeyPem, string CaPem)
+public sealed record NodeTlsFiles(string CertificatePem, string KeyPem, string CaPem, string ClientCertificatePem, string ClientKeyPem)
 {
     public const string CertFile = "server.crt";
     public const string KeyFile = "server.key";
     public const string CaFile = "root.crt";
+    public const string ClientCertFile = "client.crt";
+    public const string ClientKeyFile = "client.key";
     public const string ConfFile = "tls.conf";
 
     /// <summary>postgresql.conf lines for files in <paramref name="folder"/> (read again on a reload: no restart needed).</summary>
@@ -60,8 +63,14 @@ public sealed record NodeTlsFiles(string CertificatePem, string KeyPem, string C
         .AppendLine("ssl_min_protocol_version = 'TLSv1.2'")
         .ToString();
 
-    /// <summary>libpq settings of a connection to another node of the platform: TLS, and its certificate checked for its host.</summary>
-    public static string ClientConninfo(string? caFile) => caFile is null ? "sslmode=prefer" : $"sslmode=verify-full sslrootcert={caFile}";
+    /// <summary>
+    /// libpq settings of a connection to another node of the platform, with the node's TLS files in <paramref name="folder"/>
+    /// (null while no CA is known): TLS, the other node's certificate checked for its host, and this cell's client
+    /// certificate presented (nodes with require-tls ask the platform's roles for one).
+    /// </summary>
+    public static string ClientConninfo(string? folder) => folder is null
+        ? "sslmode=prefer"
+        : $"sslmode=verify-full sslrootcert={folder}/{CaFile} sslcert={folder}/{ClientCertFile} sslkey={folder}/{ClientKeyFile}";
 
     // Never print the key.
     public override string ToString() => "node TLS files";

@@ -119,4 +119,14 @@ public sealed class EtcdLease : Lease
     }
 
     public override bool CheckLease() => _held;
+
+    /// <summary>Stops renewing without a word to etcd, as a process killed while holding the lease does (tests).</summary>
+    internal void StopRenewingAsIfKilled()
+    {
+        lock (_gate)
+        {
+            _keepAlive?.Cancel();
+            _keepAlive = null;
+        }
+    }
 }

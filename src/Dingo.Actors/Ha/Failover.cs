@@ -95,12 +95,19 @@ public static class Failover
         var leaderIsMe = i.Leader?.NodeId == me;
         var otherLeader = i.Leader is not null && !leaderIsMe ? i.Leader : null;
 
+        // Data is only ever replaced from a leader that reports itself a running primary, and did so lately. A leader
+        // whose host or agent is gone keeps its key until its lease expires, longer than that when etcd elects a new
+        // leader of its own (which extends every lease): rewinding or re-cloning from it fails, and a re-clone deletes
+        // this node's data first. Both replicas of a cluster-ha instance once wiped themselves that way after its
+        // primary's host was killed, leaving nobody to take the key when it expired (ThreeHostTests, fresh38).
+        bool LeaderServing(LeaderRecord leader) =>
+            i.Members.FirstOrDefault(m => m.NodeId == leader.NodeId) is { State: NodeState.Running, Role: "primary" } status && IsFresh(i, status, s);
+
         if (!local.DataInitialised)
         {
             if (otherLeader is not null)
             {
-                var leaderStatus = i.Members.FirstOrDefault(m => m.NodeId == otherLeader.NodeId);
-                if (leaderStatus is not { State: NodeState.Running, Role: "primary" })
+                if (!LeaderServing(otherLeader))
                     return new HaAction.Wait($"waiting for the leader {otherLeader.NodeId} to accept connections before cloning");
                 return new HaAction.CloneFromLeader(otherLeader, $"cloning from the leader {otherLeader.NodeId} (pg_basebackup)");
             }
@@ -119,7 +126,7 @@ public static class Failover
             if (leaderIsMe) return new HaAction.ReleaseStaleKey("PostgreSQL is not running: giving up the leader key at once");
             // A replica whose data cannot start (a timeline its WAL does not reach after a rewind, files damaged or gone)
             // would be restarted for ever: take a fresh copy from the leader instead.
-            if (otherLeader is not null && local.FailedStarts >= MaxFailedStarts)
+            if (otherLeader is not null && local.FailedStarts >= MaxFailedStarts && LeaderServing(otherLeader))
                 return new HaAction.Reclone(otherLeader, $"re-cloning from {otherLeader.NodeId}: PostgreSQL failed to start {local.FailedStarts} times in a row ({local.StartFailure})");
             return otherLeader is not null
                 ? new HaAction.Start(otherLeader, $"starting PostgreSQL as a replica of {otherLeader.NodeId}")
@@ -170,6 +177,8 @@ public static class Failover
             if (local.FollowingNodeId != otherLeader.NodeId) return new HaAction.FollowLeader(otherLeader, $"following the leader {otherLeader.NodeId}");
             if (!local.Streaming && local.NotStreamingFor >= s.RewindAfter)
             {
+                if (!LeaderServing(otherLeader))
+                    return new HaAction.Wait($"no action: not streaming for {local.NotStreamingFor.TotalSeconds:0}s, but the leader {otherLeader.NodeId} has not reported itself serving lately: waiting for it, or for its key to expire");
                 return local.RewindFailed
                     ? new HaAction.Reclone(otherLeader, $"re-cloning from {otherLeader.NodeId}: not streaming for {local.NotStreamingFor.TotalSeconds:0}s and pg_rewind failed")
                     : new HaAction.Rewind(otherLeader, $"rewinding to {otherLeader.NodeId}'s timeline: not streaming for {local.NotStreamingFor.TotalSeconds:0}s");

@@ -40,7 +40,21 @@ public sealed class NodeAgent
     private FailsafePromise? _promise;
     private bool _failsafeLogged;
     private string? _failsafeRefusal;
-    private static readonly HttpClient Http = new(new SocketsHttpHandler { UseProxy = false, ConnectTimeout = TimeSpan.FromSeconds(1) });
+    // With require-tls the members' health APIs take HTTPS only; their certificates are checked against the platform
+    // CAs this process trusts (PlatformConnectionTls), as its PostgreSQL connections do.
+    private static readonly HttpClient Http = new(new SocketsHttpHandler
+    {
+        UseProxy = false,
+        ConnectTimeout = TimeSpan.FromSeconds(1),
+        SslOptions = new System.Net.Security.SslClientAuthenticationOptions
+        {
+            EnabledSslProtocols = Dingo.Security.PemTls.Protocols,
+            RemoteCertificateValidationCallback = (_, certificate, _, _) => certificate is not null && Dingo.Postgres.PlatformConnectionTls.VerifiesNode(certificate),
+        },
+    });
+
+    /// <summary>The node's health API TLS (NodeHealthServer reads it for each connection).</summary>
+    public HealthTls HealthApiTls() => _runtime.HealthApiTls(_spec.NodeId);
     /// <summary>The postmaster the guard is armed with (resolved once per PostgreSQL start).</summary>
     private ProcessIdentity? _guarded;
     private string? _following;
@@ -778,7 +792,7 @@ public sealed class NodeAgent
         try
         {
             var query = $"leader={Uri.EscapeDataString(_spec.NodeId)}&nonce={nonce}&proof={proof.Ask(_spec.NodeId, nodeId, nonce)}";
-            var uri = new UriBuilder("http", host, apiPort, "/failsafe") { Query = query }.Uri;
+            var uri = new UriBuilder(Dingo.Postgres.PlatformConnectionTls.Required ? "https" : "http", host, apiPort, "/failsafe") { Query = query }.Uri;
             using var response = await Http.PostAsync(uri, content: null, ct).ConfigureAwait(false);
             var body = await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false);
             if (!response.IsSuccessStatusCode) return $"{nodeId}: {(int)response.StatusCode} {body}";

@@ -1,7 +1,10 @@
 using System.Buffers;
 using System.Globalization;
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
@@ -36,10 +39,21 @@ public sealed record NodeHealth(
     string? Decision);
 
 /// <summary>
+/// How a node's health API speaks: with the node's certificate of the platform CA (null while the cell knows no CA: plain
+/// HTTP only), and whether plain HTTP is refused (<c>dingo.postgres.require-tls</c> with a CA known).
+/// </summary>
+public sealed record HealthTls(X509Certificate2? Certificate, bool Required)
+{
+    public static HealthTls Plain { get; } = new(null, false);
+}
+
+/// <summary>
 /// A node's health API: answers the HTTP checks that HAProxy setups written for Patroni send
 /// (<c>/primary</c>, <c>/replica?lag=…</c>, <c>/read-only</c>, …) with Patroni's status codes, so they work unchanged.
 /// Hand-rolled over a socket so it has no web stack to configure and every resource a client can hold is bounded:
 /// request head size, time to send it, and connections served at once. Each connection gets one answer and is closed.
+/// HTTPS and HTTP share the port: a connection whose first byte opens a TLS handshake gets TLS with the node's
+/// certificate (<see cref="Tls"/>); a plain one is answered, or with require-tls refused with 426.
 /// </summary>
 public sealed class NodeHealthServer : IAsyncDisposable
 {
@@ -128,6 +142,9 @@ public sealed class NodeHealthServer : IAsyncDisposable
     /// own, refuses with the reason (409), or finds the ask unsigned (403). Null: the endpoint is not served.
     /// </summary>
     public Func<FailsafeAsk, FailsafeReply>? Failsafe { get; init; }
+
+    /// <summary>The certificate and TLS policy for each new connection (read per connection: certificates renew). Null: plain HTTP.</summary>
+    public Func<HealthTls>? Tls { get; init; }
 
     /// <summary>The port listened on: the one asked for, or the kernel's pick once started with port 0.</summary>
     public int Port => Volatile.Read(ref _port);
@@ -238,25 +255,52 @@ public sealed class NodeHealthServer : IAsyncDisposable
     private async Task ServeAsync(Socket client)
     {
         var buffer = ArrayPool<byte>.Shared.Rent(MaxHeadBytes);
+        SslStream? ssl = null;
         try
         {
             client.NoDelay = true;
-            var (outcome, headLength) = await ReadHeadAsync(client, buffer).ConfigureAwait(false);
+            var tls = Tls?.Invoke() ?? HealthTls.Plain;
+            await using var network = new NetworkStream(client, ownsSocket: false);
+            Stream stream = network;
+            var first = await PeekAsync(client, buffer).ConfigureAwait(false);
+            if (first is null)
+                return; // closed or silent before a byte (port scans, TCP-only checks): just close
+            if (first == TlsHandshakeRecord)
+            {
+                if (tls.Certificate is not { } certificate)
+                    return; // TLS asked of a node that has no certificate yet: nothing it could read
+                ssl = new SslStream(stream, leaveInnerStreamOpen: true);
+                using var handshake = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
+                handshake.CancelAfter(_readTimeout);
+                await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+                {
+                    ServerCertificate = certificate,
+                    EnabledSslProtocols = Dingo.Security.PemTls.Protocols,
+                    ClientCertificateRequired = false,
+                }, handshake.Token).ConfigureAwait(false);
+                stream = ssl;
+            }
+            else if (tls.Required)
+            {
+                await SendAndDrainAsync(client, stream, null, Error(426, "this node's health API takes HTTPS only (dingo.postgres.require-tls): connect with TLS and the platform CA"), buffer).ConfigureAwait(false);
+                return;
+            }
+            var (outcome, headLength) = await ReadHeadAsync(stream, buffer).ConfigureAwait(false);
             byte[]? response = outcome switch
             {
                 ReadOutcome.Complete => Answer(Encoding.Latin1.GetString(buffer, 0, headLength)),
                 ReadOutcome.TooLarge => Error(431, "request header too large"),
                 ReadOutcome.Truncated => Error(400, "incomplete request"),
                 ReadOutcome.TimedOut => Error(408, "request timeout"),
-                // Closed before sending anything, or timed out without a byte (port scans, TCP-only checks): just close.
+                // Closed before sending anything, or timed out without a byte: just close.
                 _ => null,
             };
             if (response is not null)
-                await SendAndDrainAsync(client, response, buffer).ConfigureAwait(false);
+                await SendAndDrainAsync(client, stream, ssl, response, buffer).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException or OperationCanceledException or IOException)
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException or OperationCanceledException or IOException or AuthenticationException)
         {
-            // Client reset, slow reader or shutdown: nothing useful to do but close.
+            // Client reset, slow reader, a failed handshake or shutdown: nothing useful to do but close.
         }
         catch (Exception ex)
         {
@@ -264,9 +308,29 @@ public sealed class NodeHealthServer : IAsyncDisposable
         }
         finally
         {
+            if (ssl is not null) await ssl.DisposeAsync().ConfigureAwait(false);
             ArrayPool<byte>.Shared.Return(buffer);
             client.Dispose();
             _slots.Release();
+        }
+    }
+
+    /// <summary>The first byte of a TLS connection: a handshake record.</summary>
+    private const byte TlsHandshakeRecord = 0x16;
+
+    /// <summary>The connection's first byte, left unread; null when it closes or sends nothing within the read timeout.</summary>
+    private async Task<byte?> PeekAsync(Socket client, byte[] buffer)
+    {
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
+        deadline.CancelAfter(_readTimeout);
+        try
+        {
+            var read = await client.ReceiveAsync(buffer.AsMemory(0, 1), SocketFlags.Peek, deadline.Token).ConfigureAwait(false);
+            return read == 0 ? null : buffer[0];
+        }
+        catch (OperationCanceledException) when (!_stopping.IsCancellationRequested)
+        {
+            return null;
         }
     }
 
@@ -276,7 +340,7 @@ public sealed class NodeHealthServer : IAsyncDisposable
     /// Reads up to the blank line ending the request head. One deadline covers the whole head, so a client
     /// trickling a byte at a time is cut just like a silent one.
     /// </summary>
-    private async Task<(ReadOutcome Outcome, int HeadLength)> ReadHeadAsync(Socket client, byte[] buffer)
+    private async Task<(ReadOutcome Outcome, int HeadLength)> ReadHeadAsync(Stream stream, byte[] buffer)
     {
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
         deadline.CancelAfter(_readTimeout);
@@ -287,8 +351,7 @@ public sealed class NodeHealthServer : IAsyncDisposable
             int read;
             try
             {
-                read = await client.ReceiveAsync(buffer.AsMemory(filled, MaxHeadBytes - filled), SocketFlags.None, deadline.Token)
-                    .ConfigureAwait(false);
+                read = await stream.ReadAsync(buffer.AsMemory(filled, MaxHeadBytes - filled), deadline.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (!_stopping.IsCancellationRequested)
             {
@@ -314,18 +377,20 @@ public sealed class NodeHealthServer : IAsyncDisposable
         }
     }
 
-    private async Task SendAndDrainAsync(Socket client, byte[] response, byte[] buffer)
+    private async Task SendAndDrainAsync(Socket client, Stream stream, SslStream? ssl, byte[] response, byte[] buffer)
     {
         using (var write = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token))
         {
             // A client that never reads must not keep the slot: the answer is small, but its window may be zero.
             write.CancelAfter(WriteTimeout);
-            var sent = 0;
-            while (sent < response.Length)
-                sent += await client.SendAsync(response.AsMemory(sent), SocketFlags.None, write.Token).ConfigureAwait(false);
+            await stream.WriteAsync(response, write.Token).ConfigureAwait(false);
+            await stream.FlushAsync(write.Token).ConfigureAwait(false);
+            // TLS: close_notify first, so the client knows the answer is whole.
+            if (ssl is not null) await ssl.ShutdownAsync().WaitAsync(write.Token).ConfigureAwait(false);
         }
 
         client.Shutdown(SocketShutdown.Send);
+        // What the client still sends is discarded from the socket itself (TLS records included: nothing is read from them).
         using var drain = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
         drain.CancelAfter(DrainTimeout);
         var drained = 0;
@@ -557,6 +622,7 @@ public sealed class NodeHealthServer : IAsyncDisposable
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        426 => "Upgrade Required",
         409 => "Conflict",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",

@@ -22,7 +22,7 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         cs.MaxPoolSize = 3;
         cs.ConnectionIdleLifetime = 60;
         cs.ApplicationName = "dingo-ha";
-        return new NpgsqlConnection(cs.ConnectionString);
+        return PlatformConnectionTls.Connection(cs);
     }
 
     public async Task<Observation> ObserveAsync(CancellationToken ct)

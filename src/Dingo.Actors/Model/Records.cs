@@ -27,6 +27,8 @@ public sealed record InstanceRecord
     public DateTimeOffset CreatedAt { get; init; }
     /// <summary>Set: the cluster's first node is restored from this instance's backups instead of initialised empty.</summary>
     public RestoreSource? Restore { get; init; }
+    /// <summary>The product version (OSB `maintenance_info.version`) the instance was provisioned or last updated with; null before the field.</summary>
+    public string? MaintenanceVersion { get; init; }
 }
 
 /// <param name="InstanceId">whose backups (this instance itself when recreating or rebuilding it)</param>

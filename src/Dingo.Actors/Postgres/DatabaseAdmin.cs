@@ -42,7 +42,7 @@ public static class DatabaseAdmin
     /// </summary>
     public static async Task PrepareAsync(string host, int port, Credentials superuser, string database, CancellationToken ct, Credentials? replication = null)
     {
-        await using (var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, "postgres").ConnectionString))
+        await using (var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, "postgres")))
         {
             await conn.OpenAsync(ct).ConfigureAwait(false);
             await ExecAsync(conn, "SET synchronous_commit = local", ct).ConfigureAwait(false);
@@ -71,7 +71,7 @@ public static class DatabaseAdmin
             }
         }
         // The public schema belonged to the database's owner (pg_database_owner): it stays the applications' schema.
-        await using (var app = new NpgsqlConnection(ConnectionString(host, port, superuser, database).ConnectionString))
+        await using (var app = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database)))
         {
             await app.OpenAsync(ct).ConfigureAwait(false);
             await ExecAsync(app, "SET synchronous_commit = local", ct).ConfigureAwait(false);
@@ -85,7 +85,7 @@ public static class DatabaseAdmin
     {
         CheckSafe(role.Username);
         CheckSafe(role.Password);
-        await using var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, database).ConnectionString);
+        await using var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database));
         await conn.OpenAsync(ct).ConfigureAwait(false);
         var attributes = $"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{role.Password}'";
         if (await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", role.Username, ct).ConfigureAwait(false))
@@ -104,7 +104,7 @@ public static class DatabaseAdmin
     public static async Task<string?> LockOutBindingRoleAsync(string host, int port, Credentials superuser, string database, string roleName, CancellationToken ct)
     {
         CheckSafe(roleName);
-        await using var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, database).ConnectionString);
+        await using var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database));
         await conn.OpenAsync(ct).ConfigureAwait(false);
         if (!await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", roleName, ct).ConfigureAwait(false)) return null;
         await ExecAsync(conn, $"ALTER ROLE {roleName} NOLOGIN", ct).ConfigureAwait(false);
@@ -121,7 +121,7 @@ public static class DatabaseAdmin
     public static async Task<int> EndSessionsOnNodeAsync(string host, int port, Credentials superuser, string roleName, string lockedOutAt, DateTime replayDeadline, CancellationToken ct)
     {
         CheckSafe(roleName);
-        await using var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, "postgres").ConnectionString);
+        await using var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, "postgres"));
         await conn.OpenAsync(ct).ConfigureAwait(false);
         while (true)
         {
@@ -149,7 +149,7 @@ public static class DatabaseAdmin
     public static async Task DropBindingRoleAsync(string host, int port, Credentials superuser, string database, string roleName, CancellationToken ct)
     {
         CheckSafe(roleName);
-        await using var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, database).ConnectionString);
+        await using var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database));
         await conn.OpenAsync(ct).ConfigureAwait(false);
         if (!await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", roleName, ct).ConfigureAwait(false)) return;
         // NOLOGIN first, so no new session slips in between terminating the old ones and the drop.
@@ -166,7 +166,7 @@ public static class DatabaseAdmin
     /// </summary>
     public static async Task DisableInheritedLoginsAsync(string host, int port, Credentials superuser, CancellationToken ct)
     {
-        await using var conn = new NpgsqlConnection(ConnectionString(host, port, superuser, "postgres").ConnectionString);
+        await using var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, "postgres"));
         await conn.OpenAsync(ct).ConfigureAwait(false);
         var roles = new List<string>();
         await using (var cmd = new NpgsqlCommand("SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname <> ALL($1) AND rolname NOT LIKE 'pg\\_%'", conn))

@@ -75,8 +75,8 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
     }
 
     /// <summary>
-    /// The node's pg_hba.conf. The platform roles get SCRAM from the platform's networks and local sockets, and an
-    /// explicit reject anywhere else (before the catch-all line, which would otherwise take them); replication
+    /// The node's pg_hba.conf. The platform roles get SCRAM from the platform's networks and local sockets (over TCP with
+    /// require-tls: also a client certificate of the platform CA), and an explicit reject anywhere else (before the catch-all line, which would otherwise take them); replication
     /// connections are only for them; every other role gets SCRAM from anywhere.
     /// </summary>
     /// <param name="ownAddress">the address the node listens on: its own host is always a platform host (the cell's
@@ -88,6 +88,10 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
         var users = string.Join(',', new[] { superuser, DatabaseAdmin.ReplicationUserName }.Distinct(StringComparer.Ordinal).Select(QuoteRole));
         // The reject lines stay `host` (they match with TLS and without); only accepting lines need TLS.
         var accept = RequireTls ? "hostssl" : "host";
+        // With TLS required and a CA known, the platform's roles also need a client certificate of the platform CA: a
+        // router forwards every client from its cell's address, which is a platform host, so the address alone would let
+        // anyone who learnt the superuser password log in through a router's public port. Applications never hold one.
+        var platformAuth = RequireTls && Tls is not null ? "scram-sha-256 clientcert=verify-ca" : "scram-sha-256";
         var sb = new StringBuilder()
             .AppendLine("# Written by Dingo (platform access); rewritten when the platform's hosts change. Edits are overwritten.")
             .AppendLine("# The platform's roles log in only from its cells, brokers and listed networks; applications from anywhere.")
@@ -96,8 +100,8 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
             .AppendLine("local replication all scram-sha-256");
         foreach (var network in networks)
         {
-            sb.AppendLine(CultureInfo.InvariantCulture, $"{accept} all {users} {network} scram-sha-256");
-            sb.AppendLine(CultureInfo.InvariantCulture, $"{accept} replication {users} {network} scram-sha-256");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"{accept} all {users} {network} {platformAuth}");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"{accept} replication {users} {network} {platformAuth}");
         }
         return sb
             .AppendLine(CultureInfo.InvariantCulture, $"host all {users} 0.0.0.0/0 reject")

@@ -30,6 +30,12 @@ public sealed class PlatformCa : IDisposable
     /// <summary>SHA-256 of the certificate, hex: names this CA in logs without anything secret.</summary>
     public string Fingerprint => _certificate.GetCertHashString(HashAlgorithmName.SHA256);
 
+    /// <summary>The CA's subject: what a server asking for client certificates names as an acceptable issuer.</summary>
+    public X500DistinguishedName Subject => _certificate.SubjectName;
+
+    /// <summary>The CA's certificate without its key, to trust or compare with.</summary>
+    public X509Certificate2 PublicCertificate() => X509CertificateLoader.LoadCertificate(_certificate.RawData);
+
     /// <summary>A new self-signed CA with an ECDSA P-256 key.</summary>
     public static PlatformCa Create(string name, DateTimeOffset now, TimeSpan validity)
     {
@@ -92,6 +98,28 @@ public sealed class PlatformCa : IDisposable
         request.CertificateExtensions.Add(san.Build());
         request.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(request.PublicKey, false));
         request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(_certificate, true, false));
+        return Sign(request, key, names, now, validity);
+    }
+
+    /// <summary>
+    /// A client certificate for the platform's own logins (superuser, replication) to nodes that ask for one
+    /// (`clientcert=verify-ca` with `dingo.postgres.require-tls`): client authentication only, no host names. Whoever
+    /// holds one proves it got it from a holder of the CA's key, a cell or a broker; applications never get one.
+    /// </summary>
+    public NodeCertificate IssueClient(string commonName, DateTimeOffset now, TimeSpan validity)
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest(new X500DistinguishedName($"CN={Escape(commonName)}, O=Dingo PostgreSQL"), key, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
+        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, true));
+        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([ClientAuth], false));
+        request.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(request.PublicKey, false));
+        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(_certificate, true, false));
+        return Sign(request, key, [], now, validity);
+    }
+
+    private NodeCertificate Sign(CertificateRequest request, ECDsa key, IReadOnlyList<string> hosts, DateTimeOffset now, TimeSpan validity)
+    {
         var notBefore = now.AddMinutes(-5); // a little clock skew between hosts
         var notAfter = now + validity < NotAfter ? now + validity : NotAfter;
         var serial = RandomNumberGenerator.GetBytes(16);
@@ -99,18 +127,28 @@ public sealed class PlatformCa : IDisposable
         using var cert = _certificate.GetECDsaPrivateKey() is { } ecdsa
             ? request.Create(_certificate.SubjectName, X509SignatureGenerator.CreateForECDsa(ecdsa), notBefore, notAfter, serial)
             : request.Create(_certificate.SubjectName, X509SignatureGenerator.CreateForRSA(_certificate.GetRSAPrivateKey()!, RSASignaturePadding.Pkcs1), notBefore, notAfter, serial);
-        return new NodeCertificate(cert.ExportCertificatePem(), key.ExportPkcs8PrivateKeyPem(), notBefore, notAfter, names, Fingerprint);
+        return new NodeCertificate(cert.ExportCertificatePem(), key.ExportPkcs8PrivateKeyPem(), notBefore, notAfter, hosts, Fingerprint);
     }
 
     /// <summary>Whether a certificate (PEM) chains to this CA and only to it (the system's roots play no part).</summary>
     public bool Verifies(string certificatePem, DateTimeOffset at)
     {
         using var leaf = X509Certificate2.CreateFromPem(certificatePem);
+        return Verifies(leaf, at);
+    }
+
+    /// <summary>Whether a certificate chains to this CA and only to it (the system's roots play no part).</summary>
+    public bool Verifies(X509Certificate2 leaf, DateTimeOffset at) => Chains(_certificate, leaf, at);
+
+    /// <summary>Whether <paramref name="leaf"/> chains to <paramref name="ca"/> alone (the system's roots play no part;
+    /// private CAs publish no revocation lists: a CA compromised is replaced).</summary>
+    public static bool Chains(X509Certificate2 ca, X509Certificate2 leaf, DateTimeOffset? at = null)
+    {
         using var chain = new X509Chain();
         chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        chain.ChainPolicy.CustomTrustStore.Add(_certificate);
+        chain.ChainPolicy.CustomTrustStore.Add(ca);
         chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        chain.ChainPolicy.VerificationTime = at.UtcDateTime;
+        if (at is { } when) chain.ChainPolicy.VerificationTime = when.UtcDateTime;
         return chain.Build(leaf);
     }
 
@@ -132,6 +170,14 @@ public sealed record NodeCertificate(string CertificatePem, string KeyPem, DateT
         caFingerprint != CaFingerprint
         || !hosts.Select(h => h.Trim()).Where(h => h.Length > 0).Distinct(StringComparer.OrdinalIgnoreCase).Order(StringComparer.Ordinal).SequenceEqual(Hosts, StringComparer.Ordinal)
         || now >= NotBefore + (NotAfter - NotBefore) * 2 / 3;
+
+    /// <summary>The certificate with its key, ready for SslStream (a key from PEM is ephemeral; a PKCS#12 round-trip gives
+    /// one it can always present).</summary>
+    public X509Certificate2 WithKey()
+    {
+        using var pem = X509Certificate2.CreateFromPem(CertificatePem, KeyPem);
+        return X509CertificateLoader.LoadPkcs12(pem.Export(X509ContentType.Pkcs12), null);
+    }
 
     // Never print the key.
     public override string ToString() => $"node certificate for {string.Join(", ", Hosts)} until {NotAfter:yyyy-MM-dd}";

@@ -67,6 +67,22 @@ public sealed class EtcdStore : IAsyncDisposable
     public IReadOnlyList<string> Endpoints { get; }
     public Keys Keys { get; }
 
+    private SchemaVersion? _schema;
+
+    /// <summary>
+    /// From now on, every write of this store first makes sure etcd's records are laid out in a schema this build
+    /// knows (<see cref="SchemaVersion"/>); brokers, cells and `dingo rotate-key` call it once, before they write.
+    /// </summary>
+    /// <param name="component">who writes, for the sentence an operator reads</param>
+    /// <param name="refused">called once when they are not: the process stops</param>
+    public void CheckSchemaBeforeWrites(string component, Action<SchemaVersionException> refused) =>
+        _schema = new SchemaVersion(this, component, _logger, refused);
+
+    /// <summary>The check <see cref="CheckSchemaBeforeWrites"/> makes before the first write, made now (done once it succeeds).</summary>
+    public Task CheckSchemaAsync(CancellationToken ct) => BeforeWriteAsync(ct);
+
+    private Task BeforeWriteAsync(CancellationToken ct) => _schema is { } schema ? schema.EnsureAsync(ct) : Task.CompletedTask;
+
     private static string NormaliseEndpoint(string endpoint) =>
         endpoint.Contains("://", StringComparison.Ordinal) ? endpoint : "http://" + endpoint;
 
@@ -97,14 +113,24 @@ public sealed class EtcdStore : IAsyncDisposable
                 MoveOnFrom(member);
                 throw;
             }
-            catch (RpcException ex) when (ex.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded
-                                          && attempt < _channels.Length * 2 && !ct.IsCancellationRequested)
+            catch (RpcException ex) when (MemberUnreachable(ex) && attempt < _channels.Length * 2 && !ct.IsCancellationRequested)
             {
                 MoveOnFrom(member);
                 await Task.Delay(100, ct).ConfigureAwait(false);
             }
         }
     }
+
+    /// <summary>
+    /// Whether a failed call says the member could not be reached (ask the next one) rather than that etcd refused the
+    /// request. Unavailable and DeadlineExceeded, and Internal when the transport failed under the call: a member cut
+    /// off by a partition often ends an HTTP/2 connection by leaving its keepalive ping unanswered ("The HTTP/2 server
+    /// didn't respond to a ping request"), which gRPC reports as Internal. Treated as an etcd error, that call failed
+    /// with two healthy members left (ThreeHostTests, link cut) and the next call went to the same silent member.
+    /// </summary>
+    internal static bool MemberUnreachable(RpcException ex) =>
+        ex.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded
+        || (ex.StatusCode == StatusCode.Internal && ex.Status.DebugException is HttpRequestException or IOException or System.Net.Sockets.SocketException);
 
     /// <summary>
     /// How long one call may wait on one member. With other members to try, a member silent for 2 s is left for the
@@ -238,6 +264,7 @@ public sealed class EtcdStore : IAsyncDisposable
 
     public async Task PutStringAsync(string key, string value, CancellationToken ct, long lease = 0)
     {
+        await BeforeWriteAsync(ct).ConfigureAwait(false);
         await CallAsync(c => c.PutAsync(new PutRequest
         {
             Key = ByteString.CopyFromUtf8(key),
@@ -248,6 +275,7 @@ public sealed class EtcdStore : IAsyncDisposable
 
     public async Task<bool> DeleteAsync(string key, CancellationToken ct)
     {
+        await BeforeWriteAsync(ct).ConfigureAwait(false);
         var r = await CallAsync(c => c.DeleteAsync(new DeleteRangeRequest { Key = ByteString.CopyFromUtf8(key) },
             deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
         return r.Deleted > 0;
@@ -255,6 +283,7 @@ public sealed class EtcdStore : IAsyncDisposable
 
     public async Task<long> DeletePrefixAsync(string prefix, CancellationToken ct)
     {
+        await BeforeWriteAsync(ct).ConfigureAwait(false);
         var r = await CallAsync(c => c.DeleteAsync(new DeleteRangeRequest
         {
             Key = ByteString.CopyFromUtf8(prefix),
@@ -272,6 +301,13 @@ public sealed class EtcdStore : IAsyncDisposable
         TransactAsync(new Txn().At(key, expectedModRevision).Put(key, value, lease), ct);
 
     public async Task<bool> TransactAsync(Txn txn, CancellationToken ct)
+    {
+        await BeforeWriteAsync(ct).ConfigureAwait(false);
+        return await TransactUngatedAsync(txn, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>A transaction without the schema check: the check's own write.</summary>
+    internal async Task<bool> TransactUngatedAsync(Txn txn, CancellationToken ct)
     {
         var r = await CallAsync(c => c.TransactionAsync(txn.Build(), deadline: Deadline(), cancellationToken: ct), ct)
             .ConfigureAwait(false);
@@ -309,10 +345,21 @@ public sealed class EtcdStore : IAsyncDisposable
             {
                 var client = new Lease.LeaseClient(InvokerAt(member));
                 using var call = client.LeaseKeepAlive(deadline: Deadline(), cancellationToken: ct);
-                await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = lease }, ct).ConfigureAwait(false);
-                await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-                if (!await call.ResponseStream.MoveNext(ct).ConfigureAwait(false)) return false;
-                return call.ResponseStream.Current.TTL > 0;
+                try
+                {
+                    await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = lease }, ct).ConfigureAwait(false);
+                    await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+                    if (!await call.ResponseStream.MoveNext(ct).ConfigureAwait(false)) return false;
+                    return call.ResponseStream.Current.TTL > 0;
+                }
+                catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidOperationException && !ct.IsCancellationRequested)
+                {
+                    // A streaming call's request side reports a connection that broke under it (the member killed or cut
+                    // off) as the transport's own exception, not as an RpcException as unary calls do. Every caller (leader
+                    // renewals, the cell lease, the Akka member key) handles an unreachable etcd as an RpcException;
+                    // anything else escaped them and once stopped a whole cell process (EtcdBlipTests, etcd SIGKILLed).
+                    throw new RpcException(new Status(StatusCode.Unavailable, $"the connection to etcd broke: {ex.Message}", ex));
+                }
             }
             catch (Exception ex) when (ct.IsCancellationRequested && ex is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled }
                                        && _channels.Length > 1 && Environment.TickCount64 - started >= SlowRenewalMs)
@@ -323,8 +370,7 @@ public sealed class EtcdStore : IAsyncDisposable
                 MoveOnFrom(member);
                 throw;
             }
-            catch (RpcException ex) when (ex.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded
-                                          && attempt < _channels.Length * 2 && !ct.IsCancellationRequested)
+            catch (RpcException ex) when (MemberUnreachable(ex) && attempt < _channels.Length * 2 && !ct.IsCancellationRequested)
             {
                 // Like every other call: move to the next member.
                 MoveOnFrom(member);

@@ -63,6 +63,9 @@ public sealed class Keys(string root)
     public string Port(int port) => $"{Ports}{port:D5}";
     public string PortCounter => $"{Root}/port-counter";
 
+    /// <summary>The layout version of every record under the root (<see cref="SchemaVersion"/>).</summary>
+    public string Schema => $"{Root}/schema";
+
     /// <summary>Live Akka cluster members (brokers, cells), each under its own process's lease (<see cref="Model.AkkaMemberRecord"/>).</summary>
     public string AkkaMembers => $"{Root}/akka/members/";
     /// <summary>host:port of the member: one key per Akka address.</summary>

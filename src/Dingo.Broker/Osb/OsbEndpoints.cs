@@ -1,6 +1,5 @@
 using Microsoft.AspNetCore.Mvc;
-using System.Text.Json.Nodes;
-using Dingo.Model;
+using Dingo.Config;
 
 namespace Dingo.Broker.Osb;
 
@@ -9,7 +8,8 @@ public static class OsbEndpoints
 {
     public static void Map(WebApplication app)
     {
-        app.MapGet("/v2/catalog", () => OsbResult.Ok(CatalogJson()).ToResult());
+        app.MapGet("/v2/catalog", (HttpContext context, [FromServices] DingoSettings settings) =>
+            OsbResult.Ok(OsbCatalog.Json(OsbVersion.Of(context), MaximumPollingDuration(settings))).ToResult());
 
         app.MapPut("/v2/service_instances/{id}", async (string id, HttpRequest req, [FromServices] InstanceService svc, CancellationToken ct) =>
             (await svc.ProvisionAsync(id, AcceptsIncomplete(req), req, ct)).ToResult());
@@ -17,8 +17,8 @@ public static class OsbEndpoints
             (await svc.UpdateAsync(id, AcceptsIncomplete(req), req, ct)).ToResult());
         app.MapDelete("/v2/service_instances/{id}", async (string id, HttpRequest req, [FromServices] InstanceService svc, CancellationToken ct) =>
             (await svc.DeprovisionAsync(id, AcceptsIncomplete(req), Query(req, "service_id"), Query(req, "plan_id"), ct)).ToResult());
-        app.MapGet("/v2/service_instances/{id}", async (string id, [FromServices] InstanceService svc, CancellationToken ct) =>
-            (await svc.FetchAsync(id, ct)).ToResult());
+        app.MapGet("/v2/service_instances/{id}", async (string id, HttpContext context, [FromServices] InstanceService svc, CancellationToken ct) =>
+            (await svc.FetchAsync(id, OsbVersion.Of(context), ct)).ToResult());
         app.MapGet("/v2/service_instances/{id}/last_operation", async (string id, [FromServices] InstanceService svc, CancellationToken ct) =>
             (await svc.LastOperationAsync(id, ct)).ToResult());
 
@@ -40,41 +40,7 @@ public static class OsbEndpoints
 
     private static string? Query(HttpRequest req, string name) => req.Query.TryGetValue(name, out var v) ? v.ToString() : null;
 
-    public static JsonObject CatalogJson() => new()
-    {
-        ["services"] = new JsonArray(new JsonObject
-        {
-            ["id"] = Catalog.ServiceId,
-            ["name"] = Catalog.ServiceName,
-            ["description"] = "Dedicated PostgreSQL 15, reachable at one address for life, backed by etcd-decided leadership",
-            ["bindable"] = true,
-            ["instances_retrievable"] = true,
-            ["bindings_retrievable"] = true,
-            ["allow_context_updates"] = false,
-            ["plan_updateable"] = true,
-            ["tags"] = new JsonArray("postgresql", "postgresql15", "relational"),
-            ["metadata"] = new JsonObject
-            {
-                ["displayName"] = "Dingo PostgreSQL",
-                ["providerDisplayName"] = "Dingo",
-                ["longDescription"] = "Each instance is a dedicated PostgreSQL cluster on Dingo cells, with a stable host:port through the routing mesh.",
-            },
-            ["plans"] = new JsonArray(Catalog.Plans.Select(p => (JsonNode)new JsonObject
-            {
-                ["id"] = p.Id,
-                ["name"] = p.Name,
-                ["description"] = p.Description,
-                ["free"] = true,
-                ["bindable"] = true,
-                ["plan_updateable"] = true,
-                ["metadata"] = new JsonObject
-                {
-                    ["displayName"] = p.Name,
-                    ["bullets"] = new JsonArray("PostgreSQL 15", $"{p.NodeCount} node(s)" + (p.NodeCount > 1 ? " in different zones" : ""),
-                        p.Synchronous ? "Synchronous replication: no acknowledged commit lost" : p.NodeCount > 1 ? "Asynchronous replication, failover in seconds" : "Restarted in place when it fails",
-                        "Dedicated login role per binding"),
-                },
-            }).ToArray()),
-        }),
-    };
+    /// <summary>How long a platform should poll an operation: the broker fails an operation after provision-timeout and
+    /// records it within its next passes, so a platform that waits a minute longer always reads the outcome.</summary>
+    public static TimeSpan MaximumPollingDuration(DingoSettings settings) => settings.Broker.ProvisionTimeout + TimeSpan.FromMinutes(1);
 }

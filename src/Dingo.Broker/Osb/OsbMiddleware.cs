@@ -12,8 +12,6 @@ namespace Dingo.Broker.Osb;
 /// </summary>
 public sealed class OsbMiddleware(RequestDelegate next, BrokerSettings settings, ILogger<OsbMiddleware> logger)
 {
-    private static readonly HashSet<string> SupportedVersions = ["2.13", "2.14", "2.15", "2.16", "2.17"];
-
     public async Task InvokeAsync(HttpContext context)
     {
         var path = context.Request.Path;
@@ -46,12 +44,14 @@ public sealed class OsbMiddleware(RequestDelegate next, BrokerSettings settings,
         if (isOsb)
         {
             var version = context.Request.Headers["X-Broker-API-Version"].ToString().Trim();
-            if (!SupportedVersions.Contains(version))
+            if (OsbVersion.Parse(version) is not { Supported: true } parsed)
             {
                 var got = version.Length == 0 ? "no X-Broker-API-Version header" : $"X-Broker-API-Version '{RequestLimits.ForLog(version, 40)}'";
-                await OsbResult.Error(412, "PreconditionFailed", $"{got}: this broker speaks OSB API 2.13 to 2.17").ToResult().ExecuteAsync(context);
+                await OsbResult.Error(412, "PreconditionFailed", $"{got}: this broker speaks OSB API {OsbVersion.Oldest} to {OsbVersion.Latest}").ToResult().ExecuteAsync(context);
                 return;
             }
+            // Handlers shape what they answer by it (the catalog offers only the fields that version defines).
+            context.Items[OsbVersion.ItemKey] = parsed;
         }
         // Ids become etcd keys, object-store paths and log words: refuse anything but a plain id before any of that.
         foreach (var (name, what) in RequestLimits.RouteIds)

@@ -81,6 +81,61 @@ public sealed class OsbApiTests(BrokerOnlyPlatform fixture) : IClassFixture<Brok
         Assert.True((bool)service["plan_updateable"]!);
     }
 
+    [Fact]
+    public async Task The_catalog_is_shaped_by_the_requested_API_version()
+    {
+        async Task<JsonObject> CatalogAsync(string version)
+        {
+            using var http = new HttpClient { BaseAddress = new Uri(P.Settings.Broker.Url) };
+            using var request = new HttpRequestMessage(HttpMethod.Get, "/v2/catalog");
+            request.Headers.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{TestPlatform.Username}:{TestPlatform.Password}")));
+            request.Headers.TryAddWithoutValidation("X-Broker-API-Version", version);
+            using var response = await http.SendAsync(request);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            return JsonNode.Parse(await response.Content.ReadAsStringAsync())!["services"]![0]!.AsObject();
+        }
+
+        // 2.13 defines neither the fetch endpoints' flags nor a plan's own plan_updateable, polling limit or maintenance info.
+        var old = await CatalogAsync("2.13");
+        Assert.False(old.ContainsKey("instances_retrievable"));
+        foreach (var plan in old["plans"]!.AsArray().Select(p => p!.AsObject()))
+        {
+            Assert.False(plan.ContainsKey("plan_updateable"));
+            Assert.False(plan.ContainsKey("maintenance_info"));
+            Assert.False(plan.ContainsKey("maximum_polling_duration"));
+            Assert.Equal("http://json-schema.org/draft-04/schema#", (string?)plan["schemas"]!["service_instance"]!["create"]!["parameters"]!["$schema"]);
+        }
+        var latest = await CatalogAsync("2.17");
+        Assert.True((bool)latest["instances_retrievable"]!);
+        foreach (var plan in latest["plans"]!.AsArray().Select(p => p!.AsObject()))
+        {
+            Assert.Equal(Product.Version, (string?)plan["maintenance_info"]!["version"]);
+            Assert.Equal((int)(P.Settings.Broker.ProvisionTimeout + TimeSpan.FromMinutes(1)).TotalSeconds, (int)plan["maximum_polling_duration"]!);
+        }
+    }
+
+    [Fact]
+    public async Task A_provision_for_another_maintenance_version_gets_422_and_changes_nothing()
+    {
+        var id = NewId();
+        var body = JsonNode.Parse(TestPlatform.ProvisionBody())!.AsObject();
+        body["maintenance_info"] = new JsonObject { ["version"] = "0.0.1" };
+        var (status, json) = await RejectedAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", body.ToJsonString());
+        Assert.Equal(422, status);
+        Assert.Equal("MaintenanceInfoConflict", (string?)json["error"]);
+        body["maintenance_info"] = new JsonObject { ["version"] = 5 };
+        Assert.Equal(400, (await RejectedAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", body.ToJsonString())).Item1);
+
+        body["maintenance_info"] = new JsonObject { ["version"] = Product.Version };
+        var (accepted, _) = await P.SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", body.ToJsonString());
+        Assert.Equal(202, accepted);
+        var record = await P.Store.GetAsync<InstanceRecord>(P.Store.Keys.Instance(id), CancellationToken.None);
+        Assert.Equal(Product.Version, record!.Value.MaintenanceVersion);
+        // The accepted provision's actor writes its progress for a moment: let it rest, or the next test's check that a
+        // rejected request changed nothing in etcd sees that write.
+        await SettledAsync(id);
+    }
+
     [Theory]
     [InlineData(null)]
     [InlineData("test-broker:wrong")]
@@ -189,6 +244,12 @@ public sealed class OsbApiTests(BrokerOnlyPlatform fixture) : IClassFixture<Brok
         other["space_guid"] = "another-space";
         var (conflict, _) = await RejectedAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", other.ToJsonString());
         Assert.Equal(409, conflict);
+        // The id is taken: other attributes are a conflict even when they are invalid (OSB answers 409 before judging them).
+        var invalid = JsonNode.Parse(TestPlatform.ProvisionBody())!.AsObject();
+        invalid["parameters"] = new JsonObject { ["colour"] = "red" };
+        Assert.Equal(409, (await RejectedAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", invalid.ToJsonString())).Item1);
+        invalid["plan_id"] = "no-such-plan";
+        Assert.Equal(409, (await RejectedAsync(HttpMethod.Put, $"/v2/service_instances/{id}?accepts_incomplete=true", invalid.ToJsonString())).Item1);
 
         var (fetch, _) = await P.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}");
         Assert.Equal(404, fetch);

@@ -201,9 +201,11 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
     {
         // With the platform's certificates and TLS required: pg_basebackup, streaming and pg_rewind verify the source
         // (verify-full against the CA), and nothing gets in without TLS.
-        using var ca = Dingo.Security.PlatformCa.Create("runtime test", DateTimeOffset.UtcNow, TimeSpan.FromDays(1));
+        using var ca = Dingo.Security.PlatformCa.Create($"runtime test {Guid.NewGuid():N}", DateTimeOffset.UtcNow, TimeSpan.FromDays(1));
         await Runtime.ApplyPlatformAccessAsync(Dingo.Postgres.PlatformAccess.From(["127.0.0.1"], [], requireTls: true,
             tls: new NodeTls(ca, ["127.0.0.1", "localhost"], TimeSpan.FromDays(1))), Ct());
+        // The platform's roles also need a client certificate of the CA now: this process holds one, as a cell does.
+        Dingo.Postgres.PlatformConnectionTls.Trust(ca);
         var a = NewSpec("node-p");
         var b = NewSpec("node-s");
         var slot = "slot_node_s";
@@ -266,7 +268,10 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
                 Host = "127.0.0.1", Port = spec.Port, Username = Superuser, Password = Password, Database = "postgres", Pooling = false, Timeout = 5,
                 SslMode = SslMode.VerifyFull, RootCertificate = caFile,
             };
-            await using (var conn = new NpgsqlConnection(verified.ConnectionString))
+            // The superuser with its password and TLS but no client certificate of the platform CA: refused.
+            var bare = await Assert.ThrowsAsync<PostgresException>(async () => { await using var c = new NpgsqlConnection(verified.ConnectionString); await c.OpenAsync(Ct()); });
+            Assert.Contains("certificate", bare.MessageText, StringComparison.Ordinal);
+            await using (var conn = Dingo.Postgres.PlatformConnectionTls.Connection(verified))
             {
                 await conn.OpenAsync(Ct());
                 await using var cmd = new NpgsqlCommand("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", conn);
@@ -388,7 +393,8 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
         {
             Host = "127.0.0.1", Port = spec.Port, Username = Superuser, Password = password, Database = "postgres", Pooling = false, Timeout = 5,
         };
-        var conn = new NpgsqlConnection(builder.ConnectionString);
+        // As the platform connects: with its client certificates (a node with require-tls asks the superuser for one).
+        var conn = Dingo.Postgres.PlatformConnectionTls.Connection(builder);
         try
         {
             await conn.OpenAsync(Ct());

@@ -48,6 +48,10 @@ public sealed class LifecycleTests(ITestOutputHelper output)
         var (conflict, _) = await platform.SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}/service_bindings/bind-1",
             bindBody.Replace("app-1", "app-2"));
         Assert.Equal(409, conflict);
+        // Other parameters, even ones a binding never takes, are a conflict too: the id is taken (OSB: 409, not 400).
+        var (conflictParameters, _) = await platform.SendAsync(HttpMethod.Put, $"/v2/service_instances/{id}/service_bindings/bind-1",
+            bindBody.Replace("\"app_guid\"", "\"parameters\":{\"role\":\"admin\"},\"app_guid\""));
+        Assert.Equal(409, conflictParameters);
         var (fetched, fetchedBody) = await platform.SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/service_bindings/bind-1");
         Assert.Equal(200, fetched);
         Assert.Equal(uri, (string)fetchedBody["credentials"]!["uri"]!);
@@ -62,6 +66,17 @@ public sealed class LifecycleTests(ITestOutputHelper output)
         Assert.Equal(200, instanceStatus);
         Assert.Equal(Model.Catalog.SoloPlanId, (string?)instanceBody["plan_id"]);
         Assert.Equal(2, instanceBody["parameters"]!["cells"]!.AsArray().Count);
+        Assert.Equal(Model.Product.Version, (string?)instanceBody["maintenance_info"]!["version"]);
+
+        // A maintenance update (`cf update-service --upgrade`) to this version changes nothing in the cluster: done at
+        // once (200); another version than the catalog's is refused (422 MaintenanceInfoConflict).
+        var upgrade = new System.Text.Json.Nodes.JsonObject { ["service_id"] = Model.Catalog.ServiceId, ["maintenance_info"] = new System.Text.Json.Nodes.JsonObject { ["version"] = Model.Product.Version } };
+        var (upgraded, _) = await platform.SendAsync(HttpMethod.Patch, $"/v2/service_instances/{id}?accepts_incomplete=true", upgrade.ToJsonString());
+        Assert.Equal(200, upgraded);
+        upgrade["maintenance_info"] = new System.Text.Json.Nodes.JsonObject { ["version"] = "99.0.0" };
+        var (outdated, outdatedBody) = await platform.SendAsync(HttpMethod.Patch, $"/v2/service_instances/{id}?accepts_incomplete=true", upgrade.ToJsonString());
+        Assert.Equal(422, outdated);
+        Assert.Equal("MaintenanceInfoConflict", (string?)outdatedBody["error"]);
 
         // A second binding sees the first one's table (shared owner), with its own role.
         var creds2 = await platform.BindAsync(id, "bind-2");

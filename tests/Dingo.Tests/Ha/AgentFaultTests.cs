@@ -82,9 +82,15 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             (primary, cell) = await PrimaryAsync();
             platform.KillCellProcessOnly(cell);
             var deadAt = DateTime.UtcNow;
-            await Eventually.UntilAsync(() => Task.FromResult(writer.FirstAckAfter(deadAt) is not null), TimeSpan.FromSeconds(30), "a write acknowledged after the agent died");
-            var resumed = writer.FirstAckAfter(deadAt)!.Value;
-            output.WriteLine($"agent of {primary} (cell-{cell}) killed for good: writes resumed after {(resumed - deadAt).TotalSeconds:0.00}s");
+            // Its PostgreSQL goes on acknowledging writes until the guard stops it (up to a TTL later), so the failover
+            // is the moment the key goes to another node; the agent comes back only after that, or the stale reports of a
+            // node that still looks like the leader would pass for a healed cluster.
+            await Eventually.UntilAsync(async () => (await store.GetAsync<LeaderRecord>(store.Keys.Leader(id), CancellationToken.None))?.Value.NodeId is { } l && l != primary,
+                TimeSpan.FromSeconds(30), "another node took the leader key after the agent died");
+            var movedAt = DateTime.UtcNow;
+            await Eventually.UntilAsync(() => Task.FromResult(writer.FirstAckAfter(movedAt) is not null), TimeSpan.FromSeconds(30), "a write acknowledged after the failover");
+            var resumed = writer.FirstAckAfter(movedAt)!.Value;
+            output.WriteLine($"agent of {primary} (cell-{cell}) killed for good: key moved after {(movedAt - deadAt).TotalSeconds:0.00}s, writes resumed after {(resumed - deadAt).TotalSeconds:0.00}s, longest stall {writer.LongestStall(deadAt, resumed).TotalSeconds:0.00}s");
             await Task.Delay(3000);
             platform.StartCellProcess(cell);
             await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(60), "healed after the agent came back");

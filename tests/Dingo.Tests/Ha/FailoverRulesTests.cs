@@ -192,6 +192,12 @@ public sealed class FailoverRulesTests
         Assert.IsType<HaAction.Demote>(Failover.Decide(stale, Settings));
     }
 
+    private static Dingo.Model.NodeStatus LeaderStatus(DateTimeOffset updatedAt) => new()
+    {
+        NodeId = "n-a", InstanceId = "i", CellId = "c-a", State = Dingo.Model.NodeState.Running, Detail = "", Host = "127.0.0.1", Port = 5432,
+        Role = "primary", Lsn = 100, UpdatedAt = updatedAt,
+    };
+
     [Theory]
     [InlineData(2, false)]
     [InlineData(3, true)]
@@ -204,11 +210,37 @@ public sealed class FailoverRulesTests
                 FailedStarts = failedStarts, StartFailure = "FATAL: requested timeline 4 does not contain minimum recovery point",
             },
             EtcdReachable: true, Leader: new Dingo.Model.LeaderRecord { NodeId = "n-a", Host = "127.0.0.1", Port = 5432 }, HoldsLease: false,
-            SinceRenewal: TimeSpan.MaxValue, LeaderOptime: 100, Sync: null, Members: [], Switchover: null, ClusterInitialised: true,
+            SinceRenewal: TimeSpan.MaxValue, LeaderOptime: 100, Sync: null, Members: [LeaderStatus(DateTimeOffset.UtcNow)], Switchover: null, ClusterInitialised: true,
             BootstrapCandidate: false, Now: DateTimeOffset.UtcNow);
         var decision = Failover.Decide(input, Settings);
         if (recloned) Assert.Contains("requested timeline 4", Assert.IsType<HaAction.Reclone>(decision).Sentence, StringComparison.Ordinal);
         else Assert.IsType<HaAction.Start>(decision);
+        // A leader that has not reported for a while (its host or agent gone): no re-clone, which would delete the data.
+        Assert.IsType<HaAction.Start>(Failover.Decide(input with { Members = [LeaderStatus(DateTimeOffset.UtcNow.AddSeconds(-10))] }, Settings));
+        Assert.IsType<HaAction.Start>(Failover.Decide(input with { Members = [] }, Settings));
+    }
+
+    [Theory]
+    [InlineData(0, false, "HaAction.Rewind")]
+    [InlineData(0, true, "HaAction.Reclone")]
+    [InlineData(10, false, "HaAction.Wait")]
+    [InlineData(10, true, "HaAction.Wait")]
+    [InlineData(-1, true, "HaAction.Wait")]
+    public void A_replica_not_streaming_rewinds_or_re_clones_only_from_a_leader_that_reports_itself_serving(int leaderReportedSecondsAgo, bool rewindFailed, string expected)
+    {
+        // A primary whose host died keeps its key until the lease expires, longer if etcd changed leader meanwhile: its
+        // replicas stop streaming. They must wait for the key, not rewind or re-clone (deleting their data) from it.
+        var now = DateTimeOffset.UtcNow;
+        var input = new HaInput("n-b", Synchronous: true,
+            new LocalState(DataInitialised: true, Running: true, Answering: true, InRecovery: true, Lsn: 100, Timeline: 1, Streaming: false,
+                FollowingNodeId: "n-a", NotStreamingFor: TimeSpan.FromSeconds(9), RewindFailed: rewindFailed),
+            EtcdReachable: true, Leader: new Dingo.Model.LeaderRecord { NodeId = "n-a", Host = "127.0.0.1", Port = 5432 }, HoldsLease: false,
+            SinceRenewal: TimeSpan.MaxValue, LeaderOptime: 100, Sync: null,
+            Members: leaderReportedSecondsAgo < 0 ? [] : [LeaderStatus(now.AddSeconds(-leaderReportedSecondsAgo))],
+            Switchover: null, ClusterInitialised: true, BootstrapCandidate: false, Now: now);
+        var decision = Failover.Decide(input, Settings);
+        Assert.Equal(expected, decision.GetType().FullName!.Split('.')[^1].Replace('+', '.'));
+        if (decision is HaAction.Wait wait) Assert.Contains("has not reported itself serving lately", wait.Sentence, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -89,7 +89,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
     /// <summary>
     /// PostgreSQL TLS on every hop, as applications and replicas see it (require-tls on): psql with verify-full and the
     /// binding's CA through the router says ssl = t; without TLS it is refused; with another CA verification fails; every
-    /// replica streams over TLS.
+    /// replica streams over TLS; the superuser's password alone does not log in through the router.
     /// </summary>
     private async Task PostgresTlsAsync(TestPlatform platform, string id, System.Text.Json.Nodes.JsonObject creds, Dingo.Tests.Security.PsqlTls psql, int nodes, string when)
     {
@@ -111,6 +111,24 @@ public sealed class FailoverTests(ITestOutputHelper output)
         }
 
         var record = (await platform.Store.GetAsync<InstanceRecord>(platform.Store.Keys.Instance(id), CancellationToken.None))!.Value;
+
+        // The superuser's password alone no longer logs in through the router's public port (which forwards from a
+        // platform host): the node asks the platform's roles for a client certificate of the platform CA as well.
+        var asSuperuser = System.Text.Json.Nodes.JsonNode.Parse(creds.ToJsonString())!.AsObject();
+        asSuperuser["username"] = record.Superuser.Username;
+        asSuperuser["password"] = record.Superuser.Password;
+        asSuperuser["database"] = "postgres";
+        using (var superuserPsql = new Dingo.Tests.Security.PsqlTls(asSuperuser, platform.Settings.Cell.PostgresBin))
+        {
+            var viaRouter = await superuserPsql.RunAsync("verify-full", "select 1");
+            Assert.True(viaRouter.Exit != 0 && viaRouter.Err.Contains("certificate", StringComparison.Ordinal),
+                $"{when}: the superuser logged in through the router with its password alone: {viaRouter.Out} / {viaRouter.Err}");
+        }
+
+        // The test process connects as the cells do: their CA trusted, a client certificate of it presented.
+        using (var ca = await Dingo.Security.PlatformCaStore.GetOrCreateAsync(platform.Store, platform.Settings.Postgres, CancellationToken.None))
+            Dingo.Postgres.PlatformConnectionTls.Trust(ca);
+        await HealthApiTlsAsync(platform, id, when);
         long overTls = -1;
         var seen = "";
         try
@@ -122,8 +140,8 @@ public sealed class FailoverTests(ITestOutputHelper output)
             try
             {
                 // As the cells' own connections do with require-tls: TLS and SCRAM channel binding, or no login.
-                await using var conn = new Npgsql.NpgsqlConnection(Dingo.Postgres.PlatformConnectionTls.Apply(
-                    Dingo.Postgres.DatabaseAdmin.ConnectionString(leader.Host, leader.Port, record.Superuser, "postgres"), required: true).ConnectionString);
+                await using var conn = Dingo.Postgres.PlatformConnectionTls.Connection(Dingo.Postgres.PlatformConnectionTls.Apply(
+                    Dingo.Postgres.DatabaseAdmin.ConnectionString(leader.Host, leader.Port, record.Superuser, "postgres"), required: true));
                 await conn.OpenAsync();
                 await using var cmd = new Npgsql.NpgsqlCommand("SELECT r.application_name, r.state, s.ssl, s.version FROM pg_stat_replication r LEFT JOIN pg_stat_ssl s ON s.pid = r.pid", conn);
                 var rows = new List<string>();
@@ -155,6 +173,42 @@ public sealed class FailoverTests(ITestOutputHelper output)
             throw;
         }
         output.WriteLine($"{when}: psql verify-full through the router ssl=t, sslmode=disable refused, another CA refused, {overTls} replica(s) streaming over TLS ({took.Elapsed.TotalSeconds:0.0}s)");
+    }
+
+    /// <summary>With require-tls the leader's health API (Patroni-style, what HAProxy checks) answers HTTPS with its node
+    /// certificate of the platform CA, and refuses plain HTTP with 426.</summary>
+    private async Task HealthApiTlsAsync(TestPlatform platform, string id, string when)
+    {
+        using var ca = await Dingo.Security.PlatformCaStore.GetOrCreateAsync(platform.Store, platform.Settings.Postgres, CancellationToken.None);
+        using var https = new HttpClient(new SocketsHttpHandler
+        {
+            SslOptions = new System.Net.Security.SslClientAuthenticationOptions
+            {
+                RemoteCertificateValidationCallback = (_, certificate, _, _) => certificate is not null
+                    && ca.Verifies(System.Security.Cryptography.X509Certificates.X509CertificateLoader.LoadCertificate(certificate.GetRawCertData()), DateTimeOffset.UtcNow),
+            },
+        }) { Timeout = TimeSpan.FromSeconds(5) };
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        var answer = "";
+        await Eventually.UntilAsync(async () =>
+        {
+            var leader = (await platform.Store.GetAsync<LeaderRecord>(platform.Store.Keys.Leader(id), CancellationToken.None))?.Value;
+            var spec = leader is null ? null : (await platform.Store.ListAsync<NodeSpec>(platform.Store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).FirstOrDefault(n => n.NodeId == leader.NodeId);
+            if (leader is null || spec is null || spec.ApiPort <= 0) return false;
+            try
+            {
+                using var secure = await https.GetAsync($"https://{leader.Host}:{spec.ApiPort}/primary");
+                using var plain = await http.GetAsync($"http://{leader.Host}:{spec.ApiPort}/primary");
+                answer = $"https {(int)secure.StatusCode}, http {(int)plain.StatusCode}";
+                return secure.StatusCode == System.Net.HttpStatusCode.OK && (int)plain.StatusCode == 426;
+            }
+            catch (HttpRequestException ex)
+            {
+                answer = ex.Message;
+                return false;
+            }
+        }, TimeSpan.FromSeconds(30), $"{when}: the leader's health API over HTTPS (200) and refusing plain HTTP (426)");
+        output.WriteLine($"{when}: leader's health API: {answer}");
     }
 
     [Fact]

@@ -2,6 +2,7 @@ using Dingo.Tests.Support;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using System.Text.Json;
 using Dingo.Ha;
@@ -299,8 +300,10 @@ public sealed class NodeHealthServerTests
     {
         var timeout = TimeSpan.FromMilliseconds(1500);
         await using var server = await StartAsync(() => Primary, timeout);
-        using var silent = await ConnectAsync(server);
+        // Timed from before the connect: the server's clock starts when it accepts, which on a loaded machine can be
+        // well before this test's continuation after ConnectAsync runs (timed from there, it once read 1.15 s).
         var connected = Stopwatch.StartNew();
+        using var silent = await ConnectAsync(server);
 
         using (var response = await Http.GetAsync(Url(server, "/primary")))
             Assert.Equal(HttpStatusCode.OK, response.StatusCode);
@@ -484,6 +487,82 @@ public sealed class NodeHealthServerTests
         using var none = await Http.PostAsync(Url(plain, "/failsafe?leader=n1&nonce=ab12"), null);
         Assert.Equal(HttpStatusCode.MethodNotAllowed, none.StatusCode);
     }
+
+    /// <summary>
+    /// With the node's certificate the API speaks HTTPS on the same port: a checker trusting the platform CA gets the same
+    /// answers (the failsafe exchange included); plain HTTP is answered too unless TLS is required, then refused with 426;
+    /// a client trusting another CA refuses the node. The certificate is read for each connection, so a renewed one is served.
+    /// </summary>
+    [Fact]
+    public async Task With_a_certificate_it_answers_https_and_with_tls_required_refuses_plain_http()
+    {
+        using var ca = Dingo.Security.PlatformCa.Create($"health CA {Guid.NewGuid():N}", DateTimeOffset.UtcNow, TimeSpan.FromDays(30));
+        using var other = Dingo.Security.PlatformCa.Create($"other CA {Guid.NewGuid():N}", DateTimeOffset.UtcNow, TimeSpan.FromDays(30));
+        X509Certificate2 Load(Dingo.Security.NodeCertificate issued)
+        {
+            using var pem = X509Certificate2.CreateFromPem(issued.CertificatePem, issued.KeyPem);
+            return X509CertificateLoader.LoadPkcs12(pem.Export(X509ContentType.Pkcs12), null);
+        }
+        using var first = Load(ca.Issue("n1", ["127.0.0.1"], DateTimeOffset.UtcNow, TimeSpan.FromDays(1)));
+        using var renewed = Load(ca.Issue("n1", ["127.0.0.1"], DateTimeOffset.UtcNow, TimeSpan.FromDays(1)));
+        var tls = new HealthTls(first, Required: false);
+        var server = new NodeHealthServer(Loopback, 0, () => Primary, NullLogger.Instance)
+        {
+            Tls = () => Volatile.Read(ref tls),
+            Failsafe = ask => FailsafeReply.Confirmed("proof-of-" + ask.Nonce),
+        };
+        await using (server)
+        {
+            await server.StartAsync(Timeout());
+            X509Certificate2? served = null;
+            using var trusting = Client(ca, c => served = c);
+            using (var primary = await trusting.GetAsync(Https(server, "/primary"))) Assert.Equal(HttpStatusCode.OK, primary.StatusCode);
+            Assert.Equal(first.Thumbprint, served!.Thumbprint);
+            using (var confirm = await trusting.PostAsync(Https(server, "/failsafe?leader=n1&nonce=ab12&proof=signed"), null))
+                Assert.Contains("\"proof\":\"proof-of-ab12\"", await confirm.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            using (var plain = await Http.GetAsync(Url(server, "/primary"))) Assert.Equal(HttpStatusCode.OK, plain.StatusCode);
+
+            // A checker that trusts another CA refuses this node.
+            using var foreign = Client(other, _ => { });
+            await Assert.ThrowsAsync<HttpRequestException>(() => foreign.GetAsync(Https(server, "/primary")));
+
+            // TLS required, certificate renewed: HTTPS gets the new one, plain HTTP a 426 that says what to do.
+            Volatile.Write(ref tls, new HealthTls(renewed, Required: true));
+            using (var primary = await trusting.GetAsync(Https(server, "/primary"))) Assert.Equal(HttpStatusCode.OK, primary.StatusCode);
+            Assert.Equal(renewed.Thumbprint, served!.Thumbprint);
+            using (var plain = await Http.GetAsync(Url(server, "/primary")))
+            {
+                Assert.Equal((HttpStatusCode)426, plain.StatusCode);
+                Assert.Contains("HTTPS", await plain.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            }
+            // A TLS handshake that never finishes holds a slot no longer than the read timeout allows; the server goes on.
+            using (var stuck = await ConnectAsync(server))
+            {
+                await stuck.SendAsync(new byte[] { 0x16, 0x03, 0x01 }, SocketFlags.None);
+                using var primary = await trusting.GetAsync(Https(server, "/primary"));
+                Assert.Equal(HttpStatusCode.OK, primary.StatusCode);
+            }
+        }
+    }
+
+    private static Uri Https(NodeHealthServer server, string path) => new($"https://127.0.0.1:{server.Port}{path}");
+
+    /// <summary>An HTTPS client that trusts one CA only, reporting the certificate each server showed.</summary>
+    private static HttpClient Client(Dingo.Security.PlatformCa ca, Action<X509Certificate2> seen) => new(new SocketsHttpHandler
+    {
+        // A new connection per request: each sees the certificate the server holds now.
+        PooledConnectionLifetime = TimeSpan.Zero,
+        SslOptions = new System.Net.Security.SslClientAuthenticationOptions
+        {
+            RemoteCertificateValidationCallback = (_, certificate, _, _) =>
+            {
+                if (certificate is null) return false;
+                var leaf = X509CertificateLoader.LoadCertificate(certificate.GetRawCertData());
+                seen(leaf);
+                return ca.Verifies(leaf, DateTimeOffset.UtcNow);
+            },
+        },
+    }) { Timeout = StepTimeout };
 
     private static async Task<NodeHealthServer> StartAsync(Func<NodeHealth> snapshot, TimeSpan? readTimeout = null, int maxConnections = 64)
     {

@@ -41,12 +41,29 @@ public sealed class Writer : IAsyncDisposable
     public ConcurrentDictionary<long, DateTime> SyncRepCancelled { get; } = new();
     public long Attempts;
 
+    /// <summary>
+    /// The writer's table, before any fault. Each try has the writer's own short timeouts (2 s to connect), which a
+    /// machine busy with three hosts' processes starting has been seen to miss once (ThreeHostTests on a fresh clone),
+    /// so setup tries again for up to 30 s; the commits measured later keep their short timeouts.
+    /// </summary>
     public async Task CreateTableAsync()
     {
-        await using var conn = new NpgsqlConnection(_connectionString);
-        await conn.OpenAsync();
-        await using var cmd = new NpgsqlCommand("CREATE TABLE IF NOT EXISTS counter(n bigint primary key, at timestamptz not null default clock_timestamp())", conn);
-        await cmd.ExecuteNonQueryAsync();
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (true)
+        {
+            try
+            {
+                await using var conn = new NpgsqlConnection(_connectionString);
+                await conn.OpenAsync();
+                await using var cmd = new NpgsqlCommand("CREATE TABLE IF NOT EXISTS counter(n bigint primary key, at timestamptz not null default clock_timestamp())", conn);
+                await cmd.ExecuteNonQueryAsync();
+                return;
+            }
+            catch (Exception ex) when (ex is NpgsqlException { IsTransient: true } or TimeoutException && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(250);
+            }
+        }
     }
 
     public void Start() => _loop = Task.Run(() => RunAsync(_stop.Token));

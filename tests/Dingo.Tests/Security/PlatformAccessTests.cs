@@ -39,6 +39,23 @@ public sealed class PlatformAccessTests
         Assert.DoesNotContain(lines, l => l.StartsWith("host ", StringComparison.Ordinal) && !l.EndsWith(" reject", StringComparison.Ordinal));
         Assert.Contains("local all all scram-sha-256", lines);
         Assert.DoesNotContain("hostssl", PlatformAccess.From(["10.0.0.5"], []).Hba("dingo_admin"), StringComparison.Ordinal);
+        // No CA known yet: nodes serve no TLS, so no client certificate can be asked for.
+        Assert.DoesNotContain("clientcert", hba, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void With_require_tls_and_a_ca_the_platform_roles_also_need_a_client_certificate_and_applications_do_not()
+    {
+        using var ca = Dingo.Security.PlatformCa.Create("test", DateTimeOffset.UtcNow, TimeSpan.FromDays(30));
+        var tls = new Dingo.Cells.NodeTls(ca, ["127.0.0.1"], TimeSpan.FromDays(30));
+        var lines = PlatformAccess.From(["10.0.0.5"], [], requireTls: true, tls: tls).Hba("dingo_admin", "10.0.0.7")
+            .Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.StartsWith('#')).ToList();
+        Assert.Contains("hostssl all \"dingo_admin\",\"dingo_replicator\" 10.0.0.5/32 scram-sha-256 clientcert=verify-ca", lines);
+        Assert.Contains("hostssl replication \"dingo_admin\",\"dingo_replicator\" 10.0.0.7/32 scram-sha-256 clientcert=verify-ca", lines);
+        Assert.Contains("hostssl all all 0.0.0.0/0 scram-sha-256", lines);
+        Assert.DoesNotContain(lines, l => l.Contains("clientcert", StringComparison.Ordinal) && !l.Contains("dingo_admin", StringComparison.Ordinal));
+        // TLS offered, not required: as before, the address decides.
+        Assert.DoesNotContain("clientcert", PlatformAccess.From(["10.0.0.5"], [], requireTls: false, tls: tls).Hba("dingo_admin"), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -72,7 +72,7 @@ public sealed class PlatformCaStoreTests
         try
         {
             using (await PlatformCaStore.GetOrCreateAsync(store, new PostgresTlsSettings(), CancellationToken.None)) { } // a generated one first
-            using var operatorCa = PlatformCa.Create("operator", DateTimeOffset.UtcNow, TimeSpan.FromDays(365));
+            using var operatorCa = PlatformCa.Create($"operator {Guid.NewGuid():N}", DateTimeOffset.UtcNow, TimeSpan.FromDays(365));
             var settings = new PostgresTlsSettings { CaCertFile = Path.Combine(folder.FullName, "ca.pem"), CaKeyFile = Path.Combine(folder.FullName, "ca.key") };
             await File.WriteAllTextAsync(settings.CaCertFile, operatorCa.CertificatePem);
             await SecretFile.WriteAsync(settings.CaKeyFile, operatorCa.ExportKeyPem(), CancellationToken.None);

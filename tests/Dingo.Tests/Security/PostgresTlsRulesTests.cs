@@ -37,6 +37,10 @@ public sealed class PostgresTlsRulesTests
             Assert.True(cert.MatchesHostname("10.0.0.5"), "the node's own listen address");
         }
         Assert.True(ca.Verifies(renewed.Tls.CertificatePem, DateTimeOffset.UtcNow));
+        // The client certificate the node's tools present (replication, pg_basebackup, pg_rewind): of the same CA, one
+        // for the whole runtime.
+        Assert.True(ca.Verifies(renewed.Tls.ClientCertificatePem, DateTimeOffset.UtcNow));
+        Assert.Equal(started.Tls.ClientCertificatePem, renewed.Tls.ClientCertificatePem);
         book.Applied("n-1", renewed);
         Assert.Null(book.Due("n-1"));
 
@@ -44,6 +48,7 @@ public sealed class PostgresTlsRulesTests
         using var other = PlatformCa.Create("other", DateTimeOffset.UtcNow, TimeSpan.FromDays(3650));
         Assert.True(book.Set(PlatformAccess.From(["10.0.0.5"], [], requireTls: true, tls: new NodeTls(other, ["127.0.0.1"], TimeSpan.FromDays(90)))));
         Assert.True(other.Verifies(book.Due("n-1")!.Tls!.CertificatePem, DateTimeOffset.UtcNow));
+        Assert.True(other.Verifies(book.Due("n-1")!.Tls!.ClientCertificatePem, DateTimeOffset.UtcNow));
 
         // require-tls turned off: pg_hba changes (a reload), the certificate stays.
         book.Applied("n-1", book.Due("n-1")!);

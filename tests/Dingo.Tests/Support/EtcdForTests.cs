@@ -12,6 +12,9 @@ public static class EtcdForTests
     /// <summary>Where etcd data folders go: memory (/dev/shm) when the machine has it, so fsync never waits on the disk.</summary>
     public static string DataRoot { get; } = Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath();
 
+    // Before this run's first server: what killed earlier runs left in that memory (Support/LeftoverSweep).
+    static EtcdForTests() => LeftoverSweep.Once();
+
     private const string Nice = "/usr/bin/nice";
 
     /// <summary>

@@ -15,6 +15,7 @@ internal static class RunProcesses
 {
     private const string Setpriv = "/usr/bin/setpriv";
     private static readonly List<(Process Process, string? Folder)> Started = [];
+    private static readonly List<string> Folders = [];
     private static readonly BlockingCollection<Action> Spawns = new();
     private static int _exitHooked;
 
@@ -52,26 +53,42 @@ internal static class RunProcesses
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         lock (Started) Started.Add((process, folder));
-        if (Interlocked.Exchange(ref _exitHooked, 1) == 0) AppDomain.CurrentDomain.ProcessExit += (_, _) => StopAll();
+        HookExit();
         return process;
+    }
+
+    /// <summary>A folder no server uses (a test's settings), deleted at exit with the servers' folders.</summary>
+    public static void DeleteAtExit(string folder)
+    {
+        lock (Started) Folders.Add(folder);
+        HookExit();
+    }
+
+    private static void HookExit()
+    {
+        if (Interlocked.Exchange(ref _exitHooked, 1) == 0) AppDomain.CurrentDomain.ProcessExit += (_, _) => StopAll();
     }
 
     private static void StopAll()
     {
         List<(Process Process, string? Folder)> started;
-        lock (Started) started = [.. Started];
+        List<string> folders;
+        lock (Started) (started, folders) = ([.. Started], [.. Folders]);
         foreach (var (process, _) in started)
         {
             try { process.Kill(); }
             catch (Exception ex) when (ex is InvalidOperationException or System.ComponentModel.Win32Exception) { }
         }
-        foreach (var (process, folder) in started)
+        foreach (var (process, _) in started)
         {
             try { process.WaitForExit(5000); }
             catch (InvalidOperationException) { }
+        }
+        foreach (var folder in started.Select(s => s.Folder).OfType<string>().Concat(folders))
+        {
             try
             {
-                if (folder is not null && Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+                if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
             }
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { }
         }

@@ -98,6 +98,8 @@ public sealed class TestPlatform : IAsyncDisposable
             """;
         // Kept beside the data, so cell processes started by a test read exactly these settings.
         Directory.CreateDirectory(data);
+        // Tests of settings alone start no platform that would delete it.
+        RunProcesses.DeleteAtExit(data);
         File.WriteAllText(Path.Combine(data, "test.conf"), overrides);
         return DingoSettings.Load([Path.Combine(RepoRoot(), "hocon", "dingo.conf")], new Dictionary<string, string?>(), overrides);
     }
@@ -127,6 +129,14 @@ public sealed class TestPlatform : IAsyncDisposable
     {
         _broker = BrokerApp.Build(Settings, akkaPort: 0, logging: Quiet);
         await _broker.StartAsync(ct);
+        // The broker records the schema version as it starts (SchemaCheckService): tests that compare etcd before and
+        // after a request must not see it appear in between.
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (await Store.GetRawAsync(Store.Keys.Schema, ct) is null)
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"the broker did not record {Store.Keys.Schema} within 30 s");
+            await Task.Delay(50, ct);
+        }
         var system = _broker.Services.GetRequiredService<ActorSystem>();
         var seed = _seed = Akka.Cluster.Cluster.Get(system).SelfAddress.ToString();
         var zones = new[] { "z1", "z2", "z3" };
