@@ -205,25 +205,37 @@ public static class Failover
         var iAmNamed = named == me;
         var better = i.Members
             .Where(m => IsFresh(i, m, s) && m.State == NodeState.Running)
-            .Where(m => Ineligibility(i, s, m.NodeId, m.Role != "primary", m.Lsn) is null)
+            .Where(m => Ineligibility(i, s, m.NodeId, !Writable(m), m.Lsn) is null)
             .FirstOrDefault(m => iAmNamed ? m.Lsn > local.Lsn : IsBetter(m, local, me));
-        if (better is not null) return new HaAction.Wait($"no action: leader key free, {better.NodeId} is more advanced ({better.Lsn} ≥ {local.Lsn})");
+        if (better is not null)
+            return new HaAction.Wait(local.InRecovery && local.FollowingNodeId == better.NodeId && Writable(better)
+                ? $"no action: leader key free, {better.NodeId} accepts writes and I stream from it"
+                : $"no action: leader key free, {better.NodeId} is more advanced ({better.Lsn} ≥ {local.Lsn})");
         var myLag = i.LeaderOptime is { } last ? Math.Max(0, last - local.Lsn) : 0;
         return new HaAction.TakeLeadership($"taking the leader key: it is free and I am the most advanced eligible node (lag {myLag} B)");
     }
 
     /// <summary>
-    /// Whether another member is a better holder of the free key: further on; at the same position a running primary
-    /// beats a replica (it keeps serving with no promotion, e.g. after its lease lapsed in an etcd outage it rode out in
-    /// failsafe); then the lower node id.
+    /// Whether another member is a better holder of the free key. A writable node and a replica streaming from it, on no
+    /// later timeline than it: the writable one, whatever positions their reports show. The replica cannot hold a WAL
+    /// record its primary lacks; a later position in its report only means it was read later, and under a steady
+    /// writer that is most of the time (EtcdBlipTests: after an etcd hang longer than the TTL etcd revokes the leader's
+    /// lease; the primary must take the key back, not wait for a replica that reported after the primary's own probe).
+    /// Otherwise the further on; at the same position a writable node beats a replica (it keeps serving with no
+    /// promotion); then the lower node id.
     /// </summary>
     private static bool IsBetter(NodeStatus m, LocalState local, string me)
     {
+        bool theirsWritable = Writable(m), mineWritable = !local.InRecovery;
+        if (theirsWritable && !mineWritable && local.FollowingNodeId == m.NodeId && m.Timeline >= local.Timeline) return true;
+        if (mineWritable && !theirsWritable && m.Following == me && m.Timeline <= local.Timeline) return false;
         if (m.Lsn != local.Lsn) return m.Lsn > local.Lsn;
-        bool theirsPrimary = m.Role == "primary", minePrimary = !local.InRecovery;
-        if (theirsPrimary != minePrimary) return theirsPrimary;
+        if (theirsWritable != mineWritable) return theirsWritable;
         return string.CompareOrdinal(m.NodeId, me) < 0;
     }
+
+    /// <summary>A member's report says it accepts writes (reports written before the field: its role says primary).</summary>
+    private static bool Writable(NodeStatus m) => m.Writable || m.Role == "primary";
 
     /// <summary>Why a node may not take the free key, or null when it may.</summary>
     private static string? Ineligibility(HaInput i, HaSettings s, string nodeId, bool inRecovery, long lsn)

@@ -942,6 +942,8 @@ public sealed class NodeAgent
             Lsn = local.Lsn,
             Timeline = local.Timeline,
             Streaming = local.Streaming,
+            Following = local.InRecovery ? local.FollowingNodeId : null,
+            Writable = local.Answering && !local.InRecovery,
             Decision = action.Sentence,
             FailingSince = _failingSince,
             UpdatedAt = DateTimeOffset.UtcNow,

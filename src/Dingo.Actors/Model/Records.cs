@@ -154,6 +154,10 @@ public sealed record NodeStatus
     public int Timeline { get; init; }
     /// <summary>Replica: its WAL receiver streams from the leader.</summary>
     public bool Streaming { get; init; }
+    /// <summary>Replica: the node it was last configured to stream from (null: none, or not a replica).</summary>
+    public string? Following { get; init; }
+    /// <summary>PostgreSQL answers and is not in recovery: it accepts writes, whether or not it holds the key right now.</summary>
+    public bool Writable { get; init; }
     /// <summary>The last sentence of the node's HA loop.</summary>
     public string Decision { get; init; } = "";
     /// <summary>Since when the node's passes keep failing (null: the last pass worked).</summary>
