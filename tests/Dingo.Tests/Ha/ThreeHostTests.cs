@@ -226,7 +226,8 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         var missing = await writer.MissingAsync();
         var samples = sampler.Samples.OrderBy(s => s.T1).ToList();
         var inside = PartitionTests.ReadProbe(probeLog);
-        var sampled = PartitionTests.Analyse(output, samples, inside, oldPrimary, partitionedAt, healedAt, stoppedAt, rejoinedNode);
+        var sampled = PartitionTests.Analyse(output, samples, inside, oldPrimary, partitionedAt, healedAt, stoppedAt, rejoinedNode,
+            node => PartitionTests.PromotionFloor(p.Settings.DataDir, node, partitionedAt));
         var figures = $"three hosts, host {victim}'s link cut under a writer every 20 ms: writes resumed after {resumed:0.00}s, " +
                       $"{inFlight.Count} in-flight provisions finished by the other broker {finished:0.0}s after the cut; healed: " +
                       $"one Akka cluster and a provision through the returned broker {rejoined:0.0}s later; " +
