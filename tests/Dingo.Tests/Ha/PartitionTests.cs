@@ -95,7 +95,7 @@ public sealed class PartitionTests(ITestOutputHelper output)
 
             await sampler.DisposeAsync();
             var stoppedAt = DateTime.UtcNow;
-            try { probe.Kill(); } catch (InvalidOperationException) { }
+            try { probe.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
             await probe.WaitForExitAsync();
 
             var samples = sampler.Samples.OrderBy(s => s.T1).ToList();
@@ -264,16 +264,25 @@ public sealed class PartitionTests(ITestOutputHelper output)
         Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } path && File.Exists(path) ? path
         : Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet" ? Environment.ProcessPath! : "dotnet";
 
-    /// <summary>A bash loop on host i: every 100 ms, psql against the node's own address; one line per try:
-    /// start and end (Unix ms) and `t|off` (writable), `f|on` (read-only) or `down`.</summary>
+    /// <summary>
+    /// A probe on host i: one psql session on the node's own address asks every 100 ms, and writes one line per answer:
+    /// the server's clock_timestamp() (Unix ms, twice: the moment of the answer) and `t|off` (writable) or `f|on`
+    /// (read-only). When the session ends (the server stopped or killed) or cannot start, a line with the time it was
+    /// seen and `down`, and a new session 100 ms later. A session of its own, not a psql per sample: under a loaded
+    /// machine five processes started per sample made the samples seconds apart ("the inside probe hardly ran").
+    /// </summary>
     internal static Process StartInsideProbe(NetnsHosts hosts, int i, WritableSampler.Target node, Credentials superuser, string postgresBin)
     {
         const string script = """
             while :; do
-              t0=$(date +%s%3N)
-              r=$("$1" -X -A -t -h "$2" -p "$3" -U "$4" -d postgres -c "SELECT NOT pg_is_in_recovery(), current_setting('transaction_read_only')" 2>/dev/null | tr -d '\n')
-              t1=$(date +%s%3N)
-              echo "$t0 $t1 ${r:-down}"
+              while :; do
+                # SIGPIPE is ignored (inherited from .NET): a failed write, once psql is gone, ends this loop.
+                echo "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint, NOT pg_is_in_recovery(), current_setting('transaction_read_only');" 2>/dev/null || break
+                sleep 0.1
+              done | stdbuf -oL "$1" -X -A -t -q -v ON_ERROR_STOP=1 -h "$2" -p "$3" -U "$4" -d postgres 2>/dev/null \
+                   | while IFS='|' read -r ms writable readonly; do echo "$ms $ms $writable|$readonly"; done
+              t=$(date +%s%3N)
+              echo "$t $t down"
               sleep 0.1
             done
             """;
