@@ -118,7 +118,7 @@ public static class CellApp
         builder.Services.AddSingleton(sp => new Dingo.Health.Readiness(
         [
             Dingo.Health.ReadinessChecks.Etcd(sp.GetRequiredService<EtcdStore>()),
-            Dingo.Health.ReadinessChecks.AkkaMember(() => sp.GetRequiredService<CellMembership>().System),
+            Dingo.Health.ReadinessChecks.AkkaMember(() => sp.GetRequiredService<CellMembership>().MemberSystem),
             new Dingo.Health.ReadinessCheck("runtime", async ct =>
             {
                 await sp.GetRequiredService<IContainerRuntime>().ListAsync(ct);
@@ -233,7 +233,7 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
     public Akka.Actor.Address? SelfAddress { get; private set; }
 
     /// <summary>The current member system (readiness asks whether it is Up); null between two systems.</summary>
-    public ActorSystem? System { get; private set; }
+    public ActorSystem? MemberSystem { get; private set; }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -242,7 +242,7 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
             var setup = Akka.Actor.BootstrapSetup.Create().WithConfig(MemberConfig());
             var system = tls is null ? ActorSystem.Create("dingo", setup) : ActorSystem.Create("dingo", setup.And(tls.Setup()));
             SelfAddress = Akka.Cluster.Cluster.Get(system).SelfAddress;
-            System = system;
+            MemberSystem = system;
             try
             {
                 await AkkaMembership.RunAsync(system, store, seeds, mayFound: false, logger, stoppingToken);
@@ -250,7 +250,7 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
             finally
             {
                 SelfAddress = null;
-                System = null;
+                MemberSystem = null;
                 // A clean stop leaves the cluster first; a removed member has nothing to leave.
                 await CoordinatedShutdown.Get(system).Run(CoordinatedShutdown.ClusterLeavingReason.Instance);
                 await system.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ContinueWith(_ => { }, TaskScheduler.Default);
