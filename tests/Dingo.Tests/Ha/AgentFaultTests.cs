@@ -101,6 +101,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             var (leaderNow, _) = await PrimaryAsync();
             var victim = specs.First(s => s.NodeId != leaderNow);
             var victimCell = int.Parse(victim.CellId["cell-".Length..], CultureInfo.InvariantCulture);
+            var restartsBefore = (await FailoverTests.StatusesAsync(platform, id)).Single(s => s.NodeId == victim.NodeId).Restarts;
             foreach (var pid in platform.PostgresPidsOfNode(victimCell, victim.NodeId)) _ = kill(pid, 9);
             var pgdata = Path.Combine(Path.GetFullPath(platform.Settings.DataDir), "cells", victim.CellId, "nodes", victim.NodeId, "pgdata");
             foreach (var entry in new DirectoryInfo(pgdata).GetFileSystemInfos())
@@ -114,8 +115,11 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
                 catch (Exception ex) when (ex is DirectoryNotFoundException or FileNotFoundException) { }
             }
             var wipedAt = DateTime.UtcNow;
-            await Eventually.UntilAsync(async () => (await FailoverTests.StatusesAsync(platform, id)).Any(s => s.NodeId == victim.NodeId && !s.Streaming),
-                TimeSpan.FromSeconds(15), "the wiped replica reported down");
+            // The agent's restart count says it saw the loss: a report of the node down lasts only as long as the re-clone
+            // (fresh61: 0.5 s, missed by a poll every 200 ms on a busy machine), the count stays in every later report. Seen
+            // first, it keeps the wait below from passing on the healthy reports from before the wipe.
+            await Eventually.UntilAsync(async () => (await FailoverTests.StatusesAsync(platform, id)).Any(s => s.NodeId == victim.NodeId && s.Restarts > restartsBefore),
+                TimeSpan.FromSeconds(15), "the wiped replica's agent counting the restart");
             await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(30), "the wiped replica cloned again and streaming");
             output.WriteLine($"replica {victim.NodeId} wiped: streaming again after {(DateTime.UtcNow - wipedAt).TotalSeconds:0.0}s");
             Assert.True(Changes(wipedAt) == 0, "the leader changed when a replica was wiped");
