@@ -54,6 +54,14 @@ public static class BrokerApp
         builder.Services.AddSingleton<Dingo.Backups.IObjectStore>(_ => (settings.Backups ?? throw new ArgumentException("configuration has no dingo.backups section")).Store.CreateStore());
         builder.Services.AddSingleton<Recovery>();
         builder.Services.AddHostedService<ClusterDataBackup>();
+        // Ready: etcd answers and this broker is an Up member of the Akka cluster (/readyz, systemd's READY=1).
+        builder.Services.AddSingleton(sp => new Dingo.Health.Readiness(
+        [
+            Dingo.Health.ReadinessChecks.Etcd(sp.GetRequiredService<EtcdStore>()),
+            Dingo.Health.ReadinessChecks.AkkaMember(() => sp.GetService<Akka.Actor.ActorSystem>()),
+        ], TimeSpan.FromSeconds(3)));
+        builder.Services.AddHostedService(sp => new Dingo.Health.SystemdReadiness(sp.GetRequiredService<Dingo.Health.Readiness>(),
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Broker.Systemd")));
 
         var port = akkaPort ?? settings.Broker.AkkaPort;
         // Mutual TLS with the platform CA when dingo.akka.tls names a certificate (throws naming the setting when a
@@ -127,7 +135,13 @@ public static class BrokerApp
             }
         });
         app.UseMiddleware<OsbMiddleware>();
+        // Unauthenticated, like /healthz: a supervisor's probe carries no credentials, and neither answer holds a secret.
         app.MapGet("/healthz", () => Results.Text("ok"));
+        app.MapGet("/readyz", async (HttpContext context, Dingo.Health.Readiness readiness) =>
+        {
+            var report = await readiness.CheckAsync(context.RequestAborted);
+            return Results.Text(report.ToJson().ToJsonString(), "application/json", statusCode: report.Ready ? 200 : 503);
+        });
         OsbEndpoints.Map(app);
         AdminEndpoints.Map(app);
         return app;

@@ -8,12 +8,14 @@ public static class Program
     public static async Task<int> Main(string[] args)
     {
         var files = new List<string>();
-        for (var i = 0; i < args.Length; i++)
+        // `probe [--config FILE]...`: one GET of this broker's /readyz (a container's HEALTHCHECK), exit 0 or 1.
+        var probe = args is ["probe", ..];
+        for (var i = probe ? 1 : 0; i < args.Length; i++)
         {
             if (args[i] == "--config" && i + 1 < args.Length) files.Add(args[++i]);
             else
             {
-                Console.Error.WriteLine($"dingo-broker: unknown argument '{args[i]}'. Usage: dingo-broker [--config FILE]...");
+                Console.Error.WriteLine($"dingo-broker: unknown argument '{args[i]}'. Usage: dingo-broker [probe] [--config FILE]...");
                 return 2;
             }
         }
@@ -28,6 +30,7 @@ public static class Program
             Console.Error.WriteLine($"dingo-broker: configuration error: {ex.Message}");
             return 2;
         }
+        if (probe) return await Dingo.Health.HealthProbe.RunAsync(new Uri(settings.Broker.Url.TrimEnd('/') + "/readyz"), Console.Error, TimeSpan.FromSeconds(10));
         // The platform's own connections to nodes require TLS with channel binding when clients must use TLS.
         Dingo.Postgres.PlatformConnectionTls.Configure(settings.Postgres.RequireTls);
         // Every record that holds a password is sealed with the platform key: without it, refuse to start.

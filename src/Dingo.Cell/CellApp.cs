@@ -111,9 +111,24 @@ public static class CellApp
         // is missing); the host owns it, so the certificate outlives every member system.
         var tls = Dingo.Membership.AkkaTls.Load(settings.Akka.Tls);
         if (tls is not null) builder.Services.AddSingleton(tls);
-        builder.Services.AddHostedService(sp => new CellMembership(sp.GetRequiredService<EtcdStore>(), settings, seedNodes, tls,
+        builder.Services.AddSingleton(sp => new CellMembership(sp.GetRequiredService<EtcdStore>(), settings, seedNodes, tls,
             sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Akka")));
-        if (settings.Router.MetricsPort > 0) builder.Services.AddHostedService<MetricsEndpoint>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<CellMembership>());
+        // Ready: etcd answers, the cell is an Up member of the Akka cluster, its runtime lists its nodes (/readyz, READY=1).
+        builder.Services.AddSingleton(sp => new Dingo.Health.Readiness(
+        [
+            Dingo.Health.ReadinessChecks.Etcd(sp.GetRequiredService<EtcdStore>()),
+            Dingo.Health.ReadinessChecks.AkkaMember(() => sp.GetRequiredService<CellMembership>().MemberSystem),
+            new Dingo.Health.ReadinessCheck("runtime", async ct =>
+            {
+                await sp.GetRequiredService<IContainerRuntime>().ListAsync(ct);
+                return null;
+            }),
+        ], TimeSpan.FromSeconds(3)));
+        builder.Services.AddHostedService(sp => new Dingo.Health.SystemdReadiness(sp.GetRequiredService<Dingo.Health.Readiness>(),
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Systemd")));
+        if (settings.Cell.HealthPort > 0) builder.Services.AddHostedService<CellHealthEndpoint>();
+        if (settings.Router.MetricsPort > 0 && settings.Router.MetricsPort != settings.Cell.HealthPort) builder.Services.AddHostedService<MetricsEndpoint>();
         return builder.Build();
     }
 
@@ -217,6 +232,9 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
     /// <summary>The member system's address (for tests and logs); null between two systems.</summary>
     public Akka.Actor.Address? SelfAddress { get; private set; }
 
+    /// <summary>The current member system (readiness asks whether it is Up); null between two systems.</summary>
+    public ActorSystem? MemberSystem { get; private set; }
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         while (!stoppingToken.IsCancellationRequested)
@@ -224,6 +242,7 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
             var setup = Akka.Actor.BootstrapSetup.Create().WithConfig(MemberConfig());
             var system = tls is null ? ActorSystem.Create("dingo", setup) : ActorSystem.Create("dingo", setup.And(tls.Setup()));
             SelfAddress = Akka.Cluster.Cluster.Get(system).SelfAddress;
+            MemberSystem = system;
             try
             {
                 await AkkaMembership.RunAsync(system, store, seeds, mayFound: false, logger, stoppingToken);
@@ -231,6 +250,7 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
             finally
             {
                 SelfAddress = null;
+                MemberSystem = null;
                 // A clean stop leaves the cluster first; a removed member has nothing to leave.
                 await CoordinatedShutdown.Get(system).Run(CoordinatedShutdown.ClusterLeavingReason.Instance);
                 await system.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ContinueWith(_ => { }, TaskScheduler.Default);
@@ -275,4 +295,40 @@ internal sealed class MetricsEndpoint(DingoSettings settings, RouterMetrics metr
     {
         if (_app is not null) await _app.StopAsync(cancellationToken);
     }
+}
+
+/// <summary>
+/// The cell's own HTTP port (dingo.cell.health-port) on its address: /healthz answers 200 while the process serves
+/// requests; /readyz 200 when etcd answers, the cell is an Up Akka member and its runtime lists its nodes, else 503
+/// naming each check's problem (JSON); /metrics the router's figures. Plain HTTP, nothing secret: no credentials,
+/// no instance data beyond the router's counters.
+/// </summary>
+internal sealed class CellHealthEndpoint(DingoSettings settings, Dingo.Health.Readiness readiness, RouterMetrics metrics, ILogger<CellHealthEndpoint> logger) : IHostedService
+{
+    private Microsoft.AspNetCore.Builder.WebApplication? _app;
+
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseUrls($"http://{HostForUrl(settings.Cell.Address)}:{settings.Cell.HealthPort}");
+        _app = builder.Build();
+        _app.MapGet("/healthz", () => Microsoft.AspNetCore.Http.Results.Text("ok"));
+        _app.MapGet("/readyz", async (Microsoft.AspNetCore.Http.HttpContext context) =>
+        {
+            var report = await readiness.CheckAsync(context.RequestAborted);
+            return Microsoft.AspNetCore.Http.Results.Text(report.ToJson().ToJsonString(), "application/json", statusCode: report.Ready ? 200 : 503);
+        });
+        _app.MapGet("/metrics", () => Microsoft.AspNetCore.Http.Results.Text(metrics.Render(DateTime.UtcNow), "text/plain; version=0.0.4"));
+        await _app.StartAsync(cancellationToken);
+        logger.LogInformation("cell health on http://{Address}:{Port} (/healthz, /readyz, /metrics)", settings.Cell.Address, settings.Cell.HealthPort);
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (_app is not null) await _app.StopAsync(cancellationToken);
+    }
+
+    private static string HostForUrl(string address) =>
+        IPAddress.TryParse(address, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{address}]" : address;
 }

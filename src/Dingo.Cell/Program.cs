@@ -12,13 +12,15 @@ public static class Program
         if (args is ["guard", "--dir", var guardDir]) return await RunGuardAsync(guardDir);
         var files = new List<string>();
         var seeds = new List<string>();
-        for (var i = 0; i < args.Length; i++)
+        // `probe [--config FILE]...`: one GET of this cell's /readyz (a container's HEALTHCHECK), exit 0 or 1.
+        var probe = args is ["probe", ..];
+        for (var i = probe ? 1 : 0; i < args.Length; i++)
         {
             if (args[i] == "--config" && i + 1 < args.Length) files.Add(args[++i]);
             else if (args[i] == "--seed" && i + 1 < args.Length) seeds.Add(args[++i]);
             else
             {
-                Console.Error.WriteLine($"dingo-cell: unknown argument '{args[i]}'. Usage: dingo-cell [--config FILE]... [--seed AKKA-ADDRESS]...");
+                Console.Error.WriteLine($"dingo-cell: unknown argument '{args[i]}'. Usage: dingo-cell [probe] [--config FILE]... [--seed AKKA-ADDRESS]...");
                 return 2;
             }
         }
@@ -32,6 +34,17 @@ public static class Program
         {
             Console.Error.WriteLine($"dingo-cell: configuration error: {ex.Message}");
             return 2;
+        }
+        if (probe)
+        {
+            if (settings.Cell.HealthPort <= 0)
+            {
+                Console.Error.WriteLine("dingo-cell probe: dingo.cell.health-port is 0 (DINGO_CELL_HEALTH_PORT): this cell serves no /readyz");
+                return 2;
+            }
+            var probeHost = System.Net.IPAddress.TryParse(settings.Cell.Address, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6
+                ? $"[{settings.Cell.Address}]" : settings.Cell.Address;
+            return await Dingo.Health.HealthProbe.RunAsync(new Uri($"http://{probeHost}:{settings.Cell.HealthPort}/readyz"), Console.Error, TimeSpan.FromSeconds(10));
         }
         // The platform's own connections to nodes require TLS with channel binding when clients must use TLS.
         Dingo.Postgres.PlatformConnectionTls.Configure(settings.Postgres.RequireTls);

@@ -16,6 +16,9 @@ public static class Platform
 {
     private static readonly (string Id, string Zone)[] Cells = [("cell-1", "z1"), ("cell-2", "z2"), ("cell-3", "z3")];
 
+    /// <summary>The loopback platform's cells share 127.0.0.1: cell i (from 0) serves /healthz and /readyz on 8091 + i.</summary>
+    private static int CellHealthPort(int index) => 8091 + index;
+
     public static async Task<int> UpAsync(string home, IReadOnlyList<string> configFiles, DingoSettings settings)
     {
         if (LoopbackProblem(settings) is { } problem)
@@ -80,9 +83,14 @@ public static class Platform
             };
             var broker = Child.Start("broker", "dotnet", [Dll(home, "Dingo.Broker"), .. configArgs], brokerEnv, data, echo: true);
             children.Add(broker);
-            foreach (var (id, zone) in Cells)
+            foreach (var (index, (id, zone)) in Cells.Index())
             {
-                var cellEnv = new Dictionary<string, string>(env) { ["DINGO_CELL_ID"] = id, ["DINGO_CELL_ZONE"] = zone };
+                // Three cells on one address: a health port each (8091-8093).
+                var cellEnv = new Dictionary<string, string>(env)
+                {
+                    ["DINGO_CELL_ID"] = id, ["DINGO_CELL_ZONE"] = zone,
+                    ["DINGO_CELL_HEALTH_PORT"] = CellHealthPort(index).ToString(System.Globalization.CultureInfo.InvariantCulture),
+                };
                 children.Add(Child.Start(id, "dotnet", [Dll(home, "Dingo.Cell"), .. configArgs, "--seed", settings.Akka.MemberAddress("127.0.0.1", settings.Broker.AkkaPort)], cellEnv, data, echo: true));
             }
             await WaitForBrokerAsync(settings, stop.Token);
@@ -94,6 +102,7 @@ public static class Platform
             Console.WriteLine($"  broker password: {password}");
             Console.WriteLine($"  admin API:       {settings.Broker.AdminUsername}, password in {Path.Combine(data, AdminCredentialsFile)} (the ./dingo admin commands use it)");
             Console.WriteLine($"  etcd:            {string.Join(",", settings.EtcdEndpoints)}   cells: {string.Join(", ", Cells.Select(c => $"{c.Id} ({c.Zone})"))}");
+            Console.WriteLine($"  health:          {settings.Broker.Url}/readyz, cells http://127.0.0.1:{CellHealthPort(0)}-{CellHealthPort(Cells.Length - 1)}/readyz");
             Console.WriteLine($"  data and logs:   {data}");
             Console.WriteLine("  register it:     cf create-service-broker dingo-postgresql " + $"{username} <password> {settings.Broker.Url}");
             Console.WriteLine("Ctrl-C stops everything (instances keep their data for the next `./dingo up`).");

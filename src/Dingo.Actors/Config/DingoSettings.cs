@@ -102,6 +102,7 @@ public sealed record DingoSettings
                 PostgresBin = d.GetString("cell.postgres-bin", "/usr/lib/postgresql/15/bin"),
                 RunAsUser = d.GetString("cell.run-as-user", "postgres"),
                 AkkaPort = int.TryParse(Env("DINGO_AKKA_PORT"), out var cellAkka) ? cellAkka : d.GetInt("cell.akka-port", 0),
+                HealthPort = int.TryParse(Env("DINGO_CELL_HEALTH_PORT"), out var cellHealth) ? cellHealth : d.GetInt("cell.health-port", 8090),
                 OrphanGrace = d.GetTimeSpan("cell.orphan-grace", TimeSpan.FromMinutes(10)),
                 MinFreeDisk = d.GetByteSize("cell.min-free-disk") ?? 1024L * 1024 * 1024,
                 AdminNetworks = Env("DINGO_CELL_ADMIN_NETWORKS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
@@ -267,6 +268,8 @@ public sealed record CellSettings
     public required string PostgresBin { get; init; }
     public required string RunAsUser { get; init; }
     public required int AkkaPort { get; init; }
+    /// <summary>The cell's own HTTP port on its address: /healthz, /readyz, /metrics (0: none).</summary>
+    public int HealthPort { get; init; } = 8090;
     /// <summary>A node etcd no longer wants while its instance still exists is stopped at once and its data deleted after this.</summary>
     public TimeSpan OrphanGrace { get; init; } = TimeSpan.FromMinutes(10);
     /// <summary>Below this much free space where the cell keeps its data, the cell reports a problem and takes no new node.</summary>

@@ -87,7 +87,9 @@ public sealed class TestPlatform : IAsyncDisposable
               # Test platforms run side by side with the same cell names: the kernel path's per-cell nftables tables
               # would be shared, so they route in user space (KernelModeTests covers the kernel path).
               router { port-range-first = {{pubFirst}}, port-range-last = {{pubLast}}, leader-wait = 3s, mode = userspace }
-              cell { reconcile-interval = 500ms, lease-ttl = 6s }
+              # Cells of test platforms share 127.0.0.1: no health port unless a test gives its cell one
+              # (DINGO_CELL_HEALTH_PORT; HealthEndpointTests).
+              cell { reconcile-interval = 500ms, lease-ttl = 6s, health-port = 0 }
               # The run's seal keys (Security/TestSealKey): every process of every test platform opens the same records.
               security.seal-key-file = "{{Security.TestSealKey.File}}"
               node-port-range-first = {{nodeFirst}}
@@ -170,7 +172,8 @@ public sealed class TestPlatform : IAsyncDisposable
     }
 
     /// <summary>Starts cell-N as a separate OS process (so a test can kill -9 it with its PostgreSQL).</summary>
-    public void StartCellProcess(int number)
+    /// <param name="environment">variables set for this cell only (a health port, systemd's NOTIFY_SOCKET)</param>
+    public void StartCellProcess(int number, IReadOnlyDictionary<string, string>? environment = null)
     {
         var dll = Path.Combine(AppContext.BaseDirectory, "Dingo.Cell.dll");
         var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
@@ -178,6 +181,7 @@ public sealed class TestPlatform : IAsyncDisposable
             psi.ArgumentList.Add(a);
         psi.Environment["DINGO_CELL_ID"] = $"cell-{number}";
         psi.Environment["DINGO_CELL_ZONE"] = Zones[(number - 1) % Zones.Length];
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>()) psi.Environment[key] = value;
         var log = new StreamWriter(Path.Combine(Settings.DataDir, $"cell-{number}.log"), append: true) { AutoFlush = true };
         var process = System.Diagnostics.Process.Start(psi)!;
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
