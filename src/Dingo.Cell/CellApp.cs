@@ -275,20 +275,27 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
             """).WithFallback(Akka.Configuration.ConfigurationFactory.ParseString(AkkaDefaults.For(settings)));
 }
 
-/// <summary>Serves the router's metrics on http://&lt;cell address&gt;:&lt;metrics-port&gt;/metrics.</summary>
-internal sealed class MetricsEndpoint(DingoSettings settings, RouterMetrics metrics, ILogger<MetricsEndpoint> logger) : IHostedService
+/// <summary>A plain-HTTP listener of the cell on its own address: what the metrics and health endpoints share.</summary>
+internal abstract class CellHttpEndpoint(string address, int port, string serves, RouterMetrics metrics, ILogger logger) : IHostedService
 {
     private Microsoft.AspNetCore.Builder.WebApplication? _app;
+    protected virtual void Map(Microsoft.AspNetCore.Builder.WebApplication app) { }
+
+    /// <summary>http://address:port, an IPv6 address in brackets (the listener's URL and the probe's).</summary>
+    public static string Url(string address, int port) =>
+        IPAddress.TryParse(address, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6
+            ? $"http://[{address}]:{port}" : $"http://{address}:{port}";
 
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls($"http://{settings.Cell.Address}:{settings.Router.MetricsPort}");
+        builder.WebHost.UseUrls(Url(address, port));
         _app = builder.Build();
+        Map(_app);
         _app.MapGet("/metrics", () => Microsoft.AspNetCore.Http.Results.Text(metrics.Render(DateTime.UtcNow), "text/plain; version=0.0.4"));
         await _app.StartAsync(cancellationToken);
-        logger.LogInformation("router metrics on http://{Address}:{Port}/metrics", settings.Cell.Address, settings.Router.MetricsPort);
+        logger.LogInformation("{Serves} on {Url}", serves, Url(address, port));
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)
@@ -297,38 +304,26 @@ internal sealed class MetricsEndpoint(DingoSettings settings, RouterMetrics metr
     }
 }
 
+/// <summary>Serves the router's metrics on http://&lt;cell address&gt;:&lt;metrics-port&gt;/metrics.</summary>
+internal sealed class MetricsEndpoint(DingoSettings settings, RouterMetrics metrics, ILogger<MetricsEndpoint> logger)
+    : CellHttpEndpoint(settings.Cell.Address, settings.Router.MetricsPort, "router metrics (/metrics)", metrics, logger);
+
 /// <summary>
 /// The cell's own HTTP port (dingo.cell.health-port) on its address: /healthz answers 200 while the process serves
 /// requests; /readyz 200 when etcd answers, the cell is an Up Akka member and its runtime lists its nodes, else 503
 /// naming each check's problem (JSON); /metrics the router's figures. Plain HTTP, nothing secret: no credentials,
 /// no instance data beyond the router's counters.
 /// </summary>
-internal sealed class CellHealthEndpoint(DingoSettings settings, Dingo.Health.Readiness readiness, RouterMetrics metrics, ILogger<CellHealthEndpoint> logger) : IHostedService
+internal sealed class CellHealthEndpoint(DingoSettings settings, Dingo.Health.Readiness readiness, RouterMetrics metrics, ILogger<CellHealthEndpoint> logger)
+    : CellHttpEndpoint(settings.Cell.Address, settings.Cell.HealthPort, "cell health (/healthz, /readyz, /metrics)", metrics, logger)
 {
-    private Microsoft.AspNetCore.Builder.WebApplication? _app;
-
-    public async Task StartAsync(CancellationToken cancellationToken)
+    protected override void Map(Microsoft.AspNetCore.Builder.WebApplication app)
     {
-        var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls($"http://{HostForUrl(settings.Cell.Address)}:{settings.Cell.HealthPort}");
-        _app = builder.Build();
-        _app.MapGet("/healthz", () => Microsoft.AspNetCore.Http.Results.Text("ok"));
-        _app.MapGet("/readyz", async (Microsoft.AspNetCore.Http.HttpContext context) =>
+        app.MapGet("/healthz", () => Microsoft.AspNetCore.Http.Results.Text("ok"));
+        app.MapGet("/readyz", async (Microsoft.AspNetCore.Http.HttpContext context) =>
         {
             var report = await readiness.CheckAsync(context.RequestAborted);
             return Microsoft.AspNetCore.Http.Results.Text(report.ToJson().ToJsonString(), "application/json", statusCode: report.Ready ? 200 : 503);
         });
-        _app.MapGet("/metrics", () => Microsoft.AspNetCore.Http.Results.Text(metrics.Render(DateTime.UtcNow), "text/plain; version=0.0.4"));
-        await _app.StartAsync(cancellationToken);
-        logger.LogInformation("cell health on http://{Address}:{Port} (/healthz, /readyz, /metrics)", settings.Cell.Address, settings.Cell.HealthPort);
     }
-
-    public async Task StopAsync(CancellationToken cancellationToken)
-    {
-        if (_app is not null) await _app.StopAsync(cancellationToken);
-    }
-
-    private static string HostForUrl(string address) =>
-        IPAddress.TryParse(address, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{address}]" : address;
 }

@@ -42,9 +42,7 @@ public static class Program
                 Console.Error.WriteLine("dingo-cell probe: dingo.cell.health-port is 0 (DINGO_CELL_HEALTH_PORT): this cell serves no /readyz");
                 return 2;
             }
-            var probeHost = System.Net.IPAddress.TryParse(settings.Cell.Address, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6
-                ? $"[{settings.Cell.Address}]" : settings.Cell.Address;
-            return await Dingo.Health.HealthProbe.RunAsync(new Uri($"http://{probeHost}:{settings.Cell.HealthPort}/readyz"), Console.Error, TimeSpan.FromSeconds(10));
+            return await Dingo.Health.HealthProbe.RunAsync(new Uri(CellHttpEndpoint.Url(settings.Cell.Address, settings.Cell.HealthPort) + "/readyz"), Console.Error, TimeSpan.FromSeconds(10));
         }
         // The platform's own connections to nodes require TLS with channel binding when clients must use TLS.
         Dingo.Postgres.PlatformConnectionTls.Configure(settings.Postgres.RequireTls);
