@@ -348,9 +348,13 @@ public sealed class PartitionTests(ITestOutputHelper output)
 }
 
 /// <summary>
-/// Every 100 ms, for each node independently (a node that does not answer delays only its own samples): a fresh
-/// connection with a 1 s timeout and `SELECT NOT pg_is_in_recovery(), current_setting('transaction_read_only')`.
-/// A node accepts writes when it is not in recovery and transactions are not read-only.
+/// Every 100 ms, for each node independently (a node that does not answer delays only its own samples):
+/// `SELECT NOT pg_is_in_recovery(), current_setting('transaction_read_only')` with a 1 s timeout, on one session per
+/// node that is kept open between samples and opened again after any error. Each statement runs in a transaction of
+/// its own, so it sees the node as a new client would at that moment (a standby promoted meanwhile answers writable).
+/// A node accepts writes when it is not in recovery and transactions are not read-only. One session per node instead
+/// of a connection per sample: a SCRAM login every 100 ms per node cost PostgreSQL and the test process more CPU than
+/// the faults under test (7,000 backends per suite run), which slowed the cells whose timing the tests judge.
 /// </summary>
 public sealed class WritableSampler : IAsyncDisposable
 {
@@ -380,37 +384,54 @@ public sealed class WritableSampler : IAsyncDisposable
         {
             Host = target.Host, Port = target.Port, Username = superuser.Username, Password = superuser.Password,
             Database = "postgres", Timeout = 1, CommandTimeout = 1, Pooling = false,
+            // A query that times out breaks the session at once (it is opened again), without waiting for the answer to a
+            // cancel request that a stopped server would never send.
+            CancellationTimeout = -1,
         }.ConnectionString;
-        while (!ct.IsCancellationRequested)
+        NpgsqlConnection? conn = null;
+        try
         {
-            var t0 = DateTime.UtcNow;
-            Seen seen;
-            string? error = null;
-            try
+            while (!ct.IsCancellationRequested)
             {
-                using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
-                cts.CancelAfter(TimeSpan.FromMilliseconds(1500));
-                await using var conn = new NpgsqlConnection(cs);
-                await conn.OpenAsync(cts.Token);
-                await using var cmd = new NpgsqlCommand("SELECT NOT pg_is_in_recovery(), current_setting('transaction_read_only')", conn);
-                await using var r = await cmd.ExecuteReaderAsync(cts.Token);
-                await r.ReadAsync(cts.Token);
-                seen = r.GetBoolean(0) && r.GetString(1) == "off" ? Seen.Writable : Seen.ReadOnly;
+                var t0 = DateTime.UtcNow;
+                Seen seen;
+                string? error = null;
+                try
+                {
+                    using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                    cts.CancelAfter(TimeSpan.FromMilliseconds(1500));
+                    if (conn is null)
+                    {
+                        conn = new NpgsqlConnection(cs);
+                        await conn.OpenAsync(cts.Token);
+                    }
+                    await using var cmd = new NpgsqlCommand("SELECT NOT pg_is_in_recovery(), current_setting('transaction_read_only')", conn);
+                    await using var r = await cmd.ExecuteReaderAsync(cts.Token);
+                    await r.ReadAsync(cts.Token);
+                    seen = r.GetBoolean(0) && r.GetString(1) == "off" ? Seen.Writable : Seen.ReadOnly;
+                }
+                catch (Exception) when (ct.IsCancellationRequested)
+                {
+                    break;
+                }
+                catch (Exception ex)
+                {
+                    seen = Seen.Unreachable;
+                    error = ex.Message;
+                    // Whatever broke (a killed or stopped server, a timeout, a restart), the next sample starts afresh.
+                    if (conn is not null) await conn.DisposeAsync();
+                    conn = null;
+                }
+                var t1 = DateTime.UtcNow;
+                _samples.Enqueue(new Sample(target.NodeId, t0, t1, seen, error));
+                var wait = t0 + Every - DateTime.UtcNow;
+                try { if (wait > TimeSpan.Zero) await Task.Delay(wait, ct); }
+                catch (OperationCanceledException) { break; }
             }
-            catch (Exception) when (ct.IsCancellationRequested)
-            {
-                break;
-            }
-            catch (Exception ex)
-            {
-                seen = Seen.Unreachable;
-                error = ex.Message;
-            }
-            var t1 = DateTime.UtcNow;
-            _samples.Enqueue(new Sample(target.NodeId, t0, t1, seen, error));
-            var wait = t0 + Every - DateTime.UtcNow;
-            try { if (wait > TimeSpan.Zero) await Task.Delay(wait, ct); }
-            catch (OperationCanceledException) { break; }
+        }
+        finally
+        {
+            if (conn is not null) await conn.DisposeAsync();
         }
     }
 
