@@ -145,13 +145,6 @@ public sealed class SecretsAtRestTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// Every file of a folder the platform keeps writing (the archiver runs on): mode and bytes read together. A file
-    /// that goes away between the listing and the read was a write in flight (a temporary file renamed into place);
-    /// so is a temporary file its writer still holds exclusively (.NET's FileShare.None: the read is refused as "used
-    /// by another process", fresh14). The folder is then listed again a moment later, so the file is read under its
-    /// final name, whole, instead of skipped.
-    /// </summary>
-    /// <summary>
     /// The mode of every folder under the store's. The archiver is running meanwhile: a segment's "parts" folder listed
     /// here can be removed before its mode is read (its segment became whole, fresh70), so a folder gone by then is
     /// skipped; every folder still there is checked.
@@ -168,6 +161,13 @@ public sealed class SecretsAtRestTests(ITestOutputHelper output)
         return modes;
     }
 
+    /// <summary>
+    /// Every file of a folder the platform keeps writing (the archiver runs on): mode and bytes read together. A file
+    /// that goes away between the listing and the read was a write in flight (a temporary file renamed into place);
+    /// so is a temporary file its writer still holds exclusively (.NET's FileShare.None: the read is refused as "used
+    /// by another process", fresh14). The folder is then listed again a moment later, so the file is read under its
+    /// final name, whole, instead of skipped.
+    /// </summary>
     private static List<(string Path, UnixFileMode Mode, string Text)> ReadFolderRaw(string folder)
     {
         for (var attempt = 1; ; attempt++)
