@@ -265,8 +265,9 @@ public sealed class FenceGuardDirectory
             ? Directory.EnumerateFiles(Path, "*" + ArmSuffix).Select(f => System.IO.Path.GetFileName(f)[..^ArmSuffix.Length])
             : [];
 
+    /// <summary>Written whole through a rename: the agent (<see cref="TakeFenced"/>) never reads half a sentence.</summary>
     internal void ReportFenced(string nodeId, string sentence) =>
-        File.WriteAllText(System.IO.Path.Combine(Path, nodeId + FencedSuffix), sentence + "\n");
+        Replace(System.IO.Path.Combine(Path, nodeId + FencedSuffix), sentence + "\n");
 
     internal static GuardArm? Parse(string? text)
     {
