@@ -87,7 +87,7 @@ internal sealed class InsideProbe : IAsyncDisposable
     /// <summary>Kills the loop and its psql; the namespace's teardown would too, this ends it with the fault.</summary>
     public async ValueTask DisposeAsync()
     {
-        try { _process.Kill(entireProcessTree: true); }
+        try { ProcessTree.Kill(_process); }
         catch (InvalidOperationException) { }
         catch (System.ComponentModel.Win32Exception) { }
         using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(5));

@@ -75,7 +75,7 @@ internal static class Processes
 
     private static void KillAndWait(Process process)
     {
-        try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { /* already gone */ }
+        try { ProcessTree.Kill(process); } catch (InvalidOperationException) { /* already gone */ }
         process.WaitForExit(5000);
     }
 

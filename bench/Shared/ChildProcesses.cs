@@ -71,7 +71,7 @@ internal static class ChildProcesses
 
     private static void Kill(Process process)
     {
-        try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { /* already gone */ }
+        try { ProcessTree.Kill(process); } catch (InvalidOperationException) { /* already gone */ }
         process.WaitForExit(5000);
     }
 

@@ -231,7 +231,7 @@ public static class Platform
                     if (cmd.Contains("etcd", StringComparison.Ordinal) || cmd.Contains("Dingo.", StringComparison.Ordinal))
                     {
                         Console.Error.WriteLine($"dingo: stopping {Path.GetFileNameWithoutExtension(pidFile)} (pid {pid}) left by an earlier run");
-                        p.Kill(entireProcessTree: true);
+                        ProcessTree.Kill(p);
                         p.WaitForExit(10_000);
                     }
                 }
@@ -355,7 +355,7 @@ internal sealed class Child
             catch (OperationCanceledException)
             {
                 Console.Error.WriteLine($"dingo: {Name} did not stop within {grace.TotalSeconds:0}s; killing it");
-                _process.Kill(entireProcessTree: true);
+                ProcessTree.Kill(_process);
                 await _process.WaitForExitAsync();
             }
         }

@@ -77,7 +77,7 @@ public sealed class BaseBackups(IObjectStore store, ILogger logger)
             var stderr = process.StandardError.ReadToEndAsync(ct);
             var stdout = process.StandardOutput.ReadToEndAsync(ct);
             try { await process.WaitForExitAsync(ct).ConfigureAwait(false); }
-            catch (OperationCanceledException) { process.Kill(entireProcessTree: true); throw; }
+            catch (OperationCanceledException) { ProcessTree.Kill(process); throw; }
             await stdout.ConfigureAwait(false);
             if (process.ExitCode != 0)
                 throw new InvalidOperationException($"pg_basebackup from {sourceName} failed (exit {process.ExitCode}): {(await stderr.ConfigureAwait(false)).Trim()}");

@@ -983,7 +983,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         {
             try
             {
-                process.Kill(entireProcessTree: true);
+                ProcessTree.Kill(process);
             }
             catch (InvalidOperationException)
             {

@@ -599,7 +599,7 @@ public sealed class KernelRouter : IRouteDataPath
         {
             try
             {
-                process.Kill(entireProcessTree: true);
+                ProcessTree.Kill(process);
             }
             catch (InvalidOperationException)
             {

@@ -127,7 +127,7 @@ public sealed class SchemaVersionTests(ITestOutputHelper output)
         }
         finally
         {
-            if (!process.HasExited) process.Kill(entireProcessTree: true);
+            if (!process.HasExited) ProcessTree.Kill(process);
             await using var cleanup = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
             await cleanup.DeletePrefixAsync(settings.EtcdPrefix + "/", CancellationToken.None);
         }

@@ -95,7 +95,7 @@ public sealed class PartitionTests(ITestOutputHelper output)
 
             await sampler.DisposeAsync();
             var stoppedAt = DateTime.UtcNow;
-            try { probe.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+            try { ProcessTree.Kill(probe); } catch (InvalidOperationException) { }
             await probe.WaitForExitAsync();
 
             var samples = sampler.Samples.OrderBy(s => s.T1).ToList();

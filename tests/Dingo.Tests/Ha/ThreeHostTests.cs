@@ -221,7 +221,7 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         await Task.Delay(1000);
         await sampler.DisposeAsync();
         var stoppedAt = DateTime.UtcNow;
-        try { probe.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+        try { ProcessTree.Kill(probe); } catch (InvalidOperationException) { }
         await writer.DisposeAsync();
         var missing = await writer.MissingAsync();
         var samples = sampler.Samples.OrderBy(s => s.T1).ToList();

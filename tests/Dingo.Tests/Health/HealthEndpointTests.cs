@@ -131,7 +131,7 @@ public sealed class HealthEndpointTests(ITestOutputHelper output)
         try { await process.WaitForExitAsync(timeout.Token); }
         catch (OperationCanceledException)
         {
-            process.Kill(entireProcessTree: true);
+            ProcessTree.Kill(process);
             throw;
         }
         output.WriteLine($"{program} probe: exit {process.ExitCode} {await stderr}");

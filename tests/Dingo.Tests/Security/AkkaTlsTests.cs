@@ -183,7 +183,7 @@ public sealed class AkkaTlsTests(TlsBroker broker, ITestOutputHelper output) : I
         try { await process.WaitForExitAsync(timeout.Token); }
         catch (OperationCanceledException)
         {
-            process.Kill(entireProcessTree: true);
+            ProcessTree.Kill(process);
             throw new Xunit.Sdk.XunitException($"{program} with a missing key file was still running after 30 s");
         }
         var text = await stdout + await stderr;

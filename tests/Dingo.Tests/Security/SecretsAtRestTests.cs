@@ -235,7 +235,7 @@ public sealed class SecretsAtRestTests(ITestOutputHelper output)
         try { await process.WaitForExitAsync(deadline.Token); }
         catch (OperationCanceledException)
         {
-            process.Kill(entireProcessTree: true);
+            ProcessTree.Kill(process);
             throw new TimeoutException($"{string.Join(' ', args)} did not finish within 60 s");
         }
         return (process.ExitCode, await stdout + await stderr);

@@ -62,7 +62,7 @@ public sealed class LeftoverSweepTests
         }
         finally
         {
-            user.Kill(entireProcessTree: true);
+            ProcessTree.Kill(user);
             foreach (var d in new[] { unused, inUse, young, other, platformUnused, platformInUse, platformBusy }) if (Directory.Exists(d)) Directory.Delete(d, true);
             foreach (var f in new[] { orphan, mappedFile }) File.Delete(f);
         }

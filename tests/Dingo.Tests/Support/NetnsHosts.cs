@@ -552,7 +552,7 @@ public sealed class NetnsHosts : IAsyncDisposable
 
     private static void TryKill(Process p, bool tree = true)
     {
-        try { p.Kill(entireProcessTree: tree); }
+        try { if (tree) ProcessTree.Kill(p); else p.Kill(); }
         catch (InvalidOperationException) { }
         catch (System.ComponentModel.Win32Exception) { }
     }
