@@ -53,6 +53,13 @@ public static class BrokerApp
         builder.Services.AddHostedService<OperationSweeper>();
         builder.Services.AddSingleton<Dingo.Backups.IObjectStore>(_ => (settings.Backups ?? throw new ArgumentException("configuration has no dingo.backups section")).Store.CreateStore());
         builder.Services.AddSingleton<Recovery>();
+        // The broker's Prometheus registry: its requests, operations and instance counts, and the process's own figures.
+        builder.Services.AddSingleton(sp =>
+        {
+            var registry = Prometheus.Metrics.NewCustomRegistry();
+            Prometheus.DotNetStats.Register(registry);
+            return new Dingo.Health.BrokerMetrics(sp.GetRequiredService<EtcdStore>(), settings.Broker.InstanceQuota, registry);
+        });
         builder.Services.AddHostedService<ClusterDataBackup>();
         // Ready: etcd answers and this broker is an Up member of the Akka cluster (/readyz, systemd's READY=1).
         builder.Services.AddSingleton(sp => new Dingo.Health.Readiness(
@@ -80,7 +87,7 @@ public static class BrokerApp
                 .WithClustering(new ClusterOptions { Roles = ["broker"] })
                 .WithShardRegion<ServiceInstanceRegion>(
                     "service-instance",
-                    id => ServiceInstanceActor.Props(id, store, settings, loggers),
+                    id => ServiceInstanceActor.Props(id, store, settings, loggers, sp.GetRequiredService<Dingo.Health.BrokerMetrics>()),
                     new ServiceInstanceExtractor(),
                     new ShardOptions { Role = "broker", StateStoreMode = Akka.Cluster.Sharding.StateStoreMode.DData, RememberEntities = false })
                 .WithActors((system, registry) =>
@@ -113,6 +120,21 @@ public static class BrokerApp
 
         var app = builder.Build();
         if (certificate is not null) app.Lifetime.ApplicationStopped.Register(certificate.Dispose);
+        // Outermost: every request is counted with the status it finally got, by its route template.
+        var metrics = app.Services.GetRequiredService<Dingo.Health.BrokerMetrics>();
+        app.Use(async (context, next) =>
+        {
+            var started = System.Diagnostics.Stopwatch.GetTimestamp();
+            try
+            {
+                await next(context);
+            }
+            finally
+            {
+                var route = (context.GetEndpoint() as Microsoft.AspNetCore.Routing.RouteEndpoint)?.RoutePattern.RawText ?? "unmatched";
+                metrics.Request(route, context.Request.Method, context.Response.StatusCode, System.Diagnostics.Stopwatch.GetElapsedTime(started));
+            }
+        });
         // An unexpected failure still answers in OSB's error shape, with what went wrong (never a secret).
         app.Use(async (context, next) =>
         {
@@ -137,6 +159,13 @@ public static class BrokerApp
         app.UseMiddleware<OsbMiddleware>();
         // Unauthenticated, like /healthz: a supervisor's probe carries no credentials, and neither answer holds a secret.
         app.MapGet("/healthz", () => Results.Text("ok"));
+        // Prometheus' text format, unauthenticated like the probes: counts and durations by route, plan and state, no
+        // instance id, name or credential.
+        app.MapGet("/metrics", async (HttpContext context) =>
+        {
+            context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+            await metrics.Registry.CollectAndExportAsTextAsync(context.Response.Body, context.RequestAborted);
+        });
         app.MapGet("/readyz", async (HttpContext context, Dingo.Health.Readiness readiness) =>
         {
             var report = await readiness.CheckAsync(context.RequestAborted);

@@ -60,7 +60,16 @@ public static class CellApp
                 Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "backup-work"), settings.Cell.PostgresBin, settings.Ha,
                 sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Backups"),
                 new Dingo.Backups.RestoreDrill(backups.Store.CreateStore(), Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "backup-work"),
-                    settings.Cell.PostgresBin, settings.Cell.RunAsUser, sp.GetRequiredService<ILoggerFactory>()));
+                    settings.Cell.PostgresBin, settings.Cell.RunAsUser, sp.GetRequiredService<ILoggerFactory>()),
+                sp.GetRequiredService<Dingo.Health.CellMetrics>());
+        });
+        // One Prometheus registry for the cell: its nodes, HA loop and backups (CellMetrics), its router, and the
+        // process's own figures (CPU, memory, GC, threads), all on /metrics of the cell's health port.
+        builder.Services.AddSingleton(_ =>
+        {
+            var registry = Prometheus.Metrics.NewCustomRegistry();
+            Prometheus.DotNetStats.Register(registry);
+            return new Dingo.Health.CellMetrics(registry);
         });
         builder.Services.AddSingleton(_ => new Dingo.Ha.FenceGuardDirectory(GuardPath(settings), GuardCommand()));
         builder.Services.AddSingleton(sp => new CellLease(sp.GetRequiredService<EtcdStore>(), settings.Cell.LeaseTtl, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Lease")));
@@ -83,14 +92,15 @@ public static class CellApp
                     var haLogger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Ha");
                     var backups = sp.GetRequiredService<Dingo.Backups.CellBackups>();
                     var guard = sp.GetRequiredService<Dingo.Ha.FenceGuardDirectory>();
-                    Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger, backups, guard);
+                    Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger, backups, guard,
+                        sp.GetRequiredService<Dingo.Health.CellMetrics>());
                     var cell = system.ActorOf(CellActor.Props(sp.GetRequiredService<CellReconciler>(), agents, settings.Cell.ReconcileInterval, settings.Ha.LoopWait), "cell");
                     var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<IRouteDataPath>(), settings.Router, sp.GetRequiredService<RouterMetrics>()), "router");
                     registry.Register<CellActor>(cell);
                     registry.Register<RouterActor>(router);
                 });
         });
-        builder.Services.AddSingleton(sp => new RouterMetrics(sp.GetRequiredService<TcpRouter>()));
+        builder.Services.AddSingleton(sp => new RouterMetrics(sp.GetRequiredService<TcpRouter>(), sp.GetRequiredService<Dingo.Health.CellMetrics>().Registry));
         builder.Services.AddSingleton<IRouteDataPath>(sp =>
         {
             var userspace = sp.GetRequiredService<TcpRouter>();
@@ -276,7 +286,7 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
 }
 
 /// <summary>A plain-HTTP listener of the cell on its own address: what the metrics and health endpoints share.</summary>
-internal abstract class CellHttpEndpoint(string address, int port, string serves, RouterMetrics metrics, ILogger logger) : IHostedService
+internal abstract class CellHttpEndpoint(string address, int port, string serves, Dingo.Health.CellMetrics metrics, ILogger logger) : IHostedService
 {
     private Microsoft.AspNetCore.Builder.WebApplication? _app;
     protected virtual void Map(Microsoft.AspNetCore.Builder.WebApplication app) { }
@@ -293,7 +303,11 @@ internal abstract class CellHttpEndpoint(string address, int port, string serves
         builder.WebHost.UseUrls(Url(address, port));
         _app = builder.Build();
         Map(_app);
-        _app.MapGet("/metrics", () => Microsoft.AspNetCore.Http.Results.Text(metrics.Render(DateTime.UtcNow), "text/plain; version=0.0.4"));
+        _app.MapGet("/metrics", async (Microsoft.AspNetCore.Http.HttpContext context) =>
+        {
+            context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+            await metrics.Registry.CollectAndExportAsTextAsync(context.Response.Body, context.RequestAborted);
+        });
         await _app.StartAsync(cancellationToken);
         logger.LogInformation("{Serves} on {Url}", serves, Url(address, port));
     }
@@ -304,17 +318,17 @@ internal abstract class CellHttpEndpoint(string address, int port, string serves
     }
 }
 
-/// <summary>Serves the router's metrics on http://&lt;cell address&gt;:&lt;metrics-port&gt;/metrics.</summary>
-internal sealed class MetricsEndpoint(DingoSettings settings, RouterMetrics metrics, ILogger<MetricsEndpoint> logger)
-    : CellHttpEndpoint(settings.Cell.Address, settings.Router.MetricsPort, "router metrics (/metrics)", metrics, logger);
+/// <summary>Serves the cell's metrics also on http://&lt;cell address&gt;:&lt;metrics-port&gt;/metrics (dingo.router.metrics-port, for scrape configurations made before the health port served them).</summary>
+internal sealed class MetricsEndpoint(DingoSettings settings, Dingo.Health.CellMetrics metrics, ILogger<MetricsEndpoint> logger)
+    : CellHttpEndpoint(settings.Cell.Address, settings.Router.MetricsPort, "cell metrics (/metrics)", metrics, logger);
 
 /// <summary>
 /// The cell's own HTTP port (dingo.cell.health-port) on its address: /healthz answers 200 while the process serves
 /// requests; /readyz 200 when etcd answers, the cell is an Up Akka member and its runtime lists its nodes, else 503
-/// naming each check's problem (JSON); /metrics the router's figures. Plain HTTP, nothing secret: no credentials,
-/// no instance data beyond the router's counters.
+/// naming each check's problem (JSON); /metrics the cell's Prometheus figures (nodes, HA, backups, router, process).
+/// Plain HTTP, nothing secret: no credentials; instances appear by id only, with roles, positions and counters.
 /// </summary>
-internal sealed class CellHealthEndpoint(DingoSettings settings, Dingo.Health.Readiness readiness, RouterMetrics metrics, ILogger<CellHealthEndpoint> logger)
+internal sealed class CellHealthEndpoint(DingoSettings settings, Dingo.Health.Readiness readiness, Dingo.Health.CellMetrics metrics, ILogger<CellHealthEndpoint> logger)
     : CellHttpEndpoint(settings.Cell.Address, settings.Cell.HealthPort, "cell health (/healthz, /readyz, /metrics)", metrics, logger)
 {
     protected override void Map(Microsoft.AspNetCore.Builder.WebApplication app)

@@ -10,7 +10,8 @@ namespace Dingo.Backups;
 /// A cell's share of backing up: for every cluster whose leader runs here, a <see cref="BackupDuty"/> (archive WAL,
 /// base backups on schedule, retention, state in etcd); and restores for nodes that bootstrap from a backup.
 /// </summary>
-public sealed class CellBackups(IObjectStore store, BackupSettings settings, EtcdStore etcd, string workRoot, string postgresBin, HaSettings ha, ILogger logger, RestoreDrill? drill = null)
+public sealed class CellBackups(IObjectStore store, BackupSettings settings, EtcdStore etcd, string workRoot, string postgresBin, HaSettings ha, ILogger logger, RestoreDrill? drill = null,
+    Dingo.Health.CellMetrics? metrics = null)
 {
     public IObjectStore Store => store;
     public BackupSettings Settings => settings;
@@ -27,7 +28,18 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
     {
         var state = (await etcd.GetAsync<BackupState>(etcd.Keys.Backup(source.InstanceId), ct).ConfigureAwait(false))?.Value;
         var claim = state is null ? null : new ArchiveClaim(state.SystemId, state.Timeline, Lsn.Parse(state.ArchivedLsn), state.NodeId, state.UpdatedAt);
-        return await new ArchiveRestore(store, logger).PrepareAsync(source.InstanceId, source.PointInTime, Path.Combine(workRoot, "restore", nodeId), ct, claim).ConfigureAwait(false);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var ok = false;
+        try
+        {
+            var prepared = await new ArchiveRestore(store, logger).PrepareAsync(source.InstanceId, source.PointInTime, Path.Combine(workRoot, "restore", nodeId), ct, claim).ConfigureAwait(false);
+            ok = true;
+            return prepared;
+        }
+        finally
+        {
+            metrics?.Restored(watch.Elapsed, ok);
+        }
     }
 
     public void CleanRestore(string nodeId)
@@ -155,6 +167,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             var requested = await etcd.GetStringAsync(etcd.Keys.DrillRequest(_instanceId), ct).ConfigureAwait(false) is not null;
             var interval = _cell.Settings.DrillInterval;
             var last = (await etcd.GetAsync<DrillResult>(etcd.Keys.Drill(_instanceId), ct).ConfigureAwait(false))?.Value;
+            if (last is not null) _cell.Metrics?.Drill(_instanceId, last);
             var since = last?.At ?? _last!.FinishedAt;
             _nextDrillCheck = DateTime.UtcNow + TimeSpan.FromSeconds(requested ? 0 : 5);
             if (!requested && (interval <= TimeSpan.Zero || since + interval > DateTimeOffset.UtcNow)) return;
@@ -162,6 +175,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             var claim = p.SystemId == 0 ? null : new ArchiveClaim(p.SystemId, p.Timeline, p.ArchivedLsn, _nodeId, p.LastUpload);
             var result = await drill.RunAsync(_instanceId, _superuser, ct, claim).ConfigureAwait(false);
             await etcd.PutAsync(etcd.Keys.Drill(_instanceId), result, ct).ConfigureAwait(false);
+            _cell.Metrics?.Drill(_instanceId, result);
             await etcd.DeleteAsync(etcd.Keys.DrillRequest(_instanceId), ct).ConfigureAwait(false);
         }
 
@@ -219,6 +233,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 BaseBackupError = _backupError,
                 UpdatedAt = DateTimeOffset.UtcNow,
             };
+            _cell.Metrics?.Backup(_instanceId, state, p.BacklogBytes, _last?.Bytes);
             if (alarm is not null && alarm != _lastAlarm) _cell.Logger.LogError("backups of {Instance}: {Alarm}", _instanceId, alarm);
             _lastAlarm = alarm;
             // Only news is written (and a heartbeat every 10 s): with a hundred idle instances, a write per instance
@@ -247,4 +262,5 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
     internal EtcdStore Etcd => etcd;
     internal HaSettings Ha => ha;
     internal RestoreDrill? Drill => drill;
+    internal Dingo.Health.CellMetrics? Metrics => metrics;
 }

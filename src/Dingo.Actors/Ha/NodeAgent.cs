@@ -63,6 +63,9 @@ public sealed class NodeAgent
     private bool _prepared;
     private bool _seenRunning;
     private int _restarts;
+    private readonly Dingo.Health.CellMetrics? _metrics;
+    /// <summary>What PostgreSQL answered in the last pass (null: it did not), for the cell's metrics.</summary>
+    private PostgresProbe.Observation? _lastPg;
     /// <summary>Started since it last answered: a start that ends with PostgreSQL gone again counts as failed.</summary>
     private bool _awaitingStart;
     /// <summary>Starts in a row that failed (threw, or PostgreSQL exited before answering), and why the last did.</summary>
@@ -87,9 +90,10 @@ public sealed class NodeAgent
     /// <param name="guard">the cell's fencing guard; null only where nothing may ever promote without one being needed (tests of
     /// single nodes): a leader is then fenced by its own pass alone</param>
     public NodeAgent(NodeSpec spec, EtcdStore store, IContainerRuntime runtime, CellLease cellLease, DingoSettings settings, ILogger logger,
-        Dingo.Backups.CellBackups? backups = null, FenceGuardDirectory? guard = null)
+        Dingo.Backups.CellBackups? backups = null, FenceGuardDirectory? guard = null, Dingo.Health.CellMetrics? metrics = null)
     {
         _guard = guard;
+        _metrics = metrics;
         if (guard?.PromiseOf(spec.NodeId) is { } promise) _promise = new FailsafePromise(promise.Leader, promise.AtNs);
         _backups = backups is { Settings.Enabled: true } ? backups : null;
         _histories = _backups is null ? null : new Dingo.Backups.TimelineHistories(_backups.Store, spec.InstanceId, logger);
@@ -264,6 +268,7 @@ public sealed class NodeAgent
             _lastSentence = action.Sentence;
         }
         _failingSince = failure is null ? null : _failingSince ?? DateTimeOffset.UtcNow;
+        _metrics?.Passed(Health(), _lastPg, _restarts, action, failure);
         await KeepBackupDutyAsync(action, failure, record).ConfigureAwait(false);
         // Ahead of any failover, in the background: a promotion then needs no listing of the store.
         if (_histories is not null && _leaderLease == 0 && input.Local is { Answering: true, InRecovery: true })
@@ -353,6 +358,7 @@ public sealed class NodeAgent
             catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException
                                        || (ex is OperationCanceledException && !ct.IsCancellationRequested)) { }
         }
+        _lastPg = pg;
         if (mine is { Running: true } && pg is null) { if (_notAnsweringSinceNs == 0) _notAnsweringSinceNs = Monotonic.NowNs(); }
         else _notAnsweringSinceNs = 0;
         if (mine is { Running: false } && _seenRunning)

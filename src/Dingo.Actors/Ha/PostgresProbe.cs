@@ -7,7 +7,10 @@ namespace Dingo.Ha;
 /// <summary>What the node's PostgreSQL says about itself, and the SQL the HA executor runs on it.</summary>
 public sealed class PostgresProbe(string host, int port, Credentials superuser)
 {
-    public sealed record Observation(bool InRecovery, long Lsn, int Timeline, bool Streaming, string? SenderHost, int? SenderPort);
+    /// <param name="ReplayLagSeconds">a replica with WAL still to replay: the age of the last transaction it replayed; else 0</param>
+    /// <param name="Connections">client backends connected</param>
+    public sealed record Observation(bool InRecovery, long Lsn, int Timeline, bool Streaming, string? SenderHost, int? SenderPort,
+        double ReplayLagSeconds = 0, int Connections = 0);
 
     /// <summary>
     /// Pooled: the HA loop asks every node several questions every loop-wait, and a fresh connection each time costs
@@ -52,7 +55,11 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
                    (SELECT timeline_id FROM pg_control_checkpoint()),
                    (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
                    (SELECT sender_host FROM pg_stat_wal_receiver LIMIT 1),
-                   (SELECT sender_port FROM pg_stat_wal_receiver LIMIT 1)
+                   (SELECT sender_port FROM pg_stat_wal_receiver LIMIT 1),
+                   CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() <> pg_last_wal_replay_lsn()
+                        THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)::float8
+                        ELSE 0 END,
+                   (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name <> 'dingo-ha')::int
             """, conn);
         await using var r = await cmd.ExecuteReaderAsync(ct).ConfigureAwait(false);
         await r.ReadAsync(ct).ConfigureAwait(false);
@@ -62,7 +69,9 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
             r.IsDBNull(2) ? 0 : r.GetInt32(2),
             !r.IsDBNull(3) && r.GetString(3) == "streaming",
             r.IsDBNull(4) ? null : r.GetString(4),
-            r.IsDBNull(5) ? null : r.GetInt32(5));
+            r.IsDBNull(5) ? null : r.GetInt32(5),
+            Math.Max(0, r.GetDouble(6)),
+            r.GetInt32(7));
     }
 
     /// <summary>The node's system id, timeline and the history files in its pg_wal, on the pass's warm pooled connection.</summary>

@@ -6,7 +6,7 @@ using Microsoft.Extensions.Logging;
 namespace Dingo.Instances;
 
 /// <summary>One reconcile pass of one instance: read etcd, decide, act once, record progress.</summary>
-public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, ILogger logger)
+public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, ILogger logger, Dingo.Health.BrokerMetrics? metrics = null)
 {
     private readonly PortAllocator _ports = new(store);
 
@@ -38,7 +38,7 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
                 return decision;
         }
 
-        await RecordProgressAsync(instanceId, snapshot.Operation, decision, ct).ConfigureAwait(false);
+        await RecordProgressAsync(instanceId, instance.Value.PlanId, snapshot.Operation, decision, ct).ConfigureAwait(false);
         return decision;
     }
 
@@ -151,9 +151,10 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         if (instance.ReadOnlyPort > 0) txn.Put(keys.Port(instance.ReadOnlyPort), new PortRecord { InstanceId = instance.Id, State = "retired", Role = PortRole.ReadOnly });
         foreach (var port in freed) txn.Delete(port.Key);
         await store.TransactAsync(txn, ct).ConfigureAwait(false);
+        metrics?.OperationFinished(done, instance.PlanId);
     }
 
-    private async Task RecordProgressAsync(string instanceId, OperationRecord? operation, InstanceDecision decision, CancellationToken ct)
+    private async Task RecordProgressAsync(string instanceId, string planId, OperationRecord? operation, InstanceDecision decision, CancellationToken ct)
     {
         if (operation is null || !operation.InProgress) return;
         var state = decision switch
@@ -165,7 +166,11 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         if (state == operation.State && decision.Description == operation.Description) return;
         var updated = operation with { State = state, Description = decision.Description, UpdatedAt = DateTimeOffset.UtcNow };
         await store.PutAsync(store.Keys.Operation(instanceId), updated, ct).ConfigureAwait(false);
-        if (state != OperationState.InProgress) logger.LogInformation("instance {Instance}: {Kind} {State}: {Description}", instanceId, operation.Kind, state, decision.Description);
+        if (state != OperationState.InProgress)
+        {
+            metrics?.OperationFinished(updated, planId);
+            logger.LogInformation("instance {Instance}: {Kind} {State}: {Description}", instanceId, operation.Kind, state, decision.Description);
+        }
         else logger.LogInformation("instance {Instance}: {Description}", instanceId, decision.Description);
     }
 

@@ -27,10 +27,10 @@ public sealed class ServiceInstanceActor : PassActor<InstanceDecision?>
     private readonly string _instanceId;
     private readonly InstanceReconciler _reconciler;
 
-    public ServiceInstanceActor(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers)
+    public ServiceInstanceActor(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers, Dingo.Health.BrokerMetrics? metrics = null)
     {
         _instanceId = instanceId;
-        _reconciler = new InstanceReconciler(store, settings, loggers.CreateLogger("Dingo.Instance"));
+        _reconciler = new InstanceReconciler(store, settings, loggers.CreateLogger("Dingo.Instance"), metrics);
         Receive<ServiceInstanceMessages.Reconcile>(_ => RequestPass());
     }
 
@@ -58,8 +58,8 @@ public sealed class ServiceInstanceActor : PassActor<InstanceDecision?>
         return TimeSpan.FromSeconds(1);
     }
 
-    public static Props Props(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers) =>
-        Akka.Actor.Props.Create(() => new ServiceInstanceActor(instanceId, store, settings, loggers));
+    public static Props Props(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers, Dingo.Health.BrokerMetrics? metrics = null) =>
+        Akka.Actor.Props.Create(() => new ServiceInstanceActor(instanceId, store, settings, loggers, metrics));
 }
 
 /// <summary>Routes <see cref="ServiceInstanceMessages.Reconcile"/> to the instance's entity.</summary>

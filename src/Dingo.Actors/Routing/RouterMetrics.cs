@@ -1,17 +1,43 @@
-using System.Globalization;
-using System.Text;
+using Prometheus;
 
 namespace Dingo.Routing;
 
 /// <summary>
-/// What a cell's router reports, in Prometheus' text format: open connections per instance, bytes, route changes,
-/// refusals, and how long each instance has been without a leader.
+/// What a cell's router reports to Prometheus: open connections per instance port, connections accepted, bytes copied,
+/// route changes, refusals by reason, and how long each instance has been without a leader. The router's own counters
+/// are read when Prometheus scrapes (a callback of the registry), so the data path pays nothing per connection for them.
 /// </summary>
-public sealed class RouterMetrics(TcpRouter router)
+public sealed class RouterMetrics
 {
+    private readonly TcpRouter _router;
+    private readonly Func<DateTime> _now;
     private volatile IReadOnlyList<Route> _routes = [];
     private volatile IReadOnlyDictionary<string, DateTime> _leaderless = new Dictionary<string, DateTime>();
     private volatile IReadOnlyDictionary<int, int> _kernel = new Dictionary<int, int>();
+
+    private readonly Gauge _open, _leaderlessSeconds;
+    private readonly Counter _accepted, _bytes, _routeChanges, _refused;
+
+    /// <param name="registry">the cell's registry (null: one of its own, as in tests)</param>
+    public RouterMetrics(TcpRouter router, CollectorRegistry? registry = null, Func<DateTime>? now = null)
+    {
+        _router = router;
+        _now = now ?? (() => DateTime.UtcNow);
+        Registry = registry ?? Metrics.NewCustomRegistry();
+        var f = Metrics.WithCustomRegistry(Registry);
+        _open = f.CreateGauge("dingo_router_open_connections", "Client connections open through this router (user space and kernel path), per instance port.",
+            ["service_instance", "port", "role"]);
+        _leaderlessSeconds = f.CreateGauge("dingo_router_leaderless_seconds", "Seconds since the instance last had a known primary (0 while it has one).",
+            ["service_instance"]);
+        _accepted = f.CreateCounter("dingo_router_accepted_connections_total", "Client connections accepted by the user-space path since the cell started.");
+        _bytes = f.CreateCounter("dingo_router_copied_bytes_total", "Bytes copied by the user-space path, by direction (the kernel path's bytes are in conntrack accounting).",
+            ["direction"]);
+        _routeChanges = f.CreateCounter("dingo_router_route_changes_total", "Routes added, removed or pointed at a new target.");
+        _refused = f.CreateCounter("dingo_router_refused_connections_total", "Client connections refused or closed without a server, by reason.", ["reason"]);
+        Registry.AddBeforeCollectCallback(Refresh);
+    }
+
+    public CollectorRegistry Registry { get; }
 
     /// <param name="kernelForwarded">connections the kernel path forwards now, per port (empty in user-space mode)</param>
     public void Publish(IReadOnlyList<Route> routes, IReadOnlyDictionary<string, DateTime> leaderlessSince, IReadOnlyDictionary<int, int>? kernelForwarded = null)
@@ -22,41 +48,35 @@ public sealed class RouterMetrics(TcpRouter router)
     }
 
     /// <summary>Open connections on a port: through user space plus through the kernel path.</summary>
-    public int OpenConnections(int port) => router.OpenConnectionsByPort.GetValueOrDefault(port) + _kernel.GetValueOrDefault(port);
+    public int OpenConnections(int port) => _router.OpenConnectionsByPort.GetValueOrDefault(port) + _kernel.GetValueOrDefault(port);
 
-    public string Render(DateTime now)
+    /// <summary>The registry's figures in Prometheus' text format (what /metrics answers).</summary>
+    public async Task<string> RenderAsync(CancellationToken ct)
     {
-        var stats = router.Stats;
-        var open = router.OpenConnectionsByPort;
-        var sb = new StringBuilder();
-        void Metric(string name, string type, string help)
-        {
-            sb.Append("# HELP ").Append(name).Append(' ').AppendLine(help);
-            sb.Append("# TYPE ").Append(name).Append(' ').AppendLine(type);
-        }
-        string L(string instance, int port, string role) => $"{{instance=\"{instance}\",port=\"{port}\",role=\"{role}\"}}";
+        using var buffer = new MemoryStream();
+        await Registry.CollectAndExportAsTextAsync(buffer, ct).ConfigureAwait(false);
+        return System.Text.Encoding.UTF8.GetString(buffer.ToArray());
+    }
 
-        Metric("dingo_router_open_connections", "gauge", "Client connections open through this router (user space and kernel path), per instance port.");
-        foreach (var r in _routes)
-            sb.Append("dingo_router_open_connections").Append(L(r.InstanceId, r.Port, r.Pool.Count > 0 ? "read-only" : "primary")).Append(' ')
-              .AppendLine((open.GetValueOrDefault(r.Port) + _kernel.GetValueOrDefault(r.Port)).ToString(CultureInfo.InvariantCulture));
-        Metric("dingo_router_connections_total", "counter", "Client connections accepted since start.");
-        sb.Append("dingo_router_connections_total ").AppendLine(stats.AcceptedConnections.ToString(CultureInfo.InvariantCulture));
-        Metric("dingo_router_bytes_total", "counter", "Bytes copied by the user-space path, by direction (the kernel path's bytes are in conntrack accounting).");
-        sb.Append("dingo_router_bytes_total{direction=\"client_to_server\"} ").AppendLine(stats.BytesClientToServer.ToString(CultureInfo.InvariantCulture));
-        sb.Append("dingo_router_bytes_total{direction=\"server_to_client\"} ").AppendLine(stats.BytesServerToClient.ToString(CultureInfo.InvariantCulture));
-        Metric("dingo_router_route_changes_total", "counter", "Routes added, removed or pointed at a new target.");
-        sb.Append("dingo_router_route_changes_total ").AppendLine(stats.RouteChanges.ToString(CultureInfo.InvariantCulture));
-        Metric("dingo_router_refused_total", "counter", "Connections refused, by reason.");
-        sb.Append("dingo_router_refused_total{reason=\"over_limit\"} ").AppendLine(stats.OverLimitRefusals.ToString(CultureInfo.InvariantCulture));
-        sb.Append("dingo_router_refused_total{reason=\"no_leader\"} ").AppendLine(stats.NoTargetClosures.ToString(CultureInfo.InvariantCulture));
-        sb.Append("dingo_router_refused_total{reason=\"target_unreachable\"} ").AppendLine(stats.FailedTargetConnects.ToString(CultureInfo.InvariantCulture));
-        Metric("dingo_router_seconds_without_leader", "gauge", "Seconds since the instance last had a known primary (0 when it has one).");
-        foreach (var id in _routes.Select(r => r.InstanceId).Distinct())
-        {
-            var seconds = _leaderless.TryGetValue(id, out var since) ? (now - since).TotalSeconds : 0;
-            sb.Append("dingo_router_seconds_without_leader{instance=\"").Append(id).Append("\"} ").AppendLine(seconds.ToString("0.###", CultureInfo.InvariantCulture));
-        }
-        return sb.ToString();
+    private void Refresh()
+    {
+        var stats = _router.Stats;
+        var open = _router.OpenConnectionsByPort;
+        var routes = _routes;
+        foreach (var labels in _open.GetAllLabelValues().ToList()) _open.RemoveLabelled(labels);
+        foreach (var labels in _leaderlessSeconds.GetAllLabelValues().ToList()) _leaderlessSeconds.RemoveLabelled(labels);
+        foreach (var r in routes)
+            _open.WithLabels(r.InstanceId, r.Port.ToString(System.Globalization.CultureInfo.InvariantCulture), r.Pool.Count > 0 ? "read-only" : "primary")
+                .Set(open.GetValueOrDefault(r.Port) + _kernel.GetValueOrDefault(r.Port));
+        var now = _now();
+        foreach (var id in routes.Select(r => r.InstanceId).Distinct())
+            _leaderlessSeconds.WithLabels(id).Set(_leaderless.TryGetValue(id, out var since) ? Math.Max(0, (now - since).TotalSeconds) : 0);
+        _accepted.IncTo(stats.AcceptedConnections);
+        _bytes.WithLabels("client_to_server").IncTo(stats.BytesClientToServer);
+        _bytes.WithLabels("server_to_client").IncTo(stats.BytesServerToClient);
+        _routeChanges.IncTo(stats.RouteChanges);
+        _refused.WithLabels("over_limit").IncTo(stats.OverLimitRefusals);
+        _refused.WithLabels("no_leader").IncTo(stats.NoTargetClosures);
+        _refused.WithLabels("target_unreachable").IncTo(stats.FailedTargetConnects);
     }
 }

@@ -24,7 +24,7 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
     [Fact]
     public async Task Switchover_to_a_named_replica_loses_no_acknowledged_write_and_health_endpoints_follow()
     {
-        await using var platform = await TestPlatform.StartAsync(cells: 3);
+        await using var platform = await TestPlatform.StartAsync(cells: 3, cellHealthPorts: true);
         var id = "sw-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, Catalog.ClusterHaPlanId);
         var creds = await platform.BindAsync(id, "w", Catalog.ClusterHaPlanId);
@@ -75,11 +75,59 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
         var newLeaderNode = nodes.Single(n => n.NodeId == target);
         Assert.Equal(HttpStatusCode.OK, (await http.GetAsync($"http://127.0.0.1:{newLeaderNode.ApiPort}/primary")).StatusCode);
 
+        await MetricsFollowAsync(platform, http, id, leader.NodeId, newLeaderNode);
+
         // Bad requests are refused clearly and change nothing.
         var (bad, _) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = "n-nope" }.ToJsonString());
         Assert.Equal(400, bad);
         var (unknown, _) = await platform.SendAsync(HttpMethod.Post, "/admin/service_instances/nope/switchover", "{}");
         Assert.Equal(404, unknown);
+    }
+
+    /// <summary>
+    /// Every /metrics of the platform passes `promtool check metrics` and tells what happened: the broker counted the
+    /// provision, the cells show the new roles, the switchover and the promotion, the leader's backups and the router;
+    /// the new primary's Patroni-compatible API says it is primary under Patroni's metric names.
+    /// </summary>
+    private async Task MetricsFollowAsync(TestPlatform platform, HttpClient http, string id, string oldLeader, NodeSpec newLeader)
+    {
+        var broker = await MetricsText.ScrapeAsync(http, $"{platform.Settings.Broker.Url.TrimEnd('/')}/metrics");
+        await MetricsText.CheckAsync(broker, "the broker's /metrics");
+        Assert.True(MetricsText.Value(broker, "dingo_broker_requests_total", ("route", "/v2/service_instances/{id}"), ("method", "PUT"), ("code", "202")) >= 1, broker);
+        Assert.True(MetricsText.Value(broker, "dingo_broker_operation_duration_seconds_count", ("kind", "provision"), ("plan", "cluster-ha"), ("outcome", "succeeded")) >= 1, broker);
+        Assert.True(MetricsText.Value(broker, "dingo_broker_instances", ("plan", "cluster-ha"), ("state", "ready")) >= 1, broker);
+
+        var cells = new Dictionary<int, string>();
+        var missing = new List<string>();
+        try
+        {
+            await Eventually.UntilAsync(async () =>
+            {
+                foreach (var n in new[] { 1, 2, 3 }) cells[n] = await MetricsText.ScrapeAsync(http, $"http://127.0.0.1:{platform.CellHealthPort(n)}/metrics");
+                double Sum(string name, params (string, string)[] labels) => cells.Values.Sum(t => MetricsText.Value(t, name, labels) ?? 0);
+                missing.Clear();
+                void Expect(bool holds, string what) { if (!holds) missing.Add(what); }
+                Expect(Sum("dingo_node_info", ("service_instance", id), ("node", newLeader.NodeId), ("role", "primary"), ("state", "running")) == 1, $"{newLeader.NodeId} running as primary");
+                Expect(Sum("dingo_node_info", ("service_instance", id), ("node", oldLeader), ("role", "replica"), ("state", "running")) == 1, $"{oldLeader} running as replica");
+                Expect(Sum("dingo_node_leader", ("service_instance", id), ("node", newLeader.NodeId)) == 1, $"{newLeader.NodeId} leader");
+                Expect(Sum("dingo_ha_switchovers_total", ("service_instance", id), ("node", oldLeader)) == 1, $"one switchover by {oldLeader}");
+                Expect(Sum("dingo_ha_promotions_total", ("service_instance", id), ("node", newLeader.NodeId)) >= 1, $"a promotion of {newLeader.NodeId}");
+                Expect(cells.Values.Any(t => MetricsText.Value(t, "dingo_backup_archive_backlog_bytes", ("service_instance", id)) is not null), "the leader's archive backlog");
+                Expect(cells.Values.Any(t => MetricsText.Value(t, "dingo_router_open_connections", ("service_instance", id), ("role", "primary")) is not null), "the router's open connections");
+                return missing.Count == 0;
+            }, TimeSpan.FromSeconds(20), "the cells' metrics showing the switchover");
+        }
+        catch (TimeoutException)
+        {
+            foreach (var (n, text) in cells) output.WriteLine($"cell-{n}:\n{string.Join('\n', text.Split('\n').Where(l => l.StartsWith("dingo_", StringComparison.Ordinal)))}");
+            throw new TimeoutException($"the cells' metrics lack: {string.Join("; ", missing)}");
+        }
+        foreach (var (n, text) in cells) await MetricsText.CheckAsync(text, $"cell-{n}'s /metrics");
+
+        var patroni = await MetricsText.ScrapeAsync(http, $"http://127.0.0.1:{newLeader.ApiPort}/metrics");
+        await MetricsText.CheckAsync(patroni, "the node API's /metrics");
+        Assert.Equal(1, MetricsText.Value(patroni, "patroni_primary", ("scope", id), ("name", newLeader.NodeId)));
+        Assert.Equal(0, MetricsText.Value(patroni, "patroni_replica", ("scope", id), ("name", newLeader.NodeId)));
     }
 
     [Fact]

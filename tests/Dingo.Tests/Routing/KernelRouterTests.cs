@@ -82,7 +82,7 @@ public sealed class KernelRouterTests
             var metrics = new RouterMetrics(fallback);
             metrics.Publish([new Route(port, "i1", backend.EndPoint)], new Dictionary<string, DateTime>(), counts);
             Assert.Equal(3, metrics.OpenConnections(port));
-            Assert.Contains($"dingo_router_open_connections{{instance=\"i1\",port=\"{port}\",role=\"primary\"}} 3", metrics.Render(DateTime.UtcNow));
+            Assert.Contains($"dingo_router_open_connections{{service_instance=\"i1\",port=\"{port}\",role=\"primary\"}} 3", await metrics.RenderAsync(Timeout()));
         }
         finally
         {

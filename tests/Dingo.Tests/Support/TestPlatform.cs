@@ -107,14 +107,17 @@ public sealed class TestPlatform : IAsyncDisposable
     }
 
     /// <param name="ownsData">delete the platform's data and keys on dispose (default: when it made its own settings)</param>
-    public static async Task<TestPlatform> StartAsync(int cells, DingoSettings? settings = null, CancellationToken ct = default, bool? ownsData = null)
+    /// <param name="cellHealthPorts">give each in-process cell a health port of its own (<see cref="CellHealthPort"/>): its
+    /// /healthz, /readyz and /metrics</param>
+    public static async Task<TestPlatform> StartAsync(int cells, DingoSettings? settings = null, CancellationToken ct = default, bool? ownsData = null,
+        bool cellHealthPorts = false)
     {
         var owns = ownsData ?? settings is null;
         settings ??= NewSettings();
         var platform = new TestPlatform(settings, new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix), owns);
         try
         {
-            await platform.StartProcessesAsync(cells, ct);
+            await platform.StartProcessesAsync(cells, cellHealthPorts, ct);
             return platform;
         }
         catch
@@ -127,7 +130,12 @@ public sealed class TestPlatform : IAsyncDisposable
     private static void Quiet(ILoggingBuilder logging) =>
         logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; }).SetMinimumLevel(LogLevel.Warning);
 
-    private async Task StartProcessesAsync(int cells, CancellationToken ct)
+    private readonly Dictionary<int, int> _cellHealthPorts = [];
+
+    /// <summary>The health port of in-process cell-N (started with cellHealthPorts).</summary>
+    public int CellHealthPort(int number) => _cellHealthPorts[number];
+
+    private async Task StartProcessesAsync(int cells, bool cellHealthPorts, CancellationToken ct)
     {
         _broker = BrokerApp.Build(Settings, akkaPort: 0, logging: Quiet);
         await _broker.StartAsync(ct);
@@ -144,7 +152,9 @@ public sealed class TestPlatform : IAsyncDisposable
         var zones = new[] { "z1", "z2", "z3" };
         for (var i = 0; i < cells; i++)
         {
-            var cellSettings = Settings with { Cell = Settings.Cell with { Id = $"cell-{i + 1}", Zone = zones[i % zones.Length] } };
+            var healthPort = cellHealthPorts ? FreePorts.One() : 0;
+            if (cellHealthPorts) _cellHealthPorts[i + 1] = healthPort;
+            var cellSettings = Settings with { Cell = Settings.Cell with { Id = $"cell-{i + 1}", Zone = zones[i % zones.Length], HealthPort = healthPort } };
             var host = CellApp.Build(cellSettings, [seed], Quiet);
             await host.StartAsync(ct);
             _cells.Add(host);
