@@ -60,6 +60,9 @@ public static class BrokerApp
             Prometheus.DotNetStats.Register(registry);
             return new Dingo.Health.BrokerMetrics(sp.GetRequiredService<EtcdStore>(), settings.Broker.InstanceQuota, registry);
         });
+        // Operations' ends and node placements go to each instance's history (`dingo events`); counted in the metrics.
+        builder.Services.AddSingleton(sp => new EventJournal(sp.GetRequiredService<EtcdStore>(), settings.Events, "broker",
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Events"), sp.GetRequiredService<Dingo.Health.BrokerMetrics>().Registry));
         builder.Services.AddHostedService<ClusterDataBackup>();
         // Ready: etcd answers and this broker is an Up member of the Akka cluster (/readyz, systemd's READY=1).
         builder.Services.AddSingleton(sp => new Dingo.Health.Readiness(
@@ -87,7 +90,7 @@ public static class BrokerApp
                 .WithClustering(new ClusterOptions { Roles = ["broker"] })
                 .WithShardRegion<ServiceInstanceRegion>(
                     "service-instance",
-                    id => ServiceInstanceActor.Props(id, store, settings, loggers, sp.GetRequiredService<Dingo.Health.BrokerMetrics>()),
+                    id => ServiceInstanceActor.Props(id, store, settings, loggers, sp.GetRequiredService<Dingo.Health.BrokerMetrics>(), sp.GetRequiredService<EventJournal>()),
                     new ServiceInstanceExtractor(),
                     new ShardOptions { Role = "broker", StateStoreMode = Akka.Cluster.Sharding.StateStoreMode.DData, RememberEntities = false })
                 .WithActors((system, registry) =>

@@ -61,8 +61,11 @@ public static class CellApp
                 sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Backups"),
                 new Dingo.Backups.RestoreDrill(backups.Store.CreateStore(), Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "backup-work"),
                     settings.Cell.PostgresBin, settings.Cell.RunAsUser, sp.GetRequiredService<ILoggerFactory>()),
-                sp.GetRequiredService<Dingo.Health.CellMetrics>());
+                sp.GetRequiredService<Dingo.Health.CellMetrics>(), sp.GetRequiredService<EventJournal>());
         });
+        // What the cell's nodes and backups do goes to each instance's history (`dingo events`); counted in the metrics.
+        builder.Services.AddSingleton(sp => new EventJournal(sp.GetRequiredService<EtcdStore>(), settings.Events, settings.Cell.Id,
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Events"), sp.GetRequiredService<Dingo.Health.CellMetrics>().Registry));
         // One Prometheus registry for the cell: its nodes, HA loop and backups (CellMetrics), its router, and the
         // process's own figures (CPU, memory, GC, threads), all on /metrics of the cell's health port.
         builder.Services.AddSingleton(_ =>
@@ -93,7 +96,7 @@ public static class CellApp
                     var backups = sp.GetRequiredService<Dingo.Backups.CellBackups>();
                     var guard = sp.GetRequiredService<Dingo.Ha.FenceGuardDirectory>();
                     Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger, backups, guard,
-                        sp.GetRequiredService<Dingo.Health.CellMetrics>());
+                        sp.GetRequiredService<Dingo.Health.CellMetrics>(), sp.GetRequiredService<EventJournal>());
                     var cell = system.ActorOf(CellActor.Props(sp.GetRequiredService<CellReconciler>(), agents, settings.Cell.ReconcileInterval, settings.Ha.LoopWait), "cell");
                     var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<IRouteDataPath>(), settings.Router, sp.GetRequiredService<RouterMetrics>()), "router");
                     registry.Register<CellActor>(cell);

@@ -18,6 +18,8 @@ public static class Program
           rebuild   after losing etcd and the cells: rebuild every instance from the object store
           store-check   check the backup store: endpoint, credentials, bucket/container, write/read/delete
           logs <instance> [node] [--tail N]   a node's PostgreSQL log (its container's output on a Docker cell)
+          events <instance> [--limit N] [--json]   the instance's history: role changes, failovers and why, fencing,
+                    rewinds, re-clones, operations, backups, restores and drills
           rotate-key [--new-key]   re-seal every password in etcd and the object store with the current seal key
                     (--new-key: first put a new key at the top of the key file); docs/security.md
           version   this build's version (also --version)
@@ -45,7 +47,7 @@ public static class Program
         var home = Environment.GetEnvironmentVariable("DINGO_HOME") ?? Directory.GetCurrentDirectory();
         var files = new List<string> { Path.Combine(home, "hocon", "dingo.conf") };
         var rest = new List<string>();
-        var takesArguments = args[0] is "switchover" or "drain" or "undrain" or "recreate" or "drill" or "backups" or "logs" or "rotate-key";
+        var takesArguments = args[0] is "switchover" or "drain" or "undrain" or "recreate" or "drill" or "backups" or "logs" or "rotate-key" or "events";
         for (var i = 1; i < args.Length; i++)
         {
             if (args[i] == "--config" && i + 1 < args.Length) files.Add(Path.GetFullPath(args[++i]));
@@ -100,6 +102,7 @@ public static class Program
             "members" => await MembersCommand.RunAsync(settings, Console.Out, Console.Error, ct),
             "switchover" or "drain" or "undrain" or "recreate" or "rebuild" or "drill" or "backups" or "store-check" => await AdminCommands.RunAsync(command, rest, settings, ct),
             "logs" => await LogsCommand.RunAsync(rest, settings, Console.Out, ct),
+            "events" => await EventsCommand.RunAsync(rest, settings, Console.Out, ct),
             "rotate-key" => await RotateKeyCommand.RunAsync(rest, settings, Console.Out, ct),
             _ => Unknown(command),
         };

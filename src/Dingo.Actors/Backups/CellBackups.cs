@@ -11,7 +11,7 @@ namespace Dingo.Backups;
 /// base backups on schedule, retention, state in etcd); and restores for nodes that bootstrap from a backup.
 /// </summary>
 public sealed class CellBackups(IObjectStore store, BackupSettings settings, EtcdStore etcd, string workRoot, string postgresBin, HaSettings ha, ILogger logger, RestoreDrill? drill = null,
-    Dingo.Health.CellMetrics? metrics = null)
+    Dingo.Health.CellMetrics? metrics = null, Dingo.Store.EventJournal? events = null)
 {
     public IObjectStore Store => store;
     public BackupSettings Settings => settings;
@@ -148,6 +148,8 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 _backupError = null;
                 await backups.ApplyRetentionAsync(_instanceId, _cell.Settings.Keep, ct).ConfigureAwait(false);
                 _count = Math.Min(_count + 1, _cell.Settings.Keep);
+                _cell.Events?.Record(_instanceId, _nodeId, EventKind.BaseBackup,
+                    $"base backup {_last.Label} taken from {name}: {_last.Bytes / (1024.0 * 1024):0.0} MiB, WAL {_last.StartLsn} to {_last.EndLsn}");
                 _nextCheck = DateTime.UtcNow + TimeSpan.FromMinutes(1);
             }
             catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
@@ -155,6 +157,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 _backupError = ex.Message;
                 _nextCheck = DateTime.UtcNow + TimeSpan.FromSeconds(30);
                 log.LogWarning("base backup of {Instance} from {Source} failed: {Error}", _instanceId, name, ex.Message);
+                _cell.Events?.Record(_instanceId, _nodeId, EventKind.BaseBackupFailed, $"base backup from {name} failed: {ex.Message}");
             }
         }
 
@@ -176,6 +179,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             var result = await drill.RunAsync(_instanceId, _superuser, ct, claim).ConfigureAwait(false);
             await etcd.PutAsync(etcd.Keys.Drill(_instanceId), result, ct).ConfigureAwait(false);
             _cell.Metrics?.Drill(_instanceId, result);
+            _cell.Events?.Record(_instanceId, _nodeId, result.Ok ? EventKind.Drill : EventKind.DrillFailed, result.Detail);
             await etcd.DeleteAsync(etcd.Keys.DrillRequest(_instanceId), ct).ConfigureAwait(false);
         }
 
@@ -234,7 +238,12 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 UpdatedAt = DateTimeOffset.UtcNow,
             };
             _cell.Metrics?.Backup(_instanceId, state, p.BacklogBytes, _last?.Bytes);
-            if (alarm is not null && alarm != _lastAlarm) _cell.Logger.LogError("backups of {Instance}: {Alarm}", _instanceId, alarm);
+            if (alarm is not null && alarm != _lastAlarm)
+            {
+                _cell.Logger.LogError("backups of {Instance}: {Alarm}", _instanceId, alarm);
+                // An event when the alarm starts, not each time its figures move.
+                if (_lastAlarm is null) _cell.Events?.Record(_instanceId, _nodeId, EventKind.BackupAlarm, alarm);
+            }
             _lastAlarm = alarm;
             // Only news is written (and a heartbeat every 10 s): with a hundred idle instances, a write per instance
             // every 2 s was a steady load on etcd for nothing.
@@ -263,4 +272,5 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
     internal HaSettings Ha => ha;
     internal RestoreDrill? Drill => drill;
     internal Dingo.Health.CellMetrics? Metrics => metrics;
+    internal Dingo.Store.EventJournal? Events => events;
 }

@@ -24,6 +24,8 @@ public sealed record DingoSettings
     public Dingo.Security.SealSettings Seal { get; init; } = new();
     /// <summary>`dingo.postgres`: TLS of every PostgreSQL hop (the platform CA, node certificates, require-tls).</summary>
     public PostgresTlsSettings Postgres { get; init; } = new();
+    /// <summary>`dingo.events`: how long and how many of each instance's events etcd keeps.</summary>
+    public EventSettings Events { get; init; } = new();
 
     /// <summary>Loads the layered configuration. Throws with the file and key named when a value is wrong.</summary>
     public static DingoSettings Load(IEnumerable<string> files, IReadOnlyDictionary<string, string?>? environment = null, string? overrides = null)
@@ -123,6 +125,11 @@ public sealed record DingoSettings
             Backups = Dingo.Backups.BackupSettings.FromConfig(d, env, dataDir),
             Seal = Dingo.Security.SealSettings.FromConfig(d, env),
             Postgres = PostgresTlsSettings.FromConfig(d, env),
+            Events = new EventSettings
+            {
+                Retention = d.GetTimeSpan("events.retention", TimeSpan.FromDays(7)),
+                PerInstance = d.GetInt("events.per-instance", 500),
+            },
             Akka = new AkkaSettings
             {
                 Hostname = Env("DINGO_AKKA_HOSTNAME") ?? d.GetString("akka.hostname", "127.0.0.1"),
@@ -156,6 +163,8 @@ public sealed record DingoSettings
     private void Validate()
     {
         if (EtcdEndpoints.Count == 0) throw new ArgumentException("dingo.etcd.endpoints: at least one etcd endpoint is required");
+        if (Events.Retention < TimeSpan.FromMinutes(1)) throw new ArgumentException($"dingo.events.retention must be a minute or more: got {Events.Retention}");
+        if (Events.PerInstance < 10) throw new ArgumentException($"dingo.events.per-instance must be 10 or more: got {Events.PerInstance}");
         if (!EtcdPrefix.StartsWith('/')) throw new ArgumentException($"dingo.etcd.prefix must start with '/': got '{EtcdPrefix}'");
         EtcdTls.Validate(EtcdEndpoints);
         if (Router.PortFirst < 1024 || Router.PortLast > 65535 || Router.PortFirst > Router.PortLast)
@@ -378,6 +387,15 @@ public sealed record EtcdTlsSettings
 /// TLS of PostgreSQL (`dingo.postgres`, docs/security.md): nodes always offer TLS with a certificate of the platform CA;
 /// with <see cref="RequireTls"/> they refuse every TCP login without it (clients, replication, the platform's own).
 /// </summary>
+/// <summary>`dingo.events`: each instance's history in etcd (docs/operator-guide.md, "Events").</summary>
+public sealed record EventSettings
+{
+    /// <summary>An event lives at least this long (and at most an hour longer: events share an hourly lease).</summary>
+    public TimeSpan Retention { get; init; } = TimeSpan.FromDays(7);
+    /// <summary>The most events kept per instance; the oldest go first.</summary>
+    public int PerInstance { get; init; } = 500;
+}
+
 public sealed record PostgresTlsSettings
 {
     /// <summary>pg_hba gives only `hostssl` lines: a client without TLS finds no line and is refused.</summary>

@@ -64,6 +64,8 @@ public sealed class NodeAgent
     private bool _seenRunning;
     private int _restarts;
     private readonly Dingo.Health.CellMetrics? _metrics;
+    private readonly Dingo.Store.EventJournal? _events;
+    private (string Kind, string Sentence, DateTimeOffset At)? _lastEvent;
     /// <summary>What PostgreSQL answered in the last pass (null: it did not), for the cell's metrics.</summary>
     private PostgresProbe.Observation? _lastPg;
     /// <summary>Started since it last answered: a start that ends with PostgreSQL gone again counts as failed.</summary>
@@ -90,10 +92,11 @@ public sealed class NodeAgent
     /// <param name="guard">the cell's fencing guard; null only where nothing may ever promote without one being needed (tests of
     /// single nodes): a leader is then fenced by its own pass alone</param>
     public NodeAgent(NodeSpec spec, EtcdStore store, IContainerRuntime runtime, CellLease cellLease, DingoSettings settings, ILogger logger,
-        Dingo.Backups.CellBackups? backups = null, FenceGuardDirectory? guard = null, Dingo.Health.CellMetrics? metrics = null)
+        Dingo.Backups.CellBackups? backups = null, FenceGuardDirectory? guard = null, Dingo.Health.CellMetrics? metrics = null, Dingo.Store.EventJournal? events = null)
     {
         _guard = guard;
         _metrics = metrics;
+        _events = events;
         if (guard?.PromiseOf(spec.NodeId) is { } promise) _promise = new FailsafePromise(promise.Leader, promise.AtNs);
         _backups = backups is { Settings.Enabled: true } ? backups : null;
         _histories = _backups is null ? null : new Dingo.Backups.TimelineHistories(_backups.Store, spec.InstanceId, logger);
@@ -128,7 +131,11 @@ public sealed class NodeAgent
             // Any other node's etcd calls share half a TTL too: a pass must not hang on an etcd that does not answer (its
             // observation would go stale, and a leader in failsafe needs fresh ones from its replicas).
             fence.CancelAfter(_leaderLease != 0 && _others.Count > 0 && UntilFencing() > TimeSpan.Zero ? UntilFencing() : _settings.Ha.Ttl / 2);
-            if (_guard?.TakeFenced(_spec.NodeId) is { } fenced) _logger.LogWarning("node {Node}: {Fenced}", _spec.NodeId, fenced);
+            if (_guard?.TakeFenced(_spec.NodeId) is { } fenced)
+            {
+                _logger.LogWarning("node {Node}: {Fenced}", _spec.NodeId, fenced);
+                _events?.Record(_spec.InstanceId, _spec.NodeId, Dingo.Model.EventKind.Fenced, fenced);
+            }
             return await RunPassAsync(fence.Token, ct).ConfigureAwait(false);
         }
         finally
@@ -269,6 +276,7 @@ public sealed class NodeAgent
         }
         _failingSince = failure is null ? null : _failingSince ?? DateTimeOffset.UtcNow;
         _metrics?.Passed(Health(), _lastPg, _restarts, action, failure);
+        RecordEvent(action, failure);
         await KeepBackupDutyAsync(action, failure, record).ConfigureAwait(false);
         // Ahead of any failover, in the background: a promotion then needs no listing of the store.
         if (_histories is not null && _leaderLease == 0 && input.Local is { Answering: true, InRecovery: true })
@@ -283,6 +291,25 @@ public sealed class NodeAgent
             await ReportAsync(input, action, failure, report.Token).ConfigureAwait(false);
         }
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
+    }
+
+    /// <summary>
+    /// Records the pass's step in the instance's history when it changes something (a bootstrap, a clone, taking or
+    /// releasing the leader key, a promotion, a demotion, a switchover, a rewind, a re-clone), with its sentence and its
+    /// failure if it failed. Steady passes (lead, follow, wait, start) are not events.
+    /// </summary>
+    private void RecordEvent(HaAction action, string? failure)
+    {
+        if (_events is null || action is HaAction.Lead or HaAction.FollowLeader or HaAction.Wait or HaAction.Start) return;
+        var kind = Dingo.Health.CellMetrics.DecisionName(action);
+        var sentence = failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
+        var now = DateTimeOffset.UtcNow;
+        // A step repeated pass after pass (a demotion while etcd stays away, whose sentence counts the seconds) is one
+        // event per 10 s at most, and the very same sentence one per minute.
+        if (_lastEvent is { } last && last.Kind == kind
+            && (now - last.At < TimeSpan.FromSeconds(10) || last.Sentence == sentence && now - last.At < TimeSpan.FromMinutes(1))) return;
+        _lastEvent = (kind, sentence, now);
+        _events.Record(_spec.InstanceId, _spec.NodeId, kind, sentence);
     }
 
     /// <summary>The leader archives WAL and takes base backups; a node that no longer holds the key stops at once.</summary>
@@ -368,6 +395,7 @@ public sealed class NodeAgent
             _prepared = false;
             _lastOptime = null;
             _logger.LogWarning("node {Node}: PostgreSQL is not running ({Detail}) (restart #{Count})", _spec.NodeId, mine.Detail, _restarts);
+            _events?.Record(_spec.InstanceId, _spec.NodeId, Dingo.Model.EventKind.PostgresRestarted, $"PostgreSQL was found not running ({mine.Detail}): restart #{_restarts}");
         }
         if (pg is not null)
         {
@@ -504,6 +532,8 @@ public sealed class NodeAgent
                     _clonedFromOther = source.InstanceId != _spec.InstanceId;
                     _logger.LogInformation("node {Node}: restored {Instance} from base backup {Label} of {Source}{Target}", _spec.NodeId, _spec.InstanceId,
                         prepared.Backup.Label, source.InstanceId, source.PointInTime is { } t ? $" up to {t:O}" : " (latest)");
+                    _events?.Record(_spec.InstanceId, _spec.NodeId, Dingo.Model.EventKind.Restore,
+                        $"restored from base backup {prepared.Backup.Label} of {source.InstanceId}{(source.PointInTime is { } at ? $" up to {at:O}" : " (latest)")}");
                 }
                 else
                 {

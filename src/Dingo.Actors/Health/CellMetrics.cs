@@ -54,7 +54,7 @@ public sealed class CellMetrics
         _sinceUpload = f.CreateGauge("dingo_backup_last_upload_age_seconds", "Seconds since WAL was last uploaded to the object store.", instance);
         _baseAge = f.CreateGauge("dingo_backup_base_backup_age_seconds", "Seconds since the latest base backup finished.", instance);
         _baseSize = f.CreateGauge("dingo_backup_base_backup_size_bytes", "Size of the latest base backup this cell took.", instance);
-        _baseCount = f.CreateGauge("dingo_backup_base_backups", "Base backups taken since this cell started leading the instance.", instance);
+        _baseCount = f.CreateGauge("dingo_backup_base_backups", "Base backups of the instance in the object store, as the leading cell counts them (listed when it started leading, plus those it took).", instance);
         _alarm = f.CreateGauge("dingo_backup_alarm", "1 while the instance's backups raise an alarm (backlog over its limit, or archiving failing).", instance);
         _drillOk = f.CreateGauge("dingo_backup_drill_success", "1 when the latest restore drill restored and verified the latest backup, 0 when it failed.", instance);
         _drillAge = f.CreateGauge("dingo_backup_drill_age_seconds", "Seconds since the latest restore drill.", instance);

@@ -6,7 +6,7 @@ using Microsoft.Extensions.Logging;
 namespace Dingo.Instances;
 
 /// <summary>One reconcile pass of one instance: read etcd, decide, act once, record progress.</summary>
-public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, ILogger logger, Dingo.Health.BrokerMetrics? metrics = null)
+public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, ILogger logger, Dingo.Health.BrokerMetrics? metrics = null, EventJournal? events = null)
 {
     private readonly PortAllocator _ports = new(store);
 
@@ -31,6 +31,7 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
                 // Replacements are placed by the next passes (the cluster is below its size).
                 await RemoveNodesAsync(replace.Lost, replace.Description, snapshot.Statuses, ct).ConfigureAwait(false);
                 logger.LogWarning("instance {Instance}: {Decision}", instanceId, replace.Description);
+                events?.Record(instanceId, null, EventKind.NodesReplaced, replace.Description);
                 break;
             case InstanceDecision.FinishDeletion:
                 await FinishDeletionAsync(instance.Value, snapshot.Operation, decision.Description, ct).ConfigureAwait(false);
@@ -112,7 +113,11 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
             .Put(keys.NodePort(apiPort), nodeId)
             .Put(keys.Node(instance.Id, nodeId), spec)
             .Put(keys.Assignment(cell.Id, nodeId), spec), ct).ConfigureAwait(false);
-        if (placed) logger.LogInformation("instance {Instance}: placed node {Node} on {Cell} port {Port}", instance.Id, nodeId, cell.Id, port);
+        if (placed)
+        {
+            logger.LogInformation("instance {Instance}: placed node {Node} on {Cell} port {Port}", instance.Id, nodeId, cell.Id, port);
+            events?.Record(instance.Id, nodeId, EventKind.NodePlaced, $"placed node {nodeId} on {cell.Id} (zone {cell.Zone}), port {port}");
+        }
     }
 
     private async Task FinishDeletionAsync(InstanceRecord instance, OperationRecord? operation, string description, CancellationToken ct)
@@ -152,6 +157,7 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         foreach (var port in freed) txn.Delete(port.Key);
         await store.TransactAsync(txn, ct).ConfigureAwait(false);
         metrics?.OperationFinished(done, instance.PlanId);
+        events?.Record(instance.Id, null, EventKind.Operation(done.Kind, done.State), description);
     }
 
     private async Task RecordProgressAsync(string instanceId, string planId, OperationRecord? operation, InstanceDecision decision, CancellationToken ct)
@@ -169,6 +175,7 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         if (state != OperationState.InProgress)
         {
             metrics?.OperationFinished(updated, planId);
+            events?.Record(instanceId, null, EventKind.Operation(operation.Kind, state), decision.Description);
             logger.LogInformation("instance {Instance}: {Kind} {State}: {Description}", instanceId, operation.Kind, state, decision.Description);
         }
         else logger.LogInformation("instance {Instance}: {Description}", instanceId, decision.Description);

@@ -27,10 +27,11 @@ public sealed class ServiceInstanceActor : PassActor<InstanceDecision?>
     private readonly string _instanceId;
     private readonly InstanceReconciler _reconciler;
 
-    public ServiceInstanceActor(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers, Dingo.Health.BrokerMetrics? metrics = null)
+    public ServiceInstanceActor(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers, Dingo.Health.BrokerMetrics? metrics = null,
+        EventJournal? events = null)
     {
         _instanceId = instanceId;
-        _reconciler = new InstanceReconciler(store, settings, loggers.CreateLogger("Dingo.Instance"), metrics);
+        _reconciler = new InstanceReconciler(store, settings, loggers.CreateLogger("Dingo.Instance"), metrics, events);
         Receive<ServiceInstanceMessages.Reconcile>(_ => RequestPass());
     }
 
@@ -58,8 +59,9 @@ public sealed class ServiceInstanceActor : PassActor<InstanceDecision?>
         return TimeSpan.FromSeconds(1);
     }
 
-    public static Props Props(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers, Dingo.Health.BrokerMetrics? metrics = null) =>
-        Akka.Actor.Props.Create(() => new ServiceInstanceActor(instanceId, store, settings, loggers, metrics));
+    public static Props Props(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers, Dingo.Health.BrokerMetrics? metrics = null,
+        EventJournal? events = null) =>
+        Akka.Actor.Props.Create(() => new ServiceInstanceActor(instanceId, store, settings, loggers, metrics, events));
 }
 
 /// <summary>Routes <see cref="ServiceInstanceMessages.Reconcile"/> to the instance's entity.</summary>

@@ -248,6 +248,20 @@ public sealed class EtcdStore : IAsyncDisposable
             .Where(c => c.Value.Leader is not null)
             .ToDictionary(c => c.Key, c => c.Value.Leader!);
 
+    /// <summary>The keys under the prefix, in key order, without their values.</summary>
+    public async Task<IReadOnlyList<string>> ListKeysAsync(string prefix, CancellationToken ct)
+    {
+        var response = await CallAsync(c => c.GetAsync(new RangeRequest
+        {
+            Key = ByteString.CopyFromUtf8(prefix),
+            RangeEnd = ByteString.CopyFromUtf8(RangeEnd(prefix)),
+            KeysOnly = true,
+            SortOrder = RangeRequest.Types.SortOrder.Ascend,
+            SortTarget = RangeRequest.Types.SortTarget.Key,
+        }, deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        return response.Kvs.Select(kv => kv.Key.ToStringUtf8()).ToList();
+    }
+
     public async Task<long> CountAsync(string prefix, CancellationToken ct)
     {
         var response = await CallAsync(c => c.GetAsync(new RangeRequest

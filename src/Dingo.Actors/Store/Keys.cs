@@ -59,6 +59,12 @@ public sealed class Keys(string root)
     /// <summary>An operator asked for a drill now; the leader's cell runs it and deletes this.</summary>
     public string DrillRequest(string instanceId) => $"{Root}/drill-requests/{instanceId}";
 
+    /// <summary>Each instance's history (<see cref="Model.EventRecord"/>), oldest first: keys sort by time.</summary>
+    public string AllEvents => $"{Root}/events/";
+    public string Events(string instanceId) => $"{AllEvents}{instanceId}/";
+    /// <summary>An event: its time in UTC ticks (19 digits, so keys sort by time) and a random suffix.</summary>
+    public string Event(string instanceId, DateTimeOffset at, string suffix) => $"{Events(instanceId)}{at.UtcTicks:D19}-{suffix}";
+
     public string Ports => $"{Root}/ports/";
     public string Port(int port) => $"{Ports}{port:D5}";
     public string PortCounter => $"{Root}/port-counter";

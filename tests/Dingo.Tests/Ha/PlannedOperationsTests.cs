@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text.Json.Nodes;
 using Dingo.Model;
+using Dingo.Store;
 using Dingo.Tests.EndToEnd;
 using Dingo.Tests.Support;
 using Xunit.Abstractions;
@@ -76,6 +77,17 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
         Assert.Equal(HttpStatusCode.OK, (await http.GetAsync($"http://127.0.0.1:{newLeaderNode.ApiPort}/primary")).StatusCode);
 
         await MetricsFollowAsync(platform, http, id, leader.NodeId, newLeaderNode);
+        // The instance's history tells the same story (`dingo events`): placed, provisioned, handed over, taken over.
+        IReadOnlyList<EventRecord> history = [];
+        await Eventually.UntilAsync(async () =>
+        {
+            history = await EventJournal.ReadAsync(platform.Store, id, CancellationToken.None);
+            return history.Any(e => e.Kind == "hand_over" && e.NodeId == leader.NodeId)
+                && history.Any(e => e.Kind == "take_leadership" && e.NodeId == target)
+                && history.Count(e => e.Kind == EventKind.NodePlaced) == 3
+                && history.Any(e => e.Kind == "provision_succeeded" && e.Source == "broker");
+        }, TimeSpan.FromSeconds(15), "the provision and the switchover in the instance's events");
+        foreach (var e in history) output.WriteLine($"event {e.At:HH:mm:ss.fff} {e.NodeId ?? "-"} {e.Source} {e.Kind}: {e.Sentence}");
 
         // Bad requests are refused clearly and change nothing.
         var (bad, _) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = "n-nope" }.ToJsonString());
