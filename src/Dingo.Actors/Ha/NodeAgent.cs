@@ -130,7 +130,13 @@ public sealed class NodeAgent
             // (the guard has stopped or will stop PostgreSQL meanwhile).
             // Any other node's etcd calls share half a TTL too: a pass must not hang on an etcd that does not answer (its
             // observation would go stale, and a leader in failsafe needs fresh ones from its replicas).
-            fence.CancelAfter(_leaderLease != 0 && _others.Count > 0 && UntilFencing() > TimeSpan.Zero ? UntilFencing() : _settings.Ha.Ttl / 2);
+            // After a pass that found etcd unreachable, a quarter TTL (what a leader's renewal gets too): a replica's passes
+            // must keep coming while etcd hangs, since a leader in failsafe asks it about its last observation, and one
+            // that waited out half a TTL of etcd calls every pass was refused as too old (fresh86: an 8 s etcd hang
+            // became a failover).
+            fence.CancelAfter(_leaderLease != 0 && _others.Count > 0 && UntilFencing() > TimeSpan.Zero ? UntilFencing()
+                : _lastInput is { EtcdReachable: false } ? _settings.Ha.Ttl / 4
+                : _settings.Ha.Ttl / 2);
             if (_guard?.TakeFenced(_spec.NodeId) is { } fenced)
             {
                 _logger.LogWarning("node {Node}: {Fenced}", _spec.NodeId, fenced);
