@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
 using Dingo.Ha;
 
 namespace Dingo;
@@ -48,19 +47,5 @@ public static class ProcessTree
     }
 
     /// <summary>The process and its live (not zombie) descendants, parents before their children.</summary>
-    internal static List<int> LiveTree(int root)
-    {
-        var children = new Dictionary<int, List<int>>();
-        foreach (var dir in Directory.EnumerateDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out var pid)) continue;
-            if (ProcStat.Read(pid) is not { Zombie: false } stat) continue;
-            if (!children.TryGetValue(stat.ParentPid, out var list)) children[stat.ParentPid] = list = [];
-            list.Add(pid);
-        }
-        var tree = new List<int> { root };
-        for (var i = 0; i < tree.Count; i++)
-            if (children.TryGetValue(tree[i], out var kids)) tree.AddRange(kids);
-        return tree;
-    }
+    internal static IReadOnlyList<int> LiveTree(int root) => ProcStat.Tree(root, liveOnly: true);
 }

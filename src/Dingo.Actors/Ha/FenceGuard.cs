@@ -56,14 +56,14 @@ internal readonly record struct ProcStat(int Pid, int ParentPid, bool Zombie, lo
         return new ProcStat(pid, ppid, fields[0] is "Z" or "X" or "x", start);
     }
 
-    /// <summary>The process and all its descendants, as /proc lists them now.</summary>
-    public static IReadOnlyList<int> Tree(int root)
+    /// <summary>The process and all its descendants, as /proc lists them now (<paramref name="liveOnly"/>: zombies left out).</summary>
+    public static IReadOnlyList<int> Tree(int root, bool liveOnly = false)
     {
         var children = new Dictionary<int, List<int>>();
         foreach (var dir in Directory.EnumerateDirectories("/proc"))
         {
             if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out var pid)) continue;
-            if (Read(pid) is not { } stat) continue;
+            if (Read(pid) is not { } stat || liveOnly && stat.Zombie) continue;
             if (!children.TryGetValue(stat.ParentPid, out var list)) children[stat.ParentPid] = list = [];
             list.Add(pid);
         }

@@ -72,9 +72,9 @@ public sealed class ProcessTreeTests
         Process.Start(new ProcessStartInfo("bash", ["-c", script]) { UseShellExecute = false })
         ?? throw new InvalidOperationException("bash did not start");
 
-    private static async Task<List<int>> TreeOfAtLeastAsync(int root, int count)
+    private static async Task<IReadOnlyList<int>> TreeOfAtLeastAsync(int root, int count)
     {
-        List<int> tree = [];
+        IReadOnlyList<int> tree = [];
         await Eventually.UntilAsync(() => Task.FromResult((tree = ProcessTree.LiveTree(root)).Count >= count), TimeSpan.FromSeconds(10),
             $"a tree of {count} processes");
         return tree;
