@@ -197,7 +197,10 @@ public static class Failover
         // own positions by a loop, which is why they do not compare. The named node itself gives way only to a node
         // strictly further on: yielding on a tie (a lower node id) to a node that waits for it left the key free for
         // good (bench/Chaos, 45 s without a primary).
-        var named = i.Switchover?.Candidate;
+        // A request that named no replica (a drain, `switchover` without --to) names the one the leader chose before it
+        // stopped: without it the old leader, restarted as a standby holding the shutdown checkpoint, was further on than
+        // the chosen replica's last report and took the key back, and the drain waited for good (PlannedOperationsTests).
+        var named = i.Switchover?.HandedTo ?? i.Switchover?.Candidate;
         if (named is not null && named != me && IsFresh(i, i.Members.FirstOrDefault(m => m.NodeId == named), s))
             return new HaAction.Wait($"no action: leader key free, switchover hands it to {named}");
         var refusal = Ineligibility(i, s, me, local.InRecovery, local.Lsn);

@@ -660,7 +660,11 @@ public sealed class NodeAgent
                 await StartStandbyAsync(launch, reclone.Leader, record, ct).ConfigureAwait(false);
                 break;
 
-            case HaAction.HandOver:
+            case HaAction.HandOver handOver:
+                // The replica chosen goes into the request first: once the key is free, the others (this node included)
+                // wait for it. Should this write fail, nothing has stopped yet and the next pass tries again.
+                if (input.Switchover is { } request && request.HandedTo != handOver.Candidate)
+                    await _store.PutAsync(K.Switchover(_spec.InstanceId), request with { HandedTo = handOver.Candidate }, etcd).ConfigureAwait(false);
                 // A clean stop sends every WAL record to the connected standbys before the key is released.
                 await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
                 Disarm();

@@ -274,4 +274,11 @@ public static class Json
 public sealed record SyncState(IReadOnlyList<string> Standbys, string Leader);
 
 /// <summary>A planned switchover: the leader hands over to Candidate (null: the best replica).</summary>
-public sealed record SwitchoverRequest(string From, string? Candidate, DateTimeOffset RequestedAt);
+public sealed record SwitchoverRequest(string From, string? Candidate, DateTimeOffset RequestedAt)
+{
+    /// <summary>
+    /// The replica the leader chose, written by the leader before it stops: once the key is free, only that replica may
+    /// take it while it reports (null: the leader has not handed over yet).
+    /// </summary>
+    public string? HandedTo { get; init; }
+}

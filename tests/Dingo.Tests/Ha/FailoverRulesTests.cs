@@ -86,6 +86,31 @@ public sealed class FailoverRulesTests
     }
 
     [Fact]
+    public void After_a_hand_over_nobody_asked_for_by_name_only_the_replica_the_leader_chose_takes_the_key()
+    {
+        // PlannedOperationsTests (a drain): the request named no replica. The old leader, back as a standby, held the
+        // shutdown checkpoint, was further on than the chosen replica's last report, and took the key back; the chosen
+        // replica waited on the old leader's stale "writable" report; the drain waited for good.
+        var lsns = new Dictionary<string, long> { ["n-a"] = 100, ["n-b"] = 100, ["n-old"] = 110 };
+        HaInput Handed(string me) => FreeKeyAfterHandOver(me, null!, lsns) with
+        {
+            Synchronous = false, Sync = null,
+            Switchover = new Dingo.Model.SwitchoverRequest("n-old", null, DateTimeOffset.UtcNow) { HandedTo = "n-b" },
+        };
+        var old = Assert.IsType<HaAction.Wait>(Failover.Decide(Handed("n-old"), Settings));
+        Assert.Contains("switchover hands it to n-b", old.Sentence, StringComparison.Ordinal);
+        Assert.IsType<HaAction.Wait>(Failover.Decide(Handed("n-a"), Settings));
+        // The chosen one takes it, though the old leader's last report still says writable and it streamed from it.
+        var chosen = Handed("n-b");
+        chosen = chosen with
+        {
+            Local = chosen.Local with { Lsn = 110, FollowingNodeId = "n-old" },
+            Members = [.. chosen.Members.Select(m => m.NodeId == "n-old" ? m with { Role = "primary", Writable = true, Lsn = 100 } : m)],
+        };
+        Assert.IsType<HaAction.TakeLeadership>(Failover.Decide(chosen, Settings));
+    }
+
+    [Fact]
     public void Without_a_named_node_the_lower_id_wins_a_tie_as_before()
     {
         var lsns = new Dictionary<string, long> { ["n-a"] = 100, ["n-b"] = 100, ["n-old"] = 100 };

@@ -155,14 +155,17 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
 
         var (status, body) = await platform.SendAsync(HttpMethod.Post, $"/admin/cells/{drainedCell}/drain");
         Assert.True(status == 202, body.ToJsonString());
+        var seen = "";
         await Eventually.UntilAsync(async () =>
         {
             var nodes = await NodesAsync(platform, id);
             var statuses = await StatusesAsync(platform, id);
             var l = await LeaderAsync(platform, id);
+            seen = $"leader {l?.NodeId ?? "none"}; nodes {string.Join(", ", nodes.Select(n => $"{n.NodeId}@{n.CellId}"))}; statuses "
+                   + string.Join(" | ", statuses.Select(s => $"{s.NodeId}@{s.CellId} {s.State} {s.Role} streaming={s.Streaming}: {s.Decision} ({s.Detail})"));
             return nodes.Count == 2 && nodes.All(n => n.CellId != drainedCell) && l is not null
                    && statuses.Count(s => nodes.Any(n => n.NodeId == s.NodeId) && s.Role == "replica" && s.Streaming) == 1;
-        }, TimeSpan.FromSeconds(90), $"every node off {drainedCell}, one replica streaming");
+        }, TimeSpan.FromSeconds(90), () => $"every node off {drainedCell}, one replica streaming; last seen: {seen}");
         Assert.Equal("moved", await RecoveryTests.ScalarAsync((string)creds["uri"]!, "SELECT v FROM kept"));
 
         // A drained cell takes no new node until it is undrained.

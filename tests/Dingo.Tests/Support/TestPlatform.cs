@@ -127,8 +127,10 @@ public sealed class TestPlatform : IAsyncDisposable
         }
     }
 
+    /// <summary>In-process brokers and cells log warnings and worse; DINGO_TEST_LOG_LEVEL (e.g. Information) says more.</summary>
     private static void Quiet(ILoggingBuilder logging) =>
-        logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; }).SetMinimumLevel(LogLevel.Warning);
+        logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; })
+            .SetMinimumLevel(Enum.TryParse<LogLevel>(Environment.GetEnvironmentVariable("DINGO_TEST_LOG_LEVEL"), ignoreCase: true, out var level) ? level : LogLevel.Warning);
 
     private readonly Dictionary<int, int> _cellHealthPorts = [];
 
