@@ -250,7 +250,15 @@ public sealed class NodeAgent
         InstanceRecord record;
         try
         {
-            var instance = await _store.GetAsync<InstanceRecord>(K.Instance(_spec.InstanceId), etcd).ConfigureAwait(false);
+            // A leader reads the record on a short budget of its own: the record seen last does to decide with, and an
+            // etcd that does not answer must not hold the pass until the fencing deadline before the renewal and the
+            // failsafe confirmations are even tried. It did: in failsafe, every pass waited here until the deadline,
+            // the confirmations that move the guard's deadline came 0.8 s before it, and a loaded moment let the guard
+            // stop a primary every member confirmed (fresh104).
+            using var read = CancellationTokenSource.CreateLinkedTokenSource(etcd);
+            if (_leaderLease != 0 && _others.Count > 0 && _record is not null)
+                read.CancelAfter(TimeSpan.FromTicks(Math.Min(UntilFencing().Ticks / 4, (_settings.Ha.Ttl / 8).Ticks)));
+            var instance = await _store.GetAsync<InstanceRecord>(K.Instance(_spec.InstanceId), read.Token).ConfigureAwait(false);
             if (instance is null) return "no action: the instance is being deleted";
             record = _record = instance.Value;
         }
@@ -363,9 +371,14 @@ public sealed class NodeAgent
                 if (!renewed)
                 {
                     // The guard stays armed: if PostgreSQL is still writable, it stops it at the deadline unless this
-                    // pass demotes first.
+                    // pass demotes first, or takes the key again (etcd revokes a lease it did not see renewed for a TTL,
+                    // as after a hang longer than that, while failsafe kept the primary serving).
                     _logger.LogWarning("node {Node}: my leader lease expired", _spec.NodeId);
                     _leaderLease = 0;
+                    // etcd answered: what is left of this pass is no leader's, and gets a follower's budget from now
+                    // rather than the rest of the fencing deadline. With the rest of it, the cluster read or taking the
+                    // key again found the token spent, and the pass demoted a primary that could have kept serving.
+                    _fence?.CancelAfter(_settings.Ha.Ttl / 2);
                 }
             }
         }
