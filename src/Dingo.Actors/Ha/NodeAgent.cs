@@ -611,8 +611,10 @@ public sealed class NodeAgent
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
                 if (input.Local.InRecovery) await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
                 _following = null;
-                await LeadAsync(record, probe, input, promoted: input.Local.InRecovery, etcd, ct).ConfigureAwait(false);
+                // The switchover is done once this node holds the key: cleared before the rest of leading, which may
+                // outlast the pass's budget on a busy machine (the Lead case below clears what is left all the same).
                 if (input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), etcd).ConfigureAwait(false);
+                await LeadAsync(record, probe, input, promoted: input.Local.InRecovery, etcd, ct).ConfigureAwait(false);
                 break;
 
             case HaAction.Promote:
@@ -624,6 +626,12 @@ public sealed class NodeAgent
                 break;
 
             case HaAction.Lead:
+                // A switchover request from another leader is over: this node holds the key (it took it, the request's
+                // own clean-up failed in that pass), or a failover overtook it. Left in place, it would name a node
+                // for the next free key long after (PlannedOperationsTests, fresh110: the take's pass ran out of
+                // budget after the promotion and the request stayed for good).
+                if (input.Switchover is { } done && done.From != _spec.NodeId)
+                    await _store.DeleteAsync(K.Switchover(_spec.InstanceId), etcd).ConfigureAwait(false);
                 await LeadAsync(record, probe, input, promoted: false, etcd, ct).ConfigureAwait(false);
                 break;
 
