@@ -443,7 +443,9 @@ public sealed class NodeAgent
         try
         {
             if (!reachable) throw new RpcException(new Status(StatusCode.Unavailable, "the lease renewal found etcd unreachable"));
-            var cluster = await _store.ListAsync<System.Text.Json.JsonElement>(K.Cluster(_spec.InstanceId), etcd).ConfigureAwait(false);
+            // The cluster's keys, the members' reports and the node specs: one read, at one revision.
+            var read = await _store.ListManyRawAsync([K.Cluster(_spec.InstanceId), K.Statuses(_spec.InstanceId), K.Nodes(_spec.InstanceId)], etcd).ConfigureAwait(false);
+            var cluster = read[0].Select(EtcdStore.Decode<System.Text.Json.JsonElement>);
             foreach (var kv in cluster)
             {
                 var name = kv.Key[K.Cluster(_spec.InstanceId).Length..];
@@ -475,9 +477,8 @@ public sealed class NodeAgent
                     _logger.LogInformation("node {Node}: adopted the leader lease of {Instance} (the agent restarted while this node led)", _spec.NodeId, _spec.InstanceId);
                 }
             }
-            members = (await _store.ListAsync<NodeStatus>(K.Statuses(_spec.InstanceId), etcd).ConfigureAwait(false))
-                .Select(m => m.Value).Where(m => m.NodeId != _spec.NodeId).ToList();
-            var specs = (await _store.ListAsync<NodeSpec>(K.Nodes(_spec.InstanceId), etcd).ConfigureAwait(false)).Select(n => n.Value)
+            members = read[1].Select(m => EtcdStore.Decode<NodeStatus>(m).Value).Where(m => m.NodeId != _spec.NodeId).ToList();
+            var specs = read[2].Select(n => EtcdStore.Decode<NodeSpec>(n).Value)
                 .OrderBy(n => n.CreatedAt).ThenBy(n => n.NodeId, StringComparer.Ordinal).ToList();
             candidate = specs.FirstOrDefault()?.NodeId == _spec.NodeId;
             _others = specs.Where(s => s.NodeId != _spec.NodeId).Select(s => s.NodeId).ToList();

@@ -201,6 +201,31 @@ public sealed class EtcdStore : IAsyncDisposable
         return list;
     }
 
+    /// <summary>
+    /// Several prefixes in one round trip, all at one revision (a transaction of range reads only, which etcd serves as
+    /// a read, with no raft entry): values as stored, one list per prefix in the order given. A node's HA pass reads its
+    /// cluster this way: one call instead of three, twice a second for every node.
+    /// </summary>
+    public async Task<IReadOnlyList<IReadOnlyList<Versioned<string>>>> ListManyRawAsync(IReadOnlyList<string> prefixes, CancellationToken ct)
+    {
+        var request = new TxnRequest();
+        foreach (var prefix in prefixes)
+            request.Success.Add(new RequestOp
+            {
+                RequestRange = new RangeRequest { Key = ByteString.CopyFromUtf8(prefix), RangeEnd = ByteString.CopyFromUtf8(RangeEnd(prefix)) },
+            });
+        var response = await CallAsync(c => c.TransactionAsync(request, deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
+        if (response.Responses.Count != prefixes.Count) throw new InvalidOperationException($"etcd answered {response.Responses.Count} ranges for {prefixes.Count} asked");
+        return response.Responses
+            .Select(r => (IReadOnlyList<Versioned<string>>)r.ResponseRange.Kvs
+                .Select(kv => new Versioned<string>(kv.Key.ToStringUtf8(), kv.Value.ToStringUtf8(), kv.ModRevision) { Lease = kv.Lease }).ToList())
+            .ToList();
+    }
+
+    /// <summary>A value of <see cref="ListManyRawAsync"/> decoded as <see cref="ListAsync{T}"/> decodes it.</summary>
+    public static Versioned<T> Decode<T>(Versioned<string> raw) =>
+        new(raw.Key, Json.Deserialize<T>(raw.Value), raw.ModRevision) { Lease = raw.Lease };
+
     /// <summary>Values as stored (no JSON decoding), with their revisions and leases: for tools that rewrite records as they are.</summary>
     public async Task<IReadOnlyList<Versioned<string>>> ListRawAsync(string prefix, CancellationToken ct)
     {
