@@ -76,6 +76,7 @@ public sealed record DingoSettings
                 DeletedOperationRetention = d.GetTimeSpan("broker.deleted-operation-retention", TimeSpan.FromHours(1)),
                 TombstoneRetention = d.GetTimeSpan("broker.tombstone-retention", TimeSpan.FromDays(7)),
                 ProvisionTimeout = d.GetTimeSpan("broker.provision-timeout", TimeSpan.FromMinutes(5)),
+                ProvisionFailureGrace = d.GetTimeSpan("broker.provision-failure-grace", Dingo.Instances.Provisioning.FailureGrace),
                 AkkaPort = int.TryParse(Env("DINGO_AKKA_PORT"), out var brokerAkka) ? brokerAkka : d.GetInt("broker.akka-port", 4053),
                 TlsCertFile = Env("DINGO_BROKER_CERT_FILE") ?? d.GetString("broker.tls.cert-file", ""),
                 TlsKeyFile = Env("DINGO_BROKER_KEY_FILE") ?? d.GetString("broker.tls.key-file", ""),
@@ -178,6 +179,8 @@ public sealed record DingoSettings
         if (Broker.AdminPassword.Length > 0 && Broker.AdminUsername == Broker.Username)
             throw new ArgumentException($"dingo.broker.admin-username must differ from dingo.broker.username (both \"{Broker.Username}\"): the OSB credentials must not open the admin API");
         if (Broker.InstanceQuota < 0) throw new ArgumentException("dingo.broker.instance-quota must be 0 (no limit) or more");
+        if (Broker.ProvisionFailureGrace <= TimeSpan.Zero || Broker.ProvisionFailureGrace >= Broker.ProvisionTimeout)
+            throw new ArgumentException($"dingo.broker.provision-failure-grace must be positive and under dingo.broker.provision-timeout ({Broker.ProvisionTimeout}): got {Broker.ProvisionFailureGrace}");
         if (Router.Mode is not ("auto" or "userspace" or "kernel")) throw new ArgumentException($"dingo.router.mode must be \"auto\", \"userspace\" or \"kernel\": got \"{Router.Mode}\"");
         if (Ha.Ttl < TimeSpan.FromSeconds(2)) throw new ArgumentException($"dingo.ha.ttl must be at least 2s: got {Ha.Ttl.TotalSeconds}s");
         if (Ha.LoopWait <= TimeSpan.Zero || Ha.LoopWait * 3 > Ha.Ttl)
@@ -220,6 +223,8 @@ public sealed record BrokerSettings
     /// <summary>How long etcd keeps a deleted instance's or removed node's tombstone: a cell away longer keeps that data and says so.</summary>
     public TimeSpan TombstoneRetention { get; init; } = TimeSpan.FromDays(7);
     public required TimeSpan ProvisionTimeout { get; init; }
+    /// <summary>How long a node of a provision may keep failing (retrying meanwhile) before the provision is reported failed.</summary>
+    public TimeSpan ProvisionFailureGrace { get; init; } = Dingo.Instances.Provisioning.FailureGrace;
     public required int AkkaPort { get; init; }
     /// <summary>PEM certificate (leaf first, then intermediates) and key the broker serves HTTPS with; empty: plain HTTP.</summary>
     public string TlsCertFile { get; init; } = "";

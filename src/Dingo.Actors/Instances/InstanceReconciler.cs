@@ -17,7 +17,7 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         var instance = await store.GetAsync<InstanceRecord>(keys.Instance(instanceId), ct).ConfigureAwait(false);
         if (instance is null) return null;
         var snapshot = await ReadSnapshotAsync(instance.Value, ct).ConfigureAwait(false);
-        var decision = Provisioning.Decide(snapshot, settings.Broker.ProvisionTimeout);
+        var decision = Provisioning.Decide(snapshot, settings.Broker.ProvisionTimeout, settings.Broker.ProvisionFailureGrace);
 
         switch (decision)
         {

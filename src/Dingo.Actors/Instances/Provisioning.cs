@@ -40,14 +40,15 @@ public abstract record InstanceDecision(string Description)
 /// </summary>
 public static class Provisioning
 {
-    /// <summary>How long a node may keep failing before a provision is reported failed.</summary>
+    /// <summary>How long a node may keep failing before a provision is reported failed (dingo.broker.provision-failure-grace).</summary>
     public static readonly TimeSpan FailureGrace = TimeSpan.FromSeconds(30);
 
     /// <summary>How long an operation waits for enough cells (some may be starting or restarting) before failing.</summary>
     public static readonly TimeSpan CellWaitGrace = TimeSpan.FromSeconds(30);
 
-    public static InstanceDecision Decide(InstanceSnapshot s, TimeSpan provisionTimeout)
+    public static InstanceDecision Decide(InstanceSnapshot s, TimeSpan provisionTimeout, TimeSpan? failureGrace = null)
     {
+        var grace = failureGrace ?? FailureGrace;
         var op = s.Operation;
         if (s.Instance.Desired == DesiredState.Absent) return DecideDeletion(s);
         var inProgress = op is { InProgress: true };
@@ -113,7 +114,7 @@ public static class Provisioning
             {
                 case NodeState.Failed:
                     // A node keeps retrying; a provision gives up once the failure has lasted (a passing one only shows).
-                    if (op.Kind == OperationKind.Provision && s.Now - (status.FailingSince ?? s.Now) >= FailureGrace)
+                    if (op.Kind == OperationKind.Provision && s.Now - (status.FailingSince ?? s.Now) >= grace)
                         return new InstanceDecision.Fail($"node {node.NodeId} on {node.CellId} failed: {status.Detail}");
                     return new InstanceDecision.Wait($"node {node.NodeId} on {node.CellId}: {status.Detail}");
                 case NodeState.Initialising:

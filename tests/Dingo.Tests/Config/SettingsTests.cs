@@ -42,6 +42,8 @@ public sealed class SettingsTests
     [InlineData("dingo { node-port-range-first = 20500, node-port-range-last = 20600 }", "overlap")]
     [InlineData("dingo.etcd.prefix = \"dingo\"", "must start with '/'")]
     [InlineData("dingo.broker.instance-quota = -1", "instance-quota")]
+    [InlineData("dingo.broker.provision-failure-grace = 10m", "dingo.broker.provision-failure-grace")]
+    [InlineData("dingo.broker.provision-failure-grace = 0s", "dingo.broker.provision-failure-grace")]
     [InlineData("dingo.broker.url = \"not a url\"", "not an absolute URL")]
     [InlineData("dingo.router.mode = fast", "dingo.router.mode must be")]
     [InlineData("dingo.backups.keep = 0", "dingo.backups.keep")]

@@ -80,6 +80,17 @@ public sealed class ProvisioningTests
     }
 
     [Fact]
+    public void The_operator_sets_how_long_a_failing_node_may_fail_before_the_provision_does()
+    {
+        // Failing for 7 s (the snapshot is taken 1 s after T0): within the default 30 s and an 8 s grace, past a 6 s one.
+        var failing = Status(NodeState.Failed, "restore: WAL segment missing") with { FailingSince = T0 - TimeSpan.FromSeconds(6) };
+        Assert.IsType<InstanceDecision.Wait>(Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [failing]), Timeout));
+        Assert.IsType<InstanceDecision.Wait>(Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [failing]), Timeout, TimeSpan.FromSeconds(8)));
+        Assert.Equal("node n-1 on cell-1 failed: restore: WAL segment missing",
+            Assert.IsType<InstanceDecision.Fail>(Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [failing]), Timeout, TimeSpan.FromSeconds(6))).Description);
+    }
+
+    [Fact]
     public void A_passing_node_failure_is_shown_not_fatal()
     {
         var failing = Status(NodeState.Failed, "cloning: connection refused") with { FailingSince = T0 };
