@@ -218,9 +218,13 @@ public sealed class EtcdStore : IAsyncDisposable
         if (response.Responses.Count != prefixes.Count) throw new InvalidOperationException($"etcd answered {response.Responses.Count} ranges for {prefixes.Count} asked");
         return response.Responses
             .Select(r => (IReadOnlyList<Versioned<string>>)r.ResponseRange.Kvs
-                .Select(kv => new Versioned<string>(kv.Key.ToStringUtf8(), kv.Value.ToStringUtf8(), kv.ModRevision) { Lease = kv.Lease }).ToList())
+                .Select(Raw).ToList())
             .ToList();
     }
+
+    /// <summary>A key-value as stored, with its revision and lease.</summary>
+    private static Versioned<string> Raw(Mvccpb.KeyValue kv) =>
+        new(kv.Key.ToStringUtf8(), kv.Value.ToStringUtf8(), kv.ModRevision) { Lease = kv.Lease };
 
     /// <summary>A value of <see cref="ListManyRawAsync"/> decoded as <see cref="ListAsync{T}"/> decodes it.</summary>
     public static Versioned<T> Decode<T>(Versioned<string> raw) =>
@@ -234,7 +238,7 @@ public sealed class EtcdStore : IAsyncDisposable
             Key = ByteString.CopyFromUtf8(prefix),
             RangeEnd = ByteString.CopyFromUtf8(RangeEnd(prefix)),
         }, deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
-        return response.Kvs.Select(kv => new Versioned<string>(kv.Key.ToStringUtf8(), kv.Value.ToStringUtf8(), kv.ModRevision) { Lease = kv.Lease }).ToList();
+        return response.Kvs.Select(Raw).ToList();
     }
 
     public async Task<Versioned<string>?> GetRawAsync(string key, CancellationToken ct)
