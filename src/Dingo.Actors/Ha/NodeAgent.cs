@@ -219,6 +219,67 @@ public sealed class NodeAgent
         if (await RenewAsync(etcd).ConfigureAwait(false)) await ArmAsync(etcd).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// A leader's step that talks to its PostgreSQL alone and may take long on a busy machine: the first preparation of
+    /// roles and database after a bootstrap or a take-over. The lease is renewed beside it every loop-wait, each time
+    /// PostgreSQL has just answered the probe, so the guard's deadline (¾ TTL after the last renewal) does not stop a
+    /// primary that is merely slow. It did: a preparation of more than 3 s beside a three-host platform had the guard
+    /// kill the new primary it had just made (fresh114, fresh115), and the cluster failed over again. A PostgreSQL that
+    /// stops answering gets no more renewals, so it is fenced as in any pass; a step that does not end is cut after
+    /// <see cref="StepLimit"/> (the pass fails, the next one tries again).
+    /// </summary>
+    private async Task WhileRenewingAsync(PostgresProbe probe, string what, Func<CancellationToken, Task> step, CancellationToken stopping)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+        limit.CancelAfter(StepLimit);
+        using var beside = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+        var renewing = _leaderLease != 0 && _others.Count > 0 ? KeepRenewingAsync(probe, beside.Token) : Task.CompletedTask;
+        try
+        {
+            await step(limit.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (limit.IsCancellationRequested && !stopping.IsCancellationRequested)
+        {
+            throw new TimeoutException($"{what} took more than {StepLimit.TotalSeconds:0}s");
+        }
+        finally
+        {
+            await beside.CancelAsync().ConfigureAwait(false);
+            await renewing.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The longest a leader's step may renew beside it (<see cref="WhileRenewingAsync"/>): four TTLs.</summary>
+    private TimeSpan StepLimit => _settings.Ha.Ttl * 4;
+
+    /// <summary>Every loop-wait until cancelled: asks PostgreSQL, and renews and arms only when it answered.</summary>
+    private async Task KeepRenewingAsync(PostgresProbe probe, CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                await Task.Delay(_settings.Ha.LoopWait, ct).ConfigureAwait(false);
+                if (SinceRenewal < _settings.Ha.LoopWait) continue;
+                using var tick = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                tick.CancelAfter(_settings.Ha.Ttl / 4);
+                await probe.ObserveAsync(tick.Token).WaitAsync(tick.Token).ConfigureAwait(false);
+                // The lease is gone: no more renewals; the guard stops PostgreSQL at its deadline unless the pass decides first.
+                if (!await RenewAsync(tick.Token).ConfigureAwait(false)) return;
+                await ArmAsync(tick.Token).ConfigureAwait(false);
+            }
+            catch (Exception) when (ct.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception ex)
+            {
+                // PostgreSQL or etcd did not answer this time: no renewal now; the guard's deadline stands.
+                _logger.LogDebug("node {Node}: no renewal beside the step: {Error}", _spec.NodeId, ex.Message);
+            }
+        }
+    }
+
     private void Disarm()
     {
         _guarded = null;
@@ -723,18 +784,26 @@ public sealed class NodeAgent
         }
     }
 
-    /// <summary>Polls PostgreSQL just started until it answers, for at most a quarter of the TTL.</summary>
+    /// <summary>
+    /// Polls PostgreSQL just started until it answers, for at most a quarter of the TTL in all: each attempt gets only
+    /// what is left. A new primary renews right after this wait, and its guard's deadline counts from the renewal before
+    /// it: one attempt on a loaded machine (a 2 s connect timeout, then one retry on a fresh connection) made the wait
+    /// 3.4 s, and the guard killed the primary that had just bootstrapped (fresh115, ThreeHostTests).
+    /// </summary>
     private async Task WaitUntilAnsweringAsync(PostgresProbe probe, CancellationToken ct)
     {
-        var until = DateTime.UtcNow + _settings.Ha.Ttl / 4;
-        while (DateTime.UtcNow < until)
+        var until = Monotonic.Add(Monotonic.NowNs(), _settings.Ha.Ttl / 4);
+        while (Monotonic.Between(Monotonic.NowNs(), until) is var left && left > TimeSpan.Zero)
         {
+            using var attempt = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            attempt.CancelAfter(left);
             try
             {
-                await probe.ObserveAsync(ct).ConfigureAwait(false);
+                await probe.ObserveAsync(attempt.Token).WaitAsync(attempt.Token).ConfigureAwait(false);
                 return;
             }
-            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException)
+            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException
+                                       || (ex is OperationCanceledException && !ct.IsCancellationRequested))
             {
                 await Task.Delay(50, ct).ConfigureAwait(false);
             }
@@ -942,12 +1011,15 @@ public sealed class NodeAgent
         await RenewOnProgressAsync(ct).ConfigureAwait(false);
         if (!_prepared)
         {
-            await DatabaseAdmin.PrepareAsync(Address, _spec.Port, record.Superuser, record.Database, stopping, record.Replication).ConfigureAwait(false);
-            if (_clonedFromOther)
+            await WhileRenewingAsync(probe, "preparing roles and the database", async step =>
             {
-                await DatabaseAdmin.DisableInheritedLoginsAsync(Address, _spec.Port, record.Superuser, stopping).ConfigureAwait(false);
-                _clonedFromOther = false;
-            }
+                await DatabaseAdmin.PrepareAsync(Address, _spec.Port, record.Superuser, record.Database, step, record.Replication).ConfigureAwait(false);
+                if (_clonedFromOther)
+                {
+                    await DatabaseAdmin.DisableInheritedLoginsAsync(Address, _spec.Port, record.Superuser, step).ConfigureAwait(false);
+                    _clonedFromOther = false;
+                }
+            }, stopping).ConfigureAwait(false);
             _prepared = true;
             // The preparation may have outlasted the pass's fencing budget: the renewal after it gets one of its own.
             using var renewal = CancellationTokenSource.CreateLinkedTokenSource(stopping);

@@ -1,0 +1,163 @@
+using System.Diagnostics;
+using Dingo.Cells;
+using Dingo.Ha;
+using Dingo.Model;
+using Dingo.Postgres;
+using Dingo.Store;
+using Dingo.Tests.Support;
+using Npgsql;
+using Xunit.Abstractions;
+
+namespace Dingo.Tests.Ha;
+
+/// <summary>
+/// A new leader's first preparation of roles and database that takes longer than the guard's deadline (¾ TTL after the
+/// last renewal), on real etcd, a real PostgreSQL 15 and the real `dingo-cell guard` process. On a loaded machine it
+/// did (fresh114, fresh115: more than 3 s beside a three-host platform) and the guard killed the primary its own agent
+/// had just made. The lease must be renewed beside a slow step while PostgreSQL answers, and not once it stops answering.
+/// The slowness is a lock the test holds on what the preparation changes, so the step waits as long as the test says.
+/// </summary>
+[SuiteCost(25)]
+public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private static readonly CancellationToken None = CancellationToken.None;
+    private readonly Dingo.Config.DingoSettings _settings = TestPlatform.NewSettings();
+    private EtcdStore _store = null!;
+    private LocalProcessRuntime _runtime = null!;
+    private CellLease _lease = null!;
+    private CellReconciler _cell = null!;
+    private FenceGuardDirectory _guard = null!;
+    private NodeSpec _spec = null!;
+    private InstanceRecord _record = null!;
+    private Keys K => _store.Keys;
+
+    public async Task InitializeAsync()
+    {
+        _store = new EtcdStore(_settings.EtcdEndpoints, _settings.EtcdPrefix);
+        _runtime = new LocalProcessRuntime(
+            new LocalProcessRuntimeOptions(Path.Combine(_settings.DataDir, "cells", "cell-1", "nodes"), _settings.Cell.PostgresBin, _settings.Cell.RunAsUser),
+            new TestOutputLogger<LocalProcessRuntime>(output));
+        _lease = new CellLease(_store, TimeSpan.FromSeconds(5), new TestOutputLogger<CellLease>(output));
+        _cell = new CellReconciler(_store, _runtime, _lease, _settings, new TestOutputLogger<CellReconciler>(output));
+        _guard = new FenceGuardDirectory(Path.Combine(_settings.DataDir, "guard"), ["dotnet", Path.Combine(AppContext.BaseDirectory, "Dingo.Cell.dll"), "guard"]);
+        using var start = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        if (!await _guard.EnsureGuardRunningAsync(TimeSpan.FromSeconds(20), start.Token))
+            Assert.Fail("the guard did not start: " + (FenceGuardDirectory.ReadOrNull(Path.Combine(_guard.Path, "guard.log")) ?? "(no guard.log)"));
+
+        // Two members, so the leader is guarded (a node alone is never fenced); only the first one runs.
+        var id = "i-" + Guid.NewGuid().ToString("N")[..8];
+        _record = new InstanceRecord
+        {
+            Id = id, ServiceId = Catalog.ServiceId, PlanId = Catalog.ClusterPlanId, OrganizationGuid = "o", SpaceGuid = "s",
+            Port = _settings.Router.PortFirst, NodeCount = 2, Superuser = new Credentials(DatabaseAdmin.SuperuserName, Secrets.Password()),
+            Replication = new Credentials(DatabaseAdmin.ReplicationUserName, Secrets.Password()),
+        };
+        await _store.PutAsync(K.Instance(id), _record, None);
+        var now = DateTimeOffset.UtcNow;
+        _spec = new NodeSpec { NodeId = "n-" + Guid.NewGuid().ToString("N")[..6], InstanceId = id, CellId = "cell-1", Port = _settings.NodePortFirst, CreatedAt = now };
+        var absent = new NodeSpec { NodeId = "n-" + Guid.NewGuid().ToString("N")[..6], InstanceId = id, CellId = "cell-2", Port = _settings.NodePortFirst + 1, CreatedAt = now.AddSeconds(1) };
+        await _store.PutAsync(K.Assignment("cell-1", _spec.NodeId), _spec, None);
+        await _store.PutAsync(K.Node(id, _spec.NodeId), _spec, None);
+        await _store.PutAsync(K.Node(id, absent.NodeId), absent, None);
+    }
+
+    public async Task DisposeAsync()
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        foreach (var pid in PostgresTree()) _ = kill(pid, 18); // SIGCONT: a stopped tree must be able to go
+        try { await _guard.StopGuardAsync(cts.Token); } catch (Exception ex) { output.WriteLine($"stopping the guard: {ex.Message}"); }
+        try { foreach (var n in await _runtime.ListAsync(cts.Token)) await _runtime.RemoveAsync(n.NodeId, cts.Token); }
+        catch (Exception ex) { output.WriteLine($"removing the node: {ex.Message}"); }
+        var log = Path.Combine(_guard.Path, "guard.log");
+        if (File.Exists(log)) output.WriteLine(File.ReadAllText(log));
+        await TestPlatform.DestroyDataAsync(_settings);
+        await _store.DisposeAsync();
+    }
+
+    private NodeAgent Agent() =>
+        new(_spec, _store, _runtime, _lease, _settings, new TestOutputLogger<NodeAgent>(output), guard: _guard);
+
+    private IReadOnlyList<int> PostgresTree() =>
+        _runtime.PostmasterPidAsync(_spec.NodeId, None).GetAwaiter().GetResult() is { } pid ? ProcStat.Tree(pid) : [];
+
+    private async Task<ProcessIdentity?> PostmasterAsync() =>
+        await _runtime.PostmasterPidAsync(_spec.NodeId, None) is { } pid ? ProcessIdentity.Of(pid) : null;
+
+    private NpgsqlConnection Superuser(string database) =>
+        new(DatabaseAdmin.ConnectionString("127.0.0.1", _spec.Port, _record.Superuser, database).ConnectionString);
+
+    /// <summary>Passes of the first agent until it has bootstrapped and holds the key: the next pass is its first lead.</summary>
+    private async Task<NodeAgent> BootstrappedAsync()
+    {
+        var agent = Agent();
+        var deadline = DateTime.UtcNow.AddSeconds(90);
+        while ((await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))?.Value.NodeId != _spec.NodeId)
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException("the node did not bootstrap");
+            await _cell.RunPassAsync(new HashSet<string> { _spec.NodeId }, None);
+            output.WriteLine($"pass: {await agent.RunPassAsync(None)}");
+        }
+        return agent;
+    }
+
+    [Fact]
+    public async Task A_slow_first_preparation_keeps_its_primary_while_PostgreSQL_answers_and_a_hang_in_it_is_still_fenced()
+    {
+        var ttl = _settings.Ha.Ttl;
+        var agent = await BootstrappedAsync();
+        var postmaster = await PostmasterAsync() ?? throw new InvalidOperationException("no postmaster");
+
+        // 1. The first lead's preparation waits for the test's uncommitted CREATE ROLE of the same role: twice the
+        //    guard's deadline and more. The primary must come out of it unharmed.
+        await using (var holder = Superuser("postgres"))
+        {
+            await holder.OpenAsync(None);
+            await using (var hold = new NpgsqlCommand($"BEGIN; CREATE ROLE {DatabaseAdmin.OwnerRole} NOLOGIN", holder))
+                await hold.ExecuteNonQueryAsync(None);
+            var watch = Stopwatch.StartNew();
+            var pass = agent.RunPassAsync(None);
+            var held = FenceGuard.DeadlineAfterRenewal(ttl) * 2;
+            Assert.NotSame(pass, await Task.WhenAny(pass, Task.Delay(held)));
+            Assert.Equal(postmaster, await PostmasterAsync());
+            await using (var release = new NpgsqlCommand("ROLLBACK", holder)) await release.ExecuteNonQueryAsync(None);
+            var sentence = await pass.WaitAsync(TimeSpan.FromSeconds(30));
+            output.WriteLine($"the first lead's pass took {watch.Elapsed.TotalSeconds:0.0}s (held {held.TotalSeconds:0.0}s): {sentence}");
+            Assert.Equal("no action: I hold the leader key", sentence);
+        }
+        Assert.Null(_guard.TakeFenced(_spec.NodeId));
+        Assert.Equal(postmaster, await PostmasterAsync());
+        Assert.Equal(_spec.NodeId, (await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))!.Value.NodeId);
+        Assert.Equal(1L, await NodeSql.ScalarAsync(new NodeLaunchSpec(_spec.NodeId, _spec.InstanceId, "127.0.0.1", _spec.Port, _record.Superuser),
+            _record.Superuser, $"SELECT count(*) FROM pg_roles WHERE rolname = '{DatabaseAdmin.OwnerRole}'"));
+
+        // 2. The agent restarts (a new one adopts the lease and prepares again); its preparation waits on the test's
+        //    uncommitted change of the database's row (the REVOKE on it waits), and then PostgreSQL hangs (SIGSTOP of the whole tree). No
+        //    renewal may keep a PostgreSQL that does not answer: the guard stops it within its deadline.
+        var restarted = Agent();
+        await using (var holder = Superuser(_record.Database))
+        {
+            await holder.OpenAsync(None);
+            await using (var hold = new NpgsqlCommand($"BEGIN; ALTER DATABASE \"{_record.Database}\" CONNECTION LIMIT -1", holder))
+                await hold.ExecuteNonQueryAsync(None);
+            var pass = restarted.RunPassAsync(None);
+            await Task.Delay(ttl); // renewing beside the waiting step
+            Assert.NotSame(pass, await Task.WhenAny(pass, Task.Delay(10)));
+            Assert.Equal(postmaster, await PostmasterAsync());
+            var tree = PostgresTree();
+            foreach (var pid in tree) Assert.Equal(0, kill(pid, 19)); // SIGSTOP
+            var hung = Stopwatch.StartNew();
+            await Eventually.UntilAsync(async () => await PostmasterAsync() is null, ttl * 3, "the guard stopping the hung PostgreSQL");
+            output.WriteLine($"the hung PostgreSQL ({tree.Count} processes) was stopped {hung.Elapsed.TotalSeconds:0.00}s after it hung");
+            Assert.True(hung.Elapsed < ttl + TimeSpan.FromSeconds(1), $"a hung PostgreSQL in a renewed step went on for {hung.Elapsed}");
+            var failed = await pass.WaitAsync(TimeSpan.FromSeconds(30));
+            output.WriteLine($"the restarted agent's pass: {failed}");
+            Assert.Contains("failed", failed);
+        }
+        var report = _guard.TakeFenced(_spec.NodeId);
+        output.WriteLine($"the guard: {report}");
+        Assert.Contains("not renewed in time", report);
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int kill(int pid, int sig);
+}
