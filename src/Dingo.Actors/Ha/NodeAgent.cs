@@ -664,7 +664,7 @@ public sealed class NodeAgent
                 if (input.Local.Running && !(input.Local.Answering && input.Local.InRecovery))
                     await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
                 Disarm();
-                await ReleaseKeyAsync(etcd).ConfigureAwait(false);
+                await ReleaseAfterStopAsync(ct).ConfigureAwait(false);
                 break;
 
             case HaAction.TakeLeadership:
@@ -703,22 +703,7 @@ public sealed class NodeAgent
                 if (demote.AtOnce) await StopAtOnceAsync().ConfigureAwait(false);
                 await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
                 Disarm();
-                // PostgreSQL no longer accepts writes: giving the key up now is safe and lets a replica take over at once.
-                // Past the fencing deadline this pass's etcd token is spent, so the release gets a short budget of its own.
-                using (var release = CancellationTokenSource.CreateLinkedTokenSource(ct))
-                {
-                    release.CancelAfter(_settings.Ha.Ttl / 4);
-                    try
-                    {
-                        await ReleaseKeyAsync(release.Token).ConfigureAwait(false);
-                    }
-                    catch (Exception ex) when (EtcdUnreachable(ex, ct))
-                    {
-                        // Cannot reach etcd: the lease lapses by itself. This node must never pick it up again.
-                        _abandonedLease = _leaderLease;
-                        DropLease();
-                    }
-                }
+                await ReleaseAfterStopAsync(ct).ConfigureAwait(false);
                 if (demote.Leader is not null) await TryRewindAsync(launch, demote.Leader, record, ct).ConfigureAwait(false);
                 await StartStandbyAsync(launch, demote.Leader, record, ct).ConfigureAwait(false);
                 break;
@@ -751,7 +736,7 @@ public sealed class NodeAgent
                 // A clean stop sends every WAL record to the connected standbys before the key is released.
                 await _runtime.StopAsync(_spec.NodeId, ct).ConfigureAwait(false);
                 Disarm();
-                await ReleaseKeyAsync(etcd).ConfigureAwait(false);
+                await ReleaseAfterStopAsync(ct).ConfigureAwait(false);
                 await StartStandbyAsync(launch, null, record, ct).ConfigureAwait(false);
                 break;
         }
@@ -876,6 +861,28 @@ public sealed class NodeAgent
         }
         if (_leaderLease != 0) await _store.RevokeLeaseAsync(_leaderLease, ct).ConfigureAwait(false);
         DropLease();
+    }
+
+    /// <summary>
+    /// PostgreSQL no longer accepts writes: giving the key up now is safe and lets a replica take over at once. The stop
+    /// before it may have outlasted the pass's etcd budget (a clean stop takes seconds on a loaded machine), so the
+    /// release gets a short budget of its own. It ran on the spent one: a switchover's hand-over failed after its clean
+    /// stop, the key went only with the next pass (fresh120, PlannedOperationsTests). An etcd that does not answer: the
+    /// lease lapses by itself, and this node never picks it up again.
+    /// </summary>
+    private async Task ReleaseAfterStopAsync(CancellationToken ct)
+    {
+        using var release = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        release.CancelAfter(_settings.Ha.Ttl / 4);
+        try
+        {
+            await ReleaseKeyAsync(release.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (EtcdUnreachable(ex, ct))
+        {
+            _abandonedLease = _leaderLease;
+            DropLease();
+        }
     }
 
     private void DropLease()

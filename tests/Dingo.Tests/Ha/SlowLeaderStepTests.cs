@@ -16,8 +16,9 @@ namespace Dingo.Tests.Ha;
 /// did (fresh114, fresh115: more than 3 s beside a three-host platform) and the guard killed the primary its own agent
 /// had just made. The lease must be renewed beside a slow step while PostgreSQL answers, and not once it stops answering.
 /// The slowness is a lock the test holds on what the preparation changes, so the step waits as long as the test says.
+/// And a leader's step after a stop that outlasted the pass's etcd budget: a switchover's release of the key.
 /// </summary>
-[SuiteCost(25)]
+[SuiteCost(45)]
 public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private static readonly CancellationToken None = CancellationToken.None;
@@ -29,6 +30,7 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
     private FenceGuardDirectory _guard = null!;
     private NodeSpec _spec = null!;
     private InstanceRecord _record = null!;
+    private NodeSpec _absent = null!;
     private Keys K => _store.Keys;
 
     public async Task InitializeAsync()
@@ -55,7 +57,7 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         await _store.PutAsync(K.Instance(id), _record, None);
         var now = DateTimeOffset.UtcNow;
         _spec = new NodeSpec { NodeId = "n-" + Guid.NewGuid().ToString("N")[..6], InstanceId = id, CellId = "cell-1", Port = _settings.NodePortFirst, CreatedAt = now };
-        var absent = new NodeSpec { NodeId = "n-" + Guid.NewGuid().ToString("N")[..6], InstanceId = id, CellId = "cell-2", Port = _settings.NodePortFirst + 1, CreatedAt = now.AddSeconds(1) };
+        var absent = _absent = new NodeSpec { NodeId = "n-" + Guid.NewGuid().ToString("N")[..6], InstanceId = id, CellId = "cell-2", Port = _settings.NodePortFirst + 1, CreatedAt = now.AddSeconds(1) };
         await _store.PutAsync(K.Assignment("cell-1", _spec.NodeId), _spec, None);
         await _store.PutAsync(K.Node(id, _spec.NodeId), _spec, None);
         await _store.PutAsync(K.Node(id, absent.NodeId), absent, None);
@@ -74,8 +76,8 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         await _store.DisposeAsync();
     }
 
-    private NodeAgent Agent() =>
-        new(_spec, _store, _runtime, _lease, _settings, new TestOutputLogger<NodeAgent>(output), guard: _guard);
+    private NodeAgent Agent(IContainerRuntime? runtime = null) =>
+        new(_spec, _store, runtime ?? _runtime, _lease, _settings, new TestOutputLogger<NodeAgent>(output), guard: _guard);
 
     private IReadOnlyList<int> PostgresTree() =>
         _runtime.PostmasterPidAsync(_spec.NodeId, None).GetAwaiter().GetResult() is { } pid ? ProcStat.Tree(pid) : [];
@@ -87,9 +89,9 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         new(DatabaseAdmin.ConnectionString("127.0.0.1", _spec.Port, _record.Superuser, database).ConnectionString);
 
     /// <summary>Passes of the first agent until it has bootstrapped and holds the key: the next pass is its first lead.</summary>
-    private async Task<NodeAgent> BootstrappedAsync()
+    private async Task<NodeAgent> BootstrappedAsync(IContainerRuntime? runtime = null)
     {
-        var agent = Agent();
+        var agent = Agent(runtime);
         var deadline = DateTime.UtcNow.AddSeconds(90);
         while ((await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))?.Value.NodeId != _spec.NodeId)
         {
@@ -156,6 +158,71 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         var report = _guard.TakeFenced(_spec.NodeId);
         output.WriteLine($"the guard: {report}");
         Assert.Contains("not renewed in time", report);
+    }
+
+    [Fact]
+    public async Task A_switchover_whose_clean_stop_outlasts_the_passs_etcd_budget_still_hands_the_key_over_in_that_pass()
+    {
+        // The replica runs on the same cell; the leader's runtime takes half a TTL and more over every stop, as a clean
+        // shutdown does on a loaded machine (fresh120: the hand-over's release then ran on a spent budget and failed).
+        var replica = (await _store.GetAsync<NodeSpec>(K.Node(_spec.InstanceId, _absent.NodeId), None))!.Value with { CellId = "cell-1" };
+        await _store.PutAsync(K.Node(_spec.InstanceId, replica.NodeId), replica, None);
+        await _store.PutAsync(K.Assignment("cell-1", replica.NodeId), replica, None);
+        var slow = new SlowStops(_runtime, _settings.Ha.Ttl / 2 + TimeSpan.FromMilliseconds(500));
+        var leader = await BootstrappedAsync(slow);
+        var follower = new NodeAgent(replica, _store, _runtime, _lease, _settings, new TestOutputLogger<NodeAgent>(output), guard: _guard);
+        var deadline = DateTime.UtcNow.AddSeconds(120);
+        while ((await _store.GetAsync<NodeStatus>(K.Status(_spec.InstanceId, replica.NodeId), None))?.Value is not { Role: "replica", Streaming: true })
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException("the replica did not stream");
+            await _cell.RunPassAsync(new HashSet<string> { _spec.NodeId, replica.NodeId }, None);
+            output.WriteLine($"leader: {await leader.RunPassAsync(None)}");
+            output.WriteLine($"replica: {await follower.RunPassAsync(None)}");
+        }
+
+        await _store.PutAsync(K.Switchover(_spec.InstanceId), new SwitchoverRequest(_spec.NodeId, replica.NodeId, DateTimeOffset.UtcNow), None);
+        slow.On = true;
+        var watch = Stopwatch.StartNew();
+        var sentence = await leader.RunPassAsync(None);
+        output.WriteLine($"the hand-over pass ({watch.Elapsed.TotalSeconds:0.0}s, a stop of {slow.Extra.TotalSeconds:0.0}s more): {sentence}");
+        Assert.StartsWith($"switching over to {replica.NodeId}", sentence);
+        Assert.DoesNotContain("failed", sentence);
+        Assert.Null(await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None)); // released in that very pass
+        slow.On = false;
+        deadline = DateTime.UtcNow.AddSeconds(30);
+        while ((await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))?.Value.NodeId != replica.NodeId)
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException("the replica did not take the key");
+            output.WriteLine($"replica: {await follower.RunPassAsync(None)}");
+        }
+    }
+
+    /// <summary>The cell's runtime, with every stop taking <see cref="Extra"/> longer while <see cref="On"/>.</summary>
+    private sealed class SlowStops(IContainerRuntime inner, TimeSpan extra) : IContainerRuntime
+    {
+        public volatile bool On;
+        public TimeSpan Extra => extra;
+        public string Kind => inner.Kind;
+        public string? Problem => inner.Problem;
+        public Task<IReadOnlyList<RuntimeNode>> ListAsync(CancellationToken ct) => inner.ListAsync(ct);
+        public Task CreateAsync(NodeLaunchSpec spec, CancellationToken ct) => inner.CreateAsync(spec, ct);
+        public Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken ct) => inner.StartAsync(spec, standby, ct);
+        public Task ConfigureStandbyAsync(NodeLaunchSpec spec, StandbyConfig standby, CancellationToken ct) => inner.ConfigureStandbyAsync(spec, standby, ct);
+        public Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken ct) => inner.CloneAsync(spec, source, ct);
+        public Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken ct) => inner.RewindAsync(spec, source, ct);
+        public Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken ct) => inner.RestoreAsync(spec, input, ct);
+        public Task<int?> PostmasterPidAsync(string nodeId, CancellationToken ct) => inner.PostmasterPidAsync(nodeId, ct);
+        public Task<IReadOnlyList<string>> AddTimelineHistoriesAsync(string nodeId, IReadOnlyList<TimelineHistoryFile> files, CancellationToken ct) =>
+            inner.AddTimelineHistoriesAsync(nodeId, files, ct);
+        public async Task StopAsync(string nodeId, CancellationToken ct)
+        {
+            await inner.StopAsync(nodeId, ct);
+            if (On) await Task.Delay(extra, ct);
+        }
+        public Task RecordInstanceAsync(string nodeId, string instanceId, CancellationToken ct) => inner.RecordInstanceAsync(nodeId, instanceId, ct);
+        public Task RemoveAsync(string nodeId, CancellationToken ct) => inner.RemoveAsync(nodeId, ct);
+        public Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken ct) => inner.ApplyPlatformAccessAsync(access, ct);
+        public HealthTls HealthApiTls(string nodeId) => inner.HealthApiTls(nodeId);
     }
 
     [System.Runtime.InteropServices.DllImport("libc")]
