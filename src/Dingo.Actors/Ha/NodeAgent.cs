@@ -226,9 +226,10 @@ public sealed class NodeAgent
     /// primary that is merely slow. It did: a preparation of more than 3 s beside a three-host platform had the guard
     /// kill the new primary it had just made (fresh114, fresh115), and the cluster failed over again. A PostgreSQL that
     /// stops answering gets no more renewals, so it is fenced as in any pass; a step that does not end is cut after
-    /// <see cref="StepLimit"/> (the pass fails, the next one tries again).
+    /// <see cref="StepLimit"/> (the pass fails, the next one tries again). Without a probe, renewals do not wait for
+    /// PostgreSQL to answer (waiting for one just started to answer).
     /// </summary>
-    private async Task WhileRenewingAsync(PostgresProbe probe, string what, Func<CancellationToken, Task> step, CancellationToken stopping)
+    private async Task WhileRenewingAsync(PostgresProbe? probe, string what, Func<CancellationToken, Task> step, CancellationToken stopping)
     {
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(stopping);
         limit.CancelAfter(StepLimit);
@@ -252,8 +253,8 @@ public sealed class NodeAgent
     /// <summary>The longest a leader's step may renew beside it (<see cref="WhileRenewingAsync"/>): four TTLs.</summary>
     private TimeSpan StepLimit => _settings.Ha.Ttl * 4;
 
-    /// <summary>Every loop-wait until cancelled: asks PostgreSQL, and renews and arms only when it answered.</summary>
-    private async Task KeepRenewingAsync(PostgresProbe probe, CancellationToken ct)
+    /// <summary>Every loop-wait until cancelled: asks PostgreSQL (when given a probe), and renews and arms only when it answered.</summary>
+    private async Task KeepRenewingAsync(PostgresProbe? probe, CancellationToken ct)
     {
         while (!ct.IsCancellationRequested)
         {
@@ -263,7 +264,7 @@ public sealed class NodeAgent
                 if (SinceRenewal < _settings.Ha.LoopWait) continue;
                 using var tick = CancellationTokenSource.CreateLinkedTokenSource(ct);
                 tick.CancelAfter(_settings.Ha.Ttl / 4);
-                await probe.ObserveAsync(tick.Token).WaitAsync(tick.Token).ConfigureAwait(false);
+                if (probe is not null) await probe.ObserveAsync(tick.Token).WaitAsync(tick.Token).ConfigureAwait(false);
                 // The lease is gone: no more renewals; the guard stops PostgreSQL at its deadline unless the pass decides first.
                 if (!await RenewAsync(tick.Token).ConfigureAwait(false)) return;
                 await ArmAsync(tick.Token).ConfigureAwait(false);
@@ -641,9 +642,12 @@ public sealed class NodeAgent
                 // Nobody else has data yet, so nobody could be writable beside it before this arming. Starting may have
                 // taken a while on a busy host: renew first, so the deadline counts from now.
                 if (primary && await RenewAsync(ct).ConfigureAwait(false)) await ArmAsync(ct).ConfigureAwait(false);
-                // A new cluster is bindable once its primary leads: catch PostgreSQL's first moment up in this pass
-                // (bounded well inside the lease), not a loop-wait later.
-                await WaitUntilAnsweringAsync(probe, ct).ConfigureAwait(false);
+                // A new cluster is bindable once its primary leads: catch PostgreSQL's first moment up in this pass, not a
+                // loop-wait later. One attempt may take seconds on a loaded machine (a 2 s connect timeout, then a retry):
+                // the lease is renewed beside the wait, or the guard stopped the primary meanwhile (fresh115). Not only
+                // once it answers, as beside a leader's other slow steps: it does not answer yet, and the wait is short.
+                if (primary) await WhileRenewingAsync(null, "waiting for PostgreSQL to accept connections", step => WaitUntilAnsweringAsync(probe, step), ct).ConfigureAwait(false);
+                else await WaitUntilAnsweringAsync(probe, ct).ConfigureAwait(false);
                 // Starting PostgreSQL may take longer than half the TTL on a busy host: renew at once, or the next pass
                 // would find the fencing deadline passed and demote a primary that just came up.
                 if (primary && await RenewAsync(ct).ConfigureAwait(false)) await ArmAsync(ct).ConfigureAwait(false);
@@ -769,26 +773,18 @@ public sealed class NodeAgent
         }
     }
 
-    /// <summary>
-    /// Polls PostgreSQL just started until it answers, for at most a quarter of the TTL in all: each attempt gets only
-    /// what is left. A new primary renews right after this wait, and its guard's deadline counts from the renewal before
-    /// it: one attempt on a loaded machine (a 2 s connect timeout, then one retry on a fresh connection) made the wait
-    /// 3.4 s, and the guard killed the primary that had just bootstrapped (fresh115, ThreeHostTests).
-    /// </summary>
+    /// <summary>Polls PostgreSQL just started until it answers, for about a quarter of the TTL (an attempt may take longer).</summary>
     private async Task WaitUntilAnsweringAsync(PostgresProbe probe, CancellationToken ct)
     {
-        var until = Monotonic.Add(Monotonic.NowNs(), _settings.Ha.Ttl / 4);
-        while (Monotonic.Between(Monotonic.NowNs(), until) is var left && left > TimeSpan.Zero)
+        var until = DateTime.UtcNow + _settings.Ha.Ttl / 4;
+        while (DateTime.UtcNow < until)
         {
-            using var attempt = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            attempt.CancelAfter(left);
             try
             {
-                await probe.ObserveAsync(attempt.Token).WaitAsync(attempt.Token).ConfigureAwait(false);
+                await probe.ObserveAsync(ct).ConfigureAwait(false);
                 return;
             }
-            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException
-                                       || (ex is OperationCanceledException && !ct.IsCancellationRequested))
+            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException)
             {
                 await Task.Delay(50, ct).ConfigureAwait(false);
             }

@@ -155,7 +155,9 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
             output.WriteLine($"the restarted agent's pass: {failed}");
             Assert.Contains("failed", failed);
         }
-        var report = _guard.TakeFenced(_spec.NodeId);
+        // The guard writes its report once the processes are gone and the arm removed: waited for, not read at once.
+        string? report = null;
+        await Eventually.UntilAsync(() => Task.FromResult((report = _guard.TakeFenced(_spec.NodeId)) is not null), TimeSpan.FromSeconds(5), "the guard's report");
         output.WriteLine($"the guard: {report}");
         Assert.Contains("not renewed in time", report);
     }
