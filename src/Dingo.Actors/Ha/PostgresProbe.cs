@@ -8,7 +8,7 @@ namespace Dingo.Ha;
 public sealed class PostgresProbe(string host, int port, Credentials superuser)
 {
     /// <param name="ReplayLagSeconds">a replica with WAL still to replay: the age of the last transaction it replayed; else 0</param>
-    /// <param name="Connections">client backends connected</param>
+    /// <param name="Connections">client backends connected, not counting the platform's own pooled ones (HA probe, backup duty)</param>
     public sealed record Observation(bool InRecovery, long Lsn, int Timeline, bool Streaming, string? SenderHost, int? SenderPort,
         double ReplayLagSeconds = 0, int Connections = 0);
 
@@ -59,7 +59,7 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
                    CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() <> pg_last_wal_replay_lsn()
                         THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)::float8
                         ELSE 0 END,
-                   (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name <> 'dingo-ha')::int
+                   (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name NOT IN ('dingo-ha', 'dingo-backups'))::int
             """, conn);
         await using var r = await cmd.ExecuteReaderAsync(ct).ConfigureAwait(false);
         await r.ReadAsync(ct).ConfigureAwait(false);

@@ -38,6 +38,15 @@ public sealed class LifecycleTests(ITestOutputHelper output)
             Assert.Equal("hello dingo", await cmd.ExecuteScalarAsync());
             cmd.CommandText = "SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = session_user";
             Assert.Equal(false, await cmd.ExecuteScalarAsync());
+
+            // An idle primary is not a stream of new sessions: the platform's own questions (HA probe, backup duty) go
+            // over pooled connections. The backup duty once opened one every 2 s (a fork, SCRAM and TLS each time).
+            cmd.CommandText = "SELECT sum(sessions)::bigint FROM pg_stat_database WHERE datname IS NOT NULL";
+            var before = (long)(await cmd.ExecuteScalarAsync())!;
+            await Task.Delay(TimeSpan.FromSeconds(8));
+            var opened = (long)(await cmd.ExecuteScalarAsync())! - before;
+            output.WriteLine($"sessions opened on the idle primary in 8 s: {opened}");
+            Assert.True(opened <= 1, $"{opened} sessions opened on an idle primary in 8 s");
         }
 
         // Identical re-bind: 200 with the same credentials; a different one: 409.
