@@ -199,7 +199,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 cs.Pooling = true;
                 cs.MaxPoolSize = 1;
                 cs.ConnectionIdleLifetime = 30;
-                cs.ApplicationName = "dingo-backups";
+                cs.ApplicationName = Dingo.Ha.PostgresProbe.BackupsApplicationName;
                 await using var conn = Dingo.Postgres.PlatformConnectionTls.Connection(cs);
                 await conn.OpenAsync(ct).ConfigureAwait(false);
                 await using var cmd = new Npgsql.NpgsqlCommand("SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1", conn);

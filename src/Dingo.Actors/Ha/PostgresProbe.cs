@@ -7,6 +7,9 @@ namespace Dingo.Ha;
 /// <summary>What the node's PostgreSQL says about itself, and the SQL the HA executor runs on it.</summary>
 public sealed class PostgresProbe(string host, int port, Credentials superuser)
 {
+    /// <summary>The platform's own pooled sessions on a node, left out of its client count.</summary>
+    public const string HaApplicationName = "dingo-ha", BackupsApplicationName = "dingo-backups";
+
     /// <param name="ReplayLagSeconds">a replica with WAL still to replay: the age of the last transaction it replayed; else 0</param>
     /// <param name="Connections">client backends connected, not counting the platform's own pooled ones (HA probe, backup duty)</param>
     public sealed record Observation(bool InRecovery, long Lsn, int Timeline, bool Streaming, string? SenderHost, int? SenderPort,
@@ -24,7 +27,7 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         cs.Pooling = true;
         cs.MaxPoolSize = 3;
         cs.ConnectionIdleLifetime = 60;
-        cs.ApplicationName = "dingo-ha";
+        cs.ApplicationName = HaApplicationName;
         return PlatformConnectionTls.Connection(cs);
     }
 
@@ -47,7 +50,7 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
     {
         await using var conn = Connect();
         await conn.OpenAsync(ct).ConfigureAwait(false);
-        await using var cmd = new NpgsqlCommand("""
+        await using var cmd = new NpgsqlCommand($"""
             SELECT pg_is_in_recovery(),
                    CASE WHEN pg_is_in_recovery()
                         THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0')) - '0/0'
@@ -59,7 +62,7 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
                    CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() <> pg_last_wal_replay_lsn()
                         THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)::float8
                         ELSE 0 END,
-                   (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name NOT IN ('dingo-ha', 'dingo-backups'))::int
+                   (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name NOT IN ('{HaApplicationName}', '{BackupsApplicationName}'))::int
             """, conn);
         await using var r = await cmd.ExecuteReaderAsync(ct).ConfigureAwait(false);
         await r.ReadAsync(ct).ConfigureAwait(false);
