@@ -23,9 +23,15 @@ public static class AkkaDefaults
     // a TCP connect, the TLS and Akka handshakes on a loaded host, and stays inside the failure detector's 3 s pause
     // after a heal; a failed address is tried again after 2 s instead of 5.
     //
+    // The scheduler's tick: Akka's scheduler wakes every tick whether or not anything is due (a .NET timer and a
+    // thread-pool hop each time), 100 times a second per actor system at Akka's 10 ms, and a cell runs two systems.
+    // Nothing here needs Akka timers finer than 100 ms (cluster heartbeats are 1 s apart, the failure detector
+    // allows 3 s); the passes of cells, nodes and instances wait on .NET timers (PassActor), which are not ticked.
+    //
     // For(settings) adds the etcd endpoints and key prefix the lease uses.
     public const string Hocon = """
         akka.loglevel = WARNING
+        akka.scheduler.tick-duration = 100ms
         akka.stdout-loglevel = WARNING
         akka.cluster.log-info = off
         akka.remote.log-remote-lifecycle-events = off

@@ -7,25 +7,34 @@ namespace Dingo;
 /// An actor that runs one asynchronous reconcile pass at a time. A request that arrives during a pass
 /// schedules exactly one more pass after it; otherwise the subclass says when to look again.
 /// </summary>
-public abstract class PassActor<TResult> : ReceiveActor, IWithTimers
+/// <remarks>
+/// The wait between passes is a .NET timer (Task.Delay), not an Akka timer: Akka's scheduler fires only on its
+/// ticks (akka.scheduler.tick-duration, which AkkaDefaults makes coarse so that an idle actor system does not wake
+/// 100 times a second), and the HA loop's loop-wait must not be rounded up to a tick.
+/// </remarks>
+public abstract class PassActor<TResult> : ReceiveActor
 {
-    private sealed record Run;
+    /// <summary>The wait between passes ended; a wait that a later Schedule replaced is stale.</summary>
+    private sealed record Run(int Wait);
     private sealed record Done(TResult Result);
     private sealed record Failed(Exception Error);
 
     private readonly CancellationTokenSource _stopping = new();
     private bool _running;
     private bool _again;
+    private int _wait;
 
     protected ILoggingAdapter Log { get; } = Context.GetLogger();
-    public ITimerScheduler Timers { get; set; } = null!;
 
     /// <summary>True when a request arrived while the pass that just ended was running.</summary>
     protected bool RequestedMeanwhile => _again;
 
     protected PassActor()
     {
-        Receive<Run>(_ => RequestPass());
+        Receive<Run>(run =>
+        {
+            if (run.Wait == _wait) RequestPass();
+        });
         Receive<Done>(done =>
         {
             _running = false;
@@ -62,7 +71,15 @@ public abstract class PassActor<TResult> : ReceiveActor, IWithTimers
     private void Schedule(TimeSpan? delay)
     {
         if (_again) RequestPass();
-        else if (delay is { } d) Timers.StartSingleTimer("pass", new Run(), d);
+        else if (delay is { } d)
+        {
+            // As Akka's single timer did: a new wait replaces the one pending.
+            var wait = ++_wait;
+            var self = Self;
+            Task.Delay(d > TimeSpan.Zero ? d : TimeSpan.Zero, _stopping.Token).ContinueWith(
+                t => { if (t.IsCompletedSuccessfully) self.Tell(new Run(wait)); },
+                CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
     }
 
     protected override void PostStop()
