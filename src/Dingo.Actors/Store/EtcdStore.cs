@@ -206,7 +206,15 @@ public sealed class EtcdStore : IAsyncDisposable
     /// a read, with no raft entry): values as stored, one list per prefix in the order given. A node's HA pass reads its
     /// cluster this way: one call instead of three, twice a second for every node.
     /// </summary>
-    public async Task<IReadOnlyList<IReadOnlyList<Versioned<string>>>> ListManyRawAsync(IReadOnlyList<string> prefixes, CancellationToken ct)
+    public async Task<IReadOnlyList<IReadOnlyList<Versioned<string>>>> ListManyRawAsync(IReadOnlyList<string> prefixes, CancellationToken ct) =>
+        (await ReadManyRawAsync(prefixes, [], ct).ConfigureAwait(false)).Prefixes;
+
+    /// <summary>
+    /// Whole prefixes and single keys in one read, at one revision: each prefix's key-values as stored, then each key's
+    /// (null when absent), and the id of the etcd cluster that answered. A single key is asked as itself, never as a
+    /// prefix (instance "a1" is no part of "a10").
+    /// </summary>
+    public async Task<ManyRead> ReadManyRawAsync(IReadOnlyList<string> prefixes, IReadOnlyList<string> keys, CancellationToken ct)
     {
         var request = new TxnRequest();
         foreach (var prefix in prefixes)
@@ -214,13 +222,18 @@ public sealed class EtcdStore : IAsyncDisposable
             {
                 RequestRange = new RangeRequest { Key = ByteString.CopyFromUtf8(prefix), RangeEnd = ByteString.CopyFromUtf8(RangeEnd(prefix)) },
             });
+        foreach (var key in keys)
+            request.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = ByteString.CopyFromUtf8(key) } });
         var response = await CallAsync(c => c.TransactionAsync(request, deadline: Deadline(), cancellationToken: ct), ct).ConfigureAwait(false);
-        if (response.Responses.Count != prefixes.Count) throw new InvalidOperationException($"etcd answered {response.Responses.Count} ranges for {prefixes.Count} asked");
-        return response.Responses
-            .Select(r => (IReadOnlyList<Versioned<string>>)r.ResponseRange.Kvs
-                .Select(Raw).ToList())
-            .ToList();
+        if (response.Responses.Count != prefixes.Count + keys.Count)
+            throw new InvalidOperationException($"etcd answered {response.Responses.Count} ranges for {prefixes.Count + keys.Count} asked");
+        var ranges = response.Responses.Select(r => r.ResponseRange.Kvs).ToList();
+        return new ManyRead(ranges.Take(prefixes.Count).Select(kvs => (IReadOnlyList<Versioned<string>>)kvs.Select(Raw).ToList()).ToList(),
+            ranges.Skip(prefixes.Count).Select(kvs => kvs.Count == 0 ? null : Raw(kvs[0])).ToList(), response.Header.ClusterId);
     }
+
+    /// <summary>What <see cref="ReadManyRawAsync"/> read: per prefix, per key, and which etcd cluster answered.</summary>
+    public sealed record ManyRead(IReadOnlyList<IReadOnlyList<Versioned<string>>> Prefixes, IReadOnlyList<Versioned<string>?> Keys, ulong ClusterId);
 
     /// <summary>A key-value as stored, with its revision and lease.</summary>
     private static Versioned<string> Raw(Mvccpb.KeyValue kv) =>

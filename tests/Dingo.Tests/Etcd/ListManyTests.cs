@@ -39,4 +39,25 @@ public sealed class ListManyTests
         Assert.Equal(lease, read[0].Single(v => v.Key == k.Leader("i1")).Lease);
         Assert.Equal("n-1", EtcdStore.Decode<LeaderRecord>(read[0].Single(v => v.Key == k.Leader("i1"))).Value.NodeId);
     }
+
+    [Fact]
+    public async Task Single_keys_come_as_themselves_with_the_prefixes_and_the_cluster_that_answered()
+    {
+        await using var store = TestEtcd.NewStore(out _);
+        var k = store.Keys;
+        await store.PutStringAsync(k.Instance("i1") + "0", "{\"other\":true}", CancellationToken.None); // instance i10
+        await store.PutStringAsync(k.PlatformId, "platform-a", CancellationToken.None);
+        await store.PutAsync(k.Optime("i1"), 42L, CancellationToken.None);
+
+        var read = await store.ReadManyRawAsync([k.Cluster("i1")], [k.Instance("i1"), k.PlatformId], CancellationToken.None);
+
+        Assert.Equal([k.Optime("i1")], read.Prefixes.Single().Select(v => v.Key));
+        // i1 has no record: i10's is not it, as a prefix read would have had it.
+        Assert.Equal(2, read.Keys.Count);
+        Assert.Null(read.Keys[0]);
+        Assert.Equal("platform-a", read.Keys[1]!.Value);
+        var (_, cluster) = await store.GetStringWithClusterAsync(k.PlatformId, CancellationToken.None);
+        Assert.NotEqual(0UL, read.ClusterId);
+        Assert.Equal(cluster, read.ClusterId);
+    }
 }
