@@ -52,9 +52,13 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         var leaseId = await lease.EnsureAsync(ct).ConfigureAwait(false);
         if (leaseId != _registeredUnder) await RegisterAsync(leaseId, ct).ConfigureAwait(false);
 
-        // Which etcd answers, before anything it says is acted on.
-        var (platformId, clusterId) = await store.GetStringWithClusterAsync(store.Keys.PlatformId, ct).ConfigureAwait(false);
-        var seenCluster = EtcdIdentity.Hex(clusterId);
+        // What the pass decides with, in one read at one revision (one etcd call per pass, not four): which etcd answers
+        // (its cluster id and the platform id, checked before anything it says is acted on), the nodes assigned here,
+        // and the platform's cells and Akka members (who may log in to the nodes).
+        var read = await store.ReadManyRawAsync([store.Keys.Assignments(_cell.Id), store.Keys.Cells, store.Keys.AkkaMembers],
+            [store.Keys.PlatformId], ct).ConfigureAwait(false);
+        var platformId = read.Keys[0]?.Value;
+        var seenCluster = EtcdIdentity.Hex(read.ClusterId);
         string? mismatch;
         EtcdIdentity? recorded;
         try
@@ -69,8 +73,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         }
         var unreadableIdentity = recorded is null && mismatch is not null;
 
-        var desired = (await store.ListAsync<NodeSpec>(store.Keys.Assignments(_cell.Id), ct).ConfigureAwait(false))
-            .Select(v => v.Value).OrderBy(n => n.CreatedAt).ToList();
+        var desired = read.Prefixes[0].Select(v => EtcdStore.Decode<NodeSpec>(v).Value).OrderBy(n => n.CreatedAt).ToList();
         var did = new List<string>();
         IReadOnlyList<RuntimeNode> held;
         try
@@ -106,7 +109,8 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         {
             // Who may log in as the platform's roles follows the cells and brokers etcd lists (another etcd's list is
             // not ours to act on: the nodes keep what they have).
-            var access = (await _platformHosts.ReadAsync(ct).ConfigureAwait(false)) with
+            var access = (await _platformHosts.FromAsync(read.Prefixes[1].Select(v => EtcdStore.Decode<CellInfo>(v).Value),
+                read.Prefixes[2].Select(v => EtcdStore.Decode<AkkaMemberRecord>(v).Value), ct).ConfigureAwait(false)) with
             {
                 RequireTls = settings.Postgres.RequireTls,
                 Tls = await NodeTlsAsync(ct).ConfigureAwait(false),
@@ -315,15 +319,26 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         logger.LogInformation("cell {Cell} registered in zone {Zone} ({Runtime} runtime, capacity {Capacity})", _cell.Id, _cell.Zone, runtime.Kind, _cell.Capacity);
     }
 
-    /// <summary>Statuses this cell wrote for nodes it no longer has (removed, or from before a restart).</summary>
+    /// <summary>
+    /// Statuses this cell wrote for nodes it no longer has (removed, or from before a restart). Every status of the
+    /// platform is listed to find them, so only when there can be new ones: at the first pass, when the nodes wanted
+    /// or busy here change, and every <see cref="StaleStatusCheck"/> besides (a status left by a delete that failed).
+    /// </summary>
     private async Task ClearStaleStatusesAsync(IReadOnlySet<string> wanted, IReadOnlySet<string> busy, CancellationToken ct)
     {
+        var kept = string.Join(",", wanted.Order(StringComparer.Ordinal)) + "|" + string.Join(",", busy.Order(StringComparer.Ordinal));
+        if (kept == _statusesCheckedFor && DateTimeOffset.UtcNow - _statusesCheckedAt < StaleStatusCheck) return;
         var statuses = await store.ListAsync<NodeStatus>(store.Keys.AllStatus, ct).ConfigureAwait(false);
         foreach (var s in statuses.Where(s => s.Value.CellId == _cell.Id && !wanted.Contains(s.Value.NodeId) && !busy.Contains(s.Value.NodeId)))
         {
             await store.DeleteAsync(s.Key, ct).ConfigureAwait(false);
         }
+        (_statusesCheckedFor, _statusesCheckedAt) = (kept, DateTimeOffset.UtcNow);
     }
+
+    private static readonly TimeSpan StaleStatusCheck = TimeSpan.FromSeconds(30);
+    private string? _statusesCheckedFor;
+    private DateTimeOffset _statusesCheckedAt;
 
     /// <summary>On a clean stop: stop every node (data kept) and give up the lease with everything under it.</summary>
     public async Task ShutdownAsync(CancellationToken ct)

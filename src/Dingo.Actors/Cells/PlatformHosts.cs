@@ -18,13 +18,18 @@ public sealed class PlatformHosts(EtcdStore store, string ownAddress, IReadOnlyL
     private readonly Dictionary<string, DateTimeOffset> _lastListed = new(StringComparer.Ordinal);
     private readonly HashSet<string> _unresolvable = new(StringComparer.Ordinal);
 
-    public async Task<PlatformAccess> ReadAsync(CancellationToken ct)
+    public async Task<PlatformAccess> ReadAsync(CancellationToken ct) =>
+        await FromAsync((await store.ListAsync<CellInfo>(store.Keys.Cells, ct).ConfigureAwait(false)).Select(c => c.Value),
+            (await store.ListAsync<AkkaMemberRecord>(store.Keys.AkkaMembers, ct).ConfigureAwait(false)).Select(m => m.Value), ct).ConfigureAwait(false);
+
+    /// <summary>As <see cref="ReadAsync"/>, from the cells and Akka members the caller read (a cell pass reads them in its one read).</summary>
+    public async Task<PlatformAccess> FromAsync(IEnumerable<CellInfo> cells, IEnumerable<AkkaMemberRecord> members, CancellationToken ct)
     {
         var now = DateTimeOffset.UtcNow;
         var hosts = new List<string> { ownAddress };
-        hosts.AddRange((await store.ListAsync<CellInfo>(store.Keys.Cells, ct).ConfigureAwait(false)).Select(c => c.Value.Address));
-        foreach (var member in await store.ListAsync<AkkaMemberRecord>(store.Keys.AkkaMembers, ct).ConfigureAwait(false))
-            if (member.Value.Roles.Contains("broker") && HostOf(member.Value.Address) is { } host)
+        hosts.AddRange(cells.Select(c => c.Address));
+        foreach (var member in members)
+            if (member.Roles.Contains("broker") && HostOf(member.Address) is { } host)
                 hosts.AddRange(await ResolveAsync(host, ct).ConfigureAwait(false));
         foreach (var host in hosts) _lastListed[host] = now;
         foreach (var gone in _lastListed.Where(h => now - h.Value > grace).Select(h => h.Key).ToList()) _lastListed.Remove(gone);
