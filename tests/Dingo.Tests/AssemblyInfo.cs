@@ -1,6 +1,6 @@
 // Dingo runs on Linux: its cells drive PostgreSQL processes through /proc, setpriv and signals.
 [assembly: System.Runtime.Versioning.SupportedOSPlatform("linux")]
-// The costliest test classes start first (Support/LongestFirst.cs), so both runner threads finish together.
+// The costliest test classes start first (Support/LongestFirst.cs), so the runner threads finish together.
 [assembly: Xunit.TestCollectionOrderer("Dingo.Tests.Support.LongestFirst", "Dingo.Tests")]
 // Three test classes at once on the 2-core CI machine (xUnit's default is one per core): most of a class's time is
 // spent waiting (for PostgreSQL to start, a lease to expire, a failover, a container), so a third keeps both cores
