@@ -23,7 +23,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
     private DateTimeOffset _startedAt = DateTimeOffset.UtcNow;
     /// <summary>Each unwanted node: when first seen unwanted (its grace runs from there) and what it held then.</summary>
     private readonly Dictionary<string, Unwanted> _unwanted = new();
-    private readonly PlatformHosts _platformHosts = new(store, settings.Cell.Address, settings.Cell.AdminNetworks, settings.Ha.LostCellGrace, logger);
+    private readonly PlatformHosts _platformHosts = new(settings.Cell.Address, settings.Cell.AdminNetworks, settings.Ha.LostCellGrace, logger);
     private NodeTls? _tls;
     private DateTimeOffset _tlsReadAt;
     private string? _tlsProblem;

@@ -2,7 +2,6 @@ using System.Net;
 using System.Net.Sockets;
 using Dingo.Model;
 using Dingo.Postgres;
-using Dingo.Store;
 using Microsoft.Extensions.Logging;
 
 namespace Dingo.Cells;
@@ -13,16 +12,12 @@ namespace Dingo.Cells;
 /// as an instance's superuser or replication role (<see cref="PlatformAccess"/>). A host stays allowed for a grace after
 /// it was last listed, so a lease that lapses for a moment does not lock a replica out of its primary.
 /// </summary>
-public sealed class PlatformHosts(EtcdStore store, string ownAddress, IReadOnlyList<string> adminNetworks, TimeSpan grace, ILogger logger)
+public sealed class PlatformHosts(string ownAddress, IReadOnlyList<string> adminNetworks, TimeSpan grace, ILogger logger)
 {
     private readonly Dictionary<string, DateTimeOffset> _lastListed = new(StringComparer.Ordinal);
     private readonly HashSet<string> _unresolvable = new(StringComparer.Ordinal);
 
-    public async Task<PlatformAccess> ReadAsync(CancellationToken ct) =>
-        await FromAsync((await store.ListAsync<CellInfo>(store.Keys.Cells, ct).ConfigureAwait(false)).Select(c => c.Value),
-            (await store.ListAsync<AkkaMemberRecord>(store.Keys.AkkaMembers, ct).ConfigureAwait(false)).Select(m => m.Value), ct).ConfigureAwait(false);
-
-    /// <summary>As <see cref="ReadAsync"/>, from the cells and Akka members the caller read (a cell pass reads them in its one read).</summary>
+    /// <summary>Who may log in, from the cells and Akka members etcd lists (a cell pass reads them in its one read).</summary>
     public async Task<PlatformAccess> FromAsync(IEnumerable<CellInfo> cells, IEnumerable<AkkaMemberRecord> members, CancellationToken ct)
     {
         var now = DateTimeOffset.UtcNow;
