@@ -141,14 +141,16 @@ public sealed class TestPlatform : IAsyncDisposable
     {
         _broker = BrokerApp.Build(Settings, akkaPort: 0, logging: Quiet);
         await _broker.StartAsync(ct);
-        // The broker records the schema version as it starts (SchemaCheckService): tests that compare etcd before and
-        // after a request must not see it appear in between.
+        // The broker records the schema version as it starts (SchemaCheckService) and, in the background, the platform
+        // CA (PlatformTrustService, when no node requires TLS): tests that compare etcd before and after a request must
+        // not see either appear in between (fresh161: the CA landed during OsbApiTests' first rejected request).
         var deadline = DateTime.UtcNow.AddSeconds(30);
-        while (await Store.GetRawAsync(Store.Keys.Schema, ct) is null)
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"the broker did not record {Store.Keys.Schema} within 30 s");
-            await Task.Delay(50, ct);
-        }
+        foreach (var key in new[] { Store.Keys.Schema, Store.Keys.PlatformCa })
+            while (await Store.GetRawAsync(key, ct) is null)
+            {
+                if (DateTime.UtcNow > deadline) throw new TimeoutException($"the broker did not record {key} within 30 s of its start");
+                await Task.Delay(50, ct);
+            }
         var system = _broker.Services.GetRequiredService<ActorSystem>();
         var seed = _seed = Akka.Cluster.Cluster.Get(system).SelfAddress.ToString();
         var zones = new[] { "z1", "z2", "z3" };
