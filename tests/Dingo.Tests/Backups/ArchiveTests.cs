@@ -13,7 +13,7 @@ namespace Dingo.Tests.Backups;
 /// Continuous WAL archiving, base backups and restores against real PostgreSQL 15 and the real stores: what the
 /// archiver stores is byte-compared with PostgreSQL's own pg_wal, and restores must bring back exactly the rows.
 /// </summary>
-[SuiteCost(30)]
+[SuiteCost(202)]
 public sealed class ArchiveTests : IAsyncLifetime
 {
     private readonly ITestOutputHelper _output;

@@ -13,7 +13,7 @@ using Xunit.Abstractions;
 namespace Dingo.Tests.Backups;
 
 /// <summary>Retention of base backups and WAL, deleted instances' retention, and the archive backlog alarm.</summary>
-[SuiteCost(8)]
+[SuiteCost(9)]
 public sealed class BackupScheduleTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private readonly string _root = Path.Combine("/tmp", "dingo-sched-" + Guid.NewGuid().ToString("N")[..12]);

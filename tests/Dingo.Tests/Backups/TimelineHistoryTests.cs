@@ -14,6 +14,7 @@ namespace Dingo.Tests.Backups;
 /// One timeline number, one branch: a promoted replica takes a timeline above every history file the archive holds,
 /// and the archiver never writes a timeline whose archived history tells another lineage. Real PostgreSQL 15.
 /// </summary>
+[SuiteCost(8)]
 public sealed class TimelineHistoryTests : IAsyncLifetime
 {
     private readonly ITestOutputHelper _output;

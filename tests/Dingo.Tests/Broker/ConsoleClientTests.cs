@@ -13,7 +13,7 @@ namespace Dingo.Tests.Broker;
 /// ClusterClient to the brokers' receptionist, and a broker's `console` actor answers with its view of the members.
 /// Real brokers and cells, in this process and as OS processes; the answers cross real remoting.
 /// </summary>
-[SuiteCost(45)]
+[SuiteCost(56)]
 public sealed class ConsoleClientTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(10);

@@ -15,7 +15,7 @@ namespace Dingo.Tests.Broker;
 /// with no cells. None may get a 5xx or go unanswered, the broker must still answer afterwards, and no etcd key or port
 /// may be left behind by a rejected request. The seed is printed; DINGO_FUZZ_SEED=N replays a run.
 /// </summary>
-[SuiteCost(12)]
+[SuiteCost(8)]
 public sealed class OsbFuzzTests(ITestOutputHelper output)
 {
     private const int Requests = 10_000;

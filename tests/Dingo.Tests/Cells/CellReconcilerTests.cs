@@ -312,7 +312,7 @@ public abstract class CellReconcilerTests : IAsyncLifetime
     }
 }
 
-[SuiteCost(28)]
+[SuiteCost(69)]
 public sealed class ProcessCellReconcilerTests() : CellReconcilerTests("process")
 {
     [Fact]
@@ -338,7 +338,7 @@ public sealed class ProcessCellReconcilerTests() : CellReconcilerTests("process"
     protected override Task<string> IncarnationAsync(RuntimeNode node) => Task.FromResult($"pid {node.Pid}");
 }
 
-[SuiteCost(60)]
+[SuiteCost(152)]
 public sealed class DockerCellReconcilerTests() : CellReconcilerTests("docker")
 {
     protected override IContainerRuntime NewRuntime() => new DockerRuntime(new DockerRuntimeOptions("cell-1", Settings.Cell.Docker), NullLogger.Instance);

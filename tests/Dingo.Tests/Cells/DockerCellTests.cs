@@ -12,7 +12,7 @@ namespace Dingo.Tests.Cells;
 /// The whole platform on Docker cells (podman's Docker Engine API): the broker, two cell processes running their
 /// PostgreSQL nodes as containers, the routers, real etcd.
 /// </summary>
-[SuiteCost(50)]
+[SuiteCost(84)]
 public sealed class DockerCellTests(ITestOutputHelper output)
 {
     private static readonly CancellationToken None = CancellationToken.None;

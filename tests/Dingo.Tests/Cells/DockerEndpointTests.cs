@@ -9,7 +9,7 @@ using Npgsql;
 namespace Dingo.Tests.Cells;
 
 /// <summary>`dingo.cell.runtime` and `dingo.cell.docker`: what an operator writes, what is refused, and the endpoint kinds.</summary>
-[SuiteCost(9)]
+[SuiteCost(10)]
 public sealed class DockerEndpointTests
 {
     private static readonly string DefaultFile = Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf");

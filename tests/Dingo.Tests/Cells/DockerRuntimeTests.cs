@@ -10,7 +10,7 @@ using Xunit.Abstractions;
 namespace Dingo.Tests.Cells;
 
 /// <summary>The runtime contract on containers (podman's Docker Engine API), plus what is particular to containers.</summary>
-[SuiteCost(150)]
+[SuiteCost(354)]
 public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRuntimeTests(output)
 {
     private readonly string _platform = "/t-rt-" + Guid.NewGuid().ToString("N")[..12];

@@ -4,7 +4,7 @@ using Xunit.Abstractions;
 namespace Dingo.Tests.Cells;
 
 /// <summary>The runtime contract on local PostgreSQL 15 processes, plus what is particular to them (folders, pids).</summary>
-[Dingo.Tests.Support.SuiteCost(22)]
+[Dingo.Tests.Support.SuiteCost(48)]
 public sealed class LocalProcessRuntimeTests(ITestOutputHelper output) : ContainerRuntimeTests(output)
 {
     private readonly string _dataRoot = Path.Combine("/tmp", "dingo-rt-" + Guid.NewGuid().ToString("N")[..12]);

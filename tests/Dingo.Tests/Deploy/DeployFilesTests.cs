@@ -13,6 +13,7 @@ namespace Dingo.Tests.Deploy;
 /// against what src/ reads, the examples against the inventory and against DingoSettings, the installer against the
 /// paths the units use, and the etcd unit's command line by running it on three simulated hosts.
 /// </summary>
+[SuiteCost(12)]
 public sealed partial class DeployFilesTests(ITestOutputHelper output)
 {
     private static readonly string Repo = TestPlatform.RepoRoot();

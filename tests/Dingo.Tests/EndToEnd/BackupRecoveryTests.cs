@@ -11,7 +11,7 @@ namespace Dingo.Tests.EndToEnd;
 /// Recovery through the whole platform, from the object store only: a deleted instance recreated, a clone as of a
 /// point in time, and every instance rebuilt after etcd and every cell lost their data.
 /// </summary>
-[SuiteCost(131)]
+[SuiteCost(324)]
 public sealed class BackupRecoveryTests(ITestOutputHelper output)
 {
     [Fact]

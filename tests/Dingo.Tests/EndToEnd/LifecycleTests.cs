@@ -6,7 +6,7 @@ using Xunit.Abstractions;
 namespace Dingo.Tests.EndToEnd;
 
 /// <summary>The whole OSB path on real etcd, real cells and real PostgreSQL, through the router.</summary>
-[SuiteCost(16)]
+[SuiteCost(26)]
 public sealed class LifecycleTests(ITestOutputHelper output)
 {
     [Fact]

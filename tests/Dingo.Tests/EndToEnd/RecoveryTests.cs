@@ -7,7 +7,7 @@ using Xunit.Abstractions;
 namespace Dingo.Tests.EndToEnd;
 
 /// <summary>An instance outlives its processes: a platform restart, and a PostgreSQL killed under it.</summary>
-[SuiteCost(40)]
+[SuiteCost(23)]
 public sealed class RecoveryTests(ITestOutputHelper output)
 {
     [Fact]

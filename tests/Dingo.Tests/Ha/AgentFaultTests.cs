@@ -13,7 +13,7 @@ namespace Dingo.Tests.Ha;
 /// accepts writes. These are the faults that once left two writable nodes for seconds: the agent SIGKILLed while its
 /// PostgreSQL goes on, and a PostgreSQL stopped (SIGSTOP) for 10 s that then resumes.
 /// </summary>
-[SuiteCost(75)]
+[SuiteCost(103)]
 public sealed class AgentFaultTests(ITestOutputHelper output)
 {
     private const string HaSettings = "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }";

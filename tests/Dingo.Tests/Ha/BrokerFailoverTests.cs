@@ -11,7 +11,7 @@ namespace Dingo.Tests.Ha;
 /// works on a provision loses neither the API nor the operation: the other broker answers, the split-brain
 /// resolver (lease in etcd) removes the dead member, its shards move, and the provision finishes.
 /// </summary>
-[SuiteCost(28)]
+[SuiteCost(77)]
 public sealed class BrokerFailoverTests(ITestOutputHelper output)
 {
     [Fact]

@@ -10,7 +10,7 @@ namespace Dingo.Tests.Ha;
 /// and started again a second later. The cluster's members still reach each other, so the primary keeps serving in
 /// failsafe mode: no failover, no fencing, never two writable nodes, nothing lost.
 /// </summary>
-[SuiteCost(56)]
+[SuiteCost(76)]
 public sealed class EtcdBlipTests(ITestOutputHelper output)
 {
     [Fact]

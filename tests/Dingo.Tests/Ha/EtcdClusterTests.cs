@@ -6,7 +6,7 @@ using Xunit.Abstractions;
 namespace Dingo.Tests.Ha;
 
 /// <summary>Every process takes the list of etcd members and rides through the loss of one.</summary>
-[SuiteCost(25)]
+[SuiteCost(56)]
 public sealed class EtcdClusterTests(ITestOutputHelper output)
 {
     [Fact]

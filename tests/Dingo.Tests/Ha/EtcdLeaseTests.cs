@@ -11,6 +11,7 @@ namespace Dingo.Tests.Ha;
 /// the survivors' resolver decides (failure detection plus stable-after 7 s). With the old 10 s TTL a surviving
 /// broker could find a killed broker's key still there and down itself.
 /// </summary>
+[SuiteCost(14)]
 public sealed class EtcdLeaseTests : IDisposable
 {
     private readonly ActorSystem _system = ActorSystem.Create("lease-test");

@@ -10,7 +10,7 @@ namespace Dingo.Tests.Ha;
 /// Real processes: etcd, the broker, cells as separate OS processes running real PostgreSQL. A whole cell
 /// (agent and PostgreSQL together) is killed with SIGKILL under a writer that commits every 20 ms.
 /// </summary>
-[SuiteCost(40)]
+[SuiteCost(190)]
 public sealed class FailoverTests(ITestOutputHelper output)
 {
     private static async Task<string> PrimaryCellAsync(TestPlatform p, string id)

@@ -13,7 +13,7 @@ namespace Dingo.Tests.Ha;
 /// PostgreSQL 15 (local process runtime). Past an armed deadline PostgreSQL stops accepting writes, whatever state it is
 /// in; a deadline moved on in time keeps it serving.
 /// </summary>
-[SuiteCost(8)]
+[SuiteCost(28)]
 public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private const string Superuser = "dingo_su";

@@ -15,7 +15,7 @@ namespace Dingo.Tests.Ha;
 /// waits, as synchronous replication promises. Found by bench/Chaos link-cut, where the wait outlasted the fencing
 /// deadline on every promotion and the key went back and forth between two nodes every 3.6 s.
 /// </summary>
-[SuiteCost(20)]
+[SuiteCost(21)]
 public sealed class LeaderPreparationTests(ITestOutputHelper output)
 {
     [Fact]

@@ -16,7 +16,7 @@ namespace Dingo.Tests.Ha;
 /// bridge. The primary's host is cut off: its cell can reach neither etcd nor the other nodes. It must stop
 /// accepting writes before any replica starts accepting them, and at no sampled moment do two nodes accept writes.
 /// </summary>
-[SuiteCost(45)]
+[SuiteCost(52)]
 public sealed class PartitionTests(ITestOutputHelper output)
 {
     private const string HaSettings = "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }";

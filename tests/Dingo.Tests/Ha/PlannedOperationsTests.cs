@@ -9,7 +9,7 @@ using Xunit.Abstractions;
 namespace Dingo.Tests.Ha;
 
 /// <summary>Switchover, drain and the Patroni-compatible health endpoints on a real cluster.</summary>
-[SuiteCost(75)]
+[SuiteCost(128)]
 public sealed class PlannedOperationsTests(ITestOutputHelper output)
 {
     private static async Task<LeaderRecord?> LeaderAsync(TestPlatform p, string id) =>

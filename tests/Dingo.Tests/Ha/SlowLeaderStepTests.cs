@@ -18,7 +18,7 @@ namespace Dingo.Tests.Ha;
 /// The slowness is a lock the test holds on what the preparation changes, so the step waits as long as the test says.
 /// And a leader's step after a stop that outlasted the pass's etcd budget: a switchover's release of the key.
 /// </summary>
-[SuiteCost(45)]
+[SuiteCost(39)]
 public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private static readonly CancellationToken None = CancellationToken.None;

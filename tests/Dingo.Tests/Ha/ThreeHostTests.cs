@@ -18,7 +18,7 @@ namespace Dingo.Tests.Ha;
 /// docs/deploy.md lay them out. A `cluster-ha` instance takes a writer committing every 20 ms through the router of
 /// a host that stays up. Then the host holding the primary and a broker is lost whole.
 /// </summary>
-[SuiteCost(210)]
+[SuiteCost(269)]
 public sealed class ThreeHostTests(ITestOutputHelper output)
 {
     private const string Settings = """

@@ -13,7 +13,7 @@ namespace Dingo.Tests.Ha;
 /// branch (a node promoted and fenced before the replica followed it); the primary's cell is killed; the replica that
 /// takes over must run on timeline 3, and the archive keeps both branches intact.
 /// </summary>
-[SuiteCost(38)]
+[SuiteCost(44)]
 public sealed class TimelineCollisionTests(ITestOutputHelper output)
 {
     [Fact]

@@ -14,7 +14,7 @@ namespace Dingo.Tests.Health;
 /// the `probe` command a container's HEALTHCHECK runs, and systemd's notify protocol read from a real unix datagram
 /// socket (NOTIFY_SOCKET), as systemd would: READY=1 only once the cell can work, WATCHDOG=1 while it runs.
 /// </summary>
-[SuiteCost(40)]
+[SuiteCost(31)]
 public sealed class HealthEndpointTests(ITestOutputHelper output)
 {
     [Fact]

@@ -7,7 +7,7 @@ using Npgsql;
 namespace Dingo.Tests.Routing;
 
 /// <summary>Cells with `dingo.router.mode = kernel`: primary ports forwarded by nftables, following the leader.</summary>
-[SuiteCost(15)]
+[SuiteCost(26)]
 public sealed class KernelModeTests
 {
     [Fact]

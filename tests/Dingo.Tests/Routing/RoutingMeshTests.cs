@@ -8,7 +8,7 @@ using Xunit.Abstractions;
 namespace Dingo.Tests.Routing;
 
 /// <summary>The routing mesh on a real cluster: read-only port, the leader change, and the per-instance limit.</summary>
-[SuiteCost(40)]
+[SuiteCost(42)]
 public sealed class RoutingMeshTests(ITestOutputHelper output)
 {
     private static async Task<(bool InRecovery, int Port)> WhereAsync(string uri)

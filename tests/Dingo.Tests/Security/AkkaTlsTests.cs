@@ -42,6 +42,7 @@ public sealed class TlsBroker : IAsyncLifetime
 /// asks the console gateway (with the operator's credentials); one with another CA's certificate, with none, or
 /// speaking plain TCP gets nothing; the gateway refuses wrong or missing credentials.
 /// </summary>
+[SuiteCost(13)]
 public sealed class AkkaTlsTests(TlsBroker broker, ITestOutputHelper output) : IClassFixture<TlsBroker>
 {
     private static readonly TimeSpan Refused = TimeSpan.FromSeconds(3);

@@ -14,7 +14,7 @@ namespace Dingo.Tests.Security;
 /// roles that cannot touch the database, roles or each other's own objects, rebinding that keeps the data, and an
 /// unbind that ends the role's sessions on the replicas too.
 /// </summary>
-[SuiteCost(25)]
+[SuiteCost(34)]
 public sealed class LeastPrivilegeTests(ITestOutputHelper output)
 {
     [Fact]

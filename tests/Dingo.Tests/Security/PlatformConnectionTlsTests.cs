@@ -13,7 +13,7 @@ namespace Dingo.Tests.Security;
 /// a node that does not serve TLS instead of logging the superuser in in clear, and on one that does they get TLS with
 /// SCRAM channel binding. Offered (the default), they take TLS when served and plain otherwise.
 /// </summary>
-[SuiteCost(14)]
+[SuiteCost(13)]
 public sealed class PlatformConnectionTlsTests(ITestOutputHelper output)
 {
     [Fact]

@@ -14,7 +14,7 @@ namespace Dingo.Tests.Security;
 /// cluster-data backup written to the S3 stand-in) and no generated password may appear anywhere. Then `dingo rotate-key`
 /// (the built CLI, as an operator runs it) re-seals everything, old plain records included, with the next key.
 /// </summary>
-[SuiteCost(17)]
+[SuiteCost(16)]
 public sealed class SecretsAtRestTests(ITestOutputHelper output)
 {
     private const string LegacyInstance = "legacy-instance";

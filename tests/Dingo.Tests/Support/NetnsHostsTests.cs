@@ -5,6 +5,7 @@ namespace Dingo.Tests.Support;
 
 /// <summary>The simulated-hosts harness on real network namespaces. Needs root; fails (not skips) otherwise,
 /// so a machine that cannot run the multi-host tests is noticed.</summary>
+[SuiteCost(11)]
 public class NetnsHostsTests
 {
     private const int Port = 8080; // each host is a namespace of its own, so a fixed port cannot clash
