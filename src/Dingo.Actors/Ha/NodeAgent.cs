@@ -150,6 +150,9 @@ public sealed class NodeAgent
         }
     }
 
+    /// <summary>This node leads with other members: its PostgreSQL is guarded, and fenced at the deadline.</summary>
+    private bool Guarded => _leaderLease != 0 && _others.Count > 0;
+
     /// <summary>The time left before a leader that has not renewed must demote itself.</summary>
     private TimeSpan UntilFencing()
     {
@@ -332,6 +335,7 @@ public sealed class NodeAgent
         _lastInput = input;
         var action = Failover.Decide(input, _settings.Ha);
         string? failure = null;
+        var etcdLost = false;
         try
         {
             await ExecuteAsync(action, input, record, launch, probe, etcd, ct).ConfigureAwait(false);
@@ -339,6 +343,8 @@ public sealed class NodeAgent
         catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
         {
             failure = ex.Message;
+            // etcd stopped answering after this pass's read: a call of the step failed, or waited until the fencing deadline.
+            etcdLost = ex is RpcException || ex is OperationCanceledException && etcd.IsCancellationRequested;
             _logger.LogWarning("node {Node}: {Action} failed: {Error}", _spec.NodeId, action.Sentence, ex.Message);
         }
         if (action.Sentence != _lastSentence || failure is not null)
@@ -353,15 +359,30 @@ public sealed class NodeAgent
         // Ahead of any failover, in the background: a promotion then needs no listing of the store.
         if (_histories is not null && _leaderLease == 0 && input.Local is { Answering: true, InRecovery: true })
             _histories.RefreshIfDue(Address, _spec.Port, record.Superuser);
-        if (input.EtcdReachable)
+        System.Runtime.ExceptionServices.ExceptionDispatchInfo? reportFailed = null;
+        if (input.EtcdReachable && !etcdLost)
         {
             try { if (failure is null) await RenewOnProgressAsync(etcd).ConfigureAwait(false); }
             catch (Exception ex) when (EtcdUnreachable(ex, ct)) { } // the next pass decides what an unreachable etcd means
             // A budget of its own: a long pass (a clone, a bootstrap) has spent the pass's, and the report is only news.
+            // A guarded leader's ends by its fencing deadline, as its other etcd calls do.
             using var report = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            report.CancelAfter(_settings.Ha.Ttl / 2);
-            await ReportAsync(input, action, failure, report.Token).ConfigureAwait(false);
+            var budget = Guarded && UntilFencing() < _settings.Ha.Ttl / 2 ? UntilFencing() : _settings.Ha.Ttl / 2;
+            report.CancelAfter(budget > TimeSpan.Zero ? budget : TimeSpan.FromMilliseconds(1));
+            try { await ReportAsync(input, action, failure, report.Token).ConfigureAwait(false); }
+            catch (Exception ex) when (EtcdUnreachable(ex, ct))
+            {
+                (etcdLost, reportFailed) = (true, System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(ex));
+            }
         }
+        if (etcdLost && action is HaAction.Lead && Guarded && input.Local is { Answering: true, InRecovery: false })
+        {
+            // etcd stopped answering after this pass's read (fresh162: an 8 s SIGSTOP began just after it): a leader that
+            // goes on leading asks its members now. Its next pass comes a loop-wait after the fencing deadline, and the guard's (¼ TTL later)
+            // came first: the guard stopped a primary that failsafe would have kept, and a replica took over.
+            if (await ConfirmFailsafeAsync(ct).ConfigureAwait(false)) await ArmAsync(ct).ConfigureAwait(false);
+        }
+        reportFailed?.Throw();
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
     }
 

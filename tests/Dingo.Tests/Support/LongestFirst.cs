@@ -61,6 +61,22 @@ public sealed class StrictOrderFramework(IMessageSink diagnosticMessageSink) : X
 #pragma warning restore VSTHRD100, CA2012
     }
 
+    /// <summary>
+    /// Runs <paramref name="run"/> on each item with at most <paramref name="workers"/> at once, starting them strictly in
+    /// list order: each worker takes the next item when its own ends. Once cancelled, no further item starts.
+    /// </summary>
+    internal static Task InOrderAsync<T>(IReadOnlyList<T> items, int workers, Func<T, Task> run, CancellationToken ct)
+    {
+        var next = -1;
+        async Task WorkAsync()
+        {
+            int i;
+            while (!ct.IsCancellationRequested && (i = Interlocked.Increment(ref next)) < items.Count)
+                await run(items[i]);
+        }
+        return Task.WhenAll(Enumerable.Range(0, Math.Max(1, workers)).Select(_ => Task.Run(WorkAsync, CancellationToken.None)));
+    }
+
     private sealed class Runner(ITestAssembly assembly, IEnumerable<IXunitTestCase> testCases, IMessageSink diagnostics, IMessageSink execution, ITestFrameworkExecutionOptions options)
         : XunitTestAssemblyRunner(assembly, testCases, diagnostics, execution, options)
     {
@@ -77,18 +93,13 @@ public sealed class StrictOrderFramework(IMessageSink diagnosticMessageSink) : X
             // As xUnit does: a collection defined with DisableParallelization runs alone, after the others.
             static bool Alone(ITestCollection c) => c.CollectionDefinition?.GetCustomAttributes(typeof(CollectionDefinitionAttribute)).FirstOrDefault()
                 ?.GetNamedArgument<bool>(nameof(CollectionDefinitionAttribute.DisableParallelization)) == true;
-            var queue = new System.Collections.Concurrent.ConcurrentQueue<Tuple<ITestCollection, List<IXunitTestCase>>>(ordered.Where(c => !Alone(c.Item1)));
             var summary = new RunSummary();
             var gate = new object();
-            async Task WorkAsync()
+            await InOrderAsync(ordered.Where(c => !Alone(c.Item1)).ToList(), threads, async next =>
             {
-                while (!cancellationTokenSource.IsCancellationRequested && queue.TryDequeue(out var next))
-                {
-                    var one = await Task.Run(() => RunTestCollectionAsync(messageBus, next.Item1, next.Item2, cancellationTokenSource));
-                    lock (gate) summary.Aggregate(one);
-                }
-            }
-            await Task.WhenAll(Enumerable.Range(0, threads).Select(_ => Task.Run(WorkAsync)));
+                var one = await RunTestCollectionAsync(messageBus, next.Item1, next.Item2, cancellationTokenSource);
+                lock (gate) summary.Aggregate(one);
+            }, cancellationTokenSource.Token);
             foreach (var alone in ordered.Where(c => Alone(c.Item1)))
             {
                 if (cancellationTokenSource.IsCancellationRequested) break;
@@ -102,6 +113,53 @@ public sealed class StrictOrderFramework(IMessageSink diagnosticMessageSink) : X
 [Trait(Tier.Name, Tier.Fast)]
 public sealed class LongestFirstTests
 {
+    [Fact]
+    public async Task Items_start_strictly_in_order_never_more_than_the_workers_at_once_the_next_as_one_ends()
+    {
+        // Three workers. Items 0-2 start together; item 3 takes the worker of item 1 (the first to end, at 0.8 s), item 4
+        // that of item 2 (1.6 s), items 5 and 6 follow item 4 on its worker: ends at 0.8, 1.6, 1.8, 2.0, 2.2 (6), 2.4 (0),
+        // 2.6 s (3), 200 ms apart at least. A free-for-all start or a hand-over out of order gives other ends.
+        var lengths = new[] { 2400, 800, 1600, 1800, 200, 200, 200 };
+        var started = new System.Collections.Concurrent.ConcurrentQueue<int>();
+        var ended = new System.Collections.Concurrent.ConcurrentQueue<int>();
+        var running = 0;
+        var peak = 0;
+        await StrictOrderFramework.InOrderAsync(Enumerable.Range(0, lengths.Length).ToList(), 3, async item =>
+        {
+            InterlockedMax(ref peak, Interlocked.Increment(ref running));
+            started.Enqueue(item);
+            await Task.Delay(lengths[item]);
+            Interlocked.Decrement(ref running);
+            ended.Enqueue(item);
+        }, CancellationToken.None);
+
+        Assert.Equal([0, 1, 2], started.Take(3).Order());
+        Assert.Equal([3, 4, 5, 6], started.Skip(3));
+        Assert.Equal(3, peak);
+        Assert.Equal([1, 2, 4, 5, 6, 0, 3], ended);
+    }
+
+    [Fact]
+    public async Task Once_cancelled_no_further_item_starts()
+    {
+        using var cts = new CancellationTokenSource();
+        var ran = new System.Collections.Concurrent.ConcurrentBag<int>();
+        // Two workers: item 2 starts when item 0 ends (20 ms) and cancels; item 1 ends 280 ms later and its worker stops.
+        await StrictOrderFramework.InOrderAsync(Enumerable.Range(0, 10).ToList(), 2, async item =>
+        {
+            ran.Add(item);
+            if (item == 2) await cts.CancelAsync();
+            await Task.Delay(item == 1 ? 300 : 20);
+        }, cts.Token);
+        Assert.Equal([0, 1, 2], ran.Order());
+    }
+
+    private static void InterlockedMax(ref int target, int value)
+    {
+        int seen;
+        while ((seen = Volatile.Read(ref target)) < value && Interlocked.CompareExchange(ref target, value, seen) != seen) { }
+    }
+
     private static readonly ITestAssembly Assembly = new Xunit.Sdk.TestAssembly(Xunit.Sdk.Reflector.Wrap(typeof(LongestFirstTests).Assembly));
 
     [Fact]
