@@ -365,10 +365,8 @@ public sealed class NodeAgent
             try { if (failure is null) await RenewOnProgressAsync(etcd).ConfigureAwait(false); }
             catch (Exception ex) when (EtcdUnreachable(ex, ct)) { } // the next pass decides what an unreachable etcd means
             // A budget of its own: a long pass (a clone, a bootstrap) has spent the pass's, and the report is only news.
-            // A guarded leader's ends by its fencing deadline, as its other etcd calls do.
             using var report = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            var budget = Guarded && UntilFencing() < _settings.Ha.Ttl / 2 ? UntilFencing() : _settings.Ha.Ttl / 2;
-            report.CancelAfter(budget > TimeSpan.Zero ? budget : TimeSpan.FromMilliseconds(1));
+            report.CancelAfter(_settings.Ha.Ttl / 2);
             try { await ReportAsync(input, action, failure, report.Token).ConfigureAwait(false); }
             catch (Exception ex) when (EtcdUnreachable(ex, ct))
             {
@@ -377,9 +375,10 @@ public sealed class NodeAgent
         }
         if (etcdLost && action is HaAction.Lead && Guarded && input.Local is { Answering: true, InRecovery: false })
         {
-            // etcd stopped answering after this pass's read (fresh162: an 8 s SIGSTOP began just after it): a leader that
-            // goes on leading asks its members now. Its next pass comes a loop-wait after the fencing deadline, and the guard's (¼ TTL later)
-            // came first: the guard stopped a primary that failsafe would have kept, and a replica took over.
+            // etcd stopped answering after this pass's read (fresh162: an 8 s SIGSTOP began just after it), in the step or
+            // the report: a leader that goes on leading asks its members now. Its next pass would come a loop-wait later,
+            // after the guard's deadline (¼ TTL after the fencing deadline): the guard stopped a primary that failsafe
+            // would have kept, and a replica took over.
             if (await ConfirmFailsafeAsync(ct).ConfigureAwait(false)) await ArmAsync(ct).ConfigureAwait(false);
         }
         reportFailed?.Throw();
