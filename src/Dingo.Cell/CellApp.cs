@@ -22,7 +22,9 @@ namespace Dingo.Cell;
 public static class CellApp
 {
     /// <param name="seedNodes">Akka addresses of the broker(s) to join, e.g. akka.tcp://dingo@127.0.0.1:4053</param>
-    public static IHost Build(DingoSettings settings, IReadOnlyList<string> seedNodes, Action<ILoggingBuilder>? logging = null)
+    /// <param name="services">registrations of the caller's, after the cell's own (tests: an <see cref="EtcdCallInterceptor"/>)</param>
+    public static IHost Build(DingoSettings settings, IReadOnlyList<string> seedNodes, Action<ILoggingBuilder>? logging = null,
+        Action<IServiceCollection>? services = null)
     {
         // The keys every password in etcd and the object store is sealed with (a no-op when the settings name none).
         Dingo.Security.Sealing.Configure(settings.Seal);
@@ -142,6 +144,7 @@ public static class CellApp
             sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Systemd")));
         if (settings.Cell.HealthPort > 0) builder.Services.AddHostedService<CellHealthEndpoint>();
         if (settings.Router.MetricsPort > 0 && settings.Router.MetricsPort != settings.Cell.HealthPort) builder.Services.AddHostedService<MetricsEndpoint>();
+        services?.Invoke(builder.Services);
         return builder.Build();
     }
 

@@ -29,9 +29,14 @@ public sealed class EtcdStore : IAsyncDisposable
     private int _current;
     private readonly ILogger _logger;
 
+    private readonly Grpc.Core.Interceptors.Interceptor? _interceptor;
+
     /// <param name="tls">the CA and client certificate for https:// endpoints (required for them); null for plain http://</param>
-    public EtcdStore(IReadOnlyList<string> endpoints, string root, ILogger? logger = null, EtcdClientTls? tls = null)
+    /// <param name="interceptor">every call passes through it (tests: an etcd that hangs at a chosen moment); null in production</param>
+    public EtcdStore(IReadOnlyList<string> endpoints, string root, ILogger? logger = null, EtcdClientTls? tls = null,
+        Grpc.Core.Interceptors.Interceptor? interceptor = null)
     {
+        _interceptor = interceptor;
         if (endpoints.Count == 0) throw new ArgumentException("at least one etcd endpoint is required", nameof(endpoints));
         _channels = endpoints.Select(e => Channel(NormaliseEndpoint(e), tls)).ToArray();
         Endpoints = endpoints;
@@ -44,8 +49,8 @@ public sealed class EtcdStore : IAsyncDisposable
     /// The one way processes reach etcd: the configured endpoints and prefix, over TLS with the client certificate of
     /// `dingo.etcd.tls` when the endpoints are https://. Throws naming the setting of a file it cannot use.
     /// </summary>
-    public static EtcdStore Connect(DingoSettings settings, ILogger? logger = null) =>
-        new(settings.EtcdEndpoints, settings.EtcdPrefix, logger, EtcdClientTls.Load(settings.EtcdTls));
+    public static EtcdStore Connect(DingoSettings settings, ILogger? logger = null, Grpc.Core.Interceptors.Interceptor? interceptor = null) =>
+        new(settings.EtcdEndpoints, settings.EtcdPrefix, logger, EtcdClientTls.Load(settings.EtcdTls), interceptor);
 
     private static GrpcChannel Channel(string endpoint, EtcdClientTls? tls)
     {
@@ -86,7 +91,11 @@ public sealed class EtcdStore : IAsyncDisposable
     private static string NormaliseEndpoint(string endpoint) =>
         endpoint.Contains("://", StringComparison.Ordinal) ? endpoint : "http://" + endpoint;
 
-    private CallInvoker InvokerAt(int index) => _channels[(index & int.MaxValue) % _channels.Length].CreateCallInvoker();
+    private CallInvoker InvokerAt(int index)
+    {
+        var channel = _channels[(index & int.MaxValue) % _channels.Length];
+        return _interceptor is null ? channel.CreateCallInvoker() : Grpc.Core.Interceptors.ChannelExtensions.Intercept(channel, _interceptor);
+    }
 
     /// <summary>
     /// Moves on from the member at <paramref name="failed"/>, once: calls that failed on it together move the store one
@@ -561,3 +570,9 @@ public sealed class Txn
 
     internal TxnRequest Build() => _request;
 }
+
+/// <summary>
+/// Registered in a process's services, every call of its <see cref="EtcdStore"/> passes through this interceptor. Only
+/// tests register one (an etcd that hangs for one cell at a chosen moment); a process built without it is unchanged.
+/// </summary>
+public sealed record EtcdCallInterceptor(Grpc.Core.Interceptors.Interceptor Interceptor);

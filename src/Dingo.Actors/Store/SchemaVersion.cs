@@ -118,7 +118,7 @@ public static class SchemaCheckedStore
     {
         services.AddSingleton(sp =>
         {
-            var store = EtcdStore.Connect(settings, sp.GetRequiredService<ILogger<EtcdStore>>());
+            var store = EtcdStore.Connect(settings, sp.GetRequiredService<ILogger<EtcdStore>>(), sp.GetService<EtcdCallInterceptor>()?.Interceptor);
             // Records laid out by a newer Dingo: stop rather than rewrite them (Main exits with SchemaVersion.RefusedExitCode).
             var lifetime = sp.GetRequiredService<Microsoft.Extensions.Hosting.IHostApplicationLifetime>();
             store.CheckSchemaBeforeWrites(component, _ => lifetime.StopApplication());

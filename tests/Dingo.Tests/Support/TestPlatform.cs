@@ -109,15 +109,16 @@ public sealed class TestPlatform : IAsyncDisposable
     /// <param name="ownsData">delete the platform's data and keys on dispose (default: when it made its own settings)</param>
     /// <param name="cellHealthPorts">give each in-process cell a health port of its own (<see cref="CellHealthPort"/>): its
     /// /healthz, /readyz and /metrics</param>
+    /// <param name="cellServices">registrations for in-process cell-N (its number, its services), after the cell's own</param>
     public static async Task<TestPlatform> StartAsync(int cells, DingoSettings? settings = null, CancellationToken ct = default, bool? ownsData = null,
-        bool cellHealthPorts = false)
+        bool cellHealthPorts = false, Action<int, IServiceCollection>? cellServices = null)
     {
         var owns = ownsData ?? settings is null;
         settings ??= NewSettings();
         var platform = new TestPlatform(settings, new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix), owns);
         try
         {
-            await platform.StartProcessesAsync(cells, cellHealthPorts, ct);
+            await platform.StartProcessesAsync(cells, cellHealthPorts, cellServices, ct);
             return platform;
         }
         catch
@@ -137,7 +138,7 @@ public sealed class TestPlatform : IAsyncDisposable
     /// <summary>The health port of in-process cell-N (started with cellHealthPorts).</summary>
     public int CellHealthPort(int number) => _cellHealthPorts[number];
 
-    private async Task StartProcessesAsync(int cells, bool cellHealthPorts, CancellationToken ct)
+    private async Task StartProcessesAsync(int cells, bool cellHealthPorts, Action<int, IServiceCollection>? cellServices, CancellationToken ct)
     {
         _broker = BrokerApp.Build(Settings, akkaPort: 0, logging: Quiet);
         await _broker.StartAsync(ct);
@@ -159,7 +160,8 @@ public sealed class TestPlatform : IAsyncDisposable
             var healthPort = cellHealthPorts ? FreePorts.One() : 0;
             if (cellHealthPorts) _cellHealthPorts[i + 1] = healthPort;
             var cellSettings = Settings with { Cell = Settings.Cell with { Id = $"cell-{i + 1}", Zone = zones[i % zones.Length], HealthPort = healthPort } };
-            var host = CellApp.Build(cellSettings, [seed], Quiet);
+            var number = i + 1;
+            var host = CellApp.Build(cellSettings, [seed], Quiet, cellServices is null ? null : services => cellServices(number, services));
             await host.StartAsync(ct);
             _cells.Add(host);
         }
