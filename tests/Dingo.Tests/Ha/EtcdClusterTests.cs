@@ -19,8 +19,15 @@ public sealed class EtcdClusterTests(ITestOutputHelper output)
         var watch = store.WatchPrefixAsync(store.Keys.Root + "/w/", changes => { lock (seen) seen.AddRange(changes.Select(c => c.Key)); return Task.CompletedTask; }, stop.Token);
         var lease = await store.GrantLeaseAsync(TimeSpan.FromSeconds(10), CancellationToken.None);
         await store.PutStringAsync(store.Keys.Root + "/leased", "x", CancellationToken.None, lease);
-        await store.PutStringAsync(store.Keys.Root + "/w/before", "1", CancellationToken.None);
-        await Eventually.UntilAsync(() => Task.FromResult(seen.Count >= 1), TimeSpan.FromSeconds(10), "the watch sees a change");
+        // The watch starts from the moment etcd creates it (the platform's watches only wake passes that then read), and
+        // the call above returns before that: a change written before it is not seen (fresh168: the one put made before
+        // the watch existed, and nothing after it). A change every 200 ms until one is seen: the watch exists.
+        await Eventually.UntilAsync(async () =>
+        {
+            await store.PutStringAsync(store.Keys.Root + "/w/before", "1", CancellationToken.None);
+            await Task.Delay(200);
+            lock (seen) return seen.Count >= 1;
+        }, TimeSpan.FromSeconds(10), "the watch sees a change");
 
         Assert.True(await store.KeepAliveOnceAsync(lease, CancellationToken.None));
         etcd.Kill(0); // the member the store talks to first
