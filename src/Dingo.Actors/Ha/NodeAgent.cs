@@ -134,7 +134,7 @@ public sealed class NodeAgent
             // must keep coming while etcd hangs, since a leader in failsafe asks it about its last observation, and one
             // that waited out half a TTL of etcd calls every pass was refused as too old (fresh86: an 8 s etcd hang
             // became a failover).
-            fence.CancelAfter(_leaderLease != 0 && _others.Count > 0 && UntilFencing() > TimeSpan.Zero ? UntilFencing()
+            fence.CancelAfter(Guarded && UntilFencing() > TimeSpan.Zero ? UntilFencing()
                 : _lastInput is { EtcdReachable: false } ? _settings.Ha.Ttl / 4
                 : _settings.Ha.Ttl / 2);
             if (_guard?.TakeFenced(_spec.NodeId) is { } fenced)
@@ -237,7 +237,7 @@ public sealed class NodeAgent
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(stopping);
         limit.CancelAfter(StepLimit);
         using var beside = CancellationTokenSource.CreateLinkedTokenSource(stopping);
-        var renewing = _leaderLease != 0 && _others.Count > 0 ? KeepRenewingAsync(probe, beside.Token) : Task.CompletedTask;
+        var renewing = Guarded ? KeepRenewingAsync(probe, beside.Token) : Task.CompletedTask;
         try
         {
             await step(limit.Token).ConfigureAwait(false);
@@ -576,7 +576,7 @@ public sealed class NodeAgent
         }
         // Failsafe keeps a working primary: one that does not answer itself (hung, stopped) is not kept this way (its
         // replicas may not have noticed yet that nothing comes).
-        var failsafe = !reachable && pg is { InRecovery: false } && _leaderLease != 0 && _others.Count > 0 && await ConfirmFailsafeAsync(ct).ConfigureAwait(false);
+        var failsafe = !reachable && pg is { InRecovery: false } && Guarded && await ConfirmFailsafeAsync(ct).ConfigureAwait(false);
         if (renewed || failsafe) await ArmAsync(ct).ConfigureAwait(false);
 
         var local = new LocalState(
