@@ -326,6 +326,8 @@ Dingo PostgreSQL is up on three hosts ($([ "$DOCKER" = 1 ] && echo "Docker cells
   broker password: $PASSWORD
   admin API:       $ADMIN_USERNAME / $ADMIN_PASSWORD (/admin and the ./dingo admin commands: DINGO_BROKER_ADMIN_USERNAME/PASSWORD)
   instances:       any host's address at the instance's port (bindings name $(addr 0))
+  cells' health:   https://<host address>:8090/readyz and /metrics, certificates of the platform CA:
+                   curl --cacert $STATE/host-1/cell/cells/cell-1/platform-ca.crt https://$(addr 0):8090/readyz
 
   etcd:            $ENDPOINTS over TLS: CA $ETCD_CA, client certificate $ETCD_CERT
 

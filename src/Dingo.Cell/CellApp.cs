@@ -142,8 +142,18 @@ public static class CellApp
         ], TimeSpan.FromSeconds(3)));
         builder.Services.AddHostedService(sp => new Dingo.Health.SystemdReadiness(sp.GetRequiredService<Dingo.Health.Readiness>(),
             sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Systemd")));
-        if (settings.Cell.HealthPort > 0) builder.Services.AddHostedService<CellHealthEndpoint>();
-        if (settings.Router.MetricsPort > 0 && settings.Router.MetricsPort != settings.Cell.HealthPort) builder.Services.AddHostedService<MetricsEndpoint>();
+        // Beyond one host (require-tls) the cell's own ports speak HTTPS with a certificate of the platform CA.
+        if (settings.Postgres.RequireTls)
+        {
+            builder.Services.AddSingleton<CellTlsIdentity>();
+            builder.Services.AddSingleton<IPlatformCaListener>(sp => sp.GetRequiredService<CellTlsIdentity>());
+        }
+        if (settings.Cell.HealthPort > 0)
+            builder.Services.AddHostedService(sp => new CellHealthEndpoint(settings, sp.GetRequiredService<Dingo.Health.Readiness>(), sp.GetRequiredService<Dingo.Health.CellMetrics>(),
+                sp.GetService<CellTlsIdentity>(), sp.GetRequiredService<ILogger<CellHealthEndpoint>>()));
+        if (settings.Router.MetricsPort > 0 && settings.Router.MetricsPort != settings.Cell.HealthPort)
+            builder.Services.AddHostedService(sp => new MetricsEndpoint(settings, sp.GetRequiredService<Dingo.Health.CellMetrics>(),
+                sp.GetService<CellTlsIdentity>(), sp.GetRequiredService<ILogger<MetricsEndpoint>>()));
         services?.Invoke(builder.Services);
         return builder.Build();
     }
@@ -291,22 +301,39 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
             """).WithFallback(Akka.Configuration.ConfigurationFactory.ParseString(AkkaDefaults.For(settings)));
 }
 
-/// <summary>A plain-HTTP listener of the cell on its own address: what the metrics and health endpoints share.</summary>
-internal abstract class CellHttpEndpoint(string address, int port, string serves, Dingo.Health.CellMetrics metrics, ILogger logger) : IHostedService
+/// <summary>
+/// A listener of the cell on its own address: what the metrics and health endpoints share. With a
+/// <see cref="CellTlsIdentity"/> (require-tls) it speaks HTTPS only, presenting the cell's current certificate on each
+/// handshake (a renewed one without a restart; none before the CA has been read, so handshakes fail until then).
+/// </summary>
+internal abstract class CellHttpEndpoint(string address, int port, string serves, Dingo.Health.CellMetrics metrics, CellTlsIdentity? tls, ILogger logger) : IHostedService
 {
     private Microsoft.AspNetCore.Builder.WebApplication? _app;
     protected virtual void Map(Microsoft.AspNetCore.Builder.WebApplication app) { }
 
-    /// <summary>http://address:port, an IPv6 address in brackets (the listener's URL and the probe's).</summary>
-    public static string Url(string address, int port) =>
-        IPAddress.TryParse(address, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6
-            ? $"http://[{address}]:{port}" : $"http://{address}:{port}";
+    /// <summary>http(s)://address:port, an IPv6 address in brackets (the listener's URL and the probe's).</summary>
+    public static string Url(string address, int port, bool https = false)
+    {
+        var scheme = https ? "https" : "http";
+        return IPAddress.TryParse(address, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6
+            ? $"{scheme}://[{address}]:{port}" : $"{scheme}://{address}:{port}";
+    }
 
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls(Url(address, port));
+        builder.WebHost.UseUrls(Url(address, port, https: tls is not null));
+        if (tls is not null)
+        {
+            // The slim builder leaves HTTPS out unless asked.
+            builder.WebHost.UseKestrelHttpsConfiguration();
+            builder.WebHost.ConfigureKestrel(kestrel => kestrel.ConfigureHttpsDefaults(https =>
+            {
+                https.ServerCertificateSelector = (_, _) => tls.Certificate;
+                https.SslProtocols = Dingo.Security.PemTls.Protocols;
+            }));
+        }
         _app = builder.Build();
         Map(_app);
         _app.MapGet("/metrics", async (Microsoft.AspNetCore.Http.HttpContext context) =>
@@ -315,7 +342,7 @@ internal abstract class CellHttpEndpoint(string address, int port, string serves
             await metrics.Registry.CollectAndExportAsTextAsync(context.Response.Body, context.RequestAborted);
         });
         await _app.StartAsync(cancellationToken);
-        logger.LogInformation("{Serves} on {Url}", serves, Url(address, port));
+        logger.LogInformation("{Serves} on {Url}", serves, Url(address, port, https: tls is not null));
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)
@@ -324,18 +351,19 @@ internal abstract class CellHttpEndpoint(string address, int port, string serves
     }
 }
 
-/// <summary>Serves the cell's metrics also on http://&lt;cell address&gt;:&lt;metrics-port&gt;/metrics (dingo.router.metrics-port, for scrape configurations made before the health port served them).</summary>
-internal sealed class MetricsEndpoint(DingoSettings settings, Dingo.Health.CellMetrics metrics, ILogger<MetricsEndpoint> logger)
-    : CellHttpEndpoint(settings.Cell.Address, settings.Router.MetricsPort, "cell metrics (/metrics)", metrics, logger);
+/// <summary>Serves the cell's metrics also on &lt;cell address&gt;:&lt;metrics-port&gt;/metrics (dingo.router.metrics-port, for scrape configurations made before the health port served them).</summary>
+internal sealed class MetricsEndpoint(DingoSettings settings, Dingo.Health.CellMetrics metrics, CellTlsIdentity? tls, ILogger<MetricsEndpoint> logger)
+    : CellHttpEndpoint(settings.Cell.Address, settings.Router.MetricsPort, "cell metrics (/metrics)", metrics, tls, logger);
 
 /// <summary>
 /// The cell's own HTTP port (dingo.cell.health-port) on its address: /healthz answers 200 while the process serves
 /// requests; /readyz 200 when etcd answers, the cell is an Up Akka member and its runtime lists its nodes, else 503
 /// naming each check's problem (JSON); /metrics the cell's Prometheus figures (nodes, HA, backups, router, process).
-/// Plain HTTP, nothing secret: no credentials; instances appear by id only, with roles, positions and counters.
+/// Nothing secret: no credentials; instances appear by id only, with roles, positions and counters. HTTPS only under
+/// dingo.postgres.require-tls (<see cref="CellTlsIdentity"/>), plain HTTP otherwise (the loopback ./dingo up).
 /// </summary>
-internal sealed class CellHealthEndpoint(DingoSettings settings, Dingo.Health.Readiness readiness, Dingo.Health.CellMetrics metrics, ILogger<CellHealthEndpoint> logger)
-    : CellHttpEndpoint(settings.Cell.Address, settings.Cell.HealthPort, "cell health (/healthz, /readyz, /metrics)", metrics, logger)
+internal sealed class CellHealthEndpoint(DingoSettings settings, Dingo.Health.Readiness readiness, Dingo.Health.CellMetrics metrics, CellTlsIdentity? tls, ILogger<CellHealthEndpoint> logger)
+    : CellHttpEndpoint(settings.Cell.Address, settings.Cell.HealthPort, "cell health (/healthz, /readyz, /metrics)", metrics, tls, logger)
 {
     protected override void Map(Microsoft.AspNetCore.Builder.WebApplication app)
     {

@@ -42,7 +42,17 @@ public static class Program
                 Console.Error.WriteLine("dingo-cell probe: dingo.cell.health-port is 0 (DINGO_CELL_HEALTH_PORT): this cell serves no /readyz");
                 return 2;
             }
-            return await Dingo.Health.HealthProbe.RunAsync(new Uri(CellHttpEndpoint.Url(settings.Cell.Address, settings.Cell.HealthPort) + "/readyz"), Console.Error, TimeSpan.FromSeconds(10));
+            if (!settings.Postgres.RequireTls)
+                return await Dingo.Health.HealthProbe.RunAsync(new Uri(CellHttpEndpoint.Url(settings.Cell.Address, settings.Cell.HealthPort) + "/readyz"), Console.Error, TimeSpan.FromSeconds(10));
+            // HTTPS under require-tls: the cell's certificate is checked against the platform CA the cell wrote for it.
+            var caFile = CellTlsIdentity.CaFile(settings);
+            if (!File.Exists(caFile))
+            {
+                Console.Error.WriteLine($"dingo-cell probe: no platform CA at {caFile} yet: the cell has not read it from etcd (or is not running with this data-dir)");
+                return 1;
+            }
+            using var ca = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(File.ReadAllText(caFile));
+            return await Dingo.Health.HealthProbe.RunAsync(new Uri(CellHttpEndpoint.Url(settings.Cell.Address, settings.Cell.HealthPort, https: true) + "/readyz"), Console.Error, TimeSpan.FromSeconds(10), ca);
         }
         // The platform's own connections to nodes require TLS with channel binding when clients must use TLS.
         Dingo.Postgres.PlatformConnectionTls.Configure(settings.Postgres.RequireTls);

@@ -11,9 +11,10 @@ namespace Dingo.Postgres;
 /// Keeps this process's trust in the platform CA current (<see cref="PlatformConnectionTls.Trust"/>): read from etcd at
 /// start (with require-tls before the services after it connect to any node), then once a minute, so a replaced CA or a client certificate
 /// near the end of its life is picked up without a restart. A CA that cannot be read is logged once per reason; what is
-/// trusted stays.
+/// trusted stays. Each read is also told to the process's <see cref="IPlatformCaListener"/>s (a cell's HTTPS certificate).
 /// </summary>
-public sealed class PlatformTrustService(EtcdStore store, DingoSettings settings, ILogger<PlatformTrustService> logger) : IHostedService, IDisposable
+public sealed class PlatformTrustService(EtcdStore store, DingoSettings settings, IEnumerable<IPlatformCaListener> listeners, ILogger<PlatformTrustService> logger)
+    : IHostedService, IDisposable
 {
     private static readonly TimeSpan Every = TimeSpan.FromMinutes(1);
     private static readonly TimeSpan FirstReadDeadline = TimeSpan.FromSeconds(5);
@@ -66,6 +67,7 @@ public sealed class PlatformTrustService(EtcdStore store, DingoSettings settings
             using var ca = await PlatformCaStore.GetOrCreateAsync(store, settings.Postgres, ct).ConfigureAwait(false);
             var known = PlatformConnectionTls.Trusts(ca.Fingerprint);
             PlatformConnectionTls.Trust(ca);
+            foreach (var listener in listeners) listener.Trusted(ca);
             if (!known) logger.LogInformation("connections to nodes present a client certificate of {Ca}", ca);
             _problem = null;
         }
@@ -78,6 +80,15 @@ public sealed class PlatformTrustService(EtcdStore store, DingoSettings settings
     }
 
     public void Dispose() => _stopping.Dispose();
+}
+
+/// <summary>
+/// Told each time <see cref="PlatformTrustService"/> has read the platform CA (at start, then once a minute). The CA is
+/// disposed after the call: keep what is issued from it, not the CA. Must not throw for a failure of its own making (log it).
+/// </summary>
+public interface IPlatformCaListener
+{
+    void Trusted(PlatformCa ca);
 }
 
 public static class PlatformTrustRegistration

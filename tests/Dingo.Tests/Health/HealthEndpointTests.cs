@@ -14,7 +14,7 @@ namespace Dingo.Tests.Health;
 /// the `probe` command a container's HEALTHCHECK runs, and systemd's notify protocol read from a real unix datagram
 /// socket (NOTIFY_SOCKET), as systemd would: READY=1 only once the cell can work, WATCHDOG=1 while it runs.
 /// </summary>
-[SuiteCost(31)]
+[SuiteCost(50)]
 public sealed class HealthEndpointTests(ITestOutputHelper output)
 {
     [Fact]
@@ -104,6 +104,46 @@ public sealed class HealthEndpointTests(ITestOutputHelper output)
         await listening;
     }
 
+    /// <summary>
+    /// Beyond one host (require-tls) a real cell process serves its health port over HTTPS only, with a certificate of the
+    /// platform CA it read from etcd, for its address; its `probe` checks that certificate against the CA file the cell
+    /// wrote, and fails against another CA.
+    /// </summary>
+    [Fact]
+    public async Task With_require_tls_a_cell_serves_health_over_https_only_and_its_probe_checks_the_certificate()
+    {
+        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.postgres.require-tls = on"), ownsData: true);
+        using var ca = await Dingo.Security.PlatformCaStore.GetOrCreateAsync(platform.Store, platform.Settings.Postgres, CancellationToken.None);
+        using var caCertificate = ca.PublicCertificate();
+        var healthPort = FreePorts.One();
+        platform.StartCellProcess(1, new Dictionary<string, string> { ["DINGO_CELL_HEALTH_PORT"] = healthPort.ToString(CultureInfo.InvariantCulture) });
+        using var https = new HttpClient(new SocketsHttpHandler
+        {
+            SslOptions = new System.Net.Security.SslClientAuthenticationOptions
+            {
+                // The certificate must name 127.0.0.1 (no name mismatch) and chain to the platform CA alone.
+                RemoteCertificateValidationCallback = (_, certificate, _, errors) => certificate is not null
+                    && (errors & ~System.Net.Security.SslPolicyErrors.RemoteCertificateChainErrors) == System.Net.Security.SslPolicyErrors.None
+                    && ca.Verifies(System.Security.Cryptography.X509Certificates.X509CertificateLoader.LoadCertificate(certificate.GetRawCertData()), DateTimeOffset.UtcNow),
+            },
+        }) { Timeout = TimeSpan.FromSeconds(10) };
+        await Eventually.UntilAsync(async () => (await GetAsync(https, $"https://127.0.0.1:{healthPort}/readyz")).Status == 200, TimeSpan.FromSeconds(90), "the cell's /readyz 200 over HTTPS");
+        Assert.Contains("# TYPE", (await GetAsync(https, $"https://127.0.0.1:{healthPort}/metrics")).Body, StringComparison.Ordinal);
+        using var plain = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+        var answer = await GetAsync(plain, $"http://127.0.0.1:{healthPort}/healthz");
+        output.WriteLine($"plain HTTP to the cell's health port: {answer.Status} {answer.Body}");
+        Assert.Equal(0, answer.Status);
+
+        var cellEnvironment = new Dictionary<string, string> { ["DINGO_CELL_ID"] = "cell-1" };
+        Assert.Equal(0, await ProbeAsync("Dingo.Cell.dll", platform, healthPort, cellEnvironment));
+        // The CA file the probe trusts replaced by another CA's: the cell's certificate is refused.
+        var caFile = Path.Combine(platform.Settings.DataDir, "cells", "cell-1", "platform-ca.crt");
+        Assert.Equal(ca.CertificatePem, await File.ReadAllTextAsync(caFile));
+        using (var other = Dingo.Security.PlatformCa.Create("other", DateTimeOffset.UtcNow, TimeSpan.FromDays(1)))
+            await File.WriteAllTextAsync(caFile, other.CertificatePem);
+        Assert.Equal(1, await ProbeAsync("Dingo.Cell.dll", platform, healthPort, cellEnvironment));
+    }
+
     private static async Task<(int Status, string Body)> GetAsync(HttpClient http, string url)
     {
         try
@@ -118,13 +158,14 @@ public sealed class HealthEndpointTests(ITestOutputHelper output)
     }
 
     /// <summary>`dotnet Dingo.X.dll probe --config …` with the platform's settings (and the cell's health port); its exit code.</summary>
-    private async Task<int> ProbeAsync(string program, TestPlatform platform, int healthPort)
+    private async Task<int> ProbeAsync(string program, TestPlatform platform, int healthPort, IReadOnlyDictionary<string, string>? environment = null)
     {
         var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, program), "probe", "--config", Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"),
                      "--config", Path.Combine(platform.Settings.DataDir, "test.conf") })
             psi.ArgumentList.Add(a);
         psi.Environment["DINGO_CELL_HEALTH_PORT"] = healthPort.ToString(CultureInfo.InvariantCulture);
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>()) psi.Environment[key] = value;
         using var process = Process.Start(psi)!;
         var stderr = process.StandardError.ReadToEndAsync();
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
