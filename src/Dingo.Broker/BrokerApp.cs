@@ -40,7 +40,7 @@ public static class BrokerApp
         });
         builder.Logging.ClearProviders();
         if (logging is not null) logging(builder.Logging);
-        else builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
+        else builder.Logging.AddDingoConsole(settings.Logging);
         builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
         builder.Logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
 
@@ -84,6 +84,13 @@ public static class BrokerApp
             var loggers = sp.GetRequiredService<ILoggerFactory>();
             if (tls is not null) akka.AddHocon(AkkaTls.Hocon, HoconAddMode.Prepend).AddSetup(tls.Setup());
             akka.AddHocon(AkkaDefaults.For(settings), HoconAddMode.Prepend)
+                // Akka's own log goes to the host's logger (the same console format, the same filters).
+                .ConfigureLoggers(log =>
+                {
+                    log.LogLevel = Akka.Event.LogLevel.WarningLevel;
+                    log.ClearLoggers();
+                    log.AddLoggerFactory();
+                })
                 .AddSetup(RemotingNoiseFilter.ForBroker())
                 .WithRemoting(settings.Akka.Hostname, port)
                 // No seed nodes here: AkkaMembership joins (or founds) the cluster with etcd as the judge.

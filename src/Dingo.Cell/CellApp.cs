@@ -31,7 +31,7 @@ public static class CellApp
         var builder = Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders();
         if (logging is not null) logging(builder.Logging);
-        else builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
+        else builder.Logging.AddDingoConsole(settings.Logging);
         builder.Logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
 
@@ -89,6 +89,13 @@ public static class CellApp
             // The cell's own actors live in a local actor system. Its Akka cluster membership is a second, small system
             // (CellMembership) that can be made anew when the cluster removes this cell, without touching them.
             akka.AddHocon(AkkaDefaults.Hocon, HoconAddMode.Prepend)
+                // Akka's own log goes to the host's logger (the same console format, the same filters).
+                .ConfigureLoggers(log =>
+                {
+                    log.LogLevel = Akka.Event.LogLevel.WarningLevel;
+                    log.ClearLoggers();
+                    log.AddLoggerFactory();
+                })
                 .WithActors((system, registry) =>
                 {
                     var store = sp.GetRequiredService<EtcdStore>();
@@ -127,7 +134,7 @@ public static class CellApp
         var tls = Dingo.Membership.AkkaTls.Load(settings.Akka.Tls);
         if (tls is not null) builder.Services.AddSingleton(tls);
         builder.Services.AddSingleton(sp => new CellMembership(sp.GetRequiredService<EtcdStore>(), settings, seedNodes, tls,
-            sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Akka")));
+            sp.GetRequiredService<ILoggerFactory>()));
         builder.Services.AddHostedService(sp => sp.GetRequiredService<CellMembership>());
         // Ready: etcd answers, the cell is an Up member of the Akka cluster, its runtime lists its nodes (/readyz, READY=1).
         builder.Services.AddSingleton(sp => new Dingo.Health.Readiness(
@@ -251,8 +258,10 @@ internal sealed class CellWatches(
 /// (a cell never founds a cluster), left on a clean stop. When the split-brain resolver removes the cell (cut off from
 /// the brokers, say) its nodes and router go on as before, and a new member system joins again once it can.
 /// </summary>
-internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IReadOnlyList<string> seeds, Dingo.Membership.AkkaTls? tls, ILogger logger) : BackgroundService
+internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IReadOnlyList<string> seeds, Dingo.Membership.AkkaTls? tls, ILoggerFactory loggers) : BackgroundService
 {
+    private readonly ILogger _logger = loggers.CreateLogger("Dingo.Akka");
+
     private static readonly TimeSpan RejoinAfter = TimeSpan.FromSeconds(2);
 
     /// <summary>The member system's address (for tests and logs); null between two systems.</summary>
@@ -265,13 +274,14 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
     {
         while (!stoppingToken.IsCancellationRequested)
         {
-            var setup = Akka.Actor.BootstrapSetup.Create().WithConfig(MemberConfig());
+            // Its log goes to the host's logger too (DingoLogging.AkkaLoggers in MemberConfig).
+            var setup = Akka.Actor.BootstrapSetup.Create().WithConfig(MemberConfig()).And(DingoLogging.AkkaLoggerSetup(loggers));
             var system = tls is null ? ActorSystem.Create("dingo", setup) : ActorSystem.Create("dingo", setup.And(tls.Setup()));
             SelfAddress = Akka.Cluster.Cluster.Get(system).SelfAddress;
             MemberSystem = system;
             try
             {
-                await AkkaMembership.RunAsync(system, store, seeds, mayFound: false, logger, stoppingToken);
+                await AkkaMembership.RunAsync(system, store, seeds, mayFound: false, _logger, stoppingToken);
             }
             finally
             {
@@ -282,7 +292,7 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
                 await system.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ContinueWith(_ => { }, TaskScheduler.Default);
             }
             if (stoppingToken.IsCancellationRequested) break;
-            logger.LogWarning("cell {Cell} was removed from the Akka cluster: joining again as a new member (its nodes and router are not affected)", settings.Cell.Id);
+            _logger.LogWarning("cell {Cell} was removed from the Akka cluster: joining again as a new member (its nodes and router are not affected)", settings.Cell.Id);
             try { await Task.Delay(RejoinAfter, stoppingToken); }
             catch (OperationCanceledException) { break; }
         }
@@ -291,6 +301,7 @@ internal sealed class CellMembership(EtcdStore store, DingoSettings settings, IR
     private Akka.Configuration.Config MemberConfig() =>
         Akka.Configuration.ConfigurationFactory.ParseString($$"""
             {{(tls is null ? "" : Dingo.Membership.AkkaTls.Hocon)}}
+            {{DingoLogging.AkkaLoggers}}
             akka.actor.provider = cluster
             akka.remote.dot-netty.tcp {
               hostname = "{{settings.Akka.Hostname}}"

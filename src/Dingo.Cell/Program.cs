@@ -79,7 +79,7 @@ public static class Program
         }
         // Leaders whose agent died keep their lease while this process starts (LeaseBridge); stopped with the process.
         using var bridgeStop = new CancellationTokenSource();
-        using var bridgeLoggers = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; }));
+        using var bridgeLoggers = LoggerFactory.Create(b => b.AddDingoConsole(settings.Logging));
         var bridge = await LeaseBridge.StartAsync(settings, bridgeLoggers.CreateLogger("Dingo.Ha"), bridgeStop.Token);
         using var host = CellApp.Build(settings, seeds);
         try { await host.RunAsync(); }

@@ -26,6 +26,8 @@ public sealed record DingoSettings
     public PostgresTlsSettings Postgres { get; init; } = new();
     /// <summary>`dingo.events`: how long and how many of each instance's events etcd keeps.</summary>
     public EventSettings Events { get; init; } = new();
+    /// <summary>`dingo.logging`: the console log's format (text or json).</summary>
+    public LogSettings Logging { get; init; } = new();
 
     /// <summary>Loads the layered configuration. Throws with the file and key named when a value is wrong.</summary>
     public static DingoSettings Load(IEnumerable<string> files, IReadOnlyDictionary<string, string?>? environment = null, string? overrides = null)
@@ -126,6 +128,7 @@ public sealed record DingoSettings
             Backups = Dingo.Backups.BackupSettings.FromConfig(d, env, dataDir),
             Seal = Dingo.Security.SealSettings.FromConfig(d, env),
             Postgres = PostgresTlsSettings.FromConfig(d, env),
+            Logging = LogSettings.FromConfig(d, env),
             Events = new EventSettings
             {
                 Retention = d.GetTimeSpan("events.retention", TimeSpan.FromDays(7)),

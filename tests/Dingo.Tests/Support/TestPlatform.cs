@@ -211,7 +211,8 @@ public sealed class TestPlatform : IAsyncDisposable
     /// Starts another broker as an OS process that joins this platform's Akka cluster (sharing the instance actors
     /// through sharding) and serves the OSB API on its own URL, which it returns.
     /// </summary>
-    public Uri StartBrokerProcess(int number)
+    /// <param name="environment">variables set for this broker only (DINGO_LOG_FORMAT, say)</param>
+    public Uri StartBrokerProcess(int number, IReadOnlyDictionary<string, string>? environment = null)
     {
         var dll = Path.Combine(AppContext.BaseDirectory, "Dingo.Broker.dll");
         var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
@@ -221,6 +222,7 @@ public sealed class TestPlatform : IAsyncDisposable
         psi.Environment["DINGO_BROKER_URL"] = url.ToString().TrimEnd('/');
         psi.Environment["DINGO_AKKA_PORT"] = FreePorts.One().ToString(System.Globalization.CultureInfo.InvariantCulture);
         psi.Environment["DINGO_AKKA_SEEDS"] = _seed!;
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>()) psi.Environment[key] = value;
         var log = new StreamWriter(Path.Combine(Settings.DataDir, $"broker-{number}.log"), append: true) { AutoFlush = true };
         var process = System.Diagnostics.Process.Start(psi)!;
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
