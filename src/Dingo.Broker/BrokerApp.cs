@@ -169,6 +169,8 @@ public static class BrokerApp
         app.UseMiddleware<OsbMiddleware>();
         // Unauthenticated, like /healthz: a supervisor's probe carries no credentials, and neither answer holds a secret.
         app.MapGet("/healthz", () => Results.Text("ok"));
+        // A page per instance (OSB dashboard_url), opened by the instance's own secret in its URL, not by credentials.
+        Dashboard.Map(app);
         // Prometheus' text format, unauthenticated like the probes: counts and durations by route, plan and state, no
         // instance id, name or credential.
         app.MapGet("/metrics", async (HttpContext context) =>

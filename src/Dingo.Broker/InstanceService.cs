@@ -49,8 +49,8 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                 var same = r.ServiceId == serviceId && r.PlanId == planId && r.OrganizationGuid == org && r.SpaceGuid == space && r.ParametersJson == parameters;
                 if (!same || r.Desired != DesiredState.Present) return OsbResult.Conflict($"service instance {instanceId} already exists with other attributes");
                 var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
-                if (op?.Value is { Kind: OperationKind.Provision, InProgress: true } running) return OsbResult.Accepted(running.Id);
-                return OsbResult.Ok(new JsonObject());
+                if (op?.Value is { Kind: OperationKind.Provision, InProgress: true } running) return OsbResult.Accepted(running.Id, Dashboard.Url(settings.Broker, r));
+                return OsbResult.Ok(new JsonObject { ["dashboard_url"] = Dashboard.Url(settings.Broker, r) });
             }
             if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}': this broker offers {Catalog.ServiceId} ({Catalog.ServiceName})");
             var plan = Catalog.FindPlan(planId);
@@ -97,6 +97,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             // for any reason (a concurrent one, etcd's request limit, etcd unreachable) leaves no port behind.
             var allocator = new PortAllocator(store);
             int port = 0;
+            InstanceRecord? created = null;
             for (var attempt = 0; ; attempt++)
             {
                 var txn = new Txn().Absent(Keys.Instance(instanceId));
@@ -129,6 +130,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                     MaintenanceVersion = Product.Version,
                 };
                 txn.Put(Keys.Instance(instanceId), record).Put(Keys.Operation(instanceId), operation);
+                created = record;
                 if (await store.TransactAsync(txn, ct)) break;
                 // Either another broker created this instance, or another allocation moved the port counter: look again.
                 if (await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct) is not null)
@@ -138,7 +140,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             }
             logger.LogInformation("instance {Instance}: provision accepted, plan {Plan}, port {Port}", instanceId, plan.Name, port);
             Poke(instanceId);
-            return OsbResult.Accepted(operation.Id);
+            return OsbResult.Accepted(operation.Id, Dashboard.Url(settings.Broker, created!));
         }
         finally
         {
@@ -275,6 +277,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             ["service_id"] = r.ServiceId,
             ["plan_id"] = r.PlanId,
             ["parameters"] = CanonicalJson.ParseOrEmpty(r.ParametersJson),
+            ["dashboard_url"] = Dashboard.Url(settings.Broker, r),
         };
         // 2.15: the maintenance the instance was provisioned or last updated with (none for instances older than the field).
         if (version.AtLeast(2, 15) && r.MaintenanceVersion is { } maintained) body["maintenance_info"] = new JsonObject { ["version"] = maintained };

@@ -68,6 +68,7 @@ public sealed record DingoSettings
             Broker = new BrokerSettings
             {
                 Url = Env("DINGO_BROKER_URL") ?? d.GetString("broker.url", "http://127.0.0.1:8080"),
+                PublicUrl = Env("DINGO_BROKER_PUBLIC_URL") ?? d.GetString("broker.public-url", ""),
                 Username = Env("DINGO_BROKER_USERNAME") ?? d.GetString("broker.username", "dingo"),
                 Password = Env("DINGO_BROKER_PASSWORD") ?? d.GetString("broker.password", ""),
                 AdminUsername = Env("DINGO_BROKER_ADMIN_USERNAME") ?? d.GetString("broker.admin-username", "dingo-admin"),
@@ -195,6 +196,8 @@ public sealed record DingoSettings
                     (Akka.Tls.Enabled ? ": with dingo.akka.tls on, members are akka.ssl.tcp://)" : ": akka.ssl.tcp:// needs dingo.akka.tls.certificate)"));
         if (!Uri.TryCreate(Broker.Url, UriKind.Absolute, out var brokerUrl)) throw new ArgumentException($"dingo.broker.url '{Broker.Url}' is not an absolute URL");
         Broker.ValidateTls(brokerUrl);
+        if (Broker.PublicUrl.Length > 0 && !(Uri.TryCreate(Broker.PublicUrl, UriKind.Absolute, out var publicUrl) && publicUrl.Scheme is "http" or "https"))
+            throw new ArgumentException($"dingo.broker.public-url '{Broker.PublicUrl}' is not an absolute http(s) URL");
         if (Cell.Runtime is not ("process" or "docker")) throw new ArgumentException($"dingo.cell.runtime must be \"process\" or \"docker\": got \"{Cell.Runtime}\"");
         if (Cell.OrphanGrace < TimeSpan.Zero) throw new ArgumentException("dingo.cell.orphan-grace must not be negative");
         if (Cell.MinFreeDisk < 0) throw new ArgumentException("dingo.cell.min-free-disk must not be negative");
@@ -213,6 +216,12 @@ public sealed record DingoSettings
 public sealed record BrokerSettings
 {
     public required string Url { get; init; }
+    /// <summary>
+    /// The address people reach this broker by, for the dashboard URLs it hands out (OSB `dashboard_url`): a load
+    /// balancer's, say. Empty: <see cref="Url"/>.
+    /// </summary>
+    public string PublicUrl { get; init; } = "";
+    public string DashboardBase => (PublicUrl.Length > 0 ? PublicUrl : Url).TrimEnd('/');
     public required string Username { get; init; }
     public required string Password { get; init; }
     /// <summary>Basic-auth credentials of the operator's /admin API, apart from the OSB ones; an empty password closes /admin.</summary>

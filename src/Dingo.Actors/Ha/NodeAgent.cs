@@ -1108,12 +1108,14 @@ public sealed class NodeAgent
             Writable = local.Answering && !local.InRecovery,
             Decision = action.Sentence,
             FailingSince = _failingSince,
+            Connections = local.Answering ? _lastPg?.Connections : null,
             UpdatedAt = DateTimeOffset.UtcNow,
         };
         var lease = await _cellLease.EnsureAsync(ct).ConfigureAwait(false);
         // Written when anything but the time changed, and as a heartbeat well inside the freshness others judge members
-        // by (Failover: loop-wait x 3 + 1 s): an idle node no longer costs etcd a write every pass.
-        var same = status with { UpdatedAt = default };
+        // by (Failover: loop-wait x 3 + 1 s): an idle node no longer costs etcd a write every pass. The connection count
+        // rides along with those writes and never causes one.
+        var same = status with { UpdatedAt = default, Connections = null };
         if (same == _lastReported && lease == _lastReportedLease && DateTime.UtcNow - _lastReportedAt < _settings.Ha.LoopWait * 2) return;
         await _store.PutAsync(K.Status(_spec.InstanceId, _spec.NodeId), status, ct, lease).ConfigureAwait(false);
         (_lastReported, _lastReportedLease, _lastReportedAt) = (same, lease, DateTime.UtcNow);

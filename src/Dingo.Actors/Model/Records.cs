@@ -162,6 +162,8 @@ public sealed record NodeStatus
     public string Decision { get; init; } = "";
     /// <summary>Since when the node's passes keep failing (null: the last pass worked).</summary>
     public DateTimeOffset? FailingSince { get; init; }
+    /// <summary>Client connections at the last probe (not the platform's own); refreshed with the heartbeat, never a write of its own.</summary>
+    public int? Connections { get; init; }
     public DateTimeOffset UpdatedAt { get; init; }
 }
 

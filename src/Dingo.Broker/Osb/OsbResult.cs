@@ -7,7 +7,8 @@ public sealed record OsbResult(int Status, JsonNode Body)
 {
     public static OsbResult Ok(JsonNode body) => new(200, body);
     public static OsbResult Created(JsonNode body) => new(201, body);
-    public static OsbResult Accepted(string operation) => new(202, new JsonObject { ["operation"] = operation });
+    public static OsbResult Accepted(string operation, string? dashboardUrl = null) =>
+        new(202, dashboardUrl is null ? new JsonObject { ["operation"] = operation } : new JsonObject { ["dashboard_url"] = dashboardUrl, ["operation"] = operation });
     public static OsbResult Empty(int status = 200) => new(status, new JsonObject());
 
     public static OsbResult Error(int status, string error, string description) =>
