@@ -59,9 +59,23 @@ public sealed class BaseBackups(IObjectStore store, ILogger logger)
         if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         Directory.CreateDirectory(workDir);
         var passfile = Path.Combine(workDir, $".pgpass-{Guid.NewGuid():N}");
+        // Nodes with require-tls ask the platform's roles for a client certificate of the platform CA: this process's
+        // identity goes along whenever it has one (files 0600 from creation, deleted with the passfile). Where this
+        // process requires TLS, the node's certificate is also checked for its host (verify-full), as replication does.
+        var required = Dingo.Postgres.PlatformConnectionTls.Required;
+        var tls = Dingo.Postgres.PlatformConnectionTls.Libpq();
+        if (required && tls is null)
+            throw new InvalidOperationException("TLS is required and this cell has not read the platform CA yet: no client certificate to take a base backup with");
+        var tlsFiles = tls is null ? [] : new[] { ".root", ".crt", ".key" }.Select(e => Path.Combine(workDir, $".tls-{Guid.NewGuid():N}{e}")).ToArray();
         await Dingo.Security.SecretFile.WriteAsync(passfile, $"*:*:*:{credentials.Username}:{credentials.Password}\n", ct).ConfigureAwait(false);
         try
         {
+            if (tls is not null)
+            {
+                await Dingo.Security.SecretFile.WriteAsync(tlsFiles[0], tls.CasPem, ct).ConfigureAwait(false);
+                await Dingo.Security.SecretFile.WriteAsync(tlsFiles[1], tls.CertificatePem, ct).ConfigureAwait(false);
+                await Dingo.Security.SecretFile.WriteAsync(tlsFiles[2], tls.KeyPem, ct).ConfigureAwait(false);
+            }
             var psi = new ProcessStartInfo(Path.Combine(postgresBin, "pg_basebackup"))
             {
                 UseShellExecute = false,
@@ -71,8 +85,17 @@ public sealed class BaseBackups(IObjectStore store, ILogger logger)
             foreach (var a in new[] { "-h", host, "-p", port.ToString(CultureInfo.InvariantCulture), "-U", credentials.Username, "-D", dir,
                          "-F", "t", "-X", "stream", "-c", "fast", "-w", "--no-sync", "-l", $"dingo {label}" })
                 psi.ArgumentList.Add(a);
-            foreach (var name in new[] { "PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGPASSWORD", "PGOPTIONS" }) psi.Environment.Remove(name);
+            foreach (var name in new[] { "PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGPASSWORD", "PGOPTIONS", "PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY" })
+                psi.Environment.Remove(name);
             psi.Environment["PGPASSFILE"] = passfile;
+            if (tls is not null)
+            {
+                psi.Environment["PGSSLMODE"] = required ? "verify-full" : "prefer";
+                // libpq checks the chain whenever a root file is given: only where TLS is required, as before otherwise.
+                if (required) psi.Environment["PGSSLROOTCERT"] = tlsFiles[0];
+                psi.Environment["PGSSLCERT"] = tlsFiles[1];
+                psi.Environment["PGSSLKEY"] = tlsFiles[2];
+            }
             using var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start pg_basebackup");
             var stderr = process.StandardError.ReadToEndAsync(ct);
             var stdout = process.StandardOutput.ReadToEndAsync(ct);
@@ -108,6 +131,7 @@ public sealed class BaseBackups(IObjectStore store, ILogger logger)
         finally
         {
             File.Delete(passfile);
+            foreach (var file in tlsFiles) File.Delete(file);
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         }
     }

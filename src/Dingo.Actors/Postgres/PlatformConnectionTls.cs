@@ -24,6 +24,13 @@ namespace Dingo.Postgres;
 /// </summary>
 public static class PlatformConnectionTls
 {
+    /// <summary>PEM texts for libpq's sslrootcert, sslcert and sslkey files.</summary>
+    public sealed record LibpqTlsPem(string CasPem, string CertificatePem, string KeyPem)
+    {
+        // Never print the key.
+        public override string ToString() => "libpq TLS files";
+    }
+
     /// <summary>How long a process's client certificate is valid; renewed after two thirds of it.</summary>
     public static readonly TimeSpan ClientValidity = TimeSpan.FromDays(30);
 
@@ -134,6 +141,22 @@ public static class PlatformConnectionTls
     }
 
     internal static ImmutableDictionary<string, ClientIdentity> Identities => _identities;
+
+    /// <summary>
+    /// What a libpq tool this process runs itself (the backup duty's pg_basebackup) needs to log in as the platform where
+    /// TLS is required: every trusted CA (PEM, to verify the node) and the client certificate and key (PEM) of the CA
+    /// trusted last. Null while no CA is trusted. The key is for a file created 0600 and deleted after the run.
+    /// </summary>
+    public static LibpqTlsPem? Libpq()
+    {
+        var identities = _identities;
+        if (identities.Count == 0) return null;
+        var newest = identities.Values.MaxBy(i => i.TrustedAt)!;
+        var cas = string.Concat(identities.Values.OrderBy(i => i.TrustedAt).Select(i => i.Ca.ExportCertificatePem() + "\n"));
+        using var key = newest.Client.GetECDsaPrivateKey()
+                        ?? throw new InvalidOperationException("the platform's client certificate has no ECDSA key to hand to libpq");
+        return new LibpqTlsPem(cas, newest.Client.ExportCertificatePem() + "\n", key.ExportPkcs8PrivateKeyPem() + "\n");
+    }
 
     internal sealed record ClientIdentity(X509Certificate2 Ca, X509Certificate2 Client, DateTimeOffset NotBefore, DateTimeOffset NotAfter)
     {

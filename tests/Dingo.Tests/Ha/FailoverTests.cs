@@ -52,6 +52,15 @@ public sealed class FailoverTests(ITestOutputHelper output)
         writer.Start();
         using var psql = new Dingo.Tests.Security.PsqlTls(creds, platform.Settings.Cell.PostgresBin);
         await PostgresTlsAsync(platform, id, creds, psql, plan.NodeCount, "before the failover");
+        // The leader's cell takes the first base backup at once: pg_basebackup logs in with the cell's client certificate
+        // and checks the node's (three hosts with require-tls found it refused for want of a certificate).
+        BackupState? backup = null;
+        await Eventually.UntilAsync(async () =>
+        {
+            backup = (await platform.Store.GetAsync<BackupState>(platform.Store.Keys.Backup(id), CancellationToken.None))?.Value;
+            return backup is { BaseBackups: > 0 };
+        }, TimeSpan.FromSeconds(60), () => $"a base backup under require-tls (last error: {backup?.BaseBackupError ?? "none"})");
+        output.WriteLine($"{planName}: base backup {backup!.LastBaseBackup} taken over TLS");
         await Task.Delay(1000);
 
         var victim = await PrimaryCellAsync(platform, id);
