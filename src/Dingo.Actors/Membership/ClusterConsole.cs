@@ -96,6 +96,10 @@ public static class ClusterConsole
         AkkaTls? tls;
         try { tls = AkkaTls.Load(access.Tls); }
         catch (ArgumentException ex) { throw new ClusterConsoleException($"cannot use this host's Akka TLS certificate: {ex.Message}"); }
+        // Brokers on akka.ssl.tcp cannot be reached without a certificate: say so in one line, not in Akka's stack trace.
+        if (tls is null && paths.All(p => p.Address.Protocol == "akka.ssl.tcp"))
+            throw new ClusterConsoleException("the brokers speak Akka over TLS (akka.ssl.tcp): give this console a certificate of the platform's Akka CA " +
+                                              "(dingo.akka.tls: DINGO_AKKA_TLS_CA, DINGO_AKKA_TLS_CERTIFICATE, DINGO_AKKA_TLS_KEY; docs/security.md, \"Akka remoting over TLS\")");
         var setup = BootstrapSetup.Create().WithConfig(ConsoleConfig(hostname, tls is not null))
             .And(RemotingNoiseFilter.ForConsole());
         if (tls is not null) setup = setup.And(tls.Setup());

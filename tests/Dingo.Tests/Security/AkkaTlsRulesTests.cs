@@ -18,6 +18,17 @@ public sealed class AkkaTlsRulesTests
         DingoSettings.Load([DefaultFile], env ?? new Dictionary<string, string?>(), overrides);
 
     [Fact]
+    public async Task A_console_without_a_certificate_asking_brokers_on_tls_says_what_to_set_in_one_line()
+    {
+        var access = new ConsoleAccess("127.0.0.1", new OperatorCredentials("admin", "secret"), new AkkaTlsSettings());
+        var refused = await Assert.ThrowsAsync<ClusterConsoleException>(() =>
+            ClusterConsole.QueryAsync(access, ["akka.ssl.tcp://dingo@10.0.0.11:4053", "akka.ssl.tcp://dingo@10.0.0.12:4053"], TimeSpan.FromSeconds(5), CancellationToken.None));
+        Assert.Contains("akka.ssl.tcp", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("DINGO_AKKA_TLS_CERTIFICATE", refused.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("\n", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Tls_is_off_by_default_and_on_when_a_certificate_is_named_in_hocon_or_the_environment()
     {
         var plain = Load();
