@@ -96,10 +96,16 @@ public static class ClusterConsole
         AkkaTls? tls;
         try { tls = AkkaTls.Load(access.Tls); }
         catch (ArgumentException ex) { throw new ClusterConsoleException($"cannot use this host's Akka TLS certificate: {ex.Message}"); }
-        // Brokers on akka.ssl.tcp cannot be reached without a certificate: say so in one line, not in Akka's stack trace.
-        if (tls is null && paths.All(p => p.Address.Protocol == "akka.ssl.tcp"))
-            throw new ClusterConsoleException("the brokers speak Akka over TLS (akka.ssl.tcp): give this console a certificate of the platform's Akka CA " +
-                                              "(dingo.akka.tls: DINGO_AKKA_TLS_CA, DINGO_AKKA_TLS_CERTIFICATE, DINGO_AKKA_TLS_KEY; docs/security.md, \"Akka remoting over TLS\")");
+        // The console's system has one transport, plain or TLS: a contact of the other kind would fail the client's start
+        // with Akka's stack trace (brokers registered in etcd on akka.ssl.tcp beside the default plain seed, say). Only
+        // the reachable ones are asked; none left is one line saying what to set.
+        var protocol = tls is null ? "akka.tcp" : "akka.ssl.tcp";
+        var skipped = paths.RemoveAll(p => p.Address.Protocol != protocol);
+        if (skipped > 0 && paths.Count == 0)
+            throw new ClusterConsoleException(tls is null
+                ? "the brokers speak Akka over TLS (akka.ssl.tcp): give this console a certificate of the platform's Akka CA " +
+                  "(dingo.akka.tls: DINGO_AKKA_TLS_CA, DINGO_AKKA_TLS_CERTIFICATE, DINGO_AKKA_TLS_KEY; docs/security.md, \"Akka remoting over TLS\")"
+                : "the brokers speak plain Akka (akka.tcp) and this console has an Akka TLS certificate: leave dingo.akka.tls unset for this platform");
         var setup = BootstrapSetup.Create().WithConfig(ConsoleConfig(hostname, tls is not null))
             .And(RemotingNoiseFilter.ForConsole());
         if (tls is not null) setup = setup.And(tls.Setup());
@@ -138,6 +144,9 @@ public static class ClusterConsole
                     $"no broker answered within {timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture)}s; tried {string.Join(", ", contacts)}. " +
                     $"Is a broker up, and its Akka port (dingo.broker.akka-port) reachable from this host?" +
                     (tls is null ? "" : " Is this host's certificate (dingo.akka.tls.certificate) issued by the platform CA the brokers trust?") +
+                    (skipped == 0 ? "" : tls is null
+                        ? $" {skipped} broker address(es) on akka.ssl.tcp were not asked: this console has no Akka certificate (DINGO_AKKA_TLS_CA, DINGO_AKKA_TLS_CERTIFICATE, DINGO_AKKA_TLS_KEY)."
+                        : $" {skipped} plain akka.tcp address(es) were not asked: this console speaks TLS only.") +
                     $" (this console is {self})");
             }
         }

@@ -26,6 +26,12 @@ public sealed class AkkaTlsRulesTests
         Assert.Contains("akka.ssl.tcp", refused.Message, StringComparison.Ordinal);
         Assert.Contains("DINGO_AKKA_TLS_CERTIFICATE", refused.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("\n", refused.Message, StringComparison.Ordinal);
+        // A plain default seed beside them (what `./dingo status` lists with the etcd settings alone): the same line,
+        // after the plain contact stays silent, never Akka's stack trace.
+        var mixed = await Assert.ThrowsAsync<ClusterConsoleException>(() =>
+            ClusterConsole.QueryAsync(access, ["akka.tcp://dingo@127.0.0.1:1", "akka.ssl.tcp://dingo@10.0.0.11:4053"], TimeSpan.FromSeconds(1), CancellationToken.None));
+        Assert.StartsWith("no broker answered", mixed.Message, StringComparison.Ordinal);
+        Assert.Contains("1 broker address(es) on akka.ssl.tcp were not asked", mixed.Message, StringComparison.Ordinal);
     }
 
     [Fact]
