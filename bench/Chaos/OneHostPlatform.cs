@@ -34,11 +34,12 @@ internal sealed class OneHostPlatform : ChaosPlatform
         var etcd = await TestEtcdCluster.StartAsync(members: 1);
         DingoSettings? settings = null;
         TestPlatform? platform = null;
+        OneHostPlatform? chaos = null;
         try
         {
             settings = TestPlatform.NewSettings(quota: 1000, extra: HaSettings + "\n" + Ports, etcdEndpoint: etcd.ClientUrls[0]);
             platform = await TestPlatform.StartAsync(cells: 0, settings, ct);
-            var chaos = new OneHostPlatform(etcd, settings, platform);
+            chaos = new OneHostPlatform(etcd, settings, platform);
             for (var i = 1; i <= Cells; i++) platform.StartCellProcess(i);
             await chaos.WaitForCellsAsync(ct);
             if (brokerProcess)
@@ -63,6 +64,14 @@ internal sealed class OneHostPlatform : ChaosPlatform
         }
         catch
         {
+            // The broker's supervisor first: left running, it started broker-1 again after the platform was taken down,
+            // and that process outlived the bench (found after a setup that failed on an Npgsql timeout).
+            if (chaos is not null)
+            {
+                await chaos._supervising.CancelAsync();
+                try { await chaos._supervisor; }
+                catch (OperationCanceledException) { }
+            }
             if (platform is not null) await platform.DisposeAsync();
             if (settings is not null) await TestPlatform.DestroyDataAsync(settings);
             await etcd.DisposeAsync();
