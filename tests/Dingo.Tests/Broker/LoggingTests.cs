@@ -5,7 +5,6 @@ using Akka.Event;
 using LogLevel = Microsoft.Extensions.Logging.LogLevel;
 using Dingo.Broker;
 using Dingo.Config;
-using Dingo.Store;
 using Dingo.Tests.Support;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
@@ -72,9 +71,7 @@ public sealed class LoggingTests(ITestOutputHelper output)
         {
             await broker.StopAsync();
             await broker.DisposeAsync();
-            await using var store = EtcdStore.Connect(settings);
-            await store.DeletePrefixAsync(settings.EtcdPrefix + "/", CancellationToken.None);
-            Directory.Delete(settings.DataDir, recursive: true);
+            await TestPlatform.DestroyDataAsync(settings);
         }
     }
 
