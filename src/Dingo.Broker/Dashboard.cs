@@ -118,7 +118,7 @@ public static class Dashboard
         foreach (var spec in specs)
         {
             statuses.TryGetValue(spec.NodeId, out var s);
-            var role = leader?.NodeId == spec.NodeId ? "primary" : s?.Role == "replica" ? "replica" : "unknown";
+            var role = NodeRoles.Shown(leader?.NodeId, spec.NodeId, s);
             nodes.Add(new JsonObject
             {
                 ["id"] = spec.NodeId,
@@ -139,7 +139,7 @@ public static class Dashboard
             ["instance"] = new JsonObject
             {
                 ["id"] = id,
-                ["name"] = InstanceName(instance),
+                ["name"] = Recovery.InstanceName(instance),
                 ["plan"] = plan?.Name ?? instance.PlanId,
                 ["port"] = instance.Port,
                 ["readOnlyPort"] = instance.ReadOnlyPort,
@@ -179,12 +179,6 @@ public static class Dashboard
             ["refreshSeconds"] = Refresh.TotalSeconds,
             ["at"] = DateTimeOffset.UtcNow,
         };
-    }
-
-    private static string? InstanceName(InstanceRecord instance)
-    {
-        try { return (JsonNode.Parse(instance.ContextJson) as JsonObject)?["instance_name"]?.GetValue<string>(); }
-        catch (Exception ex) when (ex is System.Text.Json.JsonException or InvalidOperationException) { return null; }
     }
 
     private const string Page = """

@@ -88,7 +88,8 @@ public sealed class Recovery(EtcdStore store, IObjectStore objects, DingoSetting
         return (source, null);
     }
 
-    private static string? InstanceName(InstanceRecord r)
+    /// <summary>The instance's name as Cloud Foundry sent it in `context.instance_name`; null when there is none.</summary>
+    internal static string? InstanceName(InstanceRecord r)
     {
         try { return (JsonNode.Parse(r.ContextJson) as JsonObject)?["instance_name"]?.GetValue<string>(); }
         catch (Exception ex) when (ex is JsonException or InvalidOperationException) { return null; }

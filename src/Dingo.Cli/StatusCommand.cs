@@ -55,7 +55,8 @@ public static class StatusCommand
             foreach (var n in instNodes)
             {
                 statuses.TryGetValue(n.NodeId, out var st);
-                var role = leader?.NodeId == n.NodeId ? "primary" : st?.Role is "replica" ? "replica" : "-";
+                var shown = NodeRoles.Shown(leader?.NodeId, n.NodeId, st);
+                var role = shown == NodeRoles.Unknown ? "-" : shown;
                 var cell = cells.ContainsKey(n.CellId) ? n.CellId : n.CellId + " (gone)";
                 rows.Add([inst.Id, inst.Port.ToString(), plan, op, n.NodeId, cell, role, st?.State ?? "unknown", st?.Detail ?? "no report from the cell"]);
             }

@@ -167,6 +167,20 @@ public sealed record NodeStatus
     public DateTimeOffset UpdatedAt { get; init; }
 }
 
+/// <summary>
+/// The role an operator's view shows for a node (`dingo status`, the instance dashboard): primary while it holds the
+/// leader key, replica when its last report says so, unknown otherwise.
+/// </summary>
+public static class NodeRoles
+{
+    public const string Primary = "primary";
+    public const string Replica = "replica";
+    public const string Unknown = "unknown";
+
+    public static string Shown(string? leaderNodeId, string nodeId, NodeStatus? status) =>
+        leaderNodeId == nodeId ? Primary : status?.Role == Replica ? Replica : Unknown;
+}
+
 public static class NodeState
 {
     public const string Initialising = "initialising";
