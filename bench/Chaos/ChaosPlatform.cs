@@ -19,12 +19,15 @@ internal abstract class ChaosPlatform(DingoSettings settings) : IAsyncDisposable
 {
     public const int Cells = 3;
     protected const string HaSettings = "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }";
-    // A block of our own, 30000-31499: below the ephemeral range, away from `dingo up` and test runs. Wide, because
-    // every throwaway instance retires its ports for good.
+    // A block of our own, 12000-13499: below the ephemeral range, away from the test platforms' blocks (FreePorts.Block)
+    // and from the low ends `dingo up` allocates from (nodes from 10000, routes from 20000). Wide, because every
+    // throwaway instance retires its ports for good. Never inside 30000-32759, where FreePorts hands out the etcd, broker,
+    // health and Akka ports of the bench's processes: a cell restarted by a fault once drew the Akka port a node had been
+    // given, and that node's PostgreSQL failed every start for minutes ("could not create any TCP/IP sockets").
     protected const string Ports = """
-        dingo.router { port-range-first = 30000, port-range-last = 30499 }
-        dingo.node-port-range-first = 31000
-        dingo.node-port-range-last = 31499
+        dingo.router { port-range-first = 12000, port-range-last = 12499 }
+        dingo.node-port-range-first = 13000
+        dingo.node-port-range-last = 13499
         """;
     public static readonly TimeSpan WriteEvery = TimeSpan.FromMilliseconds(20);
     public static readonly TimeSpan AttemptLimit = TimeSpan.FromSeconds(5);

@@ -90,7 +90,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             var initialised = File.Exists(paths.Marker) && File.Exists(Path.Combine(paths.PgData, "PG_VERSION"));
             var pid = FindRunningPostmaster(paths);
             var detail = pid is { } p ? $"running as pid {p}"
-                : initialised ? "stopped"
+                : initialised ? StartFailureIn(ReadLogTail(paths.LogFile)) is { } why ? $"stopped: {why}" : "stopped"
                 : "data not initialised";
             nodes.Add(new RuntimeNode(nodeId, initialised, pid is not null, pid, detail) { InstanceId = InstanceOf(nodeId) });
         }
@@ -996,6 +996,31 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
 
     private static Exception ToolFailure(string nodeId, string tool, ToolResult result) =>
         new InvalidOperationException($"Node {nodeId}: {tool} failed with exit code {result.ExitCode}: {LastLines(result.StdErr)}");
+
+    /// <summary>
+    /// Why the last start in a PostgreSQL log failed: its first FATAL or PANIC line after the last "starting PostgreSQL",
+    /// when the server never became ready after it (a port another process holds, a damaged data directory). Null when
+    /// the last start succeeded (a crash or kill later says nothing here) or the log has no start. Shown as the node's
+    /// detail, so a node that cannot start says why in `dingo status` and the cell log, not just "stopped".
+    /// </summary>
+    internal static string? StartFailureIn(string logTail)
+    {
+        var lines = logTail.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var start = Array.FindLastIndex(lines, l => l.Contains("] LOG:  starting PostgreSQL", StringComparison.Ordinal));
+        if (start < 0) return null;
+        string? fatal = null, bind = null;
+        foreach (var line in lines.Skip(start + 1))
+        {
+            if (line.Contains("database system is ready to accept", StringComparison.Ordinal)) return null;
+            var at = line.IndexOf("] FATAL:", StringComparison.Ordinal) is var f and >= 0 ? f : line.IndexOf("] PANIC:", StringComparison.Ordinal);
+            if (fatal is null && at >= 0) fatal = Squeeze(line[(at + 2)..]);
+            // "could not create any TCP/IP sockets" names no port or cause; the LOG line before it does.
+            if (bind is null && line.IndexOf("] LOG:  could not bind", StringComparison.Ordinal) is var b and >= 0) bind = Squeeze(line[(b + 8)..]);
+        }
+        return fatal is null ? null : bind is null ? fatal : $"{fatal} ({bind})";
+
+        static string Squeeze(string text) => string.Join(' ', text.Split(' ', StringSplitOptions.RemoveEmptyEntries));
+    }
 
     private static string LastLines(string text, int count = 5)
     {

@@ -84,6 +84,41 @@ public sealed class LocalProcessRuntimeTests(ITestOutputHelper output) : Contain
         Assert.Equal(1, await ScalarAsync(half, "SELECT 1"));
     }
 
+    /// <summary>
+    /// A node whose port another process holds (bench/Chaos once handed a restarted cell's Akka port to a node): PostgreSQL
+    /// exits at every start, and the node's detail says why instead of a bare "stopped".
+    /// </summary>
+    [Fact]
+    public async Task A_node_that_cannot_start_says_why_in_its_detail()
+    {
+        var spec = NewSpec("node-p");
+        using var squatter = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, spec.Port);
+        squatter.Start();
+        await Runtime.CreateAsync(spec, Ct());
+        try { await Runtime.StartAsync(spec, null, Ct()); }
+        catch (InvalidOperationException e) { Output.WriteLine($"start threw: {e.Message}"); }
+
+        RuntimeNode? node = null;
+        var deadline = DateTime.UtcNow.AddSeconds(15);
+        while (DateTime.UtcNow < deadline)
+        {
+            node = Assert.Single(await Runtime.ListAsync(Ct()), n => n.NodeId == spec.NodeId);
+            if (!node.Running) break;
+            await Task.Delay(100);
+        }
+        Assert.NotNull(node);
+        Assert.False(node.Running, $"PostgreSQL runs on a port another process holds: {node.Detail}");
+        Assert.StartsWith("stopped: FATAL: could not create any TCP/IP sockets", node.Detail, StringComparison.Ordinal);
+        Assert.Contains("Address already in use", node.Detail, StringComparison.Ordinal);
+
+        // Once the port is free the same node starts, and its detail no longer carries the old failure.
+        squatter.Stop();
+        await Runtime.StartAsync(spec, null, Ct());
+        await WaitUntilServingAsync(spec);
+        await Runtime.StopAsync(spec.NodeId, Ct());
+        Assert.Equal("stopped", Assert.Single(await Runtime.ListAsync(Ct()), n => n.NodeId == spec.NodeId).Detail);
+    }
+
     private static void KillQuietly(int pid)
     {
         try
