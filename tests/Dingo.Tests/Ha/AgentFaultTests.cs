@@ -123,6 +123,44 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(30), "the wiped replica cloned again and streaming");
             output.WriteLine($"replica {victim.NodeId} wiped: streaming again after {(DateTime.UtcNow - wipedAt).TotalSeconds:0.0}s");
             Assert.True(Changes(wipedAt) == 0, "the leader changed when a replica was wiped");
+
+            // 5. The primary's PostgreSQL SIGKILLed, its agent alive: the agent says the node no longer accepts writes
+            // before its key goes. The others decide the moment the key is deleted, from the members' reports: a report
+            // still saying "writable" made the streaming replica wait a loop for it (bench/Chaos kill-pg, 1.23 s stall).
+            (primary, cell) = await PrimaryAsync();
+            var leaderKey = store.Keys.Leader(id);
+            var statusKey = store.Keys.Status(id, primary);
+            var common = new string(leaderKey.Zip(statusKey).TakeWhile(p => p.First == p.Second).Select(p => p.First).ToArray());
+            var changes = new ConcurrentQueue<Dingo.Store.WatchedChange>();
+            using var watchingKeys = new CancellationTokenSource();
+            var keysWatch = store.WatchPrefixAsync(common, batch =>
+            {
+                foreach (var change in batch.Where(c => c.Key == leaderKey || c.Key == statusKey)) changes.Enqueue(change);
+                return Task.CompletedTask;
+            }, watchingKeys.Token);
+            try
+            {
+                // The watch is up once it delivers: the status heartbeat (loop-wait x 2) writes within a second or two.
+                await Eventually.UntilAsync(() => Task.FromResult(changes.Any(c => c.Key == statusKey)), TimeSpan.FromSeconds(10), "the watch delivering the primary's status");
+                var killedPgAt = DateTime.UtcNow;
+                foreach (var pid in platform.PostgresPidsOfNode(cell, primary)) _ = kill(pid, 9);
+                await Eventually.UntilAsync(() => Task.FromResult(changes.Any(c => c.Key == leaderKey && c.Value is null)), TimeSpan.FromSeconds(15),
+                    $"{primary} giving up the leader key after its PostgreSQL was killed");
+                var ordered = changes.ToList();
+                var deleted = ordered.FindIndex(c => c.Key == leaderKey && c.Value is null);
+                var before = ordered.Take(deleted).LastOrDefault(c => c.Key == statusKey);
+                Assert.NotNull(before);
+                var reported = Json.Deserialize<NodeStatus>(before.Value!);
+                Assert.False(reported.Writable, $"{primary}'s last report before its key went still says it accepts writes: {reported.Detail}");
+                await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(60), "healed after the PostgreSQL kill");
+                output.WriteLine($"PostgreSQL of {primary} killed: stall {writer.LongestStall(killedPgAt, DateTime.UtcNow).TotalSeconds:0.00}s, leader changes {Changes(killedPgAt)}; reported '{reported.Decision}' before the key went");
+                Assert.True(Changes(killedPgAt) <= 1, $"{Changes(killedPgAt)} leader changes for one fault");
+            }
+            finally
+            {
+                await watchingKeys.CancelAsync();
+                await keysWatch;
+            }
             await Task.Delay(2000);
         }
         finally
