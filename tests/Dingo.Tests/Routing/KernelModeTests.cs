@@ -40,16 +40,29 @@ public sealed class KernelModeTests
         var target = (await platform.Store.ListAsync<NodeSpec>(platform.Store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).First(n => n.NodeId != leader.NodeId);
         var (status, _) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = target.NodeId }.ToJsonString());
         Assert.Equal(202, status);
-        await Eventually.UntilAsync(async () =>
+        // What each attempt met, and on a timeout where every router sent the port and what the nodes said: fresh177
+        // timed out here once, with nothing to tell a stale kernel rule from a node that never served.
+        var last = "no attempt finished";
+        try
         {
-            try
+            await Eventually.UntilAsync(async () =>
             {
-                await using var c = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri, timeoutSeconds: 2));
-                await c.OpenAsync();
-                return await ServerPortAsync(c) == target.Port;
-            }
-            catch (NpgsqlException) { return false; }
-        }, TimeSpan.FromSeconds(30), "new connections on the new primary through the kernel path");
+                try
+                {
+                    await using var c = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri(uri, timeoutSeconds: 2));
+                    await c.OpenAsync();
+                    var reached = await ServerPortAsync(c);
+                    last = $"reached port {reached}";
+                    return reached == target.Port;
+                }
+                catch (NpgsqlException e) { last = $"{e.GetType().Name}: {e.Message}"; return false; }
+            }, TimeSpan.FromSeconds(30), () => $"new connections on the new primary {target.NodeId} (port {target.Port}, old {leader.Port}) through the kernel path; last attempt: {last}");
+        }
+        catch (TimeoutException e)
+        {
+            var key = (await platform.Store.GetAsync<LeaderRecord>(platform.Store.Keys.Leader(id), CancellationToken.None))?.Value;
+            throw new TimeoutException($"{e.Message}\nleader key: {key?.NodeId ?? "none"}\nrouters: {platform.RouterTargets(port)}\n{await platform.InstanceStoryAsync(id)}", e);
+        }
         // One router's table on the new primary is enough for the step above; the limit below needs all three: a table
         // still on the old primary would forward there and then, catching up, drop those connections (conntrack) and
         // count afresh, letting more through than the limit.

@@ -411,6 +411,10 @@ public sealed class TestPlatform : IAsyncDisposable
         return System.Diagnostics.Stopwatch.GetElapsedTime(started);
     }
 
+    /// <summary>Where each in-process cell's router last applied a port to (a test's failure message).</summary>
+    public string RouterTargets(int port) => string.Join(", ", _cells.Select((c, i) =>
+        $"cell {i + 1}: {(c.Services.GetRequiredService<IRouteDataPath>().Applied.FirstOrDefault(x => x.Port == port) is { } r ? r.Target?.ToString() ?? "no primary" : "no route")}"));
+
     /// <summary>Polls last_operation until it leaves `in progress`; returns the final body.</summary>
     public async Task<JsonObject> WaitForOperationAsync(string instanceId, TimeSpan timeout)
     {
