@@ -23,6 +23,9 @@ public sealed record LocalState(
     /// <summary>Starts in a row that failed (threw, or PostgreSQL exited before answering), and why the last one did.</summary>
     public int FailedStarts { get; init; }
     public string? StartFailure { get; init; }
+    /// <summary>This agent started PostgreSQL read-only (standby.signal) and it has not answered since: recovering, not
+    /// a hung primary (it accepts no writes).</summary>
+    public bool StartingReadOnly { get; init; }
 }
 
 /// <summary>Everything one pass of a node's HA loop decides from. Built by the executor; decided by <see cref="Failover"/>.</summary>
@@ -88,6 +91,9 @@ public static class Failover
     /// <summary>Failed starts in a row after which a replica is re-cloned (each attempt takes a pass or two).</summary>
     public const int MaxFailedStarts = 3;
 
+    /// <summary>How long a leader waits for its PostgreSQL's crash recovery in place before a replica takes over.</summary>
+    public static TimeSpan RecoveryInPlaceLimit(HaSettings s) => s.Ttl * 3;
+
     public static HaAction Decide(HaInput i, HaSettings s)
     {
         var me = i.NodeId;
@@ -123,7 +129,24 @@ public static class Failover
         {
             // A node is always started read-only; it becomes writable only by promotion while holding the key.
             if (leaderIsMe && !i.HoldsLease) return new HaAction.ReleaseStaleKey("releasing the leader key left from before PostgreSQL stopped");
-            if (leaderIsMe) return new HaAction.ReleaseStaleKey("PostgreSQL is not running: giving up the leader key at once");
+            if (leaderIsMe)
+            {
+                // PostgreSQL died under a living agent. With synchronous replication a listed standby that runs holds every
+                // acknowledged commit: the key goes at once and that standby takes over (faster than crash recovery here,
+                // which took 2-3 s under bench/Chaos's load). Otherwise only this node's own data holds the last commits it
+                // acknowledged (bench/Chaos kill-pg: an asynchronous replica promoted at once lost one): crash recovery in
+                // place, keeping the key (the start is read-only; the next pass promotes). The key goes too if it will not
+                // start, or the lease is no longer fresh enough to promote on.
+                if (i.Synchronous && i.Sync is { } sync && i.Members.Any(m => sync.Standbys.Contains(m.NodeId) && m.NodeId != me && IsFresh(i, m, s) && m is { State: NodeState.Running, Role: "replica" }))
+                    return new HaAction.ReleaseStaleKey("PostgreSQL is not running: giving up the leader key at once (a synchronous standby holds every acknowledged commit)");
+                if (local.FailedStarts < MaxFailedStarts && i.EtcdReachable && i.SinceRenewal < s.Ttl / 2)
+                    return new HaAction.Start(null, local.FailedStarts == 0
+                        ? "PostgreSQL stopped while I lead: restarting it in place (crash recovery), keeping the leader key"
+                        : $"PostgreSQL stopped while I lead: restarting it in place, keeping the leader key (start #{local.FailedStarts + 1}; the last failed: {local.StartFailure})");
+                return new HaAction.ReleaseStaleKey(local.FailedStarts >= MaxFailedStarts
+                    ? $"PostgreSQL failed to start {local.FailedStarts} times in a row while I lead ({local.StartFailure}): giving up the leader key"
+                    : "PostgreSQL is not running and my leader lease is not fresh: giving up the leader key");
+            }
             // A replica whose data cannot start (a timeline its WAL does not reach after a rewind, files damaged or gone)
             // would be restarted for ever: take a fresh copy from the leader instead.
             if (otherLeader is not null && local.FailedStarts >= MaxFailedStarts && LeaderServing(otherLeader))
@@ -143,6 +166,13 @@ public static class Failover
 
         if (!local.Answering)
         {
+            // A leader recovering its PostgreSQL in place (rule 4): it accepts no writes, so there is nothing to fence,
+            // and its data holds the last acknowledged commits. It keeps the key while crash recovery runs, up to
+            // RecoveryInPlaceLimit; then the key goes to a replica.
+            if (leaderIsMe && i.HoldsLease && local.StartingReadOnly)
+                return local.NotAnsweringFor < RecoveryInPlaceLimit(s)
+                    ? new HaAction.Wait($"waiting for PostgreSQL to finish crash recovery ({local.NotAnsweringFor.TotalSeconds:0.0}s), keeping the leader key")
+                    : new HaAction.Demote(otherLeader, $"demoting: PostgreSQL has not finished crash recovery in {local.NotAnsweringFor.TotalSeconds:0.0}s (stopping it so a replica can take over)") { AtOnce = true };
             // A hung primary (stopped, stuck on I/O) serves nobody: stop it and give the key up so a replica takes over.
             if (i.HoldsLease && !i.Alone && local.NotAnsweringFor >= s.Ttl / 2)
                 return new HaAction.Demote(otherLeader, $"demoting: PostgreSQL has not answered for {local.NotAnsweringFor.TotalSeconds:0.0}s while I lead (stopping it so a replica can take over)") { AtOnce = true };

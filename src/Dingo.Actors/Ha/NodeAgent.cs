@@ -182,6 +182,9 @@ public sealed class NodeAgent
     /// Moves the guard's deadline to the last renewal + ¾ TTL for this node's running postmaster. A node with no other
     /// member is never fenced, so it is disarmed. False when PostgreSQL does not run (nothing to guard).
     /// </summary>
+    /// <summary>The last pass restarted this leader's PostgreSQL in place, or waits for it to answer: pass again soon.</summary>
+    public bool RecoveringInPlace { get; private set; }
+
     private async Task<bool> ArmAsync(CancellationToken ct)
     {
         if (_guard is null) return true;
@@ -347,6 +350,10 @@ public sealed class NodeAgent
             etcdLost = ex is RpcException || ex is OperationCanceledException && etcd.IsCancellationRequested;
             _logger.LogWarning("node {Node}: {Action} failed: {Error}", _spec.NodeId, action.Sentence, ex.Message);
         }
+        // A leader whose PostgreSQL it restarted in place is promoted the moment it answers: its writes wait on that, so
+        // the next passes come quickly (below a loop-wait) until then.
+        RecoveringInPlace = failure is null && _leaderLease != 0 && input.Leader?.NodeId == _spec.NodeId
+            && (action is HaAction.Start { Leader: null } || action is HaAction.Wait && input.Local is { Running: true, Answering: false });
         if (action.Sentence != _lastSentence || failure is not null)
         {
             if (failure is null) _logger.LogInformation("node {Node} ({Instance}): {Decision}", _spec.NodeId, _spec.InstanceId, action.Sentence);
@@ -592,6 +599,7 @@ public sealed class NodeAgent
             RewindFailed: _rewindFailed)
         {
             NotAnsweringFor = _notAnsweringSinceNs == 0 ? TimeSpan.Zero : Monotonic.Between(_notAnsweringSinceNs, Monotonic.NowNs()),
+            StartingReadOnly = _awaitingStart,
             FailedStarts = _failedStarts,
             StartFailure = _startFailure,
         };

@@ -159,6 +159,78 @@ public sealed class FailoverRulesTests
             Alone = alone,
         };
 
+    /// <summary>
+    /// PostgreSQL dead under a living agent that leads: recovered in place with the key kept (its data holds every commit
+    /// it acknowledged; an asynchronous replica may not), unless it failed to start again and again, the lease is not
+    /// fresh, or etcd cannot be reached.
+    /// </summary>
+    [Theory]
+    [InlineData(0, 0.2, true, true)]
+    [InlineData(2, 0.2, true, true)]
+    [InlineData(3, 0.2, true, false)]
+    [InlineData(0, 2.0, true, false)]
+    [InlineData(0, 0.2, false, false)]
+    public void A_leader_whose_PostgreSQL_died_restarts_it_in_place_keeping_the_key(int failedStarts, double sinceRenewal, bool reachable, bool inPlace)
+    {
+        var input = Leader(answering: false, notAnsweringFor: TimeSpan.Zero, sinceRenewal: TimeSpan.FromSeconds(sinceRenewal), reachable: reachable);
+        input = input with
+        {
+            Leader = new Dingo.Model.LeaderRecord { NodeId = "n-a", Host = "127.0.0.1", Port = 5432 },
+            Local = input.Local with { Running = false, FailedStarts = failedStarts, StartFailure = failedStarts > 0 ? "PostgreSQL exited before accepting connections (stopped)" : null },
+        };
+        var decision = Failover.Decide(input, Settings);
+        if (inPlace)
+        {
+            var start = Assert.IsType<HaAction.Start>(decision);
+            Assert.Null(start.Leader);
+            Assert.Contains("restarting it in place", start.Sentence, StringComparison.Ordinal);
+        }
+        else
+        {
+            var release = Assert.IsType<HaAction.ReleaseStaleKey>(decision);
+            if (failedStarts >= Failover.MaxFailedStarts) Assert.Contains($"failed to start {failedStarts} times", release.Sentence, StringComparison.Ordinal);
+        }
+    }
+
+    /// <summary>A leader's PostgreSQL it restarted read-only is in crash recovery, not hung: the key stays for up to
+    /// three TTLs (nothing to fence: it accepts no writes), then goes to a replica.</summary>
+    [Theory]
+    [InlineData(true, 2.5, false)]
+    [InlineData(true, 11.9, false)]
+    [InlineData(true, 12.0, true)]
+    [InlineData(false, 2.5, true)]
+    public void A_leader_recovering_in_place_keeps_the_key_while_crash_recovery_runs(bool startedReadOnly, double notAnswering, bool demotes)
+    {
+        var input = Leader(answering: false, notAnsweringFor: TimeSpan.FromSeconds(notAnswering), sinceRenewal: TimeSpan.FromSeconds(0.3));
+        input = input with { Local = input.Local with { StartingReadOnly = startedReadOnly } };
+        var decision = Failover.Decide(input, Settings);
+        if (demotes) Assert.True(Assert.IsType<HaAction.Demote>(decision).AtOnce);
+        else Assert.Contains("crash recovery", Assert.IsType<HaAction.Wait>(decision).Sentence, StringComparison.Ordinal);
+    }
+
+    /// <summary>With synchronous replication a listed standby that runs holds every acknowledged commit: the key goes at
+    /// once. A listed standby that is not running, or none listed, and the leader recovers in place.</summary>
+    [Theory]
+    [InlineData(true, "n-b", true)]
+    [InlineData(true, "n-c", false)]
+    [InlineData(false, "n-b", false)]
+    public void A_synchronous_leader_whose_PostgreSQL_died_hands_the_key_to_a_running_synchronous_standby(bool standbyRuns, string listed, bool released)
+    {
+        var input = Leader(answering: false, notAnsweringFor: TimeSpan.Zero, sinceRenewal: TimeSpan.FromSeconds(0.2));
+        var standby = LeaderStatus(DateTimeOffset.UtcNow) with
+        {
+            NodeId = "n-b", Role = standbyRuns ? "replica" : "unknown", State = standbyRuns ? Dingo.Model.NodeState.Running : Dingo.Model.NodeState.Starting, Following = "n-a",
+        };
+        input = input with
+        {
+            Synchronous = true, Sync = new Dingo.Model.SyncState([listed], "n-a"), Members = [standby],
+            Local = input.Local with { Running = false },
+        };
+        var decision = Failover.Decide(input, Settings);
+        if (released) Assert.Contains("synchronous standby holds every acknowledged commit", Assert.IsType<HaAction.ReleaseStaleKey>(decision).Sentence, StringComparison.Ordinal);
+        else Assert.Contains("restarting it in place", Assert.IsType<HaAction.Start>(decision).Sentence, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void A_leader_whose_PostgreSQL_does_not_answer_is_still_fenced_past_half_the_TTL()
     {
