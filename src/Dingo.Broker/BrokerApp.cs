@@ -41,6 +41,7 @@ public static class BrokerApp
         builder.Logging.ClearProviders();
         if (logging is not null) logging(builder.Logging);
         else builder.Logging.AddDingoConsole(settings.Logging);
+        builder.Logging.AddDingoSyslog(settings.Logging, "dingo-broker");
         builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
         builder.Logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
 

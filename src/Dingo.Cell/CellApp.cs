@@ -32,6 +32,7 @@ public static class CellApp
         builder.Logging.ClearProviders();
         if (logging is not null) logging(builder.Logging);
         else builder.Logging.AddDingoConsole(settings.Logging);
+        builder.Logging.AddDingoSyslog(settings.Logging, "dingo-cell");
         builder.Logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
 
@@ -129,6 +130,11 @@ public static class CellApp
             return new KernelRouter(IPAddress.Parse(settings.Router.BindAddress), KernelRouter.TableNameFor(settings.Cell.Id), userspace, log);
         });
         builder.Services.AddHostedService<CellWatches>();
+        // The nodes' PostgreSQL logs: rotated, and shipped when a syslog receiver is configured. The Docker runtime's
+        // engine keeps container logs itself.
+        if (settings.Cell.Runtime == "process")
+            builder.Services.AddHostedService(sp => new NodeLogs((LocalProcessRuntime)sp.GetRequiredService<IContainerRuntime>(), settings.Logging,
+                sp.GetService<Dingo.Logging.SyslogSink>(), sp.GetRequiredService<ILogger<NodeLogs>>()));
         // Mutual TLS with the platform CA when dingo.akka.tls names a certificate (throws naming the setting when a file
         // is missing); the host owns it, so the certificate outlives every member system.
         var tls = Dingo.Membership.AkkaTls.Load(settings.Akka.Tls);

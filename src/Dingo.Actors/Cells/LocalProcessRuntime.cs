@@ -97,6 +97,14 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         return Task.FromResult<IReadOnlyList<RuntimeNode>>(nodes);
     }
 
+    /// <summary>Each node's PostgreSQL log (pg_ctl -l, opened for appending: truncating it in place is safe), with its instance.</summary>
+    public IReadOnlyList<(string NodeId, string? InstanceId, string LogFile)> LogFiles()
+    {
+        if (!Directory.Exists(_dataRoot)) return [];
+        return Directory.EnumerateDirectories(_dataRoot).Select(Path.GetFileName).OfType<string>().Where(IsValidNodeId).Order(StringComparer.Ordinal)
+            .Select(id => (id, InstanceOf(id), new NodePaths(Path.Combine(_dataRoot, id)).LogFile)).ToList();
+    }
+
     private string InstanceFile(string nodeId) => Path.Combine(_dataRoot, nodeId + InstanceFileSuffix);
 
     /// <summary>The node's instance as recorded beside its folder; null when nothing is (a node from before the record).</summary>
