@@ -139,7 +139,7 @@ public static class Dashboard
             ["instance"] = new JsonObject
             {
                 ["id"] = id,
-                ["name"] = Recovery.InstanceName(instance),
+                ["name"] = InstanceNames.Of(instance),
                 ["plan"] = plan?.Name ?? instance.PlanId,
                 ["port"] = instance.Port,
                 ["readOnlyPort"] = instance.ReadOnlyPort,

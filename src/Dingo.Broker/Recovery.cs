@@ -68,7 +68,7 @@ public sealed class Recovery(EtcdStore store, IObjectStore objects, DingoSetting
         var candidates = live.Concat(archived.Select(a => a.Instance))
             .DistinctBy(r => r.Id)
             .Where(r => r.SpaceGuid == spaceGuid && r.OrganizationGuid == organizationGuid || byOrganization && r.OrganizationGuid == organizationGuid)
-            .Select(r => (r.Id, Name: InstanceName(r))).ToList();
+            .Select(r => (r.Id, Name: InstanceNames.Of(r))).ToList();
         var byId = candidates.Where(c => c.Id == cloneFrom).ToList();
         var matches = byId.Count > 0 ? byId : candidates.Where(c => c.Name == cloneFrom).ToList();
         var scope = byOrganization ? "this organization" : "this space";
@@ -88,12 +88,6 @@ public sealed class Recovery(EtcdStore store, IObjectStore objects, DingoSetting
         return (source, null);
     }
 
-    /// <summary>The instance's name as Cloud Foundry sent it in `context.instance_name`; null when there is none.</summary>
-    internal static string? InstanceName(InstanceRecord r)
-    {
-        try { return (JsonNode.Parse(r.ContextJson) as JsonObject)?["instance_name"]?.GetValue<string>(); }
-        catch (Exception ex) when (ex is JsonException or InvalidOperationException) { return null; }
-    }
 
     /// <summary>Brings a deleted instance back from its backups: same id, port, read-only port and credentials.</summary>
     public async Task<OsbResult> RecreateAsync(string instanceId, CancellationToken ct)

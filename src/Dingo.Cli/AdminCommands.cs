@@ -8,7 +8,8 @@ namespace Dingo.Cli;
 /// <summary>`dingo switchover`, `dingo drain`, `dingo undrain`: the broker's admin API from the terminal.</summary>
 public static class AdminCommands
 {
-    public static async Task<int> RunAsync(string command, IReadOnlyList<string> args, DingoSettings settings, CancellationToken ct)
+    /// <param name="json">print the broker's answer as it came (JSON), for scripts</param>
+    public static async Task<int> RunAsync(string command, IReadOnlyList<string> args, DingoSettings settings, CancellationToken ct, bool json = false)
     {
         using var http = Client(settings);
         try
@@ -47,16 +48,21 @@ public static class AdminCommands
             }
             var text = await response.Content.ReadAsStringAsync(ct);
             var description = (JsonNode.Parse(text) as JsonObject)?["description"]?.GetValue<string>() ?? text;
+            if (response.IsSuccessStatusCode && json)
+            {
+                Console.WriteLine(text);
+                return 0;
+            }
             if (response.IsSuccessStatusCode)
             {
                 Console.WriteLine(description);
-                var json = JsonNode.Parse(text) as JsonObject;
-                if (json?["base_backups"] is JsonArray backups)
+                var answer = JsonNode.Parse(text) as JsonObject;
+                if (answer?["base_backups"] is JsonArray backups)
                     foreach (var b in backups)
                         Console.WriteLine($"  base backup {b?["label"]}  finished {b?["finished_at"]}  timeline {b?["timeline"]}  {b?["start_lsn"]}..{b?["end_lsn"]}  {(long?)b?["bytes"] / 1048576} MiB  from {b?["source"]}");
-                if (json?["drill"] is JsonObject drill)
+                if (answer?["drill"] is JsonObject drill)
                     Console.WriteLine($"  last restore drill {drill["at"]}: {((bool?)drill["ok"] == true ? "OK" : "FAILED")}: {drill["detail"]}");
-                if (json?["instances"] is JsonArray rebuilt)
+                if (answer?["instances"] is JsonArray rebuilt)
                     foreach (var i in rebuilt) Console.WriteLine($"  {i?["instance"]}: {i?["result"]}");
                 if (command is not ("backups" or "store-check")) Console.WriteLine("follow it with: ./dingo status");
                 return 0;

@@ -10,12 +10,13 @@ namespace Dingo.Cli;
 /// </summary>
 public static class MembersCommand
 {
-    public static async Task<int> RunAsync(DingoSettings settings, TextWriter output, TextWriter error, CancellationToken ct)
+    public static async Task<int> RunAsync(DingoSettings settings, TextWriter output, TextWriter error, CancellationToken ct, bool json = false)
     {
         try
         {
             var view = await ClusterConsole.QueryAsync(settings, store: null, ClusterConsole.DefaultTimeout, ct);
-            ClusterConsole.Write(view, output);
+            if (json) await output.WriteLineAsync(System.Text.Json.JsonSerializer.Serialize(view, new System.Text.Json.JsonSerializerOptions(Dingo.Model.Json.Options) { WriteIndented = true }));
+            else ClusterConsole.Write(view, output);
             return 0;
         }
         catch (ClusterConsoleException ex)

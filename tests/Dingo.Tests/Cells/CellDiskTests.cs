@@ -32,6 +32,14 @@ public sealed class CellDiskTests
         using var output = new StringWriter();
         Assert.Equal(0, await Dingo.Cli.StatusCommand.RunAsync(settings, output, CancellationToken.None));
         Assert.Contains("disk nearly full", output.ToString(), StringComparison.Ordinal);
+        // `dingo status --json`: the same view for scripts, the cell's problem and the instance's operation in it.
+        using var json = new StringWriter();
+        Assert.Equal(0, await Dingo.Cli.StatusCommand.RunAsync(settings, json, CancellationToken.None, json: true));
+        var view = System.Text.Json.Nodes.JsonNode.Parse(json.ToString())!.AsObject();
+        Assert.Contains("disk nearly full", (string?)view["cells"]!.AsArray().Single(c => (string?)c!["id"] == "cell-1")!["problem"], StringComparison.Ordinal);
+        var instance = view["instances"]!.AsArray().Single(i => (string?)i!["id"] == "disk-1")!;
+        Assert.NotNull((string?)instance["operation"]);
+        Assert.Empty(instance["nodes"]!.AsArray());
 
         var (deleted, _) = await platform.SendAsync(HttpMethod.Delete, $"/v2/service_instances/disk-1?accepts_incomplete=true&service_id={Catalog.ServiceId}&plan_id={Catalog.SoloPlanId}");
         Assert.Equal(202, deleted);
