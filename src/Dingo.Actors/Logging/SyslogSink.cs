@@ -35,6 +35,7 @@ public sealed class SyslogSink : IAsyncDisposable, IDisposable
     private static readonly TimeSpan MaxPause = TimeSpan.FromSeconds(30);
 
     private readonly SyslogSettings _settings;
+    private readonly X509Certificate2Collection? _trusted;
     private readonly string _hostname;
     private readonly Channel<string> _queue;
     private readonly CancellationTokenSource _stop = new();
@@ -50,6 +51,11 @@ public sealed class SyslogSink : IAsyncDisposable, IDisposable
         ArgumentNullException.ThrowIfNull(settings);
         _settings = settings;
         _hostname = Header(Environment.MachineName, 255);
+        if (settings.CaFile is { } caFile)
+        {
+            _trusted = [];
+            _trusted.ImportFromPemFile(caFile);
+        }
         _problem = problem ?? (m => Console.Error.WriteLine(m));
         _queue = Channel.CreateBounded<string>(new BoundedChannelOptions(QueueLength)
         {
@@ -70,11 +76,13 @@ public sealed class SyslogSink : IAsyncDisposable, IDisposable
     public void Write(SyslogSeverity severity, string appName, string procId, string msgId, string message, DateTimeOffset? at = null)
     {
         ArgumentNullException.ThrowIfNull(message);
-        var timestamp = (at ?? DateTimeOffset.UtcNow).UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.ffffff'Z'", CultureInfo.InvariantCulture);
-        var pri = Facility * 8 + (int)severity;
-        var line = $"<{pri}>1 {timestamp} {_hostname} {Header(appName, 48)} {Header(procId, 128)} {Header(msgId, 32)} - {message}";
-        _queue.Writer.TryWrite(line);
+        _queue.Writer.TryWrite(Format(severity, appName, procId, msgId, message, at ?? DateTimeOffset.UtcNow));
     }
+
+    /// <summary>One RFC 5424 message: PRI, version, timestamp (UTC, microseconds), host, app, procid, msgid, no SD.</summary>
+    private string Format(SyslogSeverity severity, string appName, string procId, string msgId, string message, DateTimeOffset at) =>
+        $"<{Facility * 8 + (int)severity}>1 {at.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.ffffff'Z'", CultureInfo.InvariantCulture)} " +
+        $"{_hostname} {Header(appName, 48)} {Header(procId, 128)} {Header(msgId, 32)} - {message}";
 
     /// <summary>An RFC 5424 header field: printable US-ASCII without spaces, bounded, "-" when empty.</summary>
     internal static string Header(string? value, int max)
@@ -113,8 +121,8 @@ public sealed class SyslogSink : IAsyncDisposable, IDisposable
                     var dropped = Dropped;
                     if (dropped > reportedDrops && pending is null)
                     {
-                        pending = $"<{Facility * 8 + (int)SyslogSeverity.Warning}>1 {DateTimeOffset.UtcNow.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.ffffff'Z'", CultureInfo.InvariantCulture)} {_hostname} dingo - dropped - " +
-                                  $"{dropped - reportedDrops} log line(s) were dropped while this receiver was slow or unreachable";
+                        pending = Format(SyslogSeverity.Warning, "dingo", "-", "dropped",
+                            $"{dropped - reportedDrops} log line(s) were dropped while this receiver was slow or unreachable", DateTimeOffset.UtcNow);
                         reportedDrops = dropped;
                     }
                     pending ??= await _queue.Reader.ReadAsync(ct).ConfigureAwait(false);
@@ -161,11 +169,10 @@ public sealed class SyslogSink : IAsyncDisposable, IDisposable
                 var tls = new SslStream(stream, leaveInnerStreamOpen: false);
                 using var handshake = CancellationTokenSource.CreateLinkedTokenSource(ct);
                 handshake.CancelAfter(ConnectTimeout);
-                await tls.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
-                {
-                    TargetHost = _settings.Host,
-                    RemoteCertificateValidationCallback = _settings.CaFile is null ? null : ValidateWithCa,
-                }, handshake.Token).ConfigureAwait(false);
+                // A configured CA replaces the system's store (PemTls: chain to it alone, host name checked as always).
+                var options = _trusted is null ? new SslClientAuthenticationOptions() : Dingo.Security.PemTls.ClientOptions(_trusted, null);
+                options.TargetHost = _settings.Host;
+                await tls.AuthenticateAsClientAsync(options, handshake.Token).ConfigureAwait(false);
                 stream = tls;
             }
             return (client, stream);
@@ -175,19 +182,6 @@ public sealed class SyslogSink : IAsyncDisposable, IDisposable
             client.Dispose();
             throw;
         }
-    }
-
-    /// <summary>The receiver's certificate must chain to the configured CA (and only it) and name the host dialled.</summary>
-    private bool ValidateWithCa(object sender, X509Certificate? certificate, X509Chain? chain, SslPolicyErrors errors)
-    {
-        if (certificate is null || (errors & ~SslPolicyErrors.RemoteCertificateChainErrors) != SslPolicyErrors.None) return false;
-        using var ca = X509CertificateLoader.LoadCertificateFromFile(_settings.CaFile!);
-        using var custom = new X509Chain();
-        custom.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        custom.ChainPolicy.CustomTrustStore.Add(ca);
-        custom.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        using var leaf = new X509Certificate2(certificate);
-        return custom.Build(leaf);
     }
 
     public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
@@ -202,5 +196,6 @@ public sealed class SyslogSink : IAsyncDisposable, IDisposable
         try { await _pump.ConfigureAwait(false); }
         catch (OperationCanceledException) { }
         _stop.Dispose();
+        foreach (var ca in _trusted ?? []) ca.Dispose();
     }
 }

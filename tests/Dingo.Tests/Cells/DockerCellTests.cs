@@ -144,19 +144,9 @@ public sealed class DockerCellTests(ITestOutputHelper output)
     }
 
     /// <summary>Runs the built CLI (src/Dingo.Cli) against the test platform's settings.</summary>
-    private static async Task<(int Code, string Output)> DingoCliAsync(TestPlatform p, params string[] args)
-    {
-        var dll = Path.Combine(TestPlatform.RepoRoot(), "src", "Dingo.Cli", "bin", "Release", "net10.0", "dingo.dll");
-        Assert.True(File.Exists(dll), $"{dll} is missing: build the solution (./dingo test does)");
-        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { dll }.Concat(args).Concat(["--config", Path.Combine(p.Settings.DataDir, "test.conf")])) psi.ArgumentList.Add(a);
-        psi.Environment["DINGO_HOME"] = TestPlatform.RepoRoot();
-        using var process = System.Diagnostics.Process.Start(psi)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync();
-        return (process.ExitCode, await stdout + await stderr);
-    }
+    private static Task<(int Code, string Output)> DingoCliAsync(TestPlatform p, params string[] args) =>
+        ProgramRun.RunAsync("dotnet", [ProgramRun.ConsoleDll, .. args, "--config", Path.Combine(p.Settings.DataDir, "test.conf")],
+            new Dictionary<string, string> { ["DINGO_HOME"] = TestPlatform.RepoRoot() });
 
     private static async Task ExecAsync(string connection, string sql)
     {

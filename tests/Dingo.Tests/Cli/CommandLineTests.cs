@@ -86,26 +86,8 @@ public sealed class CommandLineTests
 [SuiteCost(6)]
 public sealed class ConsoleProcessTests
 {
-    private static readonly string Dll = Path.Combine(TestPlatform.RepoRoot(), "src", "Dingo.Cli", "bin", "Release", "net10.0", "dingo.dll");
-
-    private static async Task<(int Code, string Output)> RunAsync(string home, params string[] args)
-    {
-        Assert.True(File.Exists(Dll), $"{Dll} is missing: build the solution (./dingo test does)");
-        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { Dll }.Concat(args)) psi.ArgumentList.Add(a);
-        psi.Environment["DINGO_HOME"] = home;
-        using var process = System.Diagnostics.Process.Start(psi)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        try { await process.WaitForExitAsync(deadline.Token); }
-        catch (OperationCanceledException)
-        {
-            ProcessTree.Kill(process);
-            throw new TimeoutException($"dingo {string.Join(' ', args)} did not finish within 60 s");
-        }
-        return (process.ExitCode, await stdout + await stderr);
-    }
+    private static Task<(int Code, string Output)> RunAsync(string home, params string[] args) =>
+        ProgramRun.RunAsync("dotnet", [ProgramRun.ConsoleDll, .. args], new Dictionary<string, string> { ["DINGO_HOME"] = home });
 
     [Fact]
     public async Task Help_and_a_bad_command_line_read_no_setting_and_make_nothing()

@@ -209,8 +209,7 @@ public sealed class SecretsAtRestTests(ITestOutputHelper output)
     /// <summary>The built CLI (src/Dingo.Cli) against the platform's settings, from a DINGO_HOME with no key of its own.</summary>
     private static Task<(int Code, string Output)> DingoCliAsync(TestPlatform p, string[] args, Dictionary<string, string> env)
     {
-        var dll = Path.Combine(TestPlatform.RepoRoot(), "src", "Dingo.Cli", "bin", "Release", "net10.0", "dingo.dll");
-        Assert.True(File.Exists(dll), $"{dll} is missing: build the solution (./dingo test does)");
+        var dll = ProgramRun.ConsoleDll;
         var home = Path.Combine(p.Settings.DataDir, "cli-home");
         Directory.CreateDirectory(Path.Combine(home, "hocon"));
         File.Copy(Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"), Path.Combine(home, "hocon", "dingo.conf"), overwrite: true);
@@ -220,24 +219,8 @@ public sealed class SecretsAtRestTests(ITestOutputHelper output)
         return RunAsync("dotnet", all, new Dictionary<string, string>(env) { ["DINGO_HOME"] = home });
     }
 
-    private static async Task<(int Code, string Output)> RunAsync(string file, string[] args, Dictionary<string, string> env)
-    {
-        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        foreach (var (k, v) in env) psi.Environment[k] = v;
-        // The test process's own seal settings must not leak into the child: it gets only what the test gives it.
-        if (!env.ContainsKey(SealSettings.KeysVariable)) psi.Environment.Remove(SealSettings.KeysVariable);
-        psi.Environment.Remove(SealSettings.KeyFileVariable);
-        using var process = System.Diagnostics.Process.Start(psi)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        try { await process.WaitForExitAsync(deadline.Token); }
-        catch (OperationCanceledException)
-        {
-            ProcessTree.Kill(process);
-            throw new TimeoutException($"{string.Join(' ', args)} did not finish within 60 s");
-        }
-        return (process.ExitCode, await stdout + await stderr);
-    }
+    /// <summary>The test process's own seal settings must not leak into the child: it gets only what the test gives it.</summary>
+    private static Task<(int Code, string Output)> RunAsync(string file, string[] args, Dictionary<string, string> env) =>
+        ProgramRun.RunAsync(file, args, env,
+            unset: env.ContainsKey(SealSettings.KeysVariable) ? [SealSettings.KeyFileVariable] : [SealSettings.KeysVariable, SealSettings.KeyFileVariable]);
 }
