@@ -249,6 +249,20 @@ public static class Failover
     }
 
     /// <summary>
+    /// The input with WAL positions asked of the nodes themselves just now, in place of the reported ones. A report can be
+    /// a loop old: after a leader's PostgreSQL died, the synchronous standby that alone acknowledged the last commits
+    /// (<c>ANY 1</c> of two) reported a position from before them, the other standby was further on than that report,
+    /// took the key at once, and the commits were lost (AgentFaultTests, fresh184). A node that did not answer keeps its
+    /// report; <paramref name="localLsn"/> null keeps this node's observed position.
+    /// </summary>
+    public static HaInput WithLivePositions(HaInput i, long? localLsn, IReadOnlyDictionary<string, long> live) =>
+        i with
+        {
+            Local = localLsn is { } mine ? i.Local with { Lsn = mine } : i.Local,
+            Members = [.. i.Members.Select(m => live.TryGetValue(m.NodeId, out var lsn) ? m with { Lsn = lsn } : m)],
+        };
+
+    /// <summary>
     /// Whether another member is a better holder of the free key. A writable node and a replica streaming from it, on no
     /// later timeline than it: the writable one, whatever positions their reports show. The replica cannot hold a WAL
     /// record its primary lacks; a later position in its report only means it was read later, and under a steady

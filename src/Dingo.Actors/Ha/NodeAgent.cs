@@ -335,8 +335,14 @@ public sealed class NodeAgent
 
         var input = await ObserveAsync(record, probe, etcd, ct).ConfigureAwait(false);
         if (_record is null) return "no action: the instance is being deleted";
-        _lastInput = input;
         var action = Failover.Decide(input, _settings.Ha);
+        if (action is HaAction.TakeLeadership && input.Members.Count > 0)
+        {
+            // The key is free and the reports say this node is the most advanced: ask the nodes themselves first.
+            input = await WithLivePositionsAsync(input, record, probe, ct).ConfigureAwait(false);
+            action = Failover.Decide(input, _settings.Ha);
+        }
+        _lastInput = input;
         string? failure = null;
         var etcdLost = false;
         try
@@ -390,6 +396,33 @@ public sealed class NodeAgent
         }
         reportFailed?.Throw();
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
+    }
+
+    /// <summary>
+    /// Before taking a free key: this node's and every running member's WAL position as they are now, asked of each
+    /// PostgreSQL directly, on a budget of a quarter TTL (the key is free: every moment of it is a moment without a
+    /// primary). A member that does not answer in time keeps its reported position, as before this check.
+    /// </summary>
+    private async Task<HaInput> WithLivePositionsAsync(HaInput input, InstanceRecord record, PostgresProbe probe, CancellationToken ct)
+    {
+        using var budget = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        budget.CancelAfter(_settings.Ha.Ttl / 4);
+        async Task<(string NodeId, long? Lsn, string? Error)> AskAsync(string nodeId, PostgresProbe of)
+        {
+            try { return (nodeId, await of.WalPositionAsync(budget.Token).WaitAsync(budget.Token).ConfigureAwait(false), null); }
+            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException or System.IO.IOException
+                                       || (ex is OperationCanceledException && !ct.IsCancellationRequested))
+            {
+                return (nodeId, null, ex is OperationCanceledException ? "no answer in time" : ex.Message);
+            }
+        }
+        var asked = input.Members.Where(m => m.State == NodeState.Running && Failover.IsFresh(input, m, _settings.Ha)).ToList();
+        var answers = await Task.WhenAll(asked.Select(m => AskAsync(m.NodeId, new PostgresProbe(m.Host, m.Port, record.Superuser)))
+            .Append(AskAsync(_spec.NodeId, probe))).ConfigureAwait(false);
+        foreach (var (nodeId, _, error) in answers.Where(a => a.Error is not null && a.NodeId != _spec.NodeId))
+            _logger.LogWarning("node {Node}: could not ask {Member} its WAL position before taking the leader key ({Error}): its report decides", _spec.NodeId, nodeId, error);
+        var live = answers.Where(a => a.Lsn is not null && a.NodeId != _spec.NodeId).ToDictionary(a => a.NodeId, a => a.Lsn!.Value);
+        return Failover.WithLivePositions(input, answers.Single(a => a.NodeId == _spec.NodeId).Lsn, live);
     }
 
     /// <summary>

@@ -31,6 +31,22 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         return PlatformConnectionTls.Connection(cs);
     }
 
+    /// <summary>A primary's current WAL position, a standby's furthest received or replayed one, in bytes.</summary>
+    private const string PositionSql = """
+        CASE WHEN pg_is_in_recovery()
+             THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0')) - '0/0'
+             ELSE pg_current_wal_lsn() - '0/0' END
+        """;
+
+    /// <summary>The WAL position as the node has it right now (the HA pass's observation may be older), one short query.</summary>
+    public async Task<long> WalPositionAsync(CancellationToken ct)
+    {
+        await using var conn = Connect();
+        await conn.OpenAsync(ct).ConfigureAwait(false);
+        await using var cmd = new NpgsqlCommand("SELECT " + PositionSql, conn);
+        return (long)(decimal)(await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false))!;
+    }
+
     public async Task<Observation> ObserveAsync(CancellationToken ct)
     {
         try
@@ -52,9 +68,7 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         await conn.OpenAsync(ct).ConfigureAwait(false);
         await using var cmd = new NpgsqlCommand($"""
             SELECT pg_is_in_recovery(),
-                   CASE WHEN pg_is_in_recovery()
-                        THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0')) - '0/0'
-                        ELSE pg_current_wal_lsn() - '0/0' END,
+                   {PositionSql},
                    (SELECT timeline_id FROM pg_control_checkpoint()),
                    (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
                    (SELECT sender_host FROM pg_stat_wal_receiver LIMIT 1),

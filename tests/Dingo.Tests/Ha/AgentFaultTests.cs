@@ -45,12 +45,15 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             return (leader, int.Parse(specs.Single(s => s.NodeId == leader).CellId["cell-".Length..], CultureInfo.InvariantCulture));
         }
         int Changes(DateTime since) => LeaderChanges(leaders, since);
+        // When each fault began: a lost commit is told by the step it was acknowledged in.
+        var steps = new List<(DateTime At, string Step)>();
 
         try
         {
             // 1. The primary's agent SIGKILLed and started again half a second later (as `dingo up` does): its PostgreSQL
             // goes on serving, the new agent adopts the lease, nobody else leads.
             var (primary, cell) = await PrimaryAsync();
+            steps.Add((DateTime.UtcNow, "step 1 (agent killed and restarted)"));
             platform.KillCellProcessOnly(cell);
             var killedAt = DateTime.UtcNow;
             await Task.Delay(500);
@@ -70,6 +73,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             (primary, cell) = await PrimaryAsync();
             await using (var keys = await KeyOrder.WatchAsync(store, store.Keys.Leader(id), store.Keys.Status(id, primary)))
             {
+                steps.Add((DateTime.UtcNow, "step 2 (PostgreSQL stopped 10 s)"));
                 var stoppedAt = DateTime.UtcNow;
                 var pids = platform.PostgresPidsOfNode(cell, primary);
                 Assert.NotEmpty(pids);
@@ -88,6 +92,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             // 3. The new primary's agent SIGKILLed for good: the guard stops its PostgreSQL before the lease can expire,
             // so it is not writable when a replica is promoted. The agent started again later finds it a replica.
             (primary, cell) = await PrimaryAsync();
+            steps.Add((DateTime.UtcNow, "step 3 (agent killed for good)"));
             platform.KillCellProcessOnly(cell);
             var deadAt = DateTime.UtcNow;
             // Its PostgreSQL goes on acknowledging writes until the guard stops it (up to a TTL later), so the failover
@@ -109,6 +114,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             var (leaderNow, _) = await PrimaryAsync();
             var victim = specs.First(s => s.NodeId != leaderNow);
             var victimCell = int.Parse(victim.CellId["cell-".Length..], CultureInfo.InvariantCulture);
+            steps.Add((DateTime.UtcNow, "step 4 (replica wiped)"));
             var restartsBefore = (await FailoverTests.StatusesAsync(platform, id)).Single(s => s.NodeId == victim.NodeId).Restarts;
             foreach (var pid in platform.PostgresPidsOfNode(victimCell, victim.NodeId)) _ = kill(pid, 9);
             var pgdata = Path.Combine(Path.GetFullPath(platform.Settings.DataDir), "cells", victim.CellId, "nodes", victim.NodeId, "pgdata");
@@ -138,6 +144,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             (primary, cell) = await PrimaryAsync();
             await using (var keys = await KeyOrder.WatchAsync(store, store.Keys.Leader(id), store.Keys.Status(id, primary)))
             {
+                steps.Add((DateTime.UtcNow, "step 5 (PostgreSQL killed)"));
                 var pgKilledAt = DateTime.UtcNow;
                 foreach (var pid in platform.PostgresPidsOfNode(cell, primary)) _ = kill(pid, 9);
                 await Eventually.UntilAsync(() => Task.FromResult(keys.Deleted(store.Keys.Leader(id))), TimeSpan.FromSeconds(15), $"{primary} giving up the key after its PostgreSQL was killed");
@@ -170,7 +177,9 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
         }
         Assert.True(split.Count == 0, "two writable nodes at: " + string.Join("; ", split.Take(5)));
         var missing = await writer.MissingAsync();
-        Assert.True(missing.Count == 0, $"{missing.Count} acknowledged commits lost of {writer.Acknowledged.Count}");
+        string StepOf(DateTime at) => steps.LastOrDefault(st => st.At <= at).Step ?? "before the faults";
+        Assert.True(missing.Count == 0, $"{missing.Count} acknowledged commits lost of {writer.Acknowledged.Count}: "
+            + string.Join("; ", missing.Take(5).Select(n => $"#{n} acknowledged at {writer.Acknowledged[n]:HH:mm:ss.fff} in {StepOf(writer.Acknowledged[n])}")));
     }
 
     private static async Task WatchLeaderAsync(TestPlatform platform, string id, ConcurrentQueue<(DateTime, string?)> leaders, CancellationToken ct)

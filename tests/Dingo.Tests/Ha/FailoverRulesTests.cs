@@ -111,6 +111,23 @@ public sealed class FailoverRulesTests
     }
 
     [Fact]
+    public void A_free_key_goes_by_the_positions_the_nodes_have_now_not_by_a_report_a_loop_old()
+    {
+        // fresh184: the leader's PostgreSQL died; n-b alone had flushed the last commit (ANY 1 of n-a, n-b), but its report
+        // from before that commit was behind n-a's own position, and n-a took the key: one acknowledged commit lost.
+        var lsns = new Dictionary<string, long> { ["n-a"] = 100, ["n-b"] = 90, ["n-old"] = 80 };
+        var stale = FreeKeyAfterHandOver("n-a", null!, lsns) with { Switchover = null };
+        Assert.IsType<HaAction.TakeLeadership>(Failover.Decide(stale, Settings));
+        var asked = Failover.WithLivePositions(stale, localLsn: 100, new Dictionary<string, long> { ["n-b"] = 110 });
+        var wait = Assert.IsType<HaAction.Wait>(Failover.Decide(asked, Settings));
+        Assert.Contains("n-b is more advanced (110", wait.Sentence, StringComparison.Ordinal);
+        // n-b, asking in turn, finds n-a behind it and takes the key; a member that did not answer keeps its report.
+        var fromB = FreeKeyAfterHandOver("n-b", null!, new Dictionary<string, long> { ["n-a"] = 100, ["n-b"] = 90, ["n-old"] = 80 }) with { Switchover = null };
+        Assert.IsType<HaAction.TakeLeadership>(Failover.Decide(Failover.WithLivePositions(fromB, localLsn: 110, new Dictionary<string, long> { ["n-a"] = 100 }), Settings));
+        Assert.IsType<HaAction.Wait>(Failover.Decide(Failover.WithLivePositions(fromB, localLsn: null, new Dictionary<string, long>()), Settings));
+    }
+
+    [Fact]
     public void Without_a_named_node_the_lower_id_wins_a_tie_as_before()
     {
         var lsns = new Dictionary<string, long> { ["n-a"] = 100, ["n-b"] = 100, ["n-old"] = 100 };
