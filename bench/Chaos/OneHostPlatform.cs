@@ -218,9 +218,13 @@ internal sealed class OneHostPlatform : ChaosPlatform
         try
         {
             foreach (var instance in Instances) await StopWriterAsync(instance);
-            await Platform.DisposeAsync();
             var logs = Path.Combine(Path.GetTempPath(), "dingo-bench-logs");
             Directory.CreateDirectory(logs);
+            // Each node's PostgreSQL log (crash recovery and promotion times are in it), before the nodes go.
+            foreach (var node in Directory.Exists(Settings.DataDir) ? Directory.GetDirectories(Settings.DataDir, "n-*", SearchOption.AllDirectories) : [])
+                foreach (var log in Directory.GetFiles(node, "*.log"))
+                    File.Copy(log, Path.Combine(logs, $"chaos-node-{Path.GetFileName(node)}-{Path.GetFileName(log)}"), overwrite: true);
+            await Platform.DisposeAsync();
             foreach (var log in Directory.Exists(Settings.DataDir) ? Directory.GetFiles(Settings.DataDir, "*.log") : [])
                 File.Copy(log, Path.Combine(logs, $"chaos-{Path.GetFileName(log)}"), overwrite: true);
             Console.Error.WriteLine($"bench: cell and broker logs in {logs}/chaos-*.log");

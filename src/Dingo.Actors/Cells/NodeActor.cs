@@ -55,11 +55,15 @@ public sealed class NodeActor : PassActor<string>
                 t => log.Warning("node {0}: health API not started: {1}", node, t.Exception?.GetBaseException().Message),
                 CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
         }
+        // A PostgreSQL that ends (a crash, a kill) wakes a pass at once rather than at the next loop-wait.
+        var self = Self;
+        _agent.PostgresExited = () => self.Tell(new NodeMessages.Wake());
         RequestPass();
     }
 
     protected override void PostStop()
     {
+        _agent.StopWatchingPostgres();
         if (_health is not null) _ = _health.DisposeAsync().AsTask();
         _ = _agent.StopBackupsAsync();
         base.PostStop();

@@ -523,6 +523,7 @@ public sealed class NodeAgent
                                        || (ex is OperationCanceledException && !ct.IsCancellationRequested)) { }
         }
         _lastPg = pg;
+        if (pg is not null) await WatchPostmasterAsync(ct).ConfigureAwait(false);
         if (mine is { Running: true } && pg is null) { if (_notAnsweringSinceNs == 0) _notAnsweringSinceNs = Monotonic.NowNs(); }
         else _notAnsweringSinceNs = 0;
         if (mine is { Running: false } && _seenRunning)
@@ -648,6 +649,35 @@ public sealed class NodeAgent
         };
     }
 
+    /// <summary>Called (on the thread pool) when the PostgreSQL this agent saw answering ends: a pass should run now.</summary>
+    public Action? PostgresExited { get; set; }
+
+    private ProcessExits.Watching? _exitWatch;
+    private long _exitWatchFailedNs;
+
+    /// <summary>
+    /// Watches the answering PostgreSQL's postmaster, so its end wakes a pass at once (<see cref="ProcessExits"/>): a
+    /// leader's crashed PostgreSQL is then restarted or its key given up within milliseconds, not up to a loop-wait
+    /// later. Asked of the runtime only when nothing is watched; where watching fails, again after a minute.
+    /// </summary>
+    private async Task WatchPostmasterAsync(CancellationToken ct)
+    {
+        if (PostgresExited is not { } exited || _exitWatch is { Ended: false }) return;
+        if (_exitWatchFailedNs != 0 && Monotonic.Between(_exitWatchFailedNs, Monotonic.NowNs()) < TimeSpan.FromMinutes(1)) return;
+        _exitWatch = null;
+        if (await _runtime.PostmasterPidAsync(_spec.NodeId, ct).ConfigureAwait(false) is not { } pid) return;
+        _exitWatch = ProcessExits.Shared.Watch(pid, exited);
+        _exitWatchFailedNs = _exitWatch is null ? Monotonic.NowNs() : 0;
+    }
+
+    /// <summary>The node's actor stops: its PostgreSQL's end no longer concerns anyone here.</summary>
+    public void StopWatchingPostgres()
+    {
+        PostgresExited = null;
+        _exitWatch?.Dispose();
+        _exitWatch = null;
+    }
+
     private ReplicationSource Source(LeaderRecord leader, InstanceRecord record) =>
         new(leader.Host, leader.Port, record.Replication ?? throw new InvalidOperationException($"instance {record.Id} has no replication role: it cannot have replicas"));
 
@@ -733,24 +763,41 @@ public sealed class NodeAgent
                 break;
 
             case HaAction.TakeLeadership:
+            {
+                var steps = new StepTimes();
                 if (!await TryTakeKeyAsync(etcd).ConfigureAwait(false)) return;
+                steps.Mark("key");
                 if (input.Local.InRecovery) await AddTimelineHistoriesAsync(probe, etcd).ConfigureAwait(false);
+                steps.Mark("histories");
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
+                steps.Mark("guard");
                 if (input.Local.InRecovery) await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
+                steps.Mark("pg_promote");
                 _following = null;
                 // The switchover is done once this node holds the key: cleared before the rest of leading, which may
                 // outlast the pass's budget on a busy machine (the Lead case below clears what is left all the same).
                 if (input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), etcd).ConfigureAwait(false);
                 await LeadAsync(record, probe, input, promoted: input.Local.InRecovery, etcd, ct).ConfigureAwait(false);
+                steps.Mark("leading");
+                _logger.LogInformation("node {Node}: leading {Instance} after {Steps}", _spec.NodeId, _spec.InstanceId, steps);
                 break;
+            }
 
             case HaAction.Promote:
+            {
+                var steps = new StepTimes();
                 await AddTimelineHistoriesAsync(probe, etcd).ConfigureAwait(false);
+                steps.Mark("histories");
                 await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
+                steps.Mark("guard");
                 await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
+                steps.Mark("pg_promote");
                 _following = null;
                 await LeadAsync(record, probe, input, promoted: true, etcd, ct).ConfigureAwait(false);
+                steps.Mark("leading");
+                _logger.LogInformation("node {Node}: leading {Instance} after {Steps}", _spec.NodeId, _spec.InstanceId, steps);
                 break;
+            }
 
             case HaAction.Lead:
                 // A switchover request from another leader is over: this node holds the key (it took it, the request's
@@ -1210,4 +1257,25 @@ public sealed class NodeAgent
         try { await ReleaseKeyAsync(ct).ConfigureAwait(false); }
         catch (RpcException) { }
     }
+}
+
+/// <summary>How long each step of a promotion took, for the log line that tells an operator where a failover's time went.</summary>
+internal sealed class StepTimes
+{
+    private readonly long _startNs = Monotonic.NowNs();
+    private long _lastNs;
+    private readonly List<(string Step, TimeSpan Took)> _steps = [];
+
+    public StepTimes() => _lastNs = _startNs;
+
+    public void Mark(string step)
+    {
+        var now = Monotonic.NowNs();
+        _steps.Add((step, Monotonic.Between(_lastNs, now)));
+        _lastNs = now;
+    }
+
+    public override string ToString() =>
+        $"{Monotonic.Between(_startNs, _lastNs).TotalMilliseconds:0} ms ("
+        + string.Join(", ", _steps.Select(s => $"{s.Step} {s.Took.TotalMilliseconds:0}")) + ")";
 }
