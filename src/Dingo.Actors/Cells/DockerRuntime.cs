@@ -1152,6 +1152,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         {
             conf.AppendLine("primary_conninfo = ''").AppendLine("primary_slot_name = ''");
         }
+        if (standby is { LeaderAfterCrash: true }) conf.AppendLine("recovery_init_sync_method = syncfs");
         // SCRAM for everyone, nothing trusted; the platform's roles only from the platform's hosts.
         var access = _access.ForStart(spec.NodeId, spec.Superuser.Username, spec.ListenAddress);
         return

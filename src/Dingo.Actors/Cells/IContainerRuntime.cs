@@ -110,7 +110,16 @@ public sealed record ReplicationSource(string Host, int Port, Credentials Creden
 
 /// <param name="Primary">the leader to stream from; null: read-only, waiting for a leader</param>
 /// <param name="SlotName">replication slot on the primary (the primary creates it)</param>
-public sealed record StandbyConfig(ReplicationSource? Primary, string SlotName, string ApplicationName);
+public sealed record StandbyConfig(ReplicationSource? Primary, string SlotName, string ApplicationName)
+{
+    /// <summary>
+    /// The leader's own PostgreSQL restarted after a crash, its writes waiting on the recovery: the data directory is
+    /// flushed with one syncfs (<c>recovery_init_sync_method = syncfs</c>) instead of an fsync per file, which took most
+    /// of the recovery (1.7 s of 2.0 under bench/Chaos). Only then: a clone's or restore's start would flush the whole
+    /// file system for nothing urgent.
+    /// </summary>
+    public bool LeaderAfterCrash { get; init; }
+}
 
 /// <param name="BackupDir">base.tar (and pg_wal.tar) as pg_basebackup -Ft wrote them</param>
 /// <param name="WalDir">archived WAL segments and timeline history files, by their PostgreSQL names</param>

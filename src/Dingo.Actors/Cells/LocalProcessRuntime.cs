@@ -820,6 +820,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         {
             conf.AppendLine("primary_conninfo = ''").AppendLine("primary_slot_name = ''");
         }
+        if (standby is { LeaderAfterCrash: true }) conf.AppendLine("recovery_init_sync_method = syncfs");
         await StripAutoConfAsync(paths, cancellationToken);
 
         // Write-then-rename so a crash never leaves the postmaster a truncated file.

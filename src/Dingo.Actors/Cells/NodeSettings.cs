@@ -18,7 +18,7 @@ internal static class NodeSettings
         .AppendLine("wal_receiver_status_interval = 1s")
         .AppendLine("wal_retrieve_retry_interval = 1s")
         .AppendLine("recovery_target_timeline = 'latest'");
-    // Not recovery_init_sync_method = syncfs: it made crash recovery in place faster under bench/Chaos, but every start
-    // after a crash, a clone or a restore then flushed the whole file system, every other node's dirty pages with it,
-    // and the test suite's restores and clones slowed by 10-25 % (fresh178, fresh179: 898 s and 917 s against 802 s).
+    // recovery_init_sync_method = syncfs only for a leader's restart in place after a crash (StandbyConfig.LeaderAfterCrash):
+    // for every start after a crash, a clone or a restore it would flush the whole file system, every other node's dirty
+    // pages with it.
 }

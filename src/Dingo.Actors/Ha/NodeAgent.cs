@@ -750,7 +750,8 @@ public sealed class NodeAgent
                 break;
 
             case HaAction.Start start:
-                await StartStandbyAsync(launch, start.Leader, record, ct).ConfigureAwait(false);
+                await StartStandbyAsync(launch, start.Leader, record, ct,
+                    leaderAfterCrash: start.Leader is null && _leaderLease != 0 && input.Leader?.NodeId == _spec.NodeId).ConfigureAwait(false);
                 break;
 
             case HaAction.ReleaseStaleKey:
@@ -899,11 +900,11 @@ public sealed class NodeAgent
         }
     }
 
-    private async Task StartStandbyAsync(NodeLaunchSpec launch, LeaderRecord? leader, InstanceRecord record, CancellationToken ct)
+    private async Task StartStandbyAsync(NodeLaunchSpec launch, LeaderRecord? leader, InstanceRecord record, CancellationToken ct, bool leaderAfterCrash = false)
     {
         try
         {
-            await _runtime.StartAsync(launch, Standby(leader, record), ct).ConfigureAwait(false);
+            await _runtime.StartAsync(launch, Standby(leader, record) with { LeaderAfterCrash = leaderAfterCrash }, ct).ConfigureAwait(false);
             _awaitingStart = true;
         }
         catch (Exception ex) when (ex is not OperationCanceledException)

@@ -151,6 +151,8 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
         await Runtime.StartAsync(spec, null, Ct());
         await WaitUntilServingAsync(spec);
         await ExecAsync(spec, "CREATE TABLE t (v int); INSERT INTO t VALUES (42)");
+        // An ordinary start syncs the data directory file by file after a crash (PostgreSQL's default)...
+        Assert.Equal("fsync", await ScalarAsync(spec, "SHOW recovery_init_sync_method"));
         var before = Assert.Single(await Runtime.ListAsync(Ct()));
         var incarnation = await IncarnationAsync(before);
 
@@ -167,12 +169,15 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
         Assert.True(node.Initialised);
         await AssertKilledDetailAsync(node);
 
+        // ...a leader restarted in place after its crash, read-only until promoted, with one syncfs.
         var restart = Stopwatch.StartNew();
-        await Runtime.StartAsync(spec, null, Ct());
+        await Runtime.StartAsync(spec, new StandbyConfig(null, "slot_node_d", spec.NodeId) { LeaderAfterCrash = true }, Ct());
         await WaitUntilServingAsync(spec);
         Output.WriteLine($"serving again {restart.ElapsedMilliseconds} ms after StartAsync (kill -9 recovery)");
 
         Assert.Equal(42, await ScalarAsync(spec, "SELECT v FROM t"));
+        Assert.Equal("syncfs", await ScalarAsync(spec, "SHOW recovery_init_sync_method"));
+        Assert.Equal(true, await ScalarAsync(spec, "SELECT pg_is_in_recovery()"));
         Assert.NotEqual(incarnation, await IncarnationAsync(Assert.Single(await Runtime.ListAsync(Ct()))));
     }
 
