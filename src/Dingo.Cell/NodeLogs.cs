@@ -1,4 +1,3 @@
-using System.Text;
 using Dingo.Cells;
 using Dingo.Config;
 using Dingo.Logging;
@@ -60,19 +59,10 @@ internal sealed class NodeLogs(LocalProcessRuntime runtime, LogSettings settings
 
     private long Ship(string nodeId, string? instanceId, string logFile, long offset)
     {
-        using var stream = new FileStream(logFile, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-        stream.Seek(offset, SeekOrigin.Begin);
-        var buffer = new byte[(int)Math.Min(ReadLimit, Math.Max(0, stream.Length - offset))];
-        var read = stream.ReadAtLeast(buffer, buffer.Length, throwOnEndOfStream: false);
-        // Whole lines only: a line still being written is read next pass.
-        var end = Array.LastIndexOf(buffer, (byte)'\n', Math.Max(0, read - 1));
-        if (end < 0) return read == ReadLimit ? offset + read : offset; // one line longer than the limit: skipped
-        foreach (var line in Encoding.UTF8.GetString(buffer, 0, end).Split('\n'))
-        {
-            if (line.Length == 0) continue;
+        var (lines, next) = LogLines.Since(logFile, offset, ReadLimit);
+        foreach (var line in lines)
             sink!.Write(SeverityOf(line), "postgres", nodeId, "-", instanceId is null ? line : $"instance {instanceId}: {line}");
-        }
-        return offset + end + 1;
+        return next;
     }
 
     /// <summary>PostgreSQL's level in a stderr log line ("… [pid] FATAL:  …").</summary>

@@ -2,18 +2,28 @@ using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json.Nodes;
 using Dingo.Config;
+using Dingo.Store;
 
 namespace Dingo.Cli;
 
-/// <summary>`dingo switchover`, `dingo drain`, `dingo undrain`: the broker's admin API from the terminal.</summary>
+/// <summary>`dingo switchover`, `drain`, `undrain`, `recreate`, `rebuild`, `drill`, `backups`, `store-check`: the broker's admin API from the terminal.</summary>
 public static class AdminCommands
 {
     /// <param name="json">print the broker's answer as it came (JSON), for scripts</param>
-    public static async Task<int> RunAsync(string command, IReadOnlyList<string> args, DingoSettings settings, CancellationToken ct, bool json = false)
+    /// <param name="wait">with --wait: follow the operation in etcd until it is done, for at most this long</param>
+    public static async Task<int> RunAsync(string command, IReadOnlyList<string> args, DingoSettings settings, CancellationToken ct, bool json = false, TimeSpan? wait = null)
     {
         using var http = Client(settings);
+        await using var store = wait is null ? null : EtcdStore.Connect(settings);
         try
         {
+            // What the wait compares with, read before the request: the leader it moves away from, the last drill.
+            string? leaderBefore = null;
+            DateTimeOffset? drillBefore = null;
+            if (store is not null && command is "switchover")
+                leaderBefore = (await store.GetAsync<Dingo.Model.LeaderRecord>(store.Keys.Leader(args[0]), ct))?.Value.NodeId;
+            if (store is not null && command is "drill")
+                drillBefore = (await store.GetAsync<Dingo.Model.DrillResult>(store.Keys.Drill(args[0]), ct))?.Value.At;
             HttpResponseMessage response;
             switch (command)
             {
@@ -64,10 +74,28 @@ public static class AdminCommands
                     Console.WriteLine($"  last restore drill {drill["at"]}: {((bool?)drill["ok"] == true ? "OK" : "FAILED")}: {drill["detail"]}");
                 if (answer?["instances"] is JsonArray rebuilt)
                     foreach (var i in rebuilt) Console.WriteLine($"  {i?["instance"]}: {i?["result"]}");
-                if (command is not ("backups" or "store-check")) Console.WriteLine("follow it with: ./dingo status");
+                if (store is not null && wait is { } limit)
+                {
+                    Func<CancellationToken, Task<OperationWait.Progress>> look = command switch
+                    {
+                        "switchover" => t => OperationWait.InstanceAsync(store, args[0], leaderBefore, args.Count == 3 ? args[2] : null, t),
+                        "drain" => t => OperationWait.DrainedAsync(store, args[0], t),
+                        "recreate" => t => OperationWait.InstanceAsync(store, args[0], null, null, t),
+                        "drill" => t => OperationWait.DrillAsync(store, args[0], drillBefore, t),
+                        "rebuild" => t => OperationWait.AllInstancesAsync(store, t),
+                        _ => _ => Task.FromResult(new OperationWait.Progress(true, "nothing to wait for: it took effect at once")),
+                    };
+                    return await OperationWait.UntilAsync(look, limit, Console.Out, ct);
+                }
+                if (command is not ("backups" or "store-check")) Console.WriteLine("follow it with: ./dingo status (or --wait)");
                 return 0;
             }
             Console.Error.WriteLine($"dingo: {(int)response.StatusCode}: {description}");
+            return 1;
+        }
+        catch (Grpc.Core.RpcException ex)
+        {
+            Console.Error.WriteLine($"dingo: cannot read etcd at {string.Join(",", settings.EtcdEndpoints)}: {ex.Status.Detail}. Is the platform up (./dingo up)?");
             return 1;
         }
         catch (HttpRequestException ex)

@@ -80,11 +80,16 @@ public static class Program
         members.SetAction((parsed, ct) => WithSettingsAsync(parsed, "members", (_, _, settings, t) => MembersCommand.RunAsync(settings, Console.Out, Console.Error, t, parsed.GetValue(json)), ct));
         root.Subcommands.Add(members);
 
+        // Operations return once the broker accepted them; --wait follows each in etcd until it is done.
+        var wait = new Option<bool>("--wait") { Description = "follow the operation until it is done, printing each change of what it is at (exit 1 if it is not done in --timeout)" };
+        var timeout = PositiveInt("--timeout", 300, "seconds --wait waits at most");
+        TimeSpan? WaitOf(ParseResult parsed) => parsed.GetValue(wait) ? TimeSpan.FromSeconds(parsed.GetValue(timeout)) : null;
+
         var switchoverInstance = InstanceArgument();
         var to = new Option<string>("--to") { Description = "the replica to hand the primary to (default: the best one)", HelpName = "NODE" };
-        var switchover = new Command("switchover", "hand the primary to a named or the best replica, no acknowledged write lost") { switchoverInstance, to };
+        var switchover = new Command("switchover", "hand the primary to a named or the best replica, no acknowledged write lost") { switchoverInstance, to, wait, timeout };
         switchover.SetAction((parsed, ct) => WithInstanceAsync(parsed, switchoverInstance, "switchover",
-            (id, settings, t) => AdminCommands.RunAsync("switchover", parsed.GetValue(to) is { } node ? [id, "--to", node] : [id], settings, t), ct));
+            (id, settings, t) => AdminCommands.RunAsync("switchover", parsed.GetValue(to) is { } node ? [id, "--to", node] : [id], settings, t, wait: WaitOf(parsed)), ct));
         root.Subcommands.Add(switchover);
 
         foreach (var (name, description) in new[]
@@ -94,8 +99,8 @@ public static class Program
                  })
         {
             var cell = new Argument<string>("cell") { Description = "the cell's id (dingo status lists them)" };
-            var command = new Command(name, description) { cell };
-            command.SetAction((parsed, ct) => WithSettingsAsync(parsed, name, (_, _, settings, t) => AdminCommands.RunAsync(name, [parsed.GetValue(cell)!], settings, t), ct));
+            var command = new Command(name, description) { cell, wait, timeout };
+            command.SetAction((parsed, ct) => WithSettingsAsync(parsed, name, (_, _, settings, t) => AdminCommands.RunAsync(name, [parsed.GetValue(cell)!], settings, t, wait: WaitOf(parsed)), ct));
             root.Subcommands.Add(command);
         }
 
@@ -109,30 +114,31 @@ public static class Program
             var instance = InstanceArgument();
             var command = new Command(name, description) { instance };
             if (name == "backups") command.Options.Add(json);
+            else
+            {
+                command.Options.Add(wait);
+                command.Options.Add(timeout);
+            }
             command.SetAction((parsed, ct) => WithInstanceAsync(parsed, instance, name,
-                (id, settings, t) => AdminCommands.RunAsync(name, [id], settings, t, name == "backups" && parsed.GetValue(json)), ct));
+                (id, settings, t) => AdminCommands.RunAsync(name, [id], settings, t, name == "backups" && parsed.GetValue(json), name == "backups" ? null : WaitOf(parsed)), ct));
             root.Subcommands.Add(command);
         }
 
-        var rebuild = new Command("rebuild", "after losing etcd and the cells: rebuild every instance from the object store");
-        rebuild.SetAction((parsed, ct) => WithSettingsAsync(parsed, "rebuild", (_, _, settings, t) => AdminCommands.RunAsync("rebuild", [], settings, t), ct));
+        var rebuild = new Command("rebuild", "after losing etcd and the cells: rebuild every instance from the object store") { wait, timeout };
+        rebuild.SetAction((parsed, ct) => WithSettingsAsync(parsed, "rebuild", (_, _, settings, t) => AdminCommands.RunAsync("rebuild", [], settings, t, wait: WaitOf(parsed)), ct));
         root.Subcommands.Add(rebuild);
 
-        var storeCheck = new Command("store-check", "check the backup store: endpoint, credentials, bucket/container, write/read/delete");
-        storeCheck.SetAction((parsed, ct) => WithSettingsAsync(parsed, "store-check", (_, _, settings, t) => AdminCommands.RunAsync("store-check", [], settings, t), ct));
+        var storeCheck = new Command("store-check", "check the backup store: endpoint, credentials, bucket/container, write/read/delete") { json };
+        storeCheck.SetAction((parsed, ct) => WithSettingsAsync(parsed, "store-check", (_, _, settings, t) => AdminCommands.RunAsync("store-check", [], settings, t, parsed.GetValue(json)), ct));
         root.Subcommands.Add(storeCheck);
 
         var logsInstance = InstanceArgument();
         var logsNode = new Argument<string?>("node") { Description = "one node's log (default: every node's)", Arity = ArgumentArity.ZeroOrOne };
         var tail = PositiveInt("--tail", 200, "lines from the end of each log");
-        var logs = new Command("logs", "a node's PostgreSQL log (its container's output on a Docker cell)") { logsInstance, logsNode, tail };
-        logs.SetAction((parsed, ct) => WithInstanceAsync(parsed, logsInstance, "logs", (id, settings, t) =>
-        {
-            List<string> rest = [id];
-            if (parsed.GetValue(logsNode) is { } node) rest.Add(node);
-            rest.AddRange(["--tail", parsed.GetValue(tail).ToString(System.Globalization.CultureInfo.InvariantCulture)]);
-            return LogsCommand.RunAsync(rest, settings, Console.Out, t);
-        }, ct));
+        var follow = new Option<bool>("--follow", "-f") { Description = "go on printing each new line until Ctrl-C (several nodes: each line prefixed with its node)" };
+        var logs = new Command("logs", "a node's PostgreSQL log (its container's output on a Docker cell)") { logsInstance, logsNode, tail, follow };
+        logs.SetAction((parsed, ct) => WithInstanceAsync(parsed, logsInstance, "logs",
+            (id, settings, t) => LogsCommand.RunAsync(id, parsed.GetValue(logsNode), parsed.GetValue(tail), parsed.GetValue(follow), settings, Console.Out, t), ct));
         root.Subcommands.Add(logs);
 
         var eventsInstance = InstanceArgument();
@@ -148,6 +154,19 @@ public static class Program
             return EventsCommand.RunAsync(rest, settings, Console.Out, t);
         }, ct));
         root.Subcommands.Add(events);
+
+        var every = new Option<double>("--every")
+        {
+            Description = "seconds between two refreshes (default 2)",
+            HelpName = "SECONDS",
+            DefaultValueFactory = _ => 2,
+            Validators = { r => { if (r.GetValueOrDefault<double>() is < 0.2 or > 3600) r.AddError("--every must be between 0.2 and 3600 seconds"); } },
+        };
+        var once = new Option<bool>("--once") { Description = "print one picture and exit (for scripts and logs)" };
+        var watch = new Command("watch", "the platform live: cells, instances, roles, lag, backlog and the latest events, redrawn in place until Ctrl-C") { every, once };
+        watch.SetAction((parsed, ct) => WithSettingsAsync(parsed, "watch",
+            (_, _, settings, t) => WatchCommand.RunAsync(settings, TimeSpan.FromSeconds(parsed.GetValue(every)), parsed.GetValue(once), Spectre.Console.AnsiConsole.Console, t), ct));
+        root.Subcommands.Add(watch);
 
         var newKey = new Option<bool>("--new-key") { Description = "first put a new key at the top of the key file (docs/security.md)" };
         var rotateKey = new Command("rotate-key", "re-seal every password in etcd and the object store with the current seal key") { newKey };

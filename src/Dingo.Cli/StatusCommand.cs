@@ -38,7 +38,8 @@ public static class StatusCommand
     public sealed record StatusView(IReadOnlyList<CellRow> Cells, IReadOnlyList<InstanceRow> Instances, IReadOnlyList<BackupRow> Backups);
     public sealed record CellRow(string Id, string Zone, string Address, string Runtime, int Nodes, int Capacity, string? Problem, string? Kept);
     public sealed record InstanceRow(string Id, string? Name, int Port, string Plan, string? Operation, string? OperationDetail, bool Deleting, IReadOnlyList<NodeRow> Nodes);
-    public sealed record NodeRow(string Node, string Cell, bool CellGone, string? Role, string State, string Detail);
+    /// <param name="LagBytes">a replica's distance behind its primary, from their last reports (null: not a replica, or not known)</param>
+    public sealed record NodeRow(string Node, string Cell, bool CellGone, string? Role, string State, string Detail, long? LagBytes = null);
     public sealed record BackupRow(string Instance, string? ArchivedLsn, uint? Timeline, long? BacklogBytes, DateTimeOffset? LastUpload,
         DateTimeOffset? LastBaseBackupAt, int? BaseBackups, bool? DrillOk, DateTimeOffset? DrillAt, string? Alarm);
 
@@ -61,12 +62,14 @@ public static class StatusCommand
         {
             operations.TryGetValue(inst.Id, out var o);
             leaders.TryGetValue(inst.Id, out var leader);
+            var primaryLsn = leader is not null && statuses.TryGetValue(leader.NodeId, out var ls) && ls.Writable ? ls.Lsn : (long?)null;
             var nodeRows = nodes[inst.Id].OrderBy(n => n.NodeId, StringComparer.Ordinal).Select(n =>
             {
                 statuses.TryGetValue(n.NodeId, out var st);
                 var shown = NodeRoles.Shown(leader?.NodeId, n.NodeId, st);
                 return new NodeRow(n.NodeId, n.CellId, !cells.ContainsKey(n.CellId), shown == NodeRoles.Unknown ? null : shown,
-                    st?.State ?? "unknown", st?.Detail ?? "no report from the cell");
+                    st?.State ?? "unknown", st?.Detail ?? "no report from the cell",
+                    st is { Writable: false, State: NodeState.Running } && primaryLsn is { } p && n.NodeId != leader?.NodeId ? Math.Max(0, p - st.Lsn) : null);
             }).ToList();
             return new InstanceRow(inst.Id, InstanceNames.Of(inst), inst.Port, Catalog.FindPlan(inst.PlanId)?.Name ?? inst.PlanId,
                 o is null ? null : $"{o.Kind} {o.State}", o?.Description, inst.Desired == DesiredState.Absent, nodeRows);

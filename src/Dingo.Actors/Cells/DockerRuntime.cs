@@ -1191,6 +1191,37 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     private static string Quote(string value) => "'" + value.Replace("'", "''", StringComparison.Ordinal) + "'";
 
+    /// <summary>
+    /// `dingo logs -f`: the node container's last <paramref name="tail"/> lines, then each line as it comes, in one
+    /// stream of the engine (nothing between the tail and the rest is lost or doubled), until cancelled or the
+    /// container goes.
+    /// </summary>
+    public async Task FollowNodeLogsAsync(string nodeId, int tail, Action<string> line, CancellationToken ct)
+    {
+        CheckNodeId(nodeId);
+        var container = await InspectNodeAsync(nodeId, ct).ConfigureAwait(false)
+            ?? throw new InvalidOperationException($"node {nodeId} has no container on the engine at {_docker.Endpoint}");
+        using var stream = await CallAsync("follow the container's logs", t => _client.Containers.GetContainerLogsAsync(container.ID, false,
+            new ContainerLogsParameters { ShowStdout = true, ShowStderr = true, Follow = true, Tail = tail.ToString(CultureInfo.InvariantCulture) }, t), ct).ConfigureAwait(false);
+        var buffer = new byte[64 * 1024];
+        var pending = new System.Text.StringBuilder();
+        // One decoder for the whole stream: a character may be split between two reads.
+        var decoder = System.Text.Encoding.UTF8.GetDecoder();
+        var chars = new char[buffer.Length];
+        while (!ct.IsCancellationRequested)
+        {
+            var read = await stream.ReadOutputAsync(buffer, 0, buffer.Length, ct).ConfigureAwait(false);
+            if (read.EOF) break;
+            pending.Append(chars, 0, decoder.GetChars(buffer, 0, read.Count, chars, 0));
+            var text = pending.ToString();
+            var end = text.LastIndexOf('\n');
+            if (end < 0) continue;
+            foreach (var complete in text[..end].Split('\n')) line(complete);
+            pending.Clear().Append(text[(end + 1)..]);
+        }
+        if (pending.Length > 0) line(pending.ToString());
+    }
+
     // ---- plumbing ----
 
     private async Task<string> LogsAsync(string containerId, int tail, CancellationToken ct)

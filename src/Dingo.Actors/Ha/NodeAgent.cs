@@ -658,15 +658,23 @@ public sealed class NodeAgent
     /// <summary>
     /// Watches the answering PostgreSQL's postmaster, so its end wakes a pass at once (<see cref="ProcessExits"/>): a
     /// leader's crashed PostgreSQL is then restarted or its key given up within milliseconds, not up to a loop-wait
-    /// later. Asked of the runtime only when nothing is watched; where watching fails, again after a minute.
+    /// later. Asked of the runtime only when nothing is watched; where watching fails, again 10 s later.
     /// </summary>
     private async Task WatchPostmasterAsync(CancellationToken ct)
     {
         if (PostgresExited is not { } exited || _exitWatch is { Ended: false }) return;
-        if (_exitWatchFailedNs != 0 && Monotonic.Between(_exitWatchFailedNs, Monotonic.NowNs()) < TimeSpan.FromMinutes(1)) return;
+        if (_exitWatchFailedNs != 0 && Monotonic.Between(_exitWatchFailedNs, Monotonic.NowNs()) < TimeSpan.FromSeconds(10)) return;
         _exitWatch = null;
-        if (await _runtime.PostmasterPidAsync(_spec.NodeId, ct).ConfigureAwait(false) is not { } pid) return;
-        _exitWatch = ProcessExits.Shared.Watch(pid, exited);
+        int? pid;
+        // Only a quicker wake-up: a runtime that cannot say (an engine that does not answer) must not fail the pass.
+        try { pid = await _runtime.PostmasterPidAsync(_spec.NodeId, ct).ConfigureAwait(false); }
+        catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested) { pid = null; }
+        if (pid is null)
+        {
+            _exitWatchFailedNs = Monotonic.NowNs();
+            return;
+        }
+        _exitWatch = ProcessExits.Shared.Watch(pid.Value, exited);
         _exitWatchFailedNs = _exitWatch is null ? Monotonic.NowNs() : 0;
     }
 

@@ -97,7 +97,12 @@ public sealed class ProcessExits : IDisposable
             Native.PollFd[] fds;
             lock (_gate)
             {
-                if (_disposed) return;
+                if (_disposed)
+                {
+                    _ = Native.close(_wakeFd);
+                    _wakeFd = -1;
+                    return;
+                }
                 fds = new Native.PollFd[_watched.Count + 1];
                 fds[0] = new Native.PollFd { Fd = _wakeFd, Events = Native.PollIn };
                 var i = 1;

@@ -49,6 +49,18 @@ public sealed class DockerCellTests(ITestOutputHelper output)
         Assert.True(code == 0, $"dingo logs exited {code}: {logs}");
         Assert.Equal(2, logs.Split('\n').Count(l => l.StartsWith("==> n-", StringComparison.Ordinal) && l.EndsWith("(docker) <==", StringComparison.Ordinal)));
         Assert.Contains("database system is ready to accept connections", logs);
+        // `dingo logs -f`: each line as the containers write it, prefixed with its node, until Ctrl-C.
+        await using (var follow = ProgramRun.Start("dotnet", [ProgramRun.ConsoleDll, "logs", id, "--tail", "1", "-f", "--config", Path.Combine(platform.Settings.DataDir, "test.conf")],
+                         new Dictionary<string, string> { ["DINGO_HOME"] = TestPlatform.RepoRoot() }))
+        {
+            await Eventually.UntilAsync(() => Task.FromResult(follow.Lines.Count(l => l.StartsWith("n-", StringComparison.Ordinal)) >= 2), TimeSpan.FromSeconds(30),
+                "the last line of each node's log");
+            var marker = "dingo-follow-" + Guid.NewGuid().ToString("N")[..8];
+            await ExecAsync(connection, $"DO $$BEGIN RAISE LOG '{marker}'; END$$");
+            await Eventually.UntilAsync(() => Task.FromResult(follow.Lines.Any(l => l.StartsWith("n-", StringComparison.Ordinal) && l.Contains(marker, StringComparison.Ordinal))),
+                TimeSpan.FromSeconds(15), "a line logged after the tail, with its node in front: " + string.Join(" | ", follow.Lines.TakeLast(5)));
+            Assert.Equal(130, await follow.InterruptAsync(TimeSpan.FromSeconds(10))); // Ctrl-C: 128 + SIGINT
+        }
 
         // kill -9 of the primary's PostgreSQL (its container's main process): restarted, and the instance serves again.
         var leader = (await platform.Store.GetAsync<LeaderRecord>(platform.Store.Keys.Leader(id), None))!.Value;

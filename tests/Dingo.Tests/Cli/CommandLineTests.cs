@@ -38,6 +38,9 @@ public sealed class CommandLineTests
     [InlineData("status --bogus", "--bogus")]
     [InlineData("drain cell-1 cell-2", "cell-2")]
     [InlineData("nonsense", "nonsense")]
+    [InlineData("drain cell-1 --wait --timeout 0", "--timeout must be a whole number of at least 1: got '0'")]
+    [InlineData("watch --every 0.1", "--every must be between 0.2 and 3600 seconds")]
+    [InlineData("backups i-1 --wait", "--wait")]
     public void A_command_line_that_does_not_parse_names_its_fault(string line, string says)
     {
         var parsed = Root.Parse(line.Split(' '));
@@ -51,6 +54,20 @@ public sealed class CommandLineTests
         Assert.NotEmpty(parsed.Errors);
         Assert.Contains(parsed.Errors, e => e.Message.Contains(says, StringComparison.Ordinal));
     }
+
+    [Theory]
+    [InlineData("switchover"), InlineData("drain"), InlineData("undrain"), InlineData("drill"), InlineData("recreate"), InlineData("rebuild")]
+    public void Every_operation_can_wait_until_it_is_done(string command)
+    {
+        var options = Root.Subcommands.Single(c => c.Name == command).Options.Select(o => o.Name).ToList();
+        Assert.Contains("--wait", options);
+        Assert.Contains("--timeout", options);
+    }
+
+    [Theory]
+    [InlineData("status"), InlineData("members"), InlineData("backups"), InlineData("events"), InlineData("store-check")]
+    public void Every_read_command_speaks_json(string command) =>
+        Assert.Contains("--json", Root.Subcommands.Single(c => c.Name == command).Options.Select(o => o.Name));
 
     [Fact]
     public void Config_files_may_follow_any_command_and_repeat()
@@ -83,7 +100,7 @@ public sealed class CommandLineTests
 }
 
 /// <summary>The built console as an operator runs it: help and errors touch nothing; an instance's name works like its id.</summary>
-[SuiteCost(6)]
+[SuiteCost(10)]
 public sealed class ConsoleProcessTests
 {
     private static Task<(int Code, string Output)> RunAsync(string home, params string[] args) =>
@@ -145,6 +162,142 @@ public sealed class ConsoleProcessTests
         finally
         {
             Directory.Delete(home, recursive: true);
+            await TestPlatform.DestroyDataAsync(settings);
+        }
+    }
+
+    /// <summary>
+    /// `dingo logs NAME -f` on a process cell: the tail, then each line as it is written, across a rotation in place
+    /// (copied away, then truncated: PostgreSQL goes on writing at the start), until Ctrl-C, which ends it with 130 (128 +
+    /// SIGINT, as `tail -f` in a shell).
+    /// </summary>
+    [Fact]
+    public async Task Logs_follow_prints_new_lines_across_a_rotation_until_interrupted()
+    {
+        var settings = TestPlatform.NewSettings();
+        await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        var id = "i-" + Guid.NewGuid().ToString("N")[..8];
+        await store.PutAsync(store.Keys.Instance(id), new InstanceRecord
+        {
+            Id = id, ServiceId = Catalog.ServiceId, PlanId = Catalog.SoloPlanId, OrganizationGuid = "o", SpaceGuid = "s",
+            ContextJson = new JsonObject { ["platform"] = "cloudfoundry", ["instance_name"] = "tail-db" }.ToJsonString(), Port = 1, NodeCount = 1,
+            Superuser = new Credentials("dingo", "pw"), CreatedAt = DateTimeOffset.UtcNow,
+        }, CancellationToken.None);
+        await store.PutAsync(store.Keys.Cell("cell-1"), new CellInfo { Id = "cell-1", Zone = "z1", Capacity = 10, Address = "127.0.0.1", Runtime = "process" }, CancellationToken.None);
+        await store.PutAsync(store.Keys.Node(id, "n-tail"), new NodeSpec { NodeId = "n-tail", InstanceId = id, CellId = "cell-1", Port = 1 }, CancellationToken.None);
+        var log = Path.Combine(settings.DataDir, "cells", "cell-1", "nodes", "n-tail", "postgres.log");
+        Directory.CreateDirectory(Path.GetDirectoryName(log)!);
+        await File.WriteAllLinesAsync(log, ["old 1", "old 2", "old 3"]);
+        var home = Directory.CreateTempSubdirectory("dingo-cli-home-").FullName;
+        Directory.CreateDirectory(Path.Combine(home, "hocon"));
+        File.Copy(Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"), Path.Combine(home, "hocon", "dingo.conf"));
+        var console = ProgramRun.Start("dotnet", [ProgramRun.ConsoleDll, "logs", "tail-db", "--tail", "2", "-f", "--config", Path.Combine(settings.DataDir, "test.conf")],
+            new Dictionary<string, string> { ["DINGO_HOME"] = home });
+        try
+        {
+            Task<bool> Printed(params string[] lines) => Task.FromResult(lines.All(console.Lines.Contains));
+            await Eventually.UntilAsync(() => Printed("old 2", "old 3"), TimeSpan.FromSeconds(20), "the last two lines");
+            Assert.DoesNotContain("old 1", console.Lines);
+            await File.AppendAllLinesAsync(log, ["new 1", "new 2"]);
+            await Eventually.UntilAsync(() => Printed("new 1", "new 2"), TimeSpan.FromSeconds(5), "lines written after the tail: " + string.Join(" | ", console.Lines));
+            File.Copy(log, log + ".1", overwrite: true);
+            await using (var truncate = new FileStream(log, FileMode.Open, FileAccess.Write, FileShare.ReadWrite)) truncate.SetLength(0);
+            await File.AppendAllLinesAsync(log, ["after rotation"]);
+            await Eventually.UntilAsync(() => Printed("after rotation"), TimeSpan.FromSeconds(5), "a line written after the rotation: " + string.Join(" | ", console.Lines));
+            Assert.Single(console.Lines, l => l == "new 1");
+            var code = await console.InterruptAsync(TimeSpan.FromSeconds(10));
+            Assert.True(code == 130, $"exit {code}: {string.Join(" | ", console.Lines)}");
+        }
+        finally
+        {
+            await console.DisposeAsync();
+            Directory.Delete(home, recursive: true);
+            await TestPlatform.DestroyDataAsync(settings);
+        }
+    }
+
+    /// <summary>
+    /// `dingo watch --once` as an operator's script runs it: the instance by its name, its nodes' roles and a replica's
+    /// lag, the latest event; a name full of Spectre markup printed as it is, not interpreted.
+    /// </summary>
+    [Fact]
+    public async Task Watch_once_shows_roles_lag_and_the_latest_events_and_prints_names_as_text()
+    {
+        var settings = TestPlatform.NewSettings();
+        await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        var id = "i-" + Guid.NewGuid().ToString("N")[..8];
+        var ct = CancellationToken.None;
+        await store.PutAsync(store.Keys.Instance(id), new InstanceRecord
+        {
+            Id = id, ServiceId = Catalog.ServiceId, PlanId = Catalog.ClusterPlanId, OrganizationGuid = "o", SpaceGuid = "s",
+            ContextJson = new JsonObject { ["platform"] = "cloudfoundry", ["instance_name"] = "[red]orders[/]" }.ToJsonString(), Port = 30123, NodeCount = 2,
+            Superuser = new Credentials("dingo", "pw"), CreatedAt = DateTimeOffset.UtcNow,
+        }, ct);
+        await store.PutAsync(store.Keys.Cell("cell-1"), new CellInfo { Id = "cell-1", Zone = "z1", Capacity = 10, Address = "127.0.0.1", Runtime = "process" }, ct);
+        foreach (var (node, lsn, writable) in new[] { ("n-one", 10_000L, true), ("n-two", 10_000L - 3 * 1024, false) })
+        {
+            await store.PutAsync(store.Keys.Node(id, node), new NodeSpec { NodeId = node, InstanceId = id, CellId = "cell-1", Port = 1 }, ct);
+            await store.PutAsync(store.Keys.Status(id, node), new NodeStatus
+            {
+                NodeId = node, InstanceId = id, CellId = "cell-1", State = NodeState.Running, Detail = "running", Host = "127.0.0.1", Port = 1,
+                Role = writable ? "primary" : "replica", Writable = writable, Lsn = lsn, Streaming = !writable, UpdatedAt = DateTimeOffset.UtcNow,
+            }, ct);
+        }
+        await store.PutAsync(store.Keys.Leader(id), new LeaderRecord { NodeId = "n-one", Host = "127.0.0.1", Port = 1 }, ct);
+        await using (var log = new EventJournal(store, new Dingo.Config.EventSettings { Retention = TimeSpan.FromHours(1), PerInstance = 10 }, "cell-1", NullLogger.Instance))
+        {
+            log.Record(id, "n-one", "promote", "promoting: I hold the leader key");
+            await log.FlushAndStopAsync(TimeSpan.FromSeconds(10));
+        }
+        var home = Directory.CreateTempSubdirectory("dingo-cli-home-").FullName;
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(home, "hocon"));
+            File.Copy(Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"), Path.Combine(home, "hocon", "dingo.conf"));
+            var (code, text) = await RunAsync(home, "watch", "--once", "--config", Path.Combine(settings.DataDir, "test.conf"));
+            Assert.True(code == 0, text);
+            Assert.Contains($"[red]orders[/] ({id})", text, StringComparison.Ordinal);
+            Assert.Matches(@"n-one\s.*primary", text);
+            Assert.Matches(@"n-two\s.*replica\s.*running\s.*3 KiB", text);
+            Assert.Contains("promoting: I hold the leader key", text, StringComparison.Ordinal);
+
+            (code, text) = await RunAsync(home, "watch", "--every", "0", "--config", Path.Combine(settings.DataDir, "test.conf"));
+            Assert.Equal(2, code);
+            Assert.Contains("--every must be between 0.2 and 3600 seconds", text, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(home, recursive: true);
+            await TestPlatform.DestroyDataAsync(settings);
+        }
+    }
+
+    /// <summary>The live view's events: an event recorded while it watches appears without re-reading any history.</summary>
+    [Fact]
+    public async Task Watch_sees_an_event_the_moment_it_is_recorded()
+    {
+        var settings = TestPlatform.NewSettings();
+        await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
+        try
+        {
+            var latest = new WatchCommand.LatestEvents(3);
+            await latest.FillAsync(store, CancellationToken.None);
+            Assert.Empty(latest.Snapshot());
+            using var stop = new CancellationTokenSource();
+            var watching = store.WatchPrefixAsync(store.Keys.AllEvents, changes => { latest.Add(changes); return Task.CompletedTask; }, stop.Token);
+            await Task.Delay(300); // the watch is set up
+            await using (var log = new EventJournal(store, new Dingo.Config.EventSettings { Retention = TimeSpan.FromHours(1), PerInstance = 10 }, "cell-1", NullLogger.Instance))
+            {
+                for (var i = 1; i <= 5; i++) log.Record("i-watched", "n-1", "rewind", $"rewinding, step {i}");
+                await log.FlushAndStopAsync(TimeSpan.FromSeconds(10));
+            }
+            await Eventually.UntilAsync(() => Task.FromResult(latest.Snapshot().Any(e => e.Sentence == "rewinding, step 5")), TimeSpan.FromSeconds(10), "the event seen through the watch");
+            Assert.Equal(["rewinding, step 3", "rewinding, step 4", "rewinding, step 5"], latest.Snapshot().Select(e => e.Sentence));
+            await stop.CancelAsync();
+            await watching;
+        }
+        finally
+        {
             await TestPlatform.DestroyDataAsync(settings);
         }
     }

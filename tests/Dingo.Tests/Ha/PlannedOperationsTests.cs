@@ -63,9 +63,14 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
         await Task.Delay(1500);
         var target = nodes.First(n => n.NodeId != leader.NodeId).NodeId;
         var requestedAt = DateTime.UtcNow;
-        var (status, body) = await platform.SendAsync(HttpMethod.Post, $"/admin/service_instances/{id}/switchover", new JsonObject { ["to"] = target }.ToJsonString());
-        Assert.True(status == 202, body.ToJsonString());
-        await Eventually.UntilAsync(async () => (await LeaderAsync(platform, id))?.NodeId == target, TimeSpan.FromSeconds(30), $"{target} leads");
+        // As an operator does it: `dingo switchover ID --to NODE --wait` returns once NODE leads and every other node streams.
+        var (code, said) = await ProgramRun.RunAsync("dotnet",
+            [ProgramRun.ConsoleDll, "switchover", id, "--to", target, "--wait", "--timeout", "60", "--config", Path.Combine(platform.Settings.DataDir, "test.conf")],
+            new Dictionary<string, string> { ["DINGO_HOME"] = TestPlatform.RepoRoot() }, deadline: TimeSpan.FromSeconds(90));
+        output.WriteLine(said);
+        Assert.True(code == 0, said);
+        Assert.Contains($"leader {target}:", said, StringComparison.Ordinal);
+        Assert.Equal(target, (await LeaderAsync(platform, id))?.NodeId);
         await Eventually.UntilAsync(() => Task.FromResult(writer.FirstAckAfter(DateTime.UtcNow.AddSeconds(-0.2)) is not null), TimeSpan.FromSeconds(30), "writes after the switchover");
         output.WriteLine($"switchover to {target} done in {(DateTime.UtcNow - requestedAt).TotalSeconds:0.0}s");
         await Eventually.UntilAsync(async () => (await StatusesAsync(platform, id)).Any(s => s.NodeId == leader.NodeId && s.Role == "replica" && s.Streaming),
@@ -159,8 +164,15 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
         var leader = (await LeaderAsync(platform, id))!;
         var drainedCell = (await NodesAsync(platform, id)).Single(n => n.NodeId == leader.NodeId).CellId;
 
-        var (status, body) = await platform.SendAsync(HttpMethod.Post, $"/admin/cells/{drainedCell}/drain");
-        Assert.True(status == 202, body.ToJsonString());
+        // As an operator does it: `dingo drain CELL --wait` follows the drain until no node is left on the cell.
+        var (code, said) = await ProgramRun.RunAsync("dotnet",
+            [ProgramRun.ConsoleDll, "drain", drainedCell, "--wait", "--timeout", "90", "--config", Path.Combine(platform.Settings.DataDir, "test.conf")],
+            new Dictionary<string, string> { ["DINGO_HOME"] = TestPlatform.RepoRoot() }, deadline: TimeSpan.FromSeconds(120));
+        output.WriteLine(said);
+        Assert.True(code == 0, said);
+        Assert.Contains($"no node left on {drainedCell}", said, StringComparison.Ordinal);
+        Assert.Contains("node(s) left on", said, StringComparison.Ordinal); // progress was printed while it moved them
+        Assert.DoesNotContain(await NodesAsync(platform, id), n => n.CellId == drainedCell);
         var seen = "";
         await Eventually.UntilAsync(async () =>
         {

@@ -35,4 +35,51 @@ public static class ProgramRun
             return dll;
         }
     }
+
+    /// <summary>Starts a program that runs until told to stop (`dingo logs -f`): its lines as they come, stdout and stderr.</summary>
+    public static RunningProgram Start(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? env = null)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
+        return new RunningProgram(System.Diagnostics.Process.Start(psi)!);
+    }
+}
+
+/// <summary>A program started by <see cref="ProgramRun.Start"/>; killed (tree) on dispose if it still runs.</summary>
+public sealed class RunningProgram : IAsyncDisposable
+{
+    private readonly System.Diagnostics.Process _process;
+    private readonly System.Collections.Concurrent.ConcurrentQueue<string> _lines = new();
+
+    internal RunningProgram(System.Diagnostics.Process process)
+    {
+        _process = process;
+        _process.OutputDataReceived += (_, e) => { if (e.Data is not null) _lines.Enqueue(e.Data); };
+        _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) _lines.Enqueue("stderr: " + e.Data); };
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+    }
+
+    /// <summary>Every line printed so far (stderr's prefixed "stderr: ").</summary>
+    public IReadOnlyList<string> Lines => [.. _lines];
+
+    /// <summary>Ctrl-C (SIGINT), then its exit code once it ended (a timeout if not within the limit).</summary>
+    public async Task<int> InterruptAsync(TimeSpan limit)
+    {
+        Assert.Equal(0, kill(_process.Id, 2));
+        using var timeout = new CancellationTokenSource(limit);
+        await _process.WaitForExitAsync(timeout.Token);
+        return _process.ExitCode;
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited) ProcessTree.Kill(_process);
+        _process.Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int sig);
 }
