@@ -119,6 +119,15 @@ public sealed class WalArchiver
                 Update(p => p with { Error = $"gap in the WAL archive: {ex.MessageText}" });
                 _logger.LogError("WAL archiver of {Instance}: {Error}; archiving resumes at the current position and a base backup is taken", _instanceId, ex.MessageText);
             }
+            catch (Exception ex) when (ServerEndedStream(ex))
+            {
+                // PostgreSQL ends a physical stream with CopyDone when it shuts down (a demotion, a switchover, a drain), which
+                // Npgsql 10 does not expect ("Received backend message CommandComplete while expecting CopyDataMessage.
+                // Please file a bug."). Nothing is lost: the next session, or the next leader from its history, streams
+                // again from what the store holds. Said as what it is, not as a fault.
+                Update(p => p with { Error = null });
+                _logger.LogInformation("WAL archiver of {Instance}: the server ended the WAL stream (PostgreSQL stopping, or no longer the primary); reconnecting", _instanceId);
+            }
             catch (Exception ex)
             {
                 Update(p => p with { Error = ex.Message });
@@ -128,6 +137,10 @@ public sealed class WalArchiver
             catch (OperationCanceledException) { return; }
         }
     }
+
+    /// <summary>Npgsql's words for a stream the server ended with CopyDone where it expected more data.</summary>
+    internal static bool ServerEndedStream(Exception ex) =>
+        ex is NpgsqlException && ex.Message.Contains("while expecting CopyDataMessage", StringComparison.Ordinal);
 
     private NpgsqlConnectionStringBuilder ConnectionString()
     {

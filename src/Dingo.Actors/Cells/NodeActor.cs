@@ -47,6 +47,7 @@ public sealed class NodeActor : PassActor<string>
             _health = new NodeHealthServer(_apiAddress, _agent.Spec.ApiPort, _agent.Health, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance)
             {
                 Failsafe = _agent.AnswerFailsafe,
+                WalPosition = _agent.LivePositionAsync,
                 Tls = _agent.HealthApiTls,
             };
             var log = Log;

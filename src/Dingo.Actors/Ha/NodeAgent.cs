@@ -315,6 +315,7 @@ public sealed class NodeAgent
     /// <param name="ct">for everything else: cancelled only when the actor stops</param>
     private async Task<string> RunPassAsync(CancellationToken etcd, CancellationToken ct)
     {
+        _pass = new StepTimes();
         // The instance record: read on its own only until one was seen. From then on the pass's one cluster read
         // (ObserveAsync) brings it too, and this pass decides with the record the last read brought: one etcd call less
         // per node per pass (an idle platform's cost is its passes). The record changes only on an update, which then
@@ -339,12 +340,15 @@ public sealed class NodeAgent
         if (action is HaAction.TakeLeadership && input.Members.Count > 0)
         {
             // The key is free and the reports say this node is the most advanced: ask the nodes themselves first.
+            var asking = Monotonic.NowNs();
             input = await WithLivePositionsAsync(input, record, probe, ct).ConfigureAwait(false);
+            _positionsTook = Monotonic.Between(asking, Monotonic.NowNs());
             action = Failover.Decide(input, _settings.Ha);
         }
         _lastInput = input;
         string? failure = null;
         var etcdLost = false;
+        _pass.Mark("decide");
         try
         {
             await ExecuteAsync(action, input, record, launch, probe, etcd, ct).ConfigureAwait(false);
@@ -394,14 +398,20 @@ public sealed class NodeAgent
             // would have kept, and a replica took over.
             if (await ConfirmFailsafeAsync(ct).ConfigureAwait(false)) await ArmAsync(ct).ConfigureAwait(false);
         }
+        _pass.Mark("act and report");
+        // A leader's slow pass is how it comes to be fenced (the renewal waits for the next pass): say where the time
+        // went. (Others' passes may take long by nature: a clone, a bootstrap.)
+        if (_pass.Total > _settings.Ha.Ttl / 4 && (input.HoldsLease || _leaderLease != 0) && action is not (HaAction.Bootstrap or HaAction.TakeLeadership))
+            _logger.LogWarning("node {Node}: HA pass took {Steps}: {Decision}", _spec.NodeId, _pass, action.Sentence);
         reportFailed?.Throw();
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
     }
 
     /// <summary>
-    /// Before taking a free key: this node's and every running member's WAL position as they are now, asked of each
-    /// PostgreSQL directly, on a budget of a quarter TTL (the key is free: every moment of it is a moment without a
-    /// primary). A member that does not answer in time keeps its reported position, as before this check.
+    /// Before taking a free key: this node's and every running member's WAL position as they are now — a member's asked of
+    /// its agent (<c>GET /wal-position</c> on its health API), or of its PostgreSQL directly when the agent cannot say —
+    /// on a budget of a quarter TTL (the key is free: every moment of it is a moment without a primary). A member that
+    /// does not answer in time keeps its reported position, as before this check.
     /// </summary>
     private async Task<HaInput> WithLivePositionsAsync(HaInput input, InstanceRecord record, PostgresProbe probe, CancellationToken ct)
     {
@@ -416,9 +426,29 @@ public sealed class NodeAgent
                 return (nodeId, null, ex is OperationCanceledException ? "no answer in time" : ex.Message);
             }
         }
+        async Task<(string NodeId, long? Lsn, string? Error)> AskMemberAsync(NodeStatus m)
+        {
+            // Its agent first (one query on its warm pooled session); PostgreSQL itself when the agent cannot say.
+            if (_peers.FirstOrDefault(p => p.NodeId == m.NodeId) is { Host: { } host, ApiPort: > 0 } peer)
+            {
+                try
+                {
+                    var uri = new UriBuilder(Dingo.Postgres.PlatformConnectionTls.Required ? "https" : "http", host, peer.ApiPort, "/wal-position").Uri;
+                    using var response = await Http.GetAsync(uri, budget.Token).ConfigureAwait(false);
+                    if (response.IsSuccessStatusCode
+                        && System.Text.Json.Nodes.JsonNode.Parse(await response.Content.ReadAsStringAsync(budget.Token).ConfigureAwait(false))?["wal_position"] is System.Text.Json.Nodes.JsonValue value
+                        && value.TryGetValue<long>(out var lsn))
+                        return (m.NodeId, lsn, null);
+                }
+                catch (Exception ex) when (ex is HttpRequestException or System.Text.Json.JsonException || (ex is OperationCanceledException && !ct.IsCancellationRequested))
+                {
+                    if (budget.IsCancellationRequested) return (m.NodeId, null, "no answer in time");
+                }
+            }
+            return await AskAsync(m.NodeId, new PostgresProbe(m.Host, m.Port, record.Superuser)).ConfigureAwait(false);
+        }
         var asked = input.Members.Where(m => m.State == NodeState.Running && Failover.IsFresh(input, m, _settings.Ha)).ToList();
-        var answers = await Task.WhenAll(asked.Select(m => AskAsync(m.NodeId, new PostgresProbe(m.Host, m.Port, record.Superuser)))
-            .Append(AskAsync(_spec.NodeId, probe))).ConfigureAwait(false);
+        var answers = await Task.WhenAll(asked.Select(AskMemberAsync).Append(AskAsync(_spec.NodeId, probe))).ConfigureAwait(false);
         foreach (var (nodeId, _, error) in answers.Where(a => a.Error is not null && a.NodeId != _spec.NodeId))
             _logger.LogWarning("node {Node}: could not ask {Member} its WAL position before taking the leader key ({Error}): its report decides", _spec.NodeId, nodeId, error);
         var live = answers.Where(a => a.Lsn is not null && a.NodeId != _spec.NodeId).ToDictionary(a => a.NodeId, a => a.Lsn!.Value);
@@ -504,7 +534,9 @@ public sealed class NodeAgent
         {
             reachable = false;
         }
+        _pass.Mark(_leaderLease != 0 || renewed ? "renew" : "start");
         var nodes = await _runtime.ListAsync(ct).ConfigureAwait(false);
+        _pass.Mark("list");
         var mine = nodes.FirstOrDefault(n => n.NodeId == _spec.NodeId);
         PostgresProbe.Observation? pg = null;
         if (mine is { Running: true })
@@ -521,6 +553,7 @@ public sealed class NodeAgent
             try { pg = await probe.ObserveAsync(probing).WaitAsync(probing).ConfigureAwait(false); }
             catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException
                                        || (ex is OperationCanceledException && !ct.IsCancellationRequested)) { }
+            _pass.Mark("probe");
         }
         _lastPg = pg;
         if (pg is not null) await WatchPostmasterAsync(ct).ConfigureAwait(false);
@@ -617,6 +650,7 @@ public sealed class NodeAgent
         }
         // Failsafe keeps a working primary: one that does not answer itself (hung, stopped) is not kept this way (its
         // replicas may not have noticed yet that nothing comes).
+        _pass.Mark("read");
         var failsafe = !reachable && pg is { InRecovery: false } && Guarded && await ConfirmFailsafeAsync(ct).ConfigureAwait(false);
         if (renewed || failsafe) await ArmAsync(ct).ConfigureAwait(false);
 
@@ -649,6 +683,12 @@ public sealed class NodeAgent
         };
     }
 
+    /// <summary>The current pass's steps, timed: a pass slower than a quarter TTL says where its time went.</summary>
+    private StepTimes _pass = new();
+
+    /// <summary>How long this pass's asking of the members' WAL positions took (the step before taking the key).</summary>
+    private TimeSpan _positionsTook;
+
     /// <summary>Called (on the thread pool) when the PostgreSQL this agent saw answering ends: a pass should run now.</summary>
     public Action? PostgresExited { get; set; }
 
@@ -677,6 +717,12 @@ public sealed class NodeAgent
         _exitWatch = ProcessExits.Shared.Watch(pid.Value, exited);
         _exitWatchFailedNs = _exitWatch is null ? Monotonic.NowNs() : 0;
     }
+
+    /// <summary>This node's WAL position as its PostgreSQL has it now, on the HA loop's pooled session (the health API's <c>/wal-position</c>).</summary>
+    public Task<long> LivePositionAsync(CancellationToken ct) =>
+        _record is { } record
+            ? new PostgresProbe(Address, _spec.Port, record.Superuser).WalPositionAsync(ct)
+            : Task.FromException<long>(new InvalidOperationException("no instance record yet"));
 
     /// <summary>The node's actor stops: its PostgreSQL's end no longer concerns anyone here.</summary>
     public void StopWatchingPostgres()
@@ -773,7 +819,7 @@ public sealed class NodeAgent
 
             case HaAction.TakeLeadership:
             {
-                var steps = new StepTimes();
+                var steps = new StepTimes(("positions", _positionsTook));
                 if (!await TryTakeKeyAsync(etcd).ConfigureAwait(false)) return;
                 steps.Mark("key");
                 if (input.Local.InRecovery) await AddTimelineHistoriesAsync(probe, etcd).ConfigureAwait(false);
@@ -1275,7 +1321,12 @@ internal sealed class StepTimes
     private long _lastNs;
     private readonly List<(string Step, TimeSpan Took)> _steps = [];
 
-    public StepTimes() => _lastNs = _startNs;
+    /// <param name="before">steps taken before this was started, shown first but not counted in the total</param>
+    public StepTimes(params (string Step, TimeSpan Took)[] before)
+    {
+        _lastNs = _startNs;
+        _steps.AddRange(before);
+    }
 
     public void Mark(string step)
     {
@@ -1283,6 +1334,8 @@ internal sealed class StepTimes
         _steps.Add((step, Monotonic.Between(_lastNs, now)));
         _lastNs = now;
     }
+
+    public TimeSpan Total => Monotonic.Between(_startNs, _lastNs);
 
     public override string ToString() =>
         $"{Monotonic.Between(_startNs, _lastNs).TotalMilliseconds:0} ms ("

@@ -143,6 +143,43 @@ public sealed class NodeHealthServer : IAsyncDisposable
     /// </summary>
     public Func<FailsafeAsk, FailsafeReply>? Failsafe { get; init; }
 
+    /// <summary>
+    /// Answers <c>GET /wal-position</c> with the WAL position PostgreSQL has right now (<c>{"wal_position": N}</c>, bytes:
+    /// a primary's current, a standby's furthest received or replayed), asked on the agent's own pooled connection, for
+    /// at most a second. A node about to take a free leader key asks its members this way (HA rule 5): cheaper than a
+    /// new PostgreSQL session of its own, which took 130-470 ms on a loaded machine. Null: the endpoint is not served.
+    /// </summary>
+    public Func<CancellationToken, Task<long>>? WalPosition { get; init; }
+
+    private static readonly TimeSpan WalPositionTimeout = TimeSpan.FromSeconds(1);
+
+    private static bool AsksWalPosition(string head) =>
+        HttpRequestHead.TryParse(head, out var request, out _) && request.Method == "GET" && request.Path == "/wal-position";
+
+    private async Task<byte[]> AnswerWalPositionAsync()
+    {
+        using var timeout = new CancellationTokenSource(WalPositionTimeout);
+        var output = new ArrayBufferWriter<byte>();
+        int status;
+        using (var w = new Utf8JsonWriter(output))
+        {
+            w.WriteStartObject();
+            try
+            {
+                var lsn = await WalPosition!(timeout.Token).WaitAsync(timeout.Token).ConfigureAwait(false);
+                w.WriteNumber("wal_position", lsn);
+                status = 200;
+            }
+            catch (Exception ex)
+            {
+                w.WriteString("reason", ex is OperationCanceledException ? "PostgreSQL did not answer within 1 s" : ex.Message);
+                status = 503;
+            }
+            w.WriteEndObject();
+        }
+        return Response(status, output.WrittenSpan.ToArray());
+    }
+
     /// <summary>The certificate and TLS policy for each new connection (read per connection: certificates renew). Null: plain HTTP.</summary>
     public Func<HealthTls>? Tls { get; init; }
 
@@ -286,9 +323,11 @@ public sealed class NodeHealthServer : IAsyncDisposable
                 return;
             }
             var (outcome, headLength) = await ReadHeadAsync(stream, buffer).ConfigureAwait(false);
+            var head = outcome == ReadOutcome.Complete ? Encoding.Latin1.GetString(buffer, 0, headLength) : "";
             byte[]? response = outcome switch
             {
-                ReadOutcome.Complete => Answer(Encoding.Latin1.GetString(buffer, 0, headLength)),
+                ReadOutcome.Complete when WalPosition is not null && AsksWalPosition(head) => await AnswerWalPositionAsync().ConfigureAwait(false),
+                ReadOutcome.Complete => Answer(head),
                 ReadOutcome.TooLarge => Error(431, "request header too large"),
                 ReadOutcome.Truncated => Error(400, "incomplete request"),
                 ReadOutcome.TimedOut => Error(408, "request timeout"),

@@ -106,6 +106,28 @@ public sealed class ConsoleProcessTests
     private static Task<(int Code, string Output)> RunAsync(string home, params string[] args) =>
         ProgramRun.RunAsync("dotnet", [ProgramRun.ConsoleDll, .. args], new Dictionary<string, string> { ["DINGO_HOME"] = home });
 
+    /// <summary>An instance record in etcd as the broker writes one, named by Cloud Foundry; its id.</summary>
+    private static async Task<string> PutInstanceAsync(EtcdStore store, string name, string planId, int nodeCount, int port = 1)
+    {
+        var id = "i-" + Guid.NewGuid().ToString("N")[..8];
+        await store.PutAsync(store.Keys.Instance(id), new InstanceRecord
+        {
+            Id = id, ServiceId = Catalog.ServiceId, PlanId = planId, OrganizationGuid = "o", SpaceGuid = "s",
+            ContextJson = new JsonObject { ["platform"] = "cloudfoundry", ["instance_name"] = name }.ToJsonString(), Port = port, NodeCount = nodeCount,
+            Superuser = new Credentials("dingo", "pw"), CreatedAt = DateTimeOffset.UtcNow,
+        }, CancellationToken.None);
+        return id;
+    }
+
+    /// <summary>A DINGO_HOME with the repository's hocon/dingo.conf, as a deployment has.</summary>
+    private static string NewHome()
+    {
+        var home = Directory.CreateTempSubdirectory("dingo-cli-home-").FullName;
+        Directory.CreateDirectory(Path.Combine(home, "hocon"));
+        File.Copy(Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"), Path.Combine(home, "hocon", "dingo.conf"));
+        return home;
+    }
+
     [Fact]
     public async Task Help_and_a_bad_command_line_read_no_setting_and_make_nothing()
     {
@@ -138,23 +160,15 @@ public sealed class ConsoleProcessTests
     {
         var settings = TestPlatform.NewSettings();
         await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
-        var id = "i-" + Guid.NewGuid().ToString("N")[..8];
-        await store.PutAsync(store.Keys.Instance(id), new InstanceRecord
-        {
-            Id = id, ServiceId = Catalog.ServiceId, PlanId = Catalog.SoloPlanId, OrganizationGuid = "o", SpaceGuid = "s",
-            ContextJson = new JsonObject { ["platform"] = "cloudfoundry", ["instance_name"] = "orders-db" }.ToJsonString(), Port = 1, NodeCount = 1,
-            Superuser = new Credentials("dingo", "pw"), CreatedAt = DateTimeOffset.UtcNow,
-        }, CancellationToken.None);
+        var id = await PutInstanceAsync(store, "orders-db", Catalog.SoloPlanId, 1);
         await using (var log = new EventJournal(store, new Dingo.Config.EventSettings { Retention = TimeSpan.FromHours(1), PerInstance = 10 }, "cell-1", NullLogger.Instance))
         {
             log.Record(id, "n-1", "promote", "promoting: I hold the leader key");
             await log.FlushAndStopAsync(TimeSpan.FromSeconds(10));
         }
-        var home = Directory.CreateTempSubdirectory("dingo-cli-home-").FullName;
+        var home = NewHome();
         try
         {
-            Directory.CreateDirectory(Path.Combine(home, "hocon"));
-            File.Copy(Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"), Path.Combine(home, "hocon", "dingo.conf"));
             var (code, text) = await RunAsync(home, "events", "orders-db", "--json", "--config", Path.Combine(settings.DataDir, "test.conf"));
             Assert.True(code == 0, text);
             Assert.Contains("promoting: I hold the leader key", text, StringComparison.Ordinal);
@@ -176,21 +190,13 @@ public sealed class ConsoleProcessTests
     {
         var settings = TestPlatform.NewSettings();
         await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
-        var id = "i-" + Guid.NewGuid().ToString("N")[..8];
-        await store.PutAsync(store.Keys.Instance(id), new InstanceRecord
-        {
-            Id = id, ServiceId = Catalog.ServiceId, PlanId = Catalog.SoloPlanId, OrganizationGuid = "o", SpaceGuid = "s",
-            ContextJson = new JsonObject { ["platform"] = "cloudfoundry", ["instance_name"] = "tail-db" }.ToJsonString(), Port = 1, NodeCount = 1,
-            Superuser = new Credentials("dingo", "pw"), CreatedAt = DateTimeOffset.UtcNow,
-        }, CancellationToken.None);
+        var id = await PutInstanceAsync(store, "tail-db", Catalog.SoloPlanId, 1);
         await store.PutAsync(store.Keys.Cell("cell-1"), new CellInfo { Id = "cell-1", Zone = "z1", Capacity = 10, Address = "127.0.0.1", Runtime = "process" }, CancellationToken.None);
         await store.PutAsync(store.Keys.Node(id, "n-tail"), new NodeSpec { NodeId = "n-tail", InstanceId = id, CellId = "cell-1", Port = 1 }, CancellationToken.None);
         var log = Path.Combine(settings.DataDir, "cells", "cell-1", "nodes", "n-tail", "postgres.log");
         Directory.CreateDirectory(Path.GetDirectoryName(log)!);
         await File.WriteAllLinesAsync(log, ["old 1", "old 2", "old 3"]);
-        var home = Directory.CreateTempSubdirectory("dingo-cli-home-").FullName;
-        Directory.CreateDirectory(Path.Combine(home, "hocon"));
-        File.Copy(Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"), Path.Combine(home, "hocon", "dingo.conf"));
+        var home = NewHome();
         var console = ProgramRun.Start("dotnet", [ProgramRun.ConsoleDll, "logs", "tail-db", "--tail", "2", "-f", "--config", Path.Combine(settings.DataDir, "test.conf")],
             new Dictionary<string, string> { ["DINGO_HOME"] = home });
         try
@@ -225,14 +231,8 @@ public sealed class ConsoleProcessTests
     {
         var settings = TestPlatform.NewSettings();
         await using var store = new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix);
-        var id = "i-" + Guid.NewGuid().ToString("N")[..8];
         var ct = CancellationToken.None;
-        await store.PutAsync(store.Keys.Instance(id), new InstanceRecord
-        {
-            Id = id, ServiceId = Catalog.ServiceId, PlanId = Catalog.ClusterPlanId, OrganizationGuid = "o", SpaceGuid = "s",
-            ContextJson = new JsonObject { ["platform"] = "cloudfoundry", ["instance_name"] = "[red]orders[/]" }.ToJsonString(), Port = 30123, NodeCount = 2,
-            Superuser = new Credentials("dingo", "pw"), CreatedAt = DateTimeOffset.UtcNow,
-        }, ct);
+        var id = await PutInstanceAsync(store, "[red]orders[/]", Catalog.ClusterPlanId, 2, port: 30123);
         await store.PutAsync(store.Keys.Cell("cell-1"), new CellInfo { Id = "cell-1", Zone = "z1", Capacity = 10, Address = "127.0.0.1", Runtime = "process" }, ct);
         foreach (var (node, lsn, writable) in new[] { ("n-one", 10_000L, true), ("n-two", 10_000L - 3 * 1024, false) })
         {
@@ -249,11 +249,9 @@ public sealed class ConsoleProcessTests
             log.Record(id, "n-one", "promote", "promoting: I hold the leader key");
             await log.FlushAndStopAsync(TimeSpan.FromSeconds(10));
         }
-        var home = Directory.CreateTempSubdirectory("dingo-cli-home-").FullName;
+        var home = NewHome();
         try
         {
-            Directory.CreateDirectory(Path.Combine(home, "hocon"));
-            File.Copy(Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf"), Path.Combine(home, "hocon", "dingo.conf"));
             var (code, text) = await RunAsync(home, "watch", "--once", "--config", Path.Combine(settings.DataDir, "test.conf"));
             Assert.True(code == 0, text);
             Assert.Contains($"[red]orders[/] ({id})", text, StringComparison.Ordinal);

@@ -488,6 +488,52 @@ public sealed class NodeHealthServerTests
         Assert.Equal(HttpStatusCode.MethodNotAllowed, none.StatusCode);
     }
 
+    [Fact]
+    public async Task Wal_position_is_asked_of_postgres_for_each_request_and_a_failure_or_a_silence_is_a_503_within_a_second()
+    {
+        long position = 100;
+        var behaviour = "answer";
+        var server = new NodeHealthServer(Loopback, 0, () => Replica, NullLogger.Instance)
+        {
+            WalPosition = async ct =>
+            {
+                if (behaviour == "throw") throw new InvalidOperationException("no instance record yet");
+                if (behaviour == "hang") await Task.Delay(System.Threading.Timeout.Infinite, ct);
+                return Interlocked.Increment(ref position);
+            },
+        };
+        await using (server)
+        {
+            await server.StartAsync(Timeout());
+            foreach (var expected in new[] { 101, 102 })
+            {
+                using var live = await Http.GetAsync(Url(server, "/wal-position"));
+                Assert.Equal(HttpStatusCode.OK, live.StatusCode);
+                Assert.Equal($"{{\"wal_position\":{expected}}}", await live.Content.ReadAsStringAsync());
+            }
+            behaviour = "throw";
+            using (var failing = await Http.GetAsync(Url(server, "/wal-position")))
+            {
+                Assert.Equal(HttpStatusCode.ServiceUnavailable, failing.StatusCode);
+                Assert.Contains("no instance record yet", await failing.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            }
+            behaviour = "hang";
+            var asked = System.Diagnostics.Stopwatch.StartNew();
+            using (var silent = await Http.GetAsync(Url(server, "/wal-position")))
+            {
+                Assert.Equal(HttpStatusCode.ServiceUnavailable, silent.StatusCode);
+                Assert.InRange(asked.Elapsed, TimeSpan.FromSeconds(0.9), TimeSpan.FromSeconds(5));
+            }
+            // The health endpoints answer as before beside it.
+            using var status = await Http.GetAsync(Url(server, "/replica"));
+            Assert.Equal(HttpStatusCode.OK, status.StatusCode);
+        }
+        // Without the delegate the path is unknown.
+        await using var plain = await StartAsync(() => Replica);
+        using var none = await Http.GetAsync(Url(plain, "/wal-position"));
+        Assert.Equal(HttpStatusCode.NotFound, none.StatusCode);
+    }
+
     /// <summary>
     /// With the node's certificate the API speaks HTTPS on the same port: a checker trusting the platform CA gets the same
     /// answers (the failsafe exchange included); plain HTTP is answered too unless TLS is required, then refused with 426;
