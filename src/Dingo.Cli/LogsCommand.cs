@@ -48,7 +48,12 @@ public static class LogsCommand
         }
         // A cell that is gone is assumed to have run what this configuration runs.
         string RuntimeOf(NodeSpec node) => cells.TryGetValue(node.CellId, out var cell) ? cell.Runtime : settings.Cell.Runtime;
-        if (follow) return await FollowAsync(nodes, RuntimeOf, tail, settings, output, ct);
+        if (follow)
+        {
+            using var interrupt = new Interrupt(ct);
+            var code = await FollowAsync(nodes, RuntimeOf, tail, settings, output, interrupt.Token);
+            return interrupt.Requested ? Interrupt.ExitCode : code;
+        }
         var failed = false;
         foreach (var node in nodes)
         {
@@ -84,7 +89,7 @@ public static class LogsCommand
         return File.Exists(log) ? log : throw new IOException($"{log} does not exist (a process cell's log is on its own host)");
     }
 
-    /// <summary>Every node's log at once, each line as it comes, until Ctrl-C (System.CommandLine then exits 130) or every follower ended (1 if one failed).</summary>
+    /// <summary>Every node's log at once, each line as it comes, until Ctrl-C (then 130) or every follower ended (1 if one failed).</summary>
     private static async Task<int> FollowAsync(List<NodeSpec> nodes, Func<NodeSpec, string> runtimeOf, int tail, DingoSettings settings, TextWriter output, CancellationToken ct)
     {
         var gate = new Lock();
@@ -120,8 +125,9 @@ public static class LogsCommand
                     foreach (var line in last) Emit(line);
                 }
             }
-            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            catch (Exception) when (ct.IsCancellationRequested)
             {
+                // Stopped (Ctrl-C): whatever the read in flight threw on its way out is not a failure.
             }
             catch (Exception ex) when (ex is ContainerEngineException or InvalidOperationException or IOException or UnauthorizedAccessException or Docker.DotNet.DockerApiException)
             {

@@ -38,6 +38,8 @@ public static class WatchCommand
             console.Write(Frame(await StatusCommand.ReadAsync(store, ct), events.Snapshot(), null));
             return 0;
         }
+        using var interrupt = new Interrupt(ct);
+        ct = interrupt.Token;
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var watching = store.WatchPrefixAsync(store.Keys.AllEvents, changes =>
         {
@@ -74,7 +76,7 @@ public static class WatchCommand
             await stop.CancelAsync();
             await watching;
         }
-        return 0;
+        return interrupt.Requested ? Interrupt.ExitCode : 0;
     }
 
     /// <summary>One picture of the platform (internal: tests render it).</summary>

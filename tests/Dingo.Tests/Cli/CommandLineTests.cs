@@ -259,6 +259,15 @@ public sealed class ConsoleProcessTests
             Assert.Matches(@"n-two\s.*replica\s.*running\s.*3 KiB", text);
             Assert.Contains("promoting: I hold the leader key", text, StringComparison.Ordinal);
 
+            // Live, until Ctrl-C: the picture drawn, then 130 as a shell reports a command ended by Ctrl-C.
+            await using (var live = ProgramRun.Start("dotnet", [ProgramRun.ConsoleDll, "watch", "--every", "0.5", "--config", Path.Combine(settings.DataDir, "test.conf")],
+                             new Dictionary<string, string> { ["DINGO_HOME"] = home }))
+            {
+                await Eventually.UntilAsync(() => Task.FromResult(live.Lines.Any(l => l.Contains("promoting: I hold the leader key", StringComparison.Ordinal))),
+                    TimeSpan.FromSeconds(20), () => "the live picture: " + string.Join(" | ", live.Lines));
+                Assert.Equal(130, await live.InterruptAsync(TimeSpan.FromSeconds(10)));
+            }
+
             (code, text) = await RunAsync(home, "watch", "--every", "0", "--config", Path.Combine(settings.DataDir, "test.conf"));
             Assert.Equal(2, code);
             Assert.Contains("--every must be between 0.2 and 3600 seconds", text, StringComparison.Ordinal);
