@@ -51,6 +51,7 @@ public static class CellApp
                 new DockerRuntimeOptions(settings.Cell.Id, settings.Cell.Docker)
                 {
                     LimitsOf = PlanLimits(sp.GetRequiredService<EtcdStore>()),
+                    LogMaxBytes = settings.Logging.PostgresLogMax,
                 },
                 sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Docker")),
             var other => throw new ArgumentException($"dingo.cell.runtime '{other}' is not known: use \"process\" or \"docker\""),
@@ -131,10 +132,13 @@ public static class CellApp
         });
         builder.Services.AddHostedService<CellWatches>();
         // The nodes' PostgreSQL logs: rotated, and shipped when a syslog receiver is configured. The Docker runtime's
-        // engine keeps container logs itself.
+        // engine keeps and rolls container logs itself (LogMaxBytes); they are shipped by following the engine's stream.
         if (settings.Cell.Runtime == "process")
             builder.Services.AddHostedService(sp => new NodeLogs((LocalProcessRuntime)sp.GetRequiredService<IContainerRuntime>(), settings.Logging,
                 sp.GetService<Dingo.Logging.SyslogSink>(), sp.GetRequiredService<ILogger<NodeLogs>>()));
+        else if (settings.Logging.Syslog is { Postgres: true })
+            builder.Services.AddHostedService(sp => new ContainerLogs((DockerRuntime)sp.GetRequiredService<IContainerRuntime>(),
+                sp.GetRequiredService<Dingo.Logging.SyslogSink>(), sp.GetRequiredService<ILogger<ContainerLogs>>()));
         // Mutual TLS with the platform CA when dingo.akka.tls names a certificate (throws naming the setting when a file
         // is missing); the host owns it, so the certificate outlives every member system.
         var tls = Dingo.Membership.AkkaTls.Load(settings.Akka.Tls);

@@ -20,6 +20,12 @@ internal sealed record DockerRuntimeOptions(string CellId, DockerSettings Docker
     /// <summary>Memory and CPU ceilings of an instance's nodes (from its plan); read when a container is made.</summary>
     public Func<string, CancellationToken, Task<NodeLimits>> LimitsOf { get; init; } = (_, _) => Task.FromResult(NodeLimits.Default);
 
+    /// <summary>
+    /// A node container's log (PostgreSQL's output) is kept by the engine up to this size, then rolled
+    /// (<c>dingo.logging.postgres-log-max</c>, as a process cell's postgres.log).
+    /// </summary>
+    public long LogMaxBytes { get; init; } = 10L * 1024 * 1024;
+
     /// <summary>Upper bound for initdb, pg_basebackup and pg_rewind (a base backup of a large node takes a while).</summary>
     public TimeSpan ToolTimeout { get; init; } = TimeSpan.FromMinutes(30);
 
@@ -907,6 +913,14 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         NanoCPUs = (long)(limits.Cpus * 1_000_000_000),
         // The HA loop restarts a dead node, deciding first whether it may lead (see the class summary).
         RestartPolicy = new RestartPolicy { Name = RestartPolicyKind.No },
+        // PostgreSQL's output is the container's log: bounded, as a process cell's postgres.log is. "json-file" is
+        // Docker's own driver and podman's alias of k8s-file; both roll past max-size.
+        LogConfig = new LogConfig
+        {
+            Type = "json-file",
+            // In bytes: a unit would be read as 1000 by podman and 1024 by Docker.
+            Config = new Dictionary<string, string> { ["max-size"] = Math.Max(64 * 1024, _options.LogMaxBytes).ToString(CultureInfo.InvariantCulture) },
+        },
     };
 
     private async Task StopContainerAsync(ContainerInspectResponse container, CancellationToken ct)
@@ -1196,13 +1210,18 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     /// stream of the engine (nothing between the tail and the rest is lost or doubled), until cancelled or the
     /// container goes.
     /// </summary>
-    public async Task FollowNodeLogsAsync(string nodeId, int tail, Action<string> line, CancellationToken ct)
+    /// <param name="since">instead of the tail: every line from this second on (a follower picking up where it left off)</param>
+    public async Task FollowNodeLogsAsync(string nodeId, int tail, Action<string> line, CancellationToken ct, DateTimeOffset? since = null)
     {
         CheckNodeId(nodeId);
         var container = await InspectNodeAsync(nodeId, ct).ConfigureAwait(false)
             ?? throw new InvalidOperationException($"node {nodeId} has no container on the engine at {_docker.Endpoint}");
-        using var stream = await CallAsync("follow the container's logs", t => _client.Containers.GetContainerLogsAsync(container.ID, false,
-            new ContainerLogsParameters { ShowStdout = true, ShowStderr = true, Follow = true, Tail = tail.ToString(CultureInfo.InvariantCulture) }, t), ct).ConfigureAwait(false);
+        var parameters = new ContainerLogsParameters { ShowStdout = true, ShowStderr = true, Follow = true, Tail = since is null ? tail.ToString(CultureInfo.InvariantCulture) : "all" };
+        if (since is { } from) parameters.Since = from.ToUnixTimeSeconds().ToString(CultureInfo.InvariantCulture);
+        using var stream = await CallAsync("follow the container's logs", t => _client.Containers.GetContainerLogsAsync(container.ID, false, parameters, t), ct).ConfigureAwait(false);
+        // A read waiting for the next line does not end when cancelled (DockerCellTests, fresh186: Ctrl-C left `dingo
+        // logs -f` waiting on a quiet container): closing the stream ends it.
+        await using var closing = ct.Register(stream.Dispose);
         var buffer = new byte[64 * 1024];
         var pending = new System.Text.StringBuilder();
         // One decoder for the whole stream: a character may be split between two reads.
@@ -1210,7 +1229,12 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         var chars = new char[buffer.Length];
         while (!ct.IsCancellationRequested)
         {
-            var read = await stream.ReadOutputAsync(buffer, 0, buffer.Length, ct).ConfigureAwait(false);
+            MultiplexedStream.ReadResult read;
+            try { read = await stream.ReadOutputAsync(buffer, 0, buffer.Length, ct).ConfigureAwait(false); }
+            catch (Exception ex) when (ct.IsCancellationRequested && ex is ObjectDisposedException or IOException or OperationCanceledException or HttpRequestException)
+            {
+                break;
+            }
             if (read.EOF) break;
             pending.Append(chars, 0, decoder.GetChars(buffer, 0, read.Count, chars, 0));
             var text = pending.ToString();

@@ -71,6 +71,65 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
 
     protected override Task CleanupAsync() => TestPodman.RemovePlatformAsync(_platform);
 
+    /// <summary>podman's own inspect of a container (its libpod API on the same socket), which shows more than Docker's.</summary>
+    private static async Task<string> LibpodInspectAsync(string containerId)
+    {
+        var socket = new Uri(TestPodman.Endpoint).AbsolutePath;
+        using var http = new HttpClient(new SocketsHttpHandler
+        {
+            ConnectCallback = async (_, ct) =>
+            {
+                var s = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+                await s.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socket), ct);
+                return new System.Net.Sockets.NetworkStream(s, ownsSocket: true);
+            },
+        });
+        return await http.GetStringAsync($"http://podman/v4.0.0/libpod/containers/{containerId}/json");
+    }
+
+    /// <summary>
+    /// A Docker cell ships its nodes' PostgreSQL logs as a process cell does (Dingo.Cell's ContainerLogs): each line to
+    /// the syslog receiver with the node as PROCID and the instance in front, from the engine's stream, and again after
+    /// the container was stopped and started (the follower of the stopped one ends; the next look follows it again).
+    /// </summary>
+    [Fact]
+    public async Task A_node_containers_postgres_log_is_shipped_over_syslog_across_a_restart()
+    {
+        await using var rsyslog = await TestRsyslog.StartAsync();
+        var spec = NewSpec("node-s") with { InstanceId = "inst-s" };
+        await Runtime.CreateAsync(spec, Ct());
+        await Runtime.StartAsync(spec, null, Ct());
+        await WaitUntilServingAsync(spec);
+        await using var sink = new Dingo.Logging.SyslogSink(new SyslogSettings { Host = "127.0.0.1", Port = rsyslog.Port, Transport = SyslogSettings.Tcp });
+        using var logs = new Dingo.Cell.ContainerLogs((DockerRuntime)Runtime, sink, Microsoft.Extensions.Logging.Abstractions.NullLogger<Dingo.Cell.ContainerLogs>.Instance);
+        try
+        {
+            async Task ShippedAsync(string marker)
+            {
+                await ExecAsync(spec, $"DO $$BEGIN RAISE LOG '{marker}'; END$$");
+                await Eventually.UntilAsync(() => Task.FromResult(rsyslog.Messages().Any(m => m.Msg.Contains(marker, StringComparison.Ordinal))),
+                    TimeSpan.FromSeconds(20), () => $"{marker} at the receiver (rsyslog: {rsyslog.Output()})");
+                var message = rsyslog.Messages().First(m => m.Msg.Contains(marker, StringComparison.Ordinal));
+                Assert.Equal("postgres", message.App);
+                Assert.Equal(spec.NodeId, message.ProcId);
+                Assert.StartsWith("instance inst-s: ", message.Msg, StringComparison.Ordinal);
+            }
+            await logs.PassAsync(Ct());
+            await ShippedAsync("dingo-ship-" + Guid.NewGuid().ToString("N")[..8]);
+
+            await Runtime.StopAsync(spec.NodeId, Ct());
+            await Runtime.StartAsync(spec, null, Ct());
+            await WaitUntilServingAsync(spec);
+            await logs.PassAsync(Ct());
+            await ShippedAsync("dingo-ship-" + Guid.NewGuid().ToString("N")[..8]);
+            Assert.Contains(rsyslog.Messages(), m => m.ProcId == spec.NodeId && m.Msg.Contains("database system is shut down", StringComparison.Ordinal));
+        }
+        finally
+        {
+            await logs.StopAllAsync();
+        }
+    }
+
     [Fact]
     public async Task A_node_is_one_labelled_container_on_its_own_volume_with_its_plans_limits_and_no_password_in_sight()
     {
@@ -91,6 +150,10 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         Assert.Equal("host", c.HostConfig.NetworkMode);
         Assert.Equal(Limits.MemoryBytes, c.HostConfig.Memory);
         Assert.Equal(500_000_000, c.HostConfig.NanoCPUs);
+        // PostgreSQL's output is the container's log, bounded by the engine (dingo.logging.postgres-log-max, 10 MB).
+        // Docker's inspect shows the driver; podman keeps the size in its own (10 MiB, as podman prints it).
+        Assert.Equal("json-file", c.HostConfig.LogConfig.Type);
+        Assert.Contains("\"Size\":\"10.49MB\"", await LibpodInspectAsync(node.ContainerId!), StringComparison.Ordinal);
         Assert.Equal("999:999", c.Config.User);
         var mount = Assert.Single(c.Mounts);
         Assert.Equal(DockerRuntime.VolumeName(spec.NodeId), mount.Name);
