@@ -1190,6 +1190,14 @@ public sealed class NodeAgent
     {
         var etcd = ct;
         await RenewOnProgressAsync(ct).ConfigureAwait(false);
+        // The members' replication slots first: a replica cannot stream from a new primary until its slot exists, and
+        // a cluster-ha primary's commits wait for one that streams. Made after the preparation below, they came
+        // hundreds of ms after the promotion, and the followers' walreceivers, refused ('replication slot … does not
+        // exist'), tried again only after wal_retrieve_retry_interval (bench/Chaos kill-pg: a 1.22 s stall).
+        var others = _others;
+        var slots = others.Select(PostgresProbe.SlotName).ToHashSet();
+        if (_backups is not null) slots.Add(Dingo.Backups.WalArchiverOptions.DefaultSlotName); // the archiver's own slot
+        await probe.EnsureSlotsAsync(slots, ct).WaitAsync(ct).ConfigureAwait(false);
         if (!_prepared)
         {
             await WhileRenewingAsync(probe, "preparing roles and the database", async step =>
@@ -1215,11 +1223,6 @@ public sealed class NodeAgent
             await _store.PutAsync(K.Optime(_spec.InstanceId), lsn, etcd).ConfigureAwait(false);
             _lastOptime = lsn;
         }
-        var others = _others;
-        var slots = others.Select(PostgresProbe.SlotName).ToHashSet();
-        if (_backups is not null) slots.Add(Dingo.Backups.WalArchiverOptions.DefaultSlotName); // the archiver's own slot
-        await probe.EnsureSlotsAsync(slots, ct).WaitAsync(ct).ConfigureAwait(false);
-
         var plan = Catalog.FindPlan(record.PlanId);
         var inPg = await probe.SynchronousStandbysAsync(ct).WaitAsync(ct).ConfigureAwait(false);
         if (plan?.Synchronous != true)
