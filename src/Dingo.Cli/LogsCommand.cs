@@ -52,7 +52,7 @@ public static class LogsCommand
         {
             using var interrupt = new Interrupt(ct);
             var code = await FollowAsync(nodes, RuntimeOf, tail, settings, output, interrupt.Token);
-            return interrupt.Requested ? Interrupt.ExitCode : code;
+            return interrupt.Requested ? interrupt.ExitCode : code;
         }
         var failed = false;
         foreach (var node in nodes)

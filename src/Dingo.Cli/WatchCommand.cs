@@ -76,7 +76,7 @@ public static class WatchCommand
             await stop.CancelAsync();
             await watching;
         }
-        return interrupt.Requested ? Interrupt.ExitCode : 0;
+        return interrupt.Requested ? interrupt.ExitCode : 0;
     }
 
     /// <summary>One picture of the platform (internal: tests render it).</summary>

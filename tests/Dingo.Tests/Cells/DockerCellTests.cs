@@ -49,7 +49,7 @@ public sealed class DockerCellTests(ITestOutputHelper output)
         Assert.True(code == 0, $"dingo logs exited {code}: {logs}");
         Assert.Equal(2, logs.Split('\n').Count(l => l.StartsWith("==> n-", StringComparison.Ordinal) && l.EndsWith("(docker) <==", StringComparison.Ordinal)));
         Assert.Contains("database system is ready to accept connections", logs);
-        // `dingo logs -f`: each line as the containers write it, prefixed with its node, until Ctrl-C.
+        // `dingo logs -f`: each line as the containers write it, prefixed with its node, until stopped.
         await using (var follow = ProgramRun.Start("dotnet", [ProgramRun.ConsoleDll, "logs", id, "--tail", "1", "-f", "--config", Path.Combine(platform.Settings.DataDir, "test.conf")],
                          new Dictionary<string, string> { ["DINGO_HOME"] = TestPlatform.RepoRoot() }))
         {
@@ -59,7 +59,7 @@ public sealed class DockerCellTests(ITestOutputHelper output)
             await ExecAsync(connection, $"DO $$BEGIN RAISE LOG '{marker}'; END$$");
             await Eventually.UntilAsync(() => Task.FromResult(follow.Lines.Any(l => l.StartsWith("n-", StringComparison.Ordinal) && l.Contains(marker, StringComparison.Ordinal))),
                 TimeSpan.FromSeconds(15), "a line logged after the tail, with its node in front: " + string.Join(" | ", follow.Lines.TakeLast(5)));
-            Assert.Equal(130, await follow.InterruptAsync(TimeSpan.FromSeconds(10))); // Ctrl-C: 128 + SIGINT
+            Assert.Equal(143, await follow.TerminateAsync(TimeSpan.FromSeconds(10))); // 128 + SIGTERM
         }
 
         // kill -9 of the primary's PostgreSQL (its container's main process): restarted, and the instance serves again.

@@ -182,8 +182,8 @@ public sealed class ConsoleProcessTests
 
     /// <summary>
     /// `dingo logs NAME -f` on a process cell: the tail, then each line as it is written, across a rotation in place
-    /// (copied away, then truncated: PostgreSQL goes on writing at the start), until Ctrl-C, which ends it with 130 (128 +
-    /// SIGINT, as `tail -f` in a shell).
+    /// (copied away, then truncated: PostgreSQL goes on writing at the start), until stopped: SIGTERM ends it with 143
+    /// (Ctrl-C with 130), 128 + the signal, as a shell reports it.
     /// </summary>
     [Fact]
     public async Task Logs_follow_prints_new_lines_across_a_rotation_until_interrupted()
@@ -211,8 +211,8 @@ public sealed class ConsoleProcessTests
             await File.AppendAllLinesAsync(log, ["after rotation"]);
             await Eventually.UntilAsync(() => Printed("after rotation"), TimeSpan.FromSeconds(5), "a line written after the rotation: " + string.Join(" | ", console.Lines));
             Assert.Single(console.Lines, l => l == "new 1");
-            var code = await console.InterruptAsync(TimeSpan.FromSeconds(10));
-            Assert.True(code == 130, $"exit {code}: {string.Join(" | ", console.Lines)}");
+            var code = await console.TerminateAsync(TimeSpan.FromSeconds(10));
+            Assert.True(code == 143, $"exit {code}: {string.Join(" | ", console.Lines)}");
         }
         finally
         {
@@ -259,13 +259,13 @@ public sealed class ConsoleProcessTests
             Assert.Matches(@"n-two\s.*replica\s.*running\s.*3 KiB", text);
             Assert.Contains("promoting: I hold the leader key", text, StringComparison.Ordinal);
 
-            // Live, until Ctrl-C: the picture drawn, then 130 as a shell reports a command ended by Ctrl-C.
+            // Live, until stopped: the picture drawn, then 143 for SIGTERM (130 for Ctrl-C), as a shell reports it.
             await using (var live = ProgramRun.Start("dotnet", [ProgramRun.ConsoleDll, "watch", "--every", "0.5", "--config", Path.Combine(settings.DataDir, "test.conf")],
                              new Dictionary<string, string> { ["DINGO_HOME"] = home }))
             {
                 await Eventually.UntilAsync(() => Task.FromResult(live.Lines.Any(l => l.Contains("promoting: I hold the leader key", StringComparison.Ordinal))),
                     TimeSpan.FromSeconds(20), () => "the live picture: " + string.Join(" | ", live.Lines));
-                Assert.Equal(130, await live.InterruptAsync(TimeSpan.FromSeconds(10)));
+                Assert.Equal(143, await live.TerminateAsync(TimeSpan.FromSeconds(10)));
             }
 
             (code, text) = await RunAsync(home, "watch", "--every", "0", "--config", Path.Combine(settings.DataDir, "test.conf"));
