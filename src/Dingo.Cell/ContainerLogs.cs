@@ -68,8 +68,7 @@ internal sealed class ContainerLogs(DockerRuntime runtime, SyslogSink sink, ILog
                 ContainerId = node.ContainerId!, Stop = CancellationTokenSource.CreateLinkedTokenSource(ct), Task = Task.CompletedTask,
                 LastLine = resumeFrom ?? DateTimeOffset.UtcNow,
             };
-            var prefix = node.InstanceId is null ? "" : $"instance {node.InstanceId}: ";
-            var nodeId = node.NodeId;
+            var (nodeId, instanceId) = (node.NodeId, node.InstanceId);
             following.Task = Task.Run(async () =>
             {
                 try
@@ -78,7 +77,7 @@ internal sealed class ContainerLogs(DockerRuntime runtime, SyslogSink sink, ILog
                     {
                         following.LastLine = DateTimeOffset.UtcNow;
                         if (line.Length == 0) return;
-                        sink.Write(NodeLogs.SeverityOf(line), "postgres", nodeId, "-", prefix + line);
+                        NodeLogs.Ship(sink, nodeId, instanceId, line);
                         Interlocked.Increment(ref _shipped);
                     }, following.Stop.Token, since: resumeFrom).ConfigureAwait(false);
                 }

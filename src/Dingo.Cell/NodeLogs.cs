@@ -60,10 +60,13 @@ internal sealed class NodeLogs(LocalProcessRuntime runtime, LogSettings settings
     private long Ship(string nodeId, string? instanceId, string logFile, long offset)
     {
         var (lines, next) = LogLines.Since(logFile, offset, ReadLimit);
-        foreach (var line in lines)
-            sink!.Write(SeverityOf(line), "postgres", nodeId, "-", instanceId is null ? line : $"instance {instanceId}: {line}");
+        foreach (var line in lines) Ship(sink!, nodeId, instanceId, line);
         return next;
     }
+
+    /// <summary>One line of a node's PostgreSQL log to the receiver, as every runtime ships it (a Docker cell's: <see cref="ContainerLogs"/>).</summary>
+    internal static void Ship(SyslogSink sink, string nodeId, string? instanceId, string line) =>
+        sink.Write(SeverityOf(line), "postgres", nodeId, "-", instanceId is null ? line : $"instance {instanceId}: {line}");
 
     /// <summary>PostgreSQL's level in a stderr log line ("… [pid] FATAL:  …").</summary>
     internal static SyslogSeverity SeverityOf(string line)

@@ -65,7 +65,11 @@ public abstract record HaAction(string Sentence)
 {
     public sealed record Bootstrap(string Sentence) : HaAction(Sentence);
     public sealed record CloneFromLeader(LeaderRecord From, string Sentence) : HaAction(Sentence);
-    public sealed record Start(LeaderRecord? Leader, string Sentence) : HaAction(Sentence);
+    public sealed record Start(LeaderRecord? Leader, string Sentence) : HaAction(Sentence)
+    {
+        /// <summary>The leader's own PostgreSQL, restarted after a crash while it keeps the key (rule 4): recovery in place.</summary>
+        public bool InPlace { get; init; }
+    }
     public sealed record ReleaseStaleKey(string Sentence) : HaAction(Sentence);
     public sealed record TakeLeadership(string Sentence) : HaAction(Sentence);
     public sealed record Promote(string Sentence) : HaAction(Sentence);
@@ -142,7 +146,7 @@ public static class Failover
                 if (local.FailedStarts < MaxFailedStarts && i.EtcdReachable && i.SinceRenewal < s.Ttl / 2)
                     return new HaAction.Start(null, local.FailedStarts == 0
                         ? "PostgreSQL stopped while I lead: restarting it in place (crash recovery), keeping the leader key"
-                        : $"PostgreSQL stopped while I lead: restarting it in place, keeping the leader key (start #{local.FailedStarts + 1}; the last failed: {local.StartFailure})");
+                        : $"PostgreSQL stopped while I lead: restarting it in place, keeping the leader key (start #{local.FailedStarts + 1}; the last failed: {local.StartFailure})") { InPlace = true };
                 return new HaAction.ReleaseStaleKey(local.FailedStarts >= MaxFailedStarts
                     ? $"PostgreSQL failed to start {local.FailedStarts} times in a row while I lead ({local.StartFailure}): giving up the leader key"
                     : "PostgreSQL is not running and my leader lease is not fresh: giving up the leader key");

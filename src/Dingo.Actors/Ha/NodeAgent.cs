@@ -362,8 +362,8 @@ public sealed class NodeAgent
         }
         // A leader whose PostgreSQL it restarted in place is promoted the moment it answers: its writes wait on that, so
         // the next passes come quickly (below a loop-wait) until then.
-        RecoveringInPlace = failure is null && _leaderLease != 0 && input.Leader?.NodeId == _spec.NodeId
-            && (action is HaAction.Start { Leader: null } || action is HaAction.Wait && input.Local is { Running: true, Answering: false });
+        RecoveringInPlace = failure is null && (action is HaAction.Start { InPlace: true }
+            || _leaderLease != 0 && input.Leader?.NodeId == _spec.NodeId && action is HaAction.Wait && input.Local is { Running: true, Answering: false });
         if (action.Sentence != _lastSentence || failure is not null)
         {
             if (failure is null) _logger.LogInformation("node {Node} ({Instance}): {Decision}", _spec.NodeId, _spec.InstanceId, action.Sentence);
@@ -804,8 +804,7 @@ public sealed class NodeAgent
                 break;
 
             case HaAction.Start start:
-                await StartStandbyAsync(launch, start.Leader, record, ct,
-                    leaderAfterCrash: start.Leader is null && _leaderLease != 0 && input.Leader?.NodeId == _spec.NodeId).ConfigureAwait(false);
+                await StartStandbyAsync(launch, start.Leader, record, ct, leaderAfterCrash: start.InPlace).ConfigureAwait(false);
                 break;
 
             case HaAction.ReleaseStaleKey:
@@ -822,37 +821,13 @@ public sealed class NodeAgent
                 var steps = new StepTimes(("positions", _positionsTook));
                 if (!await TryTakeKeyAsync(etcd).ConfigureAwait(false)) return;
                 steps.Mark("key");
-                if (input.Local.InRecovery) await AddTimelineHistoriesAsync(probe, etcd).ConfigureAwait(false);
-                steps.Mark("histories");
-                await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
-                steps.Mark("guard");
-                if (input.Local.InRecovery) await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
-                steps.Mark("pg_promote");
-                _following = null;
-                // The switchover is done once this node holds the key: cleared before the rest of leading, which may
-                // outlast the pass's budget on a busy machine (the Lead case below clears what is left all the same).
-                if (input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), etcd).ConfigureAwait(false);
-                await LeadAsync(record, probe, input, promoted: input.Local.InRecovery, etcd, ct).ConfigureAwait(false);
-                steps.Mark("leading");
-                _logger.LogInformation("node {Node}: leading {Instance} after {Steps}", _spec.NodeId, _spec.InstanceId, steps);
+                await PromoteAndLeadAsync(steps, input.Local.InRecovery, record, probe, input, etcd, ct, tookKey: true).ConfigureAwait(false);
                 break;
             }
 
             case HaAction.Promote:
-            {
-                var steps = new StepTimes();
-                await AddTimelineHistoriesAsync(probe, etcd).ConfigureAwait(false);
-                steps.Mark("histories");
-                await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
-                steps.Mark("guard");
-                await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
-                steps.Mark("pg_promote");
-                _following = null;
-                await LeadAsync(record, probe, input, promoted: true, etcd, ct).ConfigureAwait(false);
-                steps.Mark("leading");
-                _logger.LogInformation("node {Node}: leading {Instance} after {Steps}", _spec.NodeId, _spec.InstanceId, steps);
+                await PromoteAndLeadAsync(new StepTimes(), promote: true, record, probe, input, etcd, ct).ConfigureAwait(false);
                 break;
-            }
 
             case HaAction.Lead:
                 // A switchover request from another leader is over: this node holds the key (it took it, the request's
@@ -952,6 +927,28 @@ public sealed class NodeAgent
                 await Task.Delay(50, ct).ConfigureAwait(false);
             }
         }
+    }
+
+    /// <summary>
+    /// A new leader's steps once it holds the key: the archive's newer timeline histories, the armed guard, the promotion
+    /// (a node still in recovery), then the leader's duties; each timed, for the line telling where a failover's time went.
+    /// </summary>
+    /// <param name="tookKey">it took the free key in this pass (a switchover that handed it over is then done)</param>
+    private async Task PromoteAndLeadAsync(StepTimes steps, bool promote, InstanceRecord record, PostgresProbe probe, HaInput input, CancellationToken etcd, CancellationToken ct, bool tookKey = false)
+    {
+        if (promote) await AddTimelineHistoriesAsync(probe, etcd).ConfigureAwait(false);
+        steps.Mark("histories");
+        await PrepareToPromoteAsync(etcd, ct).ConfigureAwait(false);
+        steps.Mark("guard");
+        if (promote) await probe.PromoteAsync(etcd).WaitAsync(etcd).ConfigureAwait(false);
+        steps.Mark("pg_promote");
+        _following = null;
+        // The switchover is done once this node holds the key: cleared before the rest of leading, which may outlast the
+        // pass's budget on a busy machine (the Lead case clears what is left all the same).
+        if (tookKey && input.Switchover is not null) await _store.DeleteAsync(K.Switchover(_spec.InstanceId), etcd).ConfigureAwait(false);
+        await LeadAsync(record, probe, input, promoted: promote, etcd, ct).ConfigureAwait(false);
+        steps.Mark("leading");
+        _logger.LogInformation("node {Node}: leading {Instance} after {Steps}", _spec.NodeId, _spec.InstanceId, steps);
     }
 
     private async Task StartStandbyAsync(NodeLaunchSpec launch, LeaderRecord? leader, InstanceRecord record, CancellationToken ct, bool leaderAfterCrash = false)
@@ -1341,6 +1338,6 @@ internal sealed class StepTimes
     public TimeSpan Total => Monotonic.Between(_startNs, _lastNs);
 
     public override string ToString() =>
-        $"{Monotonic.Between(_startNs, _lastNs).TotalMilliseconds:0} ms ("
+        $"{Total.TotalMilliseconds:0} ms ("
         + string.Join(", ", _steps.Select(s => $"{s.Step} {s.Took.TotalMilliseconds:0}")) + ")";
 }
