@@ -879,8 +879,11 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             Image = _docker.Image,
             User = _docker.User,
             Cmd = ["/bin/sh", "-c", NodeScript],
-            Env = ["PGDATA=" + PgData],
+            // PGPORT: the port the image's own HEALTHCHECK (deploy/images/postgres) asks; PostgreSQL takes its port from
+            // the node's configuration, which says the same.
+            Env = ["PGDATA=" + PgData, "PGPORT=" + spec.Port.ToString(CultureInfo.InvariantCulture)],
             Labels = labels,
+            Healthcheck = NodeHealthcheck(spec.Port),
             // SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client to leave).
             StopSignal = "SIGINT",
             StopTimeout = _docker.StopTimeout,
@@ -903,6 +906,23 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             throw ImageMissing(ex.Message, ex);
         }
     }
+
+    /// <summary>
+    /// The engine's health check of a node container: PostgreSQL accepts connections on the node's socket (a standby
+    /// does too; crash recovery and a hung postmaster do not). It is what `docker ps` and an operator's container
+    /// monitoring show; the HA loop, which asks PostgreSQL itself every pass, never acts on it. Set by the cell on every
+    /// node container, so it holds for any image that has PostgreSQL where the image contract puts it (docs/docker.md),
+    /// whether or not the image declares one.
+    /// </summary>
+    internal static HealthConfig NodeHealthcheck(int port) => new()
+    {
+        Test = ["CMD", "/usr/lib/postgresql/15/bin/pg_isready", "-q", "-h", "/var/run/postgresql", "-p", port.ToString(CultureInfo.InvariantCulture), "-t", "3"],
+        Interval = TimeSpan.FromSeconds(10),
+        Timeout = TimeSpan.FromSeconds(5),
+        // No start period: a node container starts on complete data (restores and clones run in tool containers), and
+        // three failures 10 s apart are grace enough for crash recovery; a node that takes longer is not serving.
+        Retries = 3,
+    };
 
     private HostConfig HostConfig(string nodeId, NodeLimits limits) => new()
     {

@@ -161,6 +161,31 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         var volume = await client.Volumes.InspectAsync(DockerRuntime.VolumeName(spec.NodeId));
         Assert.Equal(spec.NodeId, volume.Labels[DockerRuntime.NodeLabel]);
 
+        // The engine's health check asks PostgreSQL on the node's own socket and port: healthy while it accepts
+        // connections (a standby, as here, does), unhealthy while its postmaster hangs; the result is in the
+        // container's state, where `docker ps` and container monitors read it.
+        Assert.Equal(["CMD", "/usr/lib/postgresql/15/bin/pg_isready", "-q", "-h", "/var/run/postgresql", "-p", spec.Port.ToString(System.Globalization.CultureInfo.InvariantCulture), "-t", "3"],
+            c.Config.Healthcheck.Test);
+        Assert.Contains($"PGPORT={spec.Port}", c.Config.Env);
+        var (healthy, said) = await TestPodman.RunHealthcheckAsync(node.ContainerId!, Ct());
+        Assert.True(healthy == 0, $"healthcheck run: {healthy} {said}");
+        Assert.Equal("healthy", (await client.Containers.InspectContainerAsync(node.ContainerId)).State.Health.Status);
+        await TestPodman.SignalMainProcessAsync(node.ContainerId!, TestPodman.SIGSTOP);
+        try
+        {
+            var (hung, saidHung) = await TestPodman.RunHealthcheckAsync(node.ContainerId!, Ct());
+            Assert.True(hung != 0, $"healthcheck run on a stopped postmaster: {hung} {saidHung}");
+            var health = (await client.Containers.InspectContainerAsync(node.ContainerId)).State.Health;
+            Assert.True(health.FailingStreak == 1, $"failing streak {health.FailingStreak}, status {health.Status} after {hung} {saidHung}");
+            Assert.NotEqual(0, health.Log[^1].ExitCode);
+        }
+        finally
+        {
+            await TestPodman.SignalMainProcessAsync(node.ContainerId!, TestPodman.SIGCONT);
+        }
+        Assert.Equal(0, (await TestPodman.RunHealthcheckAsync(node.ContainerId!, Ct())).ExitCode);
+        Assert.Equal("healthy", (await client.Containers.InspectContainerAsync(node.ContainerId)).State.Health.Status);
+
         // PostgreSQL runs as the unprivileged user, standby as asked, with the replication password only in its passfile.
         Assert.Equal(Superuser, await ScalarAsync(spec, "SELECT current_user"));
         Assert.Equal(true, await ScalarAsync(spec, "SELECT pg_is_in_recovery()"));

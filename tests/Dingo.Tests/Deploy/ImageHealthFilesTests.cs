@@ -27,6 +27,19 @@ public sealed class ImageHealthFilesTests
     }
 
     [Fact]
+    public void The_node_image_checks_that_postgres_accepts_connections_on_the_port_the_cell_gives_it()
+    {
+        var lines = File.ReadAllText(Path.Combine(Repo, "deploy", "images", "postgres", "Dockerfile")).Replace("\\\n", " ", StringComparison.Ordinal).Split('\n');
+        var check = Assert.Single(lines, l => l.StartsWith("HEALTHCHECK ", StringComparison.Ordinal));
+        Assert.Contains("pg_isready -q -h /var/run/postgresql -p \\\"${PGPORT:-5432}\\\"", check, StringComparison.Ordinal);
+        // The cell's own check on every node container asks the same (DockerRuntimeTests runs it on a real container).
+        var cells = Dingo.Cells.DockerRuntime.NodeHealthcheck(6543);
+        Assert.Equal(["CMD", "/usr/lib/postgresql/15/bin/pg_isready", "-q", "-h", "/var/run/postgresql", "-p", "6543", "-t", "3"], cells.Test);
+        Assert.Contains("--interval=10s --timeout=5s --retries=3", check, StringComparison.Ordinal);
+        Assert.Equal((TimeSpan.FromSeconds(10), TimeSpan.FromSeconds(5), 3L), (cells.Interval, cells.Timeout, cells.Retries));
+    }
+
+    [Fact]
     public void The_build_context_leaves_out_platform_data_seal_keys_and_build_output()
     {
         var ignored = File.ReadAllLines(Path.Combine(Repo, ".dockerignore")).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')).ToList();

@@ -72,6 +72,7 @@ public static class TestPodman
         Directory.CreateDirectory(dir);
         var conf = Path.Combine(dir, "containers.conf");
         File.WriteAllText(conf, "[containers]\ndefault_ulimits = []\n");
+        _conf ??= conf;
         var socket = Path.Combine(dir, "podman.sock");
         var endpoint = tcp ? $"tcp://127.0.0.1:{FreePorts.One()}" : $"unix://{socket}";
         var log = new StreamWriter(Path.Combine(dir, "service.log")) { AutoFlush = true };
@@ -141,6 +142,34 @@ public static class TestPodman
         }
     }
 
+    private static string? _conf;
+
+    /// <summary>
+    /// Runs a container's health check once, as the engine's scheduler would: `podman healthcheck run` on the run's
+    /// storage, which records the result in the container's state (what Docker's inspect shows as State.Health). podman
+    /// 4.3 schedules health checks with systemd timers, and this machine runs no systemd, so nothing runs them by itself.
+    /// Returns podman's exit code (0 healthy, 1 unhealthy) and what it printed.
+    /// </summary>
+    public static async Task<(int ExitCode, string Output)> RunHealthcheckAsync(string containerId, CancellationToken ct)
+    {
+        _ = Endpoint;
+        var psi = new ProcessStartInfo(Podman()) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var arg in new[] { "--runtime", "runc", "healthcheck", "run", containerId }) psi.ArgumentList.Add(arg);
+        psi.Environment["CONTAINERS_CONF"] = _conf;
+        using var run = Process.Start(psi) ?? throw new InvalidOperationException("could not run podman healthcheck run");
+        try
+        {
+            var stdout = run.StandardOutput.ReadToEndAsync(ct);
+            var stderr = run.StandardError.ReadToEndAsync(ct);
+            await run.WaitForExitAsync(ct);
+            return (run.ExitCode, (await stdout + await stderr).Trim());
+        }
+        finally
+        {
+            if (!run.HasExited) run.Kill(entireProcessTree: true);
+        }
+    }
+
     /// <summary>kill -9 of a container's main process (PostgreSQL), from the host, as a crash would.</summary>
     public static async Task KillMainProcessAsync(string containerId)
     {
@@ -149,4 +178,18 @@ public static class TestPodman
         if (pid <= 0) throw new InvalidOperationException($"container {containerId} has no main process");
         Process.GetProcessById((int)pid).Kill();
     }
+
+    public const int SIGSTOP = 19, SIGCONT = 18;
+
+    /// <summary>Sends a signal (SIGSTOP, SIGCONT) to a container's main process (PostgreSQL), from the host.</summary>
+    public static async Task SignalMainProcessAsync(string containerId, int signal)
+    {
+        using var client = Client();
+        var pid = (await client.Containers.InspectContainerAsync(containerId)).State.Pid;
+        if (pid <= 0) throw new InvalidOperationException($"container {containerId} has no main process");
+        if (kill((int)pid, signal) != 0) throw new InvalidOperationException($"kill({pid}, {signal}) failed: errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int sig);
 }
