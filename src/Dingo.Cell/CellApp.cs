@@ -212,7 +212,10 @@ internal sealed class CellWatches(
     private Task WatchAsync(CancellationToken stoppingToken)
     {
         var keys = store.Keys;
-        logger.LogInformation("cell {Cell} ({Zone}) watching etcd at {Endpoints}", settings.Cell.Id, settings.Cell.Zone, string.Join(",", store.Endpoints));
+        // How long the process took to get here: after a crash, the nodes it led wait that long for their agent.
+        using var self = System.Diagnostics.Process.GetCurrentProcess();
+        logger.LogInformation("cell {Cell} ({Zone}) watching etcd at {Endpoints}, {Ms:0} ms after the process started", settings.Cell.Id, settings.Cell.Zone,
+            string.Join(",", store.Endpoints), (DateTime.Now - self.StartTime).TotalMilliseconds);
         return Task.WhenAll(
             store.WatchPrefixAsync(keys.Assignments(settings.Cell.Id), _ => { cell.ActorRef.Tell(new CellMessages.Reconcile()); return Task.CompletedTask; }, stoppingToken),
             store.WatchPrefixAsync(keys.Clusters, changes =>

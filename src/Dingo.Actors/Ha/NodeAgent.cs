@@ -402,7 +402,8 @@ public sealed class NodeAgent
         // A leader's slow pass is how it comes to be fenced (the renewal waits for the next pass): say where the time
         // went. (Others' passes may take long by nature: a clone, a bootstrap.)
         if (_pass.Total > _settings.Ha.Ttl / 4 && (input.HoldsLease || _leaderLease != 0) && action is not (HaAction.Bootstrap or HaAction.TakeLeadership))
-            _logger.LogWarning("node {Node}: HA pass took {Steps}: {Decision}", _spec.NodeId, _pass, action.Sentence);
+            _logger.LogWarning("node {Node}: HA pass took {Steps}{Probe}: {Decision}", _spec.NodeId, _pass,
+                $"; the probe's open {probe.LastOpen.TotalMilliseconds:0} ms" + (probe.LastRetry is { } retry ? $", {retry}" : ""), action.Sentence);
         reportFailed?.Throw();
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
     }

@@ -47,8 +47,12 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         return (long)(decimal)(await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false))!;
     }
 
+    /// <summary>When the last <see cref="ObserveAsync"/> asked twice: how long each try took and why the first failed (for a slow pass's log line).</summary>
+    public string? LastRetry { get; private set; }
+
     public async Task<Observation> ObserveAsync(CancellationToken ct)
     {
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
             return await ObserveOnceAsync(ct).ConfigureAwait(false);
@@ -57,15 +61,30 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         {
             // A pooled connection of a server that has restarted since (a demotion, a crash): forget them all and ask once
             // on a fresh connection, so a restart is never mistaken for a node that does not answer.
-            using (var conn = Connect()) NpgsqlConnection.ClearPool(conn);
-            return await ObserveOnceAsync(ct).ConfigureAwait(false);
+            var first = System.Diagnostics.Stopwatch.GetElapsedTime(started);
+            var again = System.Diagnostics.Stopwatch.GetTimestamp();
+            var reason = ex is PostgresException pg ? pg.SqlState : ex.GetType().Name;
+            try
+            {
+                using (var conn = Connect()) NpgsqlConnection.ClearPool(conn);
+                return await ObserveOnceAsync(ct).ConfigureAwait(false);
+            }
+            finally
+            {
+                LastRetry = FormattableString.Invariant($"asked twice: the first try failed after {first.TotalMilliseconds:0} ms ({reason}), the second took {System.Diagnostics.Stopwatch.GetElapsedTime(again).TotalMilliseconds:0} ms");
+            }
         }
     }
+
+    /// <summary>How long the last try's open took (a new session's TCP, TLS and SCRAM exchange; a pooled one costs nothing).</summary>
+    public TimeSpan LastOpen { get; private set; }
 
     private async Task<Observation> ObserveOnceAsync(CancellationToken ct)
     {
         await using var conn = Connect();
+        var opening = System.Diagnostics.Stopwatch.GetTimestamp();
         await conn.OpenAsync(ct).ConfigureAwait(false);
+        LastOpen = System.Diagnostics.Stopwatch.GetElapsedTime(opening);
         await using var cmd = new NpgsqlCommand($"""
             SELECT pg_is_in_recovery(),
                    {PositionSql},

@@ -5,7 +5,7 @@ namespace Dingo.Tests.Support;
 /// <summary>
 /// What earlier test runs left because their process was killed before it could clean up (the test runner kills the
 /// test host soon after its last test, so ProcessExit handlers do not always finish): etcd data folders in memory
-/// (/dev/shm, about 125 MB each), object-store folders, test platforms' data folders, and the shared memory of PostgreSQL servers killed by tests.
+/// (/dev/shm, about 125 MB each), object-store folders, podman services' folders (settings and log), test platforms' data folders, and the shared memory of PostgreSQL servers killed by tests.
 /// Left alone they pile up run after run on the same machine (6.8 GB of /dev/shm was found). Swept once per test
 /// process, before its first server starts. Only what no running process uses is removed: a folder named in no live
 /// process's command line and untouched for 10 minutes, a POSIX segment no process maps, a System V segment nobody
@@ -16,7 +16,7 @@ public static class LeftoverSweep
     private static readonly Lazy<string> Outcome = new(Sweep, LazyThreadSafetyMode.ExecutionAndPublication);
 
     private static readonly string[] ServerFolders =
-        ["dingo-test-etcd-", "dingo-etcd-cluster-", "dingo-3h-etcd-", "dingo-part-etcd-", "dingo-test-azurite-", "dingo-test-s3rver-"];
+        ["dingo-test-etcd-", "dingo-etcd-cluster-", "dingo-3h-etcd-", "dingo-part-etcd-", "dingo-test-azurite-", "dingo-test-s3rver-", "dingo-test-podman-"];
 
     private static readonly TimeSpan Untouched = TimeSpan.FromMinutes(10);
 

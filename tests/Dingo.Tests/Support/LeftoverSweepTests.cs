@@ -16,7 +16,10 @@ public sealed class LeftoverSweepTests
         var inUse = Directory.CreateDirectory($"/dev/shm/dingo-test-etcd-sweep-{tag}-inuse").FullName;
         var young = Directory.CreateDirectory($"/dev/shm/dingo-test-etcd-sweep-{tag}-young").FullName;
         var other = Directory.CreateDirectory($"/dev/shm/dingo-other-sweep-{tag}").FullName;
-        foreach (var d in new[] { unused, inUse, other }) Directory.SetLastWriteTimeUtc(d, old);
+        // A podman service's folder (TestPodman) whose service is gone, in the temporary folder.
+        var podmanUnused = Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), $"dingo-test-podman-{tag}")).FullName;
+        File.WriteAllText(Path.Combine(podmanUnused, "service.log"), "");
+        foreach (var d in new[] { unused, inUse, other, podmanUnused }) Directory.SetLastWriteTimeUtc(d, old);
         // Test platforms' data folders: an old one nothing uses, one a live process names, one with a file written lately.
         string Platform(bool touchedLately)
         {
@@ -50,6 +53,7 @@ public sealed class LeftoverSweepTests
             {
                 LeftoverSweep.Sweep();
                 Assert.False(Directory.Exists(unused), "an old folder nothing uses was kept");
+                Assert.False(Directory.Exists(podmanUnused), "an old podman service folder nothing uses was kept");
                 Assert.True(Directory.Exists(inUse), "a folder a live process names was removed");
                 Assert.True(Directory.Exists(young), "a folder made a moment ago was removed");
                 Assert.True(Directory.Exists(other), "a folder of another kind was removed");
@@ -63,7 +67,7 @@ public sealed class LeftoverSweepTests
         finally
         {
             ProcessTree.Kill(user);
-            foreach (var d in new[] { unused, inUse, young, other, platformUnused, platformInUse, platformBusy }) if (Directory.Exists(d)) Directory.Delete(d, true);
+            foreach (var d in new[] { unused, inUse, young, other, podmanUnused, platformUnused, platformInUse, platformBusy }) if (Directory.Exists(d)) Directory.Delete(d, true);
             foreach (var f in new[] { orphan, mappedFile }) File.Delete(f);
         }
     }
