@@ -4,7 +4,7 @@
 #   deploy/install.sh PUBLISH_DIR [CERTS_DIR]
 #
 # PUBLISH_DIR holds broker/, cell/ and cli/, published with
-#   dotnet publish src/Dingo.Broker -c Release -o PUBLISH_DIR/broker   (and src/Dingo.Cell, src/Dingo.Cli)
+#   dotnet publish src/Dingo.Broker -c Release -r linux-x64 --self-contained false -p:PublishReadyToRun=true -o PUBLISH_DIR/broker   (and src/Dingo.Cell; src/Dingo.Cli without ReadyToRun)
 # Run it as root from a checkout (it takes hocon/ and deploy/ from there). It:
 #   - copies broker/, cell/ and cli/ to /opt/dingo/ and hocon/dingo.conf to /opt/dingo/hocon/ (replacing older copies:
 #     running processes keep their files until restarted);

@@ -164,7 +164,7 @@ public static class Platform
         foreach (var config in new[] { "Release", "Debug" })
         {
             var path = Path.Combine(home, "src", project, "bin", config, "net10.0", project + ".dll");
-            if (File.Exists(path)) return path;
+            if (File.Exists(path)) return ReadyToRun.Prefer(path);
         }
         throw new InvalidOperationException($"{project} is not built: run ./dingo up (it builds first) or dotnet build -c Release");
     }

@@ -481,7 +481,7 @@ public sealed class ThreeHosts : IAsyncDisposable
         new Dictionary<string, string>(Common(i)) { ["DINGO_AKKA_PORT"] = "4053", ["DINGO_BROKER_URL"] = BrokerUrl(i).ToString().TrimEnd('/') }));
 
     private void StartCell(int i) => Track(i, "cell", Hosts.Start(i, DotnetHost(),
-        [Path.Combine(AppContext.BaseDirectory, "Dingo.Cell.dll"), .. Configs(i)],
+        [TestPlatform.CellDll, .. Configs(i)],
         new Dictionary<string, string>(Common(i))
         {
             ["DINGO_AKKA_PORT"] = "4054", ["DINGO_CELL_ID"] = $"cell-{i + 1}", ["DINGO_CELL_ZONE"] = $"z{i + 1}", ["DINGO_CELL_ADDRESS"] = Hosts.HostAddress(i),

@@ -187,11 +187,17 @@ public sealed class TestPlatform : IAsyncDisposable
         }, TimeSpan.FromSeconds(90), $"cells {string.Join(", ", ids)} registered in etcd");
     }
 
+    /// <summary>
+    /// The cell program cell processes run: this test build's copy, or (set by bench/Chaos) the ReadyToRun-compiled one
+    /// `./dingo up` runs (<see cref="Dingo.Cli.ReadyToRun"/>).
+    /// </summary>
+    public static string CellDll { get; set; } = Path.Combine(AppContext.BaseDirectory, "Dingo.Cell.dll");
+
     /// <summary>Starts cell-N as a separate OS process (so a test can kill -9 it with its PostgreSQL).</summary>
     /// <param name="environment">variables set for this cell only (a health port, systemd's NOTIFY_SOCKET)</param>
     public void StartCellProcess(int number, IReadOnlyDictionary<string, string>? environment = null)
     {
-        var dll = Path.Combine(AppContext.BaseDirectory, "Dingo.Cell.dll");
+        var dll = CellDll;
         var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[] { dll, "--config", Path.Combine(RepoRoot(), "hocon", "dingo.conf"), "--config", Path.Combine(Settings.DataDir, "test.conf"), "--seed", _seed! })
             psi.ArgumentList.Add(a);
