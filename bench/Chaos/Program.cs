@@ -49,8 +49,7 @@ public static class Program
         // cell's first seconds, which kill-cell measures); else this bench's own copy, and the line says so.
         var readyToRun = Dingo.Cli.ReadyToRun.Prefer(Path.Combine(TestPlatform.RepoRoot(), "src", "Dingo.Cell", "bin", "Release", "net10.0", "Dingo.Cell.dll"));
         if (Dingo.Cli.ReadyToRun.IsPublished(readyToRun)) TestPlatform.CellDll = readyToRun;
-        else Console.Error.WriteLine("bench: cells run JIT-compiled (no current ReadyToRun build: ./dingo up makes one, or " +
-                                     $"dotnet publish src/Dingo.Cell -c Release -r {Dingo.Cli.ReadyToRun.Rid} --self-contained false -p:PublishReadyToRun=true)");
+        else Console.Error.WriteLine("bench: cells run JIT-compiled: no ReadyToRun build of this code (./dingo publish makes one; so does ./dingo up)");
         output.WriteLine($"config hosts={options.Hosts} seed={options.Seed} faults={options.Faults} plans={string.Join(',', options.Plans)} kinds={string.Join(',', options.Kinds.Select(k => k.Name))} gap_s={F(options.Gap.TotalSeconds)} cells={(Dingo.Cli.ReadyToRun.IsPublished(TestPlatform.CellDll) ? "ready-to-run" : "jit")}");
         var random = new Random(options.Seed);
         var outcomes = new List<Outcome>();
