@@ -69,6 +69,7 @@ internal sealed class ContainerLogs(DockerRuntime runtime, SyslogSink sink, ILog
                 LastLine = resumeFrom ?? DateTimeOffset.UtcNow,
             };
             var (nodeId, instanceId) = (node.NodeId, node.InstanceId);
+            var attached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             following.Task = Task.Run(async () =>
             {
                 try
@@ -79,15 +80,21 @@ internal sealed class ContainerLogs(DockerRuntime runtime, SyslogSink sink, ILog
                         if (line.Length == 0) return;
                         NodeLogs.Ship(sink, nodeId, instanceId, line);
                         Interlocked.Increment(ref _shipped);
-                    }, following.Stop.Token, since: resumeFrom).ConfigureAwait(false);
+                    }, following.Stop.Token, since: resumeFrom, attached: () => attached.TrySetResult()).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException) when (following.Stop.IsCancellationRequested) { }
                 catch (Exception ex) when (!following.Stop.IsCancellationRequested)
                 {
                     logger.LogInformation("PostgreSQL log of {Node}: the engine's stream ended ({Error}); followed again at the next look", nodeId, ex.Message);
                 }
+                finally { attached.TrySetResult(); }
             }, CancellationToken.None);
             _following[node.NodeId] = following;
+            // A look ends once the engine streams each new follower's lines (bounded): a line logged after it is shipped.
+            // Returning at once lost a line logged just after the look on a busy machine (fresh198: the stream, from
+            // tail 0, was attached after that line).
+            try { await attached.Task.WaitAsync(TimeSpan.FromSeconds(5), ct).ConfigureAwait(false); }
+            catch (TimeoutException) { }
         }
         foreach (var gone in _following.Keys.Where(id => running.All(n => n.NodeId != id)).ToList())
             await LetGoAsync(gone).ConfigureAwait(false);

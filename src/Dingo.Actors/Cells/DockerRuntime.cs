@@ -1231,7 +1231,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     /// container goes.
     /// </summary>
     /// <param name="since">instead of the tail: every line from this second on (a follower picking up where it left off)</param>
-    public async Task FollowNodeLogsAsync(string nodeId, int tail, Action<string> line, CancellationToken ct, DateTimeOffset? since = null)
+    /// <param name="attached">called once the engine answered with the stream: lines logged from then on are in it</param>
+    public async Task FollowNodeLogsAsync(string nodeId, int tail, Action<string> line, CancellationToken ct, DateTimeOffset? since = null, Action? attached = null)
     {
         CheckNodeId(nodeId);
         var container = await InspectNodeAsync(nodeId, ct).ConfigureAwait(false)
@@ -1239,6 +1240,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         var parameters = new ContainerLogsParameters { ShowStdout = true, ShowStderr = true, Follow = true, Tail = since is null ? tail.ToString(CultureInfo.InvariantCulture) : "all" };
         if (since is { } from) parameters.Since = from.ToUnixTimeSeconds().ToString(CultureInfo.InvariantCulture);
         using var stream = await CallAsync("follow the container's logs", t => _client.Containers.GetContainerLogsAsync(container.ID, false, parameters, t), ct).ConfigureAwait(false);
+        attached?.Invoke();
         // A read waiting for the next line does not end when cancelled (DockerCellTests, fresh186: Ctrl-C left `dingo
         // logs -f` waiting on a quiet container): closing the stream ends it.
         await using var closing = ct.Register(stream.Dispose);
