@@ -57,6 +57,7 @@ internal sealed class ContainerLogs(DockerRuntime runtime, SyslogSink sink, ILog
     internal async Task PassAsync(CancellationToken ct)
     {
         var running = (await runtime.ListAsync(ct).ConfigureAwait(false)).Where(n => n.Running && n.ContainerId is not null).ToList();
+        var attaching = new List<Task>();
         foreach (var node in running)
         {
             if (_following.TryGetValue(node.NodeId, out var known) && known.ContainerId == node.ContainerId && !known.Task.IsCompleted) continue;
@@ -90,12 +91,13 @@ internal sealed class ContainerLogs(DockerRuntime runtime, SyslogSink sink, ILog
                 finally { attached.TrySetResult(); }
             }, CancellationToken.None);
             _following[node.NodeId] = following;
-            // A look ends once the engine streams each new follower's lines (bounded): a line logged after it is shipped.
-            // Returning at once lost a line logged just after the look on a busy machine (fresh198: the stream, from
-            // tail 0, was attached after that line).
-            try { await attached.Task.WaitAsync(TimeSpan.FromSeconds(5), ct).ConfigureAwait(false); }
-            catch (TimeoutException) { }
+            attaching.Add(attached.Task);
         }
+        // A look ends once the engine streams the new followers' lines (all at once, bounded): a line logged after it is
+        // shipped. Returning at once lost a line logged just after the look on a busy machine (fresh198: the stream,
+        // from tail 0, was attached after that line).
+        try { await Task.WhenAll(attaching).WaitAsync(TimeSpan.FromSeconds(5), ct).ConfigureAwait(false); }
+        catch (TimeoutException) { }
         foreach (var gone in _following.Keys.Where(id => running.All(n => n.NodeId != id)).ToList())
             await LetGoAsync(gone).ConfigureAwait(false);
     }

@@ -35,7 +35,7 @@ internal sealed class Interrupt : IDisposable
         ExitCode = 128 + (context.Signal == PosixSignal.SIGTERM ? 15 : 2);
         _cts.Cancel();
         // Ctrl-C must end the command whatever a read in flight does: under load, a Docker engine stream's read was seen
-        // to outlive its cancellation (DockerCellTests, fresh188). Past the grace, the process ends with 130 at once.
+        // to outlive its cancellation (DockerCellTests, fresh188). Past the grace, the process ends at once, with the same code.
         _ = Task.Delay(Grace).ContinueWith(_ =>
         {
             Console.Error.WriteLine($"dingo: still stopping {Grace.TotalSeconds:0} s after the signal; ending now");

@@ -403,7 +403,7 @@ public sealed class NodeAgent
         // went. (Others' passes may take long by nature: a clone, a bootstrap.)
         if (_pass.Total > _settings.Ha.Ttl / 4 && (input.HoldsLease || _leaderLease != 0) && action is not (HaAction.Bootstrap or HaAction.TakeLeadership))
             _logger.LogWarning("node {Node}: HA pass took {Steps}{Probe}: {Decision}", _spec.NodeId, _pass,
-                $"; the probe's open {probe.LastOpen.TotalMilliseconds:0} ms" + (probe.LastRetry is { } retry ? $", {retry}" : ""), action.Sentence);
+                (probe.LastOpen is { } open ? $"; the probe's open {open.TotalMilliseconds:0} ms" : "") + (probe.LastRetry is { } retry ? $"; the probe {retry}" : ""), action.Sentence);
         reportFailed?.Throw();
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
     }

@@ -76,8 +76,8 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         }
     }
 
-    /// <summary>How long the last try's open took (a new session's TCP, TLS and SCRAM exchange; a pooled one costs nothing).</summary>
-    public TimeSpan LastOpen { get; private set; }
+    /// <summary>How long the last try's open took (a new session's TCP, TLS and SCRAM exchange; a pooled one costs nothing); null before one.</summary>
+    public TimeSpan? LastOpen { get; private set; }
 
     private async Task<Observation> ObserveOnceAsync(CancellationToken ct)
     {

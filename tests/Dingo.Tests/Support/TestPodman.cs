@@ -171,17 +171,11 @@ public static class TestPodman
     }
 
     /// <summary>kill -9 of a container's main process (PostgreSQL), from the host, as a crash would.</summary>
-    public static async Task KillMainProcessAsync(string containerId)
-    {
-        using var client = Client();
-        var pid = (await client.Containers.InspectContainerAsync(containerId)).State.Pid;
-        if (pid <= 0) throw new InvalidOperationException($"container {containerId} has no main process");
-        Process.GetProcessById((int)pid).Kill();
-    }
+    public static Task KillMainProcessAsync(string containerId) => SignalMainProcessAsync(containerId, SIGKILL);
 
-    public const int SIGSTOP = 19, SIGCONT = 18;
+    public const int SIGKILL = 9, SIGSTOP = 19, SIGCONT = 18;
 
-    /// <summary>Sends a signal (SIGSTOP, SIGCONT) to a container's main process (PostgreSQL), from the host.</summary>
+    /// <summary>Sends a signal (SIGKILL, SIGSTOP, SIGCONT) to a container's main process (PostgreSQL), from the host.</summary>
     public static async Task SignalMainProcessAsync(string containerId, int signal)
     {
         using var client = Client();
