@@ -78,7 +78,7 @@ public static class CellApp
             Prometheus.DotNetStats.Register(registry);
             return new Dingo.Health.CellMetrics(registry);
         });
-        builder.Services.AddSingleton(_ => new Dingo.Ha.FenceGuardDirectory(GuardPath(settings), GuardCommand()));
+        builder.Services.AddSingleton(_ => new Dingo.Ha.FenceGuardDirectory(GuardPath(settings), GuardCommand(), Dingo.Ha.GuardSettings.From(settings)));
         builder.Services.AddSingleton(sp => new CellLease(sp.GetRequiredService<EtcdStore>(), settings.Cell.LeaseTtl, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Lease")));
         builder.Services.AddSingleton(sp => new CellReconciler(
             sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<IContainerRuntime>(), sp.GetRequiredService<CellLease>(),

@@ -77,7 +77,10 @@ public static class Program
             Console.Error.WriteLine($"dingo-cell: configuration error: {ex.Message}");
             return 2;
         }
-        // Leaders whose agent died keep their lease while this process starts (LeaseBridge); stopped with the process.
+        // The cell is back: its guard no longer gives its dead leaders' keys up (it recovers them itself), then leaders whose
+        // agent died keep their lease while this process starts (LeaseBridge); stopped with the process.
+        try { new Dingo.Ha.FenceGuardDirectory(CellApp.GuardPath(settings), launch: null).ClaimOwnership(); }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { Console.Error.WriteLine($"dingo-cell: cannot write to the guard's folder: {ex.Message}"); }
         using var bridgeStop = new CancellationTokenSource();
         using var bridgeLoggers = LoggerFactory.Create(b => b.AddDingoConsole(settings.Logging));
         var bridge = await LeaseBridge.StartAsync(settings, bridgeLoggers.CreateLogger("Dingo.Ha"), bridgeStop.Token);

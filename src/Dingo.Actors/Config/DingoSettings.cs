@@ -125,6 +125,7 @@ public sealed record DingoSettings
                 RewindAfter = d.GetTimeSpan("ha.rewind-after", TimeSpan.FromSeconds(8)),
                 LostCellGrace = d.GetTimeSpan("ha.lost-cell-grace", TimeSpan.FromSeconds(60)),
                 FailsafeFor = d.GetTimeSpan("ha.failsafe-for", TimeSpan.FromSeconds(12)),
+                ReleaseDeadLeaderAfter = d.GetTimeSpan("ha.release-dead-leader-after", TimeSpan.FromSeconds(2)),
             },
             Backups = Dingo.Backups.BackupSettings.FromConfig(d, env, dataDir),
             Seal = Dingo.Security.SealSettings.FromConfig(d, env),
@@ -189,6 +190,9 @@ public sealed record DingoSettings
         if (Ha.Ttl < TimeSpan.FromSeconds(2)) throw new ArgumentException($"dingo.ha.ttl must be at least 2s: got {Ha.Ttl.TotalSeconds}s");
         if (Ha.LoopWait <= TimeSpan.Zero || Ha.LoopWait * 3 > Ha.Ttl)
             throw new ArgumentException($"dingo.ha.loop-wait ({Ha.LoopWait.TotalMilliseconds}ms) must be positive and at most a third of dingo.ha.ttl ({Ha.Ttl.TotalSeconds}s), so a leader renews in time");
+        // Longer and the guard's own deadline (3/4 ttl after the last renewal) would come first: the key would be left to expire.
+        if (Ha.ReleaseDeadLeaderAfter < TimeSpan.Zero || Ha.ReleaseDeadLeaderAfter > Ha.Ttl / 2)
+            throw new ArgumentException($"dingo.ha.release-dead-leader-after ({Ha.ReleaseDeadLeaderAfter.TotalMilliseconds}ms) must be between 0s and half of dingo.ha.ttl ({Ha.Ttl.TotalSeconds}s)");
         Akka.Tls.Validate();
         foreach (var seed in Akka.SeedNodes)
             if (!seed.StartsWith(Akka.Protocol + "://dingo@", StringComparison.Ordinal))
@@ -519,4 +523,9 @@ public sealed record HaSettings
     /// follows it (failsafe); zero turns failsafe off.
     /// </summary>
     public TimeSpan FailsafeFor { get; init; } = TimeSpan.FromSeconds(12);
+    /// <summary>
+    /// A leader whose PostgreSQL and cell agent both died has its key given up by its cell's guard: at once in a
+    /// synchronous cluster, after this long in an asynchronous one (time for a restarted cell to recover it in place).
+    /// </summary>
+    public TimeSpan ReleaseDeadLeaderAfter { get; init; } = TimeSpan.FromSeconds(2);
 }

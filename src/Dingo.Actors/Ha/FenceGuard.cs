@@ -1,9 +1,25 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
+using System.Text.Json;
+using Dingo.Config;
+using Dingo.Model;
+using Dingo.Store;
 using Microsoft.Extensions.Logging;
 
 namespace Dingo.Ha;
+
+/// <summary>
+/// What a cell's guard needs beyond its folder to give a dead leader's key up (<see cref="DeadLeader"/>): how to reach
+/// etcd, the HA timings and where events go. The cell writes it into the guard's folder (<c>guard.settings.json</c>)
+/// each time it makes sure its guard runs; it names files, never holds a secret.
+/// </summary>
+public sealed record GuardSettings(IReadOnlyList<string> EtcdEndpoints, string EtcdPrefix, EtcdTlsSettings EtcdTls, TimeSpan Ttl,
+    TimeSpan ReleaseDeadLeaderAfter, EventSettings Events, string CellId)
+{
+    public static GuardSettings From(DingoSettings s) =>
+        new(s.EtcdEndpoints, s.EtcdPrefix, s.EtcdTls, s.Ha.Ttl, s.Ha.ReleaseDeadLeaderAfter, s.Events, s.Cell.Id);
+}
 
 /// <summary>The host's monotonic clock (CLOCK_MONOTONIC), the same in every process: deadlines handed to the guard use it.</summary>
 public static class Monotonic
@@ -89,16 +105,23 @@ public sealed class FenceGuardDirectory
     internal const string LogFile = "guard.log";
     internal const string OwnerFile = "guard.owner";
 
+    internal const string SettingsFile = "guard.settings.json";
+    private const string SynchronousSuffix = ".sync";
+
     private readonly IReadOnlyList<string>? _launch;
+    private readonly GuardSettings? _settings;
     private readonly object _launching = new();
 
     /// <param name="path">the cell's guard folder</param>
     /// <param name="launch">the command that runs the guard process for this folder (`--dir PATH` is appended); null when
     /// the caller starts the guard itself</param>
-    public FenceGuardDirectory(string path, IReadOnlyList<string>? launch)
+    /// <param name="settings">written into the folder for the guard each time <see cref="EnsureGuardRunningAsync"/> runs;
+    /// null: left as it is (a guard without any does not release dead leaders' keys)</param>
+    public FenceGuardDirectory(string path, IReadOnlyList<string>? launch, GuardSettings? settings = null)
     {
         Path = System.IO.Path.GetFullPath(path);
         _launch = launch;
+        _settings = settings;
     }
 
     public string Path { get; }
@@ -131,8 +154,45 @@ public sealed class FenceGuardDirectory
     public void Disarm(string nodeId)
     {
         CheckNodeId(nodeId);
-        try { File.Delete(ArmPath(nodeId)); }
+        try
+        {
+            File.Delete(ArmPath(nodeId));
+            File.Delete(SynchronousPath(nodeId));
+        }
         catch (DirectoryNotFoundException) { }
+    }
+
+    /// <summary>
+    /// Whether the armed node leads a synchronous cluster: the guard then gives a dead leader's key up at once
+    /// (<see cref="DeadLeader"/>). A file of its own beside the arming, whose format a guard of an older version reads.
+    /// </summary>
+    public void MarkSynchronous(string nodeId, bool synchronous)
+    {
+        CheckNodeId(nodeId);
+        if (synchronous) Replace(SynchronousPath(nodeId), "synchronous\n");
+        else
+        {
+            try { File.Delete(SynchronousPath(nodeId)); }
+            catch (DirectoryNotFoundException) { }
+        }
+    }
+
+    /// <summary>The node was last marked as leading a synchronous cluster.</summary>
+    public bool MarkedSynchronous(string nodeId)
+    {
+        CheckNodeId(nodeId);
+        return File.Exists(SynchronousPath(nodeId));
+    }
+
+    private string SynchronousPath(string nodeId) => System.IO.Path.Combine(Path, nodeId + SynchronousSuffix);
+
+    /// <summary>The settings the cell last wrote for its guard, or null (none yet, or unreadable).</summary>
+    public GuardSettings? ReadSettings()
+    {
+        var text = ReadOrNull(System.IO.Path.Combine(Path, SettingsFile));
+        if (text is null) return null;
+        try { return JsonSerializer.Deserialize<GuardSettings>(text); }
+        catch (JsonException) { return null; }
     }
 
     /// <summary>The node's arming, or null when it is not armed.</summary>
@@ -201,6 +261,7 @@ public sealed class FenceGuardDirectory
     public async Task<bool> EnsureGuardRunningAsync(TimeSpan timeout, CancellationToken ct)
     {
         ClaimOwnership();
+        if (_settings is not null) Replace(System.IO.Path.Combine(Path, SettingsFile), JsonSerializer.Serialize(_settings));
         if (GuardRunning()) return true;
         if (_launch is null) return false;
         lock (_launching)
@@ -240,9 +301,11 @@ public sealed class FenceGuardDirectory
 
     /// <summary>
     /// This process is the guard's owner from now on (a restarted cell takes over the guard its predecessor started): a
-    /// guard with nothing armed whose owner is gone exits, so no guard outlives its cell for good.
+    /// guard with nothing armed whose owner is gone exits, so no guard outlives its cell for good, and a guard gives a
+    /// dead leader's key up only while its owner is gone (<see cref="DeadLeader"/>). A restarted cell claims it first
+    /// thing, before it builds anything: a cell back within `release-dead-leader-after` keeps its asynchronous leaders.
     /// </summary>
-    private void ClaimOwnership()
+    public void ClaimOwnership()
     {
         if (ProcessIdentity.Of(Environment.ProcessId) is not { } me) return;
         Replace(System.IO.Path.Combine(Path, OwnerFile), FormattableString.Invariant($"{me.Pid} {me.StartTime}\n"));
@@ -401,17 +464,24 @@ public sealed class FenceGuard(FenceGuardDirectory directory, ILogger logger)
             if (!directory.ArmedNodes().Any() && directory.OwnerGone())
             {
                 logger.LogInformation("fencing guard: nothing armed and the cell that owned it is gone; exiting");
+                await StopReleasingAsync().ConfigureAwait(false);
                 return 0;
             }
             try { await Task.Delay(Poll, ct).ConfigureAwait(false); }
             catch (OperationCanceledException) { break; }
         }
+        await StopReleasingAsync().ConfigureAwait(false);
         return 0;
     }
 
-    /// <summary>One look at every armed node; fences those whose deadline has passed.</summary>
+    /// <summary>
+    /// One look at every armed node; fences those whose deadline has passed. While the cell that owns the guard is gone,
+    /// a node whose postmaster died too has its leader key given up (<see cref="DeadLeader"/>).
+    /// </summary>
     public async Task CheckOnceAsync(CancellationToken ct)
     {
+        // Read once per look, and the postmasters only when it is gone: a living cell costs the guard nothing more.
+        var ownerGone = directory.OwnerGone();
         foreach (var node in directory.ArmedNodes().ToList())
         {
             try
@@ -420,6 +490,16 @@ public sealed class FenceGuard(FenceGuardDirectory directory, ILogger logger)
                 var text = FenceGuardDirectory.ReadOrNull(path);
                 if (FenceGuardDirectory.Parse(text) is not { } armed) continue;
                 var now = Monotonic.NowNs();
+                if (!ownerGone) _dead.Remove(node);
+                else
+                {
+                    // The extra duty must never cost the guard its first one: whatever it throws, the deadline below is checked.
+                    try { LookAtDeadLeader(node, path, text!, armed, now); }
+                    catch (Exception ex) when (ex is not OutOfMemoryException)
+                    {
+                        logger.LogError("node {Node}: the look at a dead leader failed: {Error}", node, ex.ToString());
+                    }
+                }
                 if (now < armed.DeadlineNs) continue;
                 var late = Monotonic.Between(armed.DeadlineNs, now);
                 var how = await FenceAsync(armed.Postmaster, ct).ConfigureAwait(false);
@@ -435,6 +515,110 @@ public sealed class FenceGuard(FenceGuardDirectory directory, ILogger logger)
                 logger.LogWarning("fencing guard: node {Node}: {Error}", node, ex.Message);
             }
         }
+    }
+
+    private readonly Dictionary<string, (string Arming, long SinceNs, string? Said)> _dead = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (Task Task, long RetryAtNs)> _releasing = new(StringComparer.Ordinal);
+    private EtcdStore? _store;
+    private EventJournal? _journal;
+    private bool _saidNoSettings;
+    private static readonly TimeSpan ReleaseRetry = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// The owner is gone: if the node's postmaster is gone too, decides (<see cref="DeadLeader.Decide"/>) and starts the
+    /// release in the background, so a slow or absent etcd never holds the guard's fencing of the other nodes.
+    /// </summary>
+    private void LookAtDeadLeader(string node, string path, string arming, GuardArm armed, long now)
+    {
+        if (_releasing.TryGetValue(node, out var busy))
+        {
+            if (!busy.Task.IsCompleted || now < busy.RetryAtNs) return;
+            _releasing.Remove(node);
+        }
+        if (armed.Postmaster.Alive)
+        {
+            _dead.Remove(node);
+            return;
+        }
+        // Counted from the first look that found both gone with this very arming: one written since is a sign of life.
+        if (!_dead.TryGetValue(node, out var seen) || seen.Arming != arming) _dead[node] = seen = (arming, now, null);
+        var settings = directory.ReadSettings();
+        if (settings is null)
+        {
+            if (!_saidNoSettings) logger.LogWarning("fencing guard: {File} is missing: a dead leader's key is left to expire", FenceGuardDirectory.SettingsFile);
+            _saidNoSettings = true;
+            return;
+        }
+        var verdict = DeadLeader.Decide(new DeadLeader.Seen(OwnerGone: true, PostmasterAlive: false, armed is { Lease: not 0, InstanceId: not null },
+            directory.MarkedSynchronous(node), Monotonic.Between(seen.SinceNs, now)), settings.ReleaseDeadLeaderAfter);
+        if (!verdict.Release)
+        {
+            if (verdict.Sentence is { } waiting && seen.Said != waiting)
+            {
+                logger.LogWarning("node {Node}: {Sentence}", node, waiting);
+                _dead[node] = seen with { Said = waiting };
+            }
+            return;
+        }
+        try
+        {
+            // Made here, on the guard's own loop (the releases run beside it): one client for every release.
+            _store ??= new EtcdStore(settings.EtcdEndpoints, settings.EtcdPrefix, logger, EtcdClientTls.Load(settings.EtcdTls));
+            _journal ??= new EventJournal(_store, settings.Events, $"{settings.CellId} guard", logger);
+        }
+        catch (ArgumentException ex)
+        {
+            if (!_saidNoSettings) logger.LogWarning("fencing guard: cannot reach etcd ({Error}): a dead leader's key is left to expire", ex.Message);
+            _saidNoSettings = true;
+            return;
+        }
+        _releasing[node] = (ReleaseAsync(_store, _journal, node, path, arming, armed, settings, verdict.Sentence!), Monotonic.Add(now, ReleaseRetry));
+    }
+
+    /// <summary>
+    /// Gives up a dead leader's key, as its agent would have: its report first says it is gone (the others decide from
+    /// the reports the moment the key goes), then the lease behind the key is revoked — that deletes the key, and only if
+    /// it is still this node's (a key taken since is under another lease). Bounded by half a TTL; on failure the next
+    /// look tries again, and the lease expires by itself meanwhile.
+    /// </summary>
+    private async Task ReleaseAsync(EtcdStore store, EventJournal journal, string node, string path, string arming, GuardArm armed, GuardSettings settings,
+        string sentence)
+    {
+        using var budget = new CancellationTokenSource(settings.Ttl / 2);
+        try
+        {
+            var statusKey = store.Keys.Status(armed.InstanceId!, node);
+            var status = await store.GetAsync<NodeStatus>(statusKey, budget.Token).ConfigureAwait(false);
+            if (status is not null)
+            {
+                var gone = status.Value with
+                {
+                    State = NodeState.Failed, Role = NodeRoles.Unknown, Writable = false, Streaming = false, Connections = null,
+                    Detail = "the fencing guard " + sentence, Decision = "the fencing guard " + sentence,
+                    FailingSince = status.Value.FailingSince ?? DateTimeOffset.UtcNow, UpdatedAt = DateTimeOffset.UtcNow,
+                };
+                // Only over the report it read: a cell come back meanwhile reports for itself.
+                try { await store.CompareAndPutAsync(statusKey, gone, status.ModRevision, budget.Token, status.Lease).ConfigureAwait(false); }
+                catch (Grpc.Core.RpcException ex) { logger.LogWarning("node {Node}: the report of a dead leader could not be written: {Error}", node, ex.Status.Detail); }
+            }
+            await store.RevokeLeaseAsync(armed.Lease, budget.Token).ConfigureAwait(false);
+            if (FenceGuardDirectory.ReadOrNull(path) == arming) directory.Disarm(node);
+            logger.LogWarning("node {Node}: the fencing guard {Sentence}", node, sentence);
+            journal.Record(armed.InstanceId!, node, EventKind.LeaderReleased, "the fencing guard " + sentence);
+        }
+        catch (Exception ex) when (ex is Grpc.Core.RpcException or OperationCanceledException or IOException or UnauthorizedAccessException)
+        {
+            logger.LogWarning("node {Node}: could not release the key of a dead leader ({Error}); trying again, and its lease expires by itself", node, ex.Message);
+        }
+    }
+
+    /// <summary>Lets releases under way finish (each is bounded), writes their events, and closes the etcd client.</summary>
+    private async Task StopReleasingAsync()
+    {
+        try { await Task.WhenAll(_releasing.Values.Select(r => r.Task)).ConfigureAwait(false); }
+        catch (Exception ex) { logger.LogWarning("fencing guard: {Error}", ex.Message); }
+        if (_journal is not null) await _journal.FlushAndStopAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
+        if (_store is not null) await _store.DisposeAsync().ConfigureAwait(false);
     }
 
     /// <summary>Stops the process tree; returns what was done, or null when the process was already gone.</summary>

@@ -197,9 +197,19 @@ public sealed class NodeAgent
         if (_guarded is not { Alive: true })
             _guarded = await _runtime.PostmasterPidAsync(_spec.NodeId, ct).ConfigureAwait(false) is { } pid ? ProcessIdentity.Of(pid) : null;
         if (_guarded is not { } postmaster) return false;
+        // Written before the arming, and again only when it changes (a plan update): the guard reads it for a dead leader.
+        if (_markedSynchronous != _synchronous)
+        {
+            _guard.MarkSynchronous(_spec.NodeId, _synchronous);
+            _markedSynchronous = _synchronous;
+        }
         _guard.Arm(_spec.NodeId, new GuardArm(Monotonic.Add(FencingBasisNs, GuardAfter), postmaster, _spec.InstanceId, _leaderLease));
         return true;
     }
+
+    /// <summary>The plan of the last pass replicates synchronously; what the guard was last told of it (null: nothing yet).</summary>
+    private bool _synchronous;
+    private bool? _markedSynchronous;
 
     /// <summary>
     /// Fencing, or a hung PostgreSQL: the guard's deadline is moved to now, so it stops PostgreSQL its way (fast shutdown,
@@ -290,6 +300,7 @@ public sealed class NodeAgent
     private void Disarm()
     {
         _guarded = null;
+        _markedSynchronous = null;
         _guard?.Disarm(_spec.NodeId);
     }
 
@@ -673,7 +684,8 @@ public sealed class NodeAgent
             StartFailure = _startFailure,
         };
         var plan = Catalog.FindPlan(record.PlanId);
-        return new HaInput(_spec.NodeId, plan?.Synchronous == true, local, reachable, leader, _leaderLease != 0, SinceRenewal,
+        _synchronous = plan?.Synchronous == true;
+        return new HaInput(_spec.NodeId, _synchronous, local, reachable, leader, _leaderLease != 0, SinceRenewal,
             optime, sync, members, switchover, initialised, candidate, now)
         {
             InitialisedBy = initialisedBy,

@@ -20,6 +20,8 @@ public sealed record EventRecord
 public static class EventKind
 {
     public const string Fenced = "fenced";
+    /// <summary>A cell's fencing guard gave up the key of a leader whose PostgreSQL and cell agent had both died.</summary>
+    public const string LeaderReleased = "leader_released";
     public const string PostgresRestarted = "postgres_restarted";
     public const string NodePlaced = "node_placed";
     public const string NodesReplaced = "nodes_replaced";

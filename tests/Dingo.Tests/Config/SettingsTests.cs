@@ -21,6 +21,7 @@ public sealed class SettingsTests
         Assert.Equal((TimeSpan.FromMilliseconds(200), TimeSpan.FromDays(1), 4, TimeSpan.FromDays(7), TimeSpan.FromDays(7)),
             (b.FlushDelay, b.BaseBackupInterval, b.Keep, b.DeletedRetention, b.DrillInterval));
         Assert.Equal(256L * 1024 * 1024, b.BacklogAlarmBytes);
+        Assert.Equal((TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(2)), (s.Ha.Ttl, s.Ha.ReleaseDeadLeaderAfter));
     }
 
     [Fact]
@@ -46,6 +47,8 @@ public sealed class SettingsTests
     [InlineData("dingo.broker.provision-failure-grace = 0s", "dingo.broker.provision-failure-grace")]
     [InlineData("dingo.broker.url = \"not a url\"", "not an absolute URL")]
     [InlineData("dingo.router.mode = fast", "dingo.router.mode must be")]
+    [InlineData("dingo.ha.release-dead-leader-after = 3s", "dingo.ha.release-dead-leader-after")]
+    [InlineData("dingo.ha { ttl = 2s, loop-wait = 500ms, release-dead-leader-after = 1500ms }", "half of dingo.ha.ttl")]
     [InlineData("dingo.backups.keep = 0", "dingo.backups.keep")]
     [InlineData("dingo.backups.flush-delay = 10s", "dingo.backups.flush-delay")]
     [InlineData("dingo.backups.base-backup-interval = 5s", "dingo.backups.base-backup-interval")]

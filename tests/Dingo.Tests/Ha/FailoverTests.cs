@@ -42,7 +42,9 @@ public sealed class FailoverTests(ITestOutputHelper output)
         var plan = Catalog.Plans.Single(p => p.Name == planName);
         // With require-tls: the writer (Npgsql, SSL Mode Prefer), the platform's own connections and replication all go
         // over TLS, or they would be refused.
-        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 4s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }\ndingo.postgres.require-tls = on"), ownsData: true);
+        // A TTL of 10 s: the dead leader's key is given up by its cell's guard (rule 4, a dead cell), so the failover must
+        // come well before the lease could have expired.
+        await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.ha { ttl = 10s, loop-wait = 500ms, rewind-after = 4s, lost-cell-grace = 300s }\ndingo.postgres.require-tls = on"), ownsData: true);
         await platform.StartCellProcessesAsync(1, 2, 3);
         var id = "ha-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, plan.Id);
@@ -74,6 +76,11 @@ public sealed class FailoverTests(ITestOutputHelper output)
         var newPrimaryCell = await PrimaryCellAsync(platform, id);
         Assert.NotEqual(victim, newPrimaryCell);
         output.WriteLine($"{planName}: writes resumed through the router {(resumed - killedAt).TotalSeconds:0.00}s after the kill, new primary on {newPrimaryCell}");
+        // Its last renewal was at most a loop before the kill: the lease lasts until 9.5 s after it at the earliest.
+        Assert.True(resumed - killedAt < TimeSpan.FromSeconds(7), $"writes resumed only {(resumed - killedAt).TotalSeconds:0.00}s after the kill: the dead leader's key was left to expire");
+        var oldPrimary = (await StatusesAsync(platform, id)).Single(s => s.CellId == victim);
+        Assert.Contains("the fencing guard released the leader key", oldPrimary.Detail, StringComparison.Ordinal);
+        output.WriteLine($"{planName}: the old primary's report: {oldPrimary.Detail}");
         var afterFailover = System.Diagnostics.Stopwatch.StartNew();
         await psql.AssertVerifiedTlsAsync("after the failover, to the new primary");
         output.WriteLine($"after the failover: psql verify-full to the new primary ssl=t ({afterFailover.Elapsed.TotalSeconds:0.0}s)");

@@ -13,7 +13,7 @@ namespace Dingo.Tests.Ha;
 /// PostgreSQL 15 (local process runtime). Past an armed deadline PostgreSQL stops accepting writes, whatever state it is
 /// in; a deadline moved on in time keeps it serving.
 /// </summary>
-[SuiteCost(28)]
+[SuiteCost(34)]
 public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private const string Superuser = "dingo_su";
@@ -207,5 +207,69 @@ public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
         cell.Kill();
         await cell.WaitForExitAsync();
         await Eventually.UntilAsync(() => Task.FromResult(!_guard.GuardRunning()), TimeSpan.FromSeconds(5), "the guard exiting after its owner");
+    }
+
+    /// <summary>
+    /// A leader's cell died with its PostgreSQL (docs/ha.md rule 4, "a dead cell"): the guard, told by the cell how to
+    /// reach etcd, gives the key up well before its lease (30 s here) could expire — after the grace of an asynchronous
+    /// cluster, and only once the cell that owns it is gone too; its report says so and an event records it.
+    /// </summary>
+    [Fact]
+    public async Task A_leader_whose_cell_and_PostgreSQL_died_has_its_key_released_by_the_guard()
+    {
+        await using var store = TestEtcd.NewStore(out var prefix);
+        var instance = "i-dead-" + Guid.NewGuid().ToString("N")[..6];
+        var keys = store.Keys;
+        var settings = new GuardSettings([TestEtcd.ClientUrl], prefix, new Dingo.Config.EtcdTlsSettings(), TimeSpan.FromSeconds(4),
+            TimeSpan.FromSeconds(1), new Dingo.Config.EventSettings(), "cell-t");
+        // The cell writes its settings when it makes sure its guard runs (the guard is running already).
+        Assert.True(await new FenceGuardDirectory(_guard.Path, launch: null, settings).EnsureGuardRunningAsync(TimeSpan.FromSeconds(5), CancellationToken.None));
+        var lease = await store.GrantLeaseAsync(TimeSpan.FromSeconds(30), CancellationToken.None);
+        Assert.True(await store.CreateIfAbsentAsync(keys.Leader(instance), new LeaderRecord { NodeId = _spec.NodeId, Host = "127.0.0.1", Port = _spec.Port }, CancellationToken.None, lease));
+        var cellLease = await store.GrantLeaseAsync(TimeSpan.FromSeconds(30), CancellationToken.None);
+        await store.PutAsync(keys.Status(instance, _spec.NodeId), new NodeStatus
+        {
+            NodeId = _spec.NodeId, InstanceId = instance, CellId = "cell-t", State = NodeState.Running, Detail = "no action: I hold the leader key",
+            Host = "127.0.0.1", Port = _spec.Port, Role = NodeRoles.Primary, Writable = true, Lsn = 1234, UpdatedAt = DateTimeOffset.UtcNow,
+        }, CancellationToken.None, cellLease);
+        var postmaster = await PostmasterAsync();
+        _guard.MarkSynchronous(_spec.NodeId, false);
+        _guard.Arm(_spec.NodeId, new GuardArm(Monotonic.Add(Monotonic.NowNs(), TimeSpan.FromSeconds(60)), postmaster, instance, lease));
+
+        // PostgreSQL dies while its cell (this test process owns the guard) lives: the cell's agent decides, not the guard.
+        foreach (var pid in PostgresPids()) _ = kill(pid, 9);
+        await Eventually.UntilAsync(() => Task.FromResult(!postmaster.Alive), TimeSpan.FromSeconds(5), "the postmaster gone");
+        await Task.Delay(1500);
+        Assert.NotNull(await store.GetAsync<LeaderRecord>(keys.Leader(instance), CancellationToken.None));
+
+        // Now the cell is gone too.
+        using (var cell = Process.Start(new ProcessStartInfo("sleep", "60") { UseShellExecute = false })!)
+        {
+            var owner = ProcessIdentity.Of(cell.Id)!.Value;
+            cell.Kill();
+            await cell.WaitForExitAsync();
+            await File.WriteAllTextAsync(Path.Combine(_guard.Path, "guard.owner"), $"{owner.Pid} {owner.StartTime}\n");
+        }
+        var ownerGone = Stopwatch.StartNew();
+        // Asynchronous: the key stays for the grace (1 s here), for a restarted cell to recover the node in place.
+        await Task.Delay(600);
+        Assert.NotNull(await store.GetAsync<LeaderRecord>(keys.Leader(instance), CancellationToken.None));
+        await Eventually.UntilAsync(async () => await store.GetAsync<LeaderRecord>(keys.Leader(instance), CancellationToken.None) is null,
+            TimeSpan.FromSeconds(10), "the leader key released");
+        output.WriteLine($"key released {ownerGone.Elapsed.TotalMilliseconds:0} ms after the owner was gone (grace 1 s, lease 30 s)");
+        Assert.True(ownerGone.Elapsed >= TimeSpan.FromSeconds(1), $"released after {ownerGone.Elapsed}, inside the grace");
+
+        var status = (await store.GetAsync<NodeStatus>(keys.Status(instance, _spec.NodeId), CancellationToken.None))!;
+        Assert.Equal((NodeState.Failed, false, cellLease), (status.Value.State, status.Value.Writable, status.Lease));
+        Assert.Contains("the fencing guard released the leader key", status.Value.Detail, StringComparison.Ordinal);
+        Assert.Null(_guard.Armed(_spec.NodeId));
+        IReadOnlyList<EventRecord> events = [];
+        await Eventually.UntilAsync(async () => (events = await Dingo.Store.EventJournal.ReadAsync(store, instance, CancellationToken.None)).Count > 0,
+            TimeSpan.FromSeconds(10), "the event of the release");
+        var released = Assert.Single(events);
+        Assert.Equal((EventKind.LeaderReleased, _spec.NodeId, "cell-t guard"), (released.Kind, released.NodeId, released.Source));
+        output.WriteLine(released.Sentence);
+        // Nothing armed and its owner gone: the guard leaves.
+        await Eventually.UntilAsync(() => Task.FromResult(!_guard.GuardRunning()), TimeSpan.FromSeconds(5), "the guard exiting");
     }
 }

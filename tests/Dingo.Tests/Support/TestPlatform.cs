@@ -257,16 +257,20 @@ public sealed class TestPlatform : IAsyncDisposable
 
     /// <summary>
     /// kill -9 of a whole cell: its agent and every PostgreSQL process under its data, all at once (nothing of the
-    /// cell may keep serving while the rest dies); returns when they are gone.
+    /// cell may keep serving while the rest dies); returns when they are gone. The cell's fencing guard, a process of its
+    /// own session, lives on as it does after a crash (systemd's KillMode=process), unless <paramref name="guardToo"/>:
+    /// then everything of the cell on the host goes, as when the host is lost.
     /// </summary>
-    public void KillCell(int number)
+    public void KillCell(int number, bool guardToo = false)
     {
-        var postgres = PostgresPidsOf($"cell-{number}").ToList();
+        var cell = $"cell-{number}";
+        var spare = guardToo ? null : Path.Combine(Path.GetFullPath(Settings.DataDir), "cells", cell, "guard") + "/";
+        var postgres = PostgresPidsOf(cell, spare).ToList();
         _cellProcesses.Remove(number, out var process);
         try { process?.Kill(); } catch (InvalidOperationException) { }
         foreach (var pid in postgres) KillNow(pid);
         // A postmaster forking at that moment: sweep once more.
-        foreach (var pid in PostgresPidsOf($"cell-{number}")) KillNow(pid);
+        foreach (var pid in PostgresPidsOf(cell, spare)) KillNow(pid);
         try { process?.WaitForExit(5000); } catch (InvalidOperationException) { }
     }
 
@@ -285,10 +289,11 @@ public sealed class TestPlatform : IAsyncDisposable
     public IReadOnlyList<int> PostgresPidsOfNode(int cell, string nodeId) =>
         PostgresPidsUnder(Path.Combine(Path.GetFullPath(Settings.DataDir), "cells", $"cell-{cell}", "nodes", nodeId) + "/").ToList();
 
-    private IEnumerable<int> PostgresPidsOf(string cellId) =>
-        PostgresPidsUnder(Path.Combine(Path.GetFullPath(Settings.DataDir), "cells", cellId) + "/");
+    /// <param name="spare">processes whose working directory is under this folder are left out (the guard's)</param>
+    private IEnumerable<int> PostgresPidsOf(string cellId, string? spare = null) =>
+        PostgresPidsUnder(Path.Combine(Path.GetFullPath(Settings.DataDir), "cells", cellId) + "/", spare);
 
-    private static IEnumerable<int> PostgresPidsUnder(string dir)
+    private static IEnumerable<int> PostgresPidsUnder(string dir, string? spare = null)
     {
         foreach (var proc in Directory.GetDirectories("/proc").Select(Path.GetFileName))
         {
@@ -296,7 +301,7 @@ public sealed class TestPlatform : IAsyncDisposable
             string cwd;
             try { cwd = new DirectoryInfo($"/proc/{pid}/cwd").ResolveLinkTarget(false)?.FullName ?? ""; }
             catch (Exception) { continue; }
-            if ((cwd + "/").StartsWith(dir, StringComparison.Ordinal)) yield return pid;
+            if ((cwd + "/").StartsWith(dir, StringComparison.Ordinal) && (spare is null || !(cwd + "/").StartsWith(spare, StringComparison.Ordinal))) yield return pid;
         }
     }
 
@@ -313,7 +318,7 @@ public sealed class TestPlatform : IAsyncDisposable
         {
             var p = _cellProcesses[number];
             _ = kill(p.Id, 15);
-            if (!p.WaitForExit(30_000)) KillCell(number);
+            if (!p.WaitForExit(30_000)) KillCell(number, guardToo: true);
             _cellProcesses.Remove(number);
         }
         foreach (var cell in _cells)
