@@ -62,8 +62,8 @@ public static class Program
     private static string Ports(int index)
     {
         var block = 800 + index * 50;
-        return $"dingo.router {{ port-range-first = {30000 + block}, port-range-last = {30049 + block} }}\n"
-               + $"dingo.node-port-range-first = {31000 + block}\ndingo.node-port-range-last = {31049 + block}";
+        return $"dingo.router {{ port-range-first = {12000 + block}, port-range-last = {12049 + block} }}\n"
+               + $"dingo.node-port-range-first = {13000 + block}\ndingo.node-port-range-last = {13049 + block}";
     }
 
     private static async Task<Sample> MeasureAsync(string config, IReadOnlyDictionary<string, string> environment, int instances, int seconds, int index, CancellationToken ct)

@@ -33,8 +33,9 @@ internal sealed class BenchPlatform : IAsyncDisposable
 
     public static async Task<BenchPlatform> StartAsync(string runtime, int index, CancellationToken ct)
     {
-        // Port blocks of the bench's own, below the ephemeral range and away from `dingo up` and test runs.
-        var (pub, node) = index % 2 == 0 ? (30000, 31000) : (30500, 32000);
+        // Port blocks of the bench's own, below the ephemeral range and away from `dingo up` and test runs (as bench/Chaos),
+        // never inside 30000-32759, where FreePorts hands out this process's etcd, broker and Akka ports.
+        var (pub, node) = index % 2 == 0 ? (12000, 13000) : (12500, 13700);
         var extra = $$"""
             dingo.router { port-range-first = {{pub}}, port-range-last = {{pub + 499}} }
             dingo.node-port-range-first = {{node}}

@@ -11,7 +11,7 @@ namespace Dingo.Tests.Support;
 /// <c>setpriv --pdeathsig KILL</c>, and is started from one thread that lives as long as the process (the signal follows
 /// the thread that started a child, not the whole process, and a thread-pool thread may retire mid-run).
 /// </summary>
-internal static class RunProcesses
+public static class RunProcesses
 {
     private const string Setpriv = "/usr/bin/setpriv";
     private static readonly List<(Process Process, string? Folder)> Started = [];
@@ -27,13 +27,24 @@ internal static class RunProcesses
 
     /// <param name="folder">the server's data, deleted once it is gone</param>
     /// <param name="onOutput">each line it writes to stdout or stderr (discarded when null)</param>
+    /// <param name="user">run as this user (its groups, its home) instead of the caller: PostgreSQL refuses root</param>
+    /// <param name="workingDirectory">where it runs (null: the caller's)</param>
     public static Process Start(string file, IEnumerable<string> args, string? folder = null,
-        IReadOnlyDictionary<string, string>? environment = null, Action<string>? onOutput = null)
+        IReadOnlyDictionary<string, string>? environment = null, Action<string>? onOutput = null, string? user = null,
+        string? workingDirectory = null)
     {
         if (!File.Exists(Setpriv))
             throw new InvalidOperationException($"{Setpriv} is missing (Debian package util-linux): the test servers run under it so that they die with the test process");
         var psi = new ProcessStartInfo(Setpriv) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { "--pdeathsig", "KILL", "--", file }.Concat(args)) psi.ArgumentList.Add(a);
+        if (workingDirectory is not null) psi.WorkingDirectory = workingDirectory;
+        // One setpriv: a credential change after --pdeathsig would clear it (prctl(2)), so the user is switched in the same call.
+        string[] asUser = user is null ? [] : [$"--reuid={user}", $"--regid={user}", "--init-groups"];
+        foreach (var a in new[] { "--pdeathsig", "KILL" }.Concat(asUser).Concat(["--", file]).Concat(args)) psi.ArgumentList.Add(a);
+        if (user is not null)
+        {
+            psi.Environment["HOME"] = user == "postgres" ? "/var/lib/postgresql" : $"/home/{user}";
+            psi.Environment["USER"] = psi.Environment["LOGNAME"] = user;
+        }
         foreach (var (name, value) in environment ?? new Dictionary<string, string>()) psi.Environment[name] = value;
 
         Process? process = null;
