@@ -128,7 +128,7 @@ public static class Program
         try
         {
             await new BaseBackups(store, Logger).TakeAsync(instance, await Sql.SystemIdAsync(a, ct), a.NodeId, a.ListenAddress, a.Port, superuser,
-                BenchNodes.PgBin, Path.Combine(nodes.Root, "work"), ct);
+                BenchNodes.PgBin, Path.Combine(nodes.Root, "work"), caFingerprint: null, ct);
             var postmaster = await nodes.PostmasterPidAsync(a.NodeId, ct);
 
             var writer = new RowWriter(Sql.ConnectionString(a), WriteEvery);

@@ -50,8 +50,9 @@ public sealed class BaseBackups(IObjectStore store, ILogger logger)
     /// Runs pg_basebackup against <paramref name="source"/> into <paramref name="workDir"/> (tar format, WAL streamed
     /// alongside) and stores the files, then the manifest. The local copy is deleted whatever happens.
     /// </summary>
+    /// <param name="caFingerprint">the platform CA's (SHA-256 of its certificate): whose client certificate goes along</param>
     public async Task<BaseBackupManifest> TakeAsync(string instanceId, ulong systemId, string sourceName, string host, int port, Credentials credentials,
-        string postgresBin, string workDir, CancellationToken ct)
+        string postgresBin, string workDir, string? caFingerprint, CancellationToken ct)
     {
         var started = DateTimeOffset.UtcNow;
         var label = started.ToString("yyyyMMdd'T'HHmmssfff'Z'", CultureInfo.InvariantCulture);
@@ -63,7 +64,7 @@ public sealed class BaseBackups(IObjectStore store, ILogger logger)
         // identity goes along whenever it has one (files 0600 from creation, deleted with the passfile). Where this
         // process requires TLS, the node's certificate is also checked for its host (verify-full), as replication does.
         var required = Dingo.Postgres.PlatformConnectionTls.Required;
-        var tls = Dingo.Postgres.PlatformConnectionTls.Libpq();
+        var tls = Dingo.Postgres.PlatformConnectionTls.Libpq(caFingerprint);
         if (required && tls is null)
             throw new InvalidOperationException("TLS is required and this cell has not read the platform CA yet: no client certificate to take a base backup with");
         var tlsFiles = tls is null ? [] : new[] { ".root", ".crt", ".key" }.Select(e => Path.Combine(workDir, $".tls-{Guid.NewGuid():N}{e}")).ToArray();

@@ -142,7 +142,15 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             var (name, host, port) = await SourceAsync(ct).ConfigureAwait(false);
             try
             {
-                _last = await backups.TakeAsync(_instanceId, systemId, name, host, port, _superuser, _cell.PostgresBin, Path.Combine(_cell.WorkRoot, "base"), ct).ConfigureAwait(false);
+                // The client certificate of this platform's CA goes along (a process may trust several: PlatformConnectionTls.Libpq).
+                var caPem = await Dingo.Security.PlatformCaStore.CertificateAsync(_cell.Etcd, ct).ConfigureAwait(false);
+                string? ca = null;
+                if (caPem is not null)
+                {
+                    using var caCertificate = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(caPem);
+                    ca = caCertificate.GetCertHashString(System.Security.Cryptography.HashAlgorithmName.SHA256);
+                }
+                _last = await backups.TakeAsync(_instanceId, systemId, name, host, port, _superuser, _cell.PostgresBin, Path.Combine(_cell.WorkRoot, "base"), ca, ct).ConfigureAwait(false);
                 _backupNow = false;
                 _archiver.GapDetected = false;
                 _backupError = null;

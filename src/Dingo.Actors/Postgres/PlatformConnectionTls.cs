@@ -144,14 +144,18 @@ public static class PlatformConnectionTls
 
     /// <summary>
     /// What a libpq tool this process runs itself (the backup duty's pg_basebackup) needs to log in as the platform where
-    /// TLS is required: every trusted CA (PEM, to verify the node) and the client certificate and key (PEM) of the CA
-    /// trusted last. Null while no CA is trusted. The key is for a file created 0600 and deleted after the run.
+    /// TLS is required: every trusted CA (PEM, to verify the node) and the client certificate and key (PEM) of the
+    /// platform's CA. libpq presents one certificate whatever the node asks for, and a node that verifies a certificate of
+    /// a CA it does not know refuses the login ("tlsv1 alert unknown ca"): a test process running several platforms,
+    /// each with its CA, presented the CA trusted last, another platform's (fresh208). Null while that CA is not trusted,
+    /// or none is named (a platform without a CA yet). The key is for a file created 0600 and deleted after the run.
     /// </summary>
-    public static LibpqTlsPem? Libpq()
+    /// <param name="caFingerprint">SHA-256 of the certificate of the CA of the node's platform (etcd's
+    /// <see cref="Dingo.Security.PlatformCaStore"/>)</param>
+    public static LibpqTlsPem? Libpq(string? caFingerprint)
     {
         var identities = _identities;
-        if (identities.Count == 0) return null;
-        var newest = identities.Values.MaxBy(i => i.TrustedAt)!;
+        if (caFingerprint is null || identities.GetValueOrDefault(caFingerprint) is not { } newest) return null;
         var cas = string.Concat(identities.Values.OrderBy(i => i.TrustedAt).Select(i => i.Ca.ExportCertificatePem() + "\n"));
         using var key = newest.Client.GetECDsaPrivateKey()
                         ?? throw new InvalidOperationException("the platform's client certificate has no ECDSA key to hand to libpq");

@@ -66,7 +66,7 @@ public sealed class ArchiveTests : IAsyncLifetime
         using var stop = new CancellationTokenSource();
         var archiver = NewArchiver(store, a);
         var run = archiver.RunAsync(stop.Token);
-        await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-a", "127.0.0.1", a.Port, _superuser, Pg, Path.Combine(_root, "work"), Ct());
+        await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-a", "127.0.0.1", a.Port, _superuser, Pg, Path.Combine(_root, "work"), caFingerprint: null, Ct());
 
         for (var i = 1; i <= 200; i++) await ExecAsync(a, $"INSERT INTO t(id) VALUES ({i})");
         // A full segment, then more rows in the next one: both the whole-segment and the pieces path get used.
@@ -115,7 +115,7 @@ public sealed class ArchiveTests : IAsyncLifetime
         using var stop = new CancellationTokenSource();
         var archiver = NewArchiver(store, a);
         var run = archiver.RunAsync(stop.Token);
-        await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-a", "127.0.0.1", a.Port, _superuser, Pg, Path.Combine(_root, "work"), Ct());
+        await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-a", "127.0.0.1", a.Port, _superuser, Pg, Path.Combine(_root, "work"), caFingerprint: null, Ct());
 
         for (var i = 1; i <= 20; i++) await ExecAsync(a, $"INSERT INTO t VALUES ({i})");
         await Task.Delay(300);
@@ -159,7 +159,7 @@ public sealed class ArchiveTests : IAsyncLifetime
         {
             var archA = NewArchiver(store, a);
             var runA = archA.RunAsync(stopA.Token);
-            await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-b", "127.0.0.1", b.Port, _superuser, Pg, Path.Combine(_root, "work"), Ct());
+            await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-b", "127.0.0.1", b.Port, _superuser, Pg, Path.Combine(_root, "work"), caFingerprint: null, Ct());
             for (var i = 1; i <= 10; i++) await ExecAsync(a, $"INSERT INTO t VALUES ({i})");
             var end = await CurrentLsnAsync(a);
             await Eventually.UntilAsync(() => Task.FromResult(archA.Progress.ArchivedLsn >= end), TimeSpan.FromSeconds(30), "archive catches up");
@@ -205,7 +205,7 @@ public sealed class ArchiveTests : IAsyncLifetime
         using var stop = new CancellationTokenSource();
         var archiver = NewArchiver(store, a);
         var run = archiver.RunAsync(stop.Token);
-        await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-a", "127.0.0.1", a.Port, _superuser, Pg, Path.Combine(_root, "work"), Ct());
+        await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-a", "127.0.0.1", a.Port, _superuser, Pg, Path.Combine(_root, "work"), caFingerprint: null, Ct());
         // Rows in three segments: two complete ones, and the one being written (stored in pieces).
         for (var i = 1; i <= 30; i++)
         {

@@ -309,7 +309,7 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
             var archiver = new Dingo.Backups.WalArchiver(store, "restore-1", a.ListenAddress, a.Port, a.Superuser, Path.Combine(root, "spool"), new Dingo.Backups.WalArchiverOptions(), log);
             var run = archiver.RunAsync(stop.Token);
             var system = (ulong)(long)(await ScalarAsync(a, "SELECT system_identifier FROM pg_control_system()"))!;
-            await new Dingo.Backups.BaseBackups(store, log).TakeAsync("restore-1", system, a.NodeId, a.ListenAddress, a.Port, a.Superuser, "/usr/lib/postgresql/15/bin", Path.Combine(root, "work"), Ct());
+            await new Dingo.Backups.BaseBackups(store, log).TakeAsync("restore-1", system, a.NodeId, a.ListenAddress, a.Port, a.Superuser, "/usr/lib/postgresql/15/bin", Path.Combine(root, "work"), caFingerprint: null, Ct());
             for (var i = 1; i <= 20; i++) await ExecAsync(a, $"INSERT INTO t VALUES ({i})");
             var end = Dingo.Backups.Lsn.Parse((string)(await ScalarAsync(a, "SELECT pg_current_wal_flush_lsn()::text"))!);
             await Eventually.UntilAsync(() => Task.FromResult(archiver.Progress.ArchivedLsn >= end), TimeSpan.FromSeconds(30), "the archive has every commit");
@@ -355,7 +355,7 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
             var archiver = new Dingo.Backups.WalArchiver(store, "short-1", a.ListenAddress, a.Port, a.Superuser, Path.Combine(root, "spool"), new Dingo.Backups.WalArchiverOptions(), log);
             var run = archiver.RunAsync(stop.Token);
             var system = (ulong)(long)(await ScalarAsync(a, "SELECT system_identifier FROM pg_control_system()"))!;
-            await new Dingo.Backups.BaseBackups(store, log).TakeAsync("short-1", system, a.NodeId, a.ListenAddress, a.Port, a.Superuser, "/usr/lib/postgresql/15/bin", Path.Combine(root, "work"), Ct());
+            await new Dingo.Backups.BaseBackups(store, log).TakeAsync("short-1", system, a.NodeId, a.ListenAddress, a.Port, a.Superuser, "/usr/lib/postgresql/15/bin", Path.Combine(root, "work"), caFingerprint: null, Ct());
             for (var i = 1; i <= 20; i++)
             {
                 await ExecAsync(a, $"INSERT INTO t VALUES ({i})");
