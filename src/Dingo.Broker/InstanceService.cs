@@ -56,6 +56,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             var plan = Catalog.FindPlan(planId);
             if (plan is null) return OsbResult.BadRequest($"unknown plan_id '{planId}' for service {Catalog.ServiceName}");
             if (ValidateParameters(parameters, plan, provisioning: true) is { } badParameters) return badParameters;
+            if (StoreSyncWithoutBackups(parameters) is { } noStore) return noStore;
             if (maintenance is not null && maintenance != Product.Version) return MaintenanceConflict(maintenance);
             var nodeCount = NodeCountParameter(parameters) ?? plan.NodeCount;
             if (Provisioning.RequestedCells(new InstanceRecord
@@ -169,6 +170,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         if (op?.Value.InProgress == true) return OsbResult.Concurrency($"service instance {instanceId} is busy: {op.Value.Kind} in progress");
         var newPlan = Catalog.FindPlan(planId ?? existing.Value.PlanId)!;
         if (ValidateParameters(parameters, newPlan, provisioning: false) is { } badParameters) return badParameters;
+        if (StoreSyncWithoutBackups(parameters) is { } noStore) return noStore;
         // node-count given: that many; a plan change without it: the new plan's size; neither: as it is.
         var planChanged = planId is not null && planId != existing.Value.PlanId;
         if (!planChanged && parameters == "{}")
@@ -329,6 +331,8 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             foreach (var cell in cellList)
                 if (RequestLimits.IdProblem("cell id", cell!.GetValue<string>()) is { } problem) return OsbResult.BadRequest($"parameter `cells`: {problem}");
         }
+        if (p.TryGetPropertyValue(Dingo.Ha.SynchronousCommit.Parameter, out var storeSync) && (storeSync is not JsonValue sv || !sv.TryGetValue<bool>(out _)))
+            return OsbResult.BadRequest($"parameter `{Dingo.Ha.SynchronousCommit.Parameter}` must be true or false");
         if (p.TryGetPropertyValue("node-count", out var countNode))
         {
             if (countNode is not JsonValue cv || !cv.TryGetValue<int>(out var count))
@@ -338,6 +342,14 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         }
         return null;
     }
+
+    /// <summary>Store-sync asked for while backups are off: commits would wait for an archiver that never runs.</summary>
+    private OsbResult? StoreSyncWithoutBackups(string parametersJson) =>
+        settings.Backups is { Enabled: true }
+        || !(CanonicalJson.ParseOrEmpty(parametersJson).AsObject()[Dingo.Ha.SynchronousCommit.Parameter] is JsonValue v && v.TryGetValue<bool>(out var on) && on)
+            ? null
+            : OsbResult.Error(422, "StoreSyncUnavailable",
+                $"parameter `{Dingo.Ha.SynchronousCommit.Parameter}` needs backups, and this platform has none (dingo.backups.enabled = off): commits would wait for an object store forever");
 
     private static int? NodeCountParameter(string parametersJson) =>
         CanonicalJson.ParseOrEmpty(parametersJson).AsObject().TryGetPropertyValue("node-count", out var n) && n is JsonValue v && v.TryGetValue<int>(out var count)

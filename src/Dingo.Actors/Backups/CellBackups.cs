@@ -88,6 +88,9 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         }
 
         public ArchiveProgress Progress => _archiver.Progress;
+
+        /// <summary>The instance's commits wait for the store (parameter `store-sync`): the archiver uploads and reports at once.</summary>
+        public bool StoreSynchronous { get => _archiver.StoreSynchronous; set => _archiver.StoreSynchronous = value; }
         public bool Stopped => _archiving.IsCompleted;
 
         private async Task ScheduleAsync(CancellationToken ct)
@@ -198,7 +201,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         /// LifecycleTests). In a whole test suite it was a small part of the PostgreSQL processes started: 5,616 before,
         /// 5,277 after (process accounting of fresh120 and fresh141).
         /// </summary>
-        private async Task<long?> SlotBacklogAsync(CancellationToken ct)
+        private async Task<(long? Slot, int Waiting, double WaitSeconds)> ServerFiguresAsync(CancellationToken ct)
         {
             try
             {
@@ -210,15 +213,26 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 cs.ApplicationName = Dingo.Ha.PostgresProbe.BackupsApplicationName;
                 await using var conn = Dingo.Postgres.PlatformConnectionTls.Connection(cs);
                 await conn.OpenAsync(ct).ConfigureAwait(false);
-                await using var cmd = new Npgsql.NpgsqlCommand("SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1", conn);
+                // Commits waiting for synchronous replication (wait event SyncRep): with store-sync, for the object store.
+                await using var cmd = new Npgsql.NpgsqlCommand(
+                    """
+                    SELECT (SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1),
+                           count(*)::int,
+                           COALESCE(EXTRACT(epoch FROM clock_timestamp() - min(state_change)), 0)::float8
+                    FROM pg_stat_activity WHERE wait_event = 'SyncRep'
+                    """, conn);
                 cmd.Parameters.AddWithValue(WalArchiverOptions.DefaultSlotName);
-                return await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false) is long bytes ? bytes : null;
+                await using var r = await cmd.ExecuteReaderAsync(ct).ConfigureAwait(false);
+                if (!await r.ReadAsync(ct).ConfigureAwait(false)) return (_slotBacklog, 0, 0);
+                return (r.IsDBNull(0) ? null : r.GetInt64(0), r.GetInt32(1), r.GetDouble(2));
             }
             catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException)
             {
-                return _slotBacklog;
+                return (_slotBacklog, _waiting.Count, _waiting.Seconds);
             }
         }
+
+        private (int Count, double Seconds) _waiting;
 
         /// <summary>A healthy streaming replica spares the primary the read; without one, the primary itself.</summary>
         private async Task<(string Name, string Host, int Port)> SourceAsync(CancellationToken ct)
@@ -234,10 +248,16 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         private async Task PublishAsync(CancellationToken ct)
         {
             var p = _archiver.Progress;
-            _slotBacklog = await SlotBacklogAsync(ct).ConfigureAwait(false);
+            var figures = await ServerFiguresAsync(ct).ConfigureAwait(false);
+            _slotBacklog = figures.Slot;
+            _waiting = (figures.Waiting, figures.WaitSeconds);
             var backlog = Math.Max(p.BacklogBytes, _slotBacklog ?? 0);
             string? alarm = null;
-            if (backlog >= _cell.Settings.BacklogAlarmBytes)
+            if (figures.Waiting > 0 && figures.WaitSeconds >= _cell.Settings.CommitWaitAlarm.TotalSeconds)
+                alarm = StoreSynchronous
+                    ? $"{figures.Waiting} commit(s) waiting for the object store, the oldest for {figures.WaitSeconds:0.0}s (store-sync acknowledges a commit only once the store holds it){(p.Error is { } why ? $": {why}" : "")}"
+                    : $"{figures.Waiting} commit(s) waiting for a synchronous standby, the oldest for {figures.WaitSeconds:0.0}s";
+            else if (backlog >= _cell.Settings.BacklogAlarmBytes)
                 alarm = $"WAL archive backlog {backlog / (1024 * 1024)} MiB (alarm at {_cell.Settings.BacklogAlarmBytes / (1024 * 1024)} MiB): pg_wal on the leader grows until the store takes it";
             else if (p.Error is not null) alarm = $"WAL archiving failing: {p.Error}";
             var state = new BackupState
@@ -253,6 +273,8 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 LastBaseBackupAt = _last?.FinishedAt,
                 BaseBackups = _count,
                 BaseBackupError = _backupError,
+                CommitsWaiting = figures.Waiting,
+                CommitWaitSeconds = Math.Round(figures.WaitSeconds, 1),
                 UpdatedAt = DateTimeOffset.UtcNow,
             };
             _cell.Metrics?.Backup(_instanceId, state, p.BacklogBytes, _last?.Bytes);
@@ -274,8 +296,12 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         private BackupState? _lastPublished;
         private DateTime _lastPublishedAt;
 
+        private int _disposed;
+
+        /// <summary>Stops the duty; a second call does nothing.</summary>
         public async ValueTask DisposeAsync()
         {
+            if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
             await _stop.CancelAsync().ConfigureAwait(false);
             try { await Task.WhenAll(_archiving, _scheduling).ConfigureAwait(false); }
             catch (OperationCanceledException) { }

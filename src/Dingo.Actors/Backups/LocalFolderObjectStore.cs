@@ -17,24 +17,34 @@ public sealed class LocalFolderObjectStore : IObjectStore
 
     public string Folder => _root;
 
-    /// <summary>Creates each missing folder from the store's root down with mode 0700 (the mode overload applies it to the last one only).</summary>
-    private void CreateFolder(string path)
+    /// <summary>
+    /// Creates each missing folder from the store's root down with mode 0700 (the mode overload applies it to the last
+    /// one only); returns the folders whose entries changed (the parents of those made), to be flushed.
+    /// </summary>
+    private List<string> CreateFolder(string path)
     {
-        if (Directory.Exists(path)) return;
-        if (OperatingSystem.IsWindows()) { Directory.CreateDirectory(path); return; }
+        var changed = new List<string>();
+        if (Directory.Exists(path)) return changed;
+        if (OperatingSystem.IsWindows()) { Directory.CreateDirectory(path); return changed; }
         var relative = Path.GetRelativePath(_root, path);
         var current = _root;
         foreach (var segment in relative.Split(Path.DirectorySeparatorChar))
         {
+            var parent = current;
             current = Path.Combine(current, segment);
             // Another put may make it in between (mkdir then says it exists), and a delete may remove it again: either
             // way, make it until it is there.
             for (var attempt = 1; !Directory.Exists(current); attempt++)
             {
-                try { Directory.CreateDirectory(current, Dingo.Security.SecretFile.FolderMode); }
+                try
+                {
+                    Directory.CreateDirectory(current, Dingo.Security.SecretFile.FolderMode);
+                    changed.Add(parent);
+                }
                 catch (IOException) when (attempt < 100) { }
             }
         }
+        return changed;
     }
 
     public string Describe() => $"local folder '{_root}'";
@@ -77,8 +87,15 @@ public sealed class LocalFolderObjectStore : IObjectStore
             {
                 try
                 {
-                    CreateFolder(Path.GetDirectoryName(path)!);
+                    var changed = CreateFolder(Path.GetDirectoryName(path)!);
                     File.Move(temp, path, overwrite: true);
+                    // Stored means stored (a store-synchronous commit is acknowledged on it): the rename, and any folder
+                    // made for it, flushed too — the data alone was flushed above.
+                    if (OperatingSystem.IsLinux())
+                    {
+                        changed.Add(Path.GetDirectoryName(path)!);
+                        foreach (var dir in changed.Distinct()) Dingo.Cells.AtomicFile.FlushFolder(dir);
+                    }
                     break;
                 }
                 catch (Exception e) when (e is DirectoryNotFoundException or FileNotFoundException && attempt < 100 && File.Exists(temp)) { }

@@ -128,6 +128,8 @@ public sealed record BackupSettings
     public long BacklogAlarmBytes { get; init; } = 256L * 1024 * 1024;
     /// <summary>Restore drills of every instance this often (zero: only on demand).</summary>
     public TimeSpan DrillInterval { get; init; } = TimeSpan.FromDays(7);
+    /// <summary>A commit waiting this long for synchronous replication (with store-sync: for the object store) raises the alarm.</summary>
+    public TimeSpan CommitWaitAlarm { get; init; } = TimeSpan.FromSeconds(5);
 
     public static BackupSettings FromConfig(Akka.Configuration.Config dingo, IReadOnlyDictionary<string, string?> env, string dataDir)
     {
@@ -141,7 +143,9 @@ public sealed record BackupSettings
             DeletedRetention = dingo.GetTimeSpan("backups.deleted-retention", TimeSpan.FromDays(7)),
             BacklogAlarmBytes = dingo.GetByteSize("backups.backlog-alarm") ?? 256L * 1024 * 1024,
             DrillInterval = dingo.GetTimeSpan("backups.drill-interval", TimeSpan.FromDays(7)),
+            CommitWaitAlarm = dingo.GetTimeSpan("backups.commit-wait-alarm", TimeSpan.FromSeconds(5)),
         };
+        if (s.CommitWaitAlarm <= TimeSpan.Zero) throw new ArgumentException($"dingo.backups.commit-wait-alarm must be more than 0: got {s.CommitWaitAlarm}");
         if (s.Keep < 1) throw new ArgumentException($"dingo.backups.keep must be at least 1: got {s.Keep}");
         if (s.FlushDelay <= TimeSpan.Zero || s.FlushDelay > TimeSpan.FromSeconds(5))
             throw new ArgumentException($"dingo.backups.flush-delay must be more than 0 and at most 5s (the recovery point objective): got {s.FlushDelay.TotalMilliseconds}ms");

@@ -77,6 +77,19 @@ public sealed class WalArchiver
 
     public ArchiveProgress Progress { get { lock (_gate) return _progress; } }
 
+    /// <summary>The archiver's application_name: how a store-synchronous leader names it in synchronous_standby_names.</summary>
+    public const string ApplicationName = "dingo_archiver";
+
+    private volatile bool _storeSynchronous;
+
+    /// <summary>
+    /// Store-synchronous commit (docs/backups.md): every piece is stored as soon as it arrives (no flush delay; what
+    /// arrives during an upload goes with the next one) and its end reported to the server at once as flushed, so a
+    /// leader that names the archiver in synchronous_standby_names acknowledges a commit only once the store holds it.
+    /// Whatever the mode, the position reported flushed is never past what the store acknowledged.
+    /// </summary>
+    public bool StoreSynchronous { get => _storeSynchronous; set => _storeSynchronous = value; }
+
     /// <summary>WAL went missing before it was archived; the base-backup schedule takes a new backup and clears this.</summary>
     public bool GapDetected { get; set; }
     private bool _restartAtCurrent;
@@ -146,7 +159,7 @@ public sealed class WalArchiver
     {
         var cs = DatabaseAdmin.ConnectionString(_host, _port, _credentials, "postgres");
         cs.Timeout = 5;
-        cs.ApplicationName = "dingo_archiver";
+        cs.ApplicationName = ApplicationName;
         return cs;
     }
 
@@ -346,7 +359,31 @@ public sealed class WalArchiver
         // A segment resumed half-way needs its first half back to be stored whole at the end.
         await spools.ResumeAsync(catalog, from, ct).ConfigureAwait(false);
         var flusher = FlushLoopAsync(conn, spools, stop.Token);
+        // A failed upload ends the session at once, not when the next WAL arrives: an idle server, or one whose commits
+        // wait for this very archiver (store-sync), may send none for many seconds.
+        _ = flusher.ContinueWith(_ =>
+        {
+            try { stop.Cancel(); } catch (ObjectDisposedException) { }
+        }, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         try
+        {
+            try
+            {
+                await StreamAsync().ConfigureAwait(false);
+            }
+            catch (Exception) when (flusher.IsFaulted && !ct.IsCancellationRequested)
+            {
+                await flusher.ConfigureAwait(false); // the store's error is the session's
+            }
+        }
+        finally
+        {
+            await stop.CancelAsync().ConfigureAwait(false);
+            try { await flusher.ConfigureAwait(false); } catch (Exception) when (stop.IsCancellationRequested) { }
+            spools.Dispose();
+        }
+
+        async Task StreamAsync()
         {
             var position = from;
             await foreach (var message in conn.StartReplication(slot, new NpgsqlLogSequenceNumber(from), stop.Token, timeline).ConfigureAwait(false))
@@ -372,12 +409,6 @@ public sealed class WalArchiver
             await stop.CancelAsync().ConfigureAwait(false);
             try { await flusher.ConfigureAwait(false); } catch (OperationCanceledException) when (!ct.IsCancellationRequested) { }
             await spools.FlushAllAsync(conn, ct).ConfigureAwait(false);
-        }
-        finally
-        {
-            await stop.CancelAsync().ConfigureAwait(false);
-            try { await flusher.ConfigureAwait(false); } catch (Exception) when (stop.IsCancellationRequested) { }
-            spools.Dispose();
         }
     }
 
@@ -503,7 +534,7 @@ public sealed class WalArchiver
                     if (spool is null) return;
                     var pending = spool.Filled - spool.Uploaded;
                     due = spool.Complete || _ended
-                          || pending > 0 && (DateTime.UtcNow - spool.OldestPending >= options.FlushDelay || (long)pending >= options.FlushBytes);
+                          || pending > 0 && (owner.StoreSynchronous || DateTime.UtcNow - spool.OldestPending >= options.FlushDelay || (long)pending >= options.FlushBytes);
                     if (!due) return;
                 }
                 await FlushAsync(conn, spool, ct).ConfigureAwait(false);
@@ -538,6 +569,13 @@ public sealed class WalArchiver
             }
             var store = owner._store;
             var id = owner._instanceId;
+            var synchronous = owner.StoreSynchronous;
+            if (whole && synchronous && to > from)
+            {
+                // Commits wait for this tail: a small piece now, the whole 16 MiB segment right after.
+                await PutPartAsync(store, id, spool, from, to, ct).ConfigureAwait(false);
+                await ReportAsync(conn, spool, to, synchronous, ct).ConfigureAwait(false);
+            }
             if (whole)
             {
                 await using (var stream = new FileStream(spool.Path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
@@ -547,16 +585,28 @@ public sealed class WalArchiver
             }
             else if (to > from)
             {
-                var bytes = new byte[to - from];
-                RandomAccess.Read(spool.File, bytes, (long)(from - spool.Segment.Start));
-                using var ms = new MemoryStream(bytes);
-                await store.PutAsync(ArchiveLayout.Part(id, systemId, spool.Segment, from, to), ms, ct).ConfigureAwait(false);
+                await PutPartAsync(store, id, spool, from, to, ct).ConfigureAwait(false);
             }
             else return;
+            await ReportAsync(conn, spool, to, synchronous, ct).ConfigureAwait(false);
+        }
+
+        private async Task PutPartAsync(IObjectStore store, string id, Spool spool, ulong from, ulong to, CancellationToken ct)
+        {
+            var bytes = new byte[to - from];
+            RandomAccess.Read(spool.File, bytes, (long)(from - spool.Segment.Start));
+            using var ms = new MemoryStream(bytes);
+            await store.PutAsync(ArchiveLayout.Part(id, systemId, spool.Segment, from, to), ms, ct).ConfigureAwait(false);
+        }
+
+        /// <summary>Everything before <paramref name="to"/> is in the store: the slot may let go of it, and (store-sync) the server hears it now.</summary>
+        private async Task ReportAsync(PhysicalReplicationConnection conn, Spool spool, ulong to, bool synchronous, CancellationToken ct)
+        {
             lock (_spools) spool.Uploaded = to;
             owner.Update(p => p with { Timeline = p.Timeline == 0 ? timeline : p.Timeline, ArchivedLsn = to, LastUpload = DateTimeOffset.UtcNow, Error = null });
-            // The slot may now let go of everything before this point.
             conn.SetReplicationStatus(new NpgsqlLogSequenceNumber(to));
+            // Otherwise Npgsql reports it within WalReceiverStatusInterval; a store-synchronous leader's commits wait for it.
+            if (synchronous) await conn.SendStatusUpdate(ct).ConfigureAwait(false);
         }
 
         public void Dispose()

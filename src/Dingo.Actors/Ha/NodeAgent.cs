@@ -493,9 +493,14 @@ public sealed class NodeAgent
         var leading = _leaderLease != 0 && failure is null && action is HaAction.Lead or HaAction.TakeLeadership or HaAction.Promote;
         if (leading)
         {
-            if (_duty is { Stopped: false }) return;
+            if (_duty is { Stopped: false })
+            {
+                _duty.StoreSynchronous = SynchronousCommit.StoreSync(record);
+                return;
+            }
             if (_duty is not null) await _duty.DisposeAsync().ConfigureAwait(false);
             _duty = _backups.Lead(_spec.InstanceId, _spec.NodeId, Address, _spec.Port, record.Superuser, baseBackupNow: _restored);
+            _duty.StoreSynchronous = SynchronousCommit.StoreSync(record);
             _restored = false;
         }
         else if (_leaderLease == 0)
@@ -684,7 +689,7 @@ public sealed class NodeAgent
             StartFailure = _startFailure,
         };
         var plan = Catalog.FindPlan(record.PlanId);
-        _synchronous = plan?.Synchronous == true;
+        _synchronous = SynchronousCommit.Synchronous(plan?.Synchronous == true, SynchronousCommit.StoreSync(record), record.NodeCount);
         return new HaInput(_spec.NodeId, _synchronous, local, reachable, leader, _leaderLease != 0, SinceRenewal,
             optime, sync, members, switchover, initialised, candidate, now)
         {
@@ -1234,21 +1239,26 @@ public sealed class NodeAgent
             _lastOptime = lsn;
         }
         var plan = Catalog.FindPlan(record.PlanId);
-        var inPg = await probe.SynchronousStandbysAsync(ct).WaitAsync(ct).ConfigureAwait(false);
-        if (plan?.Synchronous != true)
-        {
-            if (inPg.Count > 0) await probe.SetSynchronousStandbysAsync([], ct).WaitAsync(ct).ConfigureAwait(false);
-            return;
-        }
+        var inPg = await probe.SynchronousSettingAsync(ct).WaitAsync(ct).ConfigureAwait(false);
+        var storeSync = SynchronousCommit.StoreSync(record);
+        var streaming = plan?.Synchronous == true || storeSync
+            ? (await probe.StreamingStandbysAsync(ct).WaitAsync(ct).ConfigureAwait(false)).Where(others.Contains).ToList()
+            : [];
+        var wanted = SynchronousCommit.Decide(plan?.Synchronous == true, storeSync, streaming, SynchronousCommit.NamedStandbys(inPg));
         // The set in etcd must always contain every standby PostgreSQL may wait for: grow etcd first, shrink it last.
-        var target = (await probe.StreamingStandbysAsync(ct).WaitAsync(ct).ConfigureAwait(false)).Where(others.Contains).OrderBy(n => n, StringComparer.Ordinal).ToList();
+        var target = wanted.Standbys.Order(StringComparer.Ordinal).ToList();
         var recorded = input.Sync?.Leader == _spec.NodeId ? input.Sync.Standbys : [];
         if (!target.All(recorded.Contains))
         {
             await _store.PutAsync(K.Sync(_spec.InstanceId), new SyncState(recorded.Union(target).OrderBy(n => n, StringComparer.Ordinal).ToList(), _spec.NodeId), etcd).ConfigureAwait(false);
             recorded = recorded.Union(target).ToList();
         }
-        if (!inPg.SequenceEqual(target)) await probe.SetSynchronousStandbysAsync(target, ct).WaitAsync(ct).ConfigureAwait(false);
+        if (inPg != wanted.Setting)
+        {
+            await probe.SetSynchronousSettingAsync(wanted.Setting, ct).WaitAsync(ct).ConfigureAwait(false);
+            _logger.LogInformation("{Node}: synchronous_standby_names = '{Setting}': {Why}", _spec.NodeId, wanted.Setting, wanted.Sentence);
+        }
+        if (!_synchronous) return; // an asynchronous cluster's failover reads no sync key
         if (!recorded.OrderBy(n => n, StringComparer.Ordinal).SequenceEqual(target) || input.Sync?.Leader != _spec.NodeId)
             await _store.PutAsync(K.Sync(_spec.InstanceId), new SyncState(target, _spec.NodeId), etcd).ConfigureAwait(false);
     }

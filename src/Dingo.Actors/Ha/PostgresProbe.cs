@@ -189,28 +189,24 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         return names;
     }
 
-    /// <summary>The node names in synchronous_standby_names (empty: asynchronous).</summary>
-    public async Task<IReadOnlyList<string>> SynchronousStandbysAsync(CancellationToken ct)
+    /// <summary>synchronous_standby_names as PostgreSQL holds it now ('' : asynchronous).</summary>
+    public async Task<string> SynchronousSettingAsync(CancellationToken ct)
     {
         await using var conn = Connect();
         await conn.OpenAsync(ct).ConfigureAwait(false);
         await using var cmd = new NpgsqlCommand("SHOW synchronous_standby_names", conn);
-        var value = (string?)await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false) ?? "";
-        var open = value.IndexOf('(');
-        var inner = open >= 0 ? value[(open + 1)..value.LastIndexOf(')')] : value;
-        return inner.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-            .Select(n => n.Trim('"')).Where(n => n.Length > 0).OrderBy(n => n, StringComparer.Ordinal).ToList();
+        return (string?)await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false) ?? "";
     }
 
-    /// <summary>Sets synchronous_standby_names to ANY 1 of the given standbys ('' when none) and reloads.</summary>
-    public async Task SetSynchronousStandbysAsync(IReadOnlyList<string> standbys, CancellationToken ct)
+    /// <summary>Sets synchronous_standby_names (a <see cref="SynchronousCommit.Plan"/>'s setting) and reloads.</summary>
+    public async Task SetSynchronousSettingAsync(string setting, CancellationToken ct)
     {
-        foreach (var s in standbys)
+        foreach (var s in SynchronousCommit.NamedStandbys(setting))
             if (!s.All(c => char.IsAsciiLetterOrDigit(c) || c == '-' || c == '_')) throw new ArgumentException($"unsafe standby name '{s}'");
-        var value = standbys.Count == 0 ? "" : $"ANY 1 ({string.Join(", ", standbys.Select(s => $"\"{s}\""))})";
+        if (setting.Contains('\\', StringComparison.Ordinal) || setting.Contains('\'', StringComparison.Ordinal)) throw new ArgumentException("unsafe synchronous_standby_names");
         await using var conn = Connect();
         await conn.OpenAsync(ct).ConfigureAwait(false);
-        await using (var set = new NpgsqlCommand($"ALTER SYSTEM SET synchronous_standby_names = '{value.Replace("'", "''", StringComparison.Ordinal)}'", conn))
+        await using (var set = new NpgsqlCommand($"ALTER SYSTEM SET synchronous_standby_names = '{setting}'", conn))
             await set.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
         await using var reload = new NpgsqlCommand("SELECT pg_reload_conf()", conn);
         await reload.ExecuteScalarAsync(ct).ConfigureAwait(false);

@@ -25,7 +25,7 @@ public sealed class CellMetrics
 
     private readonly Gauge _nodeInfo, _leader, _lagBytes, _lagSeconds, _timeline, _connections, _writable;
     private readonly Counter _restarts, _decisions, _promotions, _handovers, _failedPasses;
-    private readonly Gauge _backlog, _archiveLag, _sinceUpload, _baseAge, _baseSize, _baseCount, _alarm, _drillOk, _drillAge, _drillDuration;
+    private readonly Gauge _backlog, _archiveLag, _sinceUpload, _baseAge, _baseSize, _baseCount, _alarm, _drillOk, _drillAge, _drillDuration, _commitsWaiting, _commitWait;
     private readonly Histogram _restores;
 
     public CellMetrics(CollectorRegistry? registry = null, Func<DateTimeOffset>? now = null)
@@ -56,6 +56,8 @@ public sealed class CellMetrics
         _baseSize = f.CreateGauge("dingo_backup_base_backup_size_bytes", "Size of the latest base backup this cell took.", instance);
         _baseCount = f.CreateGauge("dingo_backup_base_backups", "Base backups of the instance in the object store, as the leading cell counts them (listed when it started leading, plus those it took).", instance);
         _alarm = f.CreateGauge("dingo_backup_alarm", "1 while the instance's backups raise an alarm (backlog over its limit, or archiving failing).", instance);
+        _commitsWaiting = f.CreateGauge("dingo_commits_waiting", "Sessions of the leader whose commit waits for synchronous replication (with store-sync: for the object store); sampled every 2 s.", instance);
+        _commitWait = f.CreateGauge("dingo_commit_wait_seconds", "How long the oldest commit counted by dingo_commits_waiting has waited (0 when none waits).", instance);
         _drillOk = f.CreateGauge("dingo_backup_drill_success", "1 when the latest restore drill restored and verified the latest backup, 0 when it failed.", instance);
         _drillAge = f.CreateGauge("dingo_backup_drill_age_seconds", "Seconds since the latest restore drill.", instance);
         _drillDuration = f.CreateGauge("dingo_backup_drill_duration_seconds", "How long the latest restore drill took.", instance);
@@ -139,7 +141,7 @@ public sealed class CellMetrics
 
         foreach (var (instance, figures) in _backups)
             if (now - figures.At > Stale) _backups.TryRemove(new KeyValuePair<string, BackupFigures>(instance, figures));
-        foreach (var gauge in new[] { _backlog, _archiveLag, _sinceUpload, _baseAge, _baseSize, _baseCount, _alarm, _drillOk, _drillAge, _drillDuration }) Clear(gauge);
+        foreach (var gauge in new[] { _backlog, _archiveLag, _sinceUpload, _baseAge, _baseSize, _baseCount, _alarm, _drillOk, _drillAge, _drillDuration, _commitsWaiting, _commitWait }) Clear(gauge);
         foreach (var (instance, figures) in _backups)
         {
             if (figures.State is { } s)
@@ -150,6 +152,8 @@ public sealed class CellMetrics
                 if (s.LastBaseBackupAt is { } at) _baseAge.WithLabels(instance).Set(Math.Max(0, (now - at).TotalSeconds));
                 _baseCount.WithLabels(instance).Set(s.BaseBackups);
                 _alarm.WithLabels(instance).Set(s.Alarm is null ? 0 : 1);
+                _commitsWaiting.WithLabels(instance).Set(s.CommitsWaiting);
+                _commitWait.WithLabels(instance).Set(s.CommitWaitSeconds);
             }
             if (figures.BaseBackupBytes is { } bytes) _baseSize.WithLabels(instance).Set(bytes);
             if (figures.Drill is { } d)

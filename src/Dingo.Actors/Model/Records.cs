@@ -50,6 +50,10 @@ public sealed record BackupState
     public DateTimeOffset? LastBaseBackupAt { get; init; }
     public int BaseBackups { get; init; }
     public string? BaseBackupError { get; init; }
+    /// <summary>Sessions whose commit waits for synchronous replication now (with store-sync: for the object store too).</summary>
+    public int CommitsWaiting { get; init; }
+    /// <summary>How long the oldest of them has waited, in seconds.</summary>
+    public double CommitWaitSeconds { get; init; }
     public DateTimeOffset UpdatedAt { get; init; }
 }
 

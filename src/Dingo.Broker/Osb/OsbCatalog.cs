@@ -15,9 +15,9 @@ public static class OsbCatalog
     public const string SchemaDialect = "http://json-schema.org/draft-04/schema#";
 
     /// <summary>Parameters a provision accepts (`ValidateParameters` in InstanceService reads the same names).</summary>
-    public static readonly IReadOnlyList<string> ProvisionParameters = ["cells", "node-count", "clone-from", "point-in-time"];
+    public static readonly IReadOnlyList<string> ProvisionParameters = ["cells", "node-count", "clone-from", "point-in-time", Dingo.Ha.SynchronousCommit.Parameter];
     /// <summary>Parameters an update accepts.</summary>
-    public static readonly IReadOnlyList<string> UpdateParameters = ["cells", "node-count"];
+    public static readonly IReadOnlyList<string> UpdateParameters = ["cells", "node-count", Dingo.Ha.SynchronousCommit.Parameter];
 
     /// <param name="version">the request's X-Broker-API-Version</param>
     /// <param name="maximumPollingDuration">how long a platform should poll an operation: the broker's own operation
@@ -128,6 +128,12 @@ public static class OsbCatalog
                     // RequestLimits.IdProblem: letters, digits, '-', '_', '.', not starting with '.', at most 128.
                     ["pattern"] = $"^[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{RequestLimits.MaxIdLength - 1}}}$",
                 },
+            },
+            [Dingo.Ha.SynchronousCommit.Parameter] = new JsonObject
+            {
+                ["description"] = "Store-synchronous commit: a commit is acknowledged only once its WAL is in the object store (recovery point 0 even if every node and disk is lost; "
+                                  + "each commit waits for one upload, and a store that is down makes commits wait). With replicas, one of them must hold it too.",
+                ["type"] = "boolean",
             },
         };
         if (provisioning)

@@ -125,7 +125,7 @@ public sealed class BackupScheduleTests(ITestOutputHelper output) : IAsyncLifeti
         var runtime = new LocalProcessRuntime(new LocalProcessRuntimeOptions(Path.Combine(_root, "nodes")), new TestOutputLogger<LocalProcessRuntime>(output));
         var superuser = new Credentials("dingo_admin", "Pw" + Guid.NewGuid().ToString("N"));
         var spec = new NodeLaunchSpec("n-1", "alarm-1", "127.0.0.1", FreePorts.One(), superuser);
-        var failing = new FailingStore(new LocalFolderObjectStore(Path.Combine(_root, "store")));
+        var failing = new FailingObjectStore(new LocalFolderObjectStore(Path.Combine(_root, "store")));
         try
         {
             await runtime.CreateAsync(spec, CancellationToken.None);
@@ -162,20 +162,5 @@ public sealed class BackupScheduleTests(ITestOutputHelper output) : IAsyncLifeti
             await runtime.RemoveAsync(spec.NodeId, CancellationToken.None);
             await etcd.DeletePrefixAsync(prefix + "/", CancellationToken.None);
         }
-    }
-
-    /// <summary>A real store whose writes can be made to fail, like an unreachable bucket.</summary>
-    private sealed class FailingStore(IObjectStore inner) : IObjectStore
-    {
-        public volatile bool Failing;
-        private void Check() { if (Failing) throw new IOException("the store is unreachable (test)"); }
-        public Task PutAsync(string key, Stream content, CancellationToken cancellationToken = default) { Check(); return inner.PutAsync(key, content, cancellationToken); }
-        public Task GetAsync(string key, Stream destination, CancellationToken cancellationToken = default) { Check(); return inner.GetAsync(key, destination, cancellationToken); }
-        public Task<bool> ExistsAsync(string key, CancellationToken cancellationToken = default) { Check(); return inner.ExistsAsync(key, cancellationToken); }
-        public Task<IReadOnlyList<ObjectInfo>> ListAsync(string prefix, CancellationToken cancellationToken = default) { Check(); return inner.ListAsync(prefix, cancellationToken); }
-        public Task DeleteAsync(string key, CancellationToken cancellationToken = default) { Check(); return inner.DeleteAsync(key, cancellationToken); }
-        public Task<int> DeletePrefixAsync(string prefix, CancellationToken cancellationToken = default) { Check(); return inner.DeletePrefixAsync(prefix, cancellationToken); }
-        public Task<StoreCheck> CheckAsync(CancellationToken cancellationToken = default) => inner.CheckAsync(cancellationToken);
-        public string Describe() => "failing " + inner.Describe();
     }
 }

@@ -6,7 +6,7 @@ using Xunit.Abstractions;
 namespace Dingo.Tests.EndToEnd;
 
 /// <summary>The whole OSB path on real etcd, real cells and real PostgreSQL, through the router.</summary>
-[SuiteCost(26)]
+[SuiteCost(50)]
 public sealed class LifecycleTests(ITestOutputHelper output)
 {
     [Fact]
@@ -140,6 +140,68 @@ public sealed class LifecycleTests(ITestOutputHelper output)
         await AssertRefusedAsync(port, TimeSpan.FromSeconds(10));
         var (gone, _) = await platform.SendAsync(HttpMethod.Delete, $"/v2/service_instances/{id}?accepts_incomplete=true&{q}");
         Assert.Equal(410, gone);
+    }
+
+    /// <summary>
+    /// Store-synchronous commit through the OSB API: a `cluster` provisioned with `store-sync` names the archiver and its
+    /// replica in the leader's synchronous_standby_names (etcd lists the replica: the only failover candidate), commits
+    /// through the router; an update turns it off again.
+    /// </summary>
+    [Fact]
+    public async Task A_store_sync_cluster_commits_through_the_archiver_and_the_replica_and_an_update_turns_it_off()
+    {
+        await using var platform = await TestPlatform.StartAsync(cells: 2);
+        var id = "ssync-" + Guid.NewGuid().ToString("N")[..8];
+        await platform.ProvisionReadyAsync(id, Model.Catalog.ClusterPlanId, new Dictionary<string, object> { ["store-sync"] = true });
+        var record = (await platform.Store.GetAsync<Model.InstanceRecord>(platform.Store.Keys.Instance(id), CancellationToken.None))!.Value;
+
+        async Task<(string Setting, string Archiver, string? Replica)> LeaderSeesAsync()
+        {
+            var leader = (await platform.Store.GetAsync<Model.LeaderRecord>(platform.Store.Keys.Leader(id), CancellationToken.None))?.Value;
+            if (leader is null) return ("", "", null);
+            await using var conn = Dingo.Postgres.PlatformConnectionTls.Connection(Dingo.Postgres.PlatformConnectionTls.Apply(
+                Dingo.Postgres.DatabaseAdmin.ConnectionString(leader.Host, leader.Port, record.Superuser, "postgres"), required: true));
+            await conn.OpenAsync();
+            await using var cmd = new NpgsqlCommand(
+                "SELECT current_setting('synchronous_standby_names'), "
+                + $"COALESCE((SELECT sync_state FROM pg_stat_replication WHERE application_name = '{Dingo.Ha.SynchronousCommit.Archiver}'), ''), "
+                + $"(SELECT application_name FROM pg_stat_replication WHERE application_name <> '{Dingo.Ha.SynchronousCommit.Archiver}' AND sync_state = 'sync')", conn);
+            await using var r = await cmd.ExecuteReaderAsync();
+            await r.ReadAsync();
+            return (r.GetString(0), r.GetString(1), r.IsDBNull(2) ? null : r.GetString(2));
+        }
+
+        var seen = ("", "", (string?)null);
+        await Eventually.UntilAsync(async () =>
+        {
+            seen = await LeaderSeesAsync();
+            return seen.Item2 == "sync" && seen.Item3 is not null;
+        }, TimeSpan.FromSeconds(60), () => $"the archiver and the replica as the leader's synchronous standbys; the leader saw {seen}");
+        var (setting, _, replica) = seen;
+        output.WriteLine($"synchronous_standby_names = {setting}");
+        Assert.Equal($"FIRST 2 (\"{Dingo.Ha.SynchronousCommit.Archiver}\", \"{replica}\")", setting);
+        var sync = (await platform.Store.GetAsync<Model.SyncState>(platform.Store.Keys.Sync(id), CancellationToken.None))?.Value;
+        Assert.NotNull(sync);
+        Assert.Equal([replica!], sync.Standbys);
+
+        var creds = await platform.BindAsync(id, "bind-1", Model.Catalog.ClusterPlanId);
+        await using (var conn = new NpgsqlConnection(TestPlatform.ConnectionStringFromUri((string)creds["uri"]!)))
+        {
+            await conn.OpenAsync();
+            await using var cmd = new NpgsqlCommand("CREATE TABLE t(id int); INSERT INTO t SELECT generate_series(1, 100)", conn);
+            await cmd.ExecuteNonQueryAsync();
+        }
+
+        var patch = new System.Text.Json.Nodes.JsonObject
+        {
+            ["service_id"] = Model.Catalog.ServiceId,
+            ["parameters"] = new System.Text.Json.Nodes.JsonObject { ["store-sync"] = false },
+        }.ToJsonString();
+        var (updating, _) = await platform.SendAsync(HttpMethod.Patch, $"/v2/service_instances/{id}?accepts_incomplete=true", patch);
+        Assert.Equal(202, updating);
+        Assert.Equal("succeeded", (string?)(await platform.WaitForOperationAsync(id, TimeSpan.FromSeconds(30)))["state"]);
+        await Eventually.UntilAsync(async () => (seen = await LeaderSeesAsync()).Item1 == "", TimeSpan.FromSeconds(30),
+            () => $"the cluster asynchronous again; the leader saw {seen}");
     }
 
     internal static async Task AssertRefusedAsync(int port, TimeSpan within)

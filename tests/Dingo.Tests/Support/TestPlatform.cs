@@ -473,9 +473,9 @@ public sealed class TestPlatform : IAsyncDisposable
         return story.ToString();
     }
 
-    public async Task<string> ProvisionReadyAsync(string instanceId, string? planId = null)
+    public async Task<string> ProvisionReadyAsync(string instanceId, string? planId = null, object? parameters = null)
     {
-        var (status, body) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{instanceId}?accepts_incomplete=true", ProvisionBody(planId));
+        var (status, body) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{instanceId}?accepts_incomplete=true", ProvisionBody(planId, parameters));
         Assert.True(status == 202, $"provision answered {status}: {body.ToJsonString()}");
         var final = await WaitForOperationAsync(instanceId, TimeSpan.FromSeconds(90));
         if ((string?)final["state"] != "succeeded") Assert.Fail($"provision ended {final.ToJsonString()}\n{await InstanceStoryAsync(instanceId)}");
