@@ -31,6 +31,10 @@ public sealed class ArchiveCatalog
             }
             else if (ArchiveLayout.TryParsePart(o.Key, segmentSize, out var seg, out var from, out var to))
             {
+                // A piece shorter than its name says is an upload cut short (a stand-in store kept the bytes of a PUT
+                // whose client died mid-body): never counted, as a segment of the wrong size is not (bench/Rpo on
+                // s3rver restored such a piece's zeros and stopped 176 B short of the end it claimed).
+                if ((ulong)o.Size != to - from) continue;
                 if (!parts.TryGetValue(seg.Name, out var list)) parts[seg.Name] = list = [];
                 list.Add((from, to, o.Key));
             }

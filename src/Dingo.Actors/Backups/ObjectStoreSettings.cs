@@ -120,7 +120,7 @@ public sealed record BackupSettings
     /// <summary>Archive WAL and take base backups of every cluster (off: nothing is backed up, restores are refused).</summary>
     public bool Enabled { get; init; } = true;
     /// <summary>Received WAL is stored within this delay (plus the upload).</summary>
-    public TimeSpan FlushDelay { get; init; } = TimeSpan.FromMilliseconds(200);
+    public TimeSpan FlushDelay { get; init; } = TimeSpan.FromMilliseconds(100);
     public TimeSpan BaseBackupInterval { get; init; } = TimeSpan.FromDays(1);
     public int Keep { get; init; } = 4;
     /// <summary>How long a deleted instance's backups stay recoverable.</summary>
@@ -137,7 +137,7 @@ public sealed record BackupSettings
         {
             Store = ObjectStoreSettings.FromConfig(dingo, env, dataDir),
             Enabled = dingo.GetBoolean("backups.enabled", true),
-            FlushDelay = dingo.GetTimeSpan("backups.flush-delay", TimeSpan.FromMilliseconds(200)),
+            FlushDelay = dingo.GetTimeSpan("backups.flush-delay", TimeSpan.FromMilliseconds(100)),
             BaseBackupInterval = dingo.GetTimeSpan("backups.base-backup-interval", TimeSpan.FromDays(1)),
             Keep = dingo.GetInt("backups.keep", 4),
             DeletedRetention = dingo.GetTimeSpan("backups.deleted-retention", TimeSpan.FromDays(7)),

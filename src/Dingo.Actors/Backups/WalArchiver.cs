@@ -11,8 +11,11 @@ namespace Dingo.Backups;
 
 public sealed record WalArchiverOptions
 {
-    /// <summary>Received WAL waits at most this long before it is uploaded (the recovery point objective, less upload time).</summary>
-    public TimeSpan FlushDelay { get; init; } = TimeSpan.FromMilliseconds(200);
+    /// <summary>
+    /// Received WAL waits at most this long before it is uploaded (the recovery point objective, less upload time): WAL
+    /// after a quiet spell goes at once, a steady stream as one piece per delay (one PUT each on a priced store).
+    /// </summary>
+    public TimeSpan FlushDelay { get; init; } = TimeSpan.FromMilliseconds(100);
     /// <summary>Upload at once when this much WAL is waiting.</summary>
     public long FlushBytes { get; init; } = 4 * 1024 * 1024;
     /// <summary>Backlog (WAL the server has that the archive lacks) that raises the alarm.</summary>
@@ -416,7 +419,9 @@ public sealed class WalArchiver
     {
         while (!ct.IsCancellationRequested)
         {
-            await spools.WaitAsync(TimeSpan.FromMilliseconds(50), ct).ConfigureAwait(false);
+            // Asleep until WAL arrives or the next piece is due: an idle archiver wakes once a second (the backlog check).
+            var wait = spools.UntilDue(_options);
+            if (wait > TimeSpan.Zero) await spools.WaitAsync(wait, ct).ConfigureAwait(false);
             await spools.FlushDueAsync(conn, _options, ct).ConfigureAwait(false);
             CheckBacklog();
         }
@@ -455,7 +460,6 @@ public sealed class WalArchiver
             public ulong Filled;
             public ulong Uploaded;
             public ulong FirstHeld;
-            public DateTime OldestPending = DateTime.MaxValue;
             public bool Complete => Filled == Segment.End;
         }
 
@@ -510,7 +514,6 @@ public sealed class WalArchiver
                 lock (_spools)
                 {
                     spool.Filled = at + (ulong)room;
-                    if (spool.OldestPending == DateTime.MaxValue) spool.OldestPending = DateTime.UtcNow;
                 }
                 at += (ulong)room;
                 data = data[room..];
@@ -520,6 +523,30 @@ public sealed class WalArchiver
         public void EndOfTimeline()
         {
             lock (_spools) _ended = true;
+        }
+
+        /// <summary>When the last piece was stored: the next waits at most <see cref="WalArchiverOptions.FlushDelay"/> after it.</summary>
+        private long _lastUploadTicks; // 0: none yet
+
+        /// <summary>
+        /// How long until the first spool has something due (zero: now). WAL arriving after a quiet spell is stored at
+        /// once; under a steady stream, one piece per flush delay at most (each a PUT on a priced store). Store-sync:
+        /// always at once.
+        /// </summary>
+        public TimeSpan UntilDue(WalArchiverOptions options)
+        {
+            lock (_spools)
+            {
+                var spool = _spools.FirstOrDefault();
+                if (spool is null) return TimeSpan.FromSeconds(1);
+                var pending = spool.Filled - spool.Uploaded;
+                if (spool.Complete || _ended) return TimeSpan.Zero;
+                if (pending == 0) return TimeSpan.FromSeconds(1);
+                if (owner.StoreSynchronous || (long)pending >= options.FlushBytes) return TimeSpan.Zero;
+                if (_lastUploadTicks == 0) return TimeSpan.Zero;
+                var left = options.FlushDelay - System.Diagnostics.Stopwatch.GetElapsedTime(_lastUploadTicks);
+                return left > TimeSpan.Zero ? left : TimeSpan.Zero;
+            }
         }
 
         public async Task FlushDueAsync(PhysicalReplicationConnection conn, WalArchiverOptions options, CancellationToken ct)
@@ -532,9 +559,7 @@ public sealed class WalArchiver
                 {
                     spool = _spools.FirstOrDefault();
                     if (spool is null) return;
-                    var pending = spool.Filled - spool.Uploaded;
-                    due = spool.Complete || _ended
-                          || pending > 0 && (owner.StoreSynchronous || DateTime.UtcNow - spool.OldestPending >= options.FlushDelay || (long)pending >= options.FlushBytes);
+                    due = spool.Complete || _ended || spool.Filled > spool.Uploaded && UntilDue(options) == TimeSpan.Zero;
                     if (!due) return;
                 }
                 await FlushAsync(conn, spool, ct).ConfigureAwait(false);
@@ -565,7 +590,6 @@ public sealed class WalArchiver
                 from = spool.Uploaded;
                 to = spool.Filled;
                 whole = spool.Complete && spool.FirstHeld == spool.Segment.Start;
-                spool.OldestPending = DateTime.MaxValue;
             }
             var store = owner._store;
             var id = owner._instanceId;
@@ -602,7 +626,11 @@ public sealed class WalArchiver
         /// <summary>Everything before <paramref name="to"/> is in the store: the slot may let go of it, and (store-sync) the server hears it now.</summary>
         private async Task ReportAsync(PhysicalReplicationConnection conn, Spool spool, ulong to, bool synchronous, CancellationToken ct)
         {
-            lock (_spools) spool.Uploaded = to;
+            lock (_spools)
+            {
+                spool.Uploaded = to;
+                _lastUploadTicks = System.Diagnostics.Stopwatch.GetTimestamp();
+            }
             owner.Update(p => p with { Timeline = p.Timeline == 0 ? timeline : p.Timeline, ArchivedLsn = to, LastUpload = DateTimeOffset.UtcNow, Error = null });
             conn.SetReplicationStatus(new NpgsqlLogSequenceNumber(to));
             // Otherwise Npgsql reports it within WalReceiverStatusInterval; a store-synchronous leader's commits wait for it.

@@ -59,6 +59,32 @@ public sealed class RestoreVerificationTests
         return new ArchiveCatalog { SystemId = 7, SegmentSize = Seg, Segments = whole, Parts = pieces, Histories = histories.ToHashSet() };
     }
 
+    [Fact]
+    public async Task A_piece_shorter_than_its_name_says_is_not_counted()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "dingo-catalog-" + Guid.NewGuid().ToString("N")[..10]);
+        try
+        {
+            var store = new LocalFolderObjectStore(dir);
+            var segment = new WalSegment(1, 3, Seg);
+            async Task PutAsync(ulong from, ulong to, int bytes)
+            {
+                using var content = new MemoryStream(new byte[bytes]);
+                await store.PutAsync(ArchiveLayout.Part("src", 7, segment, segment.Start + from, segment.Start + to), content);
+            }
+            await PutAsync(0, 0x100, 0x100);
+            await PutAsync(0x100, 0x200, 0x100);
+            await PutAsync(0x200, 0x2B0, 0x40); // cut short: 64 of its 176 bytes
+            var catalog = await ArchiveCatalog.ReadAsync(store, "src", 7, Seg, CancellationToken.None);
+            Assert.Equal(2, catalog.Parts[segment.Name].Count);
+            Assert.Equal(segment.Start + 0x200, catalog.ArchivedEnd(1));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     private static readonly Dictionary<uint, ulong> SwitchedInSegment5 = new() { [1] = Lsn.Parse("0/5000100") };
 
     [Fact]

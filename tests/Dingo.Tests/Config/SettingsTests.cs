@@ -18,8 +18,8 @@ public sealed class SettingsTests
         Assert.Equal("/dingo", s.EtcdPrefix);
         var b = s.Backups!;
         Assert.True(b.Enabled);
-        Assert.Equal((TimeSpan.FromMilliseconds(200), TimeSpan.FromDays(1), 4, TimeSpan.FromDays(7), TimeSpan.FromDays(7)),
-            (b.FlushDelay, b.BaseBackupInterval, b.Keep, b.DeletedRetention, b.DrillInterval));
+        Assert.Equal((TimeSpan.FromMilliseconds(100), TimeSpan.FromDays(1), 4, TimeSpan.FromDays(7), TimeSpan.FromDays(7), TimeSpan.FromSeconds(5)),
+            (b.FlushDelay, b.BaseBackupInterval, b.Keep, b.DeletedRetention, b.DrillInterval, b.CommitWaitAlarm));
         Assert.Equal(256L * 1024 * 1024, b.BacklogAlarmBytes);
         Assert.Equal((TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(2)), (s.Ha.Ttl, s.Ha.ReleaseDeadLeaderAfter));
     }
