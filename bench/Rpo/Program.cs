@@ -15,6 +15,9 @@ namespace Dingo.Bench.Rpo;
 /// moment every PostgreSQL process SIGKILLed, the archiver stopped in the same instant (it lives on the same host),
 /// the data directory and the archiver's spool deleted; a new node restored from the store alone. stdout carries
 /// only the bench's lines; logs go to stderr.
+/// <para>`--mode store-sync`: the node names the archiver in synchronous_standby_names and the archiver runs
+/// store-synchronous (docs/backups.md), and the writer commits back to back, so the kill often lands mid-commit. Every
+/// acknowledged commit must come back: lost_rows=0 in every run, or the bench fails.</para>
 /// </summary>
 public static class Program
 {
@@ -35,13 +38,15 @@ public static class Program
 
         var runs = 5;
         var storeKind = "local";
+        var storeSync = false;
         int? seed = null;
         for (var i = 0; i < args.Length; i++)
         {
             if (args[i] == "--runs" && i + 1 < args.Length && int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out runs) && runs >= 3) { i++; continue; }
             if (args[i] == "--store" && i + 1 < args.Length && args[i + 1] is "local" or "s3") { storeKind = args[++i]; continue; }
             if (args[i] == "--seed" && i + 1 < args.Length && int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var s)) { seed = s; i++; continue; }
-            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Rpo -- [--runs N] [--store local|s3] [--seed S]   (N >= 3, default 5; local store)");
+            if (args[i] == "--mode" && i + 1 < args.Length && args[i + 1] is "async" or "store-sync") { storeSync = args[++i] == "store-sync"; continue; }
+            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Rpo -- [--runs N] [--store local|s3] [--mode async|store-sync] [--seed S]   (N >= 3, default 5; local store; async)");
             return 2;
         }
         if (!Environment.IsPrivilegedProcess)
@@ -66,8 +71,9 @@ public static class Program
                 store = s3.Store;
             }
             else store = new LocalFolderObjectStore(localStore);
-            output.WriteLine($"config runs={runs} store={storeKind} write_every_ms={WriteEvery.TotalMilliseconds:0} "
-                             + $"kill_after_s={KillEarliest.TotalSeconds:0}-{KillLatest.TotalSeconds:0} flush_delay_ms={new WalArchiverOptions().FlushDelay.TotalMilliseconds:0}");
+            var writeEvery = storeSync ? TimeSpan.Zero : WriteEvery;
+            output.WriteLine($"config runs={runs} store={storeKind} mode={(storeSync ? "store-sync" : "async")} write_every_ms={writeEvery.TotalMilliseconds:0} "
+                             + $"kill_after_s={KillEarliest.TotalSeconds:0}-{KillLatest.TotalSeconds:0} flush_delay_ms={(storeSync ? 0 : new WalArchiverOptions().FlushDelay.TotalMilliseconds):0}");
 
             for (var n = 1; n <= runs; n++)
             {
@@ -75,7 +81,7 @@ public static class Program
                 Run? run = null;
                 try
                 {
-                    run = await RunOnceAsync(n, store, killAfter, ct);
+                    run = await RunOnceAsync(n, store, killAfter, storeSync, writeEvery, ct);
                     output.WriteLine($"run n={n} kill_after_s={F2(run.KillAfterSeconds)} acked={run.Acked} last_acked={run.LastAcked} "
                                      + $"last_restored={run.LastRestored} lost_rows={run.LostRows} holes={run.Holes} lost_s={F2(run.LostSeconds)} restore_s={F2(run.RestoreSeconds)}");
                 }
@@ -106,11 +112,13 @@ public static class Program
 
         // A failed run (error, or acknowledged rows missing below restored ones) counts as everything lost.
         var lost = results.Select(r => r is { Failed: false } ? r.LostSeconds : double.PositiveInfinity).ToList();
-        output.WriteLine($"RESULT rpo max_lost_s={F2(lost.Max())} median_lost_s={F2(Median(lost))} runs={lost.Count}");
-        return results.Any(r => r is null or { Failed: true }) ? 1 : 0;
+        var lostRows = results.Sum(r => r?.LostRows ?? 0);
+        output.WriteLine($"RESULT rpo mode={(storeSync ? "store-sync" : "async")} max_lost_s={F2(lost.Max())} median_lost_s={F2(Median(lost))} lost_rows={lostRows} "
+                         + $"acked={results.Sum(r => r?.Acked ?? 0)} runs={lost.Count}");
+        return results.Any(r => r is null or { Failed: true }) || storeSync && lostRows > 0 ? 1 : 0;
     }
 
-    private static async Task<Run> RunOnceAsync(int n, IObjectStore store, TimeSpan killAfter, CancellationToken ct)
+    private static async Task<Run> RunOnceAsync(int n, IObjectStore store, TimeSpan killAfter, bool storeSync, TimeSpan writeEvery, CancellationToken ct)
     {
         var instance = "rpo-" + Guid.NewGuid().ToString("N")[..10];
         var superuser = new Credentials("dingo_admin", "Pw" + Guid.NewGuid().ToString("N"));
@@ -122,7 +130,7 @@ public static class Program
         var spool = Path.Combine(nodes.Root, "spool");
         using var archiverStop = CancellationTokenSource.CreateLinkedTokenSource(ct);
         using var writerStop = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        var archiver = new WalArchiver(store, instance, a.ListenAddress, a.Port, superuser, spool, new WalArchiverOptions(), Logger);
+        var archiver = new WalArchiver(store, instance, a.ListenAddress, a.Port, superuser, spool, new WalArchiverOptions(), Logger) { StoreSynchronous = storeSync };
         var archiving = archiver.RunAsync(archiverStop.Token);
         Task? writing = null;
         try
@@ -130,8 +138,20 @@ public static class Program
             await new BaseBackups(store, Logger).TakeAsync(instance, await Sql.SystemIdAsync(a, ct), a.NodeId, a.ListenAddress, a.Port, superuser,
                 BenchNodes.PgBin, Path.Combine(nodes.Root, "work"), caFingerprint: null, ct);
             var postmaster = await nodes.PostmasterPidAsync(a.NodeId, ct);
+            if (storeSync)
+            {
+                // What a store-sync leader's agent writes (SynchronousCommit.Decide, no replica), then the archiver streaming as the synchronous standby.
+                await Sql.ExecAsync(a, $"ALTER SYSTEM SET synchronous_standby_names = '{Dingo.Ha.SynchronousCommit.Decide(false, true, [], []).Setting}'", ct);
+                await Sql.ExecAsync(a, "SELECT pg_reload_conf()", ct);
+                var deadline = Stopwatch.StartNew();
+                while (await Sql.ScalarAsync<string>(a, $"SELECT COALESCE((SELECT sync_state FROM pg_stat_replication WHERE application_name = '{WalArchiver.ApplicationName}'), '')", ct) != "sync")
+                {
+                    if (deadline.Elapsed > TimeSpan.FromSeconds(30)) throw new TimeoutException("the archiver did not become the synchronous standby within 30 s");
+                    await Task.Delay(50, ct);
+                }
+            }
 
-            var writer = new RowWriter(Sql.ConnectionString(a), WriteEvery);
+            var writer = new RowWriter(Sql.ConnectionString(a), writeEvery);
             writing = writer.RunAsync(writerStop.Token);
             await Task.Delay(killAfter, ct);
 

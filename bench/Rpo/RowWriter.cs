@@ -4,7 +4,8 @@ namespace Dingo.Bench.Rpo;
 
 /// <summary>
 /// Commits one row on a tick, on one connection: row n carries PostgreSQL's clock when it was inserted. Remembers
-/// every commit PostgreSQL acknowledged; stops at the first failure (the node is gone).
+/// every commit PostgreSQL acknowledged; stops at the first failure (the node is gone). A zero tick commits back to
+/// back: a kill then lands in the middle of a commit as often as not.
 /// </summary>
 internal sealed class RowWriter(string connectionString, TimeSpan every)
 {
@@ -25,12 +26,12 @@ internal sealed class RowWriter(string connectionString, TimeSpan every)
     {
         await using var conn = new NpgsqlConnection(connectionString);
         await conn.OpenAsync(ct);
-        using var timer = new PeriodicTimer(every);
+        using var timer = every > TimeSpan.Zero ? new PeriodicTimer(every) : null;
         StartedAt = DateTime.UtcNow;
         var n = 0;
         try
         {
-            while (await timer.WaitForNextTickAsync(ct))
+            while (timer is null ? !ct.IsCancellationRequested : await timer.WaitForNextTickAsync(ct))
             {
                 n++;
                 await using var cmd = new NpgsqlCommand("INSERT INTO rpo(n, at) VALUES ($1, clock_timestamp()) RETURNING at", conn);
