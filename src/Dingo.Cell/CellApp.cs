@@ -45,7 +45,7 @@ public static class CellApp
                 new LocalProcessRuntimeOptions(
                     DataRoot: Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "nodes"),
                     PostgresBin: settings.Cell.PostgresBin,
-                    RunAsUser: settings.Cell.RunAsUser),
+                    RunAsUser: settings.Cell.RunAsUser) { WarmPool = settings.Cell.WarmPool },
                 sp.GetRequiredService<ILogger<LocalProcessRuntime>>()),
             "docker" => new DockerRuntime(
                 new DockerRuntimeOptions(settings.Cell.Id, settings.Cell.Docker)
@@ -133,6 +133,8 @@ public static class CellApp
         builder.Services.AddHostedService<CellWatches>();
         // The nodes' PostgreSQL logs: rotated, and shipped when a syslog receiver is configured. The Docker runtime's
         // engine keeps and rolls container logs itself (LogMaxBytes); they are shipped by following the engine's stream.
+        if (settings.Cell.Runtime == "process" && settings.Cell.WarmPool > 0)
+            builder.Services.AddHostedService(sp => new WarmPoolKeeper((LocalProcessRuntime)sp.GetRequiredService<IContainerRuntime>()));
         if (settings.Cell.Runtime == "process")
             builder.Services.AddHostedService(sp => new NodeLogs((LocalProcessRuntime)sp.GetRequiredService<IContainerRuntime>(), settings.Logging,
                 sp.GetService<Dingo.Logging.SyslogSink>(), sp.GetRequiredService<ILogger<NodeLogs>>()));

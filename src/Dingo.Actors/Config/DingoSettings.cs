@@ -111,6 +111,7 @@ public sealed record DingoSettings
                 HealthPort = int.TryParse(Env("DINGO_CELL_HEALTH_PORT"), out var cellHealth) ? cellHealth : d.GetInt("cell.health-port", 8090),
                 OrphanGrace = d.GetTimeSpan("cell.orphan-grace", TimeSpan.FromMinutes(10)),
                 MinFreeDisk = d.GetByteSize("cell.min-free-disk") ?? 1024L * 1024 * 1024,
+                WarmPool = d.GetInt("cell.warm-pool", 2),
                 AdminNetworks = Env("DINGO_CELL_ADMIN_NETWORKS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                                 ?? (d.HasPath("cell.admin-networks") ? d.GetStringList("cell.admin-networks")?.ToArray() : null) ?? [],
                 Docker = DockerSettings.FromConfig(d, env),
@@ -205,6 +206,7 @@ public sealed record DingoSettings
         if (Cell.Runtime is not ("process" or "docker")) throw new ArgumentException($"dingo.cell.runtime must be \"process\" or \"docker\": got \"{Cell.Runtime}\"");
         if (Cell.OrphanGrace < TimeSpan.Zero) throw new ArgumentException("dingo.cell.orphan-grace must not be negative");
         if (Cell.MinFreeDisk < 0) throw new ArgumentException("dingo.cell.min-free-disk must not be negative");
+        if (Cell.WarmPool is < 0 or > 50) throw new ArgumentException($"dingo.cell.warm-pool must be between 0 and 50: got {Cell.WarmPool}");
         foreach (var network in Cell.AdminNetworks)
         {
             try { Dingo.Postgres.PlatformAccess.ParseNetwork(network); }
@@ -304,6 +306,8 @@ public sealed record CellSettings
     public TimeSpan OrphanGrace { get; init; } = TimeSpan.FromMinutes(10);
     /// <summary>Below this much free space where the cell keeps its data, the cell reports a problem and takes no new node.</summary>
     public long MinFreeDisk { get; init; } = 1024L * 1024 * 1024;
+    /// <summary>Initialised, never-started data directories kept ready for new clusters' first nodes (process runtime; 0: none).</summary>
+    public int WarmPool { get; init; } = 2;
     /// <summary>`dingo.cell.docker`: used when Runtime is "docker".</summary>
     public DockerSettings Docker { get; init; } = new();
     /// <summary>

@@ -12,11 +12,19 @@ public sealed class LifecycleTests(ITestOutputHelper output)
     [Fact]
     public async Task Provision_bind_use_unbind_deprovision_through_the_router()
     {
-        await using var platform = await TestPlatform.StartAsync(cells: 2);
+        // Each cell keeps one warm data directory (dingo.cell.warm-pool): the instance's node takes it instead of running initdb.
+        await using var platform = await TestPlatform.StartAsync(cells: 2, TestPlatform.NewSettings(extra: "dingo.cell.warm-pool = 1"), ownsData: true);
+        string WarmRoot(string cell) => Path.Combine(platform.Settings.DataDir, "cells", cell, "nodes", "@warm");
+        await Eventually.UntilAsync(() => Task.FromResult(new[] { "cell-1", "cell-2" }.All(c =>
+            Directory.Exists(WarmRoot(c)) && Directory.EnumerateFiles(WarmRoot(c), "ready", SearchOption.AllDirectories).Any())),
+            TimeSpan.FromSeconds(60), "each cell's warm pool ready");
         var id = "e2e-" + Guid.NewGuid().ToString("N")[..8];
         var started = DateTime.UtcNow;
         await platform.ProvisionReadyAsync(id);
         output.WriteLine($"provision → succeeded in {(DateTime.UtcNow - started).TotalSeconds:0.0}s");
+        var warmNode = Assert.Single(await platform.Store.ListAsync<Model.NodeSpec>(platform.Store.Keys.Nodes(id), CancellationToken.None)).Value;
+        var marker = await File.ReadAllTextAsync(Path.Combine(platform.Settings.DataDir, "cells", warmNode.CellId, "nodes", warmNode.NodeId, "initialised"));
+        Assert.Contains("warm-pool", marker, StringComparison.Ordinal);
 
         var creds = await platform.BindAsync(id, "bind-1");
         var uri = (string)creds["uri"]!;

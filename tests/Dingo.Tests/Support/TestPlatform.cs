@@ -89,7 +89,9 @@ public sealed class TestPlatform : IAsyncDisposable
               router { port-range-first = {{pubFirst}}, port-range-last = {{pubLast}}, leader-wait = 3s, mode = userspace }
               # Cells of test platforms share 127.0.0.1: no health port unless a test gives its cell one
               # (DINGO_CELL_HEALTH_PORT; HealthEndpointTests).
-              cell { reconcile-interval = 500ms, lease-ttl = 6s, health-port = 0 }
+              # No warm pool: dozens of platforms each filling one would cost the suite a minute of initdb (WarmPoolTests
+              # and LifecycleTests' warm provision cover it).
+              cell { reconcile-interval = 500ms, lease-ttl = 6s, health-port = 0, warm-pool = 0 }
               # The run's seal keys (Security/TestSealKey): every process of every test platform opens the same records.
               security.seal-key-file = "{{Security.TestSealKey.File}}"
               node-port-range-first = {{nodeFirst}}
