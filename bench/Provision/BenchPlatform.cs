@@ -40,6 +40,8 @@ internal sealed class BenchPlatform : IAsyncDisposable
             dingo.router { port-range-first = {{pub}}, port-range-last = {{pub + 499}} }
             dingo.node-port-range-first = {{node}}
             dingo.node-port-range-last = {{node + 699}}
+            # The product's default (test platforms turn the warm pool off for the suite's time).
+            dingo.cell.warm-pool = 2
             """;
         var settings = TestPlatform.NewSettings(quota: 500, extra: extra, runtime: runtime);
         if (runtime == "docker") Console.Error.WriteLine($"bench: podman service at {TestPodman.Endpoint}, image {TestPodman.Image}");
