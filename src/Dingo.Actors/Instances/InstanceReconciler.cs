@@ -82,6 +82,7 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         var cells = await store.ListAsync<CellInfo>(keys.Cells, ct).ConfigureAwait(false);
         var allNodes = await store.ListAsync<NodeSpec>(keys.AllNodes, ct).ConfigureAwait(false);
         var leader = await store.GetAsync<LeaderRecord>(keys.Leader(instance.Id), ct).ConfigureAwait(false);
+        var backup = Dingo.Ha.SynchronousCommit.StoreSync(instance) ? await store.GetAsync<BackupState>(keys.Backup(instance.Id), ct).ConfigureAwait(false) : null;
         var load = allNodes.GroupBy(n => n.Value.CellId).ToDictionary(g => g.Key, g => g.Count());
         return new InstanceSnapshot(
             instance,
@@ -91,7 +92,7 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
             cells.Select(c => c.Value).ToList(),
             load,
             leader?.Value,
-            DateTimeOffset.UtcNow) { LostCells = lost, DrainedCells = drained };
+            DateTimeOffset.UtcNow) { LostCells = lost, DrainedCells = drained, Backup = backup?.Value };
     }
 
     private async Task PlaceNodeAsync(InstanceRecord instance, long instanceRevision, CellInfo cell, CancellationToken ct)

@@ -17,6 +17,8 @@ public sealed record InstanceSnapshot(
     public IReadOnlySet<string> LostCells { get; init; } = new HashSet<string>();
     /// <summary>Cells being drained by an operator: no new nodes go there.</summary>
     public IReadOnlySet<string> DrainedCells { get; init; } = new HashSet<string>();
+    /// <summary>The instance's backups as its leader's cell last published them (null: nothing yet).</summary>
+    public BackupState? Backup { get; init; }
 }
 
 public abstract record InstanceDecision(string Description)
@@ -136,6 +138,10 @@ public static class Provisioning
         var notStreaming = replicas.Where(r => r.Role != "replica" || !r.Streaming).ToList();
         if (notStreaming.Count > 0)
             return new InstanceDecision.Wait($"waiting for {string.Join(", ", notStreaming.Select(r => r.NodeId))} to stream from the primary {s.Leader.NodeId}");
+        // Store-sync promises that every acknowledged commit can be restored from the store alone: only true once the
+        // store holds a base backup to replay it onto (taken as the cluster starts, seconds after its primary answers).
+        if (Dingo.Ha.SynchronousCommit.StoreSync(s.Instance) && s.Backup is not { LastBaseBackup: not null })
+            return new InstanceDecision.Wait($"waiting for the first base backup of {s.Instance.Id}: with store-sync, commits are recoverable from the store only from it on");
         var leaderCell = s.Nodes.FirstOrDefault(n => n.NodeId == s.Leader.NodeId)?.CellId ?? "?";
         return new InstanceDecision.Succeed(replicas.Count == 0
             ? $"ready: primary {s.Leader.NodeId} on {leaderCell}, reachable on port {s.Instance.Port}"

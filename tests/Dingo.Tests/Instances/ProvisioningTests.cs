@@ -71,6 +71,25 @@ public sealed class ProvisioningTests
         Assert.Equal("ready: primary n-1 on cell-1, reachable on port 20001", Assert.IsType<InstanceDecision.Succeed>(d).Description);
     }
 
+    [Theory]
+    // store-sync, the leader's cell published a base backup → succeeds
+    [InlineData(false, false, true)]
+    [InlineData(true, false, false)]
+    [InlineData(true, true, true)]
+    public void A_store_sync_instance_is_ready_only_once_the_store_holds_a_base_backup(bool storeSync, bool baseBackup, bool succeeds)
+    {
+        var leader = new LeaderRecord { NodeId = "n-1", Host = "127.0.0.1", Port = 15001 };
+        var s = Snapshot(nodes: [Node1], statuses: [Status(NodeState.Running)], leader: leader);
+        s = s with
+        {
+            Instance = s.Instance with { ParametersJson = storeSync ? """{"store-sync":true}""" : "{}" },
+            Backup = new BackupState { NodeId = "n-1", LastBaseBackup = baseBackup ? "20261205T120000000Z" : null },
+        };
+        var d = Provisioning.Decide(s, Timeout);
+        if (succeeds) Assert.IsType<InstanceDecision.Succeed>(d);
+        else Assert.Contains("waiting for the first base backup", Assert.IsType<InstanceDecision.Wait>(d).Description, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void A_node_failing_for_long_fails_the_provision_with_its_reason()
     {
