@@ -107,6 +107,22 @@ internal sealed class BenchPlatform : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Not measured: until the instance's replicas stream and its first base backup is stored. A `cluster` is bindable
+    /// before its replica is built; one at a time means the next provision does not share two cores with this one's
+    /// clone and base backup.
+    /// </summary>
+    public async Task SettleAsync(string id, CancellationToken ct)
+    {
+        await _platform.WaitFullAndHealthyAsync(id, BindableTimeout);
+        var watch = Stopwatch.StartNew();
+        while ((await _platform.Store.GetAsync<BackupState>(_platform.Store.Keys.Backup(id), ct))?.Value is not { LastBaseBackup: not null })
+        {
+            if (watch.Elapsed > BindableTimeout) throw new TimeoutException($"{id}: no base backup within {BindableTimeout}");
+            await Task.Delay(Poll, ct);
+        }
+    }
+
     private static string F(double s) => s.ToString("0.00", CultureInfo.InvariantCulture);
 
     private static async Task QueryAsync(string uri, CancellationToken ct)

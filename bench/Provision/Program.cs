@@ -68,6 +68,7 @@ public static class Program
                         var seconds = await bench.ProvisionBindableAsync(id, plan, ct);
                         samples.Add(new Sample(runtime, "sequential", name, id, seconds));
                         output.WriteLine($"run runtime={runtime} phase=sequential plan={name} n={n} bindable_s={F(seconds)}");
+                        await bench.SettleAsync(id, ct);
                     }
                     await bench.DeprovisionAllAsync(ct);
                 }

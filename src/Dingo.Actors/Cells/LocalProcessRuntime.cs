@@ -268,7 +268,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         }
         // Outside the lock: a claim need not wait for an initdb. The entry is not ready until its file says so.
         var pgData = Path.Combine(entry, "pgdata");
-        var result = await InitDbAsync(new Credentials(DatabaseAdmin.SuperuserName, Dingo.Postgres.Secrets.Password()), entry, pgData, identity, ct);
+        var result = await InitDbAsync(new Credentials(DatabaseAdmin.SuperuserName, Dingo.Postgres.Secrets.Password()), entry, pgData, identity, ct, background: true);
         if (result.ExitCode != 0)
         {
             Directory.Delete(entry, recursive: true);
@@ -626,20 +626,20 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         a is not null && string.Equals(Path.TrimEndingDirectorySeparator(a), Path.TrimEndingDirectorySeparator(b), StringComparison.Ordinal);
 
     /// <summary>initdb into <paramref name="pgData"/> (C.UTF-8, or C where that locale is missing), without sync.</summary>
-    private async Task<ToolResult> InitDbAsync(Credentials superuser, string workDir, string pgData, RunIdentity identity, CancellationToken cancellationToken)
+    private async Task<ToolResult> InitDbAsync(Credentials superuser, string workDir, string pgData, RunIdentity identity, CancellationToken cancellationToken, bool background = false)
     {
-        var result = await RunInitDbAsync(superuser, workDir, pgData, identity, "C.UTF-8", cancellationToken);
+        var result = await RunInitDbAsync(superuser, workDir, pgData, identity, "C.UTF-8", cancellationToken, background);
         if (result.ExitCode != 0 && result.StdErr.Contains("locale", StringComparison.OrdinalIgnoreCase))
         {
             _logger.LogWarning("initdb: locale C.UTF-8 unavailable, falling back to C");
             if (Directory.Exists(pgData))
                 Directory.Delete(pgData, recursive: true);
-            result = await RunInitDbAsync(superuser, workDir, pgData, identity, "C", cancellationToken);
+            result = await RunInitDbAsync(superuser, workDir, pgData, identity, "C", cancellationToken, background);
         }
         return result;
     }
 
-    private async Task<ToolResult> RunInitDbAsync(Credentials superuser, string workDir, string pgData, RunIdentity identity, string locale, CancellationToken cancellationToken)
+    private async Task<ToolResult> RunInitDbAsync(Credentials superuser, string workDir, string pgData, RunIdentity identity, string locale, CancellationToken cancellationToken, bool background = false)
     {
         // The password reaches initdb only through a file that only the run user can read and that lives only as long as initdb.
         if (!OperatingSystem.IsLinux())
@@ -660,7 +660,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
                 await writer.WriteAsync(superuser.Password.AsMemory(), cancellationToken);
             ChownIfNeeded(pwFile, identity);
 
-            return await RunToolAsync(identity, "initdb", workDir, cancellationToken,
+            return await RunToolWithInputAsync(identity, "initdb", workDir, cancellationToken, null, null, [
                 "-D", pgData,
                 "-U", superuser.Username,
                 "--pwfile=" + pwFile,
@@ -669,7 +669,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
                 "--data-checksums",
                 "--no-sync",
                 "-E", "UTF8",
-                "--locale=" + locale);
+                "--locale=" + locale], background);
         }
         finally
         {
@@ -1087,7 +1087,9 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         RunToolWithInputAsync(identity, tool, workingDirectory, cancellationToken, env, null, args);
 
     /// <param name="stdin">written to the tool's standard input, then closed (never logged: it may carry a password)</param>
-    private async Task<ToolResult> RunToolWithInputAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, IReadOnlyDictionary<string, string>? env, string? stdin, string[] args)
+    /// <param name="background">at the lowest CPU priority (nice 19, inherited by what the tool starts): work ahead of
+    /// need, such as the warm pool's initdb, must not slow a provision under way</param>
+    private async Task<ToolResult> RunToolWithInputAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, IReadOnlyDictionary<string, string>? env, string? stdin, string[] args, bool background = false)
     {
         var binary = Path.Combine(_options.PostgresBin, tool);
         var psi = new ProcessStartInfo
@@ -1127,6 +1129,11 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         using var process = new Process { StartInfo = psi };
         if (!process.Start())
             throw new InvalidOperationException($"Could not start {tool}.");
+        if (background)
+        {
+            try { process.PriorityClass = ProcessPriorityClass.Idle; }
+            catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception) { } // exited already, or not allowed: it runs as is
+        }
         if (stdin is not null)
         {
             try { await process.StandardInput.WriteAsync(stdin.AsMemory(), cancellationToken); }

@@ -106,6 +106,8 @@ public static class Provisioning
             if (extra.Count > 0) return new InstanceDecision.RemoveNodes(extra, $"removing {string.Join(", ", extra.Select(n => n.NodeId))} to shrink to {s.Instance.NodeCount} node(s)");
         }
 
+        if (PrimaryServesAsynchronousCluster(s) is { } early) return early;
+
         var alive = s.Cells.ToDictionary(c => c.Id);
         foreach (var node in s.Nodes.OrderBy(n => n.CreatedAt).ThenBy(n => n.NodeId, StringComparer.Ordinal))
         {
@@ -146,6 +148,27 @@ public static class Provisioning
         return new InstanceDecision.Succeed(replicas.Count == 0
             ? $"ready: primary {s.Leader.NodeId} on {leaderCell}, reachable on port {s.Instance.Port}"
             : $"ready: primary {s.Leader.NodeId} on {leaderCell}, {replicas.Count} replica(s) streaming, reachable on port {s.Instance.Port}");
+    }
+
+    /// <summary>
+    /// A new asynchronous cluster (`cluster`, without store-sync) is bindable as soon as its primary serves: its replicas
+    /// are placed and build on (a clone and a start, a second or two) without holding the application back, as a replica
+    /// rebuilt later does. The plan never promised that a commit reached a replica. Synchronous clusters (`cluster-ha`,
+    /// store-sync with replicas) wait for their standbys, as their promise needs one; a resize (an update) waits too.
+    /// </summary>
+    private static InstanceDecision? PrimaryServesAsynchronousCluster(InstanceSnapshot s)
+    {
+        if (s.Operation is not { Kind: OperationKind.Provision } || s.Nodes.Count < 2 || s.Nodes.Count < s.Instance.NodeCount || s.Leader is null) return null;
+        if (Catalog.FindPlan(s.Instance.PlanId) is not { Synchronous: false } || Dingo.Ha.SynchronousCommit.StoreSync(s.Instance)) return null;
+        var leaderNode = s.Nodes.FirstOrDefault(n => n.NodeId == s.Leader.NodeId);
+        var leader = s.Statuses.FirstOrDefault(x => x.NodeId == s.Leader.NodeId);
+        if (leaderNode is null || leader is not { State: NodeState.Running } || !(leader.Writable || leader.Role == "primary")) return null;
+        var building = s.Nodes.Where(n => n.NodeId != leaderNode.NodeId
+            && !s.Statuses.Any(x => x.NodeId == n.NodeId && x is { State: NodeState.Running, Role: "replica", Streaming: true })).Select(n => n.NodeId).ToList();
+        var replicas = s.Nodes.Count - 1 - building.Count;
+        return new InstanceDecision.Succeed(building.Count == 0
+            ? $"ready: primary {leaderNode.NodeId} on {leaderNode.CellId}, {replicas} replica(s) streaming, reachable on port {s.Instance.Port}"
+            : $"ready: primary {leaderNode.NodeId} on {leaderNode.CellId}, reachable on port {s.Instance.Port}; replica(s) {string.Join(", ", building)} being built (asynchronous replication)");
     }
 
     private static InstanceDecision Place(InstanceSnapshot s)

@@ -90,6 +90,34 @@ public sealed class ProvisioningTests
         else Assert.Contains("waiting for the first base backup", Assert.IsType<InstanceDecision.Wait>(d).Description, StringComparison.Ordinal);
     }
 
+    [Theory]
+    // plan, store-sync, operation kind, replica state → succeeds now (else waits for the replica)
+    [InlineData("cluster", false, OperationKind.Provision, NodeState.Initialising, true)]   // bindable while the replica clones
+    [InlineData("cluster", false, OperationKind.Provision, NodeState.Starting, true)]
+    [InlineData("cluster", false, OperationKind.Provision, NodeState.Failed, true)]         // a replica that fails keeps trying; the instance serves
+    [InlineData("cluster-ha", false, OperationKind.Provision, NodeState.Initialising, false)] // its promise needs a synchronous standby
+    [InlineData("cluster", true, OperationKind.Provision, NodeState.Initialising, false)]   // store-sync with replicas: as synchronous
+    [InlineData("cluster", false, OperationKind.Update, NodeState.Initialising, false)]     // a resize waits for its new replica
+    public void A_new_asynchronous_cluster_is_ready_once_its_primary_serves(string planName, bool storeSync, string kind, string replicaState, bool succeeds)
+    {
+        var plan = Catalog.Plans.Single(p => p.Name == planName);
+        var node2 = Node1 with { NodeId = "n-2", CellId = "cell-2", Port = 15002 };
+        var leader = new LeaderRecord { NodeId = "n-1", Host = "127.0.0.1", Port = 15001 };
+        var primary = Status(NodeState.Running) with { Role = "primary", Writable = true };
+        var replica = Status(replicaState, "cloning from the leader n-1 (pg_basebackup)") with { NodeId = "n-2", CellId = "cell-2", Port = 15002 };
+        var s = Snapshot(opKind: kind, nodes: [Node1, node2], statuses: [primary, replica], cells: [Cell1, Cell1 with { Id = "cell-2", Zone = "z2" }], leader: leader);
+        s = s with
+        {
+            Instance = s.Instance with { PlanId = plan.Id, NodeCount = 2, ParametersJson = storeSync ? """{"store-sync":true}""" : "{}" },
+            Backup = new BackupState { NodeId = "n-1", LastBaseBackup = "20261205T120000000Z" },
+        };
+        var d = Provisioning.Decide(s, Timeout);
+        if (succeeds)
+            Assert.Equal("ready: primary n-1 on cell-1, reachable on port 20001; replica(s) n-2 being built (asynchronous replication)", Assert.IsType<InstanceDecision.Succeed>(d).Description);
+        else
+            Assert.IsNotType<InstanceDecision.Succeed>(d);
+    }
+
     [Fact]
     public void A_node_failing_for_long_fails_the_provision_with_its_reason()
     {

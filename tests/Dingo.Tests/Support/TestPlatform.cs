@@ -481,7 +481,27 @@ public sealed class TestPlatform : IAsyncDisposable
         Assert.True(status == 202, $"provision answered {status}: {body.ToJsonString()}");
         var final = await WaitForOperationAsync(instanceId, TimeSpan.FromSeconds(90));
         if ((string?)final["state"] != "succeeded") Assert.Fail($"provision ended {final.ToJsonString()}\n{await InstanceStoryAsync(instanceId)}");
+        // A `cluster` succeeds once its primary serves (its replicas build on): tests that go on to fail it over, switch it
+        // over or count its nodes start from every replica streaming, as before.
+        await WaitFullAndHealthyAsync(instanceId, TimeSpan.FromSeconds(90));
         return instanceId;
+    }
+
+    /// <summary>Until every planned node of the instance runs and every replica streams from the leader.</summary>
+    public async Task WaitFullAndHealthyAsync(string instanceId, TimeSpan timeout)
+    {
+        var seen = "";
+        await Eventually.UntilAsync(async () =>
+        {
+            var record = (await Store.GetAsync<Model.InstanceRecord>(Store.Keys.Instance(instanceId), CancellationToken.None))?.Value;
+            var specs = (await Store.ListAsync<Model.NodeSpec>(Store.Keys.Nodes(instanceId), CancellationToken.None)).Select(n => n.Value.NodeId).ToHashSet();
+            var statuses = (await Store.ListAsync<Model.NodeStatus>(Store.Keys.Statuses(instanceId), CancellationToken.None)).Select(s => s.Value).Where(s => specs.Contains(s.NodeId)).ToList();
+            var leader = (await Store.GetAsync<Model.LeaderRecord>(Store.Keys.Leader(instanceId), CancellationToken.None))?.Value;
+            seen = string.Join("; ", statuses.Select(s => $"{s.NodeId} {s.State} {s.Role}{(s.Streaming ? " streaming" : "")}"));
+            return record is not null && leader is not null && specs.Count == record.NodeCount
+                   && statuses.Count(s => s.State == Model.NodeState.Running) == record.NodeCount
+                   && statuses.Count(s => s.NodeId != leader.NodeId && s.Role == "replica" && s.Streaming) == record.NodeCount - 1;
+        }, timeout, () => $"every node of {instanceId} running and every replica streaming; saw {seen}");
     }
 
     public async Task<JsonObject> BindAsync(string instanceId, string bindingId, string? planId = null)
