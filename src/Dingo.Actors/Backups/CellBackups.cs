@@ -134,15 +134,14 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 _count = all.Count;
                 _listed = true;
             }
-            if (_archiver.GapDetected) _backupNow = true;
-            var due = _backupNow || _last is null || _last.SystemId != systemId
-                      || _last.FinishedAt + _cell.Settings.BaseBackupInterval <= DateTimeOffset.UtcNow;
-            if (!due)
+            var verdict = BackupSchedule.BaseBackup(_backupNow, _archiver.GapDetected, _last?.SystemId, _last?.FinishedAt, systemId, _cell.Settings.BaseBackupInterval, DateTimeOffset.UtcNow);
+            if (!verdict.Due)
             {
                 _nextCheck = DateTime.UtcNow + TimeSpan.FromMinutes(1);
                 return;
             }
             var (name, host, port) = await SourceAsync(ct).ConfigureAwait(false);
+            log.LogInformation("base backup of {Instance} from {Source}: {Why}", _instanceId, name, verdict.Why);
             try
             {
                 // The client certificate of this platform's CA goes along (a process may trust several: PlatformConnectionTls.Libpq).
@@ -182,9 +181,8 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             var interval = _cell.Settings.DrillInterval;
             var last = (await etcd.GetAsync<DrillResult>(etcd.Keys.Drill(_instanceId), ct).ConfigureAwait(false))?.Value;
             if (last is not null) _cell.Metrics?.Drill(_instanceId, last);
-            var since = last?.At ?? _last!.FinishedAt;
             _nextDrillCheck = DateTime.UtcNow + TimeSpan.FromSeconds(requested ? 0 : 5);
-            if (!requested && (interval <= TimeSpan.Zero || since + interval > DateTimeOffset.UtcNow)) return;
+            if (!BackupSchedule.Drill(requested, last?.At, _last!.FinishedAt, interval, DateTimeOffset.UtcNow).Due) return;
             var p = _archiver.Progress;
             var claim = p.SystemId == 0 ? null : new ArchiveClaim(p.SystemId, p.Timeline, p.ArchivedLsn, _nodeId, p.LastUpload);
             var result = await drill.RunAsync(_instanceId, _superuser, ct, claim).ConfigureAwait(false);
