@@ -49,6 +49,7 @@ internal sealed class BenchPlatform : IAsyncDisposable
         for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
         var bench = new BenchPlatform(platform, settings, runtime);
         await bench.WaitForCellsAsync(3, ct);
+        if (runtime == "process") await bench.WaitWarmAsync(3, 2, ct);
         return bench;
     }
 
@@ -105,6 +106,23 @@ internal sealed class BenchPlatform : IAsyncDisposable
                 await Task.Delay(Poll, ct);
             }
         }
+    }
+
+    /// <summary>Until each cell's warm pool is full: a platform up for a few seconds, not one still filling it.</summary>
+    private async Task WaitWarmAsync(int cells, int size, CancellationToken ct)
+    {
+        var watch = Stopwatch.StartNew();
+        int Ready(int n)
+        {
+            var root = Path.Combine(_settings.DataDir, "cells", $"cell-{n}", "nodes", "@warm");
+            return Directory.Exists(root) ? Directory.EnumerateFiles(root, "ready", SearchOption.AllDirectories).Count() : 0;
+        }
+        while (Enumerable.Range(1, cells).Any(n => Ready(n) < size))
+        {
+            if (watch.Elapsed > TimeSpan.FromSeconds(120)) throw new TimeoutException($"warm pools not full within 120 s: {string.Join(", ", Enumerable.Range(1, cells).Select(n => $"cell-{n} {Ready(n)}"))}");
+            await Task.Delay(200, ct);
+        }
+        Console.Error.WriteLine($"bench: warm pools full ({size} per cell) {watch.Elapsed.TotalSeconds:0.0} s after the cells registered");
     }
 
     /// <summary>

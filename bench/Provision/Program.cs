@@ -110,11 +110,14 @@ public static class Program
             failed = true;
         }
 
+        var ratios = "";
         if (bare.Count > 0)
         {
             var bareSeconds = Median(bare.Select(b => b.Seconds));
             string Ratio(string runtime, string plan) =>
-                samples.Where(s => s.Runtime == runtime && s.Plan == plan && s.Phase == "sequential").ToList() is { Count: > 0 } l ? (Percentile(l, 50) / bareSeconds).ToString("0.0", CultureInfo.InvariantCulture) : "na";
+                samples.Where(s => s.Runtime == runtime && s.Plan == plan && s.Phase == "sequential").ToList() is { Count: > 0 } l ? (Percentile(l, 50) / bareSeconds).ToString("0.00", CultureInfo.InvariantCulture) : "na";
+            ratios = $" bare_s={F(bareSeconds)} solo_process_vs_bare={Ratio("process", "solo")} cluster_process_vs_bare={Ratio("process", "cluster")} "
+                     + $"solo_docker_vs_bare={Ratio("docker", "solo")} cluster_docker_vs_bare={Ratio("docker", "cluster")}";
             output.WriteLine($"summary peer solo_process_vs_bare={Ratio("process", "solo")} cluster_process_vs_bare={Ratio("process", "cluster")} "
                              + $"solo_docker_vs_bare={Ratio("docker", "solo")} cluster_docker_vs_bare={Ratio("docker", "cluster")} "
                              + $"idle_node_mib_vs_bare={(mibPerIdleNode is { } m2 ? (m2 / Median(bare.Select(b => b.PssMib))).ToString("0.00", CultureInfo.InvariantCulture) : "na")}");
@@ -122,7 +125,7 @@ public static class Program
         string P50(string runtime) =>
             samples.Where(s => s.Runtime == runtime && s.Plan == "cluster" && s.Phase == "sequential").ToList() is { Count: > 0 } l ? F(Percentile(l, 50)) : "na";
         output.WriteLine($"RESULT provision cluster_process_p50_s={P50("process")} cluster_docker_p50_s={P50("docker")} "
-                         + $"solo_instances={soloInstances} mib_per_idle_node={(mibPerIdleNode is { } m ? m.ToString("0.0", CultureInfo.InvariantCulture) : "na")}");
+                         + $"solo_instances={soloInstances} mib_per_idle_node={(mibPerIdleNode is { } m ? m.ToString("0.0", CultureInfo.InvariantCulture) : "na")}{ratios}");
         return failed ? 1 : 0;
     }
 
