@@ -49,7 +49,6 @@ internal sealed class BenchPlatform : IAsyncDisposable
         for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
         var bench = new BenchPlatform(platform, settings, runtime);
         await bench.WaitForCellsAsync(3, ct);
-        if (runtime == "process") await bench.WaitWarmAsync(3, 2, ct);
         return bench;
     }
 
@@ -108,7 +107,9 @@ internal sealed class BenchPlatform : IAsyncDisposable
         }
     }
 
-    /// <summary>Until each cell's warm pool is full: a platform up for a few seconds, not one still filling it.</summary>
+    /// <summary>Until each cell's warm pool is full (process runtime): a platform up for a while, not one still filling it.</summary>
+    public Task WaitWarmAsync(CancellationToken ct) => _runtime == "process" ? WaitWarmAsync(3, 2, ct) : Task.CompletedTask;
+
     private async Task WaitWarmAsync(int cells, int size, CancellationToken ct)
     {
         var watch = Stopwatch.StartNew();
