@@ -39,6 +39,8 @@ public static class Program
         var runs = 5;
         var storeKind = "local";
         var storeSync = false;
+        var peerTimeout = TimeSpan.FromSeconds(60);
+        var peer = true;
         int? seed = null;
         for (var i = 0; i < args.Length; i++)
         {
@@ -46,7 +48,9 @@ public static class Program
             if (args[i] == "--store" && i + 1 < args.Length && args[i + 1] is "local" or "s3") { storeKind = args[++i]; continue; }
             if (args[i] == "--seed" && i + 1 < args.Length && int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var s)) { seed = s; i++; continue; }
             if (args[i] == "--mode" && i + 1 < args.Length && args[i + 1] is "async" or "store-sync") { storeSync = args[++i] == "store-sync"; continue; }
-            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Rpo -- [--runs N] [--store local|s3] [--mode async|store-sync] [--seed S]   (N >= 3, default 5; local store; async)");
+            if (args[i] == "--peer-archive-timeout" && i + 1 < args.Length && int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var pt) && pt >= 1) { peerTimeout = TimeSpan.FromSeconds(pt); i++; continue; }
+            if (args[i] == "--no-peer") { peer = false; continue; }
+            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Rpo -- [--runs N] [--store local|s3] [--mode async|store-sync] [--peer-archive-timeout S] [--no-peer] [--seed S]   (N >= 3, default 5; local store; async; peer archive_timeout 60 s)");
             return 2;
         }
         if (!Environment.IsPrivilegedProcess)
@@ -60,6 +64,7 @@ public static class Program
 
         var random = seed is { } fixedSeed ? new Random(fixedSeed) : new Random();
         var results = new List<Run?>();
+        var peerResults = new List<Run?>();
         S3rver? s3 = null;
         var localStore = Path.Combine(Path.GetTempPath(), "dingo-rpo-store-" + Guid.NewGuid().ToString("N")[..10]);
         try
@@ -91,6 +96,22 @@ public static class Program
                     output.WriteLine($"run n={n} kill_after_s={F2(killAfter.TotalSeconds)} failed=\"{ex.GetType().Name}: {ex.Message.Replace('"', '\'').ReplaceLineEndings(" ")}\"");
                 }
                 results.Add(run);
+                if (!peer) continue;
+                // The peer, same kill moment, same writer: PostgreSQL's archive_command and archive_timeout.
+                Run? peerRun = null;
+                try
+                {
+                    var (acked, restored, from, restoreSeconds) = await ArchiveCommandPeer.RunOnceAsync(n, peerTimeout, writeEvery, killAfter, Logger, ct);
+                    peerRun = Measure(n, killAfter, acked, restored, from, restoreSeconds);
+                    output.WriteLine($"run peer=archive_command n={n} kill_after_s={F2(peerRun.KillAfterSeconds)} acked={peerRun.Acked} last_acked={peerRun.LastAcked} "
+                                     + $"last_restored={peerRun.LastRestored} lost_rows={peerRun.LostRows} holes={peerRun.Holes} lost_s={F2(peerRun.LostSeconds)} restore_s={F2(peerRun.RestoreSeconds)}");
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
+                {
+                    Console.Error.WriteLine($"bench: peer run {n} failed: {ex}");
+                    output.WriteLine($"run peer=archive_command n={n} failed=\"{ex.GetType().Name}: {ex.Message.Replace('"', '\'').ReplaceLineEndings(" ")}\"");
+                }
+                peerResults.Add(peerRun);
             }
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
@@ -113,8 +134,15 @@ public static class Program
         // A failed run (error, or acknowledged rows missing below restored ones) counts as everything lost.
         var lost = results.Select(r => r is { Failed: false } ? r.LostSeconds : double.PositiveInfinity).ToList();
         var lostRows = results.Sum(r => r?.LostRows ?? 0);
+        var peerText = "";
+        if (peerResults.Count > 0)
+        {
+            var peerLost = peerResults.Select(r => r is { Failed: false } ? r.LostSeconds : double.PositiveInfinity).ToList();
+            peerText = $" peer_archive_command_timeout_s={peerTimeout.TotalSeconds:0} peer_max_lost_s={F2(peerLost.Max())} peer_median_lost_s={F2(Median(peerLost))} "
+                       + $"peer_lost_rows={peerResults.Sum(r => r?.LostRows ?? 0)} peer_acked={peerResults.Sum(r => r?.Acked ?? 0)}";
+        }
         output.WriteLine($"RESULT rpo mode={(storeSync ? "store-sync" : "async")} max_lost_s={F2(lost.Max())} median_lost_s={F2(Median(lost))} lost_rows={lostRows} "
-                         + $"acked={results.Sum(r => r?.Acked ?? 0)} runs={lost.Count}");
+                         + $"acked={results.Sum(r => r?.Acked ?? 0)} runs={lost.Count}{peerText}");
         return results.Any(r => r is null or { Failed: true }) || storeSync && lostRows > 0 ? 1 : 0;
     }
 
