@@ -59,11 +59,13 @@ public static class Program
         $"run config={config} instances={instances} seconds={seconds} cells_pct={s.Cells:0.0} guards_pct={s.Guards:0.0} postgres_pct={s.Postgres:0.0}");
 
     /// <summary>Instance and node ports of a block of our own (as bench/Failover), away from `dingo up` and a test run.</summary>
+    /// <remarks>Room for 100 cluster-ha instances per run: an instance takes two public ports, a node two of its own
+    /// (PostgreSQL and its health API); 50 each stopped the climb at 8 instances.</remarks>
     private static string Ports(int index)
     {
-        var block = 800 + index * 50;
-        return $"dingo.router {{ port-range-first = {12000 + block}, port-range-last = {12049 + block} }}\n"
-               + $"dingo.node-port-range-first = {13000 + block}\ndingo.node-port-range-last = {13049 + block}";
+        var (pub, node) = (12000 + index * 300, 13000 + index * 600);
+        return $"dingo.router {{ port-range-first = {pub}, port-range-last = {pub + 299} }}\n"
+               + $"dingo.node-port-range-first = {node}\ndingo.node-port-range-last = {node + 599}";
     }
 
     private static async Task<Sample> MeasureAsync(string config, IReadOnlyDictionary<string, string> environment, int instances, int seconds, int index, CancellationToken ct)
