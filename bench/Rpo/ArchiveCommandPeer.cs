@@ -28,7 +28,7 @@ internal static class ArchiveCommandPeer
         // The "store": a folder the postgres user writes into.
         var archive = Path.Combine(nodes.Root, "archive");
         Directory.CreateDirectory(archive);
-        await RunAsync("chown", ["postgres:postgres", archive], null, ct);
+        await ChildProcesses.RunCheckedAsync("chown", ["postgres:postgres", archive], null, TimeSpan.FromSeconds(10), ct);
         await Sql.ExecAsync(a, "ALTER SYSTEM SET archive_mode = on", ct);
         await Sql.ExecAsync(a, $"ALTER SYSTEM SET archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f && sync {archive}/%f'", ct);
         await Sql.ExecAsync(a, string.Create(CultureInfo.InvariantCulture, $"ALTER SYSTEM SET archive_timeout = '{(int)archiveTimeout.TotalSeconds}s'"), ct);
@@ -37,10 +37,9 @@ internal static class ArchiveCommandPeer
         await Sql.WaitServingAsync(a, ct);
 
         var backup = Path.Combine(nodes.Root, "backup");
-        var result = await RunAsync(Path.Combine(BenchNodes.PgBin, "pg_basebackup"),
+        await ChildProcesses.RunCheckedAsync(Path.Combine(BenchNodes.PgBin, "pg_basebackup"),
             ["-h", a.ListenAddress, "-p", a.Port.ToString(CultureInfo.InvariantCulture), "-U", superuser.Username, "-D", backup, "-Ft", "-X", "stream", "-c", "fast", "-w"],
-            new Dictionary<string, string> { ["PGPASSWORD"] = superuser.Password }, ct);
-        if (result != 0) throw new InvalidOperationException($"pg_basebackup exited with {result}");
+            new Dictionary<string, string> { ["PGPASSWORD"] = superuser.Password }, TimeSpan.FromMinutes(2), ct);
 
         var postmaster = await nodes.PostmasterPidAsync(a.NodeId, ct);
         using var writerStop = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -62,27 +61,8 @@ internal static class ArchiveCommandPeer
         var input = new RestoreInput(backup, archive, null) { Goal = new RestoreGoal(instance, 1, 0, null, null) };
         var b = await nodes.RestoreAsync("node-b", instance, superuser, input, ct);
         var restoreSeconds = watch.Elapsed.TotalSeconds;
-        await using var conn = Sql.Connection(b);
-        await conn.OpenAsync(ct);
-        await using var cmd = new Npgsql.NpgsqlCommand("SELECT n, at FROM rpo ORDER BY n", conn);
-        await using var reader = await cmd.ExecuteReaderAsync(ct);
-        var rows = new List<RowWriter.Row>();
-        while (await reader.ReadAsync(ct)) rows.Add(new RowWriter.Row(reader.GetInt32(0), reader.GetDateTime(1)));
+        var rows = await Program.ReadRowsAsync(b, ct);
         logger.LogInformation("peer run {N}: {Rows} rows restored", n, rows.Count);
         return (acked, rows, writer.StartedAt, restoreSeconds);
-    }
-
-    private static async Task<int> RunAsync(string file, IReadOnlyList<string> args, IReadOnlyDictionary<string, string>? env, CancellationToken ct)
-    {
-        var psi = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var arg in args) psi.ArgumentList.Add(arg);
-        if (env is not null) foreach (var (k, v) in env) psi.Environment[k] = v;
-        using var process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {file}");
-        var stderr = process.StandardError.ReadToEndAsync(ct);
-        _ = process.StandardOutput.ReadToEndAsync(ct);
-        await process.WaitForExitAsync(ct);
-        var text = await stderr;
-        if (process.ExitCode != 0) Console.Error.WriteLine($"bench: {Path.GetFileName(file)}: {text.Trim()}");
-        return process.ExitCode;
     }
 }

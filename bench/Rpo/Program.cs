@@ -83,35 +83,32 @@ public static class Program
             for (var n = 1; n <= runs; n++)
             {
                 var killAfter = KillEarliest + (KillLatest - KillEarliest) * random.NextDouble();
-                Run? run = null;
-                try
-                {
-                    run = await RunOnceAsync(n, store, killAfter, storeSync, writeEvery, ct);
-                    output.WriteLine($"run n={n} kill_after_s={F2(run.KillAfterSeconds)} acked={run.Acked} last_acked={run.LastAcked} "
-                                     + $"last_restored={run.LastRestored} lost_rows={run.LostRows} holes={run.Holes} lost_s={F2(run.LostSeconds)} restore_s={F2(run.RestoreSeconds)}");
-                }
-                catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
-                {
-                    Console.Error.WriteLine($"bench: run {n} failed: {ex}");
-                    output.WriteLine($"run n={n} kill_after_s={F2(killAfter.TotalSeconds)} failed=\"{ex.GetType().Name}: {ex.Message.Replace('"', '\'').ReplaceLineEndings(" ")}\"");
-                }
-                results.Add(run);
+                results.Add(await AttemptAsync("", () => RunOnceAsync(n, store, killAfter, storeSync, writeEvery, ct)));
                 if (!peer) continue;
                 // The peer, same kill moment, same writer: PostgreSQL's archive_command and archive_timeout.
-                Run? peerRun = null;
-                try
+                peerResults.Add(await AttemptAsync("peer=archive_command ", async () =>
                 {
                     var (acked, restored, from, restoreSeconds) = await ArchiveCommandPeer.RunOnceAsync(n, peerTimeout, writeEvery, killAfter, Logger, ct);
-                    peerRun = Measure(n, killAfter, acked, restored, from, restoreSeconds);
-                    output.WriteLine($"run peer=archive_command n={n} kill_after_s={F2(peerRun.KillAfterSeconds)} acked={peerRun.Acked} last_acked={peerRun.LastAcked} "
-                                     + $"last_restored={peerRun.LastRestored} lost_rows={peerRun.LostRows} holes={peerRun.Holes} lost_s={F2(peerRun.LostSeconds)} restore_s={F2(peerRun.RestoreSeconds)}");
-                }
-                catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
+                    return Measure(n, killAfter, acked, restored, from, restoreSeconds);
+                }));
+
+                // One run, ours or the peer's: its line, or the line saying how it failed (then null: it counts as all lost).
+                async Task<Run?> AttemptAsync(string label, Func<Task<Run>> body)
                 {
-                    Console.Error.WriteLine($"bench: peer run {n} failed: {ex}");
-                    output.WriteLine($"run peer=archive_command n={n} failed=\"{ex.GetType().Name}: {ex.Message.Replace('"', '\'').ReplaceLineEndings(" ")}\"");
+                    try
+                    {
+                        var r = await body();
+                        output.WriteLine($"run {label}n={n} kill_after_s={F2(r.KillAfterSeconds)} acked={r.Acked} last_acked={r.LastAcked} "
+                                         + $"last_restored={r.LastRestored} lost_rows={r.LostRows} holes={r.Holes} lost_s={F2(r.LostSeconds)} restore_s={F2(r.RestoreSeconds)}");
+                        return r;
+                    }
+                    catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
+                    {
+                        Console.Error.WriteLine($"bench: {label}run {n} failed: {ex}");
+                        output.WriteLine($"run {label}n={n} kill_after_s={F2(killAfter.TotalSeconds)} failed=\"{ex.GetType().Name}: {ex.Message.Replace('"', '\'').ReplaceLineEndings(" ")}\"");
+                        return null;
+                    }
                 }
-                peerResults.Add(peerRun);
             }
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
@@ -233,7 +230,7 @@ public static class Program
         return new Run(n, killAfter.TotalSeconds, acked.Count, lastAcked?.N ?? 0, lastRestored, lostRows, holes, lost, restoreSeconds);
     }
 
-    private static async Task<List<RowWriter.Row>> ReadRowsAsync(Dingo.Cells.NodeLaunchSpec spec, CancellationToken ct)
+    internal static async Task<List<RowWriter.Row>> ReadRowsAsync(Dingo.Cells.NodeLaunchSpec spec, CancellationToken ct)
     {
         await using var conn = Sql.Connection(spec);
         await conn.OpenAsync(ct);

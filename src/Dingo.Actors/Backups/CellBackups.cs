@@ -146,12 +146,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             {
                 // The client certificate of this platform's CA goes along (a process may trust several: PlatformConnectionTls.Libpq).
                 var caPem = await Dingo.Security.PlatformCaStore.CertificateAsync(_cell.Etcd, ct).ConfigureAwait(false);
-                string? ca = null;
-                if (caPem is not null)
-                {
-                    using var caCertificate = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(caPem);
-                    ca = caCertificate.GetCertHashString(System.Security.Cryptography.HashAlgorithmName.SHA256);
-                }
+                var ca = caPem is null ? null : Dingo.Security.PlatformCa.FingerprintOf(caPem);
                 _last = await backups.TakeAsync(_instanceId, systemId, name, host, port, _superuser, _cell.PostgresBin, Path.Combine(_cell.WorkRoot, "base"), ca, ct).ConfigureAwait(false);
                 _backupNow = false;
                 _archiver.GapDetected = false;

@@ -625,7 +625,8 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     private static bool SameDirectory(string? a, string b) =>
         a is not null && string.Equals(Path.TrimEndingDirectorySeparator(a), Path.TrimEndingDirectorySeparator(b), StringComparison.Ordinal);
 
-    /// <summary>initdb into <paramref name="pgData"/> (C.UTF-8, or C where that locale is missing), without sync.</summary>
+    /// <summary>initdb into <paramref name="pgData"/> (C.UTF-8, or C where that locale is missing): without sync in the
+    /// foreground (the caller flushes), with initdb's own fsync in the background.</summary>
     private async Task<ToolResult> InitDbAsync(Credentials superuser, string workDir, string pgData, RunIdentity identity, CancellationToken cancellationToken, bool background = false)
     {
         var result = await RunInitDbAsync(superuser, workDir, pgData, identity, "C.UTF-8", cancellationToken, background);

@@ -209,6 +209,8 @@ public sealed class NodeAgent
 
     /// <summary>The plan of the last pass replicates synchronously; what the guard was last told of it (null: nothing yet).</summary>
     private bool _synchronous;
+    /// <summary>The instance asked for store-synchronous commit, as this pass's record says (read once per pass).</summary>
+    private bool _storeSync;
     private bool? _markedSynchronous;
 
     /// <summary>
@@ -495,12 +497,12 @@ public sealed class NodeAgent
         {
             if (_duty is { Stopped: false })
             {
-                _duty.StoreSynchronous = SynchronousCommit.StoreSync(record);
+                _duty.StoreSynchronous = _storeSync;
                 return;
             }
             if (_duty is not null) await _duty.DisposeAsync().ConfigureAwait(false);
             _duty = _backups.Lead(_spec.InstanceId, _spec.NodeId, Address, _spec.Port, record.Superuser, baseBackupNow: _restored);
-            _duty.StoreSynchronous = SynchronousCommit.StoreSync(record);
+            _duty.StoreSynchronous = _storeSync;
             _restored = false;
         }
         else if (_leaderLease == 0)
@@ -689,7 +691,8 @@ public sealed class NodeAgent
             StartFailure = _startFailure,
         };
         var plan = Catalog.FindPlan(record.PlanId);
-        _synchronous = SynchronousCommit.Synchronous(plan?.Synchronous == true, SynchronousCommit.StoreSync(record), record.NodeCount);
+        _storeSync = SynchronousCommit.StoreSync(record);
+        _synchronous = SynchronousCommit.Synchronous(plan?.Synchronous == true, _storeSync, record.NodeCount);
         return new HaInput(_spec.NodeId, _synchronous, local, reachable, leader, _leaderLease != 0, SinceRenewal,
             optime, sync, members, switchover, initialised, candidate, now)
         {
@@ -1240,7 +1243,7 @@ public sealed class NodeAgent
         }
         var plan = Catalog.FindPlan(record.PlanId);
         var inPg = await probe.SynchronousSettingAsync(ct).WaitAsync(ct).ConfigureAwait(false);
-        var storeSync = SynchronousCommit.StoreSync(record);
+        var storeSync = _storeSync;
         var streaming = plan?.Synchronous == true || storeSync
             ? (await probe.StreamingStandbysAsync(ct).WaitAsync(ct).ConfigureAwait(false)).Where(others.Contains).ToList()
             : [];

@@ -30,6 +30,13 @@ public sealed class PlatformCa : IDisposable
     /// <summary>SHA-256 of the certificate, hex: names this CA in logs without anything secret.</summary>
     public string Fingerprint => _certificate.GetCertHashString(HashAlgorithmName.SHA256);
 
+    /// <summary>The <see cref="Fingerprint"/> of a CA known only by its certificate (as etcd holds it for every process).</summary>
+    public static string FingerprintOf(string certificatePem)
+    {
+        using var certificate = X509Certificate2.CreateFromPem(certificatePem);
+        return certificate.GetCertHashString(HashAlgorithmName.SHA256);
+    }
+
     /// <summary>The CA's subject: what a server asking for client certificates names as an acceptable issuer.</summary>
     public X500DistinguishedName Subject => _certificate.SubjectName;
 

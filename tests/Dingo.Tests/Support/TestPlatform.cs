@@ -487,21 +487,27 @@ public sealed class TestPlatform : IAsyncDisposable
         return instanceId;
     }
 
+    /// <summary>The instance has <paramref name="nodes"/> nodes, a leader, every node running and every other one streaming.</summary>
+    public async Task<bool> FullAndHealthyAsync(string instanceId, int nodes)
+    {
+        var specs = (await Store.ListAsync<Model.NodeSpec>(Store.Keys.Nodes(instanceId), CancellationToken.None)).Select(n => n.Value.NodeId).ToHashSet();
+        var statuses = (await Store.ListAsync<Model.NodeStatus>(Store.Keys.Statuses(instanceId), CancellationToken.None)).Select(s => s.Value).Where(s => specs.Contains(s.NodeId)).ToList();
+        var leader = await Store.GetAsync<Model.LeaderRecord>(Store.Keys.Leader(instanceId), CancellationToken.None);
+        return specs.Count == nodes && leader is not null
+               && statuses.Count(s => s.State == Model.NodeState.Running) == nodes
+               && statuses.Count(s => s.Role == "replica" && s.Streaming) == nodes - 1;
+    }
+
     /// <summary>Until every planned node of the instance runs and every replica streams from the leader.</summary>
     public async Task WaitFullAndHealthyAsync(string instanceId, TimeSpan timeout)
     {
-        var seen = "";
-        await Eventually.UntilAsync(async () =>
+        var record = (await Store.GetAsync<Model.InstanceRecord>(Store.Keys.Instance(instanceId), CancellationToken.None))?.Value
+                     ?? throw new InvalidOperationException($"instance {instanceId} has no record");
+        await Eventually.UntilAsync(() => FullAndHealthyAsync(instanceId, record.NodeCount), timeout, () =>
         {
-            var record = (await Store.GetAsync<Model.InstanceRecord>(Store.Keys.Instance(instanceId), CancellationToken.None))?.Value;
-            var specs = (await Store.ListAsync<Model.NodeSpec>(Store.Keys.Nodes(instanceId), CancellationToken.None)).Select(n => n.Value.NodeId).ToHashSet();
-            var statuses = (await Store.ListAsync<Model.NodeStatus>(Store.Keys.Statuses(instanceId), CancellationToken.None)).Select(s => s.Value).Where(s => specs.Contains(s.NodeId)).ToList();
-            var leader = (await Store.GetAsync<Model.LeaderRecord>(Store.Keys.Leader(instanceId), CancellationToken.None))?.Value;
-            seen = string.Join("; ", statuses.Select(s => $"{s.NodeId} {s.State} {s.Role}{(s.Streaming ? " streaming" : "")}"));
-            return record is not null && leader is not null && specs.Count == record.NodeCount
-                   && statuses.Count(s => s.State == Model.NodeState.Running) == record.NodeCount
-                   && statuses.Count(s => s.NodeId != leader.NodeId && s.Role == "replica" && s.Streaming) == record.NodeCount - 1;
-        }, timeout, () => $"every node of {instanceId} running and every replica streaming; saw {seen}");
+            var statuses = Store.ListAsync<Model.NodeStatus>(Store.Keys.Statuses(instanceId), CancellationToken.None).GetAwaiter().GetResult();
+            return $"every node of {instanceId} running and every replica streaming; saw {string.Join("; ", statuses.Select(s => $"{s.Value.NodeId} {s.Value.State} {s.Value.Role}{(s.Value.Streaming ? " streaming" : "")}"))}";
+        });
     }
 
     public async Task<JsonObject> BindAsync(string instanceId, string bindingId, string? planId = null)
