@@ -233,7 +233,19 @@ internal sealed class CellWatches(
                     if (instance.Length > 0) cell.ActorRef.Tell(new CellMessages.WakeInstance(instance));
                 return Task.CompletedTask;
             }, stoppingToken),
+            // A change of an instance (an update) or of its nodes (one added or removed) wakes its nodes too: a quiet leader
+            // (PassCadence) must see members come before they wait on its report, and an update applies at once.
+            store.WatchPrefixAsync(keys.AllNodes, changes => WakeInstances(changes, keys.AllNodes), stoppingToken),
+            store.WatchPrefixAsync(keys.Instances, changes => WakeInstances(changes, keys.Instances), stoppingToken),
             store.WatchPrefixAsync(keys.Ports, _ => { routerActor.ActorRef.Tell(new RouterMessages.Refresh()); return Task.CompletedTask; }, stoppingToken));
+    }
+
+    /// <summary>Wakes the nodes of every instance named by a changed key under <paramref name="prefix"/> (prefix + instance id [+ '/' …]).</summary>
+    private Task WakeInstances(IReadOnlyList<WatchedChange> changes, string prefix)
+    {
+        foreach (var instance in changes.Select(c => c.Key[prefix.Length..]).Select(k => k.IndexOf('/') is var slash and >= 0 ? k[..slash] : k).Distinct())
+            if (instance.Length > 0) cell.ActorRef.Tell(new CellMessages.WakeInstance(instance));
+        return Task.CompletedTask;
     }
 
     public override async Task StopAsync(CancellationToken cancellationToken)

@@ -169,7 +169,10 @@ public sealed class WalArchiver
     private async Task<PhysicalReplicationConnection> OpenAsync(CancellationToken ct)
     {
         var conn = PlatformConnectionTls.ReplicationConnection(ConnectionString());
-        conn.WalReceiverStatusInterval = TimeSpan.FromSeconds(1);
+        // PostgreSQL's own default: what the store holds is reported with each upload (SetReplicationStatus) and sent at least
+        // this often; store-sync sends it at once (ReportAsync). At 1 s, every idle instance cost its cell and its walsender
+        // a wake-up a second for nothing (issue 16: 300 instances a box); the slot lets go of stored WAL up to 10 s later.
+        conn.WalReceiverStatusInterval = TimeSpan.FromSeconds(10);
         try
         {
             await conn.Open(ct).ConfigureAwait(false);

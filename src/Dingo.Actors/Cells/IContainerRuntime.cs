@@ -18,6 +18,13 @@ public interface IContainerRuntime
     /// <summary>Every node this runtime holds on this cell (data present), running or not.</summary>
     Task<IReadOnlyList<RuntimeNode>> ListAsync(CancellationToken cancellationToken);
 
+    /// <summary>
+    /// One node as <see cref="ListAsync"/> lists it, or null when this runtime holds nothing of it. A node's HA pass asks
+    /// for its own node only: listing every node of the cell each pass made a pass's cost grow with the cell's nodes.
+    /// </summary>
+    async Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken cancellationToken) =>
+        (await ListAsync(cancellationToken).ConfigureAwait(false)).FirstOrDefault(n => n.NodeId == nodeId);
+
     /// <summary>Initialises the node's data (initdb with the superuser and its password); resumes a half-made node.</summary>
     Task CreateAsync(NodeLaunchSpec spec, CancellationToken cancellationToken);
 

@@ -90,17 +90,29 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             var nodeId = Path.GetFileName(dir);
             if (!IsValidNodeId(nodeId))
                 continue;
-            var paths = new NodePaths(dir);
-            // Complete data: initdb (or a clone, a restore) finished, and the data directory is still there (an operator or a
-            // fault may have removed it; then the node is made again, not started for ever).
-            var initialised = File.Exists(paths.Marker) && File.Exists(Path.Combine(paths.PgData, "PG_VERSION"));
-            var pid = FindRunningPostmaster(paths);
-            var detail = pid is { } p ? $"running as pid {p}"
-                : initialised ? StartFailureIn(ReadLogTail(paths.LogFile)) is { } why ? $"stopped: {why}" : "stopped"
-                : "data not initialised";
-            nodes.Add(new RuntimeNode(nodeId, initialised, pid is not null, pid, detail) { InstanceId = InstanceOf(nodeId) });
+            nodes.Add(Inspect(nodeId, dir));
         }
         return Task.FromResult<IReadOnlyList<RuntimeNode>>(nodes);
+    }
+
+    public Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        var dir = Path.Combine(_dataRoot, nodeId);
+        return Task.FromResult(IsValidNodeId(nodeId) && Directory.Exists(dir) ? Inspect(nodeId, dir) : null);
+    }
+
+    private RuntimeNode Inspect(string nodeId, string dir)
+    {
+        var paths = new NodePaths(dir);
+        // Complete data: initdb (or a clone, a restore) finished, and the data directory is still there (an operator or a
+        // fault may have removed it; then the node is made again, not started for ever).
+        var initialised = File.Exists(paths.Marker) && File.Exists(Path.Combine(paths.PgData, "PG_VERSION"));
+        var pid = FindRunningPostmaster(paths);
+        var detail = pid is { } p ? $"running as pid {p}"
+            : initialised ? StartFailureIn(ReadLogTail(paths.LogFile)) is { } why ? $"stopped: {why}" : "stopped"
+            : "data not initialised";
+        return new RuntimeNode(nodeId, initialised, pid is not null, pid, detail) { InstanceId = InstanceOf(nodeId) };
     }
 
     /// <summary>Each node's PostgreSQL log (pg_ctl -l, opened for appending: truncating it in place is safe), with its instance.</summary>
@@ -1042,9 +1054,14 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         ArgumentNullException.ThrowIfNull(access);
         if (_access.Set(access)) _logger.LogInformation("Platform roles may log in from: {Networks} (and local sockets); TLS {Tls}", string.Join(", ", access.Networks),
             access.Tls is null ? "not yet offered (no platform CA known)" : access.RequireTls ? $"required, certificates of {access.Tls}" : $"offered, certificates of {access.Tls}");
-        foreach (var node in await ListAsync(cancellationToken))
+        // Only nodes whose files are due are looked at: the cell's pass calls this every second, and inspecting every node
+        // (its pid file, its /proc entries) each time grew the idle cost of a cell with its node count.
+        var due = Directory.Exists(_dataRoot)
+            ? Directory.EnumerateDirectories(_dataRoot).Select(Path.GetFileName).OfType<string>().Where(id => IsValidNodeId(id) && _access.Due(id) is not null).ToList()
+            : [];
+        foreach (var nodeId in due)
         {
-            if (!node.Running || _access.Due(node.NodeId) is null) continue;
+            if (await InspectAsync(nodeId, cancellationToken) is not { Running: true } node) continue;
             var paths = PathsFor(node.NodeId);
             using var _ = await LockNodeAsync(node.NodeId, cancellationToken);
             // Checked again under the lock: a clone or a stop may have come in between.

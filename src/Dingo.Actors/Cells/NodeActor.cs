@@ -72,8 +72,11 @@ public sealed class NodeActor : PassActor<string>
 
     protected override Task<string> RunPassAsync(CancellationToken cancellationToken) => _agent.RunPassAsync(cancellationToken);
 
-    /// <summary>A leader recovering its PostgreSQL in place is promoted as soon as it answers (a fifth of a loop-wait apart).</summary>
-    protected override TimeSpan? AfterPass(string sentence) => _agent.RecoveringInPlace ? _loopWait / 5 : _loopWait;
+    /// <summary>
+    /// Every loop-wait; a fifth of one while a leader recovers its PostgreSQL in place (promoted as soon as it answers);
+    /// idle-loop-wait for a quiet node (PassCadence).
+    /// </summary>
+    protected override TimeSpan? AfterPass(string sentence) => _agent.NextPassAfter > TimeSpan.Zero ? _agent.NextPassAfter : _loopWait;
 
     protected override TimeSpan? AfterFailure(Exception error)
     {

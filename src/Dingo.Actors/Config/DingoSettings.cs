@@ -122,6 +122,7 @@ public sealed record DingoSettings
             {
                 Ttl = d.GetTimeSpan("ha.ttl", TimeSpan.FromSeconds(4)),
                 LoopWait = d.GetTimeSpan("ha.loop-wait", TimeSpan.FromMilliseconds(500)),
+                IdleLoopWait = d.GetTimeSpan("ha.idle-loop-wait", TimeSpan.FromSeconds(5)),
                 MaximumLagOnFailover = d.GetByteSize("ha.maximum-lag-on-failover") ?? 1024 * 1024,
                 RewindAfter = d.GetTimeSpan("ha.rewind-after", TimeSpan.FromSeconds(8)),
                 LostCellGrace = d.GetTimeSpan("ha.lost-cell-grace", TimeSpan.FromSeconds(60)),
@@ -191,6 +192,8 @@ public sealed record DingoSettings
         if (Ha.Ttl < TimeSpan.FromSeconds(2)) throw new ArgumentException($"dingo.ha.ttl must be at least 2s: got {Ha.Ttl.TotalSeconds}s");
         if (Ha.LoopWait <= TimeSpan.Zero || Ha.LoopWait * 3 > Ha.Ttl)
             throw new ArgumentException($"dingo.ha.loop-wait ({Ha.LoopWait.TotalMilliseconds}ms) must be positive and at most a third of dingo.ha.ttl ({Ha.Ttl.TotalSeconds}s), so a leader renews in time");
+        if (Ha.IdleLoopWait < Ha.LoopWait || Ha.IdleLoopWait > TimeSpan.FromMinutes(1))
+            throw new ArgumentException($"dingo.ha.idle-loop-wait ({Ha.IdleLoopWait.TotalMilliseconds}ms) must be between dingo.ha.loop-wait ({Ha.LoopWait.TotalMilliseconds}ms, which turns it off) and 60s");
         // Longer and the guard's own deadline (3/4 ttl after the last renewal) would come first: the key would be left to expire.
         if (Ha.ReleaseDeadLeaderAfter < TimeSpan.Zero || Ha.ReleaseDeadLeaderAfter > Ha.Ttl / 2)
             throw new ArgumentException($"dingo.ha.release-dead-leader-after ({Ha.ReleaseDeadLeaderAfter.TotalMilliseconds}ms) must be between 0s and half of dingo.ha.ttl ({Ha.Ttl.TotalSeconds}s)");
@@ -519,6 +522,17 @@ public sealed record HaSettings
 {
     public required TimeSpan Ttl { get; init; }
     public required TimeSpan LoopWait { get; init; }
+    /// <summary>
+    /// How often a quiet node's HA loop runs: a leader with no other member whose PostgreSQL answers as a primary and whose
+    /// last pass changed nothing (<see cref="Dingo.Ha.PassCadence"/>). Equal to <see cref="LoopWait"/>: never quiet.
+    /// </summary>
+    public TimeSpan IdleLoopWait { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>
+    /// The leader lease of a node with no other member: long enough for three quiet passes, so that one late pass does
+    /// not lose the key. Nobody could take it over meanwhile; a leader that gets members moves its key to a lease of
+    /// <see cref="Ttl"/> at its next pass (a spec change wakes it).
+    /// </summary>
+    public TimeSpan AloneTtl => IdleLoopWait * 3 > Ttl ? IdleLoopWait * 3 : Ttl;
     public required long MaximumLagOnFailover { get; init; }
     public required TimeSpan RewindAfter { get; init; }
     public required TimeSpan LostCellGrace { get; init; }

@@ -24,6 +24,8 @@ public sealed class NodeAgent
     private readonly NodeSpec _spec;
 
     private long _leaderLease;
+    /// <summary><see cref="_leaderLease"/> was granted for a node with no other member (<see cref="HaSettings.AloneTtl"/>).</summary>
+    private bool _aloneLease;
     /// <summary>A lease this node gave up (fenced) without reaching etcd to revoke it: it is never adopted again.</summary>
     private long _abandonedLease;
     /// <summary>When the last successful renewal (or grant) of the leader lease was sent (monotonic ns; 0: never).</summary>
@@ -329,6 +331,7 @@ public sealed class NodeAgent
     private async Task<string> RunPassAsync(CancellationToken etcd, CancellationToken ct)
     {
         _pass = new StepTimes();
+        (_unchanged, NextPassAfter) = (false, _settings.Ha.LoopWait);
         // The instance record: read on its own only until one was seen. From then on the pass's one cluster read
         // (ObserveAsync) brings it too, and this pass decides with the record the last read brought: one etcd call less
         // per node per pass (an idle platform's cost is its passes). The record changes only on an update, which then
@@ -417,6 +420,10 @@ public sealed class NodeAgent
         if (_pass.Total > _settings.Ha.Ttl / 4 && (input.HoldsLease || _leaderLease != 0) && action is not (HaAction.Bootstrap or HaAction.TakeLeadership))
             _logger.LogWarning("node {Node}: HA pass took {Steps}{Probe}: {Decision}", _spec.NodeId, _pass,
                 (probe.LastOpen is { } open ? $"; the probe's open {open.TotalMilliseconds:0} ms" : "") + (probe.LastRetry is { } retry ? $"; the probe {retry}" : ""), action.Sentence);
+        var quiet = new PassCadence.Outcome(action, failure is not null, input.EtcdReachable && !etcdLost, input.Alone, _leaderLease != 0 && _aloneLease,
+            input.Local is { Answering: true, InRecovery: false }, _unchanged, RecoveringInPlace);
+        (NextPassAfter, _quiet) = (PassCadence.Next(quiet, _settings.Ha), PassCadence.Quiet(quiet, _settings.Ha));
+        _metrics?.Cadence(_spec.InstanceId, _spec.NodeId, NextPassAfter);
         reportFailed?.Throw();
         return failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}";
     }
@@ -497,12 +504,12 @@ public sealed class NodeAgent
         {
             if (_duty is { Stopped: false })
             {
-                _duty.StoreSynchronous = _storeSync;
+                (_duty.StoreSynchronous, _duty.Synchronous) = (_storeSync, _synchronous);
                 return;
             }
             if (_duty is not null) await _duty.DisposeAsync().ConfigureAwait(false);
             _duty = _backups.Lead(_spec.InstanceId, _spec.NodeId, Address, _spec.Port, record.Superuser, baseBackupNow: _restored);
-            _duty.StoreSynchronous = _storeSync;
+            (_duty.StoreSynchronous, _duty.Synchronous) = (_storeSync, _synchronous);
             _restored = false;
         }
         else if (_leaderLease == 0)
@@ -541,7 +548,7 @@ public sealed class NodeAgent
                     // pass demotes first, or takes the key again (etcd revokes a lease it did not see renewed for a TTL,
                     // as after a hang longer than that, while failsafe kept the primary serving).
                     _logger.LogWarning("node {Node}: my leader lease expired", _spec.NodeId);
-                    _leaderLease = 0;
+                    (_leaderLease, _aloneLease) = (0, false);
                     // etcd answered: what is left of this pass is no leader's, and gets a follower's budget from now
                     // rather than the rest of the fencing deadline. With the rest of it, the cluster read or taking the
                     // key again found the token spent, and the pass demoted a primary that could have kept serving.
@@ -554,9 +561,8 @@ public sealed class NodeAgent
             reachable = false;
         }
         _pass.Mark(_leaderLease != 0 || renewed ? "renew" : "start");
-        var nodes = await _runtime.ListAsync(ct).ConfigureAwait(false);
-        _pass.Mark("list");
-        var mine = nodes.FirstOrDefault(n => n.NodeId == _spec.NodeId);
+        var mine = await _runtime.InspectAsync(_spec.NodeId, ct).ConfigureAwait(false);
+        _pass.Mark("inspect");
         PostgresProbe.Observation? pg = null;
         if (mine is { Running: true })
         {
@@ -608,7 +614,7 @@ public sealed class NodeAgent
         SyncState? sync = null;
         SwitchoverRequest? switchover = null;
         var members = new List<NodeStatus>();
-        long leaderKeyLease = 0;
+        long leaderKeyLease = 0, leaderRevision = 0;
         bool initialised = false, candidate = false;
         string? initialisedBy = null;
         try
@@ -627,7 +633,7 @@ public sealed class NodeAgent
                 {
                     case "leader":
                         leader = kv.Value.Deserialize<LeaderRecord>(Json.Options);
-                        leaderKeyLease = kv.Lease;
+                        (leaderKeyLease, leaderRevision) = (kv.Lease, kv.ModRevision);
                         break;
                     case "optime": optime = kv.Value.GetInt64(); break;
                     case "sync": sync = kv.Value.Deserialize<SyncState>(Json.Options); break;
@@ -644,9 +650,10 @@ public sealed class NodeAgent
                 // crash) while PostgreSQL went on. The lease is still alive, so nobody else can lead: carry on with it
                 // instead of giving up a working primary.
                 var sent = Monotonic.NowNs();
-                if (await _store.KeepAliveOnceAsync(leaderKeyLease, etcd).ConfigureAwait(false))
+                if (await _store.KeepAliveOnceTtlAsync(leaderKeyLease, etcd).ConfigureAwait(false) is > 0 and var ttl)
                 {
-                    (_leaderLease, _renewedNs, renewed) = (leaderKeyLease, sent, true);
+                    // Its TTL says what it was granted for (etcd may round a TTL up, never to an alone lease's).
+                    (_leaderLease, _aloneLease, _renewedNs, renewed) = (leaderKeyLease, ttl >= Math.Ceiling(_settings.Ha.AloneTtl.TotalSeconds) && _settings.Ha.AloneTtl > _settings.Ha.Ttl, sent, true);
                     if (UntilFencing() > TimeSpan.Zero) _fence?.CancelAfter(UntilFencing());
                     _logger.LogInformation("node {Node}: adopted the leader lease of {Instance} (the agent restarted while this node led)", _spec.NodeId, _spec.InstanceId);
                 }
@@ -659,6 +666,10 @@ public sealed class NodeAgent
             // Only members of the cluster as it is now count (a removed node's last report may linger).
             members = members.Where(m => specs.Any(s => s.NodeId == m.NodeId)).ToList();
             _peers = specs.Where(s => s.NodeId != _spec.NodeId).Select(s => (s.NodeId, members.FirstOrDefault(m => m.NodeId == s.NodeId)?.Host, s.ApiPort)).ToList();
+            // A leader that got members (or lost them all) moves its key to a lease of the TTL that now applies: a short one
+            // as soon as a replica could take over, a long one while nobody could (PassCadence).
+            if (renewed && leader is { } held && held.NodeId == _spec.NodeId && leaderKeyLease == _leaderLease && _aloneLease != (_others.Count == 0))
+                await MoveKeyToLeaseAsync(held, leaderRevision, etcd).ConfigureAwait(false);
             _failsafeNs = 0;
             if (_failsafeLogged) _logger.LogInformation("node {Node}: etcd reachable again; failsafe mode over", _spec.NodeId);
             _failsafeLogged = false;
@@ -1015,10 +1026,11 @@ public sealed class NodeAgent
     private async Task<bool> TryTakeKeyAsync(CancellationToken ct)
     {
         var sent = Monotonic.NowNs();
-        var lease = await _store.GrantLeaseAsync(_settings.Ha.Ttl, ct).ConfigureAwait(false);
+        var alone = _others.Count == 0;
+        var lease = await _store.GrantLeaseAsync(PassCadence.LeaseTtl(alone, _settings.Ha), ct).ConfigureAwait(false);
         if (await _store.CreateIfAbsentAsync(K.Leader(_spec.InstanceId), MyLeaderRecord(), ct, lease).ConfigureAwait(false))
         {
-            _leaderLease = lease;
+            (_leaderLease, _aloneLease) = (lease, alone);
             _renewedNs = sent;
             _logger.LogInformation("node {Node}: took the leader key of {Instance}", _spec.NodeId, _spec.InstanceId);
             return true;
@@ -1026,6 +1038,45 @@ public sealed class NodeAgent
         await _store.RevokeLeaseAsync(lease, ct).ConfigureAwait(false);
         return false;
     }
+
+    /// <summary>
+    /// Puts the leader key, as read, under a new lease of the TTL the node's company calls for (<see cref="PassCadence.LeaseTtl"/>),
+    /// only if it is still at the revision read; then revokes the old lease (it would lapse by itself). A failure leaves the
+    /// key where it was, under the lease this node keeps renewing: the next pass tries again.
+    /// </summary>
+    private async Task MoveKeyToLeaseAsync(LeaderRecord leader, long revision, CancellationToken etcd)
+    {
+        var alone = _others.Count == 0;
+        var sent = Monotonic.NowNs();
+        long lease = 0;
+        try
+        {
+            lease = await _store.GrantLeaseAsync(PassCadence.LeaseTtl(alone, _settings.Ha), etcd).ConfigureAwait(false);
+            if (!await _store.TransactAsync(new Txn().At(K.Leader(_spec.InstanceId), revision).Put(K.Leader(_spec.InstanceId), leader, lease), etcd).ConfigureAwait(false))
+            {
+                await _store.RevokeLeaseAsync(lease, etcd).ConfigureAwait(false);
+                return;
+            }
+            var old = _leaderLease;
+            (_leaderLease, _aloneLease, _renewedNs) = (lease, alone, sent);
+            lease = 0;
+            if (Guarded && UntilFencing() > TimeSpan.Zero) _fence?.CancelAfter(UntilFencing());
+            _logger.LogInformation("node {Node}: the leader key of {Instance} is now under a lease of {Ttl:0}s ({Why})", _spec.NodeId, _spec.InstanceId,
+                PassCadence.LeaseTtl(alone, _settings.Ha).TotalSeconds, alone ? "no other member could take over" : "members could take over");
+            // Not waited for: the old lease holds nothing now, and lapses by itself if etcd does not take this.
+            RevokeInBackground(old);
+        }
+        catch (Exception ex) when (EtcdUnreachable(ex, CancellationToken.None))
+        {
+            _logger.LogWarning("node {Node}: could not move the leader key to a new lease: {Error}", _spec.NodeId, ex.Message);
+            if (lease != 0) RevokeInBackground(lease);
+        }
+    }
+
+    private void RevokeInBackground(long lease) =>
+        _ = _store.RevokeLeaseAsync(lease, CancellationToken.None).ContinueWith(
+            t => _logger.LogDebug("node {Node}: revoking lease {Lease}: {Error}", _spec.NodeId, lease, t.Exception?.GetBaseException().Message),
+            CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
 
     /// <summary>Deletes the leader key if it still names this node, and drops this node's lease.</summary>
     private async Task ReleaseKeyAsync(CancellationToken ct)
@@ -1080,6 +1131,7 @@ public sealed class NodeAgent
     private void DropLease()
     {
         _leaderLease = 0;
+        _aloneLease = false;
         _renewedNs = 0;
         _failsafeNs = 0;
     }
@@ -1301,12 +1353,28 @@ public sealed class NodeAgent
         // by (Failover: loop-wait x 3 + 1 s): an idle node no longer costs etcd a write every pass. The connection count
         // rides along with those writes and never causes one.
         var same = status with { UpdatedAt = default, Connections = null };
-        if (same == _lastReported && lease == _lastReportedLease && DateTime.UtcNow - _lastReportedAt < _settings.Ha.LoopWait * 2) return;
+        // The pass changed nothing a reader decides on (a busy primary's WAL position moves every pass): PassCadence.
+        var stable = same with { Lsn = 0 };
+        _unchanged = stable == _lastStable;
+        _lastStable = stable;
+        // A quiet node's heartbeat is rarer: nobody judges a member alone by its age (a node that joins wakes it first).
+        var heartbeat = _quiet ? QuietHeartbeat : _settings.Ha.LoopWait * 2;
+        if (same == _lastReported && lease == _lastReportedLease && DateTime.UtcNow - _lastReportedAt < heartbeat) return;
         await _store.PutAsync(K.Status(_spec.InstanceId, _spec.NodeId), status, ct, lease).ConfigureAwait(false);
         (_lastReported, _lastReportedLease, _lastReportedAt) = (same, lease, DateTime.UtcNow);
     }
 
     private long? _lastOptime;
+    private NodeStatus? _lastStable;
+    private bool _unchanged, _quiet;
+    private static readonly TimeSpan QuietHeartbeat = TimeSpan.FromSeconds(30);
+
+    /// <summary>When the next pass should run (<see cref="PassCadence"/>): loop-wait, idle-loop-wait when quiet, sooner while recovering in place.</summary>
+    public TimeSpan NextPassAfter { get; private set; }
+
+    /// <summary>The last pass found the node quiet (<see cref="PassCadence.Quiet"/>).</summary>
+    public bool Quiet => _quiet;
+
     private NodeStatus? _lastReported;
     private long _lastReportedLease;
     private DateTime _lastReportedAt;

@@ -23,7 +23,7 @@ public sealed class CellMetrics
     private readonly ConcurrentDictionary<(string Instance, string Node), NodeFigures> _nodes = new();
     private readonly ConcurrentDictionary<string, BackupFigures> _backups = new();
 
-    private readonly Gauge _nodeInfo, _leader, _lagBytes, _lagSeconds, _timeline, _connections, _writable;
+    private readonly Gauge _nodeInfo, _leader, _lagBytes, _lagSeconds, _timeline, _connections, _writable, _passInterval;
     private readonly Counter _restarts, _decisions, _promotions, _handovers, _failedPasses;
     private readonly Gauge _backlog, _archiveLag, _sinceUpload, _baseAge, _baseSize, _baseCount, _alarm, _drillOk, _drillAge, _drillDuration, _commitsWaiting, _commitWait;
     private readonly Histogram _restores;
@@ -41,6 +41,7 @@ public sealed class CellMetrics
         _lagBytes = f.CreateGauge("dingo_node_replication_lag_bytes", "WAL the leader has written that this replica has not received or replayed (0 on a primary; absent when unknown).", node);
         _lagSeconds = f.CreateGauge("dingo_node_replication_lag_seconds", "Age of the last transaction this replica replayed while WAL is still to replay (0 when caught up or on a primary).", node);
         _timeline = f.CreateGauge("dingo_node_timeline", "The node's PostgreSQL timeline.", node);
+        _passInterval = f.CreateGauge("dingo_node_pass_interval_seconds", "The wait before the node's next HA pass: dingo.ha.loop-wait, or dingo.ha.idle-loop-wait while the node is quiet (a healthy leader with no other member).", node);
         _connections = f.CreateGauge("dingo_node_connections", "Client backends connected to the node's PostgreSQL.", node);
         _restarts = f.CreateCounter("dingo_node_postgres_restarts_total", "Times the node's PostgreSQL was found not running after it had run.", node);
         _decisions = f.CreateCounter("dingo_ha_decisions_total", "HA passes of the node by the decision taken (lead, follow_leader, promote, demote, ...).", [Instance, Node, "decision"]);
@@ -73,7 +74,7 @@ public sealed class CellMetrics
     public void Passed(NodeHealth health, PostgresProbe.Observation? pg, int restarts, HaAction action, string? failure)
     {
         var key = (health.InstanceId, health.NodeId);
-        _nodes[key] = new NodeFigures(health, pg, restarts, _now());
+        _nodes[key] = new NodeFigures(health, pg, restarts, _now()) { NextPass = _nodes.TryGetValue(key, out var last) ? last.NextPass : null };
         _decisions.WithLabels(health.InstanceId, health.NodeId, DecisionName(action)).Inc();
         if (failure is not null) { _failedPasses.WithLabels(health.InstanceId, health.NodeId).Inc(); return; }
         // A replica that takes the free leader key promotes in the same step; one that finds the key already its own
@@ -81,6 +82,12 @@ public sealed class CellMetrics
         if (action is HaAction.Promote || action is HaAction.TakeLeadership && health.Role == "replica")
             _promotions.WithLabels(health.InstanceId, health.NodeId).Inc();
         if (action is HaAction.HandOver) _handovers.WithLabels(health.InstanceId, health.NodeId).Inc();
+    }
+
+    /// <summary>When the node's next pass runs (PassCadence), as its pass decided after reporting.</summary>
+    public void Cadence(string instanceId, string nodeId, TimeSpan next)
+    {
+        if (_nodes.TryGetValue((instanceId, nodeId), out var figures)) _nodes[(instanceId, nodeId)] = figures with { NextPass = next };
     }
 
     /// <summary>What a leading node's backup duty published (every few seconds while it leads).</summary>
@@ -121,7 +128,7 @@ public sealed class CellMetrics
                 foreach (var counter in new[] { _restarts, _failedPasses, _promotions, _handovers }) counter.RemoveLabelled(key.Instance, key.Node);
         foreach (var labels in _decisions.GetAllLabelValues().ToList())
             if (!_nodes.ContainsKey((labels[0], labels[1]))) _decisions.RemoveLabelled(labels);
-        foreach (var gauge in new[] { _nodeInfo, _leader, _writable, _lagBytes, _lagSeconds, _timeline, _connections }) Clear(gauge);
+        foreach (var gauge in new[] { _nodeInfo, _leader, _writable, _lagBytes, _lagSeconds, _timeline, _connections, _passInterval }) Clear(gauge);
 
         foreach (var ((instance, node), figures) in _nodes)
         {
@@ -136,6 +143,7 @@ public sealed class CellMetrics
                 _connections.WithLabels(instance, node).Set(pg.Connections);
             }
             if (h.Timeline is { } timeline) _timeline.WithLabels(instance, node).Set(timeline);
+            if (figures.NextPass is { } next) _passInterval.WithLabels(instance, node).Set(next.TotalSeconds);
             _restarts.WithLabels(instance, node).IncTo(figures.Restarts);
         }
 
@@ -170,7 +178,10 @@ public sealed class CellMetrics
         foreach (var labels in gauge.GetAllLabelValues().ToList()) gauge.RemoveLabelled(labels);
     }
 
-    private sealed record NodeFigures(NodeHealth Health, PostgresProbe.Observation? Pg, int Restarts, DateTimeOffset At);
+    private sealed record NodeFigures(NodeHealth Health, PostgresProbe.Observation? Pg, int Restarts, DateTimeOffset At)
+    {
+        public TimeSpan? NextPass { get; init; }
+    }
 
     private sealed record BackupFigures(BackupState? State, long ArchiveLagBytes, long? BaseBackupBytes, DrillResult? Drill, DateTimeOffset At);
 }

@@ -400,7 +400,11 @@ public sealed class EtcdStore : IAsyncDisposable
     }
 
     /// <summary>Refreshes a lease once; false when etcd no longer knows it (expired).</summary>
-    public async Task<bool> KeepAliveOnceAsync(long lease, CancellationToken ct)
+    public async Task<bool> KeepAliveOnceAsync(long lease, CancellationToken ct) =>
+        await KeepAliveOnceTtlAsync(lease, ct).ConfigureAwait(false) > 0;
+
+    /// <summary>Renews a lease once; the TTL etcd granted it (seconds), or 0 when the lease is gone.</summary>
+    public async Task<long> KeepAliveOnceTtlAsync(long lease, CancellationToken ct)
     {
         for (var attempt = 0; ; attempt++)
         {
@@ -414,8 +418,8 @@ public sealed class EtcdStore : IAsyncDisposable
                 {
                     await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = lease }, ct).ConfigureAwait(false);
                     await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-                    if (!await call.ResponseStream.MoveNext(ct).ConfigureAwait(false)) return false;
-                    return call.ResponseStream.Current.TTL > 0;
+                    if (!await call.ResponseStream.MoveNext(ct).ConfigureAwait(false)) return 0;
+                    return Math.Max(0, call.ResponseStream.Current.TTL);
                 }
                 catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidOperationException && !ct.IsCancellationRequested)
                 {

@@ -22,6 +22,8 @@ public sealed class SettingsTests
             (b.FlushDelay, b.BaseBackupInterval, b.Keep, b.DeletedRetention, b.DrillInterval, b.CommitWaitAlarm));
         Assert.Equal(256L * 1024 * 1024, b.BacklogAlarmBytes);
         Assert.Equal((TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(2)), (s.Ha.Ttl, s.Ha.ReleaseDeadLeaderAfter));
+        // A quiet node passes every 5 s under a lease of three of those.
+        Assert.Equal((TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(15)), (s.Ha.IdleLoopWait, s.Ha.AloneTtl));
     }
 
     [Fact]
@@ -49,6 +51,8 @@ public sealed class SettingsTests
     [InlineData("dingo.router.mode = fast", "dingo.router.mode must be")]
     [InlineData("dingo.ha.release-dead-leader-after = 3s", "dingo.ha.release-dead-leader-after")]
     [InlineData("dingo.ha { ttl = 2s, loop-wait = 500ms, release-dead-leader-after = 1500ms }", "half of dingo.ha.ttl")]
+    [InlineData("dingo.ha.idle-loop-wait = 100ms", "dingo.ha.idle-loop-wait")]
+    [InlineData("dingo.ha.idle-loop-wait = 2m", "dingo.ha.idle-loop-wait")]
     [InlineData("dingo.backups.keep = 0", "dingo.backups.keep")]
     [InlineData("dingo.backups.flush-delay = 10s", "dingo.backups.flush-delay")]
     [InlineData("dingo.backups.base-backup-interval = 5s", "dingo.backups.base-backup-interval")]
