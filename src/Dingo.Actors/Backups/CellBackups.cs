@@ -16,6 +16,14 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
     public IObjectStore Store => store;
     public BackupSettings Settings => settings;
 
+    /// <summary>
+    /// One base backup at a time per cell: each copies a whole data directory (an empty cluster's is 46 MiB) and writes
+    /// it to the store, and ten new instances' first backups at once took the disk from the provisions that followed
+    /// them (bench/Provision's climb: initdb took 9 s instead of 1). A duty that finds it taken tries again at its next
+    /// check, 2 s later, without holding up its other work.
+    /// </summary>
+    internal SemaphoreSlim BaseBackupGate { get; } = new(1, 1);
+
     /// <summary>Starts the duties of the leader of <paramref name="instanceId"/>; dispose the duty when it stops leading.</summary>
     public BackupDuty Lead(string instanceId, string nodeId, string host, int port, Credentials superuser, bool baseBackupNow) =>
         new(this, instanceId, nodeId, host, port, superuser, baseBackupNow);
@@ -143,8 +151,22 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 _nextCheck = DateTime.UtcNow + TimeSpan.FromMinutes(1);
                 return;
             }
+            if (!await _cell.BaseBackupGate.WaitAsync(0, ct).ConfigureAwait(false)) return; // another of this cell's is running: next check
+            try
+            {
+                await TakeBaseBackupAsync(backups, systemId, verdict.Why, ct).ConfigureAwait(false);
+            }
+            finally
+            {
+                _cell.BaseBackupGate.Release();
+            }
+        }
+
+        private async Task TakeBaseBackupAsync(BaseBackups backups, ulong systemId, string why, CancellationToken ct)
+        {
+            var log = _cell.Logger;
             var (name, host, port) = await SourceAsync(ct).ConfigureAwait(false);
-            log.LogInformation("base backup of {Instance} from {Source}: {Why}", _instanceId, name, verdict.Why);
+            log.LogInformation("base backup of {Instance} from {Source}: {Why}", _instanceId, name, why);
             try
             {
                 // The client certificate of this platform's CA goes along (a process may trust several: PlatformConnectionTls.Libpq).

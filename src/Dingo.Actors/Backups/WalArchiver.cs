@@ -169,9 +169,8 @@ public sealed class WalArchiver
     private async Task<PhysicalReplicationConnection> OpenAsync(CancellationToken ct)
     {
         var conn = PlatformConnectionTls.ReplicationConnection(ConnectionString());
-        // PostgreSQL's own default: what the store holds is reported with each upload (SetReplicationStatus) and sent at least
-        // this often; store-sync sends it at once (ReportAsync). At 1 s, every idle instance cost its cell and its walsender
-        // a wake-up a second for nothing (issue 16: 300 instances a box); the slot lets go of stored WAL up to 10 s later.
+        // PostgreSQL's own default: each upload is reported at once (ReportAsync); this is the idle heartbeat. At 1 s, every
+        // idle instance cost its cell and its walsender a wake-up a second for nothing (issue 16: 300 instances a box).
         conn.WalReceiverStatusInterval = TimeSpan.FromSeconds(10);
         try
         {
@@ -601,7 +600,7 @@ public sealed class WalArchiver
             {
                 // Commits wait for this tail: a small piece now, the whole 16 MiB segment right after.
                 await PutPartAsync(store, id, spool, from, to, ct).ConfigureAwait(false);
-                await ReportAsync(conn, spool, to, synchronous, ct).ConfigureAwait(false);
+                await ReportAsync(conn, spool, to, ct).ConfigureAwait(false);
             }
             if (whole)
             {
@@ -615,7 +614,7 @@ public sealed class WalArchiver
                 await PutPartAsync(store, id, spool, from, to, ct).ConfigureAwait(false);
             }
             else return;
-            await ReportAsync(conn, spool, to, synchronous, ct).ConfigureAwait(false);
+            await ReportAsync(conn, spool, to, ct).ConfigureAwait(false);
         }
 
         private async Task PutPartAsync(IObjectStore store, string id, Spool spool, ulong from, ulong to, CancellationToken ct)
@@ -627,7 +626,7 @@ public sealed class WalArchiver
         }
 
         /// <summary>Everything before <paramref name="to"/> is in the store: the slot may let go of it, and (store-sync) the server hears it now.</summary>
-        private async Task ReportAsync(PhysicalReplicationConnection conn, Spool spool, ulong to, bool synchronous, CancellationToken ct)
+        private async Task ReportAsync(PhysicalReplicationConnection conn, Spool spool, ulong to, CancellationToken ct)
         {
             lock (_spools)
             {
@@ -636,8 +635,9 @@ public sealed class WalArchiver
             }
             owner.Update(p => p with { Timeline = p.Timeline == 0 ? timeline : p.Timeline, ArchivedLsn = to, LastUpload = DateTimeOffset.UtcNow, Error = null });
             conn.SetReplicationStatus(new NpgsqlLogSequenceNumber(to));
-            // Otherwise Npgsql reports it within WalReceiverStatusInterval; a store-synchronous leader's commits wait for it.
-            if (synchronous) await conn.SendStatusUpdate(ct).ConfigureAwait(false);
+            // Sent at once, not at Npgsql's next status interval (10 s): a store-synchronous leader's commits wait for it,
+            // and the slot lets go of stored WAL as it goes (one message per upload, so only while WAL flows).
+            await conn.SendStatusUpdate(ct).ConfigureAwait(false);
         }
 
         public void Dispose()

@@ -163,4 +163,49 @@ public sealed class BackupScheduleTests(ITestOutputHelper output) : IAsyncLifeti
             await etcd.DeletePrefixAsync(prefix + "/", CancellationToken.None);
         }
     }
+
+    /// <summary>
+    /// Two leaders on one cell, both due for their first base backup at once: the cell takes them one after the other
+    /// (CellBackups.BaseBackupGate), and both are taken.
+    /// </summary>
+    [Fact]
+    public async Task A_cell_takes_one_base_backup_at_a_time_and_every_due_one_is_taken()
+    {
+        await using var etcd = TestEtcd.NewStore(out var prefix);
+        var runtime = new LocalProcessRuntime(new LocalProcessRuntimeOptions(Path.Combine(_root, "nodes")), new TestOutputLogger<LocalProcessRuntime>(output));
+        var superuser = new Credentials("dingo_admin", "Pw" + Guid.NewGuid().ToString("N"));
+        var specs = new[] { new NodeLaunchSpec("n-1", "gate-1", "127.0.0.1", FreePorts.One(), superuser), new NodeLaunchSpec("n-2", "gate-2", "127.0.0.1", FreePorts.One(), superuser) };
+        var store = new LocalFolderObjectStore(Path.Combine(_root, "store"));
+        try
+        {
+            foreach (var spec in specs)
+            {
+                await runtime.CreateAsync(spec, CancellationToken.None);
+                await runtime.StartAsync(spec, null, CancellationToken.None);
+            }
+            var cell = new CellBackups(store, TestPlatform.NewSettings().Backups!, etcd, Path.Combine(_root, "work"), "/usr/lib/postgresql/15/bin",
+                TestPlatform.NewSettings().Ha, new TestOutputLogger(output));
+            var duties = specs.Select(spec => cell.Lead(spec.InstanceId, spec.NodeId, "127.0.0.1", spec.Port, superuser, baseBackupNow: true)).ToList();
+            try
+            {
+                var backups = new BaseBackups(store, NullLogger.Instance);
+                await Eventually.UntilAsync(async () => (await backups.ListAsync("gate-1", CancellationToken.None)).Count == 1
+                                                        && (await backups.ListAsync("gate-2", CancellationToken.None)).Count == 1,
+                    TimeSpan.FromSeconds(60), "a base backup of each instance");
+                var (a, b) = ((await backups.ListAsync("gate-1", CancellationToken.None))[0], (await backups.ListAsync("gate-2", CancellationToken.None))[0]);
+                output.WriteLine($"gate-1 {a.StartedAt:HH:mm:ss.fff}-{a.FinishedAt:HH:mm:ss.fff}, gate-2 {b.StartedAt:HH:mm:ss.fff}-{b.FinishedAt:HH:mm:ss.fff}");
+                var (first, second) = a.StartedAt <= b.StartedAt ? (a, b) : (b, a);
+                Assert.True(first.FinishedAt <= second.StartedAt, $"the backups overlapped: {first.StartedAt:O}-{first.FinishedAt:O} and {second.StartedAt:O}-{second.FinishedAt:O}");
+            }
+            finally
+            {
+                foreach (var duty in duties) await duty.DisposeAsync();
+            }
+        }
+        finally
+        {
+            foreach (var spec in specs) await runtime.RemoveAsync(spec.NodeId, CancellationToken.None);
+            await etcd.DeletePrefixAsync(prefix + "/", CancellationToken.None);
+        }
+    }
 }
