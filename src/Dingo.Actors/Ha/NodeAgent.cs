@@ -1267,7 +1267,11 @@ public sealed class NodeAgent
         var others = _others;
         var slots = others.Select(PostgresProbe.SlotName).ToHashSet();
         if (_backups is not null) slots.Add(Dingo.Backups.WalArchiverOptions.DefaultSlotName); // the archiver's own slot
-        await probe.EnsureSlotsAsync(slots, ct).WaitAsync(ct).ConfigureAwait(false);
+        // This pass's probe saw the slots and the synchronous setting: asked again only after a promotion, or when the
+        // slots must change (two round trips less on every steady leader pass).
+        var seen = promoted ? null : _lastPg;
+        if (seen?.Slots is not { } existing || !PostgresProbe.SlotsAsWanted(existing, slots))
+            await probe.EnsureSlotsAsync(slots, ct).WaitAsync(ct).ConfigureAwait(false);
         if (!_prepared)
         {
             await WhileRenewingAsync(probe, "preparing roles and the database", async step =>
@@ -1294,7 +1298,7 @@ public sealed class NodeAgent
             _lastOptime = lsn;
         }
         var plan = Catalog.FindPlan(record.PlanId);
-        var inPg = await probe.SynchronousSettingAsync(ct).WaitAsync(ct).ConfigureAwait(false);
+        var inPg = seen?.SynchronousStandbyNames ?? await probe.SynchronousSettingAsync(ct).WaitAsync(ct).ConfigureAwait(false);
         var storeSync = _storeSync;
         var streaming = plan?.Synchronous == true || storeSync
             ? (await probe.StreamingStandbysAsync(ct).WaitAsync(ct).ConfigureAwait(false)).Where(others.Contains).ToList()

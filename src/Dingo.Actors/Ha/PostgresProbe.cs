@@ -12,8 +12,14 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
 
     /// <param name="ReplayLagSeconds">a replica with WAL still to replay: the age of the last transaction it replayed; else 0</param>
     /// <param name="Connections">client backends connected, not counting the platform's own pooled ones (HA probe, backup duty)</param>
+    /// <param name="SynchronousStandbyNames">synchronous_standby_names as the server holds it now</param>
+    /// <param name="Slots">the server's physical replication slots, with whether each is active</param>
     public sealed record Observation(bool InRecovery, long Lsn, int Timeline, bool Streaming, string? SenderHost, int? SenderPort,
-        double ReplayLagSeconds = 0, int Connections = 0);
+        double ReplayLagSeconds = 0, int Connections = 0)
+    {
+        public string? SynchronousStandbyNames { get; init; }
+        public IReadOnlyDictionary<string, bool>? Slots { get; init; }
+    }
 
     /// <summary>
     /// Pooled: the HA loop asks every node several questions every loop-wait, and a fresh connection each time costs
@@ -95,7 +101,9 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
                    CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() <> pg_last_wal_replay_lsn()
                         THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)::float8
                         ELSE 0 END,
-                   (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name NOT IN ('{HaApplicationName}', '{BackupsApplicationName}'))::int
+                   (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name NOT IN ('{HaApplicationName}', '{BackupsApplicationName}'))::int,
+                   current_setting('synchronous_standby_names'),
+                   (SELECT coalesce(array_agg(slot_name::text || CASE WHEN active THEN ':active' ELSE '' END), ARRAY[]::text[]) FROM pg_replication_slots WHERE slot_type = 'physical')
             """, conn);
         await using var r = await cmd.ExecuteReaderAsync(ct).ConfigureAwait(false);
         await r.ReadAsync(ct).ConfigureAwait(false);
@@ -107,8 +115,20 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
             r.IsDBNull(4) ? null : r.GetString(4),
             r.IsDBNull(5) ? null : r.GetInt32(5),
             Math.Max(0, r.GetDouble(6)),
-            r.GetInt32(7));
+            r.GetInt32(7))
+        {
+            // A leader's pass decides its slots and synchronous setting with these, instead of asking twice more.
+            SynchronousStandbyNames = r.GetString(8),
+            Slots = r.GetFieldValue<string[]>(9).ToDictionary(e => e.EndsWith(":active", StringComparison.Ordinal) ? e[..^7] : e, e => e.EndsWith(":active", StringComparison.Ordinal)),
+        };
     }
+
+    /// <summary>
+    /// True when <see cref="EnsureSlotsAsync"/> would change nothing on a server whose slots are <paramref name="existing"/>:
+    /// every wanted slot exists, and no inactive slot is left that is not wanted.
+    /// </summary>
+    public static bool SlotsAsWanted(IReadOnlyDictionary<string, bool> existing, IReadOnlyCollection<string> wanted) =>
+        wanted.All(existing.ContainsKey) && existing.All(e => e.Value || wanted.Contains(e.Key));
 
     /// <summary>The node's system id, timeline and the history files in its pg_wal, on the pass's warm pooled connection.</summary>
     public async Task<Dingo.Backups.TimelineHistories.NodeTimelines> ReadTimelinesAsync(CancellationToken ct)

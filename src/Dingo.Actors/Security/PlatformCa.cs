@@ -28,7 +28,10 @@ public sealed class PlatformCa : IDisposable
     public DateTimeOffset NotAfter => _certificate.NotAfter.ToUniversalTime();
 
     /// <summary>SHA-256 of the certificate, hex: names this CA in logs without anything secret.</summary>
-    public string Fingerprint => _certificate.GetCertHashString(HashAlgorithmName.SHA256);
+    /// <remarks>Computed once: every node's certificate is checked against it on every cell pass (a hash per node a second).</remarks>
+    public string Fingerprint => _fingerprint ??= _certificate.GetCertHashString(HashAlgorithmName.SHA256);
+
+    private string? _fingerprint;
 
     /// <summary>The <see cref="Fingerprint"/> of a CA known only by its certificate (as etcd holds it for every process).</summary>
     public static string FingerprintOf(string certificatePem)

@@ -57,7 +57,8 @@ public sealed class Keys(string root)
     public string Drills => $"{Root}/drills/";
     public string Drill(string instanceId) => $"{Drills}{instanceId}";
     /// <summary>An operator asked for a drill now; the leader's cell runs it and deletes this.</summary>
-    public string DrillRequest(string instanceId) => $"{Root}/drill-requests/{instanceId}";
+    public string DrillRequest(string instanceId) => $"{DrillRequests}{instanceId}";
+    public string DrillRequests => $"{Root}/drill-requests/";
 
     /// <summary>Each instance's history (<see cref="Model.EventRecord"/>), oldest first: keys sort by time.</summary>
     public string AllEvents => $"{Root}/events/";
