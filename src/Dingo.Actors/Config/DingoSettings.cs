@@ -122,7 +122,7 @@ public sealed record DingoSettings
             {
                 Ttl = d.GetTimeSpan("ha.ttl", TimeSpan.FromSeconds(4)),
                 LoopWait = d.GetTimeSpan("ha.loop-wait", TimeSpan.FromMilliseconds(500)),
-                IdleLoopWait = d.GetTimeSpan("ha.idle-loop-wait", TimeSpan.FromSeconds(5)),
+                IdleLoopWait = d.GetTimeSpan("ha.idle-loop-wait", TimeSpan.FromSeconds(10)),
                 MaximumLagOnFailover = d.GetByteSize("ha.maximum-lag-on-failover") ?? 1024 * 1024,
                 RewindAfter = d.GetTimeSpan("ha.rewind-after", TimeSpan.FromSeconds(8)),
                 LostCellGrace = d.GetTimeSpan("ha.lost-cell-grace", TimeSpan.FromSeconds(60)),
@@ -526,7 +526,7 @@ public sealed record HaSettings
     /// How often a quiet node's HA loop runs: a leader with no other member whose PostgreSQL answers as a primary and whose
     /// last pass changed nothing (<see cref="Dingo.Ha.PassCadence"/>). Equal to <see cref="LoopWait"/>: never quiet.
     /// </summary>
-    public TimeSpan IdleLoopWait { get; init; } = TimeSpan.FromSeconds(5);
+    public TimeSpan IdleLoopWait { get; init; } = TimeSpan.FromSeconds(10);
     /// <summary>
     /// The leader lease of a node with no other member: long enough for three quiet passes, so that one late pass does
     /// not lose the key. Nobody could take it over meanwhile; a leader that gets members moves its key to a lease of

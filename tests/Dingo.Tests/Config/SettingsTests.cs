@@ -22,8 +22,8 @@ public sealed class SettingsTests
             (b.FlushDelay, b.BaseBackupInterval, b.Keep, b.DeletedRetention, b.DrillInterval, b.CommitWaitAlarm));
         Assert.Equal(256L * 1024 * 1024, b.BacklogAlarmBytes);
         Assert.Equal((TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(2)), (s.Ha.Ttl, s.Ha.ReleaseDeadLeaderAfter));
-        // A quiet node passes every 5 s under a lease of three of those.
-        Assert.Equal((TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(15)), (s.Ha.IdleLoopWait, s.Ha.AloneTtl));
+        // A quiet node passes every 10 s (Patroni's loop_wait) under a lease of three of those.
+        Assert.Equal((TimeSpan.FromSeconds(10), TimeSpan.FromSeconds(30)), (s.Ha.IdleLoopWait, s.Ha.AloneTtl));
     }
 
     [Fact]
