@@ -35,13 +35,16 @@ internal sealed class BenchPlatform : IAsyncDisposable
     {
         // Port blocks of the bench's own, below the ephemeral range and away from `dingo up` and test runs (as bench/Chaos),
         // never inside 30000-32759, where FreePorts hands out this process's etcd, broker and Akka ports.
-        var (pub, node) = index % 2 == 0 ? (12000, 13000) : (12500, 13700);
+        // Wide enough for the scale phase's 300 solo instances (two public ports each, two per node).
+        var (pub, node) = (12000 + index % 2 * 2200, 13000 + index % 2 * 2200);
         var extra = $$"""
-            dingo.router { port-range-first = {{pub}}, port-range-last = {{pub + 499}} }
+            dingo.router { port-range-first = {{pub}}, port-range-last = {{pub + 999}} }
             dingo.node-port-range-first = {{node}}
-            dingo.node-port-range-last = {{node + 699}}
-            # The product's default (test platforms turn the warm pool off for the suite's time).
-            dingo.cell.warm-pool = 2
+            dingo.node-port-range-last = {{node + 1199}}
+            # The product's defaults (test platforms turn the warm pool off, and pass their cells more often, for the suite's time).
+            dingo.cell { warm-pool = 2, reconcile-interval = 1s, lease-ttl = 10s }
+            # 300 solo instances on three cells: more than the default 50 nodes a cell (an operator's setting).
+            dingo.cell.capacity = 110
             """;
         var settings = TestPlatform.NewSettings(quota: 500, extra: extra, runtime: runtime);
         if (runtime == "docker") Console.Error.WriteLine($"bench: podman service at {TestPodman.Endpoint}, image {TestPodman.Image}");
@@ -242,6 +245,22 @@ internal sealed class BenchPlatform : IAsyncDisposable
 
     /// <summary>Resident memory of the three cell agents (MiB), for the record.</summary>
     public double CellRssMib() => _platform.CellProcessIds().Sum(pid => RssKib(pid)) / 1024.0;
+
+    /// <summary>Until every instance provisioned has its first base backup (<see cref="Shared.FirstBackups"/>).</summary>
+    public Task WaitFirstBackupsAsync(CancellationToken ct) => Shared.FirstBackups.WaitAsync(_platform.Store, _instances.ToList(), TimeSpan.FromMinutes(10), ct);
+
+    /// <summary>Percent of one core the cells, their guards and their PostgreSQL processes used over <paramref name="span"/>.</summary>
+    public async Task<(double Cells, double Guards, double Postgres)> CpuPercentAsync(TimeSpan span, CancellationToken ct)
+    {
+        var cells = _platform.CellProcessIds();
+        var before = Shared.ProcessCpu.Ticks(cells, _settings.DataDir);
+        var watch = Stopwatch.StartNew();
+        await Task.Delay(span, ct);
+        var after = Shared.ProcessCpu.Ticks(cells, _settings.DataDir);
+        var seconds = watch.Elapsed.TotalSeconds;
+        return (Shared.ProcessCpu.Percent(before, after, "cell", seconds), Shared.ProcessCpu.Percent(before, after, "guard", seconds),
+            Shared.ProcessCpu.Percent(before, after, "postgres", seconds));
+    }
 
     private static Dictionary<int, List<int>> ChildrenByParent()
     {

@@ -9,12 +9,12 @@ namespace Dingo.Bench.Provision;
 /// <summary>
 /// Time from the provision request to a bindable instance (last_operation succeeded, a binding made, and a query
 /// answered through the binding's URI), for `solo` and `cluster` on the process and the Docker runtime: one at a
-/// time, then 20 at once; then solo instances up to 100 on the process runtime, with the memory each idle node
+/// time, then 20 at once; then solo instances up to 300 on the process runtime, with the memory and idle CPU each node
 /// takes. stdout carries only the bench's lines; everything the platform logs goes to stderr.
 /// </summary>
 public static class Program
 {
-    private sealed record Options(IReadOnlyList<string> Runtimes, int Sequential, int Burst, int SoloMax);
+    private sealed record Options(IReadOnlyList<string> Runtimes, int Sequential, int Burst, int SoloMax, int ScaleBatch);
 
     private sealed record Sample(string Runtime, string Phase, string Plan, string Id, double Seconds);
 
@@ -24,8 +24,8 @@ public static class Program
         Console.SetOut(Console.Error);
         if (Parse(args) is not { } options)
         {
-            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Provision -- [--runtimes process,docker] [--sequential N] [--burst N] [--solo-max N]");
-            Console.Error.WriteLine("  defaults: both runtimes, 5 of each plan one at a time, a burst of 20 (half solo, half cluster), solo up to 100 (0: skip)");
+            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Provision -- [--runtimes process,docker] [--sequential N] [--burst N] [--solo-max N] [--scale-batch N]");
+            Console.Error.WriteLine("  defaults: both runtimes, 5 of each plan one at a time, a burst of 20 (half solo, half cluster), solo up to 300 (0: skip), 10 at a time");
             return 2;
         }
 
@@ -47,7 +47,7 @@ public static class Program
 
         var samples = new List<Sample>();
         var soloInstances = 0;
-        double? mibPerIdleNode = null;
+        double? mibPerIdleNode = null, cellsPer100 = null, scaleP95 = null;
         var failed = false;
         var index = 0;
         try
@@ -98,7 +98,8 @@ public static class Program
 
                 if (runtime == "process" && options.SoloMax > 0)
                 {
-                    (soloInstances, mibPerIdleNode) = await ScaleAsync(bench, options.SoloMax, output, samples, ct);
+                    var scaled = await ScaleAsync(bench, options.SoloMax, options.ScaleBatch, output, samples, ct);
+                    (soloInstances, mibPerIdleNode, cellsPer100, scaleP95) = (scaled.Instances, scaled.MibPerNode, scaled.CellsPer100, scaled.P95);
                     await bench.DeprovisionAllAsync(ct);
                 }
             }
@@ -129,45 +130,53 @@ public static class Program
         string P50(string runtime) =>
             samples.Where(s => s.Runtime == runtime && s.Plan == "cluster" && s.Phase == "sequential").ToList() is { Count: > 0 } l ? F(Percentile(l, 50)) : "na";
         output.WriteLine($"RESULT provision cluster_process_p50_s={P50("process")} cluster_docker_p50_s={P50("docker")} "
-                         + $"solo_instances={soloInstances} mib_per_idle_node={(mibPerIdleNode is { } m ? m.ToString("0.0", CultureInfo.InvariantCulture) : "na")}{ratios}");
+                         + $"solo_instances={soloInstances} scale_p95_s={(scaleP95 is { } p95 ? F(p95) : "na")} mib_per_idle_node={(mibPerIdleNode is { } m ? m.ToString("0.0", CultureInfo.InvariantCulture) : "na")} "
+                         + $"cells_pct_per_100_idle_nodes={(cellsPer100 is { } c ? c.ToString("0.0", CultureInfo.InvariantCulture) : "na")}{ratios}");
         return failed ? 1 : 0;
     }
 
-    /// <summary>Solo instances ten at a time until <paramref name="max"/> are bindable; then the memory of the idle nodes.</summary>
-    private static async Task<(int Instances, double MibPerNode)> ScaleAsync(BenchPlatform bench, int max, StreamWriter output, List<Sample> samples, CancellationToken ct)
+    /// <summary>Solo instances <paramref name="batch"/> at a time until <paramref name="max"/> are bindable; then the memory and idle CPU of the nodes.</summary>
+    private static async Task<(int Instances, double MibPerNode, double? CellsPer100, double P95)> ScaleAsync(BenchPlatform bench, int max, int batch, StreamWriter output, List<Sample> samples, CancellationToken ct)
     {
         var made = 0;
         var scale = new List<Sample>();
         while (made < max)
         {
-            var batch = Enumerable.Range(made + 1, Math.Min(10, max - made)).ToList();
-            var results = await Task.WhenAll(batch.Select(async i =>
+            var ids = Enumerable.Range(made + 1, Math.Min(batch, max - made)).ToList();
+            var results = await Task.WhenAll(ids.Select(async i =>
             {
                 var id = $"scale-{i}";
                 return new Sample("process", "scale", "solo", id, await bench.ProvisionBindableAsync(id, Catalog.SoloPlanId, ct));
             }));
             scale.AddRange(results);
-            made += batch.Count;
-            output.WriteLine($"run runtime=process phase=scale instances={made} batch_p50_s={F(Percentile(results, 50))} batch_max_s={F(results.Max(s => s.Seconds))}");
+            made += ids.Count;
+            output.WriteLine($"run runtime=process phase=scale batch={batch} instances={made} batch_p50_s={F(Percentile(results, 50))} batch_max_s={F(results.Max(s => s.Seconds))}");
         }
         samples.AddRange(scale);
 
-        // Idle: no client connected, the nodes' own start-up work (checkpoints, the first base backup) over.
+        // Idle: no client connected, the nodes' own start-up work (the first base backups, then checkpoints) over.
+        await bench.WaitFirstBackupsAsync(ct);
         await Task.Delay(TimeSpan.FromSeconds(30), ct);
         var (nodes, mib) = await bench.NodeMemoryMibAsync(ct);
         var perNode = mib / Math.Max(1, nodes);
-        output.WriteLine($"summary runtime=process phase=scale instances={made} p50_s={F(Percentile(scale, 50))} p95_s={F(Percentile(scale, 95))} "
+        // What the idle nodes cost their cells (the agents' HA passes, backup duties, routers) beside what their own
+        // PostgreSQL processes cost (the peer in this run), over 30 s with nothing asked of them.
+        var (cellsPct, guardsPct, postgresPct) = await bench.CpuPercentAsync(TimeSpan.FromSeconds(30), ct);
+        var per100 = nodes > 0 ? cellsPct / nodes * 100 : (double?)null;
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"summary runtime=process phase=idle nodes={nodes} seconds=30 cells_pct={cellsPct:0.0} guards_pct={guardsPct:0.0} postgres_pct={postgresPct:0.0} cells_pct_per_100_nodes={per100:0.0} cells_vs_postgres={(postgresPct > 0 ? cellsPct / postgresPct : 0):0.00}"));
+        output.WriteLine($"summary runtime=process phase=scale batch={batch} instances={made} p50_s={F(Percentile(scale, 50))} p95_s={F(Percentile(scale, 95))} "
                          + $"nodes={nodes} node_pss_mib={mib.ToString("0", CultureInfo.InvariantCulture)} cell_rss_mib={bench.CellRssMib().ToString("0", CultureInfo.InvariantCulture)}");
         // A working query on every instance after the climb: they all still serve.
         var serving = await bench.CountServingAsync(ct);
         output.WriteLine($"summary runtime=process phase=scale serving={serving}/{made}");
-        return (serving, perNode);
+        return (serving, perNode, per100, Percentile(scale, 95));
     }
 
     private static Options? Parse(string[] args)
     {
         var runtimes = new List<string> { "process", "docker" };
-        int sequential = 5, burst = 20, soloMax = 100;
+        int sequential = 5, burst = 20, soloMax = 300, scaleBatch = 10;
         for (var i = 0; i < args.Length; i++)
         {
             var value = i + 1 < args.Length ? args[i + 1] : null;
@@ -180,11 +189,12 @@ public static class Program
                 case "--sequential" when int.TryParse(value, CultureInfo.InvariantCulture, out sequential) && sequential >= 1: break;
                 case "--burst" when int.TryParse(value, CultureInfo.InvariantCulture, out burst) && burst >= 0: break;
                 case "--solo-max" when int.TryParse(value, CultureInfo.InvariantCulture, out soloMax) && soloMax >= 0: break;
+                case "--scale-batch" when int.TryParse(value, CultureInfo.InvariantCulture, out scaleBatch) && scaleBatch >= 1: break;
                 default: return null;
             }
             i++;
         }
-        return new Options(runtimes, sequential, burst, soloMax);
+        return new Options(runtimes, sequential, burst, soloMax, scaleBatch);
     }
 
     private static double Percentile(IEnumerable<Sample> samples, int p)
