@@ -161,7 +161,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 }
                 // Every 2 s where commits can wait (they are counted) or something is wrong; an idle, healthy duty every 5 s
                 // (its archive position is published that much later; a hundred duties a cell woke 50 times a second).
-                var busy = Synchronous || StoreSynchronous || _backupNow || _lastAlarm is not null || _archiver.Progress.Error is not null;
+                var busy = Synchronous || StoreSynchronous || _backupNow || _gated || _lastAlarm is not null || _archiver.Progress.Error is not null;
                 try { await Task.Delay(TimeSpan.FromSeconds(busy ? 2 : 5), ct).ConfigureAwait(false); }
                 catch (OperationCanceledException) { return; }
             }
@@ -185,7 +185,9 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 _nextCheck = DateTime.UtcNow + TimeSpan.FromMinutes(1);
                 return;
             }
-            if (!await _cell.BaseBackupGate.WaitAsync(0, ct).ConfigureAwait(false)) return; // another of this cell's is running: next check
+            // Another of this cell's is running: the next check, 2 s later (the duty counts as busy meanwhile).
+            _gated = !await _cell.BaseBackupGate.WaitAsync(0, ct).ConfigureAwait(false);
+            if (_gated) return;
             try
             {
                 await TakeBaseBackupAsync(backups, systemId, verdict.Why, ct).ConfigureAwait(false);
@@ -363,6 +365,8 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         }
 
         private DateTime _figuresAt = DateTime.MinValue;
+        /// <summary>A base backup is due and waits for the cell's gate.</summary>
+        private bool _gated;
         private BackupState? _lastPublished;
         private DateTime _lastPublishedAt;
 
