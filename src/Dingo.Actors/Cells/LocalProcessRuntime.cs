@@ -81,19 +81,13 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     public Task<IReadOnlyList<RuntimeNode>> ListAsync(CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        if (!Directory.Exists(_dataRoot))
-            return Task.FromResult<IReadOnlyList<RuntimeNode>>([]);
-
-        var nodes = new List<RuntimeNode>();
-        foreach (var dir in Directory.EnumerateDirectories(_dataRoot).Order(StringComparer.Ordinal))
-        {
-            var nodeId = Path.GetFileName(dir);
-            if (!IsValidNodeId(nodeId))
-                continue;
-            nodes.Add(Inspect(nodeId, dir));
-        }
-        return Task.FromResult<IReadOnlyList<RuntimeNode>>(nodes);
+        return Task.FromResult<IReadOnlyList<RuntimeNode>>(NodeIds().Select(id => Inspect(id, Path.Combine(_dataRoot, id))).ToList());
     }
+
+    /// <summary>The nodes this runtime holds: the folders under the data root named as node ids, in order.</summary>
+    private IEnumerable<string> NodeIds() => Directory.Exists(_dataRoot)
+        ? Directory.EnumerateDirectories(_dataRoot).Select(Path.GetFileName).OfType<string>().Where(IsValidNodeId).Order(StringComparer.Ordinal)
+        : [];
 
     public Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken cancellationToken)
     {
@@ -118,9 +112,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     /// <summary>Each node's PostgreSQL log (pg_ctl -l, opened for appending: truncating it in place is safe), with its instance.</summary>
     public IReadOnlyList<(string NodeId, string? InstanceId, string LogFile)> LogFiles()
     {
-        if (!Directory.Exists(_dataRoot)) return [];
-        return Directory.EnumerateDirectories(_dataRoot).Select(Path.GetFileName).OfType<string>().Where(IsValidNodeId).Order(StringComparer.Ordinal)
-            .Select(id => (id, InstanceOf(id), new NodePaths(Path.Combine(_dataRoot, id)).LogFile)).ToList();
+        return NodeIds().Select(id => (id, InstanceOf(id), new NodePaths(Path.Combine(_dataRoot, id)).LogFile)).ToList();
     }
 
     private string InstanceFile(string nodeId) => Path.Combine(_dataRoot, nodeId + InstanceFileSuffix);
@@ -1056,9 +1048,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             access.Tls is null ? "not yet offered (no platform CA known)" : access.RequireTls ? $"required, certificates of {access.Tls}" : $"offered, certificates of {access.Tls}");
         // Only nodes whose files are due are looked at: the cell's pass calls this every second, and inspecting every node
         // (its pid file, its /proc entries) each time grew the idle cost of a cell with its node count.
-        var due = Directory.Exists(_dataRoot)
-            ? Directory.EnumerateDirectories(_dataRoot).Select(Path.GetFileName).OfType<string>().Where(id => IsValidNodeId(id) && _access.Due(id) is not null).ToList()
-            : [];
+        var due = NodeIds().Where(id => _access.Due(id) is not null).ToList();
         foreach (var nodeId in due)
         {
             if (await InspectAsync(nodeId, cancellationToken) is not { Running: true } node) continue;

@@ -1376,9 +1376,6 @@ public sealed class NodeAgent
     /// <summary>When the next pass should run (<see cref="PassCadence"/>): loop-wait, idle-loop-wait when quiet, sooner while recovering in place.</summary>
     public TimeSpan NextPassAfter { get; private set; }
 
-    /// <summary>The last pass found the node quiet (<see cref="PassCadence.Quiet"/>).</summary>
-    public bool Quiet => _quiet;
-
     private NodeStatus? _lastReported;
     private long _lastReportedLease;
     private DateTime _lastReportedAt;

@@ -124,11 +124,15 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
     }
 
     /// <summary>
-    /// True when <see cref="EnsureSlotsAsync"/> would change nothing on a server whose slots are <paramref name="existing"/>:
-    /// every wanted slot exists, and no inactive slot is left that is not wanted.
+    /// What <see cref="EnsureSlotsAsync"/> does to a server whose physical slots are <paramref name="existing"/> (name →
+    /// active): creates every wanted slot missing, drops every inactive slot not wanted (an active one is in use).
     /// </summary>
+    public static (IReadOnlyList<string> Create, IReadOnlyList<string> Drop) SlotChanges(IReadOnlyDictionary<string, bool> existing, IReadOnlyCollection<string> wanted) =>
+        (wanted.Where(n => !existing.ContainsKey(n)).ToList(), existing.Where(e => !e.Value && !wanted.Contains(e.Key)).Select(e => e.Key).ToList());
+
+    /// <summary>True when <see cref="EnsureSlotsAsync"/> would change nothing on a server whose slots are <paramref name="existing"/>.</summary>
     public static bool SlotsAsWanted(IReadOnlyDictionary<string, bool> existing, IReadOnlyCollection<string> wanted) =>
-        wanted.All(existing.ContainsKey) && existing.All(e => e.Value || wanted.Contains(e.Key));
+        SlotChanges(existing, wanted) is { Create.Count: 0, Drop.Count: 0 };
 
     /// <summary>The node's system id, timeline and the history files in its pg_wal, on the pass's warm pooled connection.</summary>
     public async Task<Dingo.Backups.TimelineHistories.NodeTimelines> ReadTimelinesAsync(CancellationToken ct)
@@ -241,13 +245,14 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         await using (var list = new NpgsqlCommand("SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'", conn))
         await using (var r = await list.ExecuteReaderAsync(ct).ConfigureAwait(false))
             while (await r.ReadAsync(ct).ConfigureAwait(false)) existing[r.GetString(0)] = r.GetBoolean(1);
-        foreach (var slot in slotNames.Where(n => !existing.ContainsKey(n)))
+        var (missing, unwanted) = SlotChanges(existing, slotNames);
+        foreach (var slot in missing)
         {
             await using var create = new NpgsqlCommand("SELECT pg_create_physical_replication_slot($1, true)", conn);
             create.Parameters.AddWithValue(slot);
             await create.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
         }
-        foreach (var (slot, active) in existing.Where(e => !slotNames.Contains(e.Key) && !e.Value))
+        foreach (var slot in unwanted)
         {
             await using var drop = new NpgsqlCommand("SELECT pg_drop_replication_slot($1)", conn);
             drop.Parameters.AddWithValue(slot);
