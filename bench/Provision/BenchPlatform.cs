@@ -21,17 +21,19 @@ internal sealed class BenchPlatform : IAsyncDisposable
     private readonly TestPlatform _platform;
     private readonly DingoSettings _settings;
     private readonly string _runtime;
+    private readonly int _warmPool;
     private readonly HashSet<string> _instances = [];
     private readonly Dictionary<string, string> _uris = [];
 
-    private BenchPlatform(TestPlatform platform, DingoSettings settings, string runtime)
+    private BenchPlatform(TestPlatform platform, DingoSettings settings, string runtime, int warmPool)
     {
+        _warmPool = warmPool;
         _platform = platform;
         _settings = settings;
         _runtime = runtime;
     }
 
-    public static async Task<BenchPlatform> StartAsync(string runtime, int index, CancellationToken ct)
+    public static async Task<BenchPlatform> StartAsync(string runtime, int index, int warmPool, CancellationToken ct)
     {
         // Port blocks of the bench's own, below the ephemeral range and away from `dingo up` and test runs (as bench/Chaos),
         // never inside 30000-32759, where FreePorts hands out this process's etcd, broker and Akka ports.
@@ -41,8 +43,9 @@ internal sealed class BenchPlatform : IAsyncDisposable
             dingo.router { port-range-first = {{pub}}, port-range-last = {{pub + 999}} }
             dingo.node-port-range-first = {{node}}
             dingo.node-port-range-last = {{node + 1199}}
-            # The product's defaults (test platforms turn the warm pool off, and pass their cells more often, for the suite's time).
-            dingo.cell { warm-pool = 2, reconcile-interval = 1s, lease-ttl = 10s }
+            # The product's defaults (test platforms turn the warm pool off, and pass their cells more often, for the suite's time);
+            # the pool's size is the bench's --warm-pool (the product's default, 2, unless asked).
+            dingo.cell { warm-pool = {{warmPool}}, reconcile-interval = 1s, lease-ttl = 10s }
             # 300 solo instances on three cells: more than the default 50 nodes a cell (an operator's setting).
             dingo.cell.capacity = 110
             """;
@@ -50,7 +53,7 @@ internal sealed class BenchPlatform : IAsyncDisposable
         if (runtime == "docker") Console.Error.WriteLine($"bench: podman service at {TestPodman.Endpoint}, image {TestPodman.Image}");
         var platform = await TestPlatform.StartAsync(cells: 0, settings, ct);
         for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
-        var bench = new BenchPlatform(platform, settings, runtime);
+        var bench = new BenchPlatform(platform, settings, runtime, warmPool);
         await bench.WaitForCellsAsync(3, ct);
         return bench;
     }
@@ -110,23 +113,33 @@ internal sealed class BenchPlatform : IAsyncDisposable
         }
     }
 
-    /// <summary>Until each cell's warm pool is full (process runtime): a platform up for a while, not one still filling it.</summary>
-    public Task WaitWarmAsync(CancellationToken ct) => _runtime == "process" ? WaitWarmAsync(3, 2, ct) : Task.CompletedTask;
-
-    private async Task WaitWarmAsync(int cells, int size, CancellationToken ct)
+    /// <summary>
+    /// Until each cell's warm pool is full: a platform up for a while, not one still filling it. The process runtime's
+    /// entries are folders with a "ready" file; the Docker runtime's, marker containers (kind "warm") on the engine.
+    /// </summary>
+    public async Task WaitWarmAsync(CancellationToken ct)
     {
+        const int cells = 3;
+        if (_warmPool == 0) return;
         var watch = Stopwatch.StartNew();
-        int Ready(int n)
+        using var client = _runtime == "docker" ? TestPodman.Client() : null;
+        async Task<int[]> ReadyAsync()
         {
-            var root = Path.Combine(_settings.DataDir, "cells", $"cell-{n}", "nodes", "@warm");
-            return Directory.Exists(root) ? Directory.EnumerateFiles(root, "ready", SearchOption.AllDirectories).Count() : 0;
+            if (client is null)
+                return Enumerable.Range(1, cells).Select(n => Path.Combine(_settings.DataDir, "cells", $"cell-{n}", "nodes", "@warm"))
+                    .Select(root => Directory.Exists(root) ? Directory.EnumerateFiles(root, "ready", SearchOption.AllDirectories).Count() : 0).ToArray();
+            var markers = await client.Containers.ListContainersAsync(new ContainersListParameters { All = true }, ct);
+            string? Label(Docker.DotNet.Models.ContainerListResponse c, string key) => c.Labels is { } l && l.TryGetValue(key, out var v) ? v : null;
+            var ours = markers.Where(c => Label(c, "dingo.kind") == "warm" && Label(c, "dingo.platform") == _settings.Cell.Docker.Platform).ToList();
+            return Enumerable.Range(1, cells).Select(n => ours.Count(c => Label(c, "dingo.cell") == $"cell-{n}")).ToArray();
         }
-        while (Enumerable.Range(1, cells).Any(n => Ready(n) < size))
+        int[] ready;
+        while ((ready = await ReadyAsync()).Any(r => r < _warmPool))
         {
-            if (watch.Elapsed > TimeSpan.FromSeconds(120)) throw new TimeoutException($"warm pools not full within 120 s: {string.Join(", ", Enumerable.Range(1, cells).Select(n => $"cell-{n} {Ready(n)}"))}");
+            if (watch.Elapsed > TimeSpan.FromSeconds(180)) throw new TimeoutException($"warm pools not full within 180 s: {string.Join(", ", ready.Select((r, i) => $"cell-{i + 1} {r}"))}");
             await Task.Delay(200, ct);
         }
-        Console.Error.WriteLine($"bench: warm pools full ({size} per cell) {watch.Elapsed.TotalSeconds:0.0} s after the cells registered");
+        Console.Error.WriteLine($"bench: warm pools full ({_warmPool} per cell) after {watch.Elapsed.TotalSeconds:0.0} s of waiting");
     }
 
     /// <summary>

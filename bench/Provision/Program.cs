@@ -14,7 +14,7 @@ namespace Dingo.Bench.Provision;
 /// </summary>
 public static class Program
 {
-    private sealed record Options(IReadOnlyList<string> Runtimes, int Sequential, int Burst, int SoloMax, int ScaleBatch);
+    private sealed record Options(IReadOnlyList<string> Runtimes, int Sequential, int Burst, int SoloMax, int ScaleBatch, int WarmPool);
 
     private sealed record Sample(string Runtime, string Phase, string Plan, string Id, double Seconds);
 
@@ -24,8 +24,9 @@ public static class Program
         Console.SetOut(Console.Error);
         if (Parse(args) is not { } options)
         {
-            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Provision -- [--runtimes process,docker] [--sequential N] [--burst N] [--solo-max N] [--scale-batch N]");
-            Console.Error.WriteLine("  defaults: both runtimes, 5 of each plan one at a time, a burst of 20 (half solo, half cluster), solo up to 300 (0: skip), 10 at a time");
+            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Provision -- [--runtimes process,docker] [--sequential N] [--burst N] [--solo-max N] [--scale-batch N] [--warm-pool N]");
+            Console.Error.WriteLine("  defaults: both runtimes, 5 of each plan one at a time, a burst of 20 (half solo, half cluster), solo up to 300 (0: skip), 10 at a time,");
+            Console.Error.WriteLine("  a warm pool of 2 a cell (the product's default)");
             return 2;
         }
 
@@ -50,11 +51,12 @@ public static class Program
         double? mibPerIdleNode = null, cellsPer100 = null, scaleP95 = null;
         var failed = false;
         var index = 0;
+        var burstAll = new Dictionary<string, double>();
         try
         {
             foreach (var runtime in options.Runtimes)
             {
-                await using var bench = await BenchPlatform.StartAsync(runtime, index++, ct);
+                await using var bench = await BenchPlatform.StartAsync(runtime, index++, options.WarmPool, ct);
                 // Not counted: the first provision a cell serves pays for JIT and connection set-up in that cell's process.
                 // One per cell (placement spreads them), then a cluster, so that no measured provision is a cell's first.
                 for (var w = 1; w <= 3; w++) await bench.ProvisionBindableAsync($"warm-{runtime}-{w}", Catalog.SoloPlanId, ct);
@@ -79,6 +81,7 @@ public static class Program
 
                 if (options.Burst > 0)
                 {
+                    await bench.WaitWarmAsync(ct);
                     var plans = Enumerable.Range(0, options.Burst).Select(i => i % 2 == 0 ? Catalog.SoloPlanId : Catalog.ClusterPlanId).ToList();
                     var started = Stopwatch.StartNew();
                     var burst = await Task.WhenAll(plans.Select(async (plan, i) =>
@@ -90,6 +93,7 @@ public static class Program
                     foreach (var group in burst.GroupBy(s => s.Plan))
                         output.WriteLine($"summary runtime={runtime} phase=burst plan={group.Key} instances={group.Count()} p50_s={F(Percentile(group, 50))} p95_s={F(Percentile(group, 95))} max_s={F(group.Max(s => s.Seconds))}");
                     output.WriteLine($"summary runtime={runtime} phase=burst all_bindable_after_s={F(started.Elapsed.TotalSeconds)}");
+                    burstAll[runtime] = started.Elapsed.TotalSeconds;
                     await bench.DeprovisionAllAsync(ct);
                 }
 
@@ -131,7 +135,9 @@ public static class Program
             samples.Where(s => s.Runtime == runtime && s.Plan == "cluster" && s.Phase == "sequential").ToList() is { Count: > 0 } l ? F(Percentile(l, 50)) : "na";
         output.WriteLine($"RESULT provision cluster_process_p50_s={P50("process")} cluster_docker_p50_s={P50("docker")} "
                          + $"solo_instances={soloInstances} scale_p95_s={(scaleP95 is { } p95 ? F(p95) : "na")} mib_per_idle_node={(mibPerIdleNode is { } m ? m.ToString("0.0", CultureInfo.InvariantCulture) : "na")} "
-                         + $"cells_pct_per_100_idle_nodes={(cellsPer100 is { } c ? c.ToString("0.0", CultureInfo.InvariantCulture) : "na")}{ratios}");
+                         + $"cells_pct_per_100_idle_nodes={(cellsPer100 is { } c ? c.ToString("0.0", CultureInfo.InvariantCulture) : "na")}"
+                         + $" burst_process_all_s={(burstAll.TryGetValue("process", out var bp) ? F(bp) : "na")} burst_docker_all_s={(burstAll.TryGetValue("docker", out var bd) ? F(bd) : "na")}"
+                         + $" warm_pool={options.WarmPool}{ratios}");
         return failed ? 1 : 0;
     }
 
@@ -176,7 +182,7 @@ public static class Program
     private static Options? Parse(string[] args)
     {
         var runtimes = new List<string> { "process", "docker" };
-        int sequential = 5, burst = 20, soloMax = 300, scaleBatch = 10;
+        int sequential = 5, burst = 20, soloMax = 300, scaleBatch = 10, warmPool = 2;
         for (var i = 0; i < args.Length; i++)
         {
             var value = i + 1 < args.Length ? args[i + 1] : null;
@@ -190,11 +196,12 @@ public static class Program
                 case "--burst" when int.TryParse(value, CultureInfo.InvariantCulture, out burst) && burst >= 0: break;
                 case "--solo-max" when int.TryParse(value, CultureInfo.InvariantCulture, out soloMax) && soloMax >= 0: break;
                 case "--scale-batch" when int.TryParse(value, CultureInfo.InvariantCulture, out scaleBatch) && scaleBatch >= 1: break;
+                case "--warm-pool" when int.TryParse(value, CultureInfo.InvariantCulture, out warmPool) && warmPool is >= 0 and <= 50: break;
                 default: return null;
             }
             i++;
         }
-        return new Options(runtimes, sequential, burst, soloMax, scaleBatch);
+        return new Options(runtimes, sequential, burst, soloMax, scaleBatch, warmPool);
     }
 
     private static double Percentile(IEnumerable<Sample> samples, int p)

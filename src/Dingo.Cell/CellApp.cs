@@ -52,6 +52,7 @@ public static class CellApp
                 {
                     LimitsOf = PlanLimits(sp.GetRequiredService<EtcdStore>()),
                     LogMaxBytes = settings.Logging.PostgresLogMax,
+                    WarmPool = settings.Cell.WarmPool,
                 },
                 sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Docker")),
             var other => throw new ArgumentException($"dingo.cell.runtime '{other}' is not known: use \"process\" or \"docker\""),
@@ -133,8 +134,13 @@ public static class CellApp
         builder.Services.AddHostedService<CellWatches>();
         // The nodes' PostgreSQL logs: rotated, and shipped when a syslog receiver is configured. The Docker runtime's
         // engine keeps and rolls container logs itself (LogMaxBytes); they are shipped by following the engine's stream.
-        if (settings.Cell.Runtime == "process" && settings.Cell.WarmPool > 0)
-            builder.Services.AddHostedService(sp => new WarmPoolKeeper((LocalProcessRuntime)sp.GetRequiredService<IContainerRuntime>()));
+        if (settings.Cell.WarmPool > 0)
+            builder.Services.AddHostedService(sp => new WarmPoolKeeper(sp.GetRequiredService<IContainerRuntime>() switch
+            {
+                LocalProcessRuntime local => local.KeepWarmAsync,
+                DockerRuntime docker => docker.KeepWarmAsync,
+                var other => throw new InvalidOperationException($"runtime {other.Kind} has no warm pool"),
+            }));
         if (settings.Cell.Runtime == "process")
             builder.Services.AddHostedService(sp => new NodeLogs((LocalProcessRuntime)sp.GetRequiredService<IContainerRuntime>(), settings.Logging,
                 sp.GetService<Dingo.Logging.SyslogSink>(), sp.GetRequiredService<ILogger<NodeLogs>>()));

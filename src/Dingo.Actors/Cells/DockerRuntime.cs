@@ -42,6 +42,13 @@ internal sealed record DockerRuntimeOptions(string CellId, DockerSettings Docker
     public TimeSpan StartTimeout { get; init; } = TimeSpan.FromSeconds(20);
 
     public int MaxConnections { get; init; } = 100;
+
+    /// <summary>
+    /// How many initialised, never-started data volumes the runtime keeps ready (`dingo.cell.warm-pool`): a new
+    /// cluster's first node takes one instead of running initdb in a tool container (see <see cref="DockerRuntime"/>'s
+    /// warm pool).
+    /// </summary>
+    public int WarmPool { get; init; }
 }
 
 /// <summary>
@@ -78,12 +85,28 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     public const string KindLabel = "dingo.kind";
     private const string MemoryLabel = "dingo.memory";
     private const string CpusLabel = "dingo.cpus";
+    /// <summary>The volume a container mounts when it is not the node's own <c>dingo-&lt;node&gt;</c> (a warm pool entry's).</summary>
+    internal const string VolumeLabel = "dingo.volume";
+    /// <summary>On a node container taken from the warm pool: its first start gives the superuser the instance's password.</summary>
+    private const string ClaimLabel = "dingo.claim";
+    internal const string ImageLabel = "dingo.image";
 
     // The node container's command: standby.signal follows the role Dingo wrote, then PostgreSQL replaces the shell
     // (PID 1, so `docker stop` signals it directly and a postmaster.pid left by a killed container is known stale).
+    // A node taken from the warm pool finds /etc/dingo/claim.sql at its first start: in single-user mode (no listener, no
+    // authentication) its superuser gets the instance's password, as a SCRAM verifier, before PostgreSQL ever listens;
+    // dingo-claimed in the volume says it was done (the file is uploaded again with the settings of every start).
     private const string NodeScript = """
         set -e
         D=/var/lib/postgresql/data
+        if [ -f /etc/dingo/claim.sql ]; then
+          if [ ! -f "$D/dingo-claimed" ]; then
+            out=$(postgres --single -D "$D/pgdata" -c log_min_error_statement=panic -c log_statement=none postgres < /etc/dingo/claim.sql 2>&1) || { echo "dingo: the warm data could not take the instance's password: $out" >&2; exit 1; }
+            case "$out" in *ERROR*|*FATAL*) echo "dingo: the warm data could not take the instance's password: $out" >&2; exit 1;; esac
+            : > "$D/dingo-claimed"
+          fi
+          rm -f /etc/dingo/claim.sql
+        fi
         role=
         if [ -f /etc/dingo/role ]; then read -r role < /etc/dingo/role || true; fi
         if [ "$role" = standby ]; then : > "$D/pgdata/standby.signal"; else rm -f "$D/pgdata/standby.signal"; fi
@@ -342,6 +365,197 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         }
     }
 
+    // ---- the warm pool: volumes initialised for nobody, ready to become a new cluster's first node's data ----
+    //
+    // An entry is a volume dingo-_warm-<id> (no node id can start with '_', so no node's names meet an entry's) with an
+    // initdb of its own (its own system identifier) made by a one-shot container under a random superuser password that
+    // only initdb's short-lived pwfile ever held, then a never-started marker container of the same name (kind "warm"):
+    // its existence says the initdb completed. A claim creates the node's container on the entry's volume (labelled
+    // with it, since a volume cannot be renamed), then removes the marker; the node container's first start gives the
+    // superuser the instance's password as a SCRAM verifier in single-user mode, before PostgreSQL ever listens (the
+    // node script, claim.sql). An entry taken is never offered again: an entry whose volume any node container mounts is
+    // not ready, whatever its marker says. Entry volumes no container mounts (a fill or a removal cut short, a clone
+    // that replaced the data) are removed by the next fill, under the same lock as claims and container recreation.
+
+    internal const string WarmPrefix = "dingo-_warm-";
+    private readonly SemaphoreSlim _warmLock = new(1, 1);
+    private readonly SemaphoreSlim _fillGate = new(1, 1);
+    private long _lastClaimTicks;
+
+    /// <summary>Entries ready to be claimed (with the current image).</summary>
+    public async Task<int> WarmCountAsync(CancellationToken ct) => (await WarmMarkersAsync(ct).ConfigureAwait(false)).Ready.Count;
+
+    private sealed record WarmView(List<ContainerListResponse> Ready, List<ContainerListResponse> Stale, List<ContainerListResponse> Containers);
+
+    /// <summary>Our containers, the ready markers (oldest first), and the markers to remove (claimed already, or of another image).</summary>
+    private async Task<WarmView> WarmMarkersAsync(CancellationToken ct)
+    {
+        var containers = (await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
+            new ContainersListParameters { All = true, Filters = Filters() }, t), ct).ConfigureAwait(false)).Where(c => Ours(c.Labels)).ToList();
+        var taken = containers.Where(c => Label(c.Labels, KindLabel) == "node").Select(c => Label(c.Labels, VolumeLabel)).OfType<string>().ToHashSet(StringComparer.Ordinal);
+        var markers = containers.Where(c => Label(c.Labels, KindLabel) == "warm" && Label(c.Labels, VolumeLabel) is not null).OrderBy(c => c.Created).ToList();
+        var stale = markers.Where(c => taken.Contains(Label(c.Labels, VolumeLabel)!) || Label(c.Labels, ImageLabel) != _docker.Image).ToList();
+        return new WarmView(markers.Except(stale).ToList(), stale, containers);
+    }
+
+    /// <summary>
+    /// Keeps the pool at its size until cancelled: one initdb at a time, not within 2 s of a claim (a burst of
+    /// provisions gets the CPU first). An engine that fails is tried again after 30 s; new nodes run initdb meanwhile.
+    /// </summary>
+    public async Task KeepWarmAsync(CancellationToken ct)
+    {
+        if (_options.WarmPool <= 0) return;
+        var failures = 0;
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                var sinceClaim = Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastClaimTicks));
+                if (Interlocked.Read(ref _lastClaimTicks) == 0 || sinceClaim > TimeSpan.FromSeconds(2)) await FillWarmOnceAsync(ct).ConfigureAwait(false);
+                if (failures > 0) _logger.LogInformation("warm pool: filling again");
+                failures = 0;
+                await Task.Delay(TimeSpan.FromSeconds(1), ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception ex) when (ex is ContainerEngineException or DockerApiException or InvalidOperationException or TimeoutException)
+            {
+                if (failures++ == 0) _logger.LogWarning("warm pool: {Error}; new nodes run initdb themselves until it works again", ex.Message);
+                try { await Task.Delay(TimeSpan.FromSeconds(30), ct).ConfigureAwait(false); }
+                catch (OperationCanceledException) { return; }
+            }
+        }
+    }
+
+    /// <summary>Tidies the pool, then adds one entry when it is short (true); false when nothing was to add.</summary>
+    public async Task<bool> FillWarmOnceAsync(CancellationToken ct)
+    {
+        await _fillGate.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            string name;
+            await _warmLock.WaitAsync(ct).ConfigureAwait(false);
+            try
+            {
+                var view = await WarmMarkersAsync(ct).ConfigureAwait(false);
+                // Markers of entries taken (a claim cut short before it removed the marker), of another image, or
+                // beyond the size; initdb containers of a fill cut short (the engine may still run one).
+                var extra = view.Ready.Skip(Math.Max(0, _options.WarmPool)).ToList();
+                foreach (var c in view.Stale.Concat(extra).Concat(view.Containers.Where(c => Label(c.Labels, KindLabel) == "warm-initdb")))
+                    await RemoveContainerAsync(c.ID, ct).ConfigureAwait(false);
+                // Entry volumes no remaining container mounts.
+                var mounted = view.Containers.Except(view.Stale).Except(extra).Where(c => Label(c.Labels, KindLabel) != "warm-initdb")
+                    .Select(c => Label(c.Labels, VolumeLabel)).OfType<string>().ToHashSet(StringComparer.Ordinal);
+                var volumes = await CallAsync("list volumes", t => _client.Volumes.ListAsync(new VolumesListParameters { Filters = Filters((KindLabel, "warm")) }, t), ct).ConfigureAwait(false);
+                foreach (var v in (volumes.Volumes ?? []).Where(v => Ours(v.Labels) && Label(v.Labels, KindLabel) == "warm" && !mounted.Contains(v.Name)))
+                    await RemoveWarmVolumeAsync(v.Name, ct).ConfigureAwait(false);
+                if (view.Ready.Count - extra.Count >= _options.WarmPool) return false;
+                name = WarmPrefix + Guid.NewGuid().ToString("N");
+                await CallAsync("create a warm pool volume", t => _client.Volumes.CreateAsync(new VolumesCreateParameters { Name = name, Labels = WarmLabels(name, "warm") }, t), ct).ConfigureAwait(false);
+            }
+            finally
+            {
+                _warmLock.Release();
+            }
+            // Outside the lock: claims need not wait for an initdb. The entry is not ready until its marker exists; a fill
+            // runs only after the previous one ended (the gate), so no tidying happens between the volume and its marker.
+            await EnsureImageAsync(ct).ConfigureAwait(false);
+            var host = HostConfig(name, NodeLimits.Default);
+            // Behind every node's work: the engine's lowest CPU weight.
+            host.CPUShares = 2;
+            var result = await RunOneShotAsync(name + "-initdb", "initdb", WarmLabels(name, "warm-initdb"), InitdbScript,
+                new Dictionary<string, string> { ["DINGO_SUPERUSER"] = DatabaseAdmin.SuperuserName },
+                [new NodeFile(".pwfile", Secrets.Password())], host, "warm pool", ct).ConfigureAwait(false);
+            if (result.ExitCode != 0)
+            {
+                await RemoveWarmVolumeAsync(name, ct).ConfigureAwait(false);
+                throw new InvalidOperationException($"initdb failed with exit code {result.ExitCode}: {LastLines(result.Output)}");
+            }
+            // Made last: the marker is the proof the entry's initdb completed (and it mounts the volume, so the tidying keeps it).
+            await CallAsync("create a warm pool marker", t => _client.Containers.CreateContainerAsync(new CreateContainerParameters
+            {
+                Name = name,
+                Image = _docker.Image,
+                User = _docker.User,
+                Cmd = ["/bin/true"],
+                Labels = WarmLabels(name, "warm"),
+                HostConfig = HostConfig(name, NodeLimits.Default),
+            }, t), ct).ConfigureAwait(false);
+            _logger.LogDebug("warm pool: entry {Entry} ready", name);
+            return true;
+        }
+        finally
+        {
+            _fillGate.Release();
+        }
+    }
+
+    private Dictionary<string, string> WarmLabels(string volume, string kind) => new(StringComparer.Ordinal)
+    {
+        [PlatformLabel] = _docker.Platform,
+        [CellLabel] = _options.CellId,
+        [KindLabel] = kind,
+        [VolumeLabel] = volume,
+        [ImageLabel] = _docker.Image,
+    };
+
+    /// <summary>
+    /// Creates the node's container on a ready entry's volume; false when the pool is off or empty, or the node is not a
+    /// new cluster's first node with the platform's superuser (others run initdb as before).
+    /// </summary>
+    private async Task<bool> TryClaimWarmAsync(NodeLaunchSpec spec, CancellationToken ct)
+    {
+        if (_options.WarmPool <= 0 || spec.Superuser.Username != DatabaseAdmin.SuperuserName || !Secrets.ScramReady(spec.Superuser.Password)) return false;
+        await _warmLock.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            var ready = (await WarmMarkersAsync(ct).ConfigureAwait(false)).Ready;
+            if (ready.Count == 0) return false;
+            var marker = ready[0];
+            var volume = Label(marker.Labels, VolumeLabel)!;
+            var limits = await _options.LimitsOf(spec.InstanceId, ct).ConfigureAwait(false);
+            // The node container first: from then on the entry counts as taken, whether or not the marker goes.
+            await CreateNodeContainerAsync(spec, limits, ct, volume, claimed: true).ConfigureAwait(false);
+            Interlocked.Exchange(ref _lastClaimTicks, Stopwatch.GetTimestamp());
+            try
+            {
+                await RemoveContainerAsync(marker.ID, ct).ConfigureAwait(false);
+            }
+            catch (ContainerEngineException ex)
+            {
+                _logger.LogWarning("warm pool: could not remove the marker of {Entry} (the next fill will): {Error}", volume, ex.Message);
+            }
+            _logger.LogInformation("Node {NodeId}: data taken from the warm pool (volume {Volume})", spec.NodeId, volume);
+            return true;
+        }
+        finally
+        {
+            _warmLock.Release();
+        }
+    }
+
+    /// <summary>The superuser's password for the node script's single-user step: a SCRAM verifier, never the password.</summary>
+    private static NodeFile ClaimFile(Dingo.Model.Credentials superuser) =>
+        new("claim.sql", $"ALTER ROLE \"{superuser.Username.Replace("\"", "\"\"", StringComparison.Ordinal)}\" PASSWORD '{Secrets.ScramVerifier(superuser.Password)}'\n");
+
+    /// <summary>Removes a warm pool entry's volume (and whatever container still mounts it); only ever one of this cell's entries.</summary>
+    private async Task RemoveWarmVolumeAsync(string name, CancellationToken ct)
+    {
+        if (!name.StartsWith(WarmPrefix, StringComparison.Ordinal)) throw new InvalidOperationException($"{name} is not a warm pool volume");
+        try
+        {
+            var volume = await CallAsync("inspect a warm pool volume", t => _client.Volumes.InspectAsync(name, t), ct).ConfigureAwait(false);
+            if (!Ours(volume.Labels) || Label(volume.Labels, KindLabel) != "warm")
+                throw new ContainerEngineException($"volume {name} on the engine at {_docker.Endpoint} is not this cell's; not removing it");
+            await CallAsync("remove a warm pool volume", t => _client.Volumes.RemoveAsync(name, true, t), ct).ConfigureAwait(false);
+        }
+        catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+        {
+        }
+    }
+
     // ---- the node's life ----
 
     public async Task CreateAsync(NodeLaunchSpec spec, CancellationToken cancellationToken)
@@ -352,6 +566,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         if (await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false) is not null) return;
         try
         {
+            if (await TryClaimWarmAsync(spec, cancellationToken).ConfigureAwait(false)) return;
             var limits = await PrepareVolumeAsync(spec, cancellationToken).ConfigureAwait(false);
             // The password reaches initdb only as a 0600 file that lives as long as initdb.
             var result = await RunToolAsync(spec, "initdb", InitdbScript,
@@ -381,15 +596,29 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             await RemoveToolContainersAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
             var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
             var id = container.ID;
+            var volume = VolumeOf(container);
+            var claimed = Label(container.Config.Labels, ClaimLabel) is not null;
             if (container.Config.Image != _docker.Image || Label(container.Config.Labels, MemoryLabel) != Memory(limits) || Label(container.Config.Labels, CpusLabel) != Cpus(limits))
             {
-                // A new image or new limits apply when the node is down anyway; the volume keeps the data.
+                // A new image or new limits apply when the node is down anyway; the volume keeps the data. A warm pool
+                // entry's volume is named after the entry: the pool's tidying (which removes entry volumes no container
+                // mounts) must not find it between the two steps.
                 _logger.LogInformation("Node {NodeId}: recreating its container ({Image}, {Memory} bytes, {Cpus} CPUs)", spec.NodeId, _docker.Image, limits.MemoryBytes, limits.Cpus);
                 await EnsureImageAsync(cancellationToken).ConfigureAwait(false);
-                await RemoveContainerAsync(id, cancellationToken).ConfigureAwait(false);
-                id = await CreateNodeContainerAsync(spec, limits, cancellationToken).ConfigureAwait(false);
+                await _warmLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    await RemoveContainerAsync(id, cancellationToken).ConfigureAwait(false);
+                    id = await CreateNodeContainerAsync(spec, limits, cancellationToken, volume, claimed).ConfigureAwait(false);
+                }
+                finally
+                {
+                    _warmLock.Release();
+                }
             }
-            await UploadAsync(id, SettingsFiles(spec, standby, limits), cancellationToken).ConfigureAwait(false);
+            var files = SettingsFiles(spec, standby, limits);
+            if (claimed) files.Add(ClaimFile(spec.Superuser));
+            await UploadAsync(id, files, cancellationToken).ConfigureAwait(false);
             try
             {
                 await CallAsync("start the container", t => _client.Containers.StartContainerAsync(id, new ContainerStartParameters(), t), cancellationToken).ConfigureAwait(false);
@@ -587,10 +816,15 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         return await _options.LimitsOf(spec.InstanceId, ct).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Before a clone or a restore replaces the node's data: its container goes, and with it a warm pool entry's volume
+    /// it mounted (the new data goes into the node's own volume; the pool's tidying removes the entry's if this cannot).
+    /// </summary>
     private async Task RemoveNodeContainerAsync(string nodeId, CancellationToken ct)
     {
-        if (await InspectNodeAsync(nodeId, ct).ConfigureAwait(false) is { } old)
-            await RemoveContainerAsync(old.ID, ct).ConfigureAwait(false);
+        if (await InspectNodeAsync(nodeId, ct).ConfigureAwait(false) is not { } old) return;
+        await RemoveContainerAsync(old.ID, ct).ConfigureAwait(false);
+        if (Label(old.Config.Labels, VolumeLabel) is { } warm) await RemoveWarmVolumeAsync(warm, ct).ConfigureAwait(false);
     }
 
     private async Task WipeAsync(NodeLaunchSpec spec, NodeLimits limits, CancellationToken ct)
@@ -613,7 +847,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             User = _docker.User,
             Cmd = ["/bin/sh", "-c", RestoreScript],
             Labels = labels,
-            HostConfig = HostConfig(spec.NodeId, limits),
+            HostConfig = HostConfig(VolumeName(spec.NodeId), limits),
         }, t), ct).ConfigureAwait(false);
         try
         {
@@ -734,7 +968,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             await StopContainerAsync(container, cancellationToken).ConfigureAwait(false);
             var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
             var result = await RunToolAsync(spec, "rewind", RewindScript, SourceEnvironment(source),
-                SourceFiles(source), limits, cancellationToken).ConfigureAwait(false);
+                SourceFiles(source), limits, cancellationToken, VolumeOf(container)).ConfigureAwait(false);
             if (result.ExitCode != 0) throw ToolFailure(spec.NodeId, "pg_rewind", result);
             _logger.LogInformation("Node {NodeId}: rewound to the timeline of {Host}:{Port}", spec.NodeId, source.Host, source.Port);
         }
@@ -816,7 +1050,13 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         {
             var all = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
                 new ContainersListParameters { All = true, Filters = Filters((NodeLabel, nodeId)) }, t), cancellationToken).ConfigureAwait(false);
-            foreach (var c in all.Where(c => Ours(c.Labels) && Label(c.Labels, NodeLabel) == nodeId)) await RemoveContainerAsync(c.ID, cancellationToken).ConfigureAwait(false);
+            var mine = all.Where(c => Ours(c.Labels) && Label(c.Labels, NodeLabel) == nodeId).ToList();
+            foreach (var c in mine) await RemoveContainerAsync(c.ID, cancellationToken).ConfigureAwait(false);
+            foreach (var warm in mine.Select(c => Label(c.Labels, VolumeLabel)).OfType<string>().Distinct(StringComparer.Ordinal))
+            {
+                await RemoveWarmVolumeAsync(warm, cancellationToken).ConfigureAwait(false);
+                _logger.LogInformation("Node {NodeId}: container and volume {Volume} (taken from the warm pool) removed", nodeId, warm);
+            }
             try
             {
                 var volume = await CallAsync("inspect the volume", t => _client.Volumes.InspectAsync(VolumeName(nodeId), t), cancellationToken).ConfigureAwait(false);
@@ -866,10 +1106,14 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         }
     }
 
-    private async Task<string> CreateNodeContainerAsync(NodeLaunchSpec spec, NodeLimits limits, CancellationToken ct)
+    /// <param name="volume">a warm pool entry's volume the node took; null: the node's own</param>
+    /// <param name="claimed">taken from the warm pool: the first start gives the superuser its password</param>
+    private async Task<string> CreateNodeContainerAsync(NodeLaunchSpec spec, NodeLimits limits, CancellationToken ct, string? volume = null, bool claimed = false)
     {
         var labels = Labels(spec);
         labels[KindLabel] = "node";
+        if (volume is not null && volume != VolumeName(spec.NodeId)) labels[VolumeLabel] = volume;
+        if (claimed) labels[ClaimLabel] = "1";
         labels["dingo.port"] = spec.Port.ToString(CultureInfo.InvariantCulture);
         labels[MemoryLabel] = Memory(limits);
         labels[CpusLabel] = Cpus(limits);
@@ -887,7 +1131,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             // SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client to leave).
             StopSignal = "SIGINT",
             StopTimeout = _docker.StopTimeout,
-            HostConfig = HostConfig(spec.NodeId, limits),
+            HostConfig = HostConfig(volume ?? VolumeName(spec.NodeId), limits),
         };
         try
         {
@@ -924,11 +1168,15 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         Retries = 3,
     };
 
-    private HostConfig HostConfig(string nodeId, NodeLimits limits) => new()
+    /// <summary>The volume holding a node container's data: a warm pool entry's it took, or the node's own.</summary>
+    private static string VolumeOf(ContainerInspectResponse container) =>
+        Label(container.Config.Labels, VolumeLabel) ?? VolumeName(Label(container.Config.Labels, NodeLabel) ?? throw new InvalidOperationException($"container {container.Name} has no node label"));
+
+    private HostConfig HostConfig(string volume, NodeLimits limits) => new()
     {
         // Host networking: PostgreSQL binds the cell's address and the node's port itself (docs/docker.md).
         NetworkMode = "host",
-        Mounts = [new Mount { Type = "volume", Source = VolumeName(nodeId), Target = DataMount }],
+        Mounts = [new Mount { Type = "volume", Source = volume, Target = DataMount }],
         Memory = limits.MemoryBytes,
         NanoCPUs = (long)(limits.Cpus * 1_000_000_000),
         // The HA loop restarts a dead node, deciding first whether it may lead (see the class summary).
@@ -1045,22 +1293,32 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     private sealed record ToolResult(long ExitCode, string Output);
 
     /// <summary>Runs a script in a one-shot container of the node's image on the node's volume, with files placed first.</summary>
+    /// <param name="volume">the volume to run on; null: the node's own</param>
     private async Task<ToolResult> RunToolAsync(NodeLaunchSpec spec, string tool, string script, IReadOnlyDictionary<string, string> env,
-        IReadOnlyList<NodeFile> files, NodeLimits limits, CancellationToken ct)
+        IReadOnlyList<NodeFile> files, NodeLimits limits, CancellationToken ct, string? volume = null)
     {
         await RemoveToolContainersAsync(spec.NodeId, ct).ConfigureAwait(false);
         var labels = Labels(spec);
         labels[KindLabel] = "tool";
         labels["dingo.tool"] = tool;
+        if (volume is not null) labels[VolumeLabel] = volume;
+        return await RunOneShotAsync($"{ContainerName(spec.NodeId)}-{tool}", tool, labels, script, env, files,
+            HostConfig(volume ?? VolumeName(spec.NodeId), limits), $"Node {spec.NodeId}", ct).ConfigureAwait(false);
+    }
+
+    /// <summary>A one-shot container: created, files uploaded, started, waited for, its last output read, removed.</summary>
+    private async Task<ToolResult> RunOneShotAsync(string name, string tool, Dictionary<string, string> labels, string script,
+        IReadOnlyDictionary<string, string> env, IReadOnlyList<NodeFile> files, HostConfig host, string forWhom, CancellationToken ct)
+    {
         var created = await CallAsync("create a tool container", t => _client.Containers.CreateContainerAsync(new CreateContainerParameters
         {
-            Name = $"{ContainerName(spec.NodeId)}-{tool}",
+            Name = name,
             Image = _docker.Image,
             User = _docker.User,
             Cmd = ["/bin/sh", "-c", script],
             Env = env.Select(e => $"{e.Key}={e.Value}").ToList(),
             Labels = labels,
-            HostConfig = HostConfig(spec.NodeId, limits),
+            HostConfig = host,
         }, t), ct).ConfigureAwait(false);
         try
         {
@@ -1079,7 +1337,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             }
             catch (ContainerEngineException ex)
             {
-                _logger.LogWarning("Node {NodeId}: could not remove the {Tool} container (the next step will): {Error}", spec.NodeId, tool, ex.Message);
+                _logger.LogWarning("{Whom}: could not remove the {Tool} container (the next step will): {Error}", forWhom, tool, ex.Message);
             }
         }
     }

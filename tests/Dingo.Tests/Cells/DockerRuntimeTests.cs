@@ -5,12 +5,13 @@ using Dingo.Model;
 using Dingo.Tests.Support;
 using Docker.DotNet;
 using Docker.DotNet.Models;
+using Npgsql;
 using Xunit.Abstractions;
 
 namespace Dingo.Tests.Cells;
 
 /// <summary>The runtime contract on containers (podman's Docker Engine API), plus what is particular to containers.</summary>
-[SuiteCost(354)]
+[SuiteCost(367)]
 public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRuntimeTests(output)
 {
     private readonly string _platform = "/t-rt-" + Guid.NewGuid().ToString("N")[..12];
@@ -20,8 +21,8 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
 
     protected override IContainerRuntime NewRuntime() => NewRuntime(Settings);
 
-    private DockerRuntime NewRuntime(DockerSettings settings) =>
-        new(new DockerRuntimeOptions("cell-1", settings) { LimitsOf = (_, _) => Task.FromResult(Limits) }, new OutputLogger(Output));
+    private DockerRuntime NewRuntime(DockerSettings settings, int warmPool = 0) =>
+        new(new DockerRuntimeOptions("cell-1", settings) { LimitsOf = (_, _) => Task.FromResult(Limits), WarmPool = warmPool }, new OutputLogger(Output));
 
     protected override async Task<string> IncarnationAsync(RuntimeNode node)
     {
@@ -238,6 +239,103 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         {
             await client.Images.DeleteImageAsync($"localhost/dingo/postgres:{tag}", new ImageDeleteParameters());
         }
+    }
+
+    /// <summary>
+    /// The Docker runtime's warm pool (issue 16): a new cluster's first node takes an initialised volume instead of running
+    /// initdb in a tool container, logs in with its own password only (given as a SCRAM verifier in single-user mode at its
+    /// first start, never shown to the engine), has its own system identifier, keeps its data across a restart and goes
+    /// with its volume; what a crash leaves behind (an entry volume without its marker, a marker of an entry already taken)
+    /// is tidied by the next fill without touching a node's data; a superuser of another name runs initdb as before.
+    /// </summary>
+    [Fact]
+    public async Task A_new_node_takes_a_warm_volume_with_its_own_password_and_system_identifier()
+    {
+        using var runtime = NewRuntime(Settings, warmPool: 2);
+        Assert.True(await runtime.FillWarmOnceAsync(Ct()));
+        Assert.True(await runtime.FillWarmOnceAsync(Ct()));
+        Assert.False(await runtime.FillWarmOnceAsync(Ct()), "the pool holds its size, no more");
+        Assert.Equal(2, await runtime.WarmCountAsync(Ct()));
+        Assert.Empty(await runtime.ListAsync(Ct())); // pool entries are not nodes
+
+        var a = NewSpec("node-wa") with { Superuser = new Dingo.Model.Credentials(Dingo.Postgres.DatabaseAdmin.SuperuserName, "Pw" + Guid.NewGuid().ToString("N")) };
+        var b = NewSpec("node-wb") with { Superuser = new Dingo.Model.Credentials(Dingo.Postgres.DatabaseAdmin.SuperuserName, "Pw" + Guid.NewGuid().ToString("N")) };
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        await runtime.CreateAsync(a, Ct());
+        Output.WriteLine($"create from the pool: {watch.ElapsedMilliseconds} ms");
+        Assert.Equal(1, await runtime.WarmCountAsync(Ct()));
+        await runtime.CreateAsync(b, Ct());
+        Assert.Equal(0, await runtime.WarmCountAsync(Ct()));
+        await runtime.CreateAsync(a, Ct()); // idempotent: the node has its container, nothing else is taken
+        Assert.Equal(0, await runtime.WarmCountAsync(Ct()));
+        foreach (var spec in new[] { a, b })
+        {
+            watch.Restart();
+            await runtime.StartAsync(spec, null, Ct());
+            await NodeSql.WaitServingAsync(spec, spec.Superuser);
+            Output.WriteLine($"{spec.NodeId}: first start (with the password step) to serving: {watch.ElapsedMilliseconds} ms");
+        }
+
+        using var client = TestPodman.Client();
+        var containerA = await client.Containers.InspectContainerAsync(DockerRuntime.ContainerName(a.NodeId));
+        var volumeA = containerA.Config.Labels[DockerRuntime.VolumeLabel];
+        Assert.StartsWith(DockerRuntime.WarmPrefix, volumeA, StringComparison.Ordinal);
+        Assert.Equal(volumeA, Assert.Single(containerA.Mounts).Name);
+        // Nothing of the password, nor of its verifier, is left in the container or its log.
+        var inspected = System.Text.Json.JsonSerializer.Serialize(containerA);
+        var logs = await runtime.NodeLogsAsync(a.NodeId, 200, Ct());
+        Assert.DoesNotContain(a.Superuser.Password, inspected + logs, StringComparison.Ordinal);
+        Assert.DoesNotContain("SCRAM-SHA-256$", inspected + logs, StringComparison.Ordinal);
+        await Assert.ThrowsAnyAsync<DockerApiException>(() => client.Containers.GetArchiveFromContainerAsync(containerA.ID,
+            new GetArchiveFromContainerParameters { Path = "/etc/dingo/claim.sql" }, statOnly: true));
+
+        // Each logs in with its own password only, and has its own system identifier; nothing but what initdb makes.
+        var sysA = await NodeSql.ScalarAsync(a, a.Superuser, "SELECT system_identifier FROM pg_control_system()");
+        var sysB = await NodeSql.ScalarAsync(b, b.Superuser, "SELECT system_identifier FROM pg_control_system()");
+        Assert.NotEqual(sysA, sysB);
+        var wrong = await Assert.ThrowsAsync<PostgresException>(() => NodeSql.ScalarAsync(b, a.Superuser, "SELECT 1"));
+        Assert.Equal(PostgresErrorCodes.InvalidPassword, wrong.SqlState);
+        Assert.Equal(1L, await NodeSql.ScalarAsync(a, a.Superuser, "SELECT count(*) FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'"));
+        await NodeSql.ScalarAsync(a, a.Superuser, "CREATE TABLE t AS SELECT 'kept'::text AS v");
+
+        // What a crash leaves: an entry volume whose initdb never finished (no marker), and the marker of an entry a node
+        // took (the claim died before removing it). The next fill removes both, and a's data stays.
+        var half = DockerRuntime.WarmPrefix + Guid.NewGuid().ToString("N");
+        var warmLabels = new Dictionary<string, string>
+        {
+            [DockerRuntime.PlatformLabel] = _platform, [DockerRuntime.CellLabel] = "cell-1", [DockerRuntime.KindLabel] = "warm",
+            [DockerRuntime.VolumeLabel] = half, [DockerRuntime.ImageLabel] = TestPodman.Image,
+        };
+        await client.Volumes.CreateAsync(new VolumesCreateParameters { Name = half, Labels = warmLabels });
+        await client.Containers.CreateContainerAsync(new CreateContainerParameters
+        {
+            Name = DockerRuntime.WarmPrefix + Guid.NewGuid().ToString("N"), Image = TestPodman.Image, Cmd = ["/bin/true"],
+            Labels = new Dictionary<string, string>(warmLabels) { [DockerRuntime.VolumeLabel] = volumeA },
+            HostConfig = new HostConfig { Mounts = [new Mount { Type = "volume", Source = volumeA, Target = DockerRuntime.DataMount }] },
+        });
+        Assert.Equal(0, await runtime.WarmCountAsync(Ct())); // a's volume is taken, whatever a marker says
+        Assert.True(await runtime.FillWarmOnceAsync(Ct()));
+        var warmVolumes = ((await client.Volumes.ListAsync()).Volumes ?? []).Where(v => v.Name.StartsWith(DockerRuntime.WarmPrefix, StringComparison.Ordinal)
+            && v.Labels is { } l && l.TryGetValue(DockerRuntime.PlatformLabel, out var p) && p == _platform).Select(v => v.Name).ToList();
+        Assert.DoesNotContain(half, warmVolumes);
+        Assert.Contains(volumeA, warmVolumes);
+        Assert.Equal(1, await runtime.WarmCountAsync(Ct()));
+
+        // A restart does not take the password step again; the data is a's.
+        await runtime.StopAsync(a.NodeId, Ct());
+        await runtime.StartAsync(a, null, Ct());
+        await NodeSql.WaitServingAsync(a, a.Superuser);
+        Assert.Equal("kept", await NodeSql.ScalarAsync(a, a.Superuser, "SELECT v FROM t"));
+
+        // Removing the node removes the entry's volume with it.
+        await runtime.RemoveAsync(a.NodeId, Ct());
+        await Assert.ThrowsAnyAsync<DockerApiException>(() => client.Volumes.InspectAsync(volumeA));
+
+        // A superuser of another name: initdb as before, the pool untouched.
+        var other = NewSpec("node-wc") with { Superuser = new Dingo.Model.Credentials("someone_else", "Pw" + Guid.NewGuid().ToString("N")) };
+        await runtime.CreateAsync(other, Ct());
+        Assert.Equal(1, await runtime.WarmCountAsync(Ct()));
+        Assert.False((await client.Containers.InspectContainerAsync(DockerRuntime.ContainerName(other.NodeId))).Config.Labels.ContainsKey(DockerRuntime.VolumeLabel));
     }
 
     [Fact]
