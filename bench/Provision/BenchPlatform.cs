@@ -263,6 +263,25 @@ internal sealed class BenchPlatform : IAsyncDisposable
     public Task WaitFirstBackupsAsync(CancellationToken ct) => Shared.FirstBackups.WaitAsync(_platform.Store, _instances.ToList(), TimeSpan.FromMinutes(10), ct);
 
     /// <summary>Percent of one core the cells, their guards and their PostgreSQL processes used over <paramref name="span"/>.</summary>
+    /// <summary>
+    /// The machine's CPU by group: the cells, their guards, the bench's own process (the broker), etcd, the podman service
+    /// (with the runc it reaps), conmon; PostgreSQL, initdb and pg_basebackup as the process runtime runs them. What runs
+    /// inside containers is under "rest".
+    /// </summary>
+    public Shared.MachineCpu ReadMachineCpu()
+    {
+        var cells = _platform.CellProcessIds();
+        var self = Environment.ProcessId;
+        return Shared.MachineCpu.Read((pid, name) => cells.Contains(pid) ? "cells" : pid == self ? "bench_and_broker" : name switch
+        {
+            "etcd" => "etcd",
+            "podman" => "podman",
+            "conmon" => "conmon",
+            _ when name.StartsWith("Dingo.Cell", StringComparison.Ordinal) => "guards",
+            _ => null,
+        });
+    }
+
     public async Task<(double Cells, double Guards, double Postgres)> CpuPercentAsync(TimeSpan span, CancellationToken ct)
     {
         var cells = _platform.CellProcessIds();

@@ -83,17 +83,38 @@ public static class Program
                 {
                     await bench.WaitWarmAsync(ct);
                     var plans = Enumerable.Range(0, options.Burst).Select(i => i % 2 == 0 ? Catalog.SoloPlanId : Catalog.ClusterPlanId).ToList();
+                    var cpuBefore = bench.ReadMachineCpu();
                     var started = Stopwatch.StartNew();
-                    var burst = await Task.WhenAll(plans.Select(async (plan, i) =>
+                    // A provision of the burst that fails (a bind answered 503 while its primary changed hands) is reported
+                    // as such, and the burst's figures are still printed: the machine's state in a burst is what this phase shows.
+                    var outcomes = await Task.WhenAll(plans.Select(async (plan, i) =>
                     {
                         var id = $"burst-{i + 1}";
-                        return new Sample(runtime, "burst", Catalog.FindPlan(plan)!.Name, id, await bench.ProvisionBindableAsync(id, plan, ct));
+                        try
+                        {
+                            return (Sample: new Sample(runtime, "burst", Catalog.FindPlan(plan)!.Name, id, await bench.ProvisionBindableAsync(id, plan, ct)), Error: (string?)null);
+                        }
+                        catch (Exception ex) when (ex is InvalidOperationException or TimeoutException or NpgsqlException)
+                        {
+                            return (Sample: (Sample?)null, Error: $"{id}: {ex.Message}");
+                        }
                     }));
+                    var burstDone = started.Elapsed.TotalSeconds;
+                    var burst = outcomes.Select(o => o.Sample).OfType<Sample>().ToList();
+                    foreach (var error in outcomes.Select(o => o.Error).OfType<string>())
+                        output.WriteLine($"run runtime={runtime} phase=burst failed: {error}");
                     samples.AddRange(burst);
                     foreach (var group in burst.GroupBy(s => s.Plan))
                         output.WriteLine($"summary runtime={runtime} phase=burst plan={group.Key} instances={group.Count()} p50_s={F(Percentile(group, 50))} p95_s={F(Percentile(group, 95))} max_s={F(group.Max(s => s.Seconds))}");
-                    output.WriteLine($"summary runtime={runtime} phase=burst all_bindable_after_s={F(started.Elapsed.TotalSeconds)}");
-                    burstAll[runtime] = started.Elapsed.TotalSeconds;
+                    var burstFailed = outcomes.Count(o => o.Error is not null);
+                    output.WriteLine($"summary runtime={runtime} phase=burst failed={burstFailed} all_bindable_after_s={(burstFailed == 0 ? F(burstDone) : "na")}");
+                    if (burstFailed == 0) burstAll[runtime] = burstDone;
+                    else failed = true;
+                    // Where two cores went while the burst ran: by the processes that serve it, the rest inside containers and tools.
+                    var cpuAfter = bench.ReadMachineCpu();
+                    output.WriteLine($"summary runtime={runtime} phase=burst machine_busy_pct={Shared.MachineCpu.BusyPercent(cpuBefore, cpuAfter):0} "
+                                     + string.Join(" ", Shared.MachineCpu.CoreSeconds(cpuBefore, cpuAfter).OrderBy(g => g.Key, StringComparer.Ordinal)
+                                         .Select(g => string.Create(CultureInfo.InvariantCulture, $"{g.Key}_core_s={g.Value:0.0}"))));
                     await bench.DeprovisionAllAsync(ct);
                 }
 

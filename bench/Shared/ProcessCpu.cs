@@ -51,3 +51,53 @@ internal static class ProcessCpu
     public static double Percent(Dictionary<int, (string Kind, long Ticks)> before, Dictionary<int, (string Kind, long Ticks)> after, string kind, double seconds) =>
         after.Where(p => p.Value.Kind == kind).Sum(p => p.Value.Ticks - (before.TryGetValue(p.Key, out var b) ? b.Ticks : 0)) / 100.0 / seconds * 100;
 }
+
+/// <summary>
+/// Where a machine's CPU went over a stretch of time (bench/Provision's burst): the whole machine's busy time from
+/// /proc/stat, and the core-seconds of named long-lived processes with what they reaped (utime + stime + cutime + cstime:
+/// podman's service reaps the runc it starts); the rest is what ran inside containers and tools, and everything else.
+/// </summary>
+internal sealed class MachineCpu
+{
+    private readonly long _busy, _total;
+    private readonly Dictionary<int, (string Group, long Ticks)> _processes;
+
+    private MachineCpu(long busy, long total, Dictionary<int, (string, long)> processes) => (_busy, _total, _processes) = (busy, total, processes);
+
+    /// <param name="groups">a process's group from its pid and command name (null: not counted by name)</param>
+    public static MachineCpu Read(Func<int, string, string?> groups)
+    {
+        var cpu = File.ReadLines("/proc/stat").First().Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1).Take(8)
+            .Select(v => long.Parse(v, CultureInfo.InvariantCulture)).ToArray();
+        var idle = cpu[3] + cpu[4];
+        var processes = new Dictionary<int, (string, long)>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), CultureInfo.InvariantCulture, out var pid)) continue;
+            try
+            {
+                var stat = File.ReadAllText(Path.Combine(dir, "stat"));
+                var open = stat.IndexOf('(', StringComparison.Ordinal);
+                var close = stat.LastIndexOf(')');
+                if (groups(pid, stat[(open + 1)..close]) is not { } group) continue;
+                var fields = stat[(close + 2)..].Split(' ');
+                processes[pid] = (group, fields.Skip(11).Take(4).Sum(f => long.Parse(f, CultureInfo.InvariantCulture)));
+            }
+            catch (IOException) { }
+        }
+        return new MachineCpu(cpu.Sum() - idle, cpu.Sum(), processes);
+    }
+
+    /// <summary>Percent of the machine busy between two readings (100: every core, all the time).</summary>
+    public static double BusyPercent(MachineCpu before, MachineCpu after) =>
+        after._total == before._total ? 0 : 100.0 * (after._busy - before._busy) / (after._total - before._total);
+
+    /// <summary>Core-seconds each group used between two readings (clock ticks of 1/100 s), and "rest" for the remainder of the busy time.</summary>
+    public static Dictionary<string, double> CoreSeconds(MachineCpu before, MachineCpu after)
+    {
+        var result = after._processes.GroupBy(p => p.Value.Group).ToDictionary(g => g.Key,
+            g => g.Sum(p => p.Value.Ticks - (before._processes.TryGetValue(p.Key, out var b) ? b.Ticks : 0)) / 100.0);
+        result["rest"] = (after._busy - before._busy) / 100.0 - result.Values.Sum();
+        return result;
+    }
+}

@@ -241,6 +241,70 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             ? listing.Nodes
             : null;
 
+    /// <summary>
+    /// One node, for its HA pass: its container inspected by name, not the cell's whole listing. podman lists containers
+    /// under each container's lock, so during a burst of provisions a listing waited for every container being created
+    /// or started on the engine (HA passes of 3-6 s, bench/Provision's Docker burst), where one container's inspect waits
+    /// only for that container. An engine that does not answer within the listing's deadline gives the node's last seen
+    /// state, as the listing does.
+    /// </summary>
+    public async Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken cancellationToken)
+    {
+        CheckNodeId(nodeId);
+        try
+        {
+            var node = await InspectFromEngineAsync(nodeId, cancellationToken).ConfigureAwait(false);
+            if (node is null) _lastSeen.TryRemove(nodeId, out _);
+            else _lastSeen[nodeId] = node;
+            return node;
+        }
+        catch (ContainerEngineException ex) when (_lastSeen.TryGetValue(nodeId, out var last))
+        {
+            if (Interlocked.Exchange(ref _engineProblem, ex.Message) != ex.Message)
+                _logger.LogWarning("{Problem}; nodes keep their last seen state until it answers", ex.Message);
+            return last with { Detail = $"{last.Detail}, as last seen: {ex.Message}" };
+        }
+    }
+
+    private readonly ConcurrentDictionary<string, RuntimeNode> _lastSeen = new(StringComparer.Ordinal);
+
+    private async Task<RuntimeNode?> InspectFromEngineAsync(string nodeId, CancellationToken ct)
+    {
+        ContainerInspectResponse? c = null;
+        try
+        {
+            c = await CallAsync("inspect the container", t => _client.Containers.InspectContainerAsync(ContainerName(nodeId), t), ct, _options.ListTimeout).ConfigureAwait(false);
+        }
+        catch (DockerContainerNotFoundException)
+        {
+        }
+        catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+        {
+        }
+        if (c is not null && Ours(c.Config.Labels) && Label(c.Config.Labels, KindLabel) == "node" && Label(c.Config.Labels, NodeLabel) == nodeId)
+        {
+            var running = c.State.Running;
+            var detail = running ? $"running (container {Short(c.ID)})" : await StoppedDetailAsync(c.ID, c.State.Status, c.State.ExitCode, c.Image, c.Config.Image, ct).ConfigureAwait(false);
+            return new RuntimeNode(nodeId, Initialised: true, running, Pid: null, detail) { InstanceId = Label(c.Config.Labels, InstanceLabel), ContainerId = c.ID };
+        }
+        VolumeResponse volume;
+        try
+        {
+            volume = await CallAsync("inspect the volume", t => _client.Volumes.InspectAsync(VolumeName(nodeId), t), ct, _options.ListTimeout).ConfigureAwait(false);
+        }
+        catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+        {
+            return null;
+        }
+        if (!Ours(volume.Labels) || Label(volume.Labels, NodeLabel) != nodeId) return null;
+        var tools = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
+            new ContainersListParameters { All = true, Filters = Filters((NodeLabel, nodeId), (KindLabel, "tool")) }, t), ct, _options.ListTimeout).ConfigureAwait(false);
+        var busy = tools.FirstOrDefault(t => Ours(t.Labels) && Label(t.Labels, NodeLabel) == nodeId && Label(t.Labels, KindLabel) == "tool" && t.State == "running");
+        return new RuntimeNode(nodeId, Initialised: false, Running: false, Pid: null,
+            busy is not null ? $"data not initialised ({Label(busy.Labels, "dingo.tool") ?? "a tool"} running)" : "data not initialised")
+            { InstanceId = Label(volume.Labels, InstanceLabel) };
+    }
+
     /// <summary>Anything this runtime changed makes the next listing ask the engine again.</summary>
     private void Changed() => Interlocked.Increment(ref _generation);
 
@@ -267,7 +331,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             if (nodeContainers.TryGetValue(nodeId, out var c))
             {
                 var running = c.State == "running";
-                var detail = running ? $"running (container {Short(c.ID)})" : await StoppedDetailAsync(c, ct).ConfigureAwait(false);
+                var detail = running ? $"running (container {Short(c.ID)})" : await StoppedDetailAsync(c.ID, c.State, ExitCode(c.Status), c.ImageID, c.Image, ct).ConfigureAwait(false);
                 if (running) _stoppedDetails.TryRemove(c.ID, out _);
                 result.Add(new RuntimeNode(nodeId, Initialised: true, running, Pid: null, detail)
                     { InstanceId = Label(c.Labels, InstanceLabel), ContainerId = c.ID });
@@ -284,33 +348,32 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     }
 
     /// <summary>"stopped", "exited (137)", "exited (1): FATAL: …", "image missing (…)": asked once per stopped container.</summary>
-    private async Task<string> StoppedDetailAsync(ContainerListResponse c, CancellationToken ct)
+    private async Task<string> StoppedDetailAsync(string id, string? state, long? code, string imageId, string image, CancellationToken ct)
     {
-        var code = ExitCode(c.Status);
         // podman's "stopped" (and "stopping"): the process is gone but its monitor has not recorded the exit yet. Not a
         // clean stop, and not known yet: asked again on the next listing.
-        if (c.State is "stopped" or "stopping") return "exiting (its exit code is not recorded yet)";
-        var key = $"{c.ID}/{c.State}/{code}";
+        if (state is "stopped" or "stopping") return "exiting (its exit code is not recorded yet)";
+        var key = $"{id}/{state}/{code}";
         if (_stoppedDetails.TryGetValue(key, out var known)) return known;
         string detail;
         try
         {
-            await CallAsync("inspect image", t => _client.Images.InspectImageAsync(c.ImageID, t), ct, _options.ListTimeout).ConfigureAwait(false);
-            detail = c.State switch
+            await CallAsync("inspect image", t => _client.Images.InspectImageAsync(imageId, t), ct, _options.ListTimeout).ConfigureAwait(false);
+            detail = state switch
             {
                 "exited" when code is null or 0 => "stopped",
-                "exited" => $"exited ({code})" + await LastLogLineAsync(c.ID, ct).ConfigureAwait(false),
+                "exited" => $"exited ({code})" + await LastLogLineAsync(id, ct).ConfigureAwait(false),
                 "created" => "stopped",
-                var other => other,
+                var other => other ?? "stopped",
             };
         }
         catch (DockerImageNotFoundException)
         {
-            detail = $"image missing ({c.Image}): build it (deploy/images/build-local.sh) or pull it";
+            detail = $"image missing ({image}): build it (deploy/images/build-local.sh) or pull it";
         }
         catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
         {
-            detail = $"image missing ({c.Image}): build it (deploy/images/build-local.sh) or pull it";
+            detail = $"image missing ({image}): build it (deploy/images/build-local.sh) or pull it";
         }
         _stoppedDetails[key] = detail;
         return detail;
@@ -381,6 +444,10 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     private readonly SemaphoreSlim _warmLock = new(1, 1);
     private readonly SemaphoreSlim _fillGate = new(1, 1);
     private long _lastClaimTicks;
+    // The ready entries as the last fill found them (oldest first), plus those made since: a claim takes one without
+    // listing every container on the engine (a listing waits for every container being created or started, seconds in
+    // a burst of provisions). Null until a fill or a claim has listed them. Guarded by _warmLock.
+    private List<(string Volume, string MarkerId)>? _ready;
 
     /// <summary>Entries ready to be claimed (with the current image).</summary>
     public async Task<int> WarmCountAsync(CancellationToken ct) => (await WarmMarkersAsync(ct).ConfigureAwait(false)).Ready.Count;
@@ -451,7 +518,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
                 var volumes = await CallAsync("list volumes", t => _client.Volumes.ListAsync(new VolumesListParameters { Filters = Filters((KindLabel, "warm")) }, t), ct).ConfigureAwait(false);
                 foreach (var v in (volumes.Volumes ?? []).Where(v => Ours(v.Labels) && Label(v.Labels, KindLabel) == "warm" && !mounted.Contains(v.Name)))
                     await RemoveWarmVolumeAsync(v.Name, ct).ConfigureAwait(false);
-                if (view.Ready.Count - extra.Count >= _options.WarmPool) return false;
+                _ready = view.Ready.Except(extra).Select(c => (Label(c.Labels, VolumeLabel)!, c.ID)).ToList();
+                if (_ready.Count >= _options.WarmPool) return false;
                 name = WarmPrefix + Guid.NewGuid().ToString("N");
                 await CallAsync("create a warm pool volume", t => _client.Volumes.CreateAsync(new VolumesCreateParameters { Name = name, Labels = WarmLabels(name, "warm") }, t), ct).ConfigureAwait(false);
             }
@@ -474,7 +542,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
                 throw new InvalidOperationException($"initdb failed with exit code {result.ExitCode}: {LastLines(result.Output)}");
             }
             // Made last: the marker is the proof the entry's initdb completed (and it mounts the volume, so the tidying keeps it).
-            await CallAsync("create a warm pool marker", t => _client.Containers.CreateContainerAsync(new CreateContainerParameters
+            var marker = await CallAsync("create a warm pool marker", t => _client.Containers.CreateContainerAsync(new CreateContainerParameters
             {
                 Name = name,
                 Image = _docker.Image,
@@ -483,6 +551,15 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
                 Labels = WarmLabels(name, "warm"),
                 HostConfig = HostConfig(name, NodeLimits.Default),
             }, t), ct).ConfigureAwait(false);
+            await _warmLock.WaitAsync(ct).ConfigureAwait(false);
+            try
+            {
+                _ready?.Add((name, marker.ID));
+            }
+            finally
+            {
+                _warmLock.Release();
+            }
             _logger.LogDebug("warm pool: entry {Entry} ready", name);
             return true;
         }
@@ -511,17 +588,27 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         await _warmLock.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            var ready = (await WarmMarkersAsync(ct).ConfigureAwait(false)).Ready;
-            if (ready.Count == 0) return false;
-            var marker = ready[0];
-            var volume = Label(marker.Labels, VolumeLabel)!;
+            _ready ??= (await WarmMarkersAsync(ct).ConfigureAwait(false)).Ready.Select(c => (Label(c.Labels, VolumeLabel)!, c.ID)).ToList();
+            if (_ready.Count == 0) return false;
+            var (volume, markerId) = _ready[0];
+            _ready.RemoveAt(0);
+            // Still this cell's entry (an engine would make a missing volume afresh, empty, for the container).
+            try
+            {
+                var v = await CallAsync("inspect a warm pool volume", t => _client.Volumes.InspectAsync(volume, t), ct).ConfigureAwait(false);
+                if (!Ours(v.Labels) || Label(v.Labels, KindLabel) != "warm") return false;
+            }
+            catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+            {
+                return false;
+            }
             var limits = await _options.LimitsOf(spec.InstanceId, ct).ConfigureAwait(false);
             // The node container first: from then on the entry counts as taken, whether or not the marker goes.
             await CreateNodeContainerAsync(spec, limits, ct, volume, claimed: true).ConfigureAwait(false);
             Interlocked.Exchange(ref _lastClaimTicks, Stopwatch.GetTimestamp());
             try
             {
-                await RemoveContainerAsync(marker.ID, ct).ConfigureAwait(false);
+                await RemoveContainerAsync(markerId, ct).ConfigureAwait(false);
             }
             catch (ContainerEngineException ex)
             {
@@ -1050,6 +1137,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         {
             var all = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
                 new ContainersListParameters { All = true, Filters = Filters((NodeLabel, nodeId)) }, t), cancellationToken).ConfigureAwait(false);
+            _lastSeen.TryRemove(nodeId, out _);
             var mine = all.Where(c => Ours(c.Labels) && Label(c.Labels, NodeLabel) == nodeId).ToList();
             foreach (var c in mine) await RemoveContainerAsync(c.ID, cancellationToken).ConfigureAwait(false);
             foreach (var warm in mine.Select(c => Label(c.Labels, VolumeLabel)).OfType<string>().Distinct(StringComparer.Ordinal))
