@@ -1137,7 +1137,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         {
             var all = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
                 new ContainersListParameters { All = true, Filters = Filters((NodeLabel, nodeId)) }, t), cancellationToken).ConfigureAwait(false);
-            _lastSeen.TryRemove(nodeId, out _);
+            _lastSeen.TryRemove(nodeId, out RuntimeNode? _);
             var mine = all.Where(c => Ours(c.Labels) && Label(c.Labels, NodeLabel) == nodeId).ToList();
             foreach (var c in mine) await RemoveContainerAsync(c.ID, cancellationToken).ConfigureAwait(false);
             foreach (var warm in mine.Select(c => Label(c.Labels, VolumeLabel)).OfType<string>().Distinct(StringComparer.Ordinal))
