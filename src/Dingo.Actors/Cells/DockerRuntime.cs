@@ -465,36 +465,10 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         return new WarmView(markers.Except(stale).ToList(), stale, containers);
     }
 
-    /// <summary>
-    /// Keeps the pool at its size until cancelled: one initdb at a time, not within 2 s of a claim (a burst of
-    /// provisions gets the CPU first). An engine that fails is tried again after 30 s; new nodes run initdb meanwhile.
-    /// </summary>
-    public async Task KeepWarmAsync(CancellationToken ct)
-    {
-        if (_options.WarmPool <= 0) return;
-        var failures = 0;
-        while (!ct.IsCancellationRequested)
-        {
-            try
-            {
-                var sinceClaim = Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastClaimTicks));
-                if (Interlocked.Read(ref _lastClaimTicks) == 0 || sinceClaim > TimeSpan.FromSeconds(2)) await FillWarmOnceAsync(ct).ConfigureAwait(false);
-                if (failures > 0) _logger.LogInformation("warm pool: filling again");
-                failures = 0;
-                await Task.Delay(TimeSpan.FromSeconds(1), ct).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (ct.IsCancellationRequested)
-            {
-                return;
-            }
-            catch (Exception ex) when (ex is ContainerEngineException or DockerApiException or InvalidOperationException or TimeoutException)
-            {
-                if (failures++ == 0) _logger.LogWarning("warm pool: {Error}; new nodes run initdb themselves until it works again", ex.Message);
-                try { await Task.Delay(TimeSpan.FromSeconds(30), ct).ConfigureAwait(false); }
-                catch (OperationCanceledException) { return; }
-            }
-        }
-    }
+    /// <summary>Keeps the pool at its size until cancelled (<see cref="WarmPoolLoop"/>).</summary>
+    public Task KeepWarmAsync(CancellationToken ct) => _options.WarmPool <= 0 ? Task.CompletedTask
+        : WarmPoolLoop.RunAsync(FillWarmOnceAsync, () => Interlocked.Read(ref _lastClaimTicks),
+            ex => ex is ContainerEngineException or DockerApiException or InvalidOperationException or TimeoutException, _logger, ct);
 
     /// <summary>Tidies the pool, then adds one entry when it is short (true); false when nothing was to add.</summary>
     public async Task<bool> FillWarmOnceAsync(CancellationToken ct)

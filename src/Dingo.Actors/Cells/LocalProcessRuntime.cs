@@ -217,36 +217,11 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     /// <summary>Entries ready to be claimed.</summary>
     public int WarmCount() => Directory.Exists(WarmRoot) ? Directory.EnumerateDirectories(WarmRoot).Count(d => File.Exists(Path.Combine(d, WarmReady))) : 0;
 
-    /// <summary>
-    /// Keeps the pool at its size until cancelled: one initdb at a time, not within 2 s of a claim (a burst of
-    /// provisions gets the CPU first). Half-made entries (a crash during initdb) are removed; a smaller size trims it.
-    /// </summary>
-    public async Task KeepWarmAsync(CancellationToken ct)
-    {
-        if (_options.WarmPool <= 0) return;
-        var failures = 0;
-        while (!ct.IsCancellationRequested)
-        {
-            try
-            {
-                var sinceClaim = Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastClaimTicks));
-                if (_lastClaimTicks == 0 || sinceClaim > TimeSpan.FromSeconds(2)) await FillWarmOnceAsync(ct);
-                failures = 0;
-                await Task.Delay(TimeSpan.FromSeconds(1), ct);
-            }
-            catch (OperationCanceledException) when (ct.IsCancellationRequested)
-            {
-                return;
-            }
-            catch (Exception ex) when (ex is IOException or InvalidOperationException or UnauthorizedAccessException or TimeoutException)
-            {
-                // A full disk, a broken initdb: new nodes run initdb themselves meanwhile.
-                if (failures++ == 0) _logger.LogWarning("warm pool: {Error}; new nodes run initdb themselves until it works again", ex.Message);
-                try { await Task.Delay(TimeSpan.FromSeconds(30), ct); }
-                catch (OperationCanceledException) { return; }
-            }
-        }
-    }
+    /// <summary>Keeps the pool at its size until cancelled (<see cref="WarmPoolLoop"/>); half-made entries are removed, a smaller size trims it.</summary>
+    public Task KeepWarmAsync(CancellationToken ct) => _options.WarmPool <= 0 ? Task.CompletedTask
+        : WarmPoolLoop.RunAsync(FillWarmOnceAsync, () => Interlocked.Read(ref _lastClaimTicks),
+            // A full disk, a broken initdb.
+            ex => ex is IOException or InvalidOperationException or UnauthorizedAccessException or TimeoutException, _logger, ct);
 
     /// <summary>Adds one entry when the pool is short (true), or trims it; false when nothing was to do.</summary>
     public async Task<bool> FillWarmOnceAsync(CancellationToken ct)

@@ -5,7 +5,6 @@ using Dingo.Model;
 using Dingo.Tests.Support;
 using Docker.DotNet;
 using Docker.DotNet.Models;
-using Npgsql;
 using Xunit.Abstractions;
 
 namespace Dingo.Tests.Cells;
@@ -290,12 +289,7 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
             new GetArchiveFromContainerParameters { Path = "/etc/dingo/claim.sql" }, statOnly: true));
 
         // Each logs in with its own password only, and has its own system identifier; nothing but what initdb makes.
-        var sysA = await NodeSql.ScalarAsync(a, a.Superuser, "SELECT system_identifier FROM pg_control_system()");
-        var sysB = await NodeSql.ScalarAsync(b, b.Superuser, "SELECT system_identifier FROM pg_control_system()");
-        Assert.NotEqual(sysA, sysB);
-        var wrong = await Assert.ThrowsAsync<PostgresException>(() => NodeSql.ScalarAsync(b, a.Superuser, "SELECT 1"));
-        Assert.Equal(PostgresErrorCodes.InvalidPassword, wrong.SqlState);
-        Assert.Equal(1L, await NodeSql.ScalarAsync(a, a.Superuser, "SELECT count(*) FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'"));
+        await NodeSql.AssertSeparateClustersAsync(a, b);
         await NodeSql.ScalarAsync(a, a.Superuser, "CREATE TABLE t AS SELECT 'kept'::text AS v");
 
         // What a crash leaves: an entry volume whose initdb never finished (no marker), and the marker of an entry a node

@@ -63,14 +63,9 @@ public sealed class WarmPoolTests(ITestOutputHelper output) : IAsyncLifetime
             await NodeSql.WaitServingAsync(spec, spec.Superuser);
         }
 
-        // Each logs in with its own password only, and has its own system identifier.
-        var sysA = await NodeSql.ScalarAsync(a, a.Superuser, "SELECT system_identifier FROM pg_control_system()");
-        var sysB = await NodeSql.ScalarAsync(b, b.Superuser, "SELECT system_identifier FROM pg_control_system()");
-        Assert.NotEqual(sysA, sysB);
-        var wrong = await Assert.ThrowsAsync<PostgresException>(() => NodeSql.ScalarAsync(b, a.Superuser, "SELECT 1"));
-        Assert.Equal(PostgresErrorCodes.InvalidPassword, wrong.SqlState);
-        // Nothing but what initdb makes: no database or role a pool could have left behind.
-        Assert.Equal(1L, await NodeSql.ScalarAsync(a, a.Superuser, "SELECT count(*) FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'"));
+        // Each logs in with its own password only, and has its own system identifier; no role but initdb's, and no
+        // database a pool could have left behind.
+        await NodeSql.AssertSeparateClustersAsync(a, b);
         Assert.Equal(3L, await NodeSql.ScalarAsync(a, a.Superuser, "SELECT count(*) FROM pg_database"));
 
         // Filled again; a half-made entry (initdb killed) is removed on the way.

@@ -36,4 +36,18 @@ public static class NodeSql
         await using var cmd = new NpgsqlCommand(sql, c);
         return await cmd.ExecuteScalarAsync(Ct());
     }
+
+    /// <summary>
+    /// Two nodes taken from a warm pool are two clusters: each logs in with its own superuser password only, has its own
+    /// system identifier, and holds no role but initdb's (nothing a pool could have left behind).
+    /// </summary>
+    public static async Task AssertSeparateClustersAsync(NodeLaunchSpec a, NodeLaunchSpec b)
+    {
+        var sysA = await ScalarAsync(a, a.Superuser, "SELECT system_identifier FROM pg_control_system()");
+        var sysB = await ScalarAsync(b, b.Superuser, "SELECT system_identifier FROM pg_control_system()");
+        Assert.NotEqual(sysA, sysB);
+        var wrong = await Assert.ThrowsAsync<PostgresException>(() => ScalarAsync(b, a.Superuser, "SELECT 1"));
+        Assert.Equal(PostgresErrorCodes.InvalidPassword, wrong.SqlState);
+        Assert.Equal(1L, await ScalarAsync(a, a.Superuser, "SELECT count(*) FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'"));
+    }
 }
