@@ -51,6 +51,7 @@ public static class BrokerApp
         builder.Services.AddPlatformTrust();
         builder.Services.AddSingleton<InstanceService>();
         builder.Services.AddSingleton<BindingService>();
+        builder.Services.AddSingleton(sp => new LostCellDuty(sp.GetRequiredService<EtcdStore>(), settings, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Broker.LostCells")));
         builder.Services.AddHostedService<OperationSweeper>();
         builder.Services.AddSingleton<Dingo.Backups.IObjectStore>(_ => (settings.Backups ?? throw new ArgumentException("configuration has no dingo.backups section")).Store.CreateStore());
         builder.Services.AddSingleton<Recovery>();

@@ -47,6 +47,13 @@ public sealed class Keys(string root)
     public string LostCells => $"{Root}/lost-cells/";
     public string LostCell(string cellId) => $"{LostCells}{cellId}";
     /// <summary>Cells an operator drains: no new nodes, and their nodes move away.</summary>
+    /// <summary>When a cell holding nodes was first seen unregistered (the lost-cell duty's clock; broker-written).</summary>
+    public string MissingCells => $"{Root}/missing-cells/";
+    public string MissingCell(string cellId) => $"{MissingCells}{cellId}";
+
+    /// <summary>The broker that runs the lost-cell duty, under that broker's lease.</summary>
+    public string LostCellDuty => $"{Root}/duties/lost-cells";
+
     public string DrainedCells => $"{Root}/drained-cells/";
     public string DrainedCell(string cellId) => $"{DrainedCells}{cellId}";
 
