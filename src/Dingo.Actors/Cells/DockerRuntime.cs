@@ -191,6 +191,8 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     public string? Problem => EngineProblem;
 
     public static string ContainerName(string nodeId) => "dingo-" + nodeId;
+    /// <summary>A node container being replaced (a new image or limits) goes by this name until its successor exists.</summary>
+    internal static string PreviousContainerName(string nodeId) => ContainerName(nodeId) + "-old";
     public static string VolumeName(string nodeId) => "dingo-" + nodeId;
 
     private sealed record Listing(IReadOnlyList<RuntimeNode> Nodes, long Generation, Stopwatch Age, bool Failed);
@@ -270,18 +272,10 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     private async Task<RuntimeNode?> InspectFromEngineAsync(string nodeId, CancellationToken ct)
     {
-        ContainerInspectResponse? c = null;
-        try
-        {
-            c = await CallAsync("inspect the container", t => _client.Containers.InspectContainerAsync(ContainerName(nodeId), t), ct, _options.ListTimeout).ConfigureAwait(false);
-        }
-        catch (DockerContainerNotFoundException)
-        {
-        }
-        catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
-        {
-        }
-        if (c is not null && Ours(c.Config.Labels) && Label(c.Config.Labels, KindLabel) == "node" && Label(c.Config.Labels, NodeLabel) == nodeId)
+        // A recreation cut short leaves the container under its old name: the data is complete all the same.
+        var c = await InspectOursAsync(nodeId, ContainerName(nodeId), ct, _options.ListTimeout).ConfigureAwait(false)
+                ?? await InspectOursAsync(nodeId, PreviousContainerName(nodeId), ct, _options.ListTimeout).ConfigureAwait(false);
+        if (c is not null)
         {
             var running = c.State.Running;
             var detail = running ? $"running (container {Short(c.ID)})" : await StoppedDetailAsync(c.ID, c.State.Status, c.State.ExitCode, c.Image, c.Config.Image, ct).ConfigureAwait(false);
@@ -318,8 +312,10 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         // Podman 4.3 ORs several label filters on volumes: keep only what carries all of ours, whatever the engine did.
         containers = containers.Where(c => Ours(c.Labels)).ToList();
         volumes.Volumes = (volumes.Volumes ?? []).Where(v => Ours(v.Labels)).ToList();
+        // Two containers of one node only for a moment of a recreation (or after one cut short): the one of the node's name.
         var nodeContainers = containers.Where(c => Label(c.Labels, KindLabel) == "node" && Label(c.Labels, NodeLabel) is not null)
-            .GroupBy(c => Label(c.Labels, NodeLabel)!).ToDictionary(g => g.Key, g => g.First(), StringComparer.Ordinal);
+            .GroupBy(c => Label(c.Labels, NodeLabel)!).ToDictionary(g => g.Key,
+                g => g.OrderBy(c => c.Names?.Contains("/" + ContainerName(g.Key)) == true ? 0 : 1).First(), StringComparer.Ordinal);
         var tools = containers.Where(c => Label(c.Labels, KindLabel) == "tool" && Label(c.Labels, NodeLabel) is not null)
             .ToLookup(c => Label(c.Labels, NodeLabel)!, StringComparer.Ordinal);
         var volumeNodes = (volumes.Volumes ?? []).Where(v => Label(v.Labels, NodeLabel) is not null)
@@ -655,22 +651,31 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         try
         {
             await RemoveToolContainersAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+            await RemovePreviousContainerAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
             var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
             var id = container.ID;
             var volume = VolumeOf(container);
             var claimed = Label(container.Config.Labels, ClaimLabel) is not null;
             if (container.Config.Image != _docker.Image || Label(container.Config.Labels, MemoryLabel) != Memory(limits) || Label(container.Config.Labels, CpusLabel) != Cpus(limits))
             {
-                // A new image or new limits apply when the node is down anyway; the volume keeps the data. A warm pool
-                // entry's volume is named after the entry: the pool's tidying (which removes entry volumes no container
-                // mounts) must not find it between the two steps.
+                // A new image or new limits apply when the node is down anyway; the volume keeps the data. The old container
+                // steps aside under another name, the new one is made, then the old one goes: at every moment a container
+                // says the data is complete and which volume holds it (a cell that dies in between finds the old one again,
+                // InspectNodeAsync, instead of taking the volume for half-made data and running initdb over it). Under the
+                // warm pool's lock: its tidying removes entry volumes no container mounts.
                 _logger.LogInformation("Node {NodeId}: recreating its container ({Image}, {Memory} bytes, {Cpus} CPUs)", spec.NodeId, _docker.Image, limits.MemoryBytes, limits.Cpus);
                 await EnsureImageAsync(cancellationToken).ConfigureAwait(false);
                 await _warmLock.WaitAsync(cancellationToken).ConfigureAwait(false);
                 try
                 {
-                    await RemoveContainerAsync(id, cancellationToken).ConfigureAwait(false);
+                    var old = id;
+                    await CallAsync("rename the old container", async t =>
+                    {
+                        await _client.Containers.RenameContainerAsync(old, new ContainerRenameParameters { NewName = PreviousContainerName(spec.NodeId) }, t).ConfigureAwait(false);
+                        return true;
+                    }, cancellationToken).ConfigureAwait(false);
                     id = await CreateNodeContainerAsync(spec, limits, cancellationToken, volume, claimed).ConfigureAwait(false);
+                    await RemoveContainerAsync(old, cancellationToken).ConfigureAwait(false);
                 }
                 finally
                 {
@@ -1148,15 +1153,34 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     // ---- containers, volumes, images ----
 
+    /// <summary>
+    /// The node's container; one left under <see cref="PreviousContainerName"/> by a recreation cut short (no container of
+    /// the node's name) is taken back under its name first.
+    /// </summary>
     private async Task<ContainerInspectResponse?> InspectNodeAsync(string nodeId, CancellationToken ct)
+    {
+        if (await InspectOursAsync(nodeId, ContainerName(nodeId), ct).ConfigureAwait(false) is { } c) return c;
+        if (await InspectOursAsync(nodeId, PreviousContainerName(nodeId), ct).ConfigureAwait(false) is not { } previous) return null;
+        _logger.LogWarning("Node {NodeId}: its container was being replaced when the cell stopped; taking the old one back", nodeId);
+        await CallAsync("rename the old container back", async t =>
+        {
+            await _client.Containers.RenameContainerAsync(previous.ID, new ContainerRenameParameters { NewName = ContainerName(nodeId) }, t).ConfigureAwait(false);
+            return true;
+        }, ct).ConfigureAwait(false);
+        Changed();
+        return await InspectOursAsync(nodeId, ContainerName(nodeId), ct).ConfigureAwait(false);
+    }
+
+    /// <summary>A node container by name: null when there is none, an error when that name is another platform's or cell's.</summary>
+    private async Task<ContainerInspectResponse?> InspectOursAsync(string nodeId, string name, CancellationToken ct, TimeSpan? timeout = null)
     {
         try
         {
-            var c = await CallAsync("inspect the container", t => _client.Containers.InspectContainerAsync(ContainerName(nodeId), t), ct).ConfigureAwait(false);
+            var c = await CallAsync("inspect the container", t => _client.Containers.InspectContainerAsync(name, t), ct, timeout).ConfigureAwait(false);
             // A container of that name that is not ours (another platform on the engine) is a conflict, not our node.
             if (Label(c.Config.Labels, PlatformLabel) != _docker.Platform || Label(c.Config.Labels, CellLabel) != _options.CellId)
-                throw new ContainerEngineException($"Node {nodeId}: container {ContainerName(nodeId)} on the engine at {_docker.Endpoint} belongs to platform {Label(c.Config.Labels, PlatformLabel)}, cell {Label(c.Config.Labels, CellLabel)}; not touching it");
-            return c;
+                throw new ContainerEngineException($"Node {nodeId}: container {name} on the engine at {_docker.Endpoint} belongs to platform {Label(c.Config.Labels, PlatformLabel)}, cell {Label(c.Config.Labels, CellLabel)}; not touching it");
+            return Label(c.Config.Labels, NodeLabel) == nodeId && Label(c.Config.Labels, KindLabel) == "node" ? c : null;
         }
         catch (DockerContainerNotFoundException)
         {
@@ -1166,6 +1190,13 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         {
             return null;
         }
+    }
+
+    /// <summary>An old container a recreation made its successor for but did not remove (the cell stopped in between).</summary>
+    private async Task RemovePreviousContainerAsync(string nodeId, CancellationToken ct)
+    {
+        if (await InspectOursAsync(nodeId, PreviousContainerName(nodeId), ct).ConfigureAwait(false) is { } previous)
+            await RemoveContainerAsync(previous.ID, ct).ConfigureAwait(false);
     }
 
     /// <param name="volume">a warm pool entry's volume the node took; null: the node's own</param>

@@ -10,7 +10,7 @@ using Xunit.Abstractions;
 namespace Dingo.Tests.Cells;
 
 /// <summary>The runtime contract on containers (podman's Docker Engine API), plus what is particular to containers.</summary>
-[SuiteCost(367)]
+[SuiteCost(373)]
 public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRuntimeTests(output)
 {
     private readonly string _platform = "/t-rt-" + Guid.NewGuid().ToString("N")[..12];
@@ -330,6 +330,35 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         await runtime.CreateAsync(other, Ct());
         Assert.Equal(1, await runtime.WarmCountAsync(Ct()));
         Assert.False((await client.Containers.InspectContainerAsync(DockerRuntime.ContainerName(other.NodeId))).Config.Labels.ContainsKey(DockerRuntime.VolumeLabel));
+    }
+
+    /// <summary>
+    /// A recreation (a new image or limits) cut short by the cell's death right after the old container stepped aside: the
+    /// next cell finds the node's data complete (listing and a pass's inspect alike), a create does nothing, and the start
+    /// takes the old container back, data and all, instead of taking the volume for half-made data.
+    /// </summary>
+    [Fact]
+    public async Task A_recreation_cut_short_keeps_the_node_and_its_data()
+    {
+        var spec = NewSpec("node-r");
+        await Runtime.CreateAsync(spec, Ct());
+        await Runtime.StartAsync(spec, null, Ct());
+        await WaitUntilServingAsync(spec);
+        await ExecAsync(spec, "CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')");
+        await Runtime.StopAsync(spec.NodeId, Ct());
+        using var client = TestPodman.Client();
+        var id = (await client.Containers.InspectContainerAsync(DockerRuntime.ContainerName(spec.NodeId))).ID;
+        await client.Containers.RenameContainerAsync(id, new ContainerRenameParameters { NewName = DockerRuntime.PreviousContainerName(spec.NodeId) }, Ct());
+
+        using var restarted = NewRuntime(Settings);
+        Assert.True(Assert.Single(await restarted.ListAsync(Ct())).Initialised);
+        Assert.True((await restarted.InspectAsync(spec.NodeId, Ct()))?.Initialised);
+        await restarted.CreateAsync(spec, Ct());
+        await restarted.StartAsync(spec, null, Ct());
+        await WaitUntilServingAsync(spec);
+        Assert.Equal("kept", await ScalarAsync(spec, "SELECT v FROM t"));
+        Assert.Equal(id, (await client.Containers.InspectContainerAsync(DockerRuntime.ContainerName(spec.NodeId))).ID);
+        await restarted.RemoveAsync(spec.NodeId, Ct());
     }
 
     [Fact]
