@@ -65,7 +65,11 @@ public static class Program
                          + (peer is null ? "" : $"; peer=patroni {timings}"));
 
         using var interrupted = new CancellationTokenSource();
-        Console.CancelKeyPress += (_, e) => { e.Cancel = true; interrupted.Cancel(); };
+        // SIGINT and SIGTERM alike: the run is cancelled and unwinds, so what it started (its platform, the bare PostgreSQL
+        // peer) is stopped; a SIGTERM that killed the process outright left the peer running.
+        void OnSignal(System.Runtime.InteropServices.PosixSignalContext context) { context.Cancel = true; interrupted.Cancel(); }
+        using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGINT, OnSignal);
+        using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, OnSignal);
 
         var plans = new[] { "cluster", "cluster-ha" }.Select(name => Catalog.Plans.Single(p => p.Name == name)).ToList();
         var results = new List<Run>();

@@ -37,7 +37,11 @@ public static class Program
             return 2;
         }
         using var interrupted = new CancellationTokenSource();
-        Console.CancelKeyPress += (_, e) => { e.Cancel = true; interrupted.Cancel(); };
+        // SIGINT and SIGTERM alike: the run is cancelled and unwinds, so what it started (its platform, the bare PostgreSQL
+        // peer) is stopped; a SIGTERM that killed the process outright left the peer running.
+        void OnSignal(System.Runtime.InteropServices.PosixSignalContext context) { context.Cancel = true; interrupted.Cancel(); }
+        using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGINT, OnSignal);
+        using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, OnSignal);
         try
         {
             // The runtime's default spin (70) is what Directory.Build.props turns off; the environment overrides the

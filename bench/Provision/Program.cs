@@ -31,7 +31,11 @@ public static class Program
         }
 
         using var interrupted = new CancellationTokenSource();
-        Console.CancelKeyPress += (_, e) => { e.Cancel = true; interrupted.Cancel(); };
+        // SIGINT and SIGTERM alike: the run is cancelled and unwinds, so what it started (its platform, the bare PostgreSQL
+        // peer) is stopped; a SIGTERM that killed the process outright left the peer running.
+        void OnSignal(System.Runtime.InteropServices.PosixSignalContext context) { context.Cancel = true; interrupted.Cancel(); }
+        using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGINT, OnSignal);
+        using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, OnSignal);
         var ct = interrupted.Token;
 
         // The peer, in the same run: PostgreSQL alone (initdb, start, first query; its idle memory), median of 3.
@@ -44,6 +48,11 @@ public static class Program
         catch (Exception ex) when (ex is InvalidOperationException or NpgsqlException or IOException)
         {
             Console.Error.WriteLine($"bench: the bare PostgreSQL peer failed: {ex.Message}");
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            Console.Error.WriteLine("bench: interrupted");
+            return 130;
         }
 
         var samples = new List<Sample>();
@@ -129,8 +138,9 @@ public static class Program
                 }
             }
         }
-        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        catch (Exception) when (ct.IsCancellationRequested)
         {
+            // Cancelled (SIGINT, SIGTERM): whatever the call in flight threw for it (etcd's client says RpcException).
             Console.Error.WriteLine("bench: interrupted");
             return 130;
         }
