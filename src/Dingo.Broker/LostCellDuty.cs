@@ -25,8 +25,25 @@ public sealed class LostCellDuty(EtcdStore store, DingoSettings settings, ILogge
     /// <summary>Whether this broker held the duty at its last sweep.</summary>
     public bool Held => _held;
 
-    /// <summary>One sweep: takes or keeps the duty, and if held, decides and applies. False when another broker holds it.</summary>
+    /// <summary>One sweep on its own: reads the nodes and the lost cells itself (<see cref="OperationSweeper"/> passes those it read).</summary>
     public async Task<bool> SweepAsync(CancellationToken ct)
+    {
+        var keys = store.Keys;
+        var nodes = (await store.ListAsync<NodeSpec>(keys.AllNodes, ct).ConfigureAwait(false)).Select(n => n.Value).ToList();
+        return await SweepAsync(nodes, await LostAsync(store, ct).ConfigureAwait(false), ct).ConfigureAwait(false);
+    }
+
+    /// <summary>The cells declared lost, as etcd holds them.</summary>
+    public static async Task<HashSet<string>> LostAsync(EtcdStore store, CancellationToken ct) =>
+        (await store.ListAsync<string>(store.Keys.LostCells, ct).ConfigureAwait(false)).Select(l => l.Key[store.Keys.LostCells.Length..]).ToHashSet(StringComparer.Ordinal);
+
+    /// <summary>
+    /// One sweep: takes or keeps the duty, and if held, decides and applies, adding the cells it declares lost to
+    /// <paramref name="lost"/>. False when another broker holds it.
+    /// </summary>
+    /// <param name="nodes">every node spec, as the caller just read them</param>
+    /// <param name="lost">the cells declared lost, as the caller just read them</param>
+    public async Task<bool> SweepAsync(IReadOnlyList<NodeSpec> nodes, HashSet<string> lost, CancellationToken ct)
     {
         var held = await HoldAsync(ct).ConfigureAwait(false);
         if (held != _held)
@@ -36,8 +53,7 @@ public sealed class LostCellDuty(EtcdStore store, DingoSettings settings, ILogge
 
         var keys = store.Keys;
         var registered = (await store.ListAsync<CellInfo>(keys.Cells, ct).ConfigureAwait(false)).Select(c => c.Value.Id).ToHashSet(StringComparer.Ordinal);
-        var holding = (await store.ListAsync<NodeSpec>(keys.AllNodes, ct).ConfigureAwait(false)).Select(n => n.Value.CellId).ToHashSet(StringComparer.Ordinal);
-        var lost = (await store.ListAsync<string>(keys.LostCells, ct).ConfigureAwait(false)).Select(l => l.Key[keys.LostCells.Length..]).ToHashSet(StringComparer.Ordinal);
+        var holding = nodes.Select(n => n.CellId).ToHashSet(StringComparer.Ordinal);
         var clocks = new Dictionary<string, DateTimeOffset>(StringComparer.Ordinal);
         foreach (var clock in await store.ListAsync<string>(keys.MissingCells, ct).ConfigureAwait(false))
         {
@@ -61,6 +77,7 @@ public sealed class LostCellDuty(EtcdStore store, DingoSettings settings, ILogge
                     logger.LogWarning("{Sentence}", declare.Sentence);
                     await store.PutAsync(keys.LostCell(declare.Cell), now.ToString("O", CultureInfo.InvariantCulture), ct).ConfigureAwait(false);
                     await store.DeleteAsync(keys.MissingCell(declare.Cell), ct).ConfigureAwait(false);
+                    lost.Add(declare.Cell);
                     break;
             }
         }

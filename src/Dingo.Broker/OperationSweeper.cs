@@ -36,10 +36,11 @@ public sealed class OperationSweeper(EtcdStore store, InstanceService instances,
         var ops = await store.ListAsync<OperationRecord>(keys.Operations, ct);
         foreach (var op in ops.Where(o => o.Value.InProgress)) instances.Poke(op.Key[keys.Operations.Length..]);
 
-        await lostCells.SweepAsync(ct);
-
+        // Read once for the duty and the instances to wake.
         var nodes = (await store.ListAsync<NodeSpec>(keys.AllNodes, ct)).Select(n => n.Value).ToList();
-        var lost = (await store.ListAsync<string>(keys.LostCells, ct)).Select(l => l.Key[keys.LostCells.Length..]).ToHashSet();
+        var lost = await LostCellDuty.LostAsync(store, ct);
+        await lostCells.SweepAsync(nodes, lost, ct);
+
         var drained = (await store.ListAsync<string>(keys.DrainedCells, ct)).Select(l => l.Key[keys.DrainedCells.Length..]).ToHashSet();
         var records = (await store.ListAsync<InstanceRecord>(keys.Instances, ct)).Select(r => r.Value).ToList();
         foreach (var instance in records)

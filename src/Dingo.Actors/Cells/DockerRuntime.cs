@@ -444,6 +444,9 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     // listing every container on the engine (a listing waits for every container being created or started, seconds in
     // a burst of provisions). Null until a fill or a claim has listed them. Guarded by _warmLock.
     private List<(string Volume, string MarkerId)>? _ready;
+    // When the last fill listed and tidied: a full pool is looked at again after a minute, not at every fill (the keeper
+    // fills every second, and a listing of every container on the engine each second was an idle cell's cost).
+    private DateTime _tidiedAt = DateTime.MinValue;
 
     /// <summary>Entries ready to be claimed (with the current image).</summary>
     public async Task<int> WarmCountAsync(CancellationToken ct) => (await WarmMarkersAsync(ct).ConfigureAwait(false)).Ready.Count;
@@ -476,6 +479,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
             await _warmLock.WaitAsync(ct).ConfigureAwait(false);
             try
             {
+                if (_ready is { } known && known.Count >= _options.WarmPool && DateTime.UtcNow - _tidiedAt < TimeSpan.FromMinutes(1)) return false;
                 var view = await WarmMarkersAsync(ct).ConfigureAwait(false);
                 // Markers of entries taken (a claim cut short before it removed the marker), of another image, or
                 // beyond the size; initdb containers of a fill cut short (the engine may still run one).
@@ -489,6 +493,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
                 foreach (var v in (volumes.Volumes ?? []).Where(v => Ours(v.Labels) && Label(v.Labels, KindLabel) == "warm" && !mounted.Contains(v.Name)))
                     await RemoveWarmVolumeAsync(v.Name, ct).ConfigureAwait(false);
                 _ready = view.Ready.Except(extra).Select(c => (Label(c.Labels, VolumeLabel)!, c.ID)).ToList();
+                _tidiedAt = DateTime.UtcNow;
                 if (_ready.Count >= _options.WarmPool) return false;
                 name = WarmPrefix + Guid.NewGuid().ToString("N");
                 await CallAsync("create a warm pool volume", t => _client.Volumes.CreateAsync(new VolumesCreateParameters { Name = name, Labels = WarmLabels(name, "warm") }, t), ct).ConfigureAwait(false);
