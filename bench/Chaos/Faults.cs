@@ -313,7 +313,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         {
             var (status, op) = await TrySendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation", ct);
             if (status is 410 or 404) { state = "absent"; break; }
-            if (status == 200 && (string?)op["state"] is { } s && s != OperationState.InProgress)
+            if (status == 200 && (string?)op["state"] is { } s && s != OperationState.InProgress.Wire())
             {
                 state = s;
                 description = (string?)op["description"] ?? "";
@@ -330,7 +330,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
             Console.Error.WriteLine($"bench: broker-1 did not come back: {ex.Message}");
             return ($"provision={state} request={answer?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "none"} deprovisioned={(deleted ? "yes" : "no")} broker_back=no", false);
         }
-        var clean = deleted && (state is OperationState.Succeeded || (state is OperationState.Failed && description.Length > 0) || (state == "absent" && answer is not 202));
+        var clean = deleted && (state == OperationState.Succeeded.Wire() || (state == OperationState.Failed.Wire() && description.Length > 0) || (state == "absent" && answer is not 202));
         return ($"provision={state} request={answer?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "none"} deprovisioned={(deleted ? "yes" : "no")}", clean);
     }
 
@@ -351,7 +351,7 @@ internal sealed class Faults(ChaosPlatform platform, Random random)
         while (accepted && DateTime.UtcNow - started < OperationLimit)
         {
             var (status, op) = await TrySendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation", ct);
-            if (status is 410 or 404 || (status == 200 && (string?)op["state"] != OperationState.InProgress)) break;
+            if (status is 410 or 404 || (status == 200 && (string?)op["state"] != OperationState.InProgress.Wire())) break;
             await Task.Delay(200, ct);
         }
         // The cells stop and remove the nodes once the records are gone.

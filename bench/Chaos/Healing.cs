@@ -44,7 +44,7 @@ internal static class Healing
                 if (!answer.Answered) return $"{instance.Id}: {node.NodeId} does not answer";
                 var status = statuses.FirstOrDefault(s => s.NodeId == node.NodeId);
                 if (status is null || status.UpdatedAt.UtcDateTime <= since) return $"{instance.Id}: {node.NodeId} has reported no status since the fault";
-                if (status.State != NodeState.Running) return $"{instance.Id}: {node.NodeId} is {status.State} ({status.Detail})";
+                if (status.State != NodeState.Running) return $"{instance.Id}: {node.NodeId} is {status.State.Wire()} ({status.Detail})";
                 answers.Add(answer);
             }
             var writable = answers.Where(a => a.Writable).ToList();

@@ -75,8 +75,8 @@ internal sealed class ThreeHostPlatform : ChaosPlatform
         {
             var (_, op) = await SendAsync(HttpMethod.Get, $"/v2/service_instances/{id}/last_operation", null, ct);
             var state = (string?)op["state"];
-            if (state == OperationState.Succeeded) return;
-            if (state is not null && state != OperationState.InProgress) throw new InvalidOperationException($"provision {id} ended {op.ToJsonString()}");
+            if (state == OperationState.Succeeded.Wire()) return;
+            if (state is not null && state != OperationState.InProgress.Wire()) throw new InvalidOperationException($"provision {id} ended {op.ToJsonString()}");
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"provision {id} still in progress after {OperationLimit.TotalSeconds:0} s: {op.ToJsonString()}");
             await Task.Delay(250, ct);
         }

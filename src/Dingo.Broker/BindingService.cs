@@ -47,13 +47,13 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
         if (ValidateParameters(parameters) is { } badParameters) return badParameters;
         var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
         if (op?.Value is { Kind: OperationKind.Provision } provision && provision.State != OperationState.Succeeded)
-            return OsbResult.Concurrency($"service instance {instanceId} is not ready: provision {provision.State} ({provision.Description})");
+            return OsbResult.Concurrency($"service instance {instanceId} is not ready: provision {provision.State.Wire()} ({provision.Description})");
 
         BindingRecord binding;
         if (existing is not null)
         {
             var b = existing.Value;
-            if (b.State == "ready") return OsbResult.Ok(await CredentialsJsonAsync(instance.Value, b, ct));
+            if (b.State == BindingState.Ready) return OsbResult.Ok(await CredentialsJsonAsync(instance.Value, b, ct));
             binding = b; // a previous attempt stopped half-way: finish it
         }
         else
@@ -101,7 +101,7 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
             }
             await Task.Delay(500, ct);
         }
-        var ready = binding with { State = "ready" };
+        var ready = binding with { State = BindingState.Ready };
         await store.PutAsync(Keys.Binding(instanceId, bindingId), ready, ct);
         logger.LogInformation("binding {Binding} on {Instance}: role {Role} created", bindingId, instanceId, binding.Role.Username);
         return OsbResult.Created(await CredentialsJsonAsync(instance.Value, ready, ct));
@@ -137,7 +137,7 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
     {
         var instance = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
         var binding = await store.GetAsync<BindingRecord>(Keys.Binding(instanceId, bindingId), ct);
-        if (instance is null || binding is null || binding.Value.State != "ready") return OsbResult.NotFound($"binding {bindingId} does not exist");
+        if (instance is null || binding is null || binding.Value.State != BindingState.Ready) return OsbResult.NotFound($"binding {bindingId} does not exist");
         var body = await CredentialsJsonAsync(instance.Value, binding.Value, ct);
         body["parameters"] = CanonicalJson.ParseOrEmpty(binding.Value.ParametersJson);
         return OsbResult.Ok(body);

@@ -123,11 +123,11 @@ public static class Dashboard
             {
                 ["id"] = spec.NodeId,
                 ["cell"] = spec.CellId,
-                ["role"] = role,
-                ["state"] = s?.State ?? "unknown",
+                ["role"] = role.Wire(),
+                ["state"] = s?.State.Wire() ?? "unknown",
                 ["timeline"] = s?.Timeline,
-                ["lagBytes"] = role == "replica" && primaryLsn is { } p && s is not null ? Math.Max(0, p - s.Lsn) : null,
-                ["streaming"] = role == "replica" ? s?.Streaming : null,
+                ["lagBytes"] = role == NodeRole.Replica && primaryLsn is { } p && s is not null ? Math.Max(0, p - s.Lsn) : null,
+                ["streaming"] = role == NodeRole.Replica ? s?.Streaming : null,
                 ["connections"] = s?.Connections,
                 ["detail"] = s?.Detail ?? "no report from the cell yet",
                 ["updatedAt"] = s?.UpdatedAt,
@@ -146,8 +146,8 @@ public static class Dashboard
             },
             ["operation"] = operation is null ? null : new JsonObject
             {
-                ["kind"] = operation.Kind,
-                ["state"] = operation.State,
+                ["kind"] = operation.Kind.Wire(),
+                ["state"] = operation.State.Wire(),
                 ["description"] = operation.Description,
             },
             ["primary"] = leader?.NodeId,

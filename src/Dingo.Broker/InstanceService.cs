@@ -167,7 +167,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         var existing = await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct);
         if (existing is null || existing.Value.Desired != DesiredState.Present) return OsbResult.NotFound($"service instance {instanceId} does not exist");
         var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
-        if (op?.Value.InProgress == true) return OsbResult.Concurrency($"service instance {instanceId} is busy: {op.Value.Kind} in progress");
+        if (op?.Value.InProgress == true) return OsbResult.Concurrency($"service instance {instanceId} is busy: {op.Value.Kind.Wire()} in progress");
         var newPlan = Catalog.FindPlan(planId ?? existing.Value.PlanId)!;
         if (ValidateParameters(parameters, newPlan, provisioning: false) is { } badParameters) return badParameters;
         if (StoreSyncWithoutBackups(parameters) is { } noStore) return noStore;
@@ -237,7 +237,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             Kind = OperationKind.Deprovision,
             State = OperationState.InProgress,
             Description = op?.Value is { InProgress: true } running
-                ? $"accepted: stopping the {running.Kind} in progress and removing nodes"
+                ? $"accepted: stopping the {running.Kind.Wire()} in progress and removing nodes"
                 : "accepted: removing nodes",
             StartedAt = now,
             UpdatedAt = now,
@@ -260,10 +260,10 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         {
             return await store.GetAsync<InstanceRecord>(Keys.Instance(instanceId), ct) is null
                 ? OsbResult.NotFound($"service instance {instanceId} does not exist")
-                : OsbResult.Ok(new JsonObject { ["state"] = OperationState.Succeeded, ["description"] = "no operation recorded" });
+                : OsbResult.Ok(new JsonObject { ["state"] = OperationState.Succeeded.Wire(), ["description"] = "no operation recorded" });
         }
         if (op.Value.InProgress) Poke(instanceId); // a broker restart must not leave work waiting for the sweep
-        return OsbResult.Ok(new JsonObject { ["state"] = op.Value.State, ["description"] = op.Value.Description });
+        return OsbResult.Ok(new JsonObject { ["state"] = op.Value.State.Wire(), ["description"] = op.Value.Description });
     }
 
     public async Task<OsbResult> FetchAsync(string instanceId, OsbVersion version, CancellationToken ct)

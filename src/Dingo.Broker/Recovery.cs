@@ -144,7 +144,7 @@ public sealed class Recovery(EtcdStore store, IObjectStore objects, DingoSetting
             var held = await store.GetAsync<PortRecord>(Keys.Port(port), ct).ConfigureAwait(false);
             if (held is not null && held.Value.InstanceId != r.Id) return (false, $"port {port} belongs to instance {held.Value.InstanceId}");
             if (held is null) txn.Absent(Keys.Port(port)); else txn.At(Keys.Port(port), held.ModRevision);
-            txn.Put(Keys.Port(port), new PortRecord { InstanceId = r.Id, State = "active", Role = role });
+            txn.Put(Keys.Port(port), new PortRecord { InstanceId = r.Id, State = PortState.Active, Role = role });
         }
         var counter = await store.GetAsync<int>(Keys.PortCounter, ct).ConfigureAwait(false);
         var next = Math.Max(r.Port, r.ReadOnlyPort) + 1;
@@ -244,7 +244,7 @@ public sealed class ClusterDataBackup(EtcdStore store, IObjectStore objects, Rec
             if (saved.DeletedAt is null)
             {
                 var port = await store.GetAsync<PortRecord>(keys.Port(saved.Instance.Port), ct);
-                if (port?.Value is not { State: "retired" } retired || retired.InstanceId != id) continue; // not known deleted: keep as is
+                if (port?.Value is not { State: PortState.Retired } retired || retired.InstanceId != id) continue; // not known deleted: keep as is
                 var marked = saved with { DeletedAt = now };
                 using var ms = new MemoryStream(JsonSerializer.SerializeToUtf8Bytes(marked, Json.Options));
                 await objects.PutAsync(ArchiveLayout.InstanceRecord(id), ms, ct);

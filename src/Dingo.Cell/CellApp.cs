@@ -110,7 +110,7 @@ public static class CellApp
                     Func<Dingo.Model.NodeSpec, Dingo.Ha.NodeAgent> agents = spec => new Dingo.Ha.NodeAgent(spec, store, runtime, lease, settings, haLogger, backups, guard,
                         sp.GetRequiredService<Dingo.Health.CellMetrics>(), sp.GetRequiredService<EventJournal>());
                     var cell = system.ActorOf(CellActor.Props(sp.GetRequiredService<CellReconciler>(), agents, settings.Cell.ReconcileInterval, settings.Ha.LoopWait), "cell");
-                    var router = system.ActorOf(RouterActor.Props(sp.GetRequiredService<EtcdStore>(), sp.GetRequiredService<IRouteDataPath>(), settings.Router, sp.GetRequiredService<RouterMetrics>()), "router");
+                    var router = system.ActorOf(RouterActor.Props(new EtcdRouteSource(sp.GetRequiredService<EtcdStore>()), sp.GetRequiredService<IRouteDataPath>(), settings.Router, sp.GetRequiredService<RouterMetrics>()), "router");
                     registry.Register<CellActor>(cell);
                     registry.Register<RouterActor>(router);
                 });

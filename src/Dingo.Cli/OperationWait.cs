@@ -58,7 +58,7 @@ public static class OperationWait
         var shown = nodes.Select(n =>
         {
             statuses.TryGetValue(n.NodeId, out var st);
-            return $"{n.NodeId} {NodeRoles.Shown(leader, n.NodeId, st)} {st?.State ?? "unknown"}{(st is { Streaming: true } ? " streaming" : "")}";
+            return $"{n.NodeId} {NodeRoles.Shown(leader, n.NodeId, st).Wire()} {st?.State.Wire() ?? "unknown"}{(st is { Streaming: true } ? " streaming" : "")}";
         });
         var summary = $"leader {leader ?? "none"}: {string.Join(", ", shown)}";
         bool Serving(NodeSpec n) => statuses.TryGetValue(n.NodeId, out var st) && st.State == NodeState.Running && (n.NodeId == leader ? st.Writable : st.Streaming);

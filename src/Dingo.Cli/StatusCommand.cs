@@ -67,12 +67,12 @@ public static class StatusCommand
             {
                 statuses.TryGetValue(n.NodeId, out var st);
                 var shown = NodeRoles.Shown(leader?.NodeId, n.NodeId, st);
-                return new NodeRow(n.NodeId, n.CellId, !cells.ContainsKey(n.CellId), shown == NodeRoles.Unknown ? null : shown,
-                    st?.State ?? "unknown", st?.Detail ?? "no report from the cell",
+                return new NodeRow(n.NodeId, n.CellId, !cells.ContainsKey(n.CellId), shown == NodeRole.Unknown ? null : shown.Wire(),
+                    st?.State.Wire() ?? "unknown", st?.Detail ?? "no report from the cell",
                     st is { Writable: false, State: NodeState.Running } && primaryLsn is { } p && n.NodeId != leader?.NodeId ? Math.Max(0, p - st.Lsn) : null);
             }).ToList();
             return new InstanceRow(inst.Id, InstanceNames.Of(inst), inst.Port, Catalog.FindPlan(inst.PlanId)?.Name ?? inst.PlanId,
-                o is null ? null : $"{o.Kind} {o.State}", o?.Description, inst.Desired == DesiredState.Absent, nodeRows);
+                o is null ? null : $"{o.Kind.Wire()} {o.State.Wire()}", o?.Description, inst.Desired == DesiredState.Absent, nodeRows);
         }).ToList();
         var backupRows = instances.Select(inst =>
         {

@@ -103,7 +103,7 @@ public static class WatchCommand
             {
                 instances.AddRow(Plain(first ? name : ""), Plain(first ? port : ""), Plain(first ? i.Plan : ""), Plain(first ? operation : ""),
                     Plain(n.Node), Plain(n.CellGone ? n.Cell + " (gone)" : n.Cell), Plain(n.Role ?? "-", RoleStyle(n.Role)),
-                    Plain(n.State, n.State == NodeState.Running ? Style.Plain : new Style(Color.Yellow)),
+                    Plain(n.State, n.State == NodeState.Running.Wire() ? Style.Plain : new Style(Color.Yellow)),
                     Plain(n.LagBytes is { } lag ? Bytes(lag) : "-"));
                 first = false;
             }

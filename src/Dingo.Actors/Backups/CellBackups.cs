@@ -306,7 +306,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             var statuses = await _cell.Etcd.ListAsync<NodeStatus>(_cell.Etcd.Keys.Statuses(_instanceId), ct).ConfigureAwait(false);
             var fresh = DateTimeOffset.UtcNow - _cell.Ha.LoopWait * 3 - TimeSpan.FromSeconds(1);
             var replica = statuses.Select(s => s.Value)
-                .Where(s => s.NodeId != _nodeId && s.Role == "replica" && s.State == NodeState.Running && s.Streaming && s.UpdatedAt >= fresh)
+                .Where(s => s.NodeId != _nodeId && s.Role == NodeRole.Replica && s.State == NodeState.Running && s.Streaming && s.UpdatedAt >= fresh)
                 .OrderBy(s => s.NodeId, StringComparer.Ordinal).FirstOrDefault();
             return replica is not null ? (replica.NodeId, replica.Host, replica.Port) : (_nodeId, _host, _port);
         }

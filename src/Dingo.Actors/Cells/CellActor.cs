@@ -16,20 +16,27 @@ public static class CellMessages
     public sealed record ReleaseAll;
 }
 
+/// <summary>A cell's pass as its <see cref="CellActor"/> runs it: <see cref="CellReconciler"/>; an in-memory one in CellActorTests.</summary>
+public interface ICellPasses
+{
+    /// <param name="busy">the nodes that have an HA loop running on this cell now</param>
+    Task<CellPass> RunPassAsync(IReadOnlySet<string> busy, CancellationToken ct);
+}
+
 /// <summary>
 /// Runs the cell's passes one at a time (on a timer, and at once when its assignments change) and keeps one
 /// <see cref="NodeActor"/> child per node assigned to it. Thin: the work is in <see cref="CellReconciler"/>.
 /// </summary>
 public sealed class CellActor : PassActor<CellPass>
 {
-    private readonly CellReconciler _reconciler;
-    private readonly Func<NodeSpec, NodeAgent> _agents;
+    private readonly ICellPasses _reconciler;
+    private readonly Func<NodeSpec, INodeLoop> _agents;
     private readonly TimeSpan _interval;
     private readonly TimeSpan _loopWait;
     private readonly Dictionary<string, (IActorRef Actor, NodeSpec Spec)> _nodes = new();
     private string _lastSummary = "";
 
-    public CellActor(CellReconciler reconciler, Func<NodeSpec, NodeAgent> agents, TimeSpan interval, TimeSpan loopWait)
+    public CellActor(ICellPasses reconciler, Func<NodeSpec, INodeLoop> agents, TimeSpan interval, TimeSpan loopWait)
     {
         _reconciler = reconciler;
         _agents = agents;
@@ -85,6 +92,6 @@ public sealed class CellActor : PassActor<CellPass>
         return _interval;
     }
 
-    public static Props Props(CellReconciler reconciler, Func<NodeSpec, NodeAgent> agents, TimeSpan interval, TimeSpan loopWait) =>
+    public static Props Props(ICellPasses reconciler, Func<NodeSpec, INodeLoop> agents, TimeSpan interval, TimeSpan loopWait) =>
         Akka.Actor.Props.Create(() => new CellActor(reconciler, agents, interval, loopWait));
 }

@@ -14,7 +14,7 @@ public sealed record CellPass(IReadOnlyList<NodeSpec> Desired, string Summary);
 /// its data from (<see cref="OrphanData"/>). Each wanted node has its own <see cref="Ha.NodeAgent"/> (run by a node
 /// actor) that starts, watches and steers it. Knows nothing of how the runtime runs PostgreSQL.
 /// </summary>
-public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, CellLease lease, DingoSettings settings, ILogger logger)
+public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, CellLease lease, DingoSettings settings, ILogger logger) : ICellPasses
 {
     private readonly CellSettings _cell = settings.Cell;
     private readonly string _identityFile = Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, EtcdIdentity.FileName);
@@ -266,7 +266,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         if (leader is not null && leader.NodeId != nodeId)
         {
             var status = (await store.GetAsync<NodeStatus>(keys.Status(instanceId, leader.NodeId), ct).ConfigureAwait(false))?.Value;
-            if (status is { State: NodeState.Running, Role: "primary" } && (lastLsn is null || status.Lsn >= lastLsn)
+            if (status is { State: NodeState.Running, Role: NodeRole.Primary } && (lastLsn is null || status.Lsn >= lastLsn)
                 && (lastTimeline is null || status.Timeline >= lastTimeline))
                 return new Safety(true, $"the primary {leader.NodeId} runs at least as far on as this node last was");
         }

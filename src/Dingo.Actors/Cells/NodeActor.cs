@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Event;
 using Dingo.Ha;
+using Dingo.Model;
 
 namespace Dingo.Cells;
 
@@ -12,15 +13,41 @@ public static class NodeMessages
     public sealed record Release;
 }
 
+/// <summary>
+/// One node's HA loop as its <see cref="NodeActor"/> drives it: <see cref="NodeAgent"/> on a cell, an in-memory loop in
+/// NodeActorTests.
+/// </summary>
+public interface INodeLoop
+{
+    NodeSpec Spec { get; }
+    /// <summary>The cell's address: where the node's health API listens.</summary>
+    string Address { get; }
+    /// <summary>Called when the node's PostgreSQL ends (a crash, a kill), so a pass runs at once.</summary>
+    Action? PostgresExited { get; set; }
+    /// <summary>One pass: observe, decide, act, report; returns the decision's sentence.</summary>
+    Task<string> RunPassAsync(CancellationToken ct);
+    /// <summary>When the next pass should run (zero: loop-wait).</summary>
+    TimeSpan NextPassAfter { get; }
+    /// <summary>The last pass's observation, for the health API: never waits for a pass.</summary>
+    NodeHealth Health();
+    FailsafeReply AnswerFailsafe(FailsafeAsk ask);
+    Task<long> LivePositionAsync(CancellationToken ct);
+    HealthTls HealthApiTls();
+    void StopWatchingPostgres();
+    Task StopBackupsAsync();
+    /// <summary>The cell stops cleanly: writes stop and the leader key goes, whatever a pass is doing.</summary>
+    Task ReleaseOnShutdownAsync(CancellationToken ct);
+}
+
 /// <summary>One per PostgreSQL node on this cell: runs the node's HA loop every loop-wait. Thin: the work is in <see cref="NodeAgent"/>.</summary>
 public sealed class NodeActor : PassActor<string>
 {
-    private readonly NodeAgent _agent;
+    private readonly INodeLoop _agent;
     private readonly TimeSpan _loopWait;
     private readonly System.Net.IPAddress _apiAddress;
     private NodeHealthServer? _health;
 
-    public NodeActor(NodeAgent agent, TimeSpan loopWait, System.Net.IPAddress apiAddress)
+    public NodeActor(INodeLoop agent, TimeSpan loopWait, System.Net.IPAddress apiAddress)
     {
         _agent = agent;
         _loopWait = loopWait;
@@ -84,6 +111,6 @@ public sealed class NodeActor : PassActor<string>
         return _loopWait;
     }
 
-    public static Props Props(NodeAgent agent, TimeSpan loopWait, System.Net.IPAddress apiAddress) =>
+    public static Props Props(INodeLoop agent, TimeSpan loopWait, System.Net.IPAddress apiAddress) =>
         Akka.Actor.Props.Create(() => new NodeActor(agent, loopWait, apiAddress));
 }

@@ -111,7 +111,7 @@ public static class Failover
         // this node's data first. Both replicas of a cluster-ha instance once wiped themselves that way after its
         // primary's host was killed, leaving nobody to take the key when it expired (ThreeHostTests, fresh38).
         bool LeaderServing(LeaderRecord leader) =>
-            i.Members.FirstOrDefault(m => m.NodeId == leader.NodeId) is { State: NodeState.Running, Role: "primary" } status && IsFresh(i, status, s);
+            i.Members.FirstOrDefault(m => m.NodeId == leader.NodeId) is { State: NodeState.Running, Role: NodeRole.Primary } status && IsFresh(i, status, s);
 
         if (!local.DataInitialised)
         {
@@ -141,7 +141,7 @@ public static class Failover
                 // acknowledged (bench/Chaos kill-pg: an asynchronous replica promoted at once lost one): crash recovery in
                 // place, keeping the key (the start is read-only; the next pass promotes). The key goes too if it will not
                 // start, or the lease is no longer fresh enough to promote on.
-                if (i.Synchronous && i.Sync is { } sync && i.Members.Any(m => sync.Standbys.Contains(m.NodeId) && m.NodeId != me && IsFresh(i, m, s) && m is { State: NodeState.Running, Role: "replica" }))
+                if (i.Synchronous && i.Sync is { } sync && i.Members.Any(m => sync.Standbys.Contains(m.NodeId) && m.NodeId != me && IsFresh(i, m, s) && m is { State: NodeState.Running, Role: NodeRole.Replica }))
                     return new HaAction.ReleaseStaleKey("PostgreSQL is not running: giving up the leader key at once (a synchronous standby holds every acknowledged commit)");
                 if (local.FailedStarts < MaxFailedStarts && i.EtcdReachable && i.SinceRenewal < s.Ttl / 2)
                     return new HaAction.Start(null, local.FailedStarts == 0
@@ -286,7 +286,7 @@ public static class Failover
     }
 
     /// <summary>A member's report says it accepts writes (reports written before the field: its role says primary).</summary>
-    private static bool Writable(NodeStatus m) => m.Writable || m.Role == "primary";
+    private static bool Writable(NodeStatus m) => m.Writable || m.Role == NodeRole.Primary;
 
     /// <summary>Why a node may not take the free key, or null when it may.</summary>
     private static string? Ineligibility(HaInput i, HaSettings s, string nodeId, bool inRecovery, long lsn)
@@ -312,7 +312,7 @@ public static class Failover
     /// <summary>The replica a switchover hands over to: the named one if healthy and streaming, else the most advanced.</summary>
     private static string? BestReplica(HaInput i, HaSettings s, string? named)
     {
-        var healthy = i.Members.Where(m => IsFresh(i, m, s) && m.State == NodeState.Running && m.Role == "replica" && m.Streaming)
+        var healthy = i.Members.Where(m => IsFresh(i, m, s) && m.State == NodeState.Running && m.Role == NodeRole.Replica && m.Streaming)
             .Where(m => !i.Synchronous || i.Sync?.Standbys.Contains(m.NodeId) == true)
             .ToList();
         if (named is not null) return healthy.Any(m => m.NodeId == named) ? named : null;

@@ -593,7 +593,7 @@ public sealed class FenceGuard(FenceGuardDirectory directory, ILogger logger)
             {
                 var gone = status.Value with
                 {
-                    State = NodeState.Failed, Role = NodeRoles.Unknown, Writable = false, Streaming = false, Connections = null,
+                    State = NodeState.Failed, Role = NodeRole.Unknown, Writable = false, Streaming = false, Connections = null,
                     Detail = "the fencing guard " + sentence, Decision = "the fencing guard " + sentence,
                     FailingSince = status.Value.FailingSince ?? DateTimeOffset.UtcNow, UpdatedAt = DateTimeOffset.UtcNow,
                 };

@@ -14,7 +14,7 @@ namespace Dingo.Ha;
 /// choose one action, carry it out, report. It remembers only what it can lose safely (its leader lease id,
 /// timers); everything else is read again each pass.
 /// </summary>
-public sealed class NodeAgent
+public sealed class NodeAgent : INodeLoop
 {
     private readonly EtcdStore _store;
     private readonly IContainerRuntime _runtime;
@@ -1326,27 +1326,23 @@ public sealed class NodeAgent
     {
         var local = input.Local;
         var leading = input.Leader?.NodeId == _spec.NodeId || action is HaAction.TakeLeadership or HaAction.Promote;
-        var state = failure is not null ? NodeState.Failed
-            : !local.DataInitialised ? NodeState.Initialising
-            : local.Answering ? NodeState.Running
-            : NodeState.Starting;
-        var role = !local.Answering ? "unknown" : local.InRecovery && !leading ? "replica" : leading ? "primary" : "unknown";
+        var condition = NodeCondition.Of(local, leading, passFailed: failure is not null);
         var status = new NodeStatus
         {
             NodeId = _spec.NodeId,
             InstanceId = _spec.InstanceId,
             CellId = _settings.Cell.Id,
-            State = state,
+            State = condition.State,
             Detail = failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}",
             Host = Address,
             Port = _spec.Port,
-            Role = role,
+            Role = condition.Role,
             Restarts = _restarts,
             Lsn = local.Lsn,
             Timeline = local.Timeline,
             Streaming = local.Streaming,
             Following = local.InRecovery ? local.FollowingNodeId : null,
-            Writable = local.Answering && !local.InRecovery,
+            Writable = condition.Writable,
             Decision = action.Sentence,
             FailingSince = _failingSince,
             Connections = local.Answering ? _lastPg?.Connections : null,
@@ -1384,11 +1380,16 @@ public sealed class NodeAgent
     public NodeHealth Health()
     {
         var input = _lastInput;
-        if (input is null) return new NodeHealth(_spec.NodeId, _spec.InstanceId, "starting", "unknown", false, null, false, false, null, null, null, _lastSentence);
+        if (input is null)
+        {
+            var none = NodeCondition.Of(null, leading: false, passFailed: false);
+            return new NodeHealth(_spec.NodeId, _spec.InstanceId, none.Postgres, none.ServerRole, false, null, false, false, null, null, null, _lastSentence);
+        }
         var local = input.Local;
         var isLeader = input.Leader?.NodeId == _spec.NodeId && _leaderLease != 0;
-        var state = !local.DataInitialised ? "initialising" : local.Answering ? "running" : local.Running ? "starting" : "stopped";
-        var role = !local.Answering ? "unknown" : local.InRecovery ? "replica" : "primary";
+        // The health API answers as Patroni's: PostgreSQL's own state and role; the key is IsLeader.
+        var condition = NodeCondition.Of(local, isLeader, passFailed: false);
+        var (state, role) = (condition.Postgres, condition.ServerRole);
         long? lag = local.InRecovery && input.LeaderOptime is { } opt ? Math.Max(0, opt - local.Lsn) : local.InRecovery ? null : 0;
         var sync = input.Sync?.Standbys.Contains(_spec.NodeId) == true;
         return new NodeHealth(_spec.NodeId, _spec.InstanceId, state, role, isLeader, lag, local.Streaming, sync, local.Lsn, local.Timeline, input.Leader?.NodeId, _lastSentence);

@@ -7,6 +7,7 @@ using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using System.Text.Json;
+using Dingo.Model;
 using Microsoft.Extensions.Logging;
 
 namespace Dingo.Ha;
@@ -14,8 +15,8 @@ namespace Dingo.Ha;
 /// <summary>What one PostgreSQL node reports about itself to health checkers.</summary>
 /// <param name="NodeId">this node's id (Patroni's member name).</param>
 /// <param name="InstanceId">the service instance (Patroni's scope).</param>
-/// <param name="State">PostgreSQL's state: "running", "starting", "stopped", "failed", ...</param>
-/// <param name="Role">"primary", "replica" or "unknown".</param>
+/// <param name="State">PostgreSQL's state (<see cref="NodeCondition.Postgres"/>).</param>
+/// <param name="Role">PostgreSQL's own role (<see cref="NodeCondition.ServerRole"/>).</param>
 /// <param name="IsLeader">holds the leader key in etcd right now.</param>
 /// <param name="LagBytes">replicas: bytes behind the leader (null = unknown).</param>
 /// <param name="Streaming">replicas: the WAL receiver is streaming.</param>
@@ -27,8 +28,8 @@ namespace Dingo.Ha;
 public sealed record NodeHealth(
     string NodeId,
     string InstanceId,
-    string State,
-    string Role,
+    NodeState State,
+    NodeRole Role,
     bool IsLeader,
     long? LagBytes,
     bool Streaming,
@@ -515,7 +516,7 @@ public sealed class NodeHealthServer : IAsyncDisposable
     /// </summary>
     internal static byte[] PatroniMetrics(NodeHealth h)
     {
-        var role = NormalizeRole(h.Role);
+        var role = h.Role;
         var labels = $"{{scope=\"{EscapeLabel(h.InstanceId)}\",name=\"{EscapeLabel(h.NodeId)}\"}}";
         var sb = new StringBuilder(2048);
         void Gauge(string name, string help, long? value)
@@ -525,15 +526,15 @@ public sealed class NodeHealthServer : IAsyncDisposable
             sb.Append("# TYPE ").Append(name).Append(" gauge\n");
             sb.Append(name).Append(labels).Append(' ').Append(value.Value.ToString(CultureInfo.InvariantCulture)).Append('\n');
         }
-        Gauge("patroni_postgres_running", "Value is 1 if Postgres is running, 0 otherwise.", h.State == "running" ? 1 : 0);
-        Gauge("patroni_primary", "Value is 1 if this node is the leader, 0 otherwise.", role == "primary" && h.IsLeader ? 1 : 0);
-        Gauge("patroni_master", "Value is 1 if this node is the leader, 0 otherwise.", role == "primary" && h.IsLeader ? 1 : 0);
+        Gauge("patroni_postgres_running", "Value is 1 if Postgres is running, 0 otherwise.", h.State == NodeState.Running ? 1 : 0);
+        Gauge("patroni_primary", "Value is 1 if this node is the leader, 0 otherwise.", role == NodeRole.Primary && h.IsLeader ? 1 : 0);
+        Gauge("patroni_master", "Value is 1 if this node is the leader, 0 otherwise.", role == NodeRole.Primary && h.IsLeader ? 1 : 0);
         Gauge("patroni_standby_leader", "Value is 1 if this node is the standby_leader, 0 otherwise.", 0);
-        Gauge("patroni_replica", "Value is 1 if this node is a replica, 0 otherwise.", role == "replica" ? 1 : 0);
-        Gauge("patroni_sync_standby", "Value is 1 if this node is a sync standby replica, 0 otherwise.", role == "replica" && h.IsSyncStandby ? 1 : 0);
-        Gauge("patroni_xlog_location", "Current location of the Postgres transaction log, 0 if this node is not the leader.", role == "primary" ? h.WalLsn ?? 0 : 0);
-        Gauge("patroni_xlog_received_location", "Current location of the received Postgres transaction log, 0 if this node is not a replica.", role == "replica" ? h.WalLsn ?? 0 : 0);
-        Gauge("patroni_postgres_timeline", "Postgres timeline of this node (if running), 0 otherwise.", h.State == "running" ? h.Timeline ?? 0 : 0);
+        Gauge("patroni_replica", "Value is 1 if this node is a replica, 0 otherwise.", role == NodeRole.Replica ? 1 : 0);
+        Gauge("patroni_sync_standby", "Value is 1 if this node is a sync standby replica, 0 otherwise.", role == NodeRole.Replica && h.IsSyncStandby ? 1 : 0);
+        Gauge("patroni_xlog_location", "Current location of the Postgres transaction log, 0 if this node is not the leader.", role == NodeRole.Primary ? h.WalLsn ?? 0 : 0);
+        Gauge("patroni_xlog_received_location", "Current location of the received Postgres transaction log, 0 if this node is not a replica.", role == NodeRole.Replica ? h.WalLsn ?? 0 : 0);
+        Gauge("patroni_postgres_timeline", "Postgres timeline of this node (if running), 0 otherwise.", h.State == NodeState.Running ? h.Timeline ?? 0 : 0);
         Gauge("patroni_cluster_unlocked", "Value is 1 if the cluster is unlocked, 0 if locked.", h.LeaderNodeId is null && !h.IsLeader ? 1 : 0);
         Gauge("patroni_is_paused", "Value is 1 if auto failover is disabled, 0 otherwise.", 0);
         return Encoding.UTF8.GetBytes(sb.ToString());
@@ -582,14 +583,14 @@ public sealed class NodeHealthServer : IAsyncDisposable
     /// <summary>The status code an endpoint gives for a snapshot, following Patroni's REST API.</summary>
     internal static int Evaluate(Endpoint endpoint, NodeHealth health, HealthQuery query)
     {
-        var running = string.Equals(health.State, "running", StringComparison.OrdinalIgnoreCase);
-        var role = NormalizeRole(health.Role);
-        var primary = running && role == "primary" && health.IsLeader;
+        var running = health.State == NodeState.Running;
+        var role = health.Role;
+        var primary = running && role == NodeRole.Primary && health.IsLeader;
         var lagOk = query.MaxLagBytes is not { } max || (health.LagBytes is { } lag && lag <= max);
         var stateOk = query.ReplicationState is not { } wanted
             || (health.Streaming && string.Equals(wanted, "streaming", StringComparison.Ordinal));
         // This node has no tags, so like Patroni any tag_* filter excludes it from the replica-ish endpoints.
-        var replica = running && role == "replica" && health.Streaming && lagOk && stateOk && !query.HasTagFilter;
+        var replica = running && role == NodeRole.Replica && health.Streaming && lagOk && stateOk && !query.HasTagFilter;
 
         var ok = endpoint switch
         {
@@ -607,30 +608,22 @@ public sealed class NodeHealthServer : IAsyncDisposable
         return ok ? 200 : 503;
     }
 
-    private static string NormalizeRole(string? role) => role?.Trim().ToLowerInvariant() switch
-    {
-        "primary" or "master" => "primary",
-        "replica" or "standby" => "replica",
-        null or "" => "unknown",
-        var other => other,
-    };
-
     /// <summary>The snapshot as JSON, shaped like Patroni's status document so tools reading it keep working.</summary>
     internal static byte[] StatusJson(NodeHealth h)
     {
-        var role = NormalizeRole(h.Role);
+        var role = h.Role;
         var output = new ArrayBufferWriter<byte>(512);
         using (var w = new Utf8JsonWriter(output))
         {
             w.WriteStartObject();
-            w.WriteString("state", h.State);
-            w.WriteString("role", role);
+            w.WriteString("state", h.State.Wire());
+            w.WriteString("role", role.Wire());
             WriteNumber(w, "timeline", h.Timeline);
             w.WriteStartObject("xlog");
             // Patroni: a primary reports where it writes, a replica where it has received up to.
-            WriteNumber(w, role == "replica" ? "received_location" : "location", h.WalLsn);
+            WriteNumber(w, role == NodeRole.Replica ? "received_location" : "location", h.WalLsn);
             w.WriteEndObject();
-            if (role == "replica")
+            if (role == NodeRole.Replica)
             {
                 if (h.Streaming)
                     w.WriteString("replication_state", "streaming");

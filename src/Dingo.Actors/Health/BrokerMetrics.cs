@@ -52,7 +52,7 @@ public sealed class BrokerMetrics
 
     /// <summary>An operation that ended (succeeded or failed), measured from its request.</summary>
     public void OperationFinished(OperationRecord operation, string? planId) =>
-        _operationSeconds.WithLabels(operation.Kind, Catalog.FindPlan(planId)?.Name ?? "unknown", operation.State)
+        _operationSeconds.WithLabels(operation.Kind.Wire(), Catalog.FindPlan(planId)?.Name ?? "unknown", operation.State.Wire())
             .Observe(Math.Max(0, (operation.UpdatedAt - operation.StartedAt).TotalSeconds));
 
     private async Task CountInstancesAsync(CancellationToken ct)
@@ -99,6 +99,6 @@ public sealed class BrokerMetrics
     {
         public string Id { get; init; } = "";
         public string PlanId { get; init; } = "";
-        public string Desired { get; init; } = DesiredState.Present;
+        public DesiredState Desired { get; init; } = DesiredState.Present;
     }
 }

@@ -79,7 +79,7 @@ public sealed class CellMetrics
         if (failure is not null) { _failedPasses.WithLabels(health.InstanceId, health.NodeId).Inc(); return; }
         // A replica that takes the free leader key promotes in the same step; one that finds the key already its own
         // (an agent restarted mid-promotion) promotes with Promote. The role is the pass's observation, before the step.
-        if (action is HaAction.Promote || action is HaAction.TakeLeadership && health.Role == "replica")
+        if (action is HaAction.Promote || action is HaAction.TakeLeadership && health.Role == NodeRole.Replica)
             _promotions.WithLabels(health.InstanceId, health.NodeId).Inc();
         if (action is HaAction.HandOver) _handovers.WithLabels(health.InstanceId, health.NodeId).Inc();
     }
@@ -133,7 +133,7 @@ public sealed class CellMetrics
         foreach (var ((instance, node), figures) in _nodes)
         {
             var h = figures.Health;
-            _nodeInfo.WithLabels(instance, node, h.Role, h.State).Set(1);
+            _nodeInfo.WithLabels(instance, node, h.Role.Wire(), h.State.Wire()).Set(1);
             _leader.WithLabels(instance, node).Set(h.IsLeader ? 1 : 0);
             _writable.WithLabels(instance, node).Set(figures.Pg is { InRecovery: false } ? 1 : 0);
             if (h.LagBytes is { } lag) _lagBytes.WithLabels(instance, node).Set(lag);

@@ -151,10 +151,10 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
             .Delete(keys.Backup(instance.Id))
             .Delete(keys.Drill(instance.Id))
             .Delete(keys.DrillRequest(instance.Id))
-            .Put(keys.Port(instance.Port), new PortRecord { InstanceId = instance.Id, State = "retired" })
+            .Put(keys.Port(instance.Port), new PortRecord { InstanceId = instance.Id, State = PortState.Retired })
             .Put(keys.Operation(instance.Id), done, lease)
             .Put(keys.DeletedInstance(instance.Id), new InstanceTombstone { InstanceId = instance.Id, DeletedAt = now }, tombstoneLease);
-        if (instance.ReadOnlyPort > 0) txn.Put(keys.Port(instance.ReadOnlyPort), new PortRecord { InstanceId = instance.Id, State = "retired", Role = PortRole.ReadOnly });
+        if (instance.ReadOnlyPort > 0) txn.Put(keys.Port(instance.ReadOnlyPort), new PortRecord { InstanceId = instance.Id, State = PortState.Retired, Role = PortRole.ReadOnly });
         foreach (var port in freed) txn.Delete(port.Key);
         await store.TransactAsync(txn, ct).ConfigureAwait(false);
         metrics?.OperationFinished(done, instance.PlanId);
@@ -177,7 +177,7 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         {
             metrics?.OperationFinished(updated, planId);
             events?.Record(instanceId, null, EventKind.Operation(operation.Kind, state), decision.Description);
-            logger.LogInformation("instance {Instance}: {Kind} {State}: {Description}", instanceId, operation.Kind, state, decision.Description);
+            logger.LogInformation("instance {Instance}: {Kind} {State}: {Description}", instanceId, operation.Kind.Wire(), state.Wire(), decision.Description);
         }
         else logger.LogInformation("instance {Instance}: {Description}", instanceId, decision.Description);
     }

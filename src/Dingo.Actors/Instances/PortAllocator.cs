@@ -10,7 +10,7 @@ public sealed class PortAllocator(EtcdStore store)
     /// The next public port for an instance, claimed on its own. Ports only ever move forward: a retired port is never
     /// reused, so a stale binding can never reach someone else's database.
     /// </summary>
-    public async Task<int> AllocatePublicPortAsync(string instanceId, int first, int last, CancellationToken ct, string role = PortRole.Primary)
+    public async Task<int> AllocatePublicPortAsync(string instanceId, int first, int last, CancellationToken ct, PortRole role = PortRole.Primary)
     {
         for (var attempt = 0; attempt < 100; attempt++)
         {
@@ -28,7 +28,7 @@ public sealed class PortAllocator(EtcdStore store)
     /// request that fails for any reason (a conflict, an oversized record, etcd unreachable) can never leave ports behind.
     /// When the commit fails because another allocation moved the counter, the caller reserves again on a new Txn.
     /// </summary>
-    public async Task<IReadOnlyList<int>> ReservePublicPortsAsync(string instanceId, IReadOnlyList<string> roles, int first, int last, Txn txn, CancellationToken ct)
+    public async Task<IReadOnlyList<int>> ReservePublicPortsAsync(string instanceId, IReadOnlyList<PortRole> roles, int first, int last, Txn txn, CancellationToken ct)
     {
         var keys = store.Keys;
         var counter = await store.GetAsync<int>(keys.PortCounter, ct).ConfigureAwait(false);
@@ -44,7 +44,7 @@ public sealed class PortAllocator(EtcdStore store)
         if (counter is null) txn.Absent(keys.PortCounter); else txn.At(keys.PortCounter, counter.ModRevision);
         txn.Put(keys.PortCounter, port);
         for (var i = 0; i < roles.Count; i++)
-            txn.Absent(keys.Port(chosen[i])).Put(keys.Port(chosen[i]), new PortRecord { InstanceId = instanceId, State = "active", Role = roles[i] });
+            txn.Absent(keys.Port(chosen[i])).Put(keys.Port(chosen[i]), new PortRecord { InstanceId = instanceId, State = PortState.Active, Role = roles[i] });
         return chosen;
     }
 

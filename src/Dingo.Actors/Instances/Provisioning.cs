@@ -72,7 +72,7 @@ public static class Provisioning
                 return place is InstanceDecision.PlaceNode p ? p with { Description = $"draining: {p.Description}" } : new InstanceDecision.Wait($"draining: {place.Description}");
             }
             var healthy = s.Nodes.Except(drained).All(n => s.Statuses.Any(x => x.NodeId == n.NodeId && x.State == NodeState.Running
-                && (x.NodeId == s.Leader?.NodeId || (x.Role == "replica" && x.Streaming))));
+                && (x.NodeId == s.Leader?.NodeId || (x.Role == NodeRole.Replica && x.Streaming))));
             var movable = drained.Where(n => n.NodeId != s.Leader?.NodeId).ToList();
             if (healthy && movable.Count > 0)
                 return new InstanceDecision.RemoveNodes(movable, $"draining: removing {string.Join(", ", movable.Select(n => n.NodeId))} from {string.Join(", ", movable.Select(n => n.CellId).Distinct())}");
@@ -90,12 +90,12 @@ public static class Provisioning
                 if (grow is InstanceDecision.PlaceNode) return grow;
                 return new InstanceDecision.Idle($"no action: below its planned size, {grow.Description}");
             }
-            return new InstanceDecision.Idle($"no action: {op?.Kind ?? "instance"} {op?.State ?? "idle"}");
+            return new InstanceDecision.Idle($"no action: {op?.Kind.Wire() ?? "instance"} {op?.State.Wire() ?? "idle"}");
         }
 
         var elapsed = s.Now - op!.StartedAt;
         if (elapsed > provisionTimeout)
-            return new InstanceDecision.Fail($"{op.Kind} did not finish within {provisionTimeout.TotalSeconds:0}s; last step: {op.Description}");
+            return new InstanceDecision.Fail($"{op.Kind.Wire()} did not finish within {provisionTimeout.TotalSeconds:0}s; last step: {op.Description}");
 
         if (s.Nodes.Count < s.Instance.NodeCount) return Place(s);
         if (s.Nodes.Count > s.Instance.NodeCount)
@@ -127,7 +127,7 @@ public static class Provisioning
                         : status.Detail.StartsWith("bootstrapping", StringComparison.Ordinal) || s.Nodes.Count == 1
                             ? $"initialising database on {node.CellId}"
                             : $"node {node.NodeId} on {node.CellId}: {status.Detail}");
-                case NodeState.Starting:
+                case NodeState.Starting or NodeState.Stopped:
                     return new InstanceDecision.Wait($"starting PostgreSQL on {node.CellId}");
                 case NodeState.Running:
                     break;
@@ -137,7 +137,7 @@ public static class Provisioning
         }
         if (s.Leader is null) return new InstanceDecision.Wait("waiting for a primary to take the leader key");
         var replicas = s.Statuses.Where(x => x.NodeId != s.Leader.NodeId && s.Nodes.Any(n => n.NodeId == x.NodeId)).ToList();
-        var notStreaming = replicas.Where(r => r.Role != "replica" || !r.Streaming).ToList();
+        var notStreaming = replicas.Where(r => r.Role != NodeRole.Replica || !r.Streaming).ToList();
         if (notStreaming.Count > 0)
             return new InstanceDecision.Wait($"waiting for {string.Join(", ", notStreaming.Select(r => r.NodeId))} to stream from the primary {s.Leader.NodeId}");
         // Store-sync promises that every acknowledged commit can be restored from the store alone: only true once the
@@ -162,9 +162,9 @@ public static class Provisioning
         if (Catalog.FindPlan(s.Instance.PlanId) is not { Synchronous: false } || Dingo.Ha.SynchronousCommit.StoreSync(s.Instance)) return null;
         var leaderNode = s.Nodes.FirstOrDefault(n => n.NodeId == s.Leader.NodeId);
         var leader = s.Statuses.FirstOrDefault(x => x.NodeId == s.Leader.NodeId);
-        if (leaderNode is null || leader is not { State: NodeState.Running } || !(leader.Writable || leader.Role == "primary")) return null;
+        if (leaderNode is null || leader is not { State: NodeState.Running } || !(leader.Writable || leader.Role == NodeRole.Primary)) return null;
         var building = s.Nodes.Where(n => n.NodeId != leaderNode.NodeId
-            && !s.Statuses.Any(x => x.NodeId == n.NodeId && x is { State: NodeState.Running, Role: "replica", Streaming: true })).Select(n => n.NodeId).ToList();
+            && !s.Statuses.Any(x => x.NodeId == n.NodeId && x is { State: NodeState.Running, Role: NodeRole.Replica, Streaming: true })).Select(n => n.NodeId).ToList();
         var replicas = s.Nodes.Count - 1 - building.Count;
         return new InstanceDecision.Succeed(building.Count == 0
             ? $"ready: primary {leaderNode.NodeId} on {leaderNode.CellId}, {replicas} replica(s) streaming, reachable on port {s.Instance.Port}"

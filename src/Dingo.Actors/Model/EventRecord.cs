@@ -34,5 +34,5 @@ public static class EventKind
     public const string BackupAlarm = "backup_alarm";
 
     /// <summary>An operation's end: provision_succeeded, update_failed, deprovision_succeeded, …</summary>
-    public static string Operation(string kind, string state) => $"{kind}_{state.Replace(' ', '_')}";
+    public static string Operation(OperationKind kind, OperationState state) => $"{kind.Wire()}_{state.Wire().Replace(' ', '_')}";
 }

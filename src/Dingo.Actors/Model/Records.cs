@@ -23,7 +23,7 @@ public sealed record InstanceRecord
     /// <summary>The replication role replicas stream with: never handed to a binding.</summary>
     public Credentials? Replication { get; init; }
     /// <summary>present: keep it running; absent: tear it down.</summary>
-    public string Desired { get; init; } = DesiredState.Present;
+    public DesiredState Desired { get; init; } = DesiredState.Present;
     public DateTimeOffset CreatedAt { get; init; }
     /// <summary>Set: the cluster's first node is restored from this instance's backups instead of initialised empty.</summary>
     public RestoreSource? Restore { get; init; }
@@ -68,12 +68,6 @@ public sealed record DrillResult
     public DateTimeOffset At { get; init; }
 }
 
-public static class DesiredState
-{
-    public const string Present = "present";
-    public const string Absent = "absent";
-}
-
 /// <summary>
 /// A login. Stored (etcd, the object store) with its password sealed by the platform key
 /// (<see cref="Dingo.Security.CredentialsJsonConverter"/>); in memory, plain.
@@ -89,27 +83,13 @@ public sealed record Credentials(string Username, string Password)
 public sealed record OperationRecord
 {
     public required string Id { get; init; }
-    public required string Kind { get; init; } // provision | update | deprovision
-    public required string State { get; init; } // in progress | succeeded | failed
+    public required OperationKind Kind { get; init; }
+    public required OperationState State { get; init; }
     public required string Description { get; init; }
     public DateTimeOffset StartedAt { get; init; }
     public DateTimeOffset UpdatedAt { get; init; }
 
     [JsonIgnore] public bool InProgress => State == OperationState.InProgress;
-}
-
-public static class OperationState
-{
-    public const string InProgress = "in progress";
-    public const string Succeeded = "succeeded";
-    public const string Failed = "failed";
-}
-
-public static class OperationKind
-{
-    public const string Provision = "provision";
-    public const string Update = "update";
-    public const string Deprovision = "deprovision";
 }
 
 /// <summary>A binding: one dedicated login role in the instance's database.</summary>
@@ -124,7 +104,7 @@ public sealed record BindingRecord
     public string ParametersJson { get; init; } = "{}";
     public required Credentials Role { get; init; }
     /// <summary>creating: the role may not exist yet; ready: credentials were handed out.</summary>
-    public string State { get; init; } = "creating";
+    public BindingState State { get; init; } = BindingState.Creating;
     public DateTimeOffset CreatedAt { get; init; }
 }
 
@@ -147,11 +127,12 @@ public sealed record NodeStatus
     public required string NodeId { get; init; }
     public required string InstanceId { get; init; }
     public required string CellId { get; init; }
-    public required string State { get; init; } // see NodeState
+    /// <summary>See <see cref="NodeCondition"/>.</summary>
+    public required NodeState State { get; init; }
     public required string Detail { get; init; }
     public required string Host { get; init; }
     public required int Port { get; init; }
-    public string Role { get; init; } = "unknown"; // primary | replica | unknown
+    public NodeRole Role { get; init; } = NodeRole.Unknown;
     public int Restarts { get; init; }
     /// <summary>Primary: current WAL position; replica: last WAL position received (bytes).</summary>
     public long Lsn { get; init; }
@@ -177,21 +158,8 @@ public sealed record NodeStatus
 /// </summary>
 public static class NodeRoles
 {
-    public const string Primary = "primary";
-    public const string Replica = "replica";
-    public const string Unknown = "unknown";
-
-    public static string Shown(string? leaderNodeId, string nodeId, NodeStatus? status) =>
-        leaderNodeId == nodeId ? Primary : status?.Role == Replica ? Replica : Unknown;
-}
-
-public static class NodeState
-{
-    public const string Initialising = "initialising";
-    public const string Starting = "starting";
-    public const string Running = "running";
-    public const string Failed = "failed";
-    public const string Stopping = "stopping";
+    public static NodeRole Shown(string? leaderNodeId, string nodeId, NodeStatus? status) =>
+        leaderNodeId == nodeId ? NodeRole.Primary : status?.Role == NodeRole.Replica ? NodeRole.Replica : NodeRole.Unknown;
 }
 
 /// <summary>A cell's registration, kept alive under the cell's lease.</summary>
@@ -266,15 +234,9 @@ public sealed record LeaderRecord
 public sealed record PortRecord
 {
     public required string InstanceId { get; init; }
-    public required string State { get; init; } // active | retired
+    public required PortState State { get; init; }
     /// <summary>primary: connections go to the primary; read-only: balanced over healthy replicas.</summary>
-    public string Role { get; init; } = PortRole.Primary;
-}
-
-public static class PortRole
-{
-    public const string Primary = "primary";
-    public const string ReadOnly = "read-only";
+    public PortRole Role { get; init; } = PortRole.Primary;
 }
 
 public static class Json

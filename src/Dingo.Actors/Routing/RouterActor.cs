@@ -12,26 +12,59 @@ public static class RouterMessages
     public sealed record Refresh;
 }
 
+/// <summary>What one router pass reads: every instance port and the cluster behind each.</summary>
+public sealed record RouteInputs(IReadOnlyList<(int Port, PortRecord Record)> Ports, IReadOnlyDictionary<string, RoutedCluster> Clusters);
+
+/// <summary>Where a router reads its inputs: etcd (<see cref="EtcdRouteSource"/>); an in-memory source in RouterActorTests.</summary>
+public interface IRouteSource
+{
+    Task<RouteInputs> ReadAsync(CancellationToken ct);
+}
+
+/// <summary>The port records, leader keys and node reports in etcd: three reads a pass.</summary>
+public sealed class EtcdRouteSource(EtcdStore store) : IRouteSource
+{
+    public async Task<RouteInputs> ReadAsync(CancellationToken ct)
+    {
+        var keys = store.Keys;
+        var ports = await store.ListAsync<PortRecord>(keys.Ports, ct).ConfigureAwait(false);
+        var clusters = await store.ClustersAsync(ct).ConfigureAwait(false);
+        var statuses = (await store.ListAsync<NodeStatus>(keys.AllStatus, ct).ConfigureAwait(false)).Select(s => s.Value).ToLookup(s => s.InstanceId);
+        var views = ports.Select(p => p.Value.InstanceId).Distinct().ToDictionary(id => id, id =>
+        {
+            var c = clusters.GetValueOrDefault(id);
+            return new RoutedCluster(c.Leader, c.Optime, statuses[id].ToList());
+        });
+        return new RouteInputs(
+            ports.Select(p => (int.Parse(p.Key[keys.Ports.Length..], System.Globalization.CultureInfo.InvariantCulture), p.Value)).ToList(), views);
+    }
+}
+
 /// <summary>
 /// Keeps this cell's router in step with etcd: every active instance port listens, and forwards to the
 /// instance's current leader. Thin: the table is <see cref="RouteTable"/>, the data path <see cref="TcpRouter"/>.
 /// </summary>
 public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
 {
-    private static readonly TimeSpan ResyncInterval = TimeSpan.FromSeconds(2);
-    private readonly EtcdStore _store;
+    private static readonly TimeSpan DefaultResync = TimeSpan.FromSeconds(2);
+    private readonly TimeSpan _resync;
+    private readonly IRouteSource _source;
     private readonly IRouteDataPath _router;
     private readonly RouterSettings _settings;
     private readonly Dictionary<string, DateTime> _leaderlessSince = new();
     private readonly RouterMetrics? _metrics;
+    private readonly Func<DateTime> _now;
     private (int, int) _last = (-1, -1);
 
-    public RouterActor(EtcdStore store, IRouteDataPath router, RouterSettings settings, RouterMetrics? metrics)
+    /// <param name="resync">passes without a request (a watch's Refresh): every 2 s unless a test says otherwise</param>
+    public RouterActor(IRouteSource source, IRouteDataPath router, RouterSettings settings, RouterMetrics? metrics, Func<DateTime>? now = null, TimeSpan? resync = null)
     {
+        _resync = resync ?? DefaultResync;
         _metrics = metrics;
-        _store = store;
+        _source = source;
         _router = router;
         _settings = settings;
+        _now = now ?? (() => DateTime.UtcNow);
         Receive<RouterMessages.Refresh>(_ => RequestPass());
     }
 
@@ -41,30 +74,20 @@ public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
     {
         if (applied != _last) Log.Info("router: {0} instance port(s), {1} with a primary", applied.Routes, applied.WithTarget);
         _last = applied;
-        return ResyncInterval;
+        return _resync;
     }
 
     protected override TimeSpan? AfterFailure(Exception error)
     {
         Log.Warning("router refresh failed: {0}", error.Message);
-        return ResyncInterval;
+        return _resync;
     }
 
     protected override async Task<(int Routes, int WithTarget)> RunPassAsync(CancellationToken ct)
     {
-        var keys = _store.Keys;
-        var ports = await _store.ListAsync<PortRecord>(keys.Ports, ct).ConfigureAwait(false);
-        var clusters = await _store.ClustersAsync(ct).ConfigureAwait(false);
-        var statuses = (await _store.ListAsync<NodeStatus>(keys.AllStatus, ct).ConfigureAwait(false)).Select(s => s.Value).ToLookup(s => s.InstanceId);
-        var views = ports.Select(p => p.Value.InstanceId).Distinct().ToDictionary(id => id, id =>
-        {
-            var c = clusters.GetValueOrDefault(id);
-            return new ClusterView(c.Leader, c.Optime, statuses[id].ToList());
-        });
-        var routes = RouteTable.Compute(
-            ports.Select(p => (int.Parse(p.Key[keys.Ports.Length..], System.Globalization.CultureInfo.InvariantCulture), p.Value)),
-            views, _settings.MaxConnectionsPerInstance, _settings.ReadOnlyMaxLag);
-        var now = DateTime.UtcNow;
+        var inputs = await _source.ReadAsync(ct).ConfigureAwait(false);
+        var routes = RouteTable.Compute(inputs.Ports, inputs.Clusters, _settings.MaxConnectionsPerInstance, _settings.ReadOnlyMaxLag);
+        var now = _now();
         foreach (var r in routes.Where(r => r.Target is null)) _leaderlessSince.TryAdd(r.InstanceId, now);
         foreach (var id in _leaderlessSince.Keys.Where(id => routes.Any(r => r.InstanceId == id && r.Target is not null) || routes.All(r => r.InstanceId != id)).ToList())
             _leaderlessSince.Remove(id);
@@ -79,6 +102,7 @@ public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
         return (routes.Count, routes.Count(r => r.Target is not null));
     }
 
-    public static Props Props(EtcdStore store, IRouteDataPath router, RouterSettings settings, RouterMetrics? metrics = null) =>
-        Akka.Actor.Props.Create(() => new RouterActor(store, router, settings, metrics));
+    public static Props Props(IRouteSource source, IRouteDataPath router, RouterSettings settings, RouterMetrics? metrics = null, Func<DateTime>? now = null,
+        TimeSpan? resync = null) =>
+        Akka.Actor.Props.Create(() => new RouterActor(source, router, settings, metrics, now, resync));
 }

@@ -109,7 +109,7 @@ public sealed class BackupScheduleTests(ITestOutputHelper output) : IAsyncLifeti
         Assert.Null((await recovery.ReadRecordAsync(record.Id, CancellationToken.None))!.DeletedAt);
 
         // A real deletion leaves the retired port behind: marked, then (retention 0) removed with every backup.
-        await etcd.PutAsync(etcd.Keys.Port(21001), new PortRecord { InstanceId = record.Id, State = "retired" }, CancellationToken.None);
+        await etcd.PutAsync(etcd.Keys.Port(21001), new PortRecord { InstanceId = record.Id, State = PortState.Retired }, CancellationToken.None);
         await janitor.SyncAsync(CancellationToken.None);
         Assert.NotNull((await recovery.ReadRecordAsync(record.Id, CancellationToken.None))!.DeletedAt);
         await janitor.SyncAsync(CancellationToken.None);

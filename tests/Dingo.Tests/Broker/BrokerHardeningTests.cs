@@ -249,7 +249,7 @@ public sealed class BrokerHardeningTests(BrokerOnlyPlatform fixture) : IClassFix
         await P.Store.PutAsync(bindingKey, new BindingRecord
         {
             Id = "bind-1", InstanceId = a, ServiceId = Catalog.ServiceId, PlanId = Catalog.SoloPlanId,
-            Role = new Credentials("b_secret", "secret-password"), CreatedAt = DateTimeOffset.UtcNow, State = "ready",
+            Role = new Credentials("b_secret", "secret-password"), CreatedAt = DateTimeOffset.UtcNow, State = BindingState.Ready,
         }, CancellationToken.None);
         var before = await P.Store.GetAsync<BindingRecord>(bindingKey, CancellationToken.None);
 

@@ -94,8 +94,8 @@ public abstract class CellReconcilerTests : IAsyncLifetime
     {
         var spec = await AssignAsync();
         var agent = Agent(spec);
-        var status = await PassUntilAsync(spec, s => s?.State == NodeState.Running && s.Role == "primary", TimeSpan.FromSeconds(60), agent);
-        Assert.Equal("primary", status!.Role);
+        var status = await PassUntilAsync(spec, s => s?.State == NodeState.Running && s.Role == NodeRole.Primary, TimeSpan.FromSeconds(60), agent);
+        Assert.Equal(NodeRole.Primary, status!.Role);
         Assert.NotNull(await _store.GetAsync<CellInfo>(K.Cell("cell-1"), None));
         var leader = (await _store.GetAsync<LeaderRecord>(K.Leader(spec.InstanceId), None))!.Value;
         Assert.Equal((spec.NodeId, spec.Port), (leader.NodeId, leader.Port));
@@ -277,7 +277,7 @@ public abstract class CellReconcilerTests : IAsyncLifetime
         await _store.PutAsync(K.Leader(spec.InstanceId), new LeaderRecord { NodeId = other.NodeId, Host = "127.0.0.1", Port = other.Port }, None);
         await _store.PutAsync(K.Status(spec.InstanceId, other.NodeId), new NodeStatus
         {
-            NodeId = other.NodeId, InstanceId = spec.InstanceId, CellId = "cell-2", State = NodeState.Running, Role = "primary", Detail = "no action: I hold the leader key",
+            NodeId = other.NodeId, InstanceId = spec.InstanceId, CellId = "cell-2", State = NodeState.Running, Role = NodeRole.Primary, Detail = "no action: I hold the leader key",
             Lsn = lsn, Timeline = timeline, Host = "127.0.0.1", Port = other.Port, UpdatedAt = DateTimeOffset.UtcNow,
         }, None);
         return other;
@@ -287,7 +287,7 @@ public abstract class CellReconcilerTests : IAsyncLifetime
     public async Task A_restarted_cell_adopts_its_running_node_instead_of_recreating_it()
     {
         var spec = await AssignAsync();
-        await PassUntilAsync(spec, s => s?.State == NodeState.Running && s.Role == "primary", TimeSpan.FromSeconds(60));
+        await PassUntilAsync(spec, s => s?.State == NodeState.Running && s.Role == NodeRole.Primary, TimeSpan.FromSeconds(60));
         var before = (await _runtime.ListAsync(None)).Single();
         var incarnation = await IncarnationAsync(before);
         // A new runtime and agent over the same data, as after the cell process restarts: the old leader key
@@ -296,7 +296,7 @@ public abstract class CellReconcilerTests : IAsyncLifetime
         try
         {
             var reborn = Agent(spec, runtime);
-            var status = await PassUntilAsync(spec, s => s?.Role == "primary" && s.Decision == "no action: I hold the leader key", TimeSpan.FromSeconds(30), reborn);
+            var status = await PassUntilAsync(spec, s => s?.Role == NodeRole.Primary && s.Decision == "no action: I hold the leader key", TimeSpan.FromSeconds(30), reborn);
             Assert.Equal(NodeState.Running, status!.State);
             var after = (await runtime.ListAsync(None)).Single();
             Assert.Equal(before.Pid, after.Pid);

@@ -86,7 +86,7 @@ public sealed class DockerCellTests(ITestOutputHelper output)
         // The replica's cell process crashes and comes back: it adopts the container it finds, it does not recreate or
         // restart it. (The primary's cell would lose its leader key if it came back later than the TTL: a failover
         // then restarts the old primary as a replica, which is HA doing its job, not adoption failing.)
-        var replicaCell = (await StatusesAsync(platform, id)).Single(s => s.Role == "replica").CellId;
+        var replicaCell = (await StatusesAsync(platform, id)).Single(s => s.Role == NodeRole.Replica).CellId;
         var number = int.Parse(replicaCell["cell-".Length..]);
         var before = await IncarnationsAsync(platform, replicaCell);
         Assert.Single(before);
@@ -116,7 +116,7 @@ public sealed class DockerCellTests(ITestOutputHelper output)
     {
         var statuses = await StatusesAsync(p, id);
         return statuses.Count == 2 && statuses.All(s => s.State == NodeState.Running)
-               && statuses.Count(s => s.Role == "primary") == 1 && statuses.Count(s => s.Role == "replica" && s.Streaming) == 1;
+               && statuses.Count(s => s.Role == NodeRole.Primary) == 1 && statuses.Count(s => s.Role == NodeRole.Replica && s.Streaming) == 1;
     }
 
     private static async Task<IReadOnlyList<NodeStatus>> StatusesAsync(TestPlatform p, string id) =>

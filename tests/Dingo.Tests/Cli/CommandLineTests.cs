@@ -240,7 +240,7 @@ public sealed class ConsoleProcessTests
             await store.PutAsync(store.Keys.Status(id, node), new NodeStatus
             {
                 NodeId = node, InstanceId = id, CellId = "cell-1", State = NodeState.Running, Detail = "running", Host = "127.0.0.1", Port = 1,
-                Role = writable ? "primary" : "replica", Writable = writable, Lsn = lsn, Streaming = !writable, UpdatedAt = DateTimeOffset.UtcNow,
+                Role = writable ? NodeRole.Primary : NodeRole.Replica, Writable = writable, Lsn = lsn, Streaming = !writable, UpdatedAt = DateTimeOffset.UtcNow,
             }, ct);
         }
         await store.PutAsync(store.Keys.Leader(id), new LeaderRecord { NodeId = "n-one", Host = "127.0.0.1", Port = 1 }, ct);

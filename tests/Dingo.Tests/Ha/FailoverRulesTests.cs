@@ -1,3 +1,4 @@
+using Dingo.Model;
 using Dingo.Tests.Support;
 using Dingo.Config;
 using Dingo.Ha;
@@ -50,7 +51,7 @@ public sealed class FailoverRulesTests
         var members = lsns.Select(kv => new Dingo.Model.NodeStatus
         {
             NodeId = kv.Key, InstanceId = "i", CellId = "c-" + kv.Key, State = Dingo.Model.NodeState.Running, Detail = "", Host = "127.0.0.1", Port = 5432,
-            Role = "replica", Lsn = kv.Value, UpdatedAt = now,
+            Role = NodeRole.Replica, Lsn = kv.Value, UpdatedAt = now,
         }).ToList();
         return new(me, Synchronous: true,
             new LocalState(DataInitialised: true, Running: true, Answering: true, InRecovery: true, Lsn: lsns[me], Timeline: 1, Streaming: false,
@@ -105,7 +106,7 @@ public sealed class FailoverRulesTests
         chosen = chosen with
         {
             Local = chosen.Local with { Lsn = 110, FollowingNodeId = "n-old" },
-            Members = [.. chosen.Members.Select(m => m.NodeId == "n-old" ? m with { Role = "primary", Writable = true, Lsn = 100 } : m)],
+            Members = [.. chosen.Members.Select(m => m.NodeId == "n-old" ? m with { Role = NodeRole.Primary, Writable = true, Lsn = 100 } : m)],
         };
         Assert.IsType<HaAction.TakeLeadership>(Failover.Decide(chosen, Settings));
     }
@@ -236,7 +237,7 @@ public sealed class FailoverRulesTests
         var input = Leader(answering: false, notAnsweringFor: TimeSpan.Zero, sinceRenewal: TimeSpan.FromSeconds(0.2));
         var standby = LeaderStatus(DateTimeOffset.UtcNow) with
         {
-            NodeId = "n-b", Role = standbyRuns ? "replica" : "unknown", State = standbyRuns ? Dingo.Model.NodeState.Running : Dingo.Model.NodeState.Starting, Following = "n-a",
+            NodeId = "n-b", Role = standbyRuns ? NodeRole.Replica : NodeRole.Unknown, State = standbyRuns ? Dingo.Model.NodeState.Running : Dingo.Model.NodeState.Starting, Following = "n-a",
         };
         input = input with
         {
@@ -309,7 +310,7 @@ public sealed class FailoverRulesTests
     private static Dingo.Model.NodeStatus LeaderStatus(DateTimeOffset updatedAt) => new()
     {
         NodeId = "n-a", InstanceId = "i", CellId = "c-a", State = Dingo.Model.NodeState.Running, Detail = "", Host = "127.0.0.1", Port = 5432,
-        Role = "primary", Lsn = 100, UpdatedAt = updatedAt,
+        Role = NodeRole.Primary, Lsn = 100, UpdatedAt = updatedAt,
     };
 
     [Theory]
@@ -365,7 +366,7 @@ public sealed class FailoverRulesTests
         var replica = new Dingo.Model.NodeStatus
         {
             NodeId = "n-a", InstanceId = "i", CellId = "c", State = Dingo.Model.NodeState.Running, Detail = "", Host = "h", Port = 1,
-            Role = "replica", Lsn = 100, Streaming = true, UpdatedAt = DateTimeOffset.UtcNow,
+            Role = NodeRole.Replica, Lsn = 100, Streaming = true, UpdatedAt = DateTimeOffset.UtcNow,
         };
         var primary = Leader(answering: true, notAnsweringFor: TimeSpan.Zero, sinceRenewal: TimeSpan.MaxValue, holdsLease: false) with
         {
@@ -377,7 +378,7 @@ public sealed class FailoverRulesTests
         var asReplica = ReadOnlyNodeWithFreeKey("n-a", initialisedBy: "n-z") with
         {
             Sync = new Dingo.Model.SyncState(["n-a"], "n-z"),
-            Members = [replica with { NodeId = "n-z", Role = "primary" }],
+            Members = [replica with { NodeId = "n-z", Role = NodeRole.Primary }],
         };
         Assert.IsType<HaAction.Wait>(Failover.Decide(asReplica, Settings));
     }
@@ -394,12 +395,12 @@ public sealed class FailoverRulesTests
         {
             NodeId = "n-z", InstanceId = "i", CellId = "c-z", State = Dingo.Model.NodeState.Running, Detail = "", Host = "h", Port = 1,
             // Without the key its role reads "unknown"; it still accepts writes.
-            Role = "unknown", Writable = true, Lsn = primaryLsn, Timeline = 1, UpdatedAt = now,
+            Role = NodeRole.Unknown, Writable = true, Lsn = primaryLsn, Timeline = 1, UpdatedAt = now,
         };
         var replicaReport = new Dingo.Model.NodeStatus
         {
             NodeId = "n-a", InstanceId = "i", CellId = "c-a", State = Dingo.Model.NodeState.Running, Detail = "", Host = "h", Port = 2,
-            Role = "replica", Lsn = replicaLsn, Timeline = replicaTimeline, Streaming = true, Following = replicaFollows, UpdatedAt = now,
+            Role = NodeRole.Replica, Lsn = replicaLsn, Timeline = replicaTimeline, Streaming = true, Following = replicaFollows, UpdatedAt = now,
         };
         var primary = me == "n-z";
         return new(me, Synchronous: true,

@@ -82,7 +82,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
         platform.StartCellProcess(number);
         await Eventually.UntilAsync(() => FullAndHealthyAsync(platform, id, plan.NodeCount), TimeSpan.FromSeconds(60), "the cluster back to full size with every replica streaming");
         var statuses = await StatusesAsync(platform, id);
-        Assert.Contains(statuses, s => s.CellId == victim && s.Role == "replica" && s.Streaming);
+        Assert.Contains(statuses, s => s.CellId == victim && s.Role == NodeRole.Replica && s.Streaming);
         Assert.Equal(newPrimaryCell, await PrimaryCellAsync(platform, id));
         // The rewound old primary streams from the new one over TLS too.
         await PostgresTlsAsync(platform, id, creds, psql, plan.NodeCount, "after the old primary rejoined");
@@ -233,7 +233,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
         // with it (docs/ha.md), and fresh64 killed the cell before the replica had the table. What is shown here is the
         // replacement of a lost cell's node, so the write is on the replica first.
         var written = Convert.ToInt64(await RecoveryTests.ScalarAsync((string)creds["uri"]!, "SELECT pg_current_wal_lsn() - '0/0'"), CultureInfo.InvariantCulture);
-        await Eventually.UntilAsync(async () => (await StatusesAsync(platform, id)).Any(s => s.Role == "replica" && s.Streaming && s.Lsn >= written),
+        await Eventually.UntilAsync(async () => (await StatusesAsync(platform, id)).Any(s => s.Role == NodeRole.Replica && s.Streaming && s.Lsn >= written),
             TimeSpan.FromSeconds(30), "the replica holding the write");
         var cells = (await platform.Store.ListAsync<NodeSpec>(platform.Store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value.CellId).ToHashSet();
         var spare = Enumerable.Range(1, 3).Single(i => !cells.Contains($"cell-{i}"));

@@ -230,7 +230,7 @@ public sealed class FenceGuardTests(ITestOutputHelper output) : IAsyncLifetime
         await store.PutAsync(keys.Status(instance, _spec.NodeId), new NodeStatus
         {
             NodeId = _spec.NodeId, InstanceId = instance, CellId = "cell-t", State = NodeState.Running, Detail = "no action: I hold the leader key",
-            Host = "127.0.0.1", Port = _spec.Port, Role = NodeRoles.Primary, Writable = true, Lsn = 1234, UpdatedAt = DateTimeOffset.UtcNow,
+            Host = "127.0.0.1", Port = _spec.Port, Role = NodeRole.Primary, Writable = true, Lsn = 1234, UpdatedAt = DateTimeOffset.UtcNow,
         }, CancellationToken.None, cellLease);
         var postmaster = await PostmasterAsync();
         _guard.MarkSynchronous(_spec.NodeId, false);

@@ -140,7 +140,7 @@ public sealed class HaSimulationTests : TestKit
             w.Statuses[n.Id] = new NodeStatus
             {
                 NodeId = n.Id, InstanceId = "sim", CellId = "c-" + n.Id, State = NodeState.Running, Detail = action.Sentence, Host = "sim", Port = 1,
-                Role = n.InRecovery ? "replica" : "primary", Lsn = n.Lsn, Streaming = input.Local.Streaming, UpdatedAt = w.Now,
+                Role = n.InRecovery ? NodeRole.Replica : NodeRole.Primary, Lsn = n.Lsn, Streaming = input.Local.Streaming, UpdatedAt = w.Now,
             };
         }
         n.LastSentence = action.Sentence;

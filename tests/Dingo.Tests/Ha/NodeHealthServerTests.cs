@@ -1,3 +1,4 @@
+using Dingo.Model;
 using Dingo.Tests.Support;
 using System.Diagnostics;
 using System.Net;
@@ -19,11 +20,11 @@ public sealed class NodeHealthServerTests
     private static readonly HttpClient Http = new() { Timeout = StepTimeout };
 
     private static readonly NodeHealth Primary = new(
-        "n1", "i1", "running", "primary", IsLeader: true, LagBytes: 0, Streaming: false, IsSyncStandby: false,
+        "n1", "i1", NodeState.Running, NodeRole.Primary, IsLeader: true, LagBytes: 0, Streaming: false, IsSyncStandby: false,
         WalLsn: 50_000_000, Timeline: 3, LeaderNodeId: "n1", Decision: "no action: I am the leader");
 
     private static readonly NodeHealth Replica = new(
-        "n2", "i1", "running", "replica", IsLeader: false, LagBytes: 1000, Streaming: true, IsSyncStandby: false,
+        "n2", "i1", NodeState.Running, NodeRole.Replica, IsLeader: false, LagBytes: 1000, Streaming: true, IsSyncStandby: false,
         WalLsn: 49_999_000, Timeline: 3, LeaderNodeId: "n1", Decision: "following n1");
 
     private static readonly Dictionary<string, NodeHealth> Snapshots = new()
@@ -31,7 +32,7 @@ public sealed class NodeHealthServerTests
         ["primary"] = Primary,
         // Lost the leader key (etcd unreachable, demoting): no longer the writable primary.
         ["primary-no-key"] = Primary with { IsLeader = false, LeaderNodeId = null },
-        ["primary-stopped"] = Primary with { State = "stopped" },
+        ["primary-stopped"] = Primary with { State = NodeState.Stopped },
         // Won the key, PostgreSQL not promoted yet.
         ["leader-replica"] = Replica with { IsLeader = true, LeaderNodeId = "n2" },
         ["replica"] = Replica,
@@ -39,8 +40,8 @@ public sealed class NodeHealthServerTests
         ["replica-lag-unknown"] = Replica with { LagBytes = null },
         ["replica-big-lag"] = Replica with { LagBytes = 200L * 1024 * 1024 },
         ["replica-not-streaming"] = Replica with { LagBytes = 0, Streaming = false },
-        ["replica-starting"] = Replica with { State = "starting", Streaming = false, LagBytes = null },
-        ["unknown"] = new("n3", "i1", "stopped", "unknown", false, null, false, false, null, null, null, null),
+        ["replica-starting"] = Replica with { State = NodeState.Starting, Streaming = false, LagBytes = null },
+        ["unknown"] = new("n3", "i1", NodeState.Stopped, NodeRole.Unknown, false, null, false, false, null, null, null, null),
     };
 
     [Theory]
@@ -150,7 +151,7 @@ public sealed class NodeHealthServerTests
     [Fact]
     public async Task Status_document_uses_patronis_field_names()
     {
-        var health = Primary with { Role = "master" };
+        var health = Primary;
         await using var server = await StartAsync(() => health);
 
         using (var doc = JsonDocument.Parse(await Http.GetStringAsync(Url(server, "/patroni"))))

@@ -86,7 +86,7 @@ public sealed class PartitionTests(ITestOutputHelper output)
             {
                 var statuses = await store.ListAsync<NodeStatus>(store.Keys.Statuses(id), CancellationToken.None);
                 rejoined = statuses.Select(s => s.Value).FirstOrDefault(s => s.NodeId == oldPrimary && s.UpdatedAt > healedAt
-                                                                              && s.State == NodeState.Running && s.Role == "replica" && s.Streaming);
+                                                                              && s.State == NodeState.Running && s.Role == NodeRole.Replica && s.Streaming);
                 return rejoined is not null;
             }, TimeSpan.FromSeconds(120), $"the old primary {oldPrimary} a streaming replica again");
             var rejoinedAfter = DateTime.UtcNow - healedAt;
@@ -333,7 +333,7 @@ public sealed class PartitionTests(ITestOutputHelper output)
         var leader = await store.GetAsync<LeaderRecord>(store.Keys.Leader(id), CancellationToken.None);
         return specs.Count == 3 && leader is not null
                && statuses.Count(s => specs.Any(n => n.Value.NodeId == s.NodeId) && s.State == NodeState.Running) == 3
-               && statuses.Count(s => s.Role == "replica" && s.Streaming && specs.Any(n => n.Value.NodeId == s.NodeId)) == 2;
+               && statuses.Count(s => s.Role == NodeRole.Replica && s.Streaming && specs.Any(n => n.Value.NodeId == s.NodeId)) == 2;
     }
 
     private static async Task WaitUntilAsync(Func<Task<bool>> condition, TimeSpan timeout, string what)

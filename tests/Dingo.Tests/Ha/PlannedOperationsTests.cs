@@ -34,7 +34,7 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
         var leader = (await LeaderAsync(platform, id))!;
         var nodes = await NodesAsync(platform, id);
-        await Eventually.UntilAsync(async () => (await StatusesAsync(platform, id)).Count(s => s.Role == "replica" && s.Streaming) == 2, TimeSpan.FromSeconds(20), "replicas streaming");
+        await Eventually.UntilAsync(async () => (await StatusesAsync(platform, id)).Count(s => s.Role == NodeRole.Replica && s.Streaming) == 2, TimeSpan.FromSeconds(20), "replicas streaming");
         foreach (var node in nodes)
         {
             var isLeader = node.NodeId == leader.NodeId;
@@ -73,7 +73,7 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
         Assert.Equal(target, (await LeaderAsync(platform, id))?.NodeId);
         await Eventually.UntilAsync(() => Task.FromResult(writer.FirstAckAfter(DateTime.UtcNow.AddSeconds(-0.2)) is not null), TimeSpan.FromSeconds(30), "writes after the switchover");
         output.WriteLine($"switchover to {target} done in {(DateTime.UtcNow - requestedAt).TotalSeconds:0.0}s");
-        await Eventually.UntilAsync(async () => (await StatusesAsync(platform, id)).Any(s => s.NodeId == leader.NodeId && s.Role == "replica" && s.Streaming),
+        await Eventually.UntilAsync(async () => (await StatusesAsync(platform, id)).Any(s => s.NodeId == leader.NodeId && s.Role == NodeRole.Replica && s.Streaming),
             TimeSpan.FromSeconds(30), "the old primary streams as a replica");
         await writer.DisposeAsync();
         Assert.Empty(await writer.MissingAsync());
@@ -182,7 +182,7 @@ public sealed class PlannedOperationsTests(ITestOutputHelper output)
             seen = $"leader {l?.NodeId ?? "none"}; nodes {string.Join(", ", nodes.Select(n => $"{n.NodeId}@{n.CellId}"))}; statuses "
                    + string.Join(" | ", statuses.Select(s => $"{s.NodeId}@{s.CellId} {s.State} {s.Role} streaming={s.Streaming}: {s.Decision} ({s.Detail})"));
             return nodes.Count == 2 && nodes.All(n => n.CellId != drainedCell) && l is not null
-                   && statuses.Count(s => nodes.Any(n => n.NodeId == s.NodeId) && s.Role == "replica" && s.Streaming) == 1;
+                   && statuses.Count(s => nodes.Any(n => n.NodeId == s.NodeId) && s.Role == NodeRole.Replica && s.Streaming) == 1;
         }, TimeSpan.FromSeconds(90), () => $"every node off {drainedCell}, one replica streaming; last seen: {seen}");
         Assert.Equal("moved", await RecoveryTests.ScalarAsync((string)creds["uri"]!, "SELECT v FROM kept"));
 

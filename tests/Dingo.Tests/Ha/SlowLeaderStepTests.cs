@@ -181,7 +181,7 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         var cellLoop = LoopAsync("cell", async ct => (await _cell.RunPassAsync(new HashSet<string> { _spec.NodeId, replica.NodeId }, ct)).Summary, stopOthers.Token);
         try
         {
-            await Eventually.UntilAsync(async () => (await _store.GetAsync<NodeStatus>(K.Status(_spec.InstanceId, replica.NodeId), None))?.Value is { Role: "replica", Streaming: true },
+            await Eventually.UntilAsync(async () => (await _store.GetAsync<NodeStatus>(K.Status(_spec.InstanceId, replica.NodeId), None))?.Value is { Role: NodeRole.Replica, Streaming: true },
                 TimeSpan.FromSeconds(120), "the replica streaming");
             await stopLeader.CancelAsync();
             await leaderLoop;

@@ -93,7 +93,7 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         p.StartHost(victim);
         await Until(async () => await FullAndHealthyAsync(store, id, 3)
                                 && (await store.ListAsync<NodeStatus>(store.Keys.Statuses(id), CancellationToken.None))
-                                   .Any(s => s.Value.NodeId == leader && s.Value.Role == "replica" && s.Value.Streaming && s.Value.UpdatedAt > restartedAt),
+                                   .Any(s => s.Value.NodeId == leader && s.Value.Role == NodeRole.Replica && s.Value.Streaming && s.Value.UpdatedAt > restartedAt),
             180, $"the old primary {leader} a streaming replica again");
         var rejoinedNode = (DateTime.UtcNow - restartedAt).TotalSeconds;
         await Until(async () => (await TrySendAsync(victimApi, HttpMethod.Get, $"/v2/service_instances/{inFlight[0]}/last_operation")) == 200, 120, $"the broker on host {victim} answering again");
@@ -193,7 +193,7 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         output.WriteLine($"healed host {victim} at {healedAt:HH:mm:ss.fff}");
         await Until(async () => await FullAndHealthyAsync(store, id, 3)
                                 && (await store.ListAsync<NodeStatus>(store.Keys.Statuses(id), CancellationToken.None))
-                                   .Any(s => s.Value.NodeId == oldPrimary && s.Value.Role == "replica" && s.Value.Streaming && s.Value.UpdatedAt > healedAt),
+                                   .Any(s => s.Value.NodeId == oldPrimary && s.Value.Role == NodeRole.Replica && s.Value.Streaming && s.Value.UpdatedAt > healedAt),
             180, $"the old primary {oldPrimary} a streaming replica again");
         var rejoinedNode = DateTime.UtcNow - healedAt;
         // One Akka cluster again: both brokers and the three cells registered as members, the returned broker serving.
@@ -311,7 +311,7 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
             var leader = await store.GetAsync<LeaderRecord>(store.Keys.Leader(id), CancellationToken.None);
             return specs.Count == nodes && leader is not null
                    && statuses.Count(s => specs.Any(n => n.Value.NodeId == s.NodeId) && s.State == NodeState.Running) == nodes
-                   && statuses.Count(s => s.Role == "replica" && s.Streaming && specs.Any(n => n.Value.NodeId == s.NodeId)) == nodes - 1;
+                   && statuses.Count(s => s.Role == NodeRole.Replica && s.Streaming && specs.Any(n => n.Value.NodeId == s.NodeId)) == nodes - 1;
         }
         catch (Grpc.Core.RpcException) { return false; }
     }

@@ -16,7 +16,8 @@ namespace Dingo.Tests.Health;
 public sealed class MetricsRulesTests
 {
     private static NodeHealth Health(string instance, string node, string role, bool leader, long? lag = 0) =>
-        new(node, instance, "running", role, leader, lag, role == "replica", false, 1000, 3, leader ? node : "n-other", "leading");
+        new(node, instance, NodeState.Running, WireNames.TryParseWire<NodeRole>(role, out var r) ? r : throw new ArgumentException(role), leader, lag,
+            role == "replica", false, 1000, 3, leader ? node : "n-other", "leading");
 
     private static async Task<string> ExportAsync(Prometheus.CollectorRegistry registry)
     {

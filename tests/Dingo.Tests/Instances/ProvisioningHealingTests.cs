@@ -23,12 +23,12 @@ public sealed class ProvisioningHealingTests
     private static NodeStatus Running(NodeSpec node, bool leader) => new()
     {
         NodeId = node.NodeId, InstanceId = "i-1", CellId = node.CellId, State = NodeState.Running, Detail = "d", Host = "127.0.0.1", Port = node.Port,
-        Role = leader ? "primary" : "replica", Streaming = !leader, Writable = leader,
+        Role = leader ? NodeRole.Primary : NodeRole.Replica, Streaming = !leader, Writable = leader,
     };
 
     /// <param name="nodes">the nodes; n-1 holds the leader key unless <paramref name="leader"/> says otherwise</param>
     /// <param name="notStreaming">nodes whose status is missing (a replacement still building)</param>
-    private static InstanceSnapshot Snapshot(NodeSpec[] nodes, int nodeCount = 3, string? operation = null, string[]? lost = null, string[]? drained = null,
+    private static InstanceSnapshot Snapshot(NodeSpec[] nodes, int nodeCount = 3, OperationKind? operation = null, string[]? lost = null, string[]? drained = null,
         string leader = "n-1", string[]? notStreaming = null, int cells = 4)
     {
         var instance = new InstanceRecord
@@ -38,7 +38,7 @@ public sealed class ProvisioningHealingTests
         };
         var op = operation is null
             ? new OperationRecord { Id = "op", Kind = OperationKind.Provision, State = OperationState.Succeeded, Description = "ready", StartedAt = T0, UpdatedAt = T0 }
-            : new OperationRecord { Id = "op", Kind = operation, State = OperationState.InProgress, Description = "accepted", StartedAt = T0, UpdatedAt = T0 };
+            : new OperationRecord { Id = "op", Kind = operation.Value, State = OperationState.InProgress, Description = "accepted", StartedAt = T0, UpdatedAt = T0 };
         var statuses = nodes.Where(n => !(notStreaming ?? []).Contains(n.NodeId)).Select(n => Running(n, n.NodeId == leader)).ToList();
         var leaderNode = nodes.FirstOrDefault(n => n.NodeId == leader);
         return new InstanceSnapshot(instance, op, nodes, statuses, Enumerable.Range(1, cells).Select(Cell).ToList(),

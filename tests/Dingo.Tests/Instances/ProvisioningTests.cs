@@ -13,7 +13,7 @@ public sealed class ProvisioningTests
     private static readonly NodeSpec Node1 = new() { NodeId = "n-1", InstanceId = "i-1", CellId = "cell-1", Port = 15001 };
 
     private static InstanceSnapshot Snapshot(
-        string desired = DesiredState.Present, string opState = OperationState.InProgress, string opKind = OperationKind.Provision,
+        DesiredState desired = DesiredState.Present, OperationState opState = OperationState.InProgress, OperationKind opKind = OperationKind.Provision,
         NodeSpec[]? nodes = null, NodeStatus[]? statuses = null, CellInfo[]? cells = null, LeaderRecord? leader = null, TimeSpan? age = null)
     {
         var instance = new InstanceRecord
@@ -26,7 +26,7 @@ public sealed class ProvisioningTests
             new Dictionary<string, int>(), leader, T0 + (age ?? TimeSpan.FromSeconds(1)));
     }
 
-    private static NodeStatus Status(string state, string detail = "d") =>
+    private static NodeStatus Status(NodeState state, string detail = "d") =>
         new() { NodeId = "n-1", InstanceId = "i-1", CellId = "cell-1", State = state, Detail = detail, Host = "127.0.0.1", Port = 15001 };
 
     private static readonly TimeSpan Timeout = TimeSpan.FromMinutes(5);
@@ -49,7 +49,8 @@ public sealed class ProvisioningTests
     [Theory]
     [InlineData(NodeState.Initialising, "initialising database on cell-1")]
     [InlineData(NodeState.Starting, "starting PostgreSQL on cell-1")]
-    public void Progress_of_the_node_is_reported(string state, string expected)
+    [InlineData(NodeState.Stopped, "starting PostgreSQL on cell-1")]
+    public void Progress_of_the_node_is_reported(NodeState state, string expected)
     {
         var d = Provisioning.Decide(Snapshot(nodes: [Node1], statuses: [Status(state)]), Timeout);
         Assert.IsType<InstanceDecision.Wait>(d);
@@ -98,12 +99,12 @@ public sealed class ProvisioningTests
     [InlineData("cluster-ha", false, OperationKind.Provision, NodeState.Initialising, false)] // its promise needs a synchronous standby
     [InlineData("cluster", true, OperationKind.Provision, NodeState.Initialising, false)]   // store-sync with replicas: as synchronous
     [InlineData("cluster", false, OperationKind.Update, NodeState.Initialising, false)]     // a resize waits for its new replica
-    public void A_new_asynchronous_cluster_is_ready_once_its_primary_serves(string planName, bool storeSync, string kind, string replicaState, bool succeeds)
+    public void A_new_asynchronous_cluster_is_ready_once_its_primary_serves(string planName, bool storeSync, OperationKind kind, NodeState replicaState, bool succeeds)
     {
         var plan = Catalog.Plans.Single(p => p.Name == planName);
         var node2 = Node1 with { NodeId = "n-2", CellId = "cell-2", Port = 15002 };
         var leader = new LeaderRecord { NodeId = "n-1", Host = "127.0.0.1", Port = 15001 };
-        var primary = Status(NodeState.Running) with { Role = "primary", Writable = true };
+        var primary = Status(NodeState.Running) with { Role = NodeRole.Primary, Writable = true };
         var replica = Status(replicaState, "cloning from the leader n-1 (pg_basebackup)") with { NodeId = "n-2", CellId = "cell-2", Port = 15002 };
         var s = Snapshot(opKind: kind, nodes: [Node1, node2], statuses: [primary, replica], cells: [Cell1, Cell1 with { Id = "cell-2", Zone = "z2" }], leader: leader);
         s = s with

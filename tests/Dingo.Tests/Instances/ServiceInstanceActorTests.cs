@@ -113,7 +113,7 @@ public sealed class ServiceInstanceActorTests : TestKit, IAsyncLifetime
             Assert.Empty(await _store.ListAsync<NodeSpec>(K.Assignments("cell-8"), None));
             Assert.Empty(await _store.ListAsync<string>(K.NodePorts, None));
             var port = (await _store.GetAsync<PortRecord>(K.Port(instance.Value.Port), None))!.Value;
-            Assert.Equal("retired", port.State);
+            Assert.Equal(PortState.Retired, port.State);
             var op = await OperationAsync(id);
             Assert.Equal((OperationKind.Deprovision, OperationState.Succeeded), (op.Kind, op.State));
         }, TimeSpan.FromSeconds(10));

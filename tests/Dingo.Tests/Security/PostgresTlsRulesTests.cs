@@ -82,7 +82,7 @@ public sealed class PostgresTlsRulesTests
             Id = "i-1", ServiceId = "s", PlanId = "p", OrganizationGuid = "o", SpaceGuid = "sp", Port = 20001, ReadOnlyPort = 20002, Database = "dingo",
             NodeCount = 2, Superuser = new Credentials("dingo_admin", "x"), Desired = DesiredState.Present,
         };
-        var binding = new BindingRecord { Id = "b-1", InstanceId = "i-1", ServiceId = "s", PlanId = "p", Role = new Credentials("b_role", "pw"), State = "ready" };
+        var binding = new BindingRecord { Id = "b-1", InstanceId = "i-1", ServiceId = "s", PlanId = "p", Role = new Credentials("b_role", "pw"), State = BindingState.Ready };
         var credentials = BindingCredentials.Json("pg.example.org", instance, binding, "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")["credentials"]!;
         Assert.Equal("postgres://b_role:pw@pg.example.org:20001/dingo?sslmode=verify-full", (string)credentials["uri"]!);
         Assert.Equal("postgres://b_role:pw@pg.example.org:20002/dingo?sslmode=verify-full", (string)credentials["read_only_uri"]!);

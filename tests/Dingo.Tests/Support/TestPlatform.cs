@@ -1,3 +1,4 @@
+using Dingo.Model;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text;
@@ -495,7 +496,7 @@ public sealed class TestPlatform : IAsyncDisposable
         var leader = await Store.GetAsync<Model.LeaderRecord>(Store.Keys.Leader(instanceId), CancellationToken.None);
         return specs.Count == nodes && leader is not null
                && statuses.Count(s => s.State == Model.NodeState.Running) == nodes
-               && statuses.Count(s => s.Role == "replica" && s.Streaming) == nodes - 1;
+               && statuses.Count(s => s.Role == NodeRole.Replica && s.Streaming) == nodes - 1;
     }
 
     /// <summary>Until every planned node of the instance runs and every replica streams from the leader.</summary>
