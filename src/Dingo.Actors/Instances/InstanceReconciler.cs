@@ -121,6 +121,9 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
         }
     }
 
+    /// <summary>Node ports a finished deletion frees in its transaction: with its own dozen operations, well under etcd's 128.</summary>
+    internal const int MaxPortsFreedPerDeletion = 100;
+
     private async Task FinishDeletionAsync(InstanceRecord instance, OperationRecord? operation, string description, CancellationToken ct)
     {
         var keys = store.Keys;
@@ -138,11 +141,16 @@ public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, 
             StartedAt = operation?.StartedAt ?? now,
             UpdatedAt = now,
         };
-        // Free node ports no node holds any more; a node still stopping keeps its status and so its port.
+        // Free node ports no node holds any more; a node still stopping keeps its status and so its port. The ports are
+        // read first: a node placed after that read holds a port this deletion never saw, and one placed before it is in
+        // the node listing that follows. At most MaxPortsFreedPerDeletion go in this transaction (etcd refuses one of more
+        // than 128 operations, and after a mass deletion thousands may be free: every deletion then failed for good);
+        // the next deletion frees the rest.
+        var nodePorts = await store.ListAsync<string>(keys.NodePorts, ct).ConfigureAwait(false);
         var liveNodes = (await store.ListAsync<NodeSpec>(keys.AllNodes, ct).ConfigureAwait(false)).Select(n => n.Value.NodeId)
             .Concat((await store.ListAsync<NodeStatus>(keys.AllStatus, ct).ConfigureAwait(false)).Select(x => x.Value.NodeId))
             .ToHashSet();
-        var freed = (await store.ListAsync<string>(keys.NodePorts, ct).ConfigureAwait(false)).Where(p => !liveNodes.Contains(p.Value)).ToList();
+        var freed = nodePorts.Where(p => !liveNodes.Contains(p.Value)).Take(MaxPortsFreedPerDeletion).ToList();
         var txn = new Txn()
             .Delete(keys.Instance(instance.Id))
             .DeletePrefix(keys.Bindings(instance.Id))

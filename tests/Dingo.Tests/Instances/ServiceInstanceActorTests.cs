@@ -123,4 +123,42 @@ public sealed class ServiceInstanceActorTests : TestKit, IAsyncLifetime
         var nextPort = (await _store.GetAsync<InstanceRecord>(K.Instance(next), None))!.Value.Port;
         Assert.True(nextPort > instance.Value.Port);
     }
+
+    [Fact]
+    public async Task Deletions_finish_when_more_node_ports_are_free_than_one_transaction_may_hold()
+    {
+        // After a mass deletion (the 300-instance bench's teardown), every node port was free at once: each deletion put
+        // them all in its transaction, etcd refused it (over 128 operations), and no deletion could ever finish.
+        var live = new NodeSpec { NodeId = "n-live", InstanceId = "i-other", CellId = "cell-9", Port = 39999 };
+        var txn = new Txn().Put(K.NodePort(live.Port), live.NodeId).Put(K.Nodes(live.InstanceId) + live.NodeId, live);
+        await _store.TransactAsync(txn, None);
+        for (var batch = 0; batch < 3; batch++)
+        {
+            var stale = new Txn();
+            for (var i = 0; i < 50; i++) stale.Put(K.NodePort(40000 + batch * 50 + i), $"n-gone-{batch}-{i}");
+            await _store.TransactAsync(stale, None);
+        }
+
+        async Task DeleteAsync(string id)
+        {
+            var instance = (await _store.GetAsync<InstanceRecord>(K.Instance(id), None))!;
+            var now = DateTimeOffset.UtcNow;
+            await _store.TransactAsync(new Txn()
+                .Put(K.Instance(id), instance.Value with { Desired = DesiredState.Absent })
+                .Put(K.Operation(id), new OperationRecord { Id = "op-2", Kind = OperationKind.Deprovision, State = OperationState.InProgress, Description = "accepted", StartedAt = now, UpdatedAt = now }), None);
+            Sys.ActorOf(ServiceInstanceActor.Props(id, _store, _settings, NullLoggerFactory.Instance)).Tell(new ServiceInstanceMessages.Reconcile(id));
+            await AwaitAssertAsync(async () =>
+            {
+                Assert.Null(await _store.GetAsync<InstanceRecord>(K.Instance(id), None));
+                Assert.Equal((OperationKind.Deprovision, OperationState.Succeeded), ((await OperationAsync(id)).Kind, (await OperationAsync(id)).State));
+            }, TimeSpan.FromSeconds(10));
+        }
+
+        await DeleteAsync(await RequestInstanceAsync());
+        var left = await _store.ListAsync<string>(K.NodePorts, None);
+        Assert.Equal(150 - InstanceReconciler.MaxPortsFreedPerDeletion + 1, left.Count);
+        await DeleteAsync(await RequestInstanceAsync());
+        // The next deletion frees the rest; the port of a node that still exists stays taken throughout.
+        Assert.Equal(live.NodeId, Assert.Single(await _store.ListAsync<string>(K.NodePorts, None)).Value);
+    }
 }
