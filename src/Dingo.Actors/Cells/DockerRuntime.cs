@@ -162,7 +162,7 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
     private readonly DockerClient _client;
     private readonly ILogger _logger;
     private readonly (int Uid, int Gid) _user;
-    private readonly ConcurrentDictionary<string, SemaphoreSlim> _nodeLocks = new(StringComparer.Ordinal);
+    private readonly NodeLocks _nodeLocks = new();
     private readonly SemaphoreSlim _listGate = new(1, 1);
     private readonly ConcurrentDictionary<string, string> _stoppedDetails = new(StringComparer.Ordinal);
     private long _generation;
@@ -1704,30 +1704,9 @@ internal sealed class DockerRuntime : IContainerRuntime, IDisposable
         return lines.Length == 0 ? "(no output)" : string.Join(" | ", lines.TakeLast(count));
     }
 
-    // Node ids become container and volume names: keep them to what both accept.
-    private static void CheckNodeId(string nodeId)
-    {
-        if (string.IsNullOrEmpty(nodeId) || nodeId.Length > 100 || !char.IsAsciiLetterOrDigit(nodeId[0])
-            || !nodeId.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
-            throw new ArgumentException($"Invalid node id '{nodeId}'.", nameof(nodeId));
-    }
+    private static void CheckNodeId(string nodeId) => NodeIdRule.Check(nodeId);
 
-    private async Task<IDisposable> LockNodeAsync(string nodeId, CancellationToken ct)
-    {
-        var gate = _nodeLocks.GetOrAdd(nodeId, _ => new SemaphoreSlim(1, 1));
-        await gate.WaitAsync(ct).ConfigureAwait(false);
-        return new Releaser(gate);
-    }
-
-    private sealed class Releaser(SemaphoreSlim gate) : IDisposable
-    {
-        private int _released;
-
-        public void Dispose()
-        {
-            if (Interlocked.Exchange(ref _released, 1) == 0) gate.Release();
-        }
-    }
+    private Task<IDisposable> LockNodeAsync(string nodeId, CancellationToken ct) => _nodeLocks.LockAsync(nodeId, ct);
 
     public void Dispose() => _client.Dispose();
 }

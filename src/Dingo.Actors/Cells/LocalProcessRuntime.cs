@@ -57,7 +57,7 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     private readonly LocalProcessRuntimeOptions _options;
     private readonly ILogger<LocalProcessRuntime> _logger;
     private readonly string _dataRoot;
-    private readonly ConcurrentDictionary<string, SemaphoreSlim> _nodeLocks = new(StringComparer.Ordinal);
+    private readonly NodeLocks _nodeLocks = new();
     private readonly SemaphoreSlim _identityLock = new(1, 1);
     /// <summary>Each node's instance as its file says, so a pass does not read every file again.</summary>
     private readonly ConcurrentDictionary<string, string> _instances = new(StringComparer.Ordinal);
@@ -1079,15 +1079,8 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
     private async Task<ToolResult> RunToolWithInputAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, IReadOnlyDictionary<string, string>? env, string? stdin, string[] args, bool background = false)
     {
         var binary = Path.Combine(_options.PostgresBin, tool);
-        var psi = new ProcessStartInfo
-        {
-            UseShellExecute = false,
-            RedirectStandardInput = true,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            // The run user must be able to stat its cwd; the caller's cwd may be private to root.
-            WorkingDirectory = workingDirectory,
-        };
+        // The run user must be able to stat its cwd; the caller's cwd may be private to root.
+        var psi = new ProcessStartInfo { WorkingDirectory = workingDirectory };
         if (identity.SwitchUser)
         {
             // setpriv execs the tool directly: no shell to interpret arguments.
@@ -1113,43 +1106,8 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
             foreach (var (name, value) in env) psi.Environment[name] = value;
 
         _logger.LogDebug("Running {Tool} {Args}", tool, string.Join(' ', args));
-        using var process = new Process { StartInfo = psi };
-        if (!process.Start())
-            throw new InvalidOperationException($"Could not start {tool}.");
-        if (background)
-        {
-            try { process.PriorityClass = ProcessPriorityClass.Idle; }
-            catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception) { } // exited already, or not allowed: it runs as is
-        }
-        if (stdin is not null)
-        {
-            try { await process.StandardInput.WriteAsync(stdin.AsMemory(), cancellationToken); }
-            catch (IOException) { } // the tool exited before reading: its exit code and stderr tell why
-        }
-        process.StandardInput.Close();
-
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        timeout.CancelAfter(_options.ToolTimeout);
-        var stdout = process.StandardOutput.ReadToEndAsync(timeout.Token);
-        var stderr = process.StandardError.ReadToEndAsync(timeout.Token);
-        try
-        {
-            await process.WaitForExitAsync(timeout.Token);
-            return new ToolResult(process.ExitCode, await stdout, await stderr);
-        }
-        catch (OperationCanceledException)
-        {
-            try
-            {
-                ProcessTree.Kill(process);
-            }
-            catch (InvalidOperationException)
-            {
-                // Already exited.
-            }
-            cancellationToken.ThrowIfCancellationRequested();
-            throw new TimeoutException($"{tool} did not finish within {_options.ToolTimeout}.");
-        }
+        var result = await ProcessRunner.RunAsync(psi, stdin, _options.ToolTimeout, cancellationToken, background, tool);
+        return new ToolResult(result.ExitCode, result.StdOut, result.StdErr);
     }
 
     private static Exception ToolFailure(string nodeId, string tool, ToolResult result) =>
@@ -1193,28 +1151,9 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         return new NodePaths(Path.Combine(_dataRoot, nodeId));
     }
 
-    // Node ids become folder names and config values: keep them to a safe alphabet.
-    private static bool IsValidNodeId(string? nodeId) =>
-        !string.IsNullOrEmpty(nodeId) && nodeId.Length <= 128 && nodeId is not ("." or "..")
-        && nodeId.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.');
+    private static bool IsValidNodeId(string? nodeId) => NodeIdRule.IsValid(nodeId);
 
-    private async Task<IDisposable> LockNodeAsync(string nodeId, CancellationToken cancellationToken)
-    {
-        var gate = _nodeLocks.GetOrAdd(nodeId, _ => new SemaphoreSlim(1, 1));
-        await gate.WaitAsync(cancellationToken);
-        return new Releaser(gate);
-    }
-
-    private sealed class Releaser(SemaphoreSlim gate) : IDisposable
-    {
-        private int _released;
-
-        public void Dispose()
-        {
-            if (Interlocked.Exchange(ref _released, 1) == 0)
-                gate.Release();
-        }
-    }
+    private Task<IDisposable> LockNodeAsync(string nodeId, CancellationToken cancellationToken) => _nodeLocks.LockAsync(nodeId, cancellationToken);
 
     private async Task<RunIdentity> GetIdentityAsync(CancellationToken cancellationToken)
     {
@@ -1239,16 +1178,14 @@ internal sealed class LocalProcessRuntime : IContainerRuntime
         if (string.IsNullOrWhiteSpace(_options.RunAsUser))
             throw new InvalidOperationException("Running as root needs RunAsUser: PostgreSQL refuses to run as root.");
 
-        var psi = new ProcessStartInfo("getent") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        var psi = new ProcessStartInfo("getent");
         psi.ArgumentList.Add("passwd");
         psi.ArgumentList.Add(_options.RunAsUser);
-        using var process = Process.Start(psi) ?? throw new InvalidOperationException("Could not start getent.");
-        var output = await process.StandardOutput.ReadToEndAsync(cancellationToken);
-        await process.StandardError.ReadToEndAsync(cancellationToken);
-        await process.WaitForExitAsync(cancellationToken);
+        // Under the tools' deadline: a user database that hangs (a directory service away) fails the pass, not the cell.
+        var lookup = await ProcessRunner.RunAsync(psi, null, _options.ToolTimeout, cancellationToken);
         // name:password:uid:gid:gecos:home:shell
-        var fields = output.Trim().Split(':');
-        if (process.ExitCode != 0 || fields.Length < 6
+        var fields = lookup.StdOut.Trim().Split(':');
+        if (lookup.ExitCode != 0 || fields.Length < 6
             || !uint.TryParse(fields[2], NumberStyles.None, CultureInfo.InvariantCulture, out var uid)
             || !uint.TryParse(fields[3], NumberStyles.None, CultureInfo.InvariantCulture, out var gid))
             throw new InvalidOperationException($"User '{_options.RunAsUser}' not found: cannot run PostgreSQL as root.");

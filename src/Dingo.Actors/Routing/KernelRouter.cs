@@ -569,49 +569,16 @@ public sealed class KernelRouter : IRouteDataPath
         return counts;
     }
 
-    /// <summary>Runs a binary without a shell; returns its exit code, stderr and stdout.</summary>
+    /// <summary>Runs a binary without a shell; returns its exit code, stderr (or the exit code when it wrote none) and stdout.</summary>
     private static async Task<(int Code, string Error, string Output)> RunAsync(string name, IEnumerable<string> args, string? stdin, CancellationToken ct)
     {
         var file = FindBinary(name) ?? throw new InvalidOperationException($"{name} not found (install the Debian package {(name == "nft" ? "nftables" : name)})");
-        var psi = new ProcessStartInfo(file)
-        {
-            RedirectStandardInput = true,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
+        var psi = new ProcessStartInfo(file);
         foreach (var arg in args)
             psi.ArgumentList.Add(arg);
-
-        using var process = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {file}");
-        var stdout = process.StandardOutput.ReadToEndAsync(CancellationToken.None);
-        var stderr = process.StandardError.ReadToEndAsync(CancellationToken.None);
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timeout.CancelAfter(CommandTimeout);
-        try
-        {
-            if (stdin is not null)
-                await process.StandardInput.WriteAsync(stdin.AsMemory(), timeout.Token).ConfigureAwait(false);
-            process.StandardInput.Close();
-            await process.WaitForExitAsync(timeout.Token).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            try
-            {
-                ProcessTree.Kill(process);
-            }
-            catch (InvalidOperationException)
-            {
-                // Already exited.
-            }
-            ct.ThrowIfCancellationRequested();
-            throw new TimeoutException($"{name} {string.Join(' ', psi.ArgumentList)} did not finish within {CommandTimeout.TotalSeconds:0}s");
-        }
-
-        var output = await stdout.ConfigureAwait(false);
-        var error = (await stderr.ConfigureAwait(false)).Trim();
-        return (process.ExitCode, error.Length > 0 ? error : $"exit code {process.ExitCode}", output);
+        var result = await ProcessRunner.RunAsync(psi, stdin, CommandTimeout, ct, name: $"{name} {string.Join(' ', psi.ArgumentList)}").ConfigureAwait(false);
+        var error = result.StdErr.Trim();
+        return (result.ExitCode, error.Length > 0 ? error : $"exit code {result.ExitCode}", result.StdOut);
     }
 
     internal sealed record KernelRule(int Port, string InstanceId, IPEndPoint Target, int Limit = 0);
