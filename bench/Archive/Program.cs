@@ -80,7 +80,7 @@ public static class Program
         var instance = "archive-" + Guid.NewGuid().ToString("N")[..10];
         var superuser = new Credentials("dingo_admin", "Pw" + Guid.NewGuid().ToString("N"));
         var node = await nodes.CreateAndStartAsync("node-a", instance, superuser, ct);
-        var segmentSize = WalArchiver.ParseSize(await Sql.ScalarAsync<string>(node, "SHOW wal_segment_size", ct));
+        var segmentSize = ArchiveLayout.ParseSize(await Sql.ScalarAsync<string>(node, "SHOW wal_segment_size", ct));
         if (segmentSize != SegmentSize) throw new InvalidOperationException($"wal_segment_size is {segmentSize} bytes, the bench expects 16 MiB");
         // Rounds of WAL wait unread in pg_wal: no checkpoint in the middle of writing it, and no slot invalidated.
         // Nor any autovacuum writing WAL of its own while an archiver is timed.

@@ -40,12 +40,17 @@ public static class ProcessTree
         {
             var descendants = LiveTree(pid).Skip(1).ToList();
             if (descendants.Count == 0) break;
-            for (var i = descendants.Count - 1; i >= 0; i--) _ = FenceGuardDirectory.Native.kill(descendants[i], FenceGuardDirectory.Native.SigKill);
+            for (var i = descendants.Count - 1; i >= 0; i--) _ = kill(descendants[i], SigKill);
             Thread.Sleep(PassPause);
         }
-        if (root.Alive) _ = FenceGuardDirectory.Native.kill(pid, FenceGuardDirectory.Native.SigKill);
+        if (root.Alive) _ = kill(pid, SigKill);
     }
 
     /// <summary>The process and its live (not zombie) descendants, parents before their children.</summary>
     internal static IReadOnlyList<int> LiveTree(int root) => ProcStat.Tree(root, liveOnly: true);
+
+    private const int SigKill = 9;
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int sig);
 }

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text;
 
 namespace Dingo.Backups;
 
@@ -63,6 +64,30 @@ public static class Lsn
 /// </summary>
 public static class ArchiveLayout
 {
+    /// <summary>A size as PostgreSQL shows it ("16MB", "1GB", "8kB"), in bytes.</summary>
+    public static ulong ParseSize(string value)
+    {
+        // SHOW wal_segment_size answers "16MB".
+        var v = value.Trim();
+        ulong unit = 1;
+        if (v.EndsWith("MB", StringComparison.Ordinal)) { unit = 1024 * 1024; v = v[..^2]; }
+        else if (v.EndsWith("GB", StringComparison.Ordinal)) { unit = 1024UL * 1024 * 1024; v = v[..^2]; }
+        else if (v.EndsWith("kB", StringComparison.Ordinal)) { unit = 1024; v = v[..^2]; }
+        return ulong.Parse(v, CultureInfo.InvariantCulture) * unit;
+    }
+
+    /// <summary>Lines "parentTLI switchpoint reason" of a timeline history file.</summary>
+    public static IEnumerable<(uint Timeline, ulong End)> ParseHistory(byte[] content)
+    {
+        foreach (var line in Encoding.ASCII.GetString(content).Split('\n'))
+        {
+            var fields = line.Split((char[])['\t', ' '], StringSplitOptions.RemoveEmptyEntries);
+            if (fields.Length < 2 || fields[0].StartsWith('#')) continue;
+            if (!uint.TryParse(fields[0], NumberStyles.None, CultureInfo.InvariantCulture, out var tli)) continue;
+            yield return (tli, Lsn.Parse(fields[1]));
+        }
+    }
+
     public static string Instance(string instanceId) => $"instances/{instanceId}/";
     public static string Systems(string instanceId) => $"{Instance(instanceId)}systems/";
     public static string System(string instanceId, ulong systemId) => $"{Systems(instanceId)}{systemId.ToString(CultureInfo.InvariantCulture)}/";

@@ -60,7 +60,7 @@ public sealed class ArchiveRestore(IObjectStore store, ILogger logger)
         }
         var newest = catalog.Histories.DefaultIfEmpty(0u).Max();
         var history = newest == 0 ? new Dictionary<uint, ulong>()
-            : WalArchiver.ParseHistory(await File.ReadAllBytesAsync(Path.Combine(walDir, $"{newest:X8}.history"), ct).ConfigureAwait(false))
+            : ArchiveLayout.ParseHistory(await File.ReadAllBytesAsync(Path.Combine(walDir, $"{newest:X8}.history"), ct).ConfigureAwait(false))
                 .GroupBy(h => h.Timeline).ToDictionary(g => g.Key, g => g.Last().End);
         var goal = RestoreVerification.Goal(instanceId, catalog, backup, history, claim, target);
         if (target is null && goal.Problem is not null)

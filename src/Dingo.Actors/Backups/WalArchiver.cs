@@ -81,7 +81,7 @@ public sealed class WalArchiver
     public ArchiveProgress Progress { get { lock (_gate) return _progress; } }
 
     /// <summary>The archiver's application_name: how a store-synchronous leader names it in synchronous_standby_names.</summary>
-    public const string ApplicationName = "dingo_archiver";
+    public const string ApplicationName = Dingo.Ha.SynchronousCommit.Archiver;
 
     private volatile bool _storeSynchronous;
 
@@ -197,7 +197,7 @@ public sealed class WalArchiver
         {
         var system = await conn.IdentifySystem(ct).ConfigureAwait(false);
         systemId = ulong.Parse(system.SystemId, CultureInfo.InvariantCulture);
-        segmentSize = ParseSize(await conn.Show("wal_segment_size", ct).ConfigureAwait(false));
+        segmentSize = ArchiveLayout.ParseSize(await conn.Show("wal_segment_size", ct).ConfigureAwait(false));
         current = system.Timeline;
 
         // The server's history: which timeline ends where.
@@ -205,7 +205,7 @@ public sealed class WalArchiver
         if (current > 1)
         {
             var history = await ReadHistoryAsync(current, ct).ConfigureAwait(false);
-            lineage = ParseHistory(history).ToList();
+            lineage = ArchiveLayout.ParseHistory(history).ToList();
             foreach (var (tli, end) in lineage) switches[tli] = end;
             var archived = await GetHistoryAsync(systemId, current, ct).ConfigureAwait(false);
             if (archived is null)
@@ -213,7 +213,7 @@ public sealed class WalArchiver
                 using var content = new MemoryStream(history);
                 await _store.PutAsync(ArchiveLayout.History(_instanceId, systemId, current), content, ct).ConfigureAwait(false);
             }
-            else if (HistoryConflict(current, lineage, ParseHistory(archived).ToList()) is { } conflict)
+            else if (HistoryConflict(current, lineage, ArchiveLayout.ParseHistory(archived).ToList()) is { } conflict)
             {
                 conflicts[current] = conflict;
             }
@@ -228,7 +228,7 @@ public sealed class WalArchiver
         foreach (var (tli, _) in plan.Where(p => p.Timeline != current && p.Timeline > 1 && catalog.Histories.Contains(p.Timeline)))
         {
             if (await GetHistoryAsync(systemId, tli, ct).ConfigureAwait(false) is { } archived
-                && HistoryConflict(tli, lineage, ParseHistory(archived).ToList()) is { } conflict)
+                && HistoryConflict(tli, lineage, ArchiveLayout.ParseHistory(archived).ToList()) is { } conflict)
                 conflicts[tli] = conflict;
         }
         plan = plan.Where(p => !conflicts.ContainsKey(p.Timeline)).ToList();
@@ -648,29 +648,6 @@ public sealed class WalArchiver
                 _spools.Clear();
             }
             _signal.Dispose();
-        }
-    }
-
-    internal static ulong ParseSize(string value)
-    {
-        // SHOW wal_segment_size answers "16MB".
-        var v = value.Trim();
-        ulong unit = 1;
-        if (v.EndsWith("MB", StringComparison.Ordinal)) { unit = 1024 * 1024; v = v[..^2]; }
-        else if (v.EndsWith("GB", StringComparison.Ordinal)) { unit = 1024UL * 1024 * 1024; v = v[..^2]; }
-        else if (v.EndsWith("kB", StringComparison.Ordinal)) { unit = 1024; v = v[..^2]; }
-        return ulong.Parse(v, CultureInfo.InvariantCulture) * unit;
-    }
-
-    /// <summary>Lines "parentTLI switchpoint reason" of a timeline history file.</summary>
-    internal static IEnumerable<(uint Timeline, ulong End)> ParseHistory(byte[] content)
-    {
-        foreach (var line in System.Text.Encoding.ASCII.GetString(content).Split('\n'))
-        {
-            var fields = line.Split((char[])['\t', ' '], StringSplitOptions.RemoveEmptyEntries);
-            if (fields.Length < 2 || fields[0].StartsWith('#')) continue;
-            if (!uint.TryParse(fields[0], NumberStyles.None, CultureInfo.InvariantCulture, out var tli)) continue;
-            yield return (tli, Lsn.Parse(fields[1]));
         }
     }
 }

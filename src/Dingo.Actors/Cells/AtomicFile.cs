@@ -8,7 +8,7 @@ namespace Dingo.Cells;
 /// any point leaves either the old file or the new one. Mode 0600: only the cell's own user reads them.
 /// </summary>
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
-internal static class AtomicFile
+public static class AtomicFile
 {
     public static async Task WriteAsync(string path, string text, CancellationToken ct)
     {

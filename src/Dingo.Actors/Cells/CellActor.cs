@@ -16,6 +16,9 @@ public static class CellMessages
     public sealed record ReleaseAll;
 }
 
+/// <summary>What one cell pass found: the nodes etcd assigns to this cell.</summary>
+public sealed record CellPass(IReadOnlyList<NodeSpec> Desired, string Summary);
+
 /// <summary>A cell's pass as its <see cref="CellActor"/> runs it: <see cref="CellReconciler"/>; an in-memory one in CellActorTests.</summary>
 public interface ICellPasses
 {

@@ -5,9 +5,6 @@ using Microsoft.Extensions.Logging;
 
 namespace Dingo.Cells;
 
-/// <summary>What one cell pass found: the nodes etcd assigns to this cell.</summary>
-public sealed record CellPass(IReadOnlyList<NodeSpec> Desired, string Summary);
-
 /// <summary>
 /// One reconcile pass of a cell: keeps its registration alive, reads the nodes etcd assigns to it, and stops and
 /// removes nodes it holds that etcd no longer wants — removes only on a positive instruction from the etcd it placed

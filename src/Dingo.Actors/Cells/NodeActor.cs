@@ -28,15 +28,21 @@ public interface INodeLoop
     Task<string> RunPassAsync(CancellationToken ct);
     /// <summary>When the next pass should run (zero: loop-wait).</summary>
     TimeSpan NextPassAfter { get; }
-    /// <summary>The last pass's observation, for the health API: never waits for a pass.</summary>
-    NodeHealth Health();
-    FailsafeReply AnswerFailsafe(FailsafeAsk ask);
-    Task<long> LivePositionAsync(CancellationToken ct);
-    HealthTls HealthApiTls();
+    /// <summary>
+    /// The node's Patroni-compatible health API on <paramref name="address"/> and the spec's API port, not started yet: it
+    /// answers from the last pass's observation and never waits for a pass.
+    /// </summary>
+    INodeHealthApi HealthApi(System.Net.IPAddress address);
     void StopWatchingPostgres();
     Task StopBackupsAsync();
     /// <summary>The cell stops cleanly: writes stop and the leader key goes, whatever a pass is doing.</summary>
     Task ReleaseOnShutdownAsync(CancellationToken ct);
+}
+
+/// <summary>A node's health API as its actor runs it: started with the actor, disposed when it stops.</summary>
+public interface INodeHealthApi : IAsyncDisposable
+{
+    Task StartAsync(CancellationToken ct);
 }
 
 /// <summary>One per PostgreSQL node on this cell: runs the node's HA loop every loop-wait. Thin: the work is in <see cref="NodeAgent"/>.</summary>
@@ -45,7 +51,7 @@ public sealed class NodeActor : PassActor<string>
     private readonly INodeLoop _agent;
     private readonly TimeSpan _loopWait;
     private readonly System.Net.IPAddress _apiAddress;
-    private NodeHealthServer? _health;
+    private INodeHealthApi? _health;
 
     public NodeActor(INodeLoop agent, TimeSpan loopWait, System.Net.IPAddress apiAddress)
     {
@@ -71,12 +77,7 @@ public sealed class NodeActor : PassActor<string>
         // The node's Patroni-compatible health API, so HAProxy checks written for Patroni work unchanged.
         if (_agent.Spec.ApiPort > 0)
         {
-            _health = new NodeHealthServer(_apiAddress, _agent.Spec.ApiPort, _agent.Health, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance)
-            {
-                Failsafe = _agent.AnswerFailsafe,
-                WalPosition = _agent.LivePositionAsync,
-                Tls = _agent.HealthApiTls,
-            };
+            _health = _agent.HealthApi(_apiAddress);
             var log = Log;
             var node = _agent.Spec.NodeId;
             _ = _health.StartAsync(CancellationToken.None).ContinueWith(

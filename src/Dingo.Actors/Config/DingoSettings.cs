@@ -358,7 +358,7 @@ public sealed record DockerSettings
         };
     }
 
-    internal void Validate()
+    public void Validate()
     {
         if (!Uri.TryCreate(Endpoint, UriKind.Absolute, out var uri) || uri.Scheme is not ("unix" or "tcp"))
             throw new ArgumentException($"dingo.cell.docker.endpoint must be unix:///path or tcp://host:port: got \"{Endpoint}\"");

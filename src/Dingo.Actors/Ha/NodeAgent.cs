@@ -57,6 +57,15 @@ public sealed class NodeAgent : INodeLoop
 
     /// <summary>The node's health API TLS (NodeHealthServer reads it for each connection).</summary>
     public HealthTls HealthApiTls() => _runtime.HealthApiTls(_spec.NodeId);
+
+    /// <summary>The node's Patroni-compatible health API (for HAProxy checks written for Patroni), answering from <see cref="Health"/>.</summary>
+    public INodeHealthApi HealthApi(System.Net.IPAddress address) =>
+        new NodeHealthServer(address, _spec.ApiPort, Health, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance)
+        {
+            Failsafe = AnswerFailsafe,
+            WalPosition = LivePositionAsync,
+            Tls = HealthApiTls,
+        };
     /// <summary>The postmaster the guard is armed with (resolved once per PostgreSQL start).</summary>
     private ProcessIdentity? _guarded;
     private string? _following;

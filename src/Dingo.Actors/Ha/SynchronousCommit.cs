@@ -19,8 +19,8 @@ namespace Dingo.Ha;
 /// </summary>
 public static class SynchronousCommit
 {
-    /// <summary>The WAL archiver's application_name (<see cref="Dingo.Backups.WalArchiver"/>).</summary>
-    public const string Archiver = Dingo.Backups.WalArchiver.ApplicationName;
+    /// <summary>The WAL archiver's application_name (WalArchiver, on the cell).</summary>
+    public const string Archiver = "dingo_archiver";
 
     /// <summary>The provision/update parameter that turns store-synchronous commit on (a JSON boolean).</summary>
     public const string Parameter = "store-sync";

@@ -54,7 +54,7 @@ namespace Dingo.Routing;
 /// disposes the fallback.
 /// </para>
 /// </summary>
-public sealed class KernelRouter : IRouteDataPath
+public sealed class KernelRouter : IRouteDataPath, IForwardedConnections
 {
     private const string RoutesChain = "routes";
     private const int MaxCommentBytes = 120; // nftables allows 128 bytes per comment

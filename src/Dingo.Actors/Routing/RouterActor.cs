@@ -42,7 +42,7 @@ public sealed class EtcdRouteSource(EtcdStore store) : IRouteSource
 
 /// <summary>
 /// Keeps this cell's router in step with etcd: every active instance port listens, and forwards to the
-/// instance's current leader. Thin: the table is <see cref="RouteTable"/>, the data path <see cref="TcpRouter"/>.
+/// instance's current leader. Thin: the table is <see cref="RouteTable"/>, the data path an <see cref="IRouteDataPath"/>.
 /// </summary>
 public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
 {
@@ -52,12 +52,12 @@ public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
     private readonly IRouteDataPath _router;
     private readonly RouterSettings _settings;
     private readonly Dictionary<string, DateTime> _leaderlessSince = new();
-    private readonly RouterMetrics? _metrics;
+    private readonly IRouterMetrics? _metrics;
     private readonly Func<DateTime> _now;
     private (int, int) _last = (-1, -1);
 
     /// <param name="resync">passes without a request (a watch's Refresh): every 2 s unless a test says otherwise</param>
-    public RouterActor(IRouteSource source, IRouteDataPath router, RouterSettings settings, RouterMetrics? metrics, Func<DateTime>? now = null, TimeSpan? resync = null)
+    public RouterActor(IRouteSource source, IRouteDataPath router, RouterSettings settings, IRouterMetrics? metrics, Func<DateTime>? now = null, TimeSpan? resync = null)
     {
         _resync = resync ?? DefaultResync;
         _metrics = metrics;
@@ -92,7 +92,7 @@ public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
         foreach (var id in _leaderlessSince.Keys.Where(id => routes.Any(r => r.InstanceId == id && r.Target is not null) || routes.All(r => r.InstanceId != id)).ToList())
             _leaderlessSince.Remove(id);
         IReadOnlyDictionary<int, int>? forwarded = null;
-        if (_metrics is not null && _router is KernelRouter kernel)
+        if (_metrics is not null && _router is IForwardedConnections kernel)
         {
             try { forwarded = await kernel.ForwardedConnectionsAsync(ct).ConfigureAwait(false); }
             catch (Exception ex) when (ex is InvalidOperationException or TimeoutException) { Log.Debug("conntrack count failed: {0}", ex.Message); }
@@ -102,7 +102,7 @@ public sealed class RouterActor : PassActor<(int Routes, int WithTarget)>
         return (routes.Count, routes.Count(r => r.Target is not null));
     }
 
-    public static Props Props(IRouteSource source, IRouteDataPath router, RouterSettings settings, RouterMetrics? metrics = null, Func<DateTime>? now = null,
+    public static Props Props(IRouteSource source, IRouteDataPath router, RouterSettings settings, IRouterMetrics? metrics = null, Func<DateTime>? now = null,
         TimeSpan? resync = null) =>
         Akka.Actor.Props.Create(() => new RouterActor(source, router, settings, metrics, now, resync));
 }

@@ -7,7 +7,7 @@ namespace Dingo.Routing;
 /// route changes, refusals by reason, and how long each instance has been without a leader. The router's own counters
 /// are read when Prometheus scrapes (a callback of the registry), so the data path pays nothing per connection for them.
 /// </summary>
-public sealed class RouterMetrics
+public sealed class RouterMetrics : IRouterMetrics
 {
     private readonly TcpRouter _router;
     private readonly Func<DateTime> _now;

@@ -65,9 +65,9 @@ internal sealed class FakeNodeLoop(NodeSpec spec) : INodeLoop
     public NodeHealth Health() => new(Spec.NodeId, Spec.InstanceId, NodeState.Running, NodeRole.Primary, IsLeader: true, LagBytes: 0,
         Streaming: false, IsSyncStandby: false, WalLsn: 0, Timeline: 1, LeaderNodeId: Spec.NodeId, Decision: "no action: fake");
 
-    public FailsafeReply AnswerFailsafe(FailsafeAsk ask) => FailsafeReply.Refused("fake");
-    public Task<long> LivePositionAsync(CancellationToken ct) => Task.FromResult(0L);
-    public HealthTls HealthApiTls() => HealthTls.Plain;
+    /// <summary>The real health server, answering from this loop's fixed health.</summary>
+    public INodeHealthApi HealthApi(System.Net.IPAddress address) =>
+        new NodeHealthServer(address, Spec.ApiPort, Health, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
     public void StopWatchingPostgres() => Interlocked.Increment(ref WatchStopped);
 
     public Task StopBackupsAsync()

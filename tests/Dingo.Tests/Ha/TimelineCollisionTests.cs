@@ -59,7 +59,7 @@ public sealed class TimelineCollisionTests(ITestOutputHelper output)
         }, TimeSpan.FromSeconds(30), "the archive holds timeline 3");
         var mine = await GetAsync(store, ArchiveLayout.History(id, sys, 3));
         // Timeline 3 branched from 1, not from the other branch's 2.
-        Assert.Equal([1u], WalArchiver.ParseHistory(mine).Select(e => e.Timeline));
+        Assert.Equal([1u], ArchiveLayout.ParseHistory(mine).Select(e => e.Timeline));
         Assert.NotEqual(otherHistory, mine);
         Assert.Equal(otherHistory, await GetAsync(store, ArchiveLayout.History(id, sys, 2)));
         Assert.Equal(otherWal, await GetAsync(store, otherPart));
