@@ -10,7 +10,7 @@ internal sealed record BenchPath(string Name, int Port, bool IsDingo);
 
 /// <summary>
 /// Dingo's router data paths, created in-process on their own ports, each routing to the bench's PostgreSQL.
-/// Always the user-space <see cref="TcpRouter"/>; also the kernel path when Dingo.Actors has
+/// Always the user-space <see cref="TcpRouter"/>; also the kernel path when Dingo.Cell has
 /// <c>Dingo.Routing.KernelRouter</c> (found by reflection, so this compiles before that class exists) and it says
 /// it is available here. Disposal disposes every data path, the newest first.
 /// </summary>

@@ -75,6 +75,3 @@ public sealed record NodeTlsFiles(string CertificatePem, string KeyPem, string C
     // Never print the key.
     public override string ToString() => "node TLS files";
 }
-
-/// <summary>A node's pg_hba.conf and TLS files as they should be.</summary>
-internal sealed record NodeAccessFiles(string Hba, NodeTlsFiles? Tls);

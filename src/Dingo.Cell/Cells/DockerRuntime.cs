@@ -15,7 +15,7 @@ namespace Dingo.Cells;
 
 /// <param name="CellId">Containers and volumes carry this cell's id as a label: a cell lists and adopts only its own.</param>
 /// <param name="Docker">Endpoint, image, user and labels (`dingo.cell.docker`).</param>
-internal sealed record DockerRuntimeOptions(string CellId, DockerSettings Docker)
+public sealed record DockerRuntimeOptions(string CellId, DockerSettings Docker)
 {
     /// <summary>Memory and CPU ceilings of an instance's nodes (from its plan); read when a container is made.</summary>
     public Func<string, CancellationToken, Task<NodeLimits>> LimitsOf { get; init; } = (_, _) => Task.FromResult(NodeLimits.Default);
@@ -69,7 +69,7 @@ internal sealed record DockerRuntimeOptions(string CellId, DockerSettings Docker
 /// No engine restart policy: a container that dies is started again by the node's HA loop, which first decides whether
 /// it may come back as a primary (an engine restarting a dead primary behind the HA loop's back could make two).
 /// </summary>
-internal sealed class DockerRuntime : IContainerRuntime, IDisposable
+public sealed class DockerRuntime : IContainerRuntime, IDisposable
 {
     public const string DataMount = "/var/lib/postgresql/data";
     private const string PgData = DataMount + "/pgdata";

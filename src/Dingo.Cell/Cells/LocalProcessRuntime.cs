@@ -12,7 +12,7 @@ namespace Dingo.Cells;
 /// <param name="DataRoot">This cell's node folder; every sub-folder is one node.</param>
 /// <param name="PostgresBin">Folder holding initdb, pg_ctl and postgres.</param>
 /// <param name="RunAsUser">OS user PostgreSQL runs as when this process is root (PostgreSQL refuses root).</param>
-internal sealed record LocalProcessRuntimeOptions(
+public sealed record LocalProcessRuntimeOptions(
     string DataRoot,
     string PostgresBin = "/usr/lib/postgresql/15/bin",
     string? RunAsUser = "postgres")
@@ -39,7 +39,7 @@ internal sealed record LocalProcessRuntimeOptions(
 /// pg_ctl, which detaches it, so nodes outlive this process and a new instance adopts them from postmaster.pid.
 /// </summary>
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
-internal sealed class LocalProcessRuntime : IContainerRuntime
+public sealed class LocalProcessRuntime : IContainerRuntime
 {
     private const string MarkerFileName = "initialised";
     /// <summary>

@@ -102,3 +102,6 @@ internal sealed class NodeAccess
         return new NodeAccessFiles(hba, new NodeTlsFiles(certificate.CertificatePem, certificate.KeyPem, tls.Ca.CertificatePem, client.CertificatePem, client.KeyPem));
     }
 }
+
+/// <summary>A node's pg_hba.conf and TLS files as they should be.</summary>
+internal sealed record NodeAccessFiles(string Hba, NodeTlsFiles? Tls);
