@@ -117,7 +117,11 @@ public sealed class NodeAgent : INodeLoop
         _cellLease = cellLease;
         _settings = settings;
         _logger = logger;
+        _report = new NodeReport(store, spec, settings.Ha.LoopWait);
     }
+
+    /// <summary>The report piece of the pass: builds and writes the node's status.</summary>
+    private readonly NodeReport _report;
 
     public NodeSpec Spec => _spec;
     public string LastSentence => _lastSentence;
@@ -1333,57 +1337,17 @@ public sealed class NodeAgent : INodeLoop
 
     private async Task ReportAsync(HaInput input, HaAction action, string? failure, CancellationToken ct)
     {
-        var local = input.Local;
-        var leading = input.Leader?.NodeId == _spec.NodeId || action is HaAction.TakeLeadership or HaAction.Promote;
-        var condition = NodeCondition.Of(local, leading, passFailed: failure is not null);
-        var status = new NodeStatus
-        {
-            NodeId = _spec.NodeId,
-            InstanceId = _spec.InstanceId,
-            CellId = _settings.Cell.Id,
-            State = condition.State,
-            Detail = failure is null ? action.Sentence : $"{action.Sentence} — failed: {failure}",
-            Host = Address,
-            Port = _spec.Port,
-            Role = condition.Role,
-            Restarts = _restarts,
-            Lsn = local.Lsn,
-            Timeline = local.Timeline,
-            Streaming = local.Streaming,
-            Following = local.InRecovery ? local.FollowingNodeId : null,
-            Writable = condition.Writable,
-            Decision = action.Sentence,
-            FailingSince = _failingSince,
-            Connections = local.Answering ? _lastPg?.Connections : null,
-            UpdatedAt = DateTimeOffset.UtcNow,
-        };
+        var status = NodeReport.Status(_spec, _settings.Cell.Id, Address, input, action, failure, _restarts, _failingSince, _lastPg?.Connections, DateTimeOffset.UtcNow);
         var lease = await _cellLease.EnsureAsync(ct).ConfigureAwait(false);
-        // Written when anything but the time changed, and as a heartbeat well inside the freshness others judge members
-        // by (Failover: loop-wait x 3 + 1 s): an idle node no longer costs etcd a write every pass. The connection count
-        // rides along with those writes and never causes one.
-        var same = status with { UpdatedAt = default, Connections = null };
-        // The pass changed nothing a reader decides on (a busy primary's WAL position moves every pass): PassCadence.
-        var stable = same with { Lsn = 0 };
-        _unchanged = stable == _lastStable;
-        _lastStable = stable;
-        // A quiet node's heartbeat is rarer: nobody judges a member alone by its age (a node that joins wakes it first).
-        var heartbeat = _quiet ? QuietHeartbeat : _settings.Ha.LoopWait * 2;
-        if (same == _lastReported && lease == _lastReportedLease && DateTime.UtcNow - _lastReportedAt < heartbeat) return;
-        await _store.PutAsync(K.Status(_spec.InstanceId, _spec.NodeId), status, ct, lease).ConfigureAwait(false);
-        (_lastReported, _lastReportedLease, _lastReportedAt) = (same, lease, DateTime.UtcNow);
+        _unchanged = _report.Unchanged(status);
+        await _report.WriteAsync(status, lease, _quiet, ct).ConfigureAwait(false);
     }
 
     private long? _lastOptime;
-    private NodeStatus? _lastStable;
     private bool _unchanged, _quiet;
-    private static readonly TimeSpan QuietHeartbeat = TimeSpan.FromSeconds(30);
 
     /// <summary>When the next pass should run (<see cref="PassCadence"/>): loop-wait, idle-loop-wait when quiet, sooner while recovering in place.</summary>
     public TimeSpan NextPassAfter { get; private set; }
-
-    private NodeStatus? _lastReported;
-    private long _lastReportedLease;
-    private DateTime _lastReportedAt;
 
     /// <summary>What the node's health API answers from: the last pass's observation.</summary>
     public NodeHealth Health()
