@@ -37,9 +37,8 @@ public sealed class NodeAgent : INodeLoop
     private long _failsafeNs;
     /// <summary>The other members' health APIs, from the last etcd read: whom a leader asks in failsafe mode.</summary>
     private IReadOnlyList<(string NodeId, string? Host, int ApiPort)> _peers = [];
-    private sealed record FailsafePromise(string Leader, long AtNs);
-    /// <summary>The leader this node last confirmed in failsafe mode, and when: it takes no free key for a TTL after.</summary>
-    private FailsafePromise? _promise;
+    /// <summary>The failsafe piece: asks the members as a leader cut off from etcd, answers a leader's ask as a replica.</summary>
+    private readonly FailsafeMember _failsafe;
     private bool _failsafeLogged;
     private string? _failsafeRefusal;
     // With require-tls the members' health APIs take HTTPS only; their certificates are checked against the platform
@@ -62,7 +61,7 @@ public sealed class NodeAgent : INodeLoop
     public INodeHealthApi HealthApi(System.Net.IPAddress address) =>
         new NodeHealthServer(address, _spec.ApiPort, Health, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance)
         {
-            Failsafe = AnswerFailsafe,
+            Failsafe = ask => _failsafe.Answer(ask, _record, _lastInput, _following, _settings.Ha.Ttl),
             WalPosition = LivePositionAsync,
             Tls = HealthApiTls,
         };
@@ -108,7 +107,7 @@ public sealed class NodeAgent : INodeLoop
         _guard = guard;
         _metrics = metrics;
         _events = events;
-        if (guard?.PromiseOf(spec.NodeId) is { } promise) _promise = new FailsafePromise(promise.Leader, promise.AtNs);
+        _failsafe = new FailsafeMember(spec, guard, Http);
         _backups = backups is { Settings.Enabled: true } ? backups : null;
         _histories = _backups is null ? null : new Dingo.Backups.TimelineHistories(_backups.Store, spec.InstanceId, logger);
         _spec = spec;
@@ -724,7 +723,7 @@ public sealed class NodeAgent : INodeLoop
             RestoreFrom = record.Restore?.InstanceId,
             Alone = _others.Count == 0,
             Failsafe = failsafe,
-            FailsafePromisedTo = _promise is { } p && Monotonic.Between(p.AtNs, Monotonic.NowNs()) < _settings.Ha.Ttl ? p.Leader : null,
+            FailsafePromisedTo = _failsafe.PromisedTo(_settings.Ha.Ttl),
         };
     }
 
@@ -1164,8 +1163,7 @@ public sealed class NodeAgent : INodeLoop
         var sent = Monotonic.NowNs();
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
         cts.CancelAfter(_settings.Ha.Ttl / 4);
-        var answers = await Task.WhenAll(peers.Select(p => AskFailsafeAsync(p.NodeId, p.Host!, p.ApiPort, cts.Token))).ConfigureAwait(false);
-        var refusals = answers.Where(a => a is not null).ToList();
+        var refusals = await _failsafe.AskAllAsync(_record, peers.Select(p => (p.NodeId, p.Host!, p.ApiPort)).ToList(), cts.Token).ConfigureAwait(false);
         if (refusals.Count > 0)
         {
             var said = string.Join("; ", refusals);
@@ -1179,89 +1177,6 @@ public sealed class NodeAgent : INodeLoop
         if (!_failsafeLogged) _logger.LogWarning("node {Node}: etcd unreachable; every other member confirmed it streams from me: serving on (failsafe)", _spec.NodeId);
         _failsafeLogged = true;
         return true;
-    }
-
-    /// <summary>
-    /// Null when the member confirmed; otherwise why not. The ask is signed and the confirmation must be signed for this
-    /// very ask (<see cref="FailsafeProof"/>): a 200 from anyone else is no confirmation.
-    /// </summary>
-    private async Task<string?> AskFailsafeAsync(string nodeId, string host, int apiPort, CancellationToken ct)
-    {
-        if (_record is not { } record) return $"{nodeId}: no instance record to sign the ask with";
-        var proof = ProofFor(record);
-        var nonce = FailsafeProof.NewNonce();
-        try
-        {
-            var query = $"leader={Uri.EscapeDataString(_spec.NodeId)}&nonce={nonce}&proof={proof.Ask(_spec.NodeId, nodeId, nonce)}";
-            var uri = new UriBuilder(Dingo.Postgres.PlatformConnectionTls.Required ? "https" : "http", host, apiPort, "/failsafe") { Query = query }.Uri;
-            using var response = await Http.PostAsync(uri, content: null, ct).ConfigureAwait(false);
-            var body = await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false);
-            if (!response.IsSuccessStatusCode) return $"{nodeId}: {(int)response.StatusCode} {body}";
-            return ConfirmationProblem(proof, _spec.NodeId, nodeId, nonce, body) is { } problem ? $"{nodeId}: {problem}" : null;
-        }
-        catch (Exception ex) when (ex is HttpRequestException or OperationCanceledException)
-        {
-            return $"{nodeId}: {ex.Message}";
-        }
-    }
-
-    /// <summary>Null when <paramref name="body"/> is <paramref name="member"/>'s signed confirmation of this ask; otherwise why not.</summary>
-    internal static string? ConfirmationProblem(FailsafeProof proof, string leader, string member, string nonce, string body)
-    {
-        try
-        {
-            var json = System.Text.Json.Nodes.JsonNode.Parse(body);
-            if (json?["confirmed"] is not System.Text.Json.Nodes.JsonValue confirmed || !confirmed.TryGetValue<bool>(out var yes) || !yes)
-                return "the answer does not confirm";
-            var signed = json["proof"] is System.Text.Json.Nodes.JsonValue p && p.TryGetValue<string>(out var text) ? text : null;
-            return proof.IsConfirmation(leader, member, nonce, signed) ? null : "the confirmation is not signed with this instance's key for this ask (ignored)";
-        }
-        catch (System.Text.Json.JsonException)
-        {
-            return "the answer is not JSON";
-        }
-    }
-
-    private sealed record FailsafeKey(string Password, FailsafeProof Proof);
-
-    // Read by the health API's threads as well as the pass: one reference, swapped whole.
-    private volatile FailsafeKey? _failsafeKey;
-
-    /// <summary>The instance's failsafe key, derived again only when the superuser's password changed.</summary>
-    private FailsafeProof ProofFor(InstanceRecord record)
-    {
-        if (_failsafeKey is { } known && known.Password == record.Superuser.Password) return known.Proof;
-        var proof = FailsafeProof.For(_spec.InstanceId, record.Superuser);
-        _failsafeKey = new FailsafeKey(record.Superuser.Password, proof);
-        return proof;
-    }
-
-    /// <summary>
-    /// A leader that cannot reach etcd asks (failsafe): null when this node confirms it — it streams from that leader right
-    /// now — and then promises not to take the leader key for a TTL; otherwise why it does not.
-    /// </summary>
-    public FailsafeReply AnswerFailsafe(FailsafeAsk ask)
-    {
-        if (_record is not { } record) return FailsafeReply.Refused("no instance record yet");
-        var proof = ProofFor(record);
-        if (!proof.IsAsk(ask.Leader, _spec.NodeId, ask.Nonce, ask.Proof))
-            return FailsafeReply.Unsigned("the ask is not signed with this instance's key");
-        return AnswerFailsafe(ask.Leader) is { } refusal
-            ? FailsafeReply.Refused(refusal)
-            : FailsafeReply.Confirmed(proof.Confirm(ask.Leader, _spec.NodeId, ask.Nonce));
-    }
-
-    private string? AnswerFailsafe(string leader)
-    {
-        var input = _lastInput;
-        if (input is null) return "no observation yet";
-        if (!input.Local.Answering || !input.Local.InRecovery) return "I am not a running replica";
-        if (!input.Local.Streaming || _following != leader) return $"I do not stream from {leader} (following {_following ?? "nobody"})";
-        if (DateTimeOffset.UtcNow - input.Now > _settings.Ha.Ttl) return "my last observation is too old to tell";
-        var at = Monotonic.NowNs();
-        _promise = new FailsafePromise(leader, at);
-        _guard?.Promise(_spec.NodeId, leader, at);
-        return null;
     }
 
     /// <summary>A leader's duties each pass: prepare roles once, publish its WAL position, keep slots and sync standbys right.</summary>

@@ -48,14 +48,14 @@ public sealed class FailsafeProofTests
     public void The_leader_takes_only_the_asked_members_signed_confirmation_of_this_ask()
     {
         var good = $$"""{"confirmed":true,"proof":"{{_proof.Confirm("n-leader", "n-member", "nonce1")}}"}""";
-        Assert.Null(NodeAgent.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce1", good));
+        Assert.Null(FailsafeMember.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce1", good));
         // A forged 200 (anyone on the node network), a replayed confirmation of an older ask, another member's.
-        Assert.NotNull(NodeAgent.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce1", """{"confirmed":true}"""));
-        Assert.NotNull(NodeAgent.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce2", good));
-        Assert.NotNull(NodeAgent.ConfirmationProblem(_proof, "n-leader", "n-third", "nonce1", good));
-        Assert.NotNull(NodeAgent.ConfirmationProblem(FailsafeProof.For("inst-2", Superuser), "n-leader", "n-member", "nonce1", good));
-        Assert.NotNull(NodeAgent.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce1", """{"confirmed":false,"reason":"no"}"""));
-        Assert.NotNull(NodeAgent.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce1", "ok"));
-        Assert.NotNull(NodeAgent.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce1", """{"confirmed":"true","proof":1}"""));
+        Assert.NotNull(FailsafeMember.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce1", """{"confirmed":true}"""));
+        Assert.NotNull(FailsafeMember.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce2", good));
+        Assert.NotNull(FailsafeMember.ConfirmationProblem(_proof, "n-leader", "n-third", "nonce1", good));
+        Assert.NotNull(FailsafeMember.ConfirmationProblem(FailsafeProof.For("inst-2", Superuser), "n-leader", "n-member", "nonce1", good));
+        Assert.NotNull(FailsafeMember.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce1", """{"confirmed":false,"reason":"no"}"""));
+        Assert.NotNull(FailsafeMember.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce1", "ok"));
+        Assert.NotNull(FailsafeMember.ConfirmationProblem(_proof, "n-leader", "n-member", "nonce1", """{"confirmed":"true","proof":1}"""));
     }
 }
