@@ -55,7 +55,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             if (serviceId != Catalog.ServiceId) return OsbResult.BadRequest($"unknown service_id '{serviceId}': this broker offers {Catalog.ServiceId} ({Catalog.ServiceName})");
             var plan = Catalog.FindPlan(planId);
             if (plan is null) return OsbResult.BadRequest($"unknown plan_id '{planId}' for service {Catalog.ServiceName}");
-            if (ValidateParameters(parameters, plan, provisioning: true) is { } badParameters) return badParameters;
+            if (ValidateParameters(parameters, plan, provisioning: true, DateTimeOffset.UtcNow) is { } badParameters) return badParameters;
             if (StoreSyncWithoutBackups(parameters) is { } noStore) return noStore;
             if (maintenance is not null && maintenance != Product.Version) return MaintenanceConflict(maintenance);
             var nodeCount = NodeCountParameter(parameters) ?? plan.NodeCount;
@@ -169,7 +169,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
         var op = await store.GetAsync<OperationRecord>(Keys.Operation(instanceId), ct);
         if (op?.Value.InProgress == true) return OsbResult.Concurrency($"service instance {instanceId} is busy: {op.Value.Kind.Wire()} in progress");
         var newPlan = Catalog.FindPlan(planId ?? existing.Value.PlanId)!;
-        if (ValidateParameters(parameters, newPlan, provisioning: false) is { } badParameters) return badParameters;
+        if (ValidateParameters(parameters, newPlan, provisioning: false, DateTimeOffset.UtcNow) is { } badParameters) return badParameters;
         if (StoreSyncWithoutBackups(parameters) is { } noStore) return noStore;
         // node-count given: that many; a plan change without it: the new plan's size; neither: as it is.
         var planChanged = planId is not null && planId != existing.Value.PlanId;
@@ -304,7 +304,12 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
 
     public void Poke(string instanceId) => region.ActorRef.Tell(new ServiceInstanceMessages.Reconcile(instanceId));
 
-    internal static OsbResult? ValidateParameters(string parametersJson, Plan plan, bool provisioning)
+    /// <summary>
+    /// The parameters of a provision or update, judged alone (pure: <paramref name="now"/> is the one input besides the
+    /// request): null when accepted, else the 400 that says why. Its table is CatalogSchemaTests, row by row against
+    /// the catalog's schemas.
+    /// </summary>
+    internal static OsbResult? ValidateParameters(string parametersJson, Plan plan, bool provisioning, DateTimeOffset now)
     {
         var p = CanonicalJson.ParseOrEmpty(parametersJson).AsObject();
         // The names the catalog's schemas list (OsbCatalog): one list for both.
@@ -321,7 +326,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             if (!p.ContainsKey("clone-from")) return OsbResult.BadRequest("parameter `point-in-time` needs `clone-from`: which instance to restore as of that time");
             if (pitNode is not JsonValue pv || !pv.TryGetValue<string>(out var pitText) || Recovery.ParsePointInTime(pitText) is not { } pit)
                 return OsbResult.BadRequest("parameter `point-in-time` must be an RFC 3339 timestamp with a time zone, e.g. 2026-11-25T17:30:00Z");
-            if (pit > DateTimeOffset.UtcNow) return OsbResult.BadRequest($"parameter `point-in-time` {pit:O} is in the future");
+            if (pit > now) return OsbResult.BadRequest($"parameter `point-in-time` {pit:O} is in the future");
         }
         if (p.TryGetPropertyValue("cells", out var cells) && (cells is not JsonArray arr || arr.Any(c => c is not JsonValue v || !v.TryGetValue<string>(out _))))
             return OsbResult.BadRequest("parameter `cells` must be an array of cell ids, e.g. [\"cell-1\", \"cell-2\"]");

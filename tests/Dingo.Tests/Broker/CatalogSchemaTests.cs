@@ -189,9 +189,26 @@ public sealed partial class CatalogSchemaTests
         var canonical = CanonicalJson.Of(JsonNode.Parse(parameters));
         var refusal = request == "bind"
             ? BindingService.ValidateParameters(canonical)
-            : InstanceService.ValidateParameters(canonical, plan, provisioning: request == "provision");
+            : InstanceService.ValidateParameters(canonical, plan, provisioning: request == "provision", Now);
         var broker = (string?)refusal?.Body["description"];
         Assert.True(accepted == (broker is null), $"broker: {broker ?? "accepted"}");
+    }
+
+    private static readonly DateTimeOffset Now = new(2026, 12, 6, 5, 0, 0, TimeSpan.Zero);
+
+    [Theory]
+    // a point in time the schema accepts; the broker refuses one after its own clock
+    [InlineData("2026-12-06T04:59:59Z", true)]
+    [InlineData("2026-12-06T05:00:00Z", true)]
+    [InlineData("2026-12-06T05:00:01Z", false)]
+    [InlineData("2026-12-06T06:00:00+01:00", true)]   // the same instant as 05:00Z
+    [InlineData("2026-12-06T06:00:01+01:00", false)]
+    public void A_point_in_time_after_now_is_refused(string pointInTime, bool accepted)
+    {
+        var parameters = CanonicalJson.Of(JsonNode.Parse($$"""{"clone-from": "my-db", "point-in-time": "{{pointInTime}}"}"""));
+        var refusal = InstanceService.ValidateParameters(parameters, Catalog.Plans.Single(p => p.Name == "solo"), provisioning: true, Now);
+        Assert.Equal(accepted, refusal is null);
+        if (!accepted) Assert.Contains("is in the future", (string)refusal!.Body["description"]!, StringComparison.Ordinal);
     }
 
     private static JsonNode Node(JsonNode root, string dotted) =>
