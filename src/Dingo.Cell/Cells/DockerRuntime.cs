@@ -1529,20 +1529,9 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {Quote(spec.NodeId)}")
             // A file of its own, so a node that started before its cell knew the CA turns TLS on at a reload.
             .AppendLine(CultureInfo.InvariantCulture, $"include_if_exists = '{SettingsDir}/{NodeTlsFiles.ConfFile}'");
-        var passfile = "";
-        if (standby?.Primary is { } primary)
-        {
-            // The password lives in a 0600 passfile of the PostgreSQL user, never in the settings.
-            passfile = Passfile(primary.Credentials);
-            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={SettingsDir}/replication.pgpass application_name={standby.ApplicationName} connect_timeout=3 {NodeTlsFiles.ClientConninfo(_access.CaPem is null ? null : SettingsDir)}";
-            conf.AppendLine(CultureInfo.InvariantCulture, $"primary_conninfo = {Quote(conninfo)}")
-                .AppendLine(CultureInfo.InvariantCulture, $"primary_slot_name = {Quote(standby.SlotName)}");
-        }
-        else
-        {
-            conf.AppendLine("primary_conninfo = ''").AppendLine("primary_slot_name = ''");
-        }
-        if (standby is { LeaderAfterCrash: true }) conf.AppendLine("recovery_init_sync_method = syncfs");
+        // The password lives in a 0600 passfile of the PostgreSQL user, never in the settings.
+        var passfile = standby?.Primary is { } primary ? Passfile(primary.Credentials) : "";
+        conf.AppendStandbySettings(standby, $"{SettingsDir}/replication.pgpass", _access.CaPem is null ? null : SettingsDir);
         // SCRAM for everyone, nothing trusted; the platform's roles only from the platform's hosts.
         var access = _access.ForStart(spec.NodeId, spec.Superuser.Username, spec.ListenAddress);
         return
@@ -1579,7 +1568,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         return $"*:*:*:{Escape(credentials.Username)}:{Escape(credentials.Password)}\n";
     }
 
-    private static string Quote(string value) => "'" + value.Replace("'", "''", StringComparison.Ordinal) + "'";
+    private static string Quote(string value) => NodeSettings.Quote(value);
 
     /// <summary>
     /// `dingo logs -f`: the node container's last <paramref name="tail"/> lines, then each line as it comes, in one

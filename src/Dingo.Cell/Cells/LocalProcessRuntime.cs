@@ -935,22 +935,16 @@ public sealed class LocalProcessRuntime : IContainerRuntime
             // TLS settings live in a file of their own, so a node that started before its cell knew the CA turns TLS on
             // at a reload (ssl is a reload setting).
             .AppendLine(CultureInfo.InvariantCulture, $"include_if_exists = {Quote(Path.Combine(paths.TlsDir, NodeTlsFiles.ConfFile))}");
+        var passfile = Path.Combine(paths.NodeDir, "replication.pgpass");
+        string? tlsDir = null;
         if (standby?.Primary is { } primary)
         {
             // The password lives in a passfile of the run user, not in the settings file.
-            var passfile = Path.Combine(paths.NodeDir, "replication.pgpass");
             await Dingo.Security.SecretFile.WriteAsync(passfile, $"*:*:*:{primary.Credentials.Username}:{primary.Credentials.Password}\n", cancellationToken);
             ChownIfNeeded(passfile, identity);
-            var tlsDir = await WriteClientTlsFilesAsync(paths, identity, cancellationToken);
-            var conninfo = $"host={primary.Host} port={primary.Port} user={primary.Credentials.Username} passfile={passfile} application_name={standby.ApplicationName} connect_timeout=3 {NodeTlsFiles.ClientConninfo(tlsDir)}";
-            conf.AppendLine(CultureInfo.InvariantCulture, $"primary_conninfo = {Quote(conninfo)}")
-                .AppendLine(CultureInfo.InvariantCulture, $"primary_slot_name = {Quote(standby.SlotName)}");
+            tlsDir = await WriteClientTlsFilesAsync(paths, identity, cancellationToken);
         }
-        else
-        {
-            conf.AppendLine("primary_conninfo = ''").AppendLine("primary_slot_name = ''");
-        }
-        if (standby is { LeaderAfterCrash: true }) conf.AppendLine("recovery_init_sync_method = syncfs");
+        conf.AppendStandbySettings(standby, passfile, tlsDir);
         await StripAutoConfAsync(paths, cancellationToken);
 
         // Write-then-rename so a crash never leaves the postmaster a truncated file.
@@ -1065,7 +1059,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         await File.AppendAllTextAsync(conf, $"\n# Dingo's per-node settings (port, addresses, sizing).\n{IncludeLine}\n", cancellationToken);
     }
 
-    private static string Quote(string value) => "'" + value.Replace("'", "''", StringComparison.Ordinal) + "'";
+    private static string Quote(string value) => NodeSettings.Quote(value);
 
     private Task<ToolResult> RunToolAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, params string[] args) =>
         RunToolWithEnvAsync(identity, tool, workingDirectory, cancellationToken, null, args);
