@@ -219,8 +219,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             {
                 // What ran a moment ago most likely still runs (containers outlive their engine's API): the HA loop
                 // goes on probing PostgreSQL itself and keeps its leader lease, instead of stalling on the engine.
-                if (Interlocked.Exchange(ref _engineProblem, ex.Message) != ex.Message)
-                    _logger.LogWarning("{Problem}; nodes keep their last seen state until it answers", ex.Message);
+                NoteEngineProblem(ex.Message);
                 var stale = last.Nodes.Select(n => n with { Detail = $"{n.Detail}, as last seen: {ex.Message}" }).ToList();
                 _listing = new Listing(stale, generation, Stopwatch.StartNew(), Failed: true);
                 return stale;
@@ -252,7 +251,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     /// </summary>
     public async Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken cancellationToken)
     {
-        CheckNodeId(nodeId);
+        NodeIdRule.Check(nodeId);
         try
         {
             var node = await InspectFromEngineAsync(nodeId, cancellationToken).ConfigureAwait(false);
@@ -262,13 +261,33 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         }
         catch (ContainerEngineException ex) when (_lastSeen.TryGetValue(nodeId, out var last))
         {
-            if (Interlocked.Exchange(ref _engineProblem, ex.Message) != ex.Message)
-                _logger.LogWarning("{Problem}; nodes keep their last seen state until it answers", ex.Message);
+            NoteEngineProblem(ex.Message);
             return last with { Detail = $"{last.Detail}, as last seen: {ex.Message}" };
         }
     }
 
     private readonly ConcurrentDictionary<string, RuntimeNode> _lastSeen = new(StringComparer.Ordinal);
+
+    /// <summary>The engine failed a call the HA loop made: said once per distinct problem, as nodes carry on as last seen.</summary>
+    private void NoteEngineProblem(string problem)
+    {
+        if (Interlocked.Exchange(ref _engineProblem, problem) != problem)
+            _logger.LogWarning("{Problem}; nodes keep their last seen state until it answers", problem);
+    }
+
+    /// <summary>A node whose container exists (its data is complete), running or not.</summary>
+    private async Task<RuntimeNode> ContainerNodeAsync(string nodeId, string containerId, bool running, string? state, long? exitCode,
+        string imageId, string image, string? instanceId, CancellationToken ct)
+    {
+        var detail = running ? $"running (container {Short(containerId)})" : await StoppedDetailAsync(containerId, state, exitCode, imageId, image, ct).ConfigureAwait(false);
+        return new RuntimeNode(nodeId, Initialised: true, running, Pid: null, detail) { InstanceId = instanceId, ContainerId = containerId };
+    }
+
+    /// <summary>A node with its volume and no container yet: initdb or a clone still to run, or running in <paramref name="busyTool"/>.</summary>
+    private static RuntimeNode Uninitialised(string nodeId, ContainerListResponse? busyTool, string? instanceId) =>
+        new(nodeId, Initialised: false, Running: false, Pid: null,
+            busyTool is not null ? $"data not initialised ({Label(busyTool.Labels, "dingo.tool") ?? "a tool"} running)" : "data not initialised")
+            { InstanceId = instanceId };
 
     private async Task<RuntimeNode?> InspectFromEngineAsync(string nodeId, CancellationToken ct)
     {
@@ -276,11 +295,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         var c = await InspectOursAsync(nodeId, ContainerName(nodeId), ct, _options.ListTimeout).ConfigureAwait(false)
                 ?? await InspectOursAsync(nodeId, PreviousContainerName(nodeId), ct, _options.ListTimeout).ConfigureAwait(false);
         if (c is not null)
-        {
-            var running = c.State.Running;
-            var detail = running ? $"running (container {Short(c.ID)})" : await StoppedDetailAsync(c.ID, c.State.Status, c.State.ExitCode, c.Image, c.Config.Image, ct).ConfigureAwait(false);
-            return new RuntimeNode(nodeId, Initialised: true, running, Pid: null, detail) { InstanceId = Label(c.Config.Labels, InstanceLabel), ContainerId = c.ID };
-        }
+            return await ContainerNodeAsync(nodeId, c.ID, c.State.Running, c.State.Status, c.State.ExitCode, c.Image, c.Config.Image, Label(c.Config.Labels, InstanceLabel), ct).ConfigureAwait(false);
         VolumeResponse volume;
         try
         {
@@ -294,9 +309,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         var tools = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
             new ContainersListParameters { All = true, Filters = Filters((NodeLabel, nodeId), (KindLabel, "tool")) }, t), ct, _options.ListTimeout).ConfigureAwait(false);
         var busy = tools.FirstOrDefault(t => Ours(t.Labels) && Label(t.Labels, NodeLabel) == nodeId && Label(t.Labels, KindLabel) == "tool" && t.State == "running");
-        return new RuntimeNode(nodeId, Initialised: false, Running: false, Pid: null,
-            busy is not null ? $"data not initialised ({Label(busy.Labels, "dingo.tool") ?? "a tool"} running)" : "data not initialised")
-            { InstanceId = Label(volume.Labels, InstanceLabel) };
+        return Uninitialised(nodeId, busy, Label(volume.Labels, InstanceLabel));
     }
 
     /// <summary>Anything this runtime changed makes the next listing ask the engine again.</summary>
@@ -327,17 +340,12 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             if (nodeContainers.TryGetValue(nodeId, out var c))
             {
                 var running = c.State == "running";
-                var detail = running ? $"running (container {Short(c.ID)})" : await StoppedDetailAsync(c.ID, c.State, ExitCode(c.Status), c.ImageID, c.Image, ct).ConfigureAwait(false);
                 if (running) _stoppedDetails.TryRemove(c.ID, out _);
-                result.Add(new RuntimeNode(nodeId, Initialised: true, running, Pid: null, detail)
-                    { InstanceId = Label(c.Labels, InstanceLabel), ContainerId = c.ID });
+                result.Add(await ContainerNodeAsync(nodeId, c.ID, running, c.State, ExitCode(c.Status), c.ImageID, c.Image, Label(c.Labels, InstanceLabel), ct).ConfigureAwait(false));
             }
             else
             {
-                var busy = tools[nodeId].FirstOrDefault(t => t.State == "running");
-                var detail = busy is not null ? $"data not initialised ({Label(busy.Labels, "dingo.tool") ?? "a tool"} running)" : "data not initialised";
-                result.Add(new RuntimeNode(nodeId, Initialised: false, Running: false, Pid: null, detail)
-                    { InstanceId = Label(volumeNodes[nodeId].Labels, InstanceLabel) });
+                result.Add(Uninitialised(nodeId, tools[nodeId].FirstOrDefault(t => t.State == "running"), Label(volumeNodes[nodeId].Labels, InstanceLabel)));
             }
         }
         return result;
@@ -412,7 +420,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         foreach (var node in await ListAsync(cancellationToken).ConfigureAwait(false))
         {
             if (!node.Running || _access.Due(node.NodeId) is null) continue;
-            using var _ = await LockNodeAsync(node.NodeId, cancellationToken).ConfigureAwait(false);
+            using var _ = await _nodeLocks.LockAsync(node.NodeId, cancellationToken).ConfigureAwait(false);
             var container = await InspectNodeAsync(node.NodeId, cancellationToken).ConfigureAwait(false);
             if (container is not { State.Running: true } || _access.Due(node.NodeId) is not { } hba) continue;
             // One archive: the TLS files and pg_hba.conf land together, before the reload.
@@ -623,8 +631,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     public async Task CreateAsync(NodeLaunchSpec spec, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(spec);
-        CheckNodeId(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        NodeIdRule.Check(spec.NodeId);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
         if (await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false) is not null) return;
         try
         {
@@ -648,8 +656,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     public async Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(spec);
-        CheckNodeId(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        NodeIdRule.Check(spec.NodeId);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
         var container = await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false)
             ?? throw new InvalidOperationException($"Node {spec.NodeId} cannot start: its data directory is not initialised.");
         if (container.State.Running) return;
@@ -745,8 +753,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     public async Task ConfigureStandbyAsync(NodeLaunchSpec spec, StandbyConfig standby, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(spec);
-        CheckNodeId(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        NodeIdRule.Check(spec.NodeId);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
         var container = await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false)
             ?? throw new InvalidOperationException($"Node {spec.NodeId} cannot be configured: its data directory is not initialised.");
         var limits = await _options.LimitsOf(spec.InstanceId, cancellationToken).ConfigureAwait(false);
@@ -758,8 +766,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     {
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(source);
-        CheckNodeId(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        NodeIdRule.Check(spec.NodeId);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
         try
         {
             // The marker goes first: a clone cut short must never pass for a complete data directory.
@@ -826,8 +834,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     {
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(input);
-        CheckNodeId(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        NodeIdRule.Check(spec.NodeId);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
         try
         {
             // As with a clone: the node container (the marker) goes first, and comes back only once recovery is done.
@@ -939,7 +947,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
                 .AppendLine("recovery_target_timeline = 'latest'")
                 .AppendLine("recovery_target_action = 'promote'");
             if (target is { } t)
-                conf.AppendLine(CultureInfo.InvariantCulture, $"recovery_target_time = {Quote(t.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss.ffffff", CultureInfo.InvariantCulture) + "+00")}")
+                conf.AppendLine(CultureInfo.InvariantCulture, $"recovery_target_time = {NodeSettings.Quote(t.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss.ffffff", CultureInfo.InvariantCulture) + "+00")}")
                     .AppendLine("recovery_target_inclusive = false");
             // The restored roles carry the source's passwords: this instance's superuser password, set in single-user mode.
             var sql = $"ALTER ROLE \"{spec.Superuser.Username}\" PASSWORD '{spec.Superuser.Password.Replace("'", "''", StringComparison.Ordinal)}';\n";
@@ -1030,8 +1038,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     {
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(source);
-        CheckNodeId(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        NodeIdRule.Check(spec.NodeId);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
         var container = await InspectNodeAsync(spec.NodeId, cancellationToken).ConfigureAwait(false)
             ?? throw new InvalidOperationException($"Node {spec.NodeId} cannot be rewound: its data directory is not initialised.");
         try
@@ -1051,7 +1059,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task<int?> PostmasterPidAsync(string nodeId, CancellationToken cancellationToken)
     {
-        CheckNodeId(nodeId);
+        NodeIdRule.Check(nodeId);
         // The container's first process is the postmaster (the node script execs it); its PID as the host sees it.
         var container = await InspectNodeAsync(nodeId, cancellationToken).ConfigureAwait(false);
         return container?.State is { Running: true, Pid: > 1 } state ? (int)state.Pid : null;
@@ -1059,8 +1067,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task<IReadOnlyList<string>> AddTimelineHistoriesAsync(string nodeId, IReadOnlyList<TimelineHistoryFile> files, CancellationToken cancellationToken)
     {
-        CheckNodeId(nodeId);
-        using var _ = await LockNodeAsync(nodeId, cancellationToken).ConfigureAwait(false);
+        NodeIdRule.Check(nodeId);
+        using var _ = await _nodeLocks.LockAsync(nodeId, cancellationToken).ConfigureAwait(false);
         var container = await InspectNodeAsync(nodeId, cancellationToken).ConfigureAwait(false)
             ?? throw new InvalidOperationException($"Node {nodeId} has no container: its data directory is not initialised.");
         var absent = new List<TimelineHistoryFile>();
@@ -1097,8 +1105,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task StopAsync(string nodeId, CancellationToken cancellationToken)
     {
-        CheckNodeId(nodeId);
-        using var _ = await LockNodeAsync(nodeId, cancellationToken).ConfigureAwait(false);
+        NodeIdRule.Check(nodeId);
+        using var _ = await _nodeLocks.LockAsync(nodeId, cancellationToken).ConfigureAwait(false);
         if (await InspectNodeAsync(nodeId, cancellationToken).ConfigureAwait(false) is not { } container) return;
         try
         {
@@ -1115,8 +1123,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task RemoveAsync(string nodeId, CancellationToken cancellationToken)
     {
-        CheckNodeId(nodeId);
-        using var _ = await LockNodeAsync(nodeId, cancellationToken).ConfigureAwait(false);
+        NodeIdRule.Check(nodeId);
+        using var _ = await _nodeLocks.LockAsync(nodeId, cancellationToken).ConfigureAwait(false);
         try
         {
             var all = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
@@ -1150,7 +1158,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     /// <summary>The node container's output (PostgreSQL's log), for `dingo logs`.</summary>
     public async Task<string> NodeLogsAsync(string nodeId, int tail, CancellationToken ct)
     {
-        CheckNodeId(nodeId);
+        NodeIdRule.Check(nodeId);
         var container = await InspectNodeAsync(nodeId, ct).ConfigureAwait(false)
             ?? throw new InvalidOperationException($"node {nodeId} has no container on the engine at {_docker.Endpoint}");
         return await LogsAsync(container.ID, tail, ct).ConfigureAwait(false);
@@ -1517,7 +1525,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             .AppendLine(CultureInfo.InvariantCulture, $"hba_file = '{SettingsDir}/pg_hba.conf'")
             .AppendLine(CultureInfo.InvariantCulture, $"ident_file = '{SettingsDir}/pg_ident.conf'")
             .AppendLine(CultureInfo.InvariantCulture, $"port = {spec.Port}")
-            .AppendLine(CultureInfo.InvariantCulture, $"listen_addresses = {Quote(spec.ListenAddress)}")
+            .AppendLine(CultureInfo.InvariantCulture, $"listen_addresses = {NodeSettings.Quote(spec.ListenAddress)}")
             .AppendLine("unix_socket_directories = '/var/run/postgresql'")
             .AppendLine(CultureInfo.InvariantCulture, $"shared_buffers = '{limits.SharedBuffersBytes / 1024 / 1024}MB'")
             .AppendLine(CultureInfo.InvariantCulture, $"max_connections = {_options.MaxConnections}")
@@ -1526,7 +1534,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             .AppendLine("jit = off")
             .AppendLine("log_destination = 'stderr'")
             .AppendLine("logging_collector = off")
-            .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {Quote(spec.NodeId)}")
+            .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {NodeSettings.Quote(spec.NodeId)}")
             // A file of its own, so a node that started before its cell knew the CA turns TLS on at a reload.
             .AppendLine(CultureInfo.InvariantCulture, $"include_if_exists = '{SettingsDir}/{NodeTlsFiles.ConfFile}'");
         // The password lives in a 0600 passfile of the PostgreSQL user, never in the settings.
@@ -1568,8 +1576,6 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         return $"*:*:*:{Escape(credentials.Username)}:{Escape(credentials.Password)}\n";
     }
 
-    private static string Quote(string value) => NodeSettings.Quote(value);
-
     /// <summary>
     /// `dingo logs -f`: the node container's last <paramref name="tail"/> lines, then each line as it comes, in one
     /// stream of the engine (nothing between the tail and the rest is lost or doubled), until cancelled or the
@@ -1579,7 +1585,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     /// <param name="attached">called once the engine answered with the stream: lines logged from then on are in it</param>
     public async Task FollowNodeLogsAsync(string nodeId, int tail, Action<string> line, CancellationToken ct, DateTimeOffset? since = null, Action? attached = null)
     {
-        CheckNodeId(nodeId);
+        NodeIdRule.Check(nodeId);
         var container = await InspectNodeAsync(nodeId, ct).ConfigureAwait(false)
             ?? throw new InvalidOperationException($"node {nodeId} has no container on the engine at {_docker.Endpoint}");
         var parameters = new ContainerLogsParameters { ShowStdout = true, ShowStderr = true, Follow = true, Tail = since is null ? tail.ToString(CultureInfo.InvariantCulture) : "all" };
@@ -1692,10 +1698,6 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         var lines = text.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         return lines.Length == 0 ? "(no output)" : string.Join(" | ", lines.TakeLast(count));
     }
-
-    private static void CheckNodeId(string nodeId) => NodeIdRule.Check(nodeId);
-
-    private Task<IDisposable> LockNodeAsync(string nodeId, CancellationToken ct) => _nodeLocks.LockAsync(nodeId, ct);
 
     public void Dispose() => _client.Dispose();
 }

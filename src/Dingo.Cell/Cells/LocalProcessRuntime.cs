@@ -86,14 +86,14 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     /// <summary>The nodes this runtime holds: the folders under the data root named as node ids, in order.</summary>
     private IEnumerable<string> NodeIds() => Directory.Exists(_dataRoot)
-        ? Directory.EnumerateDirectories(_dataRoot).Select(Path.GetFileName).OfType<string>().Where(IsValidNodeId).Order(StringComparer.Ordinal)
+        ? Directory.EnumerateDirectories(_dataRoot).Select(Path.GetFileName).OfType<string>().Where(NodeIdRule.IsValid).Order(StringComparer.Ordinal)
         : [];
 
     public Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
         var dir = Path.Combine(_dataRoot, nodeId);
-        return Task.FromResult(IsValidNodeId(nodeId) && Directory.Exists(dir) ? Inspect(nodeId, dir) : null);
+        return Task.FromResult(NodeIdRule.IsValid(nodeId) && Directory.Exists(dir) ? Inspect(nodeId, dir) : null);
     }
 
     private RuntimeNode Inspect(string nodeId, string dir)
@@ -142,7 +142,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     public async Task RecordInstanceAsync(string nodeId, string instanceId, CancellationToken cancellationToken)
     {
-        if (!IsValidNodeId(nodeId)) throw new ArgumentException($"Invalid node id '{nodeId}'.", nameof(nodeId));
+        if (!NodeIdRule.IsValid(nodeId)) throw new ArgumentException($"Invalid node id '{nodeId}'.", nameof(nodeId));
         if (!OperatingSystem.IsLinux()) throw NotLinux();
         var recorded = InstanceOf(nodeId);
         if (recorded == instanceId) return;
@@ -157,7 +157,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     {
         ArgumentNullException.ThrowIfNull(spec);
         var paths = PathsFor(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
         // Before the node's folder exists: no data here is ever without its instance.
         await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
 
@@ -306,7 +306,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     {
         ArgumentNullException.ThrowIfNull(spec);
         var paths = PathsFor(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
         await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
 
         if (FindRunningPostmaster(paths) is not null)
@@ -425,14 +425,14 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     public async Task StopAsync(string nodeId, CancellationToken cancellationToken)
     {
         var paths = PathsFor(nodeId);
-        using var _ = await LockNodeAsync(nodeId, cancellationToken);
+        using var _ = await _nodeLocks.LockAsync(nodeId, cancellationToken);
         await StopCoreAsync(nodeId, paths, "fast", cancellationToken);
     }
 
     public async Task RemoveAsync(string nodeId, CancellationToken cancellationToken)
     {
         var paths = PathsFor(nodeId);
-        using var _ = await LockNodeAsync(nodeId, cancellationToken);
+        using var _ = await _nodeLocks.LockAsync(nodeId, cancellationToken);
         if (Directory.Exists(paths.NodeDir))
         {
             await StopCoreAsync(nodeId, paths, "immediate", cancellationToken);
@@ -606,7 +606,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     /// <summary>initdb into <paramref name="pgData"/> (C.UTF-8, or C where that locale is missing): without sync in the
     /// foreground (the caller flushes), with initdb's own fsync in the background.</summary>
-    private async Task<ToolResult> InitDbAsync(Credentials superuser, string workDir, string pgData, RunIdentity identity, CancellationToken cancellationToken, bool background = false)
+    private async Task<ProcessResult> InitDbAsync(Credentials superuser, string workDir, string pgData, RunIdentity identity, CancellationToken cancellationToken, bool background = false)
     {
         var result = await RunInitDbAsync(superuser, workDir, pgData, identity, "C.UTF-8", cancellationToken, background);
         if (result.ExitCode != 0 && result.StdErr.Contains("locale", StringComparison.OrdinalIgnoreCase))
@@ -619,7 +619,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         return result;
     }
 
-    private async Task<ToolResult> RunInitDbAsync(Credentials superuser, string workDir, string pgData, RunIdentity identity, string locale, CancellationToken cancellationToken, bool background = false)
+    private async Task<ProcessResult> RunInitDbAsync(Credentials superuser, string workDir, string pgData, RunIdentity identity, string locale, CancellationToken cancellationToken, bool background = false)
     {
         // The password reaches initdb only through a file that only the run user can read and that lives only as long as initdb.
         if (!OperatingSystem.IsLinux())
@@ -664,7 +664,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     public async Task ConfigureStandbyAsync(NodeLaunchSpec spec, StandbyConfig standby, CancellationToken cancellationToken)
     {
         var paths = PathsFor(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
         var identity = await GetIdentityAsync(cancellationToken);
         await WriteSettingsAsync(spec, standby, paths, identity, cancellationToken);
     }
@@ -672,7 +672,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     public async Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
     {
         var paths = PathsFor(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
         await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
         var identity = await DiscardDataAsync(spec.NodeId, paths, cancellationToken);
         var passfile = await WritePassfileAsync(paths, source, identity, cancellationToken);
@@ -721,7 +721,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     public async Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken cancellationToken)
     {
         var paths = PathsFor(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
         await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
         var identity = await DiscardDataAsync(spec.NodeId, paths, cancellationToken);
         Directory.CreateDirectory(paths.PgData, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
@@ -799,20 +799,20 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         ChownIfNeeded(hba, identity);
         var conf = new StringBuilder()
             .AppendLine("# A restore in progress (Dingo); removed when it ends.")
-            .AppendLine(CultureInfo.InvariantCulture, $"restore_command = {Quote($"cp '{walDir}/%f' '%p'")}")
+            .AppendLine(CultureInfo.InvariantCulture, $"restore_command = {NodeSettings.Quote($"cp '{walDir}/%f' '%p'")}")
             .AppendLine("recovery_target_timeline = 'latest'")
             .AppendLine("recovery_target_action = 'promote'")
             .AppendLine("listen_addresses = ''")
             .AppendLine("unix_socket_permissions = 0700")
-            .AppendLine(CultureInfo.InvariantCulture, $"hba_file = {Quote(hba)}");
+            .AppendLine(CultureInfo.InvariantCulture, $"hba_file = {NodeSettings.Quote(hba)}");
         if (target is { } t)
-            conf.AppendLine(CultureInfo.InvariantCulture, $"recovery_target_time = {Quote(t.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss.ffffff", CultureInfo.InvariantCulture) + "+00")}")
+            conf.AppendLine(CultureInfo.InvariantCulture, $"recovery_target_time = {NodeSettings.Quote(t.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss.ffffff", CultureInfo.InvariantCulture) + "+00")}")
                 .AppendLine("recovery_target_inclusive = false");
         var file = Path.Combine(paths.NodeDir, RestoreSettingsFileName);
         await File.WriteAllTextAsync(file, conf.ToString(), ct);
         ChownIfNeeded(file, identity);
         var postgresqlConf = Path.Combine(paths.PgData, "postgresql.conf");
-        var line = $"include_if_exists = {Quote(file)}";
+        var line = $"include_if_exists = {NodeSettings.Quote(file)}";
         var text = await File.ReadAllTextAsync(postgresqlConf, ct);
         if (!text.Contains(line, StringComparison.Ordinal))
             await File.AppendAllTextAsync(postgresqlConf, $"\n# Recovery settings while Dingo restores this node.\n{line}\n", ct);
@@ -888,7 +888,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     public async Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
     {
         var paths = PathsFor(spec.NodeId);
-        using var _ = await LockNodeAsync(spec.NodeId, cancellationToken);
+        using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
         var identity = await GetIdentityAsync(cancellationToken);
         if (!File.Exists(paths.Marker)) throw new InvalidOperationException($"Node {spec.NodeId} cannot be rewound: its data directory is not initialised.");
         await StopCoreAsync(spec.NodeId, paths, "fast", cancellationToken);
@@ -926,15 +926,15 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         var conf = new StringBuilder()
             .AppendLine("# Written by Dingo on every start; edits are overwritten.")
             .AppendLine(CultureInfo.InvariantCulture, $"port = {spec.Port}")
-            .AppendLine(CultureInfo.InvariantCulture, $"listen_addresses = {Quote(spec.ListenAddress)}")
-            .AppendLine(CultureInfo.InvariantCulture, $"unix_socket_directories = {Quote(paths.RunDir)}")
-            .AppendLine(CultureInfo.InvariantCulture, $"shared_buffers = {Quote(_options.SharedBuffers)}")
+            .AppendLine(CultureInfo.InvariantCulture, $"listen_addresses = {NodeSettings.Quote(spec.ListenAddress)}")
+            .AppendLine(CultureInfo.InvariantCulture, $"unix_socket_directories = {NodeSettings.Quote(paths.RunDir)}")
+            .AppendLine(CultureInfo.InvariantCulture, $"shared_buffers = {NodeSettings.Quote(_options.SharedBuffers)}")
             .AppendLine(CultureInfo.InvariantCulture, $"max_connections = {_options.MaxConnections}")
             .AppendReplicationSettings()
-            .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {Quote(spec.NodeId)}")
+            .AppendLine(CultureInfo.InvariantCulture, $"cluster_name = {NodeSettings.Quote(spec.NodeId)}")
             // TLS settings live in a file of their own, so a node that started before its cell knew the CA turns TLS on
             // at a reload (ssl is a reload setting).
-            .AppendLine(CultureInfo.InvariantCulture, $"include_if_exists = {Quote(Path.Combine(paths.TlsDir, NodeTlsFiles.ConfFile))}");
+            .AppendLine(CultureInfo.InvariantCulture, $"include_if_exists = {NodeSettings.Quote(Path.Combine(paths.TlsDir, NodeTlsFiles.ConfFile))}");
         var passfile = Path.Combine(paths.NodeDir, "replication.pgpass");
         string? tlsDir = null;
         if (standby?.Primary is { } primary)
@@ -1022,7 +1022,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         {
             if (await InspectAsync(nodeId, cancellationToken) is not { Running: true } node) continue;
             var paths = PathsFor(node.NodeId);
-            using var _ = await LockNodeAsync(node.NodeId, cancellationToken);
+            using var _ = await _nodeLocks.LockAsync(node.NodeId, cancellationToken);
             // Checked again under the lock: a clone or a stop may have come in between.
             if (FindRunningPostmaster(paths) is not { } pid || _access.Due(node.NodeId) is not { } hba) continue;
             await WriteAccessFilesAsync(paths, hba, await GetIdentityAsync(cancellationToken), cancellationToken);
@@ -1059,18 +1059,16 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         await File.AppendAllTextAsync(conf, $"\n# Dingo's per-node settings (port, addresses, sizing).\n{IncludeLine}\n", cancellationToken);
     }
 
-    private static string Quote(string value) => NodeSettings.Quote(value);
-
-    private Task<ToolResult> RunToolAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, params string[] args) =>
+    private Task<ProcessResult> RunToolAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, params string[] args) =>
         RunToolWithEnvAsync(identity, tool, workingDirectory, cancellationToken, null, args);
 
-    private Task<ToolResult> RunToolWithEnvAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, IReadOnlyDictionary<string, string>? env, params string[] args) =>
+    private Task<ProcessResult> RunToolWithEnvAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, IReadOnlyDictionary<string, string>? env, params string[] args) =>
         RunToolWithInputAsync(identity, tool, workingDirectory, cancellationToken, env, null, args);
 
     /// <param name="stdin">written to the tool's standard input, then closed (never logged: it may carry a password)</param>
     /// <param name="background">at the lowest CPU priority (nice 19, inherited by what the tool starts): work ahead of
     /// need, such as the warm pool's initdb, must not slow a provision under way</param>
-    private async Task<ToolResult> RunToolWithInputAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, IReadOnlyDictionary<string, string>? env, string? stdin, string[] args, bool background = false)
+    private async Task<ProcessResult> RunToolWithInputAsync(RunIdentity identity, string tool, string workingDirectory, CancellationToken cancellationToken, IReadOnlyDictionary<string, string>? env, string? stdin, string[] args, bool background = false)
     {
         var binary = Path.Combine(_options.PostgresBin, tool);
         // The run user must be able to stat its cwd; the caller's cwd may be private to root.
@@ -1100,11 +1098,10 @@ public sealed class LocalProcessRuntime : IContainerRuntime
             foreach (var (name, value) in env) psi.Environment[name] = value;
 
         _logger.LogDebug("Running {Tool} {Args}", tool, string.Join(' ', args));
-        var result = await ProcessRunner.RunAsync(psi, stdin, _options.ToolTimeout, cancellationToken, background, tool);
-        return new ToolResult(result.ExitCode, result.StdOut, result.StdErr);
+        return await ProcessRunner.RunAsync(psi, stdin, _options.ToolTimeout, cancellationToken, background, tool);
     }
 
-    private static Exception ToolFailure(string nodeId, string tool, ToolResult result) =>
+    private static Exception ToolFailure(string nodeId, string tool, ProcessResult result) =>
         new InvalidOperationException($"Node {nodeId}: {tool} failed with exit code {result.ExitCode}: {LastLines(result.StdErr)}");
 
     /// <summary>
@@ -1140,14 +1137,10 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     private NodePaths PathsFor(string nodeId)
     {
-        if (!IsValidNodeId(nodeId))
+        if (!NodeIdRule.IsValid(nodeId))
             throw new ArgumentException($"Invalid node id '{nodeId}'.", nameof(nodeId));
         return new NodePaths(Path.Combine(_dataRoot, nodeId));
     }
-
-    private static bool IsValidNodeId(string? nodeId) => NodeIdRule.IsValid(nodeId);
-
-    private Task<IDisposable> LockNodeAsync(string nodeId, CancellationToken cancellationToken) => _nodeLocks.LockAsync(nodeId, cancellationToken);
 
     private async Task<RunIdentity> GetIdentityAsync(CancellationToken cancellationToken)
     {
@@ -1228,8 +1221,6 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         new("LocalProcessRuntime needs Linux (/proc, setpriv, PostgreSQL binaries).");
 
     private sealed record RunIdentity(bool SwitchUser, uint Uid, uint Gid, string UserName, string Home);
-
-    private sealed record ToolResult(int ExitCode, string StdOut, string StdErr);
 
     private sealed class NodePaths(string nodeDir)
     {
