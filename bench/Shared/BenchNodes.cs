@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Dingo.Backups;
 using Dingo.Cells;
 using Dingo.Model;
 using Microsoft.Extensions.Logging;

@@ -1,6 +1,8 @@
 using Akka.Cluster.Hosting;
 using Akka.Hosting;
 using Akka.Remote.Hosting;
+using Dingo.Backups;
+using Dingo.Logging;
 using Dingo.Broker.Osb;
 using Dingo.Config;
 using Dingo.Instances;

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using Dingo.Logging;
 using Dingo.Config;
 using Microsoft.Extensions.Hosting;
 

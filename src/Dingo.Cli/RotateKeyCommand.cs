@@ -1,3 +1,4 @@
+using Dingo.Backups;
 using Dingo.Config;
 using Dingo.Security;
 using Dingo.Store;
@@ -47,7 +48,7 @@ public static class RotateKeyCommand
         RotationReport report;
         try
         {
-            report = await Resealing.RotateAsync(store, objects, ring, ct);
+            report = await SealKeyRotation.RotateAsync(store, objects, ring, ct);
         }
         catch (Grpc.Core.RpcException ex)
         {

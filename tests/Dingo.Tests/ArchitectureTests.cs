@@ -68,4 +68,25 @@ public sealed class ArchitectureTests
             Assert.All(friends, f => Assert.Equal("Dingo.Tests", f));
         }
     }
+
+    [Fact]
+    public void No_folder_of_an_assembly_uses_another_in_a_circle()
+    {
+        var failures = new List<string>();
+        foreach (var assembly in new[] { Actors, Cell, Broker, Cli })
+        {
+            var graph = FolderGraph.Read(assembly.Location);
+            Assert.NotEmpty(graph.Folders);
+            foreach (var cycle in graph.Cycles())
+                failures.Add($"{assembly.GetName().Name}: {string.Join(" <-> ", cycle)}\n    " + string.Join("\n    ", graph.Explain(cycle)));
+        }
+        Assert.True(failures.Count == 0, "folders that use each other in a circle:\n" + string.Join("\n", failures));
+    }
+
+    [Fact]
+    public void The_folder_reader_sees_a_circle_made_inside_method_bodies_and_lambdas()
+    {
+        var graph = FolderGraph.Read(typeof(ArchitectureTests).Assembly.Location);
+        Assert.Contains(graph.Cycles(), c => c.SequenceEqual(["Dingo.Tests.FolderCycleSample.Left", "Dingo.Tests.FolderCycleSample.Right"]));
+    }
 }

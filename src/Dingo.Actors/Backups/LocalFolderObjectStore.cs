@@ -94,7 +94,7 @@ public sealed class LocalFolderObjectStore : IObjectStore
                     if (OperatingSystem.IsLinux())
                     {
                         changed.Add(Path.GetDirectoryName(path)!);
-                        foreach (var dir in changed.Distinct()) Dingo.Cells.AtomicFile.FlushFolder(dir);
+                        foreach (var dir in changed.Distinct()) Dingo.AtomicFile.FlushFolder(dir);
                     }
                     break;
                 }

@@ -218,3 +218,12 @@ public static class RestoreVerification
         }
     }
 }
+
+/// <param name="BackupDir">base.tar (and pg_wal.tar) as pg_basebackup -Ft wrote them</param>
+/// <param name="WalDir">archived WAL segments and timeline history files, by their PostgreSQL names</param>
+/// <param name="TargetTime">replay commits up to this moment; null: everything archived</param>
+public sealed record RestoreInput(string BackupDir, string WalDir, DateTimeOffset? TargetTime)
+{
+    /// <summary>What recovery must reach (from the archive's listing); the runtime checks it before the node counts as restored.</summary>
+    public required RestoreGoal Goal { get; init; }
+}

@@ -1,3 +1,4 @@
+using Dingo.Backups;
 using Dingo.Model;
 
 namespace Dingo.Cells;
@@ -126,13 +127,4 @@ public sealed record StandbyConfig(ReplicationSource? Primary, string SlotName, 
     /// file system for nothing urgent.
     /// </summary>
     public bool LeaderAfterCrash { get; init; }
-}
-
-/// <param name="BackupDir">base.tar (and pg_wal.tar) as pg_basebackup -Ft wrote them</param>
-/// <param name="WalDir">archived WAL segments and timeline history files, by their PostgreSQL names</param>
-/// <param name="TargetTime">replay commits up to this moment; null: everything archived</param>
-public sealed record RestoreInput(string BackupDir, string WalDir, DateTimeOffset? TargetTime)
-{
-    /// <summary>What recovery must reach (from the archive's listing); the runtime checks it before the node counts as restored.</summary>
-    public required Dingo.Backups.RestoreGoal Goal { get; init; }
 }

@@ -17,7 +17,7 @@ public sealed record DingoSettings
     public required int NodePortLast { get; init; }
     public required HaSettings Ha { get; init; }
     /// <summary>Where WAL archives and base backups go (`dingo.backups`). Null only for settings built by hand.</summary>
-    public Dingo.Backups.BackupSettings? Backups { get; init; }
+    public Dingo.Config.BackupSettings? Backups { get; init; }
     /// <summary>Akka.NET remoting and cluster membership across hosts (`dingo.akka`).</summary>
     public AkkaSettings Akka { get; init; } = new();
     /// <summary>Where the platform's seal keys come from (`dingo.security.seal-key-file`, DINGO_SEAL_KEYS, DINGO_SEAL_KEY_FILE).</summary>
@@ -79,7 +79,7 @@ public sealed record DingoSettings
                 DeletedOperationRetention = d.GetTimeSpan("broker.deleted-operation-retention", TimeSpan.FromHours(1)),
                 TombstoneRetention = d.GetTimeSpan("broker.tombstone-retention", TimeSpan.FromDays(7)),
                 ProvisionTimeout = d.GetTimeSpan("broker.provision-timeout", TimeSpan.FromMinutes(5)),
-                ProvisionFailureGrace = d.GetTimeSpan("broker.provision-failure-grace", Dingo.Instances.Provisioning.FailureGrace),
+                ProvisionFailureGrace = d.GetTimeSpan("broker.provision-failure-grace", BrokerSettings.DefaultProvisionFailureGrace),
                 AkkaPort = int.TryParse(Env("DINGO_AKKA_PORT"), out var brokerAkka) ? brokerAkka : d.GetInt("broker.akka-port", 4053),
                 TlsCertFile = Env("DINGO_BROKER_CERT_FILE") ?? d.GetString("broker.tls.cert-file", ""),
                 TlsKeyFile = Env("DINGO_BROKER_KEY_FILE") ?? d.GetString("broker.tls.key-file", ""),
@@ -129,7 +129,7 @@ public sealed record DingoSettings
                 FailsafeFor = d.GetTimeSpan("ha.failsafe-for", TimeSpan.FromSeconds(12)),
                 ReleaseDeadLeaderAfter = d.GetTimeSpan("ha.release-dead-leader-after", TimeSpan.FromSeconds(2)),
             },
-            Backups = Dingo.Backups.BackupSettings.FromConfig(d, env, dataDir),
+            Backups = Dingo.Config.BackupSettings.FromConfig(d, env, dataDir),
             Seal = Dingo.Security.SealSettings.FromConfig(d, env),
             Postgres = PostgresTlsSettings.FromConfig(d, env),
             Logging = LogSettings.FromConfig(d, env),
@@ -163,7 +163,7 @@ public sealed record DingoSettings
     /// </summary>
     public void CheckTlsFiles(bool broker = false)
     {
-        Dingo.Store.EtcdClientTls.Load(EtcdTls);
+        Dingo.Config.EtcdClientTls.Load(EtcdTls);
         if (broker && Broker.TlsCertFile.Length > 0) Broker.LoadServerCertificate(out _).Dispose();
         if (Broker.TlsCaFile.Length > 0) Dingo.Security.PemTls.LoadCertificates(Broker.TlsCaFile, "dingo.broker.tls.ca-file");
     }
@@ -212,7 +212,7 @@ public sealed record DingoSettings
         if (Cell.WarmPool is < 0 or > 50) throw new ArgumentException($"dingo.cell.warm-pool must be between 0 and 50: got {Cell.WarmPool}");
         foreach (var network in Cell.AdminNetworks)
         {
-            try { Dingo.Postgres.PlatformAccess.ParseNetwork(network); }
+            try { IpNetworks.Parse(network); }
             catch (ArgumentException ex) { throw new ArgumentException($"dingo.cell.admin-networks: {ex.Message}", ex); }
         }
         if (Broker.TombstoneRetention <= Cell.OrphanGrace)
@@ -224,6 +224,9 @@ public sealed record DingoSettings
 
 public sealed record BrokerSettings
 {
+    /// <summary>How long a node may keep failing before a provision is reported failed, unless dingo.broker.provision-failure-grace says otherwise.</summary>
+    public static readonly TimeSpan DefaultProvisionFailureGrace = TimeSpan.FromSeconds(30);
+
     public required string Url { get; init; }
     /// <summary>
     /// The address people reach this broker by, for the dashboard URLs it hands out (OSB `dashboard_url`): a load
@@ -245,7 +248,7 @@ public sealed record BrokerSettings
     public TimeSpan TombstoneRetention { get; init; } = TimeSpan.FromDays(7);
     public required TimeSpan ProvisionTimeout { get; init; }
     /// <summary>How long a node of a provision may keep failing (retrying meanwhile) before the provision is reported failed.</summary>
-    public TimeSpan ProvisionFailureGrace { get; init; } = Dingo.Instances.Provisioning.FailureGrace;
+    public TimeSpan ProvisionFailureGrace { get; init; } = BrokerSettings.DefaultProvisionFailureGrace;
     public required int AkkaPort { get; init; }
     /// <summary>PEM certificate (leaf first, then intermediates) and key the broker serves HTTPS with; empty: plain HTTP.</summary>
     public string TlsCertFile { get; init; } = "";

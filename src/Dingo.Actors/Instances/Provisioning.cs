@@ -1,3 +1,4 @@
+using Dingo.Config;
 using Dingo.Model;
 
 namespace Dingo.Instances;
@@ -43,7 +44,7 @@ public abstract record InstanceDecision(string Description)
 public static class Provisioning
 {
     /// <summary>How long a node may keep failing before a provision is reported failed (dingo.broker.provision-failure-grace).</summary>
-    public static readonly TimeSpan FailureGrace = TimeSpan.FromSeconds(30);
+    public static readonly TimeSpan FailureGrace = BrokerSettings.DefaultProvisionFailureGrace;
 
     /// <summary>How long an operation waits for enough cells (some may be starting or restarting) before failing.</summary>
     public static readonly TimeSpan CellWaitGrace = TimeSpan.FromSeconds(30);

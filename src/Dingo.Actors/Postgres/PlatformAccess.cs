@@ -20,7 +20,7 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
     public bool RequireTls { get; init; }
 
     /// <summary>The certificates nodes serve (null: none known yet, nodes start without TLS).</summary>
-    public Dingo.Cells.NodeTls? Tls { get; init; }
+    public Dingo.Postgres.NodeTls? Tls { get; init; }
 
     /// <summary>Only local sockets and the node's own host: what a node gets before its cell has read etcd once.</summary>
     public static PlatformAccess LocalOnly { get; } = new([]);
@@ -30,7 +30,7 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
     /// (CIDR or a bare address). A loopback address stands for the whole loopback network: Linux connects from
     /// 127.0.0.1 to any 127.x address, so a platform on loopback is reached from there whatever it registered.
     /// </summary>
-    public static PlatformAccess From(IEnumerable<string> hosts, IEnumerable<string> adminNetworks, bool requireTls = false, Dingo.Cells.NodeTls? tls = null)
+    public static PlatformAccess From(IEnumerable<string> hosts, IEnumerable<string> adminNetworks, bool requireTls = false, Dingo.Postgres.NodeTls? tls = null)
     {
         var set = new SortedSet<string>(StringComparer.Ordinal);
         foreach (var host in hosts)
@@ -38,22 +38,8 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
             if (!IPAddress.TryParse(host, out var ip)) continue; // names are resolved by the caller
             set.Add(HostNetwork(ip));
         }
-        foreach (var network in adminNetworks) set.Add(ParseNetwork(network));
+        foreach (var network in adminNetworks) set.Add(IpNetworks.Parse(network));
         return new PlatformAccess(set.ToList()) { RequireTls = requireTls, Tls = tls };
-    }
-
-    /// <summary>"10.0.0.0/24" or "10.0.0.5" in canonical CIDR form; throws with the offending text otherwise.</summary>
-    public static string ParseNetwork(string text)
-    {
-        var slash = text.IndexOf('/', StringComparison.Ordinal);
-        var addressText = slash < 0 ? text : text[..slash];
-        if (!IPAddress.TryParse(addressText.Trim(), out var ip))
-            throw new ArgumentException($"'{text}' is not an IP address or CIDR network");
-        var max = ip.AddressFamily == AddressFamily.InterNetworkV6 ? 128 : 32;
-        var bits = max;
-        if (slash >= 0 && (!int.TryParse(text[(slash + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out bits) || bits > max))
-            throw new ArgumentException($"'{text}' has no valid prefix length (0-{max})");
-        return $"{Mask(ip, bits)}/{bits.ToString(CultureInfo.InvariantCulture)}";
     }
 
     private static string HostNetwork(IPAddress ip)
@@ -61,17 +47,6 @@ public sealed record PlatformAccess(IReadOnlyList<string> Networks)
         if (ip.IsIPv4MappedToIPv6) ip = ip.MapToIPv4();
         if (IPAddress.IsLoopback(ip)) return ip.AddressFamily == AddressFamily.InterNetworkV6 ? "::1/128" : "127.0.0.0/8";
         return ip.AddressFamily == AddressFamily.InterNetworkV6 ? $"{ip}/128" : $"{ip}/32";
-    }
-
-    private static IPAddress Mask(IPAddress ip, int bits)
-    {
-        var bytes = ip.GetAddressBytes();
-        for (var i = 0; i < bytes.Length; i++)
-        {
-            var keep = Math.Clamp(bits - i * 8, 0, 8);
-            bytes[i] &= (byte)(0xFF << (8 - keep));
-        }
-        return new IPAddress(bytes);
     }
 
     /// <summary>

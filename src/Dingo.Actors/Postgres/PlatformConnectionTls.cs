@@ -151,7 +151,7 @@ public static class PlatformConnectionTls
     /// or none is named (a platform without a CA yet). The key is for a file created 0600 and deleted after the run.
     /// </summary>
     /// <param name="caFingerprint">SHA-256 of the certificate of the CA of the node's platform (etcd's
-    /// <see cref="Dingo.Security.PlatformCaStore"/>)</param>
+    /// <see cref="Dingo.Postgres.PlatformCaStore"/>)</param>
     public static LibpqTlsPem? Libpq(string? caFingerprint)
     {
         var identities = _identities;

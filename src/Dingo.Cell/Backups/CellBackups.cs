@@ -206,7 +206,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             try
             {
                 // The client certificate of this platform's CA goes along (a process may trust several: PlatformConnectionTls.Libpq).
-                var caPem = await Dingo.Security.PlatformCaStore.CertificateAsync(_cell.Etcd, ct).ConfigureAwait(false);
+                var caPem = await Dingo.Postgres.PlatformCaStore.CertificateAsync(_cell.Etcd, ct).ConfigureAwait(false);
                 var ca = caPem is null ? null : Dingo.Security.PlatformCa.FingerprintOf(caPem);
                 _last = await backups.TakeAsync(_instanceId, systemId, name, host, port, _superuser, _cell.PostgresBin, Path.Combine(_cell.WorkRoot, "base"), ca, ct).ConfigureAwait(false);
                 _backupNow = false;

@@ -1,5 +1,6 @@
 using Dingo.Config;
 using Dingo.Model;
+using Dingo.Postgres;
 using Dingo.Store;
 using Microsoft.Extensions.Logging;
 
@@ -156,7 +157,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
         if (_tls is not null && DateTimeOffset.UtcNow - _tlsReadAt < TimeSpan.FromMinutes(1)) return _tls;
         try
         {
-            var ca = await Dingo.Security.PlatformCaStore.GetOrCreateAsync(store, settings.Postgres, ct).ConfigureAwait(false);
+            var ca = await Dingo.Postgres.PlatformCaStore.GetOrCreateAsync(store, settings.Postgres, ct).ConfigureAwait(false);
             // The cell's own connections (HA probes, archiving) present a client certificate of the same CA.
             Dingo.Postgres.PlatformConnectionTls.Trust(ca);
             var tls = new NodeTls(ca, NodeTls.HostsFor(settings), settings.Postgres.CertificateValidity);
@@ -169,7 +170,7 @@ public sealed class CellReconciler(EtcdStore store, IContainerRuntime runtime, C
             _tlsReadAt = DateTimeOffset.UtcNow;
             _tlsProblem = null;
         }
-        catch (Exception ex) when (ex is Dingo.Security.PlatformCaException or Dingo.Security.SealException)
+        catch (Exception ex) when (ex is Dingo.Postgres.PlatformCaException or Dingo.Security.SealException)
         {
             if (_tlsProblem != ex.Message) logger.LogError("cell {Cell}: the platform CA cannot be used: {Error}", _cell.Id, ex.Message);
             _tlsProblem = ex.Message;

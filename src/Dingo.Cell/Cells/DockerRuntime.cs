@@ -4,6 +4,7 @@ using System.Formats.Tar;
 using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
+using Dingo.Backups;
 using Dingo.Config;
 using Dingo.Model;
 using Dingo.Postgres;

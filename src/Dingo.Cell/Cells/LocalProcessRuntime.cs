@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
+using Dingo.Backups;
 using Dingo.Model;
 using Dingo.Postgres;
 using Microsoft.Extensions.Logging;
@@ -539,7 +540,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     }
 
     /// <summary>Alive and not a zombie: an unreaped dead postmaster still holds its PID.</summary>
-    private static bool IsAlive(int pid) => Dingo.Ha.ProcStat.Read(pid) is { Zombie: false };
+    private static bool IsAlive(int pid) => Dingo.ProcStat.Read(pid) is { Zombie: false };
 
     /// <summary>PIDs get reused, so check the process is postgres and works on this data directory.</summary>
     private static bool IsPostmasterFor(int pid, string pgData)

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using Dingo.Postgres;
 
 namespace Dingo.Cells;
 

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Dingo.Cells;
 using Dingo.Config;
+using Dingo.Health;
 using Dingo.Model;
 using Dingo.Postgres;
 using Dingo.Store;
@@ -77,7 +78,7 @@ public sealed class NodeAgent : INodeLoop
     private readonly Dingo.Store.EventJournal? _events;
     private (string Kind, string Sentence, DateTimeOffset At)? _lastEvent;
     /// <summary>What PostgreSQL answered in the last pass (null: it did not), for the cell's metrics.</summary>
-    private PostgresProbe.Observation? _lastPg;
+    private PostgresObservation? _lastPg;
     /// <summary>Started since it last answered: a start that ends with PostgreSQL gone again counts as failed.</summary>
     private bool _awaitingStart;
     /// <summary>Starts in a row that failed (threw, or PostgreSQL exited before answering), and why the last did.</summary>
@@ -575,7 +576,7 @@ public sealed class NodeAgent : INodeLoop
         _pass.Mark(_leaderLease != 0 || renewed ? "renew" : "start");
         var mine = await _runtime.InspectAsync(_spec.NodeId, ct).ConfigureAwait(false);
         _pass.Mark("inspect");
-        PostgresProbe.Observation? pg = null;
+        PostgresObservation? pg = null;
         if (mine is { Running: true })
         {
             // While leading, a PostgreSQL that does not answer (hung, stopped) must not hold the pass past the fencing deadline.

@@ -1,3 +1,4 @@
+using Dingo.Health;
 using Dingo.Model;
 using Dingo.Postgres;
 using Npgsql;
@@ -9,17 +10,6 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
 {
     /// <summary>The platform's own pooled sessions on a node, left out of its client count.</summary>
     public const string HaApplicationName = "dingo-ha", BackupsApplicationName = "dingo-backups";
-
-    /// <param name="ReplayLagSeconds">a replica with WAL still to replay: the age of the last transaction it replayed; else 0</param>
-    /// <param name="Connections">client backends connected, not counting the platform's own pooled ones (HA probe, backup duty)</param>
-    /// <param name="SynchronousStandbyNames">synchronous_standby_names as the server holds it now</param>
-    /// <param name="Slots">the server's physical replication slots, with whether each is active</param>
-    public sealed record Observation(bool InRecovery, long Lsn, int Timeline, bool Streaming, string? SenderHost, int? SenderPort,
-        double ReplayLagSeconds = 0, int Connections = 0)
-    {
-        public string? SynchronousStandbyNames { get; init; }
-        public IReadOnlyDictionary<string, bool>? Slots { get; init; }
-    }
 
     /// <summary>
     /// Pooled: the HA loop asks every node several questions every loop-wait, and a fresh connection each time costs
@@ -56,7 +46,7 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
     /// <summary>When the last <see cref="ObserveAsync"/> asked twice: how long each try took and why the first failed (for a slow pass's log line).</summary>
     public string? LastRetry { get; private set; }
 
-    public async Task<Observation> ObserveAsync(CancellationToken ct)
+    public async Task<PostgresObservation> ObserveAsync(CancellationToken ct)
     {
         var started = System.Diagnostics.Stopwatch.GetTimestamp();
         try
@@ -85,7 +75,7 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
     /// <summary>How long the last try's open took (a new session's TCP, TLS and SCRAM exchange; a pooled one costs nothing); null before one.</summary>
     public TimeSpan? LastOpen { get; private set; }
 
-    private async Task<Observation> ObserveOnceAsync(CancellationToken ct)
+    private async Task<PostgresObservation> ObserveOnceAsync(CancellationToken ct)
     {
         await using var conn = Connect();
         var opening = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -107,7 +97,7 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
             """, conn);
         await using var r = await cmd.ExecuteReaderAsync(ct).ConfigureAwait(false);
         await r.ReadAsync(ct).ConfigureAwait(false);
-        return new Observation(
+        return new PostgresObservation(
             r.GetBoolean(0),
             (long)r.GetDecimal(1),
             r.IsDBNull(2) ? 0 : r.GetInt32(2),

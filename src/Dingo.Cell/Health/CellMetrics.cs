@@ -71,7 +71,7 @@ public sealed class CellMetrics
     public CollectorRegistry Registry { get; }
 
     /// <summary>What a node's HA pass saw and decided.</summary>
-    public void Passed(NodeHealth health, PostgresProbe.Observation? pg, int restarts, HaAction action, string? failure)
+    public void Passed(NodeHealth health, PostgresObservation? pg, int restarts, HaAction action, string? failure)
     {
         var key = (health.InstanceId, health.NodeId);
         _nodes[key] = new NodeFigures(health, pg, restarts, _now()) { NextPass = _nodes.TryGetValue(key, out var last) ? last.NextPass : null };
@@ -178,7 +178,7 @@ public sealed class CellMetrics
         foreach (var labels in gauge.GetAllLabelValues().ToList()) gauge.RemoveLabelled(labels);
     }
 
-    private sealed record NodeFigures(NodeHealth Health, PostgresProbe.Observation? Pg, int Restarts, DateTimeOffset At)
+    private sealed record NodeFigures(NodeHealth Health, PostgresObservation? Pg, int Restarts, DateTimeOffset At)
     {
         public TimeSpan? NextPass { get; init; }
     }

@@ -3,6 +3,7 @@ using Akka.Actor;
 using Akka.Configuration;
 using Akka.TestKit.Xunit2;
 using Dingo.Cells;
+using Dingo.Membership;
 using Dingo.Model;
 using Dingo.Tests.Support;
 

@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Configuration;
 using Akka.TestKit.Xunit2;
+using Dingo.Membership;
 using Dingo.Tests.Support;
 
 namespace Dingo.Tests.Actors;

@@ -3,6 +3,7 @@ using Akka.Actor;
 using Akka.Configuration;
 using Akka.TestKit.Xunit2;
 using Dingo.Config;
+using Dingo.Membership;
 using Dingo.Model;
 using Dingo.Routing;
 using Dingo.Tests.Support;

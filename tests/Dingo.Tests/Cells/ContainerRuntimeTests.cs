@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Dingo.Cells;
 using Dingo.Model;
+using Dingo.Postgres;
 using Dingo.Tests.Support;
 using Microsoft.Extensions.Logging;
 using Npgsql;

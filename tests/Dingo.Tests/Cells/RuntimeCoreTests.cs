@@ -74,7 +74,7 @@ public sealed class RuntimeCoreTests
             var error = await Assert.ThrowsAsync<TimeoutException>(() => ProcessRunner.RunAsync(psi, null, TimeSpan.FromMilliseconds(500), CancellationToken.None));
             Assert.Equal("sh did not finish within 0.5 s", error.Message);
             var child = int.Parse(File.ReadAllText(pidFile).Trim(), System.Globalization.CultureInfo.InvariantCulture);
-            await Eventually.UntilAsync(() => Task.FromResult(Dingo.Ha.ProcessIdentity.Of(child) is null), TimeSpan.FromSeconds(5), $"the tool's child {child} is gone");
+            await Eventually.UntilAsync(() => Task.FromResult(Dingo.ProcessIdentity.Of(child) is null), TimeSpan.FromSeconds(5), $"the tool's child {child} is gone");
         }
         finally { File.Delete(pidFile); }
     }

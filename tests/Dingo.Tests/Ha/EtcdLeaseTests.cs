@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Coordination;
 using Dingo.Ha;
+using Dingo.Membership;
 using Dingo.Tests.Support;
 
 namespace Dingo.Tests.Ha;

@@ -142,7 +142,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
         }
 
         // The test process connects as the cells do: their CA trusted, a client certificate of it presented.
-        using (var ca = await Dingo.Security.PlatformCaStore.GetOrCreateAsync(platform.Store, platform.Settings.Postgres, CancellationToken.None))
+        using (var ca = await Dingo.Postgres.PlatformCaStore.GetOrCreateAsync(platform.Store, platform.Settings.Postgres, CancellationToken.None))
             Dingo.Postgres.PlatformConnectionTls.Trust(ca);
         await HealthApiTlsAsync(platform, id, when);
         long overTls = -1;
@@ -195,7 +195,7 @@ public sealed class FailoverTests(ITestOutputHelper output)
     /// certificate of the platform CA, and refuses plain HTTP with 426.</summary>
     private async Task HealthApiTlsAsync(TestPlatform platform, string id, string when)
     {
-        using var ca = await Dingo.Security.PlatformCaStore.GetOrCreateAsync(platform.Store, platform.Settings.Postgres, CancellationToken.None);
+        using var ca = await Dingo.Postgres.PlatformCaStore.GetOrCreateAsync(platform.Store, platform.Settings.Postgres, CancellationToken.None);
         using var https = new HttpClient(new SocketsHttpHandler
         {
             SslOptions = new System.Net.Security.SslClientAuthenticationOptions

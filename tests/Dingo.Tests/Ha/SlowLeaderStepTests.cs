@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Dingo.Backups;
 using Dingo.Cells;
 using Dingo.Ha;
 using Dingo.Model;

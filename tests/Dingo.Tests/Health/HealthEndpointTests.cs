@@ -113,7 +113,7 @@ public sealed class HealthEndpointTests(ITestOutputHelper output)
     public async Task With_require_tls_a_cell_serves_health_over_https_only_and_its_probe_checks_the_certificate()
     {
         await using var platform = await TestPlatform.StartAsync(cells: 0, TestPlatform.NewSettings(extra: "dingo.postgres.require-tls = on"), ownsData: true);
-        using var ca = await Dingo.Security.PlatformCaStore.GetOrCreateAsync(platform.Store, platform.Settings.Postgres, CancellationToken.None);
+        using var ca = await Dingo.Postgres.PlatformCaStore.GetOrCreateAsync(platform.Store, platform.Settings.Postgres, CancellationToken.None);
         using var caCertificate = ca.PublicCertificate();
         var healthPort = FreePorts.One();
         platform.StartCellProcess(1, new Dictionary<string, string> { ["DINGO_CELL_HEALTH_PORT"] = healthPort.ToString(CultureInfo.InvariantCulture) });

@@ -30,7 +30,7 @@ public sealed class MetricsRulesTests
     public async Task A_node_shows_its_current_role_only_and_its_decisions_by_kind()
     {
         var metrics = new CellMetrics();
-        var pg = new PostgresProbe.Observation(false, 1000, 3, false, null, null, 0, 4);
+        var pg = new PostgresObservation(false, 1000, 3, false, null, null, 0, 4);
         metrics.Passed(Health("i-1", "n-1", "replica", false, 100), pg with { InRecovery = true, ReplayLagSeconds = 1.5 }, 0, new HaAction.FollowLeader(null!, "following"), null);
         metrics.Passed(Health("i-1", "n-1", "replica", false), pg with { InRecovery = true }, 0, new HaAction.TakeLeadership("taking the key"), null);
         metrics.Passed(Health("i-1", "n-1", "primary", true), pg, 0, new HaAction.TakeLeadership("taking the key after a restart"), null);
@@ -54,7 +54,7 @@ public sealed class MetricsRulesTests
     {
         var now = DateTimeOffset.UtcNow;
         var metrics = new CellMetrics(now: () => now);
-        var pg = new PostgresProbe.Observation(false, 1000, 3, false, null, null);
+        var pg = new PostgresObservation(false, 1000, 3, false, null, null);
         metrics.Passed(Health("i-1", "n-gone", "primary", true), pg, 2, new HaAction.HandOver("n-2", "switching over"), null);
         metrics.Backup("i-1", new BackupState { NodeId = "n-gone", BacklogBytes = 42, LastUpload = now }, 40, 1 << 20);
         var before = await ExportAsync(metrics.Registry);

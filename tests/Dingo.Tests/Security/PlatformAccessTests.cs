@@ -47,7 +47,7 @@ public sealed class PlatformAccessTests
     public void With_require_tls_and_a_ca_the_platform_roles_also_need_a_client_certificate_and_applications_do_not()
     {
         using var ca = Dingo.Security.PlatformCa.Create("test", DateTimeOffset.UtcNow, TimeSpan.FromDays(30));
-        var tls = new Dingo.Cells.NodeTls(ca, ["127.0.0.1"], TimeSpan.FromDays(30));
+        var tls = new Dingo.Postgres.NodeTls(ca, ["127.0.0.1"], TimeSpan.FromDays(30));
         var lines = PlatformAccess.From(["10.0.0.5"], [], requireTls: true, tls: tls).Hba("dingo_admin", "10.0.0.7")
             .Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.StartsWith('#')).ToList();
         Assert.Contains("hostssl all \"dingo_admin\",\"dingo_replicator\" 10.0.0.5/32 scram-sha-256 clientcert=verify-ca", lines);
@@ -74,7 +74,7 @@ public sealed class PlatformAccessTests
     [InlineData("10.0.0.0/x")]
     public void A_bad_admin_network_is_refused_with_its_text(string network)
     {
-        var ex = Assert.Throws<ArgumentException>(() => PlatformAccess.ParseNetwork(network));
+        var ex = Assert.Throws<ArgumentException>(() => IpNetworks.Parse(network));
         Assert.Contains(network, ex.Message, StringComparison.Ordinal);
         var settings = Assert.Throws<ArgumentException>(() => TestPlatform.NewSettings(extra: $"dingo.cell.admin-networks = [\"{network}\"]"));
         Assert.Contains("dingo.cell.admin-networks", settings.Message, StringComparison.Ordinal);

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Dingo.Config;
+using Dingo.Postgres;
 using Dingo.Security;
 using Dingo.Tests.Support;
 

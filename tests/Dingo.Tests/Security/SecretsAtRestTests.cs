@@ -2,6 +2,7 @@ using System.Text;
 using Dingo.Backups;
 using Dingo.Broker;
 using Dingo.Model;
+using Dingo.Postgres;
 using Dingo.Security;
 using Dingo.Tests.Support;
 using Microsoft.Extensions.Logging.Abstractions;

@@ -1,4 +1,4 @@
-namespace Dingo;
+namespace Dingo.Membership;
 
 /// <summary>Akka.NET settings every Dingo process shares (operators tune the rest in hocon/).</summary>
 public static class AkkaDefaults
@@ -52,7 +52,7 @@ public static class AkkaDefaults
           down-all-when-unstable = off
         }
         dingo.akka-lease {
-          lease-class = "Dingo.Ha.EtcdLease, Dingo.Actors"
+          lease-class = "Dingo.Membership.EtcdLease, Dingo.Actors"
           heartbeat-timeout = 6s
           heartbeat-interval = 1s
           lease-operation-timeout = 5s

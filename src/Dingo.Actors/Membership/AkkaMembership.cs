@@ -4,7 +4,7 @@ using Dingo.Store;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
 
-namespace Dingo;
+namespace Dingo.Membership;
 
 /// <summary>
 /// How a Dingo process enters the Akka cluster, with etcd as the judge of whether a cluster exists.

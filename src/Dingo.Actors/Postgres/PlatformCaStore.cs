@@ -1,8 +1,9 @@
 using Dingo.Config;
 using Dingo.Model;
+using Dingo.Security;
 using Dingo.Store;
 
-namespace Dingo.Security;
+namespace Dingo.Postgres;
 
 /// <summary>
 /// The platform CA as etcd holds it (<c>tls/ca</c>): the certificate in clear, the private key as a

@@ -1,8 +1,9 @@
 using Akka.Actor;
 using Akka.Coordination;
+using Dingo.Config;
 using Dingo.Store;
 
-namespace Dingo.Ha;
+namespace Dingo.Membership;
 
 /// <summary>
 /// An Akka.Coordination lease held in etcd, for the split-brain resolver's lease-majority strategy: when the
@@ -27,7 +28,7 @@ public sealed class EtcdLease : Lease
         var endpoints = config.GetStringList("endpoints");
         var prefix = config.GetString("prefix", "/dingo");
         // The process's own etcd TLS files (AkkaDefaults.For copies dingo.etcd.tls here).
-        var tls = Store.EtcdClientTls.Load(new Config.EtcdTlsSettings
+        var tls = EtcdClientTls.Load(new EtcdTlsSettings
         {
             CaFile = config.GetString("tls.ca-file", ""),
             CertFile = config.GetString("tls.cert-file", ""),

@@ -1,7 +1,8 @@
-using Microsoft.AspNetCore.Mvc;
+using Dingo.Broker.Osb;
 using Dingo.Config;
+using Microsoft.AspNetCore.Mvc;
 
-namespace Dingo.Broker.Osb;
+namespace Dingo.Broker;
 
 /// <summary>The Open Service Broker API routes (v2.17).</summary>
 public static class OsbEndpoints

@@ -1,9 +1,8 @@
 using System.Net.Security;
 using System.Security.Cryptography.X509Certificates;
-using Dingo.Config;
 using Dingo.Security;
 
-namespace Dingo.Store;
+namespace Dingo.Config;
 
 /// <summary>
 /// What an etcd client presents and trusts over https:// endpoints, loaded once from `dingo.etcd.tls`: the CA that signed

@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace Dingo.Ha;
+namespace Dingo;
 
 /// <summary>A process as /proc knows it: its PID and its start time, so a PID reused by another process is never signalled.</summary>
 public readonly record struct ProcessIdentity(int Pid, long StartTime)

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace Dingo.Cells;
+namespace Dingo;
 
 /// <summary>
 /// Small files a cell must never find half-written (which etcd it placed its data from, which instance a node belongs

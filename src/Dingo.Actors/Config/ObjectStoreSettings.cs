@@ -1,4 +1,4 @@
-namespace Dingo.Backups;
+namespace Dingo.Config;
 
 /// <summary>
 /// Where backups go: `dingo.backups.store` in HOCON. Credentials come from DINGO_S3_ACCESS_KEY, DINGO_S3_SECRET_KEY
@@ -81,24 +81,6 @@ public sealed record ObjectStoreSettings
                 break;
             default:
                 throw new ArgumentException($"{Key}.kind must be \"local\", \"s3\" or \"azure\": got \"{Kind}\"");
-        }
-    }
-
-    /// <summary>The store these settings describe. A local folder is created when missing.</summary>
-    public IObjectStore CreateStore()
-    {
-        Validate();
-        switch (Kind)
-        {
-            case "local":
-                Directory.CreateDirectory(Folder);
-                return new LocalFolderObjectStore(Folder);
-            case "s3":
-                return new S3ObjectStore(S3Endpoint, S3Region, S3Bucket, S3AccessKey, S3SecretKey, ListPageSize);
-            default:
-                return string.IsNullOrWhiteSpace(AzureConnectionString)
-                    ? AzureBlobObjectStore.FromAccountKey(AzureAccountUrl, AzureAccountName, AzureAccountKey, AzureContainer, ListPageSize)
-                    : AzureBlobObjectStore.FromConnectionString(AzureConnectionString, AzureContainer, ListPageSize);
         }
     }
 

@@ -4,7 +4,7 @@ using System.Text;
 using Dingo.Config;
 using Dingo.Security;
 
-namespace Dingo.Cells;
+namespace Dingo.Postgres;
 
 /// <summary>
 /// The certificates a cell's nodes serve: issued by the platform CA for every host a client may use to reach a node
