@@ -6,7 +6,7 @@ using Microsoft.Extensions.Logging;
 namespace Dingo.Instances;
 
 /// <summary>One reconcile pass of one instance: read etcd, decide, act once, record progress.</summary>
-public sealed class InstanceReconciler(EtcdStore store, DingoSettings settings, ILogger logger, Dingo.Health.BrokerMetrics? metrics = null, EventJournal? events = null)
+public sealed class InstanceReconciler(IInstanceStore store, DingoSettings settings, ILogger logger, Dingo.Health.BrokerMetrics? metrics = null, EventJournal? events = null)
 {
     private readonly PortAllocator _ports = new(store);
 

@@ -4,7 +4,7 @@ using Dingo.Store;
 namespace Dingo.Instances;
 
 /// <summary>Hands out ports through etcd transactions, so two brokers never give one port twice.</summary>
-public sealed class PortAllocator(EtcdStore store)
+public sealed class PortAllocator(IInstanceStore store)
 {
     /// <summary>
     /// The next public port for an instance, claimed on its own. Ports only ever move forward: a retired port is never

@@ -27,7 +27,7 @@ public sealed class ServiceInstanceActor : PassActor<InstanceDecision?>
     private readonly string _instanceId;
     private readonly InstanceReconciler _reconciler;
 
-    public ServiceInstanceActor(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers, Dingo.Health.BrokerMetrics? metrics = null,
+    public ServiceInstanceActor(string instanceId, IInstanceStore store, DingoSettings settings, ILoggerFactory loggers, Dingo.Health.BrokerMetrics? metrics = null,
         EventJournal? events = null)
     {
         _instanceId = instanceId;
@@ -59,7 +59,7 @@ public sealed class ServiceInstanceActor : PassActor<InstanceDecision?>
         return TimeSpan.FromSeconds(1);
     }
 
-    public static Props Props(string instanceId, EtcdStore store, DingoSettings settings, ILoggerFactory loggers, Dingo.Health.BrokerMetrics? metrics = null,
+    public static Props Props(string instanceId, IInstanceStore store, DingoSettings settings, ILoggerFactory loggers, Dingo.Health.BrokerMetrics? metrics = null,
         EventJournal? events = null) =>
         Akka.Actor.Props.Create(() => new ServiceInstanceActor(instanceId, store, settings, loggers, metrics, events));
 }

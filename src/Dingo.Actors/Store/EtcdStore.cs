@@ -23,7 +23,7 @@ public sealed record Versioned<T>(string Key, T Value, long ModRevision)
 /// Dingo's only door to etcd: typed JSON values, create-if-absent and compare-and-swap transactions,
 /// leases and prefix watches, all through dotnet-etcd's clients over one gRPC channel.
 /// </summary>
-public sealed class EtcdStore : IAsyncDisposable
+public sealed class EtcdStore : IInstanceStore, IAsyncDisposable
 {
     private readonly GrpcChannel[] _channels;
     private int _current;
