@@ -42,11 +42,11 @@ public sealed class ServiceInstanceActor : PassActor<InstanceDecision?>
     {
         switch (decision)
         {
-            case null or InstanceDecision.FinishDeletion or InstanceDecision.Idle:
-                // Nothing left to watch: rest until a request or the sweep wakes us.
+            case null or InstanceDecision.FinishDeletion or InstanceDecision.Idle or InstanceDecision.Succeed or InstanceDecision.Fail:
+                // Nothing left to watch: rest until a request or the sweep wakes us. An operation that just ended is no
+                // exception: the sweep only wakes instances with work, so an entity kept after its operation stayed in
+                // memory for good (ServiceInstanceActorTestKitTests).
                 if (!RequestedMeanwhile) Context.Parent.Tell(new Passivate(PoisonPill.Instance));
-                return null;
-            case InstanceDecision.Succeed or InstanceDecision.Fail:
                 return null;
             default:
                 return ActiveInterval;
