@@ -5,6 +5,7 @@ using Akka.Configuration;
 using Akka.TestKit.Xunit2;
 using Dingo.Config;
 using Dingo.Instances;
+using Dingo.Membership;
 using Dingo.Model;
 using Dingo.Store;
 using Dingo.Tests.Support;

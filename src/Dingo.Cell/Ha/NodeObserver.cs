@@ -1,0 +1,296 @@
+using System.Text.Json;
+using Dingo.Cells;
+using Dingo.Health;
+using Dingo.Model;
+using Dingo.Postgres;
+using Dingo.Store;
+using Microsoft.Extensions.Logging;
+
+namespace Dingo.Ha;
+
+/// <summary>
+/// The observe piece of a node's HA pass: a leader's renewal first, then this node's PostgreSQL (the runtime, the probe)
+/// and the cluster in etcd (one read), into the <see cref="HaInput"/> that <see cref="Failover.Decide"/> takes. What it
+/// must remember between passes is only how long things have been so (not answering, not streaming, starts that failed).
+/// </summary>
+/// <param name="http">for the members' health APIs (HTTPS checked against the platform CAs with require-tls)</param>
+internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKey key, FailsafeMember failsafe, HttpClient http)
+{
+    /// <summary>Since when (monotonic ns) a running PostgreSQL has not answered the probe (0: it answers).</summary>
+    private long _notAnsweringSinceNs;
+    private bool _seenRunning;
+    private readonly PostmasterWatch _watch = new(state);
+
+    private string NodeId => state.Spec.NodeId;
+    private string InstanceId => state.Spec.InstanceId;
+    private Keys K => state.K;
+
+    /// <summary>Wakes a pass when the PostgreSQL this agent saw answering ends.</summary>
+    public PostmasterWatch Watch => _watch;
+
+    /// <summary>What etcd said this pass, filled as it is read: a read cut short keeps what came before the cut.</summary>
+    private sealed class ClusterView
+    {
+        public bool Renewed;
+        public LeaderRecord? Leader;
+        public long LeaderKeyLease, LeaderRevision;
+        public long? Optime;
+        public SyncState? Sync;
+        public SwitchoverRequest? Switchover;
+        public bool Initialised, Candidate;
+        public string? InitialisedBy;
+        public List<NodeStatus> Members = [];
+    }
+
+    public async Task<HaInput> ObserveAsync(InstanceRecord record, PostgresProbe probe, CancellationToken etcd, CancellationToken ct)
+    {
+        var now = DateTimeOffset.UtcNow;
+        var (reachable, renewed) = await RenewFirstAsync(etcd, ct).ConfigureAwait(false);
+        state.Pass.Mark(lease.Held || renewed ? "renew" : "start");
+        var mine = await state.Runtime.InspectAsync(NodeId, ct).ConfigureAwait(false);
+        state.Pass.Mark("inspect");
+        var pg = mine is { Running: true } ? await ProbeAsync(probe, etcd, ct).ConfigureAwait(false) : null;
+        state.LastPg = pg;
+        if (pg is not null) await _watch.WatchAsync(ct).ConfigureAwait(false);
+        NoteLocal(mine, pg);
+        var cluster = new ClusterView { Renewed = renewed };
+        if (reachable) reachable = await ReadClusterAsync(cluster, etcd, ct).ConfigureAwait(false);
+        // Failsafe keeps a working primary: one that does not answer itself (hung, stopped) is not kept this way (its
+        // replicas may not have noticed yet that nothing comes).
+        state.Pass.Mark("read");
+        var kept = !reachable && pg is { InRecovery: false } && lease.Guarded && await lease.ConfirmFailsafeAsync(ct).ConfigureAwait(false);
+        if (cluster.Renewed || kept) await lease.ArmAsync(ct).ConfigureAwait(false);
+        return Input(record, mine, pg, cluster, reachable, kept, now);
+    }
+
+    /// <summary>
+    /// Before taking a free key: this node's and every running member's WAL position as they are now — a member's asked of
+    /// its agent (<c>GET /wal-position</c> on its health API), or of its PostgreSQL directly when the agent cannot say —
+    /// on a budget of a quarter TTL (the key is free: every moment of it is a moment without a primary). A member that
+    /// does not answer in time keeps its reported position, as before this check.
+    /// </summary>
+    public async Task<HaInput> WithLivePositionsAsync(HaInput input, InstanceRecord record, PostgresProbe probe, CancellationToken ct)
+    {
+        using var budget = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        budget.CancelAfter(state.Ha.Ttl / 4);
+        var asked = input.Members.Where(m => m.State == NodeState.Running && Failover.IsFresh(input, m, state.Ha)).ToList();
+        var answers = await Task.WhenAll(asked.Select(m => AskMemberAsync(m, record, budget.Token, ct)).Append(AskAsync(NodeId, probe, budget.Token, ct))).ConfigureAwait(false);
+        foreach (var (nodeId, _, error) in answers.Where(a => a.Error is not null && a.NodeId != NodeId))
+            state.Logger.LogWarning("node {Node}: could not ask {Member} its WAL position before taking the leader key ({Error}): its report decides", NodeId, nodeId, error);
+        var live = answers.Where(a => a.Lsn is not null && a.NodeId != NodeId).ToDictionary(a => a.NodeId, a => a.Lsn!.Value);
+        return Failover.WithLivePositions(input, answers.Single(a => a.NodeId == NodeId).Lsn, live);
+    }
+
+    private static async Task<(string NodeId, long? Lsn, string? Error)> AskAsync(string nodeId, PostgresProbe of, CancellationToken budget, CancellationToken ct)
+    {
+        try { return (nodeId, await of.WalPositionAsync(budget).WaitAsync(budget).ConfigureAwait(false), null); }
+        catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException or System.IO.IOException
+                                   || (ex is OperationCanceledException && !ct.IsCancellationRequested))
+        {
+            return (nodeId, null, ex is OperationCanceledException ? "no answer in time" : ex.Message);
+        }
+    }
+
+    /// <summary>Its agent first (one query on its warm pooled session); PostgreSQL itself when the agent cannot say.</summary>
+    private async Task<(string NodeId, long? Lsn, string? Error)> AskMemberAsync(NodeStatus m, InstanceRecord record, CancellationToken budget, CancellationToken ct)
+    {
+        if (state.Peers.FirstOrDefault(p => p.NodeId == m.NodeId) is { Host: { } host, ApiPort: > 0 } peer)
+        {
+            try
+            {
+                var uri = new UriBuilder(PlatformConnectionTls.Required ? "https" : "http", host, peer.ApiPort, "/wal-position").Uri;
+                using var response = await http.GetAsync(uri, budget).ConfigureAwait(false);
+                if (response.IsSuccessStatusCode
+                    && System.Text.Json.Nodes.JsonNode.Parse(await response.Content.ReadAsStringAsync(budget).ConfigureAwait(false))?["wal_position"] is System.Text.Json.Nodes.JsonValue value
+                    && value.TryGetValue<long>(out var lsn))
+                    return (m.NodeId, lsn, null);
+            }
+            catch (Exception ex) when (ex is HttpRequestException or JsonException || (ex is OperationCanceledException && !ct.IsCancellationRequested))
+            {
+                if (budget.IsCancellationRequested) return (m.NodeId, null, "no answer in time");
+            }
+        }
+        return await AskAsync(m.NodeId, new PostgresProbe(m.Host, m.Port, record.Superuser), budget, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A leader renews first thing: the renewal says this pass runs, and PostgreSQL's health has rules of its own (a hung
+    /// primary demotes). Renewing after the slower observations made a loaded machine's leaders fence.
+    /// </summary>
+    private async Task<(bool Reachable, bool Renewed)> RenewFirstAsync(CancellationToken etcd, CancellationToken ct)
+    {
+        if (!lease.Held) return (true, false);
+        try
+        {
+            // At most half of what is left before fencing (and a quarter TTL): an etcd that does not answer must leave
+            // the pass time to look at PostgreSQL and, in failsafe, to ask the other members.
+            using var renewal = CancellationTokenSource.CreateLinkedTokenSource(etcd);
+            var budget = state.Others.Count > 0 ? TimeSpan.FromTicks(Math.Min(lease.UntilFencing().Ticks / 2, (state.Ha.Ttl / 4).Ticks)) : state.Ha.Ttl;
+            renewal.CancelAfter(budget > TimeSpan.Zero ? budget : TimeSpan.FromMilliseconds(100));
+            if (await lease.RenewAsync(renewal.Token).ConfigureAwait(false)) return (true, true);
+            // (etcd revokes a lease it did not see renewed for a TTL, as after a hang longer than that, while failsafe
+            // kept the primary serving.)
+            state.Logger.LogWarning("node {Node}: my leader lease expired", NodeId);
+            lease.Expired();
+            return (true, false);
+        }
+        catch (Exception ex) when (AgentState.EtcdUnreachable(ex, ct))
+        {
+            return (false, false);
+        }
+    }
+
+    /// <summary>Asks the running PostgreSQL how it is; null when it does not answer in time.</summary>
+    private async Task<PostgresObservation?> ProbeAsync(PostgresProbe probe, CancellationToken etcd, CancellationToken ct)
+    {
+        PostgresObservation? pg = null;
+        // While leading, a PostgreSQL that does not answer (hung, stopped) must not hold the pass past the fencing deadline.
+        // WaitAsync: Npgsql's own cancellation asks the server to cancel, which a stopped server never answers.
+        // Past (or at) the fencing deadline a leader still needs to know whether its PostgreSQL answers (failsafe
+        // keeps only one that does): a short budget of its own; the guard keeps the deadline meanwhile.
+        using var late = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        late.CancelAfter(!lease.Held ? state.Ha.Ttl / 2 : state.Ha.Ttl / 8);
+        // A node that does not lead has nothing to fence: its probe gets its own budget, not what the pass's etcd calls
+        // left of theirs (a hung etcd must not make a healthy replica look dead: failsafe asks replicas about it).
+        var probing = !lease.Held || lease.UntilFencing() < state.Ha.Ttl / 8 ? late.Token : etcd;
+        try { pg = await probe.ObserveAsync(probing).WaitAsync(probing).ConfigureAwait(false); }
+        catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException
+                                   || (ex is OperationCanceledException && !ct.IsCancellationRequested)) { }
+        state.Pass.Mark("probe");
+        return pg;
+    }
+
+    /// <summary>What the runtime and the probe say of this node over time: restarts, failed starts, how long not answering or streaming.</summary>
+    private void NoteLocal(RuntimeNode? mine, PostgresObservation? pg)
+    {
+        if (mine is { Running: true } && pg is null) { if (_notAnsweringSinceNs == 0) _notAnsweringSinceNs = Monotonic.NowNs(); }
+        else _notAnsweringSinceNs = 0;
+        if (mine is { Running: false } && _seenRunning)
+        {
+            state.Restarts++;
+            _seenRunning = false;
+            state.ForgetLeading();
+            state.Logger.LogWarning("node {Node}: PostgreSQL is not running ({Detail}) (restart #{Count})", NodeId, mine.Detail, state.Restarts);
+            state.Events?.Record(InstanceId, NodeId, EventKind.PostgresRestarted, $"PostgreSQL was found not running ({mine.Detail}): restart #{state.Restarts}");
+        }
+        if (pg is not null)
+        {
+            _seenRunning = true;
+            state.AwaitingStart = false;
+            state.FailedStarts = 0;
+        }
+        else if (mine is { Running: false } && state.AwaitingStart)
+        {
+            state.AwaitingStart = false;
+            state.StartFailed($"PostgreSQL exited before accepting connections ({mine.Detail})");
+        }
+        if (pg is { InRecovery: true, Streaming: false }) state.NotStreamingSince ??= DateTime.UtcNow;
+        else state.NotStreamingSince = null;
+    }
+
+    /// <summary>
+    /// The cluster's keys, the members' reports, the node specs and the instance record: one read, at one revision.
+    /// False when etcd did not answer (what was read before it stopped stays in <paramref name="view"/>).
+    /// </summary>
+    private async Task<bool> ReadClusterAsync(ClusterView view, CancellationToken etcd, CancellationToken ct)
+    {
+        try
+        {
+            var (read, keys, _) = await state.Store.ReadManyRawAsync([K.Cluster(InstanceId), K.Statuses(InstanceId), K.Nodes(InstanceId)],
+                [K.Instance(InstanceId)], etcd).ConfigureAwait(false);
+            // The next pass decides with this record; none: the instance is being deleted (RunPassAsync ends this pass).
+            state.Record = keys[0] is { } instance ? EtcdStore.Decode<InstanceRecord>(instance).Value : null;
+            ReadClusterKeys(view, read[0]);
+            await AdoptLeaseAsync(view, etcd).ConfigureAwait(false);
+            var members = read[1].Select(m => EtcdStore.Decode<NodeStatus>(m).Value).Where(m => m.NodeId != NodeId).ToList();
+            var specs = read[2].Select(n => EtcdStore.Decode<NodeSpec>(n).Value)
+                .OrderBy(n => n.CreatedAt).ThenBy(n => n.NodeId, StringComparer.Ordinal).ToList();
+            view.Candidate = specs.FirstOrDefault()?.NodeId == NodeId;
+            state.Others = specs.Where(s => s.NodeId != NodeId).Select(s => s.NodeId).ToList();
+            // Only members of the cluster as it is now count (a removed node's last report may linger).
+            view.Members = members = members.Where(m => specs.Any(s => s.NodeId == m.NodeId)).ToList();
+            state.Peers = specs.Where(s => s.NodeId != NodeId).Select(s => (s.NodeId, members.FirstOrDefault(m => m.NodeId == s.NodeId)?.Host, s.ApiPort)).ToList();
+            // A leader that got members (or lost them all) moves its key to a lease of the TTL that now applies: a short one
+            // as soon as a replica could take over, a long one while nobody could (PassCadence).
+            if (view.Renewed && view.Leader is { } held && held.NodeId == NodeId && view.LeaderKeyLease == lease.Id && lease.Alone != (state.Others.Count == 0))
+                await key.MoveToLeaseAsync(held, view.LeaderRevision, etcd).ConfigureAwait(false);
+            lease.EtcdReachable();
+            return true;
+        }
+        catch (Exception ex) when (AgentState.EtcdUnreachable(ex, ct))
+        {
+            return false;
+        }
+    }
+
+    private void ReadClusterKeys(ClusterView view, IEnumerable<Versioned<string>> cluster)
+    {
+        foreach (var kv in cluster.Select(EtcdStore.Decode<JsonElement>))
+        {
+            switch (kv.Key[K.Cluster(InstanceId).Length..])
+            {
+                case "leader":
+                    view.Leader = kv.Value.Deserialize<LeaderRecord>(Json.Options);
+                    (view.LeaderKeyLease, view.LeaderRevision) = (kv.Lease, kv.ModRevision);
+                    break;
+                case "optime": view.Optime = kv.Value.GetInt64(); break;
+                case "sync": view.Sync = kv.Value.Deserialize<SyncState>(Json.Options); break;
+                case "switchover": view.Switchover = kv.Value.Deserialize<SwitchoverRequest>(Json.Options); break;
+                case "initialize":
+                    view.Initialised = true;
+                    view.InitialisedBy = kv.Value.ValueKind == JsonValueKind.String ? kv.Value.GetString() : null;
+                    break;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The key names this node under a lease this process did not take: the agent restarted (SIGKILL, a crash) while
+    /// PostgreSQL went on. The lease is still alive, so nobody else can lead: carry on with it instead of giving up a
+    /// working primary.
+    /// </summary>
+    private async Task AdoptLeaseAsync(ClusterView view, CancellationToken etcd)
+    {
+        if (lease.Held || view.Leader?.NodeId != NodeId || view.LeaderKeyLease == 0 || view.LeaderKeyLease == lease.Abandoned) return;
+        var sent = Monotonic.NowNs();
+        var ttl = await state.Store.KeepAliveOnceTtlAsync(view.LeaderKeyLease, etcd).ConfigureAwait(false);
+        if (ttl <= 0) return;
+        // Its TTL says what it was granted for (etcd may round a TTL up, never to an alone lease's).
+        lease.Adopt(view.LeaderKeyLease, ttl >= Math.Ceiling(state.Ha.AloneTtl.TotalSeconds) && state.Ha.AloneTtl > state.Ha.Ttl, sent);
+        view.Renewed = true;
+        state.Logger.LogInformation("node {Node}: adopted the leader lease of {Instance} (the agent restarted while this node led)", NodeId, InstanceId);
+    }
+
+    private HaInput Input(InstanceRecord record, RuntimeNode? mine, PostgresObservation? pg, ClusterView cluster, bool reachable, bool kept, DateTimeOffset now)
+    {
+        var local = new LocalState(
+            DataInitialised: mine?.Initialised == true,
+            Running: mine?.Running == true,
+            Answering: pg is not null,
+            InRecovery: pg?.InRecovery ?? true,
+            Lsn: pg?.Lsn ?? 0,
+            Timeline: pg?.Timeline ?? 0,
+            Streaming: pg is { InRecovery: true, Streaming: true },
+            FollowingNodeId: state.Following,
+            NotStreamingFor: state.NotStreamingSince is { } since ? DateTime.UtcNow - since : TimeSpan.Zero,
+            RewindFailed: state.RewindFailed)
+        {
+            NotAnsweringFor = _notAnsweringSinceNs == 0 ? TimeSpan.Zero : Monotonic.Between(_notAnsweringSinceNs, Monotonic.NowNs()),
+            StartingReadOnly = state.AwaitingStart,
+            FailedStarts = state.FailedStarts,
+            StartFailure = state.StartFailure,
+        };
+        var plan = Catalog.FindPlan(record.PlanId);
+        state.StoreSync = SynchronousCommit.StoreSync(record);
+        state.Synchronous = SynchronousCommit.Synchronous(plan?.Synchronous == true, state.StoreSync, record.NodeCount);
+        return new HaInput(NodeId, state.Synchronous, local, reachable, cluster.Leader, lease.Held, lease.SinceRenewal,
+            cluster.Optime, cluster.Sync, cluster.Members, cluster.Switchover, cluster.Initialised, cluster.Candidate, now)
+        {
+            InitialisedBy = cluster.InitialisedBy,
+            RestoreFrom = record.Restore?.InstanceId,
+            Alone = state.Others.Count == 0,
+            Failsafe = kept,
+            FailsafePromisedTo = failsafe.PromisedTo(state.Ha.Ttl),
+        };
+    }
+}
