@@ -71,6 +71,10 @@ internal sealed class LeaderKey(AgentState state, LeaderLease lease, Func<HaInpu
             t => state.Logger.LogDebug("node {Node}: revoking lease {Lease}: {Error}", NodeId, revoked, t.Exception?.GetBaseException().Message),
             CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
 
+    /// <summary>True when the leader key names this node, whichever lease holds it.</summary>
+    public async Task<bool> NamesThisNodeAsync(CancellationToken ct) =>
+        (await Store.GetAsync<LeaderRecord>(K.Leader(InstanceId), ct).ConfigureAwait(false))?.Value.NodeId == NodeId;
+
     /// <summary>Deletes the leader key if it still names this node, and drops this node's lease.</summary>
     public async Task ReleaseAsync(CancellationToken ct)
     {

@@ -295,9 +295,18 @@ public sealed class NodeAgent : INodeLoop
     public async Task ReleaseOnShutdownAsync(CancellationToken ct)
     {
         await StopBackupsAsync().ConfigureAwait(false);
-        if (_lease.Held)
+        // Writes stop before the key goes, or a replica could promote beside a primary still accepting them. A key that
+        // names this node under a lease this process has not adopted yet is no different (the agent restarted while
+        // leading and stops before its first pass took the lease over): its PostgreSQL is as writable. An etcd that does
+        // not answer: the key cannot go either, so it lapses with its lease after the guard's deadline, as on a crash.
+        var named = false;
+        if (!_lease.Held)
         {
-            // Writes stop before the key goes, or a replica could promote beside a primary still accepting them.
+            try { named = await _key.NamesThisNodeAsync(ct).ConfigureAwait(false); }
+            catch (RpcException) { }
+        }
+        if (_lease.Held || named)
+        {
             await _state.Runtime.StopAsync(Spec.NodeId, ct).ConfigureAwait(false);
             _lease.Disarm();
         }

@@ -19,7 +19,7 @@ namespace Dingo.Tests.Ha;
 /// The slowness is a lock the test holds on what the preparation changes, so the step waits as long as the test says.
 /// And a leader's step after a stop that outlasted the pass's etcd budget: a switchover's release of the key.
 /// </summary>
-[SuiteCost(39)]
+[SuiteCost(44)]
 public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private static readonly CancellationToken None = CancellationToken.None;
@@ -161,6 +161,24 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         await Eventually.UntilAsync(() => Task.FromResult((report = _guard.TakeFenced(_spec.NodeId)) is not null), TimeSpan.FromSeconds(5), "the guard's report");
         output.WriteLine($"the guard: {report}");
         Assert.Contains("not renewed in time", report);
+    }
+
+    [Fact]
+    public async Task An_agent_restarted_while_leading_stops_its_primary_before_a_clean_shutdown_gives_the_key_up()
+    {
+        // The first agent bootstrapped and holds the key under its lease; the cell then restarts its agent (a new
+        // NodeAgent for the same node) and shuts down cleanly before that agent's first pass adopted the lease.
+        await BootstrappedAsync();
+        var restarted = Agent();
+        Assert.NotNull(await _runtime.PostmasterPidAsync(_spec.NodeId, None));
+
+        using var budget = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await restarted.ReleaseOnShutdownAsync(budget.Token);
+
+        // The key went, so a replica may promote at once: the primary it named must no longer accept writes. It did
+        // until then (the guard's deadline, ¾ TTL later, was the only stop).
+        Assert.Null(await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None));
+        Assert.Null(await _runtime.PostmasterPidAsync(_spec.NodeId, None));
     }
 
     [Fact]
