@@ -91,14 +91,25 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         }
     }
 
+    /// <summary>
+    /// A member's WAL-position endpoint; null when its reported host is no host name or address (a damaged report), so
+    /// that member's PostgreSQL is asked instead and the pass goes on, rather than the pass failing on every other node.
+    /// </summary>
+    internal static Uri? WalPositionUri(string host, int port, bool tls)
+    {
+        if (Uri.CheckHostName(host) is not (UriHostNameType.Dns or UriHostNameType.IPv4 or UriHostNameType.IPv6)) return null;
+        try { return new UriBuilder(tls ? "https" : "http", host, port, "/wal-position").Uri; }
+        catch (Exception ex) when (ex is UriFormatException or ArgumentOutOfRangeException) { return null; }
+    }
+
     /// <summary>Its agent first (one query on its warm pooled session); PostgreSQL itself when the agent cannot say.</summary>
     private async Task<(string NodeId, long? Lsn, string? Error)> AskMemberAsync(NodeStatus m, InstanceRecord record, CancellationToken budget, CancellationToken ct)
     {
-        if (state.Peers.FirstOrDefault(p => p.NodeId == m.NodeId) is { Host: { } host, ApiPort: > 0 } peer)
+        if (state.Peers.FirstOrDefault(p => p.NodeId == m.NodeId) is { Host: { } host, ApiPort: > 0 } peer
+            && WalPositionUri(host, peer.ApiPort, PlatformConnectionTls.Required) is { } uri)
         {
             try
             {
-                var uri = new UriBuilder(PlatformConnectionTls.Required ? "https" : "http", host, peer.ApiPort, "/wal-position").Uri;
                 using var response = await http.GetAsync(uri, budget).ConfigureAwait(false);
                 if (response.IsSuccessStatusCode
                     && System.Text.Json.Nodes.JsonNode.Parse(await response.Content.ReadAsStringAsync(budget).ConfigureAwait(false))?["wal_position"] is System.Text.Json.Nodes.JsonValue value
