@@ -29,7 +29,7 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
     public PostmasterWatch Watch => _watch;
 
     /// <summary>What etcd said this pass, filled as it is read: a read cut short keeps what came before the cut.</summary>
-    private sealed class ClusterView
+    private sealed class EtcdRead
     {
         public bool Renewed;
         public LeaderRecord? Leader;
@@ -53,7 +53,7 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         state.LastPg = pg;
         if (pg is not null) await _watch.WatchAsync(ct).ConfigureAwait(false);
         NoteLocal(mine, pg);
-        var cluster = new ClusterView { Renewed = renewed };
+        var cluster = new EtcdRead { Renewed = renewed };
         if (reachable) reachable = await ReadClusterAsync(cluster, etcd, ct).ConfigureAwait(false);
         // Failsafe keeps a working primary: one that does not answer itself (hung, stopped) is not kept this way (its
         // replicas may not have noticed yet that nothing comes).
@@ -203,7 +203,7 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
     /// The cluster's keys, the members' reports, the node specs and the instance record: one read, at one revision.
     /// False when etcd did not answer (what was read before it stopped stays in <paramref name="view"/>).
     /// </summary>
-    private async Task<bool> ReadClusterAsync(ClusterView view, CancellationToken etcd, CancellationToken ct)
+    private async Task<bool> ReadClusterAsync(EtcdRead view, CancellationToken etcd, CancellationToken ct)
     {
         try
         {
@@ -234,7 +234,7 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         }
     }
 
-    private void ReadClusterKeys(ClusterView view, IEnumerable<Versioned<string>> cluster)
+    private void ReadClusterKeys(EtcdRead view, IEnumerable<Versioned<string>> cluster)
     {
         foreach (var kv in cluster.Select(EtcdStore.Decode<JsonElement>))
         {
@@ -260,7 +260,7 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
     /// PostgreSQL went on. The lease is still alive, so nobody else can lead: carry on with it instead of giving up a
     /// working primary.
     /// </summary>
-    private async Task AdoptLeaseAsync(ClusterView view, CancellationToken etcd)
+    private async Task AdoptLeaseAsync(EtcdRead view, CancellationToken etcd)
     {
         if (lease.Held || view.Leader?.NodeId != NodeId || view.LeaderKeyLease == 0 || view.LeaderKeyLease == lease.Abandoned) return;
         var sent = Monotonic.NowNs();
@@ -272,7 +272,7 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         state.Logger.LogInformation("node {Node}: adopted the leader lease of {Instance} (the agent restarted while this node led)", NodeId, InstanceId);
     }
 
-    private HaInput Input(InstanceRecord record, RuntimeNode? mine, PostgresObservation? pg, ClusterView cluster, bool reachable, bool kept, DateTimeOffset now)
+    private HaInput Input(InstanceRecord record, RuntimeNode? mine, PostgresObservation? pg, EtcdRead cluster, bool reachable, bool kept, DateTimeOffset now)
     {
         var local = new LocalState(
             DataInitialised: mine?.Initialised == true,
