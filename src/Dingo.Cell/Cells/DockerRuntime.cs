@@ -341,7 +341,6 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             if (nodeContainers.TryGetValue(nodeId, out var c))
             {
                 var running = c.State == "running";
-                if (running) _stoppedDetails.TryRemove(c.ID, out _);
                 result.Add(await ContainerNodeAsync(nodeId, c.ID, running, c.State, ExitCode(c.Status), c.ImageID, c.Image, Label(c.Labels, InstanceLabel), ct).ConfigureAwait(false));
             }
             else
@@ -349,8 +348,18 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
                 result.Add(Uninitialised(nodeId, tools[nodeId].FirstOrDefault(t => t.State == "running"), Label(volumeNodes[nodeId].Labels, InstanceLabel)));
             }
         }
+        // What is remembered of stopped containers: only each listed container's present stop. A container that runs
+        // again, stopped another way or went keeps nothing here (the cache grew by one entry a stop, for good).
+        var present = nodeContainers.Values.Where(c => c.State != "running").Select(c => StoppedKey(c.ID, c.State, ExitCode(c.Status))).ToHashSet(StringComparer.Ordinal);
+        foreach (var key in _stoppedDetails.Keys)
+            if (!present.Contains(key)) _stoppedDetails.TryRemove(key, out _);
         return result;
     }
+
+    /// <summary>How many stopped containers' details are remembered (tests: the cache keeps only present stops).</summary>
+    internal int StoppedDetailsRemembered => _stoppedDetails.Count;
+
+    private static string StoppedKey(string id, string? state, long? code) => $"{id}/{state}/{code}";
 
     /// <summary>"stopped", "exited (137)", "exited (1): FATAL: …", "image missing (…)": asked once per stopped container.</summary>
     private async Task<string> StoppedDetailAsync(string id, string? state, long? code, string imageId, string image, CancellationToken ct)
@@ -358,7 +367,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         // podman's "stopped" (and "stopping"): the process is gone but its monitor has not recorded the exit yet. Not a
         // clean stop, and not known yet: asked again on the next listing.
         if (state is "stopped" or "stopping") return "exiting (its exit code is not recorded yet)";
-        var key = $"{id}/{state}/{code}";
+        var key = StoppedKey(id, state, code);
         if (_stoppedDetails.TryGetValue(key, out var known)) return known;
         string detail;
         try

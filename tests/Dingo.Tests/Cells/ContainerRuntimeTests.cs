@@ -180,10 +180,14 @@ public abstract class ContainerRuntimeTests : IAsyncLifetime
         Assert.Equal("syncfs", await ScalarAsync(spec, "SHOW recovery_init_sync_method"));
         Assert.Equal(true, await ScalarAsync(spec, "SELECT pg_is_in_recovery()"));
         Assert.NotEqual(incarnation, await IncarnationAsync(Assert.Single(await Runtime.ListAsync(Ct()))));
+        AssertRunningAgain();
     }
 
     /// <summary>What the runtime says about a node whose postmaster was killed.</summary>
     protected virtual Task AssertKilledDetailAsync(RuntimeNode node) => Task.CompletedTask;
+
+    /// <summary>What the runtime keeps once that node runs again (listed since).</summary>
+    protected virtual void AssertRunningAgain() { }
 
     [Fact]
     public async Task Remove_deletes_the_data_and_closes_the_port()

@@ -47,7 +47,12 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
             node = Assert.Single(await Runtime.ListAsync(Ct()));
         }
         Assert.StartsWith("exited (137)", node.Detail);
+        // Asked of the engine once, then remembered while the container stays stopped so.
+        Assert.Equal(1, ((DockerRuntime)Runtime).StoppedDetailsRemembered);
     }
+
+    /// <remarks>The stop's detail is forgotten once the container runs again (it stayed, one entry a stop, for good).</remarks>
+    protected override void AssertRunningAgain() => Assert.Equal(0, ((DockerRuntime)Runtime).StoppedDetailsRemembered);
 
     protected override async Task<bool> DataExistsAsync(string nodeId)
     {
