@@ -164,7 +164,12 @@ public static class Failover
         // demoting it would only take the database away while etcd is slow or gone).
         var surelyReadOnly = local.Answering && local.InRecovery;
         if (i.HoldsLease && !i.Alone && !surelyReadOnly && i.SinceRenewal >= s.Ttl / 2)
-            return new HaAction.Demote(otherLeader, i.EtcdReachable
+            // The sentence names the cause an operator can act on: a PostgreSQL that stopped answering also holds the pass
+            // past its etcd budget, so the pass sees etcd as unreachable too; blaming etcd then sent people to the wrong
+            // service (AgentFaultTests' SIGSTOP said "cannot reach etcd").
+            return new HaAction.Demote(otherLeader, local is { Running: true, Answering: false }
+                ? $"demoting: PostgreSQL has not answered for {local.NotAnsweringFor.TotalSeconds:0.0}s and the leader key was not renewed for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)"
+                : i.EtcdReachable
                 ? $"demoting: the leader key was not renewed for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)"
                 : $"demoting: cannot reach etcd to renew the leader key for {i.SinceRenewal.TotalSeconds:0.0}s (fencing before the lease can expire)") { AtOnce = true };
 

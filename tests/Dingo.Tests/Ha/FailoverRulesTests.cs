@@ -249,12 +249,19 @@ public sealed class FailoverRulesTests
         else Assert.Contains("restarting it in place", Assert.IsType<HaAction.Start>(decision).Sentence, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public void A_leader_whose_PostgreSQL_does_not_answer_is_still_fenced_past_half_the_TTL()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void A_leader_whose_PostgreSQL_does_not_answer_is_still_fenced_past_half_the_TTL_and_the_sentence_names_PostgreSQL(bool etcdReachable)
     {
         // Not answering is no proof of read-only: a stopped primary resumes writable. Fencing must not wait for an answer.
-        var decision = Failover.Decide(Leader(answering: false, notAnsweringFor: TimeSpan.FromSeconds(0.5), sinceRenewal: TimeSpan.FromSeconds(2.1)), Settings);
-        Assert.Contains("fencing", Assert.IsType<HaAction.Demote>(decision).Sentence, StringComparison.Ordinal);
+        // A hung PostgreSQL also holds the pass past its etcd budget (etcd looks unreachable): the cause named is PostgreSQL.
+        var decision = Failover.Decide(Leader(answering: false, notAnsweringFor: TimeSpan.FromSeconds(0.5), sinceRenewal: TimeSpan.FromSeconds(2.1), reachable: etcdReachable), Settings);
+        var sentence = Assert.IsType<HaAction.Demote>(decision).Sentence;
+        Assert.Equal("demoting: PostgreSQL has not answered for 0.5s and the leader key was not renewed for 2.1s (fencing before the lease can expire)", sentence);
+        // An answering primary past the same point is fenced for etcd's sake, and says so.
+        var answering = Failover.Decide(Leader(answering: true, notAnsweringFor: TimeSpan.Zero, sinceRenewal: TimeSpan.FromSeconds(2.1), reachable: etcdReachable), Settings);
+        Assert.StartsWith(etcdReachable ? "demoting: the leader key was not renewed" : "demoting: cannot reach etcd", Assert.IsType<HaAction.Demote>(answering).Sentence, StringComparison.Ordinal);
     }
 
     [Theory]
