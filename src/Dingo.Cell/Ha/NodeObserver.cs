@@ -49,10 +49,11 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         state.Pass.Mark(lease.Held || renewed ? "renew" : "start");
         var mine = await state.Runtime.InspectAsync(NodeId, ct).ConfigureAwait(false);
         state.Pass.Mark("inspect");
+        var askedNs = Monotonic.NowNs();
         var pg = mine is { Running: true } ? await ProbeAsync(probe, etcd, ct).ConfigureAwait(false) : null;
         state.LastPg = pg;
         if (pg is not null) await _watch.WatchAsync(ct).ConfigureAwait(false);
-        NoteLocal(mine, pg);
+        NoteLocal(mine, pg, askedNs);
         var cluster = new EtcdRead { Renewed = renewed };
         if (reachable) reachable = await ReadClusterAsync(cluster, etcd, ct).ConfigureAwait(false);
         // Failsafe keeps a working primary: one that does not answer itself (hung, stopped) is not kept this way (its
@@ -171,10 +172,14 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         return pg;
     }
 
-    /// <summary>What the runtime and the probe say of this node over time: restarts, failed starts, how long not answering or streaming.</summary>
-    private void NoteLocal(RuntimeNode? mine, PostgresObservation? pg)
+    /// <summary>
+    /// What the runtime and the probe say of this node over time: restarts, failed starts, how long not answering or
+    /// streaming. A PostgreSQL that did not answer has not answered since it was asked (<paramref name="askedNs"/>): a hung
+    /// one holds the probe for its whole budget, and counting from the end of it said "not answered for 0.0s" after 2 s.
+    /// </summary>
+    private void NoteLocal(RuntimeNode? mine, PostgresObservation? pg, long askedNs)
     {
-        if (mine is { Running: true } && pg is null) { if (_notAnsweringSinceNs == 0) _notAnsweringSinceNs = Monotonic.NowNs(); }
+        if (mine is { Running: true } && pg is null) { if (_notAnsweringSinceNs == 0) _notAnsweringSinceNs = askedNs; }
         else _notAnsweringSinceNs = 0;
         if (mine is { Running: false } && _seenRunning)
         {

@@ -82,6 +82,11 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
                 foreach (var pid in pids) _ = kill(pid, 18);
                 var reported = keys.LastValueBeforeDeletion<NodeStatus>(store.Keys.Status(id, primary), store.Keys.Leader(id));
                 Assert.True(reported is { Writable: false }, $"{primary}'s last report before its key went: {reported?.Decision ?? "none"} (writable {reported?.Writable})");
+                // The sentence names the cause, and counts from when PostgreSQL was asked: a probe that got no answer
+                // waited at least its budget (ttl / 8) for it. (Once: "cannot reach etcd"; then "not answered for 0.0s".)
+                var unanswered = System.Text.RegularExpressions.Regex.Match(reported!.Decision, @"PostgreSQL has not answered for ([0-9.]+)s");
+                Assert.True(unanswered.Success && double.Parse(unanswered.Groups[1].Value, CultureInfo.InvariantCulture) >= 0.5,
+                    $"{primary}'s last report before its key went does not say how long PostgreSQL has not answered: {reported.Decision}");
                 await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(60), "healed after the SIGSTOP");
                 var healed2 = DateTime.UtcNow;
                 await Task.Delay(3000);
@@ -164,17 +169,24 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             await writer.DisposeAsync();
         }
 
-        // Never two writable nodes at one sampled moment. A node that refuses connections is not writable; one that does
-        // not answer (stopped) keeps the state it was last seen in.
+        // Never two writable nodes that the samples prove at once (SplitMoments says what counts as proof).
         var split = SplitMoments(sampler.Samples);
-        output.WriteLine($"{sampler.Samples.Count} samples ({sampler.Samples.Count(s => s.Seen == Seen.Unreachable)} unanswered or refused), {split.Count} moments with two writable nodes");
         if (split.Count > 0)
         {
-            // What each node answered around the first such moment, to read the failure.
+            // What each node answered around the first such moment, to read the failure (dingo test prints a failed test's
+            // last 30 lines).
             var first = DateTime.ParseExact(split[0][..12], "HH:mm:ss.fff", CultureInfo.InvariantCulture).TimeOfDay;
-            foreach (var s in sampler.Samples.Where(s => Math.Abs((s.T1.TimeOfDay - first).TotalSeconds) < 2).OrderBy(s => s.T1))
+            foreach (var s in sampler.Samples.Where(s => (s.T1.TimeOfDay - first).TotalSeconds is > -0.6 and < 0.4).OrderBy(s => s.T1))
                 output.WriteLine($"{s.T0:HH:mm:ss.fff}-{s.T1:HH:mm:ss.fff} {s.NodeId} {s.Seen} {s.Error}");
         }
+        // How late a node's sampler came round at worst (its next sample is due 100 ms after the last began, or when that
+        // one ended): a dead node is seen dead only then, so the moment a failover needs its samplers on time.
+        var late = sampler.Samples.GroupBy(s => s.NodeId).Max(g =>
+        {
+            var ordered = g.OrderBy(s => s.T0).ToList();
+            return ordered.Zip(ordered.Skip(1), (x, y) => y.T0 - (x.T1 > x.T0.AddMilliseconds(100) ? x.T1 : x.T0.AddMilliseconds(100))).DefaultIfEmpty().Max();
+        });
+        output.WriteLine($"{sampler.Samples.Count} samples ({sampler.Samples.Count(s => s.Seen == Seen.Unreachable)} unanswered or refused), a sampler up to {late.TotalSeconds:0.00}s late, {split.Count} moments with two writable nodes");
         Assert.True(split.Count == 0, "two writable nodes at: " + string.Join("; ", split.Take(5)));
         var missing = await writer.MissingAsync();
         string StepOf(DateTime at) => steps.LastOrDefault(st => st.At <= at).Step ?? "before the faults";
@@ -211,29 +223,52 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
         return changes;
     }
 
+    /// <summary>
+    /// The moments the samples prove two nodes writable at once: a sample of node A that began after a sample of node B
+    /// had seen B writable, answered writable, and B was seen writable again by a sample that began after A's answer,
+    /// with nothing in between saying B stopped (read-only, refused, starting or shutting down). A timeout says nothing
+    /// either way (a stopped server's kernel still accepts the connection, and it may resume as it was).
+    /// <para>
+    /// Proof, not suspicion: the earlier rule kept each node as last seen until a sample said otherwise, so the old
+    /// primary killed in step 5 stayed "writable" until its own sampler came round again; on a loaded machine that came
+    /// after the synchronous standby had been promoted (0.3 s later), and a failover that was clean read as two writable
+    /// nodes (stop 37). A node that truly goes on accepting writes after another was seen writable is still caught
+    /// within a sample or two; an overlap shorter than the gap between one node's samples (100 ms, more under load) was
+    /// never resolvable by sampling. bench/Chaos and PartitionTests bound that gap from the servers' side.
+    /// </para>
+    /// </summary>
     internal static IReadOnlyList<string> SplitMoments(IEnumerable<Sample> samples)
     {
-        var state = new Dictionary<string, bool>();
-        var split = new List<string>();
-        foreach (var s in samples.OrderBy(s => s.T1))
+        var byNode = samples.GroupBy(s => s.NodeId).ToDictionary(g => g.Key, g => g.OrderBy(s => s.T0).ToList());
+        var split = new List<(DateTime At, string Text)>();
+        foreach (var (a, aSamples) in byNode)
         {
-            if (s.Seen == Seen.Unreachable)
+            foreach (var w in aSamples.Where(s => s.Seen == Seen.Writable))
             {
-                // Refused (no PostgreSQL listens there: Npgsql says "Failed to connect"; on loopback nothing else fails a
-                // connect) or PostgreSQL's own 57P03 (shutting down, starting up): it accepts no writes. Anything else (a
-                // timeout: a stopped server's kernel still accepts the connection): unknown, as last seen.
-                if (s.Error is { } e && (e.Contains("refused", StringComparison.OrdinalIgnoreCase) || e.Contains("Failed to connect", StringComparison.Ordinal)
-                                         || e.Contains("57P03", StringComparison.Ordinal)
-                                         || e.Contains("shutting down", StringComparison.Ordinal) || e.Contains("starting up", StringComparison.Ordinal)))
-                    state[s.NodeId] = false;
-                continue;
+                foreach (var (b, bSamples) in byNode)
+                {
+                    if (b == a) continue;
+                    var before = bSamples.Where(s => s.Seen == Seen.Writable && s.T1 <= w.T0).MaxBy(s => s.T1);
+                    var after = bSamples.Where(s => s.Seen == Seen.Writable && s.T0 >= w.T1).MinBy(s => s.T0);
+                    if (before is null || after is null) continue;
+                    if (bSamples.Any(s => NotWritable(s) && s.T1 > before.T1 && s.T0 < after.T0)) continue;
+                    split.Add((w.T1, $"{w.T1:HH:mm:ss.fff}: {a} answered writable ({w.T0:HH:mm:ss.fff}-{w.T1:HH:mm:ss.fff}) while {b} was writable (seen {before.T1:HH:mm:ss.fff} and {after.T0:HH:mm:ss.fff})"));
+                }
             }
-            state[s.NodeId] = s.Seen == Seen.Writable;
-            var writable = state.Where(kv => kv.Value).Select(kv => kv.Key).ToList();
-            if (writable.Count > 1) split.Add($"{s.T1:HH:mm:ss.fff}: {string.Join(", ", writable)}");
         }
-        return split;
+        return split.OrderBy(s => s.At).Select(s => s.Text).ToList();
     }
+
+    /// <summary>
+    /// A sample that says the node accepted no writes at that moment: read-only, or refused (nothing listens: Npgsql says
+    /// "Failed to connect"; on loopback nothing else fails a connect), or PostgreSQL's own 57P03 (starting, shutting down).
+    /// </summary>
+    internal static bool NotWritable(Sample s) =>
+        s.Seen == Seen.ReadOnly
+        || (s.Seen == Seen.Unreachable && s.Error is { } e
+            && (e.Contains("refused", StringComparison.OrdinalIgnoreCase) || e.Contains("Failed to connect", StringComparison.Ordinal)
+                || e.Contains("57P03", StringComparison.Ordinal) || e.Contains("shutting down", StringComparison.Ordinal)
+                || e.Contains("starting up", StringComparison.Ordinal)));
 
     [System.Runtime.InteropServices.DllImport("libc")]
     private static extern int kill(int pid, int sig);
