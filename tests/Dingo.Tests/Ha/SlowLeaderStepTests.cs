@@ -227,6 +227,68 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         }
     }
 
+    [Fact]
+    public async Task A_leader_whose_PostgreSQL_answers_asks_the_runtime_every_5_s_and_at_once_when_it_stops_answering()
+    {
+        // Each runtime look of a Docker node is a call into the container engine (2.7 ms of podman's CPU): while
+        // PostgreSQL answers, its answer proves the node runs.
+        var counting = new CountingInspects(_runtime);
+        var agent = await BootstrappedAsync(counting);
+        output.WriteLine($"first lead: {await agent.RunPassAsync(None)}");
+        var before = counting.Inspects;
+        var watch = Stopwatch.StartNew();
+        var passes = 0;
+        while (watch.Elapsed < TimeSpan.FromSeconds(6))
+        {
+            Assert.Equal("no action: I hold the leader key", await agent.RunPassAsync(None));
+            passes++;
+            await Task.Delay(_settings.Ha.LoopWait);
+        }
+        var looks = counting.Inspects - before;
+        output.WriteLine($"{passes} passes in {watch.Elapsed.TotalSeconds:0.0}s asked the runtime {looks} times");
+        Assert.True(passes >= 6, $"only {passes} passes");
+        Assert.InRange(looks, 1, 2);
+
+        // PostgreSQL killed: the next pass finds it not answering, asks the runtime at once, and sees it stopped.
+        var postmaster = await _runtime.PostmasterPidAsync(_spec.NodeId, None) ?? throw new InvalidOperationException("no postmaster");
+        foreach (var pid in ProcStat.Tree(postmaster)) _ = kill(pid, 9);
+        await Eventually.UntilAsync(async () => await _runtime.PostmasterPidAsync(_spec.NodeId, None) is null, TimeSpan.FromSeconds(10), "PostgreSQL gone");
+        before = counting.Inspects;
+        var sentence = await agent.RunPassAsync(None);
+        output.WriteLine($"the pass after the kill: {sentence}");
+        Assert.Equal(before + 1, counting.Inspects);
+        Assert.StartsWith("PostgreSQL stopped while I lead", sentence, StringComparison.Ordinal);
+    }
+
+    /// <summary>The cell's runtime, counting the HA passes' looks at their node.</summary>
+    private sealed class CountingInspects(IContainerRuntime inner) : IContainerRuntime
+    {
+        private int _inspects;
+        public int Inspects => Volatile.Read(ref _inspects);
+        public string Kind => inner.Kind;
+        public string? Problem => inner.Problem;
+        public Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken ct)
+        {
+            Interlocked.Increment(ref _inspects);
+            return inner.InspectAsync(nodeId, ct);
+        }
+        public Task<IReadOnlyList<RuntimeNode>> ListAsync(CancellationToken ct) => inner.ListAsync(ct);
+        public Task CreateAsync(NodeLaunchSpec spec, CancellationToken ct) => inner.CreateAsync(spec, ct);
+        public Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken ct) => inner.StartAsync(spec, standby, ct);
+        public Task ConfigureStandbyAsync(NodeLaunchSpec spec, StandbyConfig standby, CancellationToken ct) => inner.ConfigureStandbyAsync(spec, standby, ct);
+        public Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken ct) => inner.CloneAsync(spec, source, ct);
+        public Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken ct) => inner.RewindAsync(spec, source, ct);
+        public Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken ct) => inner.RestoreAsync(spec, input, ct);
+        public Task<int?> PostmasterPidAsync(string nodeId, CancellationToken ct) => inner.PostmasterPidAsync(nodeId, ct);
+        public Task<IReadOnlyList<string>> AddTimelineHistoriesAsync(string nodeId, IReadOnlyList<TimelineHistoryFile> files, CancellationToken ct) =>
+            inner.AddTimelineHistoriesAsync(nodeId, files, ct);
+        public Task StopAsync(string nodeId, CancellationToken ct) => inner.StopAsync(nodeId, ct);
+        public Task RecordInstanceAsync(string nodeId, string instanceId, CancellationToken ct) => inner.RecordInstanceAsync(nodeId, instanceId, ct);
+        public Task RemoveAsync(string nodeId, CancellationToken ct) => inner.RemoveAsync(nodeId, ct);
+        public Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken ct) => inner.ApplyPlatformAccessAsync(access, ct);
+        public HealthTls HealthApiTls(string nodeId) => inner.HealthApiTls(nodeId);
+    }
+
     /// <summary>Passes every loop-wait until stopped; a stop ends the loop between passes, never in one.</summary>
     private async Task LoopAsync(string who, Func<CancellationToken, Task<string>> pass, CancellationToken stop)
     {
