@@ -19,10 +19,18 @@ internal sealed class LeaderKey(AgentState state, LeaderLease lease, Func<HaInpu
     private LeaderRecord MyLeaderRecord() => new() { NodeId = NodeId, Host = state.Address, Port = state.Spec.Port, Since = DateTimeOffset.UtcNow };
 
     /// <summary>Creates the leader key under a fresh lease of this node's; true when this node now leads.</summary>
-    public async Task<bool> TryTakeAsync(CancellationToken ct)
+    /// <param name="bootstrap">
+    /// the first primary of a new cluster takes it: nobody else has data yet, so nobody could take over, and the key goes
+    /// under the lease of a node alone (<see cref="Dingo.Config.HaSettings.AloneTtl"/>) until its first pass as leader moves it to one of
+    /// the TTL (<see cref="MoveToLeaseAsync"/>). The first start after it is not renewed beside: a container engine that
+    /// took 5–10 s to start it on a saturated machine let a TTL lease expire there, and the new cluster lost its primary
+    /// over and over (bench/Provision's Docker burst: no primary for the broker's 15 s bind patience). The guard's deadline
+    /// still counts from each renewal with the TTL, so fencing is as before.
+    /// </param>
+    public async Task<bool> TryTakeAsync(CancellationToken ct, bool bootstrap = false)
     {
         var sent = Monotonic.NowNs();
-        var alone = state.Others.Count == 0;
+        var alone = bootstrap || state.Others.Count == 0;
         var granted = await Store.GrantLeaseAsync(PassCadence.LeaseTtl(alone, state.Ha), ct).ConfigureAwait(false);
         if (await Store.CreateIfAbsentAsync(K.Leader(InstanceId), MyLeaderRecord(), ct, granted).ConfigureAwait(false))
         {

@@ -124,7 +124,7 @@ internal sealed class NodeActions(AgentState state, LeaderLease lease, LeaderKey
     {
         using var take = CancellationTokenSource.CreateLinkedTokenSource(ct);
         take.CancelAfter(state.Ha.Ttl / 2);
-        try { return await key.TryTakeAsync(take.Token).ConfigureAwait(false); }
+        try { return await key.TryTakeAsync(take.Token, bootstrap: true).ConfigureAwait(false); }
         catch (Exception ex) when (AgentState.EtcdUnreachable(ex, ct))
         {
             state.Logger.LogWarning("node {Node}: the data is initialised but etcd did not answer in time to take the leader key ({Error}); starting read-only, a later pass takes it",
