@@ -253,32 +253,15 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
     }
 
     /// <summary>The cell's runtime, with its first start of a node taking <paramref name="extra"/> longer.</summary>
-    private sealed class SlowFirstStart(IContainerRuntime inner, TimeSpan extra) : IContainerRuntime
+    private sealed class SlowFirstStart(IContainerRuntime inner, TimeSpan extra) : DelegatingRuntime(inner)
     {
         private int _starts;
         public bool Delayed => Volatile.Read(ref _starts) > 0;
-        public string Kind => inner.Kind;
-        public string? Problem => inner.Problem;
-        public Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken ct) => inner.InspectAsync(nodeId, ct);
-        public Task<IReadOnlyList<RuntimeNode>> ListAsync(CancellationToken ct) => inner.ListAsync(ct);
-        public Task CreateAsync(NodeLaunchSpec spec, CancellationToken ct) => inner.CreateAsync(spec, ct);
-        public async Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken ct)
+        public override async Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken ct)
         {
-            await inner.StartAsync(spec, standby, ct);
+            await base.StartAsync(spec, standby, ct);
             if (Interlocked.Increment(ref _starts) == 1) await Task.Delay(extra, ct);
         }
-        public Task ConfigureStandbyAsync(NodeLaunchSpec spec, StandbyConfig standby, CancellationToken ct) => inner.ConfigureStandbyAsync(spec, standby, ct);
-        public Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken ct) => inner.CloneAsync(spec, source, ct);
-        public Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken ct) => inner.RewindAsync(spec, source, ct);
-        public Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken ct) => inner.RestoreAsync(spec, input, ct);
-        public Task<int?> PostmasterPidAsync(string nodeId, CancellationToken ct) => inner.PostmasterPidAsync(nodeId, ct);
-        public Task<IReadOnlyList<string>> AddTimelineHistoriesAsync(string nodeId, IReadOnlyList<TimelineHistoryFile> files, CancellationToken ct) =>
-            inner.AddTimelineHistoriesAsync(nodeId, files, ct);
-        public Task StopAsync(string nodeId, CancellationToken ct) => inner.StopAsync(nodeId, ct);
-        public Task RecordInstanceAsync(string nodeId, string instanceId, CancellationToken ct) => inner.RecordInstanceAsync(nodeId, instanceId, ct);
-        public Task RemoveAsync(string nodeId, CancellationToken ct) => inner.RemoveAsync(nodeId, ct);
-        public Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken ct) => inner.ApplyPlatformAccessAsync(access, ct);
-        public HealthTls HealthApiTls(string nodeId) => inner.HealthApiTls(nodeId);
     }
 
     [Fact]
@@ -315,32 +298,15 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
     }
 
     /// <summary>The cell's runtime, counting the HA passes' looks at their node.</summary>
-    private sealed class CountingInspects(IContainerRuntime inner) : IContainerRuntime
+    private sealed class CountingInspects(IContainerRuntime inner) : DelegatingRuntime(inner)
     {
         private int _inspects;
         public int Inspects => Volatile.Read(ref _inspects);
-        public string Kind => inner.Kind;
-        public string? Problem => inner.Problem;
-        public Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken ct)
+        public override Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken ct)
         {
             Interlocked.Increment(ref _inspects);
-            return inner.InspectAsync(nodeId, ct);
+            return base.InspectAsync(nodeId, ct);
         }
-        public Task<IReadOnlyList<RuntimeNode>> ListAsync(CancellationToken ct) => inner.ListAsync(ct);
-        public Task CreateAsync(NodeLaunchSpec spec, CancellationToken ct) => inner.CreateAsync(spec, ct);
-        public Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken ct) => inner.StartAsync(spec, standby, ct);
-        public Task ConfigureStandbyAsync(NodeLaunchSpec spec, StandbyConfig standby, CancellationToken ct) => inner.ConfigureStandbyAsync(spec, standby, ct);
-        public Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken ct) => inner.CloneAsync(spec, source, ct);
-        public Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken ct) => inner.RewindAsync(spec, source, ct);
-        public Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken ct) => inner.RestoreAsync(spec, input, ct);
-        public Task<int?> PostmasterPidAsync(string nodeId, CancellationToken ct) => inner.PostmasterPidAsync(nodeId, ct);
-        public Task<IReadOnlyList<string>> AddTimelineHistoriesAsync(string nodeId, IReadOnlyList<TimelineHistoryFile> files, CancellationToken ct) =>
-            inner.AddTimelineHistoriesAsync(nodeId, files, ct);
-        public Task StopAsync(string nodeId, CancellationToken ct) => inner.StopAsync(nodeId, ct);
-        public Task RecordInstanceAsync(string nodeId, string instanceId, CancellationToken ct) => inner.RecordInstanceAsync(nodeId, instanceId, ct);
-        public Task RemoveAsync(string nodeId, CancellationToken ct) => inner.RemoveAsync(nodeId, ct);
-        public Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken ct) => inner.ApplyPlatformAccessAsync(access, ct);
-        public HealthTls HealthApiTls(string nodeId) => inner.HealthApiTls(nodeId);
     }
 
     /// <summary>Passes every loop-wait until stopped; a stop ends the loop between passes, never in one.</summary>
@@ -356,15 +322,26 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
     }
 
     /// <summary>The cell's runtime, with every stop taking <see cref="Extra"/> longer while <see cref="On"/>.</summary>
-    private sealed class SlowStops(IContainerRuntime inner, TimeSpan extra) : IContainerRuntime
+    private sealed class SlowStops(IContainerRuntime inner, TimeSpan extra) : DelegatingRuntime(inner)
     {
         public volatile bool On;
         public TimeSpan Extra => extra;
+        public override async Task StopAsync(string nodeId, CancellationToken ct)
+        {
+            await base.StopAsync(nodeId, ct);
+            if (On) await Task.Delay(extra, ct);
+        }
+    }
+
+    /// <summary>The cell's runtime as it is: the wrappers above change one call each.</summary>
+    private abstract class DelegatingRuntime(IContainerRuntime inner) : IContainerRuntime
+    {
         public string Kind => inner.Kind;
         public string? Problem => inner.Problem;
+        public virtual Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken ct) => inner.InspectAsync(nodeId, ct);
         public Task<IReadOnlyList<RuntimeNode>> ListAsync(CancellationToken ct) => inner.ListAsync(ct);
         public Task CreateAsync(NodeLaunchSpec spec, CancellationToken ct) => inner.CreateAsync(spec, ct);
-        public Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken ct) => inner.StartAsync(spec, standby, ct);
+        public virtual Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken ct) => inner.StartAsync(spec, standby, ct);
         public Task ConfigureStandbyAsync(NodeLaunchSpec spec, StandbyConfig standby, CancellationToken ct) => inner.ConfigureStandbyAsync(spec, standby, ct);
         public Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken ct) => inner.CloneAsync(spec, source, ct);
         public Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken ct) => inner.RewindAsync(spec, source, ct);
@@ -372,11 +349,7 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         public Task<int?> PostmasterPidAsync(string nodeId, CancellationToken ct) => inner.PostmasterPidAsync(nodeId, ct);
         public Task<IReadOnlyList<string>> AddTimelineHistoriesAsync(string nodeId, IReadOnlyList<TimelineHistoryFile> files, CancellationToken ct) =>
             inner.AddTimelineHistoriesAsync(nodeId, files, ct);
-        public async Task StopAsync(string nodeId, CancellationToken ct)
-        {
-            await inner.StopAsync(nodeId, ct);
-            if (On) await Task.Delay(extra, ct);
-        }
+        public virtual Task StopAsync(string nodeId, CancellationToken ct) => inner.StopAsync(nodeId, ct);
         public Task RecordInstanceAsync(string nodeId, string instanceId, CancellationToken ct) => inner.RecordInstanceAsync(nodeId, instanceId, ct);
         public Task RemoveAsync(string nodeId, CancellationToken ct) => inner.RemoveAsync(nodeId, ct);
         public Task ApplyPlatformAccessAsync(PlatformAccess access, CancellationToken ct) => inner.ApplyPlatformAccessAsync(access, ct);
