@@ -531,14 +531,14 @@ public sealed class WalArchiver
         /// <summary>When the last piece was stored: the next waits at most <see cref="WalArchiverOptions.FlushDelay"/> after it.</summary>
         private long _lastUploadTicks; // 0: none yet
 
+        /// <summary>An archiver with nothing to store: a hundred on a cell woke a hundred times a second at 1 s.</summary>
+        public static readonly TimeSpan IdleWake = TimeSpan.FromSeconds(10);
+
         /// <summary>
         /// How long until the first spool has something due (zero: now). WAL arriving after a quiet spell is stored at
         /// once; under a steady stream, one piece per flush delay at most (each a PUT on a priced store). Store-sync:
         /// always at once.
         /// </summary>
-        /// <summary>An archiver with nothing to store: a hundred on a cell woke a hundred times a second at 1 s.</summary>
-        public static readonly TimeSpan IdleWake = TimeSpan.FromSeconds(10);
-
         public TimeSpan UntilDue(WalArchiverOptions options)
         {
             lock (_spools)

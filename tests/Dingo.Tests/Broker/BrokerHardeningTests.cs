@@ -129,14 +129,6 @@ public sealed class BrokerHardeningTests(BrokerOnlyPlatform fixture) : IClassFix
     private TestPlatform P => fixture.Platform;
     private static string NewId() => "h-" + Guid.NewGuid().ToString("N")[..10];
 
-    private async Task<string> EtcdDumpAsync() =>
-        string.Join("\n", (await P.Store.ListAsync<JsonNode>(P.Settings.EtcdPrefix + "/", CancellationToken.None))
-            // The platform's own bookkeeping, written whatever a request does: Akka members, and the lost-cell duty a
-            // broker takes at its first sweep (fresh253: taken between a test's two reads, the broker having just started).
-            .Where(v => !v.Key.StartsWith(P.Store.Keys.AkkaMembers, StringComparison.Ordinal) && v.Key != P.Store.Keys.AkkaFounder
-                        && v.Key != P.Store.Keys.LostCellDuty)
-            .Select(v => v.Key + "@" + v.ModRevision));
-
     private static string Provision(string org, string space, JsonObject? parameters = null, JsonObject? context = null) => new JsonObject
     {
         ["service_id"] = Catalog.ServiceId,
@@ -158,10 +150,10 @@ public sealed class BrokerHardeningTests(BrokerOnlyPlatform fixture) : IClassFix
 
     private async Task<(int Status, JsonObject Body)> CloneAsync(string org, string space, string from)
     {
-        var before = await EtcdDumpAsync();
+        var before = await fixture.EtcdDumpAsync();
         var result = await P.SendAsync(HttpMethod.Put, $"/v2/service_instances/{NewId()}?accepts_incomplete=true", Provision(org, space, new JsonObject { ["clone-from"] = from }));
         Assert.InRange(result.Item1, 400, 499);
-        Assert.Equal(before, await EtcdDumpAsync());
+        Assert.Equal(before, await fixture.EtcdDumpAsync());
         return result;
     }
 
@@ -293,7 +285,7 @@ public sealed class BrokerHardeningTests(BrokerOnlyPlatform fixture) : IClassFix
     [Fact]
     public async Task Bodies_over_64_KiB_get_413_in_OSB_shape_whether_announced_or_chunked_and_change_nothing()
     {
-        var before = await EtcdDumpAsync();
+        var before = await fixture.EtcdDumpAsync();
         var huge = Provision("org-a", "space-a", context: new JsonObject { ["pad"] = new string('x', 100 * 1024) });
         var (announced, announcedBody) = await RawAsync(HttpMethod.Put, $"/v2/service_instances/{NewId()}?accepts_incomplete=true", new StringContent(huge, Encoding.UTF8, "application/json"));
         Assert.Equal(413, announced);
@@ -301,7 +293,7 @@ public sealed class BrokerHardeningTests(BrokerOnlyPlatform fixture) : IClassFix
         var (chunked, chunkedBody) = await RawAsync(HttpMethod.Put, $"/v2/service_instances/{NewId()}?accepts_incomplete=true", new ChunkedContent(Encoding.UTF8.GetBytes(huge)));
         Assert.Equal(413, chunked);
         Assert.Equal("PayloadTooLarge", (string?)chunkedBody["error"]);
-        Assert.Equal(before, await EtcdDumpAsync());
+        Assert.Equal(before, await fixture.EtcdDumpAsync());
     }
 
     [Theory]
@@ -313,11 +305,11 @@ public sealed class BrokerHardeningTests(BrokerOnlyPlatform fixture) : IClassFix
     {
         var body = JsonNode.Parse(Provision("org-a", "space-a"))!.AsObject();
         body[field] = field is "context" or "parameters" ? new JsonObject { ["pad"] = new string('x', size) } : new string('s', size);
-        var before = await EtcdDumpAsync();
+        var before = await fixture.EtcdDumpAsync();
         var (status, json) = await P.SendAsync(HttpMethod.Put, $"/v2/service_instances/{NewId()}?accepts_incomplete=true", body.ToJsonString());
         Assert.Equal(400, status);
         Assert.Contains(field, (string?)json["description"]);
-        Assert.Equal(before, await EtcdDumpAsync());
+        Assert.Equal(before, await fixture.EtcdDumpAsync());
     }
 
     [Theory]
@@ -330,14 +322,14 @@ public sealed class BrokerHardeningTests(BrokerOnlyPlatform fixture) : IClassFix
     [InlineData("/admin/cells/{0}/drain", "%2E%2E%2Fetc")]
     public async Task An_unsafe_id_gets_a_clear_400_and_changes_nothing(string template, string id)
     {
-        var before = await EtcdDumpAsync();
+        var before = await fixture.EtcdDumpAsync();
         var path = string.Format(System.Globalization.CultureInfo.InvariantCulture, template, id);
         var method = path.StartsWith("/admin", StringComparison.Ordinal) ? HttpMethod.Post : HttpMethod.Put;
         var auth = path.StartsWith("/admin", StringComparison.Ordinal) ? $"{TestPlatform.AdminUsername}:{TestPlatform.AdminPassword}" : null;
         var (status, body) = await RawAsync(method, path + (method == HttpMethod.Put ? "?accepts_incomplete=true" : ""), new StringContent(Provision("o", "s"), Encoding.UTF8, "application/json"), auth);
         Assert.Equal(400, status);
         Assert.Contains(" id ", (string?)body["description"]);
-        Assert.Equal(before, await EtcdDumpAsync());
+        Assert.Equal(before, await fixture.EtcdDumpAsync());
     }
 
     [Fact]
@@ -358,11 +350,11 @@ public sealed class BrokerHardeningTests(BrokerOnlyPlatform fixture) : IClassFix
     [InlineData("{\"context\":\"space\"}")]
     public async Task Malformed_or_mistyped_bodies_get_400(string body)
     {
-        var before = await EtcdDumpAsync();
+        var before = await fixture.EtcdDumpAsync();
         var (status, json) = await P.SendAsync(HttpMethod.Put, $"/v2/service_instances/{NewId()}?accepts_incomplete=true", body);
         Assert.Equal(400, status);
         Assert.NotNull(json["description"]);
-        Assert.Equal(before, await EtcdDumpAsync());
+        Assert.Equal(before, await fixture.EtcdDumpAsync());
     }
 
     [Fact]

@@ -13,6 +13,20 @@ public sealed class BrokerOnlyPlatform : IAsyncLifetime
     public TestPlatform Platform { get; private set; } = null!;
     public async Task InitializeAsync() => Platform = await TestPlatform.StartAsync(cells: 0);
     public async Task DisposeAsync() => await Platform.DisposeAsync();
+
+    /// <summary>
+    /// Every key a request could change, with its revision: what a refused request must leave as it was. Left out: the
+    /// platform's own bookkeeping, written whatever a request does: Akka members (process liveness), and the lost-cell duty
+    /// a broker takes at its first sweep (fresh253: taken between a test's two reads, the broker having just started).
+    /// </summary>
+    public async Task<string> EtcdDumpAsync()
+    {
+        var store = Platform.Store;
+        return string.Join("\n", (await store.ListAsync<JsonNode>(Platform.Settings.EtcdPrefix + "/", CancellationToken.None))
+            .Where(v => !v.Key.StartsWith(store.Keys.AkkaMembers, StringComparison.Ordinal) && v.Key != store.Keys.AkkaFounder
+                        && v.Key != store.Keys.LostCellDuty)
+            .Select(v => v.Key + "@" + v.ModRevision));
+    }
 }
 
 /// <summary>Every status-code path of the OSB API, against the real broker over HTTP and real etcd.</summary>
@@ -22,22 +36,13 @@ public sealed class OsbApiTests(BrokerOnlyPlatform fixture) : IClassFixture<Brok
     private static string NewId() => "i-" + Guid.NewGuid().ToString("N")[..10];
     private static readonly string Q = $"service_id={Catalog.ServiceId}&plan_id={Catalog.SoloPlanId}";
 
-    /// <summary>Every key a request could change (the Akka member registry under akka/ changes with process liveness only).</summary>
-    private async Task<string> EtcdDumpAsync() =>
-        string.Join("\n", (await P.Store.ListAsync<JsonNode>(P.Settings.EtcdPrefix + "/", CancellationToken.None))
-            // The platform's own bookkeeping, written whatever a request does: Akka members, and the lost-cell duty a
-            // broker takes at its first sweep (fresh253: taken between a test's two reads, the broker having just started).
-            .Where(v => !v.Key.StartsWith(P.Store.Keys.AkkaMembers, StringComparison.Ordinal) && v.Key != P.Store.Keys.AkkaFounder
-                        && v.Key != P.Store.Keys.LostCellDuty)
-            .Select(v => v.Key + "@" + v.ModRevision));
-
     /// <summary>Sends a request and asserts that it changed nothing in etcd.</summary>
     private async Task<(int, JsonObject)> RejectedAsync(HttpMethod method, string path, string? body = null)
     {
-        var before = await EtcdDumpAsync();
+        var before = await fixture.EtcdDumpAsync();
         var result = await P.SendAsync(method, path, body);
         Assert.InRange(result.Item1, 400, 499);
-        Assert.Equal(before, await EtcdDumpAsync());
+        Assert.Equal(before, await fixture.EtcdDumpAsync());
         Assert.NotNull(result.Item2["error"]);
         Assert.False(string.IsNullOrWhiteSpace((string?)result.Item2["description"]));
         return result;
@@ -174,11 +179,11 @@ public sealed class OsbApiTests(BrokerOnlyPlatform fixture) : IClassFixture<Brok
     [Fact]
     public async Task The_version_is_checked_before_the_body_is_read()
     {
-        var before = await EtcdDumpAsync();
+        var before = await fixture.EtcdDumpAsync();
         var status = await RawAsync(HttpMethod.Put, $"/v2/service_instances/{NewId()}?accepts_incomplete=true",
             $"{TestPlatform.Username}:{TestPlatform.Password}", null, "{this is not json");
         Assert.Equal(HttpStatusCode.PreconditionFailed, status);
-        Assert.Equal(before, await EtcdDumpAsync());
+        Assert.Equal(before, await fixture.EtcdDumpAsync());
     }
 
     [Fact]
