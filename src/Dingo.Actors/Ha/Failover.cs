@@ -54,6 +54,11 @@ public sealed record HaInput(
     public string? RestoreFrom { get; init; }
     /// <summary>No other node is placed for this instance (as last read): nobody could take over from this one.</summary>
     public bool Alone { get; init; }
+    /// <summary>
+    /// The TTL of the leader lease this node holds (zero: the TTL). A leader fences itself half of it after its last
+    /// renewal; its guard stops PostgreSQL at three quarters; nobody else can take the key before all of it.
+    /// </summary>
+    public TimeSpan LeaseTtl { get; init; }
     /// <summary>This leader cannot reach etcd, but every other member confirmed within half a TTL that it follows it.</summary>
     public bool Failsafe { get; init; }
     /// <summary>The leader this node confirmed in failsafe mode less than a TTL ago: it must not take the key meanwhile.</summary>
@@ -143,7 +148,7 @@ public static class Failover
                 // start, or the lease is no longer fresh enough to promote on.
                 if (i.Synchronous && i.Sync is { } sync && i.Members.Any(m => sync.Standbys.Contains(m.NodeId) && m.NodeId != me && IsFresh(i, m, s) && m is { State: NodeState.Running, Role: NodeRole.Replica }))
                     return new HaAction.ReleaseStaleKey("PostgreSQL is not running: giving up the leader key at once (a synchronous standby holds every acknowledged commit)");
-                if (local.FailedStarts < MaxFailedStarts && i.EtcdReachable && i.SinceRenewal < s.Ttl / 2)
+                if (local.FailedStarts < MaxFailedStarts && i.EtcdReachable && i.SinceRenewal < FenceAfter(i, s))
                     return new HaAction.Start(null, local.FailedStarts == 0
                         ? "PostgreSQL stopped while I lead: restarting it in place (crash recovery), keeping the leader key"
                         : $"PostgreSQL stopped while I lead: restarting it in place, keeping the leader key (start #{local.FailedStarts + 1}; the last failed: {local.StartFailure})") { InPlace = true };
@@ -159,11 +164,11 @@ public static class Failover
                 ? new HaAction.Start(otherLeader, $"starting PostgreSQL as a replica of {otherLeader.NodeId}")
                 : new HaAction.Start(null, "starting PostgreSQL read-only: no leader yet");
         }
-        // Fencing comes before anything else a leader decides: past half the TTL without a renewal it stops accepting
-        // writes, whatever PostgreSQL or etcd answer (a node with no other member has nobody to be kept apart from, and
-        // demoting it would only take the database away while etcd is slow or gone).
+        // Fencing comes before anything else a leader decides: past half its lease's TTL without a renewal it stops
+        // accepting writes, whatever PostgreSQL or etcd answer (a node with no other member has nobody to be kept apart
+        // from, and demoting it would only take the database away while etcd is slow or gone).
         var surelyReadOnly = local.Answering && local.InRecovery;
-        if (i.HoldsLease && !i.Alone && !surelyReadOnly && i.SinceRenewal >= s.Ttl / 2)
+        if (i.HoldsLease && !i.Alone && !surelyReadOnly && i.SinceRenewal >= FenceAfter(i, s))
             // The sentence names the cause an operator can act on: a PostgreSQL that stopped answering also holds the pass
             // past its etcd budget, so the pass sees etcd as unreachable too; blaming etcd then sent people to the wrong
             // service (AgentFaultTests' SIGSTOP said "cannot reach etcd").
@@ -183,7 +188,7 @@ public static class Failover
                     ? new HaAction.Wait($"waiting for PostgreSQL to finish crash recovery ({local.NotAnsweringFor.TotalSeconds:0.0}s), keeping the leader key")
                     : new HaAction.Demote(otherLeader, $"demoting: PostgreSQL has not finished crash recovery in {local.NotAnsweringFor.TotalSeconds:0.0}s (stopping it so a replica can take over)") { AtOnce = true };
             // A hung primary (stopped, stuck on I/O) serves nobody: stop it and give the key up so a replica takes over.
-            if (i.HoldsLease && !i.Alone && local.NotAnsweringFor >= s.Ttl / 2)
+            if (i.HoldsLease && !i.Alone && local.NotAnsweringFor >= FenceAfter(i, s))
                 return new HaAction.Demote(otherLeader, $"demoting: PostgreSQL has not answered for {local.NotAnsweringFor.TotalSeconds:0.0}s while I lead (stopping it so a replica can take over)") { AtOnce = true };
             return new HaAction.Wait("waiting for PostgreSQL to accept connections");
         }
@@ -309,6 +314,15 @@ public static class Failover
             return $"{nodeId} lags {optime - lsn} B behind the last leader position (limit {s.MaximumLagOnFailover} B)";
         return null;
     }
+
+    /// <summary>
+    /// Half the TTL of the lease this leader holds: when it fences itself without a renewal, and gives up a PostgreSQL
+    /// that does not answer. A lease of a node alone (<see cref="HaSettings.AloneTtl"/>) is held while no other member
+    /// has data to take over with: a new cluster's first primary whose replicas are still cloning. Fenced at 2 s of a
+    /// 4 s TTL, such a primary was stopped whenever a saturated machine held one probe back, and nobody could take
+    /// over (bench/Provision's Docker burst: new clusters on their fourth timeline, binds failing).
+    /// </summary>
+    public static TimeSpan FenceAfter(HaInput i, HaSettings s) => (i.LeaseTtl > TimeSpan.Zero ? i.LeaseTtl : s.Ttl) / 2;
 
     /// <summary>Reports older than a few loops come from a node that is gone or cut off: they do not count.</summary>
     public static bool IsFresh(HaInput i, NodeStatus? m, HaSettings s) =>

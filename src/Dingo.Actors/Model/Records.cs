@@ -149,6 +149,12 @@ public sealed record NodeStatus
     public DateTimeOffset? FailingSince { get; init; }
     /// <summary>Client connections at the last probe (not the platform's own); refreshed with the heartbeat, never a write of its own.</summary>
     public int? Connections { get; init; }
+    /// <summary>
+    /// The node has no data yet (waiting to clone, cloning): it could not take the leader key if it were free. Reports
+    /// written before the field read false, as could; written only when true.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool NoData { get; init; }
     public DateTimeOffset UpdatedAt { get; init; }
 }
 

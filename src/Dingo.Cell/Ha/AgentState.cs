@@ -38,6 +38,11 @@ internal sealed class AgentState(NodeSpec spec, EtcdStore store, IContainerRunti
     public HaInput? LastInput { get; set; }
     /// <summary>The cluster's other node ids, as read by this pass's observation.</summary>
     public IReadOnlyList<string> Others { get; set; } = [];
+    /// <summary>
+    /// No other node could take the leader key over (as last read): there is none, or each one's last report says it has
+    /// no data yet (a new cluster's replicas waiting to clone or cloning). A node that has not reported could.
+    /// </summary>
+    public bool NoneCouldTakeOver { get; set; }
     /// <summary>The other members' health APIs, from the last etcd read: whom a leader asks in failsafe mode.</summary>
     public IReadOnlyList<(string NodeId, string? Host, int ApiPort)> Peers { get; set; } = [];
     /// <summary>What PostgreSQL answered in the last pass (null: it did not), for the cell's metrics.</summary>

@@ -21,16 +21,17 @@ internal sealed class LeaderKey(AgentState state, LeaderLease lease, Func<HaInpu
     /// <summary>Creates the leader key under a fresh lease of this node's; true when this node now leads.</summary>
     /// <param name="bootstrap">
     /// the first primary of a new cluster takes it: nobody else has data yet, so nobody could take over, and the key goes
-    /// under the lease of a node alone (<see cref="Dingo.Config.HaSettings.AloneTtl"/>) until its first pass as leader moves it to one of
-    /// the TTL (<see cref="MoveToLeaseAsync"/>). The first start after it is not renewed beside: a container engine that
-    /// took 5–10 s to start it on a saturated machine let a TTL lease expire there, and the new cluster lost its primary
-    /// over and over (bench/Provision's Docker burst: no primary for the broker's 15 s bind patience). The guard's deadline
-    /// still counts from each renewal with the TTL, so fencing is as before.
+    /// under the lease of a node alone (<see cref="Dingo.Config.HaSettings.AloneTtl"/>) until a replica reports data and a
+    /// pass moves it to one of the TTL (<see cref="MoveToLeaseAsync"/>). The first start after it is not renewed beside: a
+    /// container engine that took 5–10 s to start it on a saturated machine let a TTL lease expire there, and the new
+    /// cluster lost its primary over and over (bench/Provision's Docker burst: no primary for the broker's 15 s bind
+    /// patience). Fencing and the guard count with the lease's own TTL (<see cref="LeaderLease.Ttl"/>), so neither can
+    /// come after it expires.
     /// </param>
     public async Task<bool> TryTakeAsync(CancellationToken ct, bool bootstrap = false)
     {
         var sent = Monotonic.NowNs();
-        var alone = bootstrap || state.Others.Count == 0;
+        var alone = bootstrap || state.NoneCouldTakeOver;
         var granted = await Store.GrantLeaseAsync(PassCadence.LeaseTtl(alone, state.Ha), ct).ConfigureAwait(false);
         if (await Store.CreateIfAbsentAsync(K.Leader(InstanceId), MyLeaderRecord(), ct, granted).ConfigureAwait(false))
         {
@@ -49,8 +50,9 @@ internal sealed class LeaderKey(AgentState state, LeaderLease lease, Func<HaInpu
     /// </summary>
     public async Task MoveToLeaseAsync(LeaderRecord leader, long revision, CancellationToken etcd)
     {
-        var alone = state.Others.Count == 0;
+        var alone = state.NoneCouldTakeOver;
         var sent = Monotonic.NowNs();
+        if (!alone) lease.ArmForShorterLease(state.Ha.Ttl, sent);
         long granted = 0;
         try
         {
@@ -66,6 +68,9 @@ internal sealed class LeaderKey(AgentState state, LeaderLease lease, Func<HaInpu
                 PassCadence.LeaseTtl(alone, state.Ha).TotalSeconds, alone ? "no other member could take over" : "members could take over");
             // Not waited for: the old lease holds nothing now, and lapses by itself if etcd does not take this.
             RevokeInBackground(old);
+            // The guard names the new lease (the one to revoke should this agent die); its deadline stands.
+            try { await lease.ArmAsync(etcd).ConfigureAwait(false); }
+            catch (Exception ex) when (!etcd.IsCancellationRequested) { state.Logger.LogDebug("node {Node}: arming after the move: {Error}", NodeId, ex.Message); }
         }
         catch (Exception ex) when (AgentState.EtcdUnreachable(ex, CancellationToken.None))
         {

@@ -11,7 +11,7 @@ namespace Dingo.Ha;
 internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, FailsafeMember failsafe)
 {
     private long _lease;
-    /// <summary><see cref="_lease"/> was granted for a node with no other member (<see cref="HaSettings.AloneTtl"/>).</summary>
+    /// <summary><see cref="_lease"/> was granted for a leader nobody could take over from (<see cref="HaSettings.AloneTtl"/>).</summary>
     private bool _alone;
     /// <summary>When the last successful renewal (or grant) of the leader lease was sent (monotonic ns; 0: never).</summary>
     private long _renewedNs;
@@ -30,8 +30,10 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
     /// <summary>The leader lease this node holds (0: none).</summary>
     public long Id => _lease;
     public bool Held => _lease != 0;
-    /// <summary>The lease held was granted for a node with no other member.</summary>
+    /// <summary>The lease held was granted for a leader nobody could take over from (<see cref="HaSettings.AloneTtl"/>).</summary>
     public bool Alone => _alone;
+    /// <summary>The TTL of the lease held (the TTL when none): fencing counts half of it, the guard three quarters.</summary>
+    public TimeSpan Ttl => _alone ? Ha.AloneTtl : Ha.Ttl;
     /// <summary>A lease this node gave up (fenced) without reaching etcd to revoke it: it is never adopted again.</summary>
     public long Abandoned { get; private set; }
     /// <summary>The running pass's fencing deadline (null between passes): cancelled when a leader must fence itself.</summary>
@@ -44,7 +46,7 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
     public TimeSpan UntilFencing()
     {
         if (_renewedNs == 0) return TimeSpan.Zero;
-        var left = Ha.Ttl / 2 - Monotonic.Between(FencingBasisNs, Monotonic.NowNs());
+        var left = Ttl / 2 - Monotonic.Between(FencingBasisNs, Monotonic.NowNs());
         return left > TimeSpan.Zero ? left : TimeSpan.Zero;
     }
 
@@ -94,7 +96,7 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
             guard.MarkSynchronous(NodeId, state.Synchronous);
             _markedSynchronous = state.Synchronous;
         }
-        guard.Arm(NodeId, new GuardArm(Monotonic.Add(FencingBasisNs, FenceGuard.DeadlineAfterRenewal(Ha.Ttl)), postmaster, state.Spec.InstanceId, _lease));
+        guard.Arm(NodeId, new GuardArm(Monotonic.Add(FencingBasisNs, FenceGuard.DeadlineAfterRenewal(Ttl)), postmaster, state.Spec.InstanceId, _lease));
         return true;
     }
 
@@ -203,6 +205,18 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
             throw new InvalidOperationException("the leader lease expired before promotion");
         if (!await ArmAsync(etcd).ConfigureAwait(false))
             throw new InvalidOperationException("PostgreSQL is not running: nothing to promote");
+    }
+
+    /// <summary>
+    /// Before the key moves to a lease shorter than the one held (a replica of a new cluster has data now): the guard's
+    /// deadline comes to what the new lease allows, counted from <paramref name="sentNs"/> (sent before its grant). An agent
+    /// killed between the move and its next arming would otherwise leave its guard on the long lease's deadline, and its
+    /// PostgreSQL writable after the short lease expired and a replica took over.
+    /// </summary>
+    public void ArmForShorterLease(TimeSpan ttl, long sentNs)
+    {
+        if (guard is null || _guarded is not { Alive: true } postmaster || state.Others.Count == 0) return;
+        guard.Arm(NodeId, new GuardArm(Monotonic.Add(sentNs, FenceGuard.DeadlineAfterRenewal(ttl)), postmaster, state.Spec.InstanceId, _lease));
     }
 
     /// <summary>This node took the leader key under <paramref name="lease"/>, granted when <paramref name="sentNs"/>.</summary>

@@ -254,9 +254,10 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
             // Only members of the cluster as it is now count (a removed node's last report may linger).
             view.Members = members = members.Where(m => specs.Any(s => s.NodeId == m.NodeId)).ToList();
             state.Peers = specs.Where(s => s.NodeId != NodeId).Select(s => (s.NodeId, members.FirstOrDefault(m => m.NodeId == s.NodeId)?.Host, s.ApiPort)).ToList();
-            // A leader that got members (or lost them all) moves its key to a lease of the TTL that now applies: a short one
-            // as soon as a replica could take over, a long one while nobody could (PassCadence).
-            if (view.Renewed && view.Leader is { } held && held.NodeId == NodeId && view.LeaderKeyLease == lease.Id && lease.Alone != (state.Others.Count == 0))
+            state.NoneCouldTakeOver = state.Others.All(o => members.FirstOrDefault(m => m.NodeId == o) is { NoData: true });
+            // A leader whose members could now take over (or no longer could) moves its key to a lease of the TTL that
+            // applies: a short one as soon as a replica has data, a long one while nobody could (PassCadence, Failover.FenceAfter).
+            if (view.Renewed && view.Leader is { } held && held.NodeId == NodeId && view.LeaderKeyLease == lease.Id && lease.Alone != state.NoneCouldTakeOver)
                 await key.MoveToLeaseAsync(held, view.LeaderRevision, etcd).ConfigureAwait(false);
             lease.EtcdReachable();
             return true;
@@ -333,6 +334,7 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
             InitialisedBy = cluster.InitialisedBy,
             RestoreFrom = record.Restore?.InstanceId,
             Alone = state.Others.Count == 0,
+            LeaseTtl = lease.Held ? lease.Ttl : state.Ha.Ttl,
             Failsafe = kept,
             FailsafePromisedTo = failsafe.PromisedTo(state.Ha.Ttl),
         };

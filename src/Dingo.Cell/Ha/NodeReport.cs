@@ -45,6 +45,7 @@ internal sealed class NodeReport(EtcdStore store, NodeSpec spec, TimeSpan loopWa
             Decision = action.Sentence,
             FailingSince = failingSince,
             Connections = local.Answering ? connections : null,
+            NoData = !local.DataInitialised,
             UpdatedAt = now,
         };
     }

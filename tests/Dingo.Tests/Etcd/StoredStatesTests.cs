@@ -46,6 +46,11 @@ public sealed class StoredStatesTests
         var replica = Json.Deserialize<NodeStatus>(ReplicaStatus);
         Assert.Equal((NodeState.Failed, NodeRole.Replica), (replica.State, replica.Role));
         SameJson(ReplicaStatus, Json.Serialize(replica));
+        // A node without data says so (a leader nobody could take over from holds a long lease); one with data writes nothing new.
+        var cloning = leader with { State = NodeState.Initialising, Role = NodeRole.Unknown, NoData = true };
+        Assert.Contains("\"noData\":true", Json.Serialize(cloning), StringComparison.Ordinal);
+        Assert.True(Json.Deserialize<NodeStatus>(Json.Serialize(cloning)).NoData);
+        Assert.False(replica.NoData);
         // A status without a role (written before roles were reported) reads as unknown.
         Assert.Equal(NodeRole.Unknown, Json.Deserialize<NodeStatus>(Status.Replace("\"role\":\"primary\",", "", StringComparison.Ordinal)).Role);
     }

@@ -264,6 +264,28 @@ public sealed class FailoverRulesTests
         Assert.StartsWith(etcdReachable ? "demoting: the leader key was not renewed" : "demoting: cannot reach etcd", Assert.IsType<HaAction.Demote>(answering).Sentence, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// A new cluster's first primary whose replicas are still cloning holds the lease of a node alone (30 s here): nobody
+    /// could take the key before it expires, so fencing and giving up an unanswering PostgreSQL count half of it, not half
+    /// the TTL. Fenced at 2 s, a saturated machine's late probe stopped such primaries again and again (bench/Provision).
+    /// </summary>
+    [Theory]
+    [InlineData(2.1, 0.5, false)]
+    [InlineData(14.9, 0.5, false)]
+    [InlineData(15.0, 0.5, true)]
+    [InlineData(0.2, 14.9, false)]
+    [InlineData(0.2, 15.0, true)]
+    public void A_leader_under_the_lease_of_a_node_alone_is_fenced_at_half_of_that_lease(double sinceRenewal, double notAnswering, bool demotes)
+    {
+        var s = Settings with { IdleLoopWait = TimeSpan.FromSeconds(10) };
+        var input = Leader(answering: false, notAnsweringFor: TimeSpan.FromSeconds(notAnswering), sinceRenewal: TimeSpan.FromSeconds(sinceRenewal)) with { LeaseTtl = s.AloneTtl };
+        var decision = Failover.Decide(input, s);
+        if (demotes) Assert.True(Assert.IsType<HaAction.Demote>(decision).AtOnce);
+        else Assert.Equal("waiting for PostgreSQL to accept connections", Assert.IsType<HaAction.Wait>(decision).Sentence);
+        // The same leader under a lease of the TTL is fenced at half of it.
+        Assert.IsType<HaAction.Demote>(Failover.Decide(input with { LeaseTtl = s.Ttl, SinceRenewal = TimeSpan.FromSeconds(2.0) }, s));
+    }
+
     [Theory]
     [InlineData(1.9, false)]
     [InlineData(2.0, true)]

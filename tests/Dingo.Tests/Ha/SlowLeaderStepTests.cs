@@ -252,6 +252,45 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         Assert.Null(_guard.TakeFenced(_spec.NodeId));
     }
 
+    [Fact]
+    public async Task A_new_clusters_primary_keeps_the_lease_of_a_node_alone_while_its_replica_has_no_data_and_a_short_one_once_it_has()
+    {
+        // A replica waiting to clone could not take the key: fenced at half the TTL, the first primary was stopped by every
+        // late probe of a saturated machine, with nobody to take over (bench/Provision's Docker burst).
+        var ttl = _settings.Ha.Ttl;
+        var agent = await BootstrappedAsync();
+        var taken = (await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))!;
+        await ReportAbsentAsync(noData: true);
+        Assert.Equal("no action: I hold the leader key", await agent.RunPassAsync(None));
+        var kept = (await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))!;
+        Assert.Equal(taken.Lease, kept.Lease);
+        Assert.True(await _store.KeepAliveOnceTtlAsync(kept.Lease, None) >= (long)_settings.Ha.AloneTtl.TotalSeconds, "the key left the lease of a node alone");
+        // Guarded all the same, on that lease's deadline (¾ of it after the last renewal).
+        var armed = _guard.Armed(_spec.NodeId) ?? throw new InvalidOperationException("the guard is not armed");
+        Assert.True(Monotonic.Between(Monotonic.NowNs(), armed.DeadlineNs) > FenceGuard.DeadlineAfterRenewal(ttl) + TimeSpan.FromSeconds(2),
+            "the guard's deadline is the TTL's, not the lease's");
+
+        // The replica has data now: the key moves to a lease of the TTL, and the guard's deadline comes with it.
+        await ReportAbsentAsync(noData: false);
+        Assert.Equal("no action: I hold the leader key", await agent.RunPassAsync(None));
+        var moved = (await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))!;
+        Assert.Equal(_spec.NodeId, moved.Value.NodeId);
+        Assert.NotEqual(kept.Lease, moved.Lease);
+        Assert.Equal((long)Math.Ceiling(ttl.TotalSeconds), await _store.KeepAliveOnceTtlAsync(moved.Lease, None));
+        armed = _guard.Armed(_spec.NodeId) ?? throw new InvalidOperationException("the guard is not armed");
+        Assert.Equal(moved.Lease, armed.Lease);
+        Assert.True(Monotonic.Between(Monotonic.NowNs(), armed.DeadlineNs) <= FenceGuard.DeadlineAfterRenewal(ttl), "the guard kept the long lease's deadline");
+        Assert.Null(_guard.TakeFenced(_spec.NodeId));
+    }
+
+    /// <summary>The second member's report: still without data (waiting to clone), or a replica.</summary>
+    private Task ReportAbsentAsync(bool noData) => _store.PutAsync(K.Status(_spec.InstanceId, _absent.NodeId), new NodeStatus
+    {
+        NodeId = _absent.NodeId, InstanceId = _spec.InstanceId, CellId = _absent.CellId, Host = "127.0.0.1", Port = _absent.Port,
+        State = noData ? NodeState.Initialising : NodeState.Running, Role = noData ? NodeRole.Unknown : NodeRole.Replica,
+        Detail = "", NoData = noData, UpdatedAt = DateTimeOffset.UtcNow,
+    }, None);
+
     /// <summary>The cell's runtime, with its first start of a node taking <paramref name="extra"/> longer.</summary>
     private sealed class SlowFirstStart(IContainerRuntime inner, TimeSpan extra) : DelegatingRuntime(inner)
     {
