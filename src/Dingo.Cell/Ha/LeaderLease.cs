@@ -156,7 +156,7 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
                 if (SinceRenewal < Ha.LoopWait) continue;
                 using var tick = CancellationTokenSource.CreateLinkedTokenSource(ct);
                 tick.CancelAfter(Ha.Ttl / 4);
-                if (probe is not null) await probe.ObserveAsync(tick.Token).WaitAsync(tick.Token).ConfigureAwait(false);
+                if (probe is not null) await probe.ObserveDetached().WaitAsync(tick.Token).ConfigureAwait(false);
                 // The lease is gone: no more renewals; the guard stops PostgreSQL at its deadline unless the pass decides first.
                 if (!await RenewAsync(tick.Token).ConfigureAwait(false)) return;
                 await ArmAsync(tick.Token).ConfigureAwait(false);

@@ -185,7 +185,8 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
     {
         PostgresObservation? pg = null;
         // While leading, a PostgreSQL that does not answer (hung, stopped) must not hold the pass past the fencing deadline.
-        // WaitAsync: Npgsql's own cancellation asks the server to cancel, which a stopped server never answers.
+        // WaitAsync on a probe the pass never cancels (PostgresProbe.ObserveDetached): Npgsql's own cancellation asks the
+        // server to cancel, which a stopped server never answers and a saturated one pays a fork for.
         // Past (or at) the fencing deadline a leader still needs to know whether its PostgreSQL answers (failsafe
         // keeps only one that does): a short budget of its own; the guard keeps the deadline meanwhile.
         using var late = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -193,7 +194,7 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         // A node that does not lead has nothing to fence: its probe gets its own budget, not what the pass's etcd calls
         // left of theirs (a hung etcd must not make a healthy replica look dead: failsafe asks replicas about it).
         var probing = !lease.Held || lease.UntilFencing() < state.Ha.Ttl / 8 ? late.Token : etcd;
-        try { pg = await probe.ObserveAsync(probing).WaitAsync(probing).ConfigureAwait(false); }
+        try { pg = await probe.ObserveDetached().WaitAsync(probing).ConfigureAwait(false); }
         catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or InvalidOperationException
                                    || (ex is OperationCanceledException && !ct.IsCancellationRequested)) { }
         state.Pass.Mark("probe");

@@ -15,7 +15,12 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
     /// Pooled: the HA loop asks every node several questions every loop-wait, and a fresh connection each time costs
     /// PostgreSQL a fork and the client a SCRAM exchange. With many nodes on a cell that was most of the cell's CPU.
     /// </summary>
-    private NpgsqlConnection Connect(int timeoutSeconds = 2)
+    /// <param name="timeoutSeconds">
+    /// the open's deadline (and the wait for a pooled session): 10 s, as the pass never waits for a probe longer than its
+    /// budget (<see cref="ObserveDetached"/>). At 2 s, a saturated machine's opens (5 s and more) were abandoned after
+    /// PostgreSQL had forked and authenticated for them, and tried again at the next pass.
+    /// </param>
+    private NpgsqlConnection Connect(int timeoutSeconds = 10)
     {
         var cs = DatabaseAdmin.ConnectionString(host, port, superuser, "postgres");
         cs.Timeout = timeoutSeconds;
@@ -49,6 +54,22 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
     /// <summary>When the last <see cref="ObserveAsync"/> asked twice: how long each try took and why the first failed (for a slow pass's log line).</summary>
     public string? LastRetry { get; private set; }
 
+    /// <summary>
+    /// The HA pass's question, on the probe's own deadlines (the open's and the command's timeouts) and never cancelled by
+    /// the pass, which waits for it only as long as its budget allows (WaitAsync) and goes on without it. A cancelled
+    /// probe cost a saturated machine twice: PostgreSQL forks a process for every cancel request, and a pooled session
+    /// whose cancel went unanswered in time is broken, so the next probe forked a new session and repeated the SCRAM
+    /// exchange (bench/Provision's Docker burst: 30 and more freshly forked backends waiting for a core at once). A late
+    /// answer returns its session to the pool; at most the pool's three run at once per node, the next waits for one.
+    /// </summary>
+    public Task<PostgresObservation> ObserveDetached()
+    {
+        var observing = ObserveAsync(CancellationToken.None);
+        // Its failure after the pass stopped waiting is nobody's: observed here.
+        _ = observing.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+        return observing;
+    }
+
     public async Task<PostgresObservation> ObserveAsync(CancellationToken ct)
     {
         var started = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -56,10 +77,13 @@ public sealed class PostgresProbe(string host, int port, Credentials superuser)
         {
             return await ObserveOnceAsync(ct).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is NpgsqlException { IsTransient: true } or System.IO.IOException or NpgsqlException { InnerException: System.IO.IOException } && !ct.IsCancellationRequested)
+        catch (Exception ex) when (ex is NpgsqlException { IsTransient: true } or System.IO.IOException or NpgsqlException { InnerException: System.IO.IOException }
+                                   && ex is not NpgsqlException { InnerException: TimeoutException } && !ct.IsCancellationRequested)
         {
             // A pooled connection of a server that has restarted since (a demotion, a crash): forget them all and ask once
-            // on a fresh connection, so a restart is never mistaken for a node that does not answer.
+            // on a fresh connection, so a restart is never mistaken for a node that does not answer. Not after a timeout
+            // (a slow or hung server, or the pool's sessions all busy): clearing the pool then broke the sessions of the
+            // probes still waiting for their answers, and each came back as a new fork and SCRAM exchange.
             var first = System.Diagnostics.Stopwatch.GetElapsedTime(started);
             var again = System.Diagnostics.Stopwatch.GetTimestamp();
             var reason = ex is PostgresException pg ? pg.SqlState : ex.GetType().Name;

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Dingo.Backups;
 using Dingo.Cells;
 using Dingo.Ha;
+using Dingo.Health;
 using Dingo.Model;
 using Dingo.Postgres;
 using Dingo.Store;
@@ -281,6 +282,46 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         Assert.Equal(moved.Lease, armed.Lease);
         Assert.True(Monotonic.Between(Monotonic.NowNs(), armed.DeadlineNs) <= FenceGuard.DeadlineAfterRenewal(ttl), "the guard kept the long lease's deadline");
         Assert.Null(_guard.TakeFenced(_spec.NodeId));
+    }
+
+    [Fact]
+    public async Task A_probe_the_pass_stops_waiting_for_is_not_cancelled_and_keeps_its_session()
+    {
+        // A cancelled probe costs PostgreSQL a fork for the cancel request, and a session broken when the cancel is not
+        // answered in time costs another fork and a SCRAM exchange: on a saturated machine, a storm of them.
+        await BootstrappedAsync();
+        var probe = new PostgresProbe("127.0.0.1", _spec.Port, _record.Superuser);
+        await probe.ObserveDetached();
+        var sessions = await HaSessionsAsync();
+        Assert.NotEmpty(sessions);
+        foreach (var pid in sessions) Assert.Equal(0, kill(pid, 19)); // SIGSTOP: their answers wait
+        Task<PostgresObservation> pending;
+        try
+        {
+            pending = probe.ObserveDetached();
+            await Assert.ThrowsAsync<TimeoutException>(() => pending.WaitAsync(TimeSpan.FromSeconds(1)));
+        }
+        finally
+        {
+            foreach (var pid in sessions) _ = kill(pid, 18);
+        }
+        // The late answer comes, on a session that was there before: nothing was cancelled, nothing new was forked.
+        var answer = await pending.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.True(answer.Timeline >= 1);
+        Assert.Subset(sessions.ToHashSet(), (await HaSessionsAsync()).ToHashSet());
+    }
+
+    /// <summary>The backends of the HA probes' pooled sessions on the node.</summary>
+    private async Task<IReadOnlyList<int>> HaSessionsAsync()
+    {
+        await using var conn = Superuser("postgres");
+        await conn.OpenAsync();
+        await using var cmd = new NpgsqlCommand("SELECT pid FROM pg_stat_activity WHERE application_name = $1", conn);
+        cmd.Parameters.AddWithValue(PostgresProbe.HaApplicationName);
+        var pids = new List<int>();
+        await using var r = await cmd.ExecuteReaderAsync();
+        while (await r.ReadAsync()) pids.Add(r.GetInt32(0));
+        return pids;
     }
 
     /// <summary>The second member's report: still without data (waiting to clone), or a replica.</summary>
