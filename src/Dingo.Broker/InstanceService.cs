@@ -262,7 +262,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                 ? OsbResult.NotFound($"service instance {instanceId} does not exist")
                 : OsbResult.Ok(new JsonObject { ["state"] = OperationState.Succeeded.Wire(), ["description"] = "no operation recorded" });
         }
-        if (op.Value.InProgress) Poke(instanceId); // a broker restart must not leave work waiting for the sweep
+        if (op.Value.InProgress) Wake(instanceId); // a broker restart must not leave work waiting for the sweep
         return OsbResult.Ok(new JsonObject { ["state"] = op.Value.State.Wire(), ["description"] = op.Value.Description });
     }
 
@@ -303,6 +303,9 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             $"maintenance_info.version '{RequestLimits.ForLog(asked, 40)}' is not this broker's ({Product.Version}): fetch the catalog again");
 
     public void Poke(string instanceId) => region.ActorRef.Tell(new ServiceInstanceMessages.Reconcile(instanceId));
+
+    /// <summary>Wakes the instance's actor if it rests; adds no pass to one at work (<see cref="ServiceInstanceMessages.Wake"/>).</summary>
+    public void Wake(string instanceId) => region.ActorRef.Tell(new ServiceInstanceMessages.Wake(instanceId));
 
     /// <summary>
     /// The parameters of a provision or update, judged alone (pure: <paramref name="now"/> is the one input besides the

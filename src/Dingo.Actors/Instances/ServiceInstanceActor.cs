@@ -12,6 +12,12 @@ public static class ServiceInstanceMessages
 {
     /// <summary>Look at the instance now (a request changed it, or a sweep found work in progress).</summary>
     public sealed record Reconcile(string InstanceId);
+
+    /// <summary>
+    /// Look at the instance unless its actor is at work already (a pass running or due): a client asking for the
+    /// operation's state wakes an actor a broker restart left idle, and adds no pass to one that is not.
+    /// </summary>
+    public sealed record Wake(string InstanceId);
 }
 
 /// <summary>Marker type for the shard region in Akka.Hosting's registry.</summary>
@@ -33,6 +39,7 @@ public sealed class ServiceInstanceActor : PassActor<InstanceDecision?>
         _instanceId = instanceId;
         _reconciler = new InstanceReconciler(store, settings, loggers.CreateLogger("Dingo.Instance"), metrics, events);
         Receive<ServiceInstanceMessages.Reconcile>(_ => RequestPass());
+        Receive<ServiceInstanceMessages.Wake>(_ => Wake());
     }
 
     protected override Task<InstanceDecision?> RunPassAsync(CancellationToken cancellationToken) =>
@@ -64,12 +71,13 @@ public sealed class ServiceInstanceActor : PassActor<InstanceDecision?>
         Akka.Actor.Props.Create(() => new ServiceInstanceActor(instanceId, store, settings, loggers, metrics, events));
 }
 
-/// <summary>Routes <see cref="ServiceInstanceMessages.Reconcile"/> to the instance's entity.</summary>
+/// <summary>Routes <see cref="ServiceInstanceMessages.Reconcile"/> and <see cref="ServiceInstanceMessages.Wake"/> to the instance's entity.</summary>
 public sealed class ServiceInstanceExtractor() : HashCodeMessageExtractor(30)
 {
     public override string? EntityId(object message) => message switch
     {
         ServiceInstanceMessages.Reconcile r => r.InstanceId,
+        ServiceInstanceMessages.Wake w => w.InstanceId,
         _ => null,
     };
 }

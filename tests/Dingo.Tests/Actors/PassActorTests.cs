@@ -16,7 +16,9 @@ public sealed class PassActorTests() : TestKit(ConfigurationFactory.ParseString(
 {
     private sealed record Count;
 
-    private sealed class Ticker(TimeSpan wait) : PassActor<int>
+    private sealed record Nudge;
+
+    private sealed class Ticker(TimeSpan? wait) : PassActor<int>
     {
         private int _passes;
 
@@ -28,6 +30,7 @@ public sealed class PassActorTests() : TestKit(ConfigurationFactory.ParseString(
         protected override void Unhandled(object message)
         {
             if (message is Count) Sender.Tell(_passes);
+            else if (message is Nudge) Wake();
             else base.Unhandled(message);
         }
     }
@@ -43,5 +46,25 @@ public sealed class PassActorTests() : TestKit(ConfigurationFactory.ParseString(
         var seconds = watch.Elapsed.TotalSeconds;
         // 30 ms apart: about 100 passes in 3 s. Rounded up to 100 ms ticks it would be 30 at most.
         Assert.True(passes > 45, $"{passes} passes in {seconds:0.0} s with 30 ms between them");
+    }
+
+    [Fact]
+    public async Task A_wake_adds_no_pass_to_an_actor_at_work_and_passes_at_once_when_it_rests()
+    {
+        // Woken every 10 ms while it passes every second: still about one pass a second (a request would pass each time).
+        var busy = Sys.ActorOf(Props.Create(() => new Ticker(TimeSpan.FromSeconds(1))));
+        for (var i = 0; i < 150; i++)
+        {
+            busy.Tell(new Nudge());
+            await Task.Delay(10);
+        }
+        var passes = await busy.Ask<int>(new Count(), TimeSpan.FromSeconds(5));
+        Assert.InRange(passes, 1, 4);
+
+        // Resting (no wait pending after its first pass): a wake passes at once.
+        var resting = Sys.ActorOf(Props.Create(() => new Ticker(null)));
+        await AwaitAssertAsync(async () => Assert.Equal(1, await resting.Ask<int>(new Count(), TimeSpan.FromSeconds(5))), TimeSpan.FromSeconds(5));
+        resting.Tell(new Nudge());
+        await AwaitAssertAsync(async () => Assert.Equal(2, await resting.Ask<int>(new Count(), TimeSpan.FromSeconds(5))), TimeSpan.FromSeconds(5));
     }
 }
