@@ -86,7 +86,12 @@ public sealed class BindingService(EtcdStore store, DingoSettings settings, ILog
             {
                 try
                 {
-                    await DatabaseAdmin.CreateBindingRoleAsync(leader.Value.Host, leader.Value.Port, instance.Value.Superuser, instance.Value.Database, binding.Role, ct);
+                    // The open may take the rest of the patience (at least 5 s): a primary that is slow to fork and
+                    // authenticate a session (a saturated machine: 5 s and more) served none of three 5 s attempts, each of
+                    // which it paid for all the same (bench/Provision's Docker burst: 12 binds answered 503).
+                    var rest = (int)Math.Ceiling((deadline - DateTime.UtcNow).TotalSeconds);
+                    await DatabaseAdmin.CreateBindingRoleAsync(leader.Value.Host, leader.Value.Port, instance.Value.Superuser, instance.Value.Database, binding.Role, ct,
+                        openSeconds: Math.Max(5, rest));
                     break;
                 }
                 catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException)

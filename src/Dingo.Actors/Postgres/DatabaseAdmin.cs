@@ -81,11 +81,14 @@ public static class DatabaseAdmin
     }
 
     /// <summary>Creates (or re-passwords) a binding's login role with full rights on the database and nothing else.</summary>
-    public static async Task CreateBindingRoleAsync(string host, int port, Credentials superuser, string database, Credentials role, CancellationToken ct)
+    /// <param name="openSeconds">how long the session's open may take (default 5 s): a bind gives it the rest of its patience</param>
+    public static async Task CreateBindingRoleAsync(string host, int port, Credentials superuser, string database, Credentials role, CancellationToken ct, int openSeconds = 5)
     {
         CheckSafe(role.Username);
         CheckSafe(role.Password);
-        await using var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database));
+        var cs = ConnectionString(host, port, superuser, database);
+        cs.Timeout = Math.Max(1, openSeconds);
+        await using var conn = PlatformConnectionTls.Connection(cs);
         await conn.OpenAsync(ct).ConfigureAwait(false);
         var attributes = $"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{role.Password}'";
         if (await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", role.Username, ct).ConfigureAwait(false))
