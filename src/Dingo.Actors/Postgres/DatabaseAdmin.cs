@@ -42,7 +42,11 @@ public static class DatabaseAdmin
     /// </summary>
     public static async Task PrepareAsync(string host, int port, Credentials superuser, string database, CancellationToken ct, Credentials? replication = null)
     {
-        await using (var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, "postgres")))
+        // Opens of 15 s (the step's own deadline bounds them): a new primary on a saturated machine took longer than 5 s to
+        // fork and authenticate a session, and its preparation failed pass after pass (bench/Provision's Docker burst).
+        var platform = ConnectionString(host, port, superuser, "postgres");
+        platform.Timeout = 15;
+        await using (var conn = PlatformConnectionTls.Connection(platform))
         {
             await conn.OpenAsync(ct).ConfigureAwait(false);
             await ExecAsync(conn, "SET synchronous_commit = local", ct).ConfigureAwait(false);
@@ -71,7 +75,9 @@ public static class DatabaseAdmin
             }
         }
         // The public schema belonged to the database's owner (pg_database_owner): it stays the applications' schema.
-        await using (var app = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database)))
+        var application = ConnectionString(host, port, superuser, database);
+        application.Timeout = 15;
+        await using (var app = PlatformConnectionTls.Connection(application))
         {
             await app.OpenAsync(ct).ConfigureAwait(false);
             await ExecAsync(app, "SET synchronous_commit = local", ct).ConfigureAwait(false);

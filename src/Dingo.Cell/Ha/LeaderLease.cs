@@ -142,8 +142,13 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
         }
     }
 
-    /// <summary>The longest a leader's step may renew beside it (<see cref="WhileRenewingAsync"/>): four TTLs.</summary>
-    private TimeSpan StepLimit => Ha.Ttl * 4;
+    /// <summary>
+    /// The longest a leader's step may renew beside it (<see cref="WhileRenewingAsync"/>): four TTLs, and at least a minute.
+    /// At 16 s a saturated machine's first preparation (its CREATE DATABASE above all) was cut, rolled back and begun again
+    /// every pass, until the provision failed (bench/Provision's Docker burst); the renewals beside it hold only while
+    /// PostgreSQL answers, so a longer step fences as a short one does.
+    /// </summary>
+    private TimeSpan StepLimit => Ha.Ttl * 4 > TimeSpan.FromMinutes(1) ? Ha.Ttl * 4 : TimeSpan.FromMinutes(1);
 
     /// <summary>Every loop-wait until cancelled: asks PostgreSQL (when given a probe), and renews and arms only when it answered.</summary>
     private async Task KeepRenewingAsync(PostgresProbe? probe, CancellationToken ct)
