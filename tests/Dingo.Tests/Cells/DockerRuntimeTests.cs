@@ -293,8 +293,10 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         await Assert.ThrowsAnyAsync<DockerApiException>(() => client.Containers.GetArchiveFromContainerAsync(containerA.ID,
             new GetArchiveFromContainerParameters { Path = "/etc/dingo/claim.sql" }, statOnly: true));
 
-        // Each logs in with its own password only, and has its own system identifier; nothing but what initdb makes.
+        // Each logs in with its own password only, and has its own system identifier; nothing but what initdb makes, and
+        // the application database, made with the entry so that the first primary's preparation need not.
         await NodeSql.AssertSeparateClustersAsync(a, b);
+        Assert.Equal("dingo", await NodeSql.ScalarAsync(a, a.Superuser, "SELECT string_agg(datname, ',') FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')"));
         await NodeSql.ScalarAsync(a, a.Superuser, "CREATE TABLE t AS SELECT 'kept'::text AS v");
 
         // What a crash leaves: an entry volume whose initdb never finished (no marker), and the marker of an entry a node
