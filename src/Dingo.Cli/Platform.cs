@@ -140,6 +140,15 @@ public static class Platform
             Console.Error.WriteLine($"dingo: {ex.Message}");
             return 1;
         }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // A child could not be started again: its log or pid file cannot be written (the folder was deleted while the
+            // platform ran, a full disk). The platform stops whole rather than die half-supervised with a stack trace.
+            Console.Error.WriteLine(Directory.Exists(data)
+                ? $"dingo: {ex.Message}; stopping the platform"
+                : $"dingo: the platform's folder {data} is gone (deleted while it ran); stopping the platform");
+            return 1;
+        }
         finally
         {
             // Cells together first (each stops its PostgreSQL nodes), then the broker, then etcd last.
