@@ -144,9 +144,9 @@ public static class Platform
         {
             // A child could not be started again: its log or pid file cannot be written (the folder was deleted while the
             // platform ran, a full disk). The platform stops whole rather than die half-supervised with a stack trace.
-            Console.Error.WriteLine(Directory.Exists(data)
-                ? $"dingo: {ex.Message}; stopping the platform"
-                : $"dingo: the platform's folder {data} is gone (deleted while it ran); stopping the platform");
+            Console.Error.WriteLine(Directory.Exists(Path.Combine(data, "logs"))
+                ? $"dingo: {ex.Message.TrimEnd('.')}; stopping the platform"
+                : $"dingo: the platform's folder {data} was deleted while it ran; stopping the platform");
             return 1;
         }
         finally
