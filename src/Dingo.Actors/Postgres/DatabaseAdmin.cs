@@ -17,7 +17,8 @@ public static class DatabaseAdmin
     public const string ReplicationUserName = "dingo_replicator";
 
     /// <summary>A connection of the platform to a node, with this process's TLS policy (<see cref="PlatformConnectionTls"/>).</summary>
-    public static NpgsqlConnectionStringBuilder ConnectionString(string host, int port, Credentials superuser, string database) =>
+    /// <param name="openSeconds">how long the open may take (5 s unless a caller needs longer)</param>
+    public static NpgsqlConnectionStringBuilder ConnectionString(string host, int port, Credentials superuser, string database, int openSeconds = 5) =>
         PlatformConnectionTls.Apply(new NpgsqlConnectionStringBuilder
         {
             Host = host,
@@ -25,7 +26,7 @@ public static class DatabaseAdmin
             Username = superuser.Username,
             Password = superuser.Password,
             Database = database,
-            Timeout = 5,
+            Timeout = openSeconds,
             CommandTimeout = 15,
             Pooling = false,
             ApplicationName = "dingo",
@@ -44,9 +45,7 @@ public static class DatabaseAdmin
     {
         // Opens of 15 s (the step's own deadline bounds them): a new primary on a saturated machine took longer than 5 s to
         // fork and authenticate a session, and its preparation failed pass after pass (bench/Provision's Docker burst).
-        var platform = ConnectionString(host, port, superuser, "postgres");
-        platform.Timeout = 15;
-        await using (var conn = PlatformConnectionTls.Connection(platform))
+        await using (var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, "postgres", openSeconds: 15)))
         {
             await conn.OpenAsync(ct).ConfigureAwait(false);
             await ExecAsync(conn, "SET synchronous_commit = local", ct).ConfigureAwait(false);
@@ -75,9 +74,7 @@ public static class DatabaseAdmin
             }
         }
         // The public schema belonged to the database's owner (pg_database_owner): it stays the applications' schema.
-        var application = ConnectionString(host, port, superuser, database);
-        application.Timeout = 15;
-        await using (var app = PlatformConnectionTls.Connection(application))
+        await using (var app = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database, openSeconds: 15)))
         {
             await app.OpenAsync(ct).ConfigureAwait(false);
             await ExecAsync(app, "SET synchronous_commit = local", ct).ConfigureAwait(false);
@@ -92,9 +89,7 @@ public static class DatabaseAdmin
     {
         CheckSafe(role.Username);
         CheckSafe(role.Password);
-        var cs = ConnectionString(host, port, superuser, database);
-        cs.Timeout = Math.Max(1, openSeconds);
-        await using var conn = PlatformConnectionTls.Connection(cs);
+        await using var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database, Math.Max(1, openSeconds)));
         await conn.OpenAsync(ct).ConfigureAwait(false);
         var attributes = $"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{role.Password}'";
         if (await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", role.Username, ct).ConfigureAwait(false))

@@ -96,9 +96,13 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
             guard.MarkSynchronous(NodeId, state.Synchronous);
             _markedSynchronous = state.Synchronous;
         }
-        guard.Arm(NodeId, new GuardArm(Monotonic.Add(FencingBasisNs, FenceGuard.DeadlineAfterRenewal(Ttl)), postmaster, state.Spec.InstanceId, _lease));
+        ArmAt(guard, postmaster, FencingBasisNs, Ttl);
         return true;
     }
+
+    /// <summary>Arms the guard for <paramref name="postmaster"/> at ¾ of <paramref name="ttl"/> after <paramref name="basisNs"/>, naming the lease held.</summary>
+    private void ArmAt(FenceGuardDirectory armed, ProcessIdentity postmaster, long basisNs, TimeSpan ttl) =>
+        armed.Arm(NodeId, new GuardArm(Monotonic.Add(basisNs, FenceGuard.DeadlineAfterRenewal(ttl)), postmaster, state.Spec.InstanceId, _lease));
 
     /// <summary>
     /// A leader's long pass (a promotion, the first preparation of roles, a slow machine) renews at the points where it
@@ -221,7 +225,7 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
     public void ArmForShorterLease(TimeSpan ttl, long sentNs)
     {
         if (guard is null || _guarded is not { Alive: true } postmaster || state.Others.Count == 0) return;
-        guard.Arm(NodeId, new GuardArm(Monotonic.Add(sentNs, FenceGuard.DeadlineAfterRenewal(ttl)), postmaster, state.Spec.InstanceId, _lease));
+        ArmAt(guard, postmaster, sentNs, ttl);
     }
 
     /// <summary>This node took the leader key under <paramref name="lease"/>, granted when <paramref name="sentNs"/>.</summary>

@@ -335,7 +335,7 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
             InitialisedBy = cluster.InitialisedBy,
             RestoreFrom = record.Restore?.InstanceId,
             Alone = state.Others.Count == 0,
-            LeaseTtl = lease.Held ? lease.Ttl : state.Ha.Ttl,
+            LeaseTtl = lease.Ttl,
             Failsafe = kept,
             FailsafePromisedTo = failsafe.PromisedTo(state.Ha.Ttl),
         };
