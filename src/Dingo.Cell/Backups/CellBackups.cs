@@ -272,8 +272,8 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         {
             try
             {
-                var cs = Dingo.Postgres.DatabaseAdmin.ConnectionString(_host, _port, _superuser, "postgres");
-                cs.Timeout = 3;
+                // 10 s: a timed-out open is a backend forked and authenticated for nothing, begun again 2 s later.
+                var cs = Dingo.Postgres.DatabaseAdmin.ConnectionString(_host, _port, _superuser, "postgres", openSeconds: 10);
                 cs.Pooling = true;
                 cs.MaxPoolSize = 1;
                 cs.ConnectionIdleLifetime = 30;

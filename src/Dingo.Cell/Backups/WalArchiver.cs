@@ -160,8 +160,10 @@ public sealed class WalArchiver
 
     private NpgsqlConnectionStringBuilder ConnectionString()
     {
-        var cs = DatabaseAdmin.ConnectionString(_host, _port, _credentials, "postgres");
-        cs.Timeout = 5;
+        // 15 s, as the HA probe's and a preparation's opens: on a saturated machine a replication session's fork, TLS and
+        // authentication took more than 5 s, and each timed-out open was begun again from the start (a new backend, a
+        // new handshake), so the archiver's retries added to the load that made it late (issue 16, the Docker burst).
+        var cs = DatabaseAdmin.ConnectionString(_host, _port, _credentials, "postgres", openSeconds: 15);
         cs.ApplicationName = ApplicationName;
         return cs;
     }

@@ -463,7 +463,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     internal const string WarmPrefix = "dingo-_warm-";
     private readonly SemaphoreSlim _warmLock = new(1, 1);
     private readonly SemaphoreSlim _fillGate = new(1, 1);
-    private long _lastClaimTicks;
+    private readonly NodeWork _work = new();
     // The ready entries as the last fill found them (oldest first), plus those made since: a claim takes one without
     // listing every container on the engine (a listing waits for every container being created or started, seconds in
     // a burst of provisions). Null until a fill or a claim has listed them. Guarded by _warmLock.
@@ -490,7 +490,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     /// <summary>Keeps the pool at its size until cancelled (<see cref="WarmPoolLoop"/>).</summary>
     public Task KeepWarmAsync(CancellationToken ct) => _options.WarmPool <= 0 ? Task.CompletedTask
-        : WarmPoolLoop.RunAsync(FillWarmOnceAsync, () => Interlocked.Read(ref _lastClaimTicks),
+        : WarmPoolLoop.RunAsync(FillWarmOnceAsync, _work,
             ex => ex is ContainerEngineException or DockerApiException or InvalidOperationException or TimeoutException, _logger, ct);
 
     /// <summary>Tidies the pool, then adds one entry when it is short (true); false when nothing was to add.</summary>
@@ -604,7 +604,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             var limits = await _options.LimitsOf(spec.InstanceId, ct).ConfigureAwait(false);
             // The node container first: from then on the entry counts as taken, whether or not the marker goes.
             await CreateNodeContainerAsync(spec, limits, ct, volume, claimed: true).ConfigureAwait(false);
-            Interlocked.Exchange(ref _lastClaimTicks, Stopwatch.GetTimestamp());
+            _work.Touch();
             try
             {
                 await RemoveContainerAsync(markerId, ct).ConfigureAwait(false);
@@ -646,6 +646,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task CreateAsync(NodeLaunchSpec spec, CancellationToken cancellationToken)
     {
+        using var work = _work.Begin();
         ArgumentNullException.ThrowIfNull(spec);
         NodeIdRule.Check(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
@@ -671,6 +672,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken cancellationToken)
     {
+        using var work = _work.Begin();
         ArgumentNullException.ThrowIfNull(spec);
         NodeIdRule.Check(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
@@ -793,6 +795,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
     {
+        using var work = _work.Begin();
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(source);
         NodeIdRule.Check(spec.NodeId);
@@ -861,6 +864,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken cancellationToken)
     {
+        using var work = _work.Begin();
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(input);
         NodeIdRule.Check(spec.NodeId);
@@ -1065,6 +1069,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
     {
+        using var work = _work.Begin();
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(source);
         NodeIdRule.Check(spec.NodeId);

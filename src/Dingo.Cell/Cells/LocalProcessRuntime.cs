@@ -156,6 +156,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     public async Task CreateAsync(NodeLaunchSpec spec, CancellationToken cancellationToken)
     {
+        using var work = _work.Begin();
         ArgumentNullException.ThrowIfNull(spec);
         var paths = PathsFor(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
@@ -213,14 +214,14 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     private string WarmRoot => Path.Combine(_dataRoot, "@warm");
     private const string WarmReady = "ready";
     private readonly SemaphoreSlim _warmLock = new(1, 1);
-    private long _lastClaimTicks;
+    private readonly NodeWork _work = new();
 
     /// <summary>Entries ready to be claimed.</summary>
     public int WarmCount() => Directory.Exists(WarmRoot) ? Directory.EnumerateDirectories(WarmRoot).Count(d => File.Exists(Path.Combine(d, WarmReady))) : 0;
 
     /// <summary>Keeps the pool at its size until cancelled (<see cref="WarmPoolLoop"/>); half-made entries are removed, a smaller size trims it.</summary>
     public Task KeepWarmAsync(CancellationToken ct) => _options.WarmPool <= 0 ? Task.CompletedTask
-        : WarmPoolLoop.RunAsync(FillWarmOnceAsync, () => Interlocked.Read(ref _lastClaimTicks),
+        : WarmPoolLoop.RunAsync(FillWarmOnceAsync, _work,
             // A full disk, a broken initdb.
             ex => ex is IOException or InvalidOperationException or UnauthorizedAccessException or TimeoutException, _logger, ct);
 
@@ -284,7 +285,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
                 if (taken) break;
             }
             if (!taken) return false;
-            Interlocked.Exchange(ref _lastClaimTicks, Stopwatch.GetTimestamp());
+            _work.Touch();
         }
         finally
         {
@@ -305,6 +306,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     public async Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken cancellationToken)
     {
+        using var work = _work.Begin();
         ArgumentNullException.ThrowIfNull(spec);
         var paths = PathsFor(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
@@ -672,6 +674,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     public async Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
     {
+        using var work = _work.Begin();
         var paths = PathsFor(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
         await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
@@ -721,6 +724,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     public async Task RestoreAsync(NodeLaunchSpec spec, RestoreInput input, CancellationToken cancellationToken)
     {
+        using var work = _work.Begin();
         var paths = PathsFor(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
         await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);
@@ -888,6 +892,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     public async Task RewindAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
     {
+        using var work = _work.Begin();
         var paths = PathsFor(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
         var identity = await GetIdentityAsync(cancellationToken);

@@ -4,24 +4,79 @@ using Microsoft.Extensions.Logging;
 namespace Dingo.Cells;
 
 /// <summary>
-/// How both runtimes keep their warm pool full (`dingo.cell.warm-pool`): one fill at a time, a second apart, none within
-/// 2 s of a claim (a burst of provisions gets the CPU first). A fill that fails (a full disk, a broken initdb, an engine
-/// that does not answer) is tried again after 30 s; new nodes run initdb themselves meanwhile.
+/// The cell's own node work that a warm pool fill waits behind: creating, starting, cloning, restoring and rewinding
+/// nodes, and claiming pool entries. A fill is an initdb, and on the Docker runtime a tool container's whole lifecycle
+/// in the engine; in a burst of provisions it took the CPU and the engine from the nodes the burst was waiting for.
+/// </summary>
+internal sealed class NodeWork
+{
+    private int _running;
+    private long _last;
+
+    /// <summary>Marks one piece of node work as running until the result is disposed.</summary>
+    public IDisposable Begin()
+    {
+        Interlocked.Increment(ref _running);
+        Touch();
+        return new Scope(this);
+    }
+
+    /// <summary>Marks a moment of node work (a claim) that has no span of its own.</summary>
+    public void Touch() => Interlocked.Exchange(ref _last, Stopwatch.GetTimestamp());
+
+    /// <summary>No node work running, and none begun or ended within <paramref name="span"/>.</summary>
+    public bool QuietFor(TimeSpan span)
+    {
+        if (Volatile.Read(ref _running) > 0) return false;
+        var last = Interlocked.Read(ref _last);
+        return last == 0 || Stopwatch.GetElapsedTime(last) >= span;
+    }
+
+    private sealed class Scope(NodeWork work) : IDisposable
+    {
+        private int _disposed;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+            work.Touch();
+            Interlocked.Decrement(ref work._running);
+        }
+    }
+}
+
+/// <summary>
+/// How both runtimes keep their warm pool full (`dingo.cell.warm-pool`): one fill at a time, a second apart, and only
+/// once the cell's node work (<see cref="NodeWork"/>) has been quiet for <see cref="Quiet"/>, so a burst of provisions
+/// gets the CPU and the engine first; a pool kept waiting for <see cref="MostDeferred"/> (a node in a restart loop, a
+/// cell that is never quiet) is filled anyway. A fill that fails (a full disk, a broken initdb, an engine that does not
+/// answer) is tried again after 30 s; new nodes run initdb themselves meanwhile.
 /// </summary>
 internal static class WarmPoolLoop
 {
+    public static readonly TimeSpan Quiet = TimeSpan.FromSeconds(5);
+    public static readonly TimeSpan MostDeferred = TimeSpan.FromMinutes(2);
+
+    /// <summary>Whether a fill may run now: the cell's node work quiet, or the pool kept waiting long enough.</summary>
+    internal static bool MayFill(NodeWork work, long lastFill) =>
+        work.QuietFor(Quiet) || Stopwatch.GetElapsedTime(lastFill) >= MostDeferred;
+
     /// <param name="fillOnce">tidies the pool and adds one entry when it is short</param>
-    /// <param name="lastClaim">the <see cref="Stopwatch"/> timestamp of the last claim, 0 before any</param>
+    /// <param name="work">the cell's node work, which a fill waits behind</param>
     /// <param name="transient">a failure worth another try later (anything else ends the keeper)</param>
-    public static async Task RunAsync(Func<CancellationToken, Task<bool>> fillOnce, Func<long> lastClaim, Func<Exception, bool> transient, ILogger logger, CancellationToken ct)
+    public static async Task RunAsync(Func<CancellationToken, Task<bool>> fillOnce, NodeWork work, Func<Exception, bool> transient, ILogger logger, CancellationToken ct)
     {
         var failures = 0;
+        var lastFill = Stopwatch.GetTimestamp();
         while (!ct.IsCancellationRequested)
         {
             try
             {
-                var claimed = lastClaim();
-                if (claimed == 0 || Stopwatch.GetElapsedTime(claimed) > TimeSpan.FromSeconds(2)) await fillOnce(ct).ConfigureAwait(false);
+                if (MayFill(work, lastFill))
+                {
+                    await fillOnce(ct).ConfigureAwait(false);
+                    lastFill = Stopwatch.GetTimestamp();
+                }
                 if (failures > 0) logger.LogInformation("warm pool: filling again");
                 failures = 0;
                 await Task.Delay(TimeSpan.FromSeconds(1), ct).ConfigureAwait(false);
@@ -32,6 +87,7 @@ internal static class WarmPoolLoop
             }
             catch (Exception ex) when (transient(ex))
             {
+                lastFill = Stopwatch.GetTimestamp();
                 if (failures++ == 0) logger.LogWarning("warm pool: {Error}; new nodes run initdb themselves until it works again", ex.Message);
                 try { await Task.Delay(TimeSpan.FromSeconds(30), ct).ConfigureAwait(false); }
                 catch (OperationCanceledException) { return; }

@@ -1,0 +1,62 @@
+using System.Diagnostics;
+using Dingo.Cells;
+using Dingo.Tests.Support;
+
+namespace Dingo.Tests.Cells;
+
+/// <summary>When a warm pool fill may run: only behind the cell's own node work, and never kept waiting for ever.</summary>
+[Trait(Tier.Name, Tier.Fast)]
+public sealed class WarmPoolLoopTests
+{
+    private static long Ago(TimeSpan span) => Stopwatch.GetTimestamp() - (long)(span.TotalSeconds * Stopwatch.Frequency);
+
+    [Fact]
+    public void A_cell_with_no_node_work_yet_may_fill_at_once()
+    {
+        Assert.True(WarmPoolLoop.MayFill(new NodeWork(), lastFill: Stopwatch.GetTimestamp()));
+    }
+
+    [Fact]
+    public void No_fill_while_a_node_is_being_started_nor_within_the_quiet_time_after()
+    {
+        var work = new NodeWork();
+        var start = work.Begin();
+        Assert.False(WarmPoolLoop.MayFill(work, Stopwatch.GetTimestamp()));
+        Assert.False(work.QuietFor(TimeSpan.Zero)); // running, however long ago it began
+        start.Dispose();
+        Assert.False(WarmPoolLoop.MayFill(work, Stopwatch.GetTimestamp()));
+        start.Dispose(); // a second dispose does not count the work as ended twice
+        using (work.Begin())
+            Assert.False(work.QuietFor(TimeSpan.Zero));
+        Assert.True(work.QuietFor(TimeSpan.Zero));
+    }
+
+    [Fact]
+    public void A_claim_counts_as_node_work_for_the_quiet_time()
+    {
+        var work = new NodeWork();
+        work.Touch();
+        Assert.False(WarmPoolLoop.MayFill(work, Stopwatch.GetTimestamp()));
+        Assert.False(work.QuietFor(WarmPoolLoop.Quiet));
+    }
+
+    [Fact]
+    public async Task Once_the_quiet_time_has_passed_a_fill_may_run()
+    {
+        var work = new NodeWork();
+        using (work.Begin()) { }
+        var span = TimeSpan.FromMilliseconds(50);
+        Assert.False(work.QuietFor(TimeSpan.FromHours(1)));
+        await Task.Delay(span * 2);
+        Assert.True(work.QuietFor(span));
+    }
+
+    [Fact]
+    public void A_pool_kept_waiting_long_enough_is_filled_even_behind_work_that_never_ends()
+    {
+        var work = new NodeWork();
+        using var endless = work.Begin();
+        Assert.False(WarmPoolLoop.MayFill(work, Ago(WarmPoolLoop.MostDeferred - TimeSpan.FromSeconds(5))));
+        Assert.True(WarmPoolLoop.MayFill(work, Ago(WarmPoolLoop.MostDeferred + TimeSpan.FromSeconds(1))));
+    }
+}
