@@ -262,7 +262,7 @@ public sealed class NodeAgent : INodeLoop
     }
 
     /// <summary>Stops this node's archiver and backup schedule (no longer leading, or the node is going away).</summary>
-    public Task StopBackupsAsync() => _backups.StopAsync();
+    public Task StopBackupsAsync() => _backups.CloseAsync();
 
     private async Task ReportAsync(HaInput input, HaAction action, string? failure, CancellationToken ct)
     {
