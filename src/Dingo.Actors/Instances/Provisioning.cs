@@ -20,6 +20,8 @@ public sealed record InstanceSnapshot(
     public IReadOnlySet<string> DrainedCells { get; init; } = new HashSet<string>();
     /// <summary>The instance's backups as its leader's cell last published them (null: nothing yet).</summary>
     public BackupState? Backup { get; init; }
+    /// <summary>Per cell, the first nodes of instances it holds (each instance's earliest node): where new primaries start.</summary>
+    public IReadOnlyDictionary<string, int> FirstNodeLoad { get; init; } = new Dictionary<string, int>();
 }
 
 public abstract record InstanceDecision(string Description)
@@ -176,7 +178,8 @@ public static class Provisioning
     {
         var allowed = RequestedCells(s.Instance);
         var cells = s.Cells.Where(c => !s.DrainedCells.Contains(c.Id) && !s.LostCells.Contains(c.Id)).ToList();
-        var placement = Placement.Choose(cells, s.CellLoad, s.Nodes.Select(n => n.CellId).ToHashSet(), allowed);
+        var placement = Placement.Choose(cells, s.CellLoad, s.Nodes.Select(n => n.CellId).ToHashSet(), allowed,
+            firstNodes: s.Nodes.Count == 0 ? s.FirstNodeLoad : null);
         if (placement.Cell is null)
         {
             // No cell yet is often a platform still starting: wait, and fail only at the timeout. Cells that are

@@ -1677,9 +1677,14 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     {
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
         deadline.CancelAfter(timeout ?? _options.CallTimeout);
+        var began = Stopwatch.GetTimestamp();
         try
         {
-            return await call(deadline.Token).ConfigureAwait(false);
+            var result = await call(deadline.Token).ConfigureAwait(false);
+            // A slow engine is what a slow start or clone waits on: said, with the call, for the operator (and the bench).
+            if (Stopwatch.GetElapsedTime(began) is { TotalSeconds: >= 1 } took)
+                _logger.LogInformation("engine call took {Ms} ms: {What}", (long)took.TotalMilliseconds, what);
+            return result;
         }
         catch (Exception ex) when (ex is not DockerApiException && DockerEngine.Unreachable(ex, ct))
         {

@@ -56,3 +56,54 @@ public sealed class PlacementTests
         Assert.Contains("cell-3: engine of cell-3 unreachable", none.Reason, StringComparison.Ordinal);
     }
 }
+
+/// <summary>
+/// Placements decided at one moment (a burst of provisions, each instance's pass on its own) against one store: each is
+/// counted after the ones before it, so the first nodes spread over the cells instead of all taking the cell that was
+/// least loaded when they read.
+/// </summary>
+[Trait(Tier.Name, Tier.Fast)]
+public sealed class ConcurrentPlacementTests
+{
+    private static readonly CancellationToken None = CancellationToken.None;
+
+    [Fact]
+    public async Task First_nodes_placed_at_once_spread_evenly_over_equal_cells()
+    {
+        var store = new Dingo.Tests.Actors.InMemoryStore();
+        var settings = Dingo.Config.DingoSettings.Load([Path.Combine(TestPlatform.RepoRoot(), "hocon", "dingo.conf")], new Dictionary<string, string?>());
+        foreach (var (cell, zone) in new[] { ("cell-1", "z1"), ("cell-2", "z2"), ("cell-3", "z3") })
+            await store.PutAsync(store.Keys.Cell(cell), new CellInfo { Id = cell, Zone = zone, Capacity = 20, Address = "127.0.0.1", Runtime = "process" }, None);
+        var now = DateTimeOffset.UtcNow;
+        var ids = Enumerable.Range(1, 9).Select(i => $"i-{i}").ToList();
+        foreach (var id in ids)
+        {
+            await store.PutAsync(store.Keys.Instance(id), new InstanceRecord
+            {
+                Id = id, ServiceId = Catalog.ServiceId, PlanId = Catalog.SoloPlanId, OrganizationGuid = "o", SpaceGuid = "s",
+                Port = 30001, NodeCount = 1, Superuser = new Credentials("dingo_admin", "pw"), CreatedAt = now,
+            }, None);
+            await store.PutAsync(store.Keys.Operation(id), new OperationRecord { Id = "op-1", Kind = OperationKind.Provision, State = OperationState.InProgress, Description = "accepted", StartedAt = now, UpdatedAt = now }, None);
+        }
+        // Every store call lets the other passes run, as etcd's round trips do: all nine read the counts before any places.
+        store.BeforeCall = async (_, _) => await Task.Yield();
+        var reconciler = new InstanceReconciler(store, settings, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var decisions = await Task.WhenAll(ids.Select(id => Task.Run(() => reconciler.RunPassAsync(id, None))));
+        Assert.All(decisions, d => Assert.IsType<InstanceDecision.PlaceNode>(d));
+        var perCell = (await store.ListAsync<NodeSpec>(store.Keys.AllNodes, None)).GroupBy(n => n.Value.CellId).ToDictionary(g => g.Key, g => g.Count());
+        Assert.Equal(new Dictionary<string, int> { ["cell-1"] = 3, ["cell-2"] = 3, ["cell-3"] = 3 }, perCell);
+    }
+
+    [Fact]
+    public void Among_equally_loaded_cells_a_first_node_goes_where_fewest_first_nodes_are_and_load_still_comes_first()
+    {
+        CellInfo Cell(string id) => new() { Id = id, Zone = id, Capacity = 10, Address = "127.0.0.1", Runtime = "process" };
+        CellInfo[] cells = [Cell("cell-1"), Cell("cell-2"), Cell("cell-3")];
+        var equal = new Dictionary<string, int> { ["cell-1"] = 4, ["cell-2"] = 4, ["cell-3"] = 4 };
+        var firsts = new Dictionary<string, int> { ["cell-1"] = 3, ["cell-2"] = 1, ["cell-3"] = 2 };
+        Assert.Equal("cell-2", Placement.Choose(cells, equal, [], null, firsts).Cell?.Id);
+        Assert.Equal("cell-1", Placement.Choose(cells, equal, [], null).Cell?.Id); // a replica: by load, then id
+        var lighter = new Dictionary<string, int> { ["cell-1"] = 4, ["cell-2"] = 4, ["cell-3"] = 3 };
+        Assert.Equal("cell-3", Placement.Choose(cells, lighter, [], null, firsts).Cell?.Id);
+    }
+}
