@@ -49,10 +49,13 @@ public static class DatabaseAdmin
         {
             await conn.OpenAsync(ct).ConfigureAwait(false);
             await ExecAsync(conn, "SET synchronous_commit = local", ct).ConfigureAwait(false);
-            if (!await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", OwnerRole, ct).ConfigureAwait(false))
-                await ExecAsync(conn, $"CREATE ROLE {OwnerRole} NOLOGIN", ct).ConfigureAwait(false);
+            // CREATE DATABASE cannot run in a transaction; everything else commits once (one WAL flush, not one a statement:
+            // each was a flush on a saturated machine's disk, in the step every new primary runs before it serves).
             if (!await ExistsAsync(conn, "SELECT 1 FROM pg_database WHERE datname = $1", database, ct).ConfigureAwait(false))
                 await ExecAsync(conn, $"CREATE DATABASE \"{database}\"", ct).ConfigureAwait(false);
+            await using var tx = await conn.BeginTransactionAsync(ct).ConfigureAwait(false);
+            if (!await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", OwnerRole, ct).ConfigureAwait(false))
+                await ExecAsync(conn, $"CREATE ROLE {OwnerRole} NOLOGIN", ct).ConfigureAwait(false);
             // Owned by the platform (databases made by older versions belonged to the owner role, which let every binding
             // drop or rename them): the owner role keeps what an application needs, CONNECT, TEMPORARY and CREATE (schemas,
             // trusted extensions).
@@ -72,6 +75,7 @@ public static class DatabaseAdmin
                 else
                     await ExecAsync(conn, $"CREATE ROLE {replication.Username} {attributes}", ct).ConfigureAwait(false);
             }
+            await tx.CommitAsync(ct).ConfigureAwait(false);
         }
         // The public schema belonged to the database's owner (pg_database_owner): it stays the applications' schema.
         await using (var app = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database, openSeconds: 15)))
@@ -92,12 +96,15 @@ public static class DatabaseAdmin
         await using var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database, Math.Max(1, openSeconds)));
         await conn.OpenAsync(ct).ConfigureAwait(false);
         var attributes = $"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{role.Password}'";
+        // One commit (on cluster-ha, one wait for the synchronous standby) for the role and its setting.
+        await using var tx = await conn.BeginTransactionAsync(ct).ConfigureAwait(false);
         if (await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", role.Username, ct).ConfigureAwait(false))
             await ExecAsync(conn, $"ALTER ROLE {role.Username} {attributes}", ct).ConfigureAwait(false);
         else
             await ExecAsync(conn, $"CREATE ROLE {role.Username} {attributes} IN ROLE {OwnerRole}", ct).ConfigureAwait(false);
         // Sessions act as the owner role, so every table a binding creates is shared with later bindings.
         await ExecAsync(conn, $"ALTER ROLE {role.Username} SET role = '{OwnerRole}'", ct).ConfigureAwait(false);
+        await tx.CommitAsync(ct).ConfigureAwait(false);
     }
 
     /// <summary>

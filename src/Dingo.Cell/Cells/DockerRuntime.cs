@@ -800,6 +800,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         ArgumentNullException.ThrowIfNull(source);
         NodeIdRule.Check(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
+        await _cloneTurn.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             // The marker goes first: a clone cut short must never pass for a complete data directory.
@@ -813,9 +814,17 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         }
         finally
         {
+            _cloneTurn.Release();
             Changed();
         }
     }
+
+    /// <summary>
+    /// One clone at a time per cell: each is a tool container's whole lifecycle in the engine and a copy of its leader's
+    /// data, and in a burst of provisions ten clones at once took the engine from the new primaries' starts, which are what
+    /// the applications wait for (a `cluster` is bindable before its replica is built).
+    /// </summary>
+    private readonly SemaphoreSlim _cloneTurn = new(1, 1);
 
     // Recovery from a base backup and archived WAL uploaded into the volume beforehand: PostgreSQL replays with no TCP
     // listener, promotes, stops; then single-user mode gives the superuser this instance's password. Exit 3: the
