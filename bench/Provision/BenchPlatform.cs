@@ -74,7 +74,9 @@ internal sealed class BenchPlatform : IAsyncDisposable
     /// Provision request → last_operation succeeded → binding → `SELECT 1` through the binding's URI. Returns the
     /// seconds from the request to the answered query.
     /// </summary>
-    public async Task<double> ProvisionBindableAsync(string id, string planId, CancellationToken ct)
+    /// <param name="poll">how often last_operation is asked: 100 ms unless given (a platform asks every few seconds; Cloud
+    /// Foundry's default is a minute, or the broker's Retry-After)</param>
+    public async Task<double> ProvisionBindableAsync(string id, string planId, CancellationToken ct, TimeSpan? poll = null)
     {
         var started = Stopwatch.StartNew();
         _instances.Add(id);
@@ -88,7 +90,7 @@ internal sealed class BenchPlatform : IAsyncDisposable
             var state = (string?)op["state"];
             if (state == "succeeded") break;
             if (state != "in progress") throw new InvalidOperationException($"provision {id} ended {op.ToJsonString()}");
-            await Task.Delay(Poll, ct);
+            await Task.Delay(poll ?? Poll, ct);
         }
         var provisioned = started.Elapsed.TotalSeconds;
         var requestedAt = DateTimeOffset.UtcNow - started.Elapsed;

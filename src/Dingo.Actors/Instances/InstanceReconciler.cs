@@ -98,13 +98,15 @@ public sealed class InstanceReconciler(IInstanceStore store, DingoSettings setti
     /// <summary>
     /// This broker's placements, one at a time: each counts the cells' nodes again, after the previous one was committed.
     /// Instances decided at once on one reading of the counts all chose the same least-loaded cell (a burst of 20
-    /// provisions put 8 first nodes on one cell of three).
+    /// provisions put 8 first nodes on one cell of three). One turn per platform (its keys' root): a process that serves
+    /// several (the test suite) does not make one platform's placements wait on another's etcd.
     /// </summary>
-    private static readonly SemaphoreSlim PlacementTurn = new(1, 1);
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, SemaphoreSlim> PlacementTurns = new(StringComparer.Ordinal);
 
     private async Task<InstanceDecision> PlaceInTurnAsync(InstanceRecord instance, long instanceRevision, InstanceSnapshot snapshot, CancellationToken ct)
     {
-        await PlacementTurn.WaitAsync(ct).ConfigureAwait(false);
+        var turn = PlacementTurns.GetOrAdd(store.Keys.Root, static _ => new SemaphoreSlim(1, 1));
+        await turn.WaitAsync(ct).ConfigureAwait(false);
         try
         {
             var (load, firstNodes) = await ReadLoadAsync(ct).ConfigureAwait(false);
@@ -115,7 +117,7 @@ public sealed class InstanceReconciler(IInstanceStore store, DingoSettings setti
         }
         finally
         {
-            PlacementTurn.Release();
+            turn.Release();
         }
     }
 
