@@ -33,10 +33,18 @@ public sealed record DockerRuntimeOptions(string CellId, DockerSettings Docker)
     /// <summary>Deadline of one quick engine call (inspect, create, start, upload).</summary>
     public TimeSpan CallTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
-    /// <summary>Deadline of a listing: the HA loop must not wait longer than this on a hung engine.</summary>
+    /// <summary>Deadline of a node's inspect for its HA pass: the HA loop must not wait longer than this on a hung engine.</summary>
     public TimeSpan ListTimeout { get; init; } = TimeSpan.FromSeconds(2);
 
-    /// <summary>Every node's HA loop lists each pass; one engine listing serves them all for this long.</summary>
+    /// <summary>
+    /// Deadline of the cell's whole listing (its reconcile pass, readiness): no HA pass waits on it. podman lists under
+    /// every container's lock, so while containers are being started a listing takes seconds, and at 2 s a busy engine
+    /// was called unreachable: the cell reported a problem and took no new node for a moment (4–5 times a cell in one
+    /// burst of 20 provisions, bench/Provision).
+    /// </summary>
+    public TimeSpan ListingTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>One engine listing serves the cell's callers for this long.</summary>
     public TimeSpan ListCacheTtl { get; init; } = TimeSpan.FromMilliseconds(250);
 
     /// <summary>How long a started container may take to listen on its port.</summary>
@@ -325,9 +333,9 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     private async Task<IReadOnlyList<RuntimeNode>> ListFromEngineAsync(CancellationToken ct)
     {
         var containers = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
-            new ContainersListParameters { All = true, Filters = Filters() }, t), ct, _options.ListTimeout).ConfigureAwait(false);
+            new ContainersListParameters { All = true, Filters = Filters() }, t), ct, _options.ListingTimeout).ConfigureAwait(false);
         var volumes = await CallAsync("list volumes", t => _client.Volumes.ListAsync(
-            new VolumesListParameters { Filters = Filters() }, t), ct, _options.ListTimeout).ConfigureAwait(false);
+            new VolumesListParameters { Filters = Filters() }, t), ct, _options.ListingTimeout).ConfigureAwait(false);
 
         // Podman 4.3 ORs several label filters on volumes: keep only what carries all of ours, whatever the engine did.
         containers = containers.Where(c => Ours(c.Labels)).ToList();
