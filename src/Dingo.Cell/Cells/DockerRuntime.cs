@@ -39,8 +39,8 @@ public sealed record DockerRuntimeOptions(string CellId, DockerSettings Docker)
     /// <summary>
     /// Deadline of the cell's whole listing (its reconcile pass, readiness): no HA pass waits on it. podman lists under
     /// every container's lock, so while containers are being started a listing takes seconds, and at 2 s a busy engine
-    /// was called unreachable: the cell reported a problem and took no new node for a moment (4–5 times a cell in one
-    /// burst of 20 provisions, bench/Provision).
+    /// was called unreachable: the cell reported a problem and took no new node for a moment (13 log lines of it over
+    /// three cells in one burst of 20 provisions, bench/Provision).
     /// </summary>
     public TimeSpan ListingTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
