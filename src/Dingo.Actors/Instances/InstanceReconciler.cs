@@ -82,17 +82,18 @@ public sealed class InstanceReconciler(IInstanceStore store, DingoSettings setti
         var cells = await store.ListAsync<CellInfo>(keys.Cells, ct).ConfigureAwait(false);
         var leader = await store.GetAsync<LeaderRecord>(keys.Leader(instance.Id), ct).ConfigureAwait(false);
         var backup = Dingo.Ha.SynchronousCommit.StoreSync(instance) ? await store.GetAsync<BackupState>(keys.Backup(instance.Id), ct).ConfigureAwait(false) : null;
-        // Counted again in the placement's turn (PlaceInTurnAsync): this pass's only use of it is to decide whether to place.
-        var (load, firstNodes) = await ReadLoadAsync(ct).ConfigureAwait(false);
+        // The cells' counts are not read here: only a placement uses them, and it reads them in its turn (PlaceInTurnAsync).
+        // Without them this pass's decision is the most permissive one (every cell has room), so a pass that would not
+        // place with them does not place with them either, and one that might is decided again on the counts.
         return new InstanceSnapshot(
             instance,
             operation?.Value,
             nodes.Select(n => n.Value).ToList(),
             statuses.Select(x => x.Value).ToList(),
             cells.Select(c => c.Value).ToList(),
-            load,
+            new Dictionary<string, int>(),
             leader?.Value,
-            DateTimeOffset.UtcNow) { LostCells = lost, DrainedCells = drained, Backup = backup?.Value, FirstNodeLoad = firstNodes };
+            DateTimeOffset.UtcNow) { LostCells = lost, DrainedCells = drained, Backup = backup?.Value };
     }
 
     /// <summary>
