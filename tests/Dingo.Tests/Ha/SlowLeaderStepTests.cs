@@ -110,6 +110,8 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         var ttl = _settings.Ha.Ttl;
         var agent = await BootstrappedAsync();
         var postmaster = await PostmasterAsync() ?? throw new InvalidOperationException("no postmaster");
+        // The other member has data: the key goes to a lease of the TTL at the first lead, and fencing keeps its timing.
+        await ReportAbsentAsync(noData: false);
 
         // 1. The first lead's preparation waits for the test's uncommitted CREATE ROLE of the same role: twice the
         //    guard's deadline and more. The primary must come out of it unharmed.
@@ -243,7 +245,13 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
             "the bootstrap's key is not under the lease of a node alone");
         var postmaster = await PostmasterAsync() ?? throw new InvalidOperationException("no postmaster");
 
-        // The first lead keeps it, and moves the key to a lease of the TTL: a replica could take over from now on.
+        // The first lead keeps it, on that lease: the other member has not reported, so nobody is known to have data (in the
+        // burst a replica's cell had not passed yet, and the key moved to the short lease with nobody to take over).
+        Assert.Equal("no action: I hold the leader key", await agent.RunPassAsync(None));
+        var kept = (await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))!;
+        Assert.Equal(taken.Lease, kept.Lease);
+        // Once the member reports data, the key moves to a lease of the TTL: it could take over from now on.
+        await ReportAbsentAsync(noData: false);
         Assert.Equal("no action: I hold the leader key", await agent.RunPassAsync(None));
         var moved = (await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))!;
         Assert.Equal(_spec.NodeId, moved.Value.NodeId);
