@@ -1,5 +1,3 @@
-using System.Net.Sockets;
-using System.Text;
 using Dingo.Cells;
 using Dingo.Config;
 using Dingo.Tests.Support;
@@ -16,61 +14,18 @@ namespace Dingo.Tests.Cells;
 [Trait(Tier.Name, Tier.Fast)]
 public sealed class SlowEngineTests : IDisposable
 {
-    private readonly string _socket = Path.Combine(Path.GetTempPath(), "dingo-slow-engine-" + Guid.NewGuid().ToString("N")[..8] + ".sock");
-    private readonly CancellationTokenSource _stop = new();
+    private FakeEngine? _engine;
 
-    public void Dispose()
-    {
-        _stop.Cancel();
-        _stop.Dispose();
-        File.Delete(_socket);
-    }
+    public void Dispose() => _engine?.Dispose();
 
     /// <summary>Answers the container listing after <paramref name="delay"/> (podman's slow call), the volume listing at once: none of either.</summary>
-    private void ServeSlowly(TimeSpan delay)
-    {
-        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        listener.Bind(new UnixDomainSocketEndPoint(_socket));
-        listener.Listen(16);
-        _stop.Token.Register(listener.Dispose);
-        _ = Task.Run(async () =>
-        {
-            while (!_stop.IsCancellationRequested)
-            {
-                Socket client;
-                try { client = await listener.AcceptAsync(_stop.Token); }
-                catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
-                _ = Task.Run(async () =>
-                {
-                    using (client)
-                    {
-                        try
-                        {
-                            var buffer = new byte[8192];
-                            var head = new StringBuilder();
-                            // The header ends at an empty line; Docker.DotNet ends its header lines with a bare LF ("…\n\r\n").
-                            while (head.ToString() is var h && !h.Contains("\n\r\n", StringComparison.Ordinal) && !h.Contains("\n\n", StringComparison.Ordinal))
-                            {
-                                var read = await client.ReceiveAsync(buffer, _stop.Token);
-                                if (read == 0) return;
-                                head.Append(Encoding.ASCII.GetString(buffer, 0, read));
-                            }
-                            var volumes = head.ToString().Contains("/volumes", StringComparison.Ordinal);
-                            var body = volumes ? """{"Volumes":[],"Warnings":[]}""" : "[]";
-                            if (!volumes) await Task.Delay(delay, _stop.Token);
-                            var response = $"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n{body}";
-                            await client.SendAsync(Encoding.ASCII.GetBytes(response), _stop.Token);
-                        }
-                        catch (Exception ex) when (ex is OperationCanceledException or SocketException or ObjectDisposedException) { }
-                    }
-                });
-            }
-        });
-    }
+    private void ServeSlowly(TimeSpan delay) => _engine = new FakeEngine((_, path) => path.Contains("/volumes", StringComparison.Ordinal)
+        ? (200, """{"Volumes":[],"Warnings":[]}""", TimeSpan.Zero)
+        : (200, "[]", delay));
 
     private DockerRuntime Runtime(TimeSpan? listingTimeout = null)
     {
-        var settings = new DockerSettings { Endpoint = "unix://" + _socket, Image = "localhost/dingo/postgres:15", Pull = "never", Platform = "/slow-engine" };
+        var settings = new DockerSettings { Endpoint = _engine!.Endpoint, Image = "localhost/dingo/postgres:15", Pull = "never", Platform = "/slow-engine" };
         var options = new DockerRuntimeOptions("cell-1", settings);
         if (listingTimeout is { } t) options = options with { ListingTimeout = t };
         return new DockerRuntime(options, NullLogger.Instance);
