@@ -256,9 +256,10 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
             view.Members = members = members.Where(m => specs.Any(s => s.NodeId == m.NodeId)).ToList();
             state.Peers = specs.Where(s => s.NodeId != NodeId).Select(s => (s.NodeId, members.FirstOrDefault(m => m.NodeId == s.NodeId)?.Host, s.ApiPort)).ToList();
             // Only a member that reports data could take over: one that has not reported (a replica just placed, whose cell
-            // has not passed yet; a cell gone, whose reports went with its lease) could not take the key now, and reports
-            // before it could (bench/Provision's Docker burst: a new cluster's primary moved to the short lease beside a
-            // replica not yet reported, and one late probe fenced it with nobody to take over).
+            // has not passed yet; a cell gone, whose reports went with its lease) could not take the key now. Should this
+            // leader die before such a member reports data, the member waits for the long lease to lapse (bench/Provision's
+            // Docker burst: a new cluster's primary moved to the short lease beside a replica not yet reported, and one
+            // late probe fenced it with nobody to take over).
             state.NoneCouldTakeOver = state.Others.All(o => members.FirstOrDefault(m => m.NodeId == o) is null or { NoData: true });
             // A leader whose members could now take over (or no longer could) moves its key to a lease of the TTL that
             // applies: a short one as soon as a replica has data, a long one while nobody could (PassCadence, Failover.FenceAfter).
