@@ -259,8 +259,9 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
             // has not passed yet; a cell gone, whose reports went with its lease) could not take the key now. Should this
             // leader die before such a member reports data, the member waits for the long lease to lapse (bench/Provision's
             // Docker burst: a new cluster's primary moved to the short lease beside a replica not yet reported, and one
-            // late probe fenced it with nobody to take over).
-            state.NoneCouldTakeOver = state.Others.All(o => members.FirstOrDefault(m => m.NodeId == o) is null or { NoData: true });
+            // late probe fenced it with nobody to take over). The members read are the other members' reports, so: none
+            // of them says it has data.
+            state.NoneCouldTakeOver = members.All(m => m.NoData);
             // A leader whose members could now take over (or no longer could) moves its key to a lease of the TTL that
             // applies: a short one as soon as a replica has data, a long one while nobody could (PassCadence, Failover.FenceAfter).
             if (view.Renewed && view.Leader is { } held && held.NodeId == NodeId && view.LeaderKeyLease == lease.Id && lease.Alone != state.NoneCouldTakeOver)
