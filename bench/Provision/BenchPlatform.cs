@@ -33,7 +33,7 @@ internal sealed class BenchPlatform : IAsyncDisposable
         _runtime = runtime;
     }
 
-    public static async Task<BenchPlatform> StartAsync(string runtime, int index, int warmPool, CancellationToken ct)
+    public static async Task<BenchPlatform> StartAsync(string runtime, int index, int warmPool, double firstBackupSettle, CancellationToken ct)
     {
         // Port blocks of the bench's own, below the ephemeral range and away from `dingo up` and test runs (as bench/Chaos),
         // never inside 30000-32759, where FreePorts hands out this process's etcd, broker and Akka ports.
@@ -46,6 +46,9 @@ internal sealed class BenchPlatform : IAsyncDisposable
             # The product's defaults (test platforms turn the warm pool off, and pass their cells more often, for the suite's time);
             # the pool's size is the bench's --warm-pool (the product's default, 2, unless asked).
             dingo.cell { warm-pool = {{warmPool}}, reconcile-interval = 1s, lease-ttl = 10s }
+            # A new cluster's first base backup waits for its cell to settle (--first-backup-settle: the product's 5 s unless
+            # asked; test platforms take it at once).
+            dingo.backups.first-backup-settle = {{firstBackupSettle.ToString(CultureInfo.InvariantCulture)}}s
             # 300 solo instances on three cells: more than the default 50 nodes a cell (an operator's setting).
             dingo.cell.capacity = 110
             """;

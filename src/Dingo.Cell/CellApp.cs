@@ -69,7 +69,11 @@ public static class CellApp
                 sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Backups"),
                 new Dingo.Backups.RestoreDrill(backups.Store.CreateStore(), Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "backup-work"),
                     settings.Cell.PostgresBin, settings.Cell.RunAsUser, sp.GetRequiredService<ILoggerFactory>()),
-                sp.GetRequiredService<Dingo.Health.CellMetrics>(), sp.GetRequiredService<EventJournal>());
+                sp.GetRequiredService<Dingo.Health.CellMetrics>(), sp.GetRequiredService<EventJournal>())
+            {
+                // A new cluster's first base backup waits for the cell's node work to settle (docs/backups.md).
+                NodeWorkQuietFor = sp.GetRequiredService<IContainerRuntime>().NodeWorkQuietFor,
+            };
         });
         // What the cell's nodes and backups do goes to each instance's history (`dingo events`); counted in the metrics.
         builder.Services.AddSingleton(sp => new EventJournal(sp.GetRequiredService<EtcdStore>(), settings.Events, settings.Cell.Id,

@@ -89,6 +89,12 @@ public interface IContainerRuntime
 
     /// <summary>The node's health API TLS: its certificate of the platform CA and whether plain HTTP is refused.</summary>
     Dingo.Ha.HealthTls HealthApiTls(string nodeId) => Dingo.Ha.HealthTls.Plain;
+
+    /// <summary>
+    /// No node is being made, started, cloned, restored or rewound here, and none was within <paramref name="span"/>: what
+    /// can wait for it (the warm pool's fills, a new cluster's first base backup) waits for it.
+    /// </summary>
+    bool NodeWorkQuietFor(TimeSpan span) => true;
 }
 
 /// <param name="Initialised">initdb finished: the data directory is complete.</param>

@@ -112,6 +112,8 @@ public sealed record BackupSettings
     public TimeSpan DrillInterval { get; init; } = TimeSpan.FromDays(7);
     /// <summary>A commit waiting this long for synchronous replication (with store-sync: for the object store) raises the alarm.</summary>
     public TimeSpan CommitWaitAlarm { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>A new cluster's first base backup waits until its cell has made or started no node for this long (at most a minute; zero: at once).</summary>
+    public TimeSpan FirstBackupSettle { get; init; } = TimeSpan.FromSeconds(5);
 
     public static BackupSettings FromConfig(Akka.Configuration.Config dingo, IReadOnlyDictionary<string, string?> env, string dataDir)
     {
@@ -126,7 +128,10 @@ public sealed record BackupSettings
             BacklogAlarmBytes = dingo.GetByteSize("backups.backlog-alarm") ?? 256L * 1024 * 1024,
             DrillInterval = dingo.GetTimeSpan("backups.drill-interval", TimeSpan.FromDays(7)),
             CommitWaitAlarm = dingo.GetTimeSpan("backups.commit-wait-alarm", TimeSpan.FromSeconds(5)),
+            FirstBackupSettle = dingo.GetTimeSpan("backups.first-backup-settle", TimeSpan.FromSeconds(5)),
         };
+        if (s.FirstBackupSettle < TimeSpan.Zero || s.FirstBackupSettle > TimeSpan.FromSeconds(30))
+            throw new ArgumentException($"dingo.backups.first-backup-settle must be from 0 to 30s: got {s.FirstBackupSettle}");
         if (s.CommitWaitAlarm <= TimeSpan.Zero) throw new ArgumentException($"dingo.backups.commit-wait-alarm must be more than 0: got {s.CommitWaitAlarm}");
         if (s.Keep < 1) throw new ArgumentException($"dingo.backups.keep must be at least 1: got {s.Keep}");
         if (s.FlushDelay <= TimeSpan.Zero || s.FlushDelay > TimeSpan.FromSeconds(5))

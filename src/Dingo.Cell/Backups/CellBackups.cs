@@ -24,6 +24,9 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
     /// </summary>
     internal SemaphoreSlim BaseBackupGate { get; } = new(1, 1);
 
+    /// <summary>Whether the cell's runtime has made or started no node for the span (IContainerRuntime.NodeWorkQuietFor).</summary>
+    public Func<TimeSpan, bool> NodeWorkQuietFor { get; init; } = _ => true;
+
     private readonly SemaphoreSlim _drillRequestsGate = new(1, 1);
     private HashSet<string> _drillRequests = [];
     private DateTime _drillRequestsAt = DateTime.MinValue;
@@ -102,6 +105,7 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
         private readonly Task _scheduling;
         private readonly WalArchiver _archiver;
         private bool _backupNow;
+        private DateTime? _firstPutOffSince;
         private BaseBackupManifest? _last;
         private int _count;
         private string? _backupError;
@@ -186,12 +190,28 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
                 _nextCheck = DateTime.UtcNow + TimeSpan.FromMinutes(1);
                 return;
             }
+            var settle = _cell.Settings.FirstBackupSettle;
+            var first = _last is null && !_backupNow && !_archiver.GapDetected;
+            var wait = BackupSchedule.FirstBackupWaits(first, Synchronous || StoreSynchronous, settle, _cell.NodeWorkQuietFor(settle),
+                _firstPutOffSince is { } since ? DateTime.UtcNow - since : TimeSpan.Zero, BackupSchedule.FirstBackupMostWait);
+            if (wait.Due)
+            {
+                // Asked again at the duty's next check (2 s: it counts as busy until the first backup is stored).
+                if (_firstPutOffSince is null)
+                {
+                    _firstPutOffSince = DateTime.UtcNow;
+                    log.LogInformation("base backup of {Instance}: the first waits until the cell has made or started no node for {Settle} s (at most {Most} s): {Why}",
+                        _instanceId, settle.TotalSeconds, BackupSchedule.FirstBackupMostWait.TotalSeconds, wait.Why);
+                }
+                return;
+            }
+            var why = _firstPutOffSince is { } putOff ? $"{verdict.Why} (waited {(DateTime.UtcNow - putOff).TotalSeconds:0.#} s: {wait.Why})" : verdict.Why;
             // Another of this cell's is running: the next check, 2 s later (the duty counts as busy meanwhile).
             _gated = !await _cell.BaseBackupGate.WaitAsync(0, ct).ConfigureAwait(false);
             if (_gated) return;
             try
             {
-                await TakeBaseBackupAsync(backups, systemId, verdict.Why, ct).ConfigureAwait(false);
+                await TakeBaseBackupAsync(backups, systemId, why, ct).ConfigureAwait(false);
             }
             finally
             {

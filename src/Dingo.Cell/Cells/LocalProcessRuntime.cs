@@ -216,6 +216,8 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     private readonly SemaphoreSlim _warmLock = new(1, 1);
     private readonly NodeWork _work = new();
 
+    public bool NodeWorkQuietFor(TimeSpan span) => _work.QuietFor(span);
+
     /// <summary>Entries ready to be claimed.</summary>
     public int WarmCount() => Directory.Exists(WarmRoot) ? Directory.EnumerateDirectories(WarmRoot).Count(d => File.Exists(Path.Combine(d, WarmReady))) : 0;
 

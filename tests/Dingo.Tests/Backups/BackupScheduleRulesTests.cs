@@ -28,6 +28,22 @@ public sealed class BackupScheduleRulesTests
     }
 
     [Theory]
+    // first (only "no base backup yet"), commits wait (cluster-ha, store-sync), settle s, cell quiet, waited s → waits, sentence contains
+    [InlineData(true, false, 5, false, 0, true, "still making or starting nodes")]
+    [InlineData(true, false, 5, false, 59, true, "still making or starting nodes")]
+    [InlineData(true, false, 5, false, 60, false, "at most 60 s")]               // never more than a minute without one
+    [InlineData(true, false, 5, true, 3, false, "no node for 5 s")]
+    [InlineData(true, true, 5, false, 0, false, "commits wait")]                // store-sync: its provision waits for this backup
+    [InlineData(true, false, 0, false, 0, false, "do not wait")]                // first-backup-settle = 0
+    [InlineData(false, false, 5, false, 0, false, "not the first")]            // asked for, a gap, an old or other system's backup
+    public void The_first_base_backup_waits_for_a_settled_cell(bool first, bool commitsWait, double settleSeconds, bool cellQuiet, double waitedSeconds, bool waits, string says)
+    {
+        var v = BackupSchedule.FirstBackupWaits(first, commitsWait, TimeSpan.FromSeconds(settleSeconds), cellQuiet, TimeSpan.FromSeconds(waitedSeconds), BackupSchedule.FirstBackupMostWait);
+        Assert.Equal(waits, v.Due);
+        Assert.Contains(says, v.Why, StringComparison.Ordinal);
+    }
+
+    [Theory]
     // requested, last drill days ago (-1: never), newest backup days ago, interval days → due, sentence contains
     [InlineData(true, 1, 1, 7, true, "asked for")]
     [InlineData(true, 1, 1, 0, true, "asked for")]                            // on request even with the schedule off

@@ -21,6 +21,7 @@ public sealed class SettingsTests
         Assert.Equal((TimeSpan.FromMilliseconds(100), TimeSpan.FromDays(1), 4, TimeSpan.FromDays(7), TimeSpan.FromDays(7), TimeSpan.FromSeconds(5)),
             (b.FlushDelay, b.BaseBackupInterval, b.Keep, b.DeletedRetention, b.DrillInterval, b.CommitWaitAlarm));
         Assert.Equal(256L * 1024 * 1024, b.BacklogAlarmBytes);
+        Assert.Equal(TimeSpan.FromSeconds(5), b.FirstBackupSettle);
         Assert.Equal((TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(2)), (s.Ha.Ttl, s.Ha.ReleaseDeadLeaderAfter));
         // A quiet node passes every 10 s (Patroni's loop_wait) under a lease of three of those.
         Assert.Equal((TimeSpan.FromSeconds(10), TimeSpan.FromSeconds(30)), (s.Ha.IdleLoopWait, s.Ha.AloneTtl));
@@ -56,6 +57,7 @@ public sealed class SettingsTests
     [InlineData("dingo.backups.keep = 0", "dingo.backups.keep")]
     [InlineData("dingo.backups.flush-delay = 10s", "dingo.backups.flush-delay")]
     [InlineData("dingo.backups.base-backup-interval = 5s", "dingo.backups.base-backup-interval")]
+    [InlineData("dingo.backups.first-backup-settle = 31s", "dingo.backups.first-backup-settle")]
     [InlineData("dingo.etcd.endpoints = [\"https://10.0.0.1:2379\"]", "dingo.etcd.tls.ca-file")]
     [InlineData("dingo.etcd.endpoints = [\"https://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\ndingo.etcd.tls.ca-file = \"/ca.pem\"", "mixes https:// and plain")]
     [InlineData("dingo.etcd.tls.ca-file = \"/ca.pem\"", "dingo.etcd.tls is set but dingo.etcd.endpoints are not https://")]

@@ -93,6 +93,9 @@ public sealed class TestPlatform : IAsyncDisposable
               # No warm pool: dozens of platforms each filling one would cost the suite a minute of initdb (WarmPoolTests
               # and LifecycleTests' warm provision cover it).
               cell { reconcile-interval = 500ms, lease-ttl = 6s, health-port = 0, warm-pool = 0 }
+              # First base backups at once: tests wait for them on cells that are busy with other tests' nodes
+              # (FirstBackupSettleTests covers the wait).
+              backups.first-backup-settle = 0s
               # The run's seal keys (Security/TestSealKey): every process of every test platform opens the same records.
               security.seal-key-file = "{{Security.TestSealKey.File}}"
               node-port-range-first = {{nodeFirst}}
