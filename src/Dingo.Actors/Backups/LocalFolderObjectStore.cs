@@ -135,7 +135,18 @@ public sealed class LocalFolderObjectStore : IObjectStore
                 var key = Path.GetRelativePath(_root, file).Replace(Path.DirectorySeparatorChar, '/');
                 if (key.StartsWith(TempDir + "/", StringComparison.Ordinal) || !key.StartsWith(prefix, StringComparison.Ordinal)) continue;
                 var info = new FileInfo(file);
-                result.Add(new ObjectInfo(key, info.Length, new DateTimeOffset(info.LastWriteTimeUtc, TimeSpan.Zero)));
+                long length;
+                try
+                {
+                    length = info.Length; // reads the file's status once; the time below comes from the same read
+                }
+                catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+                {
+                    // Deleted between the folder's listing and this look (the archiver drops a segment's pieces once the
+                    // whole segment is stored): a listing is of what is there, as an S3 or Azure listing would be.
+                    continue;
+                }
+                result.Add(new ObjectInfo(key, length, new DateTimeOffset(info.LastWriteTimeUtc, TimeSpan.Zero)));
             }
         }
         result.Sort((a, b) => string.CompareOrdinal(a.Key, b.Key));

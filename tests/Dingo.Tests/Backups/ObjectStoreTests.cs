@@ -288,6 +288,31 @@ public sealed class LocalFolderObjectStoreTests : ObjectStoreContract
         await Assert.ThrowsAsync<ArgumentException>(() => Store.GetAsync(key, new MemoryStream()));
     }
 
+    /// <summary>
+    /// A listing while objects go (the archiver deletes a segment's pieces once the whole segment is stored, beside a
+    /// duty listing the instance's backups) names what is there and never fails: a file gone between the folder's
+    /// listing and the look at its size threw FileNotFoundException (a fresh suite run, FirstBackupSettleTests).
+    /// </summary>
+    [Fact]
+    public async Task Listings_while_objects_are_deleted_never_fail()
+    {
+        var keys = Enumerable.Range(0, 1500).Select(i => $"{Prefix}parts/{i % 30:D2}/{i:D5}").ToList();
+        foreach (var key in keys) await Store.PutAsync(key, new MemoryStream([1]));
+        var deleting = Task.Run(async () =>
+        {
+            foreach (var key in keys) await Store.DeleteAsync(key);
+        });
+        var listings = 0;
+        while (!deleting.IsCompleted || listings == 0)
+        {
+            var listed = await Store.ListAsync(Prefix);
+            Assert.All(listed, o => Assert.Contains(o.Key, keys));
+            listings++;
+        }
+        await deleting;
+        Assert.Empty(await Store.ListAsync(Prefix));
+    }
+
     [Fact]
     public async Task Put_leaves_no_temporary_files_and_delete_removes_empty_folders()
     {
