@@ -498,6 +498,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     private readonly NodeWork _work = new();
 
     public bool NodeWorkQuietFor(TimeSpan span) => _work.QuietFor(span);
+
     // The ready entries as the last fill found them (oldest first), plus those made since: a claim takes one without
     // listing every container on the engine (a listing waits for every container being created or started, seconds in
     // a burst of provisions). Null until a fill or a claim has listed them. Guarded by _warmLock.
