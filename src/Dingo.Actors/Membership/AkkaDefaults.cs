@@ -23,6 +23,16 @@ public static class AkkaDefaults
     // a TCP connect, the TLS and Akka handshakes on a loaded host, and stays inside the failure detector's 3 s pause
     // after a heal; a failed address is tried again after 2 s instead of 5.
     //
+    // No passive connections: each member writes only over connections it opened itself, and reads what the other
+    // side opened. With Akka's default (an inbound connection is reused for writing) a member whose own handshake timed
+    // out against a peer that was stalled (a broker just restarted, or stopped for a few seconds) wrote over the
+    // peer's connection instead; the stalled peer, on waking, read the timed-out handshake, took it for a newer
+    // connection from the same member and stopped reading its own, which then carried that member's heartbeats to
+    // nowhere. Both sides marked each other unreachable while reaching everyone else, and the resolver downed both as
+    // indirectly connected (fresh288; ThreeHostTests stalls the returned broker after the heal to cover it). It costs
+    // one more TCP connection per pair of members, and the brokers connect back to the operator console's address
+    // (ClusterConsole picks one they can reach).
+    //
     // The scheduler's tick: Akka's scheduler wakes every tick whether or not anything is due (a .NET timer and a
     // thread-pool hop each time), 100 times a second per actor system at Akka's 10 ms, and a cell runs two systems.
     // Nothing here needs Akka timers finer than 100 ms (cluster heartbeats are 1 s apart, the failure detector
@@ -38,6 +48,7 @@ public static class AkkaDefaults
         akka.cluster.run-coordinated-shutdown-when-down = off
         akka.remote.dot-netty.tcp.connection-timeout = 3s
         akka.remote.retry-gate-closed-for = 2s
+        akka.remote.use-passive-connections = off
         akka.cluster.downing-provider-class = "Akka.Cluster.SBR.SplitBrainResolverProvider, Akka.Cluster"
         akka.cluster.split-brain-resolver {
           active-strategy = lease-majority

@@ -1,5 +1,7 @@
 using System.Collections.Immutable;
 using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
 using Akka.Actor;
 using Akka.Cluster.Tools.Client;
 using Akka.Configuration;
@@ -83,13 +85,13 @@ public static class ClusterConsole
     /// </summary>
     public static async Task<ClusterView> QueryAsync(ConsoleAccess access, IReadOnlyList<string> brokerAddresses, TimeSpan timeout, CancellationToken ct)
     {
-        var hostname = access.Hostname;
         var contacts = ContactsOf(brokerAddresses);
         var paths = new List<ActorPath>();
         foreach (var contact in contacts)
         {
             if (ActorPath.TryParse(contact, out var path)) paths.Add(path);
         }
+        var hostname = ReachableHostname(access.Hostname, paths.Select(p => p.Address).ToList());
         if (paths.Count == 0)
             throw new ClusterConsoleException("no broker address to contact: set dingo.akka.seed-nodes (DINGO_AKKA_SEEDS) or register the brokers in etcd");
 
@@ -156,6 +158,38 @@ public static class ClusterConsole
             tls?.Dispose();
         }
     }
+
+    /// <summary>
+    /// The address the console's remoting binds: the configured one, unless that is a loopback address while every
+    /// broker to contact is elsewhere. A broker answers over a connection it opens to the console's address (members
+    /// use no passive connections, <see cref="AkkaDefaults"/>), and a loopback address would point it at itself: the
+    /// console then binds the local address this host reaches the first such broker from (the kernel's route choice;
+    /// no packet is sent). Brokers named by DNS name, or none routable, leave the configured address.
+    /// </summary>
+    public static string ReachableHostname(string configured, IReadOnlyList<Address> brokers)
+    {
+        if (!IsLoopback(configured) || brokers.Count == 0 || brokers.Any(b => b.Host is null || IsLoopback(b.Host))) return configured;
+        foreach (var broker in brokers)
+        {
+            if (!IPAddress.TryParse(broker.Host, out var ip)) continue;
+            try
+            {
+                using var probe = new Socket(ip.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+                probe.Connect(ip, broker.Port is > 0 and var port ? port : 9);
+                if (probe.LocalEndPoint is IPEndPoint local && !IPAddress.IsLoopback(local.Address)
+                    && !local.Address.Equals(IPAddress.Any) && !local.Address.Equals(IPAddress.IPv6Any))
+                    return local.Address.ToString();
+            }
+            catch (SocketException)
+            {
+                // No route to this one: try the next.
+            }
+        }
+        return configured;
+    }
+
+    private static bool IsLoopback(string host) =>
+        string.Equals(host, "localhost", StringComparison.OrdinalIgnoreCase) || (IPAddress.TryParse(host, out var ip) && IPAddress.IsLoopback(ip));
 
     private static Exception Innermost(Exception ex)
     {

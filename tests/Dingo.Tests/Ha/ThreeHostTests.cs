@@ -191,6 +191,12 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         var healedAt = DateTime.UtcNow;
         await p.Hosts.HealAsync(victim);
         output.WriteLine($"healed host {victim} at {healedAt:HH:mm:ss.fff}");
+        // The returned broker stalls for longer than Akka's handshake timeout (3 s) just as its host comes back, as a
+        // process does on a loaded machine: its cell, rejoining first, gives up on the handshake it began meanwhile,
+        // and the broker reads that handshake late. With passive connections that left the pair unable to hear each
+        // other, and the resolver downed both as indirectly connected (fresh288).
+        await p.StallAsync(victim, "broker", TimeSpan.FromSeconds(5));
+        output.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} the broker on host {victim} went on after a 5 s stall");
         await Until(async () => await FullAndHealthyAsync(store, id, 3)
                                 && (await store.ListAsync<NodeStatus>(store.Keys.Statuses(id), CancellationToken.None))
                                    .Any(s => s.Value.NodeId == oldPrimary && s.Value.Role == NodeRole.Replica && s.Value.Streaming && s.Value.UpdatedAt > healedAt),
@@ -209,12 +215,24 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
             catch (Dingo.Membership.ClusterConsoleException) { return false; }
             return view.Members.Count == 5 && view.Members.All(m => m.Status == "Up" && m.Reachable);
         }, 120, "one Akka cluster of five members, all Up and reachable, as the console sees it");
+        var oneClusterAt = DateTime.UtcNow;
         output.WriteLine($"cluster view from {view!.Broker}: {string.Join(", ", view.Members.Select(m => $"{m.Address} [{string.Join(",", m.Roles)}] {m.Status}"))}");
         var after = "tr-" + Guid.NewGuid().ToString("N")[..6];
         await ProvisionAsync(victimApi, after, Catalog.SoloPlanId, new { cells = new[] { $"cell-{victim + 1}" } });
         var rejoined = (DateTime.UtcNow - healedAt).TotalSeconds;
         var victimLog = await p.ReadLogAsync(victim, "broker");
         Assert.DoesNotContain("founding the cluster", victimLog, StringComparison.Ordinal);
+        // One cluster that stays one: members that cannot hear each other are marked unreachable within about 5 s of
+        // both being Up (a heartbeat a second, 3 s of acceptable pause), so look 12 s after the complete view.
+        var settled = oneClusterAt + TimeSpan.FromSeconds(12);
+        if (DateTime.UtcNow < settled) await Task.Delay(settled - DateTime.UtcNow);
+        var unreachable = new List<string>();
+        for (var host = 0; host < 3; host++)
+            foreach (var role in host < 2 ? new[] { "broker", "cell" } : ["cell"])
+                unreachable.AddRange((await p.ReadLogAsync(host, role)).Split('\n')
+                    .Where(l => l.Contains("Marking node(s) as UNREACHABLE", StringComparison.Ordinal) && LoggedAfter(l, oneClusterAt))
+                    .Select(l => $"host {host} {role}: {l.Trim()}"));
+        Assert.True(unreachable.Count == 0, "members marked unreachable after the cluster was one again:\n" + string.Join('\n', unreachable));
         var leaderNow = (await LeaderAsync(p, id)).NodeId;
         Assert.True(newLeader == leaderNow, $"one failover for one fault: {newLeader} took over after the cut, but {leaderNow} leads now. Leadership in the cells' logs:\n{await LeadershipLogAsync(p, id)}");
 
@@ -238,6 +256,10 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
     }
 
     // ---- helpers ----
+
+    /// <summary>Whether a process log line (it begins with the time of day, HH:mm:ss.fff, UTC) was written after <paramref name="moment"/>.</summary>
+    private static bool LoggedAfter(string line, DateTime moment) =>
+        line.Length >= 12 && TimeSpan.TryParseExact(line[..12], @"hh\:mm\:ss\.fff", CultureInfo.InvariantCulture, out var time) && time > moment.TimeOfDay;
 
     /// <summary>Every cell's log lines about the leader key of <paramref name="id"/>'s nodes, in time order: what a
     /// second leader change needs explained.</summary>
@@ -534,6 +556,20 @@ public sealed class ThreeHosts : IAsyncDisposable
             }
         }
     }
+
+    /// <summary>Stops the newest process of this role on host i (SIGSTOP) for <paramref name="time"/>, then lets it go on
+    /// (SIGCONT): a process that stalls, as one starved of CPU or paused by the kernel does.</summary>
+    public async Task StallAsync(int host, string role, TimeSpan time)
+    {
+        Process process;
+        lock (_gate) process = _running[(host, role)];
+        Assert.Equal(0, kill(process.Id, 19));
+        try { await Task.Delay(time); }
+        finally { Assert.Equal(0, kill(process.Id, 18)); }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int sig);
 
     /// <summary>The log of the newest process of this role on host i.</summary>
     public async Task<string> ReadLogAsync(int host, string role)
