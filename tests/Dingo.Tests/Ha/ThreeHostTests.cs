@@ -257,9 +257,17 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
 
     // ---- helpers ----
 
-    /// <summary>Whether a process log line (it begins with the time of day, HH:mm:ss.fff, UTC) was written after <paramref name="moment"/>.</summary>
-    private static bool LoggedAfter(string line, DateTime moment) =>
-        line.Length >= 12 && TimeSpan.TryParseExact(line[..12], @"hh\:mm\:ss\.fff", CultureInfo.InvariantCulture, out var time) && time > moment.TimeOfDay;
+    /// <summary>Whether a process log line (it begins with the local time of day, HH:mm:ss.fff) was written after
+    /// <paramref name="moment"/> (UTC): on the day that puts it within 12 hours of it, so a run across midnight counts right.</summary>
+    private static bool LoggedAfter(string line, DateTime moment)
+    {
+        if (line.Length < 12 || !TimeSpan.TryParseExact(line[..12], @"hh\:mm\:ss\.fff", CultureInfo.InvariantCulture, out var time)) return false;
+        var local = moment.ToLocalTime();
+        var at = local.Date + time;
+        if (at - local > TimeSpan.FromHours(12)) at -= TimeSpan.FromDays(1);
+        else if (local - at > TimeSpan.FromHours(12)) at += TimeSpan.FromDays(1);
+        return at > local;
+    }
 
     /// <summary>Every cell's log lines about the leader key of <paramref name="id"/>'s nodes, in time order: what a
     /// second leader change needs explained.</summary>
