@@ -338,6 +338,13 @@ public sealed record DockerSettings
     public string Platform { get; init; } = "";
     /// <summary>How long a fast shutdown may take before the engine kills the container.</summary>
     public TimeSpan StopTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// CPUs a node container may use for <see cref="StartCpusFor"/> after each start (crash recovery, the claim's single-user
+    /// step, the first sessions), when its plan allows fewer; then the plan's ceiling. 0: always the plan's ceiling.
+    /// </summary>
+    public double StartCpus { get; init; } = 1;
+    /// <summary>How long after a node container's start <see cref="StartCpus"/> holds.</summary>
+    public TimeSpan StartCpusFor { get; init; } = TimeSpan.FromSeconds(10);
     /// <summary>PEM files for TCP with TLS: the CA that signed the engine's certificate, and this cell's client certificate and key.</summary>
     public string TlsCa { get; init; } = "";
     public string TlsCert { get; init; } = "";
@@ -355,6 +362,8 @@ public sealed record DockerSettings
             User = d.GetString("cell.docker.user", "999:999"),
             Platform = d.GetString("cell.docker.platform", "") is { Length: > 0 } platform ? platform : etcdPrefix,
             StopTimeout = d.GetTimeSpan("cell.docker.stop-timeout", TimeSpan.FromSeconds(30)),
+            StartCpus = d.GetDouble("cell.docker.start-cpus", 1),
+            StartCpusFor = d.GetTimeSpan("cell.docker.start-cpus-for", TimeSpan.FromSeconds(10)),
             TlsCa = d.GetString("cell.docker.tls.ca", ""),
             TlsCert = d.GetString("cell.docker.tls.cert", ""),
             TlsKey = d.GetString("cell.docker.tls.key", ""),
@@ -377,6 +386,10 @@ public sealed record DockerSettings
         foreach (var (key, file) in new[] { ("ca", TlsCa), ("cert", TlsCert), ("key", TlsKey) })
             if (file.Length > 0 && !File.Exists(file)) throw new ArgumentException($"dingo.cell.docker.tls.{key}: {file} does not exist");
         if (StopTimeout < TimeSpan.FromSeconds(1)) throw new ArgumentException("dingo.cell.docker.stop-timeout must be at least 1s");
+        if (!double.IsFinite(StartCpus) || StartCpus is < 0 or > 1024)
+            throw new ArgumentException($"dingo.cell.docker.start-cpus must be 0 (off) or a number of CPUs up to 1024: got {StartCpus}");
+        if (StartCpusFor < TimeSpan.FromSeconds(1) || StartCpusFor > TimeSpan.FromMinutes(10))
+            throw new ArgumentException($"dingo.cell.docker.start-cpus-for must be between 1s and 10m: got {StartCpusFor}");
     }
 
     /// <summary>Uid and gid from <see cref="User"/>.</summary>

@@ -42,6 +42,49 @@ internal static class DockerEngine
         return configuration.CreateClient();
     }
 
+    /// <summary>
+    /// A plain HTTP client of the same endpoint, for the engine's calls Docker.DotNet does not make (podman's own libpod
+    /// API): a unix socket, or TCP with the same client certificate and CA as <see cref="Connect"/>.
+    /// </summary>
+    public static HttpClient Http(DockerSettings settings)
+    {
+        var uri = new Uri(settings.Endpoint);
+        var handler = new SocketsHttpHandler { PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30) };
+        if (uri.Scheme == "unix")
+        {
+            var path = uri.AbsolutePath;
+            handler.ConnectCallback = async (_, ct) =>
+            {
+                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                try
+                {
+                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), ct).ConfigureAwait(false);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            };
+            return new HttpClient(handler) { BaseAddress = new Uri("http://engine/"), Timeout = Timeout.InfiniteTimeSpan };
+        }
+        var scheme = "http";
+        if (settings.TlsCert.Length > 0)
+        {
+            scheme = "https";
+            var client = X509Certificate2.CreateFromPemFile(settings.TlsCert, settings.TlsKey);
+            client = X509CertificateLoader.LoadPkcs12(client.Export(X509ContentType.Pkcs12), null);
+            handler.SslOptions.ClientCertificates = [client];
+            if (settings.TlsCa.Length > 0)
+            {
+                var ca = X509CertificateLoader.LoadCertificateFromFile(settings.TlsCa);
+                handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, errors) => ValidAgainst(ca, certificate, errors);
+            }
+        }
+        return new HttpClient(handler) { BaseAddress = new Uri($"{scheme}://{uri.Host}:{uri.Port}/"), Timeout = Timeout.InfiniteTimeSpan };
+    }
+
     /// <summary>The engine's certificate must chain to the configured CA (Docker's --tlsverify), whatever the system trusts.</summary>
     private static bool ValidAgainst(X509Certificate2 ca, X509Certificate? presented, SslPolicyErrors errors)
     {

@@ -206,6 +206,91 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         _logger = logger;
         _user = _docker.UserIds();
         _client = DockerEngine.Connect(_docker);
+        if (_docker.StartCpus > 0) _allowance = new StartAllowance(_docker.StartCpusFor, SetCpuCeilingAsync, RunningSinceAsync, logger);
+    }
+
+    private readonly StartAllowance? _allowance;
+    private HttpClient? _http;
+    /// <summary>Whether the engine's Docker-compatible update sets a container's CPUs (null: not tried yet; podman 4.3's answers 404).</summary>
+    private bool? _compatUpdate;
+
+    /// <summary>Starts whose CPU ceiling is still to set after their allowance (tests).</summary>
+    internal int StartAllowancesPending => _allowance?.Pending ?? 0;
+
+    private double MadeCpus(NodeLimits limits) => MadeCpus(limits, _docker.StartCpus);
+
+    /// <summary>A node container's CPUs as made: its plan's, or the start allowance when that is more (docs/docker.md); 0: no allowance.</summary>
+    internal static double MadeCpus(NodeLimits limits, double startCpus) => startCpus <= 0 ? limits.Cpus : Math.Max(limits.Cpus, startCpus);
+
+    /// <summary>A look at a node container: a running one above its plan's ceiling is brought down once its start allowance passed.</summary>
+    private void ObserveStart(ContainerInspectResponse c)
+    {
+        if (_allowance is null || !c.State.Running || Label(c.Config.Labels, KindLabel) != "node") return;
+        if (!double.TryParse(Label(c.Config.Labels, CpusLabel), NumberStyles.Float, CultureInfo.InvariantCulture, out var ceiling)) return;
+        _allowance.Observe(Label(c.Config.Labels, NodeLabel) ?? c.Name, c.ID, c.State.StartedAt, ceiling, c.HostConfig.NanoCPUs / 1e9);
+    }
+
+    /// <summary>
+    /// Sets a running container's CPU ceiling: the Docker API's update where the engine has it (Docker's keeps it in the
+    /// container's configuration too), else podman's own (libpod's: the running container's cgroup only; its inspect goes on
+    /// showing the CPUs it was made with).
+    /// </summary>
+    private async Task SetCpuCeilingAsync(string containerId, double cpus, CancellationToken ct)
+    {
+        if (_compatUpdate != false)
+        {
+            try
+            {
+                await CallAsync("set the container's CPUs", t => _client.Containers.UpdateContainerAsync(containerId,
+                    new ContainerUpdateParameters { NanoCPUs = (long)(cpus * 1_000_000_000) }, t), ct).ConfigureAwait(false);
+                _compatUpdate = true;
+                return;
+            }
+            catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex) && _compatUpdate is null && !DockerEngine.Said(ex).Contains("container", StringComparison.OrdinalIgnoreCase))
+            {
+                _compatUpdate = false; // no such endpoint (podman 4.3): its own API below
+            }
+        }
+        _http ??= DockerEngine.Http(_docker);
+        var period = 100_000L;
+        var quota = (long)Math.Round(cpus * period);
+        using var body = new StringContent(
+            System.Text.Json.JsonSerializer.Serialize(new { cpu = new { quota, period } }), Encoding.UTF8, "application/json");
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        deadline.CancelAfter(_options.CallTimeout);
+        HttpResponseMessage response;
+        try
+        {
+            response = await _http.PostAsync($"v4.0.0/libpod/containers/{Uri.EscapeDataString(containerId)}/update", body, deadline.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (DockerEngine.Unreachable(ex, ct))
+        {
+            throw new ContainerEngineException($"container engine at {_docker.Endpoint} is unreachable (could not set the container's CPUs): {DockerEngine.Innermost(ex)}", ex);
+        }
+        using (response)
+        {
+            if (response.IsSuccessStatusCode) return;
+            var said = await response.Content.ReadAsStringAsync(deadline.Token).ConfigureAwait(false);
+            throw new ContainerEngineException($"container engine at {_docker.Endpoint} failed to set the container's CPUs: HTTP {(int)response.StatusCode} {said.Trim()}");
+        }
+    }
+
+    /// <summary>A container's start time while it runs; null when it is gone or stopped.</summary>
+    private async Task<string?> RunningSinceAsync(string containerId, CancellationToken ct)
+    {
+        try
+        {
+            var c = await CallAsync("inspect the container", t => _client.Containers.InspectContainerAsync(containerId, t), ct).ConfigureAwait(false);
+            return c.State.Running ? c.State.StartedAt : null;
+        }
+        catch (DockerContainerNotFoundException)
+        {
+            return null;
+        }
+        catch (DockerApiException ex) when (DockerEngine.IsNotFound(ex))
+        {
+            return null;
+        }
     }
 
     public string Kind => "docker";
@@ -334,7 +419,10 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         var c = await InspectOursAsync(nodeId, ContainerName(nodeId), ct, _options.ListTimeout).ConfigureAwait(false)
                 ?? await InspectOursAsync(nodeId, PreviousContainerName(nodeId), ct, _options.ListTimeout).ConfigureAwait(false);
         if (c is not null)
+        {
+            ObserveStart(c);
             return await ContainerNodeAsync(nodeId, c.ID, c.State.Running, c.State.Status, c.State.ExitCode, c.Image, c.Config.Image, Label(c.Config.Labels, InstanceLabel), ct).ConfigureAwait(false);
+        }
         VolumeResponse volume;
         try
         {
@@ -786,7 +874,9 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             if (waited.Elapsed - inspected >= StartInspectEvery)
             {
                 inspected = waited.Elapsed;
-                var state = (await CallAsync("inspect the container", t => _client.Containers.InspectContainerAsync(id, t), ct).ConfigureAwait(false)).State;
+                var container = await CallAsync("inspect the container", t => _client.Containers.InspectContainerAsync(id, t), ct).ConfigureAwait(false);
+                ObserveStart(container);
+                var state = container.State;
                 if (!state.Running)
                 {
                     var logs = await LogsAsync(id, 10, ct).ConfigureAwait(false);
@@ -1315,7 +1405,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             // SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client to leave).
             StopSignal = "SIGINT",
             StopTimeout = _docker.StopTimeout,
-            HostConfig = HostConfig(volume ?? VolumeName(spec.NodeId), limits),
+            HostConfig = HostConfig(volume ?? VolumeName(spec.NodeId), limits, MadeCpus(limits)),
         };
         try
         {
@@ -1356,13 +1446,13 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     private static string VolumeOf(ContainerInspectResponse container) =>
         Label(container.Config.Labels, VolumeLabel) ?? VolumeName(Label(container.Config.Labels, NodeLabel) ?? throw new InvalidOperationException($"container {container.Name} has no node label"));
 
-    private HostConfig HostConfig(string volume, NodeLimits limits) => new()
+    private HostConfig HostConfig(string volume, NodeLimits limits, double? cpus = null) => new()
     {
         // Host networking: PostgreSQL binds the cell's address and the node's port itself (docs/docker.md).
         NetworkMode = "host",
         Mounts = [new Mount { Type = "volume", Source = volume, Target = DataMount }],
         Memory = limits.MemoryBytes,
-        NanoCPUs = (long)(limits.Cpus * 1_000_000_000),
+        NanoCPUs = (long)((cpus ?? limits.Cpus) * 1_000_000_000),
         // The HA loop restarts a dead node, deciding first whether it may lead (see the class summary).
         RestartPolicy = new RestartPolicy { Name = RestartPolicyKind.No },
         // PostgreSQL's output is the container's log: bounded, as a process cell's postgres.log is. "json-file" is
@@ -1387,6 +1477,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     private async Task RemoveContainerAsync(string id, CancellationToken ct)
     {
+        _allowance?.Forget(id);
         try
         {
             await CallAsync("remove a container", t => _client.Containers.RemoveContainerAsync(id, new ContainerRemoveParameters { Force = true, RemoveVolumes = true }, t), ct).ConfigureAwait(false);
@@ -1782,5 +1873,10 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         return lines.Length == 0 ? "(no output)" : string.Join(" | ", lines.TakeLast(count));
     }
 
-    public void Dispose() => _client.Dispose();
+    public void Dispose()
+    {
+        _allowance?.Dispose();
+        _http?.Dispose();
+        _client.Dispose();
+    }
 }

@@ -162,7 +162,10 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         Assert.Equal(spec.NodeId, c.Config.Labels[DockerRuntime.NodeLabel]);
         Assert.Equal("host", c.HostConfig.NetworkMode);
         Assert.Equal(Limits.MemoryBytes, c.HostConfig.Memory);
-        Assert.Equal(500_000_000, c.HostConfig.NanoCPUs);
+        // Made with the start allowance (dingo.cell.docker.start-cpus, 1), labelled with the plan's ceiling it runs at
+        // once its start is past (A_node_starts_at_its_allowance_and_runs_at_its_plans_ceiling_after_it).
+        Assert.Equal(1_000_000_000, c.HostConfig.NanoCPUs);
+        Assert.Equal("0.5", c.Config.Labels["dingo.cpus"]);
         // PostgreSQL's output is the container's log, bounded by the engine (dingo.logging.postgres-log-max, 10 MB).
         // Docker's inspect shows the driver; podman keeps the size in its own (10 MiB, as podman prints it).
         Assert.Equal("json-file", c.HostConfig.LogConfig.Type);
@@ -211,6 +214,60 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
             Assert.DoesNotContain(secret, inspected);
             Assert.DoesNotContain(secret, logs);
         }
+    }
+
+    /// <summary>
+    /// A node whose plan allows half a core starts at a full one (crash recovery, the claim's password step, the first
+    /// sessions ran at half speed: bench/Provision's Docker solo), and runs at its plan's ceiling once its allowance is past,
+    /// on the running container. A cell that died inside the allowance leaves the container above its ceiling: the next
+    /// cell's first look brings it down. Every new start of the container gets the allowance again and loses it again.
+    /// </summary>
+    [Fact]
+    public async Task A_node_starts_at_its_allowance_and_runs_at_its_plans_ceiling_after_it()
+    {
+        var spec = NewSpec("node-cpu") with { InstanceId = "inst-cpu" };
+        string containerId;
+        using (var dying = NewRuntime(Settings with { StartCpusFor = TimeSpan.FromMinutes(10) }))
+        {
+            await dying.CreateAsync(spec, Ct());
+            await dying.StartAsync(spec, null, Ct());
+            await NodeSql.WaitServingAsync(spec, spec.Superuser);
+            using var client = TestPodman.Client();
+            var c = await client.Containers.InspectContainerAsync(DockerRuntime.ContainerName(spec.NodeId));
+            containerId = c.ID;
+            Assert.Equal(1_000_000_000, c.HostConfig.NanoCPUs);
+            Assert.Equal(1.0, await TestPodman.CpuCeilingAsync(c.State.Pid));
+            Assert.Equal(1, dying.StartAllowancesPending);
+        } // the cell dies inside the allowance
+
+        using var runtime = NewRuntime(Settings with { StartCpusFor = TimeSpan.FromSeconds(1) });
+        Assert.NotNull(await runtime.InspectAsync(spec.NodeId, Ct()));
+        await AssertCeilingAsync(runtime, containerId, 0.5);
+
+        // A new start begins at the allowance (a new cgroup, made as the container was) and is brought down again.
+        await runtime.StopAsync(spec.NodeId, Ct());
+        await runtime.StartAsync(spec, null, Ct());
+        await NodeSql.WaitServingAsync(spec, spec.Superuser);
+        await AssertCeilingAsync(runtime, containerId, 0.5);
+        Assert.Equal(1, await NodeSql.ScalarAsync(spec, spec.Superuser, "SELECT 1"));
+    }
+
+    private async Task AssertCeilingAsync(DockerRuntime runtime, string containerId, double cpus)
+    {
+        using var client = TestPodman.Client();
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        double? seen = null;
+        // The allowance's end, then one engine call: well within 30 s on a busy machine.
+        while (waited.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            var c = await client.Containers.InspectContainerAsync(containerId);
+            seen = await TestPodman.CpuCeilingAsync(c.State.Pid);
+            if (seen == cpus && runtime.StartAllowancesPending == 0) break;
+            await Task.Delay(100);
+        }
+        Output.WriteLine($"ceiling {seen} CPUs after {waited.ElapsedMilliseconds} ms");
+        Assert.Equal(cpus, seen);
+        Assert.Equal(0, runtime.StartAllowancesPending);
     }
 
     [Fact]

@@ -25,6 +25,8 @@ public sealed class SettingsTests
         Assert.Equal((TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(2)), (s.Ha.Ttl, s.Ha.ReleaseDeadLeaderAfter));
         // A quiet node passes every 10 s (Patroni's loop_wait) under a lease of three of those.
         Assert.Equal((TimeSpan.FromSeconds(10), TimeSpan.FromSeconds(30)), (s.Ha.IdleLoopWait, s.Ha.AloneTtl));
+        // A Docker node starts at a full core for 10 s, then runs at its plan's ceiling (docs/docker.md).
+        Assert.Equal((1.0, TimeSpan.FromSeconds(10)), (s.Cell.Docker.StartCpus, s.Cell.Docker.StartCpusFor));
     }
 
     [Fact]
@@ -65,6 +67,9 @@ public sealed class SettingsTests
     [InlineData("dingo.broker.tls { cert-file = \"/b.pem\", key-file = \"/k.pem\" }", "dingo.broker.url must be https://")]
     [InlineData("dingo.broker.tls.cert-file = \"/b.pem\"", "go together")]
     [InlineData("dingo.broker.url = \"ftp://127.0.0.1:8080\"", "http:// or https://")]
+    [InlineData("dingo.cell { runtime = docker, docker.start-cpus = -1 }", "dingo.cell.docker.start-cpus")]
+    [InlineData("dingo.cell { runtime = docker, docker.start-cpus-for = 0s }", "dingo.cell.docker.start-cpus-for")]
+    [InlineData("dingo.cell { runtime = docker, docker.start-cpus-for = 11m }", "dingo.cell.docker.start-cpus-for")]
     public void Bad_settings_are_refused_with_the_key_named(string hocon, string expected)
     {
         var ex = Assert.Throws<ArgumentException>(() => DingoSettings.Load([DefaultFile], new Dictionary<string, string?>(), hocon));

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Diagnostics;
 using Dingo.Cells;
 using Dingo.Config;
@@ -33,6 +34,34 @@ public static class TestPodman
         Platform = platform,
         StopTimeout = TimeSpan.FromSeconds(10),
     };
+
+    /// <summary>
+    /// The CPU ceiling the kernel applies to a container's process now (its cgroup's CFS quota over period; null: none),
+    /// which podman's inspect does not show once the running container's ceiling was changed.
+    /// </summary>
+    public static async Task<double?> CpuCeilingAsync(long pid)
+    {
+        foreach (var line in await File.ReadAllLinesAsync($"/proc/{pid}/cgroup"))
+        {
+            var parts = line.Split(':', 3);
+            if (parts.Length != 3) continue;
+            if (parts[0] == "0" && parts[1].Length == 0 && File.Exists($"/sys/fs/cgroup/{parts[2].TrimStart('/')}/cpu.max"))
+            {
+                var max = (await File.ReadAllTextAsync($"/sys/fs/cgroup/{parts[2].TrimStart('/')}/cpu.max")).Split(' ');
+                return max[0] == "max" ? null : double.Parse(max[0], CultureInfo.InvariantCulture) / double.Parse(max[1], CultureInfo.InvariantCulture);
+            }
+            if (!parts[1].Split(',').Contains("cpu")) continue;
+            foreach (var mount in new[] { "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct" })
+            {
+                var dir = mount + parts[2];
+                if (!File.Exists(dir + "/cpu.cfs_quota_us")) continue;
+                var quota = long.Parse((await File.ReadAllTextAsync(dir + "/cpu.cfs_quota_us")).Trim(), CultureInfo.InvariantCulture);
+                var period = long.Parse((await File.ReadAllTextAsync(dir + "/cpu.cfs_period_us")).Trim(), CultureInfo.InvariantCulture);
+                return quota < 0 ? null : (double)quota / period;
+            }
+        }
+        throw new InvalidOperationException($"no CPU cgroup found for process {pid}");
+    }
 
     private static string Podman()
     {
