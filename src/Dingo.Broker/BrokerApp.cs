@@ -55,6 +55,11 @@ public static class BrokerApp
         builder.Services.AddSingleton<BindingService>();
         builder.Services.AddSingleton(sp => new LostCellDuty(sp.GetRequiredService<EtcdStore>(), settings, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Broker.LostCells")));
         builder.Services.AddHostedService<OperationSweeper>();
+        builder.Services.AddHostedService(sp =>
+        {
+            var instances = sp.GetRequiredService<InstanceService>();
+            return new StatusWatch(sp.GetRequiredService<EtcdStore>(), instances.InProgress.Contains, instances.Poke, sp.GetRequiredService<ILogger<StatusWatch>>());
+        });
         builder.Services.AddSingleton<Dingo.Backups.IObjectStore>(_ => (settings.Backups ?? throw new ArgumentException("configuration has no dingo.backups section")).Store.CreateStore());
         builder.Services.AddSingleton<Recovery>();
         // The broker's Prometheus registry: its requests, operations and instance counts, and the process's own figures.

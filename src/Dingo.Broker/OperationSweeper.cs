@@ -33,8 +33,11 @@ public sealed class OperationSweeper(EtcdStore store, InstanceService instances,
     private async Task SweepAsync(CancellationToken ct)
     {
         var keys = store.Keys;
+        var readAt = System.Diagnostics.Stopwatch.GetTimestamp();
         var ops = await store.ListAsync<OperationRecord>(keys.Operations, ct);
-        foreach (var op in ops.Where(o => o.Value.InProgress)) instances.Poke(op.Key[keys.Operations.Length..]);
+        var inProgress = ops.Where(o => o.Value.InProgress).Select(o => o.Key[keys.Operations.Length..]).ToList();
+        instances.InProgress.Are(inProgress, readAt);
+        foreach (var id in inProgress) instances.Poke(id);
 
         // Read once for the duty and the instances to wake.
         var nodes = (await store.ListAsync<NodeSpec>(keys.AllNodes, ct)).Select(n => n.Value).ToList();
