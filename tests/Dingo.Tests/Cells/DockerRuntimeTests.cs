@@ -77,19 +77,10 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
     protected override Task CleanupAsync() => TestPodman.RemovePlatformAsync(_platform);
 
     /// <summary>podman's own inspect of a container (its libpod API on the same socket), which shows more than Docker's.</summary>
-    private static async Task<string> LibpodInspectAsync(string containerId)
+    private async Task<string> LibpodInspectAsync(string containerId)
     {
-        var socket = new Uri(TestPodman.Endpoint).AbsolutePath;
-        using var http = new HttpClient(new SocketsHttpHandler
-        {
-            ConnectCallback = async (_, ct) =>
-            {
-                var s = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
-                await s.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socket), ct);
-                return new System.Net.Sockets.NetworkStream(s, ownsSocket: true);
-            },
-        });
-        return await http.GetStringAsync($"http://podman/v4.0.0/libpod/containers/{containerId}/json");
+        using var http = DockerEngine.Http(Settings);
+        return await http.GetStringAsync($"v4.0.0/libpod/containers/{containerId}/json");
     }
 
     /// <summary>
