@@ -39,7 +39,7 @@ internal sealed class StartAllowance(
     /// </summary>
     public void Observe(string nodeId, string containerId, string? startedAt, double ceiling, double configuredCpus)
     {
-        if (configuredCpus <= ceiling || configuredCpus <= 0 || string.IsNullOrEmpty(startedAt)) return;
+        if (configuredCpus <= ceiling || configuredCpus <= 0 || string.IsNullOrEmpty(startedAt) || _stop.IsCancellationRequested) return;
         if (_lowered.TryGetValue(containerId, out var done) && done == startedAt) return;
         if (_due.TryGetValue(containerId, out var known) && known.StartedAt == startedAt) return;
         var at = DateTimeOffset.TryParse(startedAt, System.Globalization.CultureInfo.InvariantCulture, System.Globalization.DateTimeStyles.AssumeUniversal, out var began)
@@ -52,7 +52,13 @@ internal sealed class StartAllowance(
 
     private void Wake()
     {
-        if (_wake.CurrentCount == 0) _wake.Release();
+        try
+        {
+            if (_wake.CurrentCount == 0) _wake.Release();
+        }
+        catch (SemaphoreFullException)
+        {
+        }
     }
 
     /// <summary>A container removed: nothing of it is kept.</summary>
@@ -77,8 +83,9 @@ internal sealed class StartAllowance(
             var now = DateTimeOffset.UtcNow;
             foreach (var due in _due.Values.Where(d => d.At <= now).ToList())
                 await ApplyAsync(due, ct).ConfigureAwait(false);
+            // At least once a minute, whatever start time an engine wrote.
             var next = _due.IsEmpty ? Timeout.InfiniteTimeSpan : _due.Values.Min(d => d.At) - DateTimeOffset.UtcNow;
-            if (next != Timeout.InfiniteTimeSpan && next < TimeSpan.Zero) next = TimeSpan.Zero;
+            if (next != Timeout.InfiniteTimeSpan) next = next < TimeSpan.Zero ? TimeSpan.Zero : next > TimeSpan.FromMinutes(1) ? TimeSpan.FromMinutes(1) : next;
             try
             {
                 await _wake.WaitAsync(next, ct).ConfigureAwait(false);
@@ -145,7 +152,7 @@ internal sealed class StartAllowance(
         }
         try { loop?.Wait(TimeSpan.FromSeconds(5)); }
         catch (AggregateException) { }
-        _stop.Dispose();
-        _wake.Dispose();
+        // The token source and the semaphore are left to the collector: a pass still inspecting a node as the cell stops
+        // reports its look here after this, and must find them usable (Observe returns once stopped).
     }
 }

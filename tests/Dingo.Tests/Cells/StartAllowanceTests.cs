@@ -107,6 +107,18 @@ public sealed class StartAllowanceTests
         await Until(() => allowance.Pending == 0, "nothing pending");
     }
 
+    /// <summary>A pass still inspecting a node as the cell stops: its look after the stop is taken and let go, not thrown.</summary>
+    [Fact]
+    public void A_look_after_the_stop_is_let_go()
+    {
+        var engine = new Engine();
+        var allowance = new StartAllowance(TimeSpan.FromMilliseconds(10), engine.SetAsync, engine.StartedAsync, NullLogger.Instance);
+        allowance.Observe("n1", "c1", Now(), 0.5, 1);
+        allowance.Dispose();
+        allowance.Observe("n2", "c2", Now(), 0.5, 1);
+        Assert.DoesNotContain(engine.Set, s => s.Id == "c2");
+    }
+
     /// <summary>A container stopped or removed before its ceiling was set: its next start is observed anew, nothing is retried.</summary>
     [Fact]
     public async Task A_container_no_longer_running_that_start_is_let_go()
