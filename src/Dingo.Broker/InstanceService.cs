@@ -140,7 +140,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
                     return OsbResult.Error(503, "Unavailable", $"could not claim public ports for {instanceId}: other allocations kept changing etcd; try again");
             }
             logger.LogInformation("instance {Instance}: provision accepted, plan {Plan}, port {Port}", instanceId, plan.Name, port);
-            MarkInProgress(instanceId);
+            InProgress.Mark(instanceId);
             Poke(instanceId);
             return OsbResult.Accepted(operation.Id, Dashboard.Url(settings.Broker, created!));
         }
@@ -216,7 +216,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             .Put(Keys.Instance(instanceId), updated)
             .Put(Keys.Operation(instanceId), operation), ct);
         if (!ok) return OsbResult.Concurrency($"service instance {instanceId} changed while updating; try again");
-        MarkInProgress(instanceId);
+        InProgress.Mark(instanceId);
         Poke(instanceId);
         return OsbResult.Accepted(operation.Id);
     }
@@ -251,7 +251,7 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
             .Put(Keys.Operation(instanceId), operation), ct);
         if (!ok) return OsbResult.Concurrency($"service instance {instanceId} changed while deleting; try again");
         logger.LogInformation("instance {Instance}: deprovision accepted", instanceId);
-        MarkInProgress(instanceId);
+        InProgress.Mark(instanceId);
         Poke(instanceId);
         return OsbResult.Accepted(operation.Id);
     }
@@ -309,8 +309,6 @@ public sealed class InstanceService(EtcdStore store, DingoSettings settings, IRe
 
     /// <summary>Instances with an operation in progress, as this broker knows them (<see cref="StatusWatch"/> reads it).</summary>
     public OperationsInProgress InProgress { get; } = new();
-
-    private void MarkInProgress(string instanceId) => InProgress.Mark(instanceId);
 
     /// <summary>Wakes the instance's actor if it rests; adds no pass to one at work (<see cref="ServiceInstanceMessages.Wake"/>).</summary>
     public void Wake(string instanceId) => region.ActorRef.Tell(new ServiceInstanceMessages.Wake(instanceId));

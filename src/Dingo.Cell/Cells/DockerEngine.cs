@@ -25,18 +25,7 @@ internal static class DockerEngine
         var uri = new Uri(settings.Endpoint);
         Credentials? credentials = null;
         if (settings.TlsCert.Length > 0)
-        {
-            var client = X509Certificate2.CreateFromPemFile(settings.TlsCert, settings.TlsKey);
-            // An ephemeral PEM key cannot always be presented by SslStream: round-trip through PKCS#12.
-            client = X509CertificateLoader.LoadPkcs12(client.Export(X509ContentType.Pkcs12), null);
-            var tls = new CertificateCredentials(client);
-            if (settings.TlsCa.Length > 0)
-            {
-                var ca = X509CertificateLoader.LoadCertificateFromFile(settings.TlsCa);
-                tls.ServerCertificateValidationCallback = (_, certificate, _, errors) => ValidAgainst(ca, certificate, errors);
-            }
-            credentials = tls;
-        }
+            credentials = new CertificateCredentials(ClientCertificate(settings)) { ServerCertificateValidationCallback = EngineCertificateCheck(settings) };
         // Calls carry their own deadlines (see DockerRuntime); this is only the outer bound.
         var configuration = new DockerClientConfiguration(uri, credentials, TimeSpan.FromMinutes(60));
         return configuration.CreateClient();
@@ -73,16 +62,26 @@ internal static class DockerEngine
         if (settings.TlsCert.Length > 0)
         {
             scheme = "https";
-            var client = X509Certificate2.CreateFromPemFile(settings.TlsCert, settings.TlsKey);
-            client = X509CertificateLoader.LoadPkcs12(client.Export(X509ContentType.Pkcs12), null);
-            handler.SslOptions.ClientCertificates = [client];
-            if (settings.TlsCa.Length > 0)
-            {
-                var ca = X509CertificateLoader.LoadCertificateFromFile(settings.TlsCa);
-                handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, errors) => ValidAgainst(ca, certificate, errors);
-            }
+            handler.SslOptions.ClientCertificates = [ClientCertificate(settings)];
+            handler.SslOptions.RemoteCertificateValidationCallback = EngineCertificateCheck(settings);
         }
         return new HttpClient(handler) { BaseAddress = new Uri($"{scheme}://{uri.Host}:{uri.Port}/"), Timeout = Timeout.InfiniteTimeSpan };
+    }
+
+    /// <summary>This cell's client certificate (`tls.cert`, `tls.key`).</summary>
+    private static X509Certificate2 ClientCertificate(DockerSettings settings)
+    {
+        var client = X509Certificate2.CreateFromPemFile(settings.TlsCert, settings.TlsKey);
+        // An ephemeral PEM key cannot always be presented by SslStream: round-trip through PKCS#12.
+        return X509CertificateLoader.LoadPkcs12(client.Export(X509ContentType.Pkcs12), null);
+    }
+
+    /// <summary>With `tls.ca`: the engine's certificate must chain to it; without: the system's trust (null).</summary>
+    private static RemoteCertificateValidationCallback? EngineCertificateCheck(DockerSettings settings)
+    {
+        if (settings.TlsCa.Length == 0) return null;
+        var ca = X509CertificateLoader.LoadCertificateFromFile(settings.TlsCa);
+        return (_, certificate, _, errors) => ValidAgainst(ca, certificate, errors);
     }
 
     /// <summary>The engine's certificate must chain to the configured CA (Docker's --tlsverify), whatever the system trusts.</summary>

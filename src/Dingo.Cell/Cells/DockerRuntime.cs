@@ -256,23 +256,14 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         var quota = (long)Math.Round(cpus * period);
         using var body = new StringContent(
             System.Text.Json.JsonSerializer.Serialize(new { cpu = new { quota, period } }), Encoding.UTF8, "application/json");
-        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        deadline.CancelAfter(_options.CallTimeout);
-        HttpResponseMessage response;
-        try
+        var http = _http;
+        var (status, said) = await CallAsync("set the container's CPUs", async t =>
         {
-            response = await _http.PostAsync($"v4.0.0/libpod/containers/{Uri.EscapeDataString(containerId)}/update", body, deadline.Token).ConfigureAwait(false);
-        }
-        catch (Exception ex) when (DockerEngine.Unreachable(ex, ct))
-        {
-            throw new ContainerEngineException($"container engine at {_docker.Endpoint} is unreachable (could not set the container's CPUs): {DockerEngine.Innermost(ex)}", ex);
-        }
-        using (response)
-        {
-            if (response.IsSuccessStatusCode) return;
-            var said = await response.Content.ReadAsStringAsync(deadline.Token).ConfigureAwait(false);
-            throw new ContainerEngineException($"container engine at {_docker.Endpoint} failed to set the container's CPUs: HTTP {(int)response.StatusCode} {said.Trim()}");
-        }
+            using var response = await http.PostAsync($"v4.0.0/libpod/containers/{Uri.EscapeDataString(containerId)}/update", body, t).ConfigureAwait(false);
+            return (response.StatusCode, response.IsSuccessStatusCode ? "" : await response.Content.ReadAsStringAsync(t).ConfigureAwait(false));
+        }, ct).ConfigureAwait(false);
+        if ((int)status is < 200 or > 299)
+            throw new ContainerEngineException($"container engine at {_docker.Endpoint} failed to set the container's CPUs: HTTP {(int)status} {said.Trim()}");
     }
 
     /// <summary>A container's start time while it runs; null when it is gone or stopped.</summary>
