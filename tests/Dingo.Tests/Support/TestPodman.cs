@@ -105,7 +105,9 @@ public static class TestPodman
         var socket = Path.Combine(dir, "podman.sock");
         var endpoint = tcp ? $"tcp://127.0.0.1:{FreePorts.One()}" : $"unix://{socket}";
         var log = new StreamWriter(Path.Combine(dir, "service.log")) { AutoFlush = true };
-        var process = RunProcesses.Start(podman, ["--runtime", "runc", "system", "service", "--time=0", endpoint], dir,
+        // DINGO_TEST_PODMAN_LOG_LEVEL=debug: the service logs every API request it serves (its dir's service.log).
+        var level = Environment.GetEnvironmentVariable("DINGO_TEST_PODMAN_LOG_LEVEL") is { Length: > 0 } l ? l : "warn";
+        var process = RunProcesses.Start(podman, ["--runtime", "runc", "--log-level", level, "system", "service", "--time=0", endpoint], dir,
             new Dictionary<string, string> { ["CONTAINERS_CONF"] = conf }, line => { lock (log) log.WriteLine(line); });
 
         var client = new DockerClientConfiguration(new Uri(endpoint)).CreateClient();
