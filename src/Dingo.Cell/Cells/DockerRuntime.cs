@@ -252,18 +252,28 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
                 _compatUpdate = false; // no such endpoint (podman 4.3): its own API below
             }
         }
-        var http = Http();
         var period = 100_000L;
         var quota = (long)Math.Round(cpus * period);
         using var body = new StringContent(
             System.Text.Json.JsonSerializer.Serialize(new { cpu = new { quota, period } }), Encoding.UTF8, "application/json");
-        var (status, said) = await CallAsync("set the container's CPUs", async t =>
-        {
-            using var response = await http.PostAsync($"v4.0.0/libpod/containers/{Uri.EscapeDataString(containerId)}/update", body, t).ConfigureAwait(false);
-            return (response.StatusCode, response.IsSuccessStatusCode ? "" : await response.Content.ReadAsStringAsync(t).ConfigureAwait(false));
-        }, ct).ConfigureAwait(false);
+        var (status, said) = await LibpodPostAsync("set the container's CPUs", containerId, "update", body, ct).ConfigureAwait(false);
         if ((int)status is < 200 or > 299)
-            throw new ContainerEngineException($"container engine at {_docker.Endpoint} failed to set the container's CPUs: HTTP {(int)status} {said.Trim()}");
+            throw new ContainerEngineException($"container engine at {_docker.Endpoint} failed to set the container's CPUs: HTTP {(int)status} {said}");
+    }
+
+    /// <summary>
+    /// A call of podman's own API on a container (<c>POST /libpod/containers/{id}/{action}</c>) through <see cref="CallAsync"/>
+    /// (its deadline, slow-call log and unreachable error): the status and the answer's body, trimmed.
+    /// </summary>
+    private Task<(HttpStatusCode Status, string Said)> LibpodPostAsync(string what, string containerId, string action, HttpContent? body,
+        CancellationToken ct, TimeSpan? timeout = null)
+    {
+        var http = Http();
+        return CallAsync(what, async t =>
+        {
+            using var response = await http.PostAsync($"v4.0.0/libpod/containers/{Uri.EscapeDataString(containerId)}/{action}", body, t).ConfigureAwait(false);
+            return (response.StatusCode, (await response.Content.ReadAsStringAsync(t).ConfigureAwait(false)).Trim());
+        }, ct, timeout);
     }
 
     /// <summary>Whether the engine has libpod's wait (podman's own API; null: not tried yet; Docker has none).</summary>
@@ -271,9 +281,6 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     /// <summary>Tool containers are waited for through libpod's wait (tests).</summary>
     internal bool WaitsThroughLibpod => _libpodWait == true;
-
-    /// <summary>Waits for a container to exit (tests: <see cref="WaitExitAsync"/>'s choice of the engine's wait).</summary>
-    internal Task<long> WaitForExitAsync(string containerId, CancellationToken ct) => WaitExitAsync(containerId, "wait for the container", ct);
 
     /// <summary>How often podman looks at a waited-for container (libpod's wait; its own default is 250 ms).</summary>
     internal static readonly TimeSpan LibpodWaitInterval = TimeSpan.FromMilliseconds(50);
@@ -285,17 +292,12 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     /// 4.6 core-seconds for a 3-second wait on this machine, against 0.06 with libpod's. Docker's own wait (an event, no
     /// polling) where the engine has no libpod API.
     /// </summary>
-    private async Task<long> WaitExitAsync(string containerId, string what, CancellationToken ct)
+    internal async Task<long> WaitExitAsync(string containerId, string what, CancellationToken ct)
     {
         if (_libpodWait != false)
         {
-            var http = Http();
-            var (status, said) = await CallAsync(what, async t =>
-            {
-                using var response = await http.PostAsync(
-                    $"v4.0.0/libpod/containers/{Uri.EscapeDataString(containerId)}/wait?interval={(int)LibpodWaitInterval.TotalMilliseconds}ms", null, t).ConfigureAwait(false);
-                return (response.StatusCode, (await response.Content.ReadAsStringAsync(t).ConfigureAwait(false)).Trim());
-            }, ct, _options.ToolTimeout).ConfigureAwait(false);
+            var (status, said) = await LibpodPostAsync(what, containerId, $"wait?interval={(int)LibpodWaitInterval.TotalMilliseconds}ms", null, ct,
+                _options.ToolTimeout).ConfigureAwait(false);
             if (status == HttpStatusCode.OK && long.TryParse(said, NumberStyles.Integer, CultureInfo.InvariantCulture, out var code))
             {
                 _libpodWait = true;

@@ -41,8 +41,7 @@ public sealed class AbsentNodeInspectTests : IDisposable
 
     private DockerRuntime Runtime(TimeSpan absentReuse)
     {
-        var settings = new DockerSettings { Endpoint = _engine.Endpoint, Image = "localhost/dingo/postgres:15", Pull = "never", Platform = Platform };
-        return new DockerRuntime(new DockerRuntimeOptions("cell-1", settings) { AbsentReuse = absentReuse }, NullLogger.Instance);
+        return new DockerRuntime(new DockerRuntimeOptions("cell-1", _engine.Settings(Platform)) { AbsentReuse = absentReuse }, NullLogger.Instance);
     }
 
     [Fact]

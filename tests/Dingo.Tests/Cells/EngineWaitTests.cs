@@ -21,8 +21,7 @@ public sealed class EngineWaitTests : IDisposable
     private DockerRuntime Runtime(Func<string, string, (int, string, TimeSpan)> answer)
     {
         _engine = new FakeEngine(answer);
-        var settings = new DockerSettings { Endpoint = _engine.Endpoint, Image = "localhost/dingo/postgres:15", Pull = "never", Platform = "/engine-wait" };
-        return new DockerRuntime(new DockerRuntimeOptions("cell-1", settings), NullLogger.Instance);
+        return new DockerRuntime(new DockerRuntimeOptions("cell-1", _engine.Settings("/engine-wait")), NullLogger.Instance);
     }
 
     private List<string> Waits() => _engine!.Requests.Where(r => r.Contains("/wait", StringComparison.Ordinal)).ToList();
@@ -31,7 +30,7 @@ public sealed class EngineWaitTests : IDisposable
     public async Task On_podman_the_exit_comes_from_libpods_wait_and_dockers_is_never_asked()
     {
         using var runtime = Runtime((_, path) => path.Contains("/libpod/", StringComparison.Ordinal) ? (200, "3\n", TimeSpan.Zero) : (500, """{"message":"unexpected"}""", TimeSpan.Zero));
-        Assert.Equal(3, await runtime.WaitForExitAsync("c1", CancellationToken.None));
+        Assert.Equal(3, await runtime.WaitExitAsync("c1", "wait", CancellationToken.None));
         Assert.True(runtime.WaitsThroughLibpod);
         Assert.Equal(["POST /v4.0.0/libpod/containers/c1/wait?interval=50ms"], Waits());
     }
@@ -44,8 +43,8 @@ public sealed class EngineWaitTests : IDisposable
         using var runtime = Runtime((_, path) => path.Contains("/libpod/", StringComparison.Ordinal)
             ? (status, body, TimeSpan.Zero)
             : (200, """{"StatusCode":7}""", TimeSpan.Zero));
-        Assert.Equal(7, await runtime.WaitForExitAsync("c1", CancellationToken.None));
-        Assert.Equal(7, await runtime.WaitForExitAsync("c2", CancellationToken.None));
+        Assert.Equal(7, await runtime.WaitExitAsync("c1", "wait", CancellationToken.None));
+        Assert.Equal(7, await runtime.WaitExitAsync("c2", "wait", CancellationToken.None));
         Assert.False(runtime.WaitsThroughLibpod);
         var waits = Waits();
         Assert.Equal(3, waits.Count);
@@ -60,9 +59,9 @@ public sealed class EngineWaitTests : IDisposable
         using var runtime = Runtime((_, path) => path.Contains("/c1/", StringComparison.Ordinal)
             ? (404, """{"cause":"no such container","message":"no container with name or ID \"c1\" found: no such container","response":404}""", TimeSpan.Zero)
             : (200, "0", TimeSpan.Zero));
-        var error = await Assert.ThrowsAsync<ContainerEngineException>(() => runtime.WaitForExitAsync("c1", CancellationToken.None));
+        var error = await Assert.ThrowsAsync<ContainerEngineException>(() => runtime.WaitExitAsync("c1", "wait", CancellationToken.None));
         Assert.Contains("no such container", error.Message, StringComparison.Ordinal);
-        Assert.Equal(0, await runtime.WaitForExitAsync("c2", CancellationToken.None));
+        Assert.Equal(0, await runtime.WaitExitAsync("c2", "wait", CancellationToken.None));
         Assert.True(runtime.WaitsThroughLibpod);
         Assert.All(Waits(), w => Assert.Contains("/libpod/", w, StringComparison.Ordinal));
     }

@@ -25,8 +25,7 @@ public sealed class SlowEngineTests : IDisposable
 
     private DockerRuntime Runtime(TimeSpan? listingTimeout = null)
     {
-        var settings = new DockerSettings { Endpoint = _engine!.Endpoint, Image = "localhost/dingo/postgres:15", Pull = "never", Platform = "/slow-engine" };
-        var options = new DockerRuntimeOptions("cell-1", settings);
+        var options = new DockerRuntimeOptions("cell-1", _engine!.Settings("/slow-engine"));
         if (listingTimeout is { } t) options = options with { ListingTimeout = t };
         return new DockerRuntime(options, NullLogger.Instance);
     }

@@ -28,6 +28,10 @@ public sealed class FakeEngine : IDisposable
 
     public string Endpoint => "unix://" + _socket;
 
+    /// <summary>Docker settings of a cell on this engine, under <paramref name="platform"/>'s label.</summary>
+    public Dingo.Config.DockerSettings Settings(string platform) =>
+        new() { Endpoint = Endpoint, Image = "localhost/dingo/postgres:15", Pull = "never", Platform = platform };
+
     /// <summary>"METHOD path" of every request, in the order they came.</summary>
     public ConcurrentQueue<string> Requests { get; } = new();
 
