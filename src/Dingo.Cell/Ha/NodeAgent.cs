@@ -33,6 +33,8 @@ public sealed class NodeAgent : INodeLoop
     private string _lastSentence = "";
     private DateTimeOffset? _failingSince;
     private bool _unchanged, _quiet;
+    /// <summary>The cell is stopping cleanly and this node has let go: no pass acts any more.</summary>
+    private volatile bool _released;
 
     /// <param name="guard">the cell's fencing guard; null only where nothing may ever promote without one being needed (tests of
     /// single nodes): a leader is then fenced by its own pass alone</param>
@@ -96,6 +98,10 @@ public sealed class NodeAgent : INodeLoop
 
     public async Task<string> RunPassAsync(CancellationToken ct)
     {
+        // The cell is stopping and this node let go (ReleaseOnShutdownAsync): a pass now would find PostgreSQL stopped and
+        // start it again, read-only or in place, and the process would outlive its agent (a test platform's solo node did,
+        // woken by its own PostgreSQL's exit).
+        if (_released) return "no action: the cell is stopping";
         // While this node leads, no etcd call of the pass may outlast the moment it must fence itself (half the TTL
         // after its last renewal): a call still waiting then counts as etcd unreachable, so the decision to demote
         // is taken in time even when etcd does not answer at all (calls would otherwise wait out their deadlines).
@@ -203,6 +209,7 @@ public sealed class NodeAgent : INodeLoop
     {
         try
         {
+            if (_released) return (null, false);
             await _actions.ExecuteAsync(action, input, record, launch, probe, etcd, ct).ConfigureAwait(false);
             return (null, false);
         }
@@ -294,6 +301,7 @@ public sealed class NodeAgent : INodeLoop
     /// <summary>On a clean stop of the cell: give up the leader key at once so a replica takes over without waiting for the TTL.</summary>
     public async Task ReleaseOnShutdownAsync(CancellationToken ct)
     {
+        _released = true;
         await StopBackupsAsync().ConfigureAwait(false);
         // Writes stop before the key goes, or a replica could promote beside a primary still accepting them. A key that
         // names this node under a lease this process has not adopted yet is no different (the agent restarted while

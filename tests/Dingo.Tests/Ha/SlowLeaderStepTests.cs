@@ -185,6 +185,22 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
     }
 
     [Fact]
+    public async Task After_a_clean_shutdown_let_go_no_pass_starts_postgresql_again()
+    {
+        // A quiet solo leader's PostgreSQL, stopped by the release, woke a pass through its own exit; that pass found no
+        // leader and PostgreSQL stopped, and started it read-only: a process left behind by its agent (CloneSettleTests'
+        // platform, at the first try).
+        var agent = await BootstrappedAsync();
+        using var budget = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await agent.ReleaseOnShutdownAsync(budget.Token);
+        Assert.Null(await _runtime.PostmasterPidAsync(_spec.NodeId, None));
+
+        Assert.Equal("no action: the cell is stopping", await agent.RunPassAsync(budget.Token));
+        Assert.Null(await _runtime.PostmasterPidAsync(_spec.NodeId, None));
+        Assert.Null(await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None));
+    }
+
+    [Fact]
     public async Task A_switchover_whose_clean_stop_outlasts_the_passs_etcd_budget_still_hands_the_key_over_in_that_pass()
     {
         // The replica runs on the same cell; the leader's runtime takes half a TTL and more over every stop, as a clean
