@@ -33,7 +33,7 @@ internal sealed class BenchPlatform : IAsyncDisposable
         _runtime = runtime;
     }
 
-    public static async Task<BenchPlatform> StartAsync(string runtime, int index, int warmPool, double firstBackupSettle, CancellationToken ct)
+    public static async Task<BenchPlatform> StartAsync(string runtime, int index, int warmPool, double firstBackupSettle, double cloneSettle, CancellationToken ct)
     {
         // Port blocks of the bench's own, below the ephemeral range and away from `dingo up` and test runs (as bench/Chaos),
         // never inside 30000-32759, where FreePorts hands out this process's etcd, broker and Akka ports.
@@ -49,6 +49,9 @@ internal sealed class BenchPlatform : IAsyncDisposable
             # A new cluster's first base backup waits for its cell to settle (--first-backup-settle: the product's 5 s unless
             # asked; test platforms take it at once).
             dingo.backups.first-backup-settle = {{firstBackupSettle.ToString(CultureInfo.InvariantCulture)}}s
+            # A new asynchronous replica clones once its cell has settled (--clone-settle: the product's 5 s unless asked;
+            # test platforms clone at once).
+            dingo.cell.clone-settle = {{cloneSettle.ToString(CultureInfo.InvariantCulture)}}s
             # 300 solo instances on three cells: more than the default 50 nodes a cell (an operator's setting).
             dingo.cell.capacity = 110
             """;

@@ -95,6 +95,12 @@ public interface IContainerRuntime
     /// can wait for it (the warm pool's fills, a new cluster's first base backup) waits for it.
     /// </summary>
     bool NodeWorkQuietFor(TimeSpan span) => true;
+
+    /// <summary>
+    /// Of that work, none an application may be waiting for (everything but a clone and a replica's start) is running
+    /// here, and none was within <paramref name="span"/>: what a new asynchronous replica's clone waits for (CloneSettle).
+    /// </summary>
+    bool ServingWorkQuietFor(TimeSpan span) => true;
 }
 
 /// <param name="Initialised">initdb finished: the data directory is complete.</param>

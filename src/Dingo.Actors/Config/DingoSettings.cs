@@ -112,6 +112,7 @@ public sealed record DingoSettings
                 OrphanGrace = d.GetTimeSpan("cell.orphan-grace", TimeSpan.FromMinutes(10)),
                 MinFreeDisk = d.GetByteSize("cell.min-free-disk") ?? 1024L * 1024 * 1024,
                 WarmPool = d.GetInt("cell.warm-pool", 2),
+                CloneSettle = d.GetTimeSpan("cell.clone-settle", TimeSpan.FromSeconds(5)),
                 AdminNetworks = Env("DINGO_CELL_ADMIN_NETWORKS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                                 ?? (d.HasPath("cell.admin-networks") ? d.GetStringList("cell.admin-networks")?.ToArray() : null) ?? [],
                 Docker = DockerSettings.FromConfig(d, env),
@@ -210,6 +211,8 @@ public sealed record DingoSettings
         if (Cell.OrphanGrace < TimeSpan.Zero) throw new ArgumentException("dingo.cell.orphan-grace must not be negative");
         if (Cell.MinFreeDisk < 0) throw new ArgumentException("dingo.cell.min-free-disk must not be negative");
         if (Cell.WarmPool is < 0 or > 50) throw new ArgumentException($"dingo.cell.warm-pool must be between 0 and 50: got {Cell.WarmPool}");
+        if (Cell.CloneSettle < TimeSpan.Zero || Cell.CloneSettle > TimeSpan.FromSeconds(30))
+            throw new ArgumentException($"dingo.cell.clone-settle must be from 0 to 30s: got {Cell.CloneSettle}");
         foreach (var network in Cell.AdminNetworks)
         {
             try { IpNetworks.Parse(network); }
@@ -314,6 +317,11 @@ public sealed record CellSettings
     public long MinFreeDisk { get; init; } = 1024L * 1024 * 1024;
     /// <summary>Initialised, never-started data directories kept ready for new clusters' first nodes (process runtime; 0: none).</summary>
     public int WarmPool { get; init; } = 2;
+    /// <summary>
+    /// A new replica of an asynchronous cluster clones once its cell has started no primary for this long (at most
+    /// CloneSettle.MostWait later; zero: at once). docs/ha.md, "A new replica's clone".
+    /// </summary>
+    public TimeSpan CloneSettle { get; init; } = TimeSpan.FromSeconds(5);
     /// <summary>`dingo.cell.docker`: used when Runtime is "docker".</summary>
     public DockerSettings Docker { get; init; } = new();
     /// <summary>

@@ -638,6 +638,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public bool NodeWorkQuietFor(TimeSpan span) => _work.QuietFor(span);
 
+    public bool ServingWorkQuietFor(TimeSpan span) => _work.ServingQuietFor(span);
+
     // The ready entries as the last fill found them (oldest first), plus those made since: a claim takes one without
     // listing every container on the engine (a listing waits for every container being created or started, seconds in
     // a burst of provisions). Null until a fill or a claim has listed them. Guarded by _warmLock.
@@ -846,7 +848,8 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken cancellationToken)
     {
-        using var work = _work.Begin();
+        // A replica's start follows its clone: no application waits for it.
+        using var work = _work.Begin(serving: standby?.Primary is null);
         ArgumentNullException.ThrowIfNull(spec);
         NodeIdRule.Check(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken).ConfigureAwait(false);
@@ -971,7 +974,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     public async Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
     {
-        using var work = _work.Begin();
+        using var work = _work.Begin(serving: false);
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(source);
         NodeIdRule.Check(spec.NodeId);

@@ -218,6 +218,8 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     public bool NodeWorkQuietFor(TimeSpan span) => _work.QuietFor(span);
 
+    public bool ServingWorkQuietFor(TimeSpan span) => _work.ServingQuietFor(span);
+
     /// <summary>Entries ready to be claimed.</summary>
     public int WarmCount() => Directory.Exists(WarmRoot) ? Directory.EnumerateDirectories(WarmRoot).Count(d => File.Exists(Path.Combine(d, WarmReady))) : 0;
 
@@ -308,7 +310,8 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     public async Task StartAsync(NodeLaunchSpec spec, StandbyConfig? standby, CancellationToken cancellationToken)
     {
-        using var work = _work.Begin();
+        // A replica's start follows its clone: no application waits for it.
+        using var work = _work.Begin(serving: standby?.Primary is null);
         ArgumentNullException.ThrowIfNull(spec);
         var paths = PathsFor(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
@@ -676,7 +679,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
 
     public async Task CloneAsync(NodeLaunchSpec spec, ReplicationSource source, CancellationToken cancellationToken)
     {
-        using var work = _work.Begin();
+        using var work = _work.Begin(serving: false);
         var paths = PathsFor(spec.NodeId);
         using var _ = await _nodeLocks.LockAsync(spec.NodeId, cancellationToken);
         await RecordInstanceAsync(spec.NodeId, spec.InstanceId, cancellationToken);

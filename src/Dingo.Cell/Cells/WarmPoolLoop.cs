@@ -7,40 +7,57 @@ namespace Dingo.Cells;
 /// The cell's own node work that a warm pool fill waits behind: creating, starting, cloning, restoring and rewinding
 /// nodes, and claiming pool entries. A fill is an initdb, and on the Docker runtime a tool container's whole lifecycle
 /// in the engine; in a burst of provisions it took the CPU and the engine from the nodes the burst was waiting for.
+/// Within it, the work an application may be waiting for (everything but a clone and a replica's start): what a new
+/// asynchronous replica's clone waits behind (<see cref="Dingo.Ha.CloneSettle"/>).
 /// </summary>
 internal sealed class NodeWork
 {
     private int _running;
     private long _last;
+    private int _servingRunning;
+    private long _servingLast;
 
     /// <summary>Marks one piece of node work as running until the result is disposed.</summary>
-    public IDisposable Begin()
+    /// <param name="serving">work an application may be waiting for: not a clone, not a replica's start</param>
+    public IDisposable Begin(bool serving = true)
     {
         Interlocked.Increment(ref _running);
-        Touch();
-        return new Scope(this);
+        if (serving) Interlocked.Increment(ref _servingRunning);
+        Touch(serving);
+        return new Scope(this, serving);
     }
 
     /// <summary>Marks a moment of node work (a claim) that has no span of its own.</summary>
-    public void Touch() => Interlocked.Exchange(ref _last, Stopwatch.GetTimestamp());
-
-    /// <summary>No node work running, and none begun or ended within <paramref name="span"/>.</summary>
-    public bool QuietFor(TimeSpan span)
+    public void Touch(bool serving = true)
     {
-        if (Volatile.Read(ref _running) > 0) return false;
-        var last = Interlocked.Read(ref _last);
-        return last == 0 || Stopwatch.GetElapsedTime(last) >= span;
+        var now = Stopwatch.GetTimestamp();
+        Interlocked.Exchange(ref _last, now);
+        if (serving) Interlocked.Exchange(ref _servingLast, now);
     }
 
-    private sealed class Scope(NodeWork work) : IDisposable
+    /// <summary>No node work running, and none begun or ended within <paramref name="span"/>.</summary>
+    public bool QuietFor(TimeSpan span) => Quiet(ref _running, ref _last, span);
+
+    /// <summary>No work an application may be waiting for running, and none begun or ended within <paramref name="span"/>.</summary>
+    public bool ServingQuietFor(TimeSpan span) => Quiet(ref _servingRunning, ref _servingLast, span);
+
+    private static bool Quiet(ref int running, ref long last, TimeSpan span)
+    {
+        if (Volatile.Read(ref running) > 0) return false;
+        var at = Interlocked.Read(ref last);
+        return at == 0 || Stopwatch.GetElapsedTime(at) >= span;
+    }
+
+    private sealed class Scope(NodeWork work, bool serving) : IDisposable
     {
         private int _disposed;
 
         public void Dispose()
         {
             if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-            work.Touch();
+            work.Touch(serving);
             Interlocked.Decrement(ref work._running);
+            if (serving) Interlocked.Decrement(ref work._servingRunning);
         }
     }
 }

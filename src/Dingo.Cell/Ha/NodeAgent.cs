@@ -33,6 +33,8 @@ public sealed class NodeAgent : INodeLoop
     private string _lastSentence = "";
     private DateTimeOffset? _failingSince;
     private bool _unchanged, _quiet;
+    /// <summary>Since when this node has put its first clone off (CloneSettle); null: not yet.</summary>
+    private long? _cloneWaitingSince;
     /// <summary>The cell is stopping cleanly and this node has let go: no pass acts any more.</summary>
     private volatile bool _released;
 
@@ -195,12 +197,27 @@ public sealed class NodeAgent : INodeLoop
     private async Task<(HaInput Input, HaAction Action)> DecideAsync(HaInput input, InstanceRecord record, PostgresProbe probe, CancellationToken ct)
     {
         var action = Failover.Decide(input, Ha);
+        if (action is HaAction.CloneFromLeader clone) return (input, SettledClone(clone, record));
         if (action is not HaAction.TakeLeadership || input.Members.Count == 0) return (input, action);
         // The key is free and the reports say this node is the most advanced: ask the nodes themselves first.
         var asking = Monotonic.NowNs();
         input = await _observer.WithLivePositionsAsync(input, record, probe, ct).ConfigureAwait(false);
         _state.PositionsTook = Monotonic.Between(asking, Monotonic.NowNs());
         return (input, Failover.Decide(input, Ha));
+    }
+
+    /// <summary>
+    /// A new replica of an asynchronous cluster clones once its cell has started no primary for a while (CloneSettle,
+    /// docs/ha.md): until then, or at most CloneSettle.MostWait, the pass waits.
+    /// </summary>
+    private HaAction SettledClone(HaAction.CloneFromLeader clone, InstanceRecord record)
+    {
+        var settle = _state.Settings.Cell.CloneSettle;
+        var waited = _cloneWaitingSince is { } since ? Monotonic.Between(since, Monotonic.NowNs()) : TimeSpan.Zero;
+        var verdict = CloneSettle.Waits(CloneSettle.NothingWaitsForReplicas(record), settle, _state.Runtime.ServingWorkQuietFor(settle), waited);
+        if (!verdict.Waits) return clone;
+        _cloneWaitingSince ??= Monotonic.NowNs();
+        return new HaAction.Wait($"waiting to clone from the leader {clone.From.NodeId} until this cell has started no primary for {settle.TotalSeconds:0.#} s: {verdict.Why}");
     }
 
     /// <returns>why the action failed (null: it did not), and whether etcd stopped answering during it</returns>

@@ -32,6 +32,30 @@ public sealed class WarmPoolLoopTests
     }
 
     [Fact]
+    public void A_clone_and_a_replica_start_are_node_work_but_not_work_an_application_waits_for()
+    {
+        var work = new NodeWork();
+        using (var clone = work.Begin(serving: false))
+        {
+            Assert.False(work.QuietFor(TimeSpan.Zero));
+            Assert.True(work.ServingQuietFor(TimeSpan.Zero));
+            Assert.True(work.ServingQuietFor(TimeSpan.FromHours(1))); // nothing an application waits for was ever begun
+        }
+        Assert.False(work.QuietFor(WarmPoolLoop.Quiet)); // a fill still waits behind the clone
+        using (work.Begin())
+        {
+            Assert.False(work.ServingQuietFor(TimeSpan.Zero));
+            Assert.False(work.QuietFor(TimeSpan.Zero));
+        }
+        Assert.False(work.ServingQuietFor(TimeSpan.FromSeconds(5)));
+        Assert.True(work.ServingQuietFor(TimeSpan.Zero));
+        work.Touch(serving: false);
+        Assert.True(work.ServingQuietFor(TimeSpan.Zero));
+        work.Touch(); // a claim
+        Assert.False(work.ServingQuietFor(TimeSpan.FromSeconds(5)));
+    }
+
+    [Fact]
     public void A_claim_counts_as_node_work_for_the_quiet_time()
     {
         var work = new NodeWork();

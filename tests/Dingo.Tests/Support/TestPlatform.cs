@@ -92,7 +92,9 @@ public sealed class TestPlatform : IAsyncDisposable
               # (DINGO_CELL_HEALTH_PORT; HealthEndpointTests).
               # No warm pool: dozens of platforms each filling one would cost the suite a minute of initdb (WarmPoolTests
               # and LifecycleTests' warm provision cover it).
-              cell { reconcile-interval = 500ms, lease-ttl = 6s, health-port = 0, warm-pool = 0 }
+              # Replicas clone at once: tests wait for them on cells busy with other tests' nodes (CloneSettleTests
+              # covers the wait).
+              cell { reconcile-interval = 500ms, lease-ttl = 6s, health-port = 0, warm-pool = 0, clone-settle = 0s }
               # First base backups at once: tests wait for them on cells that are busy with other tests' nodes
               # (FirstBackupSettleTests covers the wait).
               backups.first-backup-settle = 0s
