@@ -33,7 +33,7 @@ internal sealed class BenchPlatform : IAsyncDisposable
         _runtime = runtime;
     }
 
-    public static async Task<BenchPlatform> StartAsync(string runtime, int index, int warmPool, double firstBackupSettle, double cloneSettle, CancellationToken ct)
+    public static async Task<BenchPlatform> StartAsync(string runtime, int index, int warmPool, double firstBackupSettle, double cloneSettle, double saturatedCpuPressure, CancellationToken ct)
     {
         // Port blocks of the bench's own, below the ephemeral range and away from `dingo up` and test runs (as bench/Chaos),
         // never inside 30000-32759, where FreePorts hands out this process's etcd, broker and Akka ports.
@@ -52,6 +52,9 @@ internal sealed class BenchPlatform : IAsyncDisposable
             # A new asynchronous replica clones once its cell has settled (--clone-settle: the product's 5 s unless asked;
             # test platforms clone at once).
             dingo.cell.clone-settle = {{cloneSettle.ToString(CultureInfo.InvariantCulture)}}s
+            # ... and waits while the host's CPU pressure is this high (--saturated-cpu-pressure: the product's 50 unless asked;
+            # test platforms do not look).
+            dingo.cell.saturated-cpu-pressure = {{saturatedCpuPressure.ToString(CultureInfo.InvariantCulture)}}
             # 300 solo instances on three cells: more than the default 50 nodes a cell (an operator's setting).
             dingo.cell.capacity = 110
             """;

@@ -14,7 +14,7 @@ namespace Dingo.Bench.Provision;
 /// </summary>
 public static class Program
 {
-    private sealed record Options(IReadOnlyList<string> Runtimes, int Sequential, int Burst, int SoloMax, int ScaleBatch, int WarmPool, double FirstBackupSettle, double CloneSettle);
+    private sealed record Options(IReadOnlyList<string> Runtimes, int Sequential, int Burst, int SoloMax, int ScaleBatch, int WarmPool, double FirstBackupSettle, double CloneSettle, double SaturatedCpuPressure);
 
     private sealed record Sample(string Runtime, string Phase, string Plan, string Id, double Seconds);
 
@@ -31,7 +31,7 @@ public static class Program
         Console.SetOut(Console.Error);
         if (Parse(args) is not { } options)
         {
-            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Provision -- [--runtimes process,docker] [--sequential N] [--burst N] [--solo-max N] [--scale-batch N] [--warm-pool N] [--first-backup-settle SECONDS] [--clone-settle SECONDS]");
+            Console.Error.WriteLine("usage: dotnet run -c Release --project bench/Provision -- [--runtimes process,docker] [--sequential N] [--burst N] [--solo-max N] [--scale-batch N] [--warm-pool N] [--first-backup-settle SECONDS] [--clone-settle SECONDS] [--saturated-cpu-pressure PERCENT]");
             Console.Error.WriteLine("  defaults: both runtimes, 5 of each plan one at a time, a burst of 20 (half solo, half cluster), solo up to 300 (0: skip), 10 at a time,");
             Console.Error.WriteLine("  a warm pool of 2 a cell (the product's default)");
             return 2;
@@ -72,7 +72,7 @@ public static class Program
         {
             foreach (var runtime in options.Runtimes)
             {
-                await using var bench = await BenchPlatform.StartAsync(runtime, index++, options.WarmPool, options.FirstBackupSettle, options.CloneSettle, ct);
+                await using var bench = await BenchPlatform.StartAsync(runtime, index++, options.WarmPool, options.FirstBackupSettle, options.CloneSettle, options.SaturatedCpuPressure, ct);
                 // Not counted: the first provision a cell serves pays for JIT and connection set-up in that cell's process.
                 // One per cell (placement spreads them), then a cluster, so that no measured provision is a cell's first.
                 for (var w = 1; w <= 3; w++) await bench.ProvisionBindableAsync($"warm-{runtime}-{w}", Catalog.SoloPlanId, ct);
@@ -175,7 +175,7 @@ public static class Program
                          + $"solo_instances={soloInstances} scale_p95_s={(scaleP95 is { } p95 ? F(p95) : "na")} mib_per_idle_node={(mibPerIdleNode is { } m ? m.ToString("0.0", CultureInfo.InvariantCulture) : "na")} "
                          + $"cells_pct_per_100_idle_nodes={(cellsPer100 is { } c ? c.ToString("0.0", CultureInfo.InvariantCulture) : "na")}"
                          + $" burst_process_all_s={(burstAll.TryGetValue("process", out var bp) ? F(bp) : "na")} burst_docker_all_s={(burstAll.TryGetValue("docker", out var bd) ? F(bd) : "na")}"
-                         + $" warm_pool={options.WarmPool} first_backup_settle_s={options.FirstBackupSettle.ToString(CultureInfo.InvariantCulture)} clone_settle_s={options.CloneSettle.ToString(CultureInfo.InvariantCulture)}{ratios}");
+                         + $" warm_pool={options.WarmPool} first_backup_settle_s={options.FirstBackupSettle.ToString(CultureInfo.InvariantCulture)} clone_settle_s={options.CloneSettle.ToString(CultureInfo.InvariantCulture)} saturated_cpu_pressure={options.SaturatedCpuPressure.ToString(CultureInfo.InvariantCulture)}{ratios}");
         return failed ? 1 : 0;
     }
 
@@ -221,7 +221,7 @@ public static class Program
     {
         var runtimes = new List<string> { "process", "docker" };
         int sequential = 5, burst = 20, soloMax = 300, scaleBatch = 10, warmPool = 2;
-        double firstBackupSettle = 5, cloneSettle = 5;
+        double firstBackupSettle = 5, cloneSettle = 5, saturatedCpuPressure = 50;
         for (var i = 0; i < args.Length; i++)
         {
             var value = i + 1 < args.Length ? args[i + 1] : null;
@@ -238,11 +238,12 @@ public static class Program
                 case "--warm-pool" when int.TryParse(value, CultureInfo.InvariantCulture, out warmPool) && warmPool is >= 0 and <= 50: break;
                 case "--first-backup-settle" when double.TryParse(value, CultureInfo.InvariantCulture, out firstBackupSettle) && firstBackupSettle is >= 0 and <= 30: break;
                 case "--clone-settle" when double.TryParse(value, CultureInfo.InvariantCulture, out cloneSettle) && cloneSettle is >= 0 and <= 30: break;
+                case "--saturated-cpu-pressure" when double.TryParse(value, CultureInfo.InvariantCulture, out saturatedCpuPressure) && saturatedCpuPressure is >= 0 and <= 100: break;
                 default: return null;
             }
             i++;
         }
-        return new Options(runtimes, sequential, burst, soloMax, scaleBatch, warmPool, firstBackupSettle, cloneSettle);
+        return new Options(runtimes, sequential, burst, soloMax, scaleBatch, warmPool, firstBackupSettle, cloneSettle, saturatedCpuPressure);
     }
 
     private static double Percentile(IEnumerable<Sample> samples, int p)

@@ -48,7 +48,7 @@ public static class CellApp
                 new LocalProcessRuntimeOptions(
                     DataRoot: Path.Combine(Path.GetFullPath(settings.DataDir), "cells", settings.Cell.Id, "nodes"),
                     PostgresBin: settings.Cell.PostgresBin,
-                    RunAsUser: settings.Cell.RunAsUser) { WarmPool = settings.Cell.WarmPool },
+                    RunAsUser: settings.Cell.RunAsUser) { WarmPool = settings.Cell.WarmPool, SaturatedCpuPressure = settings.Cell.SaturatedCpuPressure },
                 sp.GetRequiredService<ILogger<LocalProcessRuntime>>()),
             "docker" => new DockerRuntime(
                 new DockerRuntimeOptions(settings.Cell.Id, settings.Cell.Docker)
@@ -56,6 +56,7 @@ public static class CellApp
                     LimitsOf = PlanLimits(sp.GetRequiredService<EtcdStore>()),
                     LogMaxBytes = settings.Logging.PostgresLogMax,
                     WarmPool = settings.Cell.WarmPool,
+                    SaturatedCpuPressure = settings.Cell.SaturatedCpuPressure,
                 },
                 sp.GetRequiredService<ILoggerFactory>().CreateLogger("Dingo.Cell.Docker")),
             var other => throw new ArgumentException($"dingo.cell.runtime '{other}' is not known: use \"process\" or \"docker\""),

@@ -37,7 +37,7 @@ public static class BackupSchedule
     /// <param name="first">due only because the store holds no base backup of the instance (not asked for, no gap)</param>
     /// <param name="commitsWait">the instance's commits wait for a standby or for the store (cluster-ha, store-sync)</param>
     /// <param name="settle">dingo.backups.first-backup-settle (zero: it never waits)</param>
-    /// <param name="cellQuiet">the cell has created, started, cloned or restored no node within <paramref name="settle"/></param>
+    /// <param name="cellQuiet">the cell has created, started, cloned or restored no node within <paramref name="settle"/>, and its host's CPUs are not saturated</param>
     /// <param name="waited">how long this duty has put it off so far</param>
     public static Verdict FirstBackupWaits(bool first, bool commitsWait, TimeSpan settle, bool cellQuiet, TimeSpan waited, TimeSpan most)
     {
@@ -46,7 +46,7 @@ public static class BackupSchedule
         if (commitsWait) return new(false, "its commits wait for a standby or the store: the first base backup does not wait");
         if (cellQuiet) return new(false, $"the cell has made or started no node for {settle.TotalSeconds:0.#} s");
         if (waited >= most) return new(false, $"put off for {waited.TotalSeconds:0} s while the cell made or started nodes (at most {most.TotalSeconds:0} s)");
-        return new(true, "the cell is still making or starting nodes");
+        return new(true, "the cell is still making or starting nodes, or its host's CPUs are saturated");
     }
 
     /// <param name="requested">a drill was asked for (`dingo drill`, the admin API)</param>

@@ -91,8 +91,9 @@ public interface IContainerRuntime
     Dingo.Ha.HealthTls HealthApiTls(string nodeId) => Dingo.Ha.HealthTls.Plain;
 
     /// <summary>
-    /// No node is being made, started, cloned, restored or rewound here, and none was within <paramref name="span"/>: what
-    /// can wait for it (the warm pool's fills, a new cluster's first base backup) waits for it.
+    /// No node is being made, started, cloned, restored or rewound here, none was within <paramref name="span"/>, and the
+    /// host's CPUs are not saturated (dingo.cell.saturated-cpu-pressure): what can wait for it (the warm pool's fills, a
+    /// new cluster's first base backup) waits for it.
     /// </summary>
     bool NodeWorkQuietFor(TimeSpan span) => true;
 

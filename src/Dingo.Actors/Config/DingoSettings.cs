@@ -113,6 +113,7 @@ public sealed record DingoSettings
                 MinFreeDisk = d.GetByteSize("cell.min-free-disk") ?? 1024L * 1024 * 1024,
                 WarmPool = d.GetInt("cell.warm-pool", 2),
                 CloneSettle = d.GetTimeSpan("cell.clone-settle", TimeSpan.FromSeconds(5)),
+                SaturatedCpuPressure = d.GetDouble("cell.saturated-cpu-pressure", 50),
                 AdminNetworks = Env("DINGO_CELL_ADMIN_NETWORKS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                                 ?? (d.HasPath("cell.admin-networks") ? d.GetStringList("cell.admin-networks")?.ToArray() : null) ?? [],
                 Docker = DockerSettings.FromConfig(d, env),
@@ -213,6 +214,8 @@ public sealed record DingoSettings
         if (Cell.WarmPool is < 0 or > 50) throw new ArgumentException($"dingo.cell.warm-pool must be between 0 and 50: got {Cell.WarmPool}");
         if (Cell.CloneSettle < TimeSpan.Zero || Cell.CloneSettle > TimeSpan.FromSeconds(30))
             throw new ArgumentException($"dingo.cell.clone-settle must be from 0 to 30s: got {Cell.CloneSettle}");
+        if (Cell.SaturatedCpuPressure is < 0 or > 100 || double.IsNaN(Cell.SaturatedCpuPressure))
+            throw new ArgumentException($"dingo.cell.saturated-cpu-pressure must be a percentage from 0 to 100: got {Cell.SaturatedCpuPressure}");
         foreach (var network in Cell.AdminNetworks)
         {
             try { IpNetworks.Parse(network); }
@@ -322,6 +325,12 @@ public sealed record CellSettings
     /// CloneSettle.MostWait later; zero: at once). docs/ha.md, "A new replica's clone".
     /// </summary>
     public TimeSpan CloneSettle { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>
+    /// Work that can wait (warm pool fills, new clusters' first base backups, new asynchronous replicas' clones) also
+    /// waits while the host's CPU pressure (Linux PSI, `some avg10`) is at least this percent, within each one's longest
+    /// wait; 0 turns the check off.
+    /// </summary>
+    public double SaturatedCpuPressure { get; init; } = 50;
     /// <summary>`dingo.cell.docker`: used when Runtime is "docker".</summary>
     public DockerSettings Docker { get; init; } = new();
     /// <summary>

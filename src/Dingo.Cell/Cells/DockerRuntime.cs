@@ -69,6 +69,8 @@ public sealed record DockerRuntimeOptions(string CellId, DockerSettings Docker)
     /// warm pool).
     /// </summary>
     public int WarmPool { get; init; }
+    /// <summary>dingo.cell.saturated-cpu-pressure: work that can wait also waits while the host's CPU pressure is this high (0: off).</summary>
+    public double SaturatedCpuPressure { get; init; }
 }
 
 /// <summary>
@@ -203,6 +205,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
         ArgumentNullException.ThrowIfNull(options);
         options.Docker.Validate();
         _options = options;
+        _work = new NodeWork(CpuPressure.Some10, options.SaturatedCpuPressure);
         _docker = options.Docker;
         _logger = logger;
         _user = _docker.UserIds();
@@ -634,7 +637,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     internal const string WarmPrefix = "dingo-_warm-";
     private readonly SemaphoreSlim _warmLock = new(1, 1);
     private readonly SemaphoreSlim _fillGate = new(1, 1);
-    private readonly NodeWork _work = new();
+    private readonly NodeWork _work;
 
     public bool NodeWorkQuietFor(TimeSpan span) => _work.QuietFor(span);
 

@@ -33,6 +33,8 @@ public sealed record LocalProcessRuntimeOptions(
     /// cluster's first node takes one instead of running initdb. 0: none.
     /// </summary>
     public int WarmPool { get; init; }
+    /// <summary>dingo.cell.saturated-cpu-pressure: work that can wait also waits while the host's CPU pressure is this high (0: off).</summary>
+    public double SaturatedCpuPressure { get; init; }
 }
 
 /// <summary>
@@ -73,6 +75,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         if (!OperatingSystem.IsLinux())
             throw NotLinux();
         _options = options;
+        _work = new NodeWork(CpuPressure.Some10, options.SaturatedCpuPressure);
         _logger = logger;
         _dataRoot = Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.DataRoot));
     }
@@ -214,7 +217,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
     private string WarmRoot => Path.Combine(_dataRoot, "@warm");
     private const string WarmReady = "ready";
     private readonly SemaphoreSlim _warmLock = new(1, 1);
-    private readonly NodeWork _work = new();
+    private readonly NodeWork _work;
 
     public bool NodeWorkQuietFor(TimeSpan span) => _work.QuietFor(span);
 

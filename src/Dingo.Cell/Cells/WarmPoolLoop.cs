@@ -10,7 +10,7 @@ namespace Dingo.Cells;
 /// Within it, the work an application may be waiting for (everything but a clone and a replica's start): what a new
 /// asynchronous replica's clone waits behind (<see cref="Dingo.Ha.CloneSettle"/>).
 /// </summary>
-internal sealed class NodeWork
+internal sealed class NodeWork(Func<double?>? cpuPressure = null, double saturatedPercent = 0)
 {
     private int _running;
     private long _last;
@@ -35,11 +35,33 @@ internal sealed class NodeWork
         if (serving) Interlocked.Exchange(ref _servingLast, now);
     }
 
-    /// <summary>No node work running, and none begun or ended within <paramref name="span"/>.</summary>
-    public bool QuietFor(TimeSpan span) => Quiet(ref _running, ref _last, span);
+    /// <summary>
+    /// No node work running, none begun or ended within <paramref name="span"/>, and the host's CPUs not saturated
+    /// (<see cref="CpuPressure"/> at or above dingo.cell.saturated-cpu-pressure).
+    /// </summary>
+    public bool QuietFor(TimeSpan span) => Quiet(ref _running, ref _last, span) && !Saturated();
 
-    /// <summary>No work an application may be waiting for running, and none begun or ended within <paramref name="span"/>.</summary>
-    public bool ServingQuietFor(TimeSpan span) => Quiet(ref _servingRunning, ref _servingLast, span);
+    /// <summary>
+    /// No work an application may be waiting for running, none begun or ended within <paramref name="span"/>, and the
+    /// host's CPUs not saturated.
+    /// </summary>
+    public bool ServingQuietFor(TimeSpan span) => Quiet(ref _servingRunning, ref _servingLast, span) && !Saturated();
+
+    /// <summary>What the last look at the host's CPU pressure found (percent; null: not looked at, or not known).</summary>
+    public double? LastPressure { get; private set; }
+
+    /// <summary>
+    /// A cell's own work is not all that loads its host: the binds, first sessions and preparations of the primaries it
+    /// started go on after their starts, and other cells' nodes share the machine. While the host's tasks wait for a CPU
+    /// most of the time, work that can wait still waits.
+    /// </summary>
+    private bool Saturated()
+    {
+        if (saturatedPercent <= 0 || cpuPressure is null) return false;
+        var pressure = cpuPressure();
+        LastPressure = pressure;
+        return pressure >= saturatedPercent;
+    }
 
     private static bool Quiet(ref int running, ref long last, TimeSpan span)
     {
@@ -110,5 +132,39 @@ internal static class WarmPoolLoop
                 catch (OperationCanceledException) { return; }
             }
         }
+    }
+}
+
+/// <summary>
+/// The host's CPU pressure (Linux pressure stall information, /proc/pressure/cpu): the share of the last 10 s in which
+/// at least one runnable task waited for a CPU. Null where the kernel does not offer it (then only the cell's own node
+/// work counts).
+/// </summary>
+internal static class CpuPressure
+{
+    private const string File = "/proc/pressure/cpu";
+
+    public static double? Some10()
+    {
+        try
+        {
+            using var reader = new StreamReader(File);
+            return Parse(reader.ReadLine());
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    /// <param name="line">the file's first line: <c>some avg10=12.34 avg60=… avg300=… total=…</c></param>
+    internal static double? Parse(string? line)
+    {
+        if (line is null || !line.StartsWith("some ", StringComparison.Ordinal)) return null;
+        foreach (var field in line.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            if (field.StartsWith("avg10=", StringComparison.Ordinal)
+                && double.TryParse(field.AsSpan(6), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var value))
+                return value;
+        return null;
     }
 }

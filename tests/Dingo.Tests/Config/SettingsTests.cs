@@ -24,6 +24,7 @@ public sealed class SettingsTests
         Assert.Equal(TimeSpan.FromSeconds(5), b.FirstBackupSettle);
         // A new asynchronous replica clones once its cell has started no primary for 5 s (docs/ha.md).
         Assert.Equal(TimeSpan.FromSeconds(5), s.Cell.CloneSettle);
+        Assert.Equal(50, s.Cell.SaturatedCpuPressure);
         Assert.Equal((TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(2)), (s.Ha.Ttl, s.Ha.ReleaseDeadLeaderAfter));
         // A quiet node passes every 10 s (Patroni's loop_wait) under a lease of three of those.
         Assert.Equal((TimeSpan.FromSeconds(10), TimeSpan.FromSeconds(30)), (s.Ha.IdleLoopWait, s.Ha.AloneTtl));
@@ -63,7 +64,8 @@ public sealed class SettingsTests
     [InlineData("dingo.backups.base-backup-interval = 5s", "dingo.backups.base-backup-interval")]
     [InlineData("dingo.backups.first-backup-settle = 31s", "dingo.backups.first-backup-settle")]
     [InlineData("dingo.cell.clone-settle = 31s", "dingo.cell.clone-settle")]
-    [InlineData("dingo.cell.clone-settle = -1s", "dingo.cell.clone-settle")]
+    [InlineData("dingo.cell.saturated-cpu-pressure = 101", "dingo.cell.saturated-cpu-pressure")]
+    [InlineData("dingo.cell.saturated-cpu-pressure = -5", "dingo.cell.saturated-cpu-pressure")]
     [InlineData("dingo.etcd.endpoints = [\"https://10.0.0.1:2379\"]", "dingo.etcd.tls.ca-file")]
     [InlineData("dingo.etcd.endpoints = [\"https://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\ndingo.etcd.tls.ca-file = \"/ca.pem\"", "mixes https:// and plain")]
     [InlineData("dingo.etcd.tls.ca-file = \"/ca.pem\"", "dingo.etcd.tls is set but dingo.etcd.endpoints are not https://")]

@@ -93,8 +93,9 @@ public sealed class TestPlatform : IAsyncDisposable
               # No warm pool: dozens of platforms each filling one would cost the suite a minute of initdb (WarmPoolTests
               # and LifecycleTests' warm provision cover it).
               # Replicas clone at once: tests wait for them on cells busy with other tests' nodes (CloneSettleTests
-              # covers the wait).
-              cell { reconcile-interval = 500ms, lease-ttl = 6s, health-port = 0, warm-pool = 0, clone-settle = 0s }
+              # covers the wait). Nothing waits for the CPU pressure: the suite keeps the machine's cores full
+              # (CpuPressureTests covers the check).
+              cell { reconcile-interval = 500ms, lease-ttl = 6s, health-port = 0, warm-pool = 0, clone-settle = 0s, saturated-cpu-pressure = 0 }
               # First base backups at once: tests wait for them on cells that are busy with other tests' nodes
               # (FirstBackupSettleTests covers the wait).
               backups.first-backup-settle = 0s
