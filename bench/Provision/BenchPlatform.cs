@@ -63,7 +63,16 @@ internal sealed class BenchPlatform : IAsyncDisposable
         var platform = await TestPlatform.StartAsync(cells: 0, settings, ct);
         for (var i = 1; i <= 3; i++) platform.StartCellProcess(i);
         var bench = new BenchPlatform(platform, settings, runtime, warmPool);
-        await bench.WaitForCellsAsync(3, ct);
+        try
+        {
+            await bench.WaitForCellsAsync(3, ct);
+        }
+        catch
+        {
+            // Its cells are this run's to stop: left running, they held the run's lock and ports after it ended.
+            await bench.DisposeAsync();
+            throw;
+        }
         return bench;
     }
 
