@@ -6,7 +6,7 @@ namespace Dingo.Broker;
 /// <summary>
 /// Instances with an operation in progress, as one broker knows them: the operations it accepted, and every operation in
 /// progress in etcd at the last sweep (<see cref="OperationSweeper"/>, every 2 s). <see cref="StatusWatch"/> passes their
-/// nodes' changes on at once; an instance missing here is passed on at its actor's next look (300 ms), as before.
+/// nodes' changes on at once; an instance missing here is passed on at its actor's next look (every second).
 /// </summary>
 public sealed class OperationsInProgress
 {

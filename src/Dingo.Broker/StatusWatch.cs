@@ -8,8 +8,8 @@ namespace Dingo.Broker;
 /// Passes a node's change on to its instance's actor the moment the node's cell reports it, while the instance has an
 /// operation in progress: the actor of a provision looked again every 300 ms, so a new primary that served waited 150 ms
 /// on average (up to 300) before last_operation said succeeded (bench/Provision). One etcd watch on the nodes' reports;
-/// only a change of what a decision reads (state, role, streaming, writable) counts, not a new lag or detail. A change
-/// missed while the watch reconnects is seen at the actor's next look, as before.
+/// only a change of what a decision reads (state, role, streaming, writable, the report's removal) counts, not a new lag
+/// or detail. A change missed while the watch reconnects is seen at the actor's next look (every second).
 /// </summary>
 /// <param name="inProgress">whether an instance has an operation in progress (<see cref="OperationsInProgress"/>)</param>
 /// <param name="poke">asks the instance's actor for a pass now (<see cref="InstanceService.Poke"/>)</param>
@@ -33,7 +33,9 @@ public sealed class StatusWatch(EtcdStore store, Func<string, bool> inProgress, 
             var instanceId = rest[..slash];
             if (change.Value is null)
             {
+                // A report gone: its node was stopped and its data deleted, what a deletion's pass waits for.
                 _seen.TryRemove(change.Key, out _);
+                if (inProgress(instanceId)) (wake ??= new HashSet<string>(StringComparer.Ordinal)).Add(instanceId);
                 continue;
             }
             NodeStatus? status;

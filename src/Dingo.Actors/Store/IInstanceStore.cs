@@ -20,6 +20,12 @@ public interface IInstanceStore
     /// <summary>Every key under the prefix, in key order, decoded from JSON.</summary>
     Task<IReadOnlyList<Versioned<T>>> ListAsync<T>(string prefix, CancellationToken ct);
 
+    /// <summary>
+    /// Whole prefixes and single keys in one round trip, all at one revision: each prefix's key-values as stored (in key
+    /// order), then each key's (null when absent). A single key is read as itself, never as a prefix.
+    /// </summary>
+    Task<EtcdStore.ManyRead> ReadManyRawAsync(IReadOnlyList<string> prefixes, IReadOnlyList<string> keys, CancellationToken ct);
+
     /// <summary>Writes the value as JSON, unconditionally, under the lease when one is given.</summary>
     Task PutAsync<T>(string key, T value, CancellationToken ct, long lease = 0);
 

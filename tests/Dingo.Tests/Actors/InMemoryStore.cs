@@ -63,6 +63,18 @@ internal sealed class InMemoryStore(string root = "/dingo-test") : IInstanceStor
         return List<T>(prefix);
     }
 
+    public async Task<EtcdStore.ManyRead> ReadManyRawAsync(IReadOnlyList<string> prefixes, IReadOnlyList<string> keys, CancellationToken ct)
+    {
+        await EnterAsync(nameof(ReadManyRawAsync), ct).ConfigureAwait(false);
+        lock (_gate)
+        {
+            return new EtcdStore.ManyRead(
+                prefixes.Select(p => (IReadOnlyList<Versioned<string>>)InRange(p, EtcdStore.RangeEnd(p)).Select(key => Raw(key, _kvs[key])).ToList()).ToList(),
+                keys.Select(key => _kvs.TryGetValue(key, out var entry) ? Raw(key, entry) : null).ToList(),
+                0);
+        }
+    }
+
     public async Task PutAsync<T>(string key, T value, CancellationToken ct, long lease = 0)
     {
         await EnterAsync(nameof(PutAsync), ct).ConfigureAwait(false);
@@ -106,6 +118,8 @@ internal sealed class InMemoryStore(string root = "/dingo-test") : IInstanceStor
         ct.ThrowIfCancellationRequested();
         if (BeforeCall is { } hook) await hook(call, ct).ConfigureAwait(false);
     }
+
+    private static Versioned<string> Raw(string key, Entry entry) => new(key, entry.Value, entry.ModRevision) { Lease = entry.Lease };
 
     private static Versioned<T> Decode<T>(string key, Entry entry) =>
         EtcdStore.Decode<T>(new Versioned<string>(key, entry.Value, entry.ModRevision) { Lease = entry.Lease });

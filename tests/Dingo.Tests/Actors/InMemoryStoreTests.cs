@@ -95,6 +95,24 @@ public abstract class StoreContract
     }
 
     [Fact]
+    public async Task Prefixes_and_keys_read_together_come_back_in_order_and_a_key_is_never_read_as_a_prefix()
+    {
+        foreach (var name in new[] { "n/a1/x", "n/a1/y", "n/a10/z", "s/a1", "s/a10", "t" }) await Store.PutAsync(K(name), name, None);
+        var written = (await Store.GetAsync<string>(K("t"), None))!.ModRevision;
+
+        var read = await Store.ReadManyRawAsync([K("n/a1/"), K("empty/")], [K("s/a1"), K("s/a"), K("t")], None);
+
+        Assert.Equal(2, read.Prefixes.Count);
+        Assert.Equal(["\"n/a1/x\"", "\"n/a1/y\""], read.Prefixes[0].Select(v => v.Value));
+        Assert.Empty(read.Prefixes[1]);
+        Assert.Equal(K("n/a1/x"), read.Prefixes[0][0].Key);
+        Assert.Equal("\"s/a1\"", read.Keys[0]!.Value);
+        Assert.Null(read.Keys[1]); // "s/a" names no key, though keys start with it
+        Assert.Equal(written, read.Keys[2]!.ModRevision);
+        Assert.Equal("t", EtcdStore.Decode<string>(read.Keys[2]!).Value);
+    }
+
+    [Fact]
     public async Task A_key_put_under_a_lease_names_it_and_a_lease_never_granted_is_refused()
     {
         var lease = await Store.GrantLeaseAsync(TimeSpan.FromMinutes(5), None);

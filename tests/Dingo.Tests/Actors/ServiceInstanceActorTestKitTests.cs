@@ -201,4 +201,41 @@ public sealed class ServiceInstanceActorTestKitTests() : TestKit(BrokerConfig)
         await UntilAsync(() => Operation(id).Description == $"waiting for cell-1 to take node {Nodes(id)[0].NodeId}");
         Assert.Contains(id, await EntitiesAsync(region));
     }
+
+    /// <summary>
+    /// A pass reads everything it decides on in one call of the store (the instance, its operation, nodes, reports, leader
+    /// and backup keys, the cells): eight reads one after another before, for every in-progress instance three times a
+    /// second, three quarters of what etcd served in a burst of provisions. A pass that only waits writes nothing.
+    /// </summary>
+    [Fact]
+    public async Task A_pass_reads_the_store_once_and_one_that_only_waits_writes_nothing()
+    {
+        RegisterCell("cell-1", "z1");
+        RegisterCell("cell-2", "z2");
+        var id = RequestInstance(Catalog.ClusterPlanId, 2);
+        var reconciler = new Dingo.Instances.InstanceReconciler(_store, _settings, NullLogger.Instance);
+
+        Assert.IsType<InstanceDecision.PlaceNode>(await reconciler.RunPassAsync(id, None));
+        Assert.IsType<InstanceDecision.PlaceNode>(await reconciler.RunPassAsync(id, None));
+        Assert.Equal(2, Nodes(id).Count);
+        var first = Nodes(id).OrderBy(n => n.CreatedAt).First();
+        // The first wait is recorded (the operation's description changes); the same wait again is not.
+        Assert.IsType<InstanceDecision.Wait>(await reconciler.RunPassAsync(id, None));
+        var revision = _store.Revision;
+        var calls = _store.Calls;
+        var waiting = Assert.IsType<InstanceDecision.Wait>(await reconciler.RunPassAsync(id, None));
+        Assert.Equal(1, _store.Calls - calls);
+        Assert.Equal(revision, _store.Revision);
+        Assert.Equal(waiting.Description, Operation(id).Description);
+
+        // What the one read sees decides as the separate reads did: both nodes running, the primary holding the leader key.
+        foreach (var node in Nodes(id)) ReportRunning(node, primary: node.NodeId == first.NodeId);
+        Assert.IsType<InstanceDecision.Succeed>(await reconciler.RunPassAsync(id, None));
+        Assert.Equal(OperationState.Succeeded, Operation(id).State);
+
+        // An instance gone: no decision, after the one read.
+        calls = _store.Calls;
+        Assert.Null(await reconciler.RunPassAsync("i-missing", None));
+        Assert.Equal(1, _store.Calls - calls);
+    }
 }

@@ -9,7 +9,7 @@ namespace Dingo.Tests.Broker;
 /// <summary>
 /// A node's change reaches its instance's actor at once while the instance has an operation in progress (StatusWatch, on
 /// a real etcd): a new report of a node, a change of its state, role, streaming or writability; not a report that only
-/// moved its position or detail, nor a node of an instance at rest.
+/// moved its position or detail, nor a node of an instance at rest. A report removed is passed on too.
 /// </summary>
 public sealed class StatusWatchTests
 {
@@ -61,6 +61,12 @@ public sealed class StatusWatchTests
         await store.PutAsync(k.Status("busy", "n-1"), Status("busy", "n-1", NodeState.Running, NodeRole.Replica, lsn: 42), ct);
         Assert.Equal("busy", await NextPokeAsync());
         Assert.False(poked.TryTake(out var extra, TimeSpan.FromMilliseconds(500)), $"passed on {extra}: nothing else changed what a decision reads");
+
+        // Its report removed (its cell stopped it and deleted its data, what a deletion's pass waits for): passed on.
+        await store.DeleteAsync(k.Status("idle", "n-9"), ct);
+        await store.DeleteAsync(k.Status("busy", "n-1"), ct);
+        Assert.Equal("busy", await NextPokeAsync());
+        Assert.False(poked.TryTake(out extra, TimeSpan.FromMilliseconds(500)), $"passed on {extra}: only one report of an instance at work went");
 
         // An operation seen ending at a sweep: its nodes' changes are no longer passed on.
         inProgress.Are([], System.Diagnostics.Stopwatch.GetTimestamp());
