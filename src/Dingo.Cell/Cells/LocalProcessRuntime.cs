@@ -262,12 +262,28 @@ public sealed class LocalProcessRuntime : IContainerRuntime
             Directory.Delete(entry, recursive: true);
             throw new InvalidOperationException($"initdb failed with exit code {result.ExitCode}: {LastLines(result.StdErr)}");
         }
-        // initdb fsynced its files itself (background): the ready file is written last, then its folder flushed.
+        // As the Docker runtime's fill: the application database (every instance's is the record's default) made here,
+        // where it costs a provision nothing (the first primary's preparation made it, a copy of template1 through the WAL),
+        // then the WAL moved on to a new segment: a new primary's archiver starts at the segment it writes in, and the
+        // 11.5 MB of WAL initdb and that copy wrote (of no use to any restore: none comes before the first base backup)
+        // stay behind. Single-user mode, as a claim's password: no listener, nothing logged.
+        var made = await RunToolWithInputAsync(identity, "postgres", entry, ct, null, $"CREATE DATABASE \"{WarmDatabase}\"\nSELECT pg_switch_wal()\n",
+            ["--single", "-D", pgData, "-c", "log_min_error_statement=panic", "-c", "log_statement=none", "postgres"], background: true);
+        if (made.ExitCode != 0 || made.StdErr.Contains("ERROR", StringComparison.Ordinal) || made.StdErr.Contains("FATAL", StringComparison.Ordinal))
+        {
+            Directory.Delete(entry, recursive: true);
+            throw new InvalidOperationException($"a warm data directory could not take the application database (exit {made.ExitCode}): {LastLines(made.StdErr)}");
+        }
+        // initdb fsynced its files itself (background), the single-user session its checkpoint: the ready file is written
+        // last, then its folder flushed.
         await File.WriteAllTextAsync(Path.Combine(entry, WarmReady), DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture) + "\n", ct);
         AtomicFile.FlushFolder(entry);
         _logger.LogDebug("warm pool: {Count} of {Size} ready", WarmCount(), _options.WarmPool);
         return true;
     }
+
+    /// <summary>The application database a warm entry holds: every instance's, the record's default.</summary>
+    internal const string WarmDatabase = "dingo";
 
     /// <summary>Moves a ready entry into the node's folder and gives it the node's superuser password; false when none could be.</summary>
     private async Task<bool> TryClaimWarmAsync(NodeLaunchSpec spec, NodePaths paths, RunIdentity identity, CancellationToken ct)

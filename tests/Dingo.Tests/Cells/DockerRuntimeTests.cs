@@ -345,6 +345,8 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         // the application database, made with the entry so that the first primary's preparation need not.
         await NodeSql.AssertSeparateClustersAsync(a, b);
         Assert.Equal("dingo", await NodeSql.ScalarAsync(a, a.Superuser, "SELECT string_agg(datname, ',') FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')"));
+        // Its WAL went on past the segment initdb and that database filled: the archiver of a new primary starts there.
+        Assert.Equal(true, await NodeSql.ScalarAsync(a, a.Superuser, "SELECT pg_current_wal_lsn() >= '0/2000000'::pg_lsn"));
         await NodeSql.ScalarAsync(a, a.Superuser, "CREATE TABLE t AS SELECT 'kept'::text AS v");
 
         // What a crash leaves: an entry volume whose initdb never finished (no marker), and the marker of an entry a node

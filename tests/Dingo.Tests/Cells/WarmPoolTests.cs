@@ -9,7 +9,8 @@ namespace Dingo.Tests.Cells;
 
 /// <summary>
 /// The process runtime's warm pool against real PostgreSQL 15: a new node takes an initialised data directory instead
-/// of running initdb, with the node's own superuser password and its own system identifier, never another's; the pool
+/// of running initdb (and the application database, its WAL moved on to a new segment), with the node's own superuser
+/// password and its own system identifier, never another's; the pool
 /// is filled again, half-made entries are removed, no node is listed for it, and a node whose superuser has another
 /// name runs initdb as before.
 /// </summary>
@@ -64,9 +65,11 @@ public sealed class WarmPoolTests(ITestOutputHelper output) : IAsyncLifetime
         }
 
         // Each logs in with its own password only, and has its own system identifier; no role but initdb's, and no
-        // database a pool could have left behind.
+        // database but initdb's and the application's, made with the entry so that the first primary's preparation need not.
         await NodeSql.AssertSeparateClustersAsync(a, b);
-        Assert.Equal(3L, await NodeSql.ScalarAsync(a, a.Superuser, "SELECT count(*) FROM pg_database"));
+        Assert.Equal("dingo", await NodeSql.ScalarAsync(a, a.Superuser, "SELECT string_agg(datname, ',') FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')"));
+        // Its WAL went on past the segment initdb and that database filled: the archiver of a new primary starts there.
+        Assert.Equal(true, await NodeSql.ScalarAsync(a, a.Superuser, "SELECT pg_current_wal_lsn() >= '0/2000000'::pg_lsn"));
 
         // Filled again; a half-made entry (initdb killed) is removed on the way.
         var half = Path.Combine(_root, "@warm", "half-made");
