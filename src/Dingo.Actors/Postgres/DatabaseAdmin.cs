@@ -45,45 +45,75 @@ public static class DatabaseAdmin
     {
         // Opens of 15 s (the step's own deadline bounds them): a new primary on a saturated machine took longer than 5 s to
         // fork and authenticate a session, and its preparation failed pass after pass (bench/Provision's Docker burst).
-        await using (var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, "postgres", openSeconds: 15)))
+        // One session, to the application database, does it all where that database exists (a warm pool's entry brings it,
+        // as a restore or a clone does): a session to postgres first, then one to it, was a second fork, TLS handshake and
+        // SCRAM exchange in the step every new primary runs before it serves. Only a cluster's very first node without
+        // one makes it, from a session to postgres (a session needs a database that exists; CREATE DATABASE cannot run in a
+        // transaction).
+        var app = await OpenAppDatabaseAsync(host, port, superuser, database, ct).ConfigureAwait(false);
+        if (app is null)
         {
-            await conn.OpenAsync(ct).ConfigureAwait(false);
-            await ExecAsync(conn, "SET synchronous_commit = local", ct).ConfigureAwait(false);
-            // CREATE DATABASE cannot run in a transaction; everything else commits once (one WAL flush, not one a statement:
-            // each was a flush on a saturated machine's disk, in the step every new primary runs before it serves).
-            if (!await ExistsAsync(conn, "SELECT 1 FROM pg_database WHERE datname = $1", database, ct).ConfigureAwait(false))
-                await ExecAsync(conn, $"CREATE DATABASE \"{database}\"", ct).ConfigureAwait(false);
-            await using var tx = await conn.BeginTransactionAsync(ct).ConfigureAwait(false);
-            if (!await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", OwnerRole, ct).ConfigureAwait(false))
-                await ExecAsync(conn, $"CREATE ROLE {OwnerRole} NOLOGIN", ct).ConfigureAwait(false);
+            await using (var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, "postgres", openSeconds: 15)))
+            {
+                await conn.OpenAsync(ct).ConfigureAwait(false);
+                await ExecAsync(conn, "SET synchronous_commit = local", ct).ConfigureAwait(false);
+                if (!await ExistsAsync(conn, "SELECT 1 FROM pg_database WHERE datname = $1", database, ct).ConfigureAwait(false))
+                    await ExecAsync(conn, $"CREATE DATABASE \"{database}\"", ct).ConfigureAwait(false);
+            }
+            app = await OpenAppDatabaseAsync(host, port, superuser, database, ct).ConfigureAwait(false)
+                  ?? throw new InvalidOperationException($"database {database} is missing right after it was created");
+        }
+        await using (app)
+        {
+            await ExecAsync(app, "SET synchronous_commit = local", ct).ConfigureAwait(false);
+            // Everything commits once (one WAL flush, not one a statement: each was a flush on a saturated machine's disk).
+            await using var tx = await app.BeginTransactionAsync(ct).ConfigureAwait(false);
+            if (!await ExistsAsync(app, "SELECT 1 FROM pg_roles WHERE rolname = $1", OwnerRole, ct).ConfigureAwait(false))
+                await ExecAsync(app, $"CREATE ROLE {OwnerRole} NOLOGIN", ct).ConfigureAwait(false);
             // Owned by the platform (databases made by older versions belonged to the owner role, which let every binding
             // drop or rename them): the owner role keeps what an application needs, CONNECT, TEMPORARY and CREATE (schemas,
             // trusted extensions).
-            await ExecAsync(conn, $"ALTER DATABASE \"{database}\" OWNER TO \"{superuser.Username}\"", ct).ConfigureAwait(false);
-            await ExecAsync(conn, $"REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC", ct).ConfigureAwait(false);
-            await ExecAsync(conn, $"GRANT CONNECT, TEMPORARY, CREATE ON DATABASE \"{database}\" TO {OwnerRole}", ct).ConfigureAwait(false);
+            await ExecAsync(app, $"ALTER DATABASE \"{database}\" OWNER TO \"{superuser.Username}\"", ct).ConfigureAwait(false);
+            await ExecAsync(app, $"REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC", ct).ConfigureAwait(false);
+            await ExecAsync(app, $"GRANT CONNECT, TEMPORARY, CREATE ON DATABASE \"{database}\" TO {OwnerRole}", ct).ConfigureAwait(false);
             // Bindings reach only the application database: not the platform's own, not the template new ones copy.
             foreach (var other in new[] { "postgres", "template1" })
-                if (other != database) await ExecAsync(conn, $"REVOKE CONNECT, TEMPORARY, CREATE ON DATABASE {other} FROM PUBLIC", ct).ConfigureAwait(false);
+                if (other != database) await ExecAsync(app, $"REVOKE CONNECT, TEMPORARY, CREATE ON DATABASE {other} FROM PUBLIC", ct).ConfigureAwait(false);
             if (replication is not null)
             {
                 CheckSafe(replication.Username);
                 CheckSafe(replication.Password);
                 var attributes = $"LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{replication.Password}'";
-                if (await ExistsAsync(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", replication.Username, ct).ConfigureAwait(false))
-                    await ExecAsync(conn, $"ALTER ROLE {replication.Username} {attributes}", ct).ConfigureAwait(false);
+                if (await ExistsAsync(app, "SELECT 1 FROM pg_roles WHERE rolname = $1", replication.Username, ct).ConfigureAwait(false))
+                    await ExecAsync(app, $"ALTER ROLE {replication.Username} {attributes}", ct).ConfigureAwait(false);
                 else
-                    await ExecAsync(conn, $"CREATE ROLE {replication.Username} {attributes}", ct).ConfigureAwait(false);
+                    await ExecAsync(app, $"CREATE ROLE {replication.Username} {attributes}", ct).ConfigureAwait(false);
             }
-            await tx.CommitAsync(ct).ConfigureAwait(false);
-        }
-        // The public schema belonged to the database's owner (pg_database_owner): it stays the applications' schema.
-        await using (var app = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database, openSeconds: 15)))
-        {
-            await app.OpenAsync(ct).ConfigureAwait(false);
-            await ExecAsync(app, "SET synchronous_commit = local", ct).ConfigureAwait(false);
+            // The public schema belonged to the database's owner (pg_database_owner): it stays the applications' schema.
             if (await ExistsAsync(app, "SELECT 1 FROM pg_namespace WHERE nspname = $1", "public", ct).ConfigureAwait(false))
                 await ExecAsync(app, $"ALTER SCHEMA public OWNER TO {OwnerRole}", ct).ConfigureAwait(false);
+            await tx.CommitAsync(ct).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>An open session to the application database; null when it does not exist (yet).</summary>
+    private static async Task<NpgsqlConnection?> OpenAppDatabaseAsync(string host, int port, Credentials superuser, string database, CancellationToken ct)
+    {
+        var conn = PlatformConnectionTls.Connection(ConnectionString(host, port, superuser, database, openSeconds: 15));
+        try
+        {
+            await conn.OpenAsync(ct).ConfigureAwait(false);
+            return conn;
+        }
+        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.InvalidCatalogName)
+        {
+            await conn.DisposeAsync().ConfigureAwait(false);
+            return null;
+        }
+        catch
+        {
+            await conn.DisposeAsync().ConfigureAwait(false);
+            throw;
         }
     }
 
