@@ -76,7 +76,7 @@ public sealed class InstanceReconciler(IInstanceStore store, DingoSettings setti
     /// second, and in a burst of 20 provisions (bench/Provision) the broker's passes were three quarters of every call
     /// etcd served, 300 a second. One read also sees the nodes, their reports and the leader key as they stood together.
     /// </summary>
-    internal async Task<(InstanceSnapshot Snapshot, long InstanceRevision)?> ReadSnapshotAsync(string instanceId, CancellationToken ct)
+    private async Task<(InstanceSnapshot Snapshot, long InstanceRevision)?> ReadSnapshotAsync(string instanceId, CancellationToken ct)
     {
         var keys = store.Keys;
         var read = await store.ReadManyRawAsync(

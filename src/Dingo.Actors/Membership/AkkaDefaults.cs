@@ -39,16 +39,13 @@ public static class AkkaDefaults
     // allows 3 s); the passes of cells, nodes and instances wait on .NET timers (PassActor), which are not ticked.
     //
     // For(settings) adds the etcd endpoints and key prefix the lease uses.
-    public const string Hocon = """
+    public const string Hocon = Remoting + """
         akka.loglevel = WARNING
         akka.scheduler.tick-duration = 100ms
         akka.stdout-loglevel = WARNING
         akka.cluster.log-info = off
         akka.remote.log-remote-lifecycle-events = off
         akka.cluster.run-coordinated-shutdown-when-down = off
-        akka.remote.dot-netty.tcp.connection-timeout = 3s
-        akka.remote.retry-gate-closed-for = 2s
-        akka.remote.use-passive-connections = off
         akka.cluster.downing-provider-class = "Akka.Cluster.SBR.SplitBrainResolverProvider, Akka.Cluster"
         akka.cluster.split-brain-resolver {
           active-strategy = lease-majority
@@ -76,6 +73,17 @@ public static class AkkaDefaults
         # The host stops the actor system after its own services have wound down in order (a cell's nodes first
         # hand over leadership); Akka must not race it from its own SIGTERM hook.
         akka.coordinated-shutdown.run-by-clr-shutdown-hook = off
+        """;
+
+    /// <summary>
+    /// The remoting timings of every member (the connection timeout, the retry gate, no passive connections; see above):
+    /// part of <see cref="Hocon"/>, and on their own for a test's actor system that takes no lease.
+    /// </summary>
+    public const string Remoting = """
+        akka.remote.dot-netty.tcp.connection-timeout = 3s
+        akka.remote.retry-gate-closed-for = 2s
+        akka.remote.use-passive-connections = off
+
         """;
 
     /// <summary>The shared settings plus where the split-brain lease lives (this platform's etcd and prefix).</summary>

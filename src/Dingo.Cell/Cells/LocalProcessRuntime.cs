@@ -267,8 +267,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         // then the WAL moved on to a new segment: a new primary's archiver starts at the segment it writes in, and the
         // 11.5 MB of WAL initdb and that copy wrote (of no use to any restore: none comes before the first base backup)
         // stay behind. Single-user mode, as a claim's password: no listener, nothing logged.
-        var made = await RunToolWithInputAsync(identity, "postgres", entry, ct, null, $"CREATE DATABASE \"{WarmDatabase}\"\nSELECT pg_switch_wal()\n",
-            ["--single", "-D", pgData, "-c", "log_min_error_statement=panic", "-c", "log_statement=none", "postgres"], background: true);
+        var made = await SingleUserAsync(identity, entry, pgData, $"CREATE DATABASE \"{WarmDatabase}\"\nSELECT pg_switch_wal()\n", ct, background: true);
         if (made.ExitCode != 0 || made.StdErr.Contains("ERROR", StringComparison.Ordinal) || made.StdErr.Contains("FATAL", StringComparison.Ordinal))
         {
             Directory.Delete(entry, recursive: true);
@@ -281,6 +280,14 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         _logger.LogDebug("warm pool: {Count} of {Size} ready", WarmCount(), _options.WarmPool);
         return true;
     }
+
+    /// <summary>
+    /// Statements run in single-user mode on a data directory that is not serving: no listener, no authentication, the
+    /// statements over stdin and none of them logged.
+    /// </summary>
+    private Task<ProcessResult> SingleUserAsync(RunIdentity identity, string workDir, string pgData, string statements, CancellationToken ct, bool background = false) =>
+        RunToolWithInputAsync(identity, "postgres", workDir, ct, null, statements,
+            ["--single", "-D", pgData, "-c", "log_min_error_statement=panic", "-c", "log_statement=none", "postgres"], background);
 
     /// <summary>The application database a warm entry holds: every instance's, the record's default.</summary>
     internal const string WarmDatabase = "dingo";
@@ -317,9 +324,7 @@ public sealed class LocalProcessRuntime : IContainerRuntime
         // Single-user mode: no listener, no authentication; the statement arrives over stdin and no statement is logged.
         var role = spec.Superuser.Username.Replace("\"", "\"\"", StringComparison.Ordinal);
         var password = spec.Superuser.Password.Replace("'", "''", StringComparison.Ordinal);
-        var result = await RunToolWithInputAsync(identity, "postgres", paths.NodeDir, ct, null,
-            $"ALTER ROLE \"{role}\" PASSWORD '{password}'\n",
-            ["--single", "-D", paths.PgData, "-c", "log_min_error_statement=panic", "-c", "log_statement=none", "postgres"]);
+        var result = await SingleUserAsync(identity, paths.NodeDir, paths.PgData, $"ALTER ROLE \"{role}\" PASSWORD '{password}'\n", ct);
         if (result.ExitCode == 0 && !result.StdErr.Contains("ERROR", StringComparison.Ordinal)) return true;
         _logger.LogWarning("Node {NodeId}: a warm data directory could not take the instance's password (exit {Code}): {Error}; running initdb instead",
             spec.NodeId, result.ExitCode, LastLines(result.StdErr));

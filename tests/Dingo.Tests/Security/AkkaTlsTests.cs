@@ -195,7 +195,7 @@ public sealed class AkkaTlsTests(TlsBroker broker, ITestOutputHelper output) : I
 
     /// <summary>
     /// A cluster member system like a cell's (role cell), with TLS when <paramref name="tls"/> is given, and the
-    /// product's remoting timings (AkkaDefaults). With Akka's own (a 15 s connection timeout, passive connections) the
+    /// product's remoting timings (AkkaDefaults.Remoting). With Akka's own (a 15 s connection timeout, passive connections) the
     /// member's join to a broker slow to answer on a loaded machine stayed pending, the member stashed the broker's
     /// association back meanwhile, the broker's 3 s handshake timed out twice, and the member was not Up within 20 s
     /// (fresh308).
@@ -205,10 +205,8 @@ public sealed class AkkaTlsTests(TlsBroker broker, ITestOutputHelper output) : I
         var loaded = tls is null ? null : AkkaTls.Load(tls);
         var config = ConfigurationFactory.ParseString($$"""
             {{(loaded is null ? "" : AkkaTls.Hocon)}}
+            {{AkkaDefaults.Remoting}}
             akka.actor.provider = cluster
-            akka.remote.dot-netty.tcp.connection-timeout = 3s
-            akka.remote.retry-gate-closed-for = 2s
-            akka.remote.use-passive-connections = off
             akka.remote.dot-netty.tcp { hostname = "127.0.0.1", port = 0 }
             akka.cluster.roles = [cell]
             akka.loglevel = WARNING
