@@ -105,6 +105,27 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
         armed.Arm(NodeId, new GuardArm(Monotonic.Add(basisNs, FenceGuard.DeadlineAfterRenewal(ttl)), postmaster, state.Spec.InstanceId, _lease));
 
     /// <summary>
+    /// One renewal on a budget of its own (an eighth of the TTL) for a leader whose pass ran past its fencing deadline
+    /// while its PostgreSQL and etcd both answered (<see cref="Failover.LateForRenewalOnly"/>); the guard is armed on it.
+    /// False: etcd did not renew in time, or the lease is gone.
+    /// </summary>
+    public async Task<bool> RenewLateAsync(CancellationToken ct)
+    {
+        using var budget = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        budget.CancelAfter(Ha.Ttl / 8);
+        try
+        {
+            if (!await RenewAsync(budget.Token).ConfigureAwait(false)) return false;
+        }
+        catch (Exception ex) when (AgentState.EtcdUnreachable(ex, ct))
+        {
+            return false;
+        }
+        await ArmAsync(ct).ConfigureAwait(false);
+        return true;
+    }
+
+    /// <summary>
     /// A leader's long pass (a promotion, the first preparation of roles, a slow machine) renews at the points where it
     /// shows progress, so the guard's deadline counts from the last step done, not from the start of the pass. A pass
     /// stuck in one step never gets here: the fencing deadline cuts it, and the guard stops PostgreSQL after it.

@@ -151,6 +151,16 @@ public sealed class NodeAgent : INodeLoop
         (input, var action) = await DecideAsync(input, record, probe, ct).ConfigureAwait(false);
         _state.LastInput = input;
         _state.Pass.Mark("decide");
+        // A late renewal (DecideAsync) moved the fencing deadline the pass's etcd calls had already reached: the rest of
+        // the pass counts to the new one.
+        using var renewedFence = etcd.IsCancellationRequested && _lease.Guarded && _lease.UntilFencing() > TimeSpan.Zero
+            ? CancellationTokenSource.CreateLinkedTokenSource(ct) : null;
+        if (renewedFence is not null)
+        {
+            renewedFence.CancelAfter(_lease.UntilFencing());
+            _lease.Fence = renewedFence;
+            etcd = renewedFence.Token;
+        }
         var (failure, etcdLost) = await ActAsync(action, input, record, launch, probe, etcd, ct).ConfigureAwait(false);
         Passed(action, input, failure);
         await _backups.KeepAsync(action, failure, record, _lease.Held).ConfigureAwait(false);
@@ -197,6 +207,19 @@ public sealed class NodeAgent : INodeLoop
     private async Task<(HaInput Input, HaAction Action)> DecideAsync(HaInput input, InstanceRecord record, PostgresProbe probe, CancellationToken ct)
     {
         var action = Failover.Decide(input, Ha);
+        if (action is HaAction.Demote && Failover.LateForRenewalOnly(input, Ha))
+        {
+            // Slowed, not cut off: a saturated machine held the pass (fresh315: a probe of 1.9 s) past half the TTL.
+            // Renewed now, it leads on; demoting would cost the cluster a failover for nothing.
+            var late = input.SinceRenewal;
+            if (await _lease.RenewLateAsync(ct).ConfigureAwait(false))
+            {
+                Logger.LogWarning("node {Node}: the pass reached its decision {Late:0.0}s after the last renewal of the leader lease, past the fencing deadline, with PostgreSQL and etcd answering: renewed the lease instead of demoting",
+                    Spec.NodeId, late.TotalSeconds);
+                input = input with { SinceRenewal = _lease.SinceRenewal };
+                action = Failover.Decide(input, Ha);
+            }
+        }
         if (action is HaAction.CloneFromLeader clone) return (input, SettledClone(clone, record));
         if (action is not HaAction.TakeLeadership || input.Members.Count == 0) return (input, action);
         // The key is free and the reports say this node is the most advanced: ask the nodes themselves first.

@@ -47,6 +47,10 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         var now = DateTimeOffset.UtcNow;
         var (reachable, renewed) = await RenewFirstAsync(etcd, ct).ConfigureAwait(false);
         state.Pass.Mark(lease.Held || renewed ? "renew" : "start");
+        // The guard's deadline moves with the renewal at once, not after the probe and the read: on a loaded machine a
+        // probe of 1.9 s left the guard on the previous pass's deadline, and it stopped a primary whose lease this pass
+        // had just renewed (fresh315: a second failover while a cell restarted beside a suite at full load).
+        if (renewed) await lease.ArmAsync(ct).ConfigureAwait(false);
         RuntimeNode? mine;
         PostgresObservation? pg;
         long askedNs;
@@ -68,13 +72,23 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         state.LastPg = pg;
         if (pg is not null) await _watch.WatchAsync(ct).ConfigureAwait(false);
         NoteLocal(mine, pg, askedNs);
+        // PostgreSQL answered, late: that is progress, and the lease is renewed on it before the decision counts the time
+        // since the last renewal (the same pass otherwise demoted its own primary, "not renewed for 2.0s", for the time
+        // its probe waited for a CPU). A PostgreSQL that does not answer gets no renewal here: it is fenced as before.
+        if (renewed && pg is not null) await RenewOnProgressAsync(etcd, ct).ConfigureAwait(false);
         var cluster = new EtcdRead { Renewed = renewed };
-        if (reachable) reachable = await ReadClusterAsync(cluster, etcd, ct).ConfigureAwait(false);
+        // Past (or at) the fencing deadline, a leader's read gets a short budget of its own, as its probe does: a pass slowed
+        // before the read (a container engine's inspect on a saturated machine) must learn whether etcd answers, or it
+        // would take its own spent deadline for an etcd that is gone and demote a primary it could still renew for.
+        using var late = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        late.CancelAfter(state.Ha.Ttl / 8);
+        var reading = lease.Held && lease.UntilFencing() < state.Ha.Ttl / 8 ? late.Token : etcd;
+        if (reachable) reachable = await ReadClusterAsync(cluster, reading, ct).ConfigureAwait(false);
         // Failsafe keeps a working primary: one that does not answer itself (hung, stopped) is not kept this way (its
         // replicas may not have noticed yet that nothing comes).
         state.Pass.Mark("read");
         var kept = !reachable && pg is { InRecovery: false } && lease.Guarded && await lease.ConfirmFailsafeAsync(ct).ConfigureAwait(false);
-        if (cluster.Renewed || kept) await lease.ArmAsync(ct).ConfigureAwait(false);
+        if (cluster.Renewed && !renewed || kept) await lease.ArmAsync(ct).ConfigureAwait(false);
         return Input(record, mine, pg, cluster, reachable, kept, now);
     }
 
@@ -164,6 +178,13 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         {
             return (false, false);
         }
+    }
+
+    /// <summary>A renewal after a slow observation (<see cref="LeaderLease.RenewOnProgressAsync"/>); an etcd that does not answer is left to the read.</summary>
+    private async Task RenewOnProgressAsync(CancellationToken etcd, CancellationToken ct)
+    {
+        try { await lease.RenewOnProgressAsync(etcd).ConfigureAwait(false); }
+        catch (Exception ex) when (AgentState.EtcdUnreachable(ex, ct)) { }
     }
 
     /// <summary>How long a runtime look that found the node running stands in for the next ones while PostgreSQL answers.</summary>

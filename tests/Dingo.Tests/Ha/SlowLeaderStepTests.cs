@@ -78,8 +78,8 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         await _store.DisposeAsync();
     }
 
-    private NodeAgent Agent(IContainerRuntime? runtime = null) =>
-        new(_spec, _store, runtime ?? _runtime, _lease, _settings, new TestOutputLogger<NodeAgent>(output), guard: _guard);
+    private NodeAgent Agent(IContainerRuntime? runtime = null, Dingo.Config.DingoSettings? settings = null) =>
+        new(_spec, _store, runtime ?? _runtime, _lease, settings ?? _settings, new TestOutputLogger<NodeAgent>(output), guard: _guard);
 
     private IReadOnlyList<int> PostgresTree() =>
         _runtime.PostmasterPidAsync(_spec.NodeId, None).GetAwaiter().GetResult() is { } pid ? ProcStat.Tree(pid) : [];
@@ -91,9 +91,9 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         new(DatabaseAdmin.ConnectionString("127.0.0.1", _spec.Port, _record.Superuser, database).ConnectionString);
 
     /// <summary>Passes of the first agent until it has bootstrapped and holds the key: the next pass is its first lead.</summary>
-    private async Task<NodeAgent> BootstrappedAsync(IContainerRuntime? runtime = null)
+    private async Task<NodeAgent> BootstrappedAsync(IContainerRuntime? runtime = null, Dingo.Config.DingoSettings? settings = null)
     {
-        var agent = Agent(runtime);
+        var agent = Agent(runtime, settings);
         var deadline = DateTime.UtcNow.AddSeconds(90);
         while ((await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))?.Value.NodeId != _spec.NodeId)
         {
@@ -309,6 +309,83 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
     }
 
     [Fact]
+    public async Task A_leaders_probe_slowed_under_half_the_TTL_keeps_its_primary_the_guard_moving_with_each_renewal()
+    {
+        // On a saturated machine a leader's probe waited 1.9 s for a CPU (fresh315). The guard still had the previous
+        // pass's deadline, since it was armed only after the probe and the read, and stopped the primary whose lease the pass
+        // had just renewed; the pass itself then counted 2.0 s since that renewal and demoted. The probe's session is
+        // stopped here (SIGSTOP of its backend) for a while under the fencing deadline.
+        var ttl = _settings.Ha.Ttl;
+        var agent = await BootstrappedAsync();
+        await ReportAbsentAsync(noData: false);
+        Assert.Equal("no action: I hold the leader key", await agent.RunPassAsync(None));
+        Assert.Equal("no action: I hold the leader key", await agent.RunPassAsync(None));
+        var postmaster = await PostmasterAsync() ?? throw new InvalidOperationException("no postmaster");
+        var sessions = await HaSessionsAsync();
+        Assert.NotEmpty(sessions);
+        var began = Monotonic.NowNs();
+        foreach (var pid in sessions) Assert.Equal(0, kill(pid, 19)); // SIGSTOP: the probe's answer waits
+        Task<string> pass;
+        long resumed;
+        try
+        {
+            pass = agent.RunPassAsync(None);
+            // 1. The renewal at the start of the pass moves the guard's deadline at once, while the probe still waits.
+            await Eventually.UntilAsync(() => Task.FromResult(_guard.Armed(_spec.NodeId) is { } arm && arm.DeadlineNs >= Monotonic.Add(began, FenceGuard.DeadlineAfterRenewal(ttl))),
+                ttl / 2, "the guard's deadline moving with the pass's first renewal");
+            Assert.False(pass.IsCompleted, "the pass ended before its probe was answered");
+            // 2. Held past a loop-wait, well before the fencing deadline (half the TTL after that renewal).
+            await Task.Delay(_settings.Ha.LoopWait + TimeSpan.FromMilliseconds(300));
+            Assert.False(pass.IsCompleted, "the pass ended before its probe was answered");
+        }
+        finally
+        {
+            resumed = Monotonic.NowNs();
+            foreach (var pid in sessions) _ = kill(pid, 18);
+        }
+        // 3. PostgreSQL answered late: the lease is renewed on it, so the decision keeps the key and the guard's deadline
+        //    counts from after the answer.
+        var sentence = await pass.WaitAsync(TimeSpan.FromSeconds(30));
+        output.WriteLine($"the slowed pass: {sentence}");
+        Assert.Equal("no action: I hold the leader key", sentence);
+        var armed = _guard.Armed(_spec.NodeId) ?? throw new InvalidOperationException("the guard is not armed");
+        Assert.True(armed.DeadlineNs >= Monotonic.Add(resumed, FenceGuard.DeadlineAfterRenewal(ttl)), "no renewal after the late answer");
+        Assert.Null(_guard.TakeFenced(_spec.NodeId));
+        Assert.Equal(postmaster, await PostmasterAsync());
+        Assert.Equal(_spec.NodeId, (await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))!.Value.NodeId);
+    }
+
+    [Fact]
+    public async Task A_leaders_pass_slowed_past_the_fencing_deadline_renews_late_and_keeps_its_primary_while_PostgreSQL_and_etcd_answer()
+    {
+        // A container engine's inspect on a saturated machine can hold a leader's pass past half the TTL before it has
+        // even asked PostgreSQL. Both answer once asked: the pass must renew and lead on, not demote (a failover for
+        // nothing), and the guard must not stop the primary meanwhile. A TTL of 10 s gives the test seconds of margin
+        // between the fencing deadline (5 s) and the guard's (7.5 s).
+        var settings = _settings with { Ha = _settings.Ha with { Ttl = TimeSpan.FromSeconds(10) } };
+        var ttl = settings.Ha.Ttl;
+        var slow = new SlowInspect(_runtime, ttl / 2 + TimeSpan.FromMilliseconds(500));
+        var agent = await BootstrappedAsync(slow, settings);
+        await ReportAbsentAsync(noData: false);
+        Assert.Equal("no action: I hold the leader key", await agent.RunPassAsync(None));
+        var postmaster = await PostmasterAsync() ?? throw new InvalidOperationException("no postmaster");
+        // The next pass looks at the runtime again before it asks PostgreSQL.
+        await Task.Delay(NodeObserver.InspectReuse + TimeSpan.FromMilliseconds(200));
+        slow.On = true;
+        var began = Monotonic.NowNs();
+        var sentence = await agent.RunPassAsync(None);
+        var took = Monotonic.Between(began, Monotonic.NowNs());
+        output.WriteLine($"the slowed pass ({took.TotalSeconds:0.0}s): {sentence}");
+        Assert.True(slow.Delayed, "the pass did not look at the runtime");
+        Assert.Equal("no action: I hold the leader key", sentence);
+        Assert.Null(_guard.TakeFenced(_spec.NodeId));
+        Assert.Equal(postmaster, await PostmasterAsync());
+        Assert.Equal(_spec.NodeId, (await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))!.Value.NodeId);
+        var armed = _guard.Armed(_spec.NodeId) ?? throw new InvalidOperationException("the guard is not armed");
+        Assert.True(armed.DeadlineNs >= Monotonic.Add(began, slow.Extra + FenceGuard.DeadlineAfterRenewal(ttl)), "the guard kept a deadline from before the late renewal");
+    }
+
+    [Fact]
     public async Task A_probe_the_pass_stops_waiting_for_is_not_cancelled_and_keeps_its_session()
     {
         // A cancelled probe costs PostgreSQL a fork for the cancel request, and a session broken when the cancel is not
@@ -434,6 +511,20 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         {
             await base.StopAsync(nodeId, ct);
             if (On) await Task.Delay(extra, ct);
+        }
+    }
+
+    /// <summary>The cell's runtime, with its first look at a node once <see cref="On"/> taking <paramref name="extra"/> longer.</summary>
+    private sealed class SlowInspect(IContainerRuntime inner, TimeSpan extra) : DelegatingRuntime(inner)
+    {
+        private int _delayed;
+        public volatile bool On;
+        public TimeSpan Extra => extra;
+        public bool Delayed => Volatile.Read(ref _delayed) > 0;
+        public override async Task<RuntimeNode?> InspectAsync(string nodeId, CancellationToken ct)
+        {
+            if (On && Interlocked.Exchange(ref _delayed, 1) == 0) await Task.Delay(extra, ct);
+            return await base.InspectAsync(nodeId, ct);
         }
     }
 
