@@ -168,8 +168,14 @@ public sealed class WalArchiver
         return cs;
     }
 
+    private int _sessions;
+
+    /// <summary>How many replication sessions this archiver has opened (each a backend, a TLS handshake, an authentication).</summary>
+    internal int SessionsOpened => Volatile.Read(ref _sessions);
+
     private async Task<PhysicalReplicationConnection> OpenAsync(CancellationToken ct)
     {
+        Interlocked.Increment(ref _sessions);
         var conn = PlatformConnectionTls.ReplicationConnection(ConnectionString());
         // PostgreSQL's own default: each upload is reported at once (ReportAsync); this is the idle heartbeat. At 1 s, every
         // idle instance cost its cell and its walsender a wake-up a second for nothing (issue 16: 300 instances a box).
@@ -195,8 +201,10 @@ public sealed class WalArchiver
         uint current;
         ArchiveCatalog catalog;
         PhysicalReplicationSlot slot;
-        await using (var conn = await OpenAsync(ct).ConfigureAwait(false))
+        var planning = await OpenAsync(ct).ConfigureAwait(false);
+        try
         {
+        var conn = planning;
         var system = await conn.IdentifySystem(ct).ConfigureAwait(false);
         systemId = ulong.Parse(system.SystemId, CultureInfo.InvariantCulture);
         segmentSize = ArchiveLayout.ParseSize(await conn.Show("wal_segment_size", ct).ConfigureAwait(false));
@@ -251,13 +259,23 @@ public sealed class WalArchiver
         if (conflicts.TryGetValue(current, out var mine))
             Update(p => p with { Error = mine });
         }
+        catch
+        {
+            await planning.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+        // The planning session streams the current timeline when that is all there is to stream (every new primary, every
+        // restart of an archiver that was up to date): one replication session instead of two, each a fork, a TLS
+        // handshake and an authentication (20 of them in a burst of 20 provisions, beside the binds).
+        var reuse = plan is [var only] && only.Timeline == current ? planning : null;
+        if (reuse is null) await planning.DisposeAsync().ConfigureAwait(false);
         foreach (var (timeline, from) in plan)
         {
             _logger.LogInformation("WAL archiver of {Instance}: archiving timeline {Timeline} from {Lsn} (system {System})",
                 _instanceId, timeline, Lsn.Format(from), systemId);
             // One connection per timeline: the server ends a historic timeline's stream with CopyDone, which Npgsql 10
             // cannot read, so the archiver stops reading at the switch point and starts afresh for the next.
-            await using var conn = await OpenAsync(ct).ConfigureAwait(false);
+            await using var conn = reuse ?? await OpenAsync(ct).ConfigureAwait(false);
             var end = switches.TryGetValue(timeline, out var e) && timeline != current ? e : ulong.MaxValue;
             await StreamTimelineAsync(conn, slot, systemId, segmentSize, catalog, timeline, from, end, timeline == current, ct).ConfigureAwait(false);
         }

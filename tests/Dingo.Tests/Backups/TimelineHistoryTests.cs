@@ -143,6 +143,36 @@ public sealed class TimelineHistoryTests : IAsyncLifetime
         Assert.Equal(other, await GetAsync(ArchiveLayout.History(_instance, sys, 2)));
     }
 
+    [Fact]
+    public async Task A_new_primarys_archiver_plans_and_streams_on_one_replication_session()
+    {
+        // Every new primary's archiver planned on one replication session and streamed on a second: in a burst of 20
+        // provisions, 20 forks, TLS handshakes and authentications more beside the binds. On timeline 1 with nothing
+        // archived, the plan is the current timeline alone, streamed on the session that planned it.
+        var a = Spec("node-a");
+        await _runtime.CreateAsync(a, Ct());
+        await _runtime.StartAsync(a, null, Ct());
+        await WaitServingAsync(a);
+        var sys = (ulong)(long)(await ScalarAsync(a, "SELECT system_identifier FROM pg_control_system()"))!;
+        var archiver = new WalArchiver(_store, _instance, "127.0.0.1", a.Port, _superuser, Path.Combine(_root, "spool"), new WalArchiverOptions(), _logger);
+        using var stop = new CancellationTokenSource();
+        var run = archiver.RunAsync(stop.Token);
+        try
+        {
+            await Eventually.UntilAsync(() => Task.FromResult(archiver.Progress.ServerLsn > 0), TimeSpan.FromSeconds(20), "the archiver's plan");
+            await ExecAsync(a, "CREATE TABLE t(v int); INSERT INTO t VALUES (1); SELECT pg_switch_wal()");
+            await Eventually.UntilAsync(async () => (await _store.ListAsync(ArchiveLayout.System(_instance, sys))).Any(o => o.Key.Contains("/000000010000000000000001", StringComparison.Ordinal)),
+                TimeSpan.FromSeconds(20), "the first segment stored");
+            Assert.Null(archiver.Progress.Error);
+            Assert.Equal(1, archiver.SessionsOpened);
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await run;
+        }
+    }
+
     private async Task<byte[]> GetAsync(string key)
     {
         using var ms = new MemoryStream();
