@@ -387,7 +387,10 @@ public sealed class CellBackups(IObjectStore store, BackupSettings settings, Etc
             (_lastPublished, _lastPublishedAt) = (same, DateTime.UtcNow);
         }
 
-        private DateTime _figuresAt = DateTime.MinValue;
+        // The first ask of an asynchronous instance's server comes one period (10 s) after the duty began, not at once: a
+        // new primary's slot holds nothing yet and the archiver's own backlog stands in, while the session (a fork, a TLS
+        // handshake, an authentication) ran beside the bind of every provision (20 of them in a burst of 20).
+        private DateTime _figuresAt = DateTime.UtcNow;
         /// <summary>A base backup is due and waits for the cell's gate.</summary>
         private bool _gated;
         private BackupState? _lastPublished;

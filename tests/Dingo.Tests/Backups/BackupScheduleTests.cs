@@ -169,6 +169,41 @@ public sealed class BackupScheduleTests(ITestOutputHelper output) : IAsyncLifeti
     /// (CellBackups.BaseBackupGate), and both are taken.
     /// </summary>
     [Fact]
+    public async Task A_new_primarys_duty_publishes_at_once_and_asks_its_server_only_a_period_later()
+    {
+        // A new primary's duty opened a session of its own to ask for the slot's backlog the moment it began, beside the
+        // provision's bind; its archiver knows the backlog of a new primary as well.
+        await using var etcd = TestEtcd.NewStore(out var prefix);
+        var runtime = new LocalProcessRuntime(new LocalProcessRuntimeOptions(Path.Combine(_root, "nodes")), new TestOutputLogger<LocalProcessRuntime>(output));
+        var superuser = new Credentials("dingo_admin", "Pw" + Guid.NewGuid().ToString("N"));
+        var spec = new NodeLaunchSpec("n-1", "ask-1", "127.0.0.1", FreePorts.One(), superuser);
+        var store = new LocalFolderObjectStore(Path.Combine(_root, "store"));
+        try
+        {
+            await runtime.CreateAsync(spec, CancellationToken.None);
+            await runtime.StartAsync(spec, null, CancellationToken.None);
+            await NodeSql.WaitServingAsync(spec, superuser);
+            var cell = new CellBackups(store, TestPlatform.NewSettings().Backups!, etcd, Path.Combine(_root, "work"), "/usr/lib/postgresql/15/bin",
+                TestPlatform.NewSettings().Ha, new TestOutputLogger(output));
+            var began = DateTime.UtcNow;
+            await using (var duty = cell.Lead(spec.InstanceId, spec.NodeId, "127.0.0.1", spec.Port, superuser, baseBackupNow: false))
+            {
+                await Eventually.UntilAsync(async () => await etcd.GetAsync<BackupState>(etcd.Keys.Backup(spec.InstanceId), CancellationToken.None) is not null,
+                    TimeSpan.FromSeconds(20), "the duty's first state");
+                var sessions = await NodeSql.ScalarAsync(spec, superuser,
+                    $"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{Dingo.Ha.PostgresProbe.BackupsApplicationName}'");
+                Assert.True(DateTime.UtcNow - began < TimeSpan.FromSeconds(9), "the first state came too late to tell");
+                Assert.Equal(0L, sessions);
+            }
+        }
+        finally
+        {
+            await runtime.RemoveAsync(spec.NodeId, CancellationToken.None);
+            await etcd.DeletePrefixAsync(prefix + "/", CancellationToken.None);
+        }
+    }
+
+    [Fact]
     public async Task A_cell_takes_one_base_backup_at_a_time_and_every_due_one_is_taken()
     {
         await using var etcd = TestEtcd.NewStore(out var prefix);
