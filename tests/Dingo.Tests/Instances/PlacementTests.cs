@@ -95,15 +95,25 @@ public sealed class ConcurrentPlacementTests
     }
 
     [Fact]
-    public void Among_equally_loaded_cells_a_first_node_goes_where_fewest_first_nodes_are_and_load_still_comes_first()
+    public void A_first_node_goes_where_fewest_first_nodes_are_and_the_other_nodes_where_load_is_least()
     {
-        CellInfo Cell(string id) => new() { Id = id, Zone = id, Capacity = 10, Address = "127.0.0.1", Runtime = "process" };
+        CellInfo Cell(string id, int capacity = 10) => new() { Id = id, Zone = id, Capacity = capacity, Address = "127.0.0.1", Runtime = "process" };
         CellInfo[] cells = [Cell("cell-1"), Cell("cell-2"), Cell("cell-3")];
         var equal = new Dictionary<string, int> { ["cell-1"] = 4, ["cell-2"] = 4, ["cell-3"] = 4 };
         var firsts = new Dictionary<string, int> { ["cell-1"] = 3, ["cell-2"] = 1, ["cell-3"] = 2 };
         Assert.Equal("cell-2", Placement.Choose(cells, equal, [], null, firsts).Cell?.Id);
         Assert.Equal("cell-1", Placement.Choose(cells, equal, [], null).Cell?.Id); // a replica: by load, then id
-        var lighter = new Dictionary<string, int> { ["cell-1"] = 4, ["cell-2"] = 4, ["cell-3"] = 3 };
-        Assert.Equal("cell-3", Placement.Choose(cells, lighter, [], null, firsts).Cell?.Id);
+        // The burst's cells (bench/Provision): replicas had evened the load, the first nodes stood 3, 8 and 9. The next
+        // first node goes to the cell with 3, which still has warm entries, though it holds one node more.
+        var burst = new Dictionary<string, int> { ["cell-1"] = 10, ["cell-2"] = 9, ["cell-3"] = 9 };
+        var burstFirsts = new Dictionary<string, int> { ["cell-1"] = 3, ["cell-2"] = 8, ["cell-3"] = 9 };
+        CellInfo[] big = [Cell("cell-1", 50), Cell("cell-2", 50), Cell("cell-3", 50)];
+        Assert.Equal("cell-1", Placement.Choose(big, burst, [], null, burstFirsts).Cell?.Id);
+        Assert.Equal("cell-2", Placement.Choose(big, burst, ["cell-1"], null).Cell?.Id); // its replica: least loaded
+        // For the cell's size: a cell twice as large takes twice the first nodes before it counts as fuller.
+        CellInfo[] sized = [Cell("cell-1", 20), Cell("cell-2", 10)];
+        Assert.Equal("cell-1", Placement.Choose(sized, new Dictionary<string, int>(), [], null, new Dictionary<string, int> { ["cell-1"] = 3, ["cell-2"] = 2 }).Cell?.Id);
+        // A full cell takes nothing, however few first nodes it holds.
+        Assert.Equal("cell-2", Placement.Choose(cells, new Dictionary<string, int> { ["cell-1"] = 10, ["cell-2"] = 9, ["cell-3"] = 9 }, [], null, burstFirsts).Cell?.Id);
     }
 }
