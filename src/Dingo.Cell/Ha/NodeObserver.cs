@@ -88,7 +88,8 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         // replicas may not have noticed yet that nothing comes).
         state.Pass.Mark("read");
         var kept = !reachable && pg is { InRecovery: false } && lease.Guarded && await lease.ConfirmFailsafeAsync(ct).ConfigureAwait(false);
-        if (cluster.Renewed && !renewed || kept) await lease.ArmAsync(ct).ConfigureAwait(false);
+        // Armed again on what the read brought: an adopted lease, failsafe, members placed since the last pass.
+        if (cluster.Renewed || kept) await lease.ArmAsync(ct).ConfigureAwait(false);
         return Input(record, mine, pg, cluster, reachable, kept, now);
     }
 
