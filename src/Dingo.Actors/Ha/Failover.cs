@@ -316,13 +316,6 @@ public static class Failover
     }
 
     /// <summary>
-    /// Half the TTL of the lease this leader holds: when it fences itself without a renewal, and gives up a PostgreSQL
-    /// that does not answer. A lease of a node alone (<see cref="HaSettings.AloneTtl"/>) is held while no other member
-    /// has data to take over with: a new cluster's first primary whose replicas are still cloning. Fenced at 2 s of a
-    /// 4 s TTL, such a primary was stopped whenever a saturated machine held one probe back, and nobody could take
-    /// over (bench/Provision's Docker burst: new clusters on their fourth timeline, binds failing).
-    /// </summary>
-    /// <summary>
     /// A leader past its fencing deadline for want of a renewal alone: PostgreSQL answers as a primary and etcd answered
     /// this pass (a pass slowed by a saturated machine, not a hung PostgreSQL or an etcd gone). One renewal settles it
     /// (NodeAgent renews and decides again): a lease etcd still renews is one nobody else can hold, and the guard's
@@ -331,6 +324,13 @@ public static class Failover
     public static bool LateForRenewalOnly(HaInput i, HaSettings s) =>
         i.HoldsLease && !i.Alone && i.EtcdReachable && i.Local is { Answering: true, InRecovery: false } && i.SinceRenewal >= FenceAfter(i, s);
 
+    /// <summary>
+    /// Half the TTL of the lease this leader holds: when it fences itself without a renewal, and gives up a PostgreSQL
+    /// that does not answer. A lease of a node alone (<see cref="HaSettings.AloneTtl"/>) is held while no other member
+    /// has data to take over with: a new cluster's first primary whose replicas are still cloning. Fenced at 2 s of a
+    /// 4 s TTL, such a primary was stopped whenever a saturated machine held one probe back, and nobody could take
+    /// over (bench/Provision's Docker burst: new clusters on their fourth timeline, binds failing).
+    /// </summary>
     public static TimeSpan FenceAfter(HaInput i, HaSettings s) => (i.LeaseTtl > TimeSpan.Zero ? i.LeaseTtl : s.Ttl) / 2;
 
     /// <summary>Reports older than a few loops come from a node that is gone or cut off: they do not count.</summary>
