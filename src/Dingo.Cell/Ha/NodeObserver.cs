@@ -80,16 +80,18 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         // Past (or at) the fencing deadline, a leader's read gets a short budget of its own, as its probe does: a pass slowed
         // before the read (a container engine's inspect on a saturated machine) must learn whether etcd answers, or it
         // would take its own spent deadline for an etcd that is gone and demote a primary it could still renew for.
-        using var late = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        late.CancelAfter(state.Ha.Ttl / 8);
-        var reading = lease.Held && lease.UntilFencing() < state.Ha.Ttl / 8 ? late.Token : etcd;
-        if (reachable) reachable = await ReadClusterAsync(cluster, reading, ct).ConfigureAwait(false);
+        // (Made only then: a source and a timer for every pass of every node otherwise.)
+        using var late = lease.Held && lease.UntilFencing() < state.Ha.Ttl / 8 ? CancellationTokenSource.CreateLinkedTokenSource(ct) : null;
+        late?.CancelAfter(state.Ha.Ttl / 8);
+        var guardedBefore = state.Others.Count > 0;
+        if (reachable) reachable = await ReadClusterAsync(cluster, late?.Token ?? etcd, ct).ConfigureAwait(false);
         // Failsafe keeps a working primary: one that does not answer itself (hung, stopped) is not kept this way (its
         // replicas may not have noticed yet that nothing comes).
         state.Pass.Mark("read");
         var kept = !reachable && pg is { InRecovery: false } && lease.Guarded && await lease.ConfirmFailsafeAsync(ct).ConfigureAwait(false);
-        // Armed again on what the read brought: an adopted lease, failsafe, members placed since the last pass.
-        if (cluster.Renewed || kept) await lease.ArmAsync(ct).ConfigureAwait(false);
+        // Armed again only when the read changed what the arming depends on: a lease it adopted, failsafe, or the first
+        // member placed (or the last removed) since the last pass. The renewal above armed it already otherwise.
+        if (kept || cluster.Renewed && (!renewed || guardedBefore != state.Others.Count > 0)) await lease.ArmAsync(ct).ConfigureAwait(false);
         return Input(record, mine, pg, cluster, reachable, kept, now);
     }
 
