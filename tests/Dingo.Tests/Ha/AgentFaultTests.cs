@@ -26,7 +26,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
         var store = platform.Store;
         var id = "af-" + Guid.NewGuid().ToString("N")[..8];
         await platform.ProvisionReadyAsync(id, Catalog.ClusterHaPlanId);
-        await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(90), "3 nodes, 2 streaming");
+        await platform.WaitFullAndHealthyAsync(id, 3, TimeSpan.FromSeconds(90), "3 nodes, 2 streaming");
         var record = (await store.GetAsync<InstanceRecord>(store.Keys.Instance(id), CancellationToken.None))!.Value;
         var specs = (await store.ListAsync<NodeSpec>(store.Keys.Nodes(id), CancellationToken.None)).Select(n => n.Value).ToList();
         var creds = await platform.BindAsync(id, "w", Catalog.ClusterHaPlanId);
@@ -87,7 +87,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
                 var unanswered = System.Text.RegularExpressions.Regex.Match(reported!.Decision, @"PostgreSQL has not answered for ([0-9.]+)s");
                 Assert.True(unanswered.Success && double.Parse(unanswered.Groups[1].Value, CultureInfo.InvariantCulture) >= 0.5,
                     $"{primary}'s last report before its key went does not say how long PostgreSQL has not answered: {reported.Decision}");
-                await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(60), "healed after the SIGSTOP");
+                await platform.WaitFullAndHealthyAsync(id, 3, TimeSpan.FromSeconds(60), "healed after the SIGSTOP");
                 var healed2 = DateTime.UtcNow;
                 await Task.Delay(3000);
                 output.WriteLine($"PostgreSQL of {primary} stopped 10 s: stall {writer.LongestStall(stoppedAt, DateTime.UtcNow).TotalSeconds:0.00}s, healed after {(healed2 - stoppedAt).TotalSeconds:0.0}s, leader changes {Changes(stoppedAt)}; reported '{reported!.Decision}' before the key went");
@@ -111,7 +111,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             output.WriteLine($"agent of {primary} (cell-{cell}) killed for good: key moved after {(movedAt - deadAt).TotalSeconds:0.00}s, writes resumed after {(resumed - deadAt).TotalSeconds:0.00}s, longest stall {writer.LongestStall(deadAt, resumed).TotalSeconds:0.00}s");
             await Task.Delay(3000);
             platform.StartCellProcess(cell);
-            await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(60), "healed after the agent came back");
+            await platform.WaitFullAndHealthyAsync(id, 3, TimeSpan.FromSeconds(60), "healed after the agent came back");
             Assert.True(Changes(deadAt) <= 1, $"{Changes(deadAt)} leader changes for one fault");
 
             // 4. A replica's data directory deleted under it (its PostgreSQL killed first): it is cloned again from the
@@ -139,7 +139,7 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
             // first, it keeps the wait below from passing on the healthy reports from before the wipe.
             await Eventually.UntilAsync(async () => (await FailoverTests.StatusesAsync(platform, id)).Any(s => s.NodeId == victim.NodeId && s.Restarts > restartsBefore),
                 TimeSpan.FromSeconds(15), "the wiped replica's agent counting the restart");
-            await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(30), "the wiped replica cloned again and streaming");
+            await platform.WaitFullAndHealthyAsync(id, 3, TimeSpan.FromSeconds(30), "the wiped replica cloned again and streaming");
             output.WriteLine($"replica {victim.NodeId} wiped: streaming again after {(DateTime.UtcNow - wipedAt).TotalSeconds:0.0}s");
             Assert.True(Changes(wipedAt) == 0, "the leader changed when a replica was wiped");
 
@@ -155,11 +155,17 @@ public sealed class AgentFaultTests(ITestOutputHelper output)
                 await Eventually.UntilAsync(() => Task.FromResult(keys.Deleted(store.Keys.Leader(id))), TimeSpan.FromSeconds(15), $"{primary} giving up the key after its PostgreSQL was killed");
                 var reported = keys.LastValueBeforeDeletion<NodeStatus>(store.Keys.Status(id, primary), store.Keys.Leader(id));
                 Assert.True(reported is { Writable: false }, $"{primary}'s last report before its key went: {reported?.Decision ?? "none"} (writable {reported?.Writable})");
-                await Eventually.UntilAsync(() => FailoverTests.FullAndHealthyAsync(platform, id, 3), TimeSpan.FromSeconds(30), "healed after the PostgreSQL kill");
+                await platform.WaitFullAndHealthyAsync(id, 3, TimeSpan.FromSeconds(30), "healed after the PostgreSQL kill");
                 output.WriteLine($"PostgreSQL of {primary} killed: longest stall {writer.LongestStall(pgKilledAt, DateTime.UtcNow).TotalSeconds:0.00}s, leader changes {Changes(pgKilledAt)}; reported '{reported!.Decision}' before the key went");
                 Assert.True(Changes(pgKilledAt) <= 1, $"{Changes(pgKilledAt)} leader changes for one fault");
             }
             await Task.Delay(2000);
+        }
+        catch (TimeoutException)
+        {
+            // dingo test shows a failed test's last 30 lines of output: the cells' account of the wait that timed out.
+            foreach (var line in platform.HaTimeline(id, 24)) output.WriteLine(line);
+            throw;
         }
         finally
         {

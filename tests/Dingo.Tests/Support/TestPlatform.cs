@@ -482,6 +482,35 @@ public sealed class TestPlatform : IAsyncDisposable
         return story.ToString();
     }
 
+    /// <summary>
+    /// The last <paramref name="count"/> HA and runtime lines of every cell's log about the instance, in time order and
+    /// without the steady ones (a leader holding its key, a replica streaming): what a failed wait's output shows, since
+    /// a CI log keeps only the test's own lines.
+    /// </summary>
+    public IReadOnlyList<string> HaTimeline(string instanceId, int count)
+    {
+        try
+        {
+            var names = Store.ListAsync<Model.NodeSpec>(Store.Keys.Nodes(instanceId), CancellationToken.None).GetAwaiter().GetResult()
+                .Select(n => n.Value.NodeId).Append(instanceId).ToList();
+            var lines = new List<string>();
+            foreach (var log in Directory.EnumerateFiles(Settings.DataDir, "cell-*.log"))
+            {
+                using var stream = new FileStream(log, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+                using var reader = new StreamReader(stream);
+                var cell = Path.GetFileNameWithoutExtension(log)["cell-".Length..];
+                lines.AddRange(reader.ReadToEnd().Split('\n')
+                    .Where(l => (l.Contains("Dingo.Ha[", StringComparison.Ordinal) || l.Contains("Runtime[", StringComparison.Ordinal))
+                                && names.Any(n => l.Contains(n, StringComparison.Ordinal))
+                                && !l.Contains("no action: I hold the leader key", StringComparison.Ordinal)
+                                && !l.Contains("no action: streaming from", StringComparison.Ordinal))
+                    .Select(l => l.TrimEnd().Replace("info: ", "", StringComparison.Ordinal).Replace("warn: ", "W ", StringComparison.Ordinal) + $" [c{cell}]"));
+            }
+            return [.. lines.Order(StringComparer.Ordinal).TakeLast(count)];
+        }
+        catch (Exception e) { return [$"(could not read the cells' logs: {e.Message})"]; }
+    }
+
     public async Task<string> ProvisionReadyAsync(string instanceId, string? planId = null, object? parameters = null)
     {
         var (status, body) = await SendAsync(HttpMethod.Put, $"/v2/service_instances/{instanceId}?accepts_incomplete=true", ProvisionBody(planId, parameters));
@@ -510,11 +539,22 @@ public sealed class TestPlatform : IAsyncDisposable
     {
         var record = (await Store.GetAsync<Model.InstanceRecord>(Store.Keys.Instance(instanceId), CancellationToken.None))?.Value
                      ?? throw new InvalidOperationException($"instance {instanceId} has no record");
-        await Eventually.UntilAsync(() => FullAndHealthyAsync(instanceId, record.NodeCount), timeout, () =>
-        {
-            var statuses = Store.ListAsync<Model.NodeStatus>(Store.Keys.Statuses(instanceId), CancellationToken.None).GetAwaiter().GetResult();
-            return $"every node of {instanceId} running and every replica streaming; saw {string.Join("; ", statuses.Select(s => $"{s.Value.NodeId} {s.Value.State} {s.Value.Role}{(s.Value.Streaming ? " streaming" : "")}"))}";
-        });
+        await WaitFullAndHealthyAsync(instanceId, record.NodeCount, timeout, "every node running and every replica streaming");
+    }
+
+    /// <summary>Until <see cref="FullAndHealthyAsync"/>; a timeout names <paramref name="what"/> and what each node last reported.</summary>
+    public Task WaitFullAndHealthyAsync(string instanceId, int nodes, TimeSpan timeout, string what) =>
+        Eventually.UntilAsync(() => FullAndHealthyAsync(instanceId, nodes), timeout, () => $"{what}; saw {HealthSummary(instanceId)}");
+
+    /// <summary>The leader, then each node's last report on a line of its own, for a failed wait's message.</summary>
+    public string HealthSummary(string instanceId)
+    {
+        var leader = Store.GetAsync<Model.LeaderRecord>(Store.Keys.Leader(instanceId), CancellationToken.None).GetAwaiter().GetResult()?.Value.NodeId ?? "none";
+        var statuses = Store.ListAsync<Model.NodeStatus>(Store.Keys.Statuses(instanceId), CancellationToken.None).GetAwaiter().GetResult();
+        // One line per node: dingo test shows the first 4 lines of a failure's message, each cut at 300 characters.
+        return $"leader {leader}\n" + string.Join("\n", statuses.Select(s => s.Value).Select(s =>
+            $"{s.NodeId} {s.State} {s.Role}{(s.Streaming ? " streaming" : "")} tl {s.Timeline} lsn {s.Lsn} following {s.Following ?? "-"}"
+            + $" restarts {s.Restarts}: '{s.Decision}' ({s.Detail})"));
     }
 
     public async Task<JsonObject> BindAsync(string instanceId, string bindingId, string? planId = null)
