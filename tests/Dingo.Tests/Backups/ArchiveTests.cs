@@ -68,11 +68,11 @@ public sealed class ArchiveTests : IAsyncLifetime
         var run = archiver.RunAsync(stop.Token);
         await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-a", "127.0.0.1", a.Port, _superuser, Pg, Path.Combine(_root, "work"), caFingerprint: null, Ct());
 
-        for (var i = 1; i <= 200; i++) await ExecAsync(a, $"INSERT INTO t(id) VALUES ({i})");
+        await ExecEachAsync(a, Enumerable.Range(1, 200).Select(i => $"INSERT INTO t(id) VALUES ({i})"));
         // A full segment, then more rows in the next one: both the whole-segment and the pieces path get used.
         await ExecAsync(a, "INSERT INTO t(id) SELECT g FROM generate_series(1001, 60000) g");
         var switched = (string)(await ScalarAsync(a, "SELECT pg_walfile_name(pg_switch_wal())"))!;
-        for (var i = 201; i <= 230; i++) await ExecAsync(a, $"INSERT INTO t(id) VALUES ({i})");
+        await ExecEachAsync(a, Enumerable.Range(201, 30).Select(i => $"INSERT INTO t(id) VALUES ({i})"));
         var end = await CurrentLsnAsync(a);
         await Eventually.UntilAsync(() => Task.FromResult(archiver.Progress.ArchivedLsn >= end), TimeSpan.FromSeconds(30), $"archive reaches {Lsn.Format(end)}");
         await stop.CancelAsync();
@@ -117,11 +117,11 @@ public sealed class ArchiveTests : IAsyncLifetime
         var run = archiver.RunAsync(stop.Token);
         await new BaseBackups(store, _logger).TakeAsync(_instance, await SystemIdAsync(a), "node-a", "127.0.0.1", a.Port, _superuser, Pg, Path.Combine(_root, "work"), caFingerprint: null, Ct());
 
-        for (var i = 1; i <= 20; i++) await ExecAsync(a, $"INSERT INTO t VALUES ({i})");
+        await ExecEachAsync(a, Enumerable.Range(1, 20).Select(i => $"INSERT INTO t VALUES ({i})"));
         await Task.Delay(300);
         var target = DateTimeOffset.UtcNow;
         await Task.Delay(300);
-        for (var i = 21; i <= 40; i++) await ExecAsync(a, $"INSERT INTO t VALUES ({i})");
+        await ExecEachAsync(a, Enumerable.Range(21, 20).Select(i => $"INSERT INTO t VALUES ({i})"));
         var end = await CurrentLsnAsync(a);
         await Eventually.UntilAsync(() => Task.FromResult(archiver.Progress.ArchivedLsn >= end), TimeSpan.FromSeconds(30), "archive catches up");
         await stop.CancelAsync();
@@ -261,6 +261,7 @@ public sealed class ArchiveTests : IAsyncLifetime
     private NpgsqlConnection Connection(NodeLaunchSpec spec) => NodeSql.Connection(spec, _superuser);
     private Task WaitServingAsync(NodeLaunchSpec spec) => NodeSql.WaitServingAsync(spec, _superuser);
     private Task ExecAsync(NodeLaunchSpec spec, string sql) => NodeSql.ExecAsync(spec, _superuser, sql);
+    private Task ExecEachAsync(NodeLaunchSpec spec, IEnumerable<string> statements) => NodeSql.ExecEachAsync(spec, _superuser, statements);
     private Task<object?> ScalarAsync(NodeLaunchSpec spec, string sql) => NodeSql.ScalarAsync(spec, _superuser, sql);
 
     private async Task<ulong> CurrentLsnAsync(NodeLaunchSpec spec) => (ulong)(decimal)(await ScalarAsync(spec, "SELECT pg_current_wal_flush_lsn() - '0/0'"))!;
