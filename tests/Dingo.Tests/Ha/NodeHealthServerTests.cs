@@ -299,7 +299,7 @@ public sealed class NodeHealthServerTests
     [Fact]
     public async Task A_silent_client_is_cut_after_the_read_timeout_without_blocking_other_requests()
     {
-        var timeout = TimeSpan.FromMilliseconds(1500);
+        var timeout = TimeSpan.FromSeconds(4);
         await using var server = await StartAsync(() => Primary, timeout);
         // Timed from before the connect: the server's clock starts when it accepts, which on a loaded machine can be
         // well before this test's continuation after ConnectAsync runs (timed from there, it once read 1.15 s).
@@ -308,8 +308,11 @@ public sealed class NodeHealthServerTests
 
         using (var response = await Http.GetAsync(Url(server, "/primary")))
             Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        Assert.True(connected.Elapsed < timeout, $"a normal request waited {connected.Elapsed} behind the silent client");
-        Assert.False(silent.Poll(0, SelectMode.SelectRead), "the silent client was closed before its timeout");
+        // The proof that the request did not wait behind the silent client is that the silent client is still open
+        // once it was answered: a server that took one connection at a time would have answered it only after cutting
+        // the silent one. (Timed against the read timeout instead, at 1.5 s, a normal request on a machine busy with
+        // the suite's HA classes once took 1.92 s, and the test failed with the server right.)
+        Assert.False(silent.Poll(0, SelectMode.SelectRead), $"the silent client was closed before a normal request was answered ({connected.Elapsed} after it connected)");
 
         // Nothing sent, so nothing is answered: the server just closes.
         var read = await silent.ReceiveAsync(new byte[64], SocketFlags.None, Timeout());
