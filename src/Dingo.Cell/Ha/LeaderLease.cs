@@ -249,11 +249,18 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
         ArmAt(guard, postmaster, sentNs, ttl);
     }
 
-    /// <summary>This node took the leader key under <paramref name="lease"/>, granted when <paramref name="sentNs"/>.</summary>
+    /// <summary>
+    /// This node took the leader key under <paramref name="lease"/>, granted when <paramref name="sentNs"/>. The rest of the
+    /// pass is a leader's: its etcd calls count to this lease's fencing deadline, not to the budget the pass began with
+    /// as a replica (a quarter TTL after a pass that found etcd unreachable). On that budget the promotion's etcd calls
+    /// were cut 1.1 s after the take, the pass failed without renewing, and the next one began 0.3 s before the
+    /// fencing deadline and demoted the new primary: two failovers for one cut link (ThreeHostTests, fresh323).
+    /// </summary>
     public void Took(long lease, bool alone, long sentNs)
     {
         (_lease, _alone) = (lease, alone);
         _renewedNs = sentNs;
+        if (Guarded) MoveFence();
     }
 
     /// <summary>The key names this node under a live lease an earlier run of the agent took: this one carries on with it.</summary>

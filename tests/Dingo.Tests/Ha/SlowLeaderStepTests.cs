@@ -78,8 +78,8 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         await _store.DisposeAsync();
     }
 
-    private NodeAgent Agent(IContainerRuntime? runtime = null, Dingo.Config.DingoSettings? settings = null) =>
-        new(_spec, _store, runtime ?? _runtime, _lease, settings ?? _settings, new TestOutputLogger<NodeAgent>(output), guard: _guard);
+    private NodeAgent Agent(IContainerRuntime? runtime = null, Dingo.Config.DingoSettings? settings = null, EtcdStore? store = null) =>
+        new(_spec, store ?? _store, runtime ?? _runtime, _lease, settings ?? _settings, new TestOutputLogger<NodeAgent>(output), guard: _guard);
 
     private IReadOnlyList<int> PostgresTree() =>
         _runtime.PostmasterPidAsync(_spec.NodeId, None).GetAwaiter().GetResult() is { } pid ? ProcStat.Tree(pid) : [];
@@ -91,9 +91,9 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         new(DatabaseAdmin.ConnectionString("127.0.0.1", _spec.Port, _record.Superuser, database).ConnectionString);
 
     /// <summary>Passes of the first agent until it has bootstrapped and holds the key: the next pass is its first lead.</summary>
-    private async Task<NodeAgent> BootstrappedAsync(IContainerRuntime? runtime = null, Dingo.Config.DingoSettings? settings = null)
+    private async Task<NodeAgent> BootstrappedAsync(IContainerRuntime? runtime = null, Dingo.Config.DingoSettings? settings = null, EtcdStore? store = null)
     {
-        var agent = Agent(runtime, settings);
+        var agent = Agent(runtime, settings, store);
         var deadline = DateTime.UtcNow.AddSeconds(90);
         while ((await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))?.Value.NodeId != _spec.NodeId)
         {
@@ -383,6 +383,67 @@ public sealed class SlowLeaderStepTests(ITestOutputHelper output) : IAsyncLifeti
         Assert.Equal(_spec.NodeId, (await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))!.Value.NodeId);
         var armed = _guard.Armed(_spec.NodeId) ?? throw new InvalidOperationException("the guard is not armed");
         Assert.True(armed.DeadlineNs >= Monotonic.Add(began, slow.Extra + FenceGuard.DeadlineAfterRenewal(ttl)), "the guard kept a deadline from before the late renewal");
+    }
+
+    [Fact]
+    public async Task A_pass_begun_at_the_fencing_deadline_renews_on_a_budget_of_its_own_and_keeps_its_primary()
+    {
+        // A leader's last pass ran long on a saturated machine, and the next one begins 0.3 s before the fencing deadline,
+        // with etcd answering a renewal in 0.6 s. Half of what was left (0.15 s) was the renewal's whole budget: it failed,
+        // the pass took etcd for gone, skipped its read and demoted a primary etcd would have renewed (ThreeHostTests,
+        // fresh323). The renewal gets an eighth of the TTL of its own, and the rest of the pass counts to the deadline it
+        // moved. A TTL of 10 s: fencing at 5 s, the guard at 7.5 s.
+        var settings = _settings with { Ha = _settings.Ha with { Ttl = TimeSpan.FromSeconds(10) } };
+        var ttl = settings.Ha.Ttl;
+        var slow = new SlowKeepAlive(TimeSpan.FromMilliseconds(600));
+        await using var store = new EtcdStore(_settings.EtcdEndpoints, _settings.EtcdPrefix, interceptor: slow);
+        var agent = await BootstrappedAsync(settings: settings, store: store);
+        await ReportAbsentAsync(noData: false);
+        var renewedAround = Monotonic.NowNs();
+        Assert.Equal("no action: I hold the leader key", await agent.RunPassAsync(None));
+        var postmaster = await PostmasterAsync() ?? throw new InvalidOperationException("no postmaster");
+        var wait = Monotonic.Between(Monotonic.NowNs(), Monotonic.Add(renewedAround, ttl / 2 - TimeSpan.FromMilliseconds(300)));
+        if (wait > TimeSpan.Zero) await Task.Delay(wait);
+        slow.On = true;
+        var began = Monotonic.NowNs();
+        var sentence = await agent.RunPassAsync(None);
+        output.WriteLine($"the pass begun {Monotonic.Between(renewedAround, began).TotalSeconds:0.00}s after the last renewal ({slow.Slowed} renewals slowed): {sentence}");
+        Assert.True(slow.Slowed > 0, "no renewal was slowed");
+        Assert.Equal("no action: I hold the leader key", sentence);
+        Assert.Null(_guard.TakeFenced(_spec.NodeId));
+        Assert.Equal(postmaster, await PostmasterAsync());
+        Assert.Equal(_spec.NodeId, (await _store.GetAsync<LeaderRecord>(K.Leader(_spec.InstanceId), None))!.Value.NodeId);
+        var armed = _guard.Armed(_spec.NodeId) ?? throw new InvalidOperationException("the guard is not armed");
+        Assert.True(armed.DeadlineNs >= Monotonic.Add(began, FenceGuard.DeadlineAfterRenewal(ttl)), "the guard kept the deadline of the renewal before");
+    }
+
+    /// <summary>When on, each lease renewal's answer reaches the caller <paramref name="delay"/> late (etcd slow, not gone).</summary>
+    private sealed class SlowKeepAlive(TimeSpan delay) : Grpc.Core.Interceptors.Interceptor
+    {
+        private int _slowed;
+        public volatile bool On;
+        public int Slowed => Volatile.Read(ref _slowed);
+
+        public override Grpc.Core.AsyncDuplexStreamingCall<TRequest, TResponse> AsyncDuplexStreamingCall<TRequest, TResponse>(
+            Grpc.Core.Interceptors.ClientInterceptorContext<TRequest, TResponse> context, Grpc.Core.Interceptors.Interceptor.AsyncDuplexStreamingCallContinuation<TRequest, TResponse> continuation)
+        {
+            var call = continuation(context);
+            if (!On || typeof(TResponse) != typeof(Etcdserverpb.LeaseKeepAliveResponse)) return call;
+            Interlocked.Increment(ref _slowed);
+            return new Grpc.Core.AsyncDuplexStreamingCall<TRequest, TResponse>(call.RequestStream, new LateReader<TResponse>(call.ResponseStream, delay),
+                call.ResponseHeadersAsync, call.GetStatus, call.GetTrailers, call.Dispose);
+        }
+
+        private sealed class LateReader<T>(Grpc.Core.IAsyncStreamReader<T> inner, TimeSpan delay) : Grpc.Core.IAsyncStreamReader<T>
+        {
+            public T Current => inner.Current;
+
+            public async Task<bool> MoveNext(CancellationToken cancellationToken)
+            {
+                await Task.Delay(delay, cancellationToken).ConfigureAwait(false);
+                return await inner.MoveNext(cancellationToken).ConfigureAwait(false);
+            }
+        }
     }
 
     [Fact]
