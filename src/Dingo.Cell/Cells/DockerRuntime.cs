@@ -115,9 +115,11 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
 
     // The node container's command: standby.signal follows the role Dingo wrote, then PostgreSQL replaces the shell
     // (PID 1, so `docker stop` signals it directly and a postmaster.pid left by a killed container is known stale).
-    // A node taken from the warm pool finds /etc/dingo/claim.sql at its first start: in single-user mode (no listener, no
-    // authentication) its superuser gets the instance's password, as a SCRAM verifier, before PostgreSQL ever listens;
-    // dingo-claimed in the volume says it was done (the file is uploaded again with the settings of every start).
+    // A node taken from the warm pool gets the instance's password at its first start, one of two ways (see the warm
+    // pool below): over a session the cell opens with the entry's own password once PostgreSQL listens, or, when the
+    // cell no longer knows that password, from /etc/dingo/claim.sql in single-user mode (no listener, no authentication)
+    // before PostgreSQL ever listens. Either way dingo-claimed in the volume says it was done; claim.sql is uploaded
+    // again with the settings of every later start, and the step runs only while that marker is missing.
     private const string NodeScript = """
         set -e
         D=/var/lib/postgresql/data
@@ -628,15 +630,36 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     //
     // An entry is a volume dingo-_warm-<id> (no node id can start with '_', so no node's names meet an entry's) with an
     // initdb of its own (its own system identifier) made by a one-shot container under a random superuser password that
-    // only initdb's short-lived pwfile ever held, then a never-started marker container of the same name (kind "warm"):
-    // its existence says the initdb completed. A claim creates the node's container on the entry's volume (labelled
-    // with it, since a volume cannot be renamed), then removes the marker; the node container's first start gives the
-    // superuser the instance's password as a SCRAM verifier in single-user mode, before PostgreSQL ever listens (the
-    // node script, claim.sql). An entry taken is never offered again: an entry whose volume any node container mounts is
-    // not ready, whatever its marker says. Entry volumes no container mounts (a fill or a removal cut short, a clone
-    // that replaced the data) are removed by the next fill, under the same lock as claims and container recreation.
+    // initdb's short-lived pwfile and this cell's memory hold (never a disk, a label or the engine), then a never-started
+    // marker container of the same name (kind "warm"): its existence says the initdb completed. A claim creates the
+    // node's container on the entry's volume (labelled with it, since a volume cannot be renamed), then removes the
+    // marker. The node container's first start gives the superuser the instance's password as a SCRAM verifier:
+    // - by session: once PostgreSQL listens, the cell logs in with the entry's password (nobody else has it, so nobody
+    //   else can log in meanwhile), sets the instance's verifier and writes the dingo-claimed marker into the volume
+    //   (COPY … TO, as the server's user, as the node script would). No second start of PostgreSQL: in single-user mode
+    //   the step was a whole start, catalog load and shutdown checkpoint before the start that serves, about 0.1–0.15
+    //   core-s a claim, the largest cost of a new primary that was not a session (bench/Provision's Docker burst);
+    // - in single-user mode before PostgreSQL ever listens (the node script, claim.sql) when the cell does not know the
+    //   entry's password (it restarted since the fill), or when the session failed (the container is stopped and
+    //   started again that way).
+    // An entry taken is never offered again: an entry whose volume any node container mounts is not ready, whatever
+    // its marker says. Entry volumes no container mounts (a fill or a removal cut short, a clone that replaced the data)
+    // are removed by the next fill, under the same lock as claims and container recreation.
 
     internal const string WarmPrefix = "dingo-_warm-";
+    // The superuser password of each entry this process filled (by volume), and of each node claimed from one whose
+    // first start is still to come (by node): memory only. A cell that restarts forgets them, and its claims take the
+    // single-user way.
+    private readonly ConcurrentDictionary<string, string> _entryPasswords = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, string> _claimPasswords = new(StringComparer.Ordinal);
+    private int _claimsBySession;
+
+    /// <summary>Claims whose password step went over a session (tests).</summary>
+    internal int ClaimsBySession => Volatile.Read(ref _claimsBySession);
+
+    /// <summary>A claimed node's entry password replaced by a wrong one: its first start's session is refused (tests).</summary>
+    internal void SpoilClaimPasswordForTests(string nodeId) => _claimPasswords[nodeId] = Secrets.Password();
+
     private readonly SemaphoreSlim _warmLock = new(1, 1);
     private readonly SemaphoreSlim _fillGate = new(1, 1);
     private readonly NodeWork _work;
@@ -713,9 +736,10 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             var host = HostConfig(name, NodeLimits.Default);
             // Behind every node's work: the engine's lowest CPU weight.
             host.CPUShares = 2;
+            var entryPassword = Secrets.Password();
             var result = await RunOneShotAsync(name + "-initdb", "initdb", WarmLabels(name, "warm-initdb"), InitdbScript,
                 new Dictionary<string, string> { ["DINGO_SUPERUSER"] = DatabaseAdmin.SuperuserName },
-                [new NodeFile(".pwfile", Secrets.Password())], host, "warm pool", ct).ConfigureAwait(false);
+                [new NodeFile(".pwfile", entryPassword)], host, "warm pool", ct).ConfigureAwait(false);
             if (result.ExitCode != 0)
             {
                 await RemoveWarmVolumeAsync(name, ct).ConfigureAwait(false);
@@ -731,6 +755,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
                 Labels = WarmLabels(name, "warm"),
                 HostConfig = HostConfig(name, NodeLimits.Default),
             }, t), ct).ConfigureAwait(false);
+            _entryPasswords[name] = entryPassword;
             await _warmLock.WaitAsync(ct).ConfigureAwait(false);
             try
             {
@@ -785,6 +810,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             var limits = await _options.LimitsOf(spec.InstanceId, ct).ConfigureAwait(false);
             // The node container first: from then on the entry counts as taken, whether or not the marker goes.
             await CreateNodeContainerAsync(spec, limits, ct, volume, claimed: true).ConfigureAwait(false);
+            if (_entryPasswords.TryRemove(volume, out var entryPassword)) _claimPasswords[spec.NodeId] = entryPassword;
             _work.Touch();
             try
             {
@@ -811,6 +837,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     private async Task RemoveWarmVolumeAsync(string name, CancellationToken ct)
     {
         if (!name.StartsWith(WarmPrefix, StringComparison.Ordinal)) throw new InvalidOperationException($"{name} is not a warm pool volume");
+        _entryPasswords.TryRemove(name, out _);
         try
         {
             var volume = await CallAsync("inspect a warm pool volume", t => _client.Volumes.InspectAsync(name, t), ct).ConfigureAwait(false);
@@ -896,22 +923,76 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
                 }
             }
             var files = SettingsFiles(spec, standby, limits);
-            if (claimed) files.Add(ClaimFile(spec.Superuser));
-            await UploadAsync(id, files, cancellationToken).ConfigureAwait(false);
-            try
+            // The entry's password, once: a start that fails on the way leaves the claim to the single-user step.
+            // A standby cannot take a password (read-only): its claim goes the single-user way, before it starts.
+            var entryPassword = claimed && _claimPasswords.TryRemove(spec.NodeId, out var known) && standby is null ? known : null;
+            await StartContainerAsync(spec, id, claimed && entryPassword is null ? [.. files, ClaimFile(spec.Superuser)] : files, cancellationToken).ConfigureAwait(false);
+            if (entryPassword is not null && !await ClaimBySessionAsync(spec, entryPassword, cancellationToken).ConfigureAwait(false))
             {
-                await CallAsync("start the container", t => _client.Containers.StartContainerAsync(id, new ContainerStartParameters(), t), cancellationToken).ConfigureAwait(false);
+                // Stopped and started again the single-user way (the step runs while dingo-claimed is missing).
+                await CallAsync("stop the container", t => _client.Containers.StopContainerAsync(id, new ContainerStopParameters { WaitBeforeKillSeconds = 10 }, t), cancellationToken).ConfigureAwait(false);
+                await StartContainerAsync(spec, id, [.. files, ClaimFile(spec.Superuser)], cancellationToken).ConfigureAwait(false);
             }
-            catch (DockerApiException ex) when (ex.StatusCode == System.Net.HttpStatusCode.NotFound || DockerEngine.Said(ex).Contains("image", StringComparison.OrdinalIgnoreCase))
-            {
-                throw new ContainerEngineException($"Node {spec.NodeId}: the engine at {_docker.Endpoint} cannot start container {ContainerName(spec.NodeId)}: {DockerEngine.Said(ex)}", ex);
-            }
-            await WaitUntilListeningAsync(spec, id, cancellationToken).ConfigureAwait(false);
             _logger.LogInformation("Node {NodeId}: container {Container} started on {Address}:{Port} ({Role})", spec.NodeId, Short(id), spec.ListenAddress, spec.Port, standby is null ? "primary" : "standby");
         }
         finally
         {
             Changed();
+        }
+    }
+
+    private async Task StartContainerAsync(NodeLaunchSpec spec, string id, List<NodeFile> files, CancellationToken ct)
+    {
+        await UploadAsync(id, files, ct).ConfigureAwait(false);
+        try
+        {
+            await CallAsync("start the container", t => _client.Containers.StartContainerAsync(id, new ContainerStartParameters(), t), ct).ConfigureAwait(false);
+        }
+        catch (DockerApiException ex) when (ex.StatusCode == System.Net.HttpStatusCode.NotFound || DockerEngine.Said(ex).Contains("image", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new ContainerEngineException($"Node {spec.NodeId}: the engine at {_docker.Endpoint} cannot start container {ContainerName(spec.NodeId)}: {DockerEngine.Said(ex)}", ex);
+        }
+        await WaitUntilListeningAsync(spec, id, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A claimed node's password step over a session (the warm pool, above): logged in with the entry's password, the
+    /// superuser gets the instance's SCRAM verifier and the volume its dingo-claimed marker, neither statement logged.
+    /// False, with the reason logged, when it could not be done within the start's timeout.
+    /// </summary>
+    private async Task<bool> ClaimBySessionAsync(NodeLaunchSpec spec, string entryPassword, CancellationToken ct)
+    {
+        var cs = DatabaseAdmin.ConnectionString(spec.ListenAddress, spec.Port, new Dingo.Model.Credentials(spec.Superuser.Username, entryPassword), "postgres", openSeconds: 10);
+        // At the session's start, not as statements: an error's log line would otherwise carry the verifier.
+        cs.Options = "-c log_statement=none -c log_min_error_statement=panic";
+        var waited = Stopwatch.StartNew();
+        while (true)
+        {
+            try
+            {
+                await using var conn = PlatformConnectionTls.Connection(cs);
+                await conn.OpenAsync(ct).ConfigureAwait(false);
+                var user = spec.Superuser.Username.Replace("\"", "\"\"", StringComparison.Ordinal);
+                await using (var alter = new Npgsql.NpgsqlCommand($"ALTER ROLE \"{user}\" PASSWORD '{Secrets.ScramVerifier(spec.Superuser.Password)}'", conn))
+                    await alter.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
+                // Only once the password holds: a marker before it would leave a node nobody can log in to.
+                await using (var marker = new Npgsql.NpgsqlCommand($"COPY (SELECT 1 WHERE false) TO '{DataMount}/dingo-claimed'", conn))
+                    await marker.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
+                Interlocked.Increment(ref _claimsBySession);
+                return true;
+            }
+            catch (Exception ex) when ((ex is Npgsql.NpgsqlException or TimeoutException) && !ct.IsCancellationRequested)
+            {
+                // PostgreSQL listens before it accepts sessions (57P03 while it starts): asked again until the start's timeout.
+                var starting = ex is Npgsql.PostgresException { SqlState: Npgsql.PostgresErrorCodes.CannotConnectNow } || ex is Npgsql.NpgsqlException { IsTransient: true };
+                if (!starting || waited.Elapsed > _options.StartTimeout)
+                {
+                    _logger.LogWarning("Node {NodeId}: giving the superuser the instance's password over a session failed ({Error}); starting again to do it in single-user mode",
+                        spec.NodeId, ex.Message);
+                    return false;
+                }
+            }
+            await Task.Delay(50, ct).ConfigureAwait(false);
         }
     }
 
@@ -1357,6 +1438,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             var all = await CallAsync("list containers", t => _client.Containers.ListContainersAsync(
                 new ContainersListParameters { All = true, Filters = Filters((NodeLabel, nodeId)) }, t), cancellationToken).ConfigureAwait(false);
             _lastSeen.TryRemove(nodeId, out RuntimeNode? _);
+            _claimPasswords.TryRemove(nodeId, out string? _);
             var mine = all.Where(c => Ours(c.Labels) && Label(c.Labels, NodeLabel) == nodeId).ToList();
             foreach (var c in mine) await RemoveContainerAsync(c.ID, cancellationToken).ConfigureAwait(false);
             foreach (var warm in mine.Select(c => Label(c.Labels, VolumeLabel)).OfType<string>().Distinct(StringComparer.Ordinal))

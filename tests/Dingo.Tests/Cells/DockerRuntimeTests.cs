@@ -320,6 +320,8 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         Assert.Equal(0, await runtime.WarmCountAsync(Ct()));
         await runtime.CreateAsync(a, Ct()); // idempotent: the node has its container, nothing else is taken
         Assert.Equal(0, await runtime.WarmCountAsync(Ct()));
+        // b's entry password spoiled, as a session that cannot log in: its start falls back to the single-user step.
+        runtime.SpoilClaimPasswordForTests(b.NodeId);
         foreach (var spec in new[] { a, b })
         {
             watch.Restart();
@@ -327,6 +329,9 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
             await NodeSql.WaitServingAsync(spec, spec.Superuser);
             Output.WriteLine($"{spec.NodeId}: first start (with the password step) to serving: {watch.ElapsedMilliseconds} ms");
         }
+        // a's password went over a session with the entry's own (the runtime that filled the pool knows it); b's session
+        // was refused, and its start went again the single-user way.
+        Assert.Equal(1, runtime.ClaimsBySession);
 
         using var client = TestPodman.Client();
         var containerA = await client.Containers.InspectContainerAsync(DockerRuntime.ContainerName(a.NodeId));
@@ -372,6 +377,8 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         Assert.Contains(volumeA, warmVolumes);
         Assert.Equal(1, await runtime.WarmCountAsync(Ct()));
 
+        // The session left the marker that says the step is done (COPY … TO, as PostgreSQL's user).
+        await client.Containers.GetArchiveFromContainerAsync(containerA.ID, new GetArchiveFromContainerParameters { Path = DockerRuntime.DataMount + "/dingo-claimed" }, statOnly: true);
         // A restart does not take the password step again; the data is a's.
         await runtime.StopAsync(a.NodeId, Ct());
         await runtime.StartAsync(a, null, Ct());
@@ -387,6 +394,18 @@ public sealed class DockerRuntimeTests(ITestOutputHelper output) : ContainerRunt
         await runtime.CreateAsync(other, Ct());
         Assert.Equal(1, await runtime.WarmCountAsync(Ct()));
         Assert.False((await client.Containers.InspectContainerAsync(DockerRuntime.ContainerName(other.NodeId))).Config.Labels.ContainsKey(DockerRuntime.VolumeLabel));
+
+        // A cell restarted since the fill does not know the entry's password (it was never written anywhere): its claim
+        // takes the single-user step, and the node logs in with the instance's password only.
+        using var restarted = NewRuntime(Settings, warmPool: 1);
+        var d = NewSpec("node-wd") with { Superuser = new Dingo.Model.Credentials(Dingo.Postgres.DatabaseAdmin.SuperuserName, "Pw" + Guid.NewGuid().ToString("N")) };
+        await restarted.CreateAsync(d, Ct());
+        Assert.Equal(0, await restarted.WarmCountAsync(Ct()));
+        await restarted.StartAsync(d, null, Ct());
+        await NodeSql.WaitServingAsync(d, d.Superuser);
+        Assert.Equal(0, restarted.ClaimsBySession);
+        await NodeSql.AssertSeparateClustersAsync(d, b);
+        await restarted.RemoveAsync(d.NodeId, Ct());
     }
 
     /// <summary>
