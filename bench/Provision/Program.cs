@@ -91,6 +91,22 @@ public static class Program
                         samples.Add(new Sample(runtime, "sequential", name, id, seconds));
                         output.WriteLine($"run runtime={runtime} phase=sequential plan={name} n={n} bindable_s={F(seconds)}");
                         await bench.SettleAsync(id, ct);
+                        // The peer again, beside each measured provision (the platform as idle as it was for it): the VM's
+                        // speed moves within a run as well as between runs (bare 1.13-1.42 s in runs minutes apart), and
+                        // three runs before the platform started set every ratio alone.
+                        if (bare.Count > 0)
+                        {
+                            try
+                            {
+                                var again = await BarePostgres.MeasureAsync("/usr/lib/postgresql/15/bin", 30990, ct);
+                                bare.Add(again);
+                                output.WriteLine($"run peer bare_postgres beside={id} bindable_s={F(again.Seconds)}");
+                            }
+                            catch (Exception ex) when (ex is InvalidOperationException or NpgsqlException or IOException)
+                            {
+                                Console.Error.WriteLine($"bench: the bare PostgreSQL peer failed beside {id}: {ex.Message}");
+                            }
+                        }
                     }
                     await bench.DeprovisionAllAsync(ct);
                 }
@@ -160,7 +176,9 @@ public static class Program
         var ratios = "";
         if (bare.Count > 0)
         {
+            // Every run of the peer: the three before the platform and one beside each measured provision.
             var bareSeconds = Median(bare.Select(b => b.Seconds));
+            output.WriteLine($"summary peer bare_postgres runs={bare.Count} bindable_s={F(bareSeconds)} first_three_s={F(Median(bare.Take(3).Select(b => b.Seconds)))}");
             string Ratio(string runtime, string plan) =>
                 samples.Where(s => s.Runtime == runtime && s.Plan == plan && s.Phase == "sequential").ToList() is { Count: > 0 } l ? (Percentile(l, 50) / bareSeconds).ToString("0.00", CultureInfo.InvariantCulture) : "na";
             ratios = $" bare_s={F(bareSeconds)} solo_process_vs_bare={Ratio("process", "solo")} cluster_process_vs_bare={Ratio("process", "cluster")} "
