@@ -830,8 +830,11 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
     }
 
     /// <summary>The superuser's password for the node script's single-user step: a SCRAM verifier, never the password.</summary>
-    private static NodeFile ClaimFile(Dingo.Model.Credentials superuser) =>
-        new("claim.sql", $"ALTER ROLE \"{superuser.Username.Replace("\"", "\"\"", StringComparison.Ordinal)}\" PASSWORD '{Secrets.ScramVerifier(superuser.Password)}'\n");
+    private static NodeFile ClaimFile(Dingo.Model.Credentials superuser) => new("claim.sql", ClaimStatement(superuser) + "\n");
+
+    /// <summary>The claim's one statement (single-user step or session): the instance's SCRAM verifier for the superuser.</summary>
+    private static string ClaimStatement(Dingo.Model.Credentials superuser) =>
+        $"ALTER ROLE \"{superuser.Username.Replace("\"", "\"\"", StringComparison.Ordinal)}\" PASSWORD '{Secrets.ScramVerifier(superuser.Password)}'";
 
     /// <summary>Removes a warm pool entry's volume (and whatever container still mounts it); only ever one of this cell's entries.</summary>
     private async Task RemoveWarmVolumeAsync(string name, CancellationToken ct)
@@ -972,8 +975,7 @@ public sealed class DockerRuntime : IContainerRuntime, IDisposable
             {
                 await using var conn = PlatformConnectionTls.Connection(cs);
                 await conn.OpenAsync(ct).ConfigureAwait(false);
-                var user = spec.Superuser.Username.Replace("\"", "\"\"", StringComparison.Ordinal);
-                await using (var alter = new Npgsql.NpgsqlCommand($"ALTER ROLE \"{user}\" PASSWORD '{Secrets.ScramVerifier(spec.Superuser.Password)}'", conn))
+                await using (var alter = new Npgsql.NpgsqlCommand(ClaimStatement(spec.Superuser), conn))
                     await alter.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
                 // Only once the password holds: a marker before it would leave a node nobody can log in to.
                 await using (var marker = new Npgsql.NpgsqlCommand($"COPY (SELECT 1 WHERE false) TO '{DataMount}/dingo-claimed'", conn))

@@ -61,6 +61,19 @@ internal sealed class LeaderLease(AgentState state, FenceGuardDirectory? guard, 
         if (UntilFencing() > TimeSpan.Zero) Fence?.CancelAfter(UntilFencing());
     }
 
+    /// <summary>
+    /// After a late renewal: when the pass's etcd token (<paramref name="spent"/>) had already reached the old fencing
+    /// deadline, a source cancelled at the deadline that renewal moved, for the rest of the pass; null when the token
+    /// still holds (the renewal moved it, <see cref="MoveFence"/>) or nothing is left before fencing.
+    /// </summary>
+    public CancellationTokenSource? FenceAfterLateRenewal(CancellationToken spent, CancellationToken ct)
+    {
+        if (!spent.IsCancellationRequested || UntilFencing() <= TimeSpan.Zero) return null;
+        var fence = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        fence.CancelAfter(UntilFencing());
+        return fence;
+    }
+
     /// <summary>A fencing the guard carried out since the last pass (taken once), or null.</summary>
     public string? TakeFenced() => guard?.TakeFenced(NodeId);
 

@@ -153,13 +153,8 @@ public sealed class NodeAgent : INodeLoop
         _state.Pass.Mark("decide");
         // A late renewal (DecideAsync) moved the fencing deadline the pass's etcd calls had already reached: the rest of
         // the pass counts to the new one (half a TTL from that renewal; later renewals in this pass do not move it).
-        using var renewedFence = etcd.IsCancellationRequested && _lease.Guarded && _lease.UntilFencing() > TimeSpan.Zero
-            ? CancellationTokenSource.CreateLinkedTokenSource(ct) : null;
-        if (renewedFence is not null)
-        {
-            renewedFence.CancelAfter(_lease.UntilFencing());
-            etcd = renewedFence.Token;
-        }
+        using var renewedFence = _lease.Guarded ? _lease.FenceAfterLateRenewal(etcd, ct) : null;
+        if (renewedFence is not null) etcd = renewedFence.Token;
         var (failure, etcdLost) = await ActAsync(action, input, record, launch, probe, etcd, ct).ConfigureAwait(false);
         Passed(action, input, failure);
         await _backups.KeepAsync(action, failure, record, _lease.Held).ConfigureAwait(false);

@@ -49,13 +49,8 @@ internal sealed class NodeObserver(AgentState state, LeaderLease lease, LeaderKe
         state.Pass.Mark(lease.Held || renewed ? "renew" : "start");
         // A late renewal (on its own budget, RenewFirstAsync) that came after the pass's etcd deadline had passed moved that
         // deadline: the rest of the observation counts to the new one (NodeAgent does the same for the rest of the pass).
-        using var renewedFence = renewed && etcd.IsCancellationRequested && lease.UntilFencing() > TimeSpan.Zero
-            ? CancellationTokenSource.CreateLinkedTokenSource(ct) : null;
-        if (renewedFence is not null)
-        {
-            renewedFence.CancelAfter(lease.UntilFencing());
-            etcd = renewedFence.Token;
-        }
+        using var renewedFence = renewed ? lease.FenceAfterLateRenewal(etcd, ct) : null;
+        if (renewedFence is not null) etcd = renewedFence.Token;
         // The guard's deadline moves with the renewal at once, not after the probe and the read: on a loaded machine a
         // probe of 1.9 s left the guard on the previous pass's deadline, and it stopped a primary whose lease this pass
         // had just renewed (fresh315: a second failover while a cell restarted beside a suite at full load).
