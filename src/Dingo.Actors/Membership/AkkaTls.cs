@@ -3,7 +3,6 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Akka.Actor.Setup;
 using Akka.Event;
-using Akka.Remote.Transport.DotNetty;
 using Dingo.Config;
 
 namespace Dingo.Membership;
@@ -11,11 +10,10 @@ namespace Dingo.Membership;
 /// <summary>
 /// Akka remoting over mutual TLS with the platform's own CA (dingo.akka.tls).
 ///
-/// Akka.NET 1.5.74's DotNetty transport does the TLS: with a <see cref="DotNettySslSetup"/> that requires mutual
-/// authentication, the listening side asks every connecting side for a certificate and both sides present theirs.
-/// Its built-in validation trusts the operating system's CA store only, so the setup carries a validator of our own
-/// that accepts a peer only when its certificate chains to the CA named in dingo.akka.tls.ca (and to nothing else:
-/// the system's CAs are not trusted here). Host names are not checked: members connect by IP address and a
+/// <see cref="TlsTransport"/> does the TLS (<see cref="Hocon"/> names it, <see cref="Setup"/> hands it this identity):
+/// the listening side asks every connecting side for a certificate and both sides present theirs, and each accepts the
+/// other only when its certificate chains to the CA named in dingo.akka.tls.ca (and to nothing else: the system's CAs
+/// are not trusted here). Host names are not checked: members connect by IP address and a
 /// certificate is a platform credential, not a host name's proof. A process without a certificate from that CA can
 /// neither join the cluster nor reach a broker's console gateway (which also asks for the operator's credentials).
 /// </summary>
@@ -35,8 +33,11 @@ public sealed class AkkaTls : IDisposable
     /// <summary>How every refusal this validator logs begins.</summary>
     public const string RefusalPrefix = "Akka TLS: refused ";
 
-    /// <summary>The transport settings TLS needs beside the setup: the transport then speaks akka.ssl.tcp.</summary>
-    public const string Hocon = "akka.remote.dot-netty.tcp.enable-ssl = true";
+    /// <summary>The transport settings TLS needs beside the setup: Dingo's own TLS transport, speaking akka.ssl.tcp.</summary>
+    public const string Hocon = """
+        akka.remote.dot-netty.tcp.enable-ssl = true
+        akka.remote.dot-netty.tcp.transport-class = "Dingo.Membership.TlsTransport, Dingo.Actors"
+        """;
 
     /// <summary>
     /// Reads the certificate, its key and the CA from the files dingo.akka.tls names; null when TLS is off. Throws
@@ -70,9 +71,8 @@ public sealed class AkkaTls : IDisposable
         return tls;
     }
 
-    /// <summary>The actor system's setup: mutual TLS, this process's certificate, peers checked against the platform CA.</summary>
-    public Setup Setup() => new DotNettySslSetup(Certificate, suppressValidation: false, requireMutualAuthentication: true,
-        validateCertificateHostname: false, customValidator: Validate);
+    /// <summary>The actor system's setup <see cref="TlsTransport"/> reads: this process's certificate and the platform CA.</summary>
+    public Setup Setup() => new AkkaTlsSetup(this);
 
     /// <summary>Why <paramref name="certificate"/> does not chain to the platform CA, or null when it does.</summary>
     public string? ChainError(X509Certificate2 certificate)
@@ -88,7 +88,8 @@ public sealed class AkkaTls : IDisposable
         return string.Join("; ", reasons) is { Length: > 0 } text ? text : "not issued by that CA";
     }
 
-    private bool Validate(X509Certificate2? certificate, X509Chain? _, string peer, SslPolicyErrors errors, ILoggingAdapter log)
+    /// <summary>Whether a peer's certificate is one of the platform CA's; a refusal is logged with its reason.</summary>
+    internal bool Accepts(X509Certificate2? certificate, SslPolicyErrors errors, string peer, ILoggingAdapter log)
     {
         // errors reflect the system's CA store and host names, neither of which decides here: only our chain does.
         if (certificate is null || errors.HasFlag(SslPolicyErrors.RemoteCertificateNotAvailable))

@@ -7,7 +7,7 @@ namespace Dingo.Membership;
 /// their stack traces, when they concern the operator console (<see cref="ClusterConsole.SystemName"/>). On a broker,
 /// every console that asks and leaves would otherwise log a warning and an error that say nothing wrong (Akka.NET's
 /// remoting shutdown races its own goodbye). On the console (<c>console: true</c>) it drops them whoever they concern,
-/// a failed bind and failed TLS handshakes too: a contact that is down would print its retries between the lines of the answer, and the
+/// a failed bind and failed TLS handshakes too (<see cref="TlsTransport"/>'s and Akka's own): a contact that is down would print its retries between the lines of the answer, and the
 /// console ends with an error of its own that names the contacts it tried (or the address it could not bind).
 /// Nothing else is dropped.
 /// </summary>
@@ -36,7 +36,8 @@ public sealed class RemotingNoiseFilter : LogFilterBase
                 || message.StartsWith("TLS handshake failed on channel ", StringComparison.Ordinal)
                 || message.StartsWith("TLS exception on channel ", StringComparison.Ordinal)
                 || message.StartsWith("Error caught channel ", StringComparison.Ordinal)
-                || message.StartsWith(AkkaTls.RefusalPrefix, StringComparison.Ordinal);
+                || message.StartsWith(AkkaTls.RefusalPrefix, StringComparison.Ordinal)
+                || message.StartsWith(TlsTransport.HandshakeFailedPrefix, StringComparison.Ordinal);
             return lifecycle || consoleOnly ? LogFilterDecision.Drop : LogFilterDecision.Keep;
         }
         if (!lifecycle) return LogFilterDecision.Keep;

@@ -149,6 +149,7 @@ public sealed class AkkaTlsRulesTests
             new Akka.Event.Error(new IOException("x"), "TcpClientHandler", typeof(AkkaTls), "TLS handshake failed on channel [a->b](Id=1)\nClient side"),
             new Akka.Event.Error(new IOException("x"), "TcpClientHandler", typeof(AkkaTls), "Error caught channel [a->b](Id=1)"),
             new Akka.Event.Warning("DotNettyTransport", typeof(AkkaTls), AkkaTls.RefusalPrefix + "127.0.0.1:4053: its certificate CN=x does not chain to the platform CA (untrusted root)"),
+            new Akka.Event.Warning("TlsTransport", typeof(TlsTransport), TlsTransport.HandshakeFailedPrefix + "ssl.tcp://dingo@127.0.0.1:4053 failed: Received an unexpected EOF or 0 bytes from the transport stream."),
         };
         var console = new RemotingNoiseFilter(console: true);
         var brokerFilter = new RemotingNoiseFilter(console: false);
