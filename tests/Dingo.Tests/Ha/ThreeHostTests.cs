@@ -206,11 +206,11 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
         await Until(async () => (await store.ListAsync<AkkaMemberRecord>(store.Keys.AkkaMembers, CancellationToken.None)).Count == 5, 120,
             "five Akka members (two brokers, three cells) registered again");
         // Asked as the console asks (a cluster client of the brokers): one cluster holds all five, every one Up and reachable.
-        var brokers = new[] { 0, 1 }.Select(i => $"akka.tcp://dingo@{p.Hosts.HostAddress(i)}:4053").ToList();
+        var brokers = new[] { 0, 1 }.Select(i => $"akka.ssl.tcp://dingo@{p.Hosts.HostAddress(i)}:4053").ToList();
         Dingo.Membership.ClusterView? view = null;
         await Until(async () =>
         {
-            var access = Dingo.Membership.ConsoleAccess.From(p.Settings) with { Hostname = p.Hosts.BridgeAddress };
+            var access = Dingo.Membership.ConsoleAccess.From(p.Settings) with { Hostname = p.Hosts.BridgeAddress, Tls = p.ConsoleTls };
             try { view = await Dingo.Membership.ClusterConsole.QueryAsync(access, brokers, TimeSpan.FromSeconds(5), CancellationToken.None); }
             catch (Dingo.Membership.ClusterConsoleException) { return false; }
             return view.Members.Count == 5 && view.Members.All(m => m.Status == "Up" && m.Reachable);
@@ -408,7 +408,8 @@ public sealed class ThreeHostTests(ITestOutputHelper output)
 
 /// <summary>
 /// Three hosts in namespaces with the platform of docs/deploy.md: an etcd member on each (one cluster), brokers on
-/// hosts 0 and 1, a cell and router on each; seeds and endpoints list every host. Processes that exit are started
+/// hosts 0 and 1, a cell and router on each; seeds and endpoints list every host; Akka remoting is mutual TLS with a
+/// certificate per host from a CA of the run's own (as deploy/three-hosts.sh makes them). Processes that exit are started
 /// again (as systemd would) unless their host was killed. Disposal kills everything by pid, deletes the namespaces,
 /// the data and the keys; the logs stay in /tmp/dingo-test-logs.
 /// </summary>
@@ -421,6 +422,8 @@ public sealed class ThreeHosts : IAsyncDisposable
     private readonly HashSet<int> _down = new();
     private readonly object _gate = new();
     private readonly CancellationTokenSource _stop = new();
+    private readonly Security.TestCertificates _akkaCa = new("akka-ca");
+    private readonly AkkaTlsSettings[] _hostTls;
     private Task? _supervisor;
 
     private ThreeHosts(NetnsHosts hosts, DingoSettings settings, ITestOutputHelper output)
@@ -428,16 +431,21 @@ public sealed class ThreeHosts : IAsyncDisposable
         Hosts = hosts;
         Settings = settings;
         _output = output;
+        // One certificate per host, shared by its broker and cell (deploy/akka-certs.sh), and one for the test's console.
+        _hostTls = Enumerable.Range(0, 3).Select(i => _akkaCa.IssuePem($"host-{i + 1}")).ToArray();
+        ConsoleTls = _akkaCa.IssuePem("console");
         Store = new EtcdStore(Enumerable.Range(0, 3).Select(EtcdUrl).ToList(), settings.EtcdPrefix);
     }
 
     public NetnsHosts Hosts { get; }
     public DingoSettings Settings { get; }
     public EtcdStore Store { get; }
+    /// <summary>The test console's Akka certificate (the platform CA's, as an operator's host would have).</summary>
+    public AkkaTlsSettings ConsoleTls { get; }
 
     public string EtcdUrl(int i) => $"http://{Hosts.HostAddress(i)}:2379";
     private string Endpoints => string.Join(",", Enumerable.Range(0, 3).Select(EtcdUrl));
-    private string Seeds => string.Join(",", new[] { (0, 4053), (1, 4053), (0, 4054), (1, 4054), (2, 4054) }.Select(s => $"akka.tcp://dingo@{Hosts.HostAddress(s.Item1)}:{s.Item2}"));
+    private string Seeds => string.Join(",", new[] { (0, 4053), (1, 4053), (0, 4054), (1, 4054), (2, 4054) }.Select(s => $"akka.ssl.tcp://dingo@{Hosts.HostAddress(s.Item1)}:{s.Item2}"));
     public Uri BrokerUrl(int i) => new($"http://{Hosts.HostAddress(i)}:8080");
 
     public static async Task<ThreeHosts> StartAsync(ITestOutputHelper output, string extra)
@@ -531,6 +539,9 @@ public sealed class ThreeHosts : IAsyncDisposable
         ["DINGO_ETCD_ENDPOINTS"] = Endpoints,
         ["DINGO_AKKA_SEEDS"] = Seeds,
         ["DINGO_AKKA_HOSTNAME"] = Hosts.HostAddress(i),
+        ["DINGO_AKKA_TLS_CA"] = _hostTls[i].Ca,
+        ["DINGO_AKKA_TLS_CERTIFICATE"] = _hostTls[i].Certificate,
+        ["DINGO_AKKA_TLS_KEY"] = _hostTls[i].Key,
         ["DINGO_DATA_DIR"] = Settings.DataDir,
         ["DINGO_BINDING_HOST"] = Hosts.HostAddress(0),
     };
@@ -635,6 +646,7 @@ public sealed class ThreeHosts : IAsyncDisposable
                 catch (IOException) { await Task.Delay(300); }
             }
             try { Directory.Delete(_etcdRoot, recursive: true); } catch (DirectoryNotFoundException) { }
+            _akkaCa.Dispose();
             _stop.Dispose();
         }
     }
