@@ -34,10 +34,7 @@ public sealed class AkkaTls : IDisposable
     public const string RefusalPrefix = "Akka TLS: refused ";
 
     /// <summary>The transport settings TLS needs beside the setup: Dingo's own TLS transport, speaking akka.ssl.tcp.</summary>
-    public const string Hocon = """
-        akka.remote.dot-netty.tcp.enable-ssl = true
-        akka.remote.dot-netty.tcp.transport-class = "Dingo.Membership.TlsTransport, Dingo.Actors"
-        """;
+    public const string Hocon = "akka.remote.dot-netty.tcp.transport-class = \"Dingo.Membership.TlsTransport, Dingo.Actors\"";
 
     /// <summary>
     /// Reads the certificate, its key and the CA from the files dingo.akka.tls names; null when TLS is off. Throws

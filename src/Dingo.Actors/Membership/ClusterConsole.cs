@@ -191,7 +191,8 @@ public static class ClusterConsole
     private static bool IsLoopback(string host) =>
         string.Equals(host, "localhost", StringComparison.OrdinalIgnoreCase) || (IPAddress.TryParse(host, out var ip) && IPAddress.IsLoopback(ip));
 
-    private static Exception Innermost(Exception ex)
+    /// <summary>The exception at the bottom of <paramref name="ex"/>'s chain (the one that says what happened).</summary>
+    internal static Exception Innermost(Exception ex)
     {
         while (ex.InnerException is not null) ex = ex.InnerException;
         return ex;

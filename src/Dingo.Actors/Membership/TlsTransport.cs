@@ -164,10 +164,7 @@ public sealed class TlsTransport : Akka.Remote.Transport.Transport
             }
             catch (Exception ex) when (ex is AuthenticationException or IOException or OperationCanceledException or SocketException)
             {
-                var reason = refused ? "its certificate was refused (logged above)"
-                    : deadline.IsCancellationRequested && !_stopping.IsCancellationRequested ? $"no answer within {_connectTimeout.TotalSeconds:0.#}s" : Innermost(ex).Message;
-                if (!refused) _log.Warning(HandshakeFailedPrefix + "{0} failed: {1}", peer, reason);
-                throw new InvalidAssociationException($"TLS handshake with {remoteAddress} failed: {reason}");
+                throw new InvalidAssociationException($"TLS handshake with {remoteAddress} failed: {HandshakeFailed(peer, ex, refused, deadline)}");
             }
             var handle = Open(ssl, socket, remoteAddress);
             opened = true;
@@ -233,10 +230,10 @@ public sealed class TlsTransport : Akka.Remote.Transport.Transport
         var peer = $"{HostOf(remote.Address)}:{remote.Port}";
         var ssl = new SslStream(new NetworkStream(socket, ownsSocket: true), leaveInnerStreamOpen: false);
         var refused = false;
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
+        deadline.CancelAfter(_connectTimeout);
         try
         {
-            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
-            deadline.CancelAfter(_connectTimeout);
             await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
             {
                 ServerCertificateContext = _certificate,
@@ -248,9 +245,7 @@ public sealed class TlsTransport : Akka.Remote.Transport.Transport
         }
         catch (Exception ex) when (ex is AuthenticationException or IOException or OperationCanceledException or SocketException or ObjectDisposedException)
         {
-            // A refused certificate was logged with its reason by the check itself.
-            if (!_stopping.IsCancellationRequested && !refused)
-                _log.Warning(HandshakeFailedPrefix + "{0} failed: {1}", peer, ex is OperationCanceledException ? $"no answer within {_connectTimeout.TotalSeconds:0.#}s" : Innermost(ex).Message);
+            if (!_stopping.IsCancellationRequested) HandshakeFailed(peer, ex, refused, deadline);
             await ssl.DisposeAsync().ConfigureAwait(false);
             return;
         }
@@ -276,10 +271,18 @@ public sealed class TlsTransport : Akka.Remote.Transport.Transport
         return address.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
     }
 
-    private static Exception Innermost(Exception ex)
+    /// <summary>
+    /// Why a handshake with <paramref name="peer"/> failed, logged unless it was our check that refused its certificate
+    /// (the check logged that with its reason).
+    /// </summary>
+    private string HandshakeFailed(string peer, Exception ex, bool refused, CancellationTokenSource deadline)
     {
-        while (ex.InnerException is not null) ex = ex.InnerException;
-        return ex;
+        if (refused) return "its certificate was refused (logged above)";
+        var reason = deadline.IsCancellationRequested && !_stopping.IsCancellationRequested
+            ? $"no answer within {_connectTimeout.TotalSeconds:0.#}s"
+            : ClusterConsole.Innermost(ex).Message;
+        _log.Warning(HandshakeFailedPrefix + "{0} failed: {1}", peer, reason);
+        return reason;
     }
 
     /// <summary>
@@ -328,7 +331,7 @@ public sealed class TlsTransport : Akka.Remote.Transport.Transport
                 _listener = await ReadHandlerSource.Task.WaitAsync(_abort.Token).ConfigureAwait(false);
                 while (true)
                 {
-                    if (!await ReadExactlyAsync(header).ConfigureAwait(false)) break;
+                    if (!await FillAsync(header).ConfigureAwait(false)) break;
                     var length = BinaryPrimitives.ReadInt32LittleEndian(header);
                     if (length < 0 || length > maxFrame)
                     {
@@ -336,7 +339,7 @@ public sealed class TlsTransport : Akka.Remote.Transport.Transport
                         break;
                     }
                     var payload = new byte[length];
-                    if (!await ReadExactlyAsync(payload).ConfigureAwait(false)) break;
+                    if (!await FillAsync(payload).ConfigureAwait(false)) break;
                     _listener.Notify(new InboundPayload(UnsafeByteOperations.UnsafeWrap(payload)));
                 }
             }
@@ -347,17 +350,9 @@ public sealed class TlsTransport : Akka.Remote.Transport.Transport
             Close();
         }
 
-        private async Task<bool> ReadExactlyAsync(byte[] buffer)
-        {
-            var read = 0;
-            while (read < buffer.Length)
-            {
-                var n = await ssl.ReadAsync(buffer.AsMemory(read), _abort.Token).ConfigureAwait(false);
-                if (n == 0) return false;
-                read += n;
-            }
-            return true;
-        }
+        /// <summary>Reads <paramref name="buffer"/> full; false when the peer closed first.</summary>
+        private async Task<bool> FillAsync(byte[] buffer) =>
+            await ssl.ReadAtLeastAsync(buffer, buffer.Length, throwOnEndOfStream: false, _abort.Token).ConfigureAwait(false) == buffer.Length;
 
         private async Task WriteLoopAsync()
         {
@@ -372,21 +367,14 @@ public sealed class TlsTransport : Akka.Remote.Transport.Transport
                         var size = HeaderBytes + next.Length;
                         if (used > 0 && used + size > BatchBytes) break;
                         _outbox.Reader.TryRead(out _);
-                        if (size > buffer.Length - used)
+                        if (size > buffer.Length)
                         {
-                            // One message larger than a batch: written on its own.
-                            var single = ArrayPool<byte>.Shared.Rent(size);
-                            try
-                            {
-                                BinaryPrimitives.WriteInt32LittleEndian(single, next.Length);
-                                next.Span.CopyTo(single.AsSpan(HeaderBytes));
-                                await ssl.WriteAsync(single.AsMemory(0, size), _abort.Token).ConfigureAwait(false);
-                            }
-                            finally
-                            {
-                                ArrayPool<byte>.Shared.Return(single);
-                            }
-                            continue;
+                            // One message larger than a batch (alone: a batch under way stopped above): its length, then
+                            // the payload where it lies.
+                            BinaryPrimitives.WriteInt32LittleEndian(buffer, next.Length);
+                            await ssl.WriteAsync(buffer.AsMemory(0, HeaderBytes), _abort.Token).ConfigureAwait(false);
+                            await ssl.WriteAsync(next.Memory, _abort.Token).ConfigureAwait(false);
+                            break;
                         }
                         BinaryPrimitives.WriteInt32LittleEndian(buffer.AsSpan(used), next.Length);
                         next.Span.CopyTo(buffer.AsSpan(used + HeaderBytes));

@@ -122,14 +122,40 @@ public sealed class TlsTransportTests(ITestOutputHelper output) : IDisposable
         await stop.CancelAsync();
     }
 
-    private TlsTransport Transport(AkkaTlsSettings settings)
+    [Fact]
+    [Trait("Tier", "Fast")]
+    public async Task A_message_larger_than_a_write_batch_arrives_whole_between_small_ones()
+    {
+        const string frames = "\nmaximum-frame-size = 1000000b";
+        var server = Transport(_ca.IssuePem("server"), frames);
+        var client = Transport(_ca.IssuePem("client"), frames);
+        var (address, promise) = await server.Listen();
+        var inbound = new Events<IAssociationEvent>();
+        promise.SetResult(inbound);
+        await client.Listen();
+        var handle = await client.Associate(address);
+        handle.ReadHandlerSource.SetResult(new Events<IHandleEvent>());
+        var large = new byte[600_000];
+        Random.Shared.NextBytes(large);
+        var sent = new[] { ByteString.CopyFromUtf8("before"), ByteString.CopyFrom(large), ByteString.CopyFromUtf8("after") };
+        foreach (var message in sent) Assert.True(handle.Write(message));
+
+        var association = Assert.IsType<InboundAssociation>(await inbound.NextAsync());
+        var serverEvents = new Events<IHandleEvent>();
+        association.Association.ReadHandlerSource.SetResult(serverEvents);
+        foreach (var message in sent)
+            Assert.Equal(message, Assert.IsType<InboundPayload>(await serverEvents.NextAsync()).Payload);
+        await Task.WhenAll(client.Shutdown(), server.Shutdown());
+    }
+
+    private TlsTransport Transport(AkkaTlsSettings settings, string extra = "")
     {
         var tls = AkkaTls.Load(settings)!;
         var system = ActorSystem.Create("dingo", BootstrapSetup.Create()
             .WithConfig(ConfigurationFactory.ParseString("akka.loglevel = WARNING\nakka.stdout-loglevel = WARNING")).And(tls.Setup()));
         _systems.Add(system);
         system.WhenTerminated.ContinueWith(_ => tls.Dispose(), TaskScheduler.Default);
-        return new TlsTransport(system, ConfigurationFactory.ParseString("hostname = \"127.0.0.1\"\nport = 0\nconnection-timeout = 3s"));
+        return new TlsTransport(system, ConfigurationFactory.ParseString("hostname = \"127.0.0.1\"\nport = 0\nconnection-timeout = 3s" + extra));
     }
 
     private ActorSystem Member(AkkaTlsSettings settings)
