@@ -43,10 +43,13 @@ public sealed class TestPlatform : IAsyncDisposable
         Settings = settings;
         Store = store;
         OwnsData = ownsData;
+        FreePorts.Hold(settings.Router.PortFirst);
         Http = new HttpClient { BaseAddress = new Uri(settings.Broker.Url), Timeout = TimeSpan.FromSeconds(30) };
         Http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{Username}:{Password}")));
         Http.DefaultRequestHeaders.Add("X-Broker-API-Version", "2.17");
     }
+
+    private int _disposed;
 
     public DingoSettings Settings { get; }
     public EtcdStore Store { get; }
@@ -344,8 +347,10 @@ public sealed class TestPlatform : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         try { await StopAsync(); }
         catch (Exception ex) { Console.Error.WriteLine($"test platform stop: {ex.Message}"); }
+        FreePorts.Release(Settings.Router.PortFirst);
         Http.Dispose();
         if (OwnsData)
         {
