@@ -216,7 +216,8 @@ for i in 0 1 2; do
     --cert-file "$TLS/$h/etcd-server.pem" --key-file "$TLS/$h/etcd-server-key.pem" --trusted-ca-file "$ETCD_CA" --client-cert-auth \
     --peer-cert-file "$TLS/$h/etcd-server.pem" --peer-key-file "$TLS/$h/etcd-server-key.pem" --peer-trusted-ca-file "$ETCD_CA" --peer-client-cert-auth \
     --initial-cluster "$INITIAL" --initial-cluster-state new --initial-cluster-token "$PLATFORM" \
-    --heartbeat-interval 100 --election-timeout 1000 --pre-vote --log-level warn
+    --heartbeat-interval 100 --election-timeout 1000 --pre-vote --log-level warn \
+    --auto-compaction-mode periodic --auto-compaction-retention 5m
 done
 say "waiting for the etcd cluster ($ENDPOINTS)"
 for _ in $(seq 1 60); do

@@ -19,6 +19,17 @@ public static class Platform
     /// <summary>The loopback platform's cells share 127.0.0.1: cell i (from 0) serves /healthz and /readyz on 8091 + i.</summary>
     private static int CellHealthPort(int index) => 8091 + index;
 
+    /// <summary>
+    /// How long the platform's etcd keeps past revisions. etcd keeps every revision of every key until it is compacted,
+    /// and a platform writes all the time (node reports, leader keys, events), so without compaction its database grows
+    /// until it reaches etcd's quota (2 GiB by default) and etcd refuses every write (NOSPACE alarm): no provision,
+    /// failover or report until an operator compacts and defragments it. Dingo reads current values only and watches
+    /// from the present, never an old revision, so five minutes of history (as Kubernetes' API server keeps) is plenty.
+    /// deploy/three-hosts.sh passes the same flags; an etcd of the operator's own needs them too (docs/operator-guide.md).
+    /// </summary>
+    public static IReadOnlyList<string> EtcdHistoryArgs(string retention = "5m") =>
+        ["--auto-compaction-mode", "periodic", "--auto-compaction-retention", retention];
+
     public static async Task<int> UpAsync(string home, IReadOnlyList<string> configFiles, DingoSettings settings)
     {
         if (LoopbackProblem(settings) is { } problem)
@@ -62,6 +73,7 @@ public static class Platform
                 "--initial-advertise-peer-urls", $"http://{etcdEndpoint.Host}:{etcdEndpoint.Port + 1}",
                 "--initial-cluster", $"dingo=http://{etcdEndpoint.Host}:{etcdEndpoint.Port + 1}",
                 "--log-level", "warn",
+                .. EtcdHistoryArgs(),
             ], new Dictionary<string, string>(), data, echo: false);
             children.Add(etcd);
             await WaitForEtcdAsync(settings, stop.Token);

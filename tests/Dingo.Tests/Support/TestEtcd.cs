@@ -31,6 +31,8 @@ public static class TestEtcd
             "--listen-client-urls", $"http://127.0.0.1:{client}", "--advertise-client-urls", $"http://127.0.0.1:{client}",
             "--listen-peer-urls", $"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{peer}",
             "--initial-cluster", $"test=http://127.0.0.1:{peer}", "--log-level", "error",
+            // Compacted as the platform's own etcd is: no test may lean on history a platform would not keep.
+            .. Dingo.Cli.Platform.EtcdHistoryArgs(),
         ]);
         RunProcesses.Start(etcdFile, etcdArgs, dataDir);
         var url = $"http://127.0.0.1:{client}";
