@@ -68,6 +68,8 @@ public static class Program
         var failed = false;
         var index = 0;
         var burstAll = new Dictionary<string, double>();
+        var speedAtStart = Shared.CoreSpeed.ProbeMs();
+        var memoryAtStart = Shared.CoreSpeed.MemoryProbeMs();
         try
         {
             foreach (var runtime in options.Runtimes)
@@ -114,6 +116,8 @@ public static class Program
                 if (options.Burst > 0)
                 {
                     await bench.WaitWarmAsync(ct);
+                    var speedBefore = Shared.CoreSpeed.ProbeMs();
+                    var memoryBefore = Shared.CoreSpeed.MemoryProbeMs();
                     var plans = Enumerable.Range(0, options.Burst).Select(i => i % 2 == 0 ? Catalog.SoloPlanId : Catalog.ClusterPlanId).ToList();
                     var cpuBefore = bench.ReadMachineCpu();
                     var started = Stopwatch.StartNew();
@@ -147,6 +151,11 @@ public static class Program
                     output.WriteLine($"summary runtime={runtime} phase=burst machine_busy_pct={Shared.MachineCpu.BusyPercent(cpuBefore, cpuAfter):0} "
                                      + string.Join(" ", Shared.MachineCpu.CoreSeconds(cpuBefore, cpuAfter).OrderBy(g => g.Key, StringComparer.Ordinal)
                                          .Select(g => string.Create(CultureInfo.InvariantCulture, $"{g.Key}_core_s={g.Value:0.0}"))));
+                    // Whether the machine itself was slower this time: one core's speed just before, what the hypervisor took
+                    // (steal, inside "rest" above) and the pages read back from disk while the burst ran.
+                    var (steal, majorFaults) = Shared.MachineCpu.Lost(cpuBefore, cpuAfter);
+                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"summary runtime={runtime} phase=burst core_probe_ms={speedBefore:0.0} core_probe_at_start_ms={speedAtStart:0.0} memory_probe_ms={memoryBefore:0.0} memory_probe_at_start_ms={memoryAtStart:0.0} steal_core_s={steal:0.0} major_faults={majorFaults}"));
                     await bench.DeprovisionAllAsync(ct);
                 }
 

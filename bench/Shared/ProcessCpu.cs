@@ -59,10 +59,11 @@ internal static class ProcessCpu
 /// </summary>
 internal sealed class MachineCpu
 {
-    private readonly long _busy, _total;
+    private readonly long _busy, _total, _steal, _majorFaults;
     private readonly Dictionary<int, (string Group, long Ticks)> _processes;
 
-    private MachineCpu(long busy, long total, Dictionary<int, (string, long)> processes) => (_busy, _total, _processes) = (busy, total, processes);
+    private MachineCpu(long busy, long total, long steal, long majorFaults, Dictionary<int, (string, long)> processes) =>
+        (_busy, _total, _steal, _majorFaults, _processes) = (busy, total, steal, majorFaults, processes);
 
     /// <param name="groups">a process's group from its pid and command name (null: not counted by name)</param>
     public static MachineCpu Read(Func<int, string, string?> groups)
@@ -85,12 +86,21 @@ internal sealed class MachineCpu
             }
             catch (IOException) { }
         }
-        return new MachineCpu(cpu.Sum() - idle, cpu.Sum(), processes);
+        var majorFaults = File.ReadLines("/proc/vmstat").Where(l => l.StartsWith("pgmajfault ", StringComparison.Ordinal))
+            .Select(l => long.Parse(l["pgmajfault ".Length..], CultureInfo.InvariantCulture)).FirstOrDefault();
+        return new MachineCpu(cpu.Sum() - idle, cpu.Sum(), cpu[7], majorFaults, processes);
     }
 
     /// <summary>Percent of the machine busy between two readings (100: every core, all the time).</summary>
     public static double BusyPercent(MachineCpu before, MachineCpu after) =>
         after._total == before._total ? 0 : 100.0 * (after._busy - before._busy) / (after._total - before._total);
+
+    /// <summary>
+    /// Core-seconds the hypervisor gave to others while this machine wanted them (steal; counted as busy above, in
+    /// "rest"), and the page faults that had to read from disk (a file's pages dropped from memory and read again).
+    /// </summary>
+    public static (double StealCoreSeconds, long MajorFaults) Lost(MachineCpu before, MachineCpu after) =>
+        ((after._steal - before._steal) / 100.0, after._majorFaults - before._majorFaults);
 
     /// <summary>Core-seconds each group used between two readings (clock ticks of 1/100 s), and "rest" for the remainder of the busy time.</summary>
     public static Dictionary<string, double> CoreSeconds(MachineCpu before, MachineCpu after)
@@ -99,5 +109,52 @@ internal sealed class MachineCpu
             g => g.Sum(p => p.Value.Ticks - (before._processes.TryGetValue(p.Key, out var b) ? b.Ticks : 0)) / 100.0);
         result["rest"] = (after._busy - before._busy) / 100.0 - result.Values.Sum();
         return result;
+    }
+}
+
+/// <summary>
+/// How fast one core computes now: the best of five SHA-256 passes over 16 MiB, in milliseconds. Printed beside a
+/// phase's figures, it tells a machine that got slower (the hypervisor, another tenant) from a platform that did more.
+/// </summary>
+internal static class CoreSpeed
+{
+    private static readonly byte[] Data = CreateData();
+
+    public static double ProbeMs()
+    {
+        var best = double.MaxValue;
+        for (var i = 0; i < 5; i++)
+        {
+            var started = System.Diagnostics.Stopwatch.GetTimestamp();
+            _ = System.Security.Cryptography.SHA256.HashData(Data);
+            best = Math.Min(best, System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+        }
+        return best;
+    }
+
+    /// <summary>
+    /// How fast memory moves now: the best of five copies of 64 MiB (more than any cache here), in milliseconds. A
+    /// neighbour on the same host can take memory bandwidth without taking a core, which the hash above does not see.
+    /// </summary>
+    public static double MemoryProbeMs()
+    {
+        var from = new byte[64 << 20];
+        var to = new byte[64 << 20];
+        from.AsSpan().Fill(7);
+        var best = double.MaxValue;
+        for (var i = 0; i < 5; i++)
+        {
+            var started = System.Diagnostics.Stopwatch.GetTimestamp();
+            from.AsSpan().CopyTo(to);
+            best = Math.Min(best, System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+        }
+        return best;
+    }
+
+    private static byte[] CreateData()
+    {
+        var data = new byte[16 << 20];
+        new Random(42).NextBytes(data);
+        return data;
     }
 }
