@@ -92,15 +92,11 @@ public sealed partial class EtcdHistoryTests
 
     private static async Task<string> EtcdctlAsync(string url, params string[] args)
     {
-        var psi = new ProcessStartInfo("/usr/bin/etcdctl") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var psi = new ProcessStartInfo("/usr/bin/etcdctl");
         foreach (var a in new[] { "--endpoints", url }.Concat(args)) psi.ArgumentList.Add(a);
         psi.Environment["ETCDCTL_API"] = "3";
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start etcdctl");
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-        var output = p.StandardOutput.ReadToEndAsync(timeout.Token);
-        var error = p.StandardError.ReadToEndAsync(timeout.Token);
-        await p.WaitForExitAsync(timeout.Token);
-        return await output + await error;
+        var result = await ProcessRunner.RunAsync(psi, null, TimeSpan.FromSeconds(10), CancellationToken.None);
+        return result.StdOut + result.StdErr;
     }
 
     [GeneratedRegex(@"\s+")]

@@ -113,15 +113,10 @@ public sealed class KernelModeTests
     {
         try
         {
-            var psi = new System.Diagnostics.ProcessStartInfo(file, args) { RedirectStandardOutput = true, RedirectStandardError = true };
-            using var p = System.Diagnostics.Process.Start(psi)!;
-            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-            var output = p.StandardOutput.ReadToEndAsync(timeout.Token);
-            var error = p.StandardError.ReadToEndAsync(timeout.Token);
-            await p.WaitForExitAsync(timeout.Token);
-            return await output + await error;
+            var result = await ProcessRunner.RunAsync(new System.Diagnostics.ProcessStartInfo(file, args), null, TimeSpan.FromSeconds(10), CancellationToken.None);
+            return result.StdOut + result.StdErr;
         }
-        catch (Exception e) when (e is System.ComponentModel.Win32Exception or OperationCanceledException) { return $"({file} {args}: {e.Message})"; }
+        catch (Exception e) when (e is System.ComponentModel.Win32Exception or TimeoutException or InvalidOperationException) { return $"({file} {args}: {e.Message})"; }
     }
 
     /// <summary>Each attempt's outcome with its time since the first, runs of the same outcome folded into one.</summary>
