@@ -38,6 +38,8 @@ public static class FreePorts
     private static readonly long[] BlockHandedOut = new long[Blocks];
     private static readonly int[] BlockHolders = new int[Blocks];
     private static long _handouts;
+    // This process's share of the block ranges (a developer may run two test processes at once).
+    private static readonly int BlockShare = Environment.ProcessId % 5 * 1000;
 
     /// <summary>
     /// A block of 50 public and 50 node ports for one test platform, distinct from every other platform in
@@ -54,7 +56,7 @@ public static class FreePorts
     /// </summary>
     public static (int PublicFirst, int PublicLast, int NodeFirst, int NodeLast) Block()
     {
-        var process = Environment.ProcessId % 5 * 1000;
+        var process = BlockShare;
         lock (BlockGate)
         {
             var idle = Enumerable.Range(0, Blocks).Where(i => BlockHolders[i] == 0).OrderBy(i => BlockHandedOut[i]).ToList();
@@ -77,7 +79,7 @@ public static class FreePorts
 
     private static void Count(int publicFirst, int delta)
     {
-        var offset = publicFirst - PublicBase - Environment.ProcessId % 5 * 1000;
+        var offset = publicFirst - PublicBase - BlockShare;
         if (offset < 0 || offset % BlockSize != 0 || offset / BlockSize >= Blocks)
             return; // settings with ports of their own, not a block of this process
         lock (BlockGate)
